@@ -1,0 +1,361 @@
+"""Every knob of the shared trainer, in one dataclass.
+
+The defaults are the seed stack of trainer-spec.md (11 layers, int6 + zstd-22,
+XSA on the last 4 layers, SmearGate, BigramHash, EMA, Muon, sliding-window
+eval, legal score-first TTT). Env-var names follow the challenge convention
+(``NUM_LAYERS=11 XSA_LAST_N=4 ...``).
+
+This module must import without torch: the service validates run specs with
+it, and the web form and API docs are generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Rules of the challenge (trainer-spec.md, section 1). Constants, not knobs.
+ARTIFACT_LIMIT_BYTES = 16_000_000
+TRAIN_LIMIT_SECONDS = 600.0
+EVAL_LIMIT_SECONDS = 600.0
+FULL_VAL_TOKENS = 62_021_632
+
+
+def knob(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    env: str | None = None,
+    group: str = "model",
+) -> Any:
+    """Declare one knob: its default plus the metadata the validator, the API
+    schema and the web form read."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "env": env, "group": group}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    field: str  # the challenge's env-var name, e.g. NUM_LAYERS
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}={self.value!r}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """One or more knobs are wrong. ``issues`` names each field, value and limit."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = issues
+        super().__init__("; ".join(str(i) for i in issues))
+
+
+@dataclass
+class TrainerConfig:
+    # --- data and output -------------------------------------------------
+    data_path: str = knob("./data/datasets/fineweb10B_sp1024", "Folder with fineweb_train_*.bin and fineweb_val_*.bin shards.", group="data")
+    tokenizer_path: str = knob("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model used for the val_bpb byte tables.", group="data")
+    output_dir: str = knob("./out", "Where train.log, metrics.jsonl, result.json and the artifact are written.", group="data")
+    seed: int = knob(1337, "Random seed (weights init and data order).", min=0, max=2**31 - 1, group="data")
+    val_tokens_limit: int = knob(0, "Evaluate on only the first N val tokens (0 = the full split, as the challenge scores).", min=0, group="data")
+
+    # --- model shape -----------------------------------------------------
+    vocab_size: int = knob(1024, "Tokenizer vocabulary size.", min=16, max=65536)
+    num_layers: int = knob(11, "Transformer blocks.", min=1, max=64)
+    model_dim: int = knob(512, "Residual width.", min=16, max=8192)
+    num_heads: int = knob(8, "Query heads.", min=1, max=128)
+    num_kv_heads: int = knob(4, "Key/value heads (GQA); must divide NUM_HEADS.", min=1, max=128)
+    mlp_mult: float = knob(3.0, "MLP hidden width as a multiple of MODEL_DIM.", min=0.25, max=16.0)
+    mlp_activation: str = knob("leaky_relu2", "MLP nonlinearity: LeakyReLU(0.5) squared, or ReLU squared.", choices=("leaky_relu2", "relu2"))
+    leaky_slope: float = knob(0.5, "Negative slope of the LeakyReLU before squaring.", min=0.0, max=1.0)
+    tie_embeddings: bool = knob(True, "Share the input embedding and the output projection.")
+    tied_embed_init_std: float = knob(0.005, "Init std of the tied embedding.", min=0.0, max=1.0)
+    logit_softcap: float = knob(30.0, "Soft cap c in logits = c*tanh(z/c); 0 disables.", min=0.0, max=1000.0)
+    rope_base: float = knob(10000.0, "Rotary embedding base.", min=1.0, max=1e7)
+    rope_dims: int = knob(16, "Head dims that get rotary embedding (partial RoPE); must be even and <= head dim.", min=0, max=1024)
+    qk_gain_init: float = knob(1.5, "Initial per-head query gain.", min=0.0, max=100.0)
+    xsa_last_n: int = knob(4, "Exclusive self attention on the last N layers (0 disables).", min=0, max=64)
+    bigram_vocab_size: int = knob(2048, "BigramHash table rows (0 disables BigramHash).", min=0, max=1_000_000)
+    bigram_dim: int = knob(128, "BigramHash table width before projection.", min=1, max=4096)
+    smear_gate: bool = knob(True, "SmearGate on the embedding (never blends across a BOS boundary).")
+    ln_scale: bool = knob(True, "Scale each block's normalised input by 1/sqrt(layer+1).")
+    unet_skips: bool = knob(True, "U-Net skip connections from the first half of the blocks to the second.")
+    ve_enabled: bool = knob(False, "Value embeddings added to V on VE_LAYERS.")
+    ve_dim: int = knob(128, "Value embedding width before projection.", min=1, max=4096)
+    ve_layers: str = knob("9,10", "Comma-separated layer indices that get value embeddings.")
+    attention_backend: str = knob("auto", "auto: FlashAttention 3 when it imports, else PyTorch SDPA.", choices=("auto", "fa3", "sdpa"))
+
+    # --- batch and schedule ----------------------------------------------
+    train_seq_len: int = knob(2048, "Training sequence length.", min=8, max=65536, group="schedule")
+    eval_seq_len: int = knob(2048, "Evaluation window length.", min=8, max=65536, group="schedule")
+    train_batch_tokens: int = knob(786_432, "Global batch in tokens per step, independent of GPU count.", min=8, max=16_777_216, group="schedule")
+    grad_accum_steps: int = knob(0, "Micro-steps per step; 0 = 8 / world size, so the global batch never depends on the GPU count.", min=0, max=1024, group="schedule")
+    iterations: int = knob(9000, "Nominal step count (the warm-down length is measured against it).", min=1, max=1_000_000, group="schedule")
+    warmup_steps: int = knob(20, "Compile warm-up steps whose weights are then reset.", min=0, max=1000, group="schedule")
+    warmdown_iters: int = knob(3500, "Linear warm-down to 0 over the last N steps (estimated from wallclock under a cap).", min=0, max=1_000_000, group="schedule")
+    max_wallclock_seconds: float = knob(600.0, "Training wallclock cap in seconds (0 = none); warm-down lands on it.", min=0.0, max=1e6, group="schedule")
+    train_log_every: int = knob(200, "Log train_loss every N steps.", min=1, max=1_000_000, group="schedule")
+    val_loss_every: int = knob(0, "Evaluate val_loss every N steps during training (0 = only at the end).", min=0, max=1_000_000, group="schedule")
+    compile: bool = knob(True, "torch.compile the model on CUDA (never on CPU).", group="schedule")
+
+    # --- optimiser ---------------------------------------------------------
+    matrix_lr: float = knob(0.025, "Muon learning rate for 2-D block matrices.", min=0.0, max=10.0, group="optim")
+    scalar_lr: float = knob(0.025, "Adam learning rate for scalars, gates and vectors.", min=0.0, max=10.0, group="optim")
+    tied_embed_lr: float = knob(0.035, "Adam learning rate for the tied embedding.", min=0.0, max=10.0, group="optim")
+    muon_momentum: float = knob(0.99, "Final Muon momentum.", min=0.0, max=1.0, group="optim")
+    muon_momentum_warmup_start: float = knob(0.92, "Muon momentum at step 0.", min=0.0, max=1.0, group="optim")
+    muon_momentum_warmup_steps: int = knob(1500, "Steps over which Muon momentum warms to MUON_MOMENTUM.", min=0, max=1_000_000, group="optim")
+    muon_backend_steps: int = knob(5, "Newton-Schulz iterations.", min=1, max=20, group="optim")
+    muon_wd: float = knob(0.04, "Decoupled weight decay for Muon parameters.", min=0.0, max=1.0, group="optim")
+    adam_wd: float = knob(0.04, "Decoupled weight decay for Adam parameters.", min=0.0, max=1.0, group="optim")
+    beta1: float = knob(0.9, "Adam beta1.", min=0.0, max=1.0, group="optim")
+    beta2: float = knob(0.95, "Adam beta2.", min=0.0, max=1.0, group="optim")
+    adam_eps: float = knob(1e-8, "Adam epsilon.", min=0.0, max=1.0, group="optim")
+    grad_clip_norm: float = knob(0.3, "Global gradient-norm clip (0 disables).", min=0.0, max=1e6, group="optim")
+
+    # --- weight averaging and QAT -----------------------------------------
+    ema_enabled: bool = knob(True, "Keep an EMA of all weights and apply it at the end.", group="averaging")
+    ema_decay: float = knob(0.997, "EMA decay per step.", min=0.0, max=1.0, group="averaging")
+    swa_enabled: bool = knob(False, "Average weights every SWA_EVERY steps once the LR scale < SWA_START_LR_SCALE.", group="averaging")
+    swa_every: int = knob(50, "SWA snapshot interval in steps.", min=1, max=1_000_000, group="averaging")
+    swa_start_lr_scale: float = knob(0.2, "SWA starts when the LR scale falls below this.", min=0.0, max=1.0, group="averaging")
+    qat_enabled: bool = knob(True, "Late QAT: train through int6 fake-quantisation once the LR scale < LATE_QAT_THRESHOLD.", group="averaging")
+    late_qat_threshold: float = knob(0.15, "LR scale below which late QAT switches on.", min=0.0, max=1.0, group="averaging")
+
+    # --- artifact --------------------------------------------------------
+    zstd_level: int = knob(22, "zstd level for the compressed artifact.", min=1, max=22, group="artifact")
+
+    # --- evaluation and test-time training ---------------------------------
+    eval_stride: int = knob(64, "Sliding-window stride (0 = non-overlapping full-split evaluation).", min=0, max=65536, group="eval")
+    eval_batch_seqs: int = knob(32, "Windows per evaluation batch.", min=1, max=4096, group="eval")
+    ttt_enabled: bool = knob(True, "Legal score-first test-time training on val chunks already scored.", group="eval")
+    ttt_chunk_tokens: int = knob(32768, "Tokens per TTT chunk.", min=1, max=1 << 30, group="eval")
+    ttt_lr: float = knob(0.002, "TTT SGD learning rate (cosine-decayed across chunks).", min=0.0, max=10.0, group="eval")
+    ttt_momentum: float = knob(0.9, "TTT SGD momentum.", min=0.0, max=1.0, group="eval")
+    ttt_epochs: int = knob(3, "TTT epochs per chunk.", min=1, max=100, group="eval")
+    ttt_batch_seqs: int = knob(32, "TTT batch size in sequences.", min=1, max=4096, group="eval")
+    ttt_grad_clip: float = knob(1.0, "TTT gradient-norm clip (0 disables).", min=0.0, max=1e6, group="eval")
+
+    # ------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+    @property
+    def ve_layer_list(self) -> list[int]:
+        return [int(s) for s in self.ve_layers.split(",") if s.strip()]
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def knobs(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @staticmethod
+    def env_name(f: dataclasses.Field) -> str:
+        return f.metadata.get("env") or f.name.upper()
+
+    @classmethod
+    def _lookup(cls) -> dict[str, dataclasses.Field]:
+        """Both spellings of each knob (``num_layers`` and ``NUM_LAYERS``) map to it."""
+        table: dict[str, dataclasses.Field] = {}
+        for f in cls.knobs():
+            table[f.name] = f
+            table[cls.env_name(f)] = f
+        return table
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, strict: bool = True) -> "TrainerConfig":
+        """Build from overrides keyed by field or env-var name; validate all of it.
+
+        Raises ConfigError listing every unknown knob, wrong type and out-of-range
+        value at once, so a user fixes a spec in one round.
+        """
+        table = cls._lookup()
+        issues: list[ConfigIssue] = []
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            f = table.get(key) if isinstance(key, str) else None
+            if f is None:
+                if strict:
+                    issues.append(ConfigIssue(str(key), raw, "unknown knob"))
+                continue
+            try:
+                kwargs[f.name] = _coerce(f, raw)
+                _check_bounds(f, kwargs[f.name])
+            except ValueError as exc:
+                issues.append(ConfigIssue(cls.env_name(f), raw, str(exc)))
+        if issues:
+            raise ConfigError(issues)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "TrainerConfig":
+        """Read every knob whose env-var name is set; other variables are ignored."""
+        environ = os.environ if environ is None else environ
+        values = {cls.env_name(f): environ[cls.env_name(f)] for f in cls.knobs() if cls.env_name(f) in environ}
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "TrainerConfig":
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field-name keyed values (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_env(self) -> dict[str, str]:
+        """Env-var form, as `torchrun -m trainer` reads it."""
+        out = {}
+        for f in self.knobs():
+            v = getattr(self, f.name)
+            out[self.env_name(f)] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+        return out
+
+    def overrides(self) -> dict[str, Any]:
+        """Only the knobs that differ from the defaults, keyed by env-var name."""
+        default = TrainerConfig()
+        return {self.env_name(f): getattr(self, f.name) for f in self.knobs() if getattr(self, f.name) != getattr(default, f.name)}
+
+    def validate(self) -> None:
+        """Check every bound and the cross-field shape rules; raise ConfigError."""
+        issues: list[ConfigIssue] = []
+        for f in self.knobs():
+            try:
+                _check_bounds(f, getattr(self, f.name))
+            except ValueError as exc:
+                issues.append(ConfigIssue(self.env_name(f), getattr(self, f.name), str(exc)))
+        if issues:
+            raise ConfigError(issues)
+
+        def bad(name: str, msg: str) -> None:
+            issues.append(ConfigIssue(name, getattr(self, name.lower()), msg))
+
+        if self.model_dim % self.num_heads:
+            bad("NUM_HEADS", f"must divide MODEL_DIM={self.model_dim}")
+        elif self.head_dim % 2:
+            bad("NUM_HEADS", f"head dim MODEL_DIM/NUM_HEADS={self.head_dim} must be even")
+        elif self.rope_dims > self.head_dim or self.rope_dims % 2:
+            bad("ROPE_DIMS", f"must be even and <= head dim {self.head_dim}")
+        if self.num_heads % self.num_kv_heads:
+            bad("NUM_KV_HEADS", f"must divide NUM_HEADS={self.num_heads}")
+        if self.xsa_last_n > self.num_layers:
+            bad("XSA_LAST_N", f"must be <= NUM_LAYERS={self.num_layers}")
+        if self.train_batch_tokens % self.train_seq_len:
+            bad("TRAIN_BATCH_TOKENS", f"must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}")
+        if self.eval_stride > self.eval_seq_len:
+            bad("EVAL_STRIDE", f"must be <= EVAL_SEQ_LEN={self.eval_seq_len}")
+        if self.mlp_hidden < 1:
+            bad("MLP_MULT", "gives an MLP hidden width below 1")
+        try:
+            layers = self.ve_layer_list
+        except ValueError:
+            bad("VE_LAYERS", "must be comma-separated integers")
+        else:
+            if any(not 0 <= i < self.num_layers for i in layers) and self.ve_enabled:
+                bad("VE_LAYERS", f"each layer must be in [0, {self.num_layers - 1}]")
+        if self.muon_momentum_warmup_start > self.muon_momentum:
+            bad("MUON_MOMENTUM_WARMUP_START", f"must be <= MUON_MOMENTUM={self.muon_momentum}")
+        if issues:
+            raise ConfigError(issues)
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """JSON Schema of the overrides a run spec may carry (keyed by env-var name)."""
+        props: dict[str, Any] = {}
+        for f in cls.knobs():
+            t = _field_type(f)
+            prop: dict[str, Any] = {
+                "type": {bool: "boolean", int: "integer", float: "number", str: "string"}[t],
+                "default": f.default,
+                "description": f.metadata["help"],
+                "x-field": f.name,
+                "x-group": f.metadata["group"],
+            }
+            if f.metadata["min"] is not None:
+                prop["minimum"] = f.metadata["min"]
+            if f.metadata["max"] is not None:
+                prop["maximum"] = f.metadata["max"]
+            if f.metadata["choices"]:
+                prop["enum"] = list(f.metadata["choices"])
+            props[cls.env_name(f)] = prop
+        return {"type": "object", "additionalProperties": False, "properties": props}
+
+
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    # Annotations are strings under `from __future__ import annotations`.
+    return _TYPES[f.type] if isinstance(f.type, str) else f.type
+
+
+def _coerce(f: dataclasses.Field, raw: Any) -> Any:
+    """Turn a JSON/YAML value or an env-var string into the knob's type, strictly:
+    a float like 2.5 for an int knob is an error, never silently truncated."""
+    t = _field_type(f)
+    if t is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        raise ValueError("expected a boolean (true/false or 1/0)")
+    if t is int:
+        if isinstance(raw, bool):
+            raise ValueError("expected an integer, got a boolean")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+        raise ValueError("expected an integer")
+    if t is float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number, got a boolean")
+        if isinstance(raw, (int, float)):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw.strip())
+            except ValueError:
+                pass
+        raise ValueError("expected a number")
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    if len(raw) > 4096:
+        raise ValueError("longer than 4096 characters")
+    return raw
+
+
+def _check_bounds(f: dataclasses.Field, value: Any) -> None:
+    lo, hi, choices = f.metadata["min"], f.metadata["max"], f.metadata["choices"]
+    if choices and value not in choices:
+        raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if value != value:  # NaN
+        raise ValueError("must be a finite number")
+    if lo is not None and value < lo:
+        raise ValueError(f"must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+    if hi is not None and value > hi:
+        raise ValueError(f"must be <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
