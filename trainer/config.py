@@ -69,6 +69,7 @@ class TrainerConfig:
 
     # --- model shape -----------------------------------------------------
     vocab_size: int = knob(1024, "Tokenizer vocabulary size.", min=16, max=65536)
+    bos_token_id: int = knob(1, "Token that starts every document; SmearGate never blends across it.", min=0, max=65535)
     num_layers: int = knob(11, "Transformer blocks.", min=1, max=64)
     model_dim: int = knob(512, "Residual width.", min=16, max=8192)
     num_heads: int = knob(8, "Query heads.", min=1, max=128)
@@ -259,6 +260,8 @@ class TrainerConfig:
             bad("TRAIN_BATCH_TOKENS", f"must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}")
         if self.eval_stride > self.eval_seq_len:
             bad("EVAL_STRIDE", f"must be <= EVAL_SEQ_LEN={self.eval_seq_len}")
+        if self.bos_token_id >= self.vocab_size:
+            bad("BOS_TOKEN_ID", f"must be < VOCAB_SIZE={self.vocab_size}")
         if self.mlp_hidden < 1:
             bad("MLP_MULT", "gives an MLP hidden width below 1")
         try:
