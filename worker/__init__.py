@@ -1,0 +1,1 @@
+"""caddie worker: Celery tasks, the executor, launchers and log parsing."""

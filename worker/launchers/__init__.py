@@ -1,0 +1,1 @@
+"""Launchers: where a run's trainer process actually runs (this machine, or SkyPilot)."""
