@@ -1,0 +1,67 @@
+"""Worker settings (pydantic-settings, env prefix CADDIE_).
+
+Paths that are not set explicitly live under CADDIE_HOME (default ./.caddie),
+the same home the service uses, so `caddie up` needs no configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# 600 s train + 600 s eval (the challenge's limits) + 10 min of margin for
+# provisioning, setup, compile warm-up and collecting results.
+DEFAULT_HARD_TIMEOUT_S = 600.0 + 600.0 + 600.0
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
+
+    home: Path = Path(".caddie")
+
+    # --- broker and the executor's loop --------------------------------------
+    broker_url: str = ""  # default: a SQLite-backed kombu broker under home (needs no server)
+    heartbeat_s: float = Field(5.0, gt=0)
+    hard_timeout_s: float = Field(DEFAULT_HARD_TIMEOUT_S, gt=0)
+
+    # --- launcher choice -------------------------------------------------------
+    launcher: str = Field("local", pattern=r"^(local|skypilot)$")
+
+    # --- local launcher ----------------------------------------------------------
+    runs_dir: Path | None = None  # default: home/runs; one folder per run and attempt
+    gpu_count: int | None = Field(None, ge=0)  # None: count with `nvidia-smi -L`
+    # argv that replaces `python -m trainer` (tests use a tiny stand-in script);
+    # JSON list in the environment, e.g. CADDIE_TRAINER_COMMAND='["python","fake.py"]'
+    trainer_command: list[str] | None = None
+    cancel_grace_s: float = Field(5.0, ge=0, le=7.0)  # SIGTERM, then SIGKILL after this
+
+    # --- SkyPilot launcher --------------------------------------------------------
+    sky_hardware: str = "H100:8"  # used when a run names no hardware
+    sky_infra: str = ""  # "", "aws", "aws/us-east-1", "gcp/us-central1/us-central1-a", "kubernetes/<context>"
+    sky_use_spot: bool = False
+    sky_idle_minutes_to_autostop: int = Field(15, ge=1)  # the node downs itself after this idle time
+    keep_warm_minutes: int = Field(10, ge=0)  # the janitor tears down clusters idle longer than this
+    sky_cluster_prefix: str = Field("caddie", pattern=r"^[a-z][a-z0-9-]{0,20}$")
+    sky_task_template: Path | None = None  # default: infra/skypilot/task.yaml of this checkout
+    sky_workdir: Path | None = None  # default: this checkout, synced to the node and pip-installed
+    sky_data_variant: str = "sp1024"
+    sky_data_shards: int = Field(80, ge=1, le=1000)
+    sky_disk_size_gb: int = Field(256, ge=50)
+
+    # --- artifact store ------------------------------------------------------------
+    artifact_dir: Path | None = None  # default: home/artifacts (used when no bucket is set)
+    s3_bucket: str = ""
+    s3_prefix: str = "caddie"
+    s3_endpoint_url: str = ""  # MinIO, R2, ...: leave empty for AWS S3
+
+    @model_validator(mode="after")
+    def _fill_paths_from_home(self) -> WorkerSettings:
+        if self.runs_dir is None:
+            self.runs_dir = self.home / "runs"
+        if self.artifact_dir is None:
+            self.artifact_dir = self.home / "artifacts"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
+        return self
