@@ -1,0 +1,79 @@
+"""The trainer's log lines become metric points and summary facts, however the log is chunked."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.logparse import LogParser, MetricPoint, parse_text
+
+LOG = """\
+world_size:8 seed:1337
+step:1/9000 train_loss:6.9312 train_time:83ms step_avg:83.00ms
+step:2/9000 train_loss:8.6545 train_time:166ms step_avg:82.93ms
+step:4000/9000 val_loss:2.0577 val_bpb:1.2187 train_time:333519ms step_avg:83.38ms
+Traceback-looking noise: step:nope
+stopping_early: wallclock_cap train_time:600128ms step:7179/9000
+step:7179/9000 val_loss:1.9501 val_bpb:1.1550 train_time:600128ms step_avg:83.60ms
+peak memory allocated: 21471 MiB reserved: 22002 MiB
+Code size: 89458 bytes
+Total submission size int6+zstd: 15977386 bytes
+final_int6_sliding_window_exact val_loss:1.89385556 val_bpb:1.12165091
+final_ttt val_loss:1.88000000 val_bpb:1.11340000
+"""
+
+
+def test_whole_log_gives_points_and_summary() -> None:
+    points, s = parse_text(LOG)
+    assert points == [
+        MetricPoint("train", 1, 83, train_loss=6.9312),
+        MetricPoint("train", 2, 166, train_loss=8.6545),
+        MetricPoint("val", 4000, 333519, val_loss=2.0577, val_bpb=1.2187),
+        MetricPoint("val", 7179, 600128, val_loss=1.9501, val_bpb=1.1550),
+    ]
+    assert s.stopping_early == {"reason": "wallclock_cap", "train_time_ms": 600128, "step": 7179}
+    assert (s.peak_memory_allocated_mib, s.peak_memory_reserved_mib) == (21471, 22002)
+    assert s.code_bytes == 89458
+    assert (s.total_bytes, s.total_bytes_format) == (15977386, "int6+zstd")
+    assert s.finals["final_int6_sliding_window_exact"] == {"val_loss": 1.89385556, "val_bpb": 1.12165091}
+    assert s.final == {"val_loss": 1.88, "val_bpb": 1.1134}  # TTT is the score that counts
+    assert (s.total_steps, s.last_step) == (9000, 7179)
+
+
+def test_final_without_ttt_is_the_sliding_window_line() -> None:
+    _, s = parse_text(LOG.replace("final_ttt val_loss:1.88000000 val_bpb:1.11340000\n", ""))
+    assert s.final == {"val_loss": 1.89385556, "val_bpb": 1.12165091}
+    assert parse_text("")[1].final is None
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1000])
+def test_any_chunking_gives_the_same_result(size: int) -> None:
+    expected_points, expected_summary = parse_text(LOG)
+    data = LOG.encode()
+    parser = LogParser()
+    points = []
+    for i in range(0, len(data), size):
+        points += parser.feed(data[i : i + size])
+    points += parser.flush()
+    assert points == expected_points
+    assert parser.summary == expected_summary
+
+
+def test_partial_last_line_waits_for_its_end_and_flush_parses_it() -> None:
+    parser = LogParser()
+    assert parser.feed("step:2/10 train_loss:1.5 train_ti") == []
+    assert parser.feed("me:9ms step_avg:4.5ms") == []  # still no newline
+    assert parser.flush() == [MetricPoint("train", 2, 9, train_loss=1.5)]
+
+
+def test_multibyte_character_split_across_chunks_and_crlf() -> None:
+    parser = LogParser()
+    data = "note: caf\u00e9\r\nCode size: 12 bytes\r\n".encode()
+    cut = data.index(b"\xa9")  # inside the two bytes of the accented e
+    parser.feed(data[:cut])
+    parser.feed(data[cut:])
+    assert parser.summary.code_bytes == 12
+
+
+def test_nan_loss_is_a_point_not_a_crash() -> None:
+    points, _ = parse_text("step:5/10 train_loss:nan train_time:50ms step_avg:10.00ms\n")
+    assert points[0].step == 5 and points[0].train_loss != points[0].train_loss
