@@ -1,0 +1,327 @@
+"""The GPT of the seed stack (trainer-spec.md, section 4), every component switchable.
+
+Data flow for tokens t[0..T):
+  x = tok_emb(t) + BigramHash(t);  x = rms(x);  x = SmearGate(x, t);  x0 = x
+  blocks 0 .. L//2-1 push their outputs; later blocks first add skip_w * pop()  (U-Net)
+  block(x, x0): x = a·x + b·x0
+                x = x + attn_scale · Attn(rms(x)·s)     s = 1/sqrt(layer+1)
+                x = x + mlp_scale · MLP(rms(x)·s)
+  logits = c·tanh((rms(x) @ tok_emb^T) / c)           c = 30 (soft cap)
+
+Written for torch.compile: no data-dependent Python branches in forward; every switch
+is decided once in __init__.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.config import TrainerConfig
+from trainer.quant import fake_quant_int6
+
+try:  # FlashAttention 3 (Hopper); absent on most machines, then PyTorch SDPA.
+    from flash_attn_interface import flash_attn_func as fa3_attn_func
+except Exception:  # ImportError, or a broken CUDA extension
+    fa3_attn_func = None
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # cuDNN first: fastest causal GQA attention measured on the H100 (spec, section 5).
+    SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+except ImportError:  # older torch
+    sdpa_kernel = None
+
+BIGRAM_MUL_CUR = 36313
+BIGRAM_MUL_PREV = 27191
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """x / sqrt(mean(x², last dim) + eps), no learned weight."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class BlockLinear(nn.Linear):
+    """Bias-free linear layer whose weight can pass through int6 fake-quantisation.
+
+    ``qat`` is a 0/1 buffer rather than a Python flag, so switching late QAT on
+    mid-run neither recompiles the graph nor gets constant-folded away by it:
+    w_used = w + qat·(fq(w) - w), with fq's straight-through gradient.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int):
+        super().__init__(fan_in, fan_out, bias=False)
+        self.register_buffer("qat", torch.zeros(()), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        w = w + self.qat * (fake_quant_int6(w) - w)
+        return F.linear(x, w)
+
+
+def bigram_hash_indices(idx: Tensor, rows: int) -> Tensor:
+    """Row of the BigramHash table for every position.
+
+    i > 0: (36313·t[i] XOR 27191·t[i-1]) mod (rows-1);  i = 0: rows-1.
+    """
+    cur = BIGRAM_MUL_CUR * idx[:, 1:]
+    prev = BIGRAM_MUL_PREV * idx[:, :-1]
+    h = torch.bitwise_xor(cur, prev) % (rows - 1)
+    first = torch.full_like(idx[:, :1], rows - 1)
+    return torch.cat([first, h], dim=1)
+
+
+class BigramHash(nn.Module):
+    """Hashed (previous, current) token-pair embedding: scale · proj(table[hash]).
+
+    The table and the scalar follow the spec (zero, 0.05). The projection starts
+    orthogonal, not zero: with both table and projection at zero neither would
+    ever receive a gradient. Output is still exactly zero at init.
+    """
+
+    def __init__(self, rows: int, dim: int, model_dim: int):
+        super().__init__()
+        self.rows = rows
+        self.table = nn.Embedding(rows, dim)
+        self.proj = BlockLinear(dim, model_dim)
+        self.scale = nn.Parameter(torch.tensor(0.05))
+        nn.init.zeros_(self.table.weight)
+        nn.init.orthogonal_(self.proj.weight)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.scale * self.proj(self.table(bigram_hash_indices(idx, self.rows)))
+
+
+class SmearGate(nn.Module):
+    """out = (1-g)·x + g·x_prev,  g = sigmoid(w) per channel (w = 0 at init).
+
+    x_prev is x shifted one position right, zero at position 0 and zero wherever
+    the current token is BOS, so no document blends into the next one.
+    """
+
+    def __init__(self, dim: int, bos_token_id: int):
+        super().__init__()
+        self.bos_token_id = bos_token_id
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate).to(x.dtype)
+        x_prev = F.pad(x[:, :-1], (0, 0, 1, 0))
+        x_prev = x_prev * (idx != self.bos_token_id).unsqueeze(-1).to(x.dtype)
+        return x + g * (x_prev - x)
+
+
+class Rotary(nn.Module):
+    """Rotary embedding on the first ``dims`` of each head (partial RoPE, half-split pairs).
+
+    For pair j < dims/2 at position p with angle θ = p·base^(-2j/dims):
+    (x_j, x_{j+dims/2}) -> (x_j cosθ - x_{j+dims/2} sinθ, x_j sinθ + x_{j+dims/2} cosθ).
+    """
+
+    def __init__(self, dims: int, base: float, max_len: int):
+        super().__init__()
+        self.dims = dims
+        inv_freq = base ** (-torch.arange(0, dims, 2, dtype=torch.float32) / dims)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [max_len, dims/2]
+        self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, T, H, Dh]
+        T, half = x.size(1), self.dims // 2
+        cos, sin = self.cos[:, :T].to(x.dtype), self.sin[:, :T].to(x.dtype)
+        x1, x2, rest = x[..., :half], x[..., half:self.dims], x[..., self.dims:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool) -> Tensor:
+    """Causal GQA attention on [B, T, H, Dh] tensors (k, v have fewer heads); returns [B, T, H, Dh]."""
+    if use_fa3:
+        y = fa3_attn_func(q, k, v, causal=True)
+        return y[0] if isinstance(y, tuple) else y
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if sdpa_kernel is not None and q.is_cuda:
+        with sdpa_kernel(SDPA_PRIORITY, set_priority=True):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return y.transpose(1, 2)
+
+
+def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: y - (y·v̂)v̂ per head, v̂ = v/|v| of the same position's KV head.
+
+    y: [B, T, H, Dh]; v: [B, T, Hkv, Dh] with H a multiple of Hkv (query head h
+    uses KV head h // (H/Hkv), as GQA does).
+    """
+    B, T, H, D = y.shape
+    Hkv = v.size(2)
+    yg = y.view(B, T, Hkv, H // Hkv, D)
+    vn = F.normalize(v, dim=-1).unsqueeze(3)
+    return (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, T, H, D)
+
+
+class Attention(nn.Module):
+    """GQA attention with q/k RMS norm, partial RoPE, per-head query gain, optional XSA
+    and optional value embedding added to V."""
+
+    def __init__(self, cfg: TrainerConfig, xsa: bool, use_fa3: bool):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kv_dim = cfg.num_kv_heads * cfg.head_dim
+        self.c_q = BlockLinear(cfg.model_dim, cfg.model_dim)
+        self.c_k = BlockLinear(cfg.model_dim, kv_dim)
+        self.c_v = BlockLinear(cfg.model_dim, kv_dim)
+        self.proj = BlockLinear(cfg.model_dim, cfg.model_dim)
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.rotary = Rotary(cfg.rope_dims, cfg.rope_base, max(cfg.train_seq_len, cfg.eval_seq_len)) if cfg.rope_dims else None
+        self.xsa = xsa
+        self.use_fa3 = use_fa3
+        for lin in (self.c_q, self.c_k, self.c_v):
+            nn.init.orthogonal_(lin.weight)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
+        if ve is not None:
+            v = v + ve.view_as(v)
+        q, k = rms_norm(q), rms_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        q = q * self.q_gain.to(q.dtype)[:, None]
+        q, k = q.to(v.dtype), k.to(v.dtype)  # rms_norm may autocast to fp32
+        y = causal_attention(q, k, v, self.use_fa3)
+        if self.xsa:
+            y = exclusive_self_attention(y, v)
+        return self.proj(y.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """down(act(up(x))²), act = LeakyReLU(slope) or ReLU."""
+
+    def __init__(self, cfg: TrainerConfig):
+        super().__init__()
+        self.up = BlockLinear(cfg.model_dim, cfg.mlp_hidden)
+        self.down = BlockLinear(cfg.mlp_hidden, cfg.model_dim)
+        self.slope = cfg.leaky_slope if cfg.mlp_activation == "leaky_relu2" else 0.0
+        nn.init.orthogonal_(self.up.weight)
+        nn.init.zeros_(self.down.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.leaky_relu(self.up(x), self.slope).square())
+
+
+class Block(nn.Module):
+    """x = a·x + b·x0; x += attn_scale·Attn(rms(x)·s); x += mlp_scale·MLP(rms(x)·s)."""
+
+    def __init__(self, cfg: TrainerConfig, layer: int, xsa: bool, use_fa3: bool):
+        super().__init__()
+        self.attn = Attention(cfg, xsa, use_fa3)
+        self.mlp = MLP(cfg)
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim)]))
+        self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
+        self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
+        self.ln_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+
+
+class ValueEmbedding(nn.Module):
+    """Token-indexed values added to V on chosen layers: ve_scale[l] · proj(table[t]).
+
+    One table and projection shared by those layers, a learned scalar per layer
+    (init 1). The table starts at zero and the projection orthogonal, so V is
+    unchanged at init and both still learn (as in BigramHash).
+    """
+
+    def __init__(self, vocab: int, dim: int, kv_dim: int, n_layers: int):
+        super().__init__()
+        self.table = nn.Embedding(vocab, dim)
+        self.proj = BlockLinear(dim, kv_dim)
+        self.ve_scale = nn.Parameter(torch.ones(n_layers))
+        nn.init.zeros_(self.table.weight)
+        nn.init.orthogonal_(self.proj.weight)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.proj(self.table(idx))
+
+
+class GPT(nn.Module):
+    """The language model; ``forward_logits(idx)`` and ``forward(idx, targets) -> mean CE``."""
+
+    def __init__(self, cfg: TrainerConfig):
+        super().__init__()
+        self.cfg = cfg
+        use_fa3 = fa3_attn_func is not None and cfg.attention_backend in ("auto", "fa3") and torch.cuda.is_available()
+        if cfg.attention_backend == "fa3" and not use_fa3:
+            raise ValueError("ATTENTION_BACKEND=fa3 but flash_attn_interface (FlashAttention 3) does not import on this machine")
+        self.attention_impl = "fa3" if use_fa3 else "sdpa"
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
+        self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, cfg.model_dim) if cfg.bigram_vocab_size else None
+        self.smear = SmearGate(cfg.model_dim, cfg.bos_token_id) if cfg.smear_gate else None
+        first_xsa = cfg.num_layers - cfg.xsa_last_n
+        self.blocks = nn.ModuleList(Block(cfg, i, i >= first_xsa, use_fa3) for i in range(cfg.num_layers))
+        self.ve_layers = {layer: n for n, layer in enumerate(cfg.ve_layer_list)} if cfg.ve_enabled else {}
+        self.ve = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, cfg.num_kv_heads * cfg.head_dim, len(self.ve_layers)) if self.ve_layers else None
+        self.num_skips = cfg.num_layers // 2 if cfg.unet_skips else 0
+        self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim)) if self.num_skips else None
+        self.lm_head = None
+        if not cfg.tie_embeddings:
+            self.lm_head = BlockLinear(cfg.model_dim, cfg.vocab_size)
+            nn.init.zeros_(self.lm_head.weight)
+
+    def set_qat(self, enabled: bool) -> None:
+        """Switch int6 fake-quantisation of every block matrix on or off."""
+        for m in self.modules():
+            if isinstance(m, BlockLinear):
+                m.qat.fill_(1.0 if enabled else 0.0)
+
+    def hidden(self, idx: Tensor) -> Tensor:
+        """Final normalised hidden states [B, T, D]."""
+        x = self.tok_emb(idx)
+        if self.bigram is not None:
+            x = x + self.bigram(idx)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x, idx)
+        x0 = x
+        ve = self.ve(idx) if self.ve is not None else None
+        skips: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_skips and skips:
+                x = x + self.skip_weights[i - self.num_skips].to(x.dtype) * skips.pop()
+            ve_i = None
+            if i in self.ve_layers:
+                ve_i = self.ve.ve_scale[self.ve_layers[i]].to(ve.dtype) * ve
+            x = block(x, x0, ve_i)
+            if i < self.num_skips:
+                skips.append(x)
+        return rms_norm(x)
+
+    def forward_logits(self, idx: Tensor) -> Tensor:
+        """Soft-capped logits c·tanh(z/c), float32 [B, T, V]."""
+        h = self.hidden(idx)
+        z = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.tok_emb.weight.to(h.dtype))
+        z = z.float()
+        c = self.cfg.logit_softcap
+        return c * torch.tanh(z / c) if c > 0 else z
+
+    def forward(self, idx: Tensor, targets: Tensor) -> Tensor:
+        """Mean next-token cross-entropy (nats)."""
+        logits = self.forward_logits(idx)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,158 @@
+"""The artifact: int6/int8 per-row quantisation, zstd-22 packing, and the fake-quant
+used by late QAT.
+
+Which format each tensor of the state dict gets:
+- control tensors (gates, scales, mixes; see ``is_control_tensor``): fp32, unchanged;
+- the token embedding (name contains ``tok_emb``) when larger than 65,536 elements:
+  int8 per row, values in [-127, 127];
+- any other floating tensor with more than 65,536 elements: int6 per row, values in
+  [-31, 31] (stored one per byte; zstd squeezes out the two idle bits);
+- everything else: fp16.
+
+Per-row quantisation with clip c and qmax Q: s = fp16(c / Q), q = clamp(round(w / s), -Q, Q),
+w ≈ q·s. "GPTQ-lite": c is picked per row among the 99.90, 99.95, 99.99, 99.999 and
+100th percentiles of |w_row|, whichever minimises sum((q·s - w)²).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+import zstandard
+from torch import Tensor
+
+QUANT_SMALL_NUMEL = 65_536
+CLIP_PERCENTILES = (99.90, 99.95, 99.99, 99.999, 100.0)
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "smear", "bigram.scale", "ve_scale")
+ARTIFACT_MAGIC = b"CADDIE1\n"
+
+
+def is_control_tensor(name: str, t: Tensor) -> bool:
+    """Gates, scales and mixes: few numbers that steer the network, kept exact (fp32)."""
+    return t.ndim < 2 or any(p in name for p in CONTROL_TENSOR_PATTERNS)
+
+
+def fake_quant_int6(w: Tensor) -> Tensor:
+    """Per-row int6 round trip with a straight-through gradient (late QAT).
+
+    Forward: s = max|w_row| / 31, q(w) = clamp(round(w / s), -31, 31)·s.
+    Backward: dq/dw = 1 (the rounding is invisible to the gradient).
+    """
+    s = w.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 31.0
+    q = torch.clamp(torch.round(w / s), -31, 31) * s
+    return w + (q - w).detach()
+
+
+def _row_percentiles(absw: Tensor, percentiles: tuple[float, ...]) -> Tensor:
+    """Linear-interpolated percentiles of each row of |w|: [len(percentiles), rows]."""
+    srt = absw.sort(dim=1).values
+    n = srt.size(1)
+    out = []
+    for p in percentiles:
+        pos = (n - 1) * p / 100.0
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        frac = pos - lo
+        out.append(srt[:, lo] * (1.0 - frac) + srt[:, hi] * frac)
+    return torch.stack(out)
+
+
+def quantize_rows(w: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
+    """Quantise a 2-D tensor per row with the GPTQ-lite clip search.
+
+    Returns (q int8 [rows, cols] in [-qmax, qmax], s fp16 [rows]); w ≈ q·s.
+    """
+    w = w.detach().float()
+    clips = _row_percentiles(w.abs(), CLIP_PERCENTILES)  # [P, rows]
+    best_q = torch.zeros_like(w, dtype=torch.int8)
+    best_s = torch.ones(w.size(0), dtype=torch.float16, device=w.device)
+    best_err = torch.full((w.size(0),), float("inf"), device=w.device)
+    for clip in clips:
+        s16 = (clip / qmax).clamp_min(1e-7).to(torch.float16)
+        s = s16.float().unsqueeze(1)
+        q = torch.clamp(torch.round(w / s), -qmax, qmax)
+        err = ((q * s - w) ** 2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_q[better] = q[better].to(torch.int8)
+        best_s[better] = s16[better]
+    return best_q, best_s
+
+
+def quantize_state_dict(sd: dict[str, Tensor]) -> dict[str, dict]:
+    """Map each tensor to {"kind": "int6"|"int8"|"fp16"|"fp32"|"raw", "q"/"t", "s", "dtype"}."""
+    out: dict[str, dict] = {}
+    for name, t in sd.items():
+        t = t.detach()  # quantise where it lives (GPU at the end of training), store on CPU
+        entry: dict = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+        if not t.is_floating_point():
+            entry.update(kind="raw", t=t.cpu().contiguous())
+        elif is_control_tensor(name, t):
+            entry.update(kind="fp32", t=t.float().cpu().contiguous())
+        elif t.numel() > QUANT_SMALL_NUMEL:
+            kind, qmax = ("int8", 127) if "tok_emb" in name else ("int6", 31)
+            q, s = quantize_rows(t.reshape(t.size(0), -1), qmax)
+            entry.update(kind=kind, q=q.cpu(), s=s.cpu())
+        else:
+            entry.update(kind="fp16", t=t.half().cpu().contiguous())
+        out[name] = entry
+    return out
+
+
+def dequantize(obj: dict[str, dict]) -> dict[str, Tensor]:
+    """Inverse of quantize_state_dict (up to rounding): a state dict in the original dtypes."""
+    sd: dict[str, Tensor] = {}
+    for name, e in obj.items():
+        dtype = getattr(torch, e["dtype"])
+        if e["kind"] in ("int6", "int8"):
+            t = e["q"].float() * e["s"].float().unsqueeze(1)
+        else:
+            t = e["t"]
+        sd[name] = t.reshape(e["shape"]).to(dtype)
+    return sd
+
+
+def _tensor_bytes(t: Tensor) -> bytes:
+    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def pack_artifact(obj: dict[str, dict], level: int = 22) -> bytes:
+    """Serialise to MAGIC + u32 header length + JSON header + raw tensor bytes; zstd it.
+
+    A compact custom layout instead of torch.save: no pickle, no zip padding, and
+    the bytes depend only on the tensors (deterministic across runs).
+    """
+    header = []
+    chunks = []
+    for name, e in obj.items():
+        parts = {k: e[k] for k in ("q", "s", "t") if k in e}
+        header.append({"name": name, "kind": e["kind"], "dtype": e["dtype"], "shape": e["shape"],
+                       "parts": [[k, str(v.dtype).removeprefix("torch."), list(v.shape)] for k, v in parts.items()]})
+        chunks.extend(_tensor_bytes(v) for v in parts.values())
+    head = json.dumps(header, separators=(",", ":")).encode()
+    raw = ARTIFACT_MAGIC + len(head).to_bytes(4, "little") + head + b"".join(chunks)
+    return zstandard.ZstdCompressor(level=level).compress(raw)
+
+
+def unpack_artifact(blob: bytes) -> dict[str, dict]:
+    """Inverse of pack_artifact."""
+    raw = zstandard.ZstdDecompressor().decompress(blob)
+    if not raw.startswith(ARTIFACT_MAGIC):
+        raise ValueError("not a caddie artifact (bad magic)")
+    n = int.from_bytes(raw[len(ARTIFACT_MAGIC):len(ARTIFACT_MAGIC) + 4], "little")
+    pos = len(ARTIFACT_MAGIC) + 4
+    header = json.loads(raw[pos:pos + n])
+    buf = io.BytesIO(raw[pos + n:])
+    obj: dict[str, dict] = {}
+    for h in header:
+        e = {"kind": h["kind"], "dtype": h["dtype"], "shape": h["shape"]}
+        for key, dtype, shape in h["parts"]:
+            dt = getattr(torch, dtype)
+            count = int(np.prod(shape)) if shape else 1
+            data = bytearray(buf.read(count * dt.itemsize))
+            e[key] = torch.frombuffer(data, dtype=torch.uint8).view(dt).reshape(shape) if count else torch.empty(shape, dtype=dt)
+        obj[h["name"]] = e
+    return obj
