@@ -116,7 +116,7 @@ def dequantize(obj: dict[str, dict]) -> dict[str, Tensor]:
 
 
 def _tensor_bytes(t: Tensor) -> bytes:
-    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def pack_artifact(obj: dict[str, dict], level: int = 22) -> bytes:
