@@ -1,0 +1,276 @@
+"""The local launcher: the trainer as a subprocess of this machine.
+
+Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR):
+
+    stdout.log        the trainer's stdout and stderr, combined; what read_log streams
+    child.json        pid, process group and start time of the trainer process
+    exit_code.json    written atomically by the wrapper when the trainer ends
+    cancel_requested  written by cancel() before any signal is sent
+    train.log, metrics.jsonl, result.json, model.int6.ptz   written by the trainer
+
+The worker starts `python -m worker.launchers.local_wrapper`, never a shell, in
+a new session; the wrapper starts the trainer and records how it ended. The
+handle holds the wrapper's pid, process group and start time (so a reused pid
+is never mistaken for our job), which is all a restarted worker needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
+from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG
+
+NAME = "local"
+CANCEL_FILE = "cancel_requested"
+READ_LOG_MAX_BYTES = 1 << 20  # read_log returns at most this much per call; callers loop
+REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the worker and trainer packages
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Worker secrets (database URL, S3 keys, tokens) must not leak into the trainer's environment.
+_PRIVATE_ENV = re.compile(r"^CADDIE_|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
+_PATH_KNOBS = {"DATA_PATH": "data_path", "TOKENIZER_PATH": "tokenizer_path"}
+_ERROR_LINE = re.compile(r"(Error|Exception|error:|FAILED|Killed|caddie:)")
+
+
+def count_local_gpus() -> int:
+    """Number of NVIDIA GPUs `nvidia-smi -L` lists (0 without a driver); no torch import."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if out.returncode != 0:
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _same_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """The live (non-zombie) process `pid`, if it is the one started at `create_time`."""
+    if not pid:
+        return None
+    try:
+        p = psutil.Process(pid)
+        if create_time is not None and abs(p.create_time() - create_time) > 0.05:
+            return None  # the pid was reused by another process
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _last_error_line(log: Path, tail_bytes: int = 64 * 1024) -> str:
+    """The most telling line near the end of the log: the last error-looking line, else the last line."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - tail_bytes))
+            lines = [ln.strip() for ln in fh.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return ""
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line):
+            return line[:500]
+    return lines[-1][:500] if lines else ""
+
+
+class LocalLauncher:
+    """Runs jobs on this machine; one pseudo-cluster called `local`."""
+
+    name = NAME
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.runs_dir = Path(settings.runs_dir).resolve()
+        self.grace_s = float(settings.cancel_grace_s)
+        self._gpus: int | None = settings.gpu_count
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # reaped in status(), so no zombies pile up
+        self._base_dir = Path.cwd()  # relative data paths mean "relative to where the worker runs"
+
+    # --- nodes -----------------------------------------------------------------
+    def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
+        return ClusterHandle(launcher=NAME, name=NAME, hardware=hardware, data={})
+
+    def release(self, cluster: ClusterHandle, keep_warm: bool) -> None:
+        return None
+
+    def list_clusters(self) -> list[ClusterHandle]:
+        return [ClusterHandle(launcher=NAME, name=NAME, hardware=f"local:{self.gpu_count()}", data={})]
+
+    def gpu_count(self) -> int:
+        if self._gpus is None:
+            self._gpus = count_local_gpus()
+        return self._gpus
+
+    # --- jobs --------------------------------------------------------------------
+    def trainer_argv(self) -> list[str]:
+        if self.settings.trainer_command:
+            return list(self.settings.trainer_command)
+        n = self.gpu_count()
+        if n > 0:
+            # `python -m torch.distributed.run` is torchrun without relying on PATH
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "trainer"]
+        return [sys.executable, "-m", "trainer"]
+
+    def _new_workdir(self, run_id: int) -> Path:
+        run_dir = self.runs_dir / str(int(run_id))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            d = run_dir / f"attempt-{n}"
+            try:
+                d.mkdir()  # atomic: two submits never share a directory
+                return d
+            except FileExistsError:
+                n += 1
+
+    def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not _PRIVATE_ENV.search(k)}
+        for k, v in job.env.items():
+            if not _ENV_NAME.match(str(k)):
+                raise LaunchFailed(f"invalid environment variable name {k!r}")
+            env[str(k)] = str(v)
+        for key, field in _PATH_KNOBS.items():
+            if key not in job.env:
+                from trainer.config import TrainerConfig
+
+                env[key] = getattr(TrainerConfig(), field)
+            env[key] = str((self._base_dir / env[key]).resolve())
+        env["OUTPUT_DIR"] = str(workdir)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"  # log lines reach stdout.log as they are printed
+        return env
+
+    def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
+        workdir = self._new_workdir(job.run_id)
+        env = self._child_env(job, workdir)
+        argv = [
+            sys.executable, "-m", "worker.launchers.local_wrapper",
+            "--workdir", str(workdir),
+            "--timeout", str(float(job.timeout_s or 0)),
+            "--grace", str(self.grace_s),
+            "--", *self.trainer_argv(),
+        ]  # fmt: skip
+        (workdir / STDOUT_LOG).touch()
+        try:
+            proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise LaunchFailed(f"cannot start the local trainer: {exc}") from exc
+        self._children[proc.pid] = proc
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.NoSuchProcess:
+            create_time = None  # already gone; status() falls back to the exit-code file
+        return LaunchHandle(
+            launcher=NAME,
+            cluster=cluster.name,
+            job_id=f"{job.run_id}/{workdir.name}",
+            data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0)},
+        )
+
+    def _reap(self, pid: int) -> None:
+        proc = self._children.get(pid)
+        if proc is not None and proc.poll() is not None:
+            del self._children[pid]
+
+    def status(self, handle: LaunchHandle) -> JobStatus:
+        workdir = Path(handle.data["workdir"])
+        pid = handle.data.get("pid")
+        self._reap(pid)
+        ended = _read_json(workdir / EXIT_FILE)
+        if ended is None:
+            if _same_process(pid, handle.data.get("create_time")) is not None:
+                return JobStatus(JobState.RUNNING)
+            child = _read_json(workdir / CHILD_FILE) or {}
+            if _same_process(child.get("pid"), child.get("create_time")) is not None:
+                return JobStatus(JobState.RUNNING, reason="wrapper gone, trainer still running")
+            ended = _read_json(workdir / EXIT_FILE)  # it may have finished between the two looks
+        cancelled = (workdir / CANCEL_FILE).exists()
+        if ended is None:
+            if cancelled:
+                return JobStatus(JobState.CANCELLED, reason="cancelled")
+            return JobStatus(JobState.LOST, reason=f"trainer process {pid} is gone and left no exit code")
+        rc = int(ended["exit_code"])
+        if cancelled:
+            return JobStatus(JobState.CANCELLED, rc, "cancelled")
+        if rc == 0:
+            return JobStatus(JobState.SUCCEEDED, 0, "")
+        if ended.get("timed_out"):
+            return JobStatus(JobState.FAILED, rc, f"hard timeout after {handle.data.get('timeout_s', 0):.0f} s")
+        result = _read_json(workdir / "result.json") or {}
+        detail = result.get("error") or _last_error_line(workdir / STDOUT_LOG) or "no output"
+        return JobStatus(JobState.FAILED, rc, f"trainer exited with code {rc}: {detail}")
+
+    def read_log(self, handle: LaunchHandle, offset: int) -> bytes:
+        path = Path(handle.data["workdir"]) / STDOUT_LOG
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, int(offset)))
+                return fh.read(READ_LOG_MAX_BYTES)
+        except FileNotFoundError:
+            return b""
+
+    def cancel(self, handle: LaunchHandle) -> None:
+        """SIGTERM the trainer's process group (through the wrapper), SIGKILL whatever is left after the grace period."""
+        workdir = Path(handle.data["workdir"])
+        if (workdir / EXIT_FILE).exists():
+            return
+        (workdir / CANCEL_FILE).touch()
+        pid, pgid = handle.data.get("pid"), handle.data.get("pgid")
+        wrapper = _same_process(pid, handle.data.get("create_time"))
+        child = _read_json(workdir / CHILD_FILE) or {}
+        trainer = _same_process(child.get("pid"), child.get("create_time"))
+        if wrapper is not None:
+            os.kill(pid, signal.SIGTERM)  # the wrapper forwards it to the trainer's group and records the exit code
+        elif trainer is not None:
+            _killpg(child["pgid"], signal.SIGTERM)  # the wrapper died earlier; signal the trainer ourselves
+        deadline = time.monotonic() + self.grace_s + 1.5  # the wrapper's own SIGKILL comes after grace_s
+        while time.monotonic() < deadline and self._alive(handle):
+            time.sleep(0.05)
+        if self._alive(handle):
+            child = _read_json(workdir / CHILD_FILE) or {}
+            if _same_process(child.get("pid"), child.get("create_time")) is not None:
+                _killpg(child.get("pgid"), signal.SIGKILL)
+            if _same_process(pid, handle.data.get("create_time")) is not None:
+                _killpg(pgid, signal.SIGKILL)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end and self._alive(handle):
+                time.sleep(0.05)
+
+    def _alive(self, handle: LaunchHandle) -> bool:
+        """Is the wrapper or the trainer of this job still running?"""
+        self._reap(handle.data.get("pid"))
+        child = _read_json(Path(handle.data["workdir"]) / CHILD_FILE) or {}
+        return (
+            _same_process(handle.data.get("pid"), handle.data.get("create_time")) is not None
+            or _same_process(child.get("pid"), child.get("create_time")) is not None
+        )
+
+    def collect(self, handle: LaunchHandle, dest: Path) -> Path:
+        """The job's own work dir (the files are already on this machine; `dest` is not used)."""
+        return Path(handle.data["workdir"])
+
+
+def _killpg(pgid: int | None, sig: int) -> None:
+    if not pgid:
+        return
+    try:
+        os.killpg(int(pgid), sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
