@@ -1,0 +1,347 @@
+"""One training run, start to finish.
+
+setup (device, DDP) -> data and model -> compile warm-up, then undone -> training
+loop under the wallclock cap (warm-down lands on the cap; EMA, SWA, late QAT) ->
+averaged weights -> quantise + zstd (the artifact) -> de-quantise ("roundtrip") ->
+sliding-window eval -> legal TTT -> train.log, metrics.jsonl, result.json.
+
+The training timer runs only around training steps: compile warm-up, evaluation
+and serialisation are outside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import resource
+import subprocess
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.bpb import ByteLUTs
+from trainer.bundle import bundled_source
+from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig
+from trainer.data import TokenStream, load_val_tokens
+from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt
+from trainer.model import GPT, count_parameters
+from trainer.optim import build_optimizers, set_schedule
+from trainer.quant import dequantize, pack_artifact, quantize_state_dict, unpack_artifact
+
+ARTIFACT_NAME = "model.int6.ptz"
+RESULT_KEYS = ("status", "error", "val_loss", "val_bpb", "pre_ttt_bpb", "code_bytes", "model_bytes", "total_bytes", "artifact_ok",
+               "steps", "train_seconds", "eval_seconds", "peak_memory_mib", "world_size", "seed", "config", "trainer_revision")
+
+
+class RunError(ValueError):
+    """A problem with the run's inputs (missing files, impossible batch split): one clear line."""
+
+
+class RunLog:
+    """train.log + stdout for people, metrics.jsonl for machines; only rank 0 writes."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.text = open(out_dir / "train.log", "w", encoding="utf-8")
+            self.metrics = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")
+
+    def line(self, msg: str) -> None:
+        if self.enabled:
+            print(msg, flush=True)
+            self.text.write(msg + "\n")
+            self.text.flush()
+
+    def point(self, **values) -> None:
+        if self.enabled:
+            self.metrics.write(json.dumps(values) + "\n")
+            self.metrics.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.text.close()
+            self.metrics.close()
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); joins the process group when torchrun started us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return rank, world, device
+
+
+def grad_accum_for(cfg: TrainerConfig, world: int) -> int:
+    """Micro-steps per step so that world x accum x micro-batch = TRAIN_BATCH_TOKENS.
+
+    GRAD_ACCUM_STEPS when set; otherwise the divisor of the batch's sequence count
+    closest to 8 / world_size (8 on one GPU, 1 on eight).
+    """
+    seqs = cfg.train_batch_tokens // cfg.train_seq_len
+    if cfg.grad_accum_steps:
+        if seqs % (cfg.grad_accum_steps * world):
+            raise ConfigError([ConfigIssue("GRAD_ACCUM_STEPS", cfg.grad_accum_steps,
+                                           f"times world size {world} must divide the batch's {seqs} sequences (TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN)")])
+        return cfg.grad_accum_steps
+    valid = [a for a in range(1, seqs // world + 1) if seqs % (a * world) == 0]
+    if not valid:
+        raise ConfigError([ConfigIssue("TRAIN_BATCH_TOKENS", cfg.train_batch_tokens,
+                                       f"holds {seqs} sequences of TRAIN_SEQ_LEN={cfg.train_seq_len}, fewer than the {world} ranks")])
+    target = max(1, 8 // world)
+    return min(valid, key=lambda a: (abs(a - target), -a))
+
+
+def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
+    """1, then linear to 0 over the last WARMDOWN_ITERS steps.
+
+    by steps: (ITERATIONS - step) / WARMDOWN_ITERS.  Under a wallclock cap also by
+    time: remaining_ms / (WARMDOWN_ITERS · ms_per_step so far), so the warm-down ends
+    at the cap. The smaller of the two wins; clamped to [0, 1].
+    """
+    if cfg.warmdown_iters <= 0:
+        return 1.0
+    scale = (cfg.iterations - step) / cfg.warmdown_iters
+    if cfg.max_wallclock_seconds > 0 and step > 0:
+        remaining_ms = cfg.max_wallclock_seconds * 1000.0 - elapsed_ms
+        scale = min(scale, remaining_ms / (cfg.warmdown_iters * elapsed_ms / step))
+    return min(max(scale, 0.0), 1.0)
+
+
+def trainer_revision(code: str) -> str:
+    """The git commit of the trainer's source tree, else a hash of the bundled code."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "sha256:" + hashlib.sha256(code.encode()).hexdigest()[:16]
+
+
+def peak_memory_mib(device: torch.device) -> tuple[int, int]:
+    """(allocated, reserved) peaks in MiB; on CPU both are the process's max RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+    return rss, rss
+
+
+def write_result(out_dir: Path, result: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = {k: result.get(k) for k in RESULT_KEYS}
+    tmp = out_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(full, indent=2) + "\n")
+    tmp.replace(out_dir / "result.json")
+
+
+def write_failure(out_dir: Path, error: str, config: dict | None, seed: int | None = None) -> None:
+    """result.json for a run that could not finish: status failed and the one-line error."""
+    write_result(out_dir, {"status": "failed", "error": error, "config": config, "seed": seed,
+                           "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
+
+
+def train(cfg: TrainerConfig) -> dict:
+    """Run the whole thing; return the result dict (also written to result.json)."""
+    cfg.validate()
+    rank, world, device = setup_distributed()
+    master = rank == 0
+    out_dir = Path(cfg.output_dir)
+    log = RunLog(out_dir, master)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    # --- code, data, model ----------------------------------------------------
+    code = bundled_source()
+    code_bytes = len(code.encode("utf-8"))
+    log.line(f"Code size: {code_bytes} bytes")
+    log.line("config: " + json.dumps(cfg.overrides(), sort_keys=True))
+    accum = grad_accum_for(cfg, world)
+    train_pattern = os.path.join(cfg.data_path, "fineweb_train_*.bin")
+    val_pattern = os.path.join(cfg.data_path, "fineweb_val_*.bin")
+    if not os.path.isfile(cfg.tokenizer_path):
+        raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: no such file")
+    luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
+    val_tokens = load_val_tokens(val_pattern, cfg.val_tokens_limit)
+    stream = TokenStream(train_pattern, rank, world)
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg).to(device)
+    log.line(f"model_params:{count_parameters(model)} attention:{model.attention_impl} world_size:{world} grad_accum_steps:{accum} device:{device.type}")
+    step_model = torch.compile(model, dynamic=False) if cuda and cfg.compile else model
+    if world > 1:
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+    optimizers = build_optimizers(model, cfg)
+    params = list(model.parameters())
+    micro_tokens = cfg.train_batch_tokens // accum
+
+    def train_step(step: int, lr_scale: float) -> torch.Tensor:
+        set_schedule(optimizers, lr_scale, step, cfg)
+        total = torch.zeros((), device=device)
+        for micro in range(accum):
+            x, y = stream.next_batch(micro_tokens, cfg.train_seq_len, device)
+            no_sync = step_model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
+            with no_sync:
+                with autocast:
+                    loss = step_model(x, y)
+                (loss / accum).backward()
+            total += loss.detach()
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        return total / accum
+
+    # --- compile warm-up, then undo it (weights, optimiser state, data order) ---
+    if cfg.warmup_steps:
+        initial_weights = copy.deepcopy(model.state_dict())
+        initial_opt = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+        for _ in range(cfg.warmup_steps):
+            train_step(0, 1.0)
+        model.load_state_dict(initial_weights)
+        for opt, state in zip(optimizers, initial_opt):
+            opt.load_state_dict(state)
+        stream = TokenStream(train_pattern, rank, world)
+        log.line(f"warmup_steps:{cfg.warmup_steps} done (weights, optimiser state and data reset)")
+
+    ema = [p.detach().float().clone() for p in params] if cfg.ema_enabled else None
+    swa: list[torch.Tensor] | None = None
+    swa_count = 0
+    qat_on = False
+
+    def evaluate_pre_quant(step: int, train_ms: float) -> None:
+        model.eval()
+        with torch.no_grad(), autocast:
+            r = evaluate_full(model, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
+        model.train()
+        log.line(f"step:{step}/{cfg.iterations} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} "
+                 f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+        log.point(kind="val", step=step, val_loss=r.val_loss, val_bpb=r.val_bpb, elapsed_ms=round(train_ms, 1))
+
+    # --- training loop ---------------------------------------------------------
+    cap_ms = cfg.max_wallclock_seconds * 1000.0
+    train_ms = 0.0
+    step = 0
+    sync()
+    t0 = time.perf_counter()
+    while step < cfg.iterations:
+        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        scale = lr_scale_at(step, elapsed_ms, cfg)
+        if cfg.qat_enabled and not qat_on and scale < cfg.late_qat_threshold:
+            model.set_qat(True)
+            qat_on = True
+            log.line(f"late_qat:on step:{step} lr_scale:{scale:.4f}")
+        loss = train_step(step, scale)
+        step += 1
+        if ema is not None:
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
+        if cfg.swa_enabled and scale < cfg.swa_start_lr_scale and step % cfg.swa_every == 0:
+            source = ema if ema is not None else [p.detach().float() for p in params]
+            if swa is None:
+                swa = [s.clone() for s in source]
+            else:
+                torch._foreach_add_(swa, source)
+            swa_count += 1
+        if step <= 10 or step % cfg.train_log_every == 0 or step == cfg.iterations:
+            loss_value = loss.item()
+            elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+            log.line(f"step:{step}/{cfg.iterations} train_loss:{loss_value:.4f} train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
+            log.point(kind="train", step=step, train_loss=loss_value, elapsed_ms=round(elapsed_ms, 1))
+            if not math.isfinite(loss_value):
+                raise RunError(f"train_loss is {loss_value} at step {step}: training diverged")
+        if cfg.val_loss_every and step % cfg.val_loss_every == 0 and step < cfg.iterations:
+            sync()
+            train_ms += 1000.0 * (time.perf_counter() - t0)
+            evaluate_pre_quant(step, train_ms)
+            sync()
+            t0 = time.perf_counter()
+        if cap_ms > 0:
+            reached = torch.tensor(float(train_ms + 1000.0 * (time.perf_counter() - t0) >= cap_ms), device=device)
+            if world > 1:
+                dist.all_reduce(reached, op=dist.ReduceOp.MAX)
+            if reached.item() and step < cfg.iterations:
+                sync()
+                log.line(f"stopping_early: wallclock_cap train_time:{train_ms + 1000.0 * (time.perf_counter() - t0):.0f}ms step:{step}/{cfg.iterations}")
+                break
+    sync()
+    train_ms += 1000.0 * (time.perf_counter() - t0)
+    peak_alloc, peak_reserved = peak_memory_mib(device)
+    log.line(f"peak memory allocated: {peak_alloc} MiB reserved: {peak_reserved} MiB")
+
+    # --- final weights: SWA of the (EMA) weights if any snapshot, else EMA -----
+    final = [s / swa_count for s in swa] if swa_count else ema
+    if final is not None:
+        with torch.no_grad():
+            for p, f in zip(params, final):
+                p.copy_(f.to(p.dtype))
+        log.line(f"weights: {'swa of ' + str(swa_count) + ' snapshots' if swa_count else 'ema'}")
+    model.set_qat(False)
+    evaluate_pre_quant(step, train_ms)
+
+    # --- artifact and its roundtrip ---------------------------------------------
+    blob = pack_artifact(quantize_state_dict(model.state_dict()), cfg.zstd_level)
+    if master:
+        (out_dir / ARTIFACT_NAME).write_bytes(blob)
+    model_bytes = len(blob)
+    total_bytes = code_bytes + model_bytes
+    log.line(f"Serialized model int6+zstd: {model_bytes} bytes")
+    log.line(f"Total submission size int6+zstd: {total_bytes} bytes")
+    del model, step_model, optimizers, params, ema, swa
+    roundtrip = GPT(cfg).to(device)
+    roundtrip.load_state_dict(dequantize(unpack_artifact(blob)))
+    roundtrip.eval()
+    if cuda and cfg.compile:
+        roundtrip.forward_logits = torch.compile(roundtrip.forward_logits, dynamic=False)
+
+    # --- evaluation (its own clock) -----------------------------------------------
+    sync()
+    e0 = time.perf_counter()
+    with torch.no_grad(), autocast:
+        if cfg.eval_stride > 0:
+            r = evaluate_sliding(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, rank, world)
+            log.line(f"final_int6_sliding_window_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
+        else:
+            r = evaluate_full(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
+            log.line(f"final_int6_roundtrip_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
+    pre_ttt_bpb = r.val_bpb
+    if cfg.ttt_enabled:
+        with autocast:
+            r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
+        log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
+    sync()
+    eval_seconds = time.perf_counter() - e0
+    log.line(f"eval_time:{eval_seconds * 1000:.0f}ms")
+
+    result = {
+        "status": "succeeded", "error": None,
+        "val_loss": r.val_loss, "val_bpb": r.val_bpb, "pre_ttt_bpb": pre_ttt_bpb,
+        "code_bytes": code_bytes, "model_bytes": model_bytes, "total_bytes": total_bytes,
+        "artifact_ok": total_bytes <= ARTIFACT_LIMIT_BYTES,
+        "steps": step, "train_seconds": round(train_ms / 1000.0, 3), "eval_seconds": round(eval_seconds, 3),
+        "peak_memory_mib": peak_alloc, "world_size": world, "seed": cfg.seed,
+        "config": cfg.to_dict(), "trainer_revision": trainer_revision(code),
+    }
+    if master:
+        write_result(out_dir, result)
+    log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
