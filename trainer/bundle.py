@@ -13,6 +13,7 @@ every byte of code counts towards the 16,000,000-byte artifact.
 from __future__ import annotations
 
 import argparse
+import os
 import ast
 import re
 from pathlib import Path
@@ -20,6 +21,13 @@ from pathlib import Path
 BUNDLE_MODULES = ("config", "data", "bpb", "quant", "model", "optim", "evaluate", "bundle", "train", "__main__")
 BUNDLE_HEADER = '"""caddie shared trainer, bundled into one file by `python -m trainer.bundle`."""\nfrom __future__ import annotations\n'
 SIBLING_IMPORT = re.compile(r"^from trainer\.(\w+) import .*$")
+# Inside the bundle, this module shrinks to the one function the trainer calls:
+# the script reads its own text instead of carrying the bundler along.
+BUNDLED_SELF = '''
+def bundled_source() -> str:
+    """This script's own text (its bytes are the submission's code bytes)."""
+    return Path(os.path.abspath(__file__)).read_text(encoding="utf-8")
+'''
 
 
 def bundle_module_order(sources: dict[str, str]) -> list[str]:
@@ -91,21 +99,18 @@ def prune_unused(src: str) -> str:
 
 def build_bundle(package_dir: Path | None = None) -> str:
     """The single-file trainer as text."""
-    package_dir = package_dir or Path(__file__).resolve().parent
+    package_dir = package_dir or Path(os.path.abspath(__file__)).parent
     sources = {m: (package_dir / f"{m}.py").read_text(encoding="utf-8") for m in BUNDLE_MODULES}
     parts = [BUNDLE_HEADER]
     for m in bundle_module_order(sources):
         parts.append(f"\n# ---- trainer/{m}.py ----\n")
-        parts.append(strip_module(sources[m], keep_main_block=m == "__main__"))
+        parts.append(BUNDLED_SELF if m == "bundle" else strip_module(sources[m], keep_main_block=m == "__main__"))
     return prune_unused("".join(parts))
 
 
 def bundled_source() -> str:
-    """The bundled script's text: this very file when running bundled, else built from the package."""
-    here = Path(__file__).resolve()
-    if here.name == "bundle.py" and here.parent.name == "trainer":
-        return build_bundle(here.parent)
-    return here.read_text(encoding="utf-8")
+    """The text of the single-file trainer that this package bundles into."""
+    return build_bundle()
 
 
 def bundle_main(argv: list[str] | None = None) -> None:

@@ -122,6 +122,12 @@ def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
     return min(max(scale, 0.0), 1.0)
 
 
+def artifact_accounting(code_bytes: int, model_bytes: int) -> dict:
+    """total = code bytes + compressed model bytes; ok when total <= 16,000,000 (decimal)."""
+    total = code_bytes + model_bytes
+    return {"code_bytes": code_bytes, "model_bytes": model_bytes, "total_bytes": total, "artifact_ok": total <= ARTIFACT_LIMIT_BYTES}
+
+
 def trainer_revision(code: str) -> str:
     """The git commit of the trainer's source tree, else a hash of the bundled code."""
     try:
@@ -299,10 +305,9 @@ def train(cfg: TrainerConfig) -> dict:
     blob = pack_artifact(quantize_state_dict(model.state_dict()), cfg.zstd_level)
     if master:
         (out_dir / ARTIFACT_NAME).write_bytes(blob)
-    model_bytes = len(blob)
-    total_bytes = code_bytes + model_bytes
-    log.line(f"Serialized model int6+zstd: {model_bytes} bytes")
-    log.line(f"Total submission size int6+zstd: {total_bytes} bytes")
+    size = artifact_accounting(code_bytes, len(blob))
+    log.line(f"Serialized model int6+zstd: {size['model_bytes']} bytes")
+    log.line(f"Total submission size int6+zstd: {size['total_bytes']} bytes")
     del model, step_model, optimizers, params, ema, swa
     roundtrip = GPT(cfg).to(device)
     roundtrip.load_state_dict(dequantize(unpack_artifact(blob)))
@@ -332,8 +337,7 @@ def train(cfg: TrainerConfig) -> dict:
     result = {
         "status": "succeeded", "error": None,
         "val_loss": r.val_loss, "val_bpb": r.val_bpb, "pre_ttt_bpb": pre_ttt_bpb,
-        "code_bytes": code_bytes, "model_bytes": model_bytes, "total_bytes": total_bytes,
-        "artifact_ok": total_bytes <= ARTIFACT_LIMIT_BYTES,
+        **size,
         "steps": step, "train_seconds": round(train_ms / 1000.0, 3), "eval_seconds": round(eval_seconds, 3),
         "peak_memory_mib": peak_alloc, "world_size": world, "seed": cfg.seed,
         "config": cfg.to_dict(), "trainer_revision": trainer_revision(code),
