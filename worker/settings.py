@@ -46,6 +46,7 @@ class WorkerSettings(BaseSettings):
     sky_cluster_prefix: str = Field("caddie", pattern=r"^[a-z][a-z0-9-]{0,20}$")
     sky_task_template: Path | None = None  # default: infra/skypilot/task.yaml of this checkout
     sky_workdir: Path | None = None  # default: this checkout, synced to the node and pip-installed
+    sky_install_spec: str = ""  # pip requirement installed on the node instead, e.g. "caddie[gpu] @ git+https://..."
     sky_data_variant: str = "sp1024"
     sky_data_shards: int = Field(80, ge=1, le=1000)
     sky_disk_size_gb: int = Field(256, ge=50)

@@ -93,6 +93,13 @@ class LaunchFailed(LauncherError):
     """Permanent: no cloud enabled, invalid task, bad hardware string. Fail the run with this reason."""
 
 
+class LauncherUnreachable(LauncherError):
+    """The launcher's backend could not be asked (e.g. the SkyPilot API server is down).
+
+    Nothing was changed: poll again later; do not requeue or fail the run for this alone.
+    """
+
+
 @runtime_checkable
 class Launcher(Protocol):
     name: str

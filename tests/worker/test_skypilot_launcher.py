@@ -1,0 +1,347 @@
+"""SkyPilot launcher up to the SDK boundary: real sky.Task / Resources validation and real
+sky.exceptions classes; the few network calls of the SDK are answered by a stand-in, since no
+cloud and no SkyPilot API server are reachable from here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+sky = pytest.importorskip("sky")
+from sky import exceptions as sky_exc  # noqa: E402
+
+from worker.launchers.base import (  # noqa: E402
+    ClusterHandle,
+    JobSpec,
+    JobState,
+    LaunchFailed,
+    LaunchHandle,
+    LauncherUnreachable,
+    RetryLater,
+    get_launcher,
+)
+from worker.launchers.skypilot import (  # noqa: E402
+    SkyPilotLauncher,
+    hardware_slug,
+    job_status_from_sky,
+    map_sky_error,
+    parse_hardware,
+)
+from worker.settings import WorkerSettings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spec(run_id: int = 5, hardware: str = "", **env: str) -> JobSpec:
+    return JobSpec(run_id=run_id, env={"NUM_LAYERS": "11", **env}, hardware=hardware, timeout_s=1800)
+
+
+def launcher(tmp_path: Path, sdk: Any = None, **overrides: Any) -> SkyPilotLauncher:
+    return SkyPilotLauncher(WorkerSettings(home=tmp_path, **overrides), sdk=sdk)
+
+
+# --- the task ---------------------------------------------------------------------
+
+
+def test_task_from_the_template_defaults_to_8xH100_and_carries_the_knobs(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(spec(RUN_NAME="$(touch /tmp/pwned) ; rm -rf ~"), "run-5-abcd")
+    assert isinstance(task, sky.Task)
+    assert task.name == "caddie-run-5"
+    (res,) = task.resources
+    assert res.accelerators == {"H100": 8} and res.cloud is None and res.disk_size == 256
+    assert task.envs["NUM_LAYERS"] == "11"
+    assert task.envs["RUN_NAME"] == "$(touch /tmp/pwned) ; rm -rf ~"  # a value: SkyPilot shlex-quotes it on export
+    assert task.envs["CADDIE_RUN_KEY"] == "run-5-abcd" and task.envs["CADDIE_TRAIN_SHARDS"] == "80"
+    assert task.workdir == str(REPO)  # this checkout is synced and pip-installed by setup
+    assert "torchrun --standalone --nproc_per_node=\"${SKYPILOT_NUM_GPUS_PER_NODE}\" -m trainer" in task.run
+    assert "python3 -m trainer.data download" in task.setup and "marker" in task.setup
+    assert "$HOME/caddie-runs/${CADDIE_RUN_KEY}" in task.run
+
+
+def test_hardware_infra_spot_and_shards_come_from_the_run_and_settings(tmp_path: Path) -> None:
+    sp = launcher(tmp_path, sky_infra="aws/us-east-1", sky_use_spot=True, sky_data_shards=8, sky_disk_size_gb=100)
+    (res,) = sp.build_task(spec(hardware="A100-80GB:4"), "k").resources
+    assert res.accelerators == {"A100-80GB": 4}
+    assert str(res.cloud) == "AWS" and res.region == "us-east-1" and res.use_spot and res.disk_size == 100
+    assert sp.build_task(spec(), "k").envs["CADDIE_TRAIN_SHARDS"] == "8"
+    (k8s,) = launcher(tmp_path, sky_infra="kubernetes").build_task(spec(), "k").resources
+    assert str(k8s.cloud) == "Kubernetes"
+
+
+def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
+    task = launcher(tmp_path, sky_install_spec="caddie[gpu] @ git+https://example.org/caddie@v1").build_task(spec(), "k")
+    assert task.workdir is None
+    assert task.envs["CADDIE_INSTALL_SPEC"] == "caddie[gpu] @ git+https://example.org/caddie@v1"
+
+
+@pytest.mark.parametrize(
+    ("hardware", "infra", "env", "message"),
+    [
+        ("H100:x", "", {}, "hardware 'H100:x' is not NAME:COUNT"),
+        ("H100:0", "", {}, "is not NAME:COUNT"),
+        ("8xH100 please", "", {}, "is not NAME:COUNT"),
+        ("H100:8", "nocloud", {}, "'nocloud' is not one of"),  # SkyPilot's own resources schema
+        ("H100:8", "aws/a/b/c", {}, "CLOUD[/REGION[/ZONE]]"),
+        ("H100:8", "", {"BAD NAME": "1"}, "invalid environment variable name"),
+        ("H100:8", "", {"CADDIE_RUN_KEY": "x"}, "set by caddie itself"),
+        ("H100:8", "", {"OUTPUT_DIR": "/"}, "set by caddie itself"),
+    ],
+)
+def test_invalid_tasks_are_clear_launch_failures(tmp_path: Path, hardware: str, infra: str, env: dict[str, str], message: str) -> None:
+    with pytest.raises(LaunchFailed, match=message.replace("[", r"\[").replace("(", r"\(")):
+        launcher(tmp_path, sky_infra=infra).build_task(spec(hardware=hardware, **env), "k")
+
+
+def test_a_broken_template_is_caught_by_skypilots_schema(tmp_path: Path) -> None:
+    template = tmp_path / "task.yaml"
+    template.write_text("name: x\nresourcez:\n  accelerators: H100:8\nrun: echo\n")
+    with pytest.raises(LaunchFailed, match="resourcez"):
+        launcher(tmp_path, sky_task_template=template).build_task(spec(), "k")
+
+
+def test_hardware_helpers() -> None:
+    assert parse_hardware("H100:8") == ("H100", 8) and parse_hardware("L4") == ("L4", 1)
+    assert hardware_slug("A100-80GB:8") == "a10080gbx8"
+
+
+# --- errors ------------------------------------------------------------------------
+
+ERROR_CASES = [
+    (sky_exc.ResourcesUnavailableError("no H100:8 in us-east-1", failover_history=[RuntimeError("InsufficientInstanceCapacity")]), RetryLater),
+    (sky_exc.ResourcesUnavailableError("quota", failover_history=[sky_exc.CloudError("VcpuLimitExceeded", "aws", "ClientError")]), RetryLater),
+    (sky_exc.ResourcesUnavailableError("no feasible resources for H999:8"), LaunchFailed),  # empty history: nobody sells it
+    (sky_exc.KubeAPIUnreachableError("k8s api down"), RetryLater),
+    (sky_exc.ClusterNotUpError("stopped", cluster_status=sky.ClusterStatus.STOPPED), RetryLater),
+    (sky_exc.ClusterDoesNotExist("caddie-h100x8-5 does not exist"), RetryLater),
+    (sky_exc.CloudError("Request limit exceeded", "aws", "ClientError"), RetryLater),
+    (sky_exc.CommandError(255, "ssh node", "connection reset", None), RetryLater),
+    (sky_exc.NoCloudAccessError("no cloud enabled; run sky check"), LaunchFailed),
+    (sky_exc.NotSupportedError("not supported"), LaunchFailed),
+    (sky_exc.InvalidClusterNameError("bad name"), LaunchFailed),
+    (sky_exc.ResourcesMismatchError("existing cluster has A100"), LaunchFailed),
+    (sky_exc.InvalidCloudCredentials("expired"), LaunchFailed),
+    (sky_exc.ClusterOwnerIdentityMismatchError("other user"), LaunchFailed),
+    (ValueError("Invalid task YAML"), LaunchFailed),
+    (sky_exc.ApiServerConnectionError("http://127.0.0.1:46580"), LauncherUnreachable),
+]
+
+
+@pytest.mark.parametrize(("exc", "expected"), ERROR_CASES, ids=[type(e).__name__ + str(i) for i, (e, _) in enumerate(ERROR_CASES)])
+def test_skypilot_errors_map_to_retry_or_fail(exc: Exception, expected: type) -> None:
+    mapped = map_sky_error(exc, "sky.launch")
+    assert type(mapped) is expected
+    assert type(exc).__name__ in str(mapped) and str(mapped).startswith("sky.launch: ")
+
+
+@pytest.mark.parametrize(("exc", "expected"), ERROR_CASES[:-1], ids=[type(e).__name__ + str(i) for i, (e, _) in enumerate(ERROR_CASES[:-1])])
+def test_mapping_holds_for_errors_as_the_api_server_sends_them(exc: Exception, expected: type) -> None:
+    # what `sky.get` re-raises on the client after the server serialised the error
+    again = sky_exc.deserialize_exception(sky_exc.serialize_exception(exc))
+    assert type(again) is type(exc)
+    assert type(map_sky_error(again)) is expected
+
+
+def test_every_skypilot_job_state_has_a_meaning() -> None:
+    seen = {s.value: job_status_from_sky(s) for s in sky.JobStatus}
+    assert not [v for v, st in seen.items() if st.reason.startswith("unknown")]
+    assert seen["SUCCEEDED"].state == JobState.SUCCEEDED and seen["SUCCEEDED"].exit_code == 0
+    assert seen["FAILED_SETUP"].state == JobState.FAILED and "setup" in seen["FAILED_SETUP"].reason
+    assert seen["FAILED_DRIVER"].state == JobState.LOST and "preempted" in seen["FAILED_DRIVER"].reason
+    assert seen["SETTING_UP"].state == JobState.PENDING and seen["CANCELLED"].state == JobState.CANCELLED
+    assert job_status_from_sky(None).state == JobState.LOST
+
+
+# --- the flow over an SDK stand-in ------------------------------------------------------
+
+
+class SkyApiStandIn:
+    """Answers the SDK's network calls like a SkyPilot API server would; Task and errors are real."""
+
+    Task = sky.Task
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.requests: dict[str, dict[str, Any]] = {}  # id -> {"status", "result" | "error"}
+        self.clusters: list[dict[str, Any]] = []
+        self.queues: dict[str, list] = {}
+        self.job_statuses: dict[int, Any] = {}
+        self.job_status_error: Exception | None = None
+        self.log = ""
+        self.logs_dir: Path | None = None
+
+    def _request(self, name: str, result: Any = None, status: str = "SUCCEEDED", error: Exception | None = None) -> str:
+        rid = f"req-{len(self.requests) + 1}-{name}"
+        self.requests[rid] = {"status": status, "result": result, "error": error}
+        return rid
+
+    def launch(self, task: Any, **kw: Any) -> str:
+        self.calls.append(("launch", (task,), kw))
+        return self._request("launch", (3, None), status="RUNNING")
+
+    def exec(self, task: Any, **kw: Any) -> str:
+        self.calls.append(("exec", (task,), kw))
+        return self._request("exec", (4, None))
+
+    def api_status(self, ids: list[str]) -> list[Any]:
+        return [SimpleNamespace(request_id=i, status=self.requests[i]["status"]) for i in ids]
+
+    def get(self, rid: str) -> Any:
+        req = self.requests[rid]
+        if req["error"] is not None:
+            raise req["error"]
+        return req["result"]
+
+    def status(self, names: Any = None) -> str:
+        return self._request("status", self.clusters)
+
+    def queue(self, name: str, skip_finished: bool = False) -> str:
+        return self._request("queue", self.queues.get(name, []))
+
+    def job_status(self, cluster: str, job_ids: list[int]) -> str:
+        if self.job_status_error:
+            return self._request("job_status", error=self.job_status_error)
+        return self._request("job_status", {j: self.job_statuses.get(j) for j in job_ids})
+
+    def tail_logs(self, cluster: str, job_id: int, follow: bool, output_stream: Any) -> int:
+        output_stream.write(self.log)
+        return 0
+
+    def cancel(self, cluster: str, job_ids: list[int]) -> str:
+        self.calls.append(("cancel", (cluster,), {"job_ids": job_ids}))
+        return self._request("cancel")
+
+    def api_cancel(self, rid: str, silent: bool = False) -> str:
+        self.calls.append(("api_cancel", (rid,), {}))
+        return self._request("api_cancel")
+
+    def download_logs(self, cluster: str, job_ids: list[str]) -> dict[str, str]:
+        assert self.logs_dir is not None
+        return {job_ids[0]: str(self.logs_dir)}
+
+    def autostop(self, cluster: str, minutes: int, down: bool = False) -> str:
+        self.calls.append(("autostop", (cluster, minutes), {"down": down}))
+        return self._request("autostop")
+
+    def down(self, cluster: str) -> str:
+        self.calls.append(("down", (cluster,), {}))
+        return self._request("down", error=sky_exc.ClusterDoesNotExist(f"{cluster} does not exist"))
+
+
+def test_launch_returns_a_handle_before_provisioning_and_status_resolves_it(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api, sky_idle_minutes_to_autostop=20)
+    cluster = sp.acquire(5, "H100:8")
+    assert cluster == ClusterHandle("skypilot", "caddie-h100x8-5", "H100:8", {"reused": False})
+    handle = sp.submit(cluster, spec())
+    name, (task,), kw = api.calls[-1]
+    assert name == "launch" and kw == {"cluster_name": "caddie-h100x8-5", "idle_minutes_to_autostop": 20, "down": True, "retry_until_up": False}
+    assert task.envs["CADDIE_RUN_KEY"] == handle.data["run_key"]
+    assert handle.job_id == "" and handle.data["request_id"]
+
+    stored = json.dumps(handle.to_json())
+    assert sp.status(handle).state == JobState.PENDING  # still provisioning
+    assert sp.read_log(handle, 0) == b""
+
+    api.requests[handle.data["request_id"]]["status"] = "SUCCEEDED"
+    api.job_statuses[3] = sky.JobStatus.RUNNING
+    fresh = SkyPilotLauncher(sp.settings, sdk=api)  # a restarted worker, from the stored handle
+    restored = LaunchHandle.from_json(json.loads(stored))
+    assert fresh.status(restored).state == JobState.RUNNING and restored.job_id == "3"
+
+    api.log = "step:1/9000 train_loss:6.9 train_time:83ms step_avg:83.00ms\nCode size: 1 bytes\n"
+    assert fresh.read_log(restored, 0) == api.log.encode()
+    assert fresh.read_log(restored, 10) == api.log.encode()[10:]
+
+    api.job_statuses[3] = sky.JobStatus.SUCCEEDED
+    assert fresh.status(restored).state == JobState.SUCCEEDED
+    fresh.cancel(restored)
+    assert api.calls[-1] == ("cancel", ("caddie-h100x8-5",), {"job_ids": [3]})
+
+
+def test_a_failed_launch_request_becomes_retry_later_or_launch_failed(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api)
+    handle = sp.submit(sp.acquire(6, ""), spec(run_id=6))
+    rid = handle.data["request_id"]
+    api.requests[rid].update(status="FAILED", error=sky_exc.ResourcesUnavailableError("no capacity", failover_history=[RuntimeError("x")]))
+    with pytest.raises(RetryLater, match="no capacity"):
+        sp.status(handle)
+    api.requests[rid].update(error=sky_exc.NoCloudAccessError("No cloud is enabled"))
+    with pytest.raises(LaunchFailed, match="No cloud is enabled"):
+        sp.status(handle)
+    sp.cancel(handle)  # nothing to cancel after a failed launch: no error
+
+
+def test_cancel_while_provisioning_cancels_the_request(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api)
+    handle = sp.submit(sp.acquire(7, ""), spec(run_id=7))
+    sp.cancel(handle)
+    assert api.calls[-1] == ("api_cancel", (handle.data["request_id"],), {})
+
+
+def test_an_idle_warm_cluster_is_reused_through_exec(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    api.clusters = [
+        {"name": "caddie-h100x8-1", "status": sky.ClusterStatus.UP},  # busy
+        {"name": "caddie-a100x8-2", "status": sky.ClusterStatus.UP},  # other hardware
+        {"name": "caddie-h100x8-3", "status": sky.ClusterStatus.STOPPED},
+        {"name": "caddie-h100x8-4", "status": sky.ClusterStatus.UP},  # idle: this one
+        {"name": "someone-elses", "status": sky.ClusterStatus.UP},
+    ]
+    api.queues["caddie-h100x8-1"] = [{"job_id": 1, "status": sky.JobStatus.RUNNING}]
+    sp = launcher(tmp_path, api)
+    cluster = sp.acquire(9, "H100:8")
+    assert (cluster.name, cluster.data) == ("caddie-h100x8-4", {"reused": True})
+    handle = sp.submit(cluster, spec(run_id=9))
+    assert api.calls[-1][0] == "exec" and api.calls[-1][2] == {"cluster_name": "caddie-h100x8-4"}
+    api.job_statuses[4] = sky.JobStatus.FAILED_SETUP
+    st = sp.status(handle)
+    assert st.state == JobState.FAILED and "setup" in st.reason
+    assert [c.name for c in sp.list_clusters()] == ["caddie-h100x8-1", "caddie-a100x8-2", "caddie-h100x8-3", "caddie-h100x8-4"]
+    assert sp.list_clusters()[1].hardware == "A100:8"
+
+
+def test_a_cluster_gone_under_a_running_job_is_lost(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api)
+    handle = LaunchHandle("skypilot", "caddie-h100x8-5", "3", {"request_id": "r", "request": "launch"})
+    api.job_status_error = sky_exc.ClusterNotUpError("cluster is STOPPED", cluster_status=sky.ClusterStatus.STOPPED)
+    st = sp.status(handle)
+    assert st.state == JobState.LOST and "caddie-h100x8-5 is gone" in st.reason
+
+
+def test_collect_copies_the_outputs_that_came_back_with_the_logs(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    api.logs_dir = tmp_path / "sky_logs" / "sky-2026-11-24-03-00-00-000000"
+    (api.logs_dir / "caddie-output").mkdir(parents=True)
+    (api.logs_dir / "caddie-output" / "result.json").write_text('{"status": "succeeded"}')
+    (api.logs_dir / "run.log").write_text("step:1/1 ...\n")
+    sp = launcher(tmp_path, api)
+    handle = LaunchHandle("skypilot", "caddie-h100x8-5", "3", {"request_id": "r"})
+    out = sp.collect(handle, tmp_path / "collected")
+    assert json.loads((out / "result.json").read_text()) == {"status": "succeeded"}
+    assert (out / "stdout.log").read_text() == "step:1/1 ...\n"
+
+    (api.logs_dir / "caddie-output" / "result.json").unlink()
+    (api.logs_dir / "caddie-output").rmdir()
+    with pytest.raises(LaunchFailed, match="left no outputs"):
+        sp.collect(handle, tmp_path / "again")
+
+
+def test_release_keeps_warm_with_autodown_or_tears_down(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api, keep_warm_minutes=7)
+    cluster = ClusterHandle("skypilot", "caddie-h100x8-5", "H100:8", {})
+    sp.release(cluster, keep_warm=True)
+    assert api.calls[-1] == ("autostop", ("caddie-h100x8-5", 7), {"down": True})
+    sp.release(cluster, keep_warm=False)  # the stand-in says it is already gone: fine
+    assert api.calls[-1] == ("down", ("caddie-h100x8-5",), {})
+
+
+def test_get_launcher_gives_the_skypilot_launcher(tmp_path: Path) -> None:
+    assert isinstance(get_launcher("skypilot", WorkerSettings(home=tmp_path)), SkyPilotLauncher)

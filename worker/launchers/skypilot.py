@@ -1,0 +1,447 @@
+"""The SkyPilot launcher: runs on 8x H100 (or any hardware) of any cloud, Kubernetes
+context or other infra SkyPilot 0.9 reaches, through its client SDK.
+
+How each launcher call maps onto the SDK (every SDK call returns a request id of
+the SkyPilot API server; `sky.get` waits for its result or raises its error):
+
+    acquire        sky.status + sky.queue: an UP caddie cluster with this hardware
+                   and no unfinished job is reused; otherwise a fresh cluster name
+    submit         sky.exec into a reused cluster, else sky.launch with
+                   idle_minutes_to_autostop and down=True (a leaked node downs itself);
+                   returns at once with the request id, before any provisioning
+    status         sky.api_status / sky.get of that request until it yields the job
+                   id, then sky.job_status
+    read_log       sky.tail_logs(follow=False) into a buffer; bytes after `offset`
+    cancel         sky.api_cancel of a pending launch, sky.cancel of the job
+    collect        sky.download_logs: the run script copies OUTPUT_DIR into the
+                   job's log folder, so the outputs come back with the logs
+    release        keep warm: sky.autostop(down=True) after the keep-warm window;
+                   else sky.down
+    list_clusters  sky.status, the clusters whose names start with the prefix
+
+SkyPilot is imported lazily: the `skypilot` extra is optional and the local
+launcher must work without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.launchers.base import (
+    ClusterHandle,
+    JobSpec,
+    JobState,
+    JobStatus,
+    LaunchFailed,
+    LaunchHandle,
+    LauncherError,
+    LauncherUnreachable,
+    RetryLater,
+)
+
+NAME = "skypilot"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "skypilot" / "task.yaml"
+_HARDWARE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,39})(?::([1-9][0-9]{0,2}))?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Env names the template and the launcher own; a run spec may not override them.
+_RESERVED_ENV = re.compile(r"^(CADDIE_|SKYPILOT_|OUTPUT_DIR$)")
+
+
+def parse_hardware(hardware: str) -> tuple[str, int]:
+    """'H100:8' -> ('H100', 8); 'H100' -> ('H100', 1). LaunchFailed on anything else."""
+    m = _HARDWARE.match((hardware or "").strip())
+    if not m:
+        raise LaunchFailed(f"hardware {hardware!r} is not NAME:COUNT, e.g. H100:8 (count 1..999)")
+    return m[1], int(m[2] or 1)
+
+
+def hardware_slug(hardware: str) -> str:
+    """A cluster-name-safe form: 'H100:8' -> 'h100x8'."""
+    name, count = parse_hardware(hardware)
+    return f"{re.sub(r'[^a-z0-9]', '', name.lower())}x{count}"
+
+
+def parse_infra(infra: str) -> dict[str, str]:
+    """'aws/us-east-1/us-east-1a' -> {cloud, region, zone}; '' -> {} (SkyPilot picks among enabled clouds).
+
+    For Kubernetes the region is the kubeconfig context: 'kubernetes/my-context'.
+    """
+    parts = [p for p in (infra or "").strip().strip("/").split("/") if p]
+    if len(parts) > 3:
+        raise LaunchFailed(f"CADDIE_SKY_INFRA {infra!r} must be CLOUD[/REGION[/ZONE]]")
+    return dict(zip(("cloud", "region", "zone"), parts))
+
+
+# --- SkyPilot's exceptions -> ours ------------------------------------------------
+
+# Transient: another try later (maybe elsewhere) can succeed.
+_RETRY = (
+    "ResourcesUnavailableError",  # no capacity, quota exhausted in every region tried
+    "KubeAPIUnreachableError",
+    "ClusterNotUpError",  # stopped / preempted under us
+    "ClusterDoesNotExist",  # torn down (autodown, preemption, a person)
+    "ClusterStatusFetchingError",
+    "FetchClusterInfoError",
+    "NetworkError",
+    "CloudError",  # a provider error wrapped by the API server (throttling, 5xx, ...)
+    "CommandError",  # ssh/rsync to a node failed during provisioning
+    "ProvisionPrechecksError",
+    "RequestCancelled",
+)
+# Permanent: retrying the same run cannot succeed; the reason goes to the user.
+_FAIL = (
+    "NoCloudAccessError",  # `sky check` enabled no cloud
+    "NotSupportedError",
+    "InvalidClusterNameError",
+    "ResourcesMismatchError",
+    "InvalidCloudConfigs",
+    "InvalidCloudCredentials",
+    "InvalidSkyPilotConfigError",
+    "CloudUserIdentityError",
+    "ClusterOwnerIdentityMismatchError",
+    "UserRequestRejectedByPolicy",
+    "ClusterSetUpError",
+    "StorageError",
+    "StorageSpecError",
+    "APIVersionMismatchError",
+)
+_UNREACHABLE = ("ApiServerConnectionError",)
+
+
+def _class_names(exc: BaseException) -> list[str]:
+    return [c.__name__ for c in type(exc).__mro__]
+
+
+def map_sky_error(exc: BaseException, what: str = "SkyPilot") -> LauncherError:
+    """The RetryLater / LaunchFailed / LauncherUnreachable that stands for a SkyPilot exception.
+
+    Matched by class name along the MRO, so the mapping holds for the classes the
+    API server re-creates on the client, and needs no import of sky here.
+    """
+    if isinstance(exc, LauncherError):
+        return exc
+    names = _class_names(exc)
+    msg = f"{what}: {type(exc).__name__}: {str(exc).strip()[:1000]}"
+    if "ResourcesUnavailableError" in names and "KubeAPIUnreachableError" not in names and not getattr(exc, "failover_history", None):
+        # SkyPilot's contract: an empty failover history means the optimizer found
+        # no enabled cloud that offers these resources at all, so waiting won't help.
+        return LaunchFailed(f"{msg} (no enabled cloud/infra offers these resources; check `sky check` and CADDIE_SKY_INFRA)")
+    if any(n in names for n in _UNREACHABLE):
+        return LauncherUnreachable(msg)
+    if any(n in names for n in _RETRY):
+        return RetryLater(msg)
+    if any(n in names for n in _FAIL):
+        return LaunchFailed(msg)
+    if "ValidationError" in names or "ValueError" in names or "KeyError" in names or "TypeError" in names:
+        return LaunchFailed(msg)  # an invalid task or argument (jsonschema, Task/Resources checks)
+    if "ConnectionError" in names or "Timeout" in names or "TimeoutError" in names:
+        return LauncherUnreachable(msg)  # requests' errors talking to the API server
+    return RetryLater(msg)
+
+
+# SkyPilot job states (sky.JobStatus values) -> ours
+_JOB_STATES = {
+    "INIT": JobState.PENDING,
+    "PENDING": JobState.PENDING,
+    "SETTING_UP": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "SUCCEEDED": JobState.SUCCEEDED,
+    "FAILED": JobState.FAILED,
+    "FAILED_SETUP": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    # The driver died: the node went away under the job (preemption, hardware).
+    "FAILED_DRIVER": JobState.LOST,
+}
+_JOB_REASONS = {
+    "FAILED": "the trainer exited with a non-zero code (see the log)",
+    "FAILED_SETUP": "setup failed on the node (install or data download; see the log)",
+    "FAILED_DRIVER": "the job's driver died: the node was preempted or failed",
+    "CANCELLED": "cancelled",
+}
+
+
+def job_status_from_sky(status: Any) -> JobStatus:
+    """A sky.JobStatus (or its value; None = no such job) as our JobStatus."""
+    if status is None:
+        return JobStatus(JobState.LOST, reason="SkyPilot has no record of this job")
+    value = getattr(status, "value", status)
+    state = _JOB_STATES.get(str(value))
+    if state is None:
+        return JobStatus(JobState.RUNNING, reason=f"unknown SkyPilot job status {value}")
+    exit_code = 0 if state == JobState.SUCCEEDED else None
+    return JobStatus(state, exit_code, _JOB_REASONS.get(str(value), ""))
+
+
+class SkyPilotLauncher:
+    """Launcher over SkyPilot's client SDK. `sdk` is the `sky` module (lazily imported)."""
+
+    name = NAME
+
+    def __init__(self, settings: Any, sdk: Any = None) -> None:
+        self.settings = settings
+        self.prefix = settings.sky_cluster_prefix
+        self.template_path = Path(settings.sky_task_template or DEFAULT_TEMPLATE)
+        self._sdk = sdk
+        self._job_ids: dict[str, int] = {}  # request id -> job id, once known
+
+    @property
+    def sky(self) -> Any:
+        if self._sdk is None:
+            try:
+                import sky
+            except ImportError as exc:
+                raise LaunchFailed("the SkyPilot launcher needs the `skypilot` extra: pip install 'caddie[skypilot]'") from exc
+            self._sdk = sky
+        return self._sdk
+
+    def _get(self, request_id: str, what: str) -> Any:
+        try:
+            return self.sky.get(request_id)
+        except Exception as exc:  # every SDK error becomes one of ours
+            raise map_sky_error(exc, what) from exc
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Send one SDK request and wait for its result, mapping errors."""
+        try:
+            request_id = fn(*args, **kwargs)
+        except Exception as exc:
+            raise map_sky_error(exc, what) from exc
+        return self._get(request_id, what)
+
+    # --- the task -------------------------------------------------------------------
+    def task_config(self, job: JobSpec, run_key: str) -> dict[str, Any]:
+        """The task template with this job's name, resources, envs and workdir filled in (plain dict)."""
+        s = self.settings
+        try:
+            config = yaml.safe_load(self.template_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise LaunchFailed(f"cannot read the SkyPilot task template {self.template_path}: {exc}") from exc
+        config = copy.deepcopy(config)
+        name, count = parse_hardware(job.hardware or s.sky_hardware)
+        resources = dict(config.get("resources") or {})
+        resources["accelerators"] = f"{name}:{count}"
+        resources["disk_size"] = s.sky_disk_size_gb
+        resources.update(parse_infra(s.sky_infra))
+        if s.sky_use_spot:
+            resources["use_spot"] = True
+        config["resources"] = resources
+        config["name"] = f"{self.prefix}-run-{int(job.run_id)}"
+
+        envs = {str(k): str(v) for k, v in (config.get("envs") or {}).items()}
+        for k, v in job.env.items():
+            if not _ENV_NAME.match(str(k)):
+                raise LaunchFailed(f"invalid environment variable name {k!r}")
+            if _RESERVED_ENV.match(str(k)):
+                raise LaunchFailed(f"environment variable {k!r} is set by caddie itself")
+            envs[str(k)] = str(v)
+        envs["CADDIE_RUN_KEY"] = run_key
+        envs["CADDIE_DATA_VARIANT"] = s.sky_data_variant
+        envs["CADDIE_TRAIN_SHARDS"] = str(s.sky_data_shards)
+        envs["CADDIE_INSTALL_SPEC"] = s.sky_install_spec
+        config["envs"] = envs
+        if s.sky_install_spec:
+            config.pop("workdir", None)
+        else:
+            config["workdir"] = str(Path(s.sky_workdir or REPO_ROOT).resolve())
+        return config
+
+    def build_task(self, job: JobSpec, run_key: str) -> Any:
+        """A sky.Task checked by SkyPilot's own task schema, Task and Resources constructors.
+
+        Not checked here: whether any cloud sells the accelerator. That needs
+        SkyPilot's online catalog, and the API server checks it in `sky.launch`
+        (a ValueError there becomes LaunchFailed).
+        """
+        config = self.task_config(job, run_key)
+        try:
+            task = self.sky.Task.from_yaml_config(config)
+            task.validate_name()
+            task.validate_run()
+            task.expand_and_validate_workdir()
+            task.expand_and_validate_file_mounts()
+        except LauncherError:
+            raise
+        except Exception as exc:
+            raise map_sky_error(exc, "invalid SkyPilot task") from exc
+        return task
+
+    # --- clusters --------------------------------------------------------------------
+    def cluster_name(self, run_id: int, hardware: str) -> str:
+        return f"{self.prefix}-{hardware_slug(hardware)}-{int(run_id)}"
+
+    def _cluster_hardware(self, name: str) -> str:
+        """Best-effort inverse of cluster_name: 'caddie-h100x8-12' -> 'H100:8'."""
+        m = re.match(rf"^{re.escape(self.prefix)}-([a-z0-9]+)x(\d+)-\d+$", name)
+        return f"{m[1].upper()}:{m[2]}" if m else ""
+
+    def _records(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        records = self._call("sky.status", self.sky.status, names)
+        return [r for r in records if str(r.get("name", "")).startswith(f"{self.prefix}-")]
+
+    def _is_idle(self, name: str) -> bool:
+        jobs = self._call("sky.queue", self.sky.queue, name, skip_finished=True)
+        return not jobs
+
+    def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
+        hardware = hardware or self.settings.sky_hardware
+        slug = hardware_slug(hardware)
+        for rec in self._records():
+            status = getattr(rec.get("status"), "value", rec.get("status"))
+            name = rec["name"]
+            if status == "UP" and name.startswith(f"{self.prefix}-{slug}-") and self._is_idle(name):
+                return ClusterHandle(NAME, name, hardware, {"reused": True})
+        return ClusterHandle(NAME, self.cluster_name(run_id, hardware), hardware, {"reused": False})
+
+    def list_clusters(self) -> list[ClusterHandle]:
+        out = []
+        for rec in self._records():
+            status = getattr(rec.get("status"), "value", rec.get("status"))
+            out.append(
+                ClusterHandle(
+                    NAME,
+                    rec["name"],
+                    self._cluster_hardware(rec["name"]),
+                    {"status": str(status), "launched_at": rec.get("launched_at"), "autostop": rec.get("autostop"), "to_down": rec.get("to_down")},
+                )
+            )
+        return out
+
+    def release(self, cluster: ClusterHandle, keep_warm: bool) -> None:
+        try:
+            if keep_warm:
+                # The node downs itself once idle for the keep-warm window (the janitor also watches it).
+                minutes = max(1, int(self.settings.keep_warm_minutes))
+                self._call("sky.autostop", self.sky.autostop, cluster.name, minutes, down=True)
+            else:
+                self._call("sky.down", self.sky.down, cluster.name)
+        except RetryLater as exc:
+            if "ClusterDoesNotExist" in str(exc):
+                return  # already gone: what release wanted
+            raise
+
+    # --- jobs ----------------------------------------------------------------------------
+    def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
+        run_key = f"run-{int(job.run_id)}-{uuid.uuid4().hex[:8]}"
+        task = self.build_task(job, run_key)
+        s = self.settings
+        try:
+            if cluster.data.get("reused"):
+                request_id = self.sky.exec(task, cluster_name=cluster.name)
+                kind = "exec"
+            else:
+                request_id = self.sky.launch(
+                    task,
+                    cluster_name=cluster.name,
+                    idle_minutes_to_autostop=int(s.sky_idle_minutes_to_autostop),
+                    down=True,
+                    retry_until_up=False,
+                )
+                kind = "launch"
+        except Exception as exc:
+            raise map_sky_error(exc, "submitting to SkyPilot") from exc
+        return LaunchHandle(
+            launcher=NAME,
+            cluster=cluster.name,
+            job_id="",  # known once the request finishes provisioning; status() resolves it
+            data={"request_id": str(request_id), "request": kind, "run_key": run_key, "output_dir": f"~/caddie-runs/{run_key}"},
+        )
+
+    def _job_id(self, handle: LaunchHandle) -> int | None:
+        """The SkyPilot job id of this handle, or None while its launch request is still running.
+
+        Raises RetryLater / LaunchFailed when the launch request itself failed.
+        """
+        if handle.job_id:
+            return int(handle.job_id)
+        request_id = handle.data["request_id"]
+        if request_id in self._job_ids:
+            return self._job_ids[request_id]
+        try:
+            payloads = self.sky.api_status([request_id])
+        except Exception as exc:
+            raise map_sky_error(exc, "sky.api_status") from exc
+        state = str(payloads[0].status) if payloads else "SUCCEEDED"  # unknown: let get() tell
+        state = state.rsplit(".", 1)[-1]
+        if state in ("PENDING", "RUNNING"):
+            return None
+        if state == "CANCELLED":
+            raise RetryLater(f"SkyPilot {handle.data.get('request')} request {request_id} was cancelled")
+        job_id, _ = self._get(request_id, f"sky.{handle.data.get('request', 'launch')}")
+        if job_id is None:
+            raise LaunchFailed(f"SkyPilot {handle.data.get('request')} on {handle.cluster} submitted no job")
+        self._job_ids[request_id] = int(job_id)
+        handle.job_id = str(job_id)  # callers that store the handle again keep the resolved id
+        return int(job_id)
+
+    def status(self, handle: LaunchHandle) -> JobStatus:
+        job_id = self._job_id(handle)
+        if job_id is None:
+            return JobStatus(JobState.PENDING, reason="provisioning")
+        try:
+            statuses = self._call("sky.job_status", self.sky.job_status, handle.cluster, [job_id])
+        except RetryLater as exc:
+            # the cluster is stopped or gone under a job that did not finish: preempted or torn down
+            return JobStatus(JobState.LOST, reason=f"cluster {handle.cluster} is gone ({exc})")
+        return job_status_from_sky(statuses.get(job_id))
+
+    def read_log(self, handle: LaunchHandle, offset: int) -> bytes:
+        job_id = self._job_id(handle)
+        if job_id is None:
+            return b""
+        buf = io.StringIO()
+        try:
+            self.sky.tail_logs(handle.cluster, job_id, follow=False, output_stream=buf)
+        except Exception as exc:
+            err = map_sky_error(exc, "sky.tail_logs")
+            if isinstance(err, RetryLater):
+                return b""  # cluster gone: status() reports it; nothing more to read
+            raise err from exc
+        # The whole log each time, so byte offsets stay stable while it grows.
+        return buf.getvalue().encode("utf-8")[max(0, int(offset)) :]
+
+    def cancel(self, handle: LaunchHandle) -> None:
+        request_id = handle.data.get("request_id")
+        try:
+            job_id = self._job_id(handle)
+        except (RetryLater, LaunchFailed):
+            return  # the launch failed: there is no job to stop
+        if job_id is None:
+            try:
+                self.sky.api_cancel(request_id, silent=True)
+            except Exception as exc:
+                raise map_sky_error(exc, "sky.api_cancel") from exc
+            return
+        try:
+            self._call("sky.cancel", self.sky.cancel, handle.cluster, job_ids=[job_id])
+        except RetryLater:
+            return  # the cluster is gone, and the job with it
+
+    def collect(self, handle: LaunchHandle, dest: Path) -> Path:
+        """Fetch the job's log folder (with OUTPUT_DIR copied into it by the run script) into dest."""
+        job_id = self._job_id(handle)
+        if job_id is None:
+            raise RetryLater("collect before the job exists")
+        try:
+            paths = self.sky.download_logs(handle.cluster, [str(job_id)])
+        except Exception as exc:
+            raise map_sky_error(exc, "sky.download_logs") from exc
+        local = paths.get(str(job_id)) or paths.get(job_id)  # type: ignore[call-overload]
+        src = Path(str(local)).expanduser() / "caddie-output" if local else None
+        if src is None or not src.is_dir():
+            raise LaunchFailed(f"job {job_id} on {handle.cluster} left no outputs (no caddie-output in its logs)")
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        run_log = Path(str(local)).expanduser() / "run.log"
+        if run_log.exists() and not (dest / "stdout.log").exists():
+            shutil.copyfile(run_log, dest / "stdout.log")
+        return dest
