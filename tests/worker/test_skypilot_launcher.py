@@ -72,6 +72,11 @@ def test_hardware_infra_spot_and_shards_come_from_the_run_and_settings(tmp_path:
     assert str(k8s.cloud) == "Kubernetes"
 
 
+def test_output_dir_is_decided_on_the_node(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(spec(OUTPUT_DIR="/somewhere/else"), "k")
+    assert "OUTPUT_DIR" not in task.envs
+
+
 def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
     task = launcher(tmp_path, sky_install_spec="caddie[gpu] @ git+https://example.org/caddie@v1").build_task(spec(), "k")
     assert task.workdir is None
@@ -88,7 +93,6 @@ def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
         ("H100:8", "aws/a/b/c", {}, "CLOUD[/REGION[/ZONE]]"),
         ("H100:8", "", {"BAD NAME": "1"}, "invalid environment variable name"),
         ("H100:8", "", {"CADDIE_RUN_KEY": "x"}, "set by caddie itself"),
-        ("H100:8", "", {"OUTPUT_DIR": "/"}, "set by caddie itself"),
     ],
 )
 def test_invalid_tasks_are_clear_launch_failures(tmp_path: Path, hardware: str, infra: str, env: dict[str, str], message: str) -> None:

@@ -53,7 +53,7 @@ DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "skypilot" / "task.yaml"
 _HARDWARE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,39})(?::([1-9][0-9]{0,2}))?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Env names the template and the launcher own; a run spec may not override them.
-_RESERVED_ENV = re.compile(r"^(CADDIE_|SKYPILOT_|OUTPUT_DIR$)")
+_RESERVED_ENV = re.compile(r"^(CADDIE_|SKYPILOT_)")
 
 
 def parse_hardware(hardware: str) -> tuple[str, int]:
@@ -240,6 +240,8 @@ class SkyPilotLauncher:
         for k, v in job.env.items():
             if not _ENV_NAME.match(str(k)):
                 raise LaunchFailed(f"invalid environment variable name {k!r}")
+            if k == "OUTPUT_DIR":
+                continue  # the run script puts outputs under ~/caddie-runs/<run key> on the node
             if _RESERVED_ENV.match(str(k)):
                 raise LaunchFailed(f"environment variable {k!r} is set by caddie itself")
             envs[str(k)] = str(v)
