@@ -28,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from trainer.config import TrainerConfig
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
 from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG
 
@@ -146,9 +147,7 @@ class LocalLauncher:
                 raise LaunchFailed(f"invalid environment variable name {k!r}")
             env[str(k)] = str(v)
         for key, field in _PATH_KNOBS.items():
-            if key not in job.env:
-                from trainer.config import TrainerConfig
-
+            if key not in env:  # neither the run nor the worker's environment names it: the default
                 env[key] = getattr(TrainerConfig(), field)
             env[key] = str((self._base_dir / env[key]).resolve())
         env["OUTPUT_DIR"] = str(workdir)
