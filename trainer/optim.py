@@ -7,8 +7,8 @@ NS5 is five Newton–Schulz iterations X <- aX + (bA + cA²)X with A = XXᵀ and
 roughly the orthogonal factor of its polar decomposition.
 
 Under DDP every rank holds the same averaged gradients, so each rank computes
-NS5 for every world_size-th matrix only, and one all-reduce of a flat bf16
-buffer hands everyone all the updates.
+NS5 (and keeps momentum) for every world_size-th matrix only, and one
+all-reduce of a flat bf16 buffer hands everyone all the updates.
 """
 
 from __future__ import annotations
@@ -24,21 +24,27 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz5(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximate orthogonalisation of a 2-D matrix (see the module docstring)."""
+    """Approximate orthogonalisation of a matrix, or of a stack of them [..., rows, cols]
+    (see the module docstring)."""
     a, b, c = NS_COEFFS
     x = g.bfloat16()
-    x = x / (x.norm() + eps)
-    tall = x.size(0) > x.size(1)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the smaller Gram matrix
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        A = x @ x.T
+        A = x @ x.mT
         x = a * x + (b * A + c * A @ A) @ x
-    return x.T if tall else x
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon with nesterov momentum and decoupled weight decay (2-D parameters only)."""
+    """Muon with nesterov momentum and decoupled weight decay (2-D parameters only).
+
+    Matrices of one shape are orthogonalised together as one batched NS5 (few large
+    kernels instead of many small ones); under DDP each rank takes every
+    world_size-th matrix of each shape.
+    """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
@@ -51,23 +57,31 @@ class Muon(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.bfloat16, device=params[0].device)
-            offset = 0
+            mu = group["momentum"]
+            offsets, total = [], 0
+            by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(params):
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                if i % world == rank:
-                    u = newton_schulz5(p.grad.add(buf, alpha=group["momentum"]), group["ns_steps"])
-                    u = u * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                    flat[offset:offset + p.numel()] = u.reshape(-1)
-                offset += p.numel()
+                offsets.append(total)
+                total += p.numel()
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            flat = torch.zeros(total, dtype=torch.bfloat16, device=params[0].device)
+            for (rows, cols), members in by_shape.items():
+                mine = members[rank::world]
+                if not mine:
+                    continue
+                grads = []
+                for i in mine:
+                    buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(params[i]))
+                    buf.mul_(mu).add_(params[i].grad)
+                    grads.append(params[i].grad.add(buf, alpha=mu))
+                u = newton_schulz5(torch.stack(grads), group["ns_steps"]) * max(1.0, rows / cols) ** 0.5
+                for j, i in enumerate(mine):
+                    flat[offsets[i]:offsets[i] + params[i].numel()] = u[j].reshape(-1)
             if world > 1:
                 dist.all_reduce(flat)
-            offset = 0
-            for p in params:
+            for p, off in zip(params, offsets):
                 p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(flat[offset:offset + p.numel()].view_as(p), alpha=-group["lr"])
-                offset += p.numel()
+                p.add_(flat[off:off + p.numel()].view_as(p), alpha=-group["lr"])
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:

@@ -266,6 +266,9 @@ def train(cfg: TrainerConfig) -> dict:
                 torch._foreach_add_(swa, source)
             swa_count += 1
         if step <= 10 or step % cfg.train_log_every == 0 or step == cfg.iterations:
+            if world > 1:  # log the global batch's loss, not this rank's share (gloo has no AVG)
+                dist.all_reduce(loss)
+                loss /= world
             loss_value = loss.item()
             elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
             log.line(f"step:{step}/{cfg.iterations} train_loss:{loss_value:.4f} train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
@@ -302,7 +305,9 @@ def train(cfg: TrainerConfig) -> dict:
     evaluate_pre_quant(step, train_ms)
 
     # --- artifact and its roundtrip ---------------------------------------------
+    q0 = time.perf_counter()
     blob = pack_artifact(quantize_state_dict(model.state_dict()), cfg.zstd_level)
+    log.line(f"quantize_time:{1000 * (time.perf_counter() - q0):.0f}ms")
     if master:
         (out_dir / ARTIFACT_NAME).write_bytes(blob)
     size = artifact_accounting(code_bytes, len(blob))
@@ -326,11 +331,15 @@ def train(cfg: TrainerConfig) -> dict:
             r = evaluate_full(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
             log.line(f"final_int6_roundtrip_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
     pre_ttt_bpb = r.val_bpb
+    sync()
+    log.line(f"roundtrip_eval_time:{1000 * (time.perf_counter() - e0):.0f}ms tokens:{r.tokens}")
     if cfg.ttt_enabled:
+        t0 = time.perf_counter()
         with autocast:
             r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
         log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
-    sync()
+        sync()
+        log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
     eval_seconds = time.perf_counter() - e0
     log.line(f"eval_time:{eval_seconds * 1000:.0f}ms")
 
