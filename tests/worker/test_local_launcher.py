@@ -125,6 +125,28 @@ def test_failure_reports_exit_code_and_the_error_line(settings: WorkerSettings) 
     assert "RuntimeError: boom at step 3" in st.reason and "code 3" in st.reason
 
 
+TORCHRUN_FAILURE = """\
+rank0 alloc
+Traceback (most recent call last):
+  File "/w/trainer/train.py", line 4, in <module>
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
+E1124 03:50:00 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) local_rank: 1
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+trainer FAILED
+"""
+
+
+def test_failure_reason_under_torchrun_is_the_rank_s_exception(tmp_path: Path) -> None:
+    from worker.launchers.local import _last_error_line
+
+    (tmp_path / "stdout.log").write_text(TORCHRUN_FAILURE)
+    assert _last_error_line(tmp_path / "stdout.log") == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    (tmp_path / "stdout.log").write_text("loading\nerror: DATA_PATH=/x: no shards match\n")
+    assert _last_error_line(tmp_path / "stdout.log") == "error: DATA_PATH=/x: no shards match"
+
+
 def test_a_command_that_cannot_start_is_a_failed_job(tmp_path: Path) -> None:
     launcher = LocalLauncher(WorkerSettings(home=tmp_path, trainer_command=[str(tmp_path / "no-such-trainer")]))
     handle = launcher.submit(launcher.acquire(1, "local"), job(run_id=1))

@@ -40,7 +40,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Worker secrets (database URL, S3 keys, tokens) must not leak into the trainer's environment.
 _PRIVATE_ENV = re.compile(r"^CADDIE_|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _PATH_KNOBS = {"DATA_PATH": "data_path", "TOKENIZER_PATH": "tokenizer_path"}
-_ERROR_LINE = re.compile(r"(Error|Exception|error:|FAILED|Killed|caddie:)")
+# What makes a good failure reason, best first: a Python exception line
+# ("RuntimeError: ..."), the trainer's own "error: ..." line or ours, then any
+# line that looks like trouble (torchrun's "... FAILED" summary, "Killed").
+_REASON_PATTERNS = (
+    re.compile(r"^(\[[^\]]*\]:?\s*)?[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:"),
+    re.compile(r"^(error|caddie):", re.IGNORECASE),
+    re.compile(r"Error|Exception|FAILED|Killed|Traceback"),
+)
 
 
 def count_local_gpus() -> int:
@@ -77,16 +84,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _last_error_line(log: Path, tail_bytes: int = 64 * 1024) -> str:
-    """The most telling line near the end of the log: the last error-looking line, else the last line."""
+    """The most telling line near the end of the log (see _REASON_PATTERNS), else its last line."""
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, log.stat().st_size - tail_bytes))
             lines = [ln.strip() for ln in fh.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
     except FileNotFoundError:
         return ""
-    for line in reversed(lines):
-        if _ERROR_LINE.search(line):
-            return line[:500]
+    for pattern in _REASON_PATTERNS:
+        for line in reversed(lines):
+            if pattern.search(line) and "torch.distributed.elastic" not in line:  # torchrun's wrapper errors say less
+                return line[:500]
     return lines[-1][:500] if lines else ""
 
 
