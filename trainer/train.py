@@ -12,6 +12,7 @@ and serialisation are outside it.
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 import math
@@ -180,6 +181,9 @@ def train(cfg: TrainerConfig) -> dict:
     accum = grad_accum_for(cfg, world)
     train_pattern = os.path.join(cfg.data_path, "fineweb_train_*.bin")
     val_pattern = os.path.join(cfg.data_path, "fineweb_val_*.bin")
+    for pattern in (train_pattern, val_pattern):
+        if not glob.glob(pattern):
+            raise RunError(f"DATA_PATH={cfg.data_path}: no {os.path.basename(pattern)} shards there")
     if not os.path.isfile(cfg.tokenizer_path):
         raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: no such file")
     luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
