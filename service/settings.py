@@ -1,0 +1,68 @@
+"""Service settings (pydantic-settings, env prefix CADDIE_).
+
+Every setting is an environment variable, e.g. ``CADDIE_DATABASE_URL``. The
+defaults give the embedded setup: a SQLite file under CADDIE_HOME (./.caddie).
+Production points CADDIE_DATABASE_URL at PostgreSQL
+(``postgresql+psycopg://user@host/caddie``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TRACKS = ("10min_16mb", "unlimited")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
+
+    home: Path = Path(".caddie")
+    database_url: str = ""  # default: sqlite:///{home}/caddie.db
+    db_echo: bool = False
+    db_pool_size: int = Field(10, ge=1, le=200)  # PostgreSQL only
+    db_max_overflow: int = Field(20, ge=0, le=200)
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+
+    # --- run specs -------------------------------------------------------------
+    # Comma-separated hardware strings a run may ask for.
+    allowed_hardware: str = "H100:8,H100:1,H200:8,cpu"
+    allowed_tracks: str = ",".join(TRACKS)
+    max_seeds: int = Field(16, ge=1, le=1000)
+    max_spec_bytes: int = Field(65536, ge=1024)  # raw request body of POST /runs
+    max_name_chars: int = Field(200, ge=1)
+    max_notes_chars: int = Field(10_000, ge=0)
+    default_priority: int = 0
+    min_priority: int = -100
+    max_priority: int = 100
+
+    # --- API -------------------------------------------------------------------
+    api_prefix: str = "/api/v1"
+    page_default: int = Field(50, ge=1)
+    page_max: int = Field(200, ge=1)
+    # last_used_at of a token is written at most this often, so that a busy
+    # client does not turn every read into a write.
+    token_touch_interval_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home}/caddie.db"
+        return self
+
+    @property
+    def hardware_choices(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hardware.split(",") if h.strip()]
+
+    @property
+    def track_choices(self) -> list[str]:
+        return [t.strip() for t in self.allowed_tracks.split(",") if t.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
