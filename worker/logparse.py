@@ -93,6 +93,30 @@ def parse_line(line: str, summary: LogSummary) -> MetricPoint | None:
     return None
 
 
+# What makes a good failure reason, best first: a Python exception line
+# ("RuntimeError: ..."), the trainer's own "error: ..." line or caddie's, then
+# any line that looks like trouble (torchrun's "... FAILED" summary, "Killed").
+_REASON_PATTERNS = (
+    re.compile(r"^(\[[^\]]*\]:?\s*)?[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:"),
+    re.compile(r"^(error|caddie):", re.IGNORECASE),
+    re.compile(r"Error|Exception|FAILED|Killed|Traceback"),
+)
+
+
+def failure_reason(log_tail: str) -> str:
+    """The line of a failed run's log tail that best says why (at most 500 chars); else its last line.
+
+    torchrun's own wrapper errors (torch.distributed.elastic) are skipped: the
+    failing rank's exception above them says more.
+    """
+    lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
+    for pattern in _REASON_PATTERNS:
+        for line in reversed(lines):
+            if pattern.search(line) and "torch.distributed.elastic" not in line:
+                return line[:500]
+    return lines[-1][:500] if lines else ""
+
+
 def _note_step(summary: LogSummary, step: int, total: int) -> None:
     summary.total_steps = total
     summary.last_step = step if summary.last_step is None else max(summary.last_step, step)

@@ -125,26 +125,12 @@ def test_failure_reports_exit_code_and_the_error_line(settings: WorkerSettings) 
     assert "RuntimeError: boom at step 3" in st.reason and "code 3" in st.reason
 
 
-TORCHRUN_FAILURE = """\
-rank0 alloc
-Traceback (most recent call last):
-  File "/w/trainer/train.py", line 4, in <module>
-torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
-E1124 03:50:00 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) local_rank: 1
-Traceback (most recent call last):
-torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
-============================================================
-trainer FAILED
-"""
-
-
-def test_failure_reason_under_torchrun_is_the_rank_s_exception(tmp_path: Path) -> None:
-    from worker.launchers.local import _last_error_line
-
-    (tmp_path / "stdout.log").write_text(TORCHRUN_FAILURE)
-    assert _last_error_line(tmp_path / "stdout.log") == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    (tmp_path / "stdout.log").write_text("loading\nerror: DATA_PATH=/x: no shards match\n")
-    assert _last_error_line(tmp_path / "stdout.log") == "error: DATA_PATH=/x: no shards match"
+def test_worker_secrets_stay_out_but_knobs_named_like_them_pass(settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in {"AWS_SECRET_ACCESS_KEY": "s", "HF_TOKEN": "t", "TOKENIZER_PATH": "/data/tok.model", "TRAIN_BATCH_TOKENS": "4096"}.items():
+        monkeypatch.setenv(k, v)
+    env = LocalLauncher(settings)._child_env(job(), Path("/w"))
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "HF_TOKEN" not in env
+    assert env["TOKENIZER_PATH"] == "/data/tok.model" and env["TRAIN_BATCH_TOKENS"] == "4096"
 
 
 def test_a_command_that_cannot_start_is_a_failed_job(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.logparse import LogParser, MetricPoint, parse_text
+from worker.logparse import LogParser, MetricPoint, failure_reason, parse_text
 
 LOG = """\
 world_size:8 seed:1337
@@ -77,3 +77,23 @@ def test_multibyte_character_split_across_chunks_and_crlf() -> None:
 def test_nan_loss_is_a_point_not_a_crash() -> None:
     points, _ = parse_text("step:5/10 train_loss:nan train_time:50ms step_avg:10.00ms\n")
     assert points[0].step == 5 and points[0].train_loss != points[0].train_loss
+
+
+TORCHRUN_FAILURE = """\
+rank0 alloc
+Traceback (most recent call last):
+  File "/w/trainer/train.py", line 4, in <module>
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
+E1124 03:50:00 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) local_rank: 1
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+trainer FAILED
+"""
+
+
+def test_failure_reason_under_torchrun_is_the_rank_s_exception() -> None:
+    assert failure_reason(TORCHRUN_FAILURE) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert failure_reason("loading\nerror: DATA_PATH=/x: no shards match\n") == "error: DATA_PATH=/x: no shards match"
+    assert failure_reason("a\nlast words\n") == "last words"
+    assert failure_reason("") == ""

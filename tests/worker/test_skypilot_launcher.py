@@ -56,6 +56,7 @@ def test_task_from_the_template_defaults_to_8xH100_and_carries_the_knobs(tmp_pat
     assert task.envs["NUM_LAYERS"] == "11"
     assert task.envs["RUN_NAME"] == "$(touch /tmp/pwned) ; rm -rf ~"  # a value: SkyPilot shlex-quotes it on export
     assert task.envs["CADDIE_RUN_KEY"] == "run-5-abcd" and task.envs["CADDIE_TRAIN_SHARDS"] == "80"
+    assert task.envs["CADDIE_TIMEOUT_S"] == "1800" and 'timeout --signal=TERM --kill-after=30 "${CADDIE_TIMEOUT_S}"' in task.run
     assert task.workdir == str(REPO)  # this checkout is synced and pip-installed by setup
     assert "torchrun --standalone --nproc_per_node=\"${SKYPILOT_NUM_GPUS_PER_NODE}\" -m trainer" in task.run
     assert "python3 -m trainer.data download" in task.setup and "marker" in task.setup
@@ -199,7 +200,10 @@ class SkyApiStandIn:
             raise req["error"]
         return req["result"]
 
-    def status(self, names: Any = None) -> str:
+    StatusRefreshMode = sky.StatusRefreshMode
+
+    def status(self, names: Any = None, refresh: Any = None) -> str:
+        self.calls.append(("status", (names,), {"refresh": refresh}))
         return self._request("status", self.clusters)
 
     def queue(self, name: str, skip_finished: bool = False) -> str:
@@ -210,8 +214,9 @@ class SkyApiStandIn:
             return self._request("job_status", error=self.job_status_error)
         return self._request("job_status", {j: self.job_statuses.get(j) for j in job_ids})
 
-    def tail_logs(self, cluster: str, job_id: int, follow: bool, output_stream: Any) -> int:
-        output_stream.write(self.log)
+    def tail_logs(self, cluster: str, job_id: int, follow: bool, output_stream: Any, tail: int = 0) -> int:
+        lines = self.log.splitlines(keepends=True)
+        output_stream.write("".join(lines[-tail:] if tail else lines))
         return 0
 
     def cancel(self, cluster: str, job_ids: list[int]) -> str:
@@ -301,11 +306,13 @@ def test_an_idle_warm_cluster_is_reused_through_exec(tmp_path: Path) -> None:
     sp = launcher(tmp_path, api)
     cluster = sp.acquire(9, "H100:8")
     assert (cluster.name, cluster.data) == ("caddie-h100x8-4", {"reused": True})
+    assert ("status", (None,), {"refresh": sky.StatusRefreshMode.AUTO}) in api.calls  # no stale UP clusters
     handle = sp.submit(cluster, spec(run_id=9))
     assert api.calls[-1][0] == "exec" and api.calls[-1][2] == {"cluster_name": "caddie-h100x8-4"}
     api.job_statuses[4] = sky.JobStatus.FAILED_SETUP
+    api.log = "Collecting torch\nERROR: No matching distribution found for torch\n"
     st = sp.status(handle)
-    assert st.state == JobState.FAILED and "setup" in st.reason
+    assert st.state == JobState.FAILED and "setup failed" in st.reason and "No matching distribution" in st.reason
     assert [c.name for c in sp.list_clusters()] == ["caddie-h100x8-1", "caddie-a100x8-2", "caddie-h100x8-3", "caddie-h100x8-4"]
     assert sp.list_clusters()[1].hardware == "A100:8"
 
@@ -349,3 +356,59 @@ def test_release_keeps_warm_with_autodown_or_tears_down(tmp_path: Path) -> None:
 
 def test_get_launcher_gives_the_skypilot_launcher(tmp_path: Path) -> None:
     assert isinstance(get_launcher("skypilot", WorkerSettings(home=tmp_path)), SkyPilotLauncher)
+
+
+# --- the template's scripts, run by bash with stand-ins for the node's programs -----------
+
+
+def _node(tmp_path: Path, programs: dict[str, str]) -> dict[str, str]:
+    """A fake node: HOME under tmp_path, and PATH stand-ins that log their argv and do `programs[name]`."""
+    import os
+
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    home.mkdir(exist_ok=True)
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in programs.items():
+        exe = bin_dir / name
+        exe.write_text(f'#!/bin/bash\necho "{name} $*" >> "{tmp_path}/calls.log"\n{body}\n')
+        exe.chmod(0o755)
+    return {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def _run_script(script: str, env: dict[str, str], cwd: Path) -> Any:
+    import subprocess
+
+    return subprocess.run(["bash", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+def test_setup_installs_and_downloads_the_data_once_per_cluster(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(spec(), "run-5-abcd")
+    env = {**_node(tmp_path, {"python3": "exit 0"}), **task.envs}
+    for _ in range(2):  # a second launch on the same cluster
+        res = _run_script(task.setup, env, tmp_path)
+        assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert sum("trainer.data download --variant sp1024 --train-shards 80" in c for c in calls) == 1
+    assert any(c.startswith("python3 -m pip install --quiet -e .[gpu]") for c in calls)
+
+
+def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(spec(RUN_NAME="$(touch pwned)"), "run-5-abcd")
+    fake_torchrun = 'echo "name=$RUN_NAME out=$OUTPUT_DIR data=$DATA_PATH"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3'
+    env = {**_node(tmp_path, {"torchrun": fake_torchrun}), **task.envs}
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-123456_caddie-h100x8-5_3")
+    res = _run_script(task.run, env, tmp_path)
+    assert res.returncode == 3  # SkyPilot marks the job FAILED
+    home = Path(env["HOME"])
+    assert f"name=$(touch pwned) out={home}/caddie-runs/run-5-abcd data={home}/caddie-data/data/datasets/fineweb10B_sp1024" in res.stdout
+    assert not (tmp_path / "pwned").exists()
+    assert "torchrun --standalone --nproc_per_node=8 -m trainer" in (tmp_path / "calls.log").read_text()
+    assert (home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output" / "result.json").exists()
+
+
+def test_run_script_enforces_the_hard_timeout_on_the_node(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(JobSpec(run_id=5, env={}, hardware="", timeout_s=1), "run-5-t")
+    env = {**_node(tmp_path, {"torchrun": "sleep 20"}), **task.envs}
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-000001_c_1")
+    res = _run_script(task.run, env, tmp_path)
+    assert res.returncode == 124 and "caddie: hard timeout after 1 s" in res.stdout

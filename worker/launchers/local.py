@@ -31,6 +31,7 @@ import psutil
 from trainer.config import TrainerConfig
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
 from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG
+from worker.logparse import failure_reason
 
 NAME = "local"
 CANCEL_FILE = "cancel_requested"
@@ -38,16 +39,9 @@ READ_LOG_MAX_BYTES = 1 << 20  # read_log returns at most this much per call; cal
 REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the worker and trainer packages
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Worker secrets (database URL, S3 keys, tokens) must not leak into the trainer's environment.
-_PRIVATE_ENV = re.compile(r"^CADDIE_|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
+_PRIVATE_ENV = re.compile(r"^CADDIE_|(^|_)(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
+_KNOB_NAMES = frozenset(TrainerConfig.env_name(f) for f in TrainerConfig.knobs())
 _PATH_KNOBS = {"DATA_PATH": "data_path", "TOKENIZER_PATH": "tokenizer_path"}
-# What makes a good failure reason, best first: a Python exception line
-# ("RuntimeError: ..."), the trainer's own "error: ..." line or ours, then any
-# line that looks like trouble (torchrun's "... FAILED" summary, "Killed").
-_REASON_PATTERNS = (
-    re.compile(r"^(\[[^\]]*\]:?\s*)?[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:"),
-    re.compile(r"^(error|caddie):", re.IGNORECASE),
-    re.compile(r"Error|Exception|FAILED|Killed|Traceback"),
-)
 
 
 def count_local_gpus() -> int:
@@ -84,18 +78,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _last_error_line(log: Path, tail_bytes: int = 64 * 1024) -> str:
-    """The most telling line near the end of the log (see _REASON_PATTERNS), else its last line."""
+    """The most telling line near the end of the log (logparse.failure_reason)."""
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, log.stat().st_size - tail_bytes))
-            lines = [ln.strip() for ln in fh.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
+            return failure_reason(fh.read().decode("utf-8", errors="replace"))
     except FileNotFoundError:
         return ""
-    for pattern in _REASON_PATTERNS:
-        for line in reversed(lines):
-            if pattern.search(line) and "torch.distributed.elastic" not in line:  # torchrun's wrapper errors say less
-                return line[:500]
-    return lines[-1][:500] if lines else ""
 
 
 class LocalLauncher:
@@ -149,7 +138,7 @@ class LocalLauncher:
                 n += 1
 
     def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not _PRIVATE_ENV.search(k)}
+        env = {k: v for k, v in os.environ.items() if k in _KNOB_NAMES or not _PRIVATE_ENV.search(k)}
         for k, v in job.env.items():
             if not _ENV_NAME.match(str(k)):
                 raise LaunchFailed(f"invalid environment variable name {k!r}")

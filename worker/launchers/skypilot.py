@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from worker.logparse import failure_reason
+
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
@@ -249,6 +251,7 @@ class SkyPilotLauncher:
         envs["CADDIE_DATA_VARIANT"] = s.sky_data_variant
         envs["CADDIE_TRAIN_SHARDS"] = str(s.sky_data_shards)
         envs["CADDIE_INSTALL_SPEC"] = s.sky_install_spec
+        envs["CADDIE_TIMEOUT_S"] = str(max(0, int(job.timeout_s or 0)))  # GNU timeout: 0 = no limit
         config["envs"] = envs
         if s.sky_install_spec:
             config.pop("workdir", None)
@@ -285,8 +288,11 @@ class SkyPilotLauncher:
         m = re.match(rf"^{re.escape(self.prefix)}-([a-z0-9]+)x(\d+)-\d+$", name)
         return f"{m[1].upper()}:{m[2]}" if m else ""
 
-    def _records(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        records = self._call("sky.status", self.sky.status, names)
+    def _records(self, refresh: bool = False) -> list[dict[str, Any]]:
+        # AUTO asks the clouds about clusters with autostop (all of ours) so a node
+        # that already downed itself is not picked for reuse; NONE is the cheap local view.
+        mode = self.sky.StatusRefreshMode.AUTO if refresh else self.sky.StatusRefreshMode.NONE
+        records = self._call("sky.status", self.sky.status, None, refresh=mode)
         return [r for r in records if str(r.get("name", "")).startswith(f"{self.prefix}-")]
 
     def _is_idle(self, name: str) -> bool:
@@ -296,7 +302,7 @@ class SkyPilotLauncher:
     def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
         hardware = hardware or self.settings.sky_hardware
         slug = hardware_slug(hardware)
-        for rec in self._records():
+        for rec in self._records(refresh=True):
             status = getattr(rec.get("status"), "value", rec.get("status"))
             name = rec["name"]
             if status == "UP" and name.startswith(f"{self.prefix}-{slug}-") and self._is_idle(name):
@@ -393,7 +399,21 @@ class SkyPilotLauncher:
         except RetryLater as exc:
             # the cluster is stopped or gone under a job that did not finish: preempted or torn down
             return JobStatus(JobState.LOST, reason=f"cluster {handle.cluster} is gone ({exc})")
-        return job_status_from_sky(statuses.get(job_id))
+        status = job_status_from_sky(statuses.get(job_id))
+        if status.state == JobState.FAILED:
+            detail = self._failure_line(handle.cluster, job_id)
+            if detail:
+                status.reason = f"{status.reason}: {detail}"
+        return status
+
+    def _failure_line(self, cluster: str, job_id: int) -> str:
+        """The telling line of a failed job's last log lines ('' if the log cannot be read)."""
+        buf = io.StringIO()
+        try:
+            self.sky.tail_logs(cluster, job_id, follow=False, tail=200, output_stream=buf)
+        except Exception:  # the reason is a nicety; the state is what matters
+            return ""
+        return failure_reason(buf.getvalue())
 
     def read_log(self, handle: LaunchHandle, offset: int) -> bytes:
         job_id = self._job_id(handle)
