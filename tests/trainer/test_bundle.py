@@ -1,0 +1,53 @@
+"""The single-file bundle is the package: same result, standalone, no dead weight."""
+
+import json
+import subprocess
+import sys
+
+from test_train import REPO, TINY, corpus_knobs, run_trainer
+
+from trainer.bundle import build_bundle, bundle_module_order, bundled_source, prune_unused, strip_module
+
+
+def test_module_order_follows_imports():
+    sources = {"a": "from trainer.b import x\n", "b": "from trainer.c import y\n", "c": "import os\n"}
+    assert bundle_module_order(sources) == ["c", "b", "a"]
+
+
+def test_strip_and_prune():
+    src = ('from __future__ import annotations\nimport os\nfrom trainer.x import f\n\n'
+           'def used():\n    return os.sep\n\ndef helper_of_dead():\n    return 1\n\n'
+           'def dead():\n    return helper_of_dead()\n\n'
+           'if __name__ == "__main__":\n    dead()\n\nprint(used())\n')
+    stripped = strip_module(src, keep_main_block=False)
+    assert "from trainer" not in stripped and "__future__" not in stripped and "__name__" not in stripped
+    pruned = prune_unused(stripped)
+    assert "def used" in pruned and "def dead" not in pruned and "helper_of_dead" not in pruned
+    assert "def dead" in prune_unused(strip_module(src, keep_main_block=True))
+
+
+def test_bundle_is_self_contained_and_lean():
+    text = build_bundle()
+    compile(text, "train_gpt.py", "exec")
+    assert "from trainer." not in text and "import trainer" not in text
+    assert text.splitlines().count("from __future__ import annotations") == 1
+    assert "def build_bundle" not in text  # the bundler does not ship inside the bundle
+    assert bundled_source() == text
+
+
+def test_bundled_script_reproduces_the_package(smoke_corpus, tmp_path):
+    script = tmp_path / "standalone" / "train_gpt.py"
+    script.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "trainer.bundle", "--out", str(script)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    knobs = {**TINY, **corpus_knobs(smoke_corpus), "SEED": 11}
+    package = run_trainer([sys.executable, "-m", "trainer"], {**knobs, "OUTPUT_DIR": str(tmp_path / "pkg")})
+    assert package.returncode == 0, package.stderr[-3000:]
+    # run outside the repo, with no way to import the package
+    bundled = run_trainer([sys.executable, str(script)], {**knobs, "OUTPUT_DIR": str(tmp_path / "bundle")}, cwd=script.parent)
+    assert bundled.returncode == 0, bundled.stderr[-3000:]
+    a = json.loads((tmp_path / "pkg" / "result.json").read_text())
+    b = json.loads((tmp_path / "bundle" / "result.json").read_text())
+    assert abs(a["val_bpb"] - b["val_bpb"]) < 1e-6 and abs(a["pre_ttt_bpb"] - b["pre_ttt_bpb"]) < 1e-6
+    assert a["code_bytes"] == b["code_bytes"] == script.stat().st_size
+    assert a["model_bytes"] == b["model_bytes"]
