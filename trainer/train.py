@@ -286,10 +286,12 @@ def train(cfg: TrainerConfig) -> dict:
             sync()
             t0 = time.perf_counter()
         if cap_ms > 0:
-            reached = torch.tensor(float(train_ms + 1000.0 * (time.perf_counter() - t0) >= cap_ms), device=device)
-            if world > 1:
-                dist.all_reduce(reached, op=dist.ReduceOp.MAX)
-            if reached.item() and step < cfg.iterations:
+            reached = train_ms + 1000.0 * (time.perf_counter() - t0) >= cap_ms
+            if world > 1:  # every rank must stop at the same step
+                flag = torch.tensor(float(reached), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                reached = bool(flag.item())
+            if reached and step < cfg.iterations:
                 sync()
                 log.line(f"stopping_early: wallclock_cap train_time:{train_ms + 1000.0 * (time.perf_counter() - t0):.0f}ms step:{step}/{cfg.iterations}")
                 break
