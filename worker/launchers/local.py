@@ -164,7 +164,10 @@ class LocalLauncher:
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
         try:
-            proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            # a new session: the worker's own signals and death never reach the job
+            proc = subprocess.Popen(
+                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
         except OSError as exc:
             raise LaunchFailed(f"cannot start the local trainer: {exc}") from exc
         self._children[proc.pid] = proc
@@ -179,10 +182,10 @@ class LocalLauncher:
             data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0)},
         )
 
-    def _reap(self, pid: int) -> None:
-        proc = self._children.get(pid)
+    def _reap(self, pid: int | None) -> None:
+        proc = self._children.get(pid) if pid else None
         if proc is not None and proc.poll() is not None:
-            del self._children[pid]
+            del self._children[proc.pid]
 
     def status(self, handle: LaunchHandle) -> JobStatus:
         workdir = Path(handle.data["workdir"])
@@ -232,7 +235,10 @@ class LocalLauncher:
         child = _read_json(workdir / CHILD_FILE) or {}
         trainer = _same_process(child.get("pid"), child.get("create_time"))
         if wrapper is not None:
-            os.kill(pid, signal.SIGTERM)  # the wrapper forwards it to the trainer's group and records the exit code
+            try:
+                wrapper.send_signal(signal.SIGTERM)  # it forwards to the trainer's group and records the exit code
+            except psutil.NoSuchProcess:
+                pass  # it just ended by itself
         elif trainer is not None:
             _killpg(child["pgid"], signal.SIGTERM)  # the wrapper died earlier; signal the trainer ourselves
         deadline = time.monotonic() + self.grace_s + 1.5  # the wrapper's own SIGKILL comes after grace_s

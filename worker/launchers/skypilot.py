@@ -35,19 +35,18 @@ from typing import Any
 
 import yaml
 
-from worker.logparse import failure_reason
-
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
     JobState,
     JobStatus,
-    LaunchFailed,
-    LaunchHandle,
     LauncherError,
     LauncherUnreachable,
+    LaunchFailed,
+    LaunchHandle,
     RetryLater,
 )
+from worker.logparse import failure_reason
 
 NAME = "skypilot"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +79,7 @@ def parse_infra(infra: str) -> dict[str, str]:
     parts = [p for p in (infra or "").strip().strip("/").split("/") if p]
     if len(parts) > 3:
         raise LaunchFailed(f"CADDIE_SKY_INFRA {infra!r} must be CLOUD[/REGION[/ZONE]]")
-    return dict(zip(("cloud", "region", "zone"), parts))
+    return dict(zip(("cloud", "region", "zone"), parts, strict=False))
 
 
 # --- SkyPilot's exceptions -> ours ------------------------------------------------
