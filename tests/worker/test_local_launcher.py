@@ -165,7 +165,7 @@ def test_cancel_of_a_polite_trainer_is_quick(settings: WorkerSettings) -> None:
     grandchild = json.loads(pids_file.read_text())[1]
     t0 = time.monotonic()
     launcher.cancel(handle)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 3.0  # no SIGKILL escalation needed (that would take grace_s + 1.5 s)
     st = launcher.status(handle)
     assert st.state == JobState.CANCELLED and st.exit_code == -signal.SIGTERM
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
