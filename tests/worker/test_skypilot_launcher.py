@@ -285,6 +285,15 @@ def test_a_failed_launch_request_becomes_retry_later_or_launch_failed(tmp_path: 
     sp.cancel(handle)  # nothing to cancel after a failed launch: no error
 
 
+def test_exec_into_a_cluster_that_went_down_meanwhile_is_retry_later(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api)
+    handle = sp.submit(ClusterHandle("skypilot", "caddie-h100x8-4", "H100:8", {"reused": True}), spec(run_id=8))
+    api.requests[handle.data["request_id"]].update(status="FAILED", error=ValueError("Cluster 'caddie-h100x8-4' is not up"))
+    with pytest.raises(RetryLater, match="no longer UP"):
+        sp.status(handle)
+
+
 def test_cancel_while_provisioning_cancels_the_request(tmp_path: Path) -> None:
     api = SkyApiStandIn()
     sp = launcher(tmp_path, api)

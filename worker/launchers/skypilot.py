@@ -382,7 +382,14 @@ class SkyPilotLauncher:
             return None
         if state == "CANCELLED":
             raise RetryLater(f"SkyPilot {handle.data.get('request')} request {request_id} was cancelled")
-        job_id, _ = self._get(request_id, f"sky.{handle.data.get('request', 'launch')}")
+        what = f"sky.{handle.data.get('request', 'launch')}"
+        try:
+            job_id, _ = self.sky.get(request_id)
+        except Exception as exc:
+            if what == "sky.exec" and type(exc) is ValueError:
+                # sky.exec's ValueError means the warm cluster is no longer UP: try again elsewhere
+                raise RetryLater(f"{what}: cluster {handle.cluster} is no longer UP: {exc}") from exc
+            raise map_sky_error(exc, what) from exc
         if job_id is None:
             raise LaunchFailed(f"SkyPilot {handle.data.get('request')} on {handle.cluster} submitted no job")
         self._job_ids[request_id] = int(job_id)
