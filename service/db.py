@@ -56,20 +56,20 @@ def _install_sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         cur.close()
 
 
-def get_engine(url: str | None = None) -> Engine:
+def get_engine(url: str | None = None, settings: Settings | None = None) -> Engine:
     """The process-wide engine for ``url`` (default: CADDIE_DATABASE_URL)."""
-    url = url or get_settings().database_url
+    url = url or (settings or get_settings()).database_url
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = make_engine(url)
+            engine = _engines[url] = make_engine(url, settings)
         return engine
 
 
-def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+def get_sessionmaker(url: str | None = None, settings: Settings | None = None) -> sessionmaker[Session]:
     """A cached sessionmaker bound to :func:`get_engine` for ``url``."""
-    url = url or get_settings().database_url
-    engine = get_engine(url)
+    url = url or (settings or get_settings()).database_url
+    engine = get_engine(url, settings)
     with _lock:
         maker = _sessionmakers.get(url)
         if maker is None:

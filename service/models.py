@@ -202,9 +202,9 @@ class Run(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
-    team: Mapped[Team] = relationship(lazy="raise")
-    user: Mapped[User] = relationship(lazy="raise")
-    cluster: Mapped[Cluster | None] = relationship(lazy="raise")
+    team: Mapped[Team] = relationship()
+    user: Mapped[User] = relationship()
+    cluster: Mapped[Cluster | None] = relationship()
 
 
 class RunEvent(Base):

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     home: Path = Path(".caddie")
     database_url: str = ""  # default: sqlite:///{home}/caddie.db
     db_echo: bool = False
-    db_pool_size: int = Field(10, ge=1, le=200)  # PostgreSQL only
+    db_pool_size: int = Field(20, ge=1, le=200)  # PostgreSQL only
     db_max_overflow: int = Field(20, ge=0, le=200)
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
 
@@ -33,8 +33,6 @@ class Settings(BaseSettings):
     allowed_tracks: str = ",".join(TRACKS)
     max_seeds: int = Field(16, ge=1, le=1000)
     max_spec_bytes: int = Field(65536, ge=1024)  # raw request body of POST /runs
-    max_name_chars: int = Field(200, ge=1)
-    max_notes_chars: int = Field(10_000, ge=0)
     default_priority: int = 0
     min_priority: int = -100
     max_priority: int = 100

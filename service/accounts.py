@@ -1,0 +1,100 @@
+"""Teams, users, memberships and tokens, with no HTTP: the API routes and the
+``caddie admin ...`` bootstrap commands both call these.
+
+Functions flush but do not commit; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.errors import AlreadyExists, InvalidInput, Issue, NotFound
+from service.models import ApiToken, Membership, Team, User
+from service.security import issue_token
+
+ROLES = ("member", "admin")
+
+
+def get_team(session: Session, name: str) -> Team:
+    team = session.scalar(select(Team).where(Team.name == name))
+    if team is None:
+        raise NotFound("team", name)
+    return team
+
+
+def get_user(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound("user", name)
+    return user
+
+
+def _insert(session: Session, row: Team | User, kind: str, key: str) -> None:
+    # Callers check first; this catches the race of two creations at once
+    # (the unique constraint decides; the losing transaction is rolled back).
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyExists(kind, key) from None
+
+
+def create_team(session: Session, name: str, *, budget_gpu_hours: float | None = None, weight: float = 1.0) -> Team:
+    if session.scalar(select(Team.id).where(Team.name == name)) is not None:
+        raise AlreadyExists("team", name)
+    team = Team(name=name, budget_gpu_hours=budget_gpu_hours, weight=weight)
+    _insert(session, team, "team", name)
+    return team
+
+
+def create_user(session: Session, name: str, *, email: str | None = None, is_admin: bool = False) -> User:
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise AlreadyExists("user", name)
+    user = User(name=name, email=email, is_admin=is_admin)
+    _insert(session, user, "user", name)
+    return user
+
+
+def add_member(session: Session, team: Team | str, user: User | str, role: str = "member") -> Membership:
+    """Put ``user`` in ``team`` with ``role``; if already a member, set the role."""
+    if role not in ROLES:
+        raise InvalidInput([Issue(("role",), f"must be one of {', '.join(ROLES)}", role)])
+    team = get_team(session, team) if isinstance(team, str) else team
+    user = get_user(session, user) if isinstance(user, str) else user
+    membership = session.scalar(select(Membership).where(Membership.team_id == team.id, Membership.user_id == user.id))
+    if membership is None:
+        membership = Membership(team_id=team.id, user_id=user.id, role=role)
+        session.add(membership)
+    else:
+        membership.role = role
+    session.flush()
+    return membership
+
+
+def create_token(session: Session, user: User | str, name: str) -> tuple[ApiToken, str]:
+    """A new API token for ``user``: the row and the secret, which is shown once and never stored."""
+    user = get_user(session, user) if isinstance(user, str) else user
+    return issue_token(session, user, name)
+
+
+def list_teams(session: Session, team_ids: list[int] | None = None) -> list[Team]:
+    """All teams (``team_ids=None``) or just those ids, by name."""
+    query = select(Team).order_by(Team.name)
+    if team_ids is not None:
+        query = query.where(Team.id.in_(team_ids))
+    return list(session.scalars(query))
+
+
+def team_members(session: Session, team_id: int) -> list[tuple[str, str]]:
+    """(user name, role) of each member, by name."""
+    rows = session.execute(
+        select(User.name, Membership.role).join(Membership, Membership.user_id == User.id).where(Membership.team_id == team_id).order_by(User.name)
+    )
+    return [(name, role) for name, role in rows]
+
+
+def list_tokens(session: Session, user_id: int) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)))

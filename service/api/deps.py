@@ -1,0 +1,53 @@
+"""Typed dependencies shared by every route: settings, a DB session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.errors import Forbidden
+from service.security import Principal, authenticate
+from service.settings import Settings
+
+bearer = HTTPBearer(auto_error=False, description="API token (cad_...) from `caddie admin create-token` or POST /api/v1/tokens")
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_current_user(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    token = credentials.credentials if credentials is not None else None
+    return authenticate(session, token, touch_interval_s=settings.token_touch_interval_s)
+
+
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
+
+
+def get_admin(user: CurrentUser) -> Principal:
+    if not user.is_admin:
+        raise Forbidden("only global admins may do this")
+    return user
+
+
+AdminUser = Annotated[Principal, Depends(get_admin)]

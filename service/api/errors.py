@@ -1,0 +1,63 @@
+"""Every error becomes ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``
+with one status code per error kind, mapped here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import AlreadyExists, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
+from service.lifecycle import IllegalTransition
+
+STATUS: list[tuple[type[Exception], int, str]] = [
+    (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
+    (NotFound, 404, "not_found"),
+    (AlreadyExists, 409, "already_exists"),
+    (Conflict, 409, "conflict"),
+    (IllegalTransition, 409, "illegal_transition"),
+]
+
+
+def _body(detail: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"detail": detail}
+
+
+def invalid_input_response(exc: InvalidInput) -> JSONResponse:
+    detail = []
+    for issue in exc.issues:
+        loc = list(issue.loc)
+        if loc and loc[0] not in ("query", "header", "path", "body"):
+            loc = ["body", *loc]
+        detail.append({"loc": loc, "msg": issue.msg, "type": issue.type, "input": issue.input})
+    return JSONResponse(_body(detail), status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, InvalidInput):
+            return invalid_input_response(exc)
+        for kind, status, name in STATUS:
+            if isinstance(exc, kind):
+                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                return JSONResponse(_body([{"msg": str(exc), "type": name}]), status_code=status, headers=headers)
+        return JSONResponse(_body([{"msg": str(exc), "type": "error"}]), status_code=400)
+
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, list) else [{"msg": str(exc.detail), "type": "http_error"}]
+        return JSONResponse(_body(detail), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{k: v for k, v in err.items() if k in ("loc", "msg", "type", "input", "ctx")} for err in exc.errors()]
+        # ctx may hold exception objects; keep it JSON-safe.
+        return JSONResponse(_body(jsonable_encoder(detail, custom_encoder={Exception: str})), status_code=422)
+
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(IllegalTransition, domain_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,0 +1,83 @@
+"""/runs: submit, list, read, cancel; a run's events, metrics and log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from service import runs as domain
+from service.api.deps import CurrentUser, SessionDep, SettingsDep
+from service.errors import InvalidInput, Issue
+from service.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+async def limit_body_size(request: Request, settings: SettingsDep) -> None:
+    """Refuse a spec over CADDIE_MAX_SPEC_BYTES before pydantic looks at it."""
+    size = len(await request.body())
+    if size > settings.max_spec_bytes:
+        raise InvalidInput([Issue(("body",), f"run spec is {size} bytes; the limit is {settings.max_spec_bytes} bytes", size)])
+
+
+@router.post("", status_code=201, response_model=RunsCreated, dependencies=[Depends(limit_body_size)])
+def submit_runs(
+    spec: RunCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> RunsCreated:
+    """One QUEUED run per seed, in one group. A retry with the same Idempotency-Key returns the same runs."""
+    group_key, runs, replayed = domain.submit_runs(session, user, spec, settings, idempotency_key=idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return RunsCreated(group_key=group_key, runs=[RunOut.from_run(r) for r in runs])
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    user: CurrentUser,
+    session: SessionDep,
+    status: Annotated[str | None, Query(description="QUEUED, RUNNING, ... (comma-separated for several)")] = None,
+    team: Annotated[str | None, Query(max_length=100)] = None,
+    user_name: Annotated[str | None, Query(alias="user", max_length=100)] = None,
+    group: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="text in name or notes")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> RunPage:
+    items, next_cursor = domain.list_runs(
+        session, user, status=status, team=team, user=user_name, group=group, q=q, limit=limit, cursor=cursor
+    )
+    return RunPage(items=[RunOut.from_run(r) for r in items], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunOut)
+def get_run(run_id: int, user: CurrentUser, session: SessionDep) -> RunOut:
+    return RunOut.from_run(domain.get_run(session, user, run_id))
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run_id: int, user: CurrentUser, session: SessionDep) -> RunOut:
+    """QUEUED: cancelled now. PROVISIONING/RUNNING: cancel requested; the worker stops it. Finished: 409."""
+    domain.cancel_run(session, user, run_id)
+    return RunOut.from_run(domain.get_run(session, user, run_id))
+
+
+@router.get("/{run_id}/events", response_model=list[RunEventOut])
+def run_events(run_id: int, user: CurrentUser, session: SessionDep) -> list[RunEventOut]:
+    return [RunEventOut.of(e) for e in domain.list_events(session, user, run_id)]
+
+
+@router.get("/{run_id}/metrics", response_model=list[MetricOut])
+def run_metrics(run_id: int, user: CurrentUser, session: SessionDep) -> list[MetricOut]:
+    return [MetricOut.of(m) for m in domain.list_metrics(session, user, run_id)]
+
+
+@router.get("/{run_id}/logs", response_model=LogSlice)
+def run_logs(run_id: int, user: CurrentUser, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0) -> LogSlice:
+    piece = domain.read_log(session, user, run_id, offset)
+    return LogSlice(offset=piece.offset, next_offset=piece.next_offset, data=piece.data, done=piece.done)

@@ -1,0 +1,382 @@
+"""Runs, the domain side (no HTTP): submit a spec, list, read, cancel, and read
+a run's events, metrics and log.
+
+Visibility rule used everywhere here: a run belongs to its team; only members
+of that team and global admins can see it. To everyone else it does not exist
+(``NotFound``), so run ids leak nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
+
+from service.errors import Conflict, InvalidInput, Issue, NotFound
+from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
+from service.models import LogChunk, Metric, Run, RunEvent, Team, User, utcnow
+from service.schemas import RunCreate
+from service.security import Principal
+from service.settings import Settings
+from trainer.config import ConfigError, TrainerConfig
+
+# Knobs a spec may not set: the seed comes from ``seeds``/``seed`` (it is what
+# varies inside a group), and the output folder is chosen by the worker.
+RESERVED_KNOBS = {"SEED": "set the seed with seeds/seed, not in config", "OUTPUT_DIR": "chosen by the worker"}
+DEFAULT_SEED = 1337
+LOG_PAGE_BYTES = 1 << 20
+
+
+# --- normalising a spec ------------------------------------------------------------
+@dataclass(frozen=True)
+class NormalisedSpec:
+    config: dict[str, Any]  # non-default knobs keyed by env name, sorted
+    track: str
+    hardware: str
+
+    @property
+    def group_key(self) -> str:
+        """sha256 hex of the canonical JSON of (config, track, hardware): runs that
+        differ only in seed (or name, notes) share it."""
+        canonical = json.dumps(
+            {"config": self.config, "hardware": self.hardware, "track": self.track},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate overrides with the trainer's own rules and return them canonical:
+    keyed by env name, coerced to the knob's type, defaults dropped, sorted.
+
+    Raises InvalidInput with one issue per bad knob at ``("config", ENV_NAME)``.
+    """
+    issues = [Issue(("config", key), msg, config[key]) for key, msg in _reserved(config)]
+    try:
+        cfg = TrainerConfig.from_dict(config)
+    except ConfigError as exc:
+        issues += [Issue(("config", i.field), i.message, _jsonable(i.value)) for i in exc.issues]
+    if issues:
+        raise InvalidInput(issues)
+    return dict(sorted(cfg.overrides().items()))
+
+
+def _reserved(config: dict[str, Any]) -> list[tuple[str, str]]:
+    names = {f.name: TrainerConfig.env_name(f) for f in TrainerConfig.knobs()}
+    return [(key, RESERVED_KNOBS[names.get(key, key)]) for key in config if names.get(key, key) in RESERVED_KNOBS]
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec, list[int]]:
+    """Check everything about a spec that pydantic cannot (limits from settings,
+    the trainer's config rules); return the normal form and the seeds."""
+    issues: list[Issue] = []
+    if spec.track not in settings.track_choices:
+        issues.append(Issue(("track",), f"must be one of {', '.join(settings.track_choices)}", spec.track))
+    if spec.hardware not in settings.hardware_choices:
+        issues.append(Issue(("hardware",), f"must be one of {', '.join(settings.hardware_choices)}", spec.hardware))
+    if spec.priority is not None and not settings.min_priority <= spec.priority <= settings.max_priority:
+        issues.append(Issue(("priority",), f"must be >= {settings.min_priority} and <= {settings.max_priority}", spec.priority))
+    seeds = _seeds(spec, settings, issues)
+    try:
+        config = normalise_config(spec.config)
+    except InvalidInput as exc:
+        issues += exc.issues
+        config = {}
+    if issues:
+        raise InvalidInput(issues)
+    return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware), seeds
+
+
+def _seeds(spec: RunCreate, settings: Settings, issues: list[Issue]) -> list[int]:
+    if spec.seeds is not None and spec.seed is not None:
+        issues.append(Issue(("seed",), "give seeds or seed, not both", spec.seed))
+        return []
+    if spec.seeds is None:
+        return [DEFAULT_SEED if spec.seed is None else spec.seed]
+    seeds = spec.seeds
+    if not seeds:
+        issues.append(Issue(("seeds",), "must hold at least 1 seed", seeds))
+    if len(seeds) > settings.max_seeds:
+        issues.append(Issue(("seeds",), f"at most {settings.max_seeds} seeds per submission, got {len(seeds)}", len(seeds)))
+    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if duplicates:
+        issues.append(Issue(("seeds",), f"seeds must be unique; repeated: {', '.join(map(str, duplicates))}", duplicates))
+    return list(seeds)
+
+
+# --- submitting ----------------------------------------------------------------------
+def _team_for(session: Session, principal: Principal, name: str | None) -> Team:
+    if name is None:
+        if len(principal.roles) == 1:
+            return session.get_one(Team, next(iter(principal.roles)))
+        if not principal.roles:
+            raise InvalidInput([Issue(("team",), "you belong to no team; ask an admin to add you to one", None)])
+        names = ", ".join(sorted(principal.team_names.values()))
+        raise InvalidInput([Issue(("team",), f"you belong to several teams ({names}); name one", None)])
+    team = session.scalar(select(Team).where(Team.name == name))
+    if team is None or not principal.can_see_team(team.id):
+        raise InvalidInput([Issue(("team",), "no such team among yours", name)])
+    return team
+
+
+def submit_runs(
+    session: Session,
+    principal: Principal,
+    spec: RunCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[str, list[Run], bool]:
+    """Create one QUEUED run per seed, all with one group key, and commit.
+
+    Returns (group_key, runs, replayed). With an ``idempotency_key`` a retry
+    (even a concurrent one) returns the runs of the first request instead of
+    making new ones: the unique constraint (user_id, idempotency_key, seed)
+    lets only one insert win. Reusing a key for a different spec is a Conflict.
+    """
+    normal, seeds = normalise_spec(spec, settings)
+    group_key = normal.group_key
+    if idempotency_key:
+        if len(idempotency_key) > 200:
+            raise InvalidInput([Issue(("header", "Idempotency-Key"), "at most 200 characters", len(idempotency_key))])
+        earlier = _by_idempotency_key(session, principal.user_id, idempotency_key)
+        if earlier:
+            return group_key, _replay(earlier, group_key, seeds), True
+    team = _team_for(session, principal, spec.team)
+    now = utcnow()
+    runs = [
+        Run(
+            team_id=team.id,
+            user_id=principal.user_id,
+            name=spec.name,
+            notes=spec.notes,
+            spec=normal.config,
+            seed=seed,
+            group_key=group_key,
+            track=normal.track,
+            hardware=normal.hardware,
+            priority=settings.default_priority if spec.priority is None else spec.priority,
+            status=RunStatus.QUEUED.value,
+            status_reason="",
+            attempts=0,
+            idempotency_key=idempotency_key or None,
+            submitted_at=now,
+            log_bytes=0,
+        )
+        for seed in seeds
+    ]
+    session.add_all(runs)
+    try:
+        session.flush()
+        for run in runs:
+            record_created(session, run, actor=principal.actor)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = _by_idempotency_key(session, principal.user_id, idempotency_key) if idempotency_key else []
+        if not earlier:
+            raise
+        return group_key, _replay(earlier, group_key, seeds), True
+    return group_key, _with_names(session, [r.id for r in runs]), False
+
+
+def _by_idempotency_key(session: Session, user_id: int, key: str) -> list[Run]:
+    query = _run_query().where(Run.user_id == user_id, Run.idempotency_key == key).order_by(Run.id)
+    return list(session.scalars(query))
+
+
+def _replay(earlier: list[Run], group_key: str, seeds: list[int]) -> list[Run]:
+    if earlier[0].group_key != group_key or sorted(r.seed for r in earlier) != sorted(seeds):
+        raise Conflict("this Idempotency-Key was already used for a different spec")
+    return earlier
+
+
+def _run_query() -> Select[tuple[Run]]:
+    # Team and user names come in the same query (no N+1 when serialising).
+    return select(Run).options(joinedload(Run.team, innerjoin=True), joinedload(Run.user, innerjoin=True))
+
+
+def _with_names(session: Session, ids: list[int]) -> list[Run]:
+    return list(session.scalars(_run_query().where(Run.id.in_(ids)).order_by(Run.id)))
+
+
+# --- reading -------------------------------------------------------------------------
+def get_run(session: Session, principal: Principal, run_id: int) -> Run:
+    run = session.scalar(_run_query().where(Run.id == run_id))
+    if run is None or not principal.can_see_team(run.team_id):
+        raise NotFound("run", run_id)
+    return run
+
+
+def encode_cursor(run_id: int) -> str:
+    return base64.urlsafe_b64encode(f"r{run_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("r"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput([Issue(("query", "cursor"), "not a cursor from a previous page", cursor)]) from None
+
+
+def parse_statuses(status: str | None) -> list[str]:
+    """``QUEUED,RUNNING`` -> ["QUEUED", "RUNNING"] (case-insensitive)."""
+    if not status:
+        return []
+    out = []
+    for part in status.split(","):
+        part = part.strip().upper()
+        if part not in RunStatus.__members__:
+            raise InvalidInput([Issue(("query", "status"), f"must be one of {', '.join(RunStatus.__members__)} (comma-separated)", status)])
+        out.append(part)
+    return out
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_runs(
+    session: Session,
+    principal: Principal,
+    *,
+    status: str | None = None,
+    team: str | None = None,
+    user: str | None = None,
+    group: str | None = None,
+    q: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Run], str | None]:
+    """Newest first (id descending), one page of ``limit``, keyset-paginated:
+    the cursor is the last id of the previous page, so pages never repeat or
+    skip a run even while new runs arrive."""
+    query = _run_query()
+    if not principal.is_admin:
+        if not principal.roles:
+            return [], None
+        query = query.where(Run.team_id.in_(sorted(principal.roles)))
+    statuses = parse_statuses(status)
+    if len(statuses) == 1:
+        query = query.where(Run.status == statuses[0])
+    elif statuses:
+        query = query.where(Run.status.in_(statuses))
+    if team:
+        query = query.where(Run.team_id == select(Team.id).where(Team.name == team).scalar_subquery())
+    if user:
+        query = query.where(Run.user_id == select(User.id).where(User.name == user).scalar_subquery())
+    if group:
+        query = query.where(Run.group_key == group)
+    if q:
+        pattern = _like_pattern(q)
+        query = query.where(or_(Run.name.ilike(pattern, escape="\\"), Run.notes.ilike(pattern, escape="\\")))
+    if cursor:
+        query = query.where(Run.id < decode_cursor(cursor))
+    rows = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def list_events(session: Session, principal: Principal, run_id: int) -> list[RunEvent]:
+    _visible(session, principal, run_id)
+    return list(session.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
+
+
+def list_metrics(session: Session, principal: Principal, run_id: int) -> list[Metric]:
+    _visible(session, principal, run_id)
+    return list(session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id)))
+
+
+def _visible(session: Session, principal: Principal, run_id: int) -> tuple[int, str]:
+    row = session.execute(select(Run.team_id, Run.status).where(Run.id == run_id)).first()
+    if row is None or not principal.can_see_team(row.team_id):
+        raise NotFound("run", run_id)
+    return row.team_id, row.status
+
+
+@dataclass
+class LogSlice:
+    offset: int
+    next_offset: int
+    data: str
+    done: bool
+
+
+def read_log(session: Session, principal: Principal, run_id: int, offset: int = 0, max_bytes: int = LOG_PAGE_BYTES) -> LogSlice:
+    """The run's log from byte ``offset``: whole chunks up to about ``max_bytes``
+    (at least one), ``next_offset`` to ask for next, and ``done`` once the run is
+    terminal and nothing is left after ``next_offset``."""
+    # Status first: a worker writes the last chunks before the final
+    # transition, so a terminal status read here means all chunks are visible.
+    _, status = _visible(session, principal, run_id)
+    terminal = is_terminal(status)
+    start = session.scalar(select(LogChunk.offset).where(LogChunk.run_id == run_id, LogChunk.offset <= offset).order_by(LogChunk.offset.desc()).limit(1))
+    query = select(LogChunk.offset, LogChunk.data).where(LogChunk.run_id == run_id, LogChunk.offset >= (start if start is not None else offset)).order_by(LogChunk.offset)
+    pieces: list[bytes] = []
+    first: int | None = None
+    end = offset
+    more = False
+    for chunk_offset, data in session.execute(query):
+        if first is None:
+            first = chunk_offset
+        elif chunk_offset != end:  # a gap: stop, the rest has not arrived yet
+            more = True
+            break
+        if pieces and end - offset >= max_bytes:
+            more = True
+            break
+        raw = data.encode("utf-8")
+        pieces.append(raw)
+        end = chunk_offset + len(raw)
+    if first is None or end <= offset:
+        return LogSlice(offset=offset, next_offset=offset, data="", done=terminal and not more)
+    blob = b"".join(pieces)[offset - first :]
+    return LogSlice(offset=offset, next_offset=end, data=blob.decode("utf-8", errors="replace"), done=terminal and not more)
+
+
+# --- cancelling ----------------------------------------------------------------------
+def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
+    """Cancel a run and commit. QUEUED runs are cancelled at once; for
+    PROVISIONING/RUNNING runs a cancel request is recorded (cancel_requested_at)
+    and the worker stops the job and makes the final transition. Finished runs: Conflict."""
+    run = get_run(session, principal, run_id)
+    for _ in range(3):  # the run may move under us (dispatch); look again
+        status = RunStatus(run.status)
+        if status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+            raise Conflict(f"run {run_id} is already {status.value}")
+        if status is RunStatus.QUEUED:
+            try:
+                transition(session, run, RunStatus.CANCELLED, actor=principal.actor, reason="cancelled by user")
+            except IllegalTransition:
+                session.rollback()
+                session.refresh(run)
+                continue
+            session.commit()
+            return run
+        if run.cancel_requested_at is None:
+            run.cancel_requested_at = utcnow()
+            session.commit()
+        return run
+    raise Conflict(f"run {run_id} keeps changing state; try again")
+
+
+def runs_by_ids(session: Session, ids: Sequence[int]) -> list[Run]:
+    return _with_names(session, list(ids))

@@ -1,0 +1,227 @@
+"""Request and response bodies of the REST API (pydantic v2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.models import ApiToken, Metric, Run, RunEvent, Team, User
+
+NAME_MAX_CHARS = 200
+NOTES_MAX_CHARS = 10_000
+SEED_MAX = 2**31 - 1
+# Team and user names appear in URLs (/teams/{name}/members) and CLI output.
+HANDLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
+Handle = Annotated[str, Field(pattern=HANDLE_PATTERN, description="letters, digits, '_', '.', '-'; at most 100 characters")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- runs ----------------------------------------------------------------------
+class RunCreate(Strict):
+    """A run spec: one run per seed, all in one group."""
+
+    name: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    notes: str = Field("", max_length=NOTES_MAX_CHARS)
+    team: str | None = Field(None, description="team name; default: the caller's only team")
+    track: str = Field(description="10min_16mb or unlimited")
+    hardware: str = Field(description="e.g. H100:8 (one of CADDIE_ALLOWED_HARDWARE)")
+    priority: int | None = Field(None, description="higher runs first within a team")
+    config: dict[str, Any] = Field(default_factory=dict, description="trainer knobs keyed by env name (NUM_LAYERS) or field name; see GET /config/schema")
+    seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
+    seed: Seed | None = None
+
+
+class RunOut(BaseModel):
+    id: int
+    team: str
+    user: str
+    name: str
+    notes: str
+    spec: dict[str, Any]
+    seed: int
+    group_key: str
+    track: str
+    hardware: str
+    priority: int
+    status: str
+    status_reason: str
+    attempts: int
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None
+    val_bpb: float | None
+    val_loss: float | None
+    pre_ttt_bpb: float | None
+    artifact_bytes: int | None
+    model_bytes: int | None
+    code_bytes: int | None
+    train_seconds: float | None
+    eval_seconds: float | None
+    steps: int | None
+    peak_memory_mib: float | None
+    log_bytes: int
+
+    @classmethod
+    def from_run(cls, run: Run) -> "RunOut":
+        values = {name: getattr(run, name) for name in cls.model_fields if name not in ("team", "user")}
+        return cls(team=run.team.name, user=run.user.name, **values)
+
+
+class RunsCreated(BaseModel):
+    group_key: str
+    runs: list[RunOut]
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class RunEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    from_status: str | None
+    to_status: str
+    actor: str
+    reason: str
+
+    @classmethod
+    def of(cls, event: RunEvent) -> "RunEventOut":
+        return cls.model_validate(event)
+
+
+class MetricOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    val_bpb: float | None
+    elapsed_ms: float | None
+
+    @classmethod
+    def of(cls, metric: Metric) -> "MetricOut":
+        return cls.model_validate(metric)
+
+
+class LogSlice(BaseModel):
+    offset: int = Field(description="byte offset of data[0] in the run's log")
+    next_offset: int = Field(description="ask for this offset next")
+    data: str
+    done: bool = Field(description="the run is finished and no more log will come")
+
+
+# --- teams, users, tokens --------------------------------------------------------
+class TeamCreate(Strict):
+    name: Handle
+    budget_gpu_hours: float | None = Field(None, ge=0)
+    weight: float = Field(1.0, gt=0, le=1000)
+
+
+class MemberOut(BaseModel):
+    user: str
+    role: str
+
+
+class TeamOut(BaseModel):
+    id: int
+    name: str
+    budget_gpu_hours: float | None
+    weight: float
+    created_at: datetime
+    members: list[MemberOut] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, team: Team, members: list[tuple[str, str]] | None = None) -> "TeamOut":
+        return cls(
+            id=team.id,
+            name=team.name,
+            budget_gpu_hours=team.budget_gpu_hours,
+            weight=team.weight,
+            created_at=team.created_at,
+            members=[MemberOut(user=u, role=r) for u, r in members or []],
+        )
+
+
+class MemberAdd(Strict):
+    user: Handle
+    role: Literal["member", "admin"] = "member"
+
+
+class UserCreate(Strict):
+    name: Handle
+    email: str | None = Field(None, max_length=320)
+    is_admin: bool = False
+
+
+class TeamRole(BaseModel):
+    team: str
+    role: str
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    email: str | None
+    is_admin: bool
+    created_at: datetime
+    teams: list[TeamRole] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, user: User, teams: list[tuple[str, str]] | None = None) -> "UserOut":
+        return cls(
+            id=user.id,
+            name=user.name,
+            email=user.email,
+            is_admin=user.is_admin,
+            created_at=user.created_at,
+            teams=[TeamRole(team=t, role=r) for t, r in teams or []],
+        )
+
+
+class TokenCreate(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    user: Handle | None = Field(None, description="global admins may make tokens for other users")
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    user_id: int
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, token: ApiToken) -> "TokenOut":
+        return cls(
+            id=token.id,
+            name=token.name,
+            prefix=token.prefix,
+            user_id=token.user_id,
+            created_at=token.created_at,
+            last_used_at=token.last_used_at,
+            revoked_at=token.revoked_at,
+        )
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the secret; shown only in this response")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    database: str

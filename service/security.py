@@ -1,0 +1,116 @@
+"""API tokens: made random, stored only as a SHA-256 hex digest, shown once.
+
+A token looks like ``cad_<43 url-safe characters>`` (256 bits of randomness);
+``prefix`` (its first 12 characters) is kept so people can tell tokens apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from service.errors import NotFound, Unauthorized
+from service.models import ApiToken, Membership, Team, User, utcnow
+
+TOKEN_PREFIX = "cad_"
+DISPLAY_PREFIX_CHARS = 12
+
+
+def generate_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """sha256(token) as 64 hex characters: what the database keeps."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Principal:
+    """Who is calling: the user, and the teams they belong to with their role there."""
+
+    user_id: int
+    name: str
+    is_admin: bool
+    roles: dict[int, str] = field(default_factory=dict)  # team_id -> 'member' | 'admin'
+    team_names: dict[int, str] = field(default_factory=dict)  # team_id -> name
+    token_id: int | None = None
+
+    @property
+    def actor(self) -> str:
+        """How run events name this caller."""
+        return f"user:{self.name}"
+
+    def can_see_team(self, team_id: int) -> bool:
+        return self.is_admin or team_id in self.roles
+
+    def can_manage_team(self, team_id: int) -> bool:
+        return self.is_admin or self.roles.get(team_id) == "admin"
+
+
+def issue_token(session: Session, user: User, name: str) -> tuple[ApiToken, str]:
+    """Create a token for ``user``; return the row and the secret (never stored)."""
+    secret = generate_token()
+    row = ApiToken(user_id=user.id, name=name, token_hash=hash_token(secret), prefix=secret[:DISPLAY_PREFIX_CHARS])
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def load_principal(session: Session, user: User, token_id: int | None = None) -> Principal:
+    rows = session.execute(
+        select(Membership.team_id, Membership.role, Team.name).join(Team, Team.id == Membership.team_id).where(Membership.user_id == user.id)
+    ).all()
+    return Principal(
+        user_id=user.id,
+        name=user.name,
+        is_admin=user.is_admin,
+        roles={tid: role for tid, role, _ in rows},
+        team_names={tid: tname for tid, _, tname in rows},
+        token_id=token_id,
+    )
+
+
+def authenticate(session: Session, token: str | None, *, touch_interval_s: float = 60.0) -> Principal:
+    """The caller behind ``token``; Unauthorized when it is missing, unknown or revoked.
+
+    ``last_used_at`` is written at most once per ``touch_interval_s`` per token
+    (a guarded UPDATE), so reads stay reads; the caller commits.
+    """
+    if not token:
+        raise Unauthorized("missing bearer token")
+    row = session.execute(
+        select(ApiToken.id, ApiToken.revoked_at, ApiToken.last_used_at, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == hash_token(token))
+    ).first()
+    if row is None:
+        raise Unauthorized("invalid token")
+    token_id, revoked_at, last_used_at, user = row
+    if revoked_at is not None:
+        raise Unauthorized("token revoked")
+    now = utcnow()
+    stale = now - timedelta(seconds=touch_interval_s)
+    if last_used_at is None or last_used_at < stale:
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token_id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale))
+            .values(last_used_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        session.commit()
+    return load_principal(session, user, token_id)
+
+
+def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:
+    """Revoke one of the caller's tokens (global admins: anyone's). Idempotent."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound("token", token_id)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
