@@ -239,7 +239,46 @@ def test_wrapper_enforces_the_hard_timeout_without_a_worker(settings: WorkerSett
     assert b"caddie: hard timeout" in launcher.read_log(handle, 0)
 
 
-@pytest.mark.skipif(not (REPO / "trainer" / "data.py").exists(), reason="trainer/data.py has not landed yet")
-def test_the_real_trainer_on_a_tiny_config(tmp_path: Path) -> None:
-    """`python -m trainer` end to end through the launcher, on a tiny corpus."""
-    pytest.skip("wired up once trainer/data.py can build a smoke corpus")
+# A few steps of a 2-layer model with every feature of the stack on (CPU, seconds).
+TINY_TRAINER = {
+    "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64",
+    "TRAIN_BATCH_TOKENS": "512", "GRAD_ACCUM_STEPS": "2", "ITERATIONS": "6", "WARMUP_STEPS": "1", "WARMDOWN_ITERS": "3",
+    "MAX_WALLCLOCK_SECONDS": "0", "XSA_LAST_N": "1", "BIGRAM_VOCAB_SIZE": "128", "BIGRAM_DIM": "16", "ROPE_DIMS": "8",
+    "VAL_TOKENS_LIMIT": "2048", "EVAL_STRIDE": "32", "EVAL_BATCH_SEQS": "8", "TTT_CHUNK_TOKENS": "512", "TTT_EPOCHS": "1",
+    "TTT_BATCH_SEQS": "4", "TRAIN_LOG_EVERY": "2", "VAL_LOSS_EVERY": "3", "ZSTD_LEVEL": "3",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    data = pytest.importorskip("trainer.data")
+    paths = data.build_smoke_corpus(tmp_path_factory.mktemp("corpus"), vocab_size=1024)
+    return {"DATA_PATH": str(paths.data_path), "TOKENIZER_PATH": str(paths.tokenizer_path)}
+
+
+TRAINER_MODULES = ("data", "bpb", "evaluate", "model", "optim", "quant", "train")
+
+
+@pytest.mark.skipif(
+    not all((REPO / "trainer" / f"{m}.py").exists() for m in TRAINER_MODULES), reason="the trainer has not fully landed yet"
+)
+def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: dict[str, str]) -> None:
+    """`python -m trainer` end to end: SUCCEEDED, outputs in the work dir, and the log parses into the result's numbers."""
+    from worker.logparse import parse_text
+
+    launcher = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0))
+    handle = launcher.submit(launcher.acquire(21, "local"), JobSpec(21, {**TINY_TRAINER, **tiny_corpus}, "local", 240))
+    st = wait_terminal(launcher, handle, limit=240)
+    log = launcher.read_log(handle, 0).decode()
+    assert st.state == JobState.SUCCEEDED, log[-2000:]
+
+    out = launcher.collect(handle, tmp_path / "unused")
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "succeeded" and (out / "model.int6.ptz").stat().st_size == result["model_bytes"]
+    assert (out / "train.log").exists() and (out / "metrics.jsonl").exists()
+
+    points, summary = parse_text(log)
+    assert [p.step for p in points if p.kind == "train"] == [2, 4, 6]
+    assert any(p.kind == "val" for p in points)
+    assert summary.code_bytes == result["code_bytes"] and summary.total_bytes == result["total_bytes"]
+    assert summary.final is not None and summary.final["val_bpb"] == pytest.approx(result["val_bpb"], abs=1e-6)

@@ -397,7 +397,8 @@ def test_setup_installs_and_downloads_the_data_once_per_cluster(tmp_path: Path) 
         res = _run_script(task.setup, env, tmp_path)
         assert res.returncode == 0, res.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
-    assert sum("trainer.data download --variant sp1024 --train-shards 80" in c for c in calls) == 1
+    download = f"trainer.data download --variant sp1024 --train-shards 80 --out {env['HOME']}/caddie-data/data"
+    assert sum(download in c for c in calls) == 1
     assert any(c.startswith("python3 -m pip install --quiet -e .[gpu]") for c in calls)
 
 
