@@ -1,0 +1,514 @@
+"""Token data: the challenge's shard format, the training stream, val tokens, and corpora.
+
+Shard format (``fineweb_{train,val}_NNNNNN.bin``): a header of 256 little-endian int32
+(magic 20240520, version 1, token count N, the rest zero), then N little-endian uint16
+tokens. The file size is exactly 1024 + 2·N bytes; anything else is a corrupt shard.
+
+Layout of a data folder DIR (what ``TrainerConfig``'s defaults expect with DIR=./data):
+``DIR/datasets/fineweb10B_sp{V}/fineweb_{train,val}_NNNNNN.bin`` and
+``DIR/tokenizers/fineweb_{V}_bpe.model``.
+
+Command line (``python -m trainer.data``):
+  download --variant sp1024 --train-shards N [--out DIR]   challenge shards from Hugging Face
+  build --input FILES... --vocab-size V [--out DIR]         tokenizer + shards from local text
+  smoke [--out DIR]                                         a small offline corpus from Python's own docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import shutil
+import sys
+import sysconfig
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+SHARD_HEADER_INTS = 256
+SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
+SHARD_MAX_TOKENS = 100_000_000  # tokens per shard written by `build`, as in the challenge
+HF_DATA_REPO = "willdepueoai/parameter-golf"
+HF_DATA_PREFIX = "datasets"  # everything in the repo lives under this folder
+
+
+class ShardError(ValueError):
+    """A shard file is missing or corrupt; the message names the file and the problem."""
+
+
+# --- shard format ------------------------------------------------------------------
+
+
+def read_shard_header(path: str | os.PathLike) -> int:
+    """Check a shard's header and size against each other; return its token count."""
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            raw = fh.read(SHARD_HEADER_BYTES)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no such shard file") from None
+    if size < SHARD_HEADER_BYTES:
+        raise ShardError(f"{path}: too small for the {SHARD_HEADER_BYTES}-byte header ({size} bytes)")
+    header = np.frombuffer(raw, dtype="<i4")
+    if header[0] != SHARD_MAGIC:
+        raise ShardError(f"{path}: bad magic {int(header[0])} (expected {SHARD_MAGIC}); not a token shard")
+    if header[1] != SHARD_VERSION:
+        raise ShardError(f"{path}: unsupported version {int(header[1])} (expected {SHARD_VERSION})")
+    count = int(header[2])
+    if count < 0:
+        raise ShardError(f"{path}: negative token count {count} in the header")
+    expected = SHARD_HEADER_BYTES + 2 * count
+    if size < expected:
+        raise ShardError(f"{path}: truncated: header says {count} tokens ({expected} bytes) but the file has {size} bytes")
+    if size > expected:
+        raise ShardError(f"{path}: {size - expected} trailing bytes after the {count} tokens the header declares")
+    return count
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """All tokens of one shard as a uint16 array (header and size verified first)."""
+    count = read_shard_header(path)
+    with open(path, "rb") as fh:
+        fh.seek(SHARD_HEADER_BYTES)
+        tokens = np.fromfile(fh, dtype="<u2", count=count)
+    if tokens.size != count:  # the file shrank under us
+        raise ShardError(f"{path}: truncated while reading ({tokens.size} of {count} tokens)")
+    return tokens.astype(np.uint16, copy=False)
+
+
+def write_shard(path: str | os.PathLike, tokens: Sequence[int] | np.ndarray | torch.Tensor) -> None:
+    """Write tokens (each in [0, 65535]) as one shard; atomic (temp file, then rename)."""
+    if isinstance(tokens, torch.Tensor):
+        tokens = tokens.cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"{path}: tokens must be 1-D, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ValueError(f"{path}: token ids must be in [0, 65535] to fit uint16 (got {arr.min()}..{arr.max()})")
+    header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, arr.size
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(header.tobytes())
+        fh.write(arr.astype("<u2").tobytes())
+    os.replace(tmp, path)
+
+
+def shard_files(pattern: str) -> list[str]:
+    """Shard paths matching a glob, sorted (shard order is stream order)."""
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ShardError(f"{pattern}: no shard files match")
+    return files
+
+
+# --- training stream and val tokens ------------------------------------------------------
+
+
+class TokenStream:
+    """The train shards read in order as one endless stream (wrapping to the first shard).
+
+    Every call takes the next global batch of ``world_size * (local + 1)`` tokens, where
+    ``local = global_tokens / world_size``; rank r uses its contiguous span
+    ``[r·(local+1), (r+1)·(local+1))``: inputs are the span's first ``local`` tokens,
+    targets the same shifted by one. One rank with k micro-batches therefore sees exactly
+    the sequences that k ranks see in one step.
+    """
+
+    def __init__(self, pattern: str, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.files = shard_files(pattern)
+        for f in self.files:  # fail now, not an hour into the run
+            if read_shard_header(f) == 0:
+                raise ShardError(f"{f}: empty shard (0 tokens)")
+        self.rank, self.world_size = rank, world_size
+        self.file_index = 0
+        self.tokens = read_shard(self.files[0])
+        self.pos = 0
+
+    def _advance_file(self) -> None:
+        self.file_index = (self.file_index + 1) % len(self.files)
+        self.tokens = read_shard(self.files[self.file_index])
+        self.pos = 0
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n tokens of the stream."""
+        parts: list[np.ndarray] = []
+        while n > 0:
+            if self.pos >= self.tokens.size:
+                self._advance_file()
+            k = min(n, self.tokens.size - self.pos)
+            parts.append(self.tokens[self.pos:self.pos + k])
+            self.pos += k
+            n -= k
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def next_batch(self, global_tokens: int, seq_len: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) int64 tensors of shape [global_tokens / world_size / seq_len, seq_len] on device."""
+        local = global_tokens // self.world_size
+        if local * self.world_size != global_tokens or local % seq_len or local == 0:
+            raise ValueError(f"a global batch of {global_tokens} tokens does not split into {self.world_size} rank(s) "
+                             f"of whole {seq_len}-token sequences")
+        chunk = self.take(self.world_size * (local + 1))
+        span = torch.from_numpy(chunk[self.rank * (local + 1):(self.rank + 1) * (local + 1)].astype(np.int64))
+        device = torch.device(device)
+        if device.type == "cuda":
+            span = span.pin_memory().to(device, non_blocking=True)
+        x, y = span[:-1].view(-1, seq_len), span[1:].view(-1, seq_len)
+        return x, y
+
+
+def load_val_tokens(pattern: str, limit: int = 0) -> torch.Tensor:
+    """All val shards concatenated in order as a 1-D int64 tensor (the first ``limit`` tokens if > 0)."""
+    parts: list[np.ndarray] = []
+    have = 0
+    for f in shard_files(pattern):
+        parts.append(read_shard(f))
+        have += parts[-1].size
+        if limit and have >= limit:
+            break
+    tokens = np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+    if limit:
+        tokens = tokens[:limit]
+    if tokens.size < 2:
+        raise ShardError(f"{pattern}: only {tokens.size} val token(s); need at least 2 to score anything")
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+# --- folder layout -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusPaths:
+    """Where a corpus lives: the shard folder and the tokenizer (TrainerConfig's DATA_PATH, TOKENIZER_PATH)."""
+
+    root: Path
+    data_path: Path
+    tokenizer_path: Path
+    vocab_size: int
+    train_files: tuple[Path, ...] = ()
+    val_files: tuple[Path, ...] = ()
+
+
+def dataset_dir_name(variant: str) -> str:
+    """``sp1024`` -> ``fineweb10B_sp1024``."""
+    if not (variant.startswith("sp") and variant[2:].isdigit()):
+        raise ValueError(f"--variant {variant!r}: expected sp<VOCAB_SIZE>, e.g. sp1024")
+    return f"fineweb10B_{variant}"
+
+
+def corpus_paths(out_dir: str | os.PathLike, vocab_size: int) -> CorpusPaths:
+    root = Path(out_dir)
+    return CorpusPaths(root=root, data_path=root / "datasets" / dataset_dir_name(f"sp{vocab_size}"),
+                       tokenizer_path=root / "tokenizers" / f"fineweb_{vocab_size}_bpe.model", vocab_size=vocab_size)
+
+
+# --- build: tokenizer and shards from local text ---------------------------------------------
+
+
+def read_documents(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Documents from text files: ``.jsonl`` files give one document per line (its "text"
+    field); other files are split into documents at blank lines."""
+    docs: list[str] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"--input {p}: no such file")
+        if p.suffix == ".jsonl":
+            with open(p, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            text = json.loads(line)["text"]
+                        except (ValueError, KeyError, TypeError):
+                            raise ValueError(f"--input {p}: line {n} is not a JSON object with a \"text\" field") from None
+                        if text.strip():
+                            docs.append(text)
+        else:
+            docs.extend(split_paragraphs(p.read_text(encoding="utf-8", errors="replace")))
+    return docs
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Blocks of text separated by blank lines, each stripped; empty blocks dropped."""
+    blocks, current = [], []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line.rstrip())
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+def train_tokenizer(docs: Sequence[str], vocab_size: int, model_path: str | os.PathLike, threads: int = 2) -> None:
+    """Train a SentencePiece BPE model: ids 0 pad, 1 bos (= TrainerConfig.bos_token_id),
+    2 eos, 3 unk, then 256 byte-fallback pieces, then merges. No text normalisation,
+    so the decoded text is the original text and val_bpb counts its real bytes."""
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    if vocab_size < 4 + 256 + 1:
+        raise ValueError(f"--vocab-size {vocab_size}: must be at least 261 (4 special + 256 byte pieces + 1)")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(docs), model_prefix=str(model_path.with_suffix("")), vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        character_coverage=0.9995, max_sentence_length=1 << 20, input_sentence_size=2_000_000,
+        shuffle_input_sentence=True, hard_vocab_limit=True, num_threads=threads, minloglevel=2,
+    )
+
+
+def encode_documents(docs: Sequence[str], model_path: str | os.PathLike, threads: int = 2) -> np.ndarray:
+    """All documents encoded into one stream, each prefixed with BOS."""
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    bos = sp.bos_id()
+    pieces = sp.encode(list(docs), num_threads=threads)
+    out = np.empty(sum(len(p) + 1 for p in pieces), dtype=np.uint16)
+    i = 0
+    for p in pieces:
+        out[i] = bos
+        out[i + 1:i + 1 + len(p)] = p
+        i += len(p) + 1
+    return out
+
+
+def write_split(tokens: np.ndarray, folder: Path, split: str) -> list[Path]:
+    """Write a split as fineweb_{split}_000000.bin, ... of at most SHARD_MAX_TOKENS each."""
+    paths = []
+    for n, start in enumerate(range(0, max(tokens.size, 1), SHARD_MAX_TOKENS)):
+        path = folder / f"fineweb_{split}_{n:06d}.bin"
+        write_shard(path, tokens[start:start + SHARD_MAX_TOKENS])
+        paths.append(path)
+    return paths
+
+
+def build_corpus(docs: Sequence[str], out_dir: str | os.PathLike, vocab_size: int = 1024,
+                 val_fraction: float = 0.1, threads: int = 2) -> CorpusPaths:
+    """Tokenizer trained on the train documents, then train and val shards.
+
+    The first ``ceil(val_fraction · docs)`` documents are the val split (as the challenge's
+    val split is the first documents of FineWeb); the tokenizer never sees them.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+    if len(docs) < 2:
+        raise ValueError(f"need at least 2 documents to make train and val splits, got {len(docs)}")
+    n_val = min(len(docs) - 1, max(1, math.ceil(val_fraction * len(docs))))
+    val_docs, train_docs = docs[:n_val], docs[n_val:]
+    paths = corpus_paths(out_dir, vocab_size)
+    for stale in glob.glob(str(paths.data_path / "fineweb_*.bin")):
+        os.remove(stale)  # a rebuild must not leave shards of an older build behind
+    train_tokenizer(train_docs, vocab_size, paths.tokenizer_path, threads)
+    train_files = write_split(encode_documents(train_docs, paths.tokenizer_path, threads), paths.data_path, "train")
+    val_files = write_split(encode_documents(val_docs, paths.tokenizer_path, threads), paths.data_path, "val")
+    return CorpusPaths(paths.root, paths.data_path, paths.tokenizer_path, vocab_size, tuple(train_files), tuple(val_files))
+
+
+def smoke_documents() -> list[str]:
+    """English text that ships with every CPython: the pydoc topic help, the license,
+    the Zen of Python and the docstrings of pure-Python stdlib modules."""
+    import ast
+    import codecs
+
+    from pydoc_data.topics import topics
+
+    docs: list[str] = []
+    for name in sorted(topics):
+        docs.extend(split_paragraphs(topics[name]))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    license_file = stdlib / "LICENSE.txt"
+    if license_file.is_file():
+        docs.extend(split_paragraphs(license_file.read_text(encoding="utf-8", errors="replace")))
+    for src in sorted(stdlib.glob("*.py")):
+        try:
+            tree = ast.parse(src.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 80:
+                    docs.append(doc)
+            # `import this` would print; its rot13 text is the string assigned to `s`
+            if src.name == "this.py" and isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                docs.extend(split_paragraphs(codecs.decode(node.value.value, "rot13")))
+    return docs
+
+
+def build_smoke_corpus(out_dir: str | os.PathLike, vocab_size: int = 1024) -> CorpusPaths:
+    """A small real-text corpus built offline from Python's own documentation (a few seconds)."""
+    return build_corpus(smoke_documents(), out_dir, vocab_size, val_fraction=0.1)
+
+
+# --- download: the challenge's shards from Hugging Face -------------------------------------
+
+
+@dataclass(frozen=True)
+class DownloadItem:
+    remote: str  # path inside the dataset repo, e.g. datasets/datasets/fineweb10B_sp1024/fineweb_val_000000.bin
+    local: Path
+    kind: str  # "train" | "val" | "tokenizer"
+
+
+def local_path_for(remote: str, out_dir: Path) -> Path:
+    """``datasets/<rest>`` in the repo -> ``out_dir/<rest>``."""
+    parts = Path(remote).parts
+    if parts[:1] == (HF_DATA_PREFIX,):
+        parts = parts[1:]
+    return out_dir.joinpath(*parts)
+
+
+def plan_download(manifest: dict, variant: str, train_shards: int, out_dir: str | os.PathLike) -> list[DownloadItem]:
+    """Every file a variant needs (val shards, the first N train shards, the tokenizer), from the manifest."""
+    out_dir = Path(out_dir)
+    name = dataset_dir_name(variant)
+    entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
+    if entry is None:
+        known = ", ".join(str(d.get("name")) for d in manifest.get("datasets", []))
+        raise ValueError(f"--variant {variant}: {name} is not in the manifest (it has: {known or 'nothing'})")
+    stats = entry.get("stats") or {}
+    have_train, have_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 1))
+    if train_shards < 0 or train_shards > have_train:
+        raise ValueError(f"--train-shards {train_shards}: must be between 0 and {have_train} (shards of {name})")
+    prefix = f"{HF_DATA_PREFIX}/datasets/{name}"
+    items = [DownloadItem(f"{prefix}/fineweb_val_{i:06d}.bin", Path(), "val") for i in range(have_val)]
+    items += [DownloadItem(f"{prefix}/fineweb_train_{i:06d}.bin", Path(), "train") for i in range(train_shards)]
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")), None)
+    if tok is None:
+        raise ValueError(f"manifest: tokenizer {entry.get('tokenizer_name')!r} of {name} is not listed")
+    for key in ("model_path", "vocab_path", "path"):
+        if tok.get(key):
+            items.append(DownloadItem(f"{HF_DATA_PREFIX}/{tok[key]}", Path(), "tokenizer"))
+    return [DownloadItem(i.remote, local_path_for(i.remote, out_dir), i.kind) for i in items]
+
+
+def verify_item(item: DownloadItem) -> str | None:
+    """None when the local file is complete and sound, else why it must be fetched."""
+    if not item.local.is_file():
+        return "missing"
+    if item.kind in ("train", "val"):
+        try:
+            read_shard_header(item.local)
+        except ShardError as exc:
+            return str(exc)
+        return None
+    if item.local.stat().st_size == 0:
+        return "empty file"
+    if item.local.suffix == ".model":
+        try:
+            spm.SentencePieceProcessor(model_file=str(item.local))
+        except (RuntimeError, OSError) as exc:
+            return f"not a SentencePiece model ({exc})"
+    return None
+
+
+def hf_fetch(remote: str, local: Path) -> None:
+    """Fetch one file of the dataset repo into ``local`` (via the Hugging Face cache)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise RuntimeError("download needs huggingface_hub: pip install 'huggingface_hub>=0.23' (the gpu extra)") from None
+    parent, name = os.path.split(remote)
+    cached = Path(hf_hub_download(HF_DATA_REPO, name, subfolder=parent or None, repo_type="dataset")).resolve()
+    tmp = local.with_name(local.name + ".part")
+    try:
+        os.link(cached, tmp)  # no second copy of multi-GB data when the cache is on the same disk
+    except OSError:
+        shutil.copyfile(cached, tmp)
+    os.replace(tmp, local)
+
+
+def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
+             fetch: Callable[[str, Path], None] = hf_fetch, workers: int = 8,
+             log: Callable[[str], None] = print) -> list[DownloadItem]:
+    """Fetch what is missing or unsound, then verify everything. Resumable: files already
+    present with a sound header and the right size are kept."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_file = out_dir / "manifest.json"
+    fetch(f"{HF_DATA_PREFIX}/manifest.json", manifest_file)
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ValueError(f"{manifest_file}: not valid JSON") from None
+    items = plan_download(manifest, variant, train_shards, out_dir)
+    todo = []
+    for item in items:
+        reason = verify_item(item)
+        if reason is not None:
+            if reason != "missing":
+                log(f"refetch {item.local}: {reason}")
+            todo.append(item)
+    log(f"download: {len(items) - len(todo)} of {len(items)} files already complete, fetching {len(todo)}")
+
+    def fetch_one(item: DownloadItem) -> None:
+        item.local.parent.mkdir(parents=True, exist_ok=True)
+        fetch(item.remote, item.local)
+        log(f"fetched {item.local}")
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(fetch_one, todo))
+    for item in items:
+        reason = verify_item(item)
+        if reason is not None:
+            raise ShardError(f"{item.local}: still bad after download: {reason}")
+    return items
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.data", description="Token shards and tokenizers for the trainer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("download", help="fetch the challenge's shards and tokenizer from Hugging Face")
+    d.add_argument("--variant", default="sp1024", help="sp<VOCAB>, e.g. sp1024 (default)")
+    d.add_argument("--train-shards", type=int, default=80, help="train shards to fetch (100M tokens each; default 80)")
+    d.add_argument("--out", default="./data", help="data folder (default ./data)")
+    b = sub.add_parser("build", help="train a tokenizer on local text and write train/val shards")
+    b.add_argument("--input", nargs="+", required=True, help="text files (blank-line separated documents) or .jsonl with a text field")
+    b.add_argument("--vocab-size", type=int, default=1024)
+    b.add_argument("--out", default="./data")
+    b.add_argument("--val-fraction", type=float, default=0.1, help="share of documents in the val split (the first ones)")
+    s = sub.add_parser("smoke", help="a small offline corpus from Python's own documentation")
+    s.add_argument("--out", default="./data")
+    s.add_argument("--vocab-size", type=int, default=1024)
+    return parser
+
+
+def data_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m trainer.data``; bad input gives one error line and exit 2."""
+    args = data_parser().parse_args(argv)
+    try:
+        if args.command == "download":
+            download(args.variant, args.train_shards, args.out)
+            paths = corpus_paths(args.out, int(args.variant[2:]))
+        elif args.command == "build":
+            paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction)
+        else:
+            paths = build_smoke_corpus(args.out, args.vocab_size)
+    except (ShardError, ValueError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"DATA_PATH={paths.data_path}\nTOKENIZER_PATH={paths.tokenizer_path}\nVOCAB_SIZE={paths.vocab_size}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(data_main())
