@@ -148,8 +148,8 @@ def main() -> None:
     rows = [
         ("device", name),
         ("command", f"`{cmd.strip()}`"),
-        ("config", f"default{' + ' + str(args.set) if args.set else ''}{' (tiny, --cpu-smoke)' if args.cpu_smoke else ''}; "
-                   f"batch {cfg.train_batch_tokens:,} tokens, seq {cfg.train_seq_len}, {result['steps']} steps"),
+        ("config", f"{'tiny (--cpu-smoke)' if args.cpu_smoke else 'default'}{' + ' + ' '.join(args.set) if args.set else ''}; "
+                   f"batch {cfg.train_batch_tokens:,} tokens, seq {cfg.train_seq_len}, {result['steps']} timed steps"),
         ("parameters", f"{sum(p.numel() for p in GPT(cfg).parameters()):,}"),
         ("bf16 matmul peak (measured)", f"{peak / 1e12:.1f} TFLOP/s"),
         ("ms/step (steady)", f"{timings['ms_per_step']:.1f}"),
