@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.config import TrainerConfig
+from trainer.config import ConfigError, ConfigIssue, TrainerConfig
 from trainer.quant import fake_quant_int6
 
 try:  # FlashAttention 3 (Hopper); absent on most machines, then PyTorch SDPA.
@@ -264,7 +264,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         use_fa3 = fa3_attn_func is not None and cfg.attention_backend in ("auto", "fa3") and torch.cuda.is_available()
         if cfg.attention_backend == "fa3" and not use_fa3:
-            raise ValueError("ATTENTION_BACKEND=fa3 but flash_attn_interface (FlashAttention 3) does not import on this machine")
+            raise ConfigError([ConfigIssue("ATTENTION_BACKEND", "fa3", "FlashAttention 3 (flash_attn_interface) does not import on this machine")])
         self.attention_impl = "fa3" if use_fa3 else "sdpa"
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
