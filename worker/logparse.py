@@ -7,6 +7,7 @@ The shapes are fixed by the trainer (CONTRACTS.md), for example::
     stopping_early: wallclock_cap train_time:600128ms step:7179/9000
     peak memory allocated: 21471 MiB reserved: 22002 MiB
     Code size: 89458 bytes
+    Serialized model int6+zstd: 15887928 bytes
     Total submission size int6+zstd: 15977386 bytes
     final_int6_sliding_window_exact val_loss:1.89385556 val_bpb:1.12165091
 
@@ -29,6 +30,7 @@ _STOP = re.compile(r"^stopping_early: (\S+) train_time:(\d+)ms step:(\d+)/(\d+)"
 _PEAK = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB")
 _CODE = re.compile(r"^Code size: (\d+) bytes")
 _TOTAL = re.compile(r"^Total submission size (\S+): (\d+) bytes")
+_MODEL = re.compile(r"^Serialized model (\S+): (\d+) bytes")
 _FINAL = re.compile(rf"^(final_\S+) val_loss:{_NUM} val_bpb:{_NUM}")
 
 
@@ -54,6 +56,7 @@ class LogSummary:
     peak_memory_allocated_mib: int | None = None
     peak_memory_reserved_mib: int | None = None
     code_bytes: int | None = None
+    model_bytes: int | None = None
     total_bytes: int | None = None
     total_bytes_format: str | None = None  # e.g. "int6+zstd"
     finals: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {val_loss, val_bpb}
@@ -85,6 +88,8 @@ def parse_line(line: str, summary: LogSummary) -> MetricPoint | None:
         summary.peak_memory_reserved_mib = int(m[2])
     elif m := _CODE.match(line):
         summary.code_bytes = int(m[1])
+    elif m := _MODEL.match(line):
+        summary.model_bytes = int(m[2])
     elif m := _TOTAL.match(line):
         summary.total_bytes_format = m[1]
         summary.total_bytes = int(m[2])

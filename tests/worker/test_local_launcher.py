@@ -277,8 +277,14 @@ def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: dict
     assert result["status"] == "succeeded" and (out / "model.int6.ptz").stat().st_size == result["model_bytes"]
     assert (out / "train.log").exists() and (out / "metrics.jsonl").exists()
 
+    # what the worker parses from the log agrees with what the trainer wrote for machines
     points, summary = parse_text(log)
-    assert [p.step for p in points if p.kind == "train"] == [2, 4, 6]
-    assert any(p.kind == "val" for p in points)
-    assert summary.code_bytes == result["code_bytes"] and summary.total_bytes == result["total_bytes"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(p.kind, p.step) for p in points] == [(m["kind"], m["step"]) for m in metrics]
+    assert {p.kind for p in points} == {"train", "val"}
+    for p, m in zip(points, metrics, strict=True):
+        assert p.elapsed_ms == pytest.approx(m["elapsed_ms"], abs=1)
+        for key in ("train_loss", "val_loss", "val_bpb"):
+            assert getattr(p, key) == (pytest.approx(m[key], abs=1e-4) if key in m else None)
+    assert (summary.code_bytes, summary.model_bytes, summary.total_bytes) == (result["code_bytes"], result["model_bytes"], result["total_bytes"])
     assert summary.final is not None and summary.final["val_bpb"] == pytest.approx(result["val_bpb"], abs=1e-6)

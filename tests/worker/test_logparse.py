@@ -16,6 +16,7 @@ stopping_early: wallclock_cap train_time:600128ms step:7179/9000
 step:7179/9000 val_loss:1.9501 val_bpb:1.1550 train_time:600128ms step_avg:83.60ms
 peak memory allocated: 21471 MiB reserved: 22002 MiB
 Code size: 89458 bytes
+Serialized model int6+zstd: 15887928 bytes
 Total submission size int6+zstd: 15977386 bytes
 final_int6_sliding_window_exact val_loss:1.89385556 val_bpb:1.12165091
 final_ttt val_loss:1.88000000 val_bpb:1.11340000
@@ -32,7 +33,7 @@ def test_whole_log_gives_points_and_summary() -> None:
     ]
     assert s.stopping_early == {"reason": "wallclock_cap", "train_time_ms": 600128, "step": 7179}
     assert (s.peak_memory_allocated_mib, s.peak_memory_reserved_mib) == (21471, 22002)
-    assert s.code_bytes == 89458
+    assert (s.code_bytes, s.model_bytes) == (89458, 15887928)
     assert (s.total_bytes, s.total_bytes_format) == (15977386, "int6+zstd")
     assert s.finals["final_int6_sliding_window_exact"] == {"val_loss": 1.89385556, "val_bpb": 1.12165091}
     assert s.final == {"val_loss": 1.88, "val_bpb": 1.1134}  # TTT is the score that counts
