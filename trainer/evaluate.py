@@ -1,0 +1,276 @@
+"""Validation: full-split, sliding-window, and legal score-first test-time training (TTT).
+
+Terms: the val stream has N tokens, so T = N - 1 targets; target j is token j+1, predicted
+from tokens 0..j. A window of length W starting at s feeds tokens s..s+W-1 and predicts
+targets s..s+W-1. Every evaluation scores each target exactly once and reports
+    val_loss = Σ CE / scored tokens              (nats, sums in float64)
+    val_bpb  = (val_loss / ln 2) · scored tokens / scored bytes
+with bytes from trainer.bpb; sums are all-reduced when torch.distributed is initialised.
+
+Sliding windows (stride S): the first window starts at 0 and scores all its W targets;
+each later window ends S targets further on and scores only its last S targets (the last
+one scores what is left), so every target after the first W has >= W - S tokens of context.
+Full-split evaluation is the same with S = W: non-overlapping windows, the tail scored by
+one window that ends at the last target.
+
+TTT (legal, score-first): the targets are cut into chunks of TTT_CHUNK_TOKENS; for each
+chunk in order, its sliding windows are scored under inference mode first, and only then,
+unless it is the last chunk, the model adapts on that chunk's tokens with SGD. So the
+loss credited to chunk k comes from weights adapted on chunks 0..k-1 only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trainer.bpb import ByteLUTs, token_bytes
+from trainer.config import TrainerConfig
+
+
+@dataclass
+class EvalResult:
+    val_loss: float
+    val_bpb: float
+    tokens: int
+    bytes: int
+    seconds: float
+
+
+@dataclass
+class ScoreTotals:
+    """Sums over scored targets: Σ CE (nats), target count, byte count."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+    bytes: int = 0
+
+    def add(self, other: "ScoreTotals") -> None:
+        self.loss_sum += other.loss_sum
+        self.tokens += other.tokens
+        self.bytes += other.bytes
+
+
+@dataclass
+class WindowPlan:
+    """Windows of one length: window i feeds tokens starts[i].. and scores targets [lo[i], hi[i])."""
+
+    length: int
+    starts: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def share(self, rank: int, world_size: int) -> "WindowPlan":
+        """This rank's contiguous share of the windows."""
+        n = len(self.starts)
+        a, b = rank * n // world_size, (rank + 1) * n // world_size
+        return WindowPlan(self.length, self.starts[a:b], self.lo[a:b], self.hi[a:b])
+
+
+def plan_windows(first: int, last: int, total: int, seq_len: int, stride: int) -> WindowPlan:
+    """Windows that score targets [first, last) of ``total`` exactly once.
+
+    Window length W = min(seq_len, total). Targets below W are scored by the window at 0
+    (full causal context); after that each window scores the next ``stride`` targets
+    (fewer for the last) and ends at the last target it scores.
+    """
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if not 0 <= first <= last <= total:
+        raise ValueError(f"bad target range [{first}, {last}) of {total}")
+    w = min(seq_len, total)
+    stride = min(stride, w)
+    starts, lo, hi = [], [], []
+    p = first
+    if p < min(w, last):
+        starts.append(np.array([0]))
+        lo.append(np.array([p]))
+        hi.append(np.array([min(w, last)]))
+        p = min(w, last)
+    if p < last:
+        ends = np.minimum(p + stride * np.arange(1, math.ceil((last - p) / stride) + 1), last)
+        begins = np.concatenate([[p], ends[:-1]])
+        starts.append(ends - w)
+        lo.append(begins)
+        hi.append(ends)
+    cat = (lambda xs: np.concatenate(xs).astype(np.int64)) if starts else (lambda xs: np.zeros(0, np.int64))
+    return WindowPlan(w, cat(starts), cat(lo), cat(hi))
+
+
+def score_windows(model: torch.nn.Module, tokens: torch.Tensor, luts: ByteLUTs, plan: WindowPlan, batch_seqs: int) -> ScoreTotals:
+    """Σ CE and bytes of the targets the plan's windows score (this process only, no all-reduce).
+
+    ``tokens`` is the whole val stream on the model's device. The last batch is padded with
+    copies of a window that score nothing, so every forward pass has the shape
+    [batch_seqs, W] (one compiled graph)."""
+    n = len(plan.starts)
+    if n == 0:
+        return ScoreTotals()
+    device = tokens.device
+    w = plan.length
+    pad = (-n) % batch_seqs
+    starts = np.concatenate([plan.starts, np.repeat(plan.starts[-1:], pad)])
+    lo_rel = np.concatenate([plan.lo - plan.starts, np.repeat(plan.hi[-1:] - plan.starts[-1:], pad)])
+    hi_rel = np.concatenate([plan.hi - plan.starts, np.repeat(plan.hi[-1:] - plan.starts[-1:], pad)])
+    offsets = torch.arange(w + 1, device=device)
+    positions = torch.arange(w, device=device)
+    starts_t = torch.from_numpy(starts).to(device)
+    lo_t, hi_t = torch.from_numpy(lo_rel).to(device), torch.from_numpy(hi_rel).to(device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    byte_sum = torch.zeros((), dtype=torch.int64, device=device)
+    for i in range(0, len(starts), batch_seqs):
+        j = min(i + batch_seqs, len(starts))
+        k = int(lo_rel[i:j].min())  # positions before k are scored by no window of this batch
+        win = tokens[starts_t[i:j, None] + offsets].long()
+        x, y = win[:, :-1], win[:, 1:]
+        logits = model.forward_logits(x)[:, k:]
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y[:, k:].reshape(-1), reduction="none")
+        pos = positions[k:]
+        mask = (pos >= lo_t[i:j, None]) & (pos < hi_t[i:j, None])
+        loss_sum += (ce.view(j - i, w - k).double() * mask).sum()
+        byte_sum += (token_bytes(x[:, k:], y[:, k:], luts).long() * mask).sum()
+    return ScoreTotals(float(loss_sum.item()), int((plan.hi - plan.lo).sum()), int(byte_sum.item()))
+
+
+def all_reduce_totals(t: ScoreTotals, device: torch.device) -> ScoreTotals:
+    """Sum the totals over ranks (float64) when torch.distributed is initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    buf = torch.tensor([t.loss_sum, float(t.tokens), float(t.bytes)], dtype=torch.float64, device=device)
+    dist.all_reduce(buf)
+    return ScoreTotals(float(buf[0]), int(round(float(buf[1]))), int(round(float(buf[2]))))
+
+
+def result_from(t: ScoreTotals, seconds: float) -> EvalResult:
+    """val_loss = Σ CE / tokens; val_bpb = (val_loss / ln 2) · tokens / bytes."""
+    if t.tokens == 0 or t.bytes == 0:
+        raise ValueError(f"nothing to score: {t.tokens} tokens, {t.bytes} bytes")
+    loss = t.loss_sum / t.tokens
+    return EvalResult(loss, loss / math.log(2) * t.tokens / t.bytes, t.tokens, t.bytes, seconds)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def evaluate_windows(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, seq_len: int, stride: int,
+                     batch_seqs: int, rank: int, world_size: int) -> EvalResult:
+    t0 = time.perf_counter()
+    device = model_device(model)
+    tokens = val_tokens.to(device=device, dtype=torch.int32)
+    total = tokens.numel() - 1
+    plan = plan_windows(0, total, total, seq_len, stride).share(rank, world_size)
+    with torch.inference_mode():
+        totals = score_windows(model, tokens, luts.to(device), plan, batch_seqs)
+    return result_from(all_reduce_totals(totals, device), time.perf_counter() - t0)
+
+
+def evaluate_full(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, seq_len: int, batch_seqs: int,
+                  rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Every target scored once by non-overlapping windows of seq_len (the tail by one last window)."""
+    return evaluate_windows(model, val_tokens, luts, seq_len, seq_len, batch_seqs, rank, world_size)
+
+
+def evaluate_sliding(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, seq_len: int, stride: int,
+                     batch_seqs: int, rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Every target scored once by sliding windows of seq_len that advance by ``stride``."""
+    return evaluate_windows(model, val_tokens, luts, seq_len, stride, batch_seqs, rank, world_size)
+
+
+# --- legal score-first TTT -------------------------------------------------------------------
+
+
+def ttt_chunk_bounds(total: int, chunk_tokens: int) -> list[tuple[int, int]]:
+    """Target ranges [a, b) of the TTT chunks, in order."""
+    return [(a, min(a + chunk_tokens, total)) for a in range(0, total, chunk_tokens)]
+
+
+def ttt_lr_at(chunk: int, n_chunks: int, cfg: TrainerConfig) -> float:
+    """Cosine decay across chunks: lr_c = TTT_LR · ½(1 + cos(π · c / (n_chunks - 1)))."""
+    return cfg.ttt_lr * 0.5 * (1.0 + math.cos(math.pi * chunk / max(n_chunks - 1, 1)))
+
+
+def ttt_optimizer(model: torch.nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """SGD with momentum over every parameter (all of them trainable during TTT)."""
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return torch.optim.SGD(params, lr=cfg.ttt_lr, momentum=cfg.ttt_momentum)
+
+
+def score_chunk(model: torch.nn.Module, tokens: torch.Tensor, luts: ByteLUTs, bounds: tuple[int, int], cfg: TrainerConfig,
+                rank: int = 0, world_size: int = 1) -> ScoreTotals:
+    """Score the chunk's targets with sliding windows (this rank's share) under inference mode."""
+    total = tokens.numel() - 1
+    stride = cfg.eval_stride or cfg.eval_seq_len
+    plan = plan_windows(bounds[0], bounds[1], total, cfg.eval_seq_len, stride).share(rank, world_size)
+    with torch.inference_mode():
+        return score_windows(model, tokens, luts, plan, cfg.eval_batch_seqs)
+
+
+def adapt_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, bounds: tuple[int, int],
+                   lr: float, cfg: TrainerConfig, rank: int = 0, world_size: int = 1) -> None:
+    """TTT_EPOCHS passes of SGD over the chunk's targets only, cut into sequences of
+    EVAL_SEQ_LEN (one shorter sequence when the chunk is shorter), in batches of
+    TTT_BATCH_SEQS sequences. Each rank takes a contiguous share of every batch; the
+    gradient is the batch mean over all ranks (all-reduced) before clipping."""
+    a, b = bounds
+    seq = min(cfg.eval_seq_len, b - a)
+    starts = a + seq * torch.arange((b - a) // seq, device=tokens.device)
+    offsets = torch.arange(seq + 1, device=tokens.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    distributed = dist.is_available() and dist.is_initialized() and world_size > 1
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    for _ in range(cfg.ttt_epochs):
+        for i in range(0, len(starts), cfg.ttt_batch_seqs):
+            batch = starts[i:i + cfg.ttt_batch_seqs]
+            n = len(batch)
+            mine = batch[rank * n // world_size:(rank + 1) * n // world_size]
+            optimizer.zero_grad(set_to_none=True)
+            if len(mine):
+                win = tokens[mine[:, None] + offsets].long()
+                loss = model(win[:, :-1], win[:, 1:])
+                (loss * (len(mine) / n)).backward()  # this rank's share of the batch mean
+            if distributed:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                flat = torch.cat([g.reshape(-1).float() for g in grads])
+                dist.all_reduce(flat)
+                for p, g in zip(params, torch.split(flat, [g.numel() for g in grads])):
+                    p.grad = g.view_as(p).to(p.dtype)
+            if cfg.ttt_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.ttt_grad_clip)
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def evaluate_ttt(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: TrainerConfig,
+                 rank: int = 0, world_size: int = 1, *, chunk_scores: list[ScoreTotals] | None = None) -> EvalResult:
+    """Legal score-first TTT over the whole val stream; the model's weights are changed.
+
+    For each chunk in order: score it (``score_chunk``, inference mode), add to the totals,
+    then, unless it is the last chunk, ``adapt_on_chunk`` at the chunk's cosine LR. When
+    ``chunk_scores`` is given, the totals credited to each chunk (this rank's share) are
+    appended to it.
+    """
+    t0 = time.perf_counter()
+    device = model_device(model)
+    tokens = val_tokens.to(device=device, dtype=torch.int32)
+    luts = luts.to(device)
+    chunks = ttt_chunk_bounds(tokens.numel() - 1, cfg.ttt_chunk_tokens)
+    optimizer = ttt_optimizer(model, cfg)
+    totals = ScoreTotals()
+    for c, bounds in enumerate(chunks):
+        scored = score_chunk(model, tokens, luts, bounds, cfg, rank, world_size)
+        totals.add(scored)
+        if chunk_scores is not None:
+            chunk_scores.append(scored)
+        if c < len(chunks) - 1:
+            adapt_on_chunk(model, optimizer, tokens, bounds, ttt_lr_at(c, len(chunks), cfg), cfg, rank, world_size)
+    return result_from(all_reduce_totals(totals, device), time.perf_counter() - t0)
