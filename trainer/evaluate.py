@@ -5,7 +5,7 @@ from tokens 0..j. A window of length W starting at s feeds tokens s..s+W-1 and p
 targets s..s+W-1. Every evaluation scores each target exactly once and reports
     val_loss = Σ CE / scored tokens              (nats, sums in float64)
     val_bpb  = (val_loss / ln 2) · scored tokens / scored bytes
-with bytes from trainer.bpb; sums are all-reduced when torch.distributed is initialised.
+with bytes per bpb.py (token_bytes); sums are all-reduced when torch.distributed is initialised.
 
 Sliding windows (stride S): the first window starts at 0 and scores all its W targets;
 each later window ends S targets further on and scores only its last S targets (the last
