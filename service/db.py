@@ -39,7 +39,8 @@ def make_engine(url: str, settings: Settings | None = None) -> Engine:
         echo=settings.db_echo,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=settings.db_pool_recycle_s,
     )
 
 

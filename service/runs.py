@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, joinedload
 from service.errors import Conflict, InvalidInput, Issue, NotFound
 from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
 from service.models import LogChunk, Metric, Run, RunEvent, Team, User, utcnow
-from service.schemas import RunCreate
+from service.schemas import RunCreate, RunOut
 from service.security import Principal
 from service.settings import Settings
 from trainer.config import ConfigError, TrainerConfig
@@ -254,6 +254,20 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
+# Columns of a run listing: every Run column the API shows, plus the team and
+# user names (one query, no ORM objects: the list endpoint is the hot path).
+_LIST_COLUMNS = [Run.__table__.c[name] for name in RunOut.model_fields if name not in ("team", "user")]
+
+
+# Built once: statements are immutable, and building one per request costs more
+# than running it.
+_LIST_QUERY = (
+    select(*_LIST_COLUMNS, Team.name.label("team"), User.name.label("user"))
+    .join(Team, Team.id == Run.team_id)
+    .join(User, User.id == Run.user_id)
+)
+
+
 def list_runs(
     session: Session,
     principal: Principal,
@@ -265,11 +279,15 @@ def list_runs(
     q: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
-) -> tuple[list[Run], str | None]:
+) -> tuple[list[Any], str | None]:
     """Newest first (id descending), one page of ``limit``, keyset-paginated:
     the cursor is the last id of the previous page, so pages never repeat or
-    skip a run even while new runs arrive."""
-    query = _run_query()
+    skip a run even while new runs arrive.
+
+    Returns rows that read like runs (``row.id``, ``row.status``, ...) with
+    ``row.team`` and ``row.user`` holding the names, and the next cursor.
+    """
+    query = _LIST_QUERY
     if not principal.is_admin:
         if not principal.roles:
             return [], None
@@ -290,7 +308,7 @@ def list_runs(
         query = query.where(or_(Run.name.ilike(pattern, escape="\\"), Run.notes.ilike(pattern, escape="\\")))
     if cursor:
         query = query.where(Run.id < decode_cursor(cursor))
-    rows = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
+    rows = session.execute(query.order_by(Run.id.desc()).limit(limit + 1)).all()
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

@@ -39,6 +39,8 @@ class RunCreate(Strict):
 
 
 class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     team: str
     user: str
@@ -82,6 +84,8 @@ class RunsCreated(BaseModel):
 
 
 class RunPage(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     items: list[RunOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
 

@@ -76,33 +76,58 @@ def load_principal(session: Session, user: User, token_id: int | None = None) ->
     )
 
 
+# One round trip per request: the token, its user and the user's teams.
+_AUTH_QUERY = (
+    select(
+        ApiToken.id,
+        ApiToken.revoked_at,
+        ApiToken.last_used_at,
+        User.id.label("user_id"),
+        User.name,
+        User.is_admin,
+        Membership.team_id,
+        Membership.role,
+        Team.name.label("team_name"),
+    )
+    .join(User, User.id == ApiToken.user_id)
+    .outerjoin(Membership, Membership.user_id == User.id)
+    .outerjoin(Team, Team.id == Membership.team_id)
+)
+
+
 def authenticate(session: Session, token: str | None, *, touch_interval_s: float = 60.0) -> Principal:
     """The caller behind ``token``; Unauthorized when it is missing, unknown or revoked.
 
     ``last_used_at`` is written at most once per ``touch_interval_s`` per token
-    (a guarded UPDATE), so reads stay reads; the caller commits.
+    (a guarded UPDATE), so reads stay reads; that write is committed here.
     """
     if not token:
         raise Unauthorized("missing bearer token")
-    row = session.execute(
-        select(ApiToken.id, ApiToken.revoked_at, ApiToken.last_used_at, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == hash_token(token))
-    ).first()
-    if row is None:
+    rows = session.execute(_AUTH_QUERY.where(ApiToken.token_hash == hash_token(token))).all()
+    if not rows:
         raise Unauthorized("invalid token")
-    token_id, revoked_at, last_used_at, user = row
-    if revoked_at is not None:
+    first = rows[0]
+    if first.revoked_at is not None:
         raise Unauthorized("token revoked")
     now = utcnow()
     stale = now - timedelta(seconds=touch_interval_s)
-    if last_used_at is None or last_used_at < stale:
+    if first.last_used_at is None or first.last_used_at < stale:
         session.execute(
             update(ApiToken)
-            .where(ApiToken.id == token_id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale))
+            .where(ApiToken.id == first.id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale))
             .values(last_used_at=now),
             execution_options={"synchronize_session": False},
         )
         session.commit()
-    return load_principal(session, user, token_id)
+    teams = [r for r in rows if r.team_id is not None]
+    return Principal(
+        user_id=first.user_id,
+        name=first.name,
+        is_admin=first.is_admin,
+        roles={r.team_id: r.role for r in teams},
+        team_names={r.team_id: r.team_name for r in teams},
+        token_id=first.id,
+    )
 
 
 def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     db_echo: bool = False
     db_pool_size: int = Field(20, ge=1, le=200)  # PostgreSQL only
     db_max_overflow: int = Field(20, ge=0, le=200)
+    # Pinging on every checkout costs a round trip per request; recycling
+    # connections now and then is enough behind a stable PostgreSQL.
+    db_pool_pre_ping: bool = False
+    db_pool_recycle_s: int = Field(1800, ge=-1)
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
 
     # --- run specs -------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,7 +20,9 @@ def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # Async so it needs no threadpool hop: making a Session does no I/O (the
+    # connection is taken on first use, inside the sync route's thread).
     session = request.app.state.sessionmaker()
     try:
         yield session

@@ -1,0 +1,220 @@
+"""The CLI's HTTP client: where caddie is (URL and token from the environment
+or the config file) and one method per API call, with every failure turned into
+a :class:`CaddieError` whose message is one line a person can act on.
+
+Precedence: CADDIE_URL / CADDIE_TOKEN, then the config file
+(``~/.config/caddie/config.toml``, or the path in CADDIE_CONFIG), then the
+default URL. The token is never part of any message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+API_PREFIX = "/api/v1"
+# Back-off between attempts when caddie cannot be reached (seconds).
+RETRY_DELAYS_S = (0.2, 0.5, 1.0)
+
+
+class CaddieError(Exception):
+    """A failure the CLI reports as one line and a non-zero exit code."""
+
+
+# --- configuration ---------------------------------------------------------------------
+def config_path() -> Path:
+    override = os.environ.get("CADDIE_CONFIG")
+    return Path(override).expanduser() if override else Path.home() / ".config" / "caddie" / "config.toml"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str
+    token: str | None
+
+    def __repr__(self) -> str:  # keep the secret out of any accidental print
+        return f"ClientConfig(url={self.url!r}, token={'<set>' if self.token else None})"
+
+
+def read_config_file(path: Path | None = None) -> dict[str, str]:
+    path = path or config_path()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CaddieError(f"cannot read the config file {path}: {exc}") from None
+    return {k: v for k, v in data.items() if k in ("url", "token") and isinstance(v, str)}
+
+
+def load_config() -> ClientConfig:
+    """URL and token: environment first, then the config file, then the default URL."""
+    stored = read_config_file()
+    url = os.environ.get("CADDIE_URL") or stored.get("url") or DEFAULT_URL
+    token = os.environ.get("CADDIE_TOKEN") or stored.get("token") or None
+    return ClientConfig(url=url.rstrip("/"), token=token)
+
+
+def _toml_string(value: str) -> str:
+    # JSON string escapes (\" \\ \n \uXXXX) are valid TOML basic-string escapes.
+    return json.dumps(value, ensure_ascii=True)
+
+
+def write_config_file(url: str, token: str, path: Path | None = None) -> Path:
+    """Write url and token to the config file, readable by its owner only (0600)."""
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"url = {_toml_string(url)}\ntoken = {_toml_string(token)}\n"
+    tmp = path.with_name(path.name + ".tmp")
+    # Created 0600 from the start, so the token is never readable by others.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a file that existed
+    os.replace(tmp, path)
+    return path
+
+
+# --- errors ------------------------------------------------------------------------------
+def _issue_text(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    loc = [str(p) for p in item.get("loc") or []]
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    msg = str(item.get("msg", "invalid"))
+    return f"{'.'.join(loc)}: {msg}" if loc else msg
+
+
+def _detail(response: httpx.Response) -> list[Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip().splitlines()
+        return [text[0][:200]] if text else []
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if detail is None:
+        return []
+    return detail if isinstance(detail, list) else [detail]
+
+
+def error_message(response: httpx.Response, url: str, not_found: str | None = None) -> str:
+    """One line that says what went wrong with ``response``."""
+    status = response.status_code
+    issues = [_issue_text(d) for d in _detail(response)]
+    joined = "; ".join(issues)
+    if status == 401:
+        return "token missing or invalid: run caddie login"
+    if status == 404 and not_found:
+        return not_found
+    if status == 422:
+        return f"invalid request: {joined}" if joined else "invalid request"
+    if status == 403:
+        return f"not allowed: {joined}" if joined else "not allowed"
+    if status >= 500:
+        return f"caddie at {url} failed with HTTP {status}" + (f": {joined}" if joined else "")
+    return joined or f"HTTP {status} from caddie at {url}"
+
+
+# --- the client ----------------------------------------------------------------------------
+class CaddieClient:
+    """Calls the caddie REST API. Every method returns the decoded JSON or raises CaddieError."""
+
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 15.0, transport: httpx.BaseTransport | None = None):
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s, transport=transport)
+
+    @classmethod
+    def from_config(cls, config: ClientConfig | None = None) -> "CaddieClient":
+        config = config or load_config()
+        return cls(config.url, config.token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "CaddieClient":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool | None = None,
+        not_found: str | None = None,
+    ) -> Any:
+        """One API call. Connection failures are retried for every request (the
+        request never reached caddie); timeouts and dropped connections only for
+        idempotent ones (GET, or a POST that carries an Idempotency-Key)."""
+        if idempotent is None:
+            idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, params=params, json=json_body, headers=headers)
+                break
+            except httpx.ConnectError:
+                if attempt >= len(RETRY_DELAYS_S):
+                    raise CaddieError(f"cannot reach caddie at {self.url}: is `caddie up` running?") from None
+            except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if not idempotent or attempt >= len(RETRY_DELAYS_S):
+                    kind = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "dropped the connection"
+                    raise CaddieError(f"caddie at {self.url} {kind}; the request may or may not have taken effect") from None
+            except httpx.InvalidURL:
+                raise CaddieError(f"not a valid caddie URL: {self.url!r} (set CADDIE_URL or run caddie login)") from None
+            except httpx.HTTPError as exc:
+                raise CaddieError(f"cannot talk to caddie at {self.url}: {type(exc).__name__}") from None
+            time.sleep(RETRY_DELAYS_S[attempt])
+            attempt += 1
+        if response.status_code >= 400:
+            raise CaddieError(error_message(response, self.url, not_found))
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise CaddieError(f"caddie at {self.url} sent a response that is not JSON (is this the right URL?)") from None
+
+    # --- runs ---------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        # The key makes a retried POST return the first attempt's runs, so it is safe to retry.
+        return self.request("POST", f"{API_PREFIX}/runs", json_body=spec, headers={"Idempotency-Key": idempotency_key}, idempotent=True)
+
+    def list_runs(self, **filters: Any) -> dict[str, Any]:
+        return self.request("GET", f"{API_PREFIX}/runs", params=filters)
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        return self.request("GET", f"{API_PREFIX}/runs/{run_id}", not_found=f"run {run_id} not found")
+
+    def cancel(self, run_id: int) -> dict[str, Any]:
+        return self.request("POST", f"{API_PREFIX}/runs/{run_id}/cancel", not_found=f"run {run_id} not found")
+
+    def events(self, run_id: int) -> list[dict[str, Any]]:
+        return self.request("GET", f"{API_PREFIX}/runs/{run_id}/events", not_found=f"run {run_id} not found")
+
+    def metrics(self, run_id: int) -> list[dict[str, Any]]:
+        return self.request("GET", f"{API_PREFIX}/runs/{run_id}/metrics", not_found=f"run {run_id} not found")
+
+    def logs(self, run_id: int, offset: int = 0) -> dict[str, Any]:
+        return self.request("GET", f"{API_PREFIX}/runs/{run_id}/logs", params={"offset": offset}, not_found=f"run {run_id} not found")
+
+    # --- the caller ------------------------------------------------------------------
+    def me(self) -> dict[str, Any]:
+        return self.request("GET", f"{API_PREFIX}/users/me")
