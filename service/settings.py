@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # last_used_at of a token is written at most this often, so that a busy
     # client does not turn every read into a write.
     token_touch_interval_s: float = Field(60.0, ge=0)
+    # "module:function" called with the ids of newly submitted runs, after the
+    # response (the worker's is worker.notify:runs_submitted: a scheduler tick
+    # now instead of at beat's next one). The service never imports the worker.
+    on_submit_hook: str = ""
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

@@ -25,6 +25,29 @@ class WorkerSettings(BaseSettings):
     broker_url: str = ""  # default: a SQLite-backed kombu broker under home (needs no server)
     heartbeat_s: float = Field(5.0, gt=0)
     hard_timeout_s: float = Field(DEFAULT_HARD_TIMEOUT_S, gt=0)
+    # How often the executor polls the job (status, log, cancel request); the
+    # trainer-exit -> SUCCEEDED delay is about one poll.
+    poll_interval_s: float = Field(0.2, gt=0, le=30)
+    # A run whose heartbeat is older than this many heartbeats is presumed
+    # orphaned: its lease may be taken over and the janitor acts on it.
+    stale_heartbeats: float = Field(3.0, ge=2)
+    max_attempts: int = Field(3, ge=1)  # launches per run (retries after preemption / no capacity)
+    # Redis only: an unacknowledged message goes back to the queue after this
+    # long (a lost worker's run is redelivered). Duplicates are harmless: the
+    # executor takes a lease on the run in the database.
+    visibility_timeout_s: float = Field(3600.0, gt=0)
+
+    # --- scheduling ------------------------------------------------------------
+    scheduler_tick_s: float = Field(5.0, gt=0)
+    janitor_tick_s: float = Field(15.0, gt=0)
+    max_concurrent_runs: int = Field(1, ge=0)  # per hardware string, unless `capacity` names it
+    capacity: str = ""  # per-hardware overrides, e.g. "H100:8=2,cpu=4"
+    budget_period_days: float = Field(30.0, gt=0)  # team budgets are GPU-hours per rolling period
+    expected_run_hours: float = Field(1 / 3, gt=0)  # fair-share charge of one started run
+
+    # --- trainer data (runs that do not set DATA_PATH / TOKENIZER_PATH) -----------
+    data_path: str = ""  # default: the trainer's own default (./data/...)
+    tokenizer_path: str = ""
 
     # --- launcher choice -------------------------------------------------------
     launcher: str = Field("local", pattern=r"^(local|skypilot)$")

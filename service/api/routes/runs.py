@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 
 from service import runs as domain
+from service.hooks import call_on_submit_hook
 from service.api.deps import CurrentUser, SessionDep, SettingsDep
 from service.errors import InvalidInput, Issue
 from service.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
@@ -28,12 +29,15 @@ def submit_runs(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
+    background: BackgroundTasks,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> RunsCreated:
     """One QUEUED run per seed, in one group. A retry with the same Idempotency-Key returns the same runs."""
     group_key, runs, replayed = domain.submit_runs(session, user, spec, settings, idempotency_key=idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    elif settings.on_submit_hook:
+        background.add_task(call_on_submit_hook, settings.on_submit_hook, [r.id for r in runs])
     return RunsCreated(group_key=group_key, runs=[RunOut.from_run(r) for r in runs])
 
 

@@ -1,0 +1,84 @@
+"""The Celery app: broker, queues, routing, reliability settings and the beat schedule.
+
+Broker: CADDIE_BROKER_URL — Redis in production (``redis://redis:6379/0``); by
+default Kombu's SQLAlchemy transport on a SQLite file under CADDIE_HOME, which
+needs no server (``caddie up``). There is no result backend: the database is
+the source of truth and tasks return nothing anyone waits for.
+
+Queues: ``runs`` carries only ``execute_run`` (long; one slot per concurrent
+run), ``control`` carries the light periodic work (scheduler tick, janitor).
+Start workers with ``-Q runs`` and ``-Q control`` so a long run never delays
+dispatch.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from worker.settings import WorkerSettings
+
+RUNS_QUEUE = "runs"
+CONTROL_QUEUE = "control"
+
+EXECUTE_RUN = "caddie.execute_run"
+SCHEDULE_TICK = "caddie.schedule_tick"
+JANITOR_TICK = "caddie.janitor_tick"
+
+
+def celery_config(settings: WorkerSettings) -> dict:
+    """Celery's settings for `settings` (a plain dict, so tests can read it)."""
+    broker = settings.broker_url
+    if broker.startswith(("redis://", "rediss://", "sentinel://")):
+        # Unacknowledged messages of a lost worker come back after this long.
+        transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+    else:
+        # Virtual transports poll; the default 1 s would add a second to every dispatch.
+        transport_options = {"polling_interval": 0.1}
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "result_backend": None,
+        "task_ignore_result": True,
+        # Acknowledge after the task ran, and give a message back if its worker
+        # process dies: a run is redelivered instead of forgotten. Running
+        # twice is safe (the executor holds a lease on the run in the DB).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": CONTROL_QUEUE,
+        "task_routes": {
+            EXECUTE_RUN: {"queue": RUNS_QUEUE},
+            SCHEDULE_TICK: {"queue": CONTROL_QUEUE},
+            JANITOR_TICK: {"queue": CONTROL_QUEUE},
+        },
+        # Ticks are idempotent and frequent: a stale one is worth nothing.
+        "beat_schedule": {
+            "schedule-tick": {"task": SCHEDULE_TICK, "schedule": settings.scheduler_tick_s, "options": {"expires": settings.scheduler_tick_s * 2}},
+            "janitor-tick": {"task": JANITOR_TICK, "schedule": settings.janitor_tick_s, "options": {"expires": settings.janitor_tick_s * 2}},
+        },
+        "beat_schedule_filename": str(settings.home.resolve() / "celerybeat-schedule"),
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "enable_utc": True,
+    }
+
+
+def make_celery(settings: WorkerSettings | None = None) -> Celery:
+    settings = settings or WorkerSettings()
+    app = Celery("caddie", include=["worker.tasks"])  # imported by the worker at start
+    app.conf.update(celery_config(settings))
+    return app
+
+
+celery_app = make_celery()
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: object) -> None:
+    # A forked pool child must not share the parent's database connections.
+    from service.db import dispose_engines
+
+    dispose_engines()

@@ -1,0 +1,56 @@
+"""Celery tasks: thin wrappers that pass run ids and call plain functions.
+
+Every task is safe to run twice: the database says what is already done.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from worker import executor, janitor, scheduler
+from worker.celery_app import EXECUTE_RUN, JANITOR_TICK, SCHEDULE_TICK, celery_app
+from worker.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_run(run_id: int) -> None:
+    """Ask a worker on the `runs` queue to drive run `run_id`."""
+    celery_app.send_task(EXECUTE_RUN, args=[int(run_id)], retry=False)
+
+
+def request_schedule_tick() -> None:
+    """Ask for a scheduler tick now (after a submit, or when a run frees its slot)."""
+    celery_app.send_task(SCHEDULE_TICK, retry=False)
+
+
+@celery_app.task(name=EXECUTE_RUN)
+def execute_run(run_id: int) -> str:
+    rt = get_runtime()
+    outcome = executor.execute_run(int(run_id), launcher=rt.launcher, session_factory=rt.session_factory, store=rt.store, settings=rt.settings)
+    log.info("%s", outcome)
+    try:
+        request_schedule_tick()  # a slot may have freed up
+    except Exception:  # noqa: BLE001 (beat ticks anyway)
+        log.warning("could not request a scheduler tick", exc_info=True)
+    return outcome
+
+
+@celery_app.task(name=SCHEDULE_TICK)
+def schedule_tick() -> list[int]:
+    rt = get_runtime()
+    with rt.session_factory() as session:
+        return scheduler.dispatch_due_runs(
+            session,
+            capacity=rt.capacity,
+            enqueue=enqueue_run,
+            budget_period=rt.budget_period,
+            expected_run_hours=rt.settings.expected_run_hours,
+        )
+
+
+@celery_app.task(name=JANITOR_TICK)
+def janitor_tick() -> int:
+    rt = get_runtime()
+    with rt.session_factory() as session:
+        return len(janitor.janitor_pass(session, launcher=rt.launcher, settings=rt.settings, enqueue=enqueue_run))
