@@ -370,6 +370,22 @@ def read_log(session: Session, principal: Principal, run_id: int, offset: int = 
     return LogSlice(offset=offset, next_offset=end, data=blob.decode("utf-8", errors="replace"), done=terminal and not more)
 
 
+def append_log(session: Session, run: Run, text: str) -> LogChunk | None:
+    """Add ``text`` to the end of the run's log (for the worker; caller commits).
+
+    The chunk's offset is the run's current ``log_bytes``, which grows by the
+    UTF-8 size of ``text``, so read_log's byte offsets line up. One writer per
+    run (its executor); the unique (run_id, offset) catches a second one.
+    """
+    if not text:
+        return None
+    chunk = LogChunk(run_id=run.id, offset=run.log_bytes or 0, data=text)
+    session.add(chunk)
+    run.log_bytes = (run.log_bytes or 0) + len(text.encode("utf-8"))
+    session.flush()
+    return chunk
+
+
 # --- cancelling ----------------------------------------------------------------------
 def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
     """Cancel a run and commit. QUEUED runs are cancelled at once; for

@@ -43,8 +43,6 @@ class Settings(BaseSettings):
 
     # --- API -------------------------------------------------------------------
     api_prefix: str = "/api/v1"
-    page_default: int = Field(50, ge=1)
-    page_max: int = Field(200, ge=1)
     # last_used_at of a token is written at most this often, so that a busy
     # client does not turn every read into a write.
     token_touch_interval_s: float = Field(60.0, ge=0)

@@ -193,11 +193,12 @@ def test_finished_runs_cannot_be_cancelled(client: TestClient, world, spec, sess
 
 
 def _append_log(session: Session, run_id: int, texts: list[str]) -> None:
-    offset = 0
+    run = session.get_one(Run, run_id)
     for text in texts:
-        session.add(LogChunk(run_id=run_id, offset=offset, data=text))
-        offset += len(text.encode())
+        domain.append_log(session, run, text)
     session.commit()
+    offsets = list(session.scalars(select(LogChunk.offset).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
+    assert offsets[0] == 0 and run.log_bytes == sum(len(t.encode()) for t in texts)
 
 
 def test_logs_from_a_byte_offset(client: TestClient, world, spec, session: Session) -> None:

@@ -1,0 +1,1 @@
+"""The `caddie` command line."""

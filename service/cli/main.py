@@ -1,0 +1,310 @@
+"""``caddie``: the command line.
+
+Bootstrap commands (``caddie admin ...``, ``caddie db upgrade``) work on the
+database directly (CADDIE_DATABASE_URL) through the service's domain functions;
+everything else talks to the REST API with a token (CADDIE_URL, CADDIE_TOKEN,
+or the config file written by ``caddie login``). Every failure is one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from service.cli.client import CaddieClient, CaddieError, load_config, write_config_file
+from service.cli.follow import describe_submission, follow_runs, tail_log
+from service.cli.render import print_results, run_detail, runs_table, status_text
+from service.cli.spec import build_request, read_spec_file
+
+app = typer.Typer(
+    name="caddie",
+    help="Run Parameter Golf training runs on scarce 8xH100 nodes.",
+    no_args_is_help=True,
+    # A traceback with locals could show the token; failures we expect never get that far.
+    pretty_exceptions_show_locals=False,
+)
+admin_app = typer.Typer(help="Bootstrap teams, users and tokens directly in the database.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+app.add_typer(db_app, name="db")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Turn a CaddieError into ``error: message`` on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CaddieError as exc:
+            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def api() -> Iterator[CaddieClient]:
+    client = CaddieClient.from_config(load_config())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- talking to the API -------------------------------------------------------------------
+@app.command()
+@friendly
+def login(
+    url: Annotated[str, typer.Option(help="caddie's base URL")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(help="API token (asked for when left out)")] = None,
+    check: Annotated[bool, typer.Option(help="check the token against the server before saving")] = True,
+) -> None:
+    """Save the URL and token to the config file (mode 0600)."""
+    token = token or getpass.getpass("API token: ").strip()
+    if not token:
+        raise CaddieError("no token given")
+    who = ""
+    if check:
+        with CaddieClient(url, token) as client:
+            me = client.me()
+        who = f" as {me['name']}"
+    path = write_config_file(url.rstrip("/"), token)
+    out.print(f"logged in{who} at {url}; saved to {path}", markup=False)
+
+
+@app.command()
+@friendly
+def submit(
+    spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="run spec (YAML)")],
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds, e.g. 1337,42,2025 (replaces the file's)")] = None,
+    team: Annotated[str | None, typer.Option(help="team name (replaces the file's)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KNOB=VALUE", help="override one trainer knob; repeatable")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="show live progress until the runs finish")] = False,
+) -> None:
+    """Submit a run spec: one run per seed, all in one group."""
+    body = build_request(read_spec_file(spec_file), seeds=seeds, team=team, overrides=set_)
+    # One key per invocation: the client's retries of this POST reuse it, so
+    # the server returns the first attempt's runs instead of making new ones.
+    key = uuid.uuid4().hex
+    with api() as client:
+        created = client.submit(body, idempotency_key=key)
+        out.print(describe_submission(created), markup=False)
+        if not follow:
+            out.print(runs_table(created["runs"]))
+            return
+        final = follow_runs(client, [r["id"] for r in created["runs"]], out)
+    print_results(out, final)
+    if any(r["status"] != "SUCCEEDED" for r in final):
+        raise typer.Exit(1)
+
+
+@app.command("runs")
+@friendly
+def list_runs(
+    status: Annotated[str | None, typer.Option(help="QUEUED, RUNNING, ... (comma-separated)")] = None,
+    team: Annotated[str | None, typer.Option(help="team name")] = None,
+    user: Annotated[str | None, typer.Option(help="user name")] = None,
+    group: Annotated[str | None, typer.Option(help="group key")] = None,
+    q: Annotated[str | None, typer.Option(help="text in name or notes")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="runs per page")] = 50,
+    all_: Annotated[bool, typer.Option("--all", help="every matching run, page after page")] = False,
+) -> None:
+    """List runs, newest first."""
+    filters = {"status": status, "team": team, "user": user, "group": group, "q": q}
+    runs: list[dict[str, Any]] = []
+    cursor = None
+    with api() as client:
+        while True:
+            page = client.list_runs(**filters, limit=limit, cursor=cursor)
+            runs += page["items"]
+            cursor = page["next_cursor"]
+            if not all_ or cursor is None:
+                break
+    if not runs:
+        out.print("no runs", markup=False)
+        return
+    out.print(runs_table(runs))
+    if cursor is not None:
+        out.print(f"showing the newest {len(runs)}; more with --all or --limit", markup=False, style="dim")
+
+
+@app.command()
+@friendly
+def show(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """One run: details, results and its last events."""
+    with api() as client:
+        run = client.get_run(run_id)
+        events = client.events(run_id)
+        metrics = client.metrics(run_id)
+    out.print(run_detail(run, events, metrics))
+
+
+@app.command()
+@friendly
+def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Cancel a run (queued: at once; running: the worker stops it)."""
+    with api() as client:
+        run = client.cancel(run_id)
+    if run["status"] == "CANCELLED":
+        out.print(f"run {run_id}: {status_text('CANCELLED')}")
+    else:
+        out.print(f"run {run_id}: cancel requested while {status_text(run['status'])}; the worker will stop it")
+
+
+@app.command()
+@friendly
+def logs(
+    run_id: Annotated[int, typer.Argument(metavar="ID")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run finishes")] = False,
+) -> None:
+    """Print a run's log."""
+    with api() as client:
+        tail_log(client, run_id, sys.stdout, follow=follow)
+
+
+@app.command()
+@friendly
+def up(
+    host: Annotated[str, typer.Option(help="address the API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port the API listens on")] = 8000,
+) -> None:
+    """Start caddie with embedded defaults: API, a worker and the scheduler (SQLite, no broker server, local launcher)."""
+    # Imported here: the service must not depend on the worker package at import time.
+    try:
+        from worker.embedded import run_embedded
+    except ImportError as exc:
+        raise CaddieError(f"caddie up needs the worker (pip install 'caddie[worker]'): {exc}") from None
+    run_embedded(host=host, port=port)
+
+
+# --- bootstrap, straight to the database ---------------------------------------------------
+@contextmanager
+def database() -> Iterator[Any]:
+    """A session on CADDIE_DATABASE_URL that commits at the end; database
+    problems become one-line errors."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+
+    from service.db import get_sessionmaker
+    from service.errors import DomainError
+    from service.settings import Settings
+
+    settings = Settings()
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    session = get_sessionmaker(settings.database_url, settings)()
+    try:
+        yield session
+        session.commit()
+    except DomainError as exc:
+        session.rollback()
+        raise CaddieError(str(exc)) from None
+    except (OperationalError, ProgrammingError) as exc:
+        session.rollback()
+        text = str(exc.orig).lower()
+        if "no such table" in text or "does not exist" in text and "relation" in text:
+            raise CaddieError(f"the database {shown} has no caddie tables: run caddie db upgrade") from None
+        raise CaddieError(f"database {shown}: {str(exc.orig).strip().splitlines()[0]}") from None
+    except SQLAlchemyError as exc:
+        session.rollback()
+        raise CaddieError(f"database {shown}: {type(exc).__name__}") from None
+    finally:
+        session.close()
+
+
+@admin_app.command("create-team")
+@friendly
+def create_team(
+    name: str,
+    budget_gpu_hours: Annotated[float | None, typer.Option(help="GPU-hour budget (none: unlimited)")] = None,
+    weight: Annotated[float, typer.Option(help="fair-share weight")] = 1.0,
+) -> None:
+    """Create a team."""
+    from service import accounts
+
+    with database() as session:
+        team = accounts.create_team(session, name, budget_gpu_hours=budget_gpu_hours, weight=weight)
+        team_id = team.id
+    out.print(f"team {name} created (id {team_id})", markup=False)
+
+
+@admin_app.command("create-user")
+@friendly
+def create_user(
+    name: str,
+    team: Annotated[str | None, typer.Option(help="add the user to this team")] = None,
+    role: Annotated[str, typer.Option(help="role in --team: member or admin")] = "member",
+    admin: Annotated[bool, typer.Option("--admin", help="make a global admin (sees every team)")] = False,
+    email: Annotated[str | None, typer.Option(help="email address")] = None,
+) -> None:
+    """Create a user, optionally in a team."""
+    from service import accounts
+
+    if role not in accounts.ROLES:
+        raise CaddieError(f"--role must be one of {', '.join(accounts.ROLES)}, got {role!r}")
+    with database() as session:
+        user = accounts.create_user(session, name, email=email, is_admin=admin)
+        if team is not None:
+            accounts.add_member(session, team, user, role)
+        user_id = user.id
+    where = f" in team {team} as {role}" if team else ""
+    out.print(f"user {name} created (id {user_id}){where}{' (global admin)' if admin else ''}", markup=False)
+
+
+@admin_app.command("create-token")
+@friendly
+def create_token(
+    user: str,
+    name: Annotated[str, typer.Option(help="what the token is for")] = "cli",
+) -> None:
+    """Create an API token for USER and print it (the only time it is shown)."""
+    from service import accounts
+
+    with database() as session:
+        _row, secret = accounts.create_token(session, user, name)
+    out.print(secret, markup=False, soft_wrap=True)
+    err.print("store it now: caddie keeps only its hash (e.g. caddie login --token ...)", markup=False)
+
+
+@db_app.command("upgrade")
+@friendly
+def db_upgrade(revision: Annotated[str, typer.Option(help="Alembic revision")] = "head") -> None:
+    """Migrate CADDIE_DATABASE_URL to REVISION."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.migrate import upgrade
+    from service.settings import Settings
+
+    url = Settings().database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        upgrade(url, revision)
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise CaddieError(f"database {shown}: {str(orig).strip().splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - Alembic raises CommandError and friends for bad revisions
+        raise CaddieError(f"migration to {revision} failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    out.print(f"database {shown} is at {revision}", markup=False)
+
+
+if __name__ == "__main__":
+    app()

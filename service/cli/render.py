@@ -1,0 +1,135 @@
+"""How the CLI shows runs: tables and detail views (rich), no I/O beyond the console."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+STATUS_STYLE = {
+    "QUEUED": "cyan",
+    "PROVISIONING": "yellow",
+    "RUNNING": "bold yellow",
+    "SUCCEEDED": "green",
+    "FAILED": "bold red",
+    "CANCELLED": "dim",
+}
+
+
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def fmt_bpb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def fmt_bytes(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def fmt_time(value: str | None) -> str:
+    """ISO timestamp from the API -> 'YYYY-MM-DD HH:MM:SS' (UTC)."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return value
+
+
+def fmt_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column, justify in (("id", "right"), ("name", "left"), ("team", "left"), ("user", "left"), ("seed", "right"),
+                            ("status", "left"), ("val_bpb", "right"), ("bytes", "right"), ("group", "left"), ("submitted", "left")):
+        table.add_column(column, justify=justify, no_wrap=column != "name")  # type: ignore[arg-type]
+    for run in runs:
+        table.add_row(
+            str(run["id"]),
+            escape(run["name"]),
+            escape(run["team"]),
+            escape(run["user"]),
+            str(run["seed"]),
+            status_text(run["status"]),
+            fmt_bpb(run.get("val_bpb")),
+            fmt_bytes(run.get("artifact_bytes")),
+            run["group_key"][:8],
+            fmt_time(run.get("submitted_at")),
+        )
+    return table
+
+
+def _pairs(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return Panel(table, title=title, title_align="left")  # type: ignore[return-value]
+
+
+def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> Group:
+    """Everything `caddie show` prints about one run."""
+    reason = run.get("status_reason") or ""
+    about = [
+        ("run", f"{run['id']}  {escape(run['name'])}"),
+        ("status", status_text(run["status"]) + (f"  ({escape(reason)})" if reason else "")),
+        ("team / user", escape(f"{run['team']} / {run['user']}")),
+        ("seed", str(run["seed"])),
+        ("group", run["group_key"]),
+        ("track", run["track"]),
+        ("hardware", run["hardware"]),
+        ("priority", str(run["priority"])),
+        ("attempts", str(run["attempts"])),
+        ("submitted", fmt_time(run.get("submitted_at"))),
+        ("started", fmt_time(run.get("started_at"))),
+        ("finished", fmt_time(run.get("finished_at"))),
+        ("config", escape(", ".join(f"{k}={v}" for k, v in (run.get("spec") or {}).items())) or "(defaults)"),
+    ]
+    if run.get("notes"):
+        about.append(("notes", escape(run["notes"])))
+    if run.get("cancel_requested_at"):
+        about.append(("cancel requested", fmt_time(run["cancel_requested_at"])))
+    results = [
+        ("val_bpb", fmt_bpb(run.get("val_bpb"))),
+        ("pre-TTT bpb", fmt_bpb(run.get("pre_ttt_bpb"))),
+        ("val_loss", fmt_bpb(run.get("val_loss"))),
+        ("artifact bytes", fmt_bytes(run.get("artifact_bytes"))),
+        ("model / code bytes", f"{fmt_bytes(run.get('model_bytes'))} / {fmt_bytes(run.get('code_bytes'))}"),
+        ("steps", "-" if run.get("steps") is None else str(run["steps"])),
+        ("train / eval", f"{fmt_seconds(run.get('train_seconds'))} / {fmt_seconds(run.get('eval_seconds'))}"),
+        ("peak memory", "-" if run.get("peak_memory_mib") is None else f"{run['peak_memory_mib']:.0f} MiB"),
+        ("log", f"{fmt_bytes(run.get('log_bytes'))} bytes"),
+    ]
+    last_train = next((m for m in reversed(metrics) if m["kind"] == "train"), None)
+    last_val = next((m for m in reversed(metrics) if m["kind"] == "val"), None)
+    if last_train:
+        results.append(("last train", f"step {last_train['step']}  train_loss {fmt_bpb(last_train.get('train_loss'))}"))
+    if last_val:
+        results.append(("last val", f"step {last_val['step']}  val_bpb {fmt_bpb(last_val.get('val_bpb'))}"))
+    event_table = Table(title="last events", title_justify="left", header_style="bold")
+    for column in ("at", "from", "to", "actor", "reason"):
+        event_table.add_column(column)
+    for event in events[-10:]:
+        event_table.add_row(fmt_time(event["at"]), event.get("from_status") or "-", status_text(event["to_status"]), escape(event["actor"]), escape(event.get("reason") or ""))
+    return Group(_pairs("run", about), _pairs("results", results), event_table)
+
+
+def print_results(console: Console, runs: list[dict[str, Any]]) -> None:
+    """The closing lines of `submit --follow`: each run's outcome."""
+    for run in runs:
+        line = f"run {run['id']} (seed {run['seed']}): {status_text(run['status'])}"
+        if run["status"] == "SUCCEEDED":
+            line += f"  val_bpb {fmt_bpb(run.get('val_bpb'))}  artifact {fmt_bytes(run.get('artifact_bytes'))} bytes"
+        elif run.get("status_reason"):
+            line += f"  ({escape(run['status_reason'])})"
+        console.print(line, highlight=False)
