@@ -40,8 +40,8 @@ def spec(run_id: int = 5, hardware: str = "", **env: str) -> JobSpec:
     return JobSpec(run_id=run_id, env={"NUM_LAYERS": "11", **env}, hardware=hardware, timeout_s=1800)
 
 
-def launcher(tmp_path: Path, sdk: Any = None, **overrides: Any) -> SkyPilotLauncher:
-    return SkyPilotLauncher(WorkerSettings(home=tmp_path, **overrides), sdk=sdk)
+def launcher(tmp_path: Path, sdk: Any = None, min_poll_s: float = 0.0, **overrides: Any) -> SkyPilotLauncher:
+    return SkyPilotLauncher(WorkerSettings(home=tmp_path, **overrides), sdk=sdk, min_poll_s=min_poll_s)
 
 
 # --- the task ---------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_launch_returns_a_handle_before_provisioning_and_status_resolves_it(tmp_
 
     api.requests[handle.data["request_id"]]["status"] = "SUCCEEDED"
     api.job_statuses[3] = sky.JobStatus.RUNNING
-    fresh = SkyPilotLauncher(sp.settings, sdk=api)  # a restarted worker, from the stored handle
+    fresh = SkyPilotLauncher(sp.settings, sdk=api, min_poll_s=0)  # a restarted worker, from the stored handle
     restored = LaunchHandle.from_json(json.loads(stored))
     assert fresh.status(restored).state == JobState.RUNNING and restored.job_id == "3"
 
@@ -333,6 +333,23 @@ def test_a_cluster_gone_under_a_running_job_is_lost(tmp_path: Path) -> None:
     api.job_status_error = sky_exc.ClusterNotUpError("cluster is STOPPED", cluster_status=sky.ClusterStatus.STOPPED)
     st = sp.status(handle)
     assert st.state == JobState.LOST and "caddie-h100x8-5 is gone" in st.reason
+
+
+def test_fast_polling_is_answered_from_a_short_cache(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api, min_poll_s=60)
+    handle = LaunchHandle("skypilot", "caddie-h100x8-5", "3", {"request_id": "r", "request": "launch"})
+    api.job_statuses[3] = sky.JobStatus.RUNNING
+    api.log = first = "step:1/9 train_loss:6.9 train_time:8ms step_avg:8.00ms\n"
+    assert sp.status(handle).state == JobState.RUNNING and sp.read_log(handle, 0) == first.encode()
+    api.job_statuses[3] = sky.JobStatus.SUCCEEDED
+    api.log += "step:2/9 train_loss:6.5 train_time:16ms step_avg:8.00ms\n"
+    n = len(api.requests)
+    assert sp.status(handle).state == JobState.RUNNING  # within min_poll_s: no new request
+    assert sp.read_log(handle, 10) == first.encode()[10:]  # the log as fetched a moment ago
+    assert len(api.requests) == n
+    sp.cancel(handle)
+    assert sp.status(handle).state == JobState.SUCCEEDED  # cancel forgets the cached status
 
 
 def test_collect_copies_the_outputs_that_came_back_with_the_logs(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import copy
 import io
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -187,12 +188,18 @@ class SkyPilotLauncher:
 
     name = NAME
 
-    def __init__(self, settings: Any, sdk: Any = None) -> None:
+    def __init__(self, settings: Any, sdk: Any = None, min_poll_s: float | None = None) -> None:
         self.settings = settings
         self.prefix = settings.sky_cluster_prefix
         self.template_path = Path(settings.sky_task_template or DEFAULT_TEMPLATE)
         self._sdk = sdk
         self._job_ids: dict[str, int] = {}  # request id -> job id, once known
+        # Each status/log poll is a round trip to the API server (and the log is
+        # fetched whole), so answers are reused for this long, however fast the
+        # executor polls.
+        self.min_poll_s = float(min_poll_s if min_poll_s is not None else getattr(settings, "sky_poll_s", 5.0))
+        self._status_cache: dict[str, tuple[float, JobStatus]] = {}
+        self._log_cache: dict[str, tuple[float, bytes]] = {}
 
     @property
     def sky(self) -> Any:
@@ -396,7 +403,26 @@ class SkyPilotLauncher:
         handle.job_id = str(job_id)  # callers that store the handle again keep the resolved id
         return int(job_id)
 
+    @staticmethod
+    def _key(handle: LaunchHandle) -> str:
+        return f"{handle.cluster}/{handle.data.get('request_id')}"
+
+    def _fresh(self, cache: dict[str, tuple[float, Any]], key: str) -> Any:
+        hit = cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.min_poll_s:
+            return hit[1]
+        return None
+
     def status(self, handle: LaunchHandle) -> JobStatus:
+        key = self._key(handle)
+        cached = self._fresh(self._status_cache, key)
+        if cached is not None:
+            return cached
+        status = self._status_now(handle)
+        self._status_cache[key] = (time.monotonic(), status)
+        return status
+
+    def _status_now(self, handle: LaunchHandle) -> JobStatus:
         job_id = self._job_id(handle)
         if job_id is None:
             return JobStatus(JobState.PENDING, reason="provisioning")
@@ -422,6 +448,14 @@ class SkyPilotLauncher:
         return failure_reason(buf.getvalue())
 
     def read_log(self, handle: LaunchHandle, offset: int) -> bytes:
+        key = self._key(handle)
+        data = self._fresh(self._log_cache, key)
+        if data is None:
+            data = self._whole_log(handle)
+            self._log_cache[key] = (time.monotonic(), data)
+        return data[max(0, int(offset)) :]
+
+    def _whole_log(self, handle: LaunchHandle) -> bytes:
         job_id = self._job_id(handle)
         if job_id is None:
             return b""
@@ -434,10 +468,11 @@ class SkyPilotLauncher:
                 return b""  # cluster gone: status() reports it; nothing more to read
             raise err from exc
         # The whole log each time, so byte offsets stay stable while it grows.
-        return buf.getvalue().encode("utf-8")[max(0, int(offset)) :]
+        return buf.getvalue().encode("utf-8")
 
     def cancel(self, handle: LaunchHandle) -> None:
         request_id = handle.data.get("request_id")
+        self._status_cache.pop(self._key(handle), None)  # the next status() must see the cancel
         try:
             job_id = self._job_id(handle)
         except (RetryLater, LaunchFailed):
