@@ -78,6 +78,19 @@ def test_output_dir_is_decided_on_the_node(tmp_path: Path) -> None:
     assert "OUTPUT_DIR" not in task.envs
 
 
+def test_the_worker_s_local_data_paths_do_not_travel_to_the_node(tmp_path: Path) -> None:
+    settings = WorkerSettings(home=tmp_path)
+    local = {"DATA_PATH": "/srv/caddie/smoke/datasets/fineweb10B_sp1024", "TOKENIZER_PATH": "/srv/caddie/smoke/tok.model"}
+    for k, v in local.items():
+        if hasattr(settings, k.lower()):
+            setattr(settings, k.lower(), v)
+    envs = SkyPilotLauncher(settings, sdk=sky).build_task(spec(**local), "k").envs
+    expected_dropped = {k for k in local if hasattr(settings, k.lower())}
+    assert not expected_dropped & set(envs)
+    # a path the run itself names (a folder on the node) is kept
+    assert launcher(tmp_path).build_task(spec(DATA_PATH="/mnt/shards"), "k").envs["DATA_PATH"] == "/mnt/shards"
+
+
 def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
     task = launcher(tmp_path, sky_install_spec="caddie[gpu] @ git+https://example.org/caddie@v1").build_task(spec(), "k")
     assert task.workdir is None

@@ -250,6 +250,8 @@ class SkyPilotLauncher:
                 raise LaunchFailed(f"invalid environment variable name {k!r}")
             if k == "OUTPUT_DIR":
                 continue  # the run script puts outputs under ~/caddie-runs/<run key> on the node
+            if k in ("DATA_PATH", "TOKENIZER_PATH") and v and str(v) == str(getattr(s, k.lower(), "") or ""):
+                continue  # the worker's own data folder (CADDIE_DATA_PATH...) does not exist on the node
             if _RESERVED_ENV.match(str(k)):
                 raise LaunchFailed(f"environment variable {k!r} is set by caddie itself")
             envs[str(k)] = str(v)
