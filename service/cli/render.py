@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
@@ -48,10 +49,17 @@ def fmt_seconds(value: float | None) -> str:
 
 
 def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for column, justify in (("id", "right"), ("name", "left"), ("team", "left"), ("user", "left"), ("seed", "right"),
-                            ("status", "left"), ("val_bpb", "right"), ("bytes", "right"), ("group", "left"), ("submitted", "left")):
-        table.add_column(column, justify=justify, no_wrap=column != "name")  # type: ignore[arg-type]
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("name", min_width=6)
+    table.add_column("team", max_width=14, no_wrap=True, overflow="ellipsis")
+    table.add_column("user", max_width=12, no_wrap=True, overflow="ellipsis")
+    table.add_column("seed", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("val_bpb", justify="right", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
+    table.add_column("group", no_wrap=True)
+    table.add_column("submitted", no_wrap=True)
     for run in runs:
         table.add_row(
             str(run["id"]),
@@ -63,7 +71,7 @@ def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
             fmt_bpb(run.get("val_bpb")),
             fmt_bytes(run.get("artifact_bytes")),
             run["group_key"][:8],
-            fmt_time(run.get("submitted_at")),
+            fmt_time(run.get("submitted_at"))[5:16],  # MM-DD HH:MM
         )
     return table
 
