@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service import accounts
 from service.api.app import create_app
 from service.db import get_engine, get_sessionmaker
 from service.migrate import upgrade
-from service.models import Base
+from service.models import ApiToken, Base
+from service.security import Principal, revoke_token
 from service.settings import Settings
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -44,7 +45,8 @@ def db_url(migrated_url: str) -> str:
         else:
             for table in tables:
                 conn.execute(text(f"DELETE FROM {table}"))
-            conn.execute(text("DELETE FROM sqlite_sequence")) if _has_sqlite_sequence(conn) else None
+            if _has_sqlite_sequence(conn):
+                conn.execute(text("DELETE FROM sqlite_sequence"))
     return migrated_url
 
 
@@ -100,8 +102,6 @@ class World:
 
 @pytest.fixture
 def world(session: Session) -> World:
-    from service.security import revoke_token, Principal
-
     a = accounts.create_team(session, "team-a")
     b = accounts.create_team(session, "team-b")
     users = {
@@ -116,7 +116,7 @@ def world(session: Session) -> World:
     accounts.add_member(session, b, users["bob"])
     accounts.add_member(session, a, users["carol"])
     tokens = {name: accounts.create_token(session, user, "test")[1] for name, user in users.items()}
-    carol_token = session.query(accounts.ApiToken).filter_by(user_id=users["carol"].id).one()
+    carol_token = session.scalars(select(ApiToken).where(ApiToken.user_id == users["carol"].id)).one()
     revoke_token(session, Principal(users["carol"].id, "carol", False), carol_token.id)
     session.commit()
     return World(tokens=tokens, team_ids={"team-a": a.id, "team-b": b.id}, user_ids={n: u.id for n, u in users.items()})
