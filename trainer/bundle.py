@@ -13,14 +13,13 @@ every byte of code counts towards the 16,000,000-byte artifact.
 from __future__ import annotations
 
 import argparse
-import os
 import ast
+import os
 import re
 from pathlib import Path
 
 BUNDLE_MODULES = ("config", "data", "bpb", "quant", "model", "optim", "evaluate", "bundle", "train", "__main__")
 BUNDLE_HEADER = '"""caddie shared trainer, bundled into one file by `python -m trainer.bundle`."""\nfrom __future__ import annotations\n'
-SIBLING_IMPORT = re.compile(r"^from trainer\.(\w+) import .*$")
 # Inside the bundle, this module shrinks to the one function the trainer calls:
 # the script reads its own text instead of carrying the bundler along.
 BUNDLED_SELF = '''
@@ -30,9 +29,23 @@ def bundled_source() -> str:
 '''
 
 
+def _sibling_module(node: ast.stmt) -> str | None:
+    """'x' for a top-level `from trainer.x import ...`, else None."""
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("trainer."):
+        return node.module.split(".", 1)[1]
+    return None
+
+
+def _is_main_block(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` at top level."""
+    t = node.test if isinstance(node, ast.If) else None
+    return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name) and t.left.id == "__name__"
+            and len(t.comparators) == 1 and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value == "__main__")
+
+
 def bundle_module_order(sources: dict[str, str]) -> list[str]:
     """Modules sorted so each comes after the siblings it imports (ties: BUNDLE_MODULES order)."""
-    deps = {m: {d for line in src.splitlines() if (mt := SIBLING_IMPORT.match(line)) for d in [mt.group(1)]} for m, src in sources.items()}
+    deps = {m: {d for node in ast.parse(src).body if (d := _sibling_module(node))} for m, src in sources.items()}
     order: list[str] = []
     while len(order) < len(sources):
         ready = [m for m in sources if m not in order and deps[m] <= set(order)]
@@ -44,17 +57,13 @@ def bundle_module_order(sources: dict[str, str]) -> list[str]:
 
 def strip_module(src: str, keep_main_block: bool) -> str:
     """Drop sibling imports, `from __future__` and (unless kept) the __main__ block."""
-    out: list[str] = []
-    in_main = False
-    for line in src.splitlines():
-        if in_main and line and not line[0].isspace():
-            in_main = False
-        if line.startswith('if __name__ == "__main__":') and not keep_main_block:
-            in_main = True
-        if in_main or SIBLING_IMPORT.match(line) or line.startswith("from __future__ import"):
-            continue
-        out.append(line)
-    return "\n".join(out).strip("\n") + "\n"
+    drop: set[int] = set()
+    for node in ast.parse(src).body:
+        future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+        if future or _sibling_module(node) or (_is_main_block(node) and not keep_main_block):
+            drop.update(range(node.lineno - 1, node.end_lineno))
+    lines = src.splitlines()
+    return "\n".join(line for n, line in enumerate(lines) if n not in drop).strip("\n") + "\n"
 
 
 def _defined_names(node: ast.stmt) -> set[str]:

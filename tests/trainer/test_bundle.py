@@ -15,12 +15,14 @@ def test_module_order_follows_imports():
 
 
 def test_strip_and_prune():
-    src = ('from __future__ import annotations\nimport os\nfrom trainer.x import f\n\n'
+    src = ('"""Docs.\n\nfrom trainer.x import f  (an example in prose stays)\n"""\n'
+           'from __future__ import annotations\nimport os\nfrom trainer.x import (\n    f,\n)\n\n'
            'def used():\n    return os.sep\n\ndef helper_of_dead():\n    return 1\n\n'
            'def dead():\n    return helper_of_dead()\n\n'
            'if __name__ == "__main__":\n    dead()\n\nprint(used())\n')
     stripped = strip_module(src, keep_main_block=False)
-    assert "from trainer" not in stripped and "__future__" not in stripped and "__name__" not in stripped
+    assert "__future__" not in stripped and "__name__" not in stripped and "    f,\n" not in stripped
+    assert stripped.count("from trainer") == 1 and "(an example in prose stays)" in stripped
     pruned = prune_unused(stripped)
     assert "def used" in pruned and "def dead" not in pruned and "helper_of_dead" not in pruned
     assert "def dead" in prune_unused(strip_module(src, keep_main_block=True))
