@@ -73,6 +73,7 @@ class WorkerSettings(BaseSettings):
     sky_data_variant: str = "sp1024"
     sky_data_shards: int = Field(80, ge=1, le=1000)
     sky_disk_size_gb: int = Field(256, ge=50)
+    sky_poll_s: float = Field(5.0, ge=0)  # status/log answers are reused this long (each is an API-server round trip)
 
     # --- artifact store ------------------------------------------------------------
     artifact_dir: Path | None = None  # default: home/artifacts (used when no bucket is set)

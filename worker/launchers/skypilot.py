@@ -197,7 +197,7 @@ class SkyPilotLauncher:
         # Each status/log poll is a round trip to the API server (and the log is
         # fetched whole), so answers are reused for this long, however fast the
         # executor polls.
-        self.min_poll_s = float(min_poll_s if min_poll_s is not None else getattr(settings, "sky_poll_s", 5.0))
+        self.min_poll_s = float(min_poll_s if min_poll_s is not None else settings.sky_poll_s)
         self._status_cache: dict[str, tuple[float, JobStatus]] = {}
         self._log_cache: dict[str, tuple[float, bytes]] = {}
 
