@@ -170,7 +170,8 @@ def train(cfg: TrainerConfig) -> dict:
     out_dir = Path(cfg.output_dir)
     log = RunLog(out_dir, master)
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    def autocast():  # bf16 on GPU; CPU runs stay fp32 (exact, and CPU bf16 is slow)
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     # --- code, data, model ----------------------------------------------------
@@ -207,7 +208,7 @@ def train(cfg: TrainerConfig) -> dict:
             x, y = stream.next_batch(micro_tokens, cfg.train_seq_len, device)
             no_sync = step_model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
             with no_sync:
-                with autocast:
+                with autocast():
                     loss = step_model(x, y)
                 (loss / accum).backward()
             total += loss.detach()
@@ -238,7 +239,7 @@ def train(cfg: TrainerConfig) -> dict:
 
     def evaluate_pre_quant(step: int, train_ms: float) -> None:
         model.eval()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast():
             r = evaluate_full(model, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
         model.train()
         log.line(f"step:{step}/{cfg.iterations} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} "
@@ -329,7 +330,7 @@ def train(cfg: TrainerConfig) -> dict:
     # --- evaluation (its own clock) -----------------------------------------------
     sync()
     e0 = time.perf_counter()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast():
         if cfg.eval_stride > 0:
             r = evaluate_sliding(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, rank, world)
             log.line(f"final_int6_sliding_window_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
@@ -341,7 +342,7 @@ def train(cfg: TrainerConfig) -> dict:
     log.line(f"roundtrip_eval_time:{1000 * (time.perf_counter() - e0):.0f}ms tokens:{r.tokens}")
     if cfg.ttt_enabled:
         t0 = time.perf_counter()
-        with autocast:
+        with autocast():
             r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
         log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
         sync()
