@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,7 +424,7 @@ def hf_fetch(remote: str, local: Path) -> None:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise RuntimeError("download needs huggingface_hub: pip install 'huggingface_hub>=0.23' (the gpu extra)") from None
+        raise ImportError("download needs huggingface_hub: pip install 'huggingface_hub>=0.23' (the gpu extra)") from None
     parent, name = os.path.split(remote)
     cached = Path(hf_hub_download(HF_DATA_REPO, name, subfolder=parent or None, repo_type="dataset")).resolve()
     tmp = local.with_name(local.name + ".part")
@@ -435,14 +436,20 @@ def hf_fetch(remote: str, local: Path) -> None:
 
 
 def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
-             fetch: Callable[[str, Path], None] = hf_fetch, workers: int = 8,
-             log: Callable[[str], None] = print) -> list[DownloadItem]:
+             fetch: Callable[[str, Path], None] = hf_fetch, workers: int = 8, retries: int = 3,
+             log: Callable[[str], None] = print, backoff_s: float = 2.0) -> list[DownloadItem]:
     """Fetch what is missing or unsound, then verify everything. Resumable: files already
-    present with a sound header and the right size are kept."""
+    present with a sound header and the right size are kept; a fresh manifest is fetched
+    each time, but a local one is used when the fetch fails."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_file = out_dir / "manifest.json"
-    fetch(f"{HF_DATA_PREFIX}/manifest.json", manifest_file)
+    try:
+        download_with_retries(fetch, f"{HF_DATA_PREFIX}/manifest.json", manifest_file, retries, log, backoff_s)
+    except RuntimeError as exc:
+        if not manifest_file.is_file():
+            raise
+        log(f"using the local {manifest_file}: {exc}")
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     except ValueError:
@@ -459,7 +466,7 @@ def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
 
     def fetch_one(item: DownloadItem) -> None:
         item.local.parent.mkdir(parents=True, exist_ok=True)
-        fetch(item.remote, item.local)
+        download_with_retries(fetch, item.remote, item.local, retries, log, backoff_s)
         log(f"fetched {item.local}")
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -469,6 +476,22 @@ def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
         if reason is not None:
             raise ShardError(f"{item.local}: still bad after download: {reason}")
     return items
+
+
+def download_with_retries(fetch: Callable[[str, Path], None], remote: str, local: Path, retries: int,
+                          log: Callable[[str], None], backoff_s: float = 2.0) -> None:
+    """One file, tried up to ``retries`` times; the last failure becomes a RuntimeError naming the file."""
+    for attempt in range(1, retries + 1):
+        try:
+            fetch(remote, local)
+            return
+        except ImportError:
+            raise  # no retry fixes a missing package
+        except Exception as exc:  # network and hub errors come in many types; all are worth a retry
+            if attempt == retries:
+                raise RuntimeError(f"fetching {remote} failed after {retries} attempt(s): {exc}") from exc
+            log(f"retry {attempt}/{retries - 1} {remote}: {exc}")
+            time.sleep(backoff_s * attempt)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -503,7 +526,7 @@ def data_main(argv: list[str] | None = None) -> int:
             paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction)
         else:
             paths = build_smoke_corpus(args.out, args.vocab_size)
-    except (ShardError, ValueError, OSError, RuntimeError) as exc:
+    except (ShardError, ValueError, OSError, RuntimeError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"DATA_PATH={paths.data_path}\nTOKENIZER_PATH={paths.tokenizer_path}\nVOCAB_SIZE={paths.vocab_size}")

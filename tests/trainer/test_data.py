@@ -281,6 +281,31 @@ def test_download_fails_loudly_when_the_fetched_file_is_corrupt(tmp_path):
         download("sp1024", 1, tmp_path / "data", fetch=RepoFetcher(repo), log=lambda m: None)
 
 
+def test_download_retries_transient_failures_and_works_offline_from_a_local_manifest(tmp_path):
+    repo = _fake_repo(tmp_path / "repo")
+    out = tmp_path / "data"
+    calls: dict[str, int] = {}
+    copy = RepoFetcher(repo)
+
+    def flaky(remote: str, local: Path) -> None:
+        calls[remote] = calls.get(remote, 0) + 1
+        if calls[remote] == 1:
+            raise ConnectionError("connection reset")
+        copy(remote, local)
+
+    logs: list[str] = []
+    download("sp1024", 1, out, fetch=flaky, log=logs.append, backoff_s=0)
+    assert set(calls.values()) == {2} and sum("retry 1/2" in m for m in logs) == len(calls)
+
+    def offline(remote: str, local: Path) -> None:
+        raise ConnectionError("network unreachable")
+
+    download("sp1024", 1, out, fetch=offline, log=logs.append, backoff_s=0)  # everything is there already
+    assert any("using the local" in m for m in logs)
+    with pytest.raises(RuntimeError, match="fineweb_train_000001.bin failed after 3 attempt"):
+        download("sp1024", 2, out, fetch=offline, log=logs.append, backoff_s=0)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is not None, reason="huggingface_hub is installed")
 def test_download_without_huggingface_hub_says_what_to_install(tmp_path):
     r = run_cli("download", "--train-shards", "1", "--out", str(tmp_path))
