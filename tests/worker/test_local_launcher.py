@@ -27,6 +27,9 @@ print("run_name:" + os.environ.get("RUN_NAME", ""), flush=True)
 print("num_layers:" + os.environ.get("NUM_LAYERS", "?"), flush=True)
 print("has_db_url:" + str("CADDIE_DATABASE_URL" in os.environ), flush=True)
 print("data_path:" + os.environ.get("DATA_PATH", ""), flush=True)
+if mode == "slow":
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "1.5")))
+    mode = "ok"
 if mode == "ok":
     for step in (1, 2):
         print(f"step:{step}/2 train_loss:{7 - step}.5 train_time:{step * 10}ms step_avg:10.00ms", flush=True)
@@ -188,6 +191,33 @@ def test_reattach_from_the_json_handle_after_a_worker_restart(settings: WorkerSe
     done = again.submit(again.acquire(11, "local"), job(run_id=11))
     stored = json.dumps(done.to_json())
     assert wait_terminal(LocalLauncher(settings), LaunchHandle.from_json(json.loads(stored))).state == JobState.SUCCEEDED
+
+
+SPAWN_AND_DIE = """
+import json, os, signal, sys
+from worker.launchers.base import JobSpec
+from worker.launchers.local import LocalLauncher
+from worker.settings import WorkerSettings
+launcher = LocalLauncher(WorkerSettings.model_validate_json(sys.argv[1]))
+handle = launcher.submit(launcher.acquire(16, "local"), JobSpec(16, {"FAKE_MODE": "slow"}, "local", 60))
+print(json.dumps(handle.to_json()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the worker dies the hard way
+"""
+
+
+def test_the_job_outlives_a_killed_worker_and_its_exit_code_is_recovered(settings: WorkerSettings) -> None:
+    import subprocess
+
+    worker = subprocess.run(
+        [sys.executable, "-c", SPAWN_AND_DIE, settings.model_dump_json()], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert worker.returncode == -signal.SIGKILL
+    handle = LaunchHandle.from_json(json.loads(worker.stdout.splitlines()[-1]))
+    launcher = LocalLauncher(settings)  # the next worker
+    assert launcher.status(handle).state == JobState.RUNNING
+    st = wait_terminal(launcher, handle)
+    assert (st.state, st.exit_code) == (JobState.SUCCEEDED, 0)
+    assert b"step:2/2" in launcher.read_log(handle, 0)
 
 
 def test_lost_when_the_processes_vanish_without_an_exit_code(settings: WorkerSettings) -> None:
