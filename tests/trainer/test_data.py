@@ -306,6 +306,24 @@ def test_download_retries_transient_failures_and_works_offline_from_a_local_mani
         download("sp1024", 2, out, fetch=offline, log=logs.append, backoff_s=0)
 
 
+def test_download_refetches_a_tokenizer_model_that_does_not_load(tmp_path, smoke_corpus):
+    repo = _fake_repo(tmp_path / "repo")
+    shutil.copyfile(smoke_corpus.tokenizer_path, repo / "datasets" / "tokenizers" / "fineweb_1024_bpe.model")
+    manifest = json.loads((repo / "datasets" / "manifest.json").read_text())
+    manifest["tokenizers"][0]["model_path"] = "tokenizers/fineweb_1024_bpe.model"
+    (repo / "datasets" / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "data"
+    download("sp1024", 1, out, fetch=RepoFetcher(repo), log=lambda m: None)
+    model = out / "tokenizers" / "fineweb_1024_bpe.model"
+    model.write_bytes(model.read_bytes()[:100])  # an interrupted copy
+    logs: list[str] = []
+    again = RepoFetcher(repo)
+    download("sp1024", 1, out, fetch=again, log=logs.append)
+    assert again.fetched[1:] == ["datasets/tokenizers/fineweb_1024_bpe.model"]
+    assert any("not a SentencePiece model" in m for m in logs)
+    assert spm.SentencePieceProcessor(model_file=str(model)).vocab_size() == 1024
+
+
 @pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is not None, reason="huggingface_hub is installed")
 def test_download_without_huggingface_hub_says_what_to_install(tmp_path):
     r = run_cli("download", "--train-shards", "1", "--out", str(tmp_path))
