@@ -177,7 +177,7 @@ class CaddieClient:
                 if not idempotent or attempt >= len(RETRY_DELAYS_S):
                     kind = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "dropped the connection"
                     raise CaddieError(f"caddie at {self.url} {kind}; the request may or may not have taken effect") from None
-            except httpx.InvalidURL:
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol):
                 raise CaddieError(f"not a valid caddie URL: {self.url!r} (set CADDIE_URL or run caddie login)") from None
             except httpx.HTTPError as exc:
                 raise CaddieError(f"cannot talk to caddie at {self.url}: {type(exc).__name__}") from None

@@ -43,8 +43,9 @@ def progress_fields(run: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[
     return {"step": step, "status": status_text(run["status"]), "info": "  ".join(info)}
 
 
-def follow_runs(client: CaddieClient, run_ids: list[int], console: Console, poll_s: float = POLL_S) -> list[dict[str, Any]]:
+def follow_runs(client: CaddieClient, run_ids: list[int], console: Console, poll_s: float | None = None) -> list[dict[str, Any]]:
     """Show each run's progress until all are finished; return the final runs."""
+    poll_s = POLL_S if poll_s is None else poll_s
     final: dict[int, dict[str, Any]] = {}
     columns = (
         SpinnerColumn(),
@@ -76,9 +77,10 @@ def follow_runs(client: CaddieClient, run_ids: list[int], console: Console, poll
     return [final[rid] for rid in run_ids]
 
 
-def tail_log(client: CaddieClient, run_id: int, out: TextIO, *, follow: bool, poll_s: float = POLL_S) -> None:
+def tail_log(client: CaddieClient, run_id: int, out: TextIO, *, follow: bool, poll_s: float | None = None) -> None:
     """Write the run's log to ``out`` from the start; with ``follow``, keep
     reading from the last byte offset until the run is finished."""
+    poll_s = POLL_S if poll_s is None else poll_s
     offset = 0
     while True:
         piece = client.logs(run_id, offset)
