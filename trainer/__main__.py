@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 seed = values.get("SEED")
                 write_failure(Path(out_dir), message, values or None, int(seed) if str(seed).isdigit() else None)
+                with open(Path(out_dir) / "train.log", "a", encoding="utf-8") as fh:
+                    fh.write(f"error: {message}\n")
             except OSError as write_exc:
                 print(f"error: could not write result.json in {out_dir}: {write_exc}", file=sys.stderr)
         return 2 if expected else 1

@@ -21,6 +21,7 @@ import resource
 import subprocess
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -129,6 +130,11 @@ def artifact_accounting(code_bytes: int, model_bytes: int) -> dict:
     return {"code_bytes": code_bytes, "model_bytes": model_bytes, "total_bytes": total, "artifact_ok": total <= ARTIFACT_LIMIT_BYTES}
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on GPU; CPU runs stay fp32 (exact, and bf16 matmuls are slow on CPU)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
 def trainer_revision(code: str) -> str:
     """The git commit of the trainer's source tree, else a hash of the bundled code."""
     try:
@@ -170,8 +176,7 @@ def train(cfg: TrainerConfig) -> dict:
     out_dir = Path(cfg.output_dir)
     log = RunLog(out_dir, master)
     cuda = device.type == "cuda"
-    def autocast():  # bf16 on GPU; CPU runs stay fp32 (exact, and CPU bf16 is slow)
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    autocast = partial(autocast_for, device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     # --- code, data, model ----------------------------------------------------
@@ -341,12 +346,12 @@ def train(cfg: TrainerConfig) -> dict:
     sync()
     log.line(f"roundtrip_eval_time:{1000 * (time.perf_counter() - e0):.0f}ms tokens:{r.tokens}")
     if cfg.ttt_enabled:
-        t0 = time.perf_counter()
+        ttt0 = time.perf_counter()
         with autocast():
             r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
         log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
         sync()
-        log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - ttt0):.0f}ms")
     eval_seconds = time.perf_counter() - e0
     log.line(f"eval_time:{eval_seconds * 1000:.0f}ms")
 
