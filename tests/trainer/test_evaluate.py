@@ -1,7 +1,6 @@
 """Full and sliding-window evaluation: every target scored exactly once, val_bpb by the formula."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -11,9 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.bpb import ByteLUTs, token_bytes
+from trainer.config import TrainerConfig
 from trainer.data import load_val_tokens
 from trainer.evaluate import (EvalResult, ScoreTotals, evaluate_full, evaluate_sliding, plan_windows, score_windows,
                               ttt_chunk_bounds)
+from trainer.model import GPT
 
 
 class Bigram(nn.Module):
@@ -189,12 +190,7 @@ def test_bad_stride_is_refused():
         plan_windows(0, 100, 100, 64, 0)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "trainer", "model.py")),
-                    reason="trainer/model.py not there")
 def test_real_gpt_sliding_matches_the_reference(val_and_luts):
-    from trainer.config import TrainerConfig
-    from trainer.model import GPT
-
     val, luts = val_and_luts
     torch.manual_seed(0)
     cfg = TrainerConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8, xsa_last_n=1,

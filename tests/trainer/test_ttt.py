@@ -2,12 +2,10 @@
 
 import copy
 import math
-import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from test_evaluate import Bigram, Context
 
 from trainer.bpb import ByteLUTs
@@ -15,6 +13,7 @@ from trainer.config import TrainerConfig
 from trainer.data import load_val_tokens
 from trainer.evaluate import (ScoreTotals, adapt_on_chunk, evaluate_sliding, evaluate_ttt, score_chunk, ttt_chunk_bounds,
                               ttt_lr_at, ttt_optimizer)
+from trainer.model import GPT
 
 CFG = TrainerConfig(vocab_size=1024, eval_seq_len=32, eval_stride=8, eval_batch_seqs=8, ttt_chunk_tokens=96,
                     ttt_lr=0.5, ttt_momentum=0.9, ttt_epochs=2, ttt_batch_seqs=2, ttt_grad_clip=1.0)
@@ -175,11 +174,7 @@ def test_ttt_under_two_gloo_ranks_equals_one_process(val_and_luts, tmp_path):
         assert torch.allclose(weight, single_model.out.weight.detach(), atol=1e-5)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "trainer", "model.py")),
-                    reason="trainer/model.py not there")
 def test_real_gpt_is_scored_before_it_adapts(val_and_luts):
-    from trainer.model import GPT
-
     val, luts = val_and_luts
     torch.manual_seed(0)
     cfg = TrainerConfig(**{**CFG.to_dict(), "num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1,
