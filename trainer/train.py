@@ -192,7 +192,10 @@ def train(cfg: TrainerConfig) -> dict:
             raise RunError(f"DATA_PATH={cfg.data_path}: no {os.path.basename(pattern)} shards there")
     if not os.path.isfile(cfg.tokenizer_path):
         raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: no such file")
-    luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
+    try:
+        luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
+    except (OSError, RuntimeError, ValueError) as exc:  # unreadable model, or a vocab mismatch
+        raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: {exc}") from None
     val_tokens = load_val_tokens(val_pattern, cfg.val_tokens_limit)
     stream = TokenStream(train_pattern, rank, world)
 
