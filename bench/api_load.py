@@ -1,0 +1,472 @@
+"""API load benchmark (issue 2, item 11). Not a test.
+
+What it does, in order:
+
+1. Creates a fresh PostgreSQL database (``caddie_bench_<random>``), migrates it
+   with Alembic, and bulk-loads (COPY) 4 teams, 12 users with one token each, a
+   global admin, and --runs runs (default 100,000) with realistic spreads: most
+   finished (SUCCEEDED 70 %, FAILED 12 %, CANCELLED 8 %), some QUEUED /
+   PROVISIONING / RUNNING; one to three seeds per group; bigger teams submit more.
+2. Starts the API (uvicorn, --workers processes, uvloop + httptools, no access
+   log) on a free loopback port and waits for /healthz.
+3. From a SECOND process (this file's ``drive`` command) runs each scenario
+   with --concurrency clients in one asyncio loop, each client one keep-alive
+   HTTP/1.1 connection sending its next request as soon as the previous answer
+   is read (closed loop, no think time), for --duration seconds or
+   --max-requests requests, whichever comes first:
+     * list-member: ``GET /api/v1/runs?limit=50`` as team members (tokens
+       spread over the 12 users): the hot path, filtered to the caller's team.
+     * list-admin: the same as a global admin (no team filter).
+     * submit: ``POST /api/v1/runs`` (one seed, a small config, a fresh
+       Idempotency-Key each) as team members.
+   Latency is measured per request, from writing it to reading the last body
+   byte; every non-2xx answer counts as an error.
+4. Writes p50/p90/p99/max latency and requests/s per scenario to
+   bench/results/api_load.md (with the command line and the machine), drops
+   the database (unless --keep-db) and stops the server.
+
+The load generator is a minimal HTTP/1.1 client on asyncio streams rather than
+httpx: on a 2-core machine the generator shares the CPU with the API and
+PostgreSQL, and a heavier client would mostly measure itself.
+
+Usage (from the repository root; PostgreSQL on 127.0.0.1:5432):
+    python -m bench.api_load                       # full run, writes the results file
+    python -m bench.api_load --runs 5000 --duration 3 --out /tmp/x.md   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+if __package__ in (None, ""):  # `python bench/api_load.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ADMIN_URL = os.environ.get("CADDIE_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+TEAMS = [("atlas", 0.40), ("birdie", 0.30), ("condor", 0.20), ("divot", 0.10)]  # name, share of runs
+USERS_PER_TEAM = 3
+STATUS_SPREAD = [("SUCCEEDED", 0.70), ("FAILED", 0.12), ("CANCELLED", 0.08), ("QUEUED", 0.06), ("RUNNING", 0.02), ("PROVISIONING", 0.02)]
+SEEDS = [1337, 42, 2025]
+
+
+# --- 1. database ----------------------------------------------------------------------------
+def create_database(admin_url: str) -> str:
+    from sqlalchemy import create_engine, text
+
+    name = f"caddie_bench_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    name = url.rsplit("/", 1)[1]
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@dataclass
+class Seeded:
+    member_tokens: list[str]
+    admin_token: str
+    runs: int
+    seconds: float
+
+
+def _pick(rng: random.Random, spread: list[tuple[str, float]]) -> str:
+    return rng.choices([k for k, _ in spread], weights=[w for _, w in spread])[0]
+
+
+def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], rng: random.Random):
+    """Yield COPY rows for ``n`` runs in groups of 1-3 seeds, oldest first."""
+    from service.runs import NormalisedSpec
+
+    start = datetime.now(UTC) - timedelta(days=120)
+    step = timedelta(days=120) / max(n, 1)
+    made = 0
+    group_no = 0
+    while made < n:
+        group_no += 1
+        team = rng.choices(team_ids, weights=[w for _, w in TEAMS])[0]
+        user = rng.choice(users_by_team[team])
+        config = {"NUM_LAYERS": rng.choice([9, 10, 11, 12]), "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)}
+        track = "10min_16mb" if rng.random() < 0.85 else "unlimited"
+        group_key = NormalisedSpec(config=dict(sorted(config.items())), track=track, hardware="H100:8").group_key
+        name = f"{rng.choice(['baseline', 'xsa', 'bigram', 'ttt', 'muon-lr', 'smear'])}-{group_no}"
+        notes = rng.choice(["", "", "sweep of the learning rate", "seed stack with a wider MLP", "retry after preemption"])
+        for seed in SEEDS[: rng.choice([1, 1, 3, 3, 3, 2])]:
+            if made >= n:
+                break
+            made += 1
+            submitted = start + step * made
+            status = _pick(rng, STATUS_SPREAD)
+            finished = status in ("SUCCEEDED", "FAILED", "CANCELLED")
+            started = submitted + timedelta(minutes=rng.uniform(0.1, 30)) if status != "QUEUED" and not (status == "CANCELLED" and rng.random() < 0.5) else None
+            done_at = (started or submitted) + timedelta(minutes=rng.uniform(1, 22)) if finished else None
+            ok = status == "SUCCEEDED"
+            bpb = round(rng.gauss(1.16, 0.03), 5) if ok else None
+            yield (
+                team, user, name, notes, json.dumps(config), seed, group_key, track, "H100:8", rng.choice([0, 0, 0, 10]),
+                status, "" if status != "FAILED" else rng.choice(["trainer exited with code 1", "heartbeat lost", "hard timeout"]),
+                0 if rng.random() < 0.95 else 1, submitted, started, done_at,
+                bpb, round(bpb * 1.69, 5) if ok else None, round(bpb + 0.02, 5) if ok else None,
+                rng.randint(15_500_000, 15_999_000) if ok else None, 0 if not ok else rng.randint(20_000, 90_000) * 10,
+            )
+
+
+RUN_COLUMNS = (
+    "team_id, user_id, name, notes, spec, seed, group_key, track, hardware, priority, status, status_reason, attempts,"
+    " submitted_at, started_at, finished_at, val_bpb, val_loss, pre_ttt_bpb, artifact_bytes, log_bytes"
+)
+
+
+def seed_database(url: str, runs: int) -> Seeded:
+    """Teams, users, tokens through the service's own functions; runs by COPY (fast)."""
+    from sqlalchemy import text
+
+    from service import accounts
+    from service.db import get_engine, get_sessionmaker
+
+    t0 = time.perf_counter()
+    rng = random.Random(1234)
+    member_tokens: list[str] = []
+    users_by_team: dict[int, list[int]] = {}
+    with get_sessionmaker(url)() as s:
+        for team_name, _ in TEAMS:
+            team = accounts.create_team(s, team_name)
+            users_by_team[team.id] = []
+            for i in range(USERS_PER_TEAM):
+                user = accounts.create_user(s, f"{team_name}-{i}")
+                accounts.add_member(s, team, user, "admin" if i == 0 else "member")
+                users_by_team[team.id].append(user.id)
+                member_tokens.append(accounts.create_token(s, user, "bench")[1])
+        root = accounts.create_user(s, "root", is_admin=True)
+        admin_token = accounts.create_token(s, root, "bench")[1]
+        s.commit()
+    team_ids = list(users_by_team)
+    raw = get_engine(url).raw_connection()
+    try:
+        cur = raw.cursor()
+        with cur.copy(f"COPY runs ({RUN_COLUMNS}) FROM STDIN") as copy:
+            for row in _run_rows(runs, team_ids, users_by_team, rng):
+                copy.write_row(row)
+        raw.commit()
+    finally:
+        raw.close()
+    with get_engine(url).begin() as conn:
+        conn.execute(text("ANALYZE"))
+    return Seeded(member_tokens=member_tokens, admin_token=admin_token, runs=runs, seconds=time.perf_counter() - t0)
+
+
+# --- 2. the API --------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_api(url: str, port: int, workers: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "CADDIE_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("the API did not answer /healthz within 60 s")
+
+
+def stop_api(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- 3. the load (runs in the second process) --------------------------------------------------
+@dataclass
+class ScenarioResult:
+    scenario: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    first_error: str
+
+
+def _request_bytes(method: str, host: str, path: str, token: str, body: bytes = b"", extra: str = "") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n{extra}"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = None
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.lower() == "content-length":
+            length = int(value.strip())
+    if length is None:
+        raise RuntimeError("response without Content-Length")
+    body = await reader.readexactly(length)
+    return status, body
+
+
+def _submit_body(i: int, rng: random.Random) -> bytes:
+    spec = {
+        "name": f"load-{i}",
+        "notes": "api_load benchmark",
+        "track": "10min_16mb",
+        "hardware": "H100:8",
+        "config": {"NUM_LAYERS": rng.choice([9, 10, 11, 12]), "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)},
+        "seeds": [rng.randint(0, 10_000)],
+    }
+    return json.dumps(spec).encode()
+
+
+async def _client(
+    host: str, port: int, make_request, stop_at: float, budget: list[int], latencies: list[float], errors: list[str]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at and budget[0] > 0:
+            budget[0] -= 1
+            request = make_request()
+            t0 = time.perf_counter()
+            writer.write(request)
+            status, body = await _read_response(reader)
+            latencies.append(time.perf_counter() - t0)
+            if not 200 <= status < 300:
+                errors.append(f"HTTP {status}: {body[:200]!r}")
+    finally:
+        writer.close()
+
+
+async def _scenario(name: str, base_url: str, tokens: list[str], concurrency: int, duration: float, max_requests: int) -> ScenarioResult:
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    hostport = f"{host}:{port}"
+    rng = random.Random(7)
+    counter = iter(range(10**9))
+
+    def factory(token: str):
+        if name.startswith("list"):
+            fixed = _request_bytes("GET", hostport, "/api/v1/runs?limit=50", token)
+            return lambda: fixed
+        return lambda: _request_bytes(
+            "POST", hostport, "/api/v1/runs", token, _submit_body(next(counter), rng), extra=f"Idempotency-Key: {uuid.uuid4().hex}\r\n"
+        )
+
+    # Warm-up: a few requests per connection slot, not counted.
+    warm: list[float] = []
+    werr: list[str] = []
+    await asyncio.gather(*[_client(host, port, factory(tokens[i % len(tokens)]), time.perf_counter() + 2, [5], warm, werr) for i in range(concurrency)])
+    latencies: list[float] = []
+    errors: list[str] = []
+    budget = [max_requests]
+    t0 = time.perf_counter()
+    stop_at = t0 + duration
+    await asyncio.gather(*[_client(host, port, factory(tokens[i % len(tokens)]), stop_at, budget, latencies, errors) for i in range(concurrency)])
+    seconds = time.perf_counter() - t0
+    ms = sorted(x * 1000 for x in latencies)
+
+    def pct(p: float) -> float:
+        return ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))] if ms else float("nan")
+
+    return ScenarioResult(
+        scenario=name,
+        concurrency=concurrency,
+        requests=len(ms),
+        errors=len(errors),
+        seconds=round(seconds, 2),
+        rps=round(len(ms) / seconds, 1),
+        p50_ms=round(pct(50), 2),
+        p90_ms=round(pct(90), 2),
+        p99_ms=round(pct(99), 2),
+        max_ms=round(ms[-1], 2) if ms else float("nan"),
+        mean_ms=round(statistics.fmean(ms), 2) if ms else float("nan"),
+        first_error=errors[0] if errors else "",
+    )
+
+
+def drive(args: argparse.Namespace) -> None:
+    """The load generator (second process): reads the plan as JSON on stdin, prints results as JSON."""
+    try:
+        asyncio.set_event_loop_policy(__import__("uvloop").EventLoopPolicy())
+    except ImportError:
+        pass
+    plan = json.load(sys.stdin)
+    results = []
+    for scenario in plan["scenarios"]:
+        tokens = plan["admin_tokens"] if scenario == "list-admin" else plan["member_tokens"]
+        result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"]))
+        print(f"  {scenario}: {result.requests} requests, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.rps} req/s", file=sys.stderr)
+        results.append(asdict(result))
+    json.dump(results, sys.stdout)
+
+
+# --- 4. the report -------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def pg_version(url: str) -> str:
+    from sqlalchemy import text
+
+    from service.db import get_engine
+
+    with get_engine(url).connect() as conn:
+        return str(conn.execute(text("SHOW server_version")).scalar())
+
+
+def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: list[dict], pg: str, command: str) -> None:
+    lines = [
+        "# API load benchmark",
+        "",
+        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `bench/api_load.py` (issue 2, item 11).",
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {machine()}; PostgreSQL {pg} on the same machine (127.0.0.1).",
+        f"- Database: {seeded.runs:,} runs over {len(TEAMS)} teams / {len(TEAMS) * USERS_PER_TEAM} users, loaded in {seeded.seconds:.1f} s (COPY).",
+        f"- API: uvicorn, {args.workers} worker process(es), uvloop + httptools, no access log; the load from a second process on loopback.",
+        f"- Load: {args.concurrency} concurrent clients, each a keep-alive connection sending its next request as soon as the last "
+        f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up.",
+        "- list-member: `GET /api/v1/runs?limit=50` as team members; list-admin: the same as a global admin (all teams);"
+        " submit: `POST /api/v1/runs` with one seed and a fresh Idempotency-Key.",
+        "",
+        "| scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['scenario']} | {r['concurrency']} | {r['requests']:,} | {r['errors']} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
+        )
+    goal = next((r for r in results if r["scenario"] == "list-member"), None)
+    if goal:
+        verdict = "met" if goal["p99_ms"] < 50 and goal["errors"] == 0 else "NOT met"
+        lines += ["", f"Goal (p99 < 50 ms for the list at {args.concurrency} concurrent clients): **{verdict}** (p99 {goal['p99_ms']:.1f} ms)."]
+    errors = [f"- {r['scenario']}: {r['first_error']}" for r in results if r["first_error"]]
+    if errors:
+        lines += ["", "First error per scenario:", *errors]
+    if args.notes:
+        lines += ["", Path(args.notes).read_text().rstrip()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL, help="PostgreSQL URL allowed to CREATE DATABASE")
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
+    parser.add_argument("--max-requests", type=int, default=50_000, help="request cap per scenario")
+    parser.add_argument("--scenarios", default="list-member,list-admin,submit")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.md")
+    parser.add_argument("--notes", help="a markdown file appended to the report (analysis)")
+    parser.add_argument("--keep-db", action="store_true", help="leave the database behind (its URL is printed)")
+    parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)  # the load-generator process
+    args = parser.parse_args(argv)
+    if args.drive:
+        drive(args)
+        return
+
+    command = "python -m bench.api_load " + shlex.join(argv if argv is not None else sys.argv[1:])
+    url = create_database(args.admin_url)
+    print(f"database {url}", file=sys.stderr)
+    api = None
+    try:
+        from service.migrate import upgrade
+
+        upgrade(url)
+        seeded = seed_database(url, args.runs)
+        print(f"loaded {seeded.runs:,} runs in {seeded.seconds:.1f} s", file=sys.stderr)
+        port = free_port()
+        api = start_api(url, port, args.workers)
+        plan = {
+            "url": f"http://127.0.0.1:{port}",
+            "member_tokens": seeded.member_tokens,
+            "admin_tokens": [seeded.admin_token],
+            "scenarios": [s.strip() for s in args.scenarios.split(",") if s.strip()],
+            "concurrency": args.concurrency,
+            "duration": args.duration,
+            "max_requests": args.max_requests,
+        }
+        driver = subprocess.run(
+            [sys.executable, "-m", "bench.api_load", "--drive"], input=json.dumps(plan), capture_output=True, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
+        )  # fmt: skip
+        sys.stderr.write(driver.stderr)
+        if driver.returncode != 0:
+            raise RuntimeError(f"the load generator failed with code {driver.returncode}")
+        results = json.loads(driver.stdout)
+        write_report(args.out, args, seeded, results, pg_version(url), command)
+        print(f"wrote {args.out}", file=sys.stderr)
+    finally:
+        if api is not None:
+            stop_api(api)
+        from service.db import dispose_engines
+
+        dispose_engines()
+        if not args.keep_db:
+            drop_database(args.admin_url, url)
+
+
+if __name__ == "__main__":
+    main()
