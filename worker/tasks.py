@@ -36,7 +36,11 @@ def execute_run(run_id: int) -> str:
     return outcome
 
 
-@celery_app.task(name=SCHEDULE_TICK)
+# Ticks are acknowledged on receipt: a lost tick costs nothing (the next one
+# comes within seconds), and an unacknowledged message in flight is what
+# trips Kombu when the broker connection drops (the worker exits and its
+# supervisor restarts it).
+@celery_app.task(name=SCHEDULE_TICK, acks_late=False)
 def schedule_tick() -> list[int]:
     rt = get_runtime()
     with rt.session_factory() as session:
@@ -49,7 +53,7 @@ def schedule_tick() -> list[int]:
         )
 
 
-@celery_app.task(name=JANITOR_TICK)
+@celery_app.task(name=JANITOR_TICK, acks_late=False)
 def janitor_tick() -> int:
     rt = get_runtime()
     with rt.session_factory() as session:
