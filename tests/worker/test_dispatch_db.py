@@ -1,0 +1,68 @@
+"""dispatch_due_runs on a real PostgreSQL database: marks runs dispatched once, respects capacity."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from service.accounts import add_member, create_team, create_user
+from service.db import get_sessionmaker
+from service.lifecycle import record_created
+from service.migrate import upgrade
+from service.models import Run, RunEvent, utcnow
+from worker.scheduler import dispatch_due_runs
+
+
+@pytest.fixture(scope="module")
+def maker(pg_url: str):
+    upgrade(pg_url)
+    return get_sessionmaker(pg_url)
+
+
+def test_each_queued_run_is_dispatched_once_within_capacity(maker) -> None:
+    with maker() as s:
+        team = create_team(s, "dispatch-a")
+        user = create_user(s, "dispatch-u")
+        add_member(s, team, user)
+        runs = [
+            Run(team_id=team.id, user_id=user.id, name=f"r{i}", spec={}, seed=i, group_key="g", track="unlimited", hardware="cpu",
+                priority=0, status="QUEUED", submitted_at=utcnow())
+            for i in range(3)
+        ]  # fmt: skip
+        s.add_all(runs)
+        s.flush()
+        for r in runs:
+            record_created(s, r, actor="test")
+        s.commit()
+        ids = [r.id for r in runs]
+
+    sent: list[int] = []
+    with maker() as s:
+        first = dispatch_due_runs(s, capacity={"cpu": 2}, enqueue=sent.append)
+    with maker() as s:
+        second = dispatch_due_runs(s, capacity={"cpu": 2}, enqueue=sent.append)
+    assert first == ids[:2] and second == [] and sent == ids[:2]
+    with maker() as s:
+        status = dict(s.execute(select(Run.id, Run.status).where(Run.id.in_(ids))).all())
+        assert status == {ids[0]: "PROVISIONING", ids[1]: "PROVISIONING", ids[2]: "QUEUED"}
+        assert s.scalar(select(RunEvent.actor).where(RunEvent.run_id == ids[0], RunEvent.to_status == "PROVISIONING")) == "scheduler"
+        assert s.get(Run, ids[0]).heartbeat_at is not None
+
+
+def test_a_broker_error_leaves_the_run_dispatched_for_the_janitor(maker) -> None:
+    with maker() as s:
+        team = create_team(s, "dispatch-b")
+        user = create_user(s, "dispatch-v")
+        run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g", track="unlimited", hardware="H100:8",
+                  priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
+        s.add(run)
+        s.commit()
+        run_id = run.id
+
+    def broken(_: int) -> None:
+        raise ConnectionError("broker down")
+
+    with maker() as s:
+        assert dispatch_due_runs(s, capacity={"H100:8": 1}, enqueue=broken) == [run_id]
+    with maker() as s:
+        assert s.get(Run, run_id).status == "PROVISIONING"
