@@ -262,6 +262,13 @@ def train(cfg: TrainerConfig) -> dict:
     t0 = time.perf_counter()
     while step < cfg.iterations:
         elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        if world > 1 and cap_ms > 0:  # ranks must agree on the clock: it sets the LR, QAT, SWA and the stop
+            clock = torch.tensor(elapsed_ms, device=device, dtype=torch.float64)
+            dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+            elapsed_ms = clock.item()
+        if cap_ms > 0 and elapsed_ms >= cap_ms:
+            log.line(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{cfg.iterations}")
+            break
         scale = lr_scale_at(step, elapsed_ms, cfg)
         if cfg.qat_enabled and not qat_on and scale < cfg.late_qat_threshold:
             model.set_qat(True)
@@ -294,16 +301,6 @@ def train(cfg: TrainerConfig) -> dict:
             evaluate_pre_quant(step, train_ms)
             sync()
             t0 = time.perf_counter()
-        if cap_ms > 0:
-            reached = train_ms + 1000.0 * (time.perf_counter() - t0) >= cap_ms
-            if world > 1:  # every rank must stop at the same step
-                flag = torch.tensor(float(reached), device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                reached = bool(flag.item())
-            if reached and step < cfg.iterations:
-                sync()
-                log.line(f"stopping_early: wallclock_cap train_time:{train_ms + 1000.0 * (time.perf_counter() - t0):.0f}ms step:{step}/{cfg.iterations}")
-                break
     sync()
     train_ms += 1000.0 * (time.perf_counter() - t0)
     peak_alloc, peak_reserved = peak_memory_mib(device)
