@@ -33,8 +33,7 @@ def celery_config(settings: WorkerSettings) -> dict:
         # Unacknowledged messages of a lost worker come back after this long.
         transport_options = {"visibility_timeout": settings.visibility_timeout_s}
     else:
-        # Virtual transports poll; the default 1 s would add a second to every dispatch.
-        transport_options = {"polling_interval": 0.1}
+        transport_options = {}
     return {
         "broker_url": broker,
         "broker_transport_options": transport_options,
@@ -68,6 +67,13 @@ def celery_config(settings: WorkerSettings) -> dict:
 
 def make_celery(settings: WorkerSettings | None = None) -> Celery:
     settings = settings or WorkerSettings()
+    if settings.broker_url.startswith("sqla+"):
+        # The SQL transport polls its table, by default once a second, which
+        # would add a second to every dispatch. It hands every transport option
+        # to create_engine, so the interval is set on the class instead.
+        from kombu.transport.sqlalchemy import Transport
+
+        Transport.polling_interval = 0.1
     app = Celery("caddie", include=["worker.tasks"])  # imported by the worker at start
     app.conf.update(celery_config(settings))
     return app

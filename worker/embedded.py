@@ -1,0 +1,177 @@
+"""`caddie up`: the whole of caddie on one machine with the embedded defaults.
+
+SQLite database (migrated to head), Kombu's SQLAlchemy broker on a SQLite file
+(no server), the local launcher, the smoke corpus as the default training data.
+Starts the API (uvicorn), a worker for the `runs` queue, a worker for the
+`control` queue and beat as child processes; restarts a child that dies (as a
+process supervisor would); stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from service.accounts import add_member, create_team, create_token, create_user
+from service.db import get_sessionmaker
+from service.migrate import upgrade
+from service.models import User
+from service.settings import Settings
+from worker.settings import WorkerSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMOKE_VOCAB = 1024
+STOP_TIMEOUT_S = 20.0
+
+
+def embedded_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every child gets: the caller's, plus the embedded defaults for
+    whatever the caller did not set (CADDIE_HOME made absolute)."""
+    env = dict(os.environ if environ is None else environ)
+    home = Path(env.get("CADDIE_HOME", ".caddie")).resolve()
+    data = home / "data"
+    env["CADDIE_HOME"] = str(home)
+    env.setdefault("CADDIE_DATABASE_URL", f"sqlite:///{home / 'caddie.db'}")
+    env.setdefault("CADDIE_BROKER_URL", f"sqla+sqlite:///{home / 'broker.sqlite'}")
+    env.setdefault("CADDIE_LAUNCHER", "local")
+    env.setdefault("CADDIE_ON_SUBMIT_HOOK", "worker.notify:runs_submitted")
+    env.setdefault("CADDIE_DATA_PATH", str(data / "datasets" / f"fineweb10B_sp{SMOKE_VOCAB}"))
+    env.setdefault("CADDIE_TOKENIZER_PATH", str(data / "tokenizers" / f"fineweb_{SMOKE_VOCAB}_bpe.model"))
+    env.setdefault("CADDIE_SCHEDULER_TICK_S", "2")
+    env.setdefault("CADDIE_JANITOR_TICK_S", "10")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def ensure_smoke_corpus(data_path: Path, tokenizer_path: Path, out_dir: Path) -> bool:
+    """Build the offline smoke corpus into out_dir unless its tokenizer and a val shard exist. True if built."""
+    if tokenizer_path.is_file() and any(data_path.glob("fineweb_val_*.bin")):
+        return False
+    from trainer.data import build_smoke_corpus  # torch and sentencepiece: only when needed
+
+    build_smoke_corpus(out_dir, vocab_size=SMOKE_VOCAB)
+    return True
+
+
+def ensure_admin(database_url: str) -> str | None:
+    """Create team `default`, admin user `admin` and a token if the database has no user yet.
+    Returns the new token (shown once), or None when users already exist."""
+    with get_sessionmaker(database_url)() as session:
+        if session.scalar(select(User.id).limit(1)) is not None:
+            return None
+        team = create_team(session, "default")
+        user = create_user(session, "admin", is_admin=True)
+        add_member(session, team, user, "admin")
+        _, token = create_token(session, user, "caddie up")
+        session.commit()
+        return token
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+def child_commands(host: str, port: int, runs_concurrency: int) -> list[Child]:
+    py = sys.executable
+    celery = [py, "-m", "celery", "-A", "worker.celery_app"]
+    return [
+        Child("api", [py, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", host, "--port", str(port), "--log-level", "warning"]),
+        Child("runs-worker", [*celery, "worker", "-Q", "runs", "-P", "threads", "-c", str(runs_concurrency), "-n", "runs@%h",
+                              "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]),
+        Child("control-worker", [*celery, "worker", "-Q", "control", "-P", "solo", "-n", "control@%h",
+                                 "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]),
+        Child("beat", [*celery, "beat", "--loglevel", "WARNING"]),
+    ]  # fmt: skip
+
+
+def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -> None:
+    """Prepare the embedded setup, start the children, supervise them until Ctrl-C / SIGTERM."""
+    env = embedded_environment()
+    home = Path(env["CADDIE_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    settings = Settings(_env_file=None, home=home, database_url=env["CADDIE_DATABASE_URL"])
+    wsettings = WorkerSettings(_env_file=None, home=home, data_path=env["CADDIE_DATA_PATH"], tokenizer_path=env["CADDIE_TOKENIZER_PATH"])
+
+    print(f"caddie home: {home}", file=out, flush=True)
+    upgrade(settings.database_url)
+    if ensure_smoke_corpus(Path(wsettings.data_path), Path(wsettings.tokenizer_path), home / "data"):
+        print(f"built the smoke corpus in {home / 'data'}", file=out, flush=True)
+    token = ensure_admin(settings.database_url)
+
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    children = child_commands(host, port, max(1, int(env.get("CADDIE_MAX_CONCURRENT_RUNS", "1"))))
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def start(child: Child) -> None:
+        log = open(logs / f"{child.name}.log", "ab")
+        # Own process group: a Ctrl-C in the terminal reaches only us, and we stop the children in order.
+        child.proc = subprocess.Popen(child.argv, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    for child in children:
+        start(child)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    print(f"caddie is up at {url}  (API docs: {url}/docs; logs in {logs})", file=out, flush=True)
+    if token:
+        print(f"admin token (shown once): {token}", file=out)
+        print(f"  export CADDIE_URL={url} CADDIE_TOKEN={token}", file=out, flush=True)
+    else:
+        print("users exist already: use your token (an admin can make one with `caddie token create`)", file=out, flush=True)
+    print("Ctrl-C stops everything.", file=out, flush=True)
+
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for child in children:
+                if stopping or child.proc is None or child.proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                if len(child.restarts) > 5:
+                    print(f"{child.name} keeps exiting (see {logs / (child.name + '.log')}); stopping", file=out, flush=True)
+                    stopping = True
+                    break
+                print(f"{child.name} exited with code {child.proc.returncode}; restarting it", file=out, flush=True)
+                start(child)
+    finally:
+        stop_children(children)
+        print("caddie stopped.", file=out, flush=True)
+
+
+def stop_children(children: list[Child]) -> None:
+    """SIGTERM every child's group (warm shutdown), SIGKILL whatever is left after STOP_TIMEOUT_S.
+    Training jobs live in their own sessions and are not touched: a later `caddie up` re-attaches."""
+    running = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
+    for proc in running:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + STOP_TIMEOUT_S
+    for proc in running:
+        try:
+            proc.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
