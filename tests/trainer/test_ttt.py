@@ -45,7 +45,7 @@ def check_score_first(initial: torch.nn.Module, val: torch.Tensor, luts: ByteLUT
         expected = score_chunk(model, tokens, luts, bounds, cfg)
         got = credited[k]
         if (got.tokens, got.bytes) != (expected.tokens, expected.bytes) or not math.isclose(
-                got.loss_sum, expected.loss_sum, rel_tol=1e-9, abs_tol=1e-9):
+                got.loss_sum, expected.loss_sum, rel_tol=1e-6):  # float32 rounding may differ between runs; leaks do not hide there
             bad.append(k)
     return bad
 
@@ -91,22 +91,35 @@ def test_the_checker_catches_adapt_then_score(val_and_luts):
     assert sum(c.loss_sum for c in illegal) < sum(c.loss_sum for c in legal)
 
 
-def test_the_last_chunk_is_scored_but_never_trained_on(val_and_luts):
-    val, luts = val_and_luts
-    initial = Bigram(1024)
+def test_training_after_chunk_k_sees_only_chunk_k_targets_and_never_the_last_chunk(val_and_luts):
+    # token id = position in the stream, so the targets a training step sees tell where they came from
+    _, luts = val_and_luts
+    val = torch.arange(601)
+    trained_on: list[tuple[int, int]] = []
+
+    class Recording(Bigram):
+        def forward(self, idx, targets):
+            trained_on.append((int(targets.min()), int(targets.max())))
+            return super().forward(idx, targets)
+
+    initial = Recording(1024)
     after = copy.deepcopy(initial)
     evaluate_ttt(after, val, luts, CFG)
-    tokens = tokens_of(val)
-    chunks = ttt_chunk_bounds(tokens.numel() - 1, CFG.ttt_chunk_tokens)
+    chunks = ttt_chunk_bounds(600, CFG.ttt_chunk_tokens)  # targets j = token j + 1
+    steps_per_chunk = CFG.ttt_epochs * math.ceil(CFG.ttt_chunk_tokens // CFG.eval_seq_len / CFG.ttt_batch_seqs)
+    assert len(trained_on) == (len(chunks) - 1) * steps_per_chunk
+    for n, (lo, hi) in enumerate(trained_on):
+        a, b = chunks[n // steps_per_chunk]
+        assert a + 1 <= lo and hi <= b  # targets of chunk [a, b) are tokens a+1..b
+    assert max(hi for _, hi in trained_on) <= chunks[-1][0]
+    # and the weights are what adapting on chunks 0..n-2 alone gives
+    tokens = val.to(torch.int32)
     replay = copy.deepcopy(initial)
     opt = ttt_optimizer(replay, CFG)
     for j in range(len(chunks) - 1):
         adapt_on_chunk(replay, opt, tokens, chunks[j], ttt_lr_at(j, len(chunks), CFG), CFG)
-    assert torch.equal(after.table, replay.table)
-    # rows of tokens that appear only in the last chunk's inputs were never updated
-    seen_before = set(val[:chunks[-1][0] + 1].tolist())
-    only_last = [t for t in set(val[chunks[-1][0] + 1:-1].tolist()) if t not in seen_before]
-    assert only_last and all(torch.equal(after.table[t], initial.table[t]) for t in only_last)
+    assert torch.allclose(after.table, replay.table, rtol=0, atol=1e-5)
+    assert not torch.allclose(after.table, initial.table, rtol=0, atol=1e-3)
 
 
 def test_scoring_runs_in_inference_mode_and_adapting_with_gradients(val_and_luts):
