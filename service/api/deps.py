@@ -23,7 +23,9 @@ def get_app_settings(request: Request) -> Settings:
 async def get_session(request: Request) -> AsyncIterator[Session]:
     # Async so it needs no threadpool hop: making a Session does no I/O (the
     # connection is taken on first use, inside the sync route's thread).
-    session = request.app.state.sessionmaker()
+    # Reads autocommit (see create_app); writes run in one transaction.
+    maker = request.app.state.read_sessionmaker if request.method in ("GET", "HEAD") else request.app.state.sessionmaker
+    session = maker()
     try:
         yield session
     finally:
