@@ -1,0 +1,181 @@
+"""The executor in-process on PostgreSQL with the real local launcher and a stand-in trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import select
+
+from service.accounts import create_team, create_user
+from service.db import get_sessionmaker
+from service.lifecycle import record_created
+from service.migrate import upgrade
+from service.models import Artifact, LogChunk, Run, RunEvent, Team, User, utcnow
+from worker.artifacts import LocalArtifactStore
+from worker.executor import execute_run
+from worker.launchers.base import ClusterHandle, RetryLater
+from worker.launchers.local import LocalLauncher
+from worker.settings import WorkerSettings
+
+STAND_IN = r'''
+import json, os, sys, time
+out = os.environ["OUTPUT_DIR"]
+print("seed:" + os.environ["SEED"] + " data:" + os.environ.get("DATA_PATH", ""), flush=True)
+print("step:1/2 train_loss:5.5000 train_time:10ms step_avg:10.00ms", flush=True)
+if os.environ.get("ITERATIONS") == "99":  # "sleep": wait to be stopped
+    time.sleep(300)
+print("step:2/2 val_loss:4.2000 val_bpb:2.5000 train_time:20ms step_avg:10.00ms", flush=True)
+with open(os.path.join(out, "model.int6.ptz"), "wb") as fh:
+    fh.write(b"weights")
+with open(os.path.join(out, "result.json"), "w") as fh:
+    json.dump({"status": "succeeded", "val_bpb": 2.5, "val_loss": 4.2, "total_bytes": 1234, "steps": 2}, fh)
+'''
+
+
+@pytest.fixture(scope="module")
+def maker(pg_url: str):
+    upgrade(pg_url)
+    maker = get_sessionmaker(pg_url)
+    with maker() as s:
+        create_team(s, "exec")
+        create_user(s, "exec")
+        s.commit()
+    return maker
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> WorkerSettings:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    return WorkerSettings(
+        home=tmp_path, trainer_command=[sys.executable, str(script)], gpu_count=0, heartbeat_s=0.5, poll_interval_s=0.05,
+        cancel_grace_s=1.0, data_path="/data/smoke", max_attempts=2,
+    )  # fmt: skip
+
+
+def new_run(maker, spec: dict | None = None) -> int:
+    with maker() as s:
+        team = s.scalar(select(Team.id).where(Team.name == "exec"))
+        user = s.scalar(select(User.id).where(User.name == "exec"))
+        run = Run(team_id=team, user_id=user, name="x", spec=spec or {}, seed=5, group_key="g", track="unlimited", hardware="cpu",
+                  priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
+        s.add(run)
+        s.flush()
+        record_created(s, run, actor="test")
+        s.commit()
+        return run.id
+
+
+def go(maker, settings: WorkerSettings, run_id: int, launcher=None) -> str:
+    return execute_run(
+        run_id, launcher=launcher or LocalLauncher(settings), session_factory=maker, store=LocalArtifactStore(settings.home / "artifacts"), settings=settings
+    )
+
+
+def events(maker, run_id: int) -> list[tuple[str | None, str]]:
+    with maker() as s:
+        return [(e.from_status, e.to_status) for e in s.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id))]
+
+
+def test_a_run_succeeds_with_log_metrics_result_and_artifacts(maker, settings) -> None:
+    run_id = new_run(maker)
+    assert go(maker, settings, run_id) == f"run {run_id} SUCCEEDED"
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert (run.val_bpb, run.artifact_bytes, run.steps, run.result["status"]) == (2.5, 1234, 2, "succeeded")
+        log = "".join(s.scalars(select(LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
+        assert log.startswith("seed:5 data:/data/smoke") and run.log_bytes == len(log.encode())
+        kinds = sorted(a.kind for a in s.scalars(select(Artifact).where(Artifact.run_id == run_id)))
+        assert kinds == ["log", "model", "result"]
+    assert events(maker, run_id)[1:] == [("QUEUED", "PROVISIONING"), ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
+    assert go(maker, settings, run_id) == f"run {run_id} is already SUCCEEDED"  # a redelivered task does nothing
+
+
+def test_a_second_executor_backs_off_while_the_first_holds_the_lease(maker, settings) -> None:
+    run_id = new_run(maker, {"ITERATIONS": 99})
+    first = threading.Thread(target=go, args=(maker, settings, run_id))
+    first.start()
+    try:
+        end = time.monotonic() + 20
+        while (s := maker()).get(Run, run_id).status != "RUNNING":
+            s.close()
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        assert "another worker" in go(maker, settings, run_id)
+    finally:
+        with maker() as s:
+            s.get(Run, run_id).cancel_requested_at = utcnow()
+            s.commit()
+        first.join(20)
+    with maker() as s:
+        assert s.get(Run, run_id).status == "CANCELLED"
+    assert len(list((settings.home / "runs" / str(run_id)).glob("attempt-*"))) == 1
+
+
+def test_hard_timeout_stops_the_job_and_fails_the_run(maker, settings) -> None:
+    run_id = new_run(maker, {"ITERATIONS": 99})
+    t0 = time.monotonic()
+    out = go(maker, settings.model_copy(update={"hard_timeout_s": 1.5}), run_id)
+    assert "hard timeout" in out and time.monotonic() - t0 < 10
+    [workdir] = (settings.home / "runs" / str(run_id)).glob("attempt-*")
+    child = json.loads((workdir / "child.json").read_text())
+    assert not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).status() == psutil.STATUS_ZOMBIE
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and "hard timeout" in run.status_reason
+
+
+def test_a_bad_stored_spec_fails_with_the_knob_named(maker, settings) -> None:
+    run_id = new_run(maker, {"NUM_LAYERS": -3})
+    go(maker, settings, run_id)
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and "NUM_LAYERS" in run.status_reason
+
+
+class NoCapacityLauncher(LocalLauncher):
+    """The local launcher on a machine that is full: every acquire says retry later."""
+
+    def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
+        raise RetryLater("no capacity")
+
+
+def test_retry_later_requeues_until_attempts_run_out(maker, settings) -> None:
+    run_id = new_run(maker)
+    assert "QUEUED" in go(maker, settings, run_id, NoCapacityLauncher(settings))
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert (run.status, run.attempts) == ("QUEUED", 1)
+    assert "gave up after 2 attempts" in go(maker, settings, run_id, NoCapacityLauncher(settings))
+    with maker() as s:
+        assert s.get(Run, run_id).status == "FAILED"
+
+
+def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> None:
+    run_id = new_run(maker, {"ITERATIONS": 99})
+    result: list[str] = []
+    t = threading.Thread(target=lambda: result.append(go(maker, settings, run_id)))
+    t.start()
+    runs = settings.home / "runs" / str(run_id)
+    end = time.monotonic() + 20
+    while not list(runs.glob("attempt-*/child.json")):
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    [workdir] = runs.glob("attempt-*")
+    with maker() as s:
+        handle = s.get(Run, run_id).launch_handle
+    os.killpg(handle["data"]["pgid"], signal.SIGKILL)  # the wrapper: no exit code gets written
+    os.killpg(json.loads((workdir / "child.json").read_text())["pgid"], signal.SIGKILL)
+    t.join(20)
+    assert result and "QUEUED" in result[0], result
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert (run.status, run.attempts, run.launch_handle, run.log_bytes) == ("QUEUED", 1, None, 0)
