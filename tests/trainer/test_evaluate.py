@@ -132,7 +132,7 @@ def test_every_target_counts_once_in_the_sums(val_and_luts):
     for r in (evaluate_sliding(model, val, luts, 64, 16, 7), evaluate_full(model, val, luts, 64, 7),
               evaluate_sliding(model, val, luts, 2048, 64, 4), evaluate_full(model, val, luts, 5000, 2)):
         assert isinstance(r, EvalResult) and r.tokens == val.numel() - 1 and r.bytes == expected_bytes
-        assert r.val_loss == pytest.approx(float(ce.mean()), rel=1e-9)
+        assert r.val_loss == pytest.approx(float(ce.mean()), rel=1e-7)  # one target counted twice or missed moves it by ~1e-4
 
 
 def test_uniform_model_scores_ln_vocab(val_and_luts):
@@ -160,7 +160,7 @@ def test_rank_shares_add_up_to_the_whole(val_and_luts):
         for rank in range(3):
             parts.add(score_windows(model, tokens, luts, plan.share(rank, 3), 8))
     assert parts.tokens == whole.tokens and parts.bytes == whole.bytes
-    assert parts.loss_sum == pytest.approx(whole.loss_sum, rel=1e-9)
+    assert parts.loss_sum == pytest.approx(whole.loss_sum, rel=1e-6)
 
 
 def _ddp_eval_worker(rank: int, world: int, init_file: str, val: torch.Tensor, luts: ByteLUTs, out: dict) -> None:
@@ -182,7 +182,7 @@ def test_sliding_evaluation_under_two_gloo_ranks_equals_one_process(val_and_luts
     for rank in (0, 1):
         loss, bpb, tokens, nbytes = got[rank]
         assert tokens == single.tokens and nbytes == single.bytes
-        assert loss == pytest.approx(single.val_loss, rel=1e-9) and bpb == pytest.approx(single.val_bpb, rel=1e-9)
+        assert loss == pytest.approx(single.val_loss, rel=1e-6) and bpb == pytest.approx(single.val_bpb, rel=1e-6)
 
 
 def test_bad_stride_is_refused():
