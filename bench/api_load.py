@@ -13,12 +13,15 @@ What it does, in order:
    with --concurrency clients in one asyncio loop, each client one keep-alive
    HTTP/1.1 connection sending its next request as soon as the previous answer
    is read (closed loop, no think time), for --duration seconds or
-   --max-requests requests, whichever comes first:
+   --max-requests requests, whichever comes first (``*-paced`` scenarios: each
+   client sends one request every --pace-ms instead, like a dashboard or
+   `caddie ... --follow` polling):
      * list-member: ``GET /api/v1/runs?limit=50`` as team members (tokens
        spread over the 12 users): the hot path, filtered to the caller's team.
      * list-admin: the same as a global admin (no team filter).
      * submit: ``POST /api/v1/runs`` (one seed, a small config, a fresh
        Idempotency-Key each) as team members.
+     * list-member-paced: list-member at a fixed rate per client.
    Latency is measured per request, from writing it to reading the last body
    byte; every non-2xx answer counts as an error.
 4. Writes p50/p90/p99/max latency and requests/s per scenario to
@@ -272,14 +275,24 @@ def _submit_body(i: int, rng: random.Random) -> bytes:
 
 
 async def _client(
-    host: str, port: int, make_request, stop_at: float, budget: list[int], latencies: list[float], errors: list[str]
+    host: str, port: int, make_request, stop_at: float, budget: list[int], latencies: list[float], errors: list[str], interval_s: float = 0.0
 ) -> None:
+    """One client on one keep-alive connection. With ``interval_s`` it sends a
+    request every interval_s (from a random phase) and latency counts from the
+    planned send time, so a slow server cannot hide queueing (no coordinated
+    omission); without it, the next request goes out as soon as the answer is in."""
     reader, writer = await asyncio.open_connection(host, port)
+    planned = time.perf_counter() + random.uniform(0, interval_s)
     try:
         while time.perf_counter() < stop_at and budget[0] > 0:
+            if interval_s:
+                await asyncio.sleep(max(0.0, planned - time.perf_counter()))
+                if time.perf_counter() >= stop_at:
+                    break
             budget[0] -= 1
             request = make_request()
-            t0 = time.perf_counter()
+            t0 = planned if interval_s else time.perf_counter()
+            planned += interval_s
             writer.write(request)
             status, body = await _read_response(reader)
             latencies.append(time.perf_counter() - t0)
@@ -289,7 +302,9 @@ async def _client(
         writer.close()
 
 
-async def _scenario(name: str, base_url: str, tokens: list[str], concurrency: int, duration: float, max_requests: int) -> ScenarioResult:
+async def _scenario(
+    name: str, base_url: str, tokens: list[str], concurrency: int, duration: float, max_requests: int, interval_s: float = 0.0
+) -> ScenarioResult:
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     hostport = f"{host}:{port}"
@@ -313,7 +328,9 @@ async def _scenario(name: str, base_url: str, tokens: list[str], concurrency: in
     budget = [max_requests]
     t0 = time.perf_counter()
     stop_at = t0 + duration
-    await asyncio.gather(*[_client(host, port, factory(tokens[i % len(tokens)]), stop_at, budget, latencies, errors) for i in range(concurrency)])
+    await asyncio.gather(
+        *[_client(host, port, factory(tokens[i % len(tokens)]), stop_at, budget, latencies, errors, interval_s) for i in range(concurrency)]
+    )
     seconds = time.perf_counter() - t0
     ms = sorted(x * 1000 for x in latencies)
 
@@ -346,7 +363,8 @@ def drive(args: argparse.Namespace) -> None:
     results = []
     for scenario in plan["scenarios"]:
         tokens = plan["admin_tokens"] if scenario == "list-admin" else plan["member_tokens"]
-        result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"]))
+        interval_s = plan["pace_ms"] / 1000 if scenario.endswith("-paced") else 0.0
+        result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s))
         print(f"  {scenario}: {result.requests} requests, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.rps} req/s", file=sys.stderr)
         results.append(asdict(result))
     json.dump(results, sys.stdout)
@@ -362,7 +380,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, load average {load} at the end"
 
 
 def pg_version(url: str) -> str:
@@ -387,7 +406,9 @@ def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: 
         f"- Load: {args.concurrency} concurrent clients, each a keep-alive connection sending its next request as soon as the last "
         f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up.",
         "- list-member: `GET /api/v1/runs?limit=50` as team members; list-admin: the same as a global admin (all teams);"
-        " submit: `POST /api/v1/runs` with one seed and a fresh Idempotency-Key.",
+        " submit: `POST /api/v1/runs` with one seed and a fresh Idempotency-Key;"
+        f" list-member-paced: the member list again, but each client sends one request every {args.pace_ms:g} ms"
+        f" ({args.concurrency * 1000 / args.pace_ms:g} req/s offered in all; latency counted from the planned send time).",
         "",
         "| scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -417,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
     parser.add_argument("--max-requests", type=int, default=50_000, help="request cap per scenario")
-    parser.add_argument("--scenarios", default="list-member,list-admin,submit")
+    parser.add_argument("--scenarios", default="list-member,list-admin,submit,list-member-paced")
+    parser.add_argument("--pace-ms", type=float, default=200.0, help="in *-paced scenarios each client sends one request per this many ms")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.md")
     parser.add_argument("--notes", help="a markdown file appended to the report (analysis)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database behind (its URL is printed)")
@@ -427,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         drive(args)
         return
 
-    command = "python -m bench.api_load " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m bench.api_load", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     url = create_database(args.admin_url)
     print(f"database {url}", file=sys.stderr)
     api = None
@@ -447,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             "concurrency": args.concurrency,
             "duration": args.duration,
             "max_requests": args.max_requests,
+            "pace_ms": args.pace_ms,
         }
         driver = subprocess.run(
             [sys.executable, "-m", "bench.api_load", "--drive"], input=json.dumps(plan), capture_output=True, text=True, cwd=REPO,
