@@ -76,13 +76,13 @@ def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
     return table
 
 
-def _pairs(title: str, rows: list[tuple[str, str]]) -> Table:
+def _pairs(title: str, rows: list[tuple[str, str]]) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
         table.add_row(key, value)
-    return Panel(table, title=title, title_align="left")  # type: ignore[return-value]
+    return Panel(table, title=title, title_align="left")
 
 
 def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> Group:
