@@ -36,6 +36,7 @@ def run_trainer(cmd: list[str], knobs: dict, cwd: Path = REPO) -> subprocess.Com
     env = {k: v for k, v in os.environ.items() if k not in TrainerConfig().to_env()}
     env.update({k: str(v) for k, v in knobs.items()})
     env["PYTHONPATH"] = str(REPO) if cwd == REPO else ""
+    env["OMP_NUM_THREADS"] = "1"  # tiny matrices: threads only add overhead on a shared 2-core machine
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
 
 
