@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fresh_db import fresh_database
+
 REPO = Path(__file__).resolve().parents[2]
 
 # A few seconds of the real trainer on 2 CPU cores (TTT on, small chunks).
@@ -165,7 +167,13 @@ def smoke_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
+    # A database of its own: the stack's scheduler and janitor act on every run they see.
+    with fresh_database() as pg_url:
+        yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
+
+
+def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("e2e_home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
     env.update(

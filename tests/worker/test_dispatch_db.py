@@ -8,14 +8,19 @@ from sqlalchemy import select
 from service.accounts import add_member, create_team, create_user
 from service.db import get_sessionmaker
 from service.lifecycle import record_created
-from service.migrate import upgrade
 from service.models import Run, RunEvent, utcnow
+from tests.fresh_db import fresh_database
 from worker.scheduler import dispatch_due_runs
 
 
 @pytest.fixture(scope="module")
-def maker(pg_url: str):
-    upgrade(pg_url)
+def maker():
+    # A database of its own: dispatch and the executor look at every run.
+    with fresh_database() as url:
+        yield _maker(url)
+
+
+def _maker(pg_url: str):
     return get_sessionmaker(pg_url)
 
 

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from service.accounts import create_team, create_user
 from service.db import get_sessionmaker
 from service.lifecycle import record_created
-from service.migrate import upgrade
 from service.models import Artifact, LogChunk, Run, RunEvent, Team, User, utcnow
+from tests.fresh_db import fresh_database
 from worker.artifacts import LocalArtifactStore
 from worker.executor import execute_run
 from worker.launchers.base import ClusterHandle, RetryLater
@@ -41,8 +41,13 @@ with open(os.path.join(out, "result.json"), "w") as fh:
 
 
 @pytest.fixture(scope="module")
-def maker(pg_url: str):
-    upgrade(pg_url)
+def maker():
+    # A database of its own: dispatch and the executor look at every run.
+    with fresh_database() as url:
+        yield _maker(url)
+
+
+def _maker(pg_url: str):
     maker = get_sessionmaker(pg_url)
     with maker() as s:
         create_team(s, "exec")
