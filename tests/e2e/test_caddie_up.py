@@ -1,0 +1,65 @@
+"""`caddie up` (worker.embedded.run_embedded): SQLite, the SQL broker, the local launcher,
+the smoke corpus built on first start, a first admin token; a run goes through; Ctrl-C
+stops every child process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.conftest import REPO, TINY, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_caddie_up_runs_a_smoke_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
+    env.update(CADDIE_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO), CADDIE_HEARTBEAT_S="1", CADDIE_POLL_INTERVAL_S="0.1", OMP_NUM_THREADS="1")
+    out = open(tmp_path / "up.out", "w+")
+    up = subprocess.Popen(
+        [sys.executable, "-c", f"from worker.embedded import run_embedded; run_embedded(port={port})"],
+        cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 90
+        token = None
+        while token is None:
+            assert up.poll() is None and time.monotonic() < end, (tmp_path / "up.out").read_text()
+            m = re.search(r"admin token \(shown once\): (\S+)", (tmp_path / "up.out").read_text())
+            token = m and m[1]
+            time.sleep(0.2)
+        assert (tmp_path / "home" / "data" / "tokenizers" / "fineweb_1024_bpe.model").is_file()
+        children = psutil.Process(up.pid).children()
+        assert len(children) == 4  # api, runs worker, control worker, beat
+
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        while True:
+            try:
+                r = client.post("/runs", json={"name": "smoke", "track": "unlimited", "hardware": "cpu", "config": TINY})
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < end
+                time.sleep(0.2)
+        assert r.status_code == 201, r.text
+        run_id = r.json()["runs"][0]["id"]
+        end = time.monotonic() + 120
+        while (run := client.get(f"/runs/{run_id}").json())["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            assert time.monotonic() < end, run
+            time.sleep(0.2)
+        assert run["status"] == "SUCCEEDED", run["status_reason"]
+        assert run["val_bpb"] > 0 and run["artifact_bytes"] > 0
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(40)
+    assert "caddie stopped." in (tmp_path / "up.out").read_text()
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
