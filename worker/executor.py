@@ -241,10 +241,11 @@ class RunDriver:
             run = session.get_one(Run, self.run_id)
             hardware = run.hardware
             try:
-                env = job_env(run, self.settings)
+                env, bad_config = job_env(run, self.settings), ""
             except ConfigError as exc:
-                issues = "; ".join(f"{i.field}: {i.message}" for i in exc.issues)
-                return self._finish(RunStatus.FAILED, f"invalid trainer config: {issues}")
+                env, bad_config = {}, "; ".join(f"{i.field}: {i.message}" for i in exc.issues)
+        if bad_config:
+            return self._finish(RunStatus.FAILED, f"invalid trainer config: {bad_config}")
         try:
             cluster = self.launcher.acquire(self.run_id, hardware)
         except (RetryLater, LauncherUnreachable) as exc:

@@ -15,8 +15,10 @@ The policy, one slot at a time:
       score(team) = (used_gpu_hours + Σ_active max(1, gpus(hardware)) · expected_run_hours) / weight
 
   where the sum runs over its runs already running plus those picked in this
-  tick, so a team
-  that just got a slot falls behind the others until they had theirs;
+  tick, so a team that just got a slot falls behind the others until they
+  had theirs;
+* a run sent back to the queue (no capacity, preemption) waits
+  retry_backoff_s · 2^(attempts-1) before it is picked again (I/O side);
 * ties: the team whose best run was submitted first, then the lower team id;
 * inside a team: higher priority first, then submitted first, then lower id.
 """
@@ -28,11 +30,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from service.lifecycle import IllegalTransition, RunStatus, transition
-from service.models import Run, Team, utcnow
+from service.models import Run, RunEvent, Team, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,22 @@ def gpu_hours_used(session: Session, since: datetime, now: datetime) -> dict[int
     return used
 
 
+def retry_wait(attempts: int, backoff_s: float) -> timedelta:
+    """How long a run requeued for the attempts-th time waits: backoff_s · 2^(attempts-1)."""
+    return timedelta(seconds=backoff_s * 2 ** max(0, attempts - 1)) if attempts > 0 else timedelta(0)
+
+
+def _backing_off(session: Session, retried: list[tuple[int, int]], backoff_s: float, now: datetime) -> set[int]:
+    """Ids of requeued runs still inside their retry wait (measured from their last return to the queue)."""
+    if not retried or backoff_s <= 0:
+        return set()
+    attempts = dict(retried)
+    last = session.execute(
+        select(RunEvent.run_id, func.max(RunEvent.at)).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == RunStatus.QUEUED.value).group_by(RunEvent.run_id)
+    )
+    return {run_id for run_id, at in last if at is not None and now - at < retry_wait(attempts[run_id], backoff_s)}
+
+
 def _lock_dispatch(session: Session) -> None:
     # Two schedulers at once could both fill the same free slot; PostgreSQL
     # serialises them with a transaction-scoped advisory lock. (SQLite runs a
@@ -177,6 +195,7 @@ def dispatch_due_runs(
     enqueue: Callable[[int], None],
     budget_period: timedelta = timedelta(days=30),
     expected_run_hours: float = 1 / 3,
+    retry_backoff_s: float = 0.0,
     now: datetime | None = None,
 ) -> list[int]:
     """Pick runs with `pick_runs_to_start`, move each QUEUED -> PROVISIONING (committed),
@@ -187,12 +206,13 @@ def dispatch_due_runs(
     """
     now = now or utcnow()
     _lock_dispatch(session)
-    queued = [
-        QueuedRun(r.id, r.team_id, r.hardware, r.priority, r.submitted_at)
-        for r in session.execute(
-            select(Run.id, Run.team_id, Run.hardware, Run.priority, Run.submitted_at).where(Run.status == RunStatus.QUEUED.value)
+    rows = list(
+        session.execute(
+            select(Run.id, Run.team_id, Run.hardware, Run.priority, Run.submitted_at, Run.attempts).where(Run.status == RunStatus.QUEUED.value)
         )
-    ]
+    )
+    waiting = _backing_off(session, [(r.id, r.attempts) for r in rows if r.attempts], retry_backoff_s, now)
+    queued = [QueuedRun(r.id, r.team_id, r.hardware, r.priority, r.submitted_at) for r in rows if r.id not in waiting]
     if not queued:
         session.rollback()
         return []

@@ -32,6 +32,7 @@ class WorkerSettings(BaseSettings):
     # orphaned: its lease may be taken over and the janitor acts on it.
     stale_heartbeats: float = Field(3.0, ge=2)
     max_attempts: int = Field(3, ge=1)  # launches per run (retries after preemption / no capacity)
+    retry_backoff_s: float = Field(60.0, ge=0)  # a requeued run waits this long, doubled per attempt
     # Redis only: an unacknowledged message goes back to the queue after this
     # long (a lost worker's run is redelivered). Duplicates are harmless: the
     # executor takes a lease on the run in the database.

@@ -50,6 +50,7 @@ def schedule_tick() -> list[int]:
             enqueue=enqueue_run,
             budget_period=rt.budget_period,
             expected_run_hours=rt.settings.expected_run_hours,
+            retry_backoff_s=rt.settings.retry_backoff_s,
         )
 
 

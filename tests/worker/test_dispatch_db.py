@@ -71,3 +71,26 @@ def test_a_broker_error_leaves_the_run_dispatched_for_the_janitor(maker) -> None
         assert dispatch_due_runs(s, capacity={"H100:8": 1}, enqueue=broken) == [run_id]
     with maker() as s:
         assert s.get(Run, run_id).status == "PROVISIONING"
+
+
+def test_a_requeued_run_waits_out_its_backoff(maker) -> None:
+    from datetime import timedelta
+
+    from service.lifecycle import transition
+
+    with maker() as s:
+        team = create_team(s, "dispatch-c")
+        user = create_user(s, "dispatch-w")
+        run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g", track="unlimited", hardware="H200:8",
+                  priority=0, status="PROVISIONING", submitted_at=utcnow())  # fmt: skip
+        s.add(run)
+        s.flush()
+        transition(s, run, "QUEUED", actor="worker", reason="no capacity")  # attempts 1
+        s.commit()
+        run_id = run.id
+    sent: list[int] = []
+    with maker() as s:
+        assert dispatch_due_runs(s, capacity={"H200:8": 1}, enqueue=sent.append, retry_backoff_s=60) == []
+    with maker() as s:
+        later = utcnow() + timedelta(seconds=61)
+        assert dispatch_due_runs(s, capacity={"H200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=later) == [run_id]
