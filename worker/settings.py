@@ -42,7 +42,7 @@ class WorkerSettings(BaseSettings):
     scheduler_tick_s: float = Field(5.0, gt=0)
     janitor_tick_s: float = Field(15.0, gt=0)
     max_concurrent_runs: int = Field(1, ge=0)  # per hardware string, unless `capacity` names it
-    capacity: str = ""  # per-hardware overrides, e.g. "H100:8=2,cpu=4"
+    capacity: str = Field("", pattern=r"^\s*([^=,\s]+\s*=\s*\d+\s*(,\s*[^=,\s]+\s*=\s*\d+\s*)*)?$")  # per hardware, e.g. "H100:8=2,cpu=4"
     budget_period_days: float = Field(30.0, gt=0)  # team budgets are GPU-hours per rolling period
     expected_run_hours: float = Field(1 / 3, gt=0)  # fair-share charge of one started run
 
