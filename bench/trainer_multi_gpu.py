@@ -46,6 +46,7 @@ def run_trainer(nproc: int, steps: int, out_dir: Path, shards: Path, tok: Path, 
             "SEED": "1337",
             "ITERATIONS": str(steps),
             "MAX_WALLCLOCK_SECONDS": "0",
+            "WARMDOWN_ITERS": "0",  # full LR for every step, so the curves move
             "TRAIN_LOG_EVERY": "1",
             "VAL_LOSS_EVERY": "0",
             "TTT_ENABLED": "0",
