@@ -58,16 +58,13 @@ def free_port() -> int:
 
 
 def bootstrap(db_url: str) -> str:
-    from service.accounts import add_member, create_team, create_token, create_user
+    from service.accounts import create_admin
     from service.db import get_sessionmaker
     from service.migrate import upgrade
 
     upgrade(db_url)
     with get_sessionmaker(db_url)() as session:
-        team = create_team(session, "bench")
-        user = create_user(session, "bench", is_admin=True)
-        add_member(session, team, user, "admin")
-        _, token = create_token(session, user, "bench")
+        token = create_admin(session, "bench", "bench", "bench")
         session.commit()
     return token
 

@@ -80,6 +80,15 @@ def create_token(session: Session, user: User | str, name: str) -> tuple[ApiToke
     return issue_token(session, user, name)
 
 
+def create_admin(session: Session, team: str, user: str, token_name: str) -> str:
+    """A team, a global admin who also administers it, and that admin's token (returned,
+    shown once): the first account of a fresh installation, a test or a benchmark."""
+    team_row = create_team(session, team)
+    user_row = create_user(session, user, is_admin=True)
+    add_member(session, team_row, user_row, "admin")
+    return create_token(session, user_row, token_name)[1]
+
+
 def list_teams(session: Session, team_ids: list[int] | None = None) -> list[Team]:
     """All teams (``team_ids=None``) or just those ids, by name."""
     query = select(Team).order_by(Team.name)

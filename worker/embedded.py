@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.accounts import add_member, create_team, create_token, create_user
+from service.accounts import create_admin
 from service.db import get_sessionmaker
 from service.migrate import upgrade
 from service.models import User
@@ -66,10 +66,7 @@ def ensure_admin(database_url: str) -> str | None:
     with get_sessionmaker(database_url)() as session:
         if session.scalar(select(User.id).limit(1)) is not None:
             return None
-        team = create_team(session, "default")
-        user = create_user(session, "admin", is_admin=True)
-        add_member(session, team, user, "admin")
-        _, token = create_token(session, user, "caddie up")
+        token = create_admin(session, "default", "admin", "caddie up")
         session.commit()
         return token
 

@@ -143,16 +143,13 @@ class Stack:
 
 
 def _bootstrap_admin(db_url: str) -> str:
-    from service.accounts import add_member, create_team, create_token, create_user
+    from service.accounts import create_admin
     from service.db import get_sessionmaker
     from service.migrate import upgrade
 
     upgrade(db_url)
     with get_sessionmaker(db_url)() as session:
-        team = create_team(session, "e2e")
-        user = create_user(session, "e2e-admin", is_admin=True)
-        add_member(session, team, user, "admin")
-        _, token = create_token(session, user, "e2e")
+        token = create_admin(session, "e2e", "e2e-admin", "e2e")
         session.commit()
     return token
 
