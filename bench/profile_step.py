@@ -1,0 +1,80 @@
+"""Where one training step of the default config spends its GPU time (not a test).
+
+Builds the model and optimisers exactly as trainer.train does, compiles, warms up,
+then profiles two full steps (8 micro-steps of 48 x 2048 tokens each, optimiser,
+EMA) with torch.profiler and prints the top kernels by CUDA time and the share of
+the step the GPU was busy. Random tokens: the kernels do not depend on the data.
+
+    python bench/profile_step.py [--set KNOB=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer.config import TrainerConfig  # noqa: E402
+from trainer.model import GPT  # noqa: E402
+from trainer.optim import build_optimizers, set_schedule  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--rows", type=int, default=30)
+    args = ap.parse_args()
+    cfg = TrainerConfig.from_dict(dict(kv.split("=", 1) for kv in args.set))
+    device = torch.device("cuda")
+    accum = cfg.grad_accum_steps or 8
+    seqs = cfg.train_batch_tokens // accum // cfg.train_seq_len
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    step_model = torch.compile(model, dynamic=False)
+    optimizers = build_optimizers(model, cfg)
+    params = list(model.parameters())
+    ema = [p.detach().float().clone() for p in params]
+    batches = [torch.randint(0, cfg.vocab_size, (seqs, cfg.train_seq_len + 1), device=device) for _ in range(accum)]
+
+    def step(i: int) -> None:
+        set_schedule(optimizers, 1.0, i, cfg)
+        for b in batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = step_model(b[:, :-1], b[:, 1:])
+            (loss / accum).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
+
+    for i in range(4):
+        step(i)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(3):
+        step(i)
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t) / 3 * 1000
+    print(f"step: {ms:.1f} ms ({seqs} x {cfg.train_seq_len} tokens x {accum} micro-steps)")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(2):
+            step(i)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    total_cuda = sum(e.self_device_time_total for e in events) / 1000 / 2
+    print(f"GPU busy per step: {total_cuda:.1f} ms of {ms:.1f} ms ({100 * total_cuda / ms:.0f}%)")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
