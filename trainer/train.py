@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.bpb import ByteLUTs
 from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig
-from trainer.data import TokenStream, load_val_tokens
+from trainer.data import TokenStream, load_val_tokens, read_shard_header, shard_files
 from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt
 from trainer.model import GPT, count_parameters
 from trainer.optim import build_optimizers, set_schedule
@@ -39,7 +39,8 @@ from trainer.quant import dequantize, pack_artifact, quantize_state_dict, unpack
 
 ARTIFACT_NAME = "model.int6.ptz"
 RESULT_KEYS = ("status", "error", "val_loss", "val_bpb", "pre_ttt_bpb", "code_bytes", "model_bytes", "total_bytes", "artifact_ok",
-               "steps", "train_seconds", "eval_seconds", "peak_memory_mib", "world_size", "seed", "config", "trainer_revision")
+               "steps", "train_seconds", "eval_seconds", "peak_memory_mib", "world_size", "seed", "config", "trainer_revision",
+               "val_tokens_scored", "val_tokens_total", "ttt_protocol", "train_shards", "val_shards", "gpu_name")
 
 
 class RunError(ValueError):
@@ -197,6 +198,7 @@ def train(cfg: TrainerConfig) -> dict:
     except (OSError, RuntimeError, ValueError) as exc:  # unreadable model, or a vocab mismatch
         raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: {exc}") from None
     val_tokens = load_val_tokens(val_pattern, cfg.val_tokens_limit)
+    val_tokens_available = sum(read_shard_header(f) for f in shard_files(val_pattern))  # the whole split, even under VAL_TOKENS_LIMIT
     stream = TokenStream(train_pattern, rank, world)
 
     torch.manual_seed(cfg.seed)
@@ -355,6 +357,8 @@ def train(cfg: TrainerConfig) -> dict:
     eval_seconds = time.perf_counter() - e0
     log.line(f"eval_time:{eval_seconds * 1000:.0f}ms")
 
+    # Facts the service's rule checks read: what was scored, how TTT adapted, which
+    # files fed training and which were evaluated.
     result = {
         "status": "succeeded", "error": None,
         "val_loss": r.val_loss, "val_bpb": r.val_bpb, "pre_ttt_bpb": pre_ttt_bpb,
@@ -362,6 +366,11 @@ def train(cfg: TrainerConfig) -> dict:
         "steps": step, "train_seconds": round(train_ms / 1000.0, 3), "eval_seconds": round(eval_seconds, 3),
         "peak_memory_mib": peak_alloc, "world_size": world, "seed": cfg.seed,
         "config": cfg.to_dict(), "trainer_revision": trainer_revision(code),
+        "val_tokens_scored": r.tokens, "val_tokens_total": val_tokens_available - 1,
+        "ttt_protocol": "score_first" if cfg.ttt_enabled else "none",
+        "train_shards": sorted(os.path.basename(f) for f in glob.glob(train_pattern)),
+        "val_shards": sorted(os.path.basename(f) for f in glob.glob(val_pattern)),
+        "gpu_name": torch.cuda.get_device_name(device) if cuda else "cpu",
     }
     if master:
         write_result(out_dir, result)
