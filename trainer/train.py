@@ -38,6 +38,7 @@ from trainer.optim import build_optimizers, set_schedule
 from trainer.quant import dequantize, pack_artifact, quantize_state_dict, unpack_artifact
 
 ARTIFACT_NAME = "model.int6.ptz"
+CODE_NAME = "train_gpt.py"
 RESULT_KEYS = ("status", "error", "val_loss", "val_bpb", "pre_ttt_bpb", "code_bytes", "model_bytes", "total_bytes", "artifact_ok",
                "steps", "train_seconds", "eval_seconds", "peak_memory_mib", "world_size", "seed", "config", "trainer_revision",
                "val_tokens_scored", "val_tokens_total", "ttt_protocol", "train_shards", "val_shards", "gpu_name")
@@ -183,6 +184,8 @@ def train(cfg: TrainerConfig) -> dict:
     # --- code, data, model ----------------------------------------------------
     code = bundled_source()
     code_bytes = len(code.encode("utf-8"))
+    if master:  # the very bytes counted as code: a records/ export ships this file
+        (out_dir / CODE_NAME).write_text(code, encoding="utf-8")
     log.line(f"Code size: {code_bytes} bytes")
     log.line("config: " + json.dumps(cfg.overrides(), sort_keys=True))
     accum = grad_accum_for(cfg, world)

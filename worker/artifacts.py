@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-KINDS = ("model", "log", "result", "metrics")
+KINDS = ("model", "code", "log", "result", "metrics")
 _CHUNK = 1 << 20
 # S3 bucket naming rules: 3-63 chars of lowercase letters, digits, dots and hyphens
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -55,7 +55,7 @@ ACTIVE = (RunStatus.PROVISIONING.value, RunStatus.RUNNING.value)
 # A log line longer than this is stored in pieces rather than waited for.
 MAX_PENDING_LINE_BYTES = 64 * 1024
 # Output files of a run and the artifact kind each is stored as.
-OUTPUT_FILES = (("model.int6.ptz", "model"), ("train.log", "log"), ("stdout.log", "log"), ("result.json", "result"), ("metrics.jsonl", "metrics"))
+OUTPUT_FILES = (("model.int6.ptz", "model"), ("train_gpt.py", "code"), ("train.log", "log"), ("stdout.log", "log"), ("result.json", "result"), ("metrics.jsonl", "metrics"))
 RESULT_COLUMNS = {
     "val_bpb": "val_bpb",
     "val_loss": "val_loss",
