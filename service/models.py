@@ -71,7 +71,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[dict[str, Any]]: JSON()}
 
 
 class Team(Base):
@@ -200,11 +200,42 @@ class Run(Base):
     steps: Mapped[int | None] = mapped_column(Integer)
     peak_memory_mib: Mapped[float | None] = mapped_column(Float)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The spec opted out of the track's rules (e.g. no wallclock cap): accepted,
+    # but its runs are never a pass and never record-eligible.
+    allow_noncompliant: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # service.results.rules.check_run's output ([{rule, verdict, reason, figure, limit}])
+    # and its overall verdict; written with the result, in the same transaction.
+    checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    checks_verdict: Mapped[str | None] = mapped_column(String(16))
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     team: Mapped[Team] = relationship()
     user: Mapped[User] = relationship()
     cluster: Mapped[Cluster | None] = relationship()
+
+
+class RunGroup(Base):
+    """One team's runs of one normalised config on one track and hardware (seeds vary).
+
+    Made on the first submission of its key; the runs point to it by ``group_key``.
+    ``published_at`` set: every team sees it on the leaderboard.
+    """
+
+    __tablename__ = "run_groups"
+    __table_args__ = (Index("ix_run_groups_track_hardware", "track", "hardware"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # the name of the first submission
+    track: Mapped[str] = mapped_column(String(32))
+    hardware: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # non-default knobs keyed by env name
+    allow_noncompliant: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+    published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    team: Mapped[Team] = relationship()
 
 
 class RunEvent(Base):

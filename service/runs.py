@@ -14,15 +14,19 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from service.errors import Conflict, InvalidInput, Issue, NotFound
 from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
-from service.models import LogChunk, Metric, Run, RunEvent, Team, User, utcnow
+from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User, utcnow
+from service.results.rules import spec_noncompliance
 from service.schemas import RunCreate, RunOut
 from service.security import Principal
 from service.settings import Settings
@@ -41,18 +45,22 @@ class NormalisedSpec:
     config: dict[str, Any]  # non-default knobs keyed by env name, sorted
     track: str
     hardware: str
+    allow_noncompliant: bool = False
 
-    @property
-    def group_key(self) -> str:
-        """sha256 hex of the canonical JSON of (config, track, hardware): runs that
-        differ only in seed (or name, notes) share it."""
-        canonical = json.dumps(
-            {"config": self.config, "hardware": self.hardware, "track": self.track},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=True,
-        )
-        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    def group_key(self, team_id: int) -> str:
+        """sha256 hex of the canonical JSON of (team, config, track, hardware, opt-out):
+        one team's runs that differ only in seed (or name, notes) share it."""
+        return group_key_of(team_id, self.config, self.track, self.hardware, self.allow_noncompliant)
+
+
+def group_key_of(team_id: int, config: dict[str, Any], track: str, hardware: str, allow_noncompliant: bool) -> str:
+    canonical = json.dumps(
+        {"allow_noncompliant": allow_noncompliant, "config": config, "hardware": hardware, "team": team_id, "track": track},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -96,9 +104,14 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
     except InvalidInput as exc:
         issues += exc.issues
         config = {}
+    if not issues and not spec.allow_noncompliant:
+        issues += [
+            Issue(("config", p.knob), f"{p.reason}; set allow_noncompliant: true to run it anyway (its results will not count for the track)", p.value)
+            for p in spec_noncompliance(config, spec.track)
+        ]
     if issues:
         raise InvalidInput(issues)
-    return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware), seeds
+    return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware, allow_noncompliant=spec.allow_noncompliant), seeds
 
 
 def _seeds(spec: RunCreate, settings: Settings, issues: list[Issue]) -> list[int]:
@@ -149,15 +162,16 @@ def submit_runs(
     lets only one insert win. Reusing a key for a different spec is a Conflict.
     """
     normal, seeds = normalise_spec(spec, settings)
-    group_key = normal.group_key
+    team = _team_for(session, principal, spec.team)
+    group_key = normal.group_key(team.id)
     if idempotency_key:
         if len(idempotency_key) > 200:
             raise InvalidInput([Issue(("header", "Idempotency-Key"), "at most 200 characters", len(idempotency_key))])
         earlier = _by_idempotency_key(session, principal.user_id, idempotency_key)
         if earlier:
             return group_key, _replay(earlier, group_key, seeds), True
-    team = _team_for(session, principal, spec.team)
     now = utcnow()
+    ensure_group(session, group_key, team.id, spec.name, normal, now)
     runs = [
         Run(
             team_id=team.id,
@@ -169,6 +183,7 @@ def submit_runs(
             group_key=group_key,
             track=normal.track,
             hardware=normal.hardware,
+            allow_noncompliant=normal.allow_noncompliant,
             priority=settings.default_priority if spec.priority is None else spec.priority,
             status=RunStatus.QUEUED.value,
             status_reason="",
@@ -192,6 +207,15 @@ def submit_runs(
             raise
         return group_key, _replay(earlier, group_key, seeds), True
     return group_key, _with_names(session, [r.id for r in runs]), False
+
+
+def ensure_group(session: Session, key: str, team_id: int, name: str, normal: NormalisedSpec, now: datetime) -> None:
+    """Insert the group row unless it exists; concurrent first submissions both succeed."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    values = dict(key=key, team_id=team_id, name=name, track=normal.track, hardware=normal.hardware,
+                  config=normal.config, allow_noncompliant=normal.allow_noncompliant, created_at=now)
+    session.execute(insert(RunGroup).values(**values).on_conflict_do_nothing(index_elements=["key"]))
 
 
 def _by_idempotency_key(session: Session, user_id: int, key: str) -> list[Run]:

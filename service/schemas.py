@@ -36,6 +36,7 @@ class RunCreate(Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="trainer knobs keyed by env name (NUM_LAYERS) or field name; see GET /config/schema")
     seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
     seed: Seed | None = None
+    allow_noncompliant: bool = Field(False, description="run a 10min_16mb spec that breaks the track's rules (no wallclock cap, a val token limit); its runs are flagged and never record-eligible")
 
 
 class RunOut(BaseModel):
@@ -71,6 +72,9 @@ class RunOut(BaseModel):
     steps: int | None
     peak_memory_mib: float | None
     log_bytes: int
+    allow_noncompliant: bool
+    checks: list[dict[str, Any]] | None
+    checks_verdict: str | None
 
     @classmethod
     def from_run(cls, run: Run) -> "RunOut":

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from service.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
 from service.models import Artifact, Cluster, LogChunk, Metric, Run, utcnow
+from service.results.queries import judge_run
 from trainer.config import ConfigError, TrainerConfig
 from worker.launchers.base import (
     ClusterHandle,
@@ -385,7 +386,10 @@ class RunDriver:
             session.add_all(stored)
             values = _result_values(result, self.parser)
             if values:
-                session.execute(update(Run).where(Run.id == self.run_id).values(**values), execution_options={"synchronize_session": False})
+                run = session.get_one(Run, self.run_id)
+                for column, value in values.items():
+                    setattr(run, column, value)
+                judge_run(run)  # the rule checks land with the figures they judge, in one commit
             session.commit()
         return result
 

@@ -1,0 +1,1 @@
+"""Results: groups over seeds, statistics, rule checks, leaderboard, records/ export."""

@@ -1,0 +1,219 @@
+"""Results, the database side: groups, comparisons, the leaderboard, publication.
+
+Visibility: a group is visible to its team's members, to global admins, and,
+once published, to every caller. Other teams' unpublished groups do not exist
+for them (NotFound), as with runs. A published group shows its figures and
+per-seed table; its runs' logs and artifacts stay with the team.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, joinedload
+
+from service.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
+from service.models import Run, RunGroup, Team, utcnow
+from service.results.groups import Eligibility, GroupStats, SeedRow, aggregate, config_diff, eligibility
+from service.results.rules import Check, RunFacts, check_run, overall
+from service.results.statistics import Comparison, compare
+from service.security import Principal
+
+MIN_PREFIX = 6
+
+
+# --- per run: rule checks, written with the result ------------------------------------
+def judge_run(run: Run) -> None:
+    """Compute the run's rule checks from its result and store them on it (the caller commits)."""
+    facts = RunFacts.from_result(track=run.track, hardware=run.hardware, allow_noncompliant=run.allow_noncompliant,
+                                 result=run.result, artifact_bytes=run.artifact_bytes,
+                                 train_seconds=run.train_seconds, eval_seconds=run.eval_seconds)
+    checks = check_run(facts)
+    run.checks = [c.to_dict() for c in checks]
+    run.checks_verdict = overall(checks).value
+
+
+def seed_row(run: Run) -> SeedRow:
+    return SeedRow(
+        run_id=run.id, seed=run.seed, status=run.status, status_reason=run.status_reason or "",
+        val_bpb=run.val_bpb, val_loss=run.val_loss, pre_ttt_bpb=run.pre_ttt_bpb,
+        artifact_bytes=run.artifact_bytes, code_bytes=run.code_bytes, model_bytes=run.model_bytes,
+        train_seconds=run.train_seconds, eval_seconds=run.eval_seconds, steps=run.steps, finished_at=run.finished_at,
+        checks=tuple(Check.from_dict(c) for c in run.checks or ()),
+    )
+
+
+# --- finding groups -------------------------------------------------------------------
+def _visible(principal: Principal):  # noqa: ANN202 - a SQL expression
+    if principal.is_admin:
+        return None
+    return or_(RunGroup.team_id.in_(sorted(principal.roles)), RunGroup.published_at.is_not(None))
+
+
+def find_group(session: Session, principal: Principal, key: str) -> RunGroup:
+    """A visible group by its full key or a unique prefix of at least 6 characters."""
+    key = key.strip().lower()
+    query = select(RunGroup).options(joinedload(RunGroup.team))
+    cond = _visible(principal)
+    if cond is not None:
+        query = query.where(cond)
+    if len(key) == 64:
+        group = session.scalar(query.where(RunGroup.key == key))
+    else:
+        if len(key) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in key):
+            raise InvalidInput([Issue(("group",), f"give a group key or a prefix of at least {MIN_PREFIX} hex characters", key)])
+        found = list(session.scalars(query.where(RunGroup.key.like(f"{key}%")).limit(2)))
+        if len(found) > 1:
+            raise InvalidInput([Issue(("group",), "this prefix matches several groups; give more characters", key)])
+        group = found[0] if found else None
+    if group is None:
+        raise NotFound("group", key)
+    return group
+
+
+def _runs_of(session: Session, keys: Sequence[str]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {k: [] for k in keys}
+    if keys:
+        for run in session.scalars(select(Run).where(Run.group_key.in_(list(keys))).order_by(Run.id)):
+            out[run.group_key].append(run)
+    return out
+
+
+@dataclass(frozen=True)
+class GroupView:
+    group: RunGroup
+    stats: GroupStats
+    runs: tuple[Run, ...]
+
+    @property
+    def diff(self) -> str:
+        return config_diff(self.group.config)
+
+
+def _views(session: Session, groups: Sequence[RunGroup]) -> list[GroupView]:
+    runs = _runs_of(session, [g.key for g in groups])
+    return [GroupView(g, aggregate([seed_row(r) for r in runs[g.key]]), tuple(runs[g.key])) for g in groups]
+
+
+def list_groups(session: Session, principal: Principal, *, track: str | None = None, hardware: str | None = None,
+                team: str | None = None, published: bool | None = None, limit: int = 100) -> list[GroupView]:
+    """Visible groups, newest first."""
+    query = select(RunGroup).options(joinedload(RunGroup.team))
+    cond = _visible(principal)
+    if cond is not None:
+        query = query.where(cond)
+    if track:
+        query = query.where(RunGroup.track == track)
+    if hardware:
+        query = query.where(RunGroup.hardware == hardware)
+    if team:
+        query = query.where(RunGroup.team_id == select(Team.id).where(Team.name == team).scalar_subquery())
+    if published is not None:
+        query = query.where(RunGroup.published_at.is_not(None) if published else RunGroup.published_at.is_(None))
+    groups = list(session.scalars(query.order_by(RunGroup.created_at.desc(), RunGroup.key).limit(limit)))
+    return _views(session, groups)
+
+
+def group_view(session: Session, principal: Principal, key: str) -> GroupView:
+    return _views(session, [find_group(session, principal, key)])[0]
+
+
+# --- baselines and significance ------------------------------------------------------------
+def default_baseline(session: Session, view: GroupView) -> GroupView | None:
+    """The team's current leader on the group's track and hardware (lowest mean val_bpb
+    among its other groups with a counted run); when the group leads, the runner-up."""
+    g = view.group
+    others = list(session.scalars(
+        select(RunGroup).options(joinedload(RunGroup.team))
+        .where(RunGroup.team_id == g.team_id, RunGroup.track == g.track, RunGroup.hardware == g.hardware, RunGroup.key != g.key)
+    ))
+    ranked = sorted((v for v in _views(session, others) if v.stats.n > 0), key=lambda v: (v.stats.val_bpb.mean, v.group.key))
+    return ranked[0] if ranked else None
+
+
+def comparison(candidate: GroupView, baseline: GroupView | None) -> Comparison | None:
+    """One-sided Welch test of val_loss: does the candidate beat the baseline by 0.005 nats?"""
+    if baseline is None:
+        return None
+    return compare([r.val_loss for r in candidate.stats.counted], [r.val_loss for r in baseline.stats.counted])
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    view: GroupView
+    baseline: GroupView | None
+    comparison: Comparison | None
+    eligibility: Eligibility
+
+
+def group_report(session: Session, principal: Principal, key: str, baseline_key: str | None = None) -> GroupReport:
+    """A group with its baseline (given, or the team's leader), the test and eligibility."""
+    view = group_view(session, principal, key)
+    return report_for(session, principal, view, baseline_key)
+
+
+def report_for(session: Session, principal: Principal, view: GroupView, baseline_key: str | None = None) -> GroupReport:
+    if baseline_key:
+        base = group_view(session, principal, baseline_key)
+        if base.group.key == view.group.key:
+            raise InvalidInput([Issue(("baseline",), "a group cannot be its own baseline", baseline_key)])
+    else:
+        base = default_baseline(session, view)
+    comp = comparison(view, base)
+    return GroupReport(view, base, comp, eligibility(view.stats, comp, view.group.allow_noncompliant))
+
+
+# --- leaderboard ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeaderboardRow:
+    rank: int
+    report: GroupReport
+
+
+def leaderboard(session: Session, principal: Principal, *, track: str, hardware: str | None = None,
+                limit: int = 100) -> list[LeaderboardRow]:
+    """Visible groups of one track (and hardware), with a counted run, ranked by mean val_bpb."""
+    views = [v for v in list_groups(session, principal, track=track, hardware=hardware, limit=10_000) if v.stats.n > 0]
+    views.sort(key=lambda v: (v.stats.val_bpb.mean, -v.stats.n, v.group.key))
+    rows = []
+    for i, v in enumerate(views[:limit], start=1):
+        rows.append(LeaderboardRow(i, _leaderboard_report(views, v)))
+    return rows
+
+
+def _leaderboard_report(views: Sequence[GroupView], view: GroupView) -> GroupReport:
+    # The same default baseline as group_report, taken from the views at hand (no query per row).
+    g = view.group
+    others = [v for v in views if v.group.team_id == g.team_id and v.group.hardware == g.hardware and v.group.key != g.key]
+    base = min(others, key=lambda v: (v.stats.val_bpb.mean, v.group.key), default=None)
+    comp = comparison(view, base)
+    return GroupReport(view, base, comp, eligibility(view.stats, comp, g.allow_noncompliant))
+
+
+# --- publication ------------------------------------------------------------------------------
+def _own_group(session: Session, principal: Principal, key: str) -> RunGroup:
+    group = find_group(session, principal, key)
+    if not principal.can_see_team(group.team_id):
+        raise Forbidden("only the group's team may publish or export it")
+    return group
+
+
+def set_published(session: Session, principal: Principal, key: str, published: bool) -> RunGroup:
+    """Publish (every team sees it on the leaderboard) or unpublish; members of its team or admins."""
+    group = _own_group(session, principal, key)
+    if published and group.published_at is None:
+        group.published_at, group.published_by = utcnow(), principal.user_id
+    elif not published and group.published_at is not None:
+        group.published_at, group.published_by = None, None
+    session.commit()
+    return group
+
+
+def exportable_group(session: Session, principal: Principal, key: str) -> RunGroup:
+    """The group, if the caller's team owns it (published groups are not exportable by others)."""
+    group = _own_group(session, principal, key)
+    if not any(True for _ in session.scalars(select(Run.id).where(Run.group_key == group.key, Run.status == "SUCCEEDED").limit(1))):
+        raise Conflict("the group has no succeeded run to export")
+    return group

@@ -1,0 +1,262 @@
+"""The challenge's rules, checked on one run's facts (pure: plain values in, plain values out).
+
+One function per rule. Each returns a ``Check``: pass, fail, or not comparable,
+with a reason that names the figure and the limit. "Not comparable" means the
+run cannot be judged on this rule (other hardware, a figure the run never
+reported, a spec that opted out with ``allow_noncompliant``); it is never a pass.
+
+The limits (trainer-spec.md, section 1):
+
+| rule            | limit                                                   |
+|-----------------|---------------------------------------------------------|
+| artifact_bytes  | code bytes + compressed model bytes <= 16,000,000       |
+| train_time      | <= 600 s, judged on 8x H100 only                        |
+| eval_time       | <= 600 s (all evaluation incl. TTT), 8x H100 only       |
+| full_val        | every token of the validation split scored              |
+| ttt_protocol    | test-time training is score-first (or absent)           |
+| no_val_in_train | no validation shard among the training files            |
+| code_revision   | the trainer's code revision is recorded                 |
+
+``spec_noncompliance`` is the same rule book read before a run starts: the
+knobs of a ``10min_16mb`` spec that would make its result incomparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from trainer.config import ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_SECONDS, TRAIN_LIMIT_SECONDS
+
+RECORD_TRACK = "10min_16mb"
+RECORD_HARDWARE = "H100:8"
+SCORE_FIRST = "score_first"
+NO_TTT = "none"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_COMPARABLE = "not_comparable"
+
+
+@dataclass(frozen=True)
+class Check:
+    rule: str
+    verdict: Verdict
+    reason: str
+    figure: float | int | str | None = None
+    limit: float | int | str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Check":
+        return cls(rule=d["rule"], verdict=Verdict(d["verdict"]), reason=d.get("reason", ""), figure=d.get("figure"), limit=d.get("limit"))
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a finished run reported, as the rules need it (None: not reported)."""
+
+    track: str
+    hardware: str
+    allow_noncompliant: bool = False
+    artifact_bytes: int | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    val_tokens_scored: int | None = None
+    val_tokens_total: int | None = None
+    ttt_protocol: str | None = None
+    train_shards: Sequence[str] | None = None
+    val_shards: Sequence[str] | None = None
+    trainer_revision: str | None = None
+    gpu_name: str | None = None
+    world_size: int | None = None
+
+    @classmethod
+    def from_result(cls, *, track: str, hardware: str, allow_noncompliant: bool, result: Mapping[str, Any] | None,
+                    artifact_bytes: int | None = None, train_seconds: float | None = None,
+                    eval_seconds: float | None = None) -> "RunFacts":
+        """Facts from the trainer's result.json; the run's columns win where given."""
+        r = dict(result or {})
+        return cls(
+            track=track, hardware=hardware, allow_noncompliant=allow_noncompliant,
+            artifact_bytes=artifact_bytes if artifact_bytes is not None else r.get("total_bytes"),
+            train_seconds=train_seconds if train_seconds is not None else r.get("train_seconds"),
+            eval_seconds=eval_seconds if eval_seconds is not None else r.get("eval_seconds"),
+            val_tokens_scored=r.get("val_tokens_scored"), val_tokens_total=r.get("val_tokens_total"),
+            ttt_protocol=r.get("ttt_protocol"), train_shards=r.get("train_shards"), val_shards=r.get("val_shards"),
+            trainer_revision=r.get("trainer_revision"), gpu_name=r.get("gpu_name"), world_size=r.get("world_size"),
+        )
+
+
+def _missing(rule: str, what: str) -> Check:
+    return Check(rule, Verdict.NOT_COMPARABLE, f"the run did not report {what}")
+
+
+def _on_record_hardware(facts: RunFacts) -> bool:
+    return facts.hardware == RECORD_HARDWARE
+
+
+# --- the rules ----------------------------------------------------------------------
+def check_artifact_bytes(facts: RunFacts) -> Check:
+    """code + compressed model bytes <= 16,000,000 (decimal bytes)."""
+    rule = "artifact_bytes"
+    if facts.artifact_bytes is None:
+        return _missing(rule, "its artifact size")
+    size, limit = facts.artifact_bytes, ARTIFACT_LIMIT_BYTES
+    if size <= limit:
+        return Check(rule, Verdict.PASS, f"artifact {size:,} bytes <= {limit:,}", size, limit)
+    return Check(rule, Verdict.FAIL, f"artifact {size:,} bytes > {limit:,} (over by {size - limit:,})", size, limit)
+
+
+def _time_rule(rule: str, what: str, seconds: float | None, limit: float, facts: RunFacts) -> Check:
+    if seconds is None:
+        return _missing(rule, f"its {what} time")
+    if not _on_record_hardware(facts):
+        return Check(rule, Verdict.NOT_COMPARABLE,
+                     f"{what} {seconds:.1f} s on {facts.hardware}; the {limit:.0f} s limit is judged on {RECORD_HARDWARE} only", seconds, limit)
+    if seconds <= limit:
+        return Check(rule, Verdict.PASS, f"{what} {seconds:.1f} s <= {limit:.0f} s", seconds, limit)
+    return Check(rule, Verdict.FAIL, f"{what} {seconds:.1f} s > {limit:.0f} s", seconds, limit)
+
+
+def check_train_time(facts: RunFacts) -> Check:
+    """Training wallclock <= 600 s on 8x H100 (compile warm-up and evaluation excluded)."""
+    return _time_rule("train_time", "training", facts.train_seconds, TRAIN_LIMIT_SECONDS, facts)
+
+
+def check_eval_time(facts: RunFacts) -> Check:
+    """All evaluation, TTT included, <= 600 s on 8x H100."""
+    return _time_rule("eval_time", "evaluation", facts.eval_seconds, EVAL_LIMIT_SECONDS, facts)
+
+
+def check_full_val(facts: RunFacts) -> Check:
+    """Every target token of the validation split scored: scored == split tokens - 1."""
+    rule = "full_val"
+    if facts.val_tokens_scored is None or facts.val_tokens_total is None:
+        return _missing(rule, "how many validation tokens it scored")
+    scored, total = facts.val_tokens_scored, facts.val_tokens_total
+    if scored >= total:
+        return Check(rule, Verdict.PASS, f"scored {scored:,} of {total:,} validation tokens", scored, total)
+    return Check(rule, Verdict.FAIL, f"scored {scored:,} of {total:,} validation tokens ({total - scored:,} never scored)", scored, total)
+
+
+def check_ttt_protocol(facts: RunFacts) -> Check:
+    """Test-time training only on tokens already scored (score-first), or none at all."""
+    rule = "ttt_protocol"
+    if facts.ttt_protocol is None:
+        return _missing(rule, "its TTT protocol")
+    if facts.ttt_protocol in (SCORE_FIRST, NO_TTT):
+        return Check(rule, Verdict.PASS, f"TTT protocol {facts.ttt_protocol!r}", facts.ttt_protocol, SCORE_FIRST)
+    return Check(rule, Verdict.FAIL, f"TTT protocol {facts.ttt_protocol!r}; only {SCORE_FIRST!r} (score a chunk, then adapt on it) is legal",
+                 facts.ttt_protocol, SCORE_FIRST)
+
+
+def check_no_val_in_train(facts: RunFacts) -> Check:
+    """No validation shard (by file name, or a fineweb_val_* name) among the training files."""
+    rule = "no_val_in_train"
+    if facts.train_shards is None:
+        return _missing(rule, "its training files")
+    train = [str(s) for s in facts.train_shards]
+    val = {str(s) for s in facts.val_shards or ()}
+    leaked = sorted(s for s in train if s in val or "_val_" in s)
+    if leaked:
+        return Check(rule, Verdict.FAIL, f"validation data among the training files: {', '.join(leaked[:3])}", len(leaked), 0)
+    return Check(rule, Verdict.PASS, f"{len(train)} training files, none of them validation data", 0, 0)
+
+
+def check_code_revision(facts: RunFacts) -> Check:
+    """The trainer's code revision (git commit or code hash) is recorded."""
+    rule = "code_revision"
+    if facts.trainer_revision and str(facts.trainer_revision).strip():
+        return Check(rule, Verdict.PASS, f"trainer revision {facts.trainer_revision}", facts.trainer_revision, None)
+    return Check(rule, Verdict.FAIL, "the trainer's code revision is not recorded", None, None)
+
+
+RULES: tuple[Callable[[RunFacts], Check], ...] = (
+    check_artifact_bytes, check_train_time, check_eval_time, check_full_val,
+    check_ttt_protocol, check_no_val_in_train, check_code_revision,
+)
+RULE_NAMES = ("artifact_bytes", "train_time", "eval_time", "full_val", "ttt_protocol", "no_val_in_train", "code_revision")
+
+
+def check_run(facts: RunFacts) -> list[Check]:
+    """Every rule on one run. A run that opted out (allow_noncompliant) is never a pass:
+    its passes become "not comparable", its failures stay failures."""
+    checks = [rule(facts) for rule in RULES]
+    if facts.allow_noncompliant:
+        checks = [c if c.verdict is not Verdict.PASS else
+                  Check(c.rule, Verdict.NOT_COMPARABLE, f"{c.reason}; but the spec set allow_noncompliant", c.figure, c.limit)
+                  for c in checks]
+    return checks
+
+
+def overall(checks: Iterable[Check]) -> Verdict:
+    """fail if any check fails; else not comparable if any is; else pass (an empty list is not comparable)."""
+    verdicts = [c.verdict for c in checks]
+    if not verdicts:
+        return Verdict.NOT_COMPARABLE
+    if Verdict.FAIL in verdicts:
+        return Verdict.FAIL
+    if Verdict.NOT_COMPARABLE in verdicts:
+        return Verdict.NOT_COMPARABLE
+    return Verdict.PASS
+
+
+@dataclass(frozen=True)
+class RuleSummary:
+    """One rule over the runs of a group: the worst verdict and how many runs had each."""
+
+    rule: str
+    verdict: Verdict
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)  # the reasons of the worst verdict, one per run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "verdict": self.verdict.value, "counts": self.counts, "reasons": self.reasons}
+
+
+def summarise_group(per_run: Sequence[Sequence[Check]]) -> list[RuleSummary]:
+    """Per rule across the group's runs: fail if any run fails, not comparable if any
+    is, pass only when every run passes."""
+    out = []
+    for name in RULE_NAMES:
+        checks = [c for run in per_run for c in run if c.rule == name]
+        verdict = overall(checks)
+        counts = {v.value: sum(c.verdict is v for c in checks) for v in Verdict}
+        out.append(RuleSummary(name, verdict, counts, [c.reason for c in checks if c.verdict is verdict]))
+    return out
+
+
+# --- before a run starts ----------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecProblem:
+    knob: str
+    value: Any
+    reason: str
+
+
+def spec_noncompliance(config: Mapping[str, Any], track: str) -> list[SpecProblem]:
+    """Knobs (normalised overrides keyed by env name) that make a run of ``track``
+    incomparable with the challenge's. Only the record track has rules to break."""
+    if track != RECORD_TRACK:
+        return []
+    problems = []
+    cap = config.get("MAX_WALLCLOCK_SECONDS")
+    if cap is not None and (cap <= 0 or cap > TRAIN_LIMIT_SECONDS):
+        what = "turns the wallclock cap off" if cap <= 0 else f"is above the {TRAIN_LIMIT_SECONDS:.0f} s limit"
+        problems.append(SpecProblem("MAX_WALLCLOCK_SECONDS", cap, f"{what}; the track trains for at most {TRAIN_LIMIT_SECONDS:.0f} s"))
+    limit = config.get("VAL_TOKENS_LIMIT")
+    if limit:
+        problems.append(SpecProblem("VAL_TOKENS_LIMIT", limit, "scores only part of the validation split; the track scores all of it"))
+    stride, seq = config.get("EVAL_STRIDE"), config.get("EVAL_SEQ_LEN", 2048)
+    if stride is not None and stride > seq:
+        problems.append(SpecProblem("EVAL_STRIDE", stride, f"is above EVAL_SEQ_LEN={seq}, so tokens between windows are never scored"))
+    return problems
