@@ -5,7 +5,12 @@ Layout, the same in both backends::
     <root or s3://bucket/prefix>/runs/<run_id>/<kind>/<file name>
 
 URIs are `file:///abs/path` for the local backend and `s3://bucket/key` for S3.
-`put` returns (uri, bytes, sha256 hex) for the `artifacts` table.
+`put` returns (uri, bytes, sha256 hex) for the `artifacts` table; `open` reads
+a stored file back as a stream and refuses any URI outside the store.
+
+It lives in the service because both sides use it: the worker writes (`put`),
+the API reads (`open`). Both build it from the same settings
+(CADDIE_ARTIFACT_DIR, CADDIE_S3_*) with `make_artifact_store`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import os
 import re
 import shutil
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any, Protocol
 from urllib.parse import unquote, urlparse
+
+from service.settings import Settings
 
 KINDS = ("model", "code", "log", "result", "metrics")
 _CHUNK = 1 << 20
@@ -27,6 +35,14 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 class ArtifactStoreError(Exception):
     """The store is misconfigured or unreachable, or a URI does not belong to it."""
+
+
+class ArtifactOutsideStore(ArtifactStoreError):
+    """A URI that does not point inside this store (another scheme, bucket or directory): never read."""
+
+
+class ArtifactMissing(ArtifactStoreError):
+    """The URI belongs to the store, but nothing is stored there (any more)."""
 
 
 class ArtifactStore(Protocol):
@@ -56,6 +72,15 @@ def file_digest(path: Path) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def read_chunks(stream: IO[bytes], chunk_bytes: int = _CHUNK) -> Iterator[bytes]:
+    """The stream's bytes, ``chunk_bytes`` at a time (never the whole file in memory); closes it at the end."""
+    try:
+        while chunk := stream.read(chunk_bytes):
+            yield chunk
+    finally:
+        stream.close()
+
+
 class LocalArtifactStore:
     """Artifacts as files under one directory on this machine."""
 
@@ -74,18 +99,21 @@ class LocalArtifactStore:
     def path_of(self, uri: str) -> Path:
         parsed = urlparse(uri)
         if parsed.scheme != "file":
-            raise ArtifactStoreError(f"not a file:// artifact URI: {uri!r}")
+            raise ArtifactOutsideStore(f"not a file:// artifact URI: {uri!r}")
+        # resolve() first: '..' and symlinks must not lead out of the root.
         path = Path(unquote(parsed.path)).resolve()
-        if not path.is_relative_to(self.root):
-            raise ArtifactStoreError(f"artifact URI {uri!r} is outside the store at {self.root}")
+        if parsed.netloc not in ("", "localhost") or not path.is_relative_to(self.root):
+            raise ArtifactOutsideStore(f"artifact URI {uri!r} is outside the store at {self.root}")
         return path
 
     def open(self, uri: str) -> IO[bytes]:
         path = self.path_of(uri)
         try:
             return open(path, "rb")
-        except FileNotFoundError as exc:
-            raise ArtifactStoreError(f"artifact {uri!r} does not exist") from exc
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ArtifactMissing(f"artifact {uri!r} does not exist") from exc
+        except OSError as exc:
+            raise ArtifactStoreError(f"cannot read {uri!r}: {exc}") from exc
 
 
 class S3ArtifactStore:
@@ -127,7 +155,7 @@ class S3ArtifactStore:
         """The object key of an s3:// URI of this store's bucket."""
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or parsed.netloc != self.bucket or not parsed.path.lstrip("/"):
-            raise ArtifactStoreError(f"artifact URI {uri!r} is not an object of bucket {self.bucket!r}")
+            raise ArtifactOutsideStore(f"artifact URI {uri!r} is not an object of bucket {self.bucket!r}")
         return parsed.path.lstrip("/")
 
     def put(self, run_id: int, kind: str, path: Path) -> tuple[str, int, str]:
@@ -146,13 +174,21 @@ class S3ArtifactStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         key = self.split_uri(uri)
+        # Only objects under this store's prefix: another tenant's keys in a shared bucket are not ours.
+        if (self.prefix and not key.startswith(f"{self.prefix}/")) or ".." in key.split("/"):
+            raise ArtifactOutsideStore(f"artifact URI {uri!r} is outside the prefix {self.prefix!r} of bucket {self.bucket!r}")
         try:
+            # The body is a stream: bytes arrive as they are read, not all at once.
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise ArtifactMissing(f"artifact {uri!r} does not exist") from exc
+            raise ArtifactStoreError(f"cannot read {uri!r}: {exc}") from exc
+        except BotoCoreError as exc:
             raise ArtifactStoreError(f"cannot read {uri!r}: {exc}") from exc
 
 
-def make_artifact_store(settings: Any) -> ArtifactStore:
+def make_artifact_store(settings: Settings) -> ArtifactStore:
     """S3 when CADDIE_S3_BUCKET is set, else the local directory CADDIE_ARTIFACT_DIR."""
     if settings.s3_bucket:
         return S3ArtifactStore(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)

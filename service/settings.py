@@ -51,10 +51,18 @@ class Settings(BaseSettings):
     # now instead of at beat's next one). The service never imports the worker.
     on_submit_hook: str = ""
 
+    # --- artifact store: the worker writes a run's files, the API reads them ---------
+    artifact_dir: Path | None = None  # default: home/artifacts (used when no bucket is set)
+    s3_bucket: str = ""
+    s3_prefix: str = "caddie"
+    s3_endpoint_url: str = ""  # MinIO, R2, ...: leave empty for AWS S3
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home}/caddie.db"
+        if self.artifact_dir is None:
+            self.artifact_dir = self.home / "artifacts"
         return self
 
     @property

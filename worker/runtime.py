@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.artifacts import ArtifactStore, make_artifact_store
 from service.db import get_sessionmaker
 from service.settings import get_settings
-from worker.artifacts import make_artifact_store
 from worker.launchers.base import Launcher, get_launcher
 from worker.scheduler import parse_capacity
 from worker.settings import WorkerSettings
@@ -22,7 +21,7 @@ class WorkerRuntime:
     settings: WorkerSettings
     session_factory: sessionmaker[Session]
     launcher: Launcher
-    store: Any
+    store: ArtifactStore
     capacity: dict[str, int]
 
     @property
@@ -37,6 +36,6 @@ def get_runtime() -> WorkerRuntime:
         settings=settings,
         session_factory=get_sessionmaker(get_settings().database_url),
         launcher=get_launcher(settings.launcher, settings),
-        store=make_artifact_store(settings),
+        store=make_artifact_store(get_settings()),  # the same store the API reads from
         capacity=parse_capacity(settings.capacity, settings.max_concurrent_runs),
     )

@@ -76,18 +76,13 @@ class WorkerSettings(BaseSettings):
     sky_disk_size_gb: int = Field(256, ge=50)
     sky_poll_s: float = Field(5.0, ge=0)  # status/log answers are reused this long (each is an API-server round trip)
 
-    # --- artifact store ------------------------------------------------------------
-    artifact_dir: Path | None = None  # default: home/artifacts (used when no bucket is set)
-    s3_bucket: str = ""
-    s3_prefix: str = "caddie"
-    s3_endpoint_url: str = ""  # MinIO, R2, ...: leave empty for AWS S3
+    # The artifact store's settings (CADDIE_ARTIFACT_DIR, CADDIE_S3_*) live in
+    # service.settings: the API reads what the worker writes, from one definition.
 
     @model_validator(mode="after")
     def _fill_paths_from_home(self) -> WorkerSettings:
         if self.runs_dir is None:
             self.runs_dir = self.home / "runs"
-        if self.artifact_dir is None:
-            self.artifact_dir = self.home / "artifacts"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
         return self

@@ -1,4 +1,4 @@
-"""Artifact store: the local directory for real, S3 for layout and configuration (and a moto round trip)."""
+"""Artifact store: the local directory for real, S3 for layout and configuration (and moto round trips)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from worker.artifacts import ArtifactStoreError, LocalArtifactStore, S3ArtifactStore, artifact_key, make_artifact_store
-from worker.settings import WorkerSettings
+from service.artifacts import (
+    ArtifactMissing,
+    ArtifactOutsideStore,
+    ArtifactStoreError,
+    LocalArtifactStore,
+    S3ArtifactStore,
+    artifact_key,
+    make_artifact_store,
+    read_chunks,
+)
+from service.settings import Settings
 
 
 @pytest.fixture()
@@ -33,10 +42,21 @@ def test_local_put_and_open_round_trip(tmp_path: Path, model_file: Path) -> None
 def test_local_refuses_uris_outside_the_store(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path / "artifacts")
     (tmp_path / "secret").write_text("x")
-    for uri in [(tmp_path / "secret").as_uri(), (tmp_path / "artifacts" / ".." / "secret").as_uri(), "s3://b/k"]:
-        with pytest.raises(ArtifactStoreError):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "link").symlink_to(tmp_path / "secret")
+    outside = [
+        (tmp_path / "secret").as_uri(),
+        (tmp_path / "artifacts" / ".." / "secret").as_uri(),
+        f"file://{tmp_path}/artifacts/%2E%2E/secret",
+        (tmp_path / "artifacts" / "link").as_uri(),  # a symlink out of the root
+        f"file://evil.example{tmp_path}/artifacts/x",
+        "s3://b/k",
+        "/etc/passwd",
+    ]
+    for uri in outside:
+        with pytest.raises(ArtifactOutsideStore):
             store.open(uri)
-    with pytest.raises(ArtifactStoreError, match="does not exist"):
+    with pytest.raises(ArtifactMissing, match="does not exist"):
         store.open((tmp_path / "artifacts" / "runs/1/log/nope").as_uri())
 
 
@@ -76,9 +96,11 @@ def test_s3_config_errors_name_the_setting(bucket: str, endpoint: str, message: 
 
 
 def test_settings_pick_the_backend(tmp_path: Path) -> None:
-    local = make_artifact_store(WorkerSettings(home=tmp_path))
+    local = make_artifact_store(Settings(home=tmp_path))
     assert isinstance(local, LocalArtifactStore) and local.root == (tmp_path / "artifacts").resolve()
-    s3 = make_artifact_store(WorkerSettings(home=tmp_path, s3_bucket="runs-bucket", s3_prefix="p"))
+    elsewhere = make_artifact_store(Settings(home=tmp_path, artifact_dir=tmp_path / "elsewhere"))
+    assert isinstance(elsewhere, LocalArtifactStore) and elsewhere.root == (tmp_path / "elsewhere").resolve()
+    s3 = make_artifact_store(Settings(home=tmp_path, s3_bucket="runs-bucket", s3_prefix="p"))
     assert isinstance(s3, S3ArtifactStore) and s3.key_for(1, "log", "train.log") == "p/runs/1/log/train.log"
 
 
@@ -95,7 +117,50 @@ def test_s3_round_trip_against_moto(model_file: Path, monkeypatch: pytest.Monkey
         assert uri == "s3://caddie-test/prod/runs/9/model/model.int6.ptz"
         assert (size, sha) == (model_file.stat().st_size, hashlib.sha256(model_file.read_bytes()).hexdigest())
         assert store.open(uri).read() == model_file.read_bytes()
-        with pytest.raises(ArtifactStoreError, match="cannot read"):
+        with pytest.raises(ArtifactMissing, match="does not exist"):
             store.open("s3://caddie-test/prod/runs/9/model/missing")
         with pytest.raises(ArtifactStoreError, match="upload"):
             S3ArtifactStore("no-such-bucket").put(9, "model", model_file)
+
+
+def test_settings_come_from_the_same_env_vars_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CADDIE_ARTIFACT_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("CADDIE_S3_PREFIX", "team-x")
+    monkeypatch.setenv("CADDIE_S3_ENDPOINT_URL", "http://minio:9000")
+    settings = Settings()
+    assert (settings.artifact_dir, settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url) == (tmp_path / "from-env", "", "team-x", "http://minio:9000")
+    monkeypatch.setenv("CADDIE_S3_BUCKET", "runs-bucket")
+    assert isinstance(make_artifact_store(Settings()), S3ArtifactStore)
+
+
+def test_read_chunks_streams_in_pieces_and_closes(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 41)  # 10,496 bytes
+    fh = open(path, "rb")
+    chunks = list(read_chunks(fh, 4096))
+    assert [len(c) for c in chunks] == [4096, 4096, 2304] and b"".join(chunks) == path.read_bytes()
+    assert fh.closed
+
+
+def test_s3_open_streams_and_refuses_foreign_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's read path on S3: a multi-MB object comes back in chunks, byte for byte;
+    objects of another bucket, outside the prefix, or with '..' in the key are never read."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    big = tmp_path / "model.int6.ptz"
+    big.write_bytes(hashlib.sha256(b"seed").digest() * (3 * 2**20 // 32 + 7))  # a bit over 3 MiB
+    with moto.mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="caddie-test")
+        s3.put_object(Bucket="caddie-test", Key="other/runs/1/log/train.log", Body=b"not ours")
+        store = S3ArtifactStore("caddie-test", prefix="prod")
+        uri, size, sha = store.put(3, "model", big)
+        chunks = list(read_chunks(store.open(uri), 1 << 20))
+        assert len(chunks) == 4 and b"".join(chunks) == big.read_bytes()
+        assert hashlib.sha256(b"".join(chunks)).hexdigest() == sha and size == big.stat().st_size
+        for foreign in ("s3://caddie-test/other/runs/1/log/train.log", "s3://caddie-test/prod/../other/runs/1/log/train.log", "s3://another-bucket/prod/runs/3/model/model.int6.ptz", "file:///etc/passwd"):
+            with pytest.raises(ArtifactOutsideStore):
+                store.open(foreign)

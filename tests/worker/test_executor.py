@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from service.accounts import create_team, create_user
+from service.artifacts import LocalArtifactStore
 from service.db import get_sessionmaker
 from service.lifecycle import record_created
 from service.models import Artifact, LogChunk, Run, RunEvent, Team, User, utcnow
 from tests.fresh_db import fresh_database
-from worker.artifacts import LocalArtifactStore
 from worker.executor import execute_run
 from worker.launchers.base import ClusterHandle, RetryLater
 from worker.launchers.local import LocalLauncher
