@@ -217,7 +217,7 @@ class RuleSummary:
     rule: str
     verdict: Verdict
     counts: dict[str, int] = field(default_factory=dict)
-    reasons: list[str] = field(default_factory=list)  # the reasons of the worst verdict, one per run
+    reasons: list[str] = field(default_factory=list)  # the distinct reasons behind the worst verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "verdict": self.verdict.value, "counts": self.counts, "reasons": self.reasons}
@@ -231,7 +231,8 @@ def summarise_group(per_run: Sequence[Sequence[Check]]) -> list[RuleSummary]:
         checks = [c for run in per_run for c in run if c.rule == name]
         verdict = overall(checks)
         counts = {v.value: sum(c.verdict is v for c in checks) for v in Verdict}
-        out.append(RuleSummary(name, verdict, counts, [c.reason for c in checks if c.verdict is verdict]))
+        reasons = list(dict.fromkeys(c.reason for c in checks if c.verdict is verdict))  # distinct, in run order
+        out.append(RuleSummary(name, verdict, counts, reasons))
     return out
 
 

@@ -1,0 +1,205 @@
+"""Response bodies of the results API: groups, comparisons, the leaderboard (pydantic v2)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from service.results.groups import Eligibility, SeedRow
+from service.results.queries import GroupReport, GroupView, LeaderboardRow, seed_row
+from service.results.rules import RuleSummary
+from service.results.statistics import Comparison, Summary
+
+
+def _finite(x: float | None) -> float | None:
+    # JSON has no NaN/inf; a figure that is not a finite number is unknown.
+    return x if x is None or math.isfinite(x) else None
+
+
+class SummaryOut(BaseModel):
+    n: int
+    mean: float | None
+    std: float | None = Field(description="sample standard deviation (n-1); null below 2 seeds")
+    min: float | None
+    max: float | None
+
+    @classmethod
+    def of(cls, s: Summary) -> "SummaryOut":
+        return cls(n=s.n, mean=_finite(s.mean), std=_finite(s.std), min=_finite(s.min), max=_finite(s.max))
+
+
+class CheckOut(BaseModel):
+    rule: str
+    verdict: str = Field(description="pass, fail or not_comparable")
+    reason: str
+    figure: float | int | str | None = None
+    limit: float | int | str | None = None
+
+
+class RuleSummaryOut(BaseModel):
+    rule: str
+    verdict: str
+    counts: dict[str, int] = Field(description="runs per verdict")
+    reasons: list[str]
+
+    @classmethod
+    def of(cls, r: RuleSummary) -> "RuleSummaryOut":
+        return cls(**r.to_dict())
+
+
+class SeedOut(BaseModel):
+    run_id: int
+    seed: int
+    status: str
+    counted: bool
+    val_bpb: float | None
+    val_loss: float | None
+    pre_ttt_bpb: float | None
+    artifact_bytes: int | None
+    train_seconds: float | None
+    eval_seconds: float | None
+    steps: int | None
+    checks_verdict: str
+    checks: list[CheckOut]
+    note: str = Field("", description="why the run does not count toward n, when it does not")
+
+    @classmethod
+    def of(cls, row: SeedRow, note: str = "") -> "SeedOut":
+        return cls(run_id=row.run_id, seed=row.seed, status=row.status, counted=row.counts,
+                   val_bpb=_finite(row.val_bpb), val_loss=_finite(row.val_loss), pre_ttt_bpb=_finite(row.pre_ttt_bpb),
+                   artifact_bytes=row.artifact_bytes, train_seconds=_finite(row.train_seconds), eval_seconds=_finite(row.eval_seconds),
+                   steps=row.steps, checks_verdict=row.verdict.value, checks=[CheckOut(**c.to_dict()) for c in row.checks], note=note)
+
+
+class ComparisonOut(BaseModel):
+    candidate: str
+    baseline: str
+    baseline_name: str
+    n_candidate: int
+    n_baseline: int
+    mean_candidate: float | None = Field(description="mean val_loss (nats)")
+    mean_baseline: float | None
+    improvement: float | None = Field(description="baseline minus candidate mean val_loss, nats")
+    margin: float
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    t: float | None
+    df: float | None
+    p_value: float | None = Field(description="one-sided Welch test that improvement > margin")
+    significant: bool
+    alpha: float
+    enough_seeds: bool
+    more_seeds_needed: int | None
+    message: str
+
+    @classmethod
+    def of(cls, c: Comparison, candidate: GroupView, baseline: GroupView) -> "ComparisonOut":
+        return cls(
+            candidate=candidate.group.key, baseline=baseline.group.key, baseline_name=baseline.group.name,
+            n_candidate=c.n_candidate, n_baseline=c.n_baseline, mean_candidate=_finite(c.mean_candidate), mean_baseline=_finite(c.mean_baseline),
+            improvement=_finite(c.improvement), margin=c.margin, ci_low=_finite(c.ci_low), ci_high=_finite(c.ci_high),
+            confidence=c.confidence, t=_finite(c.t), df=_finite(c.df), p_value=_finite(c.p_value), significant=c.significant,
+            alpha=c.alpha, enough_seeds=c.enough_seeds, more_seeds_needed=c.more_seeds_needed, message=c.message,
+        )
+
+
+class EligibilityOut(BaseModel):
+    eligible: bool
+    reasons: list[str]
+
+    @classmethod
+    def of(cls, e: Eligibility) -> "EligibilityOut":
+        return cls(eligible=e.eligible, reasons=list(e.reasons))
+
+
+class GroupOut(BaseModel):
+    """One group's figures over its counted seeds."""
+
+    key: str
+    name: str
+    team: str
+    track: str
+    hardware: str
+    config: dict
+    diff: str = Field(description="the config's difference from the default stack, one line")
+    allow_noncompliant: bool
+    published: bool
+    published_at: datetime | None
+    created_at: datetime
+    n: int = Field(description="succeeded runs with a score; failed, cancelled and unfinished runs do not count")
+    runs_total: int
+    not_counted: int
+    val_bpb: SummaryOut
+    val_loss: SummaryOut
+    best_seed: int | None
+    worst_seed: int | None
+    mean_artifact_bytes: float | None
+    max_artifact_bytes: int | None
+    mean_train_seconds: float | None
+    mean_eval_seconds: float | None
+    checks_verdict: str
+    checks: list[RuleSummaryOut]
+
+    @classmethod
+    def of(cls, v: GroupView) -> "GroupOut":
+        g, s = v.group, v.stats
+        return cls(
+            key=g.key, name=g.name, team=g.team.name, track=g.track, hardware=g.hardware, config=g.config, diff=v.diff,
+            allow_noncompliant=g.allow_noncompliant, published=g.published_at is not None, published_at=g.published_at,
+            created_at=g.created_at, n=s.n, runs_total=len(v.runs), not_counted=len(s.excluded),
+            val_bpb=SummaryOut.of(s.val_bpb), val_loss=SummaryOut.of(s.val_loss),
+            best_seed=s.best.seed if s.best else None, worst_seed=s.worst.seed if s.worst else None,
+            mean_artifact_bytes=s.mean_artifact_bytes, max_artifact_bytes=s.max_artifact_bytes,
+            mean_train_seconds=s.mean_train_seconds, mean_eval_seconds=s.mean_eval_seconds,
+            checks_verdict=s.verdict.value, checks=[RuleSummaryOut.of(r) for r in s.rules],
+        )
+
+
+class GroupDetail(GroupOut):
+    seeds: list[SeedOut]
+    baseline: GroupOut | None
+    comparison: ComparisonOut | None
+    eligibility: EligibilityOut
+
+    @classmethod
+    def of_report(cls, r: GroupReport) -> "GroupDetail":
+        v = r.view
+        notes = {e.run_id: e.reason for e in v.stats.excluded}
+        rows = sorted(list(v.stats.counted) + [_row(v, e.run_id) for e in v.stats.excluded], key=lambda x: x.run_id)
+        return cls(
+            **GroupOut.of(v).model_dump(),
+            seeds=[SeedOut.of(row, notes.get(row.run_id, "")) for row in rows],
+            baseline=GroupOut.of(r.baseline) if r.baseline else None,
+            comparison=ComparisonOut.of(r.comparison, v, r.baseline) if r.comparison and r.baseline else None,
+            eligibility=EligibilityOut.of(r.eligibility),
+        )
+
+
+def _row(view: GroupView, run_id: int) -> SeedRow:
+    return seed_row(next(run for run in view.runs if run.id == run_id))
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    group: GroupOut
+    p_value: float | None = Field(description="against the team's previous best (see comparison)")
+    comparison: str = Field(description="one line: improvement, CI and p-value, or why there is none")
+    eligible: bool
+    eligibility: list[str]
+
+    @classmethod
+    def of(cls, row: LeaderboardRow) -> "LeaderboardEntry":
+        r = row.report
+        comp = r.comparison
+        return cls(rank=row.rank, group=GroupOut.of(r.view), p_value=_finite(comp.p_value) if comp else None,
+                   comparison=comp.message if comp else "no baseline group on this track", eligible=r.eligibility.eligible,
+                   eligibility=list(r.eligibility.reasons))
+
+
+class Leaderboard(BaseModel):
+    track: str
+    hardware: str | None
+    entries: list[LeaderboardEntry]
