@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -214,6 +215,24 @@ class CaddieClient:
 
     def logs(self, run_id: int, offset: int = 0) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/runs/{run_id}/logs", params={"offset": offset}, not_found=f"run {run_id} not found")
+
+    # --- results --------------------------------------------------------------------
+    def groups(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.request("GET", f"{API_PREFIX}/groups", params=filters)
+
+    def group(self, key: str, baseline: str | None = None) -> dict[str, Any]:
+        return self.request("GET", f"{API_PREFIX}/groups/{quote(key, safe='')}", params={"baseline": baseline}, not_found=f"group {key} not found")
+
+    def compare(self, key: str, baseline: str) -> dict[str, Any]:
+        path = f"{API_PREFIX}/groups/{quote(key, safe='')}/compare/{quote(baseline, safe='')}"
+        return self.request("GET", path, not_found=f"group {key} or {baseline} not found")
+
+    def publish(self, key: str, published: bool = True) -> dict[str, Any]:
+        verb = "publish" if published else "unpublish"
+        return self.request("POST", f"{API_PREFIX}/groups/{quote(key, safe='')}/{verb}", idempotent=True, not_found=f"group {key} not found")
+
+    def leaderboard(self, track: str, hardware: str | None = None, limit: int = 100) -> dict[str, Any]:
+        return self.request("GET", f"{API_PREFIX}/leaderboard", params={"track": track, "hardware": hardware, "limit": limit})
 
     # --- the caller ------------------------------------------------------------------
     def me(self) -> dict[str, Any]:

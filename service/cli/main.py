@@ -24,6 +24,7 @@ from rich.console import Console
 from service.cli.client import CaddieClient, CaddieError, load_config, write_config_file
 from service.cli.follow import describe_submission, follow_runs, tail_log
 from service.cli.render import print_results, run_detail, runs_table, status_text
+from service.cli.render_results import comparison_panel, group_detail, groups_table, leaderboard_table
 from service.cli.spec import build_request, read_spec_file
 
 app = typer.Typer(
@@ -194,6 +195,74 @@ def up(
     except ImportError as exc:
         raise CaddieError(f"caddie up needs the worker (pip install 'caddie[worker]'): {exc}") from None
     run_embedded(host=host, port=port)
+
+
+# --- results: groups, significance, leaderboard ----------------------------------------------
+@app.command()
+@friendly
+def groups(
+    track: Annotated[str | None, typer.Option(help="10min_16mb or unlimited")] = None,
+    hardware: Annotated[str | None, typer.Option(help="e.g. H100:8")] = None,
+    team: Annotated[str | None, typer.Option(help="team name")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="groups to show")] = 100,
+) -> None:
+    """Your groups (one config over seeds) and published ones: n, mean and std of val_bpb, checks."""
+    with api() as client:
+        found = client.groups(track=track, hardware=hardware, team=team, limit=limit)
+    if not found:
+        out.print("no groups", markup=False)
+        return
+    out.print(groups_table(found))
+
+
+@app.command()
+@friendly
+def group(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="group key or a prefix of 6+ characters")],
+    baseline: Annotated[str | None, typer.Option(help="group to test against (default: your team's leader on the track)")] = None,
+) -> None:
+    """One group: per-seed table, rule checks, significance against the baseline, record eligibility."""
+    with api() as client:
+        out.print(group_detail(client.group(key, baseline)))
+
+
+@app.command()
+@friendly
+def compare(
+    group_a: Annotated[str, typer.Argument(metavar="GROUP_A", help="candidate group")],
+    group_b: Annotated[str, typer.Argument(metavar="GROUP_B", help="baseline group")],
+) -> None:
+    """Does GROUP_A beat GROUP_B by 0.005 nats of val_loss? Difference, confidence interval, one-sided p."""
+    with api() as client:
+        out.print(comparison_panel(client.compare(group_a, group_b)))
+
+
+@app.command()
+@friendly
+def leaderboard(
+    track: Annotated[str, typer.Option(help="10min_16mb or unlimited")] = "10min_16mb",
+    hardware: Annotated[str | None, typer.Option(help="only this hardware, e.g. H100:8")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="rows")] = 50,
+) -> None:
+    """Groups you can see, ranked by mean val_bpb, with n, std, bytes, checks and eligibility."""
+    with api() as client:
+        board = client.leaderboard(track, hardware, limit)
+    if not board["entries"]:
+        out.print(f"no scored groups on {track} yet", markup=False)
+        return
+    out.print(leaderboard_table(board))
+
+
+@app.command()
+@friendly
+def publish(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="group key or a prefix of 6+ characters")],
+    undo: Annotated[bool, typer.Option("--undo", help="unpublish: only your team sees it again")] = False,
+) -> None:
+    """Make a group visible to every team on the leaderboard (--undo to take it back)."""
+    with api() as client:
+        g = client.publish(key, not undo)
+    out.print(f"group {g['key'][:12]} ({g['name']}) is {'published: every team sees it' if g['published'] else 'private to ' + g['team']}", markup=False)
 
 
 # --- bootstrap, straight to the database ---------------------------------------------------

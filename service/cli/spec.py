@@ -25,7 +25,7 @@ import yaml
 
 from service.cli.client import CaddieError
 
-SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed")
+SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed", "allow_noncompliant")
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:

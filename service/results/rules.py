@@ -169,7 +169,7 @@ def check_no_val_in_train(facts: RunFacts) -> Check:
     leaked = sorted(s for s in train if s in val or "_val_" in s)
     if leaked:
         return Check(rule, Verdict.FAIL, f"validation data among the training files: {', '.join(leaked[:3])}", len(leaked), 0)
-    return Check(rule, Verdict.PASS, f"{len(train)} training files, none of them validation data", 0, 0)
+    return Check(rule, Verdict.PASS, f"{len(train)} training file(s), none of them validation data", 0, 0)
 
 
 def check_code_revision(facts: RunFacts) -> Check:
