@@ -27,21 +27,30 @@ MIN_PREFIX = 6
 # --- per run: rule checks, written with the result ------------------------------------
 def judge_run(run: Run) -> None:
     """Compute the run's rule checks from its result and store them on it (the caller commits)."""
-    facts = RunFacts.from_result(track=run.track, hardware=run.hardware, allow_noncompliant=run.allow_noncompliant,
-                                 result=run.result, artifact_bytes=run.artifact_bytes,
-                                 train_seconds=run.train_seconds, eval_seconds=run.eval_seconds)
-    checks = check_run(facts)
+    checks = checks_of(run)
     run.checks = [c.to_dict() for c in checks]
     run.checks_verdict = overall(checks).value
 
 
+def checks_of(run: Run) -> list[Check]:
+    """The rule checks of a run from its stored figures and result.json."""
+    facts = RunFacts.from_result(track=run.track, hardware=run.hardware, allow_noncompliant=run.allow_noncompliant,
+                                 result=run.result, artifact_bytes=run.artifact_bytes,
+                                 train_seconds=run.train_seconds, eval_seconds=run.eval_seconds)
+    return check_run(facts)
+
+
 def seed_row(run: Run) -> SeedRow:
+    if run.checks is not None:
+        checks = [Check.from_dict(c) for c in run.checks]
+    else:  # finished before checks were stored, or not finished: judged now, not stored by a read
+        checks = checks_of(run) if run.status == "SUCCEEDED" else []
     return SeedRow(
         run_id=run.id, seed=run.seed, status=run.status, status_reason=run.status_reason or "",
         val_bpb=run.val_bpb, val_loss=run.val_loss, pre_ttt_bpb=run.pre_ttt_bpb,
         artifact_bytes=run.artifact_bytes, code_bytes=run.code_bytes, model_bytes=run.model_bytes,
         train_seconds=run.train_seconds, eval_seconds=run.eval_seconds, steps=run.steps, finished_at=run.finished_at,
-        checks=tuple(Check.from_dict(c) for c in run.checks or ()),
+        checks=tuple(checks),
     )
 
 

@@ -10,8 +10,8 @@ The limits (trainer-spec.md, section 1):
 | rule            | limit                                                   |
 |-----------------|---------------------------------------------------------|
 | artifact_bytes  | code bytes + compressed model bytes <= 16,000,000       |
-| train_time      | <= 600 s, judged on 8x H100 only                        |
-| eval_time       | <= 600 s (all evaluation incl. TTT), 8x H100 only       |
+| train_time      | <= 600 s, judged on 8x H100 runs of 10min_16mb only     |
+| eval_time       | <= 600 s (all evaluation incl. TTT), likewise           |
 | full_val        | every token of the validation split scored              |
 | ttt_protocol    | test-time training is score-first (or absent)           |
 | no_val_in_train | no validation shard among the training files            |
@@ -119,6 +119,9 @@ def check_artifact_bytes(facts: RunFacts) -> Check:
 def _time_rule(rule: str, what: str, seconds: float | None, limit: float, facts: RunFacts) -> Check:
     if seconds is None:
         return _missing(rule, f"its {what} time")
+    if facts.track != RECORD_TRACK:
+        return Check(rule, Verdict.NOT_COMPARABLE,
+                     f"{what} {seconds:.1f} s; the {limit:.0f} s limit belongs to the {RECORD_TRACK} track, not {facts.track}", seconds, limit)
     if not _on_record_hardware(facts):
         return Check(rule, Verdict.NOT_COMPARABLE,
                      f"{what} {seconds:.1f} s on {facts.hardware}; the {limit:.0f} s limit is judged on {RECORD_HARDWARE} only", seconds, limit)
