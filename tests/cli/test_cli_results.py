@@ -1,0 +1,73 @@
+"""`caddie groups / group / compare / leaderboard / publish` against the real API
+on SQLite: two configs over seeds, results written as the worker writes them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+
+from service.db import get_sessionmaker
+from service.models import Run
+from service.results.queries import judge_run
+from tests.cli.conftest import Caddie
+
+RESULT = {"val_tokens_scored": 62_021_631, "val_tokens_total": 62_021_631, "ttt_protocol": "score_first",
+          "train_shards": ["fineweb_train_000000.bin"], "val_shards": ["fineweb_val_000000.bin"], "trainer_revision": "0123abc"}
+
+
+def _spec(tmp_path: Path, name: str, config: str, seeds: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ntrack: 10min_16mb\nhardware: H100:8\nconfig: {config}\nseeds: [{seeds}]\n")
+    return path
+
+
+def _finish(c: Caddie, losses: dict[str, list[float | None]]) -> None:
+    """Mark the runs done the way the executor does: figures, result.json, checks."""
+    with get_sessionmaker(c.db_url)() as s:
+        for run in s.scalars(select(Run).where(Run.name.in_(list(losses))).order_by(Run.id)):
+            loss = losses[run.name][sorted(r.seed for r in s.scalars(select(Run).where(Run.group_key == run.group_key))).index(run.seed)]
+            if loss is None:
+                run.status, run.status_reason = "CANCELLED", "cancelled by user"
+                continue
+            run.status, run.val_loss, run.val_bpb = "SUCCEEDED", loss, loss / 1.6893
+            run.artifact_bytes, run.train_seconds, run.eval_seconds, run.result = 15_950_000, 599.5, 531.0, dict(RESULT)
+            judge_run(run)
+        s.commit()
+
+
+def _key(c: Caddie, name: str) -> str:
+    with get_sessionmaker(c.db_url)() as s:
+        return s.scalar(select(Run.group_key).where(Run.name == name))
+
+
+def test_groups_compare_leaderboard_publish(caddie: Caddie, tmp_path: Path) -> None:
+    c = caddie
+    c.ok("submit", str(_spec(tmp_path, "cli-base", "{}", "1, 2, 3")))
+    c.ok("submit", str(_spec(tmp_path, "cli-xsa11", "{XSA_LAST_N: 11}", "1, 2, 3, 4")))
+    _finish(c, {"cli-base": [1.8900, 1.8906, 1.8896], "cli-xsa11": [1.8830, 1.8836, 1.8827, None]})
+    base, cand = _key(c, "cli-base"), _key(c, "cli-xsa11")
+
+    listing = c.ok("groups", "--track", "10min_16mb").stdout
+    assert "cli-xsa11" in listing and "XSA_LAST_N=11" in listing and "3 (+1)" in listing and "default stack" in listing
+
+    detail = c.ok("group", cand[:8]).stdout
+    assert "3 counted of 4 runs" in detail and "CANCELLED" in detail and "not counted" in detail
+    for rule in ("artifact_bytes", "train_time", "eval_time", "full_val", "ttt_protocol", "no_val_in_train", "code_revision"):
+        assert rule in detail
+    assert "record-eligible" in detail and "not record-eligible" not in detail
+
+    compared = c.ok("compare", cand[:8], base[:8]).stdout
+    p = float(re.search(r"p \(one-sided\)\s+([0-9.e-]+)", compared).group(1))
+    assert 0 < p < 0.01 and "95% CI" in compared and "significant" in compared
+    # The other way round no margin is beaten: not significant.
+    assert "no number of seeds" in c.ok("compare", base[:8], cand[:8]).stdout
+
+    board = c.ok("leaderboard", "--track", "10min_16mb").stdout
+    assert board.index("cli-xsa11") < board.index("cli-base")
+
+    assert "published" in c.ok("publish", cand[:8]).stdout
+    assert "private to" in c.ok("publish", cand[:8], "--undo").stdout
+    assert "prefix" in c.fails("group", "abc")
+    assert "not found" in c.fails("group", "f" * 64)
