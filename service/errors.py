@@ -29,6 +29,14 @@ class Conflict(DomainError):
     """The request is valid but the current state forbids it (e.g. cancelling a finished run)."""
 
 
+class Gone(DomainError):
+    """The thing is known, but what it points at can no longer be served (a stored file left the store)."""
+
+
+class Unavailable(DomainError):
+    """A backing service (e.g. the S3 artifact store) cannot be reached now; trying later may work."""
+
+
 class Forbidden(DomainError):
     """The caller is known but lacks the role for this action."""
 

@@ -233,3 +233,15 @@ class TokenCreated(TokenOut):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     database: str
+
+
+# --- artifacts ------------------------------------------------------------------
+class ArtifactOut(BaseModel):
+    """One stored file of a run; ``name`` is unique within the run and is the last part of ``url``."""
+
+    name: str = Field(description="file name, e.g. model.int6.ptz, train.log, train_gpt.py")
+    kind: str = Field(description="model, code, log, result or metrics")
+    bytes: int | None
+    sha256: str | None = Field(description="hex digest of the stored bytes")
+    created_at: datetime
+    url: str = Field(description="where to download it (GET, streamed)")

@@ -6,7 +6,8 @@ from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from service.api.errors import install_error_handlers
-from service.api.routes import groups, meta, runs, teams, tokens, users
+from service.api.routes import artifacts, groups, meta, runs, teams, tokens, users
+from service.artifacts import make_artifact_store
 from service.db import get_sessionmaker
 from service.settings import Settings, get_settings
 
@@ -27,8 +28,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # trip per request (the ROLLBACK on close would also block the event loop).
     # Measured (bench/api_load): ~20 % less API CPU per authenticated list.
     app.state.read_sessionmaker = sessionmaker(app.state.sessionmaker.kw["bind"].execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    # The store the worker writes to, built from the same settings; a bad
+    # CADDIE_S3_* fails here, at start, not on the first download.
+    app.state.artifact_store = make_artifact_store(settings)
     install_error_handlers(app)
-    for module in (runs, groups, teams, users, tokens, meta):
+    for module in (runs, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix)
     app.include_router(meta.health_router)
     return app

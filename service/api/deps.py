@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.artifacts import ArtifactStore
 from service.errors import Forbidden
 from service.security import Principal, authenticate
 from service.settings import Settings
@@ -32,8 +33,13 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
+def get_artifact_store(request: Request) -> ArtifactStore:
+    return request.app.state.artifact_store
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ArtifactStoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]
 
 
 def get_current_user(

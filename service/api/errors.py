@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import AlreadyExists, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
+from service.errors import AlreadyExists, Conflict, DomainError, Forbidden, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
 from service.lifecycle import IllegalTransition
 
 STATUS: list[tuple[type[Exception], int, str]] = [
@@ -21,6 +21,8 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (AlreadyExists, 409, "already_exists"),
     (Conflict, 409, "conflict"),
     (IllegalTransition, 409, "illegal_transition"),
+    (Gone, 410, "gone"),
+    (Unavailable, 503, "unavailable"),
 ]
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
+# Bytes handed to the file (and the progress bar) at a time while downloading.
+DOWNLOAD_CHUNK_BYTES = 1 << 20
 # Back-off between attempts when caddie cannot be reached (seconds).
 RETRY_DELAYS_S = (0.2, 0.5, 1.0)
 
@@ -233,6 +236,38 @@ class CaddieClient:
 
     def leaderboard(self, track: str, hardware: str | None = None, limit: int = 100) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/leaderboard", params={"track": track, "hardware": hardware, "limit": limit})
+
+    # --- artifacts ------------------------------------------------------------------
+    def artifacts(self, run_id: int) -> list[dict[str, Any]]:
+        return self.request("GET", f"{API_PREFIX}/runs/{run_id}/artifacts", not_found=f"run {run_id} not found")
+
+    def download_artifact(
+        self,
+        run_id: int,
+        name: str,
+        write: Callable[[bytes], object],
+        on_start: Callable[[int | None], None] = lambda total: None,
+    ) -> httpx.Headers:
+        """Stream the run's file ``name`` to ``write``, chunk by chunk (never whole in memory); return
+        the response headers. ``on_start(total bytes)`` runs once the server has said yes."""
+        path = f"{API_PREFIX}/runs/{run_id}/artifacts/{quote(name, safe='')}"
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    # The server's 404 says which: the run, or a file of that name.
+                    raise CaddieError(error_message(response, self.url))
+                length = response.headers.get("content-length")
+                on_start(int(length) if length and length.isdigit() else None)
+                for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                    write(chunk)
+                return response.headers
+        except httpx.ConnectError:
+            raise CaddieError(f"cannot reach caddie at {self.url}: is `caddie up` running?") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            raise CaddieError(f"not a valid caddie URL: {self.url!r} (set CADDIE_URL or run caddie login)") from None
+        except httpx.HTTPError as exc:  # timeouts, a connection dropped mid-file, a short body
+            raise CaddieError(f"download of {name} from caddie at {self.url} was cut off ({type(exc).__name__})") from None
 
     # --- the caller ------------------------------------------------------------------
     def me(self) -> dict[str, Any]:

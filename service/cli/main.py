@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from service.cli.artifacts import artifacts_table, download_run
 from service.cli.client import CaddieClient, CaddieError, load_config, write_config_file
 from service.cli.follow import describe_submission, follow_runs, tail_log
 from service.cli.render import print_results, run_detail, runs_table, status_text
@@ -180,6 +181,31 @@ def logs(
     """Print a run's log."""
     with api() as client:
         tail_log(client, run_id, sys.stdout, follow=follow)
+
+
+@app.command("artifacts")
+@friendly
+def list_artifacts(run_id: Annotated[int, typer.Argument(metavar="RUN")]) -> None:
+    """List a run's stored files: name, kind, size and sha256 (its first characters)."""
+    with api() as client:
+        items = client.artifacts(run_id)
+    if not items:
+        out.print(f"run {run_id} has no stored files (yet)", markup=False)
+        return
+    out.print(artifacts_table(items))
+
+
+@app.command()
+@friendly
+def download(
+    run_id: Annotated[int, typer.Argument(metavar="RUN")],
+    out_dir: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="folder to write to (default: ./run-RUN)")] = None,
+    name: Annotated[str | None, typer.Option(help="only this file, e.g. model.int6.ptz (see caddie artifacts RUN)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite files that exist with other content")] = False,
+) -> None:
+    """Download a run's stored files (or one), each checked against the sha256 caddie recorded."""
+    with api() as client:
+        download_run(client, run_id, out_dir or Path(f"run-{run_id}"), name=name, force=force, out=out, err=err)
 
 
 @app.command()

@@ -74,6 +74,11 @@ def test_a_run_goes_from_rest_to_result_metrics_log_and_artifact(stack: Stack) -
     assert path.is_relative_to(stack.home / "artifacts") and hashlib.sha256(path.read_bytes()).hexdigest() == model.sha256
     assert {"result:result.json", "log:stdout.log", "metrics:metrics.jsonl"} <= set(arts)
     assert len(attempts_dirs(stack, run_id)) == 1
+    # The API (another process) serves what the worker stored, from the same settings.
+    with stack.client() as c:
+        listed = {a["name"]: a for a in c.get(f"/runs/{run_id}/artifacts").json()}
+        served = c.get(f"/runs/{run_id}/artifacts/model.int6.ptz")
+    assert served.status_code == 200 and hashlib.sha256(served.content).hexdigest() == model.sha256 == listed["model.int6.ptz"]["sha256"]
 
 
 def test_cancel_mid_run_stops_the_trainer_within_10_seconds(stack: Stack) -> None:
