@@ -130,14 +130,16 @@ def group_view(session: Session, principal: Principal, key: str) -> GroupView:
 
 
 # --- baselines and significance ------------------------------------------------------------
-def default_baseline(session: Session, view: GroupView) -> GroupView | None:
+def default_baseline(session: Session, principal: Principal, view: GroupView) -> GroupView | None:
     """The team's current leader on the group's track and hardware (lowest mean val_bpb
-    among its other groups with a counted run); when the group leads, the runner-up."""
+    among its other groups with a counted run); when the group leads, the runner-up.
+    Only groups the caller may see: another team reading a published group never
+    learns of its team's unpublished ones."""
     g = view.group
-    others = list(session.scalars(
-        select(RunGroup).options(joinedload(RunGroup.team))
-        .where(RunGroup.team_id == g.team_id, RunGroup.track == g.track, RunGroup.hardware == g.hardware, RunGroup.key != g.key)
-    ))
+    query = (select(RunGroup).options(joinedload(RunGroup.team))
+             .where(RunGroup.team_id == g.team_id, RunGroup.track == g.track, RunGroup.hardware == g.hardware, RunGroup.key != g.key))
+    cond = _visible(principal)
+    others = list(session.scalars(query if cond is None else query.where(cond)))
     ranked = sorted((v for v in _views(session, others) if v.stats.n > 0), key=lambda v: (v.stats.val_bpb.mean, v.group.key))
     return ranked[0] if ranked else None
 
@@ -169,7 +171,7 @@ def report_for(session: Session, principal: Principal, view: GroupView, baseline
         if base.group.key == view.group.key:
             raise InvalidInput([Issue(("baseline",), "a group cannot be its own baseline", baseline_key)])
     else:
-        base = default_baseline(session, view)
+        base = default_baseline(session, principal, view)
     comp = comparison(view, base)
     return GroupReport(view, base, comp, eligibility(view.stats, comp, view.group.allow_noncompliant))
 
