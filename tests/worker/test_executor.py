@@ -12,13 +12,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, inspect, select
 
 from service.accounts import create_team, create_user
 from service.artifacts import LocalArtifactStore
 from service.db import get_sessionmaker
 from service.lifecycle import record_created
 from service.models import Artifact, LogChunk, Run, RunEvent, Team, User, utcnow
+from service.results.rules import RunFacts, check_run
 from tests.fresh_db import fresh_database
 from worker.executor import execute_run
 from worker.launchers.base import ClusterHandle, RetryLater
@@ -36,7 +37,10 @@ print("step:2/2 val_loss:4.2000 val_bpb:2.5000 train_time:20ms step_avg:10.00ms"
 with open(os.path.join(out, "model.int6.ptz"), "wb") as fh:
     fh.write(b"weights")
 with open(os.path.join(out, "result.json"), "w") as fh:
-    json.dump({"status": "succeeded", "val_bpb": 2.5, "val_loss": 4.2, "total_bytes": 1234, "steps": 2}, fh)
+    json.dump({"status": "succeeded", "val_bpb": 2.5, "val_loss": 4.2, "total_bytes": 1234, "steps": 2,
+               "train_seconds": 0.02, "eval_seconds": 0.01, "val_tokens_scored": 99, "val_tokens_total": 99,
+               "ttt_protocol": "none", "train_shards": ["fineweb_train_000000.bin"], "val_shards": ["fineweb_val_000000.bin"],
+               "trainer_revision": "stand-in", "gpu_name": "cpu", "world_size": 1}, fh)
 '''
 
 
@@ -66,11 +70,11 @@ def settings(tmp_path: Path) -> WorkerSettings:
     )  # fmt: skip
 
 
-def new_run(maker, spec: dict | None = None) -> int:
+def new_run(maker, spec: dict | None = None, track: str = "unlimited") -> int:
     with maker() as s:
         team = s.scalar(select(Team.id).where(Team.name == "exec"))
         user = s.scalar(select(User.id).where(User.name == "exec"))
-        run = Run(team_id=team, user_id=user, name="x", spec=spec or {}, seed=5, group_key="g", track="unlimited", hardware="cpu",
+        run = Run(team_id=team, user_id=user, name="x", spec=spec or {}, seed=5, group_key="g", track=track, hardware="cpu",
                   priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
         s.add(run)
         s.flush()
@@ -102,6 +106,44 @@ def test_a_run_succeeds_with_log_metrics_result_and_artifacts(maker, settings) -
         assert kinds == ["log", "model", "result"]
     assert events(maker, run_id)[1:] == [("QUEUED", "PROVISIONING"), ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
     assert go(maker, settings, run_id) == f"run {run_id} is already SUCCEEDED"  # a redelivered task does nothing
+
+
+def test_rule_checks_land_with_the_figures_they_judge_in_one_commit(maker, settings) -> None:
+    run_id = new_run(maker, track="10min_16mb")
+    commits: list[set[str]] = []  # per commit of any session: the Run columns it changed
+    pending: set[str] = set()
+
+    def before_flush(session, _context, _instances) -> None:  # noqa: ANN001
+        for obj in session.dirty:
+            if isinstance(obj, Run):
+                state = inspect(obj)
+                pending.update(c for c in ("val_bpb", "artifact_bytes", "result", "checks", "checks_verdict", "status")
+                               if state.attrs[c].history.has_changes())
+
+    def after_commit(_session) -> None:  # noqa: ANN001
+        if pending:
+            commits.append(set(pending))
+            pending.clear()
+
+    event.listen(maker, "before_flush", before_flush)
+    event.listen(maker, "after_commit", after_commit)
+    try:
+        assert go(maker, settings, run_id) == f"run {run_id} SUCCEEDED"
+    finally:
+        event.remove(maker, "before_flush", before_flush)
+        event.remove(maker, "after_commit", after_commit)
+    with maker() as s:
+        run = s.get(Run, run_id)
+        expected = check_run(RunFacts.from_result(track="10min_16mb", hardware="cpu", allow_noncompliant=False, result=run.result))
+        assert run.checks == [c.to_dict() for c in expected]
+        verdicts = {c["rule"]: c["verdict"] for c in run.checks}
+        assert verdicts == {"artifact_bytes": "pass", "train_time": "not_comparable", "eval_time": "not_comparable", "full_val": "pass",
+                            "ttt_protocol": "pass", "no_val_in_train": "pass", "code_revision": "pass"}
+        assert run.checks_verdict == "not_comparable"  # a cpu run is never judged on the clock
+    # The figures and the checks were written by one commit, never one without the other.
+    with_figures = [c for c in commits if {"val_bpb", "result"} & c]
+    assert with_figures and all({"checks", "checks_verdict"} <= c for c in with_figures), commits
+    assert [c for c in commits if "checks" in c] == with_figures
 
 
 def test_a_second_executor_backs_off_while_the_first_holds_the_lease(maker, settings) -> None:
