@@ -103,7 +103,12 @@ def authenticate(session: Session, token: str | None, *, touch_interval_s: float
     """
     if not token:
         raise Unauthorized("missing bearer token")
-    rows = session.execute(_AUTH_QUERY.where(ApiToken.token_hash == hash_token(token))).all()
+    return authenticate_hash(session, hash_token(token), touch_interval_s=touch_interval_s)
+
+
+def authenticate_hash(session: Session, token_hash: str, *, touch_interval_s: float = 60.0) -> Principal:
+    """As ``authenticate``, from the token's stored hash (what a web session cookie carries)."""
+    rows = session.execute(_AUTH_QUERY.where(ApiToken.token_hash == token_hash)).all()
     if not rows:
         raise Unauthorized("invalid token")
     first = rows[0]

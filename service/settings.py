@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # response (the worker's is worker.notify:runs_submitted: a scheduler tick
     # now instead of at beat's next one). The service never imports the worker.
     on_submit_hook: str = ""
+    # Signs the web pages' session cookies and their CSRF tokens. Empty: a random
+    # key is made once and kept in $CADDIE_HOME/secret_key (every API process of
+    # one deployment must share it: set it explicitly when they share no disk).
+    secret_key: str = ""
 
     # --- artifact store: the worker writes a run's files, the API reads them ---------
     artifact_dir: Path | None = None  # default: home/artifacts (used when no bucket is set)

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from service.lifecycle import IllegalTransition, RunStatus, transition
 from service.models import Run, RunEvent, Team, utcnow
+from service.usage import gpus_of  # one definition, shared with the team usage page
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,6 @@ class TeamUsage:
     @property
     def over_budget(self) -> bool:
         return self.budget_gpu_hours is not None and self.used_gpu_hours >= self.budget_gpu_hours
-
-
-def gpus_of(hardware: str) -> int:
-    """GPUs a hardware string asks for: ``H100:8`` -> 8, ``H100`` -> 1, ``cpu`` -> 0."""
-    name, _, count = hardware.partition(":")
-    if name.strip().lower() in ("", "cpu", "local"):
-        return 0
-    try:
-        return max(0, int(count)) if count else 1
-    except ValueError:
-        return 1
 
 
 def parse_capacity(spec: str, default: int) -> dict[str, int]:

@@ -10,6 +10,7 @@ from service.api.routes import artifacts, groups, meta, runs, teams, tokens, use
 from service.artifacts import make_artifact_store
 from service.db import get_sessionmaker
 from service.settings import Settings, get_settings
+from service.web import routes as web_routes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,4 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (runs, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix)
     app.include_router(meta.health_router)
+    # The web pages (HTML at /runs, /leaderboard, ...; see service/web/routes.py).
+    app.include_router(web_routes.router)
     return app

@@ -13,6 +13,7 @@ from service.artifacts import ArtifactStore
 from service.errors import Forbidden
 from service.security import Principal, authenticate
 from service.settings import Settings
+from service.web import session as web_session
 
 bearer = HTTPBearer(auto_error=False, description="API token (cad_...) from `caddie admin create-token` or POST /api/v1/tokens")
 
@@ -43,11 +44,18 @@ ArtifactStoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]
 
 
 def get_current_user(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     token = credentials.credentials if credentials is not None else None
+    if token is None and request.method in ("GET", "HEAD") and web_session.COOKIE_NAME in request.cookies:
+        # The web pages poll the API with their session cookie. Reads only: a
+        # browser attaches cookies to requests other sites make it send, so a
+        # cookie must never be enough to change state. The pages change state
+        # through their own forms, which check a CSRF token (service/web).
+        return web_session.cookie_principal(request, session)
     return authenticate(session, token, touch_interval_s=settings.token_touch_interval_s)
 
 

@@ -1,0 +1,1 @@
+"""Web pages: server-rendered views of runs, results and teams (routes, templates, static)."""

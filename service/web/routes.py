@@ -1,0 +1,463 @@
+"""The web pages: thin routes that call the same domain functions as the REST API
+and render templates. Mounted at ``/`` by service/api/app.py.
+
+Pages are complete server-rendered HTML; static/caddie.js adds the live parts
+(polling the REST API with the session cookie, reads only) and draws the
+charts with the plotly.js that the ``plotly`` package ships (served from here).
+
+Every state change is a POST of a form carrying the session's CSRF token
+(``session.check_csrf``); the REST API takes the cookie for GETs only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+from pydantic import ValidationError
+
+from service import accounts, run_artifacts, runs as domain, security, usage
+from service.api.deps import SessionDep, SettingsDep
+from service.api.errors import STATUS
+from service.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
+from service.hooks import call_on_submit_hook
+from service.lifecycle import IllegalTransition, is_terminal
+from service.results import queries
+from service.results.groups import config_diff
+from service.results.schemas import GroupDetail, LeaderboardEntry
+from service.schemas import RunCreate
+from service.security import Principal
+from service.web import charts, session as web_session
+from trainer.config import TrainerConfig
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+LOG_TAIL_BYTES = 64 * 1024
+PAGE_SIZE = 50
+STATUSES = ("QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def _tojson_script(value: Any) -> Markup:
+    """JSON safe to put inside <script type="application/json"> (no '</' can close the tag)."""
+    return Markup(json.dumps(value, separators=(",", ":")).replace("</", "<\\/"))
+
+
+templates.env.filters["json_script"] = _tojson_script
+templates.env.filters["bytes"] = lambda n: "—" if n is None else f"{n:,}"
+templates.env.filters["num"] = lambda x, digits=4: "—" if x is None else f"{x:.{digits}f}"
+templates.env.filters["when"] = lambda d: "—" if d is None else d.strftime("%Y-%m-%d %H:%M:%S")
+templates.env.filters["diff"] = config_diff
+
+
+class PageRoute(APIRoute):
+    """A page: domain errors become HTML pages (404 for what the caller may not see,
+    as the API does), and a missing or stale sign-in sends the browser to /signin."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Unauthorized:
+                if request.url.path.startswith("/web/"):
+                    return JSONResponse({"detail": [{"msg": "not signed in", "type": "unauthorized"}]}, status_code=401)
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
+            except (DomainError, IllegalTransition) as exc:
+                return error_page(request, exc)
+
+        return page
+
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+# --- helpers --------------------------------------------------------------------------------
+def optional_user(request: Request, session: SessionDep) -> Principal | None:
+    try:
+        return web_session.cookie_principal(request, session)
+    except Unauthorized:
+        return None
+
+
+def page_user(request: Request, session: SessionDep) -> Principal:
+    user = request.state.user = web_session.cookie_principal(request, session)  # error pages show the nav too
+    return user
+
+
+User = Annotated[Principal, Depends(page_user)]
+CsrfField = Annotated[str, Form(alias=web_session.CSRF_FIELD)]  # default "": a missing token is a 403, like a wrong one
+
+
+def render(request: Request, name: str, user: Principal | None, status_code: int = 200, **context: Any) -> HTMLResponse:
+    cookie = request.cookies.get(web_session.COOKIE_NAME, "")
+    csrf = web_session.csrf_token(web_session.app_secret(request), cookie) if user and cookie else ""
+    settings = request.app.state.settings
+    return templates.TemplateResponse(
+        request, name, {"user": user, "csrf": csrf, "api": settings.api_prefix, **context}, status_code=status_code
+    )
+
+
+def error_page(request: Request, exc: Exception) -> HTMLResponse:
+    status, kind = 400, "error"
+    for exc_type, code, name in STATUS:
+        if isinstance(exc, exc_type):
+            status, kind = code, name
+            break
+    message = "; ".join(i.msg for i in exc.issues) if isinstance(exc, InvalidInput) else str(exc)
+    if isinstance(exc, NotFound):
+        message = f"There is no {exc.kind} {exc.key} that you can see."
+    # The nav needs the user; a failed lookup here only hides it.
+    return render(request, "error.html", getattr(request.state, "user", None), status_code=status, status=status, kind=kind, message=message)
+
+
+def back(to: str) -> RedirectResponse:
+    # 303: the browser follows a POST's answer with a GET (no resubmit on reload).
+    return RedirectResponse(to, status_code=303)
+
+
+def safe_next(target: str | None) -> str:
+    """Only paths on this site (an open redirect would let a link send a signed-in user anywhere)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/runs"
+    return target
+
+
+# --- static files ---------------------------------------------------------------------------
+@router.get("/static/plotly.min.js")
+def plotly_js() -> FileResponse:
+    """plotly.js from the installed ``plotly`` package: no CDN, works offline."""
+    import plotly
+
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> FileResponse:
+    path = (STATIC_DIR / name).resolve()
+    if path.parent != STATIC_DIR or not path.is_file():
+        raise NotFound("file", name)
+    return FileResponse(path, headers={"Cache-Control": "public, max-age=300"})
+
+
+# --- sign-in --------------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse)
+def home() -> RedirectResponse:
+    return back("/runs")
+
+
+@router.get("/signin", response_class=HTMLResponse)
+def signin_form(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002 - the query's name
+    return render(request, "signin.html", None, next=safe_next(next), error="")
+
+
+@router.post("/signin", response_class=HTMLResponse)
+def signin(request: Request, session: SessionDep, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/runs") -> Response:  # noqa: A002
+    # No CSRF token here (there is no session yet); SameSite=Lax and the token
+    # itself stand in: a forged sign-in would need the victim's token.
+    settings = request.app.state.settings
+    try:
+        security.authenticate(session, token.strip(), touch_interval_s=settings.token_touch_interval_s)
+    except Unauthorized as exc:
+        return render(request, "signin.html", None, status_code=401, next=safe_next(next), error=f"That token does not work: {exc}.")
+    response = back(safe_next(next))
+    value = web_session.make_cookie_value(web_session.app_secret(request), security.hash_token(token.strip()))
+    response.set_cookie(web_session.COOKIE_NAME, value, max_age=web_session.MAX_AGE_S, httponly=True, samesite="lax",
+                        secure=web_session.is_https(request), path="/")
+    return response
+
+
+@router.post("/signout")
+def signout(request: Request, user: User, csrf: CsrfField = "") -> RedirectResponse:
+    web_session.check_csrf(request, csrf)
+    response = back("/signin")
+    response.delete_cookie(web_session.COOKIE_NAME, path="/", httponly=True, samesite="lax", secure=web_session.is_https(request))
+    return response
+
+
+# --- runs ----------------------------------------------------------------------------------
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(
+    request: Request,
+    user: User,
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=200)] = None,
+    user_name: Annotated[str | None, Query(alias="user", max_length=100)] = None,
+    group: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> HTMLResponse:
+    filters = {"status": status or None, "user": user_name or None, "group": group or None, "q": q or None}
+    rows, next_cursor = domain.list_runs(session, user, status=filters["status"], user=filters["user"], group=filters["group"],
+                                         q=filters["q"], limit=PAGE_SIZE, cursor=cursor)
+    active = {k: v for k, v in filters.items() if v}
+    # The page's live poll asks the API for exactly these rows again: a cursor just above the first id.
+    poll = {**active, "limit": PAGE_SIZE}
+    if rows:
+        poll["cursor"] = domain.encode_cursor(rows[0].id + 1)
+    return render(request, "runs.html", user, rows=rows, filters=filters, statuses=STATUSES,
+                  next_url=f"/runs?{urlencode({**active, 'cursor': next_cursor})}" if next_cursor else None,
+                  first_url=f"/runs?{urlencode(active)}" if cursor else None,
+                  poll_url=f"{request.app.state.settings.api_prefix}/runs?{urlencode(poll)}")
+
+
+# --- new run -------------------------------------------------------------------------------
+HIDDEN_KNOBS = set(domain.RESERVED_KNOBS)  # the seed and the output folder are not the spec's to set
+
+
+def knob_fields() -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """The schema's knobs grouped as the trainer groups them, in its order."""
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, prop in TrainerConfig.json_schema()["properties"].items():
+        if name not in HIDDEN_KNOBS:
+            groups.setdefault(prop["x-group"], []).append((name, prop))
+    return list(groups.items())
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _new_run_page(request: Request, user: Principal, values: dict[str, str], errors: dict[str, list[str]], status_code: int = 200) -> HTMLResponse:
+    settings = request.app.state.settings
+    return render(request, "new_run.html", user, status_code=status_code, groups=knob_fields(), values=values, errors=errors,
+                  shown=_shown, tracks=settings.track_choices, hardware=settings.hardware_choices,
+                  teams=sorted(user.team_names.values()), settings=settings)
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_form(request: Request, user: User) -> HTMLResponse:
+    return _new_run_page(request, user, {}, {})
+
+
+def _spec_from_form(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The run spec a form describes; knobs left at their default are left out (the API drops them too)."""
+    errors: dict[str, list[str]] = {}
+    config: dict[str, Any] = {}
+    for _, knobs in knob_fields():
+        for name, prop in knobs:
+            raw = form.get(f"config.{name}")
+            if raw is None or raw.strip() == "" or raw.strip() == _shown(prop["default"]):
+                continue
+            config[name] = raw.strip()  # the trainer coerces and checks strings itself (as for env vars)
+    body: dict[str, Any] = {"name": form.get("name", "").strip(), "notes": form.get("notes", ""), "track": form.get("track", ""),
+                            "hardware": form.get("hardware", ""), "config": config,
+                            "allow_noncompliant": form.get("allow_noncompliant") == "on"}
+    if form.get("team"):
+        body["team"] = form["team"]
+    if form.get("priority", "").strip():
+        try:
+            body["priority"] = int(form["priority"])
+        except ValueError:
+            errors["priority"] = ["must be an integer"]
+    seeds = [s.strip() for s in form.get("seeds", "").replace(" ", ",").split(",") if s.strip()]
+    if seeds:
+        try:
+            body["seeds"] = [int(s) for s in seeds]
+        except ValueError:
+            errors["seeds"] = ["comma-separated integers, e.g. 1337, 42, 2025"]
+    return body, errors
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    """``("config", "NUM_HEADS")`` -> ``config.NUM_HEADS``; ``("seeds", 0)`` -> ``seeds`` (the form's field names)."""
+    parts = [str(p) for p in loc if p != "body"]
+    if parts and parts[0] == "config" and len(parts) > 1:
+        return f"config.{parts[1]}"
+    return parts[0] if parts else "form"
+
+
+@router.post("/runs/new", response_class=HTMLResponse)
+async def submit_run(request: Request, user: User, session: SessionDep, settings: SettingsDep, background: BackgroundTasks) -> Response:
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    web_session.check_csrf(request, form.get(web_session.CSRF_FIELD))
+    body, errors = _spec_from_form(form)
+    if not errors:
+        try:
+            spec = RunCreate.model_validate(body)
+            _, runs, _ = domain.submit_runs(session, user, spec, settings)
+        except ValidationError as exc:
+            for err in exc.errors():
+                errors.setdefault(_field_of(tuple(err["loc"])), []).append(err["msg"])
+        except InvalidInput as exc:
+            for issue in exc.issues:
+                errors.setdefault(_field_of(issue.loc), []).append(issue.msg)
+        else:
+            if settings.on_submit_hook:
+                background.add_task(call_on_submit_hook, settings.on_submit_hook, [r.id for r in runs])
+            return back(f"/runs/{runs[0].id}" if len(runs) == 1 else f"/runs?group={runs[0].group_key}")
+    return _new_run_page(request, user, form, errors, status_code=422)
+
+
+def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int) -> tuple[str, int, bool]:
+    start = max(0, log_bytes - LOG_TAIL_BYTES)
+    piece = domain.read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2)
+    text = piece.data
+    if start > 0 and "\n" in text:  # begin at a whole line
+        text = "…\n" + text.split("\n", 1)[1]
+    return text, piece.next_offset, piece.done
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int, user: User, session: SessionDep) -> HTMLResponse:
+    run = domain.get_run(session, user, run_id)
+    events = domain.list_events(session, user, run_id)
+    figures = charts.run_figures(domain.list_metrics(session, user, run_id))
+    log_text, log_offset, log_done = _log_tail(session, user, run_id, run.log_bytes or 0)
+    checks = queries.seed_row(run).checks
+    artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
+    return render(request, "run.html", user, run=run, events=events, figures=figures, log_text=log_text,
+                  log_offset=log_offset, log_done=log_done, checks=checks, artifacts=artifacts,
+                  terminal=is_terminal(run.status), quote=quote)
+
+
+@router.get("/web/runs/{run_id}/charts")
+def run_charts(run_id: int, user: User, session: SessionDep) -> JSONResponse:
+    """The run page's figures, downsampled (polled while the run is live)."""
+    return JSONResponse(charts.run_figures(domain.list_metrics(session, user, run_id)))
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel(request: Request, run_id: int, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
+    web_session.check_csrf(request, csrf)
+    domain.cancel_run(session, user, run_id)
+    return back(f"/runs/{run_id}")
+
+
+# --- compare -------------------------------------------------------------------------------
+def _ids(text: str) -> list[int]:
+    out = []
+    for part in text.replace(" ", ",").split(","):
+        if part.strip():
+            try:
+                out.append(int(part.strip().lstrip("#")))
+            except ValueError:
+                raise InvalidInput([Issue(("query", "runs"), "run ids, comma-separated", text)]) from None
+    return out
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request,
+    user: User,
+    session: SessionDep,
+    runs: Annotated[str, Query(max_length=500)] = "",
+    groups: Annotated[str, Query(max_length=2000)] = "",
+    pick: Annotated[list[int], Query(description="ticked runs (forms without JavaScript)")] = [],  # noqa: B006 - FastAPI copies it
+    group: Annotated[list[str], Query(description="ticked groups")] = [],  # noqa: B006
+) -> HTMLResponse:
+    run_ids = list(dict.fromkeys(_ids(runs) + pick))
+    keys = list(dict.fromkeys([k.strip() for k in groups.replace(" ", ",").split(",") if k.strip()] + group))
+    runs, groups = ",".join(map(str, run_ids)), ",".join(keys)
+    chosen = [domain.get_run(session, user, i) for i in run_ids[:20]]
+    views = [queries.group_view(session, user, k) for k in keys[:10]]
+    curves: list[tuple[str, Any]] = [(f"#{r.id} {r.name} s{r.seed}", domain.list_metrics(session, user, r.id)) for r in chosen]
+    for v in views:
+        for r in v.runs:
+            if user.can_see_team(r.team_id):  # a published group of another team shows figures, not curves
+                curves.append((f"{v.group.name} s{r.seed}", domain.list_metrics(session, user, r.id)))
+    columns = [(f"#{r.id} {r.name} (seed {r.seed})", r.spec) for r in chosen] + [(f"{v.group.name} [{v.group.key[:8]}]", v.group.config) for v in views]
+    # Significance compares groups: the chosen groups, and the groups of the chosen runs.
+    keys = list(dict.fromkeys([v.group.key for v in views] + [r.group_key for r in chosen]))
+    reports = [queries.group_report(session, user, k, keys[0]) for k in keys[1:]]
+    base = queries.group_view(session, user, keys[0]) if keys else None
+    return render(request, "compare.html", user, runs_text=runs, groups_text=groups, figures=charts.overlay_figures(curves) if curves else None,
+                  diff=config_differences(columns), columns=[c for c, _ in columns], reports=reports, base=base)
+
+
+def config_differences(columns: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, Any, list[Any]]]:
+    """Knobs whose value differs between the columns: (knob, default, value per column)."""
+    defaults = {name: prop["default"] for name, prop in TrainerConfig.json_schema()["properties"].items()}
+    knobs = sorted({k for _, cfg in columns for k in cfg})
+    out = []
+    for knob in knobs:
+        values = [cfg.get(knob, defaults.get(knob)) for _, cfg in columns]
+        if len({json.dumps(v) for v in values}) > 1:
+            out.append((knob, defaults.get(knob), values))
+    return out
+
+
+# --- groups and leaderboard -----------------------------------------------------------------
+@router.get("/groups", response_class=HTMLResponse)
+def groups_page(request: Request, user: User, session: SessionDep,
+                track: Annotated[str | None, Query(max_length=32)] = None,
+                hardware: Annotated[str | None, Query(max_length=32)] = None) -> HTMLResponse:
+    views = queries.list_groups(session, user, track=track or None, hardware=hardware or None, limit=200)
+    return render(request, "groups.html", user, views=views, track=track or "", hardware_filter=hardware or "")
+
+
+@router.get("/groups/{key}", response_class=HTMLResponse)
+def group_page(request: Request, key: str, user: User, session: SessionDep, baseline: Annotated[str | None, Query(max_length=64)] = None) -> HTMLResponse:
+    detail = GroupDetail.of_report(queries.group_report(session, user, key, baseline or None))
+    return render(request, "group.html", user, g=detail, own=user.can_see_team(queries.find_group(session, user, key).team_id))
+
+
+@router.post("/groups/{key}/{action}")
+def publish(request: Request, key: str, action: str, user: User, session: SessionDep, next: Annotated[str, Form()] = "", csrf: CsrfField = "") -> RedirectResponse:  # noqa: A002
+    web_session.check_csrf(request, csrf)
+    if action not in ("publish", "unpublish"):
+        raise NotFound("action", action)
+    group = queries.set_published(session, user, key, action == "publish")
+    return back(safe_next(next or f"/groups/{group.key}"))
+
+
+@router.get("/leaderboard", response_class=HTMLResponse)
+def leaderboard_page(request: Request, user: User, session: SessionDep,
+                     track: Annotated[str, Query(max_length=32)] = "10min_16mb",
+                     hardware: Annotated[str | None, Query(max_length=32)] = None) -> HTMLResponse:
+    settings = request.app.state.settings
+    rows = queries.leaderboard(session, user, track=track, hardware=hardware or None, limit=200)
+    entries = [(LeaderboardEntry.of(r), user.can_see_team(r.report.view.group.team_id)) for r in rows]
+    return render(request, "leaderboard.html", user, entries=entries, track=track, hardware_filter=hardware or "",
+                  tracks=settings.track_choices, hardware=settings.hardware_choices)
+
+
+# --- team usage ----------------------------------------------------------------------------
+@router.get("/usage", response_class=HTMLResponse)
+def usage_page(request: Request, user: User, session: SessionDep) -> HTMLResponse:
+    teams = usage.visible_teams(session, user)
+    views = [usage.team_usage(session, t) for t in teams]
+    figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
+    queues = {t.id: usage.team_queue(session, t) for t in teams}
+    return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=usage.queued_by_hardware(session))
+
+
+# --- tokens --------------------------------------------------------------------------------
+@router.get("/tokens", response_class=HTMLResponse)
+def tokens_page(request: Request, user: User, session: SessionDep) -> HTMLResponse:
+    return render(request, "tokens.html", user, tokens=accounts.list_tokens(session, user.user_id), created=None, error="")
+
+
+@router.post("/tokens", response_class=HTMLResponse)
+def create_token(request: Request, user: User, session: SessionDep, name: Annotated[str, Form()] = "", csrf: CsrfField = "") -> HTMLResponse:
+    web_session.check_csrf(request, csrf)
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        return render(request, "tokens.html", user, status_code=422, tokens=accounts.list_tokens(session, user.user_id), created=None,
+                      error="a token needs a name of 1 to 100 characters")
+    _, secret = accounts.create_token(session, user.name, name)
+    session.commit()
+    # Shown once, in this response only (as the API does); never stored in clear.
+    return render(request, "tokens.html", user, tokens=accounts.list_tokens(session, user.user_id), created=secret, error="")
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke_token(request: Request, token_id: int, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
+    web_session.check_csrf(request, csrf)
+    security.revoke_token(session, user, token_id)
+    session.commit()
+    return back("/tokens")

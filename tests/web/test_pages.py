@@ -1,0 +1,217 @@
+"""The web pages through the real app (TestClient) on both backends: sign-in and its
+cookie, CSRF on every state change, what other teams see (404), the new-run form's
+errors next to their fields, publishing from the leaderboard, tokens."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.api.app import create_app
+from service.models import Metric
+from service.settings import Settings
+from service.web import session as web_session
+from tests.service.conftest import World
+from tests.web.conftest import Browser, finish
+
+PAGES = ["/runs", "/runs/new", "/compare", "/groups", "/leaderboard", "/usage", "/tokens"]
+
+
+def submit(b: Browser, world: World, who: str, **spec: object) -> list[int]:
+    body = {"name": "baseline", "track": "10min_16mb", "hardware": "H100:8", "config": {}, "seeds": [1], **spec}
+    r = b.c.post("/api/v1/runs", json=body, headers=world.h(who))
+    assert r.status_code == 201, r.text
+    return [run["id"] for run in r.json()["runs"]]
+
+
+# --- sign-in ---------------------------------------------------------------------------------------
+def test_pages_send_a_stranger_to_sign_in_and_back(client: TestClient, world: World) -> None:
+    for page in PAGES:
+        r = client.get(page, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/signin?next="), page
+    r = client.post("/signin", data={"token": world.tokens["alice"], "next": "/leaderboard"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/leaderboard"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
+    assert world.tokens["alice"] not in cookie  # the cookie carries a signed hash, never the token
+    for page in PAGES:
+        assert client.get(page).status_code == 200, page
+
+
+def test_sign_in_refuses_bad_and_revoked_tokens_and_foreign_redirects(client: TestClient, world: World) -> None:
+    for token in ("cad_nonsense", world.tokens["carol"], ""):
+        r = client.post("/signin", data={"token": token})
+        assert r.status_code == 401 and "That token does not work" in r.text and "set-cookie" not in r.headers
+    r = client.post("/signin", data={"token": world.tokens["alice"], "next": "//evil.example/x"}, follow_redirects=False)
+    assert r.headers["location"] == "/runs"
+
+
+def test_the_cookie_is_secure_over_https(settings: Settings, world: World) -> None:
+    with TestClient(create_app(settings), base_url="https://testserver") as c:
+        r = c.post("/signin", data={"token": world.tokens["alice"]}, follow_redirects=False)
+    assert "Secure" in r.headers["set-cookie"]
+
+
+def test_a_forged_expired_or_revoked_session_is_no_session(client: TestClient, world: World, settings: Settings, browser_for) -> None:
+    key = web_session.secret_key(settings)
+    b = browser_for(world.tokens["alice"])
+    value = b.c.cookies[web_session.COOKIE_NAME]
+    token_hash, issued, mac = value.split(".")
+    assert web_session.token_hash_of(key, value) == token_hash
+    assert web_session.token_hash_of(key, f"{token_hash}.{int(issued) + 1}.{mac}") is None  # tampered
+    assert web_session.token_hash_of(b"another key", value) is None
+    assert web_session.token_hash_of(key, value, now=int(issued) + web_session.MAX_AGE_S + 1) is None  # expired
+    client.cookies.set(web_session.COOKIE_NAME, f"{token_hash}.{issued}.{mac[:-2]}xx")
+    assert client.get("/runs", follow_redirects=False).status_code == 303
+    # Revoking the token from the tokens page ends the session made from it.
+    page = b.c.get("/tokens").text
+    token_id = re.search(r'action="/tokens/(\d+)/revoke"', page)[1]
+    assert b.post(f"/tokens/{token_id}/revoke", csrf_from="/tokens").status_code == 303
+    assert b.c.get("/runs", follow_redirects=False).status_code == 303
+
+
+def test_sign_out_needs_the_csrf_token_and_clears_the_cookie(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    assert b.c.post("/signout", data={}, follow_redirects=False).status_code == 403
+    r = b.post("/signout")
+    assert r.status_code == 303 and r.headers["location"] == "/signin"
+    assert web_session.COOKIE_NAME not in b.c.cookies
+    assert b.c.get("/runs", follow_redirects=False).status_code == 303
+
+
+# --- CSRF and the API's cookie ------------------------------------------------------------------------
+def test_every_state_change_refuses_a_missing_or_wrong_csrf_token(world: World, browser_for, session: Session) -> None:
+    b = browser_for(world.tokens["alice"])
+    [run_id] = submit(b, world, "alice")
+    [done] = submit(b, world, "alice", name="done", config={"NUM_LAYERS": 9})
+    finish(session, done, val_bpb=1.2, val_loss=2.0)
+    group = b.c.get(f"/api/v1/runs/{done}", headers=world.h("alice")).json()["group_key"]
+    forms = [f"/runs/{run_id}/cancel", "/runs/new", f"/groups/{group}/publish", "/tokens", "/tokens/1/revoke", "/signout"]
+    for path in forms:
+        for data in ({}, {"csrf_token": "forged"}):
+            r = b.c.post(path, data={"name": "x", **data}, follow_redirects=False)
+            assert r.status_code == 403, (path, r.status_code)
+            assert "CSRF" in r.text
+    # Another user's token does not pass for this session either.
+    other = browser_for(world.tokens["aaron"])
+    r = b.c.post(f"/runs/{run_id}/cancel", data={"csrf_token": other.csrf()}, follow_redirects=False)
+    assert r.status_code == 403
+    assert b.c.get(f"/api/v1/runs/{run_id}").json()["status"] == "QUEUED"
+    assert b.post(f"/runs/{run_id}/cancel").status_code == 303
+    assert b.c.get(f"/api/v1/runs/{run_id}").json()["status"] == "CANCELLED"
+
+
+def test_the_api_takes_the_session_cookie_for_reads_only(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    [run_id] = submit(b, world, "alice")
+    assert b.c.get(f"/api/v1/runs/{run_id}").status_code == 200
+    assert b.c.get(f"/api/v1/runs/{run_id}/logs").status_code == 200
+    assert b.c.post(f"/api/v1/runs/{run_id}/cancel").status_code == 401
+    assert b.c.post("/api/v1/tokens", json={"name": "x"}).status_code == 401
+    assert b.c.get(f"/api/v1/runs/{run_id}").json()["status"] == "QUEUED"
+
+
+# --- what other teams see ---------------------------------------------------------------------------------
+def test_another_teams_run_is_a_404_page(world: World, browser_for) -> None:
+    alice, bob = browser_for(world.tokens["alice"]), browser_for(world.tokens["bob"])
+    [run_id] = submit(alice, world, "alice", name="secret-sauce")
+    for path in (f"/runs/{run_id}", f"/compare?runs={run_id}"):
+        r = bob.c.get(path)
+        assert r.status_code == 404 and "text/html" in r.headers["content-type"], path
+        assert "secret-sauce" not in r.text and "<nav>" in r.text
+    assert bob.c.get(f"/web/runs/{run_id}/charts").status_code == 404
+    assert bob.c.get(f"/api/v1/runs/{run_id}").status_code == 404
+    assert "secret-sauce" not in bob.c.get("/runs").text
+    assert bob.post(f"/runs/{run_id}/cancel").status_code == 404
+    assert alice.c.get(f"/runs/{run_id}").status_code == 200
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+def test_run_page_shows_spec_events_checks_and_downsampled_curves(world: World, browser_for, session: Session) -> None:
+    b = browser_for(world.tokens["alice"])
+    [run_id] = submit(b, world, "alice", name="curvy", config={"NUM_LAYERS": 9})
+    session.add_all(Metric(run_id=run_id, kind="train", step=s, train_loss=5 - s / 5000, elapsed_ms=s * 10.0) for s in range(1, 12_001))
+    session.add_all(Metric(run_id=run_id, kind="val", step=s, val_loss=3.0, val_bpb=1.5 - s / 100_000, elapsed_ms=s * 10.0) for s in range(1000, 12_001, 1000))
+    session.commit()
+    finish(session, run_id, val_bpb=1.38, val_loss=2.33)
+    page = b.c.get(f"/runs/{run_id}").text
+    for text in ("curvy", "NUM_LAYERS=9", "QUEUED", "SUCCEEDED", "artifact_bytes", "12000 points, drawn as at most 1000", "/static/plotly.min.js"):
+        assert text in page, text
+    figures = b.c.get(f"/web/runs/{run_id}/charts").json()
+    loss = figures["loss"]["data"][0]
+    assert figures["loss"]["points"] == 12_000 and len(loss["x"]) <= 1000 and loss["x"][0] == 1 and loss["x"][-1] == 12_000
+    assert len(figures["bpb"]["data"][0]["y"]) == 12
+    labels = [[b_["label"] for b_ in menu["buttons"]] for menu in figures["loss"]["layout"]["updatemenus"]]
+    assert labels == [["step", "wallclock"], ["linear", "log"]]
+
+
+def test_new_run_form_shows_the_servers_messages_next_to_their_fields(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    form = b.c.get("/runs/new").text
+    # Limits from the trainer's schema are in the inputs, so the browser enforces them too.
+    assert re.search(r'name="config.NUM_LAYERS" type="number" step="1"\s+min="1" max="64" value="11"', form)
+    assert '<option selected>leaky_relu2</option>' in form or "leaky_relu2" in form
+    r = b.post("/runs/new", {"name": "bad", "track": "unlimited", "hardware": "cpu", "seeds": "1, 1", "config.NUM_HEADS": "7", "config.NUM_KV_HEADS": "7"}, csrf_from="/runs/new")
+    assert r.status_code == 422
+    errors = dict(re.findall(r'<span class="field-error" data-field="([^"]+)">([^<]+)</span>', r.text))
+    api = b.c.post("/api/v1/runs", headers=world.h("alice"),
+                   json={"name": "bad", "track": "unlimited", "hardware": "cpu", "seeds": [1, 1], "config": {"NUM_HEADS": 7, "NUM_KV_HEADS": 7}}).json()
+    assert errors == {"config.NUM_HEADS": "must divide MODEL_DIM=512", "seeds": "seeds must be unique; repeated: 1"}
+    assert sorted(errors.values()) == sorted(d["msg"] for d in api["detail"])
+    assert 'value="bad"' in r.text  # what was typed stays
+    r = b.post("/runs/new", {"name": "", "track": "nope", "hardware": "cpu"}, csrf_from="/runs/new")
+    errors = dict(re.findall(r'<span class="field-error" data-field="([^"]+)">([^<]+)</span>', r.text))
+    assert set(errors) == {"name"}  # pydantic first; the domain's checks run once the body is well-formed
+    r = b.post("/runs/new", {"name": "ok", "track": "unlimited", "hardware": "cpu", "seeds": "5", "config.NUM_LAYERS": "4", "config.MODEL_DIM": "512"}, csrf_from="/runs/new")
+    assert r.status_code == 303
+    run = b.c.get("/api/v1" + r.headers["location"]).json()
+    assert run["spec"] == {"NUM_LAYERS": 4} and run["seed"] == 5 and run["status"] == "QUEUED"
+
+
+def test_leaderboard_publish_and_unpublish(world: World, browser_for, session: Session) -> None:
+    alice, bob = browser_for(world.tokens["alice"]), browser_for(world.tokens["bob"])
+    ids = submit(alice, world, "alice", name="xsa", config={"XSA_LAST_N": 6}, seeds=[1, 2])
+    for i, run_id in enumerate(ids):
+        finish(session, run_id, val_bpb=1.10 + i / 1000, val_loss=1.9 + i / 1000)
+    key = alice.c.get(f"/api/v1/runs/{ids[0]}").json()["group_key"]
+    board = alice.c.get("/leaderboard").text
+    assert f'data-group="{key}"' in board and ">Publish<" in board
+    assert f'data-group="{key}"' not in bob.c.get("/leaderboard").text
+    assert bob.c.get(f"/groups/{key}").status_code == 404
+    r = alice.post(f"/groups/{key}/publish", {"next": "/leaderboard"}, csrf_from="/leaderboard")
+    assert r.status_code == 303 and r.headers["location"] == "/leaderboard"
+    assert ">Unpublish<" in alice.c.get("/leaderboard").text
+    seen = bob.c.get("/leaderboard").text
+    assert f'data-group="{key}"' in seen and ">Publish<" not in seen  # visible, but not bob's to unpublish
+    assert bob.post(f"/groups/{key}/unpublish", csrf_from="/leaderboard").status_code == 403
+    assert alice.post(f"/groups/{key}/unpublish", csrf_from="/leaderboard").status_code == 303
+    assert f'data-group="{key}"' not in bob.c.get("/leaderboard").text
+
+
+def test_compare_shows_config_differences_and_significance(world: World, browser_for, session: Session) -> None:
+    b = browser_for(world.tokens["alice"])
+    base = submit(b, world, "alice", name="base", config={"NUM_LAYERS": 9}, seeds=[1, 2, 3])
+    cand = submit(b, world, "alice", name="cand", config={"NUM_LAYERS": 10}, seeds=[1, 2, 3])
+    for i, run_id in enumerate(base):
+        finish(session, run_id, val_bpb=1.2 + i / 1000, val_loss=2.0 + i / 1000)
+    for i, run_id in enumerate(cand):
+        finish(session, run_id, val_bpb=1.1 + i / 1000, val_loss=1.9 + i / 1000)
+    page = b.c.get(f"/compare?runs={base[0]}&pick={cand[0]}").text
+    assert re.search(r"<th>NUM_LAYERS</th><td class=\"muted\">11</td><td><b>9</b></td><td><b>10</b></td>", page)
+    assert 'id="significance"' in page and "cand" in page
+    groups = b.c.get("/groups").text
+    assert "NUM_LAYERS=10" in groups
+
+
+def test_usage_page_counts_gpu_hours_and_shows_the_queue_in_order(world: World, browser_for, session: Session) -> None:
+    b = browser_for(world.tokens["alice"])
+    low = submit(b, world, "alice", name="low", priority=0)
+    high = submit(b, world, "alice", name="high", priority=5)
+    [done] = submit(b, world, "alice", name="done", config={"NUM_LAYERS": 9})
+    finish(session, done, val_bpb=1.2, val_loss=2.0)  # 20 minutes on H100:8 = 2.67 GPU-hours
+    page = b.c.get("/usage").text
+    assert "2.67 GPU-hours in 30 days" in page
+    queue = re.findall(r"<tr><td>(\d+|—)</td><td><a href=\"/runs/(\d+)\"", page)
+    assert queue == [("1", str(high[0])), ("2", str(low[0]))]
