@@ -7,6 +7,7 @@ from sqlalchemy.orm import sessionmaker
 
 from service.api.errors import install_error_handlers
 from service.api.routes import artifacts, groups, meta, runs, teams, tokens, users
+from service.api.routes import export as export_routes
 from service.artifacts import make_artifact_store
 from service.db import get_sessionmaker
 from service.settings import Settings, get_settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (runs, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix)
+    app.include_router(export_routes.router, prefix=settings.api_prefix)
     app.include_router(meta.health_router)
     # The web pages (HTML at /runs, /leaderboard, ...; see service/web/routes.py).
     app.include_router(web_routes.router)

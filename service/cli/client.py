@@ -272,3 +272,22 @@ class CaddieClient:
     # --- the caller ------------------------------------------------------------------
     def me(self) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/users/me")
+
+    # --- records/ export --------------------------------------------------------------
+    def export_group(self, key: str, *, override: str | None = None, baseline: str | None = None,
+                     github_id: str | None = None, timeout_s: float = 300.0) -> bytes:
+        """The group's records/ folder as zip bytes (GET /groups/{key}/export)."""
+        params = {k: v for k, v in {"override": override, "baseline": baseline, "github_id": github_id}.items() if v is not None}
+        path = f"{API_PREFIX}/groups/{quote(key, safe='')}/export"
+        try:
+            # Longer than the default timeout: the server reads every seed's log from the artifact store first.
+            response = self._http.get(path, params=params, timeout=timeout_s)
+        except httpx.ConnectError:
+            raise CaddieError(f"cannot reach caddie at {self.url}: is `caddie up` running?") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            raise CaddieError(f"not a valid caddie URL: {self.url!r} (set CADDIE_URL or run caddie login)") from None
+        except httpx.HTTPError as exc:
+            raise CaddieError(f"export of group {key} from caddie at {self.url} failed ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            raise CaddieError(error_message(response, self.url, not_found=f"group {key} not found"))
+        return response.content

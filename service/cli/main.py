@@ -401,5 +401,28 @@ def db_upgrade(revision: Annotated[str, typer.Option(help="Alembic revision")] =
     out.print(f"database {shown} is at {revision}", markup=False)
 
 
+
+# --- records/ export -------------------------------------------------------------------------
+@app.command("export")
+@friendly
+def export_group(
+    group: Annotated[str, typer.Argument(metavar="GROUP", help="group key, or a prefix of at least 6 characters")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where records/track_<track>/<date>_<name>/ goes (e.g. a clone of the challenge repository)")] = Path("."),
+    override: Annotated[str | None, typer.Option(help="why a group that is not record-eligible is exported anyway (written into README.md and submission.json)")] = None,
+    baseline: Annotated[str | None, typer.Option(help="baseline group key for the p-value (default: the team's leader on the track)")] = None,
+    github_id: Annotated[str | None, typer.Option("--github-id", help="GitHub user name for submission.json")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite the files of an existing, non-empty folder")] = False,
+) -> None:
+    """Export a group as a records/ folder ready for a pull request to the challenge."""
+    from service.cli.records import unpack_records
+
+    with api() as client:
+        data = client.export_group(group, override=override, baseline=baseline, github_id=github_id)
+    folder, files = unpack_records(data, out_dir, force=force)
+    out.print(f"wrote {folder}", markup=False)
+    for name, size in files:
+        out.print(f"  {name:<28} {size:>12,} bytes", markup=False)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,268 @@
+"""The records/ folder from plain values (service.results.export): file by file and field by field."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import zipfile
+from dataclasses import replace
+from datetime import date
+
+import pytest
+
+from service.errors import Conflict
+from service.results.export import (
+    LOG_DATABASE,
+    ExportInput,
+    SeedFiles,
+    folder_name,
+    log_names,
+    override_problem,
+    records_files,
+    requirements_txt,
+    script_imports,
+    slug,
+)
+from service.results.export_io import zip_bytes
+from service.results.groups import SeedRow, aggregate, eligibility
+from service.results.rules import RULE_NAMES, RunFacts, check_run
+from service.results.statistics import compare
+
+TRAINER = b"import os\nimport numpy as np\nimport torch\nfrom torch import nn\nimport zstandard\nimport sentencepiece as spm\n"
+LOG = "step:1/7000 train_loss:6.93 ü → ✓\r\nstep:2/7000\r\n".encode("utf-8") + b"\xff\xfe not utf-8\n"
+BASELINE_LOSS = [1.9100, 1.9105, 1.9095]
+
+
+def row(run_id: int, seed: int, val_loss: float, val_bpb: float, *, artifact_bytes: int = 15_900_000,
+        hardware: str = "H100:8", train_seconds: float = 599.0, **result: object) -> SeedRow:
+    facts = dict(track="10min_16mb", hardware=hardware, artifact_bytes=artifact_bytes, train_seconds=train_seconds,
+                 eval_seconds=410.0, val_tokens_scored=62_021_631, val_tokens_total=62_021_631, ttt_protocol="score_first",
+                 train_shards=["fineweb_train_000000.bin"], val_shards=["fineweb_val_000000.bin"], trainer_revision="abc123")
+    facts.update(result)
+    return SeedRow(run_id=run_id, seed=seed, status="SUCCEEDED", val_bpb=val_bpb, val_loss=val_loss, pre_ttt_bpb=val_bpb + 0.0025,
+                   artifact_bytes=artifact_bytes, code_bytes=len(TRAINER), model_bytes=artifact_bytes - len(TRAINER),
+                   train_seconds=train_seconds, eval_seconds=410.0, steps=7180, checks=tuple(check_run(RunFacts(**facts))))
+
+
+GOOD = [row(11, 1337, 1.8900, 1.1192), row(12, 42, 1.8905, 1.1200), row(13, 2025, 1.8895, 1.1189)]
+
+
+def make_input(rows: list[SeedRow] = GOOD, *, baseline: list[float] | None = BASELINE_LOSS, files: dict[int, SeedFiles] | None = None,
+               **kw: object) -> ExportInput:
+    stats = aggregate(rows)
+    comp = compare([r.val_loss for r in stats.counted], baseline) if baseline is not None else None
+    fields: dict = dict(
+        name="XSA on all 11 layers", group_key="a" * 64, team="team-a", author="alice", date=date(2026, 3, 23),
+        track="10min_16mb", hardware="H100:8", config={"XSA_LAST_N": 11, "TTT_ENABLED": True, "DATA_NOTE": "two words"},
+        stats=stats, eligibility=eligibility(stats, comp, False),
+        files=files if files is not None else {r.run_id: SeedFiles(log=LOG + str(r.seed).encode(), train_gpt=TRAINER) for r in rows},
+        comparison=comp, baseline_name="baseline", baseline_key="b" * 64 if baseline is not None else None,
+    )
+    fields.update(kw)
+    return ExportInput(**fields)
+
+
+def no_nan(text: bytes) -> dict:
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in submission.json"))
+
+
+# --- the folder -----------------------------------------------------------------------------
+def test_files_come_in_order_with_the_challenges_names() -> None:
+    files = records_files(make_input())
+    assert list(files) == ["README.md", "submission.json", "train_seed1337.log", "train_seed42.log", "train_seed2025.log",
+                           "train_gpt.py", "requirements.txt"]
+    assert folder_name(make_input()) == "records/track_10min_16mb/2026-03-23_XSA_on_all_11_layers"
+
+
+def test_logs_are_the_runs_bytes_exactly() -> None:
+    files = records_files(make_input())
+    for r in GOOD:
+        assert files[f"train_seed{r.seed}.log"] == LOG + str(r.seed).encode()  # CRLF, non-ASCII and a non-UTF-8 byte kept
+    assert files["train_gpt.py"] == TRAINER
+
+
+def test_slug_and_folder_name() -> None:
+    assert slug("LeakyReLU² + Legal TTT (score-first)") == "LeakyReLU2_Legal_TTT_score_first"
+    assert slug("Über  café") == "Uber_cafe"
+    assert slug("../../etc/passwd") == "etc_passwd"
+    assert folder_name(make_input(name="✓✓✓")) == "records/track_10min_16mb/2026-03-23_group_aaaaaaaa"
+
+
+def test_a_seed_that_two_runs_share_gets_the_run_id_too() -> None:
+    rows = [row(1, 7, 1.89, 1.12), row(2, 7, 1.8901, 1.1201), row(3, 8, 1.8902, 1.1202)]
+    assert log_names(rows) == {1: "train_seed7_run1.log", 2: "train_seed7_run2.log", 3: "train_seed8.log"}
+
+
+# --- submission.json ------------------------------------------------------------------------
+def test_submission_json_field_by_field() -> None:
+    inp = make_input(github_id="alice-gh")
+    sub = no_nan(records_files(inp)["submission.json"])
+    assert list(sub) == ["name", "author", "github_id", "date", "track", "val_bpb", "val_bpb_std", "val_loss", "seeds",
+                         "seed_results", "bytes_total", "bytes_code", "p_value", "baseline", "blurb"]
+    assert (sub["name"], sub["author"], sub["github_id"], sub["date"], sub["track"]) == (
+        "XSA on all 11 layers", "alice", "alice-gh", "2026-03-23", "10min_16mb")
+    assert sub["val_bpb"] == pytest.approx((1.1192 + 1.1200 + 1.1189) / 3, abs=1e-12)
+    mean = (1.1192 + 1.1200 + 1.1189) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in (1.1192, 1.1200, 1.1189)) / 2)
+    assert sub["val_bpb_std"] == pytest.approx(std, rel=1e-9)
+    assert sub["val_loss"] == pytest.approx(1.8900, abs=1e-12)
+    assert sub["seeds"] == [1337, 42, 2025]  # submission order
+    assert sub["seed_results"][1] == {"seed": 42, "val_bpb": 1.12, "val_loss": 1.8905, "artifact_bytes": 15_900_000,
+                                      "train_time_s": 599.0, "eval_time_s": 410.0}
+    assert sub["bytes_code"] == len(TRAINER)
+    assert sub["p_value"] == pytest.approx(compare([1.8900, 1.8905, 1.8895], BASELINE_LOSS).p_value, rel=1e-12)
+    assert sub["baseline"] == {"name": "baseline", "group_key": "b" * 64}
+    assert "XSA_LAST_N=11" in sub["blurb"]
+
+
+def test_bytes_total_is_the_largest_seeds_artifact() -> None:
+    rows = [row(1, 1, 1.89, 1.12, artifact_bytes=15_000_000), row(2, 2, 1.8905, 1.1201, artifact_bytes=15_990_006)]
+    sub = no_nan(records_files(make_input(rows))["submission.json"])
+    assert sub["bytes_total"] == 15_990_006
+
+
+def test_unknown_and_non_finite_figures_are_null_not_nan() -> None:
+    rows = [row(1, 1, 1.89, 1.12, train_seconds=float("nan")), replace(row(2, 2, 1.8905, 1.1201), eval_seconds=None)]
+    files = records_files(make_input(rows, baseline=None, override="exploring"))
+    sub = no_nan(files["submission.json"])
+    assert sub["seed_results"][0]["train_time_s"] is None and sub["seed_results"][1]["eval_time_s"] is None
+    assert sub["p_value"] is None and sub["baseline"] is None and sub["github_id"] is None
+    one = no_nan(records_files(make_input(rows[:1], baseline=None, override="one seed"))["submission.json"])
+    assert one["val_bpb_std"] is None  # one seed: no spread
+
+
+# --- the override ----------------------------------------------------------------------------
+def test_a_failed_check_is_refused_without_an_override() -> None:
+    rows = [GOOD[0], GOOD[1], row(13, 2025, 1.8895, 1.1189, artifact_bytes=16_000_001)]
+    with pytest.raises(Conflict) as exc:
+        records_files(make_input(rows))
+    msg = str(exc.value)
+    assert "artifact_bytes fail: artifact 16,000,001 bytes > 16,000,000 (over by 1)" in msg and '--override "reason"' in msg
+
+
+def test_the_override_reason_is_written_into_both_files() -> None:
+    rows = [GOOD[0], GOOD[1], row(13, 2025, 1.8895, 1.1189, artifact_bytes=16_000_001)]
+    reason = "1 byte over on one seed; the fix is in PR #12 — résumé"
+    files = records_files(make_input(rows, override=reason))
+    sub = no_nan(files["submission.json"])
+    assert sub["override_reason"] == reason
+    readme = files["README.md"].decode("utf-8")
+    assert "> **Exported with an override: this group is not record-eligible as it stands.**" in readme
+    assert f"> Override reason: {reason}" in readme
+    assert "> - artifact_bytes fail: artifact 16,000,001 bytes > 16,000,000 (over by 1)" in readme
+
+
+@pytest.mark.parametrize("case", ["not_comparable", "no_baseline", "not_significant", "not_enough_seeds"])
+def test_anything_short_of_record_eligible_needs_an_override(case: str) -> None:
+    inp = {
+        "not_comparable": lambda: make_input([row(r.run_id, r.seed, r.val_loss, r.val_bpb, hardware="H100:1") for r in GOOD]),
+        "no_baseline": lambda: make_input(baseline=None),
+        "not_significant": lambda: make_input(baseline=[1.8920, 1.8930, 1.8910]),
+        "not_enough_seeds": lambda: make_input(GOOD[:1]),
+    }[case]()
+    assert not inp.eligibility.eligible
+    with pytest.raises(Conflict, match="not record-eligible"):
+        records_files(inp)
+    assert no_nan(records_files(replace(inp, override="because"))["submission.json"])["override_reason"] == "because"
+
+
+def test_an_eligible_group_needs_no_override_and_records_none() -> None:
+    inp = make_input()
+    assert inp.eligibility.eligible
+    files = records_files(replace(inp, override="not needed"))
+    assert "override_reason" not in no_nan(files["submission.json"])
+    assert "override" not in files["README.md"].decode().lower()
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    (None, True), ("a", True), ("x" * 500, True), ("naïve — ok", True),
+    ("", False), ("   ", False), ("x" * 501, False), ("a\nb", False), ("a\tb", False), ("a\x1bb", False), ("a\x7f", False),
+])
+def test_override_reason_rules(text: str | None, ok: bool) -> None:
+    assert (override_problem(text) is None) is ok
+
+
+# --- train_gpt.py and requirements -----------------------------------------------------------------
+def test_seeds_that_ran_different_trainers_are_refused_by_name() -> None:
+    files = {r.run_id: SeedFiles(log=LOG, train_gpt=TRAINER if r.run_id != 13 else TRAINER + b"# v2\n") for r in GOOD}
+    with pytest.raises(Conflict) as exc:
+        records_files(make_input(files=files))
+    msg = str(exc.value)
+    assert f"sha256 {hashlib.sha256(TRAINER).hexdigest()[:12]}: run(s) 11, 12" in msg
+    assert f"sha256 {hashlib.sha256(TRAINER + b'# v2' + bytes([10])).hexdigest()[:12]}: run(s) 13" in msg
+
+
+def test_a_counted_run_without_files_is_refused() -> None:
+    with pytest.raises(Conflict, match="run\\(s\\) 13"):
+        records_files(make_input(files={11: SeedFiles(LOG, TRAINER), 12: SeedFiles(LOG, TRAINER)}))
+
+
+def test_requirements_come_from_the_scripts_imports() -> None:
+    script = (b"from __future__ import annotations\nimport os, sys\nimport numpy as np\nfrom torch import nn\nimport torch.distributed as dist\n"
+              b"import yaml\nfrom . import sibling\ntry:\n    from flash_attn_interface import f\nexcept ImportError:\n    import math\n"
+              b"def g():\n    import zstandard\n")
+    assert script_imports(script) == (["numpy", "torch", "yaml", "zstandard"], ["flash_attn_interface"])
+    lines = requirements_txt(script).decode().splitlines()
+    assert [ln for ln in lines if not ln.startswith("#")] == ["numpy", "torch", "PyYAML", "zstandard"]
+    assert lines[-1] == "# optional (imported inside try: the script runs without it): flash_attn_interface"
+    assert "Unpinned" in requirements_txt(script).decode()
+    # Not valid Python for this interpreter: the import lines still count.
+    assert script_imports(b"import numpy\nprint 'py2'\n") == (["numpy"], [])
+
+
+# --- README.md ------------------------------------------------------------------------------------
+def test_readme_has_the_config_table_test_checks_and_rerun() -> None:
+    readme = records_files(make_input())["README.md"].decode("utf-8")
+    assert readme.startswith("# XSA on all 11 layers\n")
+    assert "`DATA_NOTE=two words TTT_ENABLED=1 XSA_LAST_N=11`" in readme
+    assert "DATA_NOTE='two words' TTT_ENABLED=1 XSA_LAST_N=11 SEED=1337 torchrun --standalone --nproc_per_node=8 train_gpt.py" in readme
+    assert "for SEED in 1337 42 2025; do\n  DATA_NOTE='two words' TTT_ENABLED=1 XSA_LAST_N=11 SEED=$SEED torchrun" in readme
+    assert "| 42 | 1.1200 | 1.8905 | 1.1225 | 7,180 | 599.0 | 410.0 | 15,900,000 |" in readme
+    assert "| **Mean** | **1.1194** | **1.8900** |" in readme and "| **Std** | 0.0006 | 0.0005 |" in readme
+    comp = compare([1.8900, 1.8905, 1.8895], BASELINE_LOSS)
+    assert f"**p = {comp.p_value:.2e}**, below 0.01" in readme
+    assert f"Improvement: {comp.improvement:.5f} nats (95% CI {comp.ci_low:.5f} .. {comp.ci_high:.5f})" in readme
+    for rule in RULE_NAMES:
+        assert f"| {rule} | pass | 3 / 0 / 0 |" in readme
+        for r in GOOD:
+            assert f"| {rule} | {r.seed} | pass |" in readme
+    assert "| train_time | 2025 | pass | 599 | 600 | training 599.0 s <= 600 s |" in readme
+    assert "| full_val | 1337 | pass | 62,021,631 | 62,021,631 |" in readme
+    assert "bytes_total` in submission.json is the largest artifact across seeds" in readme
+    assert f"sha256 `{hashlib.sha256(TRAINER).hexdigest()}`" in readme
+    assert readme.rstrip().endswith(f"Generated by caddie from group `{'a' * 64}` of team team-a (2026-03-23).")
+
+
+def test_readme_says_not_enough_seeds_and_how_many_more() -> None:
+    inp = make_input(GOOD[:1], override="one seed so far")
+    readme = records_files(inp)["README.md"].decode()
+    assert "Not enough seeds for the test: not enough seeds: candidate has 1, baseline 3" in readme
+    assert "more seed" in readme
+
+
+def test_readme_says_when_a_log_came_from_the_database() -> None:
+    files = {r.run_id: SeedFiles(LOG, TRAINER, log_source=LOG_DATABASE if r.run_id == 12 else "stored") for r in GOOD}
+    readme = records_files(make_input(files=files))["README.md"].decode()
+    assert "`train_seed42.log`: caddie run 12, rebuilt from caddie's database copy" in readme
+    assert "`train_seed1337.log`: caddie run 11, the run's own log as the trainer wrote it, byte for byte" in readme
+
+
+def test_user_text_cannot_break_the_markdown_tables() -> None:
+    rows = [row(1, 1, 1.89, 1.12, trainer_revision="a|b\nc"), row(2, 2, 1.8905, 1.1201, trainer_revision="a|b\nc")]
+    readme = records_files(make_input(rows, name="multi\nline # name", override="ok"))["README.md"].decode()
+    assert readme.startswith("# multi line # name\n")
+    assert "| code_revision | 1 | pass | a\\|b c | n/a | trainer revision a\\|b c |" in readme
+
+
+# --- the zip -----------------------------------------------------------------------------------------
+def test_zip_is_deterministic_and_holds_the_folder() -> None:
+    inp = make_input()
+    folder, files = folder_name(inp), records_files(inp)
+    data = zip_bytes(folder, files)
+    assert data == zip_bytes(folder, records_files(inp))
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    assert [i.filename for i in zf.infolist()] == [f"{folder}/{n}" for n in files]
+    assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist())
+    assert {n: zf.read(f"{folder}/{n}") for n in files} == files
