@@ -347,6 +347,17 @@ def list_metrics(session: Session, principal: Principal, run_id: int) -> list[Me
     return list(session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id)))
 
 
+# What charts need of a metric row, read as plain rows: for a run with 20,000
+# points this took 150-190 ms against 416 ms for ORM objects (SQLite, a loaded 2-core machine).
+_POINT_COLUMNS = (Metric.kind, Metric.step, Metric.train_loss, Metric.val_loss, Metric.val_bpb, Metric.elapsed_ms)
+
+
+def metric_points(session: Session, principal: Principal, run_id: int) -> list[Any]:
+    """As ``list_metrics``, as rows with the same attribute names (``row.step``, ``row.val_bpb``, ...)."""
+    _visible(session, principal, run_id)
+    return list(session.execute(select(*_POINT_COLUMNS).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id)))
+
+
 def _visible(session: Session, principal: Principal, run_id: int) -> tuple[int, str]:
     row = session.execute(select(Run.team_id, Run.status).where(Run.id == run_id)).first()
     if row is None or not principal.can_see_team(row.team_id):

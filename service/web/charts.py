@@ -120,14 +120,14 @@ def figure(title: str, y_title: str, series: Sequence[Series], *, max_points: in
     by_step = {"x": [s.steps for s in drawn]}
     by_time = {"x": [s.seconds for s in drawn]}
     return {
+        "title": title,  # shown by the page above the chart: plotly's own title would sit under the buttons
         "data": traces,
         "layout": {
-            "title": {"text": title, "font": {"size": 14}},
-            "height": 340,
-            "margin": {"l": 60, "r": 20, "t": 70, "b": 45},
-            "xaxis": {"title": {"text": "step"}},
+            "height": 340 if len(drawn) > 1 else 300,
+            "margin": {"l": 60, "r": 20, "t": 40, "b": 90 if len(drawn) > 1 else 50},  # room for a legend when there is one
+            "xaxis": {"title": {"text": "step", "standoff": 6}},
             "yaxis": {"title": {"text": y_title}, "type": "linear"},
-            "legend": {"orientation": "h", "y": -0.2},
+            "legend": {"orientation": "h", "y": -0.3, "yanchor": "top"},
             "hovermode": "x unified" if len(drawn) == 1 else "closest",
             "updatemenus": [
                 _buttons(0.0, [("step", "update", [by_step, {"xaxis.title.text": "step"}]),
@@ -147,8 +147,8 @@ def _buttons(x: float, items: list[tuple[str, str, list[Any]]]) -> dict[str, Any
         "showactive": True,
         "x": x,
         "xanchor": "left",
-        "y": 1.18,
-        "yanchor": "top",
+        "y": 1.02,
+        "yanchor": "bottom",
         "pad": {"r": 4, "t": 0},
         "buttons": [{"label": label, "method": method, "args": args} for label, method, args in items],
     }
@@ -187,7 +187,8 @@ def usage_figure(days: Sequence[str], used: Sequence[float], budget: float | Non
         traces.append({"type": "scatter", "mode": "lines", "name": f"budget ({budget:g} GPU-h)", "x": list(days),
                        "y": [budget] * len(days), "line": {"dash": "dash", "color": "#c0392b"}})
     return {
+        "title": "GPU-hours per day and so far",
         "data": traces,
-        "layout": {"title": {"text": "GPU-hours", "font": {"size": 14}}, "height": 320, "margin": {"l": 60, "r": 20, "t": 40, "b": 45},
-                   "yaxis": {"title": {"text": "GPU-hours"}}, "legend": {"orientation": "h", "y": -0.2}, "barmode": "overlay"},
+        "layout": {"height": 300, "margin": {"l": 60, "r": 20, "t": 20, "b": 70},
+                   "yaxis": {"title": {"text": "GPU-hours"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2, "yanchor": "top"}},
     }

@@ -316,7 +316,7 @@ def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int)
 def run_page(request: Request, run_id: int, user: User, session: SessionDep) -> HTMLResponse:
     run = domain.get_run(session, user, run_id)
     events = domain.list_events(session, user, run_id)
-    figures = charts.run_figures(domain.list_metrics(session, user, run_id))
+    figures = charts.run_figures(domain.metric_points(session, user, run_id))
     log_text, log_offset, log_done = _log_tail(session, user, run_id, run.log_bytes or 0)
     checks = queries.seed_row(run).checks
     artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
@@ -328,7 +328,7 @@ def run_page(request: Request, run_id: int, user: User, session: SessionDep) -> 
 @router.get("/web/runs/{run_id}/charts")
 def run_charts(run_id: int, user: User, session: SessionDep) -> JSONResponse:
     """The run page's figures, downsampled (polled while the run is live)."""
-    return JSONResponse(charts.run_figures(domain.list_metrics(session, user, run_id)))
+    return JSONResponse(charts.run_figures(domain.metric_points(session, user, run_id)))
 
 
 @router.post("/runs/{run_id}/cancel")
@@ -365,11 +365,11 @@ def compare_page(
     runs, groups = ",".join(map(str, run_ids)), ",".join(keys)
     chosen = [domain.get_run(session, user, i) for i in run_ids[:20]]
     views = [queries.group_view(session, user, k) for k in keys[:10]]
-    curves: list[tuple[str, Any]] = [(f"#{r.id} {r.name} s{r.seed}", domain.list_metrics(session, user, r.id)) for r in chosen]
+    curves: list[tuple[str, Any]] = [(f"#{r.id} {r.name} s{r.seed}", domain.metric_points(session, user, r.id)) for r in chosen]
     for v in views:
         for r in v.runs:
             if user.can_see_team(r.team_id):  # a published group of another team shows figures, not curves
-                curves.append((f"{v.group.name} s{r.seed}", domain.list_metrics(session, user, r.id)))
+                curves.append((f"{v.group.name} s{r.seed}", domain.metric_points(session, user, r.id)))
     columns = [(f"#{r.id} {r.name} (seed {r.seed})", r.spec) for r in chosen] + [(f"{v.group.name} [{v.group.key[:8]}]", v.group.config) for v in views]
     # Significance compares groups: the chosen groups, and the groups of the chosen runs.
     keys = list(dict.fromkeys([v.group.key for v in views] + [r.group_key for r in chosen]))
