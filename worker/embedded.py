@@ -127,6 +127,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
         start(child)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     print(f"caddie is up at {url}  (API docs: {url}/docs; logs in {logs})", file=out, flush=True)
+    print(f"web pages: {url}/runs  (sign in with an API token)", file=out, flush=True)
     if token:
         print(f"admin token (shown once): {token}", file=out)
         print(f"  export CADDIE_URL={url} CADDIE_TOKEN={token}", file=out, flush=True)

@@ -51,6 +51,9 @@ def test_caddie_up_runs_a_smoke_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) 
                 assert time.monotonic() < end
                 time.sleep(0.2)
         assert r.status_code == 201, r.text
+        # `make up` names the web pages, and they answer.
+        assert f"web pages: http://127.0.0.1:{port}/runs" in (tmp_path / "up.out").read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/signin", timeout=10).status_code == 200
         run_id = r.json()["runs"][0]["id"]
         end = time.monotonic() + 120
         while (run := client.get(f"/runs/{run_id}").json())["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
