@@ -215,3 +215,32 @@ def test_usage_page_counts_gpu_hours_and_shows_the_queue_in_order(world: World, 
     assert "2.67 GPU-hours in 30 days" in page
     queue = re.findall(r"<tr><td>(\d+|—)</td><td><a href=\"/runs/(\d+)\"", page)
     assert queue == [("1", str(high[0])), ("2", str(low[0]))]
+
+
+def test_runs_page_filters_and_pages_like_the_api(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    for i in range(4):
+        submit(b, world, "alice", name=f"batch{i}", config={"NUM_LAYERS": 5 + i}, seeds=list(range(14)))
+    submit(b, world, "aaron", name="needle", notes="find me")
+    first = b.c.get("/runs").text
+    ids = [int(x) for x in re.findall(r'<tr data-run-id="(\d+)">', first)]
+    assert len(ids) == 50 and ids == sorted(ids, reverse=True)
+    next_url = re.search(r'href="([^"]+)" id="next-page"', first)[1].replace("&amp;", "&")
+    rest = [int(x) for x in re.findall(r'<tr data-run-id="(\d+)">', b.c.get(next_url).text)]
+    assert len(rest) == 7 and max(rest) < min(ids)
+    # The live poll asks the API for the same rows.
+    poll = re.search(r'data-poll="([^"]+)"', first)[1].replace("&amp;", "&")
+    assert [r["id"] for r in b.c.get(poll).json()["items"]] == ids
+    assert re.findall(r'<tr data-run-id="(\d+)">', b.c.get("/runs?q=find&user=aaron").text) == [str(ids[0])]
+    assert 'data-run-id' not in b.c.get("/runs?status=RUNNING").text
+
+
+def test_tokens_page_shows_a_new_token_once_and_it_works(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    page = b.post("/tokens", {"name": "laptop"}, csrf_from="/tokens")
+    assert page.status_code == 200
+    secret = re.search(r"<code>(cad_[^<]+)</code>", page.text)[1]
+    assert b.c.get("/api/v1/runs", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    listing = b.c.get("/tokens").text
+    assert "laptop" in listing and secret not in listing and "(this session)" in listing
+    assert b.post("/tokens", {"name": ""}, csrf_from="/tokens").status_code == 422
