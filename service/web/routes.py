@@ -165,8 +165,8 @@ def signin_form(request: Request, next: str | None = None) -> HTMLResponse:  # n
 
 @router.post("/signin", response_class=HTMLResponse)
 def signin(request: Request, session: SessionDep, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/runs") -> Response:  # noqa: A002
-    # No CSRF token here (there is no session yet); SameSite=Lax and the token
-    # itself stand in: a forged sign-in would need the victim's token.
+    # No CSRF token here (there is no session yet): the Origin check stands in.
+    web_session.check_same_origin(request)
     settings = request.app.state.settings
     try:
         security.authenticate(session, token.strip(), touch_interval_s=settings.token_touch_interval_s)

@@ -22,6 +22,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from sqlalchemy.orm import Session
@@ -100,6 +101,21 @@ def check_csrf(request: Request, submitted: str | None) -> None:
     cookie = request.cookies.get(COOKIE_NAME, "")
     if not cookie or not submitted or not hmac.compare_digest(submitted, csrf_token(app_secret(request), cookie)):
         raise Forbidden("the form's CSRF token is missing or does not match your session; reload the page and try again")
+
+
+def check_same_origin(request: Request) -> None:
+    """403 when the browser says the form came from another site (the Origin header).
+
+    For the sign-in form, which has no session and so no CSRF token yet: without
+    this a foreign page could sign a visitor in as someone else ("login CSRF").
+    Clients that send no Origin (curl, old browsers) are let through.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    host = request.headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc != host:
+        raise Forbidden(f"a form from {origin} may not sign in here")
 
 
 def cookie_principal(request: Request, session: Session) -> Principal:

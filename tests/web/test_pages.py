@@ -46,6 +46,21 @@ def test_sign_in_refuses_bad_and_revoked_tokens_and_foreign_redirects(client: Te
         assert r.status_code == 401 and "That token does not work" in r.text and "set-cookie" not in r.headers
     r = client.post("/signin", data={"token": world.tokens["alice"], "next": "//evil.example/x"}, follow_redirects=False)
     assert r.headers["location"] == "/runs"
+    # A sign-in form posted from another site is refused (login CSRF); this site's own is fine.
+    for origin in ("https://evil.example", "null"):
+        r = client.post("/signin", data={"token": world.tokens["alice"]}, headers={"Origin": origin}, follow_redirects=False)
+        assert r.status_code == 403 and "set-cookie" not in r.headers
+    r = client.post("/signin", data={"token": world.tokens["alice"]}, headers={"Origin": "http://testserver"}, follow_redirects=False)
+    assert r.status_code == 303
+
+
+def test_free_text_is_escaped(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    [run_id] = submit(b, world, "alice", name="<script>alert(1)</script>", notes="</script><b>x</b>")
+    for page in ("/runs", f"/runs/{run_id}", f"/compare?runs={run_id}", "/groups"):
+        text = b.c.get(page).text
+        assert "<script>alert(1)" not in text and "<b>x</b>" not in text, page
+        assert "&lt;script&gt;alert(1)" in text, page
 
 
 def test_the_cookie_is_secure_over_https(settings: Settings, world: World) -> None:
