@@ -48,8 +48,10 @@ templates = Jinja2Templates(directory=HERE / "templates")
 
 
 def _tojson_script(value: Any) -> Markup:
-    """JSON safe to put inside <script type="application/json"> (no '</' can close the tag)."""
-    return Markup(json.dumps(value, separators=(",", ":")).replace("</", "<\\/"))
+    """JSON safe inside <script type="application/json">: no '<', '>' or '&' (a run
+    named '</script>' or '<!--' cannot end or confuse the block), as Django's json_script."""
+    text = json.dumps(value, separators=(",", ":"))
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 templates.env.filters["json_script"] = _tojson_script
