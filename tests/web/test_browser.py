@@ -238,6 +238,10 @@ def test_a_group_on_the_leaderboard_is_published(page: Any, web_stack: Stack) ->
     with web_stack.client() as c:
         assert c.get(f"/groups/{key}").json()["published"] is True
     shot(page, "08-leaderboard-published")
+    page.click(f'#leaderboard tr[data-group="{key}"] a:has-text("browser-smoke")')
+    page.wait_for_url(f"**/groups/{key}")
+    assert "published" in page.inner_text(".title-row") and "Seeds" in page.inner_text("main")
+    shot(page, "09-group")
 
 
 def test_another_teams_run_is_refused_with_a_404_page(browser: Any, web_stack: Stack) -> None:
@@ -254,12 +258,12 @@ def test_another_teams_run_is_refused_with_a_404_page(browser: Any, web_stack: S
     response = pg.goto(f"/runs/{run_id}")
     assert response.status == 404
     assert "There is no run" in pg.inner_text("#error-message") and "browser-smoke" not in pg.content()
-    shot(pg, "09-other-team-404")
+    shot(pg, "10-other-team-404")
     context.close()
 
 
 def test_the_other_pages_render(page: Any) -> None:
-    for path, name in (("/usage", "10-usage"), ("/groups", "11-groups"), ("/tokens", "12-tokens")):
+    for path, name in (("/usage", "11-usage"), ("/groups", "12-groups"), ("/tokens", "13-tokens")):
         page.goto(path)
         assert page.locator("h1").count() == 1
         shot(page, name)
@@ -268,4 +272,4 @@ def test_the_other_pages_render(page: Any) -> None:
         other = STATE.get("cancelled_id", run_id)
         page.goto(f"/compare?runs={run_id},{other}")
         page.wait_for_function("() => document.body.dataset.chartsDrawn === '2'", timeout=10_000)
-        shot(page, "13-compare")
+        shot(page, "14-compare")
