@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Path as PathParam, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
@@ -99,6 +99,8 @@ def page_user(request: Request, session: SessionDep) -> Principal:
 
 
 User = Annotated[Principal, Depends(page_user)]
+# Ids are 32-bit INTEGER columns: a larger number names nothing (and PostgreSQL would refuse it).
+RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 CsrfField = Annotated[str, Form(alias=web_session.CSRF_FIELD)]  # default "": a missing token is a 403, like a wrong one
 
 
@@ -315,7 +317,7 @@ def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, user: User, session: SessionDep) -> HTMLResponse:
+def run_page(request: Request, run_id: RowId, user: User, session: SessionDep) -> HTMLResponse:
     run = domain.get_run(session, user, run_id)
     events = domain.list_events(session, user, run_id)
     figures = charts.run_figures(domain.metric_points(session, user, run_id))
@@ -328,13 +330,13 @@ def run_page(request: Request, run_id: int, user: User, session: SessionDep) -> 
 
 
 @router.get("/web/runs/{run_id}/charts")
-def run_charts(run_id: int, user: User, session: SessionDep) -> JSONResponse:
+def run_charts(run_id: RowId, user: User, session: SessionDep) -> JSONResponse:
     """The run page's figures, downsampled (polled while the run is live)."""
     return JSONResponse(charts.run_figures(domain.metric_points(session, user, run_id)))
 
 
 @router.post("/runs/{run_id}/cancel")
-def cancel(request: Request, run_id: int, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
+def cancel(request: Request, run_id: RowId, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
     web_session.check_csrf(request, csrf)
     domain.cancel_run(session, user, run_id)
     return back(f"/runs/{run_id}")
@@ -458,7 +460,7 @@ def create_token(request: Request, user: User, session: SessionDep, name: Annota
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(request: Request, token_id: int, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
+def revoke_token(request: Request, token_id: RowId, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
     web_session.check_csrf(request, csrf)
     security.revoke_token(session, user, token_id)
     session.commit()

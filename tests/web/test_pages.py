@@ -261,3 +261,9 @@ def test_tokens_page_shows_a_new_token_once_and_it_works(world: World, browser_f
     listing = b.c.get("/tokens").text
     assert "laptop" in listing and secret not in listing and "(this session)" in listing
     assert b.post("/tokens", {"name": ""}, csrf_from="/tokens").status_code == 422
+
+
+def test_ids_out_of_range_are_refused_not_looked_up(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    for path in (f"/runs/{2**31}", "/runs/0", f"/web/runs/{2**40}/charts"):
+        assert b.c.get(path).status_code == 422, path
