@@ -11,6 +11,7 @@ run inside the caller's transaction and writes its ``RunEvent`` there too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 
 from sqlalchemy import update
@@ -71,18 +72,33 @@ def check_transition(frm: str, to: str) -> None:
         raise IllegalTransition(f, t)
 
 
-def transition(session: Session, run: Run, to: str, *, actor: str, reason: str = "") -> RunEvent:
+def transition(
+    session: Session,
+    run: Run,
+    to: str,
+    *,
+    actor: str,
+    reason: str = "",
+    owner: str | None = None,
+    also: Mapping[str, object] | None = None,
+) -> RunEvent:
     """Move ``run`` to ``to`` and add the RunEvent, in the caller's transaction.
 
     The UPDATE is guarded by the status the caller saw (``WHERE status = :from``),
     so two processes racing on one run (a cancel against the scheduler's
     dispatch) cannot both win: the loser gets IllegalTransition. The caller commits.
+
+    ``owner``: the lease token of the executor driving the run; the UPDATE also
+    requires ``worker_task_id = owner``, so an executor that lost its lease
+    moves nothing. ``also``: more columns written by the same UPDATE (the launch
+    handle with PROVISIONING -> RUNNING), so what was learnt and the state it
+    implies are one commit.
     """
     frm = RunStatus(run.status)
     to = RunStatus(to)
     check_transition(frm, to)
     now = utcnow()
-    values: dict[str, object] = {"status": to.value, "status_reason": reason}
+    values: dict[str, object] = {**(also or {}), "status": to.value, "status_reason": reason}
     if to is RunStatus.RUNNING:
         values["started_at"] = now
         values["heartbeat_at"] = now
@@ -91,12 +107,13 @@ def transition(session: Session, run: Run, to: str, *, actor: str, reason: str =
     if is_retry(frm, to):
         values["attempts"] = (run.attempts or 0) + 1
         values["started_at"] = None
-    result = session.execute(
-        update(Run).where(Run.id == run.id, Run.status == frm.value).values(**values),
-        execution_options={"synchronize_session": False},
-    )
+    guard = [Run.id == run.id, Run.status == frm.value]
+    if owner is not None:
+        guard.append(Run.worker_task_id == owner)
+    result = session.execute(update(Run).where(*guard).values(**values), execution_options={"synchronize_session": False})
     if result.rowcount != 1:
-        raise IllegalTransition(frm, to, f"run {run.id} is no longer {frm.value}")
+        lost = f"run {run.id} is no longer {frm.value}" + (" or no longer driven by this worker" if owner is not None else "")
+        raise IllegalTransition(frm, to, lost)
     for key, value in values.items():
         set_committed_value(run, key, value)
     event = RunEvent(run_id=run.id, at=now, from_status=frm.value, to_status=to.value, actor=actor, reason=reason)

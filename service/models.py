@@ -263,6 +263,8 @@ class Metric(Base):
     val_loss: Mapped[float | None] = mapped_column(Float)
     val_bpb: Mapped[float | None] = mapped_column(Float)
     elapsed_ms: Mapped[float | None] = mapped_column(Float)
+    # Which launch of the run wrote it (1, 2, ...): a requeued run keeps its earlier attempts' points.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class LogChunk(Base):
@@ -274,6 +276,8 @@ class LogChunk(Base):
     offset: Mapped[int] = mapped_column(BigInteger)  # byte offset of data[0] in the UTF-8 log
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Which launch of the run wrote it (1, 2, ...): offsets run on across attempts, one log per run.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Artifact(Base):

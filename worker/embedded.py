@@ -42,8 +42,7 @@ def embedded_environment(environ: dict[str, str] | None = None) -> dict[str, str
     env.setdefault("CADDIE_BROKER_URL", f"sqla+sqlite:///{home / 'broker.sqlite'}")
     env.setdefault("CADDIE_LAUNCHER", "local")
     env.setdefault("CADDIE_ON_SUBMIT_HOOK", "worker.notify:runs_submitted")
-    env.setdefault("CADDIE_DATA_PATH", str(data / "datasets" / f"fineweb10B_sp{SMOKE_VOCAB}"))
-    env.setdefault("CADDIE_TOKENIZER_PATH", str(data / "tokenizers" / f"fineweb_{SMOKE_VOCAB}_bpe.model"))
+    env.setdefault("CADDIE_DATA_ROOT", str(data))
     env.setdefault("CADDIE_SCHEDULER_TICK_S", "2")
     env.setdefault("CADDIE_JANITOR_TICK_S", "10")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -98,12 +97,14 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
     home = Path(env["CADDIE_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(_env_file=None, home=home, database_url=env["CADDIE_DATABASE_URL"])
-    wsettings = WorkerSettings(_env_file=None, home=home, data_path=env["CADDIE_DATA_PATH"], tokenizer_path=env["CADDIE_TOKENIZER_PATH"])
+    wsettings = WorkerSettings(_env_file=None, home=home, data_root=Path(env["CADDIE_DATA_ROOT"]))
+    data_root = Path(wsettings.data_root)
 
     print(f"caddie home: {home}", file=out, flush=True)
     upgrade(settings.database_url)
-    if ensure_smoke_corpus(Path(wsettings.data_path), Path(wsettings.tokenizer_path), home / "data"):
-        print(f"built the smoke corpus in {home / 'data'}", file=out, flush=True)
+    smoke = (data_root / "datasets" / f"fineweb10B_sp{SMOKE_VOCAB}", data_root / "tokenizers" / f"fineweb_{SMOKE_VOCAB}_bpe.model")
+    if ensure_smoke_corpus(*smoke, data_root):
+        print(f"built the smoke corpus in {data_root}", file=out, flush=True)
     token = ensure_admin(settings.database_url)
 
     logs = home / "logs"

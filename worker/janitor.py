@@ -4,12 +4,14 @@ Decisions are pure (`decide_stale_runs`, `decide_clusters`); `janitor_pass`
 gathers the facts from the database and the launcher and carries them out.
 
 * A PROVISIONING/RUNNING run whose heartbeat is older than the stale window
-  lost its executor (worker killed, message lost with the broker). If its job
-  is still there (running, or ended but not yet collected) or it never got a
-  job, it is dispatched again: the new executor takes over the lease and
-  re-attaches. If the launcher says the job is gone without a trace, the run
-  goes back to the queue (or fails once out of attempts). Each action is a
+  lost its executor (worker killed, message lost with the broker). The janitor
+  never changes its status: it frees the lease and dispatches the run again,
+  and the executor that takes it (the run's one owner) decides: re-attach to
+  the job, collect what finished, launch, requeue or fail. Each dispatch is a
   run event (actor "janitor").
+* One message per run in flight: a dispatched run that no worker has taken
+  yet (no worker is up) is sent again only after ``redispatch_resend_s``, not
+  once per stale window.
 * A cluster that no active run uses and that has been idle longer than the
   keep-warm window (or that caddie never recorded) is torn down. Logged.
 """
@@ -21,12 +23,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.lifecycle import IllegalTransition, RunStatus, transition
-from service.models import Cluster, LogChunk, Metric, Run, RunEvent, utcnow
-from worker.launchers.base import ClusterHandle, JobState, LaunchHandle, Launcher, LauncherError
+from service.lifecycle import RunStatus
+from service.models import Cluster, Run, RunEvent, utcnow
+from worker.launchers.base import ClusterHandle, Launcher, LauncherError
+from worker.lease import dispatch_mark, is_dispatch_mark
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +40,15 @@ ACTIVE = (RunStatus.PROVISIONING.value, RunStatus.RUNNING.value)
 @dataclass(frozen=True)
 class StaleRun:
     run_id: int
-    status: str
-    attempts: int
+    silent_s: float  # seconds since the last heartbeat (for a dispatched run: since it was sent)
     has_job: bool  # a launch handle is stored
-    job_state: JobState | None  # what the launcher says about the job; None: could not ask / no job
-    silent_s: float  # seconds since the last heartbeat
+    dispatched: bool  # a message for it was sent and no executor has taken it yet
 
 
 @dataclass(frozen=True)
 class RunAction:
     run_id: int
-    action: str  # "redispatch" | "requeue" | "fail"
+    action: str  # "redispatch"
     reason: str
 
 
@@ -59,22 +60,20 @@ class ClusterFacts:
     recorded: bool  # caddie has a row for it
 
 
-def decide_stale_runs(runs: Iterable[StaleRun], max_attempts: int) -> list[RunAction]:
-    """What to do with each run whose executor went silent."""
+def decide_stale_runs(runs: Iterable[StaleRun], resend_after_s: float) -> list[RunAction]:
+    """What to do with each run whose executor went silent: dispatch it again, unless
+    a message for it is already in flight (sent less than resend_after_s ago)."""
     actions = []
     for r in runs:
-        silent = f"no heartbeat for {r.silent_s:.0f} s"
-        if not r.has_job:
-            actions.append(RunAction(r.run_id, "redispatch", f"{silent} and no job yet; dispatched again"))
-        elif r.job_state is None:
-            continue  # the launcher could not be asked: decide next time
-        elif r.job_state is JobState.LOST:
-            if r.attempts + 1 >= max_attempts:
-                actions.append(RunAction(r.run_id, "fail", f"{silent}; the job is gone; gave up after {r.attempts + 1} attempts"))
-            else:
-                actions.append(RunAction(r.run_id, "requeue", f"{silent}; the job is gone; queued again"))
+        if r.dispatched:
+            if r.silent_s < resend_after_s:
+                continue  # no worker took the last one yet; another would only pile up
+            reason = f"dispatched {r.silent_s:.0f} s ago and not taken up by a worker; dispatched again"
+        elif r.has_job:
+            reason = f"no heartbeat for {r.silent_s:.0f} s; dispatched again to re-attach to its job"
         else:
-            actions.append(RunAction(r.run_id, "redispatch", f"{silent}; job is {r.job_state.value}; dispatched again to re-attach"))
+            reason = f"no heartbeat for {r.silent_s:.0f} s and no job yet; dispatched again"
+        actions.append(RunAction(r.run_id, "redispatch", reason))
     return actions
 
 
@@ -107,51 +106,45 @@ def janitor_pass(session: Session, *, launcher: Launcher, settings: object, enqu
 def _stale_runs_pass(session: Session, launcher: Launcher, settings: object, enqueue: Callable[[int], None], now: datetime) -> list[RunAction]:
     stale_before = now - timedelta(seconds=settings.heartbeat_s * settings.stale_heartbeats)  # type: ignore[attr-defined]
     rows = list(session.scalars(select(Run).where(Run.status.in_(ACTIVE), (Run.heartbeat_at.is_(None)) | (Run.heartbeat_at < stale_before))))
-    facts = []
-    for run in rows:
-        state = None
-        if run.launch_handle:
-            try:
-                state = launcher.status(LaunchHandle.from_json(run.launch_handle)).state
-            except LauncherError as exc:
-                log.warning("janitor: status of run %s unknown: %s", run.id, exc)
-        silent = (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else float("inf")
-        facts.append(StaleRun(run.id, run.status, run.attempts or 0, run.launch_handle is not None, state, silent))
-    actions = decide_stale_runs(facts, settings.max_attempts)  # type: ignore[attr-defined]
+    facts = [
+        StaleRun(
+            run.id,
+            (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else float("inf"),
+            run.launch_handle is not None,
+            is_dispatch_mark(run.worker_task_id),
+        )
+        for run in rows
+    ]
+    actions = decide_stale_runs(facts, float(getattr(settings, "redispatch_resend_s", 300.0)))
     by_id = {r.id: r for r in rows}
     done = []
     for a in actions:
         run = by_id[a.run_id]
-        if a.action == "redispatch":
-            # Free the lease (only if still stale: the executor may have come back)
-            # and restart the clock, so the next round waits for the new executor.
-            result = session.execute(
-                update(Run)
-                .where(Run.id == run.id, Run.status == run.status, (Run.heartbeat_at.is_(None)) | (Run.heartbeat_at < stale_before))
-                .values(worker_task_id=None, heartbeat_at=now),
+        # Free the lease (only if nobody touched the run since we looked: its
+        # executor may have come back) and mark the message as in flight.
+        mark = dispatch_mark(now)
+        seen = Run.worker_task_id.is_(None) if run.worker_task_id is None else Run.worker_task_id == run.worker_task_id
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run.id, Run.status == run.status, seen, (Run.heartbeat_at.is_(None)) | (Run.heartbeat_at < stale_before))
+            .values(worker_task_id=mark, heartbeat_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        if result.rowcount != 1:
+            session.rollback()
+            continue
+        session.add(RunEvent(run_id=run.id, at=now, from_status=run.status, to_status=run.status, actor=ACTOR, reason=a.reason))
+        session.commit()
+        try:
+            enqueue(run.id)
+        except Exception:  # noqa: BLE001 (broker down: no message is in flight, the next round tries again)
+            log.exception("janitor: could not enqueue run %s", run.id)
+            session.execute(
+                update(Run).where(Run.id == run.id, Run.worker_task_id == mark).values(worker_task_id=None, heartbeat_at=None),
                 execution_options={"synchronize_session": False},
             )
-            if result.rowcount != 1:
-                session.rollback()
-                continue
-            session.add(RunEvent(run_id=run.id, at=now, from_status=run.status, to_status=run.status, actor=ACTOR, reason=a.reason))
             session.commit()
-            try:
-                enqueue(run.id)
-            except Exception:  # noqa: BLE001 (broker down: the next round tries again)
-                log.exception("janitor: could not enqueue run %s", run.id)
-        else:
-            to = RunStatus.QUEUED if a.action == "requeue" else RunStatus.FAILED
-            try:
-                transition(session, run, to, actor=ACTOR, reason=a.reason)
-            except IllegalTransition:
-                session.rollback()
-                continue
-            if to is RunStatus.QUEUED:
-                run.launch_handle, run.cluster_id, run.worker_task_id, run.log_bytes = None, None, None, 0
-                session.execute(delete(LogChunk).where(LogChunk.run_id == run.id))
-                session.execute(delete(Metric).where(Metric.run_id == run.id))
-            session.commit()
+            continue
         done.append(a)
         log.info("janitor: run %s: %s (%s)", a.run_id, a.action, a.reason)
     return done

@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service.lifecycle import IllegalTransition, RunStatus, transition
 from service.models import Run, RunEvent, Team, utcnow
 from service.usage import gpus_of  # one definition, shared with the team usage page
+from worker.lease import dispatch_mark
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +224,20 @@ def dispatch_due_runs(
         except IllegalTransition:
             continue  # cancelled meanwhile
         run.heartbeat_at = now  # the janitor measures a lost dispatch from here
-        run.worker_task_id = None
+        run.worker_task_id = dispatch_mark(now)  # a message is on its way (worker.lease)
         dispatched.append(run_id)
     session.commit()
+    unsent = []
     for run_id in dispatched:
         try:
             enqueue(run_id)
         except Exception:  # noqa: BLE001 (any broker error: the janitor re-dispatches later)
             log.exception("could not enqueue run %s; the janitor will dispatch it again", run_id)
+            unsent.append(run_id)
+    if unsent:  # no message is on its way: the janitor sends one once the stale window has passed
+        session.execute(
+            update(Run).where(Run.id.in_(unsent), Run.worker_task_id == dispatch_mark(now)).values(worker_task_id=None),
+            execution_options={"synchronize_session": False},
+        )
+        session.commit()
     return dispatched

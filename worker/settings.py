@@ -32,6 +32,15 @@ class WorkerSettings(BaseSettings):
     # orphaned: its lease may be taken over and the janitor acts on it.
     stale_heartbeats: float = Field(3.0, ge=2)
     max_attempts: int = Field(3, ge=1)  # launches per run (retries after preemption / no capacity)
+    # Errors the executor did not expect (a launcher bug): after this many since the
+    # run's last status change, the run fails with the error instead of being retried.
+    max_driver_errors: int = Field(3, ge=1)
+    # The executor retries database work through transient errors (a lost connection,
+    # a restarting server) this long before it gives up on the run's pass.
+    db_retry_s: float = Field(60.0, ge=0)
+    # A run dispatched again whose message nobody took (no worker up) is sent once more
+    # only after this long: one message per run in flight, not one per stale window.
+    redispatch_resend_s: float = Field(300.0, gt=0)
     retry_backoff_s: float = Field(60.0, ge=0)  # a requeued run waits this long, doubled per attempt
     # Redis only: an unacknowledged message goes back to the queue after this
     # long (a lost worker's run is redelivered). Duplicates are harmless: the
@@ -46,9 +55,11 @@ class WorkerSettings(BaseSettings):
     budget_period_days: float = Field(30.0, gt=0)  # team budgets are GPU-hours per rolling period
     expected_run_hours: float = Field(1 / 3, gt=0)  # fair-share charge of one started run
 
-    # --- trainer data (runs that do not set DATA_PATH / TOKENIZER_PATH) -----------
-    data_path: str = ""  # default: the trainer's own default (./data/...)
-    tokenizer_path: str = ""
+    # --- trainer data -------------------------------------------------------------
+    # Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant (sp<VOCAB_SIZE>)
+    # under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the
+    # layout `python -m trainer.data` writes). A spec never names a path. Default: home/data.
+    data_root: Path | None = None
 
     # --- launcher choice -------------------------------------------------------
     launcher: str = Field("local", pattern=r"^(local|skypilot)$")
@@ -71,7 +82,6 @@ class WorkerSettings(BaseSettings):
     sky_task_template: Path | None = None  # default: infra/skypilot/task.yaml of this checkout
     sky_workdir: Path | None = None  # default: this checkout, synced to the node and pip-installed
     sky_install_spec: str = ""  # pip requirement installed on the node instead, e.g. "caddie[gpu] @ git+https://..."
-    sky_data_variant: str = "sp1024"
     sky_data_shards: int = Field(80, ge=1, le=1000)
     sky_disk_size_gb: int = Field(256, ge=50)
     sky_poll_s: float = Field(5.0, ge=0)  # status/log answers are reused this long (each is an API-server round trip)
@@ -83,6 +93,8 @@ class WorkerSettings(BaseSettings):
     def _fill_paths_from_home(self) -> WorkerSettings:
         if self.runs_dir is None:
             self.runs_dir = self.home / "runs"
+        if self.data_root is None:
+            self.data_root = self.home / "data"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
         return self

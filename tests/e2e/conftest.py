@@ -189,8 +189,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
         CADDIE_VISIBILITY_TIMEOUT_S="20",
         CADDIE_MAX_CONCURRENT_RUNS="1",
         CADDIE_CANCEL_GRACE_S="3",
-        CADDIE_DATA_PATH=str(smoke_corpus_dir / "datasets" / "fineweb10B_sp1024"),
-        CADDIE_TOKENIZER_PATH=str(smoke_corpus_dir / "tokenizers" / "fineweb_1024_bpe.model"),
+        CADDIE_DATA_ROOT=str(smoke_corpus_dir),  # holds datasets/fineweb10B_sp1024 and tokenizers/fineweb_1024_bpe.model
         OMP_NUM_THREADS="1",
     )
     s = Stack(home, env, pg_url)

@@ -18,7 +18,7 @@ from service.accounts import create_team, create_user
 from service.artifacts import LocalArtifactStore
 from service.db import get_sessionmaker
 from service.lifecycle import record_created
-from service.models import Artifact, LogChunk, Run, RunEvent, Team, User, utcnow
+from service.models import Artifact, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
 from service.results.rules import RunFacts, check_run
 from tests.fresh_db import fresh_database
 from worker.executor import execute_run
@@ -66,7 +66,7 @@ def settings(tmp_path: Path) -> WorkerSettings:
     script.write_text(STAND_IN)
     return WorkerSettings(
         home=tmp_path, trainer_command=[sys.executable, str(script)], gpu_count=0, heartbeat_s=0.5, poll_interval_s=0.05,
-        cancel_grace_s=1.0, data_path="/data/smoke", max_attempts=2,
+        cancel_grace_s=1.0, max_attempts=2,
     )  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def test_a_run_succeeds_with_log_metrics_result_and_artifacts(maker, settings) -
         run = s.get(Run, run_id)
         assert (run.val_bpb, run.artifact_bytes, run.steps, run.result["status"]) == (2.5, 1234, 2, "succeeded")
         log = "".join(s.scalars(select(LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
-        assert log.startswith("seed:5 data:/data/smoke") and run.log_bytes == len(log.encode())
+        assert log.startswith("seed:5 data:./data/datasets/fineweb10B_sp1024\n") and run.log_bytes == len(log.encode())
         kinds = sorted(a.kind for a in s.scalars(select(Artifact).where(Artifact.run_id == run_id)))
         assert kinds == ["log", "model", "result"]
     assert events(maker, run_id)[1:] == [("QUEUED", "PROVISIONING"), ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
@@ -213,7 +213,7 @@ def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> No
     t.start()
     runs = settings.home / "runs" / str(run_id)
     end = time.monotonic() + 20
-    while not list(runs.glob("attempt-*/child.json")):
+    while not list(runs.glob("attempt-*/child.json")) or b"step:1/2" not in next(runs.glob("attempt-*/stdout.log")).read_bytes():
         assert time.monotonic() < end
         time.sleep(0.05)
     [workdir] = runs.glob("attempt-*")
@@ -225,4 +225,11 @@ def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> No
     assert result and "QUEUED" in result[0], result
     with maker() as s:
         run = s.get(Run, run_id)
-        assert (run.status, run.attempts, run.launch_handle, run.log_bytes) == ("QUEUED", 1, None, 0)
+        assert (run.status, run.attempts, run.launch_handle) == ("QUEUED", 1, None)
+        # the attempt's log and metrics stay, and the log says the next attempt follows
+        chunks = list(s.execute(select(LogChunk.attempt, LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
+        log = "".join(d for _, d in chunks)
+        assert log.startswith("seed:5") and "step:1/2 train_loss:5.5000" in log
+        assert log.endswith("caddie: attempt 1 ended (trainer process %s is gone and left no exit code); queued for attempt 2\n" % handle["data"]["pid"])
+        assert {a for a, _ in chunks} == {1} and run.log_bytes == len(log.encode())
+        assert [(m.attempt, m.step) for m in s.scalars(select(Metric).where(Metric.run_id == run_id))] == [(1, 1)]

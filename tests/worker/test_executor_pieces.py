@@ -1,4 +1,4 @@
-"""Pure pieces of the executor: log cutting and decoding, the trainer's environment."""
+"""Pure pieces of the executor: log cutting and decoding, the trainer's knobs and data variant."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from trainer.config import ConfigError
-from worker.executor import MAX_PENDING_LINE_BYTES, complete_part, decode_log, job_env
+from worker.executor import MAX_PENDING_LINE_BYTES, complete_part, data_variant, decode_log, job_env
 
 
 def test_only_whole_lines_are_stored_while_the_job_runs() -> None:
@@ -30,12 +30,10 @@ def test_decoding_keeps_the_byte_length() -> None:
     assert "\x00" not in text and "é" in text
 
 
-def test_job_env_is_the_runs_knobs_seed_and_default_data_paths() -> None:
-    settings = SimpleNamespace(data_path="/data/smoke", tokenizer_path="/data/tok.model")
+def test_job_env_is_the_runs_knobs_and_seed_and_the_data_variant_follows_the_vocabulary() -> None:
     run = SimpleNamespace(spec={"NUM_LAYERS": 5, "TTT_ENABLED": False}, seed=42)
-    env = job_env(run, settings)
-    assert env == {"NUM_LAYERS": "5", "TTT_ENABLED": "0", "SEED": "42", "DATA_PATH": "/data/smoke", "TOKENIZER_PATH": "/data/tok.model"}
-    own = SimpleNamespace(spec={"DATA_PATH": "/mine"}, seed=1)
-    assert job_env(own, settings)["DATA_PATH"] == "/mine"
+    assert job_env(run) == {"NUM_LAYERS": "5", "TTT_ENABLED": "0", "SEED": "42"}
+    assert data_variant(run) == "sp1024"
+    assert data_variant(SimpleNamespace(spec={"VOCAB_SIZE": 4096}, seed=1)) == "sp4096"
     with pytest.raises(ConfigError):
-        job_env(SimpleNamespace(spec={"NUM_LAYERS": -1}, seed=1), settings)
+        job_env(SimpleNamespace(spec={"NUM_LAYERS": -1}, seed=1))

@@ -1,4 +1,5 @@
-"""janitor_pass on PostgreSQL with the local launcher: stale runs are dispatched again or requeued, with events."""
+"""janitor_pass on PostgreSQL with the local launcher: stale runs are dispatched again, one
+message per run in flight, and the janitor never moves a run's status (its executor does)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 from sqlalchemy import select
 
 from service.accounts import create_team, create_user
+from service.artifacts import LocalArtifactStore
 from service.db import get_sessionmaker
 from service.models import Run, RunEvent, Team, User, utcnow
 from tests.fresh_db import fresh_database
+from worker.executor import execute_run
 from worker.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
+from worker.lease import is_dispatch_mark
 from worker.settings import WorkerSettings
 
 
@@ -28,6 +32,15 @@ def maker():
         yield maker
 
 
+@pytest.fixture()
+def settings(tmp_path: Path) -> WorkerSettings:
+    return WorkerSettings(home=tmp_path, heartbeat_s=1, stale_heartbeats=3, gpu_count=0, redispatch_resend_s=120, max_attempts=3)
+
+
+def gone(tmp_path: Path) -> dict:
+    return {"launcher": "local", "cluster": "local", "job_id": "x", "data": {"pid": 999999, "create_time": 1.0, "workdir": str(tmp_path / "nowhere")}}
+
+
 def add_run(maker, status: str, *, silent_s: float, handle: dict | None = None, attempts: int = 0) -> int:
     with maker() as s:
         team = s.scalar(select(Team.id).where(Team.name == "jan"))
@@ -40,25 +53,62 @@ def add_run(maker, status: str, *, silent_s: float, handle: dict | None = None, 
         return run.id
 
 
-def test_stale_runs_are_redispatched_or_requeued_and_fresh_ones_left_alone(maker, tmp_path: Path) -> None:
-    settings = WorkerSettings(home=tmp_path, heartbeat_s=1, stale_heartbeats=3, gpu_count=0)
-    gone = {"launcher": "local", "cluster": "local", "job_id": "x", "data": {"pid": 999999, "create_time": 1.0, "workdir": str(tmp_path / "nowhere")}}
+def janitor(maker, settings: WorkerSettings, sent: list[int], now=None, enqueue=None):  # noqa: ANN001, ANN201
+    with maker() as s:
+        return janitor_pass(s, launcher=LocalLauncher(settings), settings=settings, enqueue=enqueue or sent.append, now=now)
+
+
+def test_stale_runs_are_dispatched_again_and_their_status_is_left_to_the_executor(maker, settings, tmp_path: Path) -> None:
     no_job = add_run(maker, "PROVISIONING", silent_s=10)
-    lost = add_run(maker, "RUNNING", silent_s=10, handle=gone)
-    lost_last_try = add_run(maker, "RUNNING", silent_s=10, handle=gone, attempts=2)
-    fresh = add_run(maker, "RUNNING", silent_s=0.5, handle=gone)
+    lost = add_run(maker, "RUNNING", silent_s=10, handle=gone(tmp_path))
+    fresh = add_run(maker, "RUNNING", silent_s=0.5, handle=gone(tmp_path))
     sent: list[int] = []
+    actions = janitor(maker, settings, sent)
+    assert sorted((a.run_id, a.action) for a in actions) == [(no_job, "redispatch"), (lost, "redispatch")]
+    assert sorted(sent) == [no_job, lost]
     with maker() as s:
-        actions = janitor_pass(s, launcher=LocalLauncher(settings), settings=settings, enqueue=sent.append)
-    assert {(a.run_id, a.action) for a in actions} == {(no_job, "redispatch"), (lost, "requeue"), (lost_last_try, "fail")}
-    assert sent == [no_job]
+        runs = {r.id: r for r in s.scalars(select(Run).where(Run.id.in_([no_job, lost, fresh])))}
+        assert {i: r.status for i, r in runs.items()} == {no_job: "PROVISIONING", lost: "RUNNING", fresh: "RUNNING"}
+        assert is_dispatch_mark(runs[no_job].worker_task_id) and is_dispatch_mark(runs[lost].worker_task_id)  # free for the next executor
+        assert runs[fresh].worker_task_id == "dead-worker"
+        events = list(s.scalars(select(RunEvent).where(RunEvent.run_id.in_([no_job, lost]))))
+        assert {(e.actor, e.from_status == e.to_status) for e in events} == {("janitor", True)}
+    # the executor that gets the message is the one that moves the run: the job is gone, so back to the queue
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    out = execute_run(lost, launcher=LocalLauncher(settings), session_factory=maker, store=store, settings=settings)
+    assert "QUEUED" in out
     with maker() as s:
-        runs = {r.id: r for r in s.scalars(select(Run).where(Run.id.in_([no_job, lost, lost_last_try, fresh])))}
-        assert runs[no_job].status == "PROVISIONING" and runs[no_job].worker_task_id is None  # the lease is free for a new executor
-        assert (runs[lost].status, runs[lost].attempts, runs[lost].launch_handle) == ("QUEUED", 1, None)
-        assert runs[lost_last_try].status == "FAILED" and "3 attempts" in runs[lost_last_try].status_reason
-        assert runs[fresh].status == "RUNNING"
-        actors = set(s.scalars(select(RunEvent.actor).where(RunEvent.run_id.in_([no_job, lost, lost_last_try]))))
-        assert actors == {"janitor"}
-    with maker() as s:  # the redispatch restarted the clock: nothing more to do right away
-        assert janitor_pass(s, launcher=LocalLauncher(settings), settings=settings, enqueue=sent.append) == []
+        run = s.get(Run, lost)
+        assert (run.status, run.attempts, run.launch_handle, run.worker_task_id) == ("QUEUED", 1, None, None)
+        assert s.scalar(select(RunEvent.actor).where(RunEvent.run_id == lost, RunEvent.to_status == "QUEUED")) == "worker"
+
+
+def test_one_message_per_run_while_no_worker_takes_it(maker, settings) -> None:
+    run_id = add_run(maker, "RUNNING", silent_s=10, handle={"launcher": "local", "cluster": "local", "job_id": "y", "data": {}})
+    sent: list[int] = []
+    t0 = utcnow()
+    janitor(maker, settings, sent, now=t0)
+    # no worker is up: round after round of the janitor (a stale window is 3 s here) ...
+    for k in range(1, 30):
+        janitor(maker, settings, sent, now=t0 + timedelta(seconds=4 * k))
+    assert sent.count(run_id) == 1  # ... and still one message for it in the queue
+    # a message that nobody took after redispatch_resend_s may have been lost with the broker: one more
+    janitor(maker, settings, sent, now=t0 + timedelta(seconds=121))
+    assert sent.count(run_id) == 2
+    with maker() as s:
+        assert s.get(Run, run_id).status == "RUNNING"
+
+
+def test_a_message_that_could_not_be_sent_is_sent_at_the_next_round(maker, settings) -> None:
+    run_id = add_run(maker, "PROVISIONING", silent_s=10)
+
+    def broker_down(_: int) -> None:
+        raise ConnectionError("broker down")
+
+    t0 = utcnow()
+    assert janitor(maker, settings, [], now=t0, enqueue=broker_down) == []
+    with maker() as s:
+        assert s.get(Run, run_id).worker_task_id is None  # nothing in flight
+    sent: list[int] = []
+    janitor(maker, settings, sent, now=t0 + timedelta(seconds=1))
+    assert run_id in sent

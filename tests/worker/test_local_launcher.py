@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -52,6 +53,18 @@ time.sleep(300)
 '''
 
 
+class StandInLauncher(LocalLauncher):
+    """The local launcher, also passing the stand-in's own FAKE_* and RUN_NAME settings.
+
+    The real launcher passes a run's trainer knobs only; these are the test's, not a run's.
+    """
+
+    def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
+        own = {k: v for k, v in job.env.items() if k.startswith("FAKE_") or k == "RUN_NAME"}
+        env = super()._child_env(replace(job, env={k: v for k, v in job.env.items() if k not in own}), workdir)
+        return {**env, **own}
+
+
 @pytest.fixture()
 def settings(tmp_path: Path) -> WorkerSettings:
     script = tmp_path / "fake_trainer.py"
@@ -95,7 +108,7 @@ def test_trainer_command_uses_torchrun_over_all_local_gpus(tmp_path: Path) -> No
 
 def test_success_log_offsets_outputs_and_env(settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CADDIE_DATABASE_URL", "postgresql://user:secret@db/caddie")
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     cluster = launcher.acquire(7, "local")
     handle = launcher.submit(cluster, job())
     st = wait_terminal(launcher, handle)
@@ -111,8 +124,9 @@ def test_success_log_offsets_outputs_and_env(settings: WorkerSettings, monkeypat
     workdir = launcher.collect(handle, Path("/unused"))
     assert workdir == settings.runs_dir.resolve() / "7" / "attempt-1"
     assert json.loads((workdir / "result.json").read_text())["val_bpb"] == 1.5  # OUTPUT_DIR is the work dir
-    data_path = [ln for ln in log.decode().splitlines() if ln.startswith("data_path:")][0]
-    assert Path(data_path.split(":", 1)[1]).is_absolute()
+    # the data variant's folders, relative to the work dir, whose `data` links to the data root
+    assert b"data_path:./data/datasets/fineweb10B_sp1024\n" in log
+    assert (workdir / "data").resolve() == settings.data_root.resolve()
 
     # a second attempt of the same run gets its own directory
     handle2 = launcher.submit(cluster, job())
@@ -121,19 +135,59 @@ def test_success_log_offsets_outputs_and_env(settings: WorkerSettings, monkeypat
 
 
 def test_failure_reports_exit_code_and_the_error_line(settings: WorkerSettings) -> None:
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(8, "local"), job(run_id=8, FAKE_MODE="fail"))
     st = wait_terminal(launcher, handle)
     assert (st.state, st.exit_code) == (JobState.FAILED, 3)
     assert "RuntimeError: boom at step 3" in st.reason and "code 3" in st.reason
 
 
-def test_worker_secrets_stay_out_but_knobs_named_like_them_pass(settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in {"AWS_SECRET_ACCESS_KEY": "s", "HF_TOKEN": "t", "TOKENIZER_PATH": "/data/tok.model", "TRAIN_BATCH_TOKENS": "4096"}.items():
+SECRETS = {
+    "PGPASSWORD": "pg", "DATABASE_URL": "postgresql://u:p@db/x", "REDIS_URL": "redis://:p@r:6379/0", "WANDB_API_KEY": "w",
+    "OPENAI_API_KEY": "sk-x", "GITHUB_PAT": "ghp_x", "AWS_SECRET_ACCESS_KEY": "s", "HF_TOKEN": "t", "CADDIE_DATABASE_URL": "postgresql://c",
+    "CADDIE_S3_BUCKET": "b", "LD_PRELOAD": "/tmp/evil.so", "PYTHONSTARTUP": "/tmp/evil.py",
+}  # fmt: skip
+ALLOWED = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TMPDIR": "/tmp", "CUDA_VISIBLE_DEVICES": "0,1", "NCCL_SOCKET_IFNAME": "eth0", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+DUMP_ENV = r"""
+import json, os
+with open("env.json", "w") as fh:
+    json.dump(dict(os.environ), fh)
+"""
+
+
+def test_the_trainer_environment_is_an_allow_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real stand-in trainer sees PATH, HOME, the locale, GPU and NCCL settings and its knobs: no worker secret, whatever its name."""
+    for k, v in {**SECRETS, **ALLOWED, "TOKENIZER_PATH": "/etc/passwd", "NUM_LAYERS": "99"}.items():
         monkeypatch.setenv(k, v)
-    env = LocalLauncher(settings)._child_env(job(), Path("/w"))
-    assert "AWS_SECRET_ACCESS_KEY" not in env and "HF_TOKEN" not in env
-    assert env["TOKENIZER_PATH"] == "/data/tok.model" and env["TRAIN_BATCH_TOKENS"] == "4096"
+    script = tmp_path / "dump_env.py"
+    script.write_text(DUMP_ENV)
+    launcher = LocalLauncher(WorkerSettings(home=tmp_path / "home", trainer_command=[sys.executable, str(script)], gpu_count=0))
+    handle = launcher.submit(launcher.acquire(17, "local"), job(run_id=17, TRAIN_BATCH_TOKENS="4096"))
+    assert wait_terminal(launcher, handle).state == JobState.SUCCEEDED
+    seen = json.loads((Path(handle.data["workdir"]) / "env.json").read_text())
+    assert not set(SECRETS) & set(seen), set(SECRETS) & set(seen)
+    assert not [k for k in seen if k.startswith("CADDIE_")]
+    assert {k: seen.get(k) for k in ALLOWED} == ALLOWED and seen["PATH"] == os.environ["PATH"] and seen["HOME"] == os.environ["HOME"]
+    # the run's knobs, not the worker's; the paths are caddie's, from the data variant
+    assert (seen["NUM_LAYERS"], seen["TRAIN_BATCH_TOKENS"]) == ("3", "4096")
+    assert (seen["DATA_PATH"], seen["TOKENIZER_PATH"], seen["OUTPUT_DIR"]) == (
+        "./data/datasets/fineweb10B_sp1024", "./data/tokenizers/fineweb_1024_bpe.model", ".")
+    assert seen["PYTHONPATH"] == str(REPO)
+
+
+def test_a_run_cannot_name_the_data_paths_or_pass_what_is_not_a_knob(settings: WorkerSettings, tmp_path: Path) -> None:
+    env = LocalLauncher(settings)._child_env(
+        JobSpec(18, {"DATA_PATH": "/etc", "TOKENIZER_PATH": "/etc/passwd", "OUTPUT_DIR": "/", "VOCAB_SIZE": "4096"}, "local", 60, "sp4096"),
+        tmp_path,
+    )
+    assert (env["DATA_PATH"], env["TOKENIZER_PATH"], env["OUTPUT_DIR"]) == (
+        "./data/datasets/fineweb10B_sp4096", "./data/tokenizers/fineweb_4096_bpe.model", ".")
+    for bad in ({"LD_PRELOAD": "/tmp/x.so"}, {"PGPASSWORD": "x"}):
+        with pytest.raises(LaunchFailed, match="not a trainer knob"):
+            LocalLauncher(settings)._child_env(JobSpec(18, bad, "local", 60), tmp_path)
+    with pytest.raises(LaunchFailed, match="data variant"):
+        LocalLauncher(settings)._child_env(JobSpec(18, {}, "local", 60, "../../etc"), tmp_path)
 
 
 def test_a_command_that_cannot_start_is_a_failed_job(tmp_path: Path) -> None:
@@ -145,7 +199,7 @@ def test_a_command_that_cannot_start_is_a_failed_job(tmp_path: Path) -> None:
 
 
 def test_cancel_kills_the_whole_process_group_even_when_sigterm_is_ignored(settings: WorkerSettings) -> None:
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(9, "local"), job(run_id=9, FAKE_MODE="stubborn"))
     pids_file = Path(handle.data["workdir"]) / "pids.json"
     wait_for_file(pids_file)
@@ -161,7 +215,7 @@ def test_cancel_kills_the_whole_process_group_even_when_sigterm_is_ignored(setti
 
 
 def test_cancel_of_a_polite_trainer_is_quick(settings: WorkerSettings) -> None:
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(10, "local"), job(run_id=10, FAKE_MODE="sleep"))
     pids_file = Path(handle.data["workdir"]) / "pids.json"
     wait_for_file(pids_file)
@@ -175,13 +229,13 @@ def test_cancel_of_a_polite_trainer_is_quick(settings: WorkerSettings) -> None:
 
 
 def test_reattach_from_the_json_handle_after_a_worker_restart(settings: WorkerSettings) -> None:
-    first = LocalLauncher(settings)
+    first = StandInLauncher(settings)
     handle = first.submit(first.acquire(11, "local"), job(run_id=11, FAKE_MODE="sleep"))
     stored = json.dumps(handle.to_json())  # what the executor keeps in runs.launch_handle
     wait_for_file(Path(handle.data["workdir"]) / "pids.json")
     del first  # the worker that started it is gone
 
-    again = LocalLauncher(WorkerSettings(**settings.model_dump()))
+    again = StandInLauncher(WorkerSettings(**settings.model_dump()))
     restored = LaunchHandle.from_json(json.loads(stored))
     assert again.status(restored).state == JobState.RUNNING
     assert b"sleeping" in again.read_log(restored, 0)
@@ -196,9 +250,9 @@ def test_reattach_from_the_json_handle_after_a_worker_restart(settings: WorkerSe
 SPAWN_AND_DIE = """
 import json, os, signal, sys
 from worker.launchers.base import JobSpec
-from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
-launcher = LocalLauncher(WorkerSettings.model_validate_json(sys.argv[1]))
+from tests.worker.test_local_launcher import StandInLauncher
+launcher = StandInLauncher(WorkerSettings.model_validate_json(sys.argv[1]))
 handle = launcher.submit(launcher.acquire(16, "local"), JobSpec(16, {"FAKE_MODE": "slow"}, "local", 60))
 print(json.dumps(handle.to_json()), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # the worker dies the hard way
@@ -221,7 +275,7 @@ def test_the_job_outlives_a_killed_worker_and_its_exit_code_is_recovered(setting
 
 
 def test_lost_when_the_processes_vanish_without_an_exit_code(settings: WorkerSettings) -> None:
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(12, "local"), job(run_id=12, FAKE_MODE="sleep"))
     workdir = Path(handle.data["workdir"])
     wait_for_file(workdir / "pids.json")
@@ -237,6 +291,25 @@ def test_lost_when_the_processes_vanish_without_an_exit_code(settings: WorkerSet
     assert st.state == JobState.LOST and "no exit code" in st.reason
 
 
+def test_a_trainer_killed_by_a_signal_is_reported_as_such(settings: WorkerSettings) -> None:
+    launcher = StandInLauncher(settings)
+    handle = launcher.submit(launcher.acquire(19, "local"), job(run_id=19, FAKE_MODE="sleep"))
+    workdir = Path(handle.data["workdir"])
+    wait_for_file(workdir / "pids.json")
+    os.killpg(json.loads((workdir / "child.json").read_text())["pgid"], signal.SIGKILL)  # the OOM killer, say
+    st = wait_terminal(launcher, handle)
+    assert (st.state, st.exit_code) == (JobState.FAILED, -signal.SIGKILL)
+    assert st.reason.startswith("trainer killed by signal 9 (SIGKILL)") and "sleeping" not in st.reason  # not its last log line
+
+
+@pytest.mark.parametrize(("rc", "expected"), [(-9, "signal 9 (SIGKILL)"), (137, "signal 9 (SIGKILL)"), (-15, "signal 15 (SIGTERM)"),
+                                              (139, "signal 11 (SIGSEGV)"), (1, ""), (2, ""), (0, ""), (128, ""), (255, "")])
+def test_signal_of_exit(rc: int, expected: str) -> None:
+    from worker.launchers.local import signal_of_exit
+
+    assert signal_of_exit(rc).split(":")[0] == expected
+
+
 def test_a_reused_pid_is_not_mistaken_for_the_job(settings: WorkerSettings, tmp_path: Path) -> None:
     workdir = tmp_path / "w"
     workdir.mkdir()
@@ -248,7 +321,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_job(settings: WorkerSettings, tmp_
 def test_free_text_in_env_never_reaches_a_shell(settings: WorkerSettings, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     name = f"$(touch {marker}); touch {marker} `touch {marker}` && echo"
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(13, "local"), job(run_id=13, RUN_NAME=name))
     assert wait_terminal(launcher, handle).state == JobState.SUCCEEDED
     assert not marker.exists()
@@ -256,13 +329,13 @@ def test_free_text_in_env_never_reaches_a_shell(settings: WorkerSettings, tmp_pa
 
 
 def test_bad_env_name_is_a_launch_failure(settings: WorkerSettings) -> None:
-    launcher = LocalLauncher(settings)
-    with pytest.raises(LaunchFailed, match="environment variable name"):
+    launcher = StandInLauncher(settings)
+    with pytest.raises(LaunchFailed, match="not a trainer knob"):
         launcher.submit(launcher.acquire(14, "local"), JobSpec(14, {"NOT VALID=1": "x"}, "local", 60))
 
 
 def test_wrapper_enforces_the_hard_timeout_without_a_worker(settings: WorkerSettings) -> None:
-    launcher = LocalLauncher(settings)
+    launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(15, "local"), job(run_id=15, timeout_s=1.0, FAKE_MODE="sleep"))
     st = wait_terminal(launcher, handle, limit=10)
     assert st.state == JobState.FAILED and "hard timeout" in st.reason
@@ -283,7 +356,7 @@ TINY_TRAINER = {
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     data = pytest.importorskip("trainer.data")
     paths = data.build_smoke_corpus(tmp_path_factory.mktemp("corpus"), vocab_size=1024)
-    return {"DATA_PATH": str(paths.data_path), "TOKENIZER_PATH": str(paths.tokenizer_path)}
+    return paths.root  # the data root: datasets/fineweb10B_sp1024, tokenizers/fineweb_1024_bpe.model
 
 
 TRAINER_MODULES = ("data", "bpb", "evaluate", "model", "optim", "quant", "train")
@@ -292,12 +365,12 @@ TRAINER_MODULES = ("data", "bpb", "evaluate", "model", "optim", "quant", "train"
 @pytest.mark.skipif(
     not all((REPO / "trainer" / f"{m}.py").exists() for m in TRAINER_MODULES), reason="the trainer has not fully landed yet"
 )
-def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: dict[str, str]) -> None:
+def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: Path) -> None:
     """`python -m trainer` end to end: SUCCEEDED, outputs in the work dir, and the log parses into the result's numbers."""
     from worker.logparse import parse_text
 
-    launcher = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0))
-    handle = launcher.submit(launcher.acquire(21, "local"), JobSpec(21, {**TINY_TRAINER, **tiny_corpus}, "local", 240))
+    launcher = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0, data_root=tiny_corpus))
+    handle = launcher.submit(launcher.acquire(21, "local"), JobSpec(21, TINY_TRAINER, "local", 240))
     st = wait_terminal(launcher, handle, limit=240)
     log = launcher.read_log(handle, 0).decode()
     assert st.state == JobState.SUCCEEDED, log[-2000:]

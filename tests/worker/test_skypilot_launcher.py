@@ -48,13 +48,13 @@ def launcher(tmp_path: Path, sdk: Any = None, min_poll_s: float = 0.0, **overrid
 
 
 def test_task_from_the_template_defaults_to_8xH100_and_carries_the_knobs(tmp_path: Path) -> None:
-    task = launcher(tmp_path).build_task(spec(RUN_NAME="$(touch /tmp/pwned) ; rm -rf ~"), "run-5-abcd")
+    task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch /tmp/pwned) ; rm -rf ~"), "run-5-abcd")
     assert isinstance(task, sky.Task)
     assert task.name == "caddie-run-5"
     (res,) = task.resources
     assert res.accelerators == {"H100": 8} and res.cloud is None and res.disk_size == 256
     assert task.envs["NUM_LAYERS"] == "11"
-    assert task.envs["RUN_NAME"] == "$(touch /tmp/pwned) ; rm -rf ~"  # a value: SkyPilot shlex-quotes it on export
+    assert task.envs["VE_LAYERS"] == "$(touch /tmp/pwned) ; rm -rf ~"  # a value: SkyPilot shlex-quotes it on export
     assert task.envs["CADDIE_RUN_KEY"] == "run-5-abcd" and task.envs["CADDIE_TRAIN_SHARDS"] == "80"
     assert task.envs["CADDIE_TIMEOUT_S"] == "1800" and 'timeout --signal=TERM --kill-after=30 "${CADDIE_TIMEOUT_S}"' in task.run
     assert task.workdir == str(REPO)  # this checkout is synced and pip-installed by setup
@@ -73,22 +73,12 @@ def test_hardware_infra_spot_and_shards_come_from_the_run_and_settings(tmp_path:
     assert str(k8s.cloud) == "Kubernetes"
 
 
-def test_output_dir_is_decided_on_the_node(tmp_path: Path) -> None:
-    task = launcher(tmp_path).build_task(spec(OUTPUT_DIR="/somewhere/else"), "k")
-    assert "OUTPUT_DIR" not in task.envs
-
-
-def test_the_worker_s_local_data_paths_do_not_travel_to_the_node(tmp_path: Path) -> None:
-    settings = WorkerSettings(home=tmp_path)
-    local = {"DATA_PATH": "/srv/caddie/smoke/datasets/fineweb10B_sp1024", "TOKENIZER_PATH": "/srv/caddie/smoke/tok.model"}
-    for k, v in local.items():
-        if hasattr(settings, k.lower()):
-            setattr(settings, k.lower(), v)
-    envs = SkyPilotLauncher(settings, sdk=sky).build_task(spec(**local), "k").envs
-    expected_dropped = {k for k in local if hasattr(settings, k.lower())}
-    assert not expected_dropped & set(envs)
-    # a path the run itself names (a folder on the node) is kept
-    assert launcher(tmp_path).build_task(spec(DATA_PATH="/mnt/shards"), "k").envs["DATA_PATH"] == "/mnt/shards"
+def test_paths_are_decided_on_the_node_from_the_data_variant(tmp_path: Path) -> None:
+    job = spec(OUTPUT_DIR="/somewhere/else", DATA_PATH="/etc", TOKENIZER_PATH="/etc/passwd")
+    job.data_variant = "sp4096"
+    envs = launcher(tmp_path).build_task(job, "k").envs
+    assert not {"OUTPUT_DIR", "DATA_PATH", "TOKENIZER_PATH"} & set(envs)
+    assert envs["CADDIE_DATA_VARIANT"] == "sp4096"
 
 
 def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
@@ -105,8 +95,9 @@ def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
         ("8xH100 please", "", {}, "is not NAME:COUNT"),
         ("H100:8", "nocloud", {}, "'nocloud' is not one of"),  # SkyPilot's own resources schema
         ("H100:8", "aws/a/b/c", {}, "CLOUD[/REGION[/ZONE]]"),
-        ("H100:8", "", {"BAD NAME": "1"}, "invalid environment variable name"),
-        ("H100:8", "", {"CADDIE_RUN_KEY": "x"}, "set by caddie itself"),
+        ("H100:8", "", {"BAD NAME": "1"}, "is not a trainer knob"),
+        ("H100:8", "", {"CADDIE_RUN_KEY": "x"}, "is not a trainer knob"),
+        ("H100:8", "", {"LD_PRELOAD": "/tmp/x.so"}, "is not a trainer knob"),
     ],
 )
 def test_invalid_tasks_are_clear_launch_failures(tmp_path: Path, hardware: str, infra: str, env: dict[str, str], message: str) -> None:
@@ -433,14 +424,17 @@ def test_setup_installs_and_downloads_the_data_once_per_cluster(tmp_path: Path) 
 
 
 def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(tmp_path: Path) -> None:
-    task = launcher(tmp_path).build_task(spec(RUN_NAME="$(touch pwned)"), "run-5-abcd")
-    fake_torchrun = 'echo "name=$RUN_NAME out=$OUTPUT_DIR data=$DATA_PATH"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3'
-    env = {**_node(tmp_path, {"torchrun": fake_torchrun}), **task.envs}
+    task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch pwned)"), "run-5-abcd")
+    fake_torchrun = 'echo "name=$VE_LAYERS out=$OUTPUT_DIR data=$DATA_PATH tok=$TOKENIZER_PATH cwd=$PWD"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3'
+    env = {**_node(tmp_path, {"torchrun": fake_torchrun, "python3": "exit 0"}), **task.envs}
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-123456_caddie-h100x8-5_3")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 3  # SkyPilot marks the job FAILED
     home = Path(env["HOME"])
-    assert f"name=$(touch pwned) out={home}/caddie-runs/run-5-abcd data={home}/caddie-data/data/datasets/fineweb10B_sp1024" in res.stdout
+    # the trainer runs in its output folder; its paths are relative (no node path in its log)
+    assert (f"name=$(touch pwned) out=. data=./data/datasets/fineweb10B_sp1024 tok=./data/tokenizers/fineweb_1024_bpe.model "
+            f"cwd={home}/caddie-runs/run-5-abcd") in res.stdout
+    assert not (home / "caddie-runs" / "run-5-abcd" / "data").exists()  # the data link does not travel back
     assert not (tmp_path / "pwned").exists()
     assert "torchrun --standalone --nproc_per_node=8 -m trainer" in (tmp_path / "calls.log").read_text()
     assert (home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output" / "result.json").exists()
@@ -448,7 +442,7 @@ def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(t
 
 def test_run_script_enforces_the_hard_timeout_on_the_node(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(JobSpec(run_id=5, env={}, hardware="", timeout_s=1), "run-5-t")
-    env = {**_node(tmp_path, {"torchrun": "sleep 20"}), **task.envs}
+    env = {**_node(tmp_path, {"torchrun": "sleep 20", "python3": "exit 0"}), **task.envs}
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-000001_c_1")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 124 and "caddie: hard timeout after 1 s" in res.stdout

@@ -8,6 +8,7 @@ before it waits on anything and re-attach after a worker restart.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -62,12 +63,14 @@ class LaunchHandle:
 
 @dataclass
 class JobSpec:
-    """What to run: the trainer's knobs as env vars, on which hardware, for how long at most."""
+    """What to run: the trainer's knobs as env vars, on which hardware, for how long at most,
+    on which data variant (``sp1024``: the launcher resolves its folders, a spec never names paths)."""
 
     run_id: int
     env: dict[str, str]
     hardware: str
     timeout_s: float
+    data_variant: str = "sp1024"
 
 
 @dataclass
@@ -104,7 +107,9 @@ class LauncherUnreachable(LauncherError):
 class Launcher(Protocol):
     name: str
 
-    def acquire(self, run_id: int, hardware: str) -> ClusterHandle: ...
+    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = ()) -> ClusterHandle:
+        """A node for the run; never one named in `exclude` (warm clusters another run claimed first)."""
+        ...
 
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle: ...
 

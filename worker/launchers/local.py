@@ -3,6 +3,8 @@
 Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR):
 
     stdout.log        the trainer's stdout and stderr, combined; what read_log streams
+    data              a link to the worker's data root (CADDIE_DATA_ROOT): DATA_PATH and
+                      TOKENIZER_PATH are ./data/... of the run's data variant
     child.json        pid, process group and start time of the trainer process
     exit_code.json    written atomically by the wrapper when the trainer ends
     cancel_requested  written by cancel() before any signal is sent
@@ -18,30 +20,26 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from trainer.config import TrainerConfig
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
 from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG
+from worker.launchers.trainer_env import inherited_env, knob_env, variant_paths
 from worker.logparse import failure_reason
 
 NAME = "local"
 CANCEL_FILE = "cancel_requested"
 READ_LOG_MAX_BYTES = 1 << 20  # read_log returns at most this much per call; callers loop
 REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the worker and trainer packages
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Worker secrets (database URL, S3 keys, tokens) must not leak into the trainer's environment.
-_PRIVATE_ENV = re.compile(r"^CADDIE_|(^|_)(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
-_KNOB_NAMES = frozenset(TrainerConfig.env_name(f) for f in TrainerConfig.knobs())
-_PATH_KNOBS = {"DATA_PATH": "data_path", "TOKENIZER_PATH": "tokenizer_path"}
+DATA_LINK = "data"  # in each work dir: a link to the worker's data root, so the trainer's paths are relative
 
 
 def count_local_gpus() -> int:
@@ -68,6 +66,21 @@ def _same_process(pid: int | None, create_time: float | None) -> psutil.Process 
         return p
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def signal_of_exit(rc: int) -> str:
+    """'signal 9 (SIGKILL)' for an exit status that means a signal ended the process
+    (-N from Popen, 128+N from a shell or launcher), '' otherwise. Its last log line
+    would only say what it was doing when it was killed."""
+    n = -rc if rc < 0 else rc - 128 if 128 < rc < 128 + signal.NSIG else 0
+    if not n:
+        return ""
+    try:
+        name = signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+    hint = ": out of memory, or killed from outside" if n == signal.SIGKILL else ""
+    return f"signal {n} ({name}){hint}"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -98,10 +111,11 @@ class LocalLauncher:
         self.grace_s = float(settings.cancel_grace_s)
         self._gpus: int | None = settings.gpu_count
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # reaped in status(), so no zombies pile up
-        self._base_dir = Path.cwd()  # relative data paths mean "relative to where the worker runs"
+        self.data_root = Path(settings.data_root).resolve()
 
     # --- nodes -----------------------------------------------------------------
-    def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
+    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = ()) -> ClusterHandle:
+        # One machine, shared by every run on it (capacity is the scheduler's business).
         return ClusterHandle(launcher=NAME, name=NAME, hardware=hardware, data={})
 
     def release(self, cluster: ClusterHandle, keep_warm: bool) -> None:
@@ -138,17 +152,15 @@ class LocalLauncher:
                 n += 1
 
     def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in _KNOB_NAMES or not _PRIVATE_ENV.search(k)}
-        for k, v in job.env.items():
-            if not _ENV_NAME.match(str(k)):
-                raise LaunchFailed(f"invalid environment variable name {k!r}")
-            env[str(k)] = str(v)
-        for key, field in _PATH_KNOBS.items():
-            if key not in env:  # neither the run nor the worker's environment names it: the default
-                env[key] = getattr(TrainerConfig(), field)
-            env[key] = str((self._base_dir / env[key]).resolve())
-        env["OUTPUT_DIR"] = str(workdir)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        """The allow-listed environment (worker.launchers.trainer_env); paths relative to the work dir, the trainer's cwd."""
+        env = inherited_env(os.environ)
+        env.update(knob_env(job.env))
+        env["DATA_PATH"], env["TOKENIZER_PATH"] = variant_paths(job.data_variant)
+        link = workdir / DATA_LINK
+        if not link.is_symlink():
+            link.symlink_to(self.data_root, target_is_directory=True)
+        env["OUTPUT_DIR"] = "."  # the work dir
+        env["PYTHONPATH"] = str(REPO_ROOT)  # the trainer package; nothing of the worker's own path
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach stdout.log as they are printed
         return env
 
@@ -211,6 +223,9 @@ class LocalLauncher:
             return JobStatus(JobState.SUCCEEDED, 0, "")
         if ended.get("timed_out"):
             return JobStatus(JobState.FAILED, rc, f"hard timeout after {handle.data.get('timeout_s', 0):.0f} s")
+        killed_by = signal_of_exit(rc)
+        if killed_by:
+            return JobStatus(JobState.FAILED, rc, f"trainer killed by {killed_by}")
         result = _read_json(workdir / "result.json") or {}
         detail = result.get("error") or _last_error_line(workdir / STDOUT_LOG) or "no output"
         return JobStatus(JobState.FAILED, rc, f"trainer exited with code {rc}: {detail}")

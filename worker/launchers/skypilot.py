@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,13 @@ from worker.launchers.base import (
     LaunchHandle,
     RetryLater,
 )
+from worker.launchers.trainer_env import knob_env, variant_paths
 from worker.logparse import failure_reason
 
 NAME = "skypilot"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "skypilot" / "task.yaml"
 _HARDWARE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,39})(?::([1-9][0-9]{0,2}))?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Env names the template and the launcher own; a run spec may not override them.
-_RESERVED_ENV = re.compile(r"^(CADDIE_|SKYPILOT_)")
 
 
 def parse_hardware(hardware: str) -> tuple[str, int]:
@@ -245,18 +244,12 @@ class SkyPilotLauncher:
         config["name"] = f"{self.prefix}-run-{int(job.run_id)}"
 
         envs = {str(k): str(v) for k, v in (config.get("envs") or {}).items()}
-        for k, v in job.env.items():
-            if not _ENV_NAME.match(str(k)):
-                raise LaunchFailed(f"invalid environment variable name {k!r}")
-            if k == "OUTPUT_DIR":
-                continue  # the run script puts outputs under ~/caddie-runs/<run key> on the node
-            if k in ("DATA_PATH", "TOKENIZER_PATH") and v and str(v) == str(getattr(s, k.lower(), "") or ""):
-                continue  # the worker's own data folder (CADDIE_DATA_PATH...) does not exist on the node
-            if _RESERVED_ENV.match(str(k)):
-                raise LaunchFailed(f"environment variable {k!r} is set by caddie itself")
-            envs[str(k)] = str(v)
+        # The run's knobs only (worker.launchers.trainer_env); the run script sets
+        # DATA_PATH, TOKENIZER_PATH and OUTPUT_DIR on the node from the data variant.
+        envs.update(knob_env(job.env))
+        variant_paths(job.data_variant)  # a well-formed variant, or LaunchFailed
         envs["CADDIE_RUN_KEY"] = run_key
-        envs["CADDIE_DATA_VARIANT"] = s.sky_data_variant
+        envs["CADDIE_DATA_VARIANT"] = job.data_variant
         envs["CADDIE_TRAIN_SHARDS"] = str(s.sky_data_shards)
         envs["CADDIE_INSTALL_SPEC"] = s.sky_install_spec
         envs["CADDIE_TIMEOUT_S"] = str(max(0, int(job.timeout_s or 0)))  # GNU timeout: 0 = no limit
@@ -307,12 +300,19 @@ class SkyPilotLauncher:
         jobs = self._call("sky.queue", self.sky.queue, name, skip_finished=True)
         return not jobs
 
-    def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
+    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = ()) -> ClusterHandle:
+        """An idle warm cluster of this hardware (not in `exclude`), else a new name.
+
+        "Idle" is what SkyPilot says now; the executor then claims the cluster in
+        the database (a compare-and-set), so two runs never take the same one.
+        """
         hardware = hardware or self.settings.sky_hardware
         slug = hardware_slug(hardware)
         for rec in self._records(refresh=True):
             status = getattr(rec.get("status"), "value", rec.get("status"))
             name = rec["name"]
+            if name in exclude:
+                continue
             if status == "UP" and name.startswith(f"{self.prefix}-{slug}-") and self._is_idle(name):
                 return ClusterHandle(NAME, name, hardware, {"reused": True})
         return ClusterHandle(NAME, self.cluster_name(run_id, hardware), hardware, {"reused": False})

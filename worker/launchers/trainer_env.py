@@ -1,0 +1,66 @@
+"""What reaches the trainer's environment: the one place both launchers ask.
+
+The trainer runs user code (a team's config, later its own script), so its
+environment is an allow-list, never the worker's environment minus a deny-list:
+
+* from the worker's environment, only what a training process needs to find
+  its tools and GPUs (``inherited_env``): PATH, HOME, the locale, TMPDIR,
+  CUDA_*/NCCL_*/TORCH_*-style settings and thread counts. Database URLs,
+  broker URLs, API keys and tokens never pass, whatever they are called;
+* from the run, its trainer knobs and seed (``knob_env``), names checked
+  against the trainer's config; the data, tokenizer and output paths are not
+  the run's to set: the launcher sets them from the run's data variant
+  (``variant_paths``), relative to the trainer's working folder, so no
+  server path is named by a spec or printed in a run's log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from trainer.config import TrainerConfig
+from worker.launchers.base import LaunchFailed
+
+# Exact names taken from the worker's environment.
+INHERITED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+})  # fmt: skip
+# Name prefixes taken from the worker's environment: locale, GPU selection and
+# the collective/compiler settings a node's admin tunes (NCCL_SOCKET_IFNAME, TORCH_NCCL_*, ...).
+INHERITED_PREFIXES = ("LC_", "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "PYTORCH_")
+# Knobs the launcher sets itself, never a run: where the data, the tokenizer and the outputs are.
+LAUNCHER_KNOBS = frozenset({"DATA_PATH", "TOKENIZER_PATH", "OUTPUT_DIR"})
+KNOB_NAMES = frozenset(TrainerConfig.env_name(f) for f in TrainerConfig.knobs())
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VARIANT = re.compile(r"^sp([1-9][0-9]{0,5})$")
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of the worker's environment a trainer may see (the allow-list above)."""
+    return {k: v for k, v in environ.items() if k in INHERITED_NAMES or k.startswith(INHERITED_PREFIXES)}
+
+
+def knob_env(job_env: Mapping[str, object]) -> dict[str, str]:
+    """The run's knobs as env vars: trainer knob names only (LaunchFailed otherwise); the launcher's own knobs dropped."""
+    out = {}
+    for key, value in job_env.items():
+        key = str(key)
+        if not _ENV_NAME.match(key) or key not in KNOB_NAMES:
+            raise LaunchFailed(f"{key!r} is not a trainer knob; a run passes only its knobs to the trainer")
+        if key not in LAUNCHER_KNOBS:
+            out[key] = str(value)
+    return out
+
+
+def variant_paths(variant: str) -> tuple[str, str]:
+    """(DATA_PATH, TOKENIZER_PATH) of a data variant, relative to a folder whose ``data`` is the data root.
+
+    ``sp1024`` -> ``./data/datasets/fineweb10B_sp1024``, ``./data/tokenizers/fineweb_1024_bpe.model``
+    (the trainer's own defaults for sp1024, so its config line does not repeat them).
+    """
+    m = _VARIANT.match(variant or "")
+    if not m:
+        raise LaunchFailed(f"data variant {variant!r}: expected sp<VOCAB_SIZE>, e.g. sp1024")
+    return f"./data/datasets/fineweb10B_{variant}", f"./data/tokenizers/fineweb_{m[1]}_bpe.model"
