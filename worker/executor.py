@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -560,42 +560,38 @@ class RunDriver:
     def _claim_cluster(self, cluster: ClusterHandle) -> bool:
         """Record `cluster` as this run's, in one commit with runs.cluster_id.
 
-        A reused (warm) cluster is a compare-and-set: it is taken only if no other
-        active run owns or uses it. False: another run has it.
+        A reused (warm) cluster is a claim: its row is locked (SELECT ... FOR UPDATE),
+        then taken only if no other active run owns or uses it. Two runs that saw
+        the same idle cluster queue on the lock, and the second sees the first's
+        claim. False: another run has it.
         """
         exclusive = bool(cluster.data.get("reused"))
         for _ in range(3):  # two runs may record the same new cluster at once
             now = utcnow()
             with self.session_factory() as session:
-                row_id = session.scalar(select(Cluster.id).where(Cluster.name == cluster.name))
-                if row_id is None:
-                    row = Cluster(name=cluster.name, launcher=cluster.launcher, hardware=cluster.hardware, status="UP", created_at=now,
-                                  handle=cluster.to_json(), owner_run_id=self.run_id, last_used_at=now)  # fmt: skip
+                row = session.scalar(select(Cluster).where(Cluster.name == cluster.name).with_for_update())
+                if row is None:
+                    row = Cluster(name=cluster.name, launcher=cluster.launcher, hardware=cluster.hardware, status="UP", created_at=now)
                     session.add(row)
                     try:
                         session.flush()
                     except IntegrityError:
                         session.rollback()
                         continue
-                    row_id = row.id
-                else:
-                    guard = [Cluster.id == row_id]
-                    if exclusive:
-                        other_active = select(Run.id).where(Run.id != self.run_id, Run.status.in_(ACTIVE))
-                        guard += [
-                            ~exists(other_active.where(Run.id == Cluster.owner_run_id)),
-                            ~exists(other_active.where(Run.cluster_id == Cluster.id)),
-                        ]
-                    claimed = session.execute(
-                        update(Cluster)
-                        .where(*guard)
-                        .values(status="UP", handle=cluster.to_json(), owner_run_id=self.run_id, last_used_at=now, idle_since=None),
-                        execution_options={"synchronize_session": False},
+                elif exclusive:
+                    # A statement after the lock: it sees what the run that held the lock committed.
+                    busy = session.scalar(
+                        select(Run.id)
+                        .where(Run.id != self.run_id, Run.status.in_(ACTIVE), (Run.id == row.owner_run_id) | (Run.cluster_id == row.id))
+                        .limit(1)
                     )
-                    if claimed.rowcount != 1:
+                    if busy is not None:
                         session.rollback()
                         return False
-                session.execute(update(Run).where(Run.id == self.run_id).values(cluster_id=row_id), execution_options={"synchronize_session": False})
+                row.status, row.handle, row.owner_run_id = "UP", cluster.to_json(), self.run_id
+                row.last_used_at, row.idle_since = now, None
+                session.flush()
+                session.execute(update(Run).where(Run.id == self.run_id).values(cluster_id=row.id), execution_options={"synchronize_session": False})
                 session.commit()
                 return True
         raise RuntimeError(f"could not record cluster {cluster.name!r}")

@@ -33,6 +33,9 @@ print("seed:" + os.environ["SEED"] + " data:" + os.environ.get("DATA_PATH", ""),
 print("step:1/2 train_loss:5.5000 train_time:10ms step_avg:10.00ms", flush=True)
 if os.environ.get("ITERATIONS") == "99":  # "sleep": wait to be stopped
     time.sleep(300)
+if os.environ.get("ITERATIONS") == "98":  # "wait": finish once a file named go appears in the work dir
+    while not os.path.exists("go"):
+        time.sleep(0.05)
 print("step:2/2 val_loss:4.2000 val_bpb:2.5000 train_time:20ms step_avg:10.00ms", flush=True)
 with open(os.path.join(out, "model.int6.ptz"), "wb") as fh:
     fh.write(b"weights")
