@@ -33,8 +33,15 @@ from service.settings import Settings
 from trainer.config import ConfigError, TrainerConfig
 
 # Knobs a spec may not set: the seed comes from ``seeds``/``seed`` (it is what
-# varies inside a group), and the output folder is chosen by the worker.
-RESERVED_KNOBS = {"SEED": "set the seed with seeds/seed, not in config", "OUTPUT_DIR": "chosen by the worker"}
+# varies inside a group); the output folder, the data and the tokenizer are the
+# worker's, found from the run's data variant (sp<VOCAB_SIZE>) under its data root.
+_FROM_VARIANT = "set by caddie from the data variant, sp<VOCAB_SIZE> (choose the data with VOCAB_SIZE, e.g. 1024 for sp1024); a spec never names a path"
+RESERVED_KNOBS = {
+    "SEED": "set the seed with seeds/seed, not in config",
+    "OUTPUT_DIR": "chosen by the worker",
+    "DATA_PATH": _FROM_VARIANT,
+    "TOKENIZER_PATH": _FROM_VARIANT,
+}
 DEFAULT_SEED = 1337
 LOG_PAGE_BYTES = 1 << 20
 
@@ -104,6 +111,12 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
     except InvalidInput as exc:
         issues += exc.issues
         config = {}
+    else:
+        variant = f"sp{config.get('VOCAB_SIZE', TrainerConfig.vocab_size)}"
+        if variant not in settings.data_variant_choices:
+            sizes = ", ".join(v.removeprefix("sp") for v in settings.data_variant_choices)
+            issues.append(Issue(("config", "VOCAB_SIZE"), f"no data variant {variant} here: VOCAB_SIZE must be one of {sizes} "
+                                f"(data variants {', '.join(settings.data_variant_choices)})", config.get("VOCAB_SIZE")))  # fmt: skip
     if not issues and not spec.allow_noncompliant:
         issues += [
             Issue(("config", p.knob), f"{p.reason}; set allow_noncompliant: true to run it anyway (its results will not count for the track)", p.value)

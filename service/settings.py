@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     default_priority: int = 0
     min_priority: int = -100
     max_priority: int = 100
+    # Data variants (tokenizer + shards) a run may train on: a run's variant is
+    # sp<VOCAB_SIZE>, and the worker finds its folders under its own data root.
+    data_variants: str = "sp1024,sp4096,sp8192"
 
     # --- API -------------------------------------------------------------------
     api_prefix: str = "/api/v1"
@@ -76,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def track_choices(self) -> list[str]:
         return [t.strip() for t in self.allowed_tracks.split(",") if t.strip()]
+
+    @property
+    def data_variant_choices(self) -> list[str]:
+        return [v.strip() for v in self.data_variants.split(",") if v.strip()]
 
 
 @lru_cache(maxsize=1)
