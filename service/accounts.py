@@ -6,13 +6,18 @@ Functions flush but do not commit; the caller owns the transaction.
 
 from __future__ import annotations
 
+import math
+import re
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import AlreadyExists, InvalidInput, Issue, NotFound
 from service.models import ApiToken, Membership, Team, User
+from service.schemas import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
 from service.security import issue_token
+from service.text import text_problem
 
 ROLES = ("member", "admin")
 
@@ -31,6 +36,20 @@ def get_user(session: Session, name: str) -> User:
     return user
 
 
+def check_handle(kind: str, name: str) -> None:
+    """Team and user names: the rule the API's schemas check (HANDLE_PATTERN), for every caller."""
+    if not re.fullmatch(HANDLE_PATTERN, name):
+        raise InvalidInput([Issue(("name",), f"{kind} name must be {HANDLE_RULE}", name)])
+
+
+def check_token_name(name: str) -> None:
+    problem = text_problem(name)
+    if not 1 <= len(name) <= TOKEN_NAME_MAX_CHARS:
+        problem = f"must be 1 to {TOKEN_NAME_MAX_CHARS} characters"
+    if problem:
+        raise InvalidInput([Issue(("name",), f"token name {problem}", name)])
+
+
 def _insert(session: Session, row: Team | User, kind: str, key: str) -> None:
     # Callers check first; this catches the race of two creations at once
     # (the unique constraint decides; the losing transaction is rolled back).
@@ -43,6 +62,14 @@ def _insert(session: Session, row: Team | User, kind: str, key: str) -> None:
 
 
 def create_team(session: Session, name: str, *, budget_gpu_hours: float | None = None, weight: float = 1.0) -> Team:
+    check_handle("team", name)
+    issues = []
+    if budget_gpu_hours is not None and not (math.isfinite(budget_gpu_hours) and budget_gpu_hours >= 0):
+        issues.append(Issue(("budget_gpu_hours",), "must be a finite number >= 0", budget_gpu_hours))
+    if not (math.isfinite(weight) and 0 < weight <= 1000):
+        issues.append(Issue(("weight",), "must be > 0 and <= 1000", weight))
+    if issues:
+        raise InvalidInput(issues)
     if session.scalar(select(Team.id).where(Team.name == name)) is not None:
         raise AlreadyExists("team", name)
     team = Team(name=name, budget_gpu_hours=budget_gpu_hours, weight=weight)
@@ -51,6 +78,11 @@ def create_team(session: Session, name: str, *, budget_gpu_hours: float | None =
 
 
 def create_user(session: Session, name: str, *, email: str | None = None, is_admin: bool = False) -> User:
+    check_handle("user", name)
+    if email is not None:
+        problem = text_problem(email) or ("must be at most 320 characters" if len(email) > 320 else None)
+        if problem:
+            raise InvalidInput([Issue(("email",), f"email {problem}", email)])
     if session.scalar(select(User.id).where(User.name == name)) is not None:
         raise AlreadyExists("user", name)
     user = User(name=name, email=email, is_admin=is_admin)
@@ -76,6 +108,7 @@ def add_member(session: Session, team: Team | str, user: User | str, role: str =
 
 def create_token(session: Session, user: User | str, name: str) -> tuple[ApiToken, str]:
     """A new API token for ``user``: the row and the secret, which is shown once and never stored."""
+    check_token_name(name)
     user = get_user(session, user) if isinstance(user, str) else user
     return issue_token(session, user, name)
 

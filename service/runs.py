@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -77,6 +77,9 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     Raises InvalidInput with one issue per bad knob at ``("config", ENV_NAME)``.
     """
     issues = [Issue(("config", key), msg, config[key]) for key, msg in _reserved(config)]
+    unstorable = [Issue(("config", key), msg, value) for key, value in config.items() if (msg := _unstorable(value))]
+    if unstorable:
+        raise InvalidInput(issues + unstorable)
     try:
         cfg = TrainerConfig.from_dict(config)
     except ConfigError as exc:
@@ -89,6 +92,19 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
 def _reserved(config: dict[str, Any]) -> list[tuple[str, str]]:
     names = {f.name: TrainerConfig.env_name(f) for f in TrainerConfig.knobs()}
     return [(key, RESERVED_KNOBS[names.get(key, key)]) for key in config if names.get(key, key) in RESERVED_KNOBS]
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a knob's text cannot be stored (PostgreSQL holds neither NUL nor a lone surrogate), or None."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        return "must not contain NUL (\\x00) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (found a lone surrogate)"
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -454,8 +470,18 @@ def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
             session.commit()
             return run
         if run.cancel_requested_at is None:
-            run.cancel_requested_at = utcnow()
+            # Only while the run is still active: it may have finished since we
+            # read it, and a finished run must answer Conflict, not a cancel request.
+            requested = session.execute(
+                update(Run)
+                .where(Run.id == run.id, Run.status.in_((RunStatus.PROVISIONING.value, RunStatus.RUNNING.value)))
+                .values(cancel_requested_at=utcnow()),
+                execution_options={"synchronize_session": False},
+            )
             session.commit()
+            session.refresh(run)
+            if requested.rowcount != 1:
+                continue
         return run
     raise Conflict(f"run {run_id} keeps changing state; try again")
 

@@ -5,35 +5,75 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.models import ApiToken, Metric, Run, RunEvent, Team, User
+from service.settings import TRACKS
+from service.text import NOTE_WHITESPACE, text_problem
 
 NAME_MAX_CHARS = 200
 NOTES_MAX_CHARS = 10_000
+TOKEN_NAME_MAX_CHARS = 100
 SEED_MAX = 2**31 - 1
 # Team and user names appear in URLs (/teams/{name}/members) and CLI output.
 HANDLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
-Handle = Annotated[str, Field(pattern=HANDLE_PATTERN, description="letters, digits, '_', '.', '-'; at most 100 characters")]
+HANDLE_RULE = "letters, digits, '_', '.', '-'; at most 100 characters; starting with a letter or digit"
+Handle = Annotated[str, Field(pattern=HANDLE_PATTERN, description=HANDLE_RULE)]
+
+
+def plain_text(text: str) -> str:
+    """A name: no control characters, no terminal escapes (see service/text.py)."""
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+def note_text(text: str) -> str:
+    """Free text: as a name, but tabs and line breaks are fine."""
+    problem = text_problem(text, allow=NOTE_WHITESPACE)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+PlainText = Annotated[str, AfterValidator(plain_text)]
+NoteText = Annotated[str, AfterValidator(note_text)]
+
+
+def spec_config_schema(schema: dict[str, Any]) -> None:
+    """The OpenAPI schema of a spec's ``config``: the trainer's knob rules, less
+    the knobs a spec may not set (see service.runs.RESERVED_KNOBS)."""
+    from service.runs import RESERVED_KNOBS  # service.runs imports this module
+    from trainer.config import TrainerConfig
+
+    knobs = TrainerConfig.json_schema()
+    knobs["properties"] = {k: v for k, v in knobs["properties"].items() if k not in RESERVED_KNOBS}
+    schema.update(knobs)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A JSON body may spell NaN, Infinity or 1e999; none is a value caddie stores.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- runs ----------------------------------------------------------------------
 class RunCreate(Strict):
     """A run spec: one run per seed, all in one group."""
 
-    name: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
-    notes: str = Field("", max_length=NOTES_MAX_CHARS)
-    team: str | None = Field(None, description="team name; default: the caller's only team")
-    track: str = Field(description="10min_16mb or unlimited")
-    hardware: str = Field(description="e.g. H100:8 (one of CADDIE_ALLOWED_HARDWARE)")
+    name: PlainText = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    notes: NoteText = Field("", max_length=NOTES_MAX_CHARS, description="free text; tabs and line breaks are kept, other control characters are refused")
+    team: Handle | None = Field(None, description="team name; default: the caller's only team")
+    track: str = Field(description="10min_16mb or unlimited (those of CADDIE_ALLOWED_TRACKS)", json_schema_extra={"enum": list(TRACKS)})
+    hardware: str = Field(description="e.g. H100:8 (one of CADDIE_ALLOWED_HARDWARE)", examples=["H100:8", "H100:1", "cpu"])
     priority: int | None = Field(None, description="higher runs first within a team")
-    config: dict[str, Any] = Field(default_factory=dict, description="trainer knobs keyed by env name (NUM_LAYERS) or field name; see GET /config/schema")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="trainer knobs keyed by env name (NUM_LAYERS) or field name; see GET /config/schema",
+        json_schema_extra=spec_config_schema,
+    )
     seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
     seed: Seed | None = None
     allow_noncompliant: bool = Field(False, description="run a 10min_16mb spec that breaks the track's rules (no wallclock cap, a val token limit); its runs are flagged and never record-eligible")
@@ -55,7 +95,8 @@ class RunOut(BaseModel):
     priority: int
     status: str
     status_reason: str
-    attempts: int
+    attempts: int = Field(description="times the run went back to the queue (preemption, a lost job); "
+                                      "its launches are its events to PROVISIONING")
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -170,7 +211,7 @@ class MemberAdd(Strict):
 
 class UserCreate(Strict):
     name: Handle
-    email: str | None = Field(None, max_length=320)
+    email: PlainText | None = Field(None, max_length=320)
     is_admin: bool = False
 
 
@@ -200,7 +241,7 @@ class UserOut(BaseModel):
 
 
 class TokenCreate(Strict):
-    name: str = Field(min_length=1, max_length=100)
+    name: PlainText = Field(min_length=1, max_length=TOKEN_NAME_MAX_CHARS)
     user: Handle | None = Field(None, description="global admins may make tokens for other users")
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import sessionmaker
 
+from service.api.deps import refuse_nul
 from service.api.errors import install_error_handlers
 from service.api.routes import artifacts, groups, meta, runs, teams, tokens, users
 from service.api.routes import export as export_routes
@@ -34,9 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # CADDIE_S3_* fails here, at start, not on the first download.
     app.state.artifact_store = make_artifact_store(settings)
     install_error_handlers(app)
+    checks = [Depends(refuse_nul)]
     for module in (runs, artifacts, groups, teams, users, tokens, meta):
-        app.include_router(module.router, prefix=settings.api_prefix)
-    app.include_router(export_routes.router, prefix=settings.api_prefix)
+        app.include_router(module.router, prefix=settings.api_prefix, dependencies=checks)
+    app.include_router(export_routes.router, prefix=settings.api_prefix, dependencies=checks)
     app.include_router(meta.health_router)
     # The web pages (HTML at /runs, /leaderboard, ...; see service/web/routes.py).
     app.include_router(web_routes.router)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
-from service.errors import Forbidden
+from service.errors import Forbidden, InvalidInput, Issue
 from service.security import Principal, authenticate
 from service.settings import Settings
 from service.web import session as web_session
@@ -69,3 +69,22 @@ def get_admin(user: CurrentUser) -> Principal:
 
 
 AdminUser = Annotated[Principal, Depends(get_admin)]
+
+
+# --- bounds on what a URL may carry ---------------------------------------------------
+# Ids are INTEGER columns (32-bit in PostgreSQL) and log offsets BIGINT: a bigger
+# number names nothing, and the database refuses to compare with it (a 500 before these bounds).
+ID_MAX = 2**31 - 1
+OFFSET_MAX = 2**63 - 1
+Id = Annotated[int, Path(ge=1, le=ID_MAX, description=f"a positive integer, at most {ID_MAX}")]
+ByteOffset = Annotated[int, Query(ge=0, le=OFFSET_MAX, description="byte offset into the log")]
+
+
+def refuse_nul(request: Request) -> None:
+    """A NUL character in a path or query parameter: 422 naming it. PostgreSQL cannot
+    hold NUL in text, so such a value would otherwise fail inside the first query."""
+    issues = [Issue((where, name), "must not contain NUL (\\x00) characters", value)
+              for where, params in (("path", request.path_params.items()), ("query", request.query_params.multi_items()))
+              for name, value in params if isinstance(value, str) and "\x00" in value]
+    if issues:
+        raise InvalidInput(issues)

@@ -3,10 +3,10 @@ with one status code per error kind, mapped here and nowhere else."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,7 +27,24 @@ STATUS: list[tuple[type[Exception], int, str]] = [
 
 
 def _body(detail: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"detail": detail}
+    return {"detail": json_safe(detail)}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can carry it. An error echoes what was sent, and
+    that may be NaN, 1e999 (inf), a lone surrogate or an exception: each becomes
+    text (``"nan"``, ``"inf"``, ``"\\ud800"``) so that the error itself never fails."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    return json_safe(str(value))
 
 
 def invalid_input_response(exc: InvalidInput) -> JSONResponse:
@@ -56,8 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [{k: v for k, v in err.items() if k in ("loc", "msg", "type", "input", "ctx")} for err in exc.errors()]
-        # ctx may hold exception objects; keep it JSON-safe.
-        return JSONResponse(_body(jsonable_encoder(detail, custom_encoder={Exception: str})), status_code=422)
+        return JSONResponse(_body(detail), status_code=422)
 
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(IllegalTransition, domain_error)

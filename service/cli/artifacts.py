@@ -22,7 +22,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from service.cli.client import CaddieClient, CaddieError
-from service.cli.render import fmt_bytes, fmt_time
+from service.cli.render import escape, fmt_bytes, fmt_time
+from service.text import printable
 
 SHA_PREFIX_CHARS = 12
 _HASH_CHUNK = 1 << 20
@@ -37,7 +38,7 @@ def artifacts_table(items: list[dict[str, Any]]) -> Table:
     table.add_column("stored", no_wrap=True)
     for item in items:
         sha = item.get("sha256") or ""
-        table.add_row(item["name"], item["kind"], fmt_bytes(item.get("bytes")), sha[:SHA_PREFIX_CHARS] or "-", fmt_time(item.get("created_at")))
+        table.add_row(escape(item["name"]), escape(item["kind"]), fmt_bytes(item.get("bytes")), escape(sha[:SHA_PREFIX_CHARS]) or "-", fmt_time(item.get("created_at")))
     return table
 
 
@@ -124,7 +125,7 @@ def _download(client: CaddieClient, run_id: int, plan: list[Planned], out_dir: P
     finally:
         progress.stop()
         for line in done:
-            out.print(line, markup=False, soft_wrap=True)
+            out.print(printable(line), markup=False, soft_wrap=True)
     return [p.target for p in plan]
 
 

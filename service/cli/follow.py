@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from service.cli.client import CaddieClient
 from service.cli.render import TERMINAL, fmt_bpb, status_text
+from service.text import printable
 
 POLL_S = 1.0
 
@@ -77,15 +78,16 @@ def follow_runs(client: CaddieClient, run_ids: list[int], console: Console, poll
     return [final[rid] for rid in run_ids]
 
 
-def tail_log(client: CaddieClient, run_id: int, out: TextIO, *, follow: bool, poll_s: float | None = None) -> None:
+def tail_log(client: CaddieClient, run_id: int, out: TextIO, *, follow: bool, poll_s: float | None = None, raw: bool = False) -> None:
     """Write the run's log to ``out`` from the start; with ``follow``, keep
-    reading from the last byte offset until the run is finished."""
+    reading from the last byte offset until the run is finished. Control
+    characters other than tab and newline are shown as escapes unless ``raw``."""
     poll_s = POLL_S if poll_s is None else poll_s
     offset = 0
     while True:
         piece = client.logs(run_id, offset)
         if piece["data"]:
-            out.write(piece["data"])
+            out.write(piece["data"] if raw else printable(piece["data"], keep="\n\t"))
             out.flush()
         offset = piece["next_offset"]
         if piece["done"]:

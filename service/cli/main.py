@@ -27,6 +27,7 @@ from service.cli.follow import describe_submission, follow_runs, tail_log
 from service.cli.render import print_results, run_detail, runs_table, status_text
 from service.cli.render_results import comparison_panel, group_detail, groups_table, leaderboard_table
 from service.cli.spec import build_request, read_spec_file
+from service.text import printable
 
 app = typer.Typer(
     name="caddie",
@@ -54,7 +55,7 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CaddieError as exc:
-            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            err.print(f"error: {printable(str(exc))}", markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)
@@ -88,7 +89,7 @@ def login(
     if check:
         with CaddieClient(url, token) as client:
             me = client.me()
-        who = f" as {me['name']}"
+        who = f" as {printable(me['name'])}"
     path = write_config_file(url.rstrip("/"), token)
     out.print(f"logged in{who} at {url}; saved to {path}", markup=False)
 
@@ -109,7 +110,7 @@ def submit(
     key = uuid.uuid4().hex
     with api() as client:
         created = client.submit(body, idempotency_key=key)
-        out.print(describe_submission(created), markup=False)
+        out.print(printable(describe_submission(created)), markup=False)
         if not follow:
             out.print(runs_table(created["runs"]))
             return
@@ -177,10 +178,11 @@ def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
 def logs(
     run_id: Annotated[int, typer.Argument(metavar="ID")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the run finishes")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="print control characters as they are (for a file; the default shows them as \\x1b)")] = False,
 ) -> None:
     """Print a run's log."""
     with api() as client:
-        tail_log(client, run_id, sys.stdout, follow=follow)
+        tail_log(client, run_id, sys.stdout, follow=follow, raw=raw)
 
 
 @app.command("artifacts")
@@ -288,7 +290,8 @@ def publish(
     """Make a group visible to every team on the leaderboard (--undo to take it back)."""
     with api() as client:
         g = client.publish(key, not undo)
-    out.print(f"group {g['key'][:12]} ({g['name']}) is {'published: every team sees it' if g['published'] else 'private to ' + g['team']}", markup=False)
+    line = f"group {g['key'][:12]} ({g['name']}) is {'published: every team sees it' if g['published'] else 'private to ' + g['team']}"
+    out.print(printable(line), markup=False)
 
 
 # --- bootstrap, straight to the database ---------------------------------------------------
@@ -304,6 +307,11 @@ def database() -> Iterator[Any]:
     from service.settings import Settings
 
     settings = Settings()
+    missing = missing_sqlite_file(settings.database_url)
+    if missing is not None:
+        # Opening it would create an empty database there (and its folder), which
+        # then hides the real one; only `caddie db upgrade` and `caddie up` create it.
+        raise CaddieError(f"no caddie database at {missing}; run `caddie up` or set CADDIE_DATABASE_URL")
     shown = make_url(settings.database_url).render_as_string(hide_password=True)
     session = get_sessionmaker(settings.database_url, settings)()
     try:
@@ -323,6 +331,18 @@ def database() -> Iterator[Any]:
         raise CaddieError(f"database {shown}: {type(exc).__name__}") from None
     finally:
         session.close()
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite database file that ``url`` names and that does not exist, else None."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database).absolute()
+    return None if path.exists() else path
 
 
 @admin_app.command("create-team")
@@ -419,9 +439,9 @@ def export_group(
     with api() as client:
         data = client.export_group(group, override=override, baseline=baseline, github_id=github_id)
     folder, files = unpack_records(data, out_dir, force=force)
-    out.print(f"wrote {folder}", markup=False)
+    out.print(printable(f"wrote {folder}"), markup=False)
     for name, size in files:
-        out.print(f"  {name:<28} {size:>12,} bytes", markup=False)
+        out.print(printable(f"  {name:<28} {size:>12,} bytes"), markup=False)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""How the CLI shows runs: tables and detail views (rich), no I/O beyond the console."""
+"""How the CLI shows runs: tables and detail views (rich), no I/O beyond the console.
+
+Every piece of text from the server goes through ``escape`` (markup) or
+``printable`` (plain output): a name or a note may hold terminal escapes, and
+those are shown as ``\\x1b``, never sent to the terminal (service/text.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from typing import Any
 
 from rich import box
 from rich.console import Console, Group
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.panel import Panel
 from rich.table import Table
+
+from service.text import printable
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 STATUS_STYLE = {
@@ -22,8 +28,14 @@ STATUS_STYLE = {
 }
 
 
+def escape(text: object, keep: str = "") -> str:
+    """Server text for rich markup: control characters as visible escapes (except
+    those in ``keep``), then ``[`` escaped so the text is never read as markup."""
+    return escape_markup(printable(str(text), keep))
+
+
 def status_text(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+    return f"[{STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]"
 
 
 def fmt_bpb(value: float | None) -> str:
@@ -41,7 +53,7 @@ def fmt_time(value: str | None) -> str:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S")
     except ValueError:
-        return value
+        return escape(value)
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -70,7 +82,7 @@ def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
             status_text(run["status"]),
             fmt_bpb(run.get("val_bpb")),
             fmt_bytes(run.get("artifact_bytes")),
-            run["group_key"][:8],
+            escape(run["group_key"][:8]),
             fmt_time(run.get("submitted_at"))[5:16],  # MM-DD HH:MM
         )
     return table
@@ -93,18 +105,18 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         ("status", status_text(run["status"]) + (f"  ({escape(reason)})" if reason else "")),
         ("team / user", escape(f"{run['team']} / {run['user']}")),
         ("seed", str(run["seed"])),
-        ("group", run["group_key"]),
-        ("track", run["track"]),
-        ("hardware", run["hardware"]),
+        ("group", escape(run["group_key"])),
+        ("track", escape(run["track"])),
+        ("hardware", escape(run["hardware"])),
         ("priority", str(run["priority"])),
-        ("attempts", str(run["attempts"])),
+        ("attempts", attempts_text(run, events)),
         ("submitted", fmt_time(run.get("submitted_at"))),
         ("started", fmt_time(run.get("started_at"))),
         ("finished", fmt_time(run.get("finished_at"))),
         ("config", escape(", ".join(f"{k}={v}" for k, v in (run.get("spec") or {}).items())) or "(defaults)"),
     ]
     if run.get("notes"):
-        about.append(("notes", escape(run["notes"])))
+        about.append(("notes", escape(run["notes"], keep="\n\t")))
     if run.get("cancel_requested_at"):
         about.append(("cancel requested", fmt_time(run["cancel_requested_at"])))
     results = [
@@ -128,8 +140,18 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
     for column in ("at", "from", "to", "actor", "reason"):
         event_table.add_column(column)
     for event in events[-10:]:
-        event_table.add_row(fmt_time(event["at"]), event.get("from_status") or "-", status_text(event["to_status"]), escape(event["actor"]), escape(event.get("reason") or ""))
+        event_table.add_row(fmt_time(event["at"]), escape(event.get("from_status") or "-"), status_text(event["to_status"]), escape(event["actor"]), escape(event.get("reason") or ""))
     return Group(_pairs("run", about), _pairs("results", results), event_table)
+
+
+def attempts_text(run: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """How many times the run was taken from the queue to run (its events to PROVISIONING);
+    the run's ``attempts`` counts only the times it went back (preemption, a lost job)."""
+    launches = sum(1 for e in events if e.get("to_status") == "PROVISIONING")
+    requeued = run.get("attempts") or 0
+    if not requeued:
+        return str(launches)
+    return f"{launches} (requeued {requeued} time{'s' if requeued != 1 else ''})"
 
 
 def print_results(console: Console, runs: list[dict[str, Any]]) -> None:

@@ -6,18 +6,17 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from service.cli.render import fmt_bpb, fmt_bytes, fmt_seconds, status_text
+from service.cli.render import escape, fmt_bpb, fmt_bytes, fmt_seconds, status_text
 
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "not_comparable": "yellow"}
 
 
 def verdict_text(verdict: str) -> str:
     label = "not comparable" if verdict == "not_comparable" else verdict
-    return f"[{VERDICT_STYLE.get(verdict, 'white')}]{label}[/]"
+    return f"[{VERDICT_STYLE.get(verdict, 'white')}]{escape(label)}[/]"
 
 
 def fmt_std(value: float | None) -> str:
@@ -41,7 +40,7 @@ def groups_table(groups: list[dict[str, Any]]) -> Table:
         table.add_column(name, justify=justify, no_wrap=name not in ("name", "diff"))  # type: ignore[arg-type]
     for g in groups:
         n = f"{g['n']}" + (f" (+{g['not_counted']})" if g["not_counted"] else "")
-        table.add_row(g["key"][:12], escape(g["name"]), escape(g["team"]), g["track"], g["hardware"], n,
+        table.add_row(escape(g["key"][:12]), escape(g["name"]), escape(g["team"]), escape(g["track"]), escape(g["hardware"]), n,
                       fmt_bpb(g["val_bpb"]["mean"]), fmt_std(g["val_bpb"]["std"]), fmt_bytes(_int(g["max_artifact_bytes"])),
                       verdict_text(g["checks_verdict"]) + (" [dim](published)[/]" if g["published"] else ""), escape(g["diff"]))
     return table
@@ -61,7 +60,7 @@ def _pairs(title: str, rows: list[tuple[str, str]]) -> Panel:
 
 
 def comparison_lines(c: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("baseline", f"{escape(c['baseline_name'])} ({c['baseline'][:12]}), n={c['n_baseline']}"),
+    rows = [("baseline", f"{escape(c['baseline_name'])} ({escape(c['baseline'][:12])}), n={c['n_baseline']}"),
             ("candidate", f"n={c['n_candidate']}")]
     if c["improvement"] is not None:
         rows.append(("improvement", f"{c['improvement']:+.5f} nats val_loss (margin {c['margin']})"))
@@ -82,10 +81,10 @@ def comparison_panel(c: dict[str, Any]) -> Panel:
 def group_detail(g: dict[str, Any]) -> Group:
     bpb, loss = g["val_bpb"], g["val_loss"]
     summary = [
-        ("key", g["key"]),
+        ("key", escape(g["key"])),
         ("name", escape(g["name"])),
         ("team", escape(g["team"])),
-        ("track / hardware", f"{g['track']} / {g['hardware']}"),
+        ("track / hardware", escape(f"{g['track']} / {g['hardware']}")),
         ("config", escape(g["diff"])),
         ("n", f"{g['n']} counted of {g['runs_total']} runs"),
         ("val_bpb", f"{fmt_bpb(bpb['mean'])} ± {fmt_std(bpb['std'])} (best {fmt_bpb(bpb['min'])}, worst {fmt_bpb(bpb['max'])})"),
@@ -109,8 +108,8 @@ def group_detail(g: dict[str, Any]) -> Group:
         checks.add_column(name)
     for c in g["checks"]:
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c["counts"].items() if v)
-        checks.add_row(c["rule"], verdict_text(c["verdict"]), counts or "-", escape("; ".join(c["reasons"])) or "-")
-    parts: list[Any] = [_pairs(f"group {g['key'][:12]}", summary), seeds, checks]
+        checks.add_row(escape(c["rule"]), verdict_text(c["verdict"]), escape(counts) or "-", escape("; ".join(c["reasons"])) or "-")
+    parts: list[Any] = [_pairs(f"group {escape(g['key'][:12])}", summary), seeds, checks]
     if g.get("comparison"):
         parts.append(comparison_panel(g["comparison"]))
     elig = g["eligibility"]
@@ -122,14 +121,14 @@ def group_detail(g: dict[str, Any]) -> Group:
 
 
 def leaderboard_table(board: dict[str, Any]) -> Table:
-    title = f"leaderboard {board['track']}" + (f" on {board['hardware']}" if board["hardware"] else "")
+    title = escape(f"leaderboard {board['track']}" + (f" on {board['hardware']}" if board["hardware"] else ""))
     table = _table(title)
     for name, justify in (("#", "right"), ("name", "left"), ("team", "left"), ("hardware", "left"), ("n", "right"), ("val_bpb", "right"),
                           ("std", "right"), ("bytes", "right"), ("checks", "left"), ("p", "right"), ("eligible", "left"), ("key", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "name")  # type: ignore[arg-type]
     for e in board["entries"]:
         g = e["group"]
-        table.add_row(str(e["rank"]), escape(g["name"]), escape(g["team"]), g["hardware"], str(g["n"]), fmt_bpb(g["val_bpb"]["mean"]),
+        table.add_row(str(e["rank"]), escape(g["name"]), escape(g["team"]), escape(g["hardware"]), str(g["n"]), fmt_bpb(g["val_bpb"]["mean"]),
                       fmt_std(g["val_bpb"]["std"]), fmt_bytes(g["max_artifact_bytes"]), verdict_text(g["checks_verdict"]),
-                      fmt_p(e["p_value"]), "[green]yes[/]" if e["eligible"] else "no", g["key"][:12])
+                      fmt_p(e["p_value"]), "[green]yes[/]" if e["eligible"] else "no", escape(g["key"][:12]))
     return table

@@ -108,6 +108,7 @@ def test_admin_errors_keep_the_database_unchanged(caddie: Caddie, tmp_path: Path
         assert s.scalar(select(User.id).where(User.name == "zed")) is None  # rolled back with the membership
     assert caddie.fails("admin", "create-user", "zed", "--team", "golfers", "--role", "boss") == "--role must be one of member, admin, got 'boss'"
     assert caddie.fails("admin", "create-token", "nobody") == "user 'nobody' not found"
+    (tmp_path / "empty.db").touch()  # an existing file without tables (a missing one: test_cli_admin.py)
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     msg = caddie.fails("admin", "create-team", "x", CADDIE_DATABASE_URL=empty)
     assert msg == f"the database {empty} has no caddie tables: run caddie db upgrade"

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from service import run_artifacts as domain
-from service.api.deps import ArtifactStoreDep, CurrentUser, SessionDep, SettingsDep
+from service.api.deps import ArtifactStoreDep, CurrentUser, Id, SessionDep, SettingsDep
 from service.artifacts import read_chunks
 from service.schemas import ArtifactOut
 
@@ -22,7 +22,7 @@ ERRORS = {
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses={404: ERRORS[404]})
-def list_artifacts(run_id: int, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
+def list_artifacts(run_id: Id, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> list[ArtifactOut]:
     """The run's stored files with sizes and sha256, and where to download each."""
     items = []
     for artifact in domain.list_artifacts(session, user, run_id):
@@ -37,7 +37,7 @@ def list_artifacts(run_id: int, user: CurrentUser, session: SessionDep, settings
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes, streamed"}, **ERRORS},
 )
-def download_artifact(run_id: int, name: str, user: CurrentUser, session: SessionDep, store: ArtifactStoreDep) -> StreamingResponse:
+def download_artifact(run_id: Id, name: str, user: CurrentUser, session: SessionDep, store: ArtifactStoreDep) -> StreamingResponse:
     """One stored file, streamed in chunks. ``X-Checksum-Sha256`` (and the ETag) carry its sha256 hex digest."""
     # Opened here, before the response starts, so that a missing file is a 410 and not a broken stream;
     # the DB session is not needed after this line.

@@ -8,7 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request,
 
 from service import runs as domain
 from service.hooks import call_on_submit_hook
-from service.api.deps import CurrentUser, SessionDep, SettingsDep
+from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.errors import InvalidInput, Issue
 from service.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
@@ -63,28 +63,28 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: int, user: CurrentUser, session: SessionDep) -> RunOut:
+def get_run(run_id: Id, user: CurrentUser, session: SessionDep) -> RunOut:
     return RunOut.from_run(domain.get_run(session, user, run_id))
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run_id: int, user: CurrentUser, session: SessionDep) -> RunOut:
+def cancel_run(run_id: Id, user: CurrentUser, session: SessionDep) -> RunOut:
     """QUEUED: cancelled now. PROVISIONING/RUNNING: cancel requested; the worker stops it. Finished: 409."""
     domain.cancel_run(session, user, run_id)
     return RunOut.from_run(domain.get_run(session, user, run_id))
 
 
 @router.get("/{run_id}/events", response_model=list[RunEventOut])
-def run_events(run_id: int, user: CurrentUser, session: SessionDep) -> list[RunEventOut]:
+def run_events(run_id: Id, user: CurrentUser, session: SessionDep) -> list[RunEventOut]:
     return [RunEventOut.of(e) for e in domain.list_events(session, user, run_id)]
 
 
 @router.get("/{run_id}/metrics", response_model=list[MetricOut])
-def run_metrics(run_id: int, user: CurrentUser, session: SessionDep) -> list[MetricOut]:
+def run_metrics(run_id: Id, user: CurrentUser, session: SessionDep) -> list[MetricOut]:
     return [MetricOut.of(m) for m in domain.list_metrics(session, user, run_id)]
 
 
 @router.get("/{run_id}/logs", response_model=LogSlice)
-def run_logs(run_id: int, user: CurrentUser, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0) -> LogSlice:
+def run_logs(run_id: Id, user: CurrentUser, session: SessionDep, offset: ByteOffset = 0) -> LogSlice:
     piece = domain.read_log(session, user, run_id, offset)
     return LogSlice(offset=piece.offset, next_offset=piece.next_offset, data=piece.data, done=piece.done)

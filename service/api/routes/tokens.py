@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service import accounts, security
-from service.api.deps import CurrentUser, SessionDep
+from service.api.deps import CurrentUser, Id, SessionDep
 from service.errors import Forbidden
 from service.schemas import TokenCreate, TokenCreated, TokenOut
 
@@ -30,7 +30,7 @@ def list_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
 
 
 @router.delete("/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> TokenOut:
+def revoke_token(token_id: Id, user: CurrentUser, session: SessionDep) -> TokenOut:
     row = security.revoke_token(session, user, token_id)
     session.commit()
     return TokenOut.of(row)
