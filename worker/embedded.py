@@ -4,7 +4,8 @@ SQLite database (migrated to head), Kombu's SQLAlchemy broker on a SQLite file
 (no server), the local launcher, the smoke corpus as the default training data.
 Starts the API (uvicorn), a worker for the `runs` queue, a worker for the
 `control` queue and beat as child processes; restarts a child that dies (as a
-process supervisor would); stops everything on Ctrl-C.
+process supervisor would); stops everything on Ctrl-C, running trainers included
+(their runs end CANCELLED, saying caddie was stopped).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from service.db import get_sessionmaker
 from service.migrate import upgrade
 from service.models import User
 from service.settings import Settings
+from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_VOCAB = 1024
 STOP_TIMEOUT_S = 20.0
+STOPPED_REASON = "stopped when caddie up was stopped (Ctrl-C)"
 
 
 def embedded_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -136,6 +139,17 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
         print("users exist already: use your token (an admin can make one with `caddie token create`)", file=out, flush=True)
     print("Ctrl-C stops everything.", file=out, flush=True)
 
+    def stop_jobs() -> None:
+        # Trainers live in their own sessions (a worker restart must not kill them),
+        # so a Ctrl-C does not reach them: stop them here, or they run on unseen.
+        try:
+            stopped = LocalLauncher(wsettings).stop_all(STOPPED_REASON)
+        except Exception as exc:  # noqa: BLE001 (stopping the rest matters more)
+            print(f"could not stop running jobs: {exc}", file=out, flush=True)
+            return
+        if stopped:
+            print(f"stopped {stopped} running job(s)", file=out, flush=True)
+
     try:
         while not stopping:
             time.sleep(0.5)
@@ -151,13 +165,15 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
                 print(f"{child.name} exited with code {child.proc.returncode}; restarting it", file=out, flush=True)
                 start(child)
     finally:
+        stop_jobs()  # first: their executors conclude the runs as CANCELLED while the workers still run
         stop_children(children)
+        stop_jobs()  # a job started in between
         print("caddie stopped.", file=out, flush=True)
 
 
 def stop_children(children: list[Child]) -> None:
     """SIGTERM every child's group (warm shutdown), SIGKILL whatever is left after STOP_TIMEOUT_S.
-    Training jobs live in their own sessions and are not touched: a later `caddie up` re-attaches."""
+    Training jobs live in their own sessions: run_embedded stops them (LocalLauncher.stop_all)."""
     running = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
     for proc in running:
         try:

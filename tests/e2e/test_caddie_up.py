@@ -66,3 +66,66 @@ def test_caddie_up_runs_a_smoke_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) 
         up.wait(40)
     assert "caddie stopped." in (tmp_path / "up.out").read_text()
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+SLEEPER = r"""
+import os, time
+print("training", flush=True)
+time.sleep(300)
+"""
+
+
+def test_ctrl_c_on_caddie_up_stops_a_running_trainer_and_its_run_says_so(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    home = tmp_path / "home"
+    data = home / "data"
+    (data / "datasets" / "fineweb10B_sp1024").mkdir(parents=True)
+    (data / "datasets" / "fineweb10B_sp1024" / "fineweb_val_000000.bin").write_bytes(b"")  # no smoke corpus build needed
+    (data / "tokenizers").mkdir()
+    (data / "tokenizers" / "fineweb_1024_bpe.model").write_bytes(b"")
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(SLEEPER)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
+    env.update(CADDIE_HOME=str(home), PYTHONPATH=str(REPO), CADDIE_HEARTBEAT_S="1", CADDIE_POLL_INTERVAL_S="0.1",
+               CADDIE_GPU_COUNT="0", CADDIE_CANCEL_GRACE_S="2", CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(sleeper)]))  # fmt: skip
+    out = open(tmp_path / "up.out", "w+")
+    up = subprocess.Popen([sys.executable, "-c", f"from worker.embedded import run_embedded; run_embedded(port={port})"],
+                          cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    trainer = None
+    try:
+        end = time.monotonic() + 90
+        token = None
+        while token is None:
+            assert up.poll() is None and time.monotonic() < end, (tmp_path / "up.out").read_text()
+            m = re.search(r"admin token \(shown once\): (\S+)", (tmp_path / "up.out").read_text())
+            token = m and m[1]
+            time.sleep(0.2)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        while True:
+            try:
+                r = client.post("/runs", json={"name": "long", "track": "unlimited", "hardware": "cpu", "config": {}})
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < end
+                time.sleep(0.2)
+        assert r.status_code == 201, r.text
+        run_id = r.json()["runs"][0]["id"]
+        child_file = home / "runs" / str(run_id) / "attempt-1" / "child.json"
+        while trainer is None:
+            assert time.monotonic() < end, client.get(f"/runs/{run_id}").json()
+            if child_file.exists() and b"training" in (child_file.parent / "stdout.log").read_bytes():
+                trainer = psutil.Process(json.loads(child_file.read_text())["pid"])
+            time.sleep(0.2)
+        assert client.get(f"/runs/{run_id}").json()["status"] == "RUNNING"
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        up.wait(60)
+    text = (tmp_path / "up.out").read_text()
+    assert "caddie stopped." in text and "stopped 1 running job(s)" in text, text
+    assert not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE  # no trainer left behind
+    with sqlite3.connect(home / "caddie.db") as db:
+        status, reason = db.execute("SELECT status, status_reason FROM runs WHERE id = ?", (run_id,)).fetchone()
+    assert (status, reason) == ("CANCELLED", "stopped when caddie up was stopped (Ctrl-C)")

@@ -7,7 +7,7 @@ Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR
                       TOKENIZER_PATH are ./data/... of the run's data variant
     child.json        pid, process group and start time of the trainer process
     exit_code.json    written atomically by the wrapper when the trainer ends
-    cancel_requested  written by cancel() before any signal is sent
+    cancel_requested  written by cancel() before any signal is sent (its text: why, if not the user)
     train.log, metrics.jsonl, result.json, model.int6.ptz   written by the trainer
 
 The worker starts `python -m worker.launchers.local_wrapper`, never a shell, in
@@ -211,14 +211,14 @@ class LocalLauncher:
             if _same_process(child.get("pid"), child.get("create_time")) is not None:
                 return JobStatus(JobState.RUNNING, reason="wrapper gone, trainer still running")
             ended = _read_json(workdir / EXIT_FILE)  # it may have finished between the two looks
-        cancelled = (workdir / CANCEL_FILE).exists()
+        cancelled = _cancel_reason(workdir)
         if ended is None:
             if cancelled:
-                return JobStatus(JobState.CANCELLED, reason="cancelled")
+                return JobStatus(JobState.CANCELLED, reason=cancelled)
             return JobStatus(JobState.LOST, reason=f"trainer process {pid} is gone and left no exit code")
         rc = int(ended["exit_code"])
         if cancelled:
-            return JobStatus(JobState.CANCELLED, rc, "cancelled")
+            return JobStatus(JobState.CANCELLED, rc, cancelled)
         if rc == 0:
             return JobStatus(JobState.SUCCEEDED, 0, "")
         if ended.get("timed_out"):
@@ -269,6 +269,29 @@ class LocalLauncher:
             while time.monotonic() < end and self._alive(handle):
                 time.sleep(0.05)
 
+    def stop_all(self, reason: str) -> int:
+        """Stop every job of this machine's runs dir that is still running (``caddie up`` shutting down).
+
+        Each is marked cancelled with `reason` (what its run will say), its trainer's
+        process group gets SIGTERM, and SIGKILL after the grace period; its wrapper
+        then records the exit and ends. Returns how many jobs were stopped.
+        """
+        running = []
+        for workdir in sorted(self.runs_dir.glob("*/attempt-*")):
+            child = _read_json(workdir / CHILD_FILE) or {}
+            if (workdir / EXIT_FILE).exists() or _same_process(child.get("pid"), child.get("create_time")) is None:
+                continue
+            (workdir / CANCEL_FILE).write_text(reason + "\n", encoding="utf-8")
+            _killpg(child.get("pgid"), signal.SIGTERM)
+            running.append(child)
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and any(_same_process(c.get("pid"), c.get("create_time")) for c in running):
+            time.sleep(0.05)
+        for c in running:
+            if _same_process(c.get("pid"), c.get("create_time")) is not None:
+                _killpg(c.get("pgid"), signal.SIGKILL)
+        return len(running)
+
     def _alive(self, handle: LaunchHandle) -> bool:
         """Is the wrapper or the trainer of this job still running?"""
         self._reap(handle.data.get("pid"))
@@ -281,6 +304,14 @@ class LocalLauncher:
     def collect(self, handle: LaunchHandle, dest: Path) -> Path:
         """The job's own work dir (the files are already on this machine; `dest` is not used)."""
         return Path(handle.data["workdir"])
+
+
+def _cancel_reason(workdir: Path) -> str:
+    """'' if the job was not cancelled; else why (what cancel_requested says, or 'cancelled')."""
+    try:
+        return (workdir / CANCEL_FILE).read_text(encoding="utf-8").strip() or "cancelled"
+    except FileNotFoundError:
+        return ""
 
 
 def _killpg(pgid: int | None, sig: int) -> None:
