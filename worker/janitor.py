@@ -10,8 +10,9 @@ gathers the facts from the database and the launcher and carries them out.
   the job, collect what finished, launch, requeue or fail. Each dispatch is a
   run event (actor "janitor").
 * One message per run in flight: a dispatched run that no worker has taken
-  yet (no worker is up) is sent again only after ``redispatch_resend_s``, not
-  once per stale window.
+  yet is sent again only if the runs queue is empty (its message was lost with
+  the broker), or after ``redispatch_resend_s`` whatever the queue holds, not
+  once per stale window while no worker is up.
 * A cluster that no active run uses and that has been idle longer than the
   keep-warm window (or that caddie never recorded) is torn down. Logged.
 """
@@ -60,15 +61,17 @@ class ClusterFacts:
     recorded: bool  # caddie has a row for it
 
 
-def decide_stale_runs(runs: Iterable[StaleRun], resend_after_s: float) -> list[RunAction]:
-    """What to do with each run whose executor went silent: dispatch it again, unless
-    a message for it is already in flight (sent less than resend_after_s ago)."""
+def decide_stale_runs(runs: Iterable[StaleRun], resend_after_s: float, queued_messages: int | None = None) -> list[RunAction]:
+    """What to do with each run whose executor went silent: dispatch it again, unless a
+    message for it is still waiting in the runs queue (``queued_messages`` > 0, or unknown:
+    None) and was sent less than resend_after_s ago."""
     actions = []
     for r in runs:
         if r.dispatched:
-            if r.silent_s < resend_after_s:
+            if r.silent_s < resend_after_s and queued_messages != 0:
                 continue  # no worker took the last one yet; another would only pile up
-            reason = f"dispatched {r.silent_s:.0f} s ago and not taken up by a worker; dispatched again"
+            why = "the runs queue is empty (its message was lost)" if queued_messages == 0 else "not taken up by a worker"
+            reason = f"dispatched {r.silent_s:.0f} s ago, {why}; dispatched again"
         elif r.has_job:
             reason = f"no heartbeat for {r.silent_s:.0f} s; dispatched again to re-attach to its job"
         else:
@@ -93,9 +96,20 @@ def decide_clusters(clusters: Iterable[ClusterFacts], now: datetime, keep_warm: 
 
 
 # --- I/O -------------------------------------------------------------------------------------
-def janitor_pass(session: Session, *, launcher: Launcher, settings: object, enqueue: Callable[[int], None], now: datetime | None = None) -> list[RunAction]:
-    """One janitor round over runs and clusters; returns the run actions taken."""
-    actions = _stale_runs_pass(session, launcher, settings, enqueue, now or utcnow())
+def janitor_pass(
+    session: Session,
+    *,
+    launcher: Launcher,
+    settings: object,
+    enqueue: Callable[[int], None],
+    now: datetime | None = None,
+    queued_messages: Callable[[], int | None] | None = None,
+) -> list[RunAction]:
+    """One janitor round over runs and clusters; returns the run actions taken.
+
+    ``queued_messages()``: how many messages wait in the runs queue (None: cannot tell).
+    """
+    actions = _stale_runs_pass(session, launcher, settings, enqueue, now or utcnow(), queued_messages)
     try:
         _clusters_pass(session, launcher, settings, now or utcnow())
     except LauncherError as exc:
@@ -103,7 +117,9 @@ def janitor_pass(session: Session, *, launcher: Launcher, settings: object, enqu
     return actions
 
 
-def _stale_runs_pass(session: Session, launcher: Launcher, settings: object, enqueue: Callable[[int], None], now: datetime) -> list[RunAction]:
+def _stale_runs_pass(
+    session: Session, launcher: Launcher, settings: object, enqueue: Callable[[int], None], now: datetime, queued_messages: Callable[[], int | None] | None
+) -> list[RunAction]:
     stale_before = now - timedelta(seconds=settings.heartbeat_s * settings.stale_heartbeats)  # type: ignore[attr-defined]
     rows = list(session.scalars(select(Run).where(Run.status.in_(ACTIVE), (Run.heartbeat_at.is_(None)) | (Run.heartbeat_at < stale_before))))
     facts = [
@@ -115,7 +131,8 @@ def _stale_runs_pass(session: Session, launcher: Launcher, settings: object, enq
         )
         for run in rows
     ]
-    actions = decide_stale_runs(facts, float(getattr(settings, "redispatch_resend_s", 300.0)))
+    waiting = queued_messages() if queued_messages is not None and any(f.dispatched for f in facts) else None
+    actions = decide_stale_runs(facts, float(getattr(settings, "redispatch_resend_s", 300.0)), waiting)
     by_id = {r.id: r for r in rows}
     done = []
     for a in actions:

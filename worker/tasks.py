@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
+
 from worker import executor, janitor, scheduler
-from worker.celery_app import EXECUTE_RUN, JANITOR_TICK, SCHEDULE_TICK, celery_app
+from worker.celery_app import EXECUTE_RUN, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, celery_app
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,18 @@ log = logging.getLogger(__name__)
 def enqueue_run(run_id: int) -> None:
     """Ask a worker on the `runs` queue to drive run `run_id`."""
     celery_app.send_task(EXECUTE_RUN, args=[int(run_id)], retry=False)
+
+
+def runs_queue_length(app: Celery = celery_app, queue: str = RUNS_QUEUE) -> int | None:
+    """Messages waiting in the `runs` queue (0 when the broker has no such queue); None if the broker cannot be asked."""
+    try:
+        with app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception as exc:  # noqa: BLE001
+        if "NOT_FOUND" in str(exc):  # Redis drops an empty list, and the queue with it
+            return 0
+        log.warning("cannot count the runs queue: %s", exc)
+        return None
 
 
 def request_schedule_tick() -> None:
@@ -58,4 +72,4 @@ def schedule_tick() -> list[int]:
 def janitor_tick() -> int:
     rt = get_runtime()
     with rt.session_factory() as session:
-        return len(janitor.janitor_pass(session, launcher=rt.launcher, settings=rt.settings, enqueue=enqueue_run))
+        return len(janitor.janitor_pass(session, launcher=rt.launcher, settings=rt.settings, enqueue=enqueue_run, queued_messages=runs_queue_length))

@@ -53,9 +53,9 @@ def add_run(maker, status: str, *, silent_s: float, handle: dict | None = None, 
         return run.id
 
 
-def janitor(maker, settings: WorkerSettings, sent: list[int], now=None, enqueue=None):  # noqa: ANN001, ANN201
+def janitor(maker, settings: WorkerSettings, sent: list[int], now=None, enqueue=None, queued=None):  # noqa: ANN001, ANN201
     with maker() as s:
-        return janitor_pass(s, launcher=LocalLauncher(settings), settings=settings, enqueue=enqueue or sent.append, now=now)
+        return janitor_pass(s, launcher=LocalLauncher(settings), settings=settings, enqueue=enqueue or sent.append, now=now, queued_messages=queued)
 
 
 def test_stale_runs_are_dispatched_again_and_their_status_is_left_to_the_executor(maker, settings, tmp_path: Path) -> None:
@@ -90,11 +90,14 @@ def test_one_message_per_run_while_no_worker_takes_it(maker, settings) -> None:
     janitor(maker, settings, sent, now=t0)
     # no worker is up: round after round of the janitor (a stale window is 3 s here) ...
     for k in range(1, 30):
-        janitor(maker, settings, sent, now=t0 + timedelta(seconds=4 * k))
+        janitor(maker, settings, sent, now=t0 + timedelta(seconds=4 * k), queued=lambda: len(sent))
     assert sent.count(run_id) == 1  # ... and still one message for it in the queue
     # a message that nobody took after redispatch_resend_s may have been lost with the broker: one more
-    janitor(maker, settings, sent, now=t0 + timedelta(seconds=121))
+    janitor(maker, settings, sent, now=t0 + timedelta(seconds=121), queued=lambda: len(sent))
     assert sent.count(run_id) == 2
+    # the broker lost its messages (an empty runs queue): sent again as soon as the run is stale
+    janitor(maker, settings, sent, now=t0 + timedelta(seconds=121 + 4), queued=lambda: 0)
+    assert sent.count(run_id) == 3
     with maker() as s:
         assert s.get(Run, run_id).status == "RUNNING"
 
@@ -112,3 +115,22 @@ def test_a_message_that_could_not_be_sent_is_sent_at_the_next_round(maker, setti
     sent: list[int] = []
     janitor(maker, settings, sent, now=t0 + timedelta(seconds=1))
     assert run_id in sent
+
+
+@pytest.mark.parametrize("broker", ["redis", "sqlite"])
+def test_the_runs_queue_is_counted_on_the_real_broker(broker: str, redis_url: str, tmp_path: Path) -> None:
+    import uuid
+
+    from worker.celery_app import make_celery
+    from worker.tasks import runs_queue_length
+
+    queue = f"runs-test-{uuid.uuid4().hex[:8]}"  # a queue of its own: no worker of another test consumes from it
+    url = redis_url if broker == "redis" else f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    app = make_celery(WorkerSettings(home=tmp_path, broker_url=url))
+    assert runs_queue_length(app, queue) == 0
+    for run_id in (1, 2):
+        app.send_task("caddie.nothing", args=[run_id], queue=queue)
+    assert runs_queue_length(app, queue) == 2
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+    assert runs_queue_length(app, queue) == 0

@@ -33,3 +33,11 @@ def test_clusters_idle_past_keep_warm_or_unowned_are_torn_down() -> None:
         ClusterFacts("orphan", in_use=False, idle_since=None, recorded=True),
     ]
     assert [name for name, _ in decide_clusters(facts, NOW, timedelta(minutes=10))] == ["cold", "orphan"]
+
+
+def test_an_empty_runs_queue_means_the_message_was_lost_and_it_is_sent_again_at_once() -> None:
+    lost = stale(1, dispatched=True, silent_s=30)
+    assert [a.run_id for a in decide_stale_runs([lost], resend_after_s=300, queued_messages=0)] == [1]
+    assert "lost" in decide_stale_runs([lost], resend_after_s=300, queued_messages=0)[0].reason
+    assert decide_stale_runs([lost], resend_after_s=300, queued_messages=2) == []  # still waiting for a worker
+    assert decide_stale_runs([lost], resend_after_s=300, queued_messages=None) == []  # cannot tell: wait

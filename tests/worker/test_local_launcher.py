@@ -374,6 +374,7 @@ def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: Path
     st = wait_terminal(launcher, handle, limit=240)
     log = launcher.read_log(handle, 0).decode()
     assert st.state == JobState.SUCCEEDED, log[-2000:]
+    assert str(tmp_path) not in log and str(tiny_corpus) not in log  # the run's log names no path of the worker's
 
     out = launcher.collect(handle, tmp_path / "unused")
     result = json.loads((out / "result.json").read_text())
