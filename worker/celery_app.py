@@ -14,7 +14,7 @@ dispatch.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from worker.settings import WorkerSettings
 
@@ -80,6 +80,22 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
 
 
 celery_app = make_celery()
+
+
+@worker_ready.connect
+def _look_for_orphans(sender: object = None, **_: object) -> None:
+    # A runs worker that (re)starts asks the janitor to look now: runs whose executor
+    # was a process of this host that died (the worker it replaces) are dispatched
+    # again at once, not after the stale window.
+    try:
+        queues = {q.name for q in sender.task_consumer.queues}  # type: ignore[union-attr]
+    except AttributeError:
+        return
+    if RUNS_QUEUE in queues:
+        try:
+            celery_app.send_task(JANITOR_TICK, retry=False)
+        except Exception:  # noqa: BLE001 (beat ticks anyway)
+            pass
 
 
 @worker_process_init.connect

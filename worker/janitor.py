@@ -3,7 +3,8 @@
 Decisions are pure (`decide_stale_runs`, `decide_clusters`); `janitor_pass`
 gathers the facts from the database and the launcher and carries them out.
 
-* A PROVISIONING/RUNNING run whose heartbeat is older than the stale window
+* A PROVISIONING/RUNNING run whose heartbeat is older than the stale window,
+  or whose lease holder is a dead process of this host (``holder_gone``),
   lost its executor (worker killed, message lost with the broker). The janitor
   never changes its status: it frees the lease and dispatches the run again,
   and the executor that takes it (the run's one owner) decides: re-attach to
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 from service.lifecycle import RunStatus
 from service.models import Cluster, Run, RunEvent, utcnow
 from worker.launchers.base import ClusterHandle, Launcher, LauncherError
-from worker.lease import dispatch_mark, is_dispatch_mark
+from worker.lease import dispatch_mark, holder_gone, is_dispatch_mark
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class StaleRun:
     silent_s: float  # seconds since the last heartbeat (for a dispatched run: since it was sent)
     has_job: bool  # a launch handle is stored
     dispatched: bool  # a message for it was sent and no executor has taken it yet
+    holder_gone: bool = False  # its lease holder is a dead process of this host
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def decide_stale_runs(runs: Iterable[StaleRun], resend_after_s: float, queued_me
                 continue  # no worker took the last one yet; another would only pile up
             why = "the runs queue is empty (its message was lost)" if queued_messages == 0 else "not taken up by a worker"
             reason = f"dispatched {r.silent_s:.0f} s ago, {why}; dispatched again"
+        elif r.holder_gone:
+            reason = "its worker process is gone; dispatched again" + (" to re-attach to its job" if r.has_job else "")
         elif r.has_job:
             reason = f"no heartbeat for {r.silent_s:.0f} s; dispatched again to re-attach to its job"
         else:
@@ -121,13 +125,18 @@ def _stale_runs_pass(
     session: Session, launcher: Launcher, settings: object, enqueue: Callable[[int], None], now: datetime, queued_messages: Callable[[], int | None] | None
 ) -> list[RunAction]:
     stale_before = now - timedelta(seconds=settings.heartbeat_s * settings.stale_heartbeats)  # type: ignore[attr-defined]
-    rows = list(session.scalars(select(Run).where(Run.status.in_(ACTIVE), (Run.heartbeat_at.is_(None)) | (Run.heartbeat_at < stale_before))))
+    rows = [
+        run
+        for run in session.scalars(select(Run).where(Run.status.in_(ACTIVE)))
+        if run.heartbeat_at is None or run.heartbeat_at < stale_before or holder_gone(run.worker_task_id)
+    ]
     facts = [
         StaleRun(
             run.id,
             (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else float("inf"),
             run.launch_handle is not None,
             is_dispatch_mark(run.worker_task_id),
+            holder_gone(run.worker_task_id),
         )
         for run in rows
     ]
@@ -141,10 +150,9 @@ def _stale_runs_pass(
         # executor may have come back) and mark the message as in flight.
         mark = dispatch_mark(now)
         seen = Run.worker_task_id.is_(None) if run.worker_task_id is None else Run.worker_task_id == run.worker_task_id
+        beat = Run.heartbeat_at.is_(None) if run.heartbeat_at is None else Run.heartbeat_at == run.heartbeat_at
         result = session.execute(
-            update(Run)
-            .where(Run.id == run.id, Run.status == run.status, seen, (Run.heartbeat_at.is_(None)) | (Run.heartbeat_at < stale_before))
-            .values(worker_task_id=mark, heartbeat_at=now),
+            update(Run).where(Run.id == run.id, Run.status == run.status, seen, beat).values(worker_task_id=mark, heartbeat_at=now),
             execution_options={"synchronize_session": False},
         )
         if result.rowcount != 1:

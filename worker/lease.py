@@ -6,7 +6,8 @@
     "dispatched@<t>"     when it was sent     a message for it is on its way (scheduler,
                                               janitor); the executor that gets it claims it
     "<host>:<pid>:<id>"  renewed every beat   that executor drives it; once the heartbeat is
-                                              older than the stale window anyone may take over
+                                              older than the stale window anyone may take over,
+                                              and at once if <host> is this host and <pid> is dead
 
 Every status change of a PROVISIONING/RUNNING run is made by the lease holder
 through ``service.lifecycle.transition(..., owner=token)``: a compare-and-set on
@@ -25,7 +26,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import update
+import psutil
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -48,6 +50,27 @@ def dispatch_mark(now: datetime) -> str:
 
 def is_dispatch_mark(worker_task_id: str | None) -> bool:
     return bool(worker_task_id) and str(worker_task_id).startswith(DISPATCHED)
+
+
+def holder_gone(worker_task_id: str | None) -> bool:
+    """True if the lease holder named by `worker_task_id` ran on this host and its process is dead.
+
+    A worker killed outright (OOM, kill -9) leaves a fresh-looking heartbeat behind;
+    on its own host that need not be waited out. Another host's holder (another
+    container, another machine) is never judged here: its staleness decides.
+    """
+    if not worker_task_id or is_dispatch_mark(worker_task_id):
+        return False
+    host, _, rest = str(worker_task_id).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 # --- transient database errors ---------------------------------------------------------------
@@ -94,20 +117,21 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def claim(self) -> bool:
-        """Take the lease if nobody holds it, a dispatch message is what brought us, or its holder stopped renewing it."""
+        """Take the lease if nobody holds it, a dispatch message is what brought us, or its holder
+        stopped renewing it (or is a dead process of this host: ``holder_gone``)."""
         now = utcnow()
         with self.session_factory() as session:
+            free = (
+                (Run.worker_task_id.is_(None))
+                | (Run.worker_task_id.startswith(DISPATCHED, autoescape=True))
+                | (Run.heartbeat_at.is_(None))
+                | (Run.heartbeat_at < now - timedelta(seconds=self.stale_s))
+            )
+            holder = session.scalar(select(Run.worker_task_id).where(Run.id == self.run_id))
+            if holder_gone(holder):
+                free = free | (Run.worker_task_id == holder)
             result = session.execute(
-                update(Run)
-                .where(
-                    Run.id == self.run_id,
-                    Run.status.in_(ACTIVE),
-                    (Run.worker_task_id.is_(None))
-                    | (Run.worker_task_id.startswith(DISPATCHED, autoescape=True))
-                    | (Run.heartbeat_at.is_(None))
-                    | (Run.heartbeat_at < now - timedelta(seconds=self.stale_s)),
-                )
-                .values(worker_task_id=self.token, heartbeat_at=now),
+                update(Run).where(Run.id == self.run_id, Run.status.in_(ACTIVE), free).values(worker_task_id=self.token, heartbeat_at=now),
                 execution_options={"synchronize_session": False},
             )
             session.commit()

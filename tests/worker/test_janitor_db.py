@@ -134,3 +134,39 @@ def test_the_runs_queue_is_counted_on_the_real_broker(broker: str, redis_url: st
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(queue)
     assert runs_queue_length(app, queue) == 0
+
+
+def dead_holder() -> str:
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:0123456789ab"  # a lease token whose process is dead
+
+
+def test_a_run_whose_worker_process_died_on_this_host_is_dispatched_again_without_waiting_for_staleness(maker, settings, tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from worker.lease import Lease, holder_gone
+
+    dead, alive, elsewhere = dead_holder(), f"{socket.gethostname()}:{os.getpid()}:x", "another-host:1:x"
+    assert (holder_gone(dead), holder_gone(alive), holder_gone(elsewhere), holder_gone("dispatched@2026-01-01T00:00:00")) == (True, False, False, False)
+    runs = {}
+    for token in (dead, alive, elsewhere):
+        runs[token] = add_run(maker, "RUNNING", silent_s=0.5, handle=gone(tmp_path))  # fresh heartbeats
+        with maker() as s:
+            s.get(Run, runs[token]).worker_task_id = token
+            s.commit()
+    sent: list[int] = []
+    actions = janitor(maker, settings, sent)
+    assert [a.run_id for a in actions] == [runs[dead]] and "worker process is gone" in actions[0].reason
+    assert sent == [runs[dead]]
+    # the executor that gets a redelivered message need not wait either
+    with maker() as s:
+        s.get(Run, runs[alive]).worker_task_id = dead_holder()
+        s.commit()
+    assert Lease(maker, runs[alive], 1, 3600).claim()
+    assert not Lease(maker, runs[elsewhere], 1, 3600).claim()
