@@ -132,7 +132,12 @@ class TrainerConfig:
     late_qat_threshold: float = knob(0.15, "LR scale below which late QAT switches on.", min=0.0, max=1.0, group="averaging")
 
     # --- artifact --------------------------------------------------------
-    zstd_level: int = knob(22, "zstd level for the compressed artifact.", min=1, max=22, group="artifact")
+    artifact_codec: str = knob("lzma", "Compressor of the artifact: lzma (xz, preset 6; 0.9% smaller than zstd-22 on trained weights) or zstd.",
+                               choices=("lzma", "zstd"), group="artifact")
+    zstd_level: int = knob(22, "zstd level for the compressed artifact (ARTIFACT_CODEC=zstd).", min=1, max=22, group="artifact")
+    quant_clip_floor: float = knob(1.0, "Per-row clip floor F of int6/int8 quantisation and late QAT: scale = max(clip, F)/qmax, so rows "
+                                   "with small weights use few levels and compress well (as the records do); 0 disables.",
+                                   min=0.0, max=100.0, group="artifact")
 
     # --- evaluation and test-time training ---------------------------------
     eval_stride: int = knob(64, "Sliding-window stride (0 = non-overlapping full-split evaluation).", min=0, max=65536, group="eval")

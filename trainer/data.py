@@ -10,7 +10,7 @@ Layout of a data folder DIR (what ``TrainerConfig``'s defaults expect with DIR=.
 
 Command line (``python -m trainer.data``):
   download --variant sp1024 --train-shards N [--out DIR]   challenge shards from Hugging Face
-  build --input FILES... --vocab-size V [--out DIR]         tokenizer + shards from local text
+  build --input FILES... --vocab-size V [--out DIR] [--shard-tokens N]   tokenizer + shards from local text
   smoke [--out DIR]                                         a small offline corpus from Python's own docs
 """
 
@@ -289,22 +289,26 @@ def encode_documents(docs: Sequence[str], model_path: str | os.PathLike, threads
     return out
 
 
-def write_split(tokens: np.ndarray, folder: Path, split: str) -> list[Path]:
-    """Write a split as fineweb_{split}_000000.bin, ... of at most SHARD_MAX_TOKENS each."""
+def write_split(tokens: np.ndarray, folder: Path, split: str, shard_tokens: int = SHARD_MAX_TOKENS) -> list[Path]:
+    """Write a split as fineweb_{split}_000000.bin, ... of at most ``shard_tokens`` each."""
+    if shard_tokens < 1:
+        raise ValueError(f"--shard-tokens {shard_tokens}: must be at least 1")
     paths = []
-    for n, start in enumerate(range(0, max(tokens.size, 1), SHARD_MAX_TOKENS)):
+    for n, start in enumerate(range(0, max(tokens.size, 1), shard_tokens)):
         path = folder / f"fineweb_{split}_{n:06d}.bin"
-        write_shard(path, tokens[start:start + SHARD_MAX_TOKENS])
+        write_shard(path, tokens[start:start + shard_tokens])
         paths.append(path)
     return paths
 
 
 def build_corpus(docs: Sequence[str], out_dir: str | os.PathLike, vocab_size: int = 1024,
-                 val_fraction: float = 0.1, threads: int = 2) -> CorpusPaths:
+                 val_fraction: float = 0.1, threads: int = 2, shard_tokens: int = SHARD_MAX_TOKENS) -> CorpusPaths:
     """Tokenizer trained on the train documents, then train and val shards.
 
     The first ``ceil(val_fraction · docs)`` documents are the val split (as the challenge's
-    val split is the first documents of FineWeb); the tokenizer never sees them.
+    val split is the first documents of FineWeb); the tokenizer never sees them. Train
+    shards hold at most ``shard_tokens`` tokens each (smaller shards give a small corpus
+    several files, as the challenge's data has).
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction {val_fraction}: must be between 0 and 1")
@@ -316,7 +320,7 @@ def build_corpus(docs: Sequence[str], out_dir: str | os.PathLike, vocab_size: in
     for stale in glob.glob(str(paths.data_path / "fineweb_*.bin")):
         os.remove(stale)  # a rebuild must not leave shards of an older build behind
     train_tokenizer(train_docs, vocab_size, paths.tokenizer_path, threads)
-    train_files = write_split(encode_documents(train_docs, paths.tokenizer_path, threads), paths.data_path, "train")
+    train_files = write_split(encode_documents(train_docs, paths.tokenizer_path, threads), paths.data_path, "train", shard_tokens)
     val_files = write_split(encode_documents(val_docs, paths.tokenizer_path, threads), paths.data_path, "val")
     return CorpusPaths(paths.root, paths.data_path, paths.tokenizer_path, vocab_size, tuple(train_files), tuple(val_files))
 
@@ -509,6 +513,7 @@ def data_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab-size", type=int, default=1024)
     b.add_argument("--out", default="./data")
     b.add_argument("--val-fraction", type=float, default=0.1, help="share of documents in the val split (the first ones)")
+    b.add_argument("--shard-tokens", type=int, default=SHARD_MAX_TOKENS, help="tokens per train shard (default 100,000,000)")
     s = sub.add_parser("smoke", help="a small offline corpus from Python's own documentation")
     s.add_argument("--out", default="./data")
     s.add_argument("--vocab-size", type=int, default=1024)
@@ -523,7 +528,8 @@ def data_main(argv: list[str] | None = None) -> int:
             download(args.variant, args.train_shards, args.out)
             paths = corpus_paths(args.out, int(args.variant[2:]))
         elif args.command == "build":
-            paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction)
+            paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction,
+                                 shard_tokens=args.shard_tokens)
         else:
             paths = build_smoke_corpus(args.out, args.vocab_size)
     except (ShardError, ValueError, OSError, RuntimeError, ImportError) as exc:

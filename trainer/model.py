@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.config import ConfigError, ConfigIssue, TrainerConfig
-from trainer.quant import fake_quant_int6
+from trainer.quant import DEFAULT_CLIP_FLOOR, fake_quant_int6
 
 try:  # FlashAttention 3 (Hopper); absent on most machines, then PyTorch SDPA.
     from flash_attn_interface import flash_attn_func as fa3_attn_func
@@ -48,18 +48,21 @@ def rms_norm(x: Tensor) -> Tensor:
 class BlockLinear(nn.Linear):
     """Bias-free linear layer whose weight can pass through int6 fake-quantisation.
 
-    ``qat`` is a 0/1 buffer rather than a Python flag, so switching late QAT on
-    mid-run neither recompiles the graph nor gets constant-folded away by it:
-    w_used = w + qat·(fq(w) - w), with fq's straight-through gradient.
+    ``qat`` is a plain Python flag: while it is off the compiled graph holds no
+    fake-quant arithmetic at all (it used to be a 0/1 buffer multiplied in, which cost
+    every step the per-row max, round and clamp of every matrix). Flipping it makes
+    torch.compile build a second graph; the trainer builds it during the compile
+    warm-up, so switching late QAT on mid-run never compiles inside the timed loop.
     """
+
+    qat: bool = False
+    clip_floor: float = DEFAULT_CLIP_FLOOR  # the artifact's QUANT_CLIP_FLOOR; GPT sets it from the config
 
     def __init__(self, fan_in: int, fan_out: int):
         super().__init__(fan_in, fan_out, bias=False)
-        self.register_buffer("qat", torch.zeros(()), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
-        w = w + self.qat * (fake_quant_int6(w) - w)
+        w = fake_quant_int6(self.weight, self.clip_floor) if self.qat else self.weight
         return F.linear(x, w)
 
 
@@ -280,12 +283,15 @@ class GPT(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = BlockLinear(cfg.model_dim, cfg.vocab_size)
             nn.init.zeros_(self.lm_head.weight)
+        for m in self.modules():  # late QAT trains toward the grid the artifact will use
+            if isinstance(m, BlockLinear):
+                m.clip_floor = cfg.quant_clip_floor
 
     def set_qat(self, enabled: bool) -> None:
         """Switch int6 fake-quantisation of every block matrix on or off."""
         for m in self.modules():
             if isinstance(m, BlockLinear):
-                m.qat.fill_(1.0 if enabled else 0.0)
+                m.qat = enabled
 
     def hidden(self, idx: Tensor) -> Tensor:
         """Final normalised hidden states [B, T, D]."""

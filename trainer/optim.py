@@ -25,16 +25,28 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 def newton_schulz5(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     """Approximate orthogonalisation of a matrix, or of a stack of them [..., rows, cols]
-    (see the module docstring)."""
+    (see the module docstring).
+
+    Each iteration is three matmul kernels and nothing else: A = XXᵀ, then
+    B = b·A + c·A·A and X = a·X + B·X as baddbmm, whose beta/alpha fold the
+    element-wise sums into the matmul's epilogue instead of extra passes over memory.
+    """
     a, b, c = NS_COEFFS
     x = g.bfloat16()
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the smaller Gram matrix
         x = x.mT
+    squeeze = x.dim() == 2
+    if squeeze:
+        x = x.unsqueeze(0)
+    x = x.contiguous()
     for _ in range(steps):
-        A = x @ x.mT
-        x = a * x + (b * A + c * A @ A) @ x
+        A = torch.bmm(x, x.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        x = torch.baddbmm(x, B, x, beta=a, alpha=1.0)
+    if squeeze:
+        x = x.squeeze(0)
     return x.mT if tall else x
 
 
@@ -42,8 +54,9 @@ class Muon(torch.optim.Optimizer):
     """Muon with nesterov momentum and decoupled weight decay (2-D parameters only).
 
     Matrices of one shape are orthogonalised together as one batched NS5 (few large
-    kernels instead of many small ones); under DDP each rank takes every
-    world_size-th matrix of each shape.
+    kernels instead of many small ones), and momentum, weight decay and the update use
+    multi-tensor (foreach) kernels; under DDP each rank takes every world_size-th
+    matrix of each shape.
     """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5):
@@ -57,31 +70,37 @@ class Muon(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            mu = group["momentum"]
-            offsets, total = [], 0
+            mu, lr = group["momentum"], group["lr"]
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(params):
-                offsets.append(total)
-                total += p.numel()
                 by_shape.setdefault(tuple(p.shape), []).append(i)
-            flat = torch.zeros(total, dtype=torch.bfloat16, device=params[0].device)
+            updates: list[Tensor | None] = [None] * len(params)
             for (rows, cols), members in by_shape.items():
                 mine = members[rank::world]
                 if not mine:
                     continue
-                grads = []
-                for i in mine:
-                    buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(params[i]))
-                    buf.mul_(mu).add_(params[i].grad)
-                    grads.append(params[i].grad.add(buf, alpha=mu))
-                u = newton_schulz5(torch.stack(grads), group["ns_steps"]) * max(1.0, rows / cols) ** 0.5
+                # Momentum for this shape's matrices in a few multi-tensor kernels.
+                bufs = [self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(params[i])) for i in mine]
+                grads = [params[i].grad for i in mine]
+                torch._foreach_mul_(bufs, mu)
+                torch._foreach_add_(bufs, grads)
+                nesterov = torch._foreach_add(grads, bufs, alpha=mu)
+                u = newton_schulz5(torch.stack(nesterov), group["ns_steps"]) * max(1.0, rows / cols) ** 0.5
                 for j, i in enumerate(mine):
-                    flat[offsets[i]:offsets[i] + params[i].numel()] = u[j].reshape(-1)
+                    updates[i] = u[j]
             if world > 1:
+                # Every rank fills only its own matrices' updates; one all-reduce shares them.
+                offsets = [0]
+                for p in params:
+                    offsets.append(offsets[-1] + p.numel())
+                flat = torch.zeros(offsets[-1], dtype=torch.bfloat16, device=params[0].device)
+                for i, u_i in enumerate(updates):
+                    if u_i is not None:
+                        flat[offsets[i]:offsets[i + 1]] = u_i.reshape(-1)
                 dist.all_reduce(flat)
-            for p, off in zip(params, offsets):
-                p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(flat[off:off + p.numel()].view_as(p), alpha=-group["lr"])
+                updates = [flat[offsets[i]:offsets[i + 1]].view_as(p) for i, p in enumerate(params)]
+            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+            torch._foreach_add_(params, [u_i.to(p.dtype) for u_i, p in zip(updates, params)], alpha=-lr)
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:

@@ -237,8 +237,12 @@ def train(cfg: TrainerConfig) -> dict:
     if cfg.warmup_steps:
         initial_weights = copy.deepcopy(model.state_dict())
         initial_opt = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-        for _ in range(cfg.warmup_steps):
+        for i in range(cfg.warmup_steps):
+            # The last warm-up step runs with late QAT on, so its graph is compiled
+            # here rather than inside the timed loop when QAT switches on.
+            model.set_qat(cfg.qat_enabled and i == cfg.warmup_steps - 1 and cfg.warmup_steps > 1)
             train_step(0, 1.0)
+        model.set_qat(False)
         model.load_state_dict(initial_weights)
         for opt, state in zip(optimizers, initial_opt):
             opt.load_state_dict(state)
@@ -323,13 +327,13 @@ def train(cfg: TrainerConfig) -> dict:
 
     # --- artifact and its roundtrip ---------------------------------------------
     q0 = time.perf_counter()
-    blob = pack_artifact(quantize_state_dict(model.state_dict()), cfg.zstd_level)
+    blob = pack_artifact(quantize_state_dict(model.state_dict(), cfg.quant_clip_floor), cfg.zstd_level, cfg.artifact_codec)
     log.line(f"quantize_time:{1000 * (time.perf_counter() - q0):.0f}ms")
     if master:
         (out_dir / ARTIFACT_NAME).write_bytes(blob)
     size = artifact_accounting(code_bytes, len(blob))
-    log.line(f"Serialized model int6+zstd: {size['model_bytes']} bytes")
-    log.line(f"Total submission size int6+zstd: {size['total_bytes']} bytes")
+    log.line(f"Serialized model int6+{cfg.artifact_codec}: {size['model_bytes']} bytes")
+    log.line(f"Total submission size int6+{cfg.artifact_codec}: {size['total_bytes']} bytes")
     del model, step_model, optimizers, params, ema, swa
     roundtrip = GPT(cfg).to(device)
     roundtrip.load_state_dict(dequantize(unpack_artifact(blob)))

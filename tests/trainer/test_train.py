@@ -115,7 +115,7 @@ def test_end_to_end_run_writes_a_valid_result(smoke_corpus, tmp_path):
                   r"^step:\d+/100000 val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms$",
                   r"^stopping_early: wallclock_cap train_time:\d+ms step:\d+/100000$",
                   r"^peak memory allocated: \d+ MiB reserved: \d+ MiB$",
-                  r"^Code size: \d+ bytes$", r"^Total submission size int6\+zstd: \d+ bytes$",
+                  r"^Code size: \d+ bytes$", r"^Total submission size int6\+lzma: \d+ bytes$",
                   r"^final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}$",
                   r"^final_ttt val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}$"):
         assert re.search(shape, log, re.M), shape
