@@ -5,7 +5,7 @@ then profiles two full steps (8 micro-steps of 48 x 2048 tokens each, optimiser,
 EMA) with torch.profiler and prints the top kernels by CUDA time and the share of
 the step the GPU was busy. Random tokens: the kernels do not depend on the data.
 
-    python bench/profile_step.py [--set KNOB=VALUE ...]
+    python bench/profile_step.py [--set KNOB=VALUE ...] [--buffer-qat] [--no-profile]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer.config import TrainerConfig  # noqa: E402
+import trainer.model  # noqa: E402
 from trainer.model import GPT  # noqa: E402
 from trainer.optim import build_optimizers, set_schedule  # noqa: E402
 
@@ -28,13 +29,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--no-profile", action="store_true", help="only time the step")
+    ap.add_argument("--timed-steps", type=int, default=10)
+    ap.add_argument("--buffer-qat", action="store_true",
+                    help="the pre-issue-9 BlockLinear: w + qat·(fq(w) - w) with a 0/1 buffer, fake-quant always in the graph")
     args = ap.parse_args()
+    if args.buffer_qat:
+        from trainer.quant import fake_quant_int6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = self.weight
+            return torch.nn.functional.linear(x, w + self.qat_buf * (fake_quant_int6(w, self.clip_floor) - w))
+
+        trainer.model.BlockLinear.forward = forward
     cfg = TrainerConfig.from_dict(dict(kv.split("=", 1) for kv in args.set))
     device = torch.device("cuda")
     accum = cfg.grad_accum_steps or 8
     seqs = cfg.train_batch_tokens // accum // cfg.train_seq_len
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
+    if args.buffer_qat:
+        for m in model.modules():
+            if isinstance(m, trainer.model.BlockLinear):
+                m.register_buffer("qat_buf", torch.zeros((), device=device), persistent=False)
     step_model = torch.compile(model, dynamic=False)
     optimizers = build_optimizers(model, cfg)
     params = list(model.parameters())
@@ -58,11 +75,14 @@ def main() -> None:
         step(i)
     torch.cuda.synchronize()
     t = time.perf_counter()
-    for i in range(3):
+    for i in range(args.timed_steps):
         step(i)
     torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) / 3 * 1000
-    print(f"step: {ms:.1f} ms ({seqs} x {cfg.train_seq_len} tokens x {accum} micro-steps)")
+    ms = (time.perf_counter() - t) / args.timed_steps * 1000
+    print(f"step: {ms:.1f} ms ({seqs} x {cfg.train_seq_len} tokens x {accum} micro-steps; "
+          f"{'buffer QAT; ' if args.buffer_qat else ''}knobs {' '.join(args.set) or 'default'})")
+    if args.no_profile:
+        return
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -75,7 +95,7 @@ def main() -> None:
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     total_cuda = sum(e.device_time_total for e in kernels) / 1000 / 2
     print(f"GPU busy per step: {total_cuda:.1f} ms of {ms:.1f} ms ({100 * total_cuda / ms:.0f}%)")
-    print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=160))
 
 
 if __name__ == "__main__":
