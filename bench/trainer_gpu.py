@@ -9,7 +9,7 @@ What it measures, all in one process on one GPU:
   warm-up steps: ms/step (slope of the train timer over the steady steps), tokens/s,
   MFU, peak memory.
 * The end-of-run pipeline on a fixed-size val split (--val-tokens): quantise +
-  zstd-22, sliding-window evaluation (stride 64) of the roundtrip model, legal TTT.
+  compression (ARTIFACT_CODEC: lzma-6 by default, zstd-22 before issue 9), sliding-window evaluation (stride 64) of the roundtrip model, legal TTT.
 
 MFU = tokens/s · F / peak, with model FLOPs per training token (forward + backward)
     F = 6·N_mm + 6·L·d_attn·T
@@ -202,7 +202,7 @@ def main() -> None:
         ("model FLOPs/token (6·N_mm + 6·L·d·T)", f"{f_tok / 1e6:.1f} M"),
         ("MFU", f"{100 * mfu:.1f}%"),
         ("peak memory allocated", f"{result['peak_memory_mib']:,} MiB"),
-        ("quantise + zstd-22", f"{timings['quantize_time']:.1f} s"),
+        ("quantise + compress", f"{timings['quantize_time']:.1f} s"),
     ]
     if steady:
         rows += [
