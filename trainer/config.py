@@ -138,6 +138,8 @@ class TrainerConfig:
     quant_clip_floor: float = knob(1.0, "Per-row clip floor F of int6/int8 quantisation and late QAT: scale = max(clip, F)/qmax, so rows "
                                    "with small weights use few levels and compress well (as the records do); 0 disables.",
                                    min=0.0, max=100.0, group="artifact")
+    control_dtype: str = knob("fp16", "How control tensors (gates, scales, mixes) are stored in the artifact: fp16 as the records do, "
+                              "or fp32 (exact, ~50 kB more).", choices=("fp16", "fp32"), group="artifact")
 
     # --- evaluation and test-time training ---------------------------------
     eval_stride: int = knob(64, "Sliding-window stride (0 = non-overlapping full-split evaluation).", min=0, max=65536, group="eval")

@@ -327,7 +327,7 @@ def train(cfg: TrainerConfig) -> dict:
 
     # --- artifact and its roundtrip ---------------------------------------------
     q0 = time.perf_counter()
-    blob = pack_artifact(quantize_state_dict(model.state_dict(), cfg.quant_clip_floor), cfg.zstd_level, cfg.artifact_codec)
+    blob = pack_artifact(quantize_state_dict(model.state_dict(), cfg.quant_clip_floor, cfg.control_dtype), cfg.zstd_level, cfg.artifact_codec)
     log.line(f"quantize_time:{1000 * (time.perf_counter() - q0):.0f}ms")
     if master:
         (out_dir / ARTIFACT_NAME).write_bytes(blob)

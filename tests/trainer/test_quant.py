@@ -1,5 +1,6 @@
 """Quantisation keeps its promises: value ranges, error bounds, formats, lossless packing."""
 
+import pytest
 import torch
 
 from trainer.config import TrainerConfig
@@ -8,6 +9,7 @@ from trainer.quant import (
     QUANT_SMALL_NUMEL,
     dequantize,
     fake_quant_int6,
+    is_control_tensor,
     pack_artifact,
     quantize_rows,
     quantize_state_dict,
@@ -54,7 +56,7 @@ def test_state_dict_formats_and_roundtrip():
                         train_seq_len=32, eval_seq_len=32, bigram_vocab_size=64, bigram_dim=32, xsa_last_n=1)
     sd = GPT(cfg).state_dict()
     sd = {k: v + 0.01 * torch.randn_like(v) for k, v in sd.items()}
-    obj = quantize_state_dict(sd, clip_floor=0.0)  # fine grid: the 5% bound below needs it
+    obj = quantize_state_dict(sd, clip_floor=0.0, control_dtype="fp32")  # fine grid: the 5% bound below needs it
     kinds = {k: e["kind"] for k, e in obj.items()}
     assert kinds["tok_emb.weight"] == "int8"
     assert sd["blocks.0.mlp.up.weight"].numel() > QUANT_SMALL_NUMEL and kinds["blocks.0.mlp.up.weight"] == "int6"
@@ -202,3 +204,21 @@ def test_clip_floor_and_codec_knobs_are_validated():
             pass
         else:
             raise AssertionError(f"{bad} must be refused")
+
+
+def test_control_tensors_are_fp16_by_default_and_smaller():
+    torch.manual_seed(0)
+    cfg = TrainerConfig(num_layers=2, model_dim=128, num_heads=2, num_kv_heads=1, mlp_mult=5, vocab_size=1024,
+                        train_seq_len=32, eval_seq_len=32, bigram_vocab_size=64, bigram_dim=32, xsa_last_n=1)
+    sd = {k: v + 0.01 * torch.randn_like(v) for k, v in GPT(cfg).state_dict().items()}
+    half, full = quantize_state_dict(sd), quantize_state_dict(sd, control_dtype="fp32")
+    controls = [k for k in sd if is_control_tensor(k, sd[k]) and sd[k].is_floating_point()]
+    assert controls and all(half[k]["kind"] == "fp16" and full[k]["kind"] == "fp32" for k in controls)
+    back = dequantize(unpack_artifact(pack_artifact(half, level=3)))
+    for k in controls:
+        assert back[k].dtype == sd[k].dtype
+        # fp16 keeps 11 significant bits: relative error at most 2^-11 (normal range)
+        assert torch.allclose(back[k], sd[k], rtol=2.0 ** -11, atol=1e-7), k
+    assert len(pack_artifact(half, level=3)) < len(pack_artifact(full, level=3))
+    with pytest.raises(ValueError, match="control_dtype"):
+        quantize_state_dict(sd, control_dtype="bf16")
