@@ -7,8 +7,8 @@ The shapes are fixed by the trainer (CONTRACTS.md), for example::
     stopping_early: wallclock_cap train_time:600128ms step:7179/9000
     peak memory allocated: 21471 MiB reserved: 22002 MiB
     Code size: 89458 bytes
-    Serialized model int6+zstd: 15887928 bytes
-    Total submission size int6+zstd: 15977386 bytes
+    Serialized model int6+lzma: 15887928 bytes
+    Total submission size int6+lzma: 15977386 bytes
     final_int6_sliding_window_exact val_loss:1.89385556 val_bpb:1.12165091
 
 Logs arrive in chunks that may cut a line anywhere; `LogParser.feed` keeps the
@@ -58,7 +58,7 @@ class LogSummary:
     code_bytes: int | None = None
     model_bytes: int | None = None
     total_bytes: int | None = None
-    total_bytes_format: str | None = None  # e.g. "int6+zstd"
+    total_bytes_format: str | None = None  # e.g. "int6+lzma"
     finals: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {val_loss, val_bpb}
 
     @property
