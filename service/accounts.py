@@ -77,6 +77,29 @@ def create_team(session: Session, name: str, *, budget_gpu_hours: float | None =
     return team
 
 
+def update_team(session: Session, team: Team, **changes: float | None) -> Team:
+    """Set a team's ``budget_gpu_hours`` (None: no budget) and/or ``weight``; only the keys given change."""
+    issues = []
+    unknown = sorted(set(changes) - {"budget_gpu_hours", "weight"})
+    for key in unknown:
+        issues.append(Issue((key,), "not a team setting", changes[key]))
+    budget = changes.get("budget_gpu_hours")
+    if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+        issues.append(Issue(("budget_gpu_hours",), "must be a finite number >= 0", budget))
+    if "weight" in changes:
+        weight = changes["weight"]
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 < weight <= 1000):
+            issues.append(Issue(("weight",), "must be > 0 and <= 1000", weight))
+    if issues:
+        raise InvalidInput(issues)
+    if "budget_gpu_hours" in changes:
+        team.budget_gpu_hours = None if budget is None else float(budget)
+    if "weight" in changes:
+        team.weight = float(changes["weight"])  # type: ignore[arg-type]
+    session.flush()
+    return team
+
+
 def create_user(session: Session, name: str, *, email: str | None = None, is_admin: bool = False) -> User:
     check_handle("user", name)
     if email is not None:

@@ -8,6 +8,7 @@ Production points CADDIE_DATABASE_URL at PostgreSQL
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,6 +45,15 @@ class Settings(BaseSettings):
     # sp<VOCAB_SIZE>, and the worker finds its folders under its own data root.
     data_variants: str = "sp1024,sp4096,sp8192"
 
+    # --- accounting ------------------------------------------------------------
+    # Dollars per GPU-hour, per accelerator ("H100") or per exact hardware string
+    # ("H100:8", which wins over its accelerator). Hardware with no price is billed
+    # in GPU-hours only and listed as unpriced. Checked when the settings load.
+    gpu_prices: str = "H100=2.99,H200=3.79,cpu=0"
+    # Team budgets are GPU-hours per rolling period of this many days (the
+    # worker's scheduler reads the same CADDIE_BUDGET_PERIOD_DAYS).
+    budget_period_days: float = Field(30.0, gt=0)
+
     # --- API -------------------------------------------------------------------
     api_prefix: str = "/api/v1"
     # last_used_at of a token is written at most this often, so that a busy
@@ -70,6 +80,7 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home}/caddie.db"
         if self.artifact_dir is None:
             self.artifact_dir = self.home / "artifacts"
+        parse_gpu_prices(self.gpu_prices)  # a bad price list fails at start, naming the item
         return self
 
     @property
@@ -83,6 +94,33 @@ class Settings(BaseSettings):
     @property
     def data_variant_choices(self) -> list[str]:
         return [v.strip() for v in self.data_variants.split(",") if v.strip()]
+
+    @property
+    def gpu_price_table(self) -> dict[str, float]:
+        return parse_gpu_prices(self.gpu_prices)
+
+
+def parse_gpu_prices(spec: str) -> dict[str, float]:
+    """``"H100=2.99,cpu=0"`` -> {"H100": 2.99, "cpu": 0.0} (dollars per GPU-hour).
+
+    Raises ValueError naming the bad item: no ``=``, an empty name, a repeated
+    name, or a price that is not a finite number >= 0."""
+    prices: dict[str, float] = {}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, number = item.partition("=")
+        name = name.strip()
+        try:
+            price = float(number)
+        except ValueError:
+            price = float("nan")
+        if not sep or not name:
+            raise ValueError(f"CADDIE_GPU_PRICES item {item!r}: expected ACCELERATOR=DOLLARS_PER_GPU_HOUR, e.g. H100=2.99")
+        if not (math.isfinite(price) and price >= 0):
+            raise ValueError(f"CADDIE_GPU_PRICES item {item!r}: the price must be a finite number >= 0")
+        if name in prices:
+            raise ValueError(f"CADDIE_GPU_PRICES names {name!r} twice")
+        prices[name] = price
+    return prices
 
 
 @lru_cache(maxsize=1)

@@ -273,6 +273,11 @@ class CaddieClient:
     def me(self) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/users/me")
 
+    # --- teams ----------------------------------------------------------------------
+    def team_usage(self, team: str, period: str = "week", since: str | None = None) -> dict[str, Any]:
+        path = f"{API_PREFIX}/teams/{quote(team, safe='')}/usage"
+        return self.request("GET", path, params={"period": period, "since": since}, not_found=f"team {team} not found")
+
     # --- records/ export --------------------------------------------------------------
     def export_group(self, key: str, *, override: str | None = None, baseline: str | None = None,
                      github_id: str | None = None, timeout_s: float = 300.0) -> bytes:

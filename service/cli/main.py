@@ -294,6 +294,28 @@ def publish(
     out.print(printable(line), markup=False)
 
 
+# --- compute accounting ----------------------------------------------------------------------
+@app.command()
+@friendly
+def usage(
+    team: Annotated[str | None, typer.Option(help="team name (default: each of your teams)")] = None,
+    period: Annotated[str, typer.Option(help="day, week or month (UTC)")] = "week",
+    since: Annotated[str | None, typer.Option(help="start, e.g. 2025-03-01 (default: a few periods back)")] = None,
+) -> None:
+    """What your team's runs cost: GPU-hours and dollars per period, phase and user, the budget, a bar per day."""
+    from service.cli.render_usage import print_usage
+
+    if period not in ("day", "week", "month"):
+        raise CaddieError(f"--period must be day, week or month, got {period!r}")
+    with api() as client:
+        teams = [team] if team else [t["team"] for t in client.me()["teams"]]
+        if not teams:
+            raise CaddieError("you are in no team: name one with --team")
+        reports = [client.team_usage(name, period, since) for name in teams]
+    for report in reports:
+        print_usage(out, report)
+
+
 # --- bootstrap, straight to the database ---------------------------------------------------
 @contextmanager
 def database() -> Iterator[Any]:
@@ -359,6 +381,33 @@ def create_team(
         team = accounts.create_team(session, name, budget_gpu_hours=budget_gpu_hours, weight=weight)
         team_id = team.id
     out.print(f"team {name} created (id {team_id})", markup=False)
+
+
+@admin_app.command("set-budget")
+@friendly
+def set_budget(
+    team: str,
+    gpu_hours: Annotated[float | None, typer.Option("--gpu-hours", help="GPU-hours per budget period")] = None,
+    no_budget: Annotated[bool, typer.Option("--no-budget", help="remove the budget (unlimited)")] = False,
+    weight: Annotated[float | None, typer.Option(help="fair-share weight")] = None,
+) -> None:
+    """Change a team's GPU-hour budget and/or fair-share weight."""
+    from service import accounts
+
+    if gpu_hours is not None and no_budget:
+        raise CaddieError("give --gpu-hours or --no-budget, not both")
+    changes: dict[str, float | None] = {}
+    if gpu_hours is not None or no_budget:
+        changes["budget_gpu_hours"] = gpu_hours
+    if weight is not None:
+        changes["weight"] = weight
+    if not changes:
+        raise CaddieError("nothing to change: give --gpu-hours N, --no-budget or --weight W")
+    with database() as session:
+        row = accounts.update_team(session, accounts.get_team(session, team), **changes)
+        budget, new_weight = row.budget_gpu_hours, row.weight
+    shown = "none" if budget is None else f"{budget:g} GPU-hours"
+    out.print(f"team {team}: budget {shown}, weight {new_weight:g}", markup=False)
 
 
 @admin_app.command("create-user")

@@ -1,13 +1,22 @@
-"""/teams: global admins create teams; team admins (and global admins) add members."""
+"""/teams: global admins create teams and set their budget and weight; team admins
+(and global admins) add members; members see what their team's compute cost."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal
 
-from service import accounts
-from service.api.deps import AdminUser, CurrentUser, SessionDep
-from service.errors import Forbidden, NotFound
+from fastapi import APIRouter, Query
+
+from service import accounting, accounts
+from service.api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
+from service.errors import Forbidden, InvalidInput, Issue, NotFound
+from service.models import utcnow
 from service.schemas import MemberAdd, TeamCreate, TeamOut
+from service.team_schemas import TeamUpdate, TeamUsageOut
+
+# The longest window a usage report covers (one row per day of it).
+MAX_USAGE_DAYS = 400
 
 router = APIRouter(prefix="/teams", tags=["teams"])
 
@@ -36,3 +45,37 @@ def add_member(name: str, body: MemberAdd, user: CurrentUser, session: SessionDe
     accounts.add_member(session, team, body.user, body.role)
     session.commit()
     return TeamOut.of(team, accounts.team_members(session, team.id))
+
+
+@router.patch("/{name}", response_model=TeamOut)
+def update_team(name: str, body: TeamUpdate, _admin: AdminUser, session: SessionDep) -> TeamOut:
+    """Change a team's GPU-hour budget and/or fair-share weight (global admins)."""
+    team = accounts.get_team(session, name)
+    accounts.update_team(session, team, **body.model_dump(include=body.model_fields_set))
+    session.commit()
+    return TeamOut.of(team, accounts.team_members(session, team.id))
+
+
+@router.get("/{name}/usage", response_model=TeamUsageOut)
+def team_usage(
+    name: str,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    period: Literal["day", "week", "month"] = "week",
+    since: Annotated[datetime | None, Query(description="start of the report (UTC when no zone is given); default: a few periods back")] = None,
+) -> TeamUsageOut:
+    """Billed GPU-hours and cost of the team's runs per period, per user, per phase and per run, and its budget."""
+    team = accounts.get_team(session, name)
+    if not user.can_see_team(team.id):
+        raise NotFound("team", name)
+    now = utcnow()
+    if since is not None:
+        since = since.replace(tzinfo=timezone.utc) if since.tzinfo is None else since.astimezone(timezone.utc)
+        if not now - timedelta(days=MAX_USAGE_DAYS) <= since < now:
+            raise InvalidInput([Issue(("query", "since"), f"must be in the past, at most {MAX_USAGE_DAYS} days ago", since.isoformat())])
+    report, budget = accounting.team_report(
+        session, team.id, team.budget_gpu_hours, settings.gpu_price_table,
+        period=period, since=since, now=now, budget_period_days=settings.budget_period_days,
+    )
+    return TeamUsageOut.of(team.name, team.weight, report, budget)
