@@ -1,0 +1,693 @@
+"""Fault suite: caddie's whole stack under injected faults (run by hand, not a test).
+
+    python bench/faults.py [--only NAME ...] [--out bench/results/faults.md]
+
+Starts a PostgreSQL and a Redis of its own (on free ports, in a temporary
+folder: the shared servers are never touched), then the API (uvicorn), a `runs`
+worker, a `control` worker and beat, with the local launcher and a stand-in
+trainer, all with caddie's default settings except capacity (2 runs at once)
+and the trainer command. A supervisor thread restarts any of the four
+processes one second after it exits, as docker's restart policy would.
+
+Faults, one scenario each: kill -9 of the runs worker, the control worker,
+beat, the API (during idempotent submits), a job's wrapper, its trainer; a
+broker restart (Redis without persistence: its messages are lost) with runs
+queued and running; a PostgreSQL restart (immediate stop) mid-run; 2 teams x
+100 runs on 2 slots.
+
+Per scenario it writes, in bench/results/faults.md:
+
+* lost: runs of the scenario that did not end as expected (SUCCEEDED; for the
+  trainer killed under its wrapper, FAILED with the signal named);
+* duplicate launches: trainer launches beyond one per attempt (attempt folders
+  minus attempts);
+* duplicate runs: runs beyond one per idempotency key and seed;
+* over capacity: most trainers alive at once (from the stand-in's start/end
+  marks) beyond the 2 slots;
+* recovery: from the fault until no run of the scenario is stranded any more:
+  the later of (a) the last moment one was active with nobody renewing its
+  heartbeat (older than heartbeat_s + 2 s) or queued (outside its retry
+  backoff) while a slot was free for longer than a scheduler tick + 1 s, and
+  (b) when the last run whose executor died with the fault was taken over by a
+  new one. For the API: until /healthz answers again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+
+from service.models import Run, RunEvent  # noqa: E402
+from worker.lease import holder_gone, is_dispatch_mark  # noqa: E402
+from worker.settings import WorkerSettings  # noqa: E402
+
+DEFAULTS = WorkerSettings(_env_file=None)  # caddie's defaults: the numbers the scenarios run under
+CAPACITY = 2
+RESTART_DELAY_S = 1.0
+ACTIVE = ("PROVISIONING", "RUNNING")
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+# The stand-in trainer: ITERATIONS steps of 0.1 s. It marks its start and end in
+# <home>/trainer_events.jsonl (found from its work dir: the allow-listed environment
+# carries nothing of the harness).
+STAND_IN = r'''
+import json, os, time
+cwd = os.getcwd()
+home = os.path.dirname(os.path.dirname(os.path.dirname(cwd)))
+run, attempt = os.path.basename(os.path.dirname(cwd)), os.path.basename(cwd)
+def mark(kind):
+    with open(os.path.join(home, "trainer_events.jsonl"), "a") as fh:
+        fh.write(json.dumps({"run": int(run), "attempt": attempt, "pid": os.getpid(), "kind": kind, "t": time.time()}) + "\n")
+mark("start")
+steps = int(os.environ.get("ITERATIONS", "10"))
+for i in range(1, steps + 1):
+    print(f"step:{i}/{steps} train_loss:{5 - i / steps:.4f} train_time:{i * 100}ms step_avg:100.00ms", flush=True)
+    time.sleep(0.1)
+with open("model.int6.ptz", "wb") as fh:
+    fh.write(b"weights")
+with open("result.json", "w") as fh:
+    json.dump({"status": "succeeded", "val_bpb": 1.5, "val_loss": 2.5, "total_bytes": 7, "steps": steps}, fh)
+mark("end")
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+# --- servers of our own --------------------------------------------------------------------
+class Postgres:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "pg"
+        self.port = free_port()
+
+    def init(self) -> None:
+        self.dir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(self.dir.parent, "postgres", "postgres")
+        subprocess.run(as_postgres(["initdb", "-D", str(self.dir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]),
+                       check=True, capture_output=True)  # fmt: skip
+        self.start()
+        admin = create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text("CREATE DATABASE caddie"))
+        admin.dispose()
+
+    def url(self, db: str = "caddie") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(as_postgres(["pg_ctl", "-D", str(self.dir), *args]), check=True, capture_output=True)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        self._ctl("-l", str(self.dir / "server.log"), "-w", "-o", opts, "start")
+
+    def crash(self) -> None:
+        self._ctl("-m", "immediate", "stop")  # no shutdown checkpoint: a crash, as far as clients can tell
+
+    def stop(self) -> None:
+        try:
+            self._ctl("-m", "fast", "stop")
+        except subprocess.CalledProcessError:
+            pass
+
+
+class Redis:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "redis"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        import redis
+
+        end = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- caddie's processes, supervised ---------------------------------------------------------
+class Stack:
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
+        quiet = ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        self.argv = {
+            "api": [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--port", str(self.port), "--log-level", "warning"],
+            "runs worker": [*celery, "worker", "-Q", "runs", "-P", "threads", "-c", str(CAPACITY + 1), "-n", "runs@%h", *quiet],
+            "control worker": [*celery, "worker", "-Q", "control", "-P", "solo", "-n", "control@%h", *quiet],
+            "beat": [*celery, "beat", "--loglevel", "WARNING", "-s", str(home / "celerybeat-schedule")],
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(self.argv, 0)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+
+    def _spawn(self, name: str) -> None:
+        log = open(self.home / f"{name.replace(' ', '-')}.log", "ab")
+        self.procs[name] = subprocess.Popen(self.argv[name], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self) -> None:
+        for name in self.argv:
+            self._spawn(name)
+        self._supervisor.start()
+        self.wait_api(60)
+        time.sleep(3)  # the workers connect
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None:
+                    time.sleep(RESTART_DELAY_S)
+                    with self._lock:
+                        if self._stop.is_set():
+                            return
+                        self.restarts[name] += 1
+                        self._spawn(name)
+
+    def kill(self, name: str) -> None:
+        try:
+            os.killpg(self.procs[name].pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def api_up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_api(self, limit: float) -> float:
+        t0 = time.monotonic()
+        while not self.api_up():
+            if time.monotonic() - t0 > limit:
+                raise SystemExit("the API did not come up")
+            time.sleep(0.05)
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- what the scenarios measure ---------------------------------------------------------------
+@dataclass
+class Outcome:
+    name: str
+    fault: str
+    runs: int = 0
+    lost: int = 0
+    duplicate_launches: int = 0
+    duplicate_runs: int = 0
+    most_at_once: int = 0
+    recovery_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Watch:
+    """Samples the scenario's runs every 0.25 s and notes when any of them is stranded."""
+
+    def __init__(self, engine, run_ids: Callable[[], list[int]]) -> None:  # noqa: ANN001
+        self.engine = engine
+        self.run_ids = run_ids
+        self.stranded_at: list[tuple[float, list[int]]] = []
+        self.holders: dict[int, str | None] = {}  # run -> its lease holder when the fault came (see fault())
+        self.taken_over: dict[int, float] = {}  # run -> when another executor took it, or it ended
+        self._free_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                self._sample()
+            except Exception:  # noqa: BLE001 (PostgreSQL restarting: no sample this time)
+                continue
+
+    def _sample(self) -> None:
+        ids = self.run_ids()
+        if not ids:
+            return
+        now = datetime.now(timezone.utc)
+        stale = timedelta(seconds=DEFAULTS.heartbeat_s + 2)
+        with self.engine.connect() as c:
+            rows = c.execute(select(Run.id, Run.status, Run.heartbeat_at, Run.attempts, Run.worker_task_id).where(Run.id.in_(ids))).all()
+            active = c.execute(select(func.count()).select_from(Run).where(Run.status.in_(ACTIVE))).scalar()
+            requeued = dict(c.execute(select(RunEvent.run_id, func.max(RunEvent.at)).where(RunEvent.run_id.in_(ids), RunEvent.to_status == "QUEUED",
+                                                                                        RunEvent.from_status.in_(ACTIVE)).group_by(RunEvent.run_id)).all())  # fmt: skip
+        stranded = [r.id for r in rows if r.status in ACTIVE and (r.heartbeat_at is None or now - r.heartbeat_at > stale)]
+        waiting = [
+            r.id for r in rows
+            if r.status == "QUEUED" and not (r.attempts and r.id in requeued and now - requeued[r.id] < timedelta(seconds=DEFAULTS.retry_backoff_s * 2 ** (r.attempts - 1)))
+        ]  # fmt: skip
+        t = time.time()
+        for r in rows:
+            if r.id in self.holders and r.id not in self.taken_over:
+                if r.status in TERMINAL or (r.worker_task_id != self.holders[r.id] and r.worker_task_id and not is_dispatch_mark(r.worker_task_id)):
+                    self.taken_over[r.id] = t
+        if waiting and active < CAPACITY:
+            self._free_since = self._free_since or t
+            if t - self._free_since > DEFAULTS.scheduler_tick_s + 1:
+                stranded += waiting
+        else:
+            self._free_since = None
+        if stranded:
+            self.stranded_at.append((t, stranded))
+
+    def fault(self) -> float:
+        """Note the lease holders of the scenario's active runs; returns the time of the fault."""
+        with self.engine.connect() as c:
+            self.holders = dict(c.execute(select(Run.id, Run.worker_task_id).where(Run.id.in_(self.run_ids()), Run.status.in_(ACTIVE))).all())
+        return time.time()
+
+    def recovery_after(self, t_fault: float) -> float:
+        """Last moment a run was stranded, or later: when the last run whose executor died was taken over."""
+        after = [t for t, _ in self.stranded_at if t >= t_fault]
+        orphaned = [self.taken_over.get(run, time.time()) for run, holder in self.holders.items() if holder_gone(holder)]
+        return max([0.0, *(t - t_fault for t in after), *(t - t_fault for t in orphaned)])
+
+
+class Suite:
+    def __init__(self, home: Path, stack: Stack, db_url: str, tokens: dict[str, str]) -> None:
+        self.home = home
+        self.stack = stack
+        self.engine = create_engine(db_url, pool_pre_ping=True)
+        self.tokens = tokens
+        self.clients = {team: httpx.Client(base_url=f"{stack.url}/api/v1", headers={"Authorization": f"Bearer {tok}"}, timeout=10) for team, tok in tokens.items()}
+        self.ids: list[int] = []  # the current scenario's runs
+        self.server_errors: list[str] = []  # 5xx answers to submits in the current scenario
+
+    # --- helpers ----------------------------------------------------------------------
+    def submit(self, steps: int, *, team: str = "a", key: str | None = None, seed: int = 1) -> int:
+        """POST /runs, retried (with the same Idempotency-Key, if any) while the API is down or answers 5xx."""
+        body = {"name": f"fault-{steps}", "track": "unlimited", "hardware": "cpu", "config": {"ITERATIONS": steps}, "seed": seed}
+        headers = {"Idempotency-Key": key} if key else {}
+        end = time.monotonic() + 120
+        while True:
+            try:
+                r = self.clients[team].post("/runs", json=body, headers=headers)
+                if r.status_code < 500:
+                    break
+                self.server_errors.append(f"{r.status_code} {r.text[:200]}")
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > end:
+                raise TimeoutError("a submit to be answered")
+            time.sleep(0.2)
+        r.raise_for_status()
+        run_id = int(r.json()["runs"][0]["id"])
+        if run_id not in self.ids:
+            self.ids.append(run_id)
+        return run_id
+
+    def rows(self, ids: list[int]) -> list:  # noqa: ANN401
+        with self.engine.connect() as c:
+            return c.execute(select(Run).where(Run.id.in_(ids))).all()
+
+    def wait(self, predicate: Callable[[], bool], limit: float, what: str) -> float:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if predicate():
+                    return time.monotonic() - t0
+            except Exception:  # noqa: BLE001 (the database may be restarting)
+                pass
+            if time.monotonic() - t0 > limit:
+                raise TimeoutError(what)
+            time.sleep(0.1)
+
+    def status(self, run_id: int) -> str:
+        return self.rows([run_id])[0].status
+
+    def event_at(self, run_id: int, to_status: str) -> float:
+        with self.engine.connect() as c:
+            at = c.execute(select(func.min(RunEvent.at)).where(RunEvent.run_id == run_id, RunEvent.to_status == to_status)).scalar()
+        return at.timestamp() if at else float("nan")
+
+    def trainer_started(self, run_id: int) -> dict:
+        for e in self.events():
+            if e["run"] == run_id and e["kind"] == "start":
+                return e
+        return {}
+
+    def events(self) -> list[dict]:
+        path = self.home / "trainer_events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def all_done(self, limit: float = 300) -> None:
+        try:
+            self.wait(lambda: all(r.status in TERMINAL for r in self.rows(self.ids)), limit, "every run to end")
+        except TimeoutError:
+            pass
+
+    def most_at_once(self) -> int:
+        """Most stand-in trainers alive at once (start..end marks; a killed one ends at its attempt's exit file, or now)."""
+        spans: dict[tuple[int, str], list[float]] = {}
+        for e in self.events():
+            if e["run"] not in self.ids:
+                continue  # another scenario's
+            span = spans.setdefault((e["run"], e["attempt"]), [e["t"], float("nan")])
+            if e["kind"] == "end":
+                span[1] = e["t"]
+        points = []
+        for (run, attempt), (start, end) in spans.items():
+            if end != end:  # no end mark: killed
+                exit_file = self.home / "runs" / str(run) / attempt / "exit_code.json"
+                end = exit_file.stat().st_mtime if exit_file.exists() else time.time()
+            points += [(start, 1), (end, -1)]
+        most = now = 0
+        for _, d in sorted(points, key=lambda p: (p[0], p[1])):
+            now += d
+            most = max(most, now)
+        return most
+
+    def outcome(self, name: str, fault: str, recovery: float | None, *, expect: str = "SUCCEEDED") -> Outcome:
+        rows = self.rows(self.ids)
+        out = Outcome(name, fault, runs=len(rows), recovery_s=recovery, most_at_once=self.most_at_once())
+        out.lost = sum(1 for r in rows if r.status != expect)
+        for r in rows:
+            launches = len(list((self.home / "runs" / str(r.id)).glob("attempt-*")))
+            out.duplicate_launches += max(0, launches - (r.attempts + 1))
+            if r.status != expect:
+                out.notes.append(f"run {r.id} {r.status}: {r.status_reason}")
+        with self.engine.connect() as c:
+            dup = c.execute(text("SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM runs WHERE idempotency_key IS NOT NULL "
+                                 "GROUP BY user_id, idempotency_key, seed) k")).scalar()  # fmt: skip
+        out.duplicate_runs = int(dup)
+        return out
+
+    def scenario(self, fn: Callable[[], Outcome]) -> Outcome:
+        self.ids, self.server_errors = [], []
+        with Watch(self.engine, lambda: list(self.ids)) as self.watch:
+            out = fn()
+        if self.server_errors:
+            out.notes.append(f"the API answered {len(self.server_errors)} submit(s) with a 5xx (retried): {self.server_errors[0]}")
+        return out
+
+    # --- the scenarios ------------------------------------------------------------------
+    def kill_runs_worker(self) -> Outcome:
+        ids = [self.submit(150, seed=s) for s in (1, 2)]
+        self.wait(lambda: all(self.trainer_started(i) for i in ids), 60, "trainers to start")
+        t = self.watch.fault()
+        self.stack.kill("runs worker")
+        self.all_done()
+        return self.outcome("runs worker", "kill -9 of the runs worker with 2 runs training", self.watch.recovery_after(t))
+
+    def kill_control_worker(self) -> Outcome:
+        t = self.watch.fault()
+        self.stack.kill("control worker")
+        run = self.submit(10)  # its dispatch needs the scheduler, which runs on the control worker
+        self.all_done()
+        out = self.outcome("control worker", "kill -9 of the control worker (scheduler, janitor), then a submit", self.watch.recovery_after(t))
+        out.notes.append(f"the run submitted while it was down was dispatched {self.event_at(run, 'PROVISIONING') - t:.1f} s after the kill")
+        return out
+
+    def kill_beat(self) -> Outcome:
+        run = self.submit(150)
+        self.wait(lambda: bool(self.trainer_started(run)), 60, "the trainer to start")
+        t = self.watch.fault()
+        self.stack.kill("beat")
+        self.stack.kill("runs worker")  # the run's recovery needs the janitor's tick, which beat sends
+        self.all_done()
+        out = self.outcome("beat", "kill -9 of beat and of the runs worker with a run training", self.watch.recovery_after(t))
+        with self.engine.connect() as c:
+            again = c.execute(select(func.min(RunEvent.at)).where(RunEvent.run_id == run, RunEvent.actor == "janitor")).scalar()
+        if again:
+            out.notes.append(f"the janitor dispatched the run again {again.timestamp() - t:.1f} s after the kills")
+        return out
+
+    def kill_api(self) -> Outcome:
+        keys = [f"fault-idem-{i}" for i in range(50)]
+        done: list[int] = []
+
+        def client() -> None:
+            for i, key in enumerate(keys):
+                done.append(self.submit(2, key=key, seed=1))
+
+        th = threading.Thread(target=client)
+        th.start()
+        self.wait(lambda: len(done) >= 20, 60, "20 submits")
+        t0 = time.monotonic()
+        self.stack.kill("api")
+        time.sleep(0.2)
+        self.stack.wait_api(60)
+        back = time.monotonic() - t0
+        th.join(120)
+        self.all_done(400)
+        out = self.outcome("API", "kill -9 of the API during 50 idempotent submits (the client retries each with its key)", back)
+        out.notes.append(f"{len(set(done))} distinct runs for 50 keys; the API answers again {back:.1f} s after the kill "
+                         f"({RESTART_DELAY_S:.0f} s restart delay + uvicorn's start on this machine)")  # fmt: skip
+        return out
+
+    def kill_wrapper(self) -> Outcome:
+        run = self.submit(60)
+        self.wait(lambda: bool(self.trainer_started(run)) and self.rows([run])[0].launch_handle, 60, "the trainer to start")
+        handle = self.rows([run])[0].launch_handle
+        t = self.watch.fault()
+        os.kill(handle["data"]["pid"], signal.SIGKILL)
+        self.all_done()
+        out = self.outcome("wrapper", "kill -9 of a job's wrapper (the trainer carries on and finishes)", self.watch.recovery_after(t))
+        end = [e["t"] for e in self.events() if e["run"] == run and e["kind"] == "end"]
+        finished = self.rows([run])[0].finished_at
+        if end and finished:
+            out.notes.append(f"trainer end -> SUCCEEDED {finished.timestamp() - end[-1]:.1f} s; trained once")
+        return out
+
+    def kill_trainer(self) -> Outcome:
+        run = self.submit(60)
+        self.wait(lambda: bool(self.trainer_started(run)), 60, "the trainer to start")
+        child = json.loads(next((self.home / "runs" / str(run)).glob("attempt-*/child.json")).read_text())
+        t = self.watch.fault()
+        os.killpg(child["pgid"], signal.SIGKILL)
+        self.all_done(400)
+        # A trainer killed by SIGKILL under a live wrapper is a failed run (the OOM killer does this;
+        # a rerun would die the same way), ended at once with the reason: that is the expected outcome.
+        out = self.outcome("trainer", "kill -9 of a trainer's process group (expected: FAILED, saying so)", self.watch.recovery_after(t), expect="FAILED")
+        starts = sorted(e["t"] for e in self.events() if e["run"] == run and e["kind"] == "start")
+        row = self.rows([run])[0]
+        note = f"run {run} {row.status} after {row.attempts + 1} attempt(s): {row.status_reason}"
+        if len(starts) > 1:
+            note += f"; launched again {starts[-1] - t:.1f} s after the kill (requeued, then its retry backoff of {DEFAULTS.retry_backoff_s:.0f} s)"
+        out.notes.append(note)
+        return out
+
+    def restart_broker(self, redis: Redis) -> Outcome:
+        ids = [self.submit(80, seed=s) for s in (1, 2, 3, 4)]
+        self.wait(lambda: sum(1 for i in ids if self.trainer_started(i)) >= 2, 60, "2 trainers to start")
+        t = self.watch.fault()
+        redis.kill9()
+        time.sleep(2)
+        redis.start()
+        self.all_done(400)
+        return self.outcome("broker", "kill -9 and restart of Redis (no persistence: queued messages lost) with 2 runs training, 2 queued",
+                            self.watch.recovery_after(t))  # fmt: skip
+
+    def restart_postgres(self, pg: Postgres) -> Outcome:
+        ids = [self.submit(100, seed=s) for s in (1, 2)]
+        self.wait(lambda: all(self.trainer_started(i) for i in ids), 60, "trainers to start")
+        t = self.watch.fault()
+        pg.crash()
+        time.sleep(3)
+        pg.start()
+        self.all_done(400)
+        return self.outcome("PostgreSQL", "immediate stop and restart of PostgreSQL (3 s down) with 2 runs training", self.watch.recovery_after(t))
+
+    def many_runs(self) -> Outcome:
+        t0 = time.time()
+        for i in range(100):
+            for team in ("a", "b"):
+                self.submit(1, team=team, seed=i)
+        self.all_done(1200)
+        out = self.outcome("2 teams x 100", "2 teams submit 100 runs each, 2 slots", None)
+        with self.engine.connect() as c:
+            order = [row[0] for row in c.execute(select(Run.team_id).where(Run.id.in_(self.ids)).order_by(Run.started_at)).all()]
+            first, last = c.execute(select(func.min(Run.started_at), func.max(Run.finished_at)).where(Run.id.in_(self.ids))).one()
+        half = order[: len(order) // 2]
+        out.notes.append(f"makespan {(last - first).total_seconds():.0f} s from the first start ({time.time() - t0:.0f} s with submits); "
+                         f"first half of the starts: {half.count(half[0])} of one team, {len(half) - half.count(half[0])} of the other")  # fmt: skip
+        return out
+
+
+def bootstrap(db_url: str) -> dict[str, str]:
+    from service import accounts
+    from service.db import get_sessionmaker
+    from service.migrate import upgrade
+
+    upgrade(db_url)
+    with get_sessionmaker(db_url)() as session:
+        a = accounts.create_admin(session, "fault-a", "fault-a", "bench")
+        accounts.create_team(session, "fault-b")
+        user = accounts.create_user(session, "fault-b")
+        accounts.add_member(session, "fault-b", user)
+        _, b = accounts.create_token(session, user, "bench")
+        session.commit()
+    return {"a": a, "b": b}
+
+
+def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed: float) -> None:
+    def rec(o: Outcome) -> str:
+        return "–" if o.recovery_s is None else f"{o.recovery_s:.1f}"
+
+    lines = [
+        "# Fault suite",
+        "",
+        f"`python bench/faults.py` on {platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()}), "
+        f"{started.astimezone():%Y-%m-%d %H:%M %Z}, {elapsed / 60:.0f} min. PostgreSQL and Redis of the suite's own, the API under uvicorn, "
+        f"a `runs` worker, a `control` worker and beat, the local launcher and a stand-in trainer (0.1 s a step); caddie's default "
+        f"settings (heartbeat {DEFAULTS.heartbeat_s:.0f} s, stale after {DEFAULTS.stale_heartbeats:.0f} heartbeats, janitor tick "
+        f"{DEFAULTS.janitor_tick_s:.0f} s, scheduler tick {DEFAULTS.scheduler_tick_s:.0f} s, retry backoff {DEFAULTS.retry_backoff_s:.0f} s) "
+        f"but {CAPACITY} runs at once; a killed process is restarted {RESTART_DELAY_S:.0f} s after it died.",
+        "",
+        "Recovery: from the fault until no run of the scenario is stranded (active with no live heartbeat, or queued outside "
+        "its retry backoff while a slot is free) and every run whose executor died with the fault has been taken over by a new "
+        "one; for the API, until it answers again.",
+        "",
+        "| fault | runs | lost | duplicate launches | duplicate runs | most of its trainers at once (capacity 2) | recovery, s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        lines.append(f"| {o.fault} | {o.runs} | {o.lost} | {o.duplicate_launches} | {o.duplicate_runs} | {o.most_at_once} | {rec(o)} |")
+    notes = [f"- {o.name}: {n}" for o in outcomes for n in o.notes]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "postgres", "many")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "faults.md")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, run folders)")
+    args = ap.parse_args()
+
+    started, t0 = datetime.now(timezone.utc), time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="caddie-faults-"))
+    os.chmod(root, 0o755)
+    home = root / "home"
+    home.mkdir()
+    (home / "stand_in.py").write_text(STAND_IN)
+    pg, redis = Postgres(root), Redis(root)
+    stack = None
+    outcomes: list[Outcome] = []
+    try:
+        pg.init()
+        redis.start()
+        tokens = bootstrap(pg.url())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
+        env.update(
+            PYTHONPATH=str(REPO), CADDIE_HOME=str(home), CADDIE_DATABASE_URL=pg.url(), CADDIE_BROKER_URL=redis.url,
+            CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted", CADDIE_LAUNCHER="local", CADDIE_GPU_COUNT="0",
+            CADDIE_MAX_CONCURRENT_RUNS=str(CAPACITY), CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(home / "stand_in.py")]),
+        )  # fmt: skip
+        stack = Stack(home, env)
+        stack.start()
+        suite = Suite(home, stack, pg.url(), tokens)
+        plan: dict[str, Callable[[], Outcome]] = {
+            "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
+            "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
+            "broker": lambda: suite.restart_broker(redis), "postgres": lambda: suite.restart_postgres(pg), "many": suite.many_runs,
+        }  # fmt: skip
+        for name in args.only:
+            print(f"--- {name}", flush=True)
+            try:
+                o = suite.scenario(plan[name])
+            except TimeoutError as exc:
+                o = suite.outcome(name, name, None)
+                o.notes.append(f"gave up waiting for {exc}")
+            outcomes.append(o)
+            print(f"{o.fault}: runs {o.runs}, lost {o.lost}, duplicate launches {o.duplicate_launches}, duplicate runs {o.duplicate_runs}, "
+                  f"most at once {o.most_at_once}, recovery {o.recovery_s}; {'; '.join(o.notes)}", flush=True)  # fmt: skip
+        restarts = ", ".join(f"{n} {k}" for n, k in stack.restarts.items() if k)
+        if outcomes and restarts:
+            outcomes[-1].notes.append(f"process restarts over the whole suite: {restarts}")
+    finally:
+        if stack is not None:
+            stack.stop()
+        redis.kill9()
+        pg.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"kept {root}")
+    write_report(args.out, outcomes, started, time.monotonic() - t0)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
