@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -382,9 +382,13 @@ _POINT_COLUMNS = (Metric.kind, Metric.step, Metric.train_loss, Metric.val_loss, 
 
 
 def metric_points(session: Session, principal: Principal, run_id: int) -> list[Any]:
-    """As ``list_metrics``, as rows with the same attribute names (``row.step``, ``row.val_bpb``, ...)."""
+    """The points of the run's latest attempt, as rows with ``list_metrics``' attribute names
+    (``row.step``, ``row.val_bpb``, ...): a requeued run's curve starts again at step 1, and
+    drawing every attempt on one axis would zigzag (the API's /metrics keeps them all)."""
     _visible(session, principal, run_id)
-    return list(session.execute(select(*_POINT_COLUMNS).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id)))
+    latest = select(func.max(Metric.attempt)).where(Metric.run_id == run_id).scalar_subquery()
+    query = select(*_POINT_COLUMNS).where(Metric.run_id == run_id, Metric.attempt == latest).order_by(Metric.step, Metric.id)
+    return list(session.execute(query))
 
 
 def _visible(session: Session, principal: Principal, run_id: int) -> tuple[int, str]:

@@ -164,6 +164,19 @@ def test_run_page_shows_spec_events_checks_and_downsampled_curves(world: World, 
     assert labels == [["step", "wallclock"], ["linear", "log"]]
 
 
+def test_a_requeued_runs_curve_is_its_latest_attempt(world: World, browser_for, session: Session) -> None:
+    b = browser_for(world.tokens["alice"])
+    [run_id] = submit(b, world, "alice", name="requeued")
+    # Attempt 1 got to step 30 before its node was preempted; attempt 2 started again from step 1.
+    session.add_all(Metric(run_id=run_id, attempt=1, kind="train", step=s, train_loss=9.0, elapsed_ms=s * 10.0) for s in range(1, 31))
+    session.add_all(Metric(run_id=run_id, attempt=2, kind="train", step=s, train_loss=5.0, elapsed_ms=s * 10.0) for s in range(1, 21))
+    session.commit()
+    loss = b.c.get(f"/web/runs/{run_id}/charts").json()["loss"]["data"][0]
+    assert loss["x"] == list(range(1, 21)) and set(loss["y"]) == {5.0}
+    # The API keeps every attempt's points.
+    assert len(b.c.get(f"/api/v1/runs/{run_id}/metrics", headers=world.h("alice")).json()) == 50
+
+
 def test_new_run_form_shows_the_servers_messages_next_to_their_fields(world: World, browser_for) -> None:
     b = browser_for(world.tokens["alice"])
     form = b.c.get("/runs/new").text
