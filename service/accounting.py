@@ -38,13 +38,23 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.models import Run, RunEvent, User
-from service.usage import gpus_of
 
 PERIODS = ("day", "week", "month")
 PHASES = ("provisioning", "setup", "training", "evaluation", "requeued")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 # How many periods the report covers when no ``since`` is given.
 DEFAULT_SPAN = {"day": 14, "week": 4, "month": 3}
+
+
+def gpus_of(hardware: str) -> int:
+    """GPUs a hardware string asks for: ``H100:8`` -> 8, ``H100`` -> 1, ``cpu`` -> 0."""
+    name, _, count = hardware.partition(":")
+    if name.strip().lower() in ("", "cpu", "local"):
+        return 0
+    try:
+        return max(0, int(count)) if count else 1
+    except ValueError:
+        return 1
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
 """A team's use of compute: GPU-hours per day against its budget, and its queue.
 
-GPU-hours of a run = GPUs of its hardware string (``H100:8`` -> 8, ``cpu`` -> 0)
-x the hours between ``started_at`` and ``finished_at`` (now, while it runs),
-split at midnight UTC into days. The scheduler (worker/scheduler.py) charges
-budgets with the same ``gpus_of`` over a rolling period.
+GPU-hours and cost per day come from service.accounting (billed from a run's
+PROVISIONING to its release, GPUs of its hardware string: ``H100:8`` -> 8,
+``cpu`` -> 0), so the page and ``GET /teams/{name}/usage`` agree.
 
 Queue positions: inside a team the scheduler starts runs by priority (higher
 first), then submission time, then id; between teams it takes turns by fair
@@ -14,46 +13,18 @@ will start before it. That is as far as the service can promise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import accounting
 from service.models import Run, Team, User, utcnow
 from service.security import Principal
 
 ACTIVE = ("PROVISIONING", "RUNNING")
-
-
-def gpus_of(hardware: str) -> int:
-    """GPUs a hardware string asks for: ``H100:8`` -> 8, ``H100`` -> 1, ``cpu`` -> 0."""
-    name, _, count = hardware.partition(":")
-    if name.strip().lower() in ("", "cpu", "local"):
-        return 0
-    try:
-        return max(0, int(count)) if count else 1
-    except ValueError:
-        return 1
-
-
-def gpu_hours_per_day(
-    runs: Iterable[tuple[str, datetime, datetime | None]], first_day: date, last_day: date, now: datetime
-) -> dict[date, float]:
-    """GPU-hours per UTC day in [first_day, last_day] of runs given as (hardware, started_at, finished_at or None)."""
-    out = {first_day + timedelta(days=i): 0.0 for i in range((last_day - first_day).days + 1)}
-    window_start = datetime.combine(first_day, datetime.min.time(), timezone.utc)
-    window_end = datetime.combine(last_day + timedelta(days=1), datetime.min.time(), timezone.utc)
-    for hardware, started, finished in runs:
-        gpus = gpus_of(hardware)
-        start, end = max(started, window_start), min(finished or now, window_end)
-        while gpus and start < end:
-            midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
-            piece_end = min(end, midnight)
-            out[start.date()] += gpus * (piece_end - start).total_seconds() / 3600
-            start = piece_end
-    return out
 
 
 @dataclass(frozen=True)
@@ -62,11 +33,17 @@ class TeamUsageView:
     team: str
     budget_gpu_hours: float | None
     days: list[date]
-    gpu_hours: list[float]
+    gpu_hours: list[float]  # billed, per UTC day (service.accounting)
+    cost: list[float]  # dollars per UTC day at CADDIE_GPU_PRICES
+    unpriced: list[str]  # hardware with GPUs but no price
 
     @property
     def total(self) -> float:
         return sum(self.gpu_hours)
+
+    @property
+    def total_cost(self) -> float:
+        return sum(self.cost)
 
 
 def visible_teams(session: Session, principal: Principal) -> list[Team]:
@@ -76,19 +53,15 @@ def visible_teams(session: Session, principal: Principal) -> list[Team]:
     return list(session.scalars(query))
 
 
-def team_usage(session: Session, team: Team, *, days: int = 30, now: datetime | None = None) -> TeamUsageView:
-    """GPU-hours per day over the last ``days`` days (today included)."""
+def team_usage(session: Session, team: Team, prices: Mapping[str, float], *, days: int = 30, now: datetime | None = None) -> TeamUsageView:
+    """Billed GPU-hours and cost per day over the last ``days`` days (today included), as
+    ``GET /teams/{name}/usage`` counts them: from a run's PROVISIONING to its release."""
     now = now or utcnow()
-    last = now.date()
-    first = last - timedelta(days=days - 1)
-    since = datetime.combine(first, datetime.min.time(), timezone.utc)
-    rows = session.execute(
-        select(Run.hardware, Run.started_at, Run.finished_at).where(
-            Run.team_id == team.id, Run.started_at.is_not(None), (Run.finished_at.is_(None)) | (Run.finished_at >= since)
-        )
-    ).all()
-    per_day = gpu_hours_per_day([(h, s, f) for h, s, f in rows], first, last, now)
-    return TeamUsageView(team.id, team.name, team.budget_gpu_hours, list(per_day), list(per_day.values()))
+    since = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), timezone.utc)
+    report = accounting.usage_report(accounting.load_team_runs(session, team.id, since), prices, period="day", since=since, now=now)
+    day_list = sorted(report.days)
+    return TeamUsageView(team.id, team.name, team.budget_gpu_hours, day_list,
+                         [report.days[d].gpu_hours for d in day_list], [report.days[d].cost for d in day_list], report.unpriced)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from service.lifecycle import IllegalTransition, RunStatus, transition
 from service.models import Run, RunEvent, Team, utcnow
-from service.usage import gpus_of  # one definition, shared with the team usage page
+from service.accounting import gpus_of  # one definition, shared with the accounting of billed GPU time
 from worker.lease import dispatch_mark
 
 log = logging.getLogger(__name__)

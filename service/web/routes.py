@@ -432,9 +432,9 @@ def leaderboard_page(request: Request, user: User, session: SessionDep,
 
 # --- team usage ----------------------------------------------------------------------------
 @router.get("/usage", response_class=HTMLResponse)
-def usage_page(request: Request, user: User, session: SessionDep) -> HTMLResponse:
+def usage_page(request: Request, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     teams = usage.visible_teams(session, user)
-    views = [usage.team_usage(session, t) for t in teams]
+    views = [usage.team_usage(session, t, settings.gpu_price_table) for t in teams]
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
     queues = {t.id: usage.team_queue(session, t) for t in teams}
     return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=usage.queued_by_hardware(session))

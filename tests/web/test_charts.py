@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import date, datetime, timezone
 
 import pytest
 
-from service.usage import gpu_hours_per_day, gpus_of
+from service.accounting import gpus_of
 from service.web.charts import downsample_minmax, figure, run_series, MetricPoint
 
 
@@ -66,14 +65,5 @@ def test_figure_carries_both_x_axes_for_its_buttons() -> None:
     assert series["val_bpb"].steps == [2500, 5000] and series["val_bpb"].values == [1.3, 1.3]
 
 
-def test_gpu_hours_are_split_at_midnight_and_counted_per_gpu() -> None:
-    utc = timezone.utc
-    runs = [
-        ("H100:8", datetime(2026, 1, 1, 23, 0, tzinfo=utc), datetime(2026, 1, 2, 1, 0, tzinfo=utc)),  # 8 + 8
-        ("cpu", datetime(2026, 1, 2, 0, 0, tzinfo=utc), datetime(2026, 1, 2, 5, 0, tzinfo=utc)),  # no GPUs
-        ("H100:1", datetime(2026, 1, 3, 12, 0, tzinfo=utc), None),  # still running at 13:30
-        ("H100:8", datetime(2025, 12, 30, 12, 0, tzinfo=utc), datetime(2025, 12, 31, 12, 0, tzinfo=utc)),  # before the window
-    ]
-    per_day = gpu_hours_per_day(runs, date(2026, 1, 1), date(2026, 1, 3), datetime(2026, 1, 3, 13, 30, tzinfo=utc))
-    assert per_day == {date(2026, 1, 1): 8.0, date(2026, 1, 2): 8.0, date(2026, 1, 3): 1.5}
+def test_gpus_of_hardware_strings() -> None:
     assert (gpus_of("H100:8"), gpus_of("H200"), gpus_of("cpu"), gpus_of("H100:x")) == (8, 1, 0, 1)

@@ -5,12 +5,13 @@ errors next to their fields, publishing from the leaderboard, tokens."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.models import Metric
+from service.models import Metric, RunEvent, utcnow
 from service.settings import Settings
 from service.web import session as web_session
 from tests.service.conftest import World
@@ -240,9 +241,14 @@ def test_usage_page_counts_gpu_hours_and_shows_the_queue_in_order(world: World, 
     low = submit(b, world, "alice", name="low", priority=0)
     high = submit(b, world, "alice", name="high", priority=5)
     [done] = submit(b, world, "alice", name="done", config={"NUM_LAYERS": 9})
-    finish(session, done, val_bpb=1.2, val_loss=2.0)  # 20 minutes on H100:8 = 2.67 GPU-hours
+    finish(session, done, val_bpb=1.2, val_loss=2.0)
+    now = utcnow()  # billed from provisioning to release: 20 minutes on H100:8 = 2.67 GPU-hours
+    session.add_all([RunEvent(run_id=done, at=now - timedelta(minutes=20), from_status="QUEUED", to_status="PROVISIONING", actor="scheduler"),
+                     RunEvent(run_id=done, at=now - timedelta(minutes=15), from_status="PROVISIONING", to_status="RUNNING", actor="worker"),
+                     RunEvent(run_id=done, at=now, from_status="RUNNING", to_status="SUCCEEDED", actor="worker")])
+    session.commit()
     page = b.c.get("/usage").text
-    assert "2.67 GPU-hours in 30 days" in page
+    assert "2.67 GPU-hours in 30 days" in page and "cost $7.97" in page  # 2.67 h at $2.99
     queue = re.findall(r"<tr><td>(\d+|—)</td><td><a href=\"/runs/(\d+)\"", page)
     assert queue == [("1", str(high[0])), ("2", str(low[0]))]
 
