@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import AlreadyExists, Conflict, DomainError, Forbidden, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -75,6 +76,16 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = [{k: v for k, v in err.items() if k in ("loc", "msg", "type", "input", "ctx")} for err in exc.errors()]
         return JSONResponse(_body(detail), status_code=422)
 
+    async def database_gone(_request: Request, exc: Exception) -> JSONResponse:
+        # A pooled connection that PostgreSQL closed (a restart, a failover) fails the one
+        # request that checks it out; the pool has dropped it, so the next try gets a fresh
+        # one. Say so with 503 + Retry-After instead of an anonymous 500.
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return JSONResponse(_body([{"msg": "the database connection was lost; retry the request", "type": "unavailable"}]),
+                                status_code=503, headers={"Retry-After": "1"})
+        raise exc
+
+    app.add_exception_handler(DBAPIError, database_gone)
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(IllegalTransition, domain_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

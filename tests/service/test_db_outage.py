@@ -1,0 +1,40 @@
+"""PostgreSQL ending the API's connections (a restart, a failover): the request that meets
+a dead pooled connection gets a 503 that says to retry, never a 500, and the next one works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from service import accounts
+from service.api.app import create_app
+from service.db import get_sessionmaker
+from service.migrate import upgrade
+from service.settings import Settings
+
+
+def test_a_dead_pooled_connection_is_a_503_then_the_api_recovers(pg_url: str, tmp_path: Path) -> None:
+    upgrade(pg_url)
+    with get_sessionmaker(pg_url)() as s:
+        user = accounts.create_user(s, "outage")
+        token = accounts.create_token(s, user, "t")[1]
+        s.commit()
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(Settings(home=tmp_path, database_url=pg_url, db_pool_pre_ping=False)), raise_server_exceptions=False) as c:
+        assert c.get("/api/v1/runs", headers=headers).status_code == 200  # a connection now waits in the pool
+        admin = create_engine(pg_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            database = pg_url.rsplit("/", 1)[1]
+            killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                                  {"d": database}).scalar()
+        admin.dispose()
+        assert killed >= 1
+        statuses = [c.get("/api/v1/runs", headers=headers) for _ in range(4)]
+        codes = [r.status_code for r in statuses]
+        assert 500 not in codes, codes
+        assert codes[-1] == 200
+        for r in statuses:
+            if r.status_code == 503:
+                assert r.headers["Retry-After"] == "1" and "retry" in r.json()["detail"][0]["msg"]
