@@ -173,7 +173,10 @@ class CaddieClient:
         while True:
             try:
                 response = self._http.request(method, path, params=params, json=json_body, headers=headers)
-                break
+                # 503: caddie is up but could not serve this one (e.g. its database connection
+                # was just lost); safe to ask again when the request is idempotent.
+                if response.status_code != 503 or not idempotent or attempt >= len(RETRY_DELAYS_S):
+                    break
             except httpx.ConnectError:
                 if attempt >= len(RETRY_DELAYS_S):
                     raise CaddieError(f"cannot reach caddie at {self.url}: is `caddie up` running?") from None

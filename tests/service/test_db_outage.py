@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 
 from service import accounts
 from service.api.app import create_app
+from service.cli.client import CaddieClient
 from service.db import get_sessionmaker
 from service.migrate import upgrade
 from service.settings import Settings
@@ -24,13 +25,7 @@ def test_a_dead_pooled_connection_is_a_503_then_the_api_recovers(pg_url: str, tm
     headers = {"Authorization": f"Bearer {token}"}
     with TestClient(create_app(Settings(home=tmp_path, database_url=pg_url, db_pool_pre_ping=False)), raise_server_exceptions=False) as c:
         assert c.get("/api/v1/runs", headers=headers).status_code == 200  # a connection now waits in the pool
-        admin = create_engine(pg_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            database = pg_url.rsplit("/", 1)[1]
-            killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
-                                  {"d": database}).scalar()
-        admin.dispose()
-        assert killed >= 1
+        assert _terminate(pg_url) >= 1
         statuses = [c.get("/api/v1/runs", headers=headers) for _ in range(4)]
         codes = [r.status_code for r in statuses]
         assert 500 not in codes, codes
@@ -38,3 +33,17 @@ def test_a_dead_pooled_connection_is_a_503_then_the_api_recovers(pg_url: str, tm
         for r in statuses:
             if r.status_code == 503:
                 assert r.headers["Retry-After"] == "1" and "retry" in r.json()["detail"][0]["msg"]
+        # The CLI's client asks again on a 503 for idempotent requests: the outage never shows.
+        _terminate(pg_url)
+        client = CaddieClient("http://testserver", token, transport=c._transport)
+        assert client.list_runs(limit=5)["items"] == []
+
+
+def _terminate(pg_url: str) -> int:
+    admin = create_engine(pg_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                                {"d": pg_url.rsplit("/", 1)[1]}).scalar()
+    finally:
+        admin.dispose()
