@@ -177,7 +177,6 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
         PYTHONPATH=str(REPO),
         CADDIE_HOME=str(home),
         CADDIE_DATABASE_URL=pg_url,
-        CADDIE_BROKER_URL=redis_url,
         CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted",
         CADDIE_LAUNCHER="local",
         CADDIE_GPU_COUNT="0",
@@ -192,6 +191,8 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
         CADDIE_DATA_ROOT=str(smoke_corpus_dir),  # holds datasets/fineweb10B_sp1024 and tokenizers/fineweb_1024_bpe.model
         OMP_NUM_THREADS="1",
     )
+    if redis_url:  # else the SQLite broker under CADDIE_HOME, as `caddie up` uses: a queue no other stack shares
+        env["CADDIE_BROKER_URL"] = redis_url
     s = Stack(home, env, pg_url)
     s.token = _bootstrap_admin(pg_url)
     s.start_api()

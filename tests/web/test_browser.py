@@ -44,9 +44,11 @@ STATE: dict[str, Any] = {}  # what one test leaves for a later one (the run the 
 
 
 @pytest.fixture(scope="module")
-def web_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
+def web_stack(tmp_path_factory: pytest.TempPathFactory, smoke_corpus_dir: Path) -> Iterator[Stack]:
+    # Its own broker (SQLite, under its home): the e2e stack lives for the whole session, and
+    # its worker, on a shared Redis queue, would take this stack's dispatch messages.
     with fresh_database() as pg_url:
-        yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
+        yield from _stack(tmp_path_factory, pg_url, "", smoke_corpus_dir)
 
 
 @pytest.fixture(scope="module")

@@ -279,6 +279,7 @@ def test_lost_when_the_processes_vanish_without_an_exit_code(settings: WorkerSet
     handle = launcher.submit(launcher.acquire(12, "local"), job(run_id=12, FAKE_MODE="sleep"))
     workdir = Path(handle.data["workdir"])
     wait_for_file(workdir / "pids.json")
+    wait_for_file(workdir / "child.json")  # the stand-in writes it after the wrapper's pids.json
     child = json.loads((workdir / "child.json").read_text())
     os.kill(handle.data["pid"], signal.SIGKILL)  # the wrapper dies first (as in an OOM kill) ...
     time.sleep(0.2)
