@@ -33,7 +33,7 @@ from typing import Any
 from service.errors import Conflict
 from service.results.groups import Eligibility, GroupStats, SeedRow, config_diff
 from service.results.rules import Check, RuleSummary, Verdict
-from service.results.statistics import Comparison
+from service.results.statistics import Comparison, finite_or_none as _finite
 
 OVERRIDE_MAX_CHARS = 500
 LOG_STORED = "stored"  # the run's train.log, byte for byte
@@ -198,7 +198,7 @@ def submission_json(inp: ExportInput) -> bytes:
             for r in rows
         ],
         # The largest seed's artifact, not the mean: every seed's artifact must fit under the limit.
-        "bytes_total": _max_int([r.artifact_bytes for r in rows]),
+        "bytes_total": s.max_artifact_bytes,
         "bytes_code": _max_int([r.code_bytes for r in rows]),
         "p_value": _finite(c.p_value) if c else None,
         "baseline": {"name": inp.baseline_name, "group_key": inp.baseline_key} if inp.baseline_key else None,
@@ -399,11 +399,6 @@ def _verdict_word(v: Verdict) -> str:
 
 
 # --- formatting -----------------------------------------------------------------------------
-def _finite(x: float | None) -> float | None:
-    # JSON has no NaN or infinity: a figure that is not a finite number is unknown.
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
 def _max_int(values: Sequence[int | None]) -> int | None:
     known = [v for v in values if v is not None]
     return max(known) if known else None

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from service.results.groups import Eligibility, SeedRow
 from service.results.queries import GroupReport, GroupView, LeaderboardRow, seed_row
 from service.results.rules import RuleSummary
-from service.results.statistics import Comparison, Summary
+from service.results.statistics import Comparison, Summary, finite_or_none as _finite
 
 
-def _finite(x: float | None) -> float | None:
-    # JSON has no NaN/inf; a figure that is not a finite number is unknown.
-    return x if x is None or math.isfinite(x) else None
+def _figures(dc: Any) -> dict[str, Any]:
+    """A statistics dataclass's fields, every float made JSON-safe (see finite_or_none)."""
+    return {k: _finite(v) if isinstance(v, float) else v for k, v in asdict(dc).items()}
 
 
 class SummaryOut(BaseModel):
@@ -27,7 +28,7 @@ class SummaryOut(BaseModel):
 
     @classmethod
     def of(cls, s: Summary) -> "SummaryOut":
-        return cls(n=s.n, mean=_finite(s.mean), std=_finite(s.std), min=_finite(s.min), max=_finite(s.max))
+        return cls(**_figures(s))
 
 
 class CheckOut(BaseModel):
@@ -97,13 +98,7 @@ class ComparisonOut(BaseModel):
 
     @classmethod
     def of(cls, c: Comparison, candidate: GroupView, baseline: GroupView) -> "ComparisonOut":
-        return cls(
-            candidate=candidate.group.key, baseline=baseline.group.key, baseline_name=baseline.group.name,
-            n_candidate=c.n_candidate, n_baseline=c.n_baseline, mean_candidate=_finite(c.mean_candidate), mean_baseline=_finite(c.mean_baseline),
-            improvement=_finite(c.improvement), margin=c.margin, ci_low=_finite(c.ci_low), ci_high=_finite(c.ci_high),
-            confidence=c.confidence, t=_finite(c.t), df=_finite(c.df), p_value=_finite(c.p_value), significant=c.significant,
-            alpha=c.alpha, enough_seeds=c.enough_seeds, more_seeds_needed=c.more_seeds_needed, message=c.message,
-        )
+        return cls(candidate=candidate.group.key, baseline=baseline.group.key, baseline_name=baseline.group.name, **_figures(c))
 
 
 class EligibilityOut(BaseModel):

@@ -55,6 +55,12 @@ class Summary:
     max: float | None
 
 
+def finite_or_none(x: float | None) -> float | None:
+    """``x``, or None when it is not a finite number: JSON has no NaN or infinity, and such a
+    figure is unknown (the API and the records/ export both write them this way)."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
 def _finite_values(values: Sequence[float], what: str = "value") -> list[float]:
     """The values as floats; ValueError naming the first NaN, inf or non-number."""
     out: list[float] = []
