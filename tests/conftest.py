@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,13 @@ def redis_url() -> Iterator[str]:
             client.flushdb()
         except redis.RedisError:
             pass  # a test may have restarted the server on purpose
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline smoke corpus (datasets/ and tokenizers/), built once for every stack that runs the trainer."""
+    from trainer.data import build_smoke_corpus
+
+    root = tmp_path_factory.mktemp("smoke_corpus")
+    build_smoke_corpus(root)
+    return root

@@ -155,15 +155,6 @@ def _bootstrap_admin(db_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def smoke_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.data import build_smoke_corpus
-
-    root = tmp_path_factory.mktemp("e2e_corpus")
-    build_smoke_corpus(root)
-    return root
-
-
-@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
     # A database of its own: the stack's scheduler and janitor act on every run they see.
     with fresh_database() as pg_url:

@@ -52,15 +52,6 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, smoke_corpus_dir: Path) 
 
 
 @pytest.fixture(scope="module")
-def smoke_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.data import build_smoke_corpus
-
-    root = tmp_path_factory.mktemp("web_corpus")
-    build_smoke_corpus(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

@@ -24,10 +24,10 @@ from sqlalchemy import func, select
 from service.accounts import create_team, create_user
 from service.artifacts import LocalArtifactStore
 from service.db import get_sessionmaker
-from service.lifecycle import TERMINAL, record_created
-from service.models import LogChunk, Run, RunEvent, Team, User, utcnow
+from service.lifecycle import TERMINAL
+from service.models import LogChunk, Run, RunEvent
 from tests.fresh_db import fresh_database
-from tests.worker.test_executor import STAND_IN
+from tests.worker.test_executor import STAND_IN, new_run
 from worker.executor import execute_run
 from worker.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
@@ -76,19 +76,6 @@ def maker():
         yield maker, url
 
 
-def new_run(maker) -> int:
-    with maker() as s:
-        team = s.scalar(select(Team.id).where(Team.name == "crash"))
-        user = s.scalar(select(User.id).where(User.name == "crash"))
-        run = Run(team_id=team, user_id=user, name="c", spec={}, seed=5, group_key="g", track="unlimited", hardware="cpu",
-                  priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
-        s.add(run)
-        s.flush()
-        record_created(s, run, actor="test")
-        s.commit()
-        return run.id
-
-
 def state_of(maker, run_id: int) -> tuple[str, bool]:
     with maker() as s:
         run = s.get(Run, run_id)
@@ -126,7 +113,7 @@ def test_the_run_ends_exactly_once_whichever_commit_the_executor_dies_after(make
     while True:
         k += 1
         assert k < 40, "the executor never got through a run"
-        run_id = new_run(maker)
+        run_id = new_run(maker, owner="crash")
         crashed = subprocess.run(
             [sys.executable, "-c", CRASHING_EXECUTOR, url, settings.model_dump_json(), str(run_id), str(k)],
             cwd=REPO, capture_output=True, text=True, timeout=120,

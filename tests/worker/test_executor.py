@@ -73,10 +73,11 @@ def settings(tmp_path: Path) -> WorkerSettings:
     )  # fmt: skip
 
 
-def new_run(maker, spec: dict | None = None, track: str = "unlimited") -> int:
+def new_run(maker, spec: dict | None = None, track: str = "unlimited", owner: str = "exec") -> int:
+    """A QUEUED run of the team and user named ``owner``, with its creation event."""
     with maker() as s:
-        team = s.scalar(select(Team.id).where(Team.name == "exec"))
-        user = s.scalar(select(User.id).where(User.name == "exec"))
+        team = s.scalar(select(Team.id).where(Team.name == owner))
+        user = s.scalar(select(User.id).where(User.name == owner))
         run = Run(team_id=team, user_id=user, name="x", spec=spec or {}, seed=5, group_key="g", track=track, hardware="cpu",
                   priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
         s.add(run)
