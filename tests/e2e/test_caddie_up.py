@@ -21,23 +21,31 @@ from tests.e2e.conftest import REPO, TINY, free_port
 pytestmark = pytest.mark.e2e
 
 
+def start_caddie_up(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Popen:
+    """`caddie up` on ``port`` in ``tmp_path``, its output in tmp_path/up.out."""
+    out = open(tmp_path / "up.out", "w+")
+    return subprocess.Popen([sys.executable, "-c", f"from worker.embedded import run_embedded; run_embedded(port={port})"],
+                            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def wait_for_token(up: subprocess.Popen, tmp_path: Path, end: float) -> str:
+    """The first admin token `caddie up` prints once it is ready (before time.monotonic() reaches ``end``)."""
+    while True:
+        assert up.poll() is None and time.monotonic() < end, (tmp_path / "up.out").read_text()
+        m = re.search(r"admin token \(shown once\): (\S+)", (tmp_path / "up.out").read_text())
+        if m:
+            return m[1]
+        time.sleep(0.2)
+
+
 def test_caddie_up_runs_a_smoke_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
     env.update(CADDIE_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO), CADDIE_HEARTBEAT_S="1", CADDIE_POLL_INTERVAL_S="0.1", OMP_NUM_THREADS="1")
-    out = open(tmp_path / "up.out", "w+")
-    up = subprocess.Popen(
-        [sys.executable, "-c", f"from worker.embedded import run_embedded; run_embedded(port={port})"],
-        cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    up = start_caddie_up(tmp_path, env, port)
     try:
         end = time.monotonic() + 90
-        token = None
-        while token is None:
-            assert up.poll() is None and time.monotonic() < end, (tmp_path / "up.out").read_text()
-            m = re.search(r"admin token \(shown once\): (\S+)", (tmp_path / "up.out").read_text())
-            token = m and m[1]
-            time.sleep(0.2)
+        token = wait_for_token(up, tmp_path, end)
         assert (tmp_path / "home" / "data" / "tokenizers" / "fineweb_1024_bpe.model").is_file()
         children = psutil.Process(up.pid).children()
         assert len(children) == 4  # api, runs worker, control worker, beat
@@ -91,18 +99,11 @@ def test_ctrl_c_on_caddie_up_stops_a_running_trainer_and_its_run_says_so(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
     env.update(CADDIE_HOME=str(home), PYTHONPATH=str(REPO), CADDIE_HEARTBEAT_S="1", CADDIE_POLL_INTERVAL_S="0.1",
                CADDIE_GPU_COUNT="0", CADDIE_CANCEL_GRACE_S="2", CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(sleeper)]))  # fmt: skip
-    out = open(tmp_path / "up.out", "w+")
-    up = subprocess.Popen([sys.executable, "-c", f"from worker.embedded import run_embedded; run_embedded(port={port})"],
-                          cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    up = start_caddie_up(tmp_path, env, port)
     trainer = None
     try:
         end = time.monotonic() + 90
-        token = None
-        while token is None:
-            assert up.poll() is None and time.monotonic() < end, (tmp_path / "up.out").read_text()
-            m = re.search(r"admin token \(shown once\): (\S+)", (tmp_path / "up.out").read_text())
-            token = m and m[1]
-            time.sleep(0.2)
+        token = wait_for_token(up, tmp_path, end)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         while True:
             try:
