@@ -131,17 +131,23 @@ def group_view(session: Session, principal: Principal, key: str) -> GroupView:
 
 # --- baselines and significance ------------------------------------------------------------
 def default_baseline(session: Session, principal: Principal, view: GroupView) -> GroupView | None:
-    """The team's current leader on the group's track and hardware (lowest mean val_bpb
-    among its other groups with a counted run); when the group leads, the runner-up.
+    """The team's current leader on the group's track and hardware (see ``team_leader``).
     Only groups the caller may see: another team reading a published group never
     learns of its team's unpublished ones."""
     g = view.group
     query = (select(RunGroup).options(joinedload(RunGroup.team))
              .where(RunGroup.team_id == g.team_id, RunGroup.track == g.track, RunGroup.hardware == g.hardware, RunGroup.key != g.key))
     cond = _visible(principal)
-    others = list(session.scalars(query if cond is None else query.where(cond)))
-    ranked = sorted((v for v in _views(session, others) if v.stats.n > 0), key=lambda v: (v.stats.val_bpb.mean, v.group.key))
-    return ranked[0] if ranked else None
+    return team_leader(view, _views(session, list(session.scalars(query if cond is None else query.where(cond)))))
+
+
+def team_leader(view: GroupView, candidates: Sequence[GroupView]) -> GroupView | None:
+    """Among ``candidates``, the lowest mean val_bpb of the group's team on its track and
+    hardware with a counted run, the group itself excluded (so the runner-up when it leads)."""
+    g = view.group
+    others = [v for v in candidates if v.group.team_id == g.team_id and v.group.track == g.track and v.group.hardware == g.hardware
+              and v.group.key != g.key and v.stats.n > 0]
+    return min(others, key=lambda v: (v.stats.val_bpb.mean, v.group.key), default=None)
 
 
 def comparison(candidate: GroupView, baseline: GroupView | None) -> Comparison | None:
@@ -172,6 +178,10 @@ def report_for(session: Session, principal: Principal, view: GroupView, baseline
             raise InvalidInput([Issue(("baseline",), "a group cannot be its own baseline", baseline_key)])
     else:
         base = default_baseline(session, principal, view)
+    return _report(view, base)
+
+
+def _report(view: GroupView, base: GroupView | None) -> GroupReport:
     comp = comparison(view, base)
     return GroupReport(view, base, comp, eligibility(view.stats, comp, view.group.allow_noncompliant))
 
@@ -188,19 +198,8 @@ def leaderboard(session: Session, principal: Principal, *, track: str, hardware:
     """Visible groups of one track (and hardware), with a counted run, ranked by mean val_bpb."""
     views = [v for v in list_groups(session, principal, track=track, hardware=hardware, limit=10_000) if v.stats.n > 0]
     views.sort(key=lambda v: (v.stats.val_bpb.mean, -v.stats.n, v.group.key))
-    rows = []
-    for i, v in enumerate(views[:limit], start=1):
-        rows.append(LeaderboardRow(i, _leaderboard_report(views, v)))
-    return rows
-
-
-def _leaderboard_report(views: Sequence[GroupView], view: GroupView) -> GroupReport:
-    # The same default baseline as group_report, taken from the views at hand (no query per row).
-    g = view.group
-    others = [v for v in views if v.group.team_id == g.team_id and v.group.hardware == g.hardware and v.group.key != g.key]
-    base = min(others, key=lambda v: (v.stats.val_bpb.mean, v.group.key), default=None)
-    comp = comparison(view, base)
-    return GroupReport(view, base, comp, eligibility(view.stats, comp, g.allow_noncompliant))
+    # Each row's default baseline comes from the views at hand (no query per row).
+    return [LeaderboardRow(i, _report(v, team_leader(v, views))) for i, v in enumerate(views[:limit], start=1)]
 
 
 # --- publication ------------------------------------------------------------------------------
@@ -225,6 +224,6 @@ def set_published(session: Session, principal: Principal, key: str, published: b
 def exportable_group(session: Session, principal: Principal, key: str) -> RunGroup:
     """The group, if the caller's team owns it (published groups are not exportable by others)."""
     group = _own_group(session, principal, key)
-    if not any(True for _ in session.scalars(select(Run.id).where(Run.group_key == group.key, Run.status == "SUCCEEDED").limit(1))):
+    if session.scalar(select(Run.id).where(Run.group_key == group.key, Run.status == "SUCCEEDED").limit(1)) is None:
         raise Conflict("the group has no succeeded run to export")
     return group
