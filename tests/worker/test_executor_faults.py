@@ -4,7 +4,6 @@ two runs reaching for one warm cluster."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -130,8 +129,18 @@ def test_an_unexpected_launcher_error_is_retried_a_bounded_number_of_times_then_
         assert [r.split(":")[0] for r in reasons] == ["driver error 1 of 3", "driver error 2 of 3"]
     # the job was launched once and stopped when the run gave up
     [workdir] = (settings.home / "runs" / str(run_id)).glob("attempt-*")
-    child = json.loads((workdir / "child.json").read_text())
-    wait_for(lambda: not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).status() == psutil.STATUS_ZOMBIE, what="the job to stop")
+    # Every process of the job (the wrapper, the trainer it may or may not have started by the
+    # time the driver gave up) runs in the job's folder: none may be left.
+    wait_for(lambda: not job_processes(workdir), what="the job to stop")
+
+
+def job_processes(workdir: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is ``workdir``."""
+    alive = []
+    for p in psutil.process_iter(["cwd", "status"]):
+        if p.info["cwd"] == str(workdir) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            alive.append(p)
+    return alive
 
 
 class WarmPoolLauncher(LocalLauncher):
