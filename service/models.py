@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -168,7 +169,10 @@ class Run(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     name: Mapped[str] = mapped_column(String(200))
     notes: Mapped[str] = mapped_column(Text, default="")
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # normalised overrides keyed by env name
+    # What runs: "trainer" (the shared trainer; spec holds its normalised knob overrides keyed by
+    # env name) or "script" (a team's own train_gpt.py; spec holds service.scripts.ScriptSpec's JSON).
+    kind: Mapped[str] = mapped_column(String(16), default="trainer", server_default="trainer")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(BigInteger)
     group_key: Mapped[str] = mapped_column(String(64))
     track: Mapped[str] = mapped_column(String(32))
@@ -229,13 +233,30 @@ class RunGroup(Base):
     name: Mapped[str] = mapped_column(String(200))  # the name of the first submission
     track: Mapped[str] = mapped_column(String(32))
     hardware: Mapped[str] = mapped_column(String(32))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # non-default knobs keyed by env name
+    kind: Mapped[str] = mapped_column(String(16), default="trainer", server_default="trainer")  # as its runs'
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # its runs' spec: knobs keyed by env name, or a script's
     allow_noncompliant: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
     published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     team: Mapped[Team] = relationship()
+
+
+class ScriptFile(Base):
+    """One file of script runs (a train_gpt.py, a helper module, a tokenizer model), stored once by content.
+
+    In the database rather than the artifact store: it is written in one transaction
+    with the runs that name it (a refused spec leaves nothing behind), and every
+    worker can read it without a shared disk. Files are small (CADDIE_MAX_SCRIPT_*).
+    """
+
+    __tablename__ = "script_files"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex digest of content
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RunEvent(Base):
