@@ -87,6 +87,7 @@ class RunRecord:
     eval_seconds: float | None = None
     name: str = ""
     status: str = ""
+    team_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,15 @@ def usage_report(records: Iterable[RunRecord], prices: Mapping[str, float], *, p
     return UsageReport(period, since, now, total, periods, days, dict(sorted(users.items())), runs, sorted(unpriced))
 
 
+def billed_gpu_seconds(record: RunRecord, since: datetime, now: datetime) -> float:
+    """GPU-seconds of ``record`` billed inside [since, now): the total ``usage_report`` counts for it."""
+    gpus = gpus_of(record.hardware)
+    if not gpus:
+        return 0.0
+    pieces = phase_pieces(billed_attempts(record.events), record.train_seconds, record.eval_seconds, now)
+    return sum(gpus * max(0.0, (min(p.end, now) - max(p.start, since)).total_seconds()) for p in pieces)
+
+
 def split_days(since: datetime, now: datetime) -> list[date]:
     first, last = since.astimezone(timezone.utc).date(), now.astimezone(timezone.utc).date()
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
@@ -279,25 +289,39 @@ def split_days(since: datetime, now: datetime) -> list[date]:
 # --- I/O ---------------------------------------------------------------------------------
 def load_team_runs(session: Session, team_id: int, since: datetime) -> list[RunRecord]:
     """The team's runs that may have been billed at or after ``since``, with their events in order."""
-    alive = or_(Run.finished_at.is_(None), Run.finished_at >= since)
+    return load_runs(session, [team_id], since)
+
+
+def load_runs(session: Session, team_ids: Iterable[int], since: datetime) -> list[RunRecord]:
+    """The runs of these teams that may have been billed at or after ``since``, with their events in order."""
+    mine = [Run.team_id.in_(sorted(set(team_ids))), or_(Run.finished_at.is_(None), Run.finished_at >= since)]
     rows = session.execute(
-        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds)
+        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id)
         .join(User, User.id == Run.user_id)
-        .where(Run.team_id == team_id, alive)
+        .where(*mine)
         .order_by(Run.id)
     ).all()
     events: dict[int, list[Transition]] = {}
     for run_id, at, to_status in session.execute(
         select(RunEvent.run_id, RunEvent.at, RunEvent.to_status)
         .join(Run, Run.id == RunEvent.run_id)
-        .where(Run.team_id == team_id, alive)
+        .where(*mine)
         .order_by(RunEvent.run_id, RunEvent.id)
     ):
         events.setdefault(run_id, []).append(Transition(at, to_status))
     return [
-        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status)
-        for run_id, name, status, user, hardware, train_s, eval_s in rows
+        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id)
+        for run_id, name, status, user, hardware, train_s, eval_s, team_id in rows
     ]
+
+
+def billed_gpu_hours(session: Session, team_ids: Iterable[int], since: datetime, now: datetime) -> dict[int, float]:
+    """GPU-hours billed to each team inside [since, now): what budgets are measured in (the
+    scheduler's and ``GET /teams/{name}/usage``'s), the total of its usage report."""
+    used: dict[int, float] = {}
+    for record in load_runs(session, team_ids, since):
+        used[record.team_id] = used.get(record.team_id, 0.0) + billed_gpu_seconds(record, since, now) / 3600
+    return used
 
 
 @dataclass
@@ -324,8 +348,6 @@ def team_report(
 ) -> tuple[UsageReport, BudgetStanding]:
     """The team's usage report over [since, now) and its budget over the rolling budget period."""
     since = since or default_since(now, period)
-    budget_since = now - timedelta(days=budget_period_days)
-    records = load_team_runs(session, team_id, min(since, budget_since))
-    report = usage_report(records, prices, period=period, since=since, now=now)
-    used = usage_report(records, prices, period="day", since=budget_since, now=now).total.gpu_hours
+    report = usage_report(load_team_runs(session, team_id, since), prices, period=period, since=since, now=now)
+    used = billed_gpu_hours(session, [team_id], now - timedelta(days=budget_period_days), now).get(team_id, 0.0)
     return report, BudgetStanding(budget_gpu_hours, budget_period_days, used)

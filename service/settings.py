@@ -13,12 +13,17 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from service.scheduling.settings import SchedulingSettings
 
 TRACKS = ("10min_16mb", "unlimited")
 
 
-class Settings(BaseSettings):
+class Settings(SchedulingSettings):
+    """The API's settings; the scheduling ones (capacity, budgets, run estimates) are inherited
+    from service.scheduling.settings, the worker's own, so queue forecasts decide as dispatch does."""
+
     model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
 
     home: Path = Path(".caddie")
@@ -50,9 +55,6 @@ class Settings(BaseSettings):
     # ("H100:8", which wins over its accelerator). Hardware with no price is billed
     # in GPU-hours only and listed as unpriced. Checked when the settings load.
     gpu_prices: str = "H100=2.99,H200=3.79,cpu=0"
-    # Team budgets are GPU-hours per rolling period of this many days (the
-    # worker's scheduler reads the same CADDIE_BUDGET_PERIOD_DAYS).
-    budget_period_days: float = Field(30.0, gt=0)
 
     # --- API -------------------------------------------------------------------
     api_prefix: str = "/api/v1"

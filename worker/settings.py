@@ -9,14 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from service.scheduling.settings import SchedulingSettings
 
 # 600 s train + 600 s eval (the challenge's limits) + 10 min of margin for
 # provisioning, setup, compile warm-up and collecting results.
 DEFAULT_HARD_TIMEOUT_S = 600.0 + 600.0 + 600.0
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(SchedulingSettings):
+    """The worker's settings; the scheduling ones (capacity, budgets, retry backoff, run
+    estimates) are inherited from service.scheduling.settings, shared with the API."""
+
     model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
 
     home: Path = Path(".caddie")
@@ -41,7 +46,6 @@ class WorkerSettings(BaseSettings):
     # A run dispatched again whose message nobody took (no worker up) is sent once more
     # only after this long: one message per run in flight, not one per stale window.
     redispatch_resend_s: float = Field(300.0, gt=0)
-    retry_backoff_s: float = Field(60.0, ge=0)  # a requeued run waits this long, doubled per attempt
     # Redis only: an unacknowledged message goes back to the queue after this
     # long (a lost worker's run is redelivered). Duplicates are harmless: the
     # executor takes a lease on the run in the database.
@@ -50,10 +54,6 @@ class WorkerSettings(BaseSettings):
     # --- scheduling ------------------------------------------------------------
     scheduler_tick_s: float = Field(5.0, gt=0)
     janitor_tick_s: float = Field(15.0, gt=0)
-    max_concurrent_runs: int = Field(1, ge=0)  # per hardware string, unless `capacity` names it
-    capacity: str = Field("", pattern=r"^\s*([^=,\s]+\s*=\s*\d+\s*(,\s*[^=,\s]+\s*=\s*\d+\s*)*)?$")  # per hardware, e.g. "H100:8=2,cpu=4"
-    budget_period_days: float = Field(30.0, gt=0)  # team budgets are GPU-hours per rolling period
-    expected_run_hours: float = Field(1 / 3, gt=0)  # fair-share charge of one started run
 
     # --- trainer data -------------------------------------------------------------
     # Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant (sp<VOCAB_SIZE>)

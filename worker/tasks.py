@@ -65,6 +65,7 @@ def schedule_tick() -> list[int]:
             budget_period=rt.budget_period,
             expected_run_hours=rt.settings.expected_run_hours,
             retry_backoff_s=rt.settings.retry_backoff_s,
+            run_overhead_s=rt.settings.run_overhead_s,
         )
 
 

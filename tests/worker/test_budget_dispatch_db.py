@@ -1,0 +1,116 @@
+"""Budgets in dispatch, on a real PostgreSQL database: measured in billed GPU-hours (the
+accounting's figure, provisioning included), a team over budget starts nothing, a run
+that would not fit its team's budget waits, and two schedulers at once stay within capacity."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from service.accounting import billed_gpu_hours
+from service.accounts import add_member, create_team, create_user
+from service.db import get_sessionmaker
+from service.lifecycle import record_created
+from service.models import Run, RunEvent, utcnow
+from tests.fresh_db import fresh_database
+from worker.scheduler import dispatch_due_runs
+
+
+@pytest.fixture()
+def maker():
+    # A database per test: dispatch looks at every run.
+    with fresh_database() as url:
+        yield get_sessionmaker(url)
+
+
+def team_with_user(s, name: str, budget: float | None = None):  # noqa: ANN001, ANN201
+    team = create_team(s, name, budget_gpu_hours=budget)
+    user = create_user(s, f"{name}-user")
+    add_member(s, team, user)
+    s.commit()
+    return team, user
+
+
+def queue(s, team, user, n: int, *, spec: dict | None = None, hardware: str = "H100:8") -> list[int]:  # noqa: ANN001
+    now = utcnow()
+    runs = [Run(team_id=team.id, user_id=user.id, name=f"{team.name}-{i}", spec=spec or {}, seed=i, group_key="g", track="10min_16mb",
+                hardware=hardware, priority=0, status="QUEUED", submitted_at=now + timedelta(microseconds=i)) for i in range(n)]  # fmt: skip
+    s.add_all(runs)
+    s.flush()
+    for r in runs:
+        record_created(s, r, actor="test")
+    s.commit()
+    return [r.id for r in runs]
+
+
+def billed_past_run(s, team, user, *, provisioning_h: float, running_h: float = 0.0) -> None:  # noqa: ANN001
+    """A finished H100:8 run that held its node provisioning_h hours, then ran running_h hours."""
+    end = utcnow() - timedelta(minutes=1)
+    start = end - timedelta(hours=provisioning_h + running_h)
+    run = Run(team_id=team.id, user_id=user.id, name="past", spec={}, seed=99, group_key="p", track="10min_16mb", hardware="H100:8",
+              priority=0, status="CANCELLED", submitted_at=start, finished_at=end)  # fmt: skip
+    s.add(run)
+    s.flush()
+    steps = [(start, "QUEUED", None), (start, "PROVISIONING", "QUEUED")]
+    if running_h:
+        steps.append((start + timedelta(hours=provisioning_h), "RUNNING", "PROVISIONING"))
+    steps.append((end, "CANCELLED", steps[-1][1]))
+    s.add_all(RunEvent(run_id=run.id, at=at, from_status=frm, to_status=to, actor="test") for at, to, frm in steps)
+    s.commit()
+
+
+def test_billed_provisioning_counts_against_the_budget(maker) -> None:
+    # 2 h of provisioning on H100:8 that never ran: 16 billed GPU-hours, 0 running hours.
+    # Running time alone (the old measure) would leave this team 10 GPU-hours to spend.
+    with maker() as s:
+        poor, pu = team_with_user(s, "poor", budget=10.0)
+        rich, ru = team_with_user(s, "rich")
+        billed_past_run(s, poor, pu, provisioning_h=2.0)
+        poor_ids, rich_ids = queue(s, poor, pu, 2), queue(s, rich, ru, 1)
+        assert billed_gpu_hours(s, [poor.id], utcnow() - timedelta(days=30), utcnow())[poor.id] == pytest.approx(16.0, abs=0.01)
+    sent: list[int] = []
+    with maker() as s:
+        assert dispatch_due_runs(s, capacity={"*": 5}, enqueue=sent.append) == rich_ids
+    with maker() as s:
+        assert {s.get(Run, i).status for i in poor_ids} == {"QUEUED"}  # kept in the queue, not failed
+
+
+def test_a_run_whose_expected_cost_exceeds_the_budget_left_waits(maker) -> None:
+    # Budget 20 GPU-h, 8 billed: 12 left. Default expected time 600 + 1200 s = 0.5 h x 8 GPUs = 4 GPU-h each;
+    # a run capped at 3 h of training (3.33 h x 8 = 26.7 GPU-h) cannot fit; the small ones can: 3 of them (12 GPU-h).
+    with maker() as s:
+        team, user = team_with_user(s, "capped", budget=20.0)
+        billed_past_run(s, team, user, provisioning_h=0.5, running_h=0.5)
+        big = queue(s, team, user, 1, spec={"MAX_WALLCLOCK_SECONDS": 10800})
+        small = queue(s, team, user, 4)
+    sent: list[int] = []
+    with maker() as s:
+        started = dispatch_due_runs(s, capacity={"*": 10}, enqueue=sent.append)
+    assert started == small[:3] and big[0] not in started
+
+
+def test_two_schedulers_at_once_never_exceed_capacity(maker) -> None:
+    with maker() as s:
+        teams = [team_with_user(s, f"t{i}") for i in range(3)]
+        for team, user in teams:
+            queue(s, team, user, 10)
+    barrier = threading.Barrier(4)
+    results: list[list[int]] = []
+
+    def tick() -> None:
+        barrier.wait()
+        with maker() as s:
+            results.append(dispatch_due_runs(s, capacity={"H100:8": 4}, enqueue=lambda _id: None))
+
+    threads = [threading.Thread(target=tick) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    started = [i for r in results for i in r]
+    assert len(started) == 4 == len(set(started))
+    with maker() as s:
+        assert s.scalar(select(func.count()).select_from(Run).where(Run.status == "PROVISIONING")) == 4
