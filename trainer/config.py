@@ -92,6 +92,9 @@ class TrainerConfig:
     ve_enabled: bool = knob(False, "Value embeddings added to V on VE_LAYERS.")
     ve_dim: int = knob(128, "Value embedding width before projection.", min=1, max=4096)
     ve_layers: str = knob("9,10", "Comma-separated layer indices that get value embeddings.")
+    residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
+                               "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
+                               choices=("bf16", "fp32"))
     attention_backend: str = knob("auto", "auto: FlashAttention 3 when it imports, else PyTorch SDPA.", choices=("auto", "fa3", "sdpa"))
 
     # --- batch and schedule ----------------------------------------------

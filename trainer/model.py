@@ -301,6 +301,11 @@ class GPT(nn.Module):
         x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, idx)
+        # Under autocast the fp32 embedding table (and rms_norm) would leave the whole
+        # residual stream in fp32; in bf16 every element-wise op, norm and per-channel
+        # gradient reduction of the blocks moves half the bytes (RESIDUAL_DTYPE).
+        if self.cfg.residual_dtype == "bf16" and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         x0 = x
         ve = self.ve(idx) if self.ve is not None else None
         skips: list[Tensor] = []

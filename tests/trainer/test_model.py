@@ -150,3 +150,20 @@ def test_late_qat_quantises_forward_but_passes_gradients():
     assert model.blocks[0].mlp.up.weight.grad.abs().sum() > 0
     model.set_qat(False)
     assert torch.equal(model(x, x), plain)
+
+
+@pytest.mark.parametrize("residual, expected", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_residual_stream_takes_the_autocast_dtype_only_when_asked(residual, expected):
+    # The blocks' inputs (residual x and x0) are what RESIDUAL_DTYPE sets; master weights
+    # and their gradients stay fp32 either way, and without autocast nothing changes.
+    model = tiny_model(residual_dtype=residual).train()
+    seen = []
+    model.blocks[1].register_forward_pre_hook(lambda mod, args: seen.append((args[0].dtype, args[1].dtype)))
+    idx = torch.randint(0, 64, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx, idx)
+    loss.backward()
+    assert seen[-1] == (expected, expected)
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in model.parameters())
+    model(idx, idx)
+    assert seen[-1] == (torch.float32, torch.float32)
