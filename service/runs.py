@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_
 from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User, utcnow
 from service.results.rules import spec_noncompliance
 from service.schemas import RunCreate, RunOut
+from service.scripts.files import store_blobs
+from service.scripts.spec import ScriptLimits, check_script_spec
 from service.security import Principal
 from service.settings import Settings
 from trainer.config import ConfigError, TrainerConfig
@@ -49,10 +51,12 @@ LOG_PAGE_BYTES = 1 << 20
 # --- normalising a spec ------------------------------------------------------------
 @dataclass(frozen=True)
 class NormalisedSpec:
-    config: dict[str, Any]  # non-default knobs keyed by env name, sorted
+    config: dict[str, Any]  # non-default knobs keyed by env name, sorted; a script run's ScriptSpec JSON
     track: str
     hardware: str
     allow_noncompliant: bool = False
+    kind: str = "trainer"  # or "script"
+    blobs: dict[str, bytes] = field(default_factory=dict)  # a script run's files by sha256, to store
 
     def group_key(self, team_id: int) -> str:
         """sha256 hex of the canonical JSON of (team, config, track, hardware, opt-out):
@@ -122,6 +126,8 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
     if spec.priority is not None and not settings.min_priority <= spec.priority <= settings.max_priority:
         issues.append(Issue(("priority",), f"must be >= {settings.min_priority} and <= {settings.max_priority}", spec.priority))
     seeds = _seeds(spec, settings, issues)
+    if _is_script(spec):
+        return _normalise_script(spec, settings, issues), seeds
     try:
         config = normalise_config(spec.config)
     except InvalidInput as exc:
@@ -141,6 +147,29 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
     if issues:
         raise InvalidInput(issues)
     return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware, allow_noncompliant=spec.allow_noncompliant), seeds
+
+
+def _is_script(spec: RunCreate) -> bool:
+    """A spec that names a script, or any of a script run's fields (which then must name one)."""
+    return spec.script is not None or bool(spec.files) or bool(spec.env) or spec.data is not None
+
+
+def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) -> NormalisedSpec:
+    """A team's own train_gpt.py: its files by sha256, its env and data variant (service.scripts.spec)."""
+    if spec.config:
+        issues.append(Issue(("config",), "a script run takes env, not config (config holds the shared trainer's knobs)", sorted(spec.config)))
+    limits = ScriptLimits(
+        file_bytes=settings.max_script_file_bytes, total_bytes=settings.max_script_total_bytes, files=settings.max_script_files,
+        env_vars=settings.max_script_env_vars, env_value_chars=settings.max_script_env_value_chars, variants=settings.data_variant_choices,
+    )  # fmt: skip
+    try:
+        script, blobs = check_script_spec(spec.script, [(f.name, f.content) for f in spec.files], spec.env, spec.data, limits)
+    except InvalidInput as exc:
+        raise InvalidInput(issues + exc.issues) from None
+    if issues:
+        raise InvalidInput(issues)
+    return NormalisedSpec(config=script.to_json(), track=spec.track, hardware=spec.hardware,
+                          allow_noncompliant=spec.allow_noncompliant, kind="script", blobs=blobs)
 
 
 def _seeds(spec: RunCreate, settings: Settings, issues: list[Issue]) -> list[int]:
@@ -200,6 +229,7 @@ def submit_runs(
         if earlier:
             return group_key, _replay(earlier, group_key, seeds), True
     now = utcnow()
+    store_blobs(session, normal.blobs)
     ensure_group(session, group_key, team.id, spec.name, normal, now)
     runs = [
         Run(
@@ -207,6 +237,7 @@ def submit_runs(
             user_id=principal.user_id,
             name=spec.name,
             notes=spec.notes,
+            kind=normal.kind,
             spec=normal.config,
             seed=seed,
             group_key=group_key,
@@ -242,7 +273,7 @@ def ensure_group(session: Session, key: str, team_id: int, name: str, normal: No
     """Insert the group row unless it exists; concurrent first submissions both succeed."""
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    values = dict(key=key, team_id=team_id, name=name, track=normal.track, hardware=normal.hardware,
+    values = dict(key=key, team_id=team_id, name=name, track=normal.track, hardware=normal.hardware, kind=normal.kind,
                   config=normal.config, allow_noncompliant=normal.allow_noncompliant, created_at=now)
     session.execute(insert(RunGroup).values(**values).on_conflict_do_nothing(index_elements=["key"]))
 

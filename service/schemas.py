@@ -60,6 +60,13 @@ class Strict(BaseModel):
 
 
 # --- runs ----------------------------------------------------------------------
+class ScriptFileUpload(Strict):
+    """One extra file of a script run, placed beside train_gpt.py under ``name``."""
+
+    name: str = Field(max_length=1000, description="relative path in the run folder: helper.py, tokenizers/custom.model")
+    content: str = Field(description="the file's bytes, base64")
+
+
 class RunCreate(Strict):
     """A run spec: one run per seed, all in one group."""
 
@@ -74,6 +81,13 @@ class RunCreate(Strict):
         description="trainer knobs keyed by env name (NUM_LAYERS) or field name; see GET /config/schema",
         json_schema_extra=spec_config_schema,
     )
+    script: str | None = Field(None, description="a team's own challenge-format train_gpt.py, base64 (instead of config); "
+                                                 "it runs as train_gpt.py under torchrun with SEED and the env below")
+    files: list[ScriptFileUpload] = Field(default_factory=list, description="script runs: extra files beside train_gpt.py")
+    env: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="script runs: NAME: value environment variables ([A-Z_][A-Z0-9_]*; RANK, PATH, LD_*, "
+                                          "PYTHON*, SEED, DATA_PATH, ... are reserved)")
+    data: str | None = Field(None, description="script runs: the data variant, e.g. sp1024 (one of CADDIE_DATA_VARIANTS; default sp1024)")
     seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
     seed: Seed | None = None
     allow_noncompliant: bool = Field(False, description="run a 10min_16mb spec that breaks the track's rules (no wallclock cap, a val token limit); its runs are flagged and never record-eligible")
@@ -87,6 +101,7 @@ class RunOut(BaseModel):
     user: str
     name: str
     notes: str
+    kind: str = Field(description="trainer (the shared trainer, spec = its knobs) or script (a team's train_gpt.py, spec = its sha256, files, env, data)")
     spec: dict[str, Any]
     seed: int
     group_key: str

@@ -49,6 +49,13 @@ class Settings(SchedulingSettings):
     # Data variants (tokenizer + shards) a run may train on: a run's variant is
     # sp<VOCAB_SIZE>, and the worker finds its folders under its own data root.
     data_variants: str = "sp1024,sp4096,sp8192"
+    # Script runs (a team's own train_gpt.py): what one spec may upload and set. The
+    # script and its files count toward the 16,000,000-byte artifact, hence the total.
+    max_script_file_bytes: int = Field(8_000_000, ge=1024)
+    max_script_total_bytes: int = Field(16_000_000, ge=1024)
+    max_script_files: int = Field(32, ge=0, le=1000)
+    max_script_env_vars: int = Field(100, ge=0, le=10_000)
+    max_script_env_value_chars: int = Field(4096, ge=1)
 
     # --- accounting ------------------------------------------------------------
     # Dollars per GPU-hour, per accelerator ("H100") or per exact hardware string
@@ -96,6 +103,11 @@ class Settings(SchedulingSettings):
     @property
     def data_variant_choices(self) -> list[str]:
         return [v.strip() for v in self.data_variants.split(",") if v.strip()]
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest POST /runs body: a spec plus its script files in base64 (4 characters per 3 bytes)."""
+        return self.max_spec_bytes + 4 * -(-self.max_script_total_bytes // 3) + 1024 * self.max_script_files
 
     @property
     def gpu_price_table(self) -> dict[str, float]:

@@ -16,10 +16,12 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 
 
 async def limit_body_size(request: Request, settings: SettingsDep) -> None:
-    """Refuse a spec over CADDIE_MAX_SPEC_BYTES before pydantic looks at it."""
-    size = len(await request.body())
-    if size > settings.max_spec_bytes:
-        raise InvalidInput([Issue(("body",), f"run spec is {size} bytes; the limit is {settings.max_spec_bytes} bytes", size)])
+    """Refuse a body over CADDIE_MAX_SPEC_BYTES before pydantic looks at it; a script run's
+    body may be larger by its files in base64 (their own limits are checked field by field)."""
+    body = await request.body()
+    limit = settings.max_request_bytes if b'"script"' in body else settings.max_spec_bytes
+    if len(body) > limit:
+        raise InvalidInput([Issue(("body",), f"run spec is {len(body)} bytes; the limit is {limit} bytes", len(body))])
 
 
 @router.post("", status_code=201, response_model=RunsCreated, dependencies=[Depends(limit_body_size)])
