@@ -52,8 +52,11 @@ from worker.launchers.base import (
     LauncherUnreachable,
     RetryLater,
 )
+from service.scripts.files import MissingScriptFile
 from worker.lease import ACTIVE, Lease, with_db_retry
-from worker.logparse import LogParser, parse_text
+from worker.logparse import LogParser
+from worker.script_runs import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, SCRIPT, script_job, script_outcome
+from worker.scriptlog import ScriptLogParser
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +182,8 @@ class RunDriver:
         self.settings = settings
         self.lease = lease
         self.token = lease.token
-        self.parser = LogParser()
+        self.script = False  # a team's own train_gpt.py (runs.kind "script"), not the shared trainer
+        self.parser: LogParser | ScriptLogParser = LogParser()
         self.attempt = 1  # which launch of the run this is (runs.attempts + 1)
         self.offset = 0  # bytes of the run's log stored so far (all attempts)
         self.base = 0  # where this attempt's log starts in the run's log
@@ -193,6 +197,8 @@ class RunDriver:
             with self.session_factory() as session:
                 run = session.get_one(Run, self.run_id)
                 handle = LaunchHandle.from_json(run.launch_handle) if run.launch_handle else None
+                self.script = run.kind == SCRIPT
+                self.parser = self._new_parser()
                 self.attempt = (run.attempts or 0) + 1
                 self.offset = int(run.log_bytes or 0)
                 first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt))
@@ -235,17 +241,24 @@ class RunDriver:
             return True
 
     def _launch(self) -> tuple[LaunchHandle, ClusterHandle] | str:
-        def load() -> tuple[str, dict[str, str], str, str]:
+        timeout_s = float(self.settings.hard_timeout_s)
+
+        def load() -> tuple[str, JobSpec | None, str]:
             with self.session_factory() as session:
                 run = session.get_one(Run, self.run_id)
                 try:
-                    return run.hardware, job_env(run), data_variant(run), ""
+                    if run.kind == SCRIPT:
+                        return run.hardware, script_job(session, run, timeout_s), ""
+                    job = JobSpec(run_id=self.run_id, env=job_env(run), hardware=run.hardware, timeout_s=timeout_s, data_variant=data_variant(run))
+                    return run.hardware, job, ""
                 except ConfigError as exc:
-                    return run.hardware, {}, "", "; ".join(f"{i.field}: {i.message}" for i in exc.issues)
+                    return run.hardware, None, "invalid trainer config: " + "; ".join(f"{i.field}: {i.message}" for i in exc.issues)
+                except MissingScriptFile as exc:
+                    return run.hardware, None, f"invalid script run: {exc}"
 
-        hardware, env, variant, bad_config = self._db(load, "load the spec")
-        if bad_config:
-            return self._finish(RunStatus.FAILED, f"invalid trainer config: {bad_config}")
+        hardware, job, bad_spec = self._db(load, "load the spec")
+        if job is None:
+            return self._finish(RunStatus.FAILED, bad_spec)
         try:
             cluster = self._acquire(hardware)
         except (RetryLater, LauncherUnreachable) as exc:
@@ -254,7 +267,6 @@ class RunDriver:
             return self._finish(RunStatus.FAILED, f"cannot get a node: {exc}")
         if self._cancel_requested():
             return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
-        job = JobSpec(run_id=self.run_id, env=env, hardware=hardware, timeout_s=float(self.settings.hard_timeout_s), data_variant=variant)
         try:
             handle = self.launcher.submit(cluster, job)
         except (RetryLater, LauncherUnreachable) as exc:
@@ -406,18 +418,26 @@ class RunDriver:
             except (LaunchFailed, RetryLater, LauncherUnreachable) as exc:
                 log.warning("run %s: could not collect outputs: %s", self.run_id, exc)
                 return None
-            result = _read_result(outdir / "result.json")
+            if self.script:
+                if self.parser.summary.final is None:
+                    self._fill_from_log()
+                values = self._script_values()
+                result = values["result"]
+            else:
+                result = _read_result(outdir / "result.json")
             if only_if_succeeded and (result is None or result.get("status") != "succeeded"):
                 return None
             stored = []
-            for filename, kind in OUTPUT_FILES:
+            for filename, kind in SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES:
                 path = outdir / filename
                 if path.is_file():
                     uri, size, sha = self.store.put(self.run_id, kind, path)
                     stored.append((kind, uri, size, sha))
-        if result is None and self.parser.summary.final is None:
-            self._fill_from_log()
-        values = _result_values(result, self.parser)
+        if not self.script:
+            if result is None and self.parser.summary.final is None:
+                self._fill_from_log()
+            assert isinstance(self.parser, LogParser)
+            values = _result_values(result, self.parser)
 
         def write() -> None:
             with self.session_factory() as session:
@@ -442,7 +462,20 @@ class RunDriver:
                 )
                 return "".join(chunks)
 
-        _, self.parser.summary = parse_text(self._db(read, "read its log"))
+        self.parser = self._new_parser()
+        self.parser.feed(self._db(read, "read its log"))
+        self.parser.flush()
+
+    def _new_parser(self) -> LogParser | ScriptLogParser:
+        return ScriptLogParser() if self.script else LogParser()
+
+    def _script_values(self) -> dict[str, Any]:
+        def spec() -> dict[str, Any]:
+            with self.session_factory() as session:
+                return dict(session.get_one(Run, self.run_id).spec)
+
+        assert isinstance(self.parser, ScriptLogParser)
+        return script_outcome(self.parser.summary, self._db(spec, "read its spec"))
 
     # --- endings -------------------------------------------------------------------------------
     def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None) -> str:

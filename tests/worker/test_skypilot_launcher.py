@@ -47,6 +47,22 @@ def launcher(tmp_path: Path, sdk: Any = None, min_poll_s: float = 0.0, **overrid
 # --- the task ---------------------------------------------------------------------
 
 
+def test_a_script_run_uploads_its_files_and_runs_train_gpt_under_torchrun(tmp_path: Path) -> None:
+    files = {"train_gpt.py": b"print('hi')\n", "tokenizers/own.model": b"\x00\x01"}
+    job = JobSpec(run_id=5, env={"SEED": "42", "RUN_ID": "caddie-run-5", "NUM_LAYERS": "$(rm -rf ~)"}, hardware="", timeout_s=1800,
+                  data_variant="sp8192", script_files=files)
+    task = launcher(tmp_path).build_task(job, "run-5-abcd")
+    staging = tmp_path / "runs" / "sky-scripts" / "run-5-abcd"
+    assert task.file_mounts == {"~/caddie-scripts/run-5-abcd": str(staging.resolve())}
+    assert (staging / "train_gpt.py").read_bytes() == files["train_gpt.py"] and (staging / "tokenizers/own.model").read_bytes() == b"\x00\x01"
+    assert task.envs["CADDIE_SCRIPT"] == "1" and task.envs["CADDIE_DATA_VARIANT"] == "sp8192"
+    assert task.envs["SEED"] == "42" and task.envs["NUM_LAYERS"] == "$(rm -rf ~)"  # a value: SkyPilot quotes it on export
+    assert "train_gpt.py 2>&1" in task.run and 'cp -a "$HOME/caddie-scripts/${CADDIE_RUN_KEY}"/. "$out/"' in task.run
+    with pytest.raises(LaunchFailed, match="LD_PRELOAD"):
+        launcher(tmp_path).build_task(JobSpec(run_id=5, env={"LD_PRELOAD": "x"}, hardware="", timeout_s=1, script_files=files), "k")
+
+
+
 def test_task_from_the_template_defaults_to_8xH100_and_carries_the_knobs(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch /tmp/pwned) ; rm -rf ~"), "run-5-abcd")
     assert isinstance(task, sky.Task)

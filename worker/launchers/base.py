@@ -64,13 +64,22 @@ class LaunchHandle:
 @dataclass
 class JobSpec:
     """What to run: the trainer's knobs as env vars, on which hardware, for how long at most,
-    on which data variant (``sp1024``: the launcher resolves its folders, a spec never names paths)."""
+    on which data variant (``sp1024``: the launcher resolves its folders, a spec never names paths).
+
+    A script run instead brings its own files (``script_files``: name -> bytes, train_gpt.py
+    among them), and ``env`` holds its spec's variables plus SEED and RUN_ID.
+    """
 
     run_id: int
     env: dict[str, str]
     hardware: str
     timeout_s: float
     data_variant: str = "sp1024"
+    script_files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def is_script(self) -> bool:
+        return bool(self.script_files)
 
 
 @dataclass

@@ -9,6 +9,8 @@ Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR
     exit_code.json    written atomically by the wrapper when the trainer ends
     cancel_requested  written by cancel() before any signal is sent (its text: why, if not the user)
     train.log, metrics.jsonl, result.json, model.int6.ptz   written by the trainer
+    train_gpt.py and its files   a script run's own (it runs here instead of the trainer,
+                      under torchrun over this machine's GPUs, or python without one)
 
 The worker starts `python -m worker.launchers.local_wrapper`, never a shell, in
 a new session; the wrapper starts the trainer and records how it ended. The
@@ -31,8 +33,10 @@ from typing import Any
 import psutil
 
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
+from service.scripts.spec import SCRIPT_NAME
 from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG
-from worker.launchers.trainer_env import inherited_env, knob_env, variant_paths
+from worker.launchers.run_folder import place_files
+from worker.launchers.trainer_env import inherited_env, knob_env, script_env, variant_paths
 from worker.logparse import failure_reason
 
 NAME = "local"
@@ -139,6 +143,21 @@ class LocalLauncher:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "trainer"]
         return [sys.executable, "-m", "trainer"]
 
+    def script_argv(self) -> list[str]:
+        """A team's own train_gpt.py as the challenge runs it: torchrun over this machine's GPUs, else plain python."""
+        n = self.gpu_count()
+        if n > 0:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", SCRIPT_NAME]
+        return [sys.executable, SCRIPT_NAME]
+
+    def _check_variant(self, variant: str) -> None:
+        # A script reads the data itself; name what is missing before it starts rather than after.
+        data_path, _ = variant_paths(variant)
+        if not (self.data_root / data_path.removeprefix("./data/")).is_dir():
+            raise LaunchFailed(f"data variant {variant} is not on this machine: no {data_path.removeprefix('./data/')} under "
+                               f"CADDIE_DATA_ROOT ({self.data_root}); fetch it once with "
+                               f"`python -m trainer.data download --variant {variant} --out {self.data_root}`")
+
     def _new_workdir(self, run_id: int) -> Path:
         run_dir = self.runs_dir / str(int(run_id))
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,25 +173,30 @@ class LocalLauncher:
     def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
         """The allow-listed environment (worker.launchers.trainer_env); paths relative to the work dir, the trainer's cwd."""
         env = inherited_env(os.environ)
-        env.update(knob_env(job.env))
+        env.update(script_env(job.env) if job.is_script else knob_env(job.env))
         env["DATA_PATH"], env["TOKENIZER_PATH"] = variant_paths(job.data_variant)
         link = workdir / DATA_LINK
         if not link.is_symlink():
             link.symlink_to(self.data_root, target_is_directory=True)
         env["OUTPUT_DIR"] = "."  # the work dir
-        env["PYTHONPATH"] = str(REPO_ROOT)  # the trainer package; nothing of the worker's own path
+        if not job.is_script:
+            env["PYTHONPATH"] = str(REPO_ROOT)  # the trainer package; nothing of the worker's own path (a script gets neither)
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach stdout.log as they are printed
         return env
 
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
+        if job.is_script:
+            self._check_variant(job.data_variant)
         workdir = self._new_workdir(job.run_id)
         env = self._child_env(job, workdir)
+        if job.is_script:
+            place_files(workdir, job.script_files)
         argv = [
             sys.executable, "-m", "worker.launchers.local_wrapper",
             "--workdir", str(workdir),
             "--timeout", str(float(job.timeout_s or 0)),
             "--grace", str(self.grace_s),
-            "--", *self.trainer_argv(),
+            "--", *(self.script_argv() if job.is_script else self.trainer_argv()),
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
         try:

@@ -48,7 +48,8 @@ from worker.launchers.base import (
     LaunchHandle,
     RetryLater,
 )
-from worker.launchers.trainer_env import knob_env, variant_paths
+from worker.launchers.run_folder import place_files
+from worker.launchers.trainer_env import knob_env, script_env, variant_paths
 from worker.logparse import failure_reason
 
 NAME = "skypilot"
@@ -244,9 +245,15 @@ class SkyPilotLauncher:
         config["name"] = f"{self.prefix}-run-{int(job.run_id)}"
 
         envs = {str(k): str(v) for k, v in (config.get("envs") or {}).items()}
-        # The run's knobs only (worker.launchers.trainer_env); the run script sets
-        # DATA_PATH, TOKENIZER_PATH and OUTPUT_DIR on the node from the data variant.
-        envs.update(knob_env(job.env))
+        # The run's knobs only (worker.launchers.trainer_env), or a script run's env; the run
+        # script sets DATA_PATH, TOKENIZER_PATH and OUTPUT_DIR on the node from the data variant.
+        envs.update(script_env(job.env) if job.is_script else knob_env(job.env))
+        if job.is_script:
+            # The files go up with the task; the run script copies them into the run folder.
+            staging = Path(s.runs_dir).resolve() / "sky-scripts" / run_key
+            place_files(staging, job.script_files)
+            config["file_mounts"] = {**(config.get("file_mounts") or {}), f"~/caddie-scripts/{run_key}": str(staging)}
+            envs["CADDIE_SCRIPT"] = "1"
         variant_paths(job.data_variant)  # a well-formed variant, or LaunchFailed
         envs["CADDIE_RUN_KEY"] = run_key
         envs["CADDIE_DATA_VARIANT"] = job.data_variant

@@ -8,7 +8,9 @@ environment is an allow-list, never the worker's environment minus a deny-list:
   CUDA_*/NCCL_*/TORCH_*-style settings and thread counts. Database URLs,
   broker URLs, API keys and tokens never pass, whatever they are called;
 * from the run, its trainer knobs and seed (``knob_env``), names checked
-  against the trainer's config; the data, tokenizer and output paths are not
+  against the trainer's config; or, for a team's own script, its spec's env
+  plus SEED and RUN_ID (``script_env``), no reserved name among them; the
+  data, tokenizer and output paths are not
   the run's to set: the launcher sets them from the run's data variant
   (``variant_paths``), relative to the trainer's working folder, so no
   server path is named by a spec or printed in a run's log.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from service.scripts.spec import env_name_problem
 from trainer.config import TrainerConfig
 from worker.launchers.base import LaunchFailed
 
@@ -51,6 +54,23 @@ def knob_env(job_env: Mapping[str, object]) -> dict[str, str]:
             raise LaunchFailed(f"{key!r} is not a trainer knob; a run passes only its knobs to the trainer")
         if key not in LAUNCHER_KNOBS:
             out[key] = str(value)
+    return out
+
+
+# What caddie itself sets in a script run's env (every other reserved name is refused).
+SCRIPT_RUN_NAMES = frozenset({"SEED", "RUN_ID"})
+
+
+def script_env(job_env: Mapping[str, object]) -> dict[str, str]:
+    """A script run's variables as env vars; LaunchFailed for a reserved name (checked when the
+    spec was accepted, and again here, where it would reach the process)."""
+    out = {}
+    for key, value in job_env.items():
+        key = str(key)
+        problem = None if key in SCRIPT_RUN_NAMES else env_name_problem(key)
+        if problem:
+            raise LaunchFailed(f"{key!r} cannot be set by a script run: {problem}")
+        out[key] = str(value)
     return out
 
 
