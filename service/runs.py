@@ -27,7 +27,7 @@ from service.errors import Conflict, InvalidInput, Issue, NotFound
 from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
 from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User, utcnow
 from service.results.rules import spec_noncompliance
-from service.schemas import RunCreate, RunOut
+from service.schemas import QUEUE_FIELDS, RunCreate, RunOut
 from service.scripts.files import store_blobs
 from service.scripts.spec import ScriptLimits, check_script_spec
 from service.security import Principal
@@ -340,7 +340,7 @@ def _like_pattern(text: str) -> str:
 
 # Columns of a run listing: every Run column the API shows, plus the team and
 # user names (one query, no ORM objects: the list endpoint is the hot path).
-_LIST_COLUMNS = [Run.__table__.c[name] for name in RunOut.model_fields if name not in ("team", "user")]
+_LIST_COLUMNS = [Run.__table__.c[name] for name in RunOut.model_fields if name not in ("team", "user", *QUEUE_FIELDS)]
 
 
 # Built once: statements are immutable, and building one per request costs more

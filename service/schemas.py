@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.models import ApiToken, Metric, Run, RunEvent, Team, User
+from service.queue_schemas import POSITION_HELP, REASON_HELP, START_HELP
 from service.settings import TRACKS
 from service.text import NOTE_WHITESPACE, text_problem
 
@@ -131,11 +132,18 @@ class RunOut(BaseModel):
     allow_noncompliant: bool
     checks: list[dict[str, Any]] | None
     checks_verdict: str | None
+    # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue).
+    queue_position: int | None = Field(None, description=POSITION_HELP)
+    estimated_start_at: datetime | None = Field(None, description=START_HELP)
+    waiting_reason: str | None = Field(None, description=REASON_HELP)
 
     @classmethod
-    def from_run(cls, run: Run) -> "RunOut":
-        values = {name: getattr(run, name) for name in cls.model_fields if name not in ("team", "user")}
-        return cls(team=run.team.name, user=run.user.name, **values)
+    def from_run(cls, run: Run, **queue: Any) -> "RunOut":
+        values = {name: getattr(run, name) for name in cls.model_fields if name not in ("team", "user", *QUEUE_FIELDS)}
+        return cls(team=run.team.name, user=run.user.name, **values, **queue)
+
+
+QUEUE_FIELDS = ("queue_position", "estimated_start_at", "waiting_reason")
 
 
 class RunsCreated(BaseModel):

@@ -4,11 +4,9 @@ GPU-hours and cost per day come from service.accounting (billed from a run's
 PROVISIONING to its release, GPUs of its hardware string: ``H100:8`` -> 8,
 ``cpu`` -> 0), so the page and ``GET /teams/{name}/usage`` agree.
 
-Queue positions: inside a team the scheduler starts runs by priority (higher
-first), then submission time, then id; between teams it takes turns by fair
-share, which depends on every team's usage. So a position here is the run's
-place in its own team's queue for its hardware: the runs of the team that
-will start before it. That is as far as the service can promise.
+Queue positions and estimated starts are the scheduler's forecast
+(service.queue): its policy played forward over every team's runs, each taking
+its time cap. A position is the run's place among all runs of its hardware.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from service import accounting
 from service.models import Run, Team, User, utcnow
+from service.scheduling.forecast import QueueEstimate
 from service.security import Principal
 
 ACTIVE = ("PROVISIONING", "RUNNING")
@@ -74,24 +73,28 @@ class QueueEntry:
     priority: int
     submitted_at: datetime
     status: str
-    position: int | None  # 1 = next of its team on its hardware; None while it runs
+    position: int | None  # 1 = the next run of any team on its hardware; None while it runs or when not expected to start
+    estimated_start_at: datetime | None = None
+    waiting_reason: str = ""
 
 
-def team_queue(session: Session, team: Team) -> list[QueueEntry]:
-    """The team's active runs, then its queued runs in the order the scheduler takes them."""
+def team_queue(session: Session, team: Team, estimates: Mapping[int, QueueEstimate]) -> list[QueueEntry]:
+    """The team's active runs, then its queued runs in the order the forecast starts them
+    (``estimates``: service.queue.queue_estimates); runs not expected to start last."""
     rows = session.execute(
         select(Run.id, Run.name, User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at, Run.status)
         .join(User, User.id == Run.user_id)
         .where(Run.team_id == team.id, Run.status.in_(("QUEUED", *ACTIVE)))
     ).all()
     active = sorted((r for r in rows if r.status != "QUEUED"), key=lambda r: r.id)
-    queued = sorted((r for r in rows if r.status == "QUEUED"), key=lambda r: (-r.priority, r.submitted_at, r.id))
     out = [QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status, None) for r in active]
-    positions: dict[str, int] = {}
-    for r in queued:
-        positions[r.hardware] = positions.get(r.hardware, 0) + 1
-        out.append(QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status, positions[r.hardware]))
-    return out
+    far = datetime.max.replace(tzinfo=timezone.utc)
+    queued = []
+    for r in (r for r in rows if r.status == "QUEUED"):
+        e = estimates.get(r.id)
+        queued.append(QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status,
+                                 e.position if e else None, e.estimated_start_at if e else None, e.reason if e else ""))  # fmt: skip
+    return out + sorted(queued, key=lambda q: (q.estimated_start_at or far, -q.priority, q.submitted_at, q.run_id))
 
 
 def queued_by_hardware(session: Session) -> dict[str, int]:

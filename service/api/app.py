@@ -7,7 +7,7 @@ from sqlalchemy.orm import sessionmaker
 
 from service.api.deps import refuse_nul
 from service.api.errors import install_error_handlers
-from service.api.routes import artifacts, groups, meta, runs, teams, tokens, users
+from service.api.routes import artifacts, groups, meta, queue, runs, teams, tokens, users
 from service.api.routes import export as export_routes
 from service.artifacts import make_artifact_store
 from service.db import get_sessionmaker
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.artifact_store = make_artifact_store(settings)
     install_error_handlers(app)
     checks = [Depends(refuse_nul)]
-    for module in (runs, artifacts, groups, teams, users, tokens, meta):
+    for module in (runs, queue, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix, dependencies=checks)
     app.include_router(export_routes.router, prefix=settings.api_prefix, dependencies=checks)
     app.include_router(meta.health_router)

@@ -272,6 +272,9 @@ class CaddieClient:
         except httpx.HTTPError as exc:  # timeouts, a connection dropped mid-file, a short body
             raise CaddieError(f"download of {name} from caddie at {self.url} was cut off ({type(exc).__name__})") from None
 
+    def queue(self, team: str | None = None) -> list[dict[str, Any]]:
+        return self.request("GET", f"{API_PREFIX}/queue", params={"team": team})
+
     # --- the caller ------------------------------------------------------------------
     def me(self) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/users/me")

@@ -25,6 +25,7 @@ from service.cli.artifacts import artifacts_table, download_run
 from service.cli.client import CaddieClient, CaddieError, load_config, write_config_file
 from service.cli.follow import describe_submission, follow_runs, tail_log
 from service.cli.render import print_results, run_detail, runs_table, status_text
+from service.cli.render_queue import queue_table
 from service.cli.render_results import comparison_panel, group_detail, groups_table, leaderboard_table
 from service.cli.spec import build_request, read_spec_file
 from service.text import printable
@@ -159,6 +160,20 @@ def show(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
         events = client.events(run_id)
         metrics = client.metrics(run_id)
     out.print(run_detail(run, events, metrics))
+
+
+@app.command("queue")
+@friendly
+def queue(team: Annotated[str | None, typer.Option(help="only this team's runs")] = None) -> None:
+    """Your teams' queued runs, soonest expected start first: position, estimated start, why each waits."""
+    with api() as client:
+        items = client.queue(team)
+    if not items:
+        out.print("nothing queued", markup=False)
+        return
+    out.print(queue_table(items))
+    out.print("position: place on its hardware counting every team's runs; start: the scheduler's policy played forward, "
+              "each run taking its time cap", markup=False, style="dim")  # fmt: skip
 
 
 @app.command()

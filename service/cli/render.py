@@ -6,7 +6,7 @@ those are shown as ``\\x1b``, never sent to the terminal (service/text.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from rich import box
@@ -60,6 +60,26 @@ def fmt_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
+def fmt_start(value: str | None, now: datetime | None = None) -> str:
+    """An estimated start as 'YYYY-MM-DD HH:MM:SS (in 1 h 05 min)'; 'not expected' when None."""
+    if not value:
+        return "not expected"
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return escape(value)
+    minutes = max(0, round(((at - (now or datetime.now(timezone.utc))).total_seconds()) / 60))
+    wait = "now" if minutes == 0 else f"in {minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"in {minutes} min"
+    return f"{fmt_time(value)} ({wait})"
+
+
+def queue_line(run: dict[str, Any]) -> str:
+    """Position, estimated start and reason of a QUEUED run, for `caddie show`."""
+    position = run.get("queue_position")
+    where = f"position {position} on {escape(run.get('hardware', ''))}" if position else "no position"
+    return f"{where}; expected start {fmt_start(run.get('estimated_start_at'))}; {escape(run.get('waiting_reason') or '')}"
+
+
 def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("id", justify="right", no_wrap=True)
@@ -79,7 +99,7 @@ def runs_table(runs: list[dict[str, Any]], title: str | None = None) -> Table:
             escape(run["team"]),
             escape(run["user"]),
             str(run["seed"]),
-            status_text(run["status"]),
+            status_text(run["status"]) + (f" #{run['queue_position']}" if run.get("queue_position") else ""),
             fmt_bpb(run.get("val_bpb")),
             fmt_bytes(run.get("artifact_bytes")),
             escape(run["group_key"][:8]),
@@ -119,6 +139,8 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         about.append(("notes", escape(run["notes"], keep="\n\t")))
     if run.get("cancel_requested_at"):
         about.append(("cancel requested", fmt_time(run["cancel_requested_at"])))
+    if run["status"] == "QUEUED" and run.get("waiting_reason"):
+        about.append(("queue", queue_line(run)))
     results = [
         ("val_bpb", fmt_bpb(run.get("val_bpb"))),
         ("pre-TTT bpb", fmt_bpb(run.get("pre_ttt_bpb"))),

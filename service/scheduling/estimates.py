@@ -13,8 +13,11 @@ TRACK_TRAIN_CAP_S = 600.0
 
 
 def train_cap_s(spec: Mapping[str, Any] | None) -> float:
-    """The training wallclock cap a spec asks for: its MAX_WALLCLOCK_SECONDS when > 0, else 600 s."""
-    raw = (spec or {}).get("MAX_WALLCLOCK_SECONDS")
+    """The training wallclock cap a spec asks for: its MAX_WALLCLOCK_SECONDS (a trainer knob,
+    or a script run's env variable) when > 0, else 600 s."""
+    spec = spec or {}
+    env = spec.get("env")
+    raw = spec.get("MAX_WALLCLOCK_SECONDS", env.get("MAX_WALLCLOCK_SECONDS") if isinstance(env, Mapping) else None)
     try:
         cap = float(raw) if raw is not None else TRACK_TRAIN_CAP_S
     except (TypeError, ValueError):

@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from service import accounts, run_artifacts, runs as domain, security, usage
+from service import accounts, queue, run_artifacts, runs as domain, security, usage
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import STATUS
 from service.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
@@ -436,7 +436,8 @@ def usage_page(request: Request, user: User, session: SessionDep, settings: Sett
     teams = usage.visible_teams(session, user)
     views = [usage.team_usage(session, t, settings.gpu_price_table) for t in teams]
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
-    queues = {t.id: usage.team_queue(session, t) for t in teams}
+    estimates = queue.queue_estimates(session, settings)
+    queues = {t.id: usage.team_queue(session, t, estimates) for t in teams}
     return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=usage.queued_by_hardware(session))
 
 

@@ -251,6 +251,7 @@ def test_usage_page_counts_gpu_hours_and_shows_the_queue_in_order(world: World, 
     assert "2.67 GPU-hours in 30 days" in page and "cost $7.97" in page  # 2.67 h at $2.99
     queue = re.findall(r"<tr><td>(\d+|—)</td><td><a href=\"/runs/(\d+)\"", page)
     assert queue == [("1", str(high[0])), ("2", str(low[0]))]
+    assert "starting now" in page and "waiting for a H100:8 slot" in page  # the forecast's reasons
 
 
 def test_runs_page_filters_and_pages_like_the_api(world: World, browser_for) -> None:

@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 
+from service import queue
 from service import runs as domain
 from service.hooks import call_on_submit_hook
 from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.errors import InvalidInput, Issue
+from service.queue_schemas import QueueFields
 from service.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -47,6 +49,7 @@ def submit_runs(
 def list_runs(
     user: CurrentUser,
     session: SessionDep,
+    settings: SettingsDep,
     status: Annotated[str | None, Query(description="QUEUED, RUNNING, ... (comma-separated for several)")] = None,
     team: Annotated[str | None, Query(max_length=100)] = None,
     user_name: Annotated[str | None, Query(alias="user", max_length=100)] = None,
@@ -60,13 +63,17 @@ def list_runs(
     )
     # Validated once and serialised by pydantic-core here; handing FastAPI a
     # Response skips its second validation pass (this is the hot endpoint).
-    page = RunPage.model_validate({"items": [row._asdict() for row in items], "next_cursor": next_cursor})
+    estimates = queue.estimates_for(session, settings, [(row.id, row.status) for row in items])  # QUEUED rows say where they stand
+    page = RunPage.model_validate({"items": [{**row._asdict(), **QueueFields.of(estimates.get(row.id))} for row in items], "next_cursor": next_cursor})
     return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: Id, user: CurrentUser, session: SessionDep) -> RunOut:
-    return RunOut.from_run(domain.get_run(session, user, run_id))
+def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason."""
+    run = domain.get_run(session, user, run_id)
+    estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)
+    return RunOut.from_run(run, **QueueFields.of(estimate))
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut)

@@ -1,0 +1,74 @@
+"""Where queued runs stand: position, estimated start and why each waits (the domain side of GET /queue).
+
+The figures are ``service.scheduling.forecast`` over the facts the scheduler
+itself reads (``service.scheduling.state``), with the scheduling settings the
+worker uses (capacity, budgets, time estimates, retry backoff). Positions count
+every team's runs; a caller sees only its own teams' runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.models import Run, Team, User, utcnow
+from service.scheduling.forecast import QueueEstimate, forecast_queue
+from service.scheduling.settings import SchedulingSettings
+from service.scheduling.state import load_queue_state
+from service.security import Principal
+
+
+def queue_estimates(session: Session, settings: SchedulingSettings, now: datetime | None = None) -> dict[int, QueueEstimate]:
+    """An estimate for every queued run, keyed by run id."""
+    now = now or utcnow()
+    state = load_queue_state(
+        session,
+        now=now,
+        budget_period=timedelta(days=settings.budget_period_days),
+        retry_backoff_s=settings.retry_backoff_s,
+        run_overhead_s=settings.run_overhead_s,
+    )
+    return forecast_queue(state.queued, state.running, state.usage, settings.capacity_table, now=now,
+                          not_before=state.not_before, expected_run_hours=settings.expected_run_hours)  # fmt: skip
+
+
+def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable[tuple[int, str]]) -> dict[int, QueueEstimate]:
+    """Estimates for those of ``(run id, status)`` that are QUEUED; no forecast when none is."""
+    if not any(status == "QUEUED" for _, status in runs):
+        return {}
+    return queue_estimates(session, settings)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    name: str
+    team: str
+    user: str
+    hardware: str
+    priority: int
+    submitted_at: datetime
+    estimate: QueueEstimate
+
+
+def list_queue(session: Session, principal: Principal, settings: SchedulingSettings, team: str | None = None) -> list[QueueItem]:
+    """The caller's teams' queued runs (a global admin: every team's), soonest expected start first;
+    runs not expected to start last."""
+    estimates = queue_estimates(session, settings)
+    query = (
+        select(Run.id, Run.name, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
+        .join(Team, Team.id == Run.team_id)
+        .join(User, User.id == Run.user_id)
+        .where(Run.id.in_(estimates))
+    )
+    if not principal.is_admin:
+        query = query.where(Run.team_id.in_(sorted(principal.roles)))
+    if team:
+        query = query.where(Team.name == team)
+    items = [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at, estimates[r.id]) for r in session.execute(query)]
+    far = datetime.max.replace(tzinfo=utcnow().tzinfo)
+    return sorted(items, key=lambda i: (i.estimate.estimated_start_at or far, i.estimate.position or 0, i.id))
