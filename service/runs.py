@@ -29,7 +29,7 @@ from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User
 from service.results.rules import spec_noncompliance
 from service.schemas import QUEUE_FIELDS, RunCreate, RunOut
 from service.scripts.files import store_blobs
-from service.scripts.spec import ScriptLimits, check_script_spec
+from service.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
 from service.security import Principal
 from service.settings import Settings
 from trainer.config import ConfigError, TrainerConfig
@@ -169,7 +169,7 @@ def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) 
     if issues:
         raise InvalidInput(issues)
     return NormalisedSpec(config=script.to_json(), track=spec.track, hardware=spec.hardware,
-                          allow_noncompliant=spec.allow_noncompliant, kind="script", blobs=blobs)
+                          allow_noncompliant=spec.allow_noncompliant, kind=SCRIPT_KIND, blobs=blobs)
 
 
 def _seeds(spec: RunCreate, settings: Settings, issues: list[Issue]) -> list[int]:

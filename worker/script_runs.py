@@ -21,11 +21,10 @@ from sqlalchemy.orm import Session
 
 from service.models import Run
 from service.scripts.files import run_folder_files
-from service.scripts.spec import SCRIPT_NAME, ScriptSpec
+from service.scripts.spec import SCRIPT_KIND as SCRIPT, SCRIPT_NAME, ScriptSpec
 from worker.launchers.base import JobSpec
 from worker.scriptlog import ScriptLogSummary, script_result
 
-SCRIPT = "script"  # runs.kind of a script run
 # The files of a script run's folder that are kept: its log, its code and the compressed
 # model the challenge's scripts write (never the raw checkpoint: 100+ MB of no use here).
 OUTPUT_FILES = (("stdout.log", "log"), (SCRIPT_NAME, "code"), ("final_model.int6.ptz", "model"), ("final_model.int8.ptz", "model"))

@@ -26,7 +26,7 @@ import shlex
 import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -34,6 +34,7 @@ from service.errors import Conflict
 from service.results.groups import Eligibility, GroupStats, SeedRow, config_diff
 from service.results.rules import Check, RuleSummary, Verdict
 from service.results.statistics import Comparison, finite_or_none as _finite
+from service.scripts.spec import ScriptSpec
 
 OVERRIDE_MAX_CHARS = 500
 LOG_STORED = "stored"  # the run's train.log, byte for byte
@@ -72,6 +73,18 @@ class ExportInput:
     github_id: str | None = None
     override: str | None = None
     blurb: str | None = None
+    script: ScriptSpec | None = None  # a group of the team's own train_gpt.py (config is then its ScriptSpec JSON)
+    script_files: Mapping[str, bytes] = field(default_factory=dict)  # the files it needs beside it, by name
+
+    @property
+    def what_runs(self) -> str:
+        """The one-line description of what the group ran (README, blurb)."""
+        return self.script.describe() if self.script else config_diff(self.config)
+
+    @property
+    def env(self) -> Mapping[str, Any]:
+        """The variables a rerun sets: a script's env, or the trainer's changed knobs."""
+        return self.script.env if self.script else self.config
 
     @property
     def rows(self) -> list[SeedRow]:
@@ -163,6 +176,7 @@ def records_files(inp: ExportInput) -> dict[str, bytes]:
     for r in rows:
         files[names[r.run_id]] = inp.files[r.run_id].log
     files["train_gpt.py"] = trainer
+    files.update(inp.script_files)
     files["requirements.txt"] = requirements_txt(trainer)
     return files
 
@@ -211,9 +225,10 @@ def submission_json(inp: ExportInput) -> bytes:
 
 def default_blurb(inp: ExportInput) -> str:
     s = inp.stats
-    return (f"{config_diff(inp.config)}. {s.n}-seed mean val_bpb {_num(s.val_bpb.mean, 4)} (std {_num(s.val_bpb.std, 4)}), "
+    trainer = "the team's own train_gpt.py" if inp.script else "caddie's shared trainer"
+    return (f"{inp.what_runs}. {s.n}-seed mean val_bpb {_num(s.val_bpb.mean, 4)} (std {_num(s.val_bpb.std, 4)}), "
             f"val_loss {_num(s.val_loss.mean, 4)}; largest artifact {_bytes(s.max_artifact_bytes)} bytes. "
-            f"Trained on {inp.hardware} with caddie's shared trainer.")
+            f"Trained on {inp.hardware} with {trainer}.")
 
 
 def requirements_txt(script: bytes) -> bytes:
@@ -273,7 +288,6 @@ def _stdlib(module: str) -> bool:
 # --- README.md ---------------------------------------------------------------------------
 def readme(inp: ExportInput, problems: Sequence[str], names: Mapping[int, str], trainer: bytes) -> str:
     s, rows = inp.stats, inp.rows
-    diff = config_diff(inp.config)
     out: list[str] = [f"# {_inline(inp.name)}", ""]
     out.append(f"**val_bpb: {_num(s.val_bpb.mean, 4)}** ({s.n}-seed mean, std {_num(s.val_bpb.std, 4)}) | "
                f"val_loss {_num(s.val_loss.mean, 4)} nats | largest artifact {_bytes(s.max_artifact_bytes)} bytes | "
@@ -285,9 +299,13 @@ def readme(inp: ExportInput, problems: Sequence[str], names: Mapping[int, str], 
         out += [f"> - {_inline(p)}" for p in problems]
         out.append("")
 
-    out += ["## What this config changes", "",
-            f"Against the default stack of caddie's shared trainer (every default is in `train_gpt.py`): `{diff}`", "",
-            "One seed, reproduced:", "", "```bash", f"{_command(inp, str(rows[0].seed))}", "```", ""]
+    if inp.script:
+        out += ["## What ran", "",
+                f"The team's own `train_gpt.py` (sha256 `{inp.script.script_sha256}`) on the {inp.script.data} data: `{inp.what_runs}`", ""]
+    else:
+        out += ["## What this config changes", "",
+                f"Against the default stack of caddie's shared trainer (every default is in `train_gpt.py`): `{inp.what_runs}`", ""]
+    out += ["One seed, reproduced:", "", "```bash", f"{_command(inp, str(rows[0].seed))}", "```", ""]
 
     out += ["## Results", "", f"{inp.hardware}, {s.n} seed(s) counted.", "",
             "| Seed | val_bpb | val_loss | Pre-TTT bpb | Steps | Train s | Eval s | Artifact bytes |",
@@ -335,12 +353,14 @@ def readme(inp: ExportInput, problems: Sequence[str], names: Mapping[int, str], 
         out.append(f"- `{names[r.run_id]}`: caddie run {r.run_id}, {how}")
     out.append(f"- `train_gpt.py`: the single-file trainer every seed ran, {len(trainer):,} bytes "
                f"(sha256 `{hashlib.sha256(trainer).hexdigest()}`); its bytes are the code bytes counted in each artifact")
+    out += [f"- `{name}`: a file `train_gpt.py` needs beside it, {len(data):,} bytes" for name, data in inp.script_files.items()]
     out.append("- `requirements.txt`: the packages `train_gpt.py` imports beyond the standard library")
     out.append("")
 
     seeds = " ".join(str(r.seed) for r in rows)
+    vocab = inp.script.data.removeprefix("sp") if inp.script else "1024"
     out += ["## Rerun", "", "Every seed, with the challenge's data where the trainer looks by default "
-            "(`./data/datasets/fineweb10B_sp1024`, `./data/tokenizers/fineweb_1024_bpe.model`):", "",
+            f"(`./data/datasets/fineweb10B_sp{vocab}`, `./data/tokenizers/fineweb_{vocab}_bpe.model`):", "",
             "```bash", f"for SEED in {seeds}; do", f"  {_command(inp, '$SEED')}", "done", "```", ""]
     out += ["---", f"Generated by caddie from group `{inp.group_key}` of team {_inline(inp.team)} ({inp.date.isoformat()})."
             + (" Exported with an override (see the top)." if inp.override else ""), ""]
@@ -368,7 +388,7 @@ def _significance(inp: ExportInput) -> list[str]:
 
 def _command(inp: ExportInput, seed: str) -> str:
     """``XSA_LAST_N=11 SEED=1337 torchrun --standalone --nproc_per_node=8 train_gpt.py``."""
-    env = [f"{k}={shlex.quote(_env_value(v))}" for k, v in sorted(inp.config.items())]
+    env = [f"{k}={shlex.quote(_env_value(v))}" for k, v in sorted(inp.env.items())]
     return " ".join([*env, f"SEED={seed}", "torchrun", "--standalone", f"--nproc_per_node={_gpus(inp.hardware)}", "train_gpt.py"])
 
 

@@ -37,11 +37,14 @@ from service.results.export import (
     require_override,
 )
 from service.run_artifacts import artifact_name
+from service.scripts.files import MissingScriptFile, run_folder_files
+from service.scripts.spec import SCRIPT_KIND, SCRIPT_NAME, ScriptSpec
 from service.security import Principal
 
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train.log"
+SCRIPT_LOG_FILE = "stdout.log"  # a script run's log: what it printed, as the records' train_seed*.log are
 CODE_FILE = "train_gpt.py"
 # Fixed entry times make the same export the same zip, byte for byte (zip's epoch is 1980).
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -73,6 +76,7 @@ def build_export(
     require_override(group.key[:12], view.stats, report.eligibility, override)
     runs = {r.id: r for r in view.runs}
     counted = [runs[row.run_id] for row in sorted(view.stats.counted, key=lambda r: r.run_id)]
+    script = ScriptSpec.from_json(group.config) if group.kind == SCRIPT_KIND else None
     inp = ExportInput(
         name=group.name,
         group_key=group.key,
@@ -85,13 +89,24 @@ def build_export(
         config=dict(group.config or {}),
         stats=view.stats,
         eligibility=report.eligibility,
-        files=load_seed_files(session, store, [r.id for r in counted]),
+        files=load_seed_files(session, store, [r.id for r in counted], SCRIPT_LOG_FILE if script else LOG_FILE),
         comparison=report.comparison,
         baseline_name=report.baseline.group.name if report.baseline else None,
         baseline_key=report.baseline.group.key if report.baseline else None,
         override=override.strip() if override else None,
+        script=script,
+        script_files=_script_files(session, script) if script else {},
     )
     return folder_name(inp), records_files(inp)
+
+
+def _script_files(session: Session, script: ScriptSpec) -> dict[str, bytes]:
+    """The files a script group's train_gpt.py needs beside it, from the script store (its own bytes come from each run)."""
+    try:
+        files = run_folder_files(session, script)
+    except MissingScriptFile as exc:
+        raise Gone(f"the group's script files are no longer stored: {exc}") from None
+    return {name: data for name, data in files.items() if name != SCRIPT_NAME}
 
 
 def _result_date(runs: list[Run]) -> date:
@@ -100,8 +115,8 @@ def _result_date(runs: list[Run]) -> date:
     return max(finished).date() if finished else datetime.now(timezone.utc).date()
 
 
-def load_seed_files(session: Session, store: ArtifactStore, run_ids: list[int]) -> dict[int, SeedFiles]:
-    """Each run's train.log and train_gpt.py, read from the store."""
+def load_seed_files(session: Session, store: ArtifactStore, run_ids: list[int], log_file: str = LOG_FILE) -> dict[int, SeedFiles]:
+    """Each run's log (train.log, or a script run's stdout.log) and train_gpt.py, read from the store."""
     rows = session.scalars(select(Artifact).where(Artifact.run_id.in_(run_ids)).order_by(Artifact.id)) if run_ids else []
     by_run: dict[int, dict[str, Artifact]] = {i: {} for i in run_ids}
     for a in rows:
@@ -113,12 +128,12 @@ def load_seed_files(session: Session, store: ArtifactStore, run_ids: list[int]) 
     out = {}
     for run_id in run_ids:
         code = _read(store, by_run[run_id][CODE_FILE], run_id)
-        stored_log = by_run[run_id].get(LOG_FILE)
+        stored_log = by_run[run_id].get(log_file)
         data = _read(store, stored_log, run_id, missing_ok=True) if stored_log else None
         if data is None:
             data = database_log(session, run_id)
             if not data:
-                raise Conflict(f"run {run_id} has no {LOG_FILE}, neither in the artifact store nor in caddie's database")
+                raise Conflict(f"run {run_id} has no {log_file}, neither in the artifact store nor in caddie's database")
             out[run_id] = SeedFiles(log=data, train_gpt=code, log_source=LOG_DATABASE)
         else:
             out[run_id] = SeedFiles(log=data, train_gpt=code, log_source=LOG_STORED)

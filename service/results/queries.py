@@ -19,6 +19,7 @@ from service.models import Run, RunGroup, Team, utcnow
 from service.results.groups import Eligibility, GroupStats, SeedRow, aggregate, config_diff, eligibility
 from service.results.rules import Check, RunFacts, check_run, overall
 from service.results.statistics import Comparison, compare
+from service.scripts.spec import SCRIPT_KIND, ScriptSpec
 from service.security import Principal
 
 MIN_PREFIX = 6
@@ -98,6 +99,9 @@ class GroupView:
 
     @property
     def diff(self) -> str:
+        """What the group runs, in one line: the shared trainer's changed knobs, or the team's own script."""
+        if self.group.kind == SCRIPT_KIND:
+            return ScriptSpec.from_json(self.group.config).describe()
         return config_diff(self.group.config)
 
 

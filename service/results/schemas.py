@@ -118,8 +118,9 @@ class GroupOut(BaseModel):
     team: str
     track: str
     hardware: str
+    kind: str = Field(description="trainer (a config of the shared trainer) or script (a team's own train_gpt.py)")
     config: dict
-    diff: str = Field(description="the config's difference from the default stack, one line")
+    diff: str = Field(description="the config's difference from the default stack, one line; for a script, its sha256, data and env")
     allow_noncompliant: bool
     published: bool
     published_at: datetime | None
@@ -142,7 +143,7 @@ class GroupOut(BaseModel):
     def of(cls, v: GroupView) -> "GroupOut":
         g, s = v.group, v.stats
         return cls(
-            key=g.key, name=g.name, team=g.team.name, track=g.track, hardware=g.hardware, config=g.config, diff=v.diff,
+            key=g.key, name=g.name, team=g.team.name, track=g.track, hardware=g.hardware, kind=g.kind, config=g.config, diff=v.diff,
             allow_noncompliant=g.allow_noncompliant, published=g.published_at is not None, published_at=g.published_at,
             created_at=g.created_at, n=s.n, runs_total=len(v.runs), not_counted=len(s.excluded),
             val_bpb=SummaryOut.of(s.val_bpb), val_loss=SummaryOut.of(s.val_loss),

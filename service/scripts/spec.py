@@ -27,6 +27,7 @@ from typing import Any
 
 from service.errors import InvalidInput, Issue
 
+SCRIPT_KIND = "script"  # runs.kind and run_groups.kind of a script run ("trainer": the shared trainer)
 SCRIPT_NAME = "train_gpt.py"
 DEFAULT_VARIANT = "sp1024"
 
@@ -89,6 +90,14 @@ class ScriptSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"data": self.data, "env": dict(self.env), "files": dict(self.files), "script": self.script_sha256}
+
+    def describe(self) -> str:
+        """One line for tables and groups: ``own train_gpt.py 1a2b3c4d5e6f data=sp8192 NUM_LAYERS=11 +1 file``."""
+        words = [f"own {SCRIPT_NAME} {self.script_sha256[:12]}", f"data={self.data}"]
+        words += [f"{k}={v}" for k, v in self.env.items()]
+        if self.files:
+            words.append(f"+{len(self.files)} file{'s' if len(self.files) > 1 else ''}")
+        return " ".join(words)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScriptSpec:
