@@ -98,14 +98,29 @@ def login(
 @app.command()
 @friendly
 def submit(
-    spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="run spec (YAML)")],
+    spec_file: Annotated[Path | None, typer.Argument(metavar="[SPEC.yaml]", help="run spec (YAML); optional with --script")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds, e.g. 1337,42,2025 (replaces the file's)")] = None,
     team: Annotated[str | None, typer.Option(help="team name (replaces the file's)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="KNOB=VALUE", help="override one trainer knob; repeatable")] = None,
+    script: Annotated[Path | None, typer.Option(help="run your own challenge-format train_gpt.py instead of the shared trainer")] = None,
+    file: Annotated[list[Path] | None, typer.Option(metavar="PATH", help="a file the script needs beside it (in its folder); repeatable")] = None,
+    env: Annotated[list[str] | None, typer.Option(metavar="NAME=VALUE", help="an env var for the script; repeatable")] = None,
+    data: Annotated[str | None, typer.Option(help="the script's data variant: sp1024, sp4096, sp8192, ...")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default with --script: the script's folder name)")] = None,
+    track: Annotated[str | None, typer.Option(help="10min_16mb or unlimited (default with --script: 10min_16mb)")] = None,
+    hardware: Annotated[str | None, typer.Option(help="e.g. H100:8 (default with --script: H100:8)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="show live progress until the runs finish")] = False,
 ) -> None:
-    """Submit a run spec: one run per seed, all in one group."""
-    body = build_request(read_spec_file(spec_file), seeds=seeds, team=team, overrides=set_)
+    """Submit a run spec: one run per seed, all in one group. A script run needs no spec file:
+    caddie submit --script records/.../train_gpt.py --data sp1024 --seeds 1337,42,2025"""
+    if spec_file is not None:
+        spec = read_spec_file(spec_file)
+    elif script is not None:
+        spec = {"name": script.resolve().parent.name, "track": "10min_16mb", "hardware": "H100:8"}
+    else:
+        raise CaddieError("give a spec file (SPEC.yaml) or --script PATH")
+    spec.update({k: v for k, v in {"name": name, "track": track, "hardware": hardware}.items() if v is not None})
+    body = build_request(spec, seeds=seeds, team=team, overrides=set_, script=script, files=file, env=env, data=data)
     # One key per invocation: the client's retries of this POST reuse it, so
     # the server returns the first attempt's runs instead of making new ones.
     key = uuid.uuid4().hex

@@ -133,7 +133,7 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         ("submitted", fmt_time(run.get("submitted_at"))),
         ("started", fmt_time(run.get("started_at"))),
         ("finished", fmt_time(run.get("finished_at"))),
-        ("config", escape(", ".join(f"{k}={v}" for k, v in (run.get("spec") or {}).items())) or "(defaults)"),
+        spec_line(run),
     ]
     if run.get("notes"):
         about.append(("notes", escape(run["notes"], keep="\n\t")))
@@ -164,6 +164,17 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
     for event in events[-10:]:
         event_table.add_row(fmt_time(event["at"]), escape(event.get("from_status") or "-"), status_text(event["to_status"]), escape(event["actor"]), escape(event.get("reason") or ""))
     return Group(_pairs("run", about), _pairs("results", results), event_table)
+
+
+def spec_line(run: dict[str, Any]) -> tuple[str, str]:
+    """What the run runs: the shared trainer's changed knobs, or the team's own script by sha256."""
+    spec = run.get("spec") or {}
+    if run.get("kind") == "script":
+        env = " ".join(f"{k}={v}" for k, v in (spec.get("env") or {}).items())
+        files = ", ".join(spec.get("files") or {})
+        text = f"own train_gpt.py sha256 {spec.get('script', '?')}  data {spec.get('data', '?')}"
+        return "script", escape(text + (f"  env {env}" if env else "") + (f"  files {files}" if files else ""))
+    return "config", escape(", ".join(f"{k}={v}" for k, v in spec.items())) or "(defaults)"
 
 
 def attempts_text(run: dict[str, Any], events: list[dict[str, Any]]) -> str:

@@ -12,12 +12,21 @@ A spec file looks like::
     config: {NUM_LAYERS: 11, XSA_LAST_N: 4}
     seeds: [1337, 42, 2025]
 
-The server validates the contents (knobs, bounds, seeds); this module only
-makes sure the file is readable YAML of the right shape.
+or, for a team's own challenge-format script instead of ``config``::
+
+    script: records/my_run/train_gpt.py      # relative to this file
+    files: [records/my_run/helper.py]        # beside the script; named relative to its folder
+    env: {NUM_LAYERS: 11, TTT_ENABLED: 1}
+    data: sp1024
+
+The server validates the contents (knobs, bounds, seeds, script limits); this
+module only makes sure the file is readable YAML of the right shape, and reads
+the script's files to upload them with the spec.
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +34,8 @@ import yaml
 
 from service.cli.client import CaddieError
 
-SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed", "allow_noncompliant")
+SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed", "allow_noncompliant",
+             "script", "files", "env", "data")
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -54,6 +64,15 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         data["config"] = {}
     if not isinstance(data["config"], dict):
         raise CaddieError(f"spec file {path}: config must be a mapping of KNOB: value")
+    if data.get("env") is not None and not isinstance(data["env"], dict):
+        raise CaddieError(f"spec file {path}: env must be a mapping of NAME: value")
+    files = data.get("files") or []
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise CaddieError(f"spec file {path}: files must be a list of paths")
+    # Paths in the file are relative to it, wherever caddie is run from.
+    if data.get("script") is not None:
+        data["script"] = str(path.parent / str(data["script"]))
+    data["files"] = [str(path.parent / f) for f in files]
     return data
 
 
@@ -84,9 +103,48 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_request(spec: dict[str, Any], *, seeds: str | None = None, team: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The POST /runs body: the file's fields with --seeds, --team and --set applied."""
-    body = {k: v for k, v in spec.items() if v is not None}
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``["NUM_LAYERS=11", "NOTE=a b"]`` -> {"NUM_LAYERS": "11", "NOTE": "a b"} (values kept as text)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CaddieError(f"--env expects NAME=VALUE, got {item!r}")
+        out[name.strip()] = value
+    return out
+
+
+def read_upload(path: Path, what: str) -> str:
+    """A file's bytes in base64, for the spec's script or files; CaddieError naming the path."""
+    try:
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+    except FileNotFoundError:
+        raise CaddieError(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise CaddieError(f"{what} {path} is a directory; name its files") from None
+    except OSError as exc:
+        raise CaddieError(f"cannot read {what} {path}: {exc}") from None
+
+
+def script_upload(script: Path, files: list[Path]) -> dict[str, Any]:
+    """The spec's script and files fields: each file named by its path relative to the
+    script's folder (where the run folder puts it); CaddieError for one outside it."""
+    folder = script.resolve().parent
+    uploads = []
+    for f in files:
+        resolved = f.resolve()
+        if not resolved.is_relative_to(folder):
+            raise CaddieError(f"file {f} is not inside the script's folder {folder}: the run folder holds the script and the files beside it")
+        uploads.append({"name": resolved.relative_to(folder).as_posix(), "content": read_upload(f, "file")})
+    return {"script": read_upload(script, "script"), "files": uploads}
+
+
+def build_request(spec: dict[str, Any], *, seeds: str | None = None, team: str | None = None, overrides: list[str] | None = None,
+                  script: Path | None = None, files: list[Path] | None = None, env: list[str] | None = None,
+                  data: str | None = None) -> dict[str, Any]:
+    """The POST /runs body: the file's fields with --seeds, --team and --set applied; a
+    script (--script, or the file's script:) read and sent with its files and env."""
+    body = {k: v for k, v in spec.items() if v is not None and k not in ("script", "files")}
     body["config"] = dict(spec.get("config") or {})
     if seeds is not None:
         body.pop("seed", None)
@@ -94,4 +152,13 @@ def build_request(spec: dict[str, Any], *, seeds: str | None = None, team: str |
     if team is not None:
         body["team"] = team
     body["config"].update(parse_set(overrides or []))
+    script_path = script or (Path(spec["script"]) if spec.get("script") else None)
+    all_files = [Path(f) for f in spec.get("files") or []] + list(files or [])
+    if script_path is None and (all_files or env or data):
+        raise CaddieError("--file, --env and --data belong to a script run: name the script (--script PATH or script: in the spec file)")
+    if script_path is not None:
+        body.update(script_upload(script_path, all_files))
+        body["env"] = {**(spec.get("env") or {}), **parse_env(env or [])}
+        if data is not None:
+            body["data"] = data
     return body
