@@ -136,6 +136,17 @@ def submit(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly
+def follow(run_ids: Annotated[list[int], typer.Argument(metavar="RUN_ID...", help="the runs to follow (the ids submit printed)")]) -> None:
+    """Show live progress of runs until they finish, then their results (exit 1 if one did not succeed)."""
+    with api() as client:
+        final = follow_runs(client, run_ids, out)
+    print_results(out, final)
+    if any(r["status"] != "SUCCEEDED" for r in final):
+        raise typer.Exit(1)
+
+
 @app.command("runs")
 @friendly
 def list_runs(

@@ -106,6 +106,14 @@ def test_submit_follow_ends_with_val_bpb_and_artifact_bytes(caddie: Caddie, tmp_
     assert "step 20/20" in result.stdout
 
 
+def test_follow_of_submitted_runs_ends_with_their_results(caddie: Caddie, tmp_path: Path) -> None:
+    caddie.ok("submit", str(tiny_spec(tmp_path, "follow-later")))
+    run_id = wait_for_run(caddie.db_url, "follow-later")
+    with worker_thread(lambda: play_run(caddie.db_url, run_id, succeed=True, pause_s=0.02)):
+        result = caddie.ok("follow", str(run_id))
+    assert "SUCCEEDED" in result.stdout.strip().splitlines()[-1] and "val_bpb 2.2000" in result.stdout
+
+
 def test_submit_follow_of_a_failed_run_exits_non_zero_with_the_reason(caddie: Caddie, tmp_path: Path) -> None:
     with worker_thread(lambda: play_run(caddie.db_url, wait_for_run(caddie.db_url, "follow-bad"), succeed=False, pause_s=0.02)):
         result = caddie.cli("submit", str(tiny_spec(tmp_path, "follow-bad")), "--follow")
