@@ -33,7 +33,6 @@ import lzma
 
 import numpy as np
 import torch
-import zstandard
 from torch import Tensor
 
 QUANT_SMALL_NUMEL = 65_536
@@ -174,12 +173,19 @@ def pack_artifact(obj: dict[str, dict], level: int = 22, codec: str = "lzma") ->
     raw = ARTIFACT_MAGIC + len(head).to_bytes(4, "little") + head + b"".join(chunks)
     if codec == "lzma":
         return lzma.compress(raw, format=lzma.FORMAT_XZ, preset=6)
+    import zstandard  # only for ARTIFACT_CODEC=zstd: GPU images may lack it, lzma is in the stdlib
+
     return zstandard.ZstdCompressor(level=level).compress(raw)
 
 
 def unpack_artifact(blob: bytes) -> dict[str, dict]:
     """Inverse of pack_artifact (either codec, told apart by the container's magic bytes)."""
-    raw = lzma.decompress(blob) if blob.startswith(XZ_MAGIC) else zstandard.ZstdDecompressor().decompress(blob)
+    if blob.startswith(XZ_MAGIC):
+        raw = lzma.decompress(blob)
+    else:
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().decompress(blob)
     if not raw.startswith(ARTIFACT_MAGIC):
         raise ValueError("not a caddie artifact (bad magic)")
     n = int.from_bytes(raw[len(ARTIFACT_MAGIC):len(ARTIFACT_MAGIC) + 4], "little")
