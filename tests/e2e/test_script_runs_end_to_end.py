@@ -73,7 +73,8 @@ def test_a_script_runs_end_to_end_beside_the_shared_trainer(stack: Stack) -> Non
     assert {script_group, trainer_group} <= set(keys)
     assert keys[script_group]["kind"] == "script" and keys[script_group]["diff"].startswith("own train_gpt.py ")
     assert keys[trainer_group]["kind"] == "trainer"
-    assert compared.status_code == 200 and compared.json()["n_candidate"] == 2 and compared.json()["n_baseline"] == 2
+    # The trainer group may hold other tests' runs of the same config (one stack for the session).
+    assert compared.status_code == 200 and compared.json()["n_candidate"] == 2 and compared.json()["n_baseline"] >= 2
     assert group["n"] == 2
 
     # The export ships the team's own train_gpt.py, its helper and each seed's log as the script printed it.
