@@ -37,11 +37,12 @@ from datetime import date, datetime, time, timedelta, timezone
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from service import lifecycle
 from service.models import Run, RunEvent, User
 
 PERIODS = ("day", "week", "month")
 PHASES = ("provisioning", "setup", "training", "evaluation", "requeued")
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+TERMINAL = frozenset(status.value for status in lifecycle.TERMINAL)
 # How many periods the report covers when no ``since`` is given.
 DEFAULT_SPAN = {"day": 14, "week": 4, "month": 3}
 
@@ -88,6 +89,7 @@ class RunRecord:
     name: str = ""
     status: str = ""
     team_id: int = 0
+    saved_seconds: float | None = None  # node seconds an early abort saved (service.early_abort)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,12 @@ class UsageReport:
     users: dict[str, Figures]
     runs: list[RunUsage]
     unpriced: list[str]  # hardware with GPUs but no price
+    # GPU-seconds not spent thanks to early aborts inside the window (each counted at its abort).
+    saved_gpu_seconds: float = 0.0
+
+    @property
+    def saved_gpu_hours(self) -> float:
+        return self.saved_gpu_seconds / 3600
 
 
 def usage_report(records: Iterable[RunRecord], prices: Mapping[str, float], *, period: str, since: datetime, now: datetime) -> UsageReport:
@@ -246,6 +254,7 @@ def usage_report(records: Iterable[RunRecord], prices: Mapping[str, float], *, p
         bucket = next_period(bucket, period)
     days = {d: Figures() for d in split_days(since, now)}
     total, users, runs, unpriced = Figures(), {}, [], set()
+    saved = 0.0
     for record in records:
         gpus = gpus_of(record.hardware)
         price = price_per_gpu_hour(record.hardware, prices)
@@ -269,7 +278,16 @@ def usage_report(records: Iterable[RunRecord], prices: Mapping[str, float], *, p
                         figures.add(phase, gpu_seconds, price)
         if run_figures.gpu_seconds:
             runs.append(RunUsage(record.run_id, record.name, record.user, record.hardware, record.status, len(attempts), run_figures))
-    return UsageReport(period, since, now, total, periods, days, dict(sorted(users.items())), runs, sorted(unpriced))
+        saved += gpus * saved_in_window(record, since, now)
+    return UsageReport(period, since, now, total, periods, days, dict(sorted(users.items())), runs, sorted(unpriced), saved)
+
+
+def saved_in_window(record: RunRecord, since: datetime, now: datetime) -> float:
+    """Node seconds an early abort saved, if the run was aborted inside [since, now)."""
+    if not record.saved_seconds:
+        return 0.0
+    aborted = next((e.at for e in reversed(record.events) if e.to_status == "ABORTED_BEHIND"), None)
+    return record.saved_seconds if aborted is not None and since <= aborted < now else 0.0
 
 
 def billed_gpu_seconds(record: RunRecord, since: datetime, now: datetime) -> float:
@@ -296,7 +314,7 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime) -> lis
     """The runs of these teams that may have been billed at or after ``since``, with their events in order."""
     mine = [Run.team_id.in_(sorted(set(team_ids))), or_(Run.finished_at.is_(None), Run.finished_at >= since)]
     rows = session.execute(
-        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id)
+        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds)
         .join(User, User.id == Run.user_id)
         .where(*mine)
         .order_by(Run.id)
@@ -310,8 +328,8 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime) -> lis
     ):
         events.setdefault(run_id, []).append(Transition(at, to_status))
     return [
-        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id)
-        for run_id, name, status, user, hardware, train_s, eval_s, team_id in rows
+        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id, saved_s)
+        for run_id, name, status, user, hardware, train_s, eval_s, team_id, saved_s in rows
     ]
 
 

@@ -1,9 +1,12 @@
 """The run state machine: the one place that says how a run's status may change.
 
-    QUEUED ──▶ PROVISIONING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | CANCELLED
+    QUEUED ──▶ PROVISIONING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | CANCELLED | ABORTED_BEHIND
        │            │              │
        │            └──────────────┴──▶ QUEUED   (retry: preemption, no capacity; attempts+1)
        └──▶ CANCELLED | FAILED
+
+ABORTED_BEHIND: stopped early by its own abort_if_behind rule (service.early_abort),
+its train loss too far behind the team's best at the rule's step.
 
 ``check_transition`` is pure; ``transition`` applies a checked change to a
 run inside the caller's transaction and writes its ``RunEvent`` there too.
@@ -28,20 +31,22 @@ class RunStatus(str, Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    ABORTED_BEHIND = "ABORTED_BEHIND"
 
     def __str__(self) -> str:
         return self.value
 
 
-TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.ABORTED_BEHIND})
 
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.QUEUED: frozenset({RunStatus.PROVISIONING, RunStatus.CANCELLED, RunStatus.FAILED}),
     RunStatus.PROVISIONING: frozenset({RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
-    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED}),
+    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED, RunStatus.ABORTED_BEHIND}),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELLED: frozenset(),
+    RunStatus.ABORTED_BEHIND: frozenset(),
 }
 
 

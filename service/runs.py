@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session, joinedload
 from service.errors import Conflict, InvalidInput, Issue, NotFound
 from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
 from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User, utcnow
+from service import size_check
+from service.early_abort import unlogged_step
 from service.results.rules import spec_noncompliance
 from service.schemas import QUEUE_FIELDS, RunCreate, RunOut
 from service.scripts.files import store_blobs
@@ -139,6 +141,8 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
             sizes = ", ".join(v.removeprefix("sp") for v in settings.data_variant_choices)
             issues.append(Issue(("config", "VOCAB_SIZE"), f"no data variant {variant} here: VOCAB_SIZE must be one of {sizes} "
                                 f"(data variants {', '.join(settings.data_variant_choices)})", config.get("VOCAB_SIZE")))  # fmt: skip
+        if spec.abort_if_behind is not None:
+            issues += unlogged_step(config, spec.abort_if_behind.step)
     if not issues and not spec.allow_noncompliant:
         issues += [
             Issue(("config", p.knob), f"{p.reason}; set allow_noncompliant: true to run it anyway (its results will not count for the track)", p.value)
@@ -228,6 +232,8 @@ def submit_runs(
         earlier = _by_idempotency_key(session, principal.user_id, idempotency_key)
         if earlier:
             return group_key, _replay(earlier, group_key, seeds), True
+    if normal.kind == "trainer" and normal.track == size_check.SIZE_CHECKED_TRACK and not normal.allow_noncompliant:
+        _refuse_oversized(session, team.id, normal.config)
     now = utcnow()
     store_blobs(session, normal.blobs)
     ensure_group(session, group_key, team.id, spec.name, normal, now)
@@ -244,6 +250,7 @@ def submit_runs(
             track=normal.track,
             hardware=normal.hardware,
             allow_noncompliant=normal.allow_noncompliant,
+            abort_if_behind=spec.abort_if_behind.model_dump() if spec.abort_if_behind else None,
             priority=settings.default_priority if spec.priority is None else spec.priority,
             status=RunStatus.QUEUED.value,
             status_reason="",
@@ -267,6 +274,16 @@ def submit_runs(
             raise
         return group_key, _replay(earlier, group_key, seeds), True
     return group_key, _with_names(session, [r.id for r in runs]), False
+
+
+def _refuse_oversized(session: Session, team_id: int, config: dict[str, Any]) -> None:
+    """The pre-flight size check (service.size_check): refuse a config whose artifact cannot fit, saying by how much."""
+    ratios, code_sizes = size_check.measured(session, team_id)
+    estimate = size_check.estimate(TrainerConfig.from_dict(config), ratios, code_sizes)
+    problem = estimate.problem()
+    if problem:
+        raise InvalidInput([Issue(("config",), f"{problem}; make the model smaller, or set allow_noncompliant: true to run it anyway "
+                                               "(its results will not count for the track)", estimate.total_bytes)])  # fmt: skip
 
 
 def ensure_group(session: Session, key: str, team_id: int, name: str, normal: NormalisedSpec, now: datetime) -> None:
@@ -493,7 +510,7 @@ def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
     run = get_run(session, principal, run_id)
     for _ in range(3):  # the run may move under us (dispatch); look again
         status = RunStatus(run.status)
-        if status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+        if is_terminal(status):
             raise Conflict(f"run {run_id} is already {status.value}")
         if status is RunStatus.QUEUED:
             try:

@@ -68,6 +68,14 @@ class ScriptFileUpload(Strict):
     content: str = Field(description="the file's bytes, base64")
 
 
+class AbortIfBehind(Strict):
+    """Stop the run early if it is clearly losing (service.early_abort)."""
+
+    step: int = Field(ge=1, le=1_000_000, description="the step at which its train loss is compared with the team's best run's "
+                                                       "(same track and hardware, SUCCEEDED) at that step; must be a step the trainer logs")
+    margin: float = Field(ge=0, le=10, description="nats of train loss it may be behind that best before it is stopped (absolute)")
+
+
 class RunCreate(Strict):
     """A run spec: one run per seed, all in one group."""
 
@@ -92,6 +100,8 @@ class RunCreate(Strict):
     seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
     seed: Seed | None = None
     allow_noncompliant: bool = Field(False, description="run a 10min_16mb spec that breaks the track's rules (no wallclock cap, a val token limit); its runs are flagged and never record-eligible")
+    abort_if_behind: AbortIfBehind | None = Field(None, description="opt-in early abort: {step: 1000, margin: 0.02} stops the run, as "
+                                                                    "ABORTED_BEHIND, if its train loss at that step is worse than the team's best by more than margin nats")
 
 
 class RunOut(BaseModel):
@@ -132,6 +142,8 @@ class RunOut(BaseModel):
     allow_noncompliant: bool
     checks: list[dict[str, Any]] | None
     checks_verdict: str | None
+    abort_if_behind: dict[str, Any] | None
+    saved_seconds: float | None = Field(description="ABORTED_BEHIND: node seconds its early abort saved (its expected time minus what it used)")
     # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue).
     queue_position: int | None = Field(None, description=POSITION_HELP)
     estimated_start_at: datetime | None = Field(None, description=START_HELP)

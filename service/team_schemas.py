@@ -77,6 +77,7 @@ class TeamUsageOut(BaseModel):
     runs: list[RunUsageOut]
     budget: BudgetOut
     unpriced_hardware: list[str] = Field(description="hardware with GPUs and no price: counted in GPU-hours, at $0")
+    saved_gpu_hours: float = Field(0.0, description="GPU-hours early aborts saved in the window: each ABORTED_BEHIND run's expected time left when stopped")
 
     @classmethod
     def of(cls, team: str, weight: float, report: UsageReport, budget: BudgetStanding) -> "TeamUsageOut":
@@ -101,4 +102,5 @@ class TeamUsageOut(BaseModel):
                 remaining_gpu_hours=budget.remaining_gpu_hours,
             ),
             unpriced_hardware=report.unpriced,
+            saved_gpu_hours=report.saved_gpu_hours,
         )

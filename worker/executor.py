@@ -4,7 +4,8 @@
     then the job's handle and PROVISIONING -> RUNNING in one commit ─▶ follow:
     stream the log and its metrics into the DB, honour cancel and the hard
     timeout ─▶ conclude: collect result.json and the artifact ─▶ release ─▶
-    SUCCEEDED | FAILED | CANCELLED, or back to QUEUED for another attempt
+    SUCCEEDED | FAILED | CANCELLED | ABORTED_BEHIND (its abort_if_behind rule, checked
+    as the log's metrics arrive: service.early_abort), or back to QUEUED for another attempt
 
 One owner, one rule: the executor holding a run's lease (worker.lease) is the
 only process that changes the status of a PROVISIONING/RUNNING run, and every
@@ -37,6 +38,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
 from service.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
 from service.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, utcnow
 from service.results.queries import judge_run
@@ -187,6 +189,8 @@ class RunDriver:
         self.attempt = 1  # which launch of the run this is (runs.attempts + 1)
         self.offset = 0  # bytes of the run's log stored so far (all attempts)
         self.base = 0  # where this attempt's log starts in the run's log
+        self.abort_rule: AbortRule | None = None  # the spec's abort_if_behind (service.early_abort)
+        self.behind: Behind | None = None  # set once the rule's step showed the run behind
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
         return with_db_retry(fn, what=f"run {self.run_id}: {what}", deadline_s=float(getattr(self.settings, "db_retry_s", 60.0)))
@@ -203,6 +207,7 @@ class RunDriver:
                 self.offset = int(run.log_bytes or 0)
                 first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt))
                 self.base = int(first) if first is not None else self.offset
+                self.abort_rule = AbortRule.of(run.abort_if_behind)
                 return run.status, handle, self._cluster_handle(session, run), run.cancel_requested_at is not None
 
         status, handle, cluster, cancel_requested = self._db(load, "load")
@@ -311,7 +316,11 @@ class RunDriver:
             if status is not None and status.terminal:
                 self._pull_log(handle, final=True)
                 return self._conclude(handle, cluster, status)
-            if row.cancel_requested_at is not None:
+            if self.behind is not None:
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    return self._abort_behind(self.behind, cluster)
+            elif row.cancel_requested_at is not None:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
                     return self._finish(RunStatus.CANCELLED, "cancelled by user", cluster=cluster)
@@ -403,6 +412,8 @@ class RunDriver:
 
             self._db(write, "store its log")
             self.offset += n
+            if self.abort_rule is not None and self.behind is None:
+                self._judge_progress(self.abort_rule, points)
             if n < len(data):
                 break  # the rest is an unfinished line
 
@@ -478,7 +489,7 @@ class RunDriver:
         return script_outcome(self.parser.summary, self._db(spec, "read its spec"))
 
     # --- endings -------------------------------------------------------------------------------
-    def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None) -> str:
+    def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None) -> str:
         self._release(cluster)
 
         def move() -> str:
@@ -487,7 +498,7 @@ class RunDriver:
                 if is_terminal(run.status):
                     return f"run {self.run_id} was already {run.status}"
                 try:
-                    transition(session, run, to, actor=ACTOR, reason=reason, owner=self.token)
+                    transition(session, run, to, actor=ACTOR, reason=reason, owner=self.token, also=also)
                 except IllegalTransition as exc:
                     session.rollback()
                     log.error("run %s: cannot end as %s: %s", self.run_id, to.value, exc)
@@ -496,6 +507,30 @@ class RunDriver:
             return f"run {self.run_id} {to.value}" + (f": {reason}" if reason and to is not RunStatus.SUCCEEDED else "")
 
         return self._db(move, f"end as {to.value}")
+
+    def _judge_progress(self, rule: AbortRule, points: list[Any]) -> None:
+        """Early abort: once the rule's step is logged, compare with the team's best (service.early_abort)."""
+        loss = loss_at(rule, points)
+        if loss is None:
+            return
+
+        def best() -> tuple[float, int] | None:
+            with self.session_factory() as session:
+                run = session.get_one(Run, self.run_id)
+                return best_train_loss(session, team_id=run.team_id, track=run.track, hardware=run.hardware, step=rule.step, exclude_run=run.id)
+
+        self.behind = judge(rule, loss, self._db(best, "find the team's best run"))
+        if self.behind is not None:
+            log.info("run %s: %s", self.run_id, self.behind.reason)
+
+    def _abort_behind(self, behind: Behind, cluster: ClusterHandle | None) -> str:
+        """End as ABORTED_BEHIND with the node time saved (its expected time minus what it used)."""
+
+        def saved() -> float:
+            with self.session_factory() as session:
+                return saved_seconds(session, session.get_one(Run, self.run_id), float(getattr(self.settings, "run_overhead_s", 0.0)), utcnow())
+
+        return self._finish(RunStatus.ABORTED_BEHIND, behind.reason, cluster=cluster, also={"saved_seconds": self._db(saved, "measure the time saved")})
 
     def _requeue(self, reason: str, *, cluster: ClusterHandle | None = None) -> str:
         """Back to the queue for another attempt (attempts+1), or FAILED once attempts run out.

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from service.text import printable
 
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND")
 STATUS_STYLE = {
     "QUEUED": "cyan",
     "PROVISIONING": "yellow",
@@ -25,6 +25,7 @@ STATUS_STYLE = {
     "SUCCEEDED": "green",
     "FAILED": "bold red",
     "CANCELLED": "dim",
+    "ABORTED_BEHIND": "magenta",
 }
 
 

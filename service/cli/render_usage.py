@@ -85,6 +85,8 @@ def print_usage(out: Console, report: dict[str, Any]) -> None:
         f"from {escape(report['since'][:10])} to {escape(report['until'][:16].replace('T', ' '))} UTC; training {share(total)} of the billed time"
     )
     out.print(escape(budget_line(report)))
+    if report.get("saved_gpu_hours"):
+        out.print(f"saved by early aborts: {hours(report['saved_gpu_hours'])} GPU-h (time cap left of the ABORTED_BEHIND runs)")
     out.print(period_table(report))
     if report["users"]:
         out.print(user_table(report))

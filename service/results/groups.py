@@ -17,7 +17,7 @@ from service.results.rules import Check, RuleSummary, Verdict, overall, summaris
 from service.results.statistics import Comparison, Summary, summarise
 
 SUCCEEDED = "SUCCEEDED"
-FINISHED_BADLY = ("FAILED", "CANCELLED")
+FINISHED_BADLY = ("FAILED", "CANCELLED", "ABORTED_BEHIND")
 
 
 @dataclass(frozen=True)

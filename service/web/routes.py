@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 LOG_TAIL_BYTES = 64 * 1024
 PAGE_SIZE = 50
-STATUSES = ("QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+STATUSES = ("QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND")
 
 templates = Jinja2Templates(directory=HERE / "templates")
 

@@ -16,14 +16,14 @@ S = RunStatus
 LEGAL = {
     (S.QUEUED, S.PROVISIONING), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.FAILED),
     (S.PROVISIONING, S.RUNNING), (S.PROVISIONING, S.QUEUED), (S.PROVISIONING, S.FAILED), (S.PROVISIONING, S.CANCELLED),
-    (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED), (S.RUNNING, S.QUEUED),
+    (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED), (S.RUNNING, S.QUEUED), (S.RUNNING, S.ABORTED_BEHIND),
 }  # fmt: skip
 ALL_PAIRS = list(itertools.product(RunStatus, RunStatus))
 
 
 def test_table_is_what_the_design_says() -> None:
     assert {(f, t) for f, tos in ALLOWED.items() for t in tos} == LEGAL
-    assert TERMINAL == {S.SUCCEEDED, S.FAILED, S.CANCELLED}
+    assert TERMINAL == {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.ABORTED_BEHIND}
 
 
 @pytest.mark.parametrize(("frm", "to"), ALL_PAIRS, ids=[f"{f.value}->{t.value}" for f, t in ALL_PAIRS])

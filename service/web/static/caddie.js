@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const api = document.body.dataset.api || "/api/v1";
-  const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED"];
+  const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND"];
   const plotConfig = { responsive: true, displaylogo: false };
 
   async function getJSON(url) {
