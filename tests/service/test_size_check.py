@@ -1,0 +1,40 @@
+"""The pre-flight artifact estimate (service.size_check) against the real model and quantiser:
+the same tensors, stored the same way, for several shapes of the config."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.size_check import ARTIFACT_LIMIT_BYTES, DEFAULT_RATIO, estimate, model_tensors, packed_bytes, storage_kind
+from trainer.config import TrainerConfig
+
+torch = pytest.importorskip("torch")
+
+CONFIGS = [
+    {},
+    {"NUM_LAYERS": 3, "XSA_LAST_N": 1, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "BIGRAM_VOCAB_SIZE": 0, "SMEAR_GATE": 0, "UNET_SKIPS": 0},
+    {"NUM_LAYERS": 4, "MODEL_DIM": 256, "TIE_EMBEDDINGS": 0, "VE_ENABLED": 1, "VE_LAYERS": "2,3", "CONTROL_DTYPE": "fp32", "MLP_MULT": 2.5},
+    {"NUM_LAYERS": 1, "XSA_LAST_N": 0, "MODEL_DIM": 64, "NUM_HEADS": 2, "NUM_KV_HEADS": 1, "VOCAB_SIZE": 4096},
+]
+
+
+@pytest.mark.parametrize("overrides", CONFIGS)
+def test_the_estimate_lists_the_models_tensors_and_their_storage(overrides: dict) -> None:
+    from trainer.model import GPT
+    from trainer.quant import quantize_state_dict
+
+    cfg = TrainerConfig.from_dict(overrides)
+    state = GPT(cfg).state_dict()
+    assert {t.name: t.shape for t in model_tensors(cfg)} == {name: tuple(v.shape) for name, v in state.items()}
+    stored = quantize_state_dict(state, control_dtype=cfg.control_dtype)
+    assert {t.name: storage_kind(t, cfg.control_dtype) for t in model_tensors(cfg)} == {name: e["kind"] for name, e in stored.items()}
+
+
+def test_the_seed_stack_fits_and_two_more_layers_do_not() -> None:
+    seed_stack = estimate(TrainerConfig(), [], [])
+    assert seed_stack.ratio == DEFAULT_RATIO and seed_stack.problem() is None and seed_stack.total_bytes < ARTIFACT_LIMIT_BYTES
+    bigger = estimate(TrainerConfig.from_dict({"NUM_LAYERS": 13}), [], [])
+    assert bigger.over_by > 0 and f"{bigger.over_by:,} over" in (bigger.problem() or "")
+    # A team whose runs compress to 60% of the packed size fits 13 layers.
+    assert estimate(TrainerConfig.from_dict({"NUM_LAYERS": 13}), [0.6, 0.55, 0.65], [60_000]).problem() is None
+    assert packed_bytes(TrainerConfig.from_dict({"NUM_LAYERS": 13})) > packed_bytes(TrainerConfig())
