@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=30)
     ap.add_argument("--no-profile", action="store_true", help="only time the step")
     ap.add_argument("--timed-steps", type=int, default=10)
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     ap.add_argument("--buffer-qat", action="store_true",
                     help="the pre-issue-9 BlockLinear: w + qat·(fq(w) - w) with a 0/1 buffer, fake-quant always in the graph")
     args = ap.parse_args()
@@ -52,18 +53,26 @@ def main() -> None:
         for m in model.modules():
             if isinstance(m, trainer.model.BlockLinear):
                 m.register_buffer("qat_buf", torch.zeros((), device=device), persistent=False)
-    step_model = torch.compile(model, dynamic=False)
+    step_model = torch.compile(model, dynamic=False, mode=args.compile_mode)
+    graphs = args.compile_mode in ("reduce-overhead", "max-autotune")
     optimizers = build_optimizers(model, cfg)
     params = list(model.parameters())
     ema = [p.detach().float().clone() for p in params]
     batches = [torch.randint(0, cfg.vocab_size, (seqs, cfg.train_seq_len + 1), device=device) for _ in range(accum)]
 
+    losses: list[torch.Tensor] = []
+
     def step(i: int) -> None:
         set_schedule(optimizers, 1.0, i, cfg)
+        total = torch.zeros((), device=device)
         for b in batches:
+            if graphs:  # each micro-step is a new iteration for CUDA graph trees
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = step_model(b[:, :-1], b[:, 1:])
             (loss / accum).backward()
+            total += loss.detach()
+        losses.append(total / accum)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
         for opt in optimizers:
             opt.step()
@@ -80,7 +89,10 @@ def main() -> None:
     torch.cuda.synchronize()
     ms = (time.perf_counter() - t) / args.timed_steps * 1000
     print(f"step: {ms:.1f} ms ({seqs} x {cfg.train_seq_len} tokens x {accum} micro-steps; "
-          f"{'buffer QAT; ' if args.buffer_qat else ''}knobs {' '.join(args.set) or 'default'})")
+          f"{'buffer QAT; ' if args.buffer_qat else ''}compile mode {args.compile_mode or 'default'}; knobs {' '.join(args.set) or 'default'})")
+    # Same seed, model and batches in every invocation: the losses tell whether a compile
+    # mode still computes the same training (they drift only by bf16 nondeterminism).
+    print("losses: " + " ".join(f"{float(x):.4f}" for x in losses))
     if args.no_profile:
         return
 
