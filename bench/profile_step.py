@@ -23,6 +23,7 @@ from trainer.config import TrainerConfig  # noqa: E402
 import trainer.model  # noqa: E402
 from trainer.model import GPT  # noqa: E402
 from trainer.optim import build_optimizers, set_schedule  # noqa: E402
+from trainer.train import tune_inductor  # noqa: E402
 
 
 def main() -> None:
@@ -53,6 +54,7 @@ def main() -> None:
         for m in model.modules():
             if isinstance(m, trainer.model.BlockLinear):
                 m.register_buffer("qat_buf", torch.zeros((), device=device), persistent=False)
+    tune_inductor()
     step_model = torch.compile(model, dynamic=False, mode=args.compile_mode)
     graphs = args.compile_mode in ("reduce-overhead", "max-autotune")
     optimizers = build_optimizers(model, cfg)
