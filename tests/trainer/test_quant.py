@@ -222,3 +222,22 @@ def test_control_tensors_are_fp16_by_default_and_smaller():
     assert len(pack_artifact(half, level=3)) < len(pack_artifact(full, level=3))
     with pytest.raises(ValueError, match="control_dtype"):
         quantize_state_dict(sd, control_dtype="bf16")
+
+
+def test_the_default_codec_needs_no_zstandard(tmp_path):
+    # GPU images may lack zstandard: the trainer (and its lzma artifact) must work without it.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['zstandard'] = None\n"
+            "import torch\n"
+            "from trainer.quant import pack_artifact, quantize_state_dict, unpack_artifact\n"
+            "obj = quantize_state_dict({'w': torch.randn(300, 300), 'b': torch.randn(7)})\n"
+            "back = unpack_artifact(pack_artifact(obj))\n"
+            "assert torch.equal(back['w']['q'], obj['w']['q']) and torch.equal(back['b']['t'], obj['b']['t'])\n"
+            "try:\n    pack_artifact(obj, codec='zstd')\nexcept ImportError:\n    print('zstd needs zstandard')\n")
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "zstd needs zstandard"
