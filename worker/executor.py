@@ -56,9 +56,8 @@ from worker.launchers.base import (
 )
 from service.scripts.files import MissingScriptFile
 from worker.lease import ACTIVE, Lease, with_db_retry
-from worker.logparse import LogParser
+from worker.logparse import LogParser, ScriptLogParser
 from worker.script_runs import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, SCRIPT, script_job, script_outcome
-from worker.scriptlog import ScriptLogParser
 
 log = logging.getLogger(__name__)
 
@@ -712,22 +711,10 @@ def _read_result(path: Path) -> dict[str, Any] | None:
 
 def _result_values(result: dict[str, Any] | None, parser: LogParser) -> dict[str, Any]:
     """Result columns from result.json; from the log's summary lines when it is missing."""
-    if result is not None:
-        values: dict[str, Any] = {"result": result}
-        for key, column in RESULT_COLUMNS.items():
-            if result.get(key) is not None:
-                values[column] = result[key]
-        return values
-    s = parser.summary
-    values = {}
-    if s.final:
-        values.update(val_bpb=s.final["val_bpb"], val_loss=s.final["val_loss"])
-    if s.total_bytes is not None:
-        values["artifact_bytes"] = s.total_bytes
-    if s.code_bytes is not None:
-        values["code_bytes"] = s.code_bytes
-    if s.last_step is not None:
-        values["steps"] = s.last_step
-    if s.peak_memory_allocated_mib is not None:
-        values["peak_memory_mib"] = s.peak_memory_allocated_mib
+    if result is None:
+        return parser.summary.columns()
+    values: dict[str, Any] = {"result": result}
+    for key, column in RESULT_COLUMNS.items():
+        if result.get(key) is not None:
+            values[column] = result[key]
     return values

@@ -98,3 +98,17 @@ def test_failure_reason_under_torchrun_is_the_rank_s_exception() -> None:
     assert failure_reason("loading\nerror: DATA_PATH=/x: no shards match\n") == "error: DATA_PATH=/x: no shards match"
     assert failure_reason("a\nlast words\n") == "last words"
     assert failure_reason("") == ""
+
+
+def test_a_trainer_run_without_result_json_gets_its_columns_from_the_log() -> None:
+    _, s = parse_text(LOG)
+    assert s.columns() == {"val_bpb": 1.1134, "val_loss": 1.88, "artifact_bytes": 15977386, "code_bytes": 89458,
+                           "steps": 7179, "peak_memory_mib": 21471}  # fmt: skip
+    assert parse_text("world_size:8\n")[1].columns() == {}
+
+
+def test_trainer_lines_behind_a_launcher_prefix_read_like_script_lines() -> None:
+    """One reading of the conventions: torchrun's "[rank0]: " prefix and indentation are read through."""
+    points, s = parse_text("[rank0]: step:3/9 train_loss:2.5 train_time:30ms\n  final_ttt val_loss:1.5 val_bpb:0.9\n")
+    assert points == [MetricPoint("train", 3, 30, train_loss=2.5)]
+    assert s.final == {"val_loss": 1.5, "val_bpb": 0.9} and s.last_step == 3
