@@ -297,6 +297,7 @@ def test_a_trainer_killed_by_a_signal_is_reported_as_such(settings: WorkerSettin
     handle = launcher.submit(launcher.acquire(19, "local"), job(run_id=19, FAKE_MODE="sleep"))
     workdir = Path(handle.data["workdir"])
     wait_for_file(workdir / "pids.json")
+    wait_for_file(workdir / "child.json")  # the wrapper writes it once the trainer started: it may come after pids.json
     os.killpg(json.loads((workdir / "child.json").read_text())["pgid"], signal.SIGKILL)  # the OOM killer, say
     st = wait_terminal(launcher, handle)
     assert (st.state, st.exit_code) == (JobState.FAILED, -signal.SIGKILL)
