@@ -21,12 +21,15 @@ what implied it. Where a crash can leave a run, and what the next executor
 A job that the launcher lost (LOST) but whose result.json says it succeeded is
 collected, not run again. A requeue keeps the attempt's log and metrics
 (tagged with the attempt); the next attempt's log follows a line that says so.
+
+The story and the status changes are here; the pieces it uses have their own modules:
+worker.clusters (get, claim and release a node), worker.run_log (the job's log and
+metrics into the DB), worker.trainer_runs and worker.script_runs (a run's job, and
+its outputs as the run's columns).
 """
 
 from __future__ import annotations
 
-import codecs
-import json
 import logging
 import tempfile
 import time
@@ -34,15 +37,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
 from service.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
-from service.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, utcnow
+from service.models import Artifact, LogChunk, Run, RunEvent, utcnow
 from service.results.queries import judge_run
-from trainer.config import ConfigError, TrainerConfig
+from trainer.config import ConfigError
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
@@ -55,80 +58,19 @@ from worker.launchers.base import (
     RetryLater,
 )
 from service.scripts.files import MissingScriptFile
-from worker.lease import ACTIVE, Lease, with_db_retry
-from worker.logparse import LogParser, ScriptLogParser
+from worker.clusters import RunClusters, cluster_of
+from worker.lease import Lease, with_db_retry
+from worker.logparse import LogParser, MetricPoint, ScriptLogParser
+from worker.run_log import RunLog
 from worker.script_runs import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, SCRIPT, script_job, script_outcome
+from worker.trainer_runs import OUTPUT_FILES, read_result, trainer_job, trainer_outcome
 
 log = logging.getLogger(__name__)
 
 ACTOR = "worker"
 DRIVER_ERROR = "driver error"  # reason prefix of the events that count unexpected errors
-# A log line longer than this is stored in pieces rather than waited for.
-MAX_PENDING_LINE_BYTES = 64 * 1024
-# Output files of a run and the artifact kind each is stored as.
-OUTPUT_FILES = (("model.int6.ptz", "model"), ("train_gpt.py", "code"), ("train.log", "log"), ("stdout.log", "log"), ("result.json", "result"), ("metrics.jsonl", "metrics"))
-RESULT_COLUMNS = {
-    "val_bpb": "val_bpb",
-    "val_loss": "val_loss",
-    "pre_ttt_bpb": "pre_ttt_bpb",
-    "total_bytes": "artifact_bytes",
-    "model_bytes": "model_bytes",
-    "code_bytes": "code_bytes",
-    "train_seconds": "train_seconds",
-    "eval_seconds": "eval_seconds",
-    "steps": "steps",
-    "peak_memory_mib": "peak_memory_mib",
-}
-
 SessionFactory = Callable[[], Session]
 T = TypeVar("T")
-
-
-def _same_length_replace(err: UnicodeDecodeError) -> tuple[str, int]:
-    # One '?' per undecodable byte keeps the stored text's UTF-8 length equal to
-    # the bytes read, so log offsets stay byte offsets of the job's own log.
-    return "?" * (err.end - err.start), err.end
-
-
-codecs.register_error("caddie_same_length", _same_length_replace)
-
-
-def decode_log(data: bytes) -> str:
-    """Log bytes as text of exactly the same UTF-8 length (bad bytes and NULs become '?')."""
-    return data.decode("utf-8", errors="caddie_same_length").replace("\x00", "?")
-
-
-def complete_part(data: bytes, final: bool) -> int:
-    """How many leading bytes of `data` to store now: whole lines, unless the job
-    ended (everything) or a line grew too long (cut at a character boundary)."""
-    if final:
-        return len(data)
-    cut = data.rfind(b"\n") + 1
-    if cut or len(data) < MAX_PENDING_LINE_BYTES:
-        return cut
-    # Cut before the last character's first byte (it may be incomplete); the
-    # rest comes with the next read.
-    cut = len(data) - 1
-    while cut > 0 and (data[cut] & 0xC0) == 0x80:  # continuation bytes 10xxxxxx
-        cut -= 1
-    return cut or len(data)
-
-
-def job_env(run: Run) -> dict[str, str]:
-    """The trainer's environment for `run`: its knobs and its seed (data paths are the launcher's, from the data variant).
-
-    Raises ConfigError if the stored spec no longer validates (e.g. the trainer changed).
-    """
-    cfg = TrainerConfig.from_dict(dict(run.spec or {}))
-    overrides = cfg.overrides()
-    env = {k: v for k, v in cfg.to_env().items() if k in overrides}
-    env["SEED"] = str(int(run.seed))
-    return env
-
-
-def data_variant(run: Run) -> str:
-    """The data variant a run trains and is scored on: ``sp<VOCAB_SIZE>`` (the tokenizer must match the model's vocabulary)."""
-    return f"sp{TrainerConfig.from_dict(dict(run.spec or {})).vocab_size}"
 
 
 def execute_run(run_id: int, *, launcher: Launcher, session_factory: SessionFactory, store: Any, settings: Any) -> str:
@@ -183,16 +125,15 @@ class RunDriver:
         self.settings = settings
         self.lease = lease
         self.token = lease.token
+        self.retry_s = float(getattr(settings, "db_retry_s", 60.0))
         self.script = False  # a team's own train_gpt.py (runs.kind "script"), not the shared trainer
-        self.parser: LogParser | ScriptLogParser = LogParser()
-        self.attempt = 1  # which launch of the run this is (runs.attempts + 1)
-        self.offset = 0  # bytes of the run's log stored so far (all attempts)
-        self.base = 0  # where this attempt's log starts in the run's log
+        self.run_log = RunLog(run_id, session_factory, retry_s=self.retry_s, script=False, attempt=1, offset=0, base=0)  # set by drive()
+        self.clusters = RunClusters(run_id, launcher, session_factory, retry_s=self.retry_s, keep_warm=settings.keep_warm_minutes > 0)
         self.abort_rule: AbortRule | None = None  # the spec's abort_if_behind (service.early_abort)
         self.behind: Behind | None = None  # set once the rule's step showed the run behind
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
-        return with_db_retry(fn, what=f"run {self.run_id}: {what}", deadline_s=float(getattr(self.settings, "db_retry_s", 60.0)))
+        return with_db_retry(fn, what=f"run {self.run_id}: {what}", deadline_s=self.retry_s)
 
     # --- the story ------------------------------------------------------------------------
     def drive(self) -> str:
@@ -201,13 +142,13 @@ class RunDriver:
                 run = session.get_one(Run, self.run_id)
                 handle = LaunchHandle.from_json(run.launch_handle) if run.launch_handle else None
                 self.script = run.kind == SCRIPT
-                self.parser = self._new_parser()
-                self.attempt = (run.attempts or 0) + 1
-                self.offset = int(run.log_bytes or 0)
-                first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt))
-                self.base = int(first) if first is not None else self.offset
+                attempt = (run.attempts or 0) + 1
+                offset = int(run.log_bytes or 0)
+                first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == attempt))
+                base = int(first) if first is not None else offset
+                self.run_log = RunLog(self.run_id, self.session_factory, retry_s=self.retry_s, script=self.script, attempt=attempt, offset=offset, base=base)
                 self.abort_rule = AbortRule.of(run.abort_if_behind)
-                return run.status, handle, self._cluster_handle(session, run), run.cancel_requested_at is not None
+                return run.status, handle, cluster_of(session, run), run.cancel_requested_at is not None
 
         status, handle, cluster, cancel_requested = self._db(load, "load")
         if is_terminal(status):
@@ -253,8 +194,7 @@ class RunDriver:
                 try:
                     if run.kind == SCRIPT:
                         return run.hardware, script_job(session, run, timeout_s), ""
-                    job = JobSpec(run_id=self.run_id, env=job_env(run), hardware=run.hardware, timeout_s=timeout_s, data_variant=data_variant(run))
-                    return run.hardware, job, ""
+                    return run.hardware, trainer_job(run, timeout_s), ""
                 except ConfigError as exc:
                     return run.hardware, None, "invalid trainer config: " + "; ".join(f"{i.field}: {i.message}" for i in exc.issues)
                 except MissingScriptFile as exc:
@@ -264,7 +204,7 @@ class RunDriver:
         if job is None:
             return self._finish(RunStatus.FAILED, bad_spec)
         try:
-            cluster = self._acquire(hardware)
+            cluster = self.clusters.acquire(hardware)
         except (RetryLater, LauncherUnreachable) as exc:
             return self._requeue(f"no node: {exc}")
         except LaunchFailed as exc:
@@ -372,49 +312,12 @@ class RunDriver:
 
     # --- log streaming ------------------------------------------------------------------------
     def _pull_log(self, handle: LaunchHandle, final: bool) -> None:
-        """Copy new log bytes into log_chunks (and parsed metrics into metrics), one transaction per read.
+        """Store what is new of the job's log and its metrics (worker.run_log); judge progress as they come."""
+        self.run_log.pull(self.launcher, handle, final, self._points_arrived)
 
-        Offsets run on across attempts (one log per run); this attempt's job log
-        starts at ``self.base`` of it.
-        """
-        while True:
-            try:
-                data = self.launcher.read_log(handle, self.offset - self.base)
-            except (LauncherUnreachable, RetryLater) as exc:
-                log.warning("run %s: cannot read the log now (%s)", self.run_id, exc)
-                return
-            n = complete_part(data, final)
-            if n <= 0:
-                break
-            text = decode_log(data[:n])
-            points = self.parser.feed(text)
-            if final:
-                points += self.parser.flush()
-
-            def write() -> None:
-                with self.session_factory() as session:
-                    session.add(LogChunk(run_id=self.run_id, offset=self.offset, data=text, created_at=utcnow(), attempt=self.attempt))
-                    session.add_all(
-                        Metric(run_id=self.run_id, kind=p.kind, step=p.step, train_loss=p.train_loss, val_loss=p.val_loss, val_bpb=p.val_bpb,
-                               elapsed_ms=p.elapsed_ms, attempt=self.attempt)
-                        for p in points
-                    )  # fmt: skip
-                    session.execute(
-                        update(Run).where(Run.id == self.run_id).values(log_bytes=self.offset + n), execution_options={"synchronize_session": False}
-                    )
-                    try:
-                        session.commit()
-                    except IntegrityError:
-                        # This offset is already stored (an earlier executor, or an earlier
-                        # try of this commit, got this far); skip ahead.
-                        session.rollback()
-
-            self._db(write, "store its log")
-            self.offset += n
-            if self.abort_rule is not None and self.behind is None:
-                self._judge_progress(self.abort_rule, points)
-            if n < len(data):
-                break  # the rest is an unfinished line
+    def _points_arrived(self, points: list[MetricPoint]) -> None:
+        if self.abort_rule is not None and self.behind is None:
+            self._judge_progress(self.abort_rule, points)
 
     # --- outputs -----------------------------------------------------------------------------
     def _store_outputs(self, handle: LaunchHandle, *, only_if_succeeded: bool = False) -> dict[str, Any] | None:
@@ -429,12 +332,12 @@ class RunDriver:
                 log.warning("run %s: could not collect outputs: %s", self.run_id, exc)
                 return None
             if self.script:
-                if self.parser.summary.final is None:
-                    self._fill_from_log()
+                if self.run_log.parser.summary.final is None:
+                    self.run_log.reread()
                 values = self._script_values()
                 result = values["result"]
             else:
-                result = _read_result(outdir / "result.json")
+                result = read_result(outdir / "result.json")
             if only_if_succeeded and (result is None or result.get("status") != "succeeded"):
                 return None
             stored = []
@@ -444,10 +347,10 @@ class RunDriver:
                     uri, size, sha = self.store.put(self.run_id, kind, path)
                     stored.append((kind, uri, size, sha))
         if not self.script:
-            if result is None and self.parser.summary.final is None:
-                self._fill_from_log()
-            assert isinstance(self.parser, LogParser)
-            values = _result_values(result, self.parser)
+            if result is None and self.run_log.parser.summary.final is None:
+                self.run_log.reread()
+            assert isinstance(self.run_log.parser, LogParser)
+            values = trainer_outcome(result, self.run_log.parser.summary)
 
         def write() -> None:
             with self.session_factory() as session:
@@ -463,33 +366,17 @@ class RunDriver:
         self._db(write, "store its outputs")
         return result
 
-    def _fill_from_log(self) -> None:
-        # A re-attached executor has not seen the early log; parse what the DB holds of this attempt.
-        def read() -> str:
-            with self.session_factory() as session:
-                chunks = session.scalars(
-                    select(LogChunk.data).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt).order_by(LogChunk.offset)
-                )
-                return "".join(chunks)
-
-        self.parser = self._new_parser()
-        self.parser.feed(self._db(read, "read its log"))
-        self.parser.flush()
-
-    def _new_parser(self) -> LogParser | ScriptLogParser:
-        return ScriptLogParser() if self.script else LogParser()
-
     def _script_values(self) -> dict[str, Any]:
         def spec() -> dict[str, Any]:
             with self.session_factory() as session:
                 return dict(session.get_one(Run, self.run_id).spec)
 
-        assert isinstance(self.parser, ScriptLogParser)
-        return script_outcome(self.parser.summary, self._db(spec, "read its spec"))
+        assert isinstance(self.run_log.parser, ScriptLogParser)
+        return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"))
 
     # --- endings -------------------------------------------------------------------------------
     def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None) -> str:
-        self._release(cluster)
+        self.clusters.release(cluster)
 
         def move() -> str:
             with self.session_factory() as session:
@@ -536,7 +423,7 @@ class RunDriver:
 
         The attempt's log and metrics stay; a line in the log says where the next attempt begins.
         """
-        self._release(cluster)
+        self.clusters.release(cluster)
 
         def move() -> str:
             with self.session_factory() as session:
@@ -589,7 +476,7 @@ class RunDriver:
                     )
                 ) or 0
                 handle = LaunchHandle.from_json(run.launch_handle) if run.launch_handle else None
-                cluster = self._cluster_handle(session, run)
+                cluster = cluster_of(session, run)
             n = earlier + 1
             if n < limit:
                 with self.session_factory() as session:
@@ -605,92 +492,6 @@ class RunDriver:
             log.exception("run %s: could not record the driver error", self.run_id)
             return f"run {self.run_id}: driver error ({what})"
 
-    # --- clusters -------------------------------------------------------------------------------
-    def _cluster_handle(self, session: Session, run: Run) -> ClusterHandle | None:
-        if run.cluster_id is None:
-            return None
-        row = session.get(Cluster, run.cluster_id)
-        return ClusterHandle.from_json(row.handle) if row is not None and row.handle else None
-
-    def _acquire(self, hardware: str) -> ClusterHandle:
-        """A node from the launcher, claimed in the DB. A warm cluster is one run's at a time:
-        if another run claimed it first, ask the launcher again without it."""
-        taken: list[str] = []
-        for _ in range(3):
-            cluster = self.launcher.acquire(self.run_id, hardware, exclude=tuple(taken)) if taken else self.launcher.acquire(self.run_id, hardware)
-            if self._db(lambda: self._claim_cluster(cluster), "claim its cluster"):
-                return cluster
-            log.info("run %s: cluster %s was claimed by another run meanwhile", self.run_id, cluster.name)
-            taken.append(cluster.name)
-        raise RetryLater(f"every warm cluster offered ({', '.join(taken)}) was claimed by another run meanwhile")
-
-    def _claim_cluster(self, cluster: ClusterHandle) -> bool:
-        """Record `cluster` as this run's, in one commit with runs.cluster_id.
-
-        A reused (warm) cluster is a claim: its row is locked (SELECT ... FOR UPDATE),
-        then taken only if no other active run owns or uses it. Two runs that saw
-        the same idle cluster queue on the lock, and the second sees the first's
-        claim. False: another run has it.
-        """
-        exclusive = bool(cluster.data.get("reused"))
-        for _ in range(3):  # two runs may record the same new cluster at once
-            now = utcnow()
-            with self.session_factory() as session:
-                row = session.scalar(select(Cluster).where(Cluster.name == cluster.name).with_for_update())
-                if row is None:
-                    row = Cluster(name=cluster.name, launcher=cluster.launcher, hardware=cluster.hardware, status="UP", created_at=now)
-                    session.add(row)
-                    try:
-                        session.flush()
-                    except IntegrityError:
-                        session.rollback()
-                        continue
-                elif exclusive:
-                    # A statement after the lock: it sees what the run that held the lock committed.
-                    busy = session.scalar(
-                        select(Run.id)
-                        .where(Run.id != self.run_id, Run.status.in_(ACTIVE), (Run.id == row.owner_run_id) | (Run.cluster_id == row.id))
-                        .limit(1)
-                    )
-                    if busy is not None:
-                        session.rollback()
-                        return False
-                row.status, row.handle, row.owner_run_id = "UP", cluster.to_json(), self.run_id
-                row.last_used_at, row.idle_since = now, None
-                session.flush()
-                session.execute(update(Run).where(Run.id == self.run_id).values(cluster_id=row.id), execution_options={"synchronize_session": False})
-                session.commit()
-                return True
-        raise RuntimeError(f"could not record cluster {cluster.name!r}")
-
-    def _release(self, cluster: ClusterHandle | None) -> None:
-        if cluster is None:
-            return
-        keep_warm = self.settings.keep_warm_minutes > 0
-        try:
-            self.launcher.release(cluster, keep_warm=keep_warm)
-        except Exception as exc:  # noqa: BLE001 (the janitor tears down what is left)
-            log.warning("run %s: releasing %s failed: %s", self.run_id, cluster.name, exc)
-
-        def write() -> None:
-            now = utcnow()
-            with self.session_factory() as session:
-                row = session.scalar(select(Cluster).where(Cluster.name == cluster.name))
-                if row is None:
-                    return
-                others = session.scalar(
-                    select(Run.id).where(Run.cluster_id == row.id, Run.id != self.run_id, Run.status.in_(ACTIVE)).limit(1)
-                )
-                row.last_used_at = now
-                if row.owner_run_id == self.run_id:
-                    row.owner_run_id = None
-                if others is None:
-                    row.status = "IDLE" if keep_warm else "DOWN"
-                    row.idle_since = now
-                session.commit()
-
-        self._db(write, "release its cluster")
-
     # --- small reads -------------------------------------------------------------------------------
     def _run_state(self) -> Any:
         with self.session_factory() as session:
@@ -699,22 +500,3 @@ class RunDriver:
     def _cancel_requested(self) -> bool:
         row = self._db(self._run_state, "read its state")
         return row is not None and row.cancel_requested_at is not None
-
-
-def _read_result(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _result_values(result: dict[str, Any] | None, parser: LogParser) -> dict[str, Any]:
-    """Result columns from result.json; from the log's summary lines when it is missing."""
-    if result is None:
-        return parser.summary.columns()
-    values: dict[str, Any] = {"result": result}
-    for key, column in RESULT_COLUMNS.items():
-        if result.get(key) is not None:
-            values[column] = result[key]
-    return values

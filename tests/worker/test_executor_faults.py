@@ -165,19 +165,19 @@ def driver(maker, settings: WorkerSettings, run_id: int) -> RunDriver:  # noqa: 
 def test_a_warm_cluster_is_claimed_by_one_run_only(maker, settings) -> None:
     a, b = new_run(maker), new_run(maker)
     da, db_ = driver(maker, settings, a), driver(maker, settings, b)
-    assert da._acquire("cpu").name == "warm-1"
-    assert db_._acquire("cpu").name == f"fresh-{b}"  # warm-1 is a's: b is offered another
+    assert da.clusters.acquire("cpu").name == "warm-1"
+    assert db_.clusters.acquire("cpu").name == f"fresh-{b}"  # warm-1 is a's: b is offered another
     with maker() as s:
         owners = {c.name: c.owner_run_id for c in s.scalars(select(Cluster).where(Cluster.name.in_(["warm-1", f"fresh-{b}"])))}
         assert owners == {"warm-1": a, f"fresh-{b}": b}
         assert (s.get(Run, a).cluster_id, s.get(Run, b).cluster_id) == tuple(
             s.scalar(select(Cluster.id).where(Cluster.name == n)) for n in ("warm-1", f"fresh-{b}"))
-    da._release(ClusterHandle("local", "warm-1", "cpu", {"reused": True}))  # a is done with it
+    da.clusters.release(ClusterHandle("local", "warm-1", "cpu", {"reused": True}))  # a is done with it
     with maker() as s:
         s.get(Run, a).status = "SUCCEEDED"
         s.commit()
     c = new_run(maker)
-    assert driver(maker, settings, c)._acquire("cpu").name == "warm-1"  # free again
+    assert driver(maker, settings, c).clusters.acquire("cpu").name == "warm-1"  # free again
 
 
 @pytest.mark.parametrize("trial", range(4))
@@ -192,7 +192,7 @@ def test_runs_racing_for_one_warm_cluster_get_it_once(maker, settings, trial: in
 
     def claim(i: int) -> None:
         barrier.wait()
-        won[i] = drivers[i]._claim_cluster(warm)
+        won[i] = drivers[i].clusters.claim(warm)
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(drivers))]
     for th in threads:

@@ -1,0 +1,126 @@
+"""A run's log on its way into the database: new bytes of the job's log become
+log_chunks rows and their metric points metrics rows, one transaction per read.
+
+Offsets run on across attempts (one log per run); an attempt's job log starts at
+``base`` of it. Only whole lines are stored while the job runs (a line is never
+split between two chunks unless it grows past MAX_PENDING_LINE_BYTES), so the
+parser (worker.logparse) sees each line once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.models import LogChunk, Metric, Run, utcnow
+from worker.launchers.base import LaunchHandle, Launcher, LauncherUnreachable, RetryLater
+from worker.lease import with_db_retry
+from worker.logparse import LogParser, MetricPoint, ScriptLogParser
+
+log = logging.getLogger(__name__)
+
+# A log line longer than this is stored in pieces rather than waited for.
+MAX_PENDING_LINE_BYTES = 64 * 1024
+
+
+def _same_length_replace(err: UnicodeDecodeError) -> tuple[str, int]:
+    # One '?' per undecodable byte keeps the stored text's UTF-8 length equal to
+    # the bytes read, so log offsets stay byte offsets of the job's own log.
+    return "?" * (err.end - err.start), err.end
+
+
+codecs.register_error("caddie_same_length", _same_length_replace)
+
+
+def decode_log(data: bytes) -> str:
+    """Log bytes as text of exactly the same UTF-8 length (bad bytes and NULs become '?')."""
+    return data.decode("utf-8", errors="caddie_same_length").replace("\x00", "?")
+
+
+def complete_part(data: bytes, final: bool) -> int:
+    """How many leading bytes of `data` to store now: whole lines, unless the job
+    ended (everything) or a line grew too long (cut at a character boundary)."""
+    if final:
+        return len(data)
+    cut = data.rfind(b"\n") + 1
+    if cut or len(data) < MAX_PENDING_LINE_BYTES:
+        return cut
+    # Cut before the last character's first byte (it may be incomplete); the
+    # rest comes with the next read.
+    cut = len(data) - 1
+    while cut > 0 and (data[cut] & 0xC0) == 0x80:  # continuation bytes 10xxxxxx
+        cut -= 1
+    return cut or len(data)
+
+
+class RunLog:
+    """One attempt's log of a run, as far as it is stored; ``parser.summary`` holds what it said."""
+
+    def __init__(self, run_id: int, session_factory: Callable[[], Session], *, retry_s: float, script: bool, attempt: int, offset: int, base: int) -> None:
+        self.run_id = run_id
+        self.session_factory = session_factory
+        self.retry_s = retry_s
+        self.script = script  # a team's own train_gpt.py: its log is read by the script parser
+        self.parser: LogParser | ScriptLogParser = ScriptLogParser() if script else LogParser()
+        self.attempt = attempt  # which launch of the run this is (runs.attempts + 1)
+        self.offset = offset  # bytes of the run's log stored so far (all attempts)
+        self.base = base  # where this attempt's log starts in the run's log
+
+    def pull(self, launcher: Launcher, handle: LaunchHandle, final: bool, on_points: Callable[[list[MetricPoint]], None]) -> None:
+        """Copy what is new of the job's log (everything once ``final``); ``on_points`` gets the points of each stored read."""
+        while True:
+            try:
+                data = launcher.read_log(handle, self.offset - self.base)
+            except (LauncherUnreachable, RetryLater) as exc:
+                log.warning("run %s: cannot read the log now (%s)", self.run_id, exc)
+                return
+            n = complete_part(data, final)
+            if n <= 0:
+                break
+            text = decode_log(data[:n])
+            points = self.parser.feed(text)
+            if final:
+                points += self.parser.flush()
+
+            def write() -> None:
+                with self.session_factory() as session:
+                    session.add(LogChunk(run_id=self.run_id, offset=self.offset, data=text, created_at=utcnow(), attempt=self.attempt))
+                    session.add_all(
+                        Metric(run_id=self.run_id, kind=p.kind, step=p.step, train_loss=p.train_loss, val_loss=p.val_loss, val_bpb=p.val_bpb,
+                               elapsed_ms=p.elapsed_ms, attempt=self.attempt)
+                        for p in points
+                    )  # fmt: skip
+                    session.execute(
+                        update(Run).where(Run.id == self.run_id).values(log_bytes=self.offset + n), execution_options={"synchronize_session": False}
+                    )
+                    try:
+                        session.commit()
+                    except IntegrityError:
+                        # This offset is already stored (an earlier executor, or an earlier
+                        # try of this commit, got this far); skip ahead.
+                        session.rollback()
+
+            with_db_retry(write, what=f"run {self.run_id}: store its log", deadline_s=self.retry_s)
+            self.offset += n
+            on_points(points)
+            if n < len(data):
+                break  # the rest is an unfinished line
+
+    def reread(self) -> None:
+        """Parse again all the DB holds of this attempt's log (a re-attached executor has not seen its start)."""
+
+        def read() -> str:
+            with self.session_factory() as session:
+                chunks = session.scalars(
+                    select(LogChunk.data).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt).order_by(LogChunk.offset)
+                )
+                return "".join(chunks)
+
+        self.parser = ScriptLogParser() if self.script else LogParser()
+        self.parser.feed(with_db_retry(read, what=f"run {self.run_id}: read its log", deadline_s=self.retry_s))
+        self.parser.flush()
