@@ -1,5 +1,6 @@
-"""Properties of the scheduling policy (service.scheduling.policy) over many random queues,
-seeded so a failure repeats: capacity, budgets, priorities, determinism, no starvation, fairness."""
+"""Properties of the scheduling policy (service.scheduling.policy) over queues drawn by hypothesis
+(derandomized, so a failure repeats, and shrunk to a small example): capacity, budgets, priorities,
+determinism, no starvation, fairness."""
 
 from __future__ import annotations
 
@@ -8,32 +9,42 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.scheduling.forecast import forecast_queue
 from service.scheduling.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start, slots_of
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 HARDWARE = ("H100:8", "H100:1", "cpu")
-CASES = range(300)
+World = tuple[list[QueuedRun], list[ActiveRun], dict[int, TeamUsage], dict[str, int]]
 
 
-def world(seed: int) -> tuple[list[QueuedRun], list[ActiveRun], dict[int, TeamUsage], dict[str, int]]:
-    rng = random.Random(seed)
-    teams = range(rng.randint(1, 4))
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    """Up to 4 teams (weights, budgets, usage), up to 30 queued and 4 running runs, capacity 0-4 per hardware."""
+    teams = range(draw(st.integers(1, 4)))
+    team, hardware = st.sampled_from(teams), st.sampled_from(HARDWARE)
     queued = [
-        QueuedRun(i, rng.choice(teams), rng.choice(HARDWARE), rng.choice((0, 0, 0, 5, -5)), T0 + timedelta(minutes=rng.randint(0, 600)),
-                  expected_s=rng.choice((600.0, 1800.0, 7200.0)))
-        for i in range(1, rng.randint(0, 30) + 1)
+        QueuedRun(i, draw(team), draw(hardware), draw(st.sampled_from((0, 5, -5))), T0 + timedelta(minutes=draw(st.integers(0, 600))),
+                  expected_s=draw(st.sampled_from((600.0, 1800.0, 7200.0))))
+        for i in range(1, draw(st.integers(0, 30)) + 1)
     ]  # fmt: skip
-    running = [ActiveRun(1000 + i, rng.choice(teams), rng.choice(HARDWARE), rng.uniform(0, 3600)) for i in range(rng.randint(0, 4))]
-    usage = {t: TeamUsage(t, rng.uniform(0, 50), rng.choice((0.5, 1.0, 2.0)), rng.choice((None, None, 20.0, 60.0, 200.0))) for t in teams}
-    capacity = {"*": rng.randint(0, 3), "H100:8": rng.randint(0, 4)}
+    running = [ActiveRun(1000 + i, draw(team), draw(hardware), draw(st.floats(0, 3600))) for i in range(draw(st.integers(0, 4)))]
+    usage = {t: TeamUsage(t, draw(st.floats(0, 50)), draw(st.sampled_from((0.5, 1.0, 2.0))), draw(st.sampled_from((None, 20.0, 60.0, 200.0))))
+             for t in teams}  # fmt: skip
+    capacity = {"*": draw(st.integers(0, 3)), "H100:8": draw(st.integers(0, 4))}
     return queued, running, usage, capacity
 
 
-@pytest.mark.parametrize("seed", CASES)
-def test_capacity_budgets_and_order_hold_for_any_queue(seed: int) -> None:
-    queued, running, usage, capacity = world(seed)
+# Derandomized: CI runs the same examples every time; max_examples as the seeded loops had.
+props = settings(max_examples=300, derandomize=True, deadline=None)
+
+
+@props
+@given(worlds())
+def test_capacity_budgets_and_order_hold_for_any_queue(w: World) -> None:
+    queued, running, usage, capacity = w
     picked = pick_runs_to_start(queued, running, usage, capacity)
     by_id = {q.id: q for q in queued}
     assert len(picked) == len(set(picked)) and set(picked) <= set(by_id)
@@ -64,20 +75,22 @@ def test_capacity_budgets_and_order_hold_for_any_queue(seed: int) -> None:
             pytest.fail(f"run {q.id} waits while a {q.hardware} slot is free")
 
 
-@pytest.mark.parametrize("seed", range(50))
-def test_the_policy_and_its_forecast_do_not_depend_on_input_order(seed: int) -> None:
-    queued, running, usage, capacity = world(seed)
+@settings(max_examples=50, derandomize=True, deadline=None)
+@given(worlds(), st.randoms(use_true_random=False))
+def test_the_policy_and_its_forecast_do_not_depend_on_input_order(w: World, rng: random.Random) -> None:
+    queued, running, usage, capacity = w
     shuffled = list(queued)
-    random.Random(seed).shuffle(shuffled)
+    rng.shuffle(shuffled)
     assert pick_runs_to_start(queued, running, usage, capacity) == pick_runs_to_start(shuffled, list(reversed(running)), usage, capacity)
     assert forecast_queue(queued, running, usage, capacity, now=T0) == forecast_queue(shuffled, running, usage, capacity, now=T0)
 
 
-@pytest.mark.parametrize("seed", range(50))
-def test_no_run_starves_within_its_budget(seed: int) -> None:
+@settings(max_examples=50, derandomize=True, deadline=None)
+@given(worlds())
+def test_no_run_starves_within_its_budget(w: World) -> None:
     # Played forward, every run of a team without a budget starts, whatever the others' weights and usage,
     # as long as its hardware has a slot; runs of budgeted teams start unless the budget says no.
-    queued, running, usage, capacity = world(seed)
+    queued, running, usage, capacity = w
     estimates = forecast_queue(queued, running, usage, capacity, now=T0)
     for q in queued:
         e = estimates[q.id]
