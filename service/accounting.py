@@ -25,11 +25,23 @@ cost = GPU-seconds / 3600 x the price per GPU-hour of the hardware
 A window [since, now) clips the billed intervals; an interval crossing a period
 boundary is split there, the phases inside the running time spread evenly over it.
 
+Warm starts: a run whose latest attempt that got running found a cluster kept
+warm by an earlier run (``runs.warm_start``, written by the executor with its
+RUNNING) skipped most of the provisioning a fresh node costs. Each one whose
+RUNNING falls in the window counts once, and saved what a cold start of its
+hardware would have spent provisioning minus what it spent itself (never below
+0) x its GPUs, priced like billed time. A cold start's provisioning is the
+median over the team's cold-started attempts of that hardware that got running
+in the window, or ``cold_provision_s`` (CADDIE_COLD_PROVISION_S) when there is
+none. Only the latest attempt of a run is known warm or cold: earlier attempts
+of a requeued run are in neither count.
+
 Everything above ``load_team_runs`` is pure: plain values in, plain values out.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -45,6 +57,8 @@ PHASES = ("provisioning", "setup", "training", "evaluation", "requeued")
 TERMINAL = frozenset(status.value for status in lifecycle.TERMINAL)
 # How many periods the report covers when no ``since`` is given.
 DEFAULT_SPAN = {"day": 14, "week": 4, "month": 3}
+# A cold start's provisioning seconds when the window has none to measure (Settings.cold_provision_s).
+COLD_PROVISION_S = 360.0
 
 
 def gpus_of(hardware: str) -> int:
@@ -90,6 +104,7 @@ class RunRecord:
     status: str = ""
     team_id: int = 0
     saved_seconds: float | None = None  # node seconds an early abort saved (service.early_abort)
+    warm_start: bool | None = None  # the latest attempt that got running was on a reused warm cluster (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -225,6 +240,19 @@ class RunUsage:
     figures: Figures
 
 
+@dataclass(frozen=True)
+class WarmStarts:
+    """Runs started on a reused warm cluster inside a window, and the provisioning they did not pay for."""
+
+    count: int
+    saved_gpu_seconds: float
+    saved_cost: float
+
+    @property
+    def saved_gpu_hours(self) -> float:
+        return self.saved_gpu_seconds / 3600
+
+
 @dataclass
 class UsageReport:
     period: str
@@ -238,15 +266,53 @@ class UsageReport:
     unpriced: list[str]  # hardware with GPUs but no price
     # GPU-seconds not spent thanks to early aborts inside the window (each counted at its abort).
     saved_gpu_seconds: float = 0.0
+    warm: WarmStarts = field(default_factory=lambda: WarmStarts(0, 0.0, 0.0))
 
     @property
     def saved_gpu_hours(self) -> float:
         return self.saved_gpu_seconds / 3600
 
 
-def usage_report(records: Iterable[RunRecord], prices: Mapping[str, float], *, period: str, since: datetime, now: datetime) -> UsageReport:
-    """Billed figures of ``records`` inside [since, now): in total, per period, per UTC day, per user and per run."""
+def last_run_attempt(record: RunRecord) -> Attempt | None:
+    """The latest attempt of ``record`` that got running: the one ``warm_start`` describes."""
+    return next((a for a in reversed(billed_attempts(record.events)) if a.running_from is not None), None)
+
+
+def warm_start_savings(records: Iterable[RunRecord], prices: Mapping[str, float], *, since: datetime, now: datetime, cold_provision_s: float) -> WarmStarts:
+    """Warm starts whose RUNNING is in [since, now), and the provisioning they saved (module docstring)."""
+    warm: list[tuple[RunRecord, float]] = []  # (run, its own provisioning seconds)
+    cold: dict[str, list[float]] = {}  # provisioning seconds of cold starts, per hardware
+    for record in records:
+        attempt = last_run_attempt(record)
+        if record.warm_start is None or attempt is None or attempt.running_from is None or not since <= attempt.running_from < now:
+            continue
+        provisioning = (attempt.running_from - attempt.billed_from).total_seconds()
+        if record.warm_start:
+            warm.append((record, provisioning))
+        else:
+            cold.setdefault(record.hardware, []).append(provisioning)
+    gpu_seconds = cost = 0.0
+    for record, provisioning in warm:
+        baseline = statistics.median(cold[record.hardware]) if record.hardware in cold else cold_provision_s
+        saved = gpus_of(record.hardware) * max(0.0, baseline - provisioning)
+        gpu_seconds += saved
+        cost += saved / 3600 * (price_per_gpu_hour(record.hardware, prices) or 0.0)
+    return WarmStarts(len(warm), gpu_seconds, cost)
+
+
+def usage_report(
+    records: Iterable[RunRecord],
+    prices: Mapping[str, float],
+    *,
+    period: str,
+    since: datetime,
+    now: datetime,
+    cold_provision_s: float = COLD_PROVISION_S,
+) -> UsageReport:
+    """Billed figures of ``records`` inside [since, now): in total, per period, per UTC day, per user and per run;
+    and what early aborts and warm starts saved."""
     period_start(now, period)  # checks the name
+    records = list(records)
     periods: dict[date, Figures] = {}
     bucket = period_start(since, period)
     while midnight(bucket) < now:
@@ -279,7 +345,8 @@ def usage_report(records: Iterable[RunRecord], prices: Mapping[str, float], *, p
         if run_figures.gpu_seconds:
             runs.append(RunUsage(record.run_id, record.name, record.user, record.hardware, record.status, len(attempts), run_figures))
         saved += gpus * saved_in_window(record, since, now)
-    return UsageReport(period, since, now, total, periods, days, dict(sorted(users.items())), runs, sorted(unpriced), saved)
+    warm = warm_start_savings(records, prices, since=since, now=now, cold_provision_s=cold_provision_s)
+    return UsageReport(period, since, now, total, periods, days, dict(sorted(users.items())), runs, sorted(unpriced), saved, warm)
 
 
 def saved_in_window(record: RunRecord, since: datetime, now: datetime) -> float:
@@ -314,7 +381,7 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime) -> lis
     """The runs of these teams that may have been billed at or after ``since``, with their events in order."""
     mine = [Run.team_id.in_(sorted(set(team_ids))), or_(Run.finished_at.is_(None), Run.finished_at >= since)]
     rows = session.execute(
-        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds)
+        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds, Run.warm_start)
         .join(User, User.id == Run.user_id)
         .where(*mine)
         .order_by(Run.id)
@@ -328,8 +395,8 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime) -> lis
     ):
         events.setdefault(run_id, []).append(Transition(at, to_status))
     return [
-        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id, saved_s)
-        for run_id, name, status, user, hardware, train_s, eval_s, team_id, saved_s in rows
+        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id, saved_s, warm)
+        for run_id, name, status, user, hardware, train_s, eval_s, team_id, saved_s, warm in rows
     ]
 
 
@@ -363,9 +430,10 @@ def team_report(
     since: datetime | None,
     now: datetime,
     budget_period_days: float,
+    cold_provision_s: float = COLD_PROVISION_S,
 ) -> tuple[UsageReport, BudgetStanding]:
     """The team's usage report over [since, now) and its budget over the rolling budget period."""
     since = since or default_since(now, period)
-    report = usage_report(load_team_runs(session, team_id, since), prices, period=period, since=since, now=now)
+    report = usage_report(load_team_runs(session, team_id, since), prices, period=period, since=since, now=now, cold_provision_s=cold_provision_s)
     used = billed_gpu_hours(session, [team_id], now - timedelta(days=budget_period_days), now).get(team_id, 0.0)
     return report, BudgetStanding(budget_gpu_hours, budget_period_days, used)

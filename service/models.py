@@ -216,6 +216,9 @@ class Run(Base):
     abort_if_behind: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Node seconds an early abort saved: the run's expected time minus what it used (ABORTED_BEHIND only).
     saved_seconds: Mapped[float | None] = mapped_column(Float)
+    # The latest attempt that got running started on a reused (kept-warm) cluster (True) or a
+    # freshly provisioned one (False); written with its PROVISIONING -> RUNNING; null: not yet.
+    warm_start: Mapped[bool | None] = mapped_column(Boolean)
 
     team: Mapped[Team] = relationship()
     user: Mapped[User] = relationship()

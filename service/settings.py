@@ -62,6 +62,9 @@ class Settings(SchedulingSettings):
     # ("H100:8", which wins over its accelerator). Hardware with no price is billed
     # in GPU-hours only and listed as unpriced. Checked when the settings load.
     gpu_prices: str = "H100=2.99,H200=3.79,cpu=0"
+    # Seconds a freshly provisioned node takes to come up, for the provisioning a warm start
+    # saved when the report's window holds no cold start of that hardware to measure it on.
+    cold_provision_s: float = Field(360.0, ge=0)
 
     # --- API -------------------------------------------------------------------
     api_prefix: str = "/api/v1"

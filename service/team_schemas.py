@@ -78,6 +78,13 @@ class TeamUsageOut(BaseModel):
     budget: BudgetOut
     unpriced_hardware: list[str] = Field(description="hardware with GPUs and no price: counted in GPU-hours, at $0")
     saved_gpu_hours: float = Field(0.0, description="GPU-hours early aborts saved in the window: each ABORTED_BEHIND run's expected time left when stopped")
+    warm_starts: int = Field(0, description="runs whose latest attempt started in the window on a reused, kept-warm cluster instead of a new one")
+    warm_start_saved_gpu_hours: float = Field(
+        0.0,
+        description="GPU-hours of provisioning those warm starts did not pay: per run, the median provisioning time of the team's cold starts "
+        "of its hardware in the window (CADDIE_COLD_PROVISION_S when there is none) minus its own, x its GPUs",
+    )
+    warm_start_saved_cost: float = Field(0.0, description="those GPU-hours in dollars, at the configured prices per GPU-hour")
 
     @classmethod
     def of(cls, team: str, weight: float, report: UsageReport, budget: BudgetStanding) -> "TeamUsageOut":
@@ -103,4 +110,7 @@ class TeamUsageOut(BaseModel):
             ),
             unpriced_hardware=report.unpriced,
             saved_gpu_hours=report.saved_gpu_hours,
+            warm_starts=report.warm.count,
+            warm_start_saved_gpu_hours=report.warm.saved_gpu_hours,
+            warm_start_saved_cost=report.warm.saved_cost,
         )

@@ -35,6 +35,7 @@ class TeamUsageView:
     gpu_hours: list[float]  # billed, per UTC day (service.accounting)
     cost: list[float]  # dollars per UTC day at CADDIE_GPU_PRICES
     unpriced: list[str]  # hardware with GPUs but no price
+    warm: accounting.WarmStarts  # runs started on a reused warm cluster, and the provisioning they saved
 
     @property
     def total(self) -> float:
@@ -52,15 +53,25 @@ def visible_teams(session: Session, principal: Principal) -> list[Team]:
     return list(session.scalars(query))
 
 
-def team_usage(session: Session, team: Team, prices: Mapping[str, float], *, days: int = 30, now: datetime | None = None) -> TeamUsageView:
+def team_usage(
+    session: Session,
+    team: Team,
+    prices: Mapping[str, float],
+    *,
+    days: int = 30,
+    now: datetime | None = None,
+    cold_provision_s: float = accounting.COLD_PROVISION_S,
+) -> TeamUsageView:
     """Billed GPU-hours and cost per day over the last ``days`` days (today included), as
-    ``GET /teams/{name}/usage`` counts them: from a run's PROVISIONING to its release."""
+    ``GET /teams/{name}/usage`` counts them: from a run's PROVISIONING to its release; and its warm starts."""
     now = now or utcnow()
     since = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), timezone.utc)
-    report = accounting.usage_report(accounting.load_team_runs(session, team.id, since), prices, period="day", since=since, now=now)
+    report = accounting.usage_report(
+        accounting.load_team_runs(session, team.id, since), prices, period="day", since=since, now=now, cold_provision_s=cold_provision_s
+    )
     day_list = sorted(report.days)
     return TeamUsageView(team.id, team.name, team.budget_gpu_hours, day_list,
-                         [report.days[d].gpu_hours for d in day_list], [report.days[d].cost for d in day_list], report.unpriced)
+                         [report.days[d].gpu_hours for d in day_list], [report.days[d].cost for d in day_list], report.unpriced, report.warm)
 
 
 @dataclass(frozen=True)

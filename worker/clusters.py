@@ -31,6 +31,11 @@ def cluster_of(session: Session, run: Run) -> ClusterHandle | None:
     return ClusterHandle.from_json(row.handle) if row is not None and row.handle else None
 
 
+def is_reused(cluster: ClusterHandle) -> bool:
+    """The launcher offered a cluster kept warm by an earlier run (no provisioning), not a new one."""
+    return bool(cluster.data.get("reused"))
+
+
 class RunClusters:
     """The cluster side of one run's executor (every DB step retried through transient errors)."""
 
@@ -64,7 +69,7 @@ class RunClusters:
         the same idle cluster queue on the lock, and the second sees the first's
         claim. False: another run has it.
         """
-        exclusive = bool(cluster.data.get("reused"))
+        exclusive = is_reused(cluster)
         for _ in range(3):  # two runs may record the same new cluster at once
             now = utcnow()
             with self.session_factory() as session:

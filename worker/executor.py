@@ -1,7 +1,8 @@
 """Drive one run through a launcher, from dispatch to its final state.
 
     claim the lease ─▶ launch: acquire (and claim) a node, submit the trainer job,
-    then the job's handle and PROVISIONING -> RUNNING in one commit ─▶ follow:
+    then the job's handle, whether its node was a reused warm one (runs.warm_start)
+    and PROVISIONING -> RUNNING in one commit ─▶ follow:
     stream the log and its metrics into the DB, honour cancel and the hard
     timeout ─▶ conclude: collect result.json and the artifact ─▶ release ─▶
     SUCCEEDED | FAILED | CANCELLED | ABORTED_BEHIND (its abort_if_behind rule, checked
@@ -58,7 +59,7 @@ from worker.launchers.base import (
     RetryLater,
 )
 from service.scripts.files import MissingScriptFile
-from worker.clusters import RunClusters, cluster_of
+from worker.clusters import RunClusters, cluster_of, is_reused
 from worker.lease import Lease, with_db_retry
 from worker.logparse import LogParser, MetricPoint, ScriptLogParser
 from worker.run_log import RunLog
@@ -170,15 +171,21 @@ class RunDriver:
                     return f"run {self.run_id} changed state meanwhile"
         return self._follow(handle, cluster)
 
-    def _to_running(self, handle: LaunchHandle, reason: str) -> bool:
-        """PROVISIONING -> RUNNING with the launch handle, in one commit (idempotent: True if it is already so)."""
+    def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None) -> bool:
+        """PROVISIONING -> RUNNING with the launch handle, in one commit (idempotent: True if it is already so).
+
+        ``warm``: the job's cluster was a reused, kept-warm one (True) or freshly provisioned
+        (False), recorded as ``runs.warm_start`` by the same UPDATE (what the accounting
+        counts as saved provisioning); None (a re-attach) leaves it as it is.
+        """
         stored = handle.to_json()
+        also: dict[str, Any] = {"launch_handle": stored} if warm is None else {"launch_handle": stored, "warm_start": warm}
         with self.session_factory() as session:
             run = session.get_one(Run, self.run_id)
             if run.status == RunStatus.RUNNING.value and run.launch_handle == stored and run.worker_task_id == self.token:
                 return True  # an earlier try committed before its error came back
             try:
-                transition(session, run, RunStatus.RUNNING, actor=ACTOR, reason=reason, owner=self.token, also={"launch_handle": stored})
+                transition(session, run, RunStatus.RUNNING, actor=ACTOR, reason=reason, owner=self.token, also=also)
             except IllegalTransition:
                 session.rollback()
                 return False
@@ -220,8 +227,10 @@ class RunDriver:
         # The handle and PROVISIONING -> RUNNING are one commit: a worker that dies
         # before it leaves a run with no job (launched again), one that dies after it
         # a RUNNING run with its handle (re-attached), never a job without its state.
+        warm = is_reused(cluster)
+        reason = f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "")
         try:
-            moved = self._db(lambda: self._to_running(handle, f"job {handle.job_id or 'submitted'} on {handle.cluster}"), "record the launch")
+            moved = self._db(lambda: self._to_running(handle, reason, warm=warm), "record the launch")
         except Exception:
             self._cancel_quietly(handle)  # it cannot be recorded: it must not run unseen
             raise

@@ -87,6 +87,11 @@ def print_usage(out: Console, report: dict[str, Any]) -> None:
     out.print(escape(budget_line(report)))
     if report.get("saved_gpu_hours"):
         out.print(f"saved by early aborts: {hours(report['saved_gpu_hours'])} GPU-h (time cap left of the ABORTED_BEHIND runs)")
+    if report.get("warm_starts"):
+        out.print(
+            f"warm starts: {report['warm_starts']} run(s) on a reused warm cluster saved ~{hours(report['warm_start_saved_gpu_hours'])} GPU-h "
+            f"({money(report['warm_start_saved_cost'])}) of provisioning"
+        )
     out.print(period_table(report))
     if report["users"]:
         out.print(user_table(report))

@@ -434,7 +434,7 @@ def leaderboard_page(request: Request, user: User, session: SessionDep,
 @router.get("/usage", response_class=HTMLResponse)
 def usage_page(request: Request, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     teams = usage.visible_teams(session, user)
-    views = [usage.team_usage(session, t, settings.gpu_price_table) for t in teams]
+    views = [usage.team_usage(session, t, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s) for t in teams]
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
     estimates = queue.queue_estimates(session, settings)
     queues = {t.id: usage.team_queue(session, t, estimates) for t in teams}

@@ -55,6 +55,16 @@ def test_usage_table_and_day_bars(caddie: Caddie) -> None:
     assert "GPU-hours per week (UTC)" in week and "4.80" in week
 
 
+def test_usage_shows_what_warm_starts_saved(caddie: Caddie) -> None:
+    yesterday = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    add_run(caddie, "cold", "H100:8", [(0, "QUEUED"), (600, "PROVISIONING"), (604, "RUNNING"), (614, "SUCCEEDED")], yesterday, warm_start=False)
+    assert "warm starts" not in caddie.ok("usage", "--period", "day").stdout  # nothing to say yet
+    add_run(caddie, "warm", "H100:8", [(0, "QUEUED"), (700, "PROVISIONING"), (700.5, "RUNNING"), (710, "SUCCEEDED")], yesterday, warm_start=True)
+    # (240 s of the cold start - 30 s) x 8 GPUs = 1680 GPU-s = 0.47 GPU-h, $1.40 at $2.99.
+    text = caddie.ok("usage", "--period", "day").stdout
+    assert "warm starts: 1 run(s) on a reused warm cluster saved ~0.47 GPU-h ($1.40) of provisioning" in text
+
+
 def test_set_budget_then_usage_shows_it(caddie: Caddie) -> None:
     assert caddie.ok("admin", "set-budget", "golfers", "--gpu-hours", "12", "--weight", "2").stdout.strip() == "team golfers: budget 12 GPU-hours, weight 2"
     text = caddie.ok("usage", "--period", "month").stdout

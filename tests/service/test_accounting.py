@@ -24,6 +24,7 @@ from service.accounting import (
     period_start,
     price_per_gpu_hour,
     usage_report,
+    warm_start_savings,
 )
 from service.models import Run, RunEvent
 from service.settings import Settings, parse_gpu_prices
@@ -145,6 +146,34 @@ def test_price_settings_are_checked_at_start():
         assert says in str(info.value)
 
 
+def test_warm_starts_and_the_provisioning_they_saved():
+    def run(run_id: int, hardware: str, provisioned: float, running: float, warm: bool | None) -> RunRecord:
+        steps = events((provisioned - 1, "QUEUED"), (provisioned, "PROVISIONING"), (running, "RUNNING"), (running + 10, "SUCCEEDED"))
+        return RunRecord(run_id, "alice", hardware, steps, name=f"r{run_id}", status="SUCCEEDED", warm_start=warm)
+
+    runs = [
+        run(1, "H100:8", 1, 5, False),  # cold: 240 s of provisioning
+        run(2, "H100:8", 1, 9, False),  # cold: 480 s; the median of H100:8's cold starts is 360 s
+        run(3, "H100:8", 1, 1.5, True),  # warm, 30 s: saved (360 - 30) x 8 = 2640 GPU-s
+        run(4, "H200:8", 1, 2, True),  # warm, 60 s, no cold H200:8 start to measure: (300 - 60) x 8 = 1920 GPU-s
+        run(5, "H100:8", -130, -125, True),  # warm, but started before the window
+        run(6, "H100:8", 1, 21, None),  # unknown (before warm starts were recorded): in neither count
+        # Requeued: only its last attempt is known warm (240 s): (360 - 240) x 8 = 960 GPU-s; the first one is in no count.
+        RunRecord(7, "alice", "H100:8", REQUEUED, warm_start=True),
+    ]
+    warm = warm_start_savings(runs, PRICES, since=m(-60), now=m(120), cold_provision_s=300)
+    assert warm.count == 3
+    assert warm.saved_gpu_seconds == pytest.approx(2640 + 1920 + 960)
+    assert warm.saved_cost == pytest.approx((2640 + 960) / 3600 * 2.99 + 1920 / 3600 * 3.79)
+    # The report carries the same figures; with no cold start at all the setting is the baseline.
+    assert usage_report(runs, PRICES, period="day", since=m(-60), now=m(120), cold_provision_s=300).warm == warm
+    alone = warm_start_savings([runs[2]], PRICES, since=m(-60), now=m(120), cold_provision_s=300)
+    assert (alone.count, alone.saved_gpu_seconds) == (1, pytest.approx((300 - 30) * 8))
+    # A warm start slower than the cold ones saved nothing (never a negative saving).
+    slow = warm_start_savings([runs[0], run(8, "H100:8", 1, 11, True)], PRICES, since=m(-60), now=m(120), cold_provision_s=300)
+    assert (slow.count, slow.saved_gpu_seconds) == (1, 0)
+
+
 # --- the endpoints -----------------------------------------------------------------------------
 def add_run(session: Session, team_id: int, user_id: int, name: str, hardware: str, steps, **columns) -> Run:  # noqa: ANN001
     status = steps[-1][1]
@@ -206,6 +235,22 @@ def test_usage_endpoint_figures(client, world, billed):  # noqa: ANN001
     later = client.get("/api/v1/teams/team-a/usage", params={"period": "month", "since": since}, headers=world.h("aaron")).json()
     assert later["total"]["gpu_hours"] == 0 and later["runs"] == []
     assert later["budget"]["used_gpu_hours"] == pytest.approx(24960 / 3600)  # the budget period is its own window
+
+
+def test_usage_endpoint_counts_warm_starts(client, world, billed, session):  # noqa: ANN001
+    # The fixture's two runs that ran, marked cold: provisioning 240 s and 480 s, median 360 s.
+    for run in session.query(Run).filter(Run.name.in_(["requeued", "cancelled"])):
+        run.warm_start = False
+    at = [(billed + timedelta(minutes=mins), to) for mins, to in [(0, "QUEUED"), (50, "PROVISIONING"), (51, "RUNNING"), (61, "SUCCEEDED")]]
+    add_run(session, world.team_ids["team-a"], world.user_ids["alice"], "warm", "H100:8", at, warm_start=True)
+    session.commit()
+    body = client.get("/api/v1/teams/team-a/usage", params={"period": "day"}, headers=world.h("alice")).json()
+    # One warm start, 60 s of provisioning: (360 - 60) x 8 = 2400 GPU-s saved.
+    assert body["warm_starts"] == 1
+    assert body["warm_start_saved_gpu_hours"] == pytest.approx(2400 / 3600)
+    assert body["warm_start_saved_cost"] == pytest.approx(2400 / 3600 * 2.99)
+    other = client.get("/api/v1/teams/team-b/usage", headers=world.h("bob")).json()
+    assert (other["warm_starts"], other["warm_start_saved_gpu_hours"]) == (0, 0)
 
 
 def test_usage_endpoint_authorization(client, world, billed):  # noqa: ANN001

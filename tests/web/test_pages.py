@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.models import Metric, RunEvent, utcnow
+from service.models import Metric, Run, RunEvent, utcnow
 from service.settings import Settings
 from service.web import session as web_session
 from tests.service.conftest import World
@@ -246,9 +246,12 @@ def test_usage_page_counts_gpu_hours_and_shows_the_queue_in_order(world: World, 
     session.add_all([RunEvent(run_id=done, at=now - timedelta(minutes=20), from_status="QUEUED", to_status="PROVISIONING", actor="scheduler"),
                      RunEvent(run_id=done, at=now - timedelta(minutes=15), from_status="PROVISIONING", to_status="RUNNING", actor="worker"),
                      RunEvent(run_id=done, at=now, from_status="RUNNING", to_status="SUCCEEDED", actor="worker")])
+    session.get(Run, done).warm_start = True
     session.commit()
     page = b.c.get("/usage").text
     assert "2.67 GPU-hours in 30 days" in page and "cost $7.97" in page  # 2.67 h at $2.99
+    # A warm start with no cold one to compare: CADDIE_COLD_PROVISION_S (360 s) - its own 300 s, x 8 GPUs = 480 GPU-s.
+    assert re.search(r"1 run started on a reused warm cluster, saving about\s+0.13 GPU-hours \(\$0.40\)", page)
     queue = re.findall(r"<tr><td>(\d+|—)</td><td><a href=\"/runs/(\d+)\"", page)
     assert queue == [("1", str(high[0])), ("2", str(low[0]))]
     assert "starting now" in page and "waiting for a H100:8 slot" in page  # the forecast's reasons

@@ -237,3 +237,22 @@ def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> No
         assert log.endswith("caddie: attempt 1 ended (trainer process %s is gone and left no exit code); queued for attempt 2\n" % handle["data"]["pid"])
         assert {a for a, _ in chunks} == {1} and run.log_bytes == len(log.encode())
         assert [(m.attempt, m.step) for m in s.scalars(select(Metric).where(Metric.run_id == run_id))] == [(1, 1)]
+
+
+class WarmClusterLauncher(LocalLauncher):
+    """The local launcher offering a cluster that it says an earlier run kept warm (as SkyPilot's idle check does)."""
+
+    def acquire(self, run_id: int, hardware: str, exclude=()) -> ClusterHandle:  # noqa: ANN001
+        return ClusterHandle("local", "kept-warm", hardware, {"reused": True})
+
+
+def test_a_run_on_a_reused_warm_cluster_is_marked_warm_and_a_provisioned_one_is_not(maker, settings) -> None:
+    cold, warm = new_run(maker), new_run(maker)
+    assert go(maker, settings, cold) == f"run {cold} SUCCEEDED"
+    assert go(maker, settings, warm, launcher=WarmClusterLauncher(settings)) == f"run {warm} SUCCEEDED"
+    with maker() as s:
+        assert (s.get(Run, cold).warm_start, s.get(Run, warm).warm_start) == (False, True)
+        assert s.get(Run, warm).cluster.name == "kept-warm"  # claimed through the warm-cluster row lock
+        # Written by the RUNNING transition itself: its event says so.
+        running = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == warm, RunEvent.to_status == "RUNNING"))
+        assert running.endswith("(a warm cluster, reused)")

@@ -76,6 +76,6 @@ def team_usage(
             raise InvalidInput([Issue(("query", "since"), f"must be in the past, at most {MAX_USAGE_DAYS} days ago", since.isoformat())])
     report, budget = accounting.team_report(
         session, team.id, team.budget_gpu_hours, settings.gpu_price_table,
-        period=period, since=since, now=now, budget_period_days=settings.budget_period_days,
+        period=period, since=since, now=now, budget_period_days=settings.budget_period_days, cold_provision_s=settings.cold_provision_s,
     )
     return TeamUsageOut.of(team.name, team.weight, report, budget)
