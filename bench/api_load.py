@@ -117,7 +117,7 @@ def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], 
         user = rng.choice(users_by_team[team])
         config = {"NUM_LAYERS": rng.choice([9, 10, 11, 12]), "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)}
         track = "10min_16mb" if rng.random() < 0.85 else "unlimited"
-        group_key = NormalisedSpec(config=dict(sorted(config.items())), track=track, hardware="H100:8").group_key
+        group_key = NormalisedSpec(config=dict(sorted(config.items())), track=track, hardware="H100:8").group_key(team)
         name = f"{rng.choice(['baseline', 'xsa', 'bigram', 'ttt', 'muon-lr', 'smear'])}-{group_no}"
         notes = rng.choice(["", "", "sweep of the learning rate", "seed stack with a wider MLP", "retry after preemption"])
         for seed in SEEDS[: rng.choice([1, 1, 3, 3, 3, 2])]:

@@ -16,6 +16,9 @@ import pytest
 from tests.fresh_db import empty_database
 
 REDIS_BASE_URL = os.environ.get("CADDIE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# Tests reuse one database (and so run ids) test after test: a queue forecast cached by one
+# must never answer the next. The cache has its own test (tests/service/test_api_queue.py).
+os.environ.setdefault("CADDIE_QUEUE_FORECAST_TTL_S", "0")
 
 
 @pytest.fixture(scope="session")

@@ -39,22 +39,34 @@ def forecast_queue(
     now: datetime,
     not_before: Mapping[int, datetime] | None = None,
     expected_run_hours: float = 1 / 3,
+    max_starts: int | None = None,
 ) -> dict[int, QueueEstimate]:
-    """One estimate per queued run (module docstring). ``not_before``: run id -> end of its retry wait."""
+    """One estimate per queued run (module docstring). ``not_before``: run id -> end of its retry wait.
+
+    ``max_starts`` bounds the work (each simulated start re-runs the policy over the whole
+    queue): runs that would start after that many are "beyond the forecast horizon".
+    """
     not_before = dict(not_before or {})
     evolving = dict(usage)
     active = list(running)
     waiting = list(queued)
     starts: dict[int, float] = {}  # run id -> seconds from now, in start order
     t = 0.0
+    horizon_reached = False
     while waiting:
-        ready = [q for q in waiting if not_before.get(q.id, now) <= now + timedelta(seconds=t)]
+        if max_starts is not None and len(starts) >= max_starts:
+            horizon_reached = True
+            break
+        clock = now + timedelta(seconds=t)
+        ready = [q for q in waiting if not_before.get(q.id, now) <= clock] if not_before else waiting
         by_id = {q.id: q for q in ready}
-        for run_id in pick_runs_to_start(ready, active, evolving, capacity, expected_run_hours=expected_run_hours):
+        picked = pick_runs_to_start(ready, active, evolving, capacity, expected_run_hours=expected_run_hours)
+        for run_id in picked:
             q = by_id[run_id]
             starts[run_id] = t
-            waiting.remove(q)
             active.append(ActiveRun(q.id, q.team_id, q.hardware, q.expected_s))
+        if picked:
+            waiting = [q for q in waiting if q.id not in starts]
         wakes = [(not_before[q.id] - now).total_seconds() for q in waiting if q.id in not_before]
         moments = [w for w in wakes if w > t] + [t + max(0.0, a.remaining_s) for a in active]
         if not waiting or not moments:
@@ -83,8 +95,14 @@ def forecast_queue(
     for q in queued:
         start = starts.get(q.id)
         at = now + timedelta(seconds=start) if start is not None else None
-        out[q.id] = QueueEstimate(q.id, positions.get(q.id), at, _reason(q, start, positions.get(q.id), usage, committed, capacity, not_before, now))
+        reason = _reason(q, start, positions.get(q.id), usage, committed, capacity, not_before, now)
+        if start is None and horizon_reached and reason.startswith(NOT_EXPECTED):
+            reason = f"more than {max_starts} runs start before it: beyond the forecast horizon (CADDIE_QUEUE_FORECAST_MAX_STARTS)"
+        out[q.id] = QueueEstimate(q.id, positions.get(q.id), at, reason)
     return out
+
+
+NOT_EXPECTED = "not expected to start within the team's budget"
 
 
 def _reason(
@@ -108,7 +126,7 @@ def _reason(
     if retry is not None and retry > now:
         return f"waiting out its retry backoff after a failed attempt, until {retry:%Y-%m-%d %H:%M:%S} UTC"
     if start is None:
-        return "not expected to start within the team's budget: its runs ahead of it use what is left"
+        return NOT_EXPECTED + ": its runs ahead of it use what is left"
     if start <= 0:
         return "starting now"
     ahead = position - 1 if position else 0

@@ -58,3 +58,23 @@ def test_finished_and_running_runs_have_no_queue_fields(client: TestClient, worl
     client.post(f"/api/v1/runs/{run_id}/cancel", headers=world.h("alice"))
     run = client.get(f"/api/v1/runs/{run_id}", headers=world.h("alice")).json()
     assert (run["queue_position"], run["estimated_start_at"], run["waiting_reason"]) == (None, None, None)
+
+
+def test_run_lists_reuse_a_recent_forecast_but_never_miss_a_new_run(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    from service.api.app import create_app
+
+    settings = Settings(home=tmp_path / "home", database_url=db_url, queue_forecast_ttl_s=3600)
+    with TestClient(create_app(settings)) as client:
+        a = submit(client, world, spec, "alice", [1])
+        listed = {r["id"]: r for r in client.get("/api/v1/runs", headers=world.h("alice")).json()["items"]}
+        assert listed[a[0]]["queue_position"] == 1
+        # A run submitted since the cached forecast is in the next list, with its estimate.
+        b = submit(client, world, spec, "alice", [2])
+        listed = {r["id"]: r for r in client.get("/api/v1/runs", headers=world.h("alice")).json()["items"]}
+        assert (listed[a[0]]["queue_position"], listed[b[0]]["queue_position"]) == (1, 2)
+        # The list may lag a budget change by the TTL; the run's own page shows it at once.
+        client.patch("/api/v1/teams/team-a", json={"budget_gpu_hours": 0}, headers=world.h("root"))
+        listed = {r["id"]: r for r in client.get("/api/v1/runs", headers=world.h("alice")).json()["items"]}
+        assert listed[a[0]]["queue_position"] == 1
+        run = client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()
+        assert run["queue_position"] is None and "over its budget" in run["waiting_reason"]

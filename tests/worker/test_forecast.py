@@ -77,3 +77,13 @@ def test_forecast_is_deterministic_and_every_run_within_budget_gets_a_start() ->
     b = forecast_queue(list(reversed(queued)), [], usage, {"H100:8": 3}, now=NOW)
     assert a == b
     assert all(e.estimated_start_at is not None for e in a.values())
+
+
+def test_the_forecast_stops_at_its_horizon_and_says_so() -> None:
+    queued = [q(i, 1, minute=i) for i in range(1, 6)]
+    est = forecast_queue(queued, [], {}, {"H100:8": 1}, now=NOW, max_starts=2)
+    assert [est[i].position for i in range(1, 6)] == [1, 2, None, None, None]
+    assert starts(est) == {1: 0.0, 2: 1.0, 3: None, 4: None, 5: None}
+    assert all("beyond the forecast horizon" in est[i].reason for i in (3, 4, 5))
+    # Without the bound the same queue is forecast to the end.
+    assert starts(forecast_queue(queued, [], {}, {"H100:8": 1}, now=NOW)) == {1: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 4.0}
