@@ -317,8 +317,9 @@ def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: RowId, user: User, session: SessionDep) -> HTMLResponse:
+def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     run = domain.get_run(session, user, run_id)
+    estimate = queue.estimates_for(session, settings, [(run.id, run.status)], fresh=True).get(run.id)
     events = domain.list_events(session, user, run_id)
     figures = charts.run_figures(domain.metric_points(session, user, run_id))
     log_text, log_offset, log_done = _log_tail(session, user, run_id, run.log_bytes or 0)
@@ -326,7 +327,7 @@ def run_page(request: Request, run_id: RowId, user: User, session: SessionDep) -
     artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
     return render(request, "run.html", user, run=run, events=events, figures=figures, log_text=log_text,
                   log_offset=log_offset, log_done=log_done, checks=checks, artifacts=artifacts,
-                  terminal=is_terminal(run.status), quote=quote)
+                  terminal=is_terminal(run.status), quote=quote, estimate=estimate)
 
 
 @router.get("/web/runs/{run_id}/charts")

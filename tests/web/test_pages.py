@@ -290,3 +290,12 @@ def test_ids_out_of_range_are_refused_not_looked_up(world: World, browser_for) -
     b = browser_for(world.tokens["alice"])
     for path in (f"/runs/{2**31}", "/runs/0", f"/web/runs/{2**40}/charts"):
         assert b.c.get(path).status_code == 422, path
+
+
+def test_a_queued_runs_page_says_where_it_stands(world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    first, second = submit(b, world, "alice", name="queued"), submit(b, world, "alice", name="queued-too")
+    page = b.c.get(f"/runs/{second[0]}").text
+    assert 'id="queue-estimate"' in page and "#2 on" in page and "waiting for a" in page
+    b.post(f"/runs/{first[0]}/cancel")
+    assert "#1 on" in b.c.get(f"/runs/{second[0]}").text
