@@ -40,9 +40,9 @@ def queue_estimates(session: Session, settings: SchedulingSettings, now: datetim
                           max_starts=settings.queue_forecast_max_starts)  # fmt: skip
 
 
-# Run lists (GET /runs, GET /runs/{id}) share one forecast per database and settings for
-# queue_forecast_ttl_s: on 100,000 runs with 6,000 queued, reading the scheduler's state
-# takes ~0.6 s and the forecast ~0.5 s, too much for every page of a list.
+# Run lists (GET /runs) share one forecast per database and settings for queue_forecast_ttl_s:
+# on 100,000 runs with 5,859 queued, reading the scheduler's state takes ~0.9 s, too much
+# for every page of a list.
 _recent: dict[tuple[str, str], tuple[float, dict[int, QueueEstimate]]] = {}
 _recent_lock = threading.Lock()
 

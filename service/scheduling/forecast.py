@@ -49,10 +49,10 @@ def forecast_queue(
     not_before = dict(not_before or {})
     evolving = dict(usage)
     active = list(running)
-    waiting = list(queued)
+    waiting = list(queued) if max_starts is None else _first_of_each_line(queued, max_starts)
     starts: dict[int, float] = {}  # run id -> seconds from now, in start order
     t = 0.0
-    horizon_reached = False
+    horizon_reached = len(waiting) < len(queued)
     while waiting:
         if max_starts is not None and len(starts) >= max_starts:
             horizon_reached = True
@@ -103,6 +103,19 @@ def forecast_queue(
 
 
 NOT_EXPECTED = "not expected to start within the team's budget"
+
+
+def _first_of_each_line(queued: Sequence[QueuedRun], n: int) -> list[QueuedRun]:
+    """The first ``n`` runs of each team and hardware in the policy's order (priority, submission, id).
+
+    The policy starts a team's runs of one hardware in that order, so a run with ``n``
+    before it cannot be among the next ``n`` starts (a budget skip aside), and leaving it
+    out of the simulation keeps each step's cost bounded by teams x hardware x n.
+    """
+    lines: dict[tuple[int, str], list[QueuedRun]] = {}
+    for q in sorted(queued, key=lambda q: (-q.priority, q.submitted_at, q.id)):
+        lines.setdefault((q.team_id, q.hardware), []).append(q)
+    return [q for line in lines.values() for q in line[:n]]
 
 
 def _reason(

@@ -29,9 +29,9 @@ class SchedulingSettings(BaseSettings):
     run_overhead_s: float = Field(1200.0, ge=0)
     # Queue forecasts (service/queue.py): each simulated start re-runs the policy over the
     # whole queue, so the forecast stops after this many starts ("beyond the horizon") ...
-    queue_forecast_max_starts: int = Field(500, ge=1)
+    queue_forecast_max_starts: int = Field(200, ge=1)
     # ... and run lists reuse one forecast for this many seconds (0: every request computes it).
-    queue_forecast_ttl_s: float = Field(5.0, ge=0)
+    queue_forecast_ttl_s: float = Field(10.0, ge=0)
 
     @property
     def capacity_table(self) -> dict[str, int]:

@@ -109,3 +109,10 @@ def test_backlogged_teams_share_slots_by_weight() -> None:
     first = sorted((e for e in estimates.values() if e.estimated_start_at is not None), key=lambda e: (e.estimated_start_at, e.position))[:200]
     share = Counter(e.run_id // 1000 for e in first)
     assert share[0] == pytest.approx(50, abs=3) and share[1] == pytest.approx(50, abs=3) and share[2] == pytest.approx(100, abs=3)
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@given(worlds())
+def test_a_horizon_the_queue_does_not_reach_changes_nothing(w: World) -> None:
+    queued, running, usage, capacity = w
+    assert forecast_queue(queued, running, usage, capacity, now=T0, max_starts=len(queued) + 1) == forecast_queue(queued, running, usage, capacity, now=T0)
