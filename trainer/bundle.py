@@ -140,8 +140,9 @@ def build_bundle(package_dir: Path | None = None) -> str:
     parts = [BUNDLE_HEADER]
     for m in bundle_module_order(sources):
         parts.append(f"\n# ---- trainer/{m}.py ----\n")
-        parts.append(BUNDLED_SELF if m == "bundle" else strip_module(sources[m], keep_main_block=m == "__main__"))
-    return BUNDLE_HEADER + strip_docstrings(prune_unused("".join(parts))[len(BUNDLE_HEADER):])
+        # Per module: once concatenated, a module's docstring is no longer the first statement.
+        parts.append(strip_docstrings(BUNDLED_SELF if m == "bundle" else strip_module(sources[m], keep_main_block=m == "__main__")))
+    return prune_unused("".join(parts))
 
 
 def bundled_source() -> str:

@@ -53,6 +53,8 @@ def test_bundle_is_self_contained_and_lean():
     # Docstrings are code bytes too: none ship (they were 12 kB of ~97 kB).
     tree = ast.parse(text)
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(n)]
+    strings = [n for n in tree.body[1:] if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)]
+    assert not strings, "a module docstring shipped"  # the header's own line is the only top-level string
 
 
 def test_bundled_script_reproduces_the_package(smoke_corpus, tmp_path):
