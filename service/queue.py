@@ -65,9 +65,12 @@ def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable
     wanted = {run_id for run_id, status in runs if status == "QUEUED"}
     if not wanted:
         return {}
-    if fresh:
-        estimates = queue_estimates(session, settings)
-        return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
+    estimates = queue_estimates(session, settings) if fresh else _recent_estimates(session, settings, wanted)
+    return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
+
+
+def _recent_estimates(session: Session, settings: SchedulingSettings, wanted: set[int]) -> dict[int, QueueEstimate]:
+    """The shared forecast of this database and settings, refreshed when older than the TTL or missing a wanted run."""
     key = (session.get_bind().url.render_as_string(hide_password=True), settings.model_dump_json())
     with _recent_lock:
         recent = _recent.setdefault(key, _Recent())
@@ -78,12 +81,10 @@ def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable
         if recent.refreshing.acquire(blocking=not covered):
             try:
                 if recent.made_at < asked_at:  # nobody refreshed while this thread waited
-                    estimates = queue_estimates(session, settings)
-                    recent.estimates, recent.made_at = estimates, time.monotonic()
+                    recent.estimates, recent.made_at = queue_estimates(session, settings), time.monotonic()
             finally:
                 recent.refreshing.release()
-    estimates = recent.estimates
-    return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
+    return recent.estimates
 
 
 @dataclass(frozen=True)

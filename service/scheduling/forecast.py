@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from service.scheduling.policy import ActiveRun, QueuedRun, TeamUsage, budget_problem, pick_runs_to_start, slots_of
+from service.scheduling.policy import ActiveRun, QueuedRun, TeamUsage, budget_problem, pick_runs_to_start, slots_of, start_order
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _first_of_each_line(queued: Sequence[QueuedRun], n: int) -> list[QueuedRun]:
     out of the simulation keeps each step's cost bounded by teams x hardware x n.
     """
     lines: dict[tuple[int, str], list[QueuedRun]] = {}
-    for q in sorted(queued, key=lambda q: (-q.priority, q.submitted_at, q.id)):
+    for q in sorted(queued, key=start_order):
         lines.setdefault((q.team_id, q.hardware), []).append(q)
     return [q for line in lines.values() for q in line[:n]]
 

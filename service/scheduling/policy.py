@@ -114,6 +114,11 @@ def budget_problem(team: TeamUsage, committed_gpu_hours: float, cost_gpu_hours: 
     return None
 
 
+def start_order(q: QueuedRun) -> tuple[int, datetime, int]:
+    """The order a team's runs of one hardware start in: priority (highest first), then submission, then id."""
+    return (-q.priority, q.submitted_at, q.id)
+
+
 def pick_runs_to_start(
     queued: Iterable[QueuedRun],
     running: Iterable[ActiveRun],
@@ -144,7 +149,7 @@ def pick_runs_to_start(
         return free[hardware]
 
     per_team: dict[int, list[QueuedRun]] = {}
-    for q in sorted(queued, key=lambda q: (-q.priority, q.submitted_at, q.id)):
+    for q in sorted(queued, key=start_order):
         per_team.setdefault(q.team_id, []).append(q)
 
     picked: list[int] = []
