@@ -1,21 +1,21 @@
 """Fixtures shared by every test package: real PostgreSQL and Redis, isolated.
 
-Each test session gets its own fresh PostgreSQL database and its own Redis db
-number, so suites that run at the same time never see each other's rows.
+Each test session gets its own fresh PostgreSQL database and its own redis-server
+on a free port, so suites that run at the same time never see each other's rows,
+and no test touches a server it did not start.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fresh_db import empty_database
+from tests.redis_server import PrivateRedis, private_redis
 
-REDIS_BASE_URL = os.environ.get("CADDIE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # Tests reuse one database (and so run ids) test after test: a queue forecast cached by one
 # must never answer the next. The cache has its own test (tests/service/test_api_queue.py).
 os.environ.setdefault("CADDIE_QUEUE_FORECAST_TTL_S", "0")
@@ -29,21 +29,16 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """URL of a Redis db number (1..15) picked at random and flushed before and after."""
-    import redis
+def redis_server() -> Iterator[PrivateRedis]:
+    """A redis-server of this session's own on a free port: nothing here flushes,
+    stops or restarts a server the tests did not start."""
+    with private_redis() as server:
+        yield server
 
-    db = random.randint(1, 15)
-    url = f"{REDIS_BASE_URL}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield url
-    finally:
-        try:
-            client.flushdb()
-        except redis.RedisError:
-            pass  # a test may have restarted the server on purpose
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: PrivateRedis) -> str:
+    return f"{redis_server.url}/0"
 
 
 @pytest.fixture(scope="session")

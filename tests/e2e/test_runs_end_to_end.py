@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,14 +16,9 @@ from sqlalchemy.orm import Session
 
 from service.models import Artifact, LogChunk, RunEvent
 from tests.e2e.conftest import TINY, Stack
+from tests.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.e2e
-
-REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
-
 
 def db(stack: Stack) -> Session:
     return Session(create_engine(stack.db_url))
@@ -119,14 +113,12 @@ def test_killed_worker_the_run_finishes_once_with_one_trainer(stack: Stack) -> N
     assert text.count("final_ttt val_loss") == 1 and text.count("step:30/30 train_loss") == 1
 
 
-def test_redis_restart_loses_messages_but_no_run(stack: Stack) -> None:
+def test_redis_restart_loses_messages_but_no_run(stack: Stack, redis_server: PrivateRedis) -> None:
     """Redis keeps nothing on disk here, so queued messages are gone after the restart;
     the scheduler and the janitor re-derive the work from the database. The worker
     may exit on the lost connection; like in production, a supervisor restarts it."""
     run_ids = stack.submit(TINY, seeds=[11, 12])
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False, capture_output=True)
-    time.sleep(0.5)
-    subprocess.run(REDIS_START, check=True)
+    redis_server.restart(down_s=0.5)  # the session's own server, never the machine's
     for run_id in run_ids:
         run = stack.wait_for(run_id, {"SUCCEEDED", "FAILED", "CANCELLED"}, 120, supervise=True)
         assert run["status"] == "SUCCEEDED", run["status_reason"]
