@@ -51,6 +51,7 @@ def result_json(s: Seed) -> dict[str, Any]:
         "val_tokens_scored": 62_021_631, "val_tokens_total": 62_021_631, "ttt_protocol": "score_first",
         "train_shards": ["fineweb_train_000000.bin", "fineweb_train_000001.bin"], "val_shards": ["fineweb_val_000000.bin"],
         "gpu_name": "NVIDIA H100 80GB HBM3", "world_size": 8,
+        "train_fingerprints": ["a" * 64, "b" * 64], "val_fingerprints": ["c" * 64],
     }
     r.update(s.result)
     return r

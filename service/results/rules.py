@@ -10,12 +10,21 @@ The limits (trainer-spec.md, section 1):
 | rule            | limit                                                   |
 |-----------------|---------------------------------------------------------|
 | artifact_bytes  | code bytes + compressed model bytes <= 16,000,000       |
-| train_time      | <= 600 s, judged on 8x H100 runs of 10min_16mb only     |
-| eval_time       | <= 600 s (all evaluation incl. TTT), likewise           |
-| full_val        | every token of the validation split scored              |
-| ttt_protocol    | test-time training is score-first (or absent)           |
-| no_val_in_train | no validation shard among the training files            |
-| code_revision   | the trainer's code revision is recorded                 |
+| train_time      | <= 600 s on 8x H100 SXM (as the run reports it), 10min_16mb |
+|                 | only; a run stopped by its own wallclock cap passes up to   |
+|                 | 600 s + TRAIN_CAP_TOLERANCE_S, as the challenge accepted    |
+| eval_time       | the scored evaluation (the log's total where it prints one) |
+|                 | <= 600 s, likewise; diagnostic evaluations shown, not counted |
+| full_val        | every target the challenge's own loader scores: it drops the |
+|                 | last (N-1) mod seq_len tokens, so those may go unscored     |
+| ttt_protocol    | test-time training is score-first (or absent); the shared   |
+|                 | trainer's is probed in CI (tests/results/test_ttt_probe.py) |
+| no_val_in_train | no training file has the content of a validation shard      |
+|                 | (sha256 fingerprints; a val_* name fails too)               |
+| code_revision   | the hash of the code that ran is recorded, with a dirty flag |
+
+Hardware is judged from what the run reports (GPU model, count; "PCIe"/"NVL"
+models are not the SXM H100 the records ran on), never from the spec.
 
 ``spec_noncompliance`` is the same rule book read before a run starts: the
 knobs of a ``10min_16mb`` spec that would make its result incomparable.
@@ -24,7 +33,7 @@ knobs of a ``10min_16mb`` spec that would make its result incomparable.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +41,11 @@ from trainer.config import ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_SECONDS, TRAIN_LIMIT
 
 RECORD_TRACK = "10min_16mb"
 RECORD_HARDWARE = "H100:8"
+RECORD_GPUS = 8
+# The challenge accepted 44 record logs stopped by their own wallclock cap between
+# 600.008 and 600.137 s: a capped script checks the clock before a step, so it overshoots
+# by under one step. Its training time passes up to the limit plus this tolerance.
+TRAIN_CAP_TOLERANCE_S = 0.2
 SCORE_FIRST = "score_first"
 NO_TTT = "none"
 
@@ -78,6 +92,13 @@ class RunFacts:
     trainer_revision: str | None = None
     gpu_name: str | None = None
     world_size: int | None = None
+    stopped_by_cap: bool | None = None  # training ended by the run's own wallclock cap
+    diagnostic_eval_seconds: float | None = None  # evaluations that do not count (shown only)
+    eval_seq_len: int | None = None  # the scored evaluation's sequence length (for full_val)
+    train_fingerprints: Sequence[str] | None = None  # sha256 of each file the run trained on
+    val_fingerprints: Sequence[str] | None = None  # sha256 of each validation shard
+    code_sha256: str | None = None  # hash of the code that ran
+    code_dirty: bool | None = None  # the code differs from its recorded revision
 
     @classmethod
     def from_result(cls, *, track: str, hardware: str, allow_noncompliant: bool, result: Mapping[str, Any] | None,
@@ -93,6 +114,9 @@ class RunFacts:
             val_tokens_scored=r.get("val_tokens_scored"), val_tokens_total=r.get("val_tokens_total"),
             ttt_protocol=r.get("ttt_protocol"), train_shards=r.get("train_shards"), val_shards=r.get("val_shards"),
             trainer_revision=r.get("trainer_revision"), gpu_name=r.get("gpu_name"), world_size=r.get("world_size"),
+            stopped_by_cap=r.get("stopped_by_cap"), diagnostic_eval_seconds=r.get("diagnostic_eval_seconds"),
+            eval_seq_len=r.get("eval_seq_len"), train_fingerprints=r.get("train_fingerprints"),
+            val_fingerprints=r.get("val_fingerprints"), code_sha256=r.get("code_sha256"), code_dirty=r.get("code_dirty"),
         )
 
 
@@ -100,15 +124,21 @@ def _missing(rule: str, what: str) -> Check:
     return Check(rule, Verdict.NOT_COMPARABLE, f"the run did not report {what}")
 
 
+def is_record_gpu(gpu_name: str) -> bool:
+    """An H100 SXM as the records ran on ("NVIDIA H100 80GB HBM3"); PCIe and NVL boards are slower."""
+    name = gpu_name.upper()
+    return "H100" in name and "PCIE" not in name and "NVL" not in name
+
+
 def _off_record_hardware(facts: RunFacts) -> str | None:
-    """Why the run's timings cannot be judged (None: they can). The spec asked for
-    8x H100; the result, where it says, must agree (a mislabelled node is no H100)."""
-    if facts.hardware != RECORD_HARDWARE:
-        return f"on {facts.hardware}"
-    if facts.world_size is not None and facts.world_size != 8:
-        return f"on {facts.world_size} GPU(s), though the spec asked for {RECORD_HARDWARE}"
-    if facts.gpu_name is not None and "H100" not in str(facts.gpu_name).upper():
-        return f"on {facts.gpu_name}, though the spec asked for {RECORD_HARDWARE}"
+    """Why the run's timings cannot be judged (None: they can), from what the run
+    reported about its node; the spec's hardware is only what was asked for."""
+    if facts.gpu_name is None or facts.world_size is None:
+        return "on hardware the run did not report (GPU model and count)"
+    if not is_record_gpu(str(facts.gpu_name)):
+        return f"on {facts.world_size}x {facts.gpu_name}, not {RECORD_GPUS}x H100 SXM"
+    if facts.world_size != RECORD_GPUS:
+        return f"on {facts.world_size}x {facts.gpu_name}, not {RECORD_GPUS}x"
     return None
 
 
@@ -133,7 +163,8 @@ def check_artifact_bytes(facts: RunFacts) -> Check:
     return Check(rule, Verdict.FAIL, f"artifact {size:,} bytes > {limit:,} (over by {size - limit:,})", size, limit)
 
 
-def _time_rule(rule: str, what: str, seconds: float | None, limit: float, facts: RunFacts) -> Check:
+def _time_rule(rule: str, what: str, seconds: float | None, limit: float, facts: RunFacts, *,
+               tolerance: float = 0.0, note: str = "") -> Check:
     if seconds is None:
         return _missing(rule, f"its {what} time")
     shown = _seconds(seconds, limit)
@@ -143,31 +174,51 @@ def _time_rule(rule: str, what: str, seconds: float | None, limit: float, facts:
     off = _off_record_hardware(facts)
     if off is not None:
         return Check(rule, Verdict.NOT_COMPARABLE,
-                     f"{what} {shown} s {off}; the {limit:.0f} s limit is judged on {RECORD_HARDWARE} only", seconds, limit)
+                     f"{what} {shown} s {off}; the {limit:.0f} s limit is judged on {RECORD_GPUS}x H100 SXM only", seconds, limit)
     if seconds <= limit:
-        return Check(rule, Verdict.PASS, f"{what} {shown} s <= {limit:.0f} s", seconds, limit)
-    return Check(rule, Verdict.FAIL, f"{what} {shown} s > {limit:.0f} s", seconds, limit)
+        return Check(rule, Verdict.PASS, f"{what} {shown} s <= {limit:.0f} s{note}", seconds, limit)
+    if tolerance and seconds <= limit + tolerance:
+        return Check(rule, Verdict.PASS, f"{what} {shown} s, stopped by its own wallclock cap: within the {tolerance} s the "
+                     f"challenge accepted over {limit:.0f} s (records up to 600.137 s){note}", seconds, limit + tolerance)
+    return Check(rule, Verdict.FAIL, f"{what} {shown} s > {limit + tolerance:g} s{note}", seconds, limit + tolerance)
 
 
 def check_train_time(facts: RunFacts) -> Check:
-    """Training wallclock <= 600 s on 8x H100 (compile warm-up and evaluation excluded)."""
-    return _time_rule("train_time", "training", facts.train_seconds, TRAIN_LIMIT_SECONDS, facts)
+    """Training wallclock <= 600 s on 8x H100 SXM (compile warm-up and evaluation excluded);
+    a run stopped by its own wallclock cap gets TRAIN_CAP_TOLERANCE_S."""
+    tolerance = TRAIN_CAP_TOLERANCE_S if facts.stopped_by_cap else 0.0
+    return _time_rule("train_time", "training", facts.train_seconds, TRAIN_LIMIT_SECONDS, facts, tolerance=tolerance)
 
 
 def check_eval_time(facts: RunFacts) -> Check:
-    """All evaluation, TTT included, <= 600 s on 8x H100."""
-    return _time_rule("eval_time", "evaluation", facts.eval_seconds, EVAL_LIMIT_SECONDS, facts)
+    """The scored evaluation, TTT included, <= 600 s on 8x H100 SXM; diagnostic evaluations
+    (pre-quantization, extra strides) are shown but not counted, as the challenge judged."""
+    note = ""
+    if facts.diagnostic_eval_seconds:
+        note = f" (diagnostic evaluations {facts.diagnostic_eval_seconds:.1f} s more, not counted)"
+    return _time_rule("eval_time", "scored evaluation", facts.eval_seconds, EVAL_LIMIT_SECONDS, facts, note=note)
+
+
+def full_val_floor(targets: int, seq_len: int | None) -> int:
+    """The fewest targets that count as the full split: the challenge's own loader scores
+    whole sequences of seq_len, dropping the last (N-1) mod seq_len of N-1 targets."""
+    return targets - targets % seq_len if seq_len else targets
 
 
 def check_full_val(facts: RunFacts) -> Check:
-    """Every target token of the validation split scored: scored == split tokens - 1."""
+    """Every target the challenge's own loader scores (val_tokens_total: N-1 targets of N tokens)."""
     rule = "full_val"
     if facts.val_tokens_scored is None or facts.val_tokens_total is None:
         return _missing(rule, "how many validation tokens it scored")
     scored, total = facts.val_tokens_scored, facts.val_tokens_total
+    floor = full_val_floor(total, facts.eval_seq_len)
     if scored >= total:
         return Check(rule, Verdict.PASS, f"scored {scored:,} of {total:,} validation tokens", scored, total)
-    return Check(rule, Verdict.FAIL, f"scored {scored:,} of {total:,} validation tokens ({total - scored:,} never scored)", scored, total)
+    if scored >= floor:
+        return Check(rule, Verdict.PASS, f"scored {scored:,} of {total:,} validation tokens: the challenge's loader scores "
+                     f"{floor:,} (whole sequences of {facts.eval_seq_len})", scored, floor)
+    return Check(rule, Verdict.FAIL, f"scored {scored:,} of {total:,} validation tokens ({floor - scored:,} fewer than the "
+                 f"challenge's loader scores)", scored, floor)
 
 
 def check_ttt_protocol(facts: RunFacts) -> Check:
@@ -183,24 +234,39 @@ def check_ttt_protocol(facts: RunFacts) -> Check:
 
 
 def check_no_val_in_train(facts: RunFacts) -> Check:
-    """No validation shard (by file name, or a fineweb_val_* name) among the training files."""
+    """No training file with a validation shard's content (sha256), nor a fineweb_val_* name.
+    Names alone prove nothing: a renamed validation shard has a training name."""
     rule = "no_val_in_train"
-    if facts.train_shards is None:
-        return _missing(rule, "its training files")
-    train = [str(s) for s in facts.train_shards]
+    train = [str(s) for s in facts.train_shards or ()]
     val = {str(s) for s in facts.val_shards or ()}
-    leaked = sorted(s for s in train if s in val or "_val_" in s)
+    named = sorted(s for s in train if s in val or "_val_" in s)
+    if named:
+        return Check(rule, Verdict.FAIL, f"validation data among the training files: {', '.join(named[:3])}", len(named), 0)
+    if facts.train_fingerprints is None or not facts.val_fingerprints:
+        return _missing(rule, "the content fingerprints of its training and validation files")
+    leaked = set(facts.train_fingerprints) & set(facts.val_fingerprints)
     if leaked:
-        return Check(rule, Verdict.FAIL, f"validation data among the training files: {', '.join(leaked[:3])}", len(leaked), 0)
-    return Check(rule, Verdict.PASS, f"{len(train)} training file(s), none of them validation data", 0, 0)
+        return Check(rule, Verdict.FAIL, f"{len(leaked)} training file(s) have the content of a validation shard "
+                     f"(sha256 {sorted(leaked)[0][:12]}...)", len(leaked), 0)
+    return Check(rule, Verdict.PASS, f"{len(facts.train_fingerprints)} training file(s), none with the content of the "
+                 f"{len(facts.val_fingerprints)} validation shard(s)", 0, 0)
 
 
 def check_code_revision(facts: RunFacts) -> Check:
-    """The trainer's code revision (git commit or code hash) is recorded."""
+    """The hash of the code that ran is recorded (with whether it differs from its commit)."""
     rule = "code_revision"
+    revision = str(facts.trainer_revision or "")
+    if not facts.code_sha256 and "sha256:" in revision:
+        # a revision that is itself the code's hash (the trainer's bundle off git, a script's sha256)
+        facts = replace(facts, code_sha256=revision.split("sha256:", 1)[1].strip(), trainer_revision=None)
+    if facts.code_sha256 and str(facts.code_sha256).strip():
+        rev = f" at {facts.trainer_revision}" if facts.trainer_revision else ""
+        dirty = {True: ", with uncommitted changes (dirty)", False: ", clean"}.get(facts.code_dirty, ", dirty flag not reported")  # type: ignore[arg-type]
+        return Check(rule, Verdict.PASS, f"code sha256 {str(facts.code_sha256)[:12]}{rev}{dirty}", facts.code_sha256, None)
     if facts.trainer_revision and str(facts.trainer_revision).strip():
-        return Check(rule, Verdict.PASS, f"trainer revision {facts.trainer_revision}", facts.trainer_revision, None)
-    return Check(rule, Verdict.FAIL, "the trainer's code revision is not recorded", None, None)
+        return Check(rule, Verdict.FAIL, f"only the revision {facts.trainer_revision} is recorded, not the hash of the code "
+                     "that ran (uncommitted edits would go unseen)", facts.trainer_revision, None)
+    return Check(rule, Verdict.FAIL, "the hash of the code that ran is not recorded", None, None)
 
 
 RULES: tuple[Callable[[RunFacts], Check], ...] = (

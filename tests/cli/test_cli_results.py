@@ -14,7 +14,9 @@ from service.results.queries import judge_run
 from tests.cli.conftest import Caddie
 
 RESULT = {"val_tokens_scored": 62_021_631, "val_tokens_total": 62_021_631, "ttt_protocol": "score_first",
-          "train_shards": ["fineweb_train_000000.bin"], "val_shards": ["fineweb_val_000000.bin"], "trainer_revision": "0123abc"}
+          "train_shards": ["fineweb_train_000000.bin"], "val_shards": ["fineweb_val_000000.bin"], "trainer_revision": "0123abc",
+          "code_sha256": "ab" * 32, "code_dirty": False, "train_fingerprints": ["a" * 64], "val_fingerprints": ["b" * 64],
+          "gpu_name": "NVIDIA H100 80GB HBM3", "world_size": 8}
 
 
 def _spec(tmp_path: Path, name: str, config: str, seeds: str) -> Path:

@@ -39,7 +39,8 @@ def row(run_id: int, seed: int, val_loss: float, val_bpb: float, *, artifact_byt
         hardware: str = "H100:8", train_seconds: float = 599.0, **result: object) -> SeedRow:
     facts = dict(track="10min_16mb", hardware=hardware, artifact_bytes=artifact_bytes, train_seconds=train_seconds,
                  eval_seconds=410.0, val_tokens_scored=62_021_631, val_tokens_total=62_021_631, ttt_protocol="score_first",
-                 train_shards=["fineweb_train_000000.bin"], val_shards=["fineweb_val_000000.bin"], trainer_revision="abc123")
+                 train_shards=["fineweb_train_000000.bin"], val_shards=["fineweb_val_000000.bin"], trainer_revision="abc123",
+                 train_fingerprints=["aa"], val_fingerprints=["bb"], code_sha256="cc", gpu_name="NVIDIA H100 80GB HBM3", world_size=8)
     facts.update(result)
     return SeedRow(run_id=run_id, seed=seed, status="SUCCEEDED", val_bpb=val_bpb, val_loss=val_loss, pre_ttt_bpb=val_bpb + 0.0025,
                    artifact_bytes=artifact_bytes, code_bytes=len(TRAINER), model_bytes=artifact_bytes - len(TRAINER),
@@ -157,7 +158,7 @@ def test_the_override_reason_is_written_into_both_files() -> None:
 @pytest.mark.parametrize("case", ["not_comparable", "no_baseline", "not_significant", "not_enough_seeds"])
 def test_anything_short_of_record_eligible_needs_an_override(case: str) -> None:
     inp = {
-        "not_comparable": lambda: make_input([row(r.run_id, r.seed, r.val_loss, r.val_bpb, hardware="H100:1") for r in GOOD]),
+        "not_comparable": lambda: make_input([row(r.run_id, r.seed, r.val_loss, r.val_bpb, world_size=1) for r in GOOD]),
         "no_baseline": lambda: make_input(baseline=None),
         "not_significant": lambda: make_input(baseline=[1.8920, 1.8930, 1.8910]),
         "not_enough_seeds": lambda: make_input(GOOD[:1]),
@@ -250,10 +251,10 @@ def test_readme_says_when_a_log_came_from_the_database() -> None:
 
 
 def test_user_text_cannot_break_the_markdown_tables() -> None:
-    rows = [row(1, 1, 1.89, 1.12, trainer_revision="a|b\nc"), row(2, 2, 1.8905, 1.1201, trainer_revision="a|b\nc")]
+    rows = [row(1, 1, 1.89, 1.12, code_sha256="a|b\nc"), row(2, 2, 1.8905, 1.1201, code_sha256="a|b\nc")]
     readme = records_files(make_input(rows, name="multi\nline # name", override="ok"))["README.md"].decode()
     assert readme.startswith("# multi line # name\n")
-    assert "| code_revision | 1 | pass | a\\|b c | n/a | trainer revision a\\|b c |" in readme
+    assert "| code_revision | 1 | pass | a\\|b c | n/a | code sha256 a\\|b c at abc123, dirty flag not reported |" in readme
 
 
 # --- the zip -----------------------------------------------------------------------------------------

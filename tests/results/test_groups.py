@@ -12,6 +12,7 @@ GOOD = tuple(check_run(RunFacts(
     track="10min_16mb", hardware="H100:8", artifact_bytes=15_000_000, train_seconds=590.0, eval_seconds=500.0,
     val_tokens_scored=10, val_tokens_total=10, ttt_protocol="score_first", train_shards=("fineweb_train_000000.bin",),
     val_shards=("fineweb_val_000000.bin",), trainer_revision="abc",
+    train_fingerprints=("aa",), val_fingerprints=("bb",), code_sha256="cc", gpu_name="NVIDIA H100 80GB HBM3", world_size=8,
 )))
 TOO_BIG = tuple(c if c.rule != "artifact_bytes" else Check("artifact_bytes", Verdict.FAIL, "artifact 17,000,000 bytes > 16,000,000",
                                                            17_000_000, 16_000_000) for c in GOOD)
@@ -176,7 +177,8 @@ def test_not_eligible_with_failed_or_incomparable_checks_naming_the_rules() -> N
     assert eligibility(failed, comp, False).reasons == ("checks failed: artifact_bytes",)
     h100x1 = tuple(check_run(RunFacts(track="10min_16mb", hardware="H100:1", artifact_bytes=1, train_seconds=1.0, eval_seconds=1.0,
                                       val_tokens_scored=1, val_tokens_total=1, ttt_protocol="none", train_shards=("t",),
-                                      trainer_revision="r")))
+                                      train_fingerprints=("a",), val_fingerprints=("b",), code_sha256="r",
+                                      gpu_name="NVIDIA H100 80GB HBM3", world_size=1)))
     unsure = _stats([ok(i, i, 1.1, 1.86, 1, checks=h100x1) for i in range(3)])
     assert eligibility(unsure, comp, False).reasons == ("checks not comparable: train_time, eval_time",)
 

@@ -7,6 +7,7 @@ import io
 import json
 import statistics
 import zipfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -131,7 +132,8 @@ def test_no_baseline_or_other_hardware_is_not_eligible_either(client: TestClient
     alone = team_a("first ever", GOOD_SEEDS)
     r = export(client, world, alone)
     assert r.status_code == 409 and "no baseline group to compare against" in r.json()["detail"][0]["msg"]
-    one_gpu = team_a("one gpu", GOOD_SEEDS, hardware="H100:1")
+    # judged from what the runs report (one GPU), not from the spec
+    one_gpu = team_a("one gpu", [replace(s, result={"world_size": 1}) for s in GOOD_SEEDS], hardware="H100:1")
     msg = export(client, world, one_gpu).json()["detail"][0]["msg"]
     assert "train_time not comparable" in msg and "eval_time not comparable" in msg
     _, files = unzip(export(client, world, one_gpu, override="exploration on one GPU"))

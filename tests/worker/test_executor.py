@@ -142,8 +142,10 @@ def test_rule_checks_land_with_the_figures_they_judge_in_one_commit(maker, setti
         assert run.checks == [c.to_dict() for c in expected]
         verdicts = {c["rule"]: c["verdict"] for c in run.checks}
         assert verdicts == {"artifact_bytes": "pass", "train_time": "not_comparable", "eval_time": "not_comparable", "full_val": "pass",
-                            "ttt_protocol": "pass", "no_val_in_train": "pass", "code_revision": "pass"}
-        assert run.checks_verdict == "not_comparable"  # a cpu run is never judged on the clock
+                            "ttt_protocol": "pass", "no_val_in_train": "not_comparable", "code_revision": "fail"}
+        # a cpu run is never judged on the clock; the trainer's result.json has no content fingerprints and
+        # only a git commit without a hash of the code that ran (rules judge what the run did, issue 19)
+        assert run.checks_verdict == "fail"
     # The figures and the checks were written by one commit, never one without the other.
     with_figures = [c for c in commits if {"val_bpb", "result"} & c]
     assert with_figures and all({"checks", "checks_verdict"} <= c for c in with_figures), commits
