@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import AlreadyExists, Conflict, DomainError, Forbidden, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
@@ -25,6 +26,16 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (Gone, 410, "gone"),
     (Unavailable, 503, "unavailable"),
 ]
+
+
+RETRY_AFTER_S = "1"  # seconds; the pool drops a dead connection at once, so the next try may already work
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A database error that says "not now" rather than "this request is wrong"."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _body(detail: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,15 +88,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body(detail), status_code=422)
 
     async def database_gone(_request: Request, exc: Exception) -> JSONResponse:
-        # A pooled connection that PostgreSQL closed (a restart, a failover) fails the one
-        # request that checks it out; the pool has dropped it, so the next try gets a fresh
-        # one. Say so with 503 + Retry-After instead of an anonymous 500.
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return JSONResponse(_body([{"msg": "the database connection was lost; retry the request", "type": "unavailable"}]),
-                                status_code=503, headers={"Retry-After": "1"})
+        # The database is down, restarting or failing over (refused or lost connections, a
+        # pooled connection it closed, a full pool): the request may be retried as it is.
+        # 503 + Retry-After tells clients so (the CLI and the web retry idempotent calls),
+        # never an anonymous 500. Other database errors are bugs and stay 500s.
+        if database_unavailable(exc):
+            return JSONResponse(_body([{"msg": "the database is unavailable; retry the request", "type": "unavailable"}]),
+                                status_code=503, headers={"Retry-After": RETRY_AFTER_S})
         raise exc
 
     app.add_exception_handler(DBAPIError, database_gone)
+    app.add_exception_handler(PoolTimeout, database_gone)
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(IllegalTransition, domain_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -47,3 +47,22 @@ def _terminate(pg_url: str) -> int:
                                 {"d": pg_url.rsplit("/", 1)[1]}).scalar()
     finally:
         admin.dispose()
+
+
+def test_every_request_answers_503_with_retry_after_while_the_database_is_down(tmp_path: Path) -> None:
+    # Nothing listens on this port: every connection is refused, as while PostgreSQL is stopped.
+    from tests.redis_server import free_port
+
+    down = f"postgresql+psycopg://caddie@127.0.0.1:{free_port()}/caddie"
+    headers = {"Authorization": "Bearer cad_whatever"}
+    with TestClient(create_app(Settings(home=tmp_path, database_url=down)), raise_server_exceptions=False) as c:
+        answers = [
+            c.get("/api/v1/runs", headers=headers),
+            c.get("/api/v1/runs/1", headers=headers),
+            c.post("/api/v1/runs", headers=headers, json={"name": "x", "track": "unlimited", "hardware": "cpu", "config": {}, "seeds": [1]}),
+            c.post("/api/v1/runs/1/cancel", headers=headers),
+            c.get("/api/v1/queue", headers=headers),
+        ]
+    for r in answers:
+        assert r.status_code == 503, (r.request.url, r.status_code, r.text)
+        assert r.headers["Retry-After"] == "1" and r.json()["detail"][0]["type"] == "unavailable"
