@@ -271,7 +271,7 @@ class RunDriver:
             elif row.cancel_requested_at is not None:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
-                    return self._finish(RunStatus.CANCELLED, "cancelled by user", cluster=cluster)
+                    return self._cancelled(handle, cluster)
             elif row.started_at is not None and (utcnow() - row.started_at).total_seconds() > self.settings.hard_timeout_s:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
@@ -291,8 +291,9 @@ class RunDriver:
                 return self._finish(RunStatus.SUCCEEDED, "finished; its supervisor vanished, the result was collected", cluster=cluster)
             return self._requeue(status.reason or "the job vanished", cluster=cluster)
         if status.state is JobState.CANCELLED:
-            requested = self._cancel_requested()
-            return self._finish(RunStatus.CANCELLED, "cancelled by user" if requested else (status.reason or "job cancelled outside caddie"), cluster=cluster)
+            if self._cancel_requested():
+                return self._cancelled(handle, cluster)
+            return self._finish(RunStatus.CANCELLED, status.reason or "job cancelled outside caddie", cluster=cluster)
         result = self._store_outputs(handle)
         if status.state is JobState.SUCCEEDED:
             if result is None:
@@ -402,6 +403,13 @@ class RunDriver:
             return f"run {self.run_id} {to.value}" + (f": {reason}" if reason and to is not RunStatus.SUCCEEDED else "")
 
         return self._db(move, f"end as {to.value}")
+
+    def _cancelled(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
+        """End a run whose cancel stopped its job: SUCCEEDED with its result if the trainer had
+        already written one (a cancel racing the end must not throw a paid result away), else CANCELLED."""
+        if self._store_outputs(handle, only_if_succeeded=True) is not None:
+            return self._finish(RunStatus.SUCCEEDED, "the cancel came after the run had written its result: the result is kept", cluster=cluster)
+        return self._finish(RunStatus.CANCELLED, "cancelled by user", cluster=cluster)
 
     def _judge_progress(self, rule: AbortRule, points: list[Any]) -> None:
         """Early abort: once the rule's step is logged, compare with the team's best (service.early_abort)."""

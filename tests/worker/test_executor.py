@@ -44,6 +44,8 @@ with open(os.path.join(out, "result.json"), "w") as fh:
                "train_seconds": 0.02, "eval_seconds": 0.01, "val_tokens_scored": 99, "val_tokens_total": 99,
                "ttt_protocol": "none", "train_shards": ["fineweb_train_000000.bin"], "val_shards": ["fineweb_val_000000.bin"],
                "trainer_revision": "stand-in", "gpu_name": "cpu", "world_size": 1}, fh)
+if os.environ.get("ITERATIONS") == "97":  # "linger": its result is written, then it is slow to exit
+    time.sleep(300)
 '''
 
 
@@ -171,6 +173,26 @@ def test_a_second_executor_backs_off_while_the_first_holds_the_lease(maker, sett
     with maker() as s:
         assert s.get(Run, run_id).status == "CANCELLED"
     assert len(list((settings.home / "runs" / str(run_id)).glob("attempt-*"))) == 1
+
+
+def test_a_cancel_after_the_result_was_written_keeps_the_result(maker, settings) -> None:
+    run_id = new_run(maker, {"ITERATIONS": 97})
+    worker = threading.Thread(target=go, args=(maker, settings, run_id))
+    worker.start()
+    end = time.monotonic() + 20
+    while not list((settings.home / "runs" / str(run_id)).glob("attempt-*/out*/result.json")) and not list(
+        (settings.home / "runs" / str(run_id)).glob("attempt-*/**/result.json")
+    ):
+        assert time.monotonic() < end, "the stand-in wrote no result.json"
+        time.sleep(0.05)
+    with maker() as s:
+        s.get(Run, run_id).cancel_requested_at = utcnow()
+        s.commit()
+    worker.join(30)
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert (run.status, run.val_bpb) == ("SUCCEEDED", 2.5), run.status_reason
+        assert "result is kept" in run.status_reason
 
 
 def test_hard_timeout_stops_the_job_and_fails_the_run(maker, settings) -> None:
