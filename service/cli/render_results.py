@@ -11,7 +11,7 @@ from rich.table import Table
 
 from service.cli.render import escape, fmt_bpb, fmt_bytes, fmt_seconds, status_text
 
-VERDICT_STYLE = {"pass": "green", "fail": "bold red", "not_comparable": "yellow"}
+VERDICT_STYLE = {"pass": "green", "fail": "bold red", "not_comparable": "yellow", "declared": "cyan"}
 
 
 def verdict_text(verdict: str) -> str:

@@ -415,7 +415,7 @@ def _first_reason(r: RuleSummary) -> str:
 
 
 def _verdict_word(v: Verdict) -> str:
-    return {Verdict.PASS: "pass", Verdict.FAIL: "fail", Verdict.NOT_COMPARABLE: "not comparable"}[v]
+    return {Verdict.PASS: "pass", Verdict.FAIL: "fail", Verdict.NOT_COMPARABLE: "not comparable", Verdict.DECLARED: "declared (not verified)"}[v]
 
 
 # --- formatting -----------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class Verdict(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     NOT_COMPARABLE = "not_comparable"
+    # What caddie cannot verify for a script (e.g. its TTT protocol) and the team (or the
+    # record) declares: listed as declared, never shown as a pass, and it does not block.
+    DECLARED = "declared"
 
 
 @dataclass(frozen=True)
@@ -288,7 +291,8 @@ def check_run(facts: RunFacts) -> list[Check]:
 
 
 def overall(checks: Iterable[Check]) -> Verdict:
-    """fail if any check fails; else not comparable if any is; else pass (an empty list is not comparable)."""
+    """fail if any check fails; else not comparable if any is; else pass when every verifiable
+    check passes (declared ones do not block); all declared stays declared; none is not comparable."""
     verdicts = [c.verdict for c in checks]
     if not verdicts:
         return Verdict.NOT_COMPARABLE
@@ -296,7 +300,14 @@ def overall(checks: Iterable[Check]) -> Verdict:
         return Verdict.FAIL
     if Verdict.NOT_COMPARABLE in verdicts:
         return Verdict.NOT_COMPARABLE
-    return Verdict.PASS
+    return Verdict.PASS if Verdict.PASS in verdicts else Verdict.DECLARED
+
+
+def declared(check: Check, by: str) -> Check:
+    """A check caddie could not verify, turned into the declaration of ``by`` (never a pass)."""
+    if check.verdict is not Verdict.NOT_COMPARABLE:
+        return check
+    return Check(check.rule, Verdict.DECLARED, f"declared by {by}, not verified by caddie ({check.reason})", check.figure, check.limit)
 
 
 @dataclass(frozen=True)
