@@ -331,7 +331,7 @@ def readme(inp: ExportInput, problems: Sequence[str], names: Mapping[int, str], 
     out += [f"- {_inline(r)}" for r in inp.eligibility.reasons]
     out.append("")
 
-    out += ["## Rule checks", "", "| Rule | Verdict | Runs (pass / fail / not comparable) |", "|---|---|---|"]
+    out += ["## Rule checks", "", "| Rule | Verdict | Runs (pass / fail / not comparable / declared) |", "|---|---|---|"]
     for rs in s.rules:
         counts = " / ".join(str(rs.counts.get(v.value, 0)) for v in Verdict)
         out.append(f"| {rs.rule} | {_verdict_word(rs.verdict)} | {counts} |")

@@ -331,6 +331,8 @@ def summarise_group(per_run: Sequence[Sequence[Check]]) -> list[RuleSummary]:
         checks = [c for run in per_run for c in run if c.rule == name]
         verdict = overall(checks)
         counts = {v.value: sum(c.verdict is v for c in checks) for v in Verdict}
+        if not counts[Verdict.DECLARED.value]:
+            del counts[Verdict.DECLARED.value]  # shown only where a check was declared
         reasons = list(dict.fromkeys(c.reason for c in checks if c.verdict is verdict))  # distinct, in run order
         out.append(RuleSummary(name, verdict, counts, reasons))
     return out
