@@ -60,6 +60,7 @@ from worker.launchers.base import (
 )
 from service.scripts.files import MissingScriptFile
 from worker.clusters import RunClusters, cluster_of, is_reused
+from worker.deadlines import Deadline, run_deadline, silent_too_long
 from worker.lease import Lease, with_db_retry
 from worker.logparse import LogParser, MetricPoint, ScriptLogParser
 from worker.run_log import RunLog
@@ -132,6 +133,7 @@ class RunDriver:
         self.clusters = RunClusters(run_id, launcher, session_factory, retry_s=self.retry_s, keep_warm=settings.keep_warm_minutes > 0)
         self.abort_rule: AbortRule | None = None  # the spec's abort_if_behind (service.early_abort)
         self.behind: Behind | None = None  # set once the rule's step showed the run behind
+        self.deadline = Deadline(0.0, 0.0, float(settings.hard_timeout_s), float(settings.hard_timeout_s))  # set by drive()
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
         return with_db_retry(fn, what=f"run {self.run_id}: {what}", deadline_s=self.retry_s)
@@ -149,6 +151,9 @@ class RunDriver:
                 base = int(first) if first is not None else offset
                 self.run_log = RunLog(self.run_id, self.session_factory, retry_s=self.retry_s, script=self.script, attempt=attempt, offset=offset, base=base)
                 self.abort_rule = AbortRule.of(run.abort_if_behind)
+                s = self.settings
+                self.deadline = run_deadline(run.spec, eval_cap_s=float(getattr(s, "eval_cap_s", 600.0)),
+                                             overhead_s=float(getattr(s, "deadline_overhead_s", 300.0)), ceiling_s=float(s.hard_timeout_s))  # fmt: skip
                 return run.status, handle, cluster_of(session, run), run.cancel_requested_at is not None
 
         status, handle, cluster, cancel_requested = self._db(load, "load")
@@ -193,7 +198,9 @@ class RunDriver:
             return True
 
     def _launch(self) -> tuple[LaunchHandle, ClusterHandle] | str:
-        timeout_s = float(self.settings.hard_timeout_s)
+        # The job's own timeout (the wrapper's, the node's) is a backstop a minute past the
+        # deadline the executor enforces, so the executor's clearer reason normally wins.
+        timeout_s = self.deadline.seconds + 60.0
 
         def load() -> tuple[str, JobSpec | None, str]:
             with self.session_factory() as session:
@@ -228,7 +235,7 @@ class RunDriver:
         # before it leaves a run with no job (launched again), one that dies after it
         # a RUNNING run with its handle (re-attached), never a job without its state.
         warm = is_reused(cluster)
-        reason = f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "")
+        reason = f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "") + f"; {self._limits()}"
         try:
             moved = self._db(lambda: self._to_running(handle, reason, warm=warm), "record the launch")
         except Exception:
@@ -239,12 +246,22 @@ class RunDriver:
             return f"run {self.run_id} changed state during launch; job stopped"
         return handle, cluster
 
+    def _limits(self) -> str:
+        silence = float(getattr(self.settings, "silence_timeout_s", 0.0))
+        watchdog = f"stopped after {silence:.0f} s without output" if silence > 0 else "no silence watchdog"
+        return f"deadline {self.deadline.describe()}; {watchdog}"
+
     def _follow(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
         poll = float(self.settings.poll_interval_s)
+        silence_limit = float(getattr(self.settings, "silence_timeout_s", 0.0))
+        heard_at, heard_bytes = time.monotonic(), -1  # silence counts from when this executor began to follow
         while True:
             if self.lease.lost.is_set():
                 return f"run {self.run_id}: lease lost, another worker drives it now"
             self._pull_log(handle, final=False)
+            if self.run_log.offset != heard_bytes:
+                heard_at, heard_bytes = time.monotonic(), self.run_log.offset
+            silent_s = time.monotonic() - heard_at
             row = self._db(self._run_state, "read its state")
             if row is None or is_terminal(row.status):
                 return f"run {self.run_id} was finished elsewhere"
@@ -272,11 +289,18 @@ class RunDriver:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
                     return self._cancelled(handle, cluster)
-            elif row.started_at is not None and (utcnow() - row.started_at).total_seconds() > self.settings.hard_timeout_s:
+            elif row.started_at is not None and (utcnow() - row.started_at).total_seconds() > self.deadline.seconds:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
                     self._store_outputs(handle)
-                    return self._finish(RunStatus.FAILED, f"hard timeout: still running after {self.settings.hard_timeout_s:.0f} s", cluster=cluster)
+                    why = f"hard timeout: still running past its deadline of {self.deadline.describe()}"
+                    return self._finish(RunStatus.FAILED, why, cluster=cluster)
+            elif silent_too_long(silent_s, silence_limit):
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    self._store_outputs(handle)
+                    why = f"silent: no output for {silent_s:.0f} s (CADDIE_SILENCE_TIMEOUT_S={silence_limit:.0f}); the trainer was presumed hung and stopped"
+                    return self._finish(RunStatus.FAILED, why, cluster=cluster)
             if unreachable is not None:
                 log.warning("run %s: launcher unreachable (%s); polling again", self.run_id, unreachable)
                 time.sleep(max(poll, self.settings.heartbeat_s))

@@ -13,9 +13,9 @@ from pydantic_settings import SettingsConfigDict
 
 from service.scheduling.settings import SchedulingSettings
 
-# 600 s train + 600 s eval (the challenge's limits) + 10 min of margin for
-# provisioning, setup, compile warm-up and collecting results.
-DEFAULT_HARD_TIMEOUT_S = 600.0 + 600.0 + 600.0
+# The ceiling over every run's own deadline (worker.deadlines): a run asking for long
+# training caps still ends within this.
+DEFAULT_HARD_TIMEOUT_S = 6 * 3600.0
 
 
 class WorkerSettings(SchedulingSettings):
@@ -30,6 +30,11 @@ class WorkerSettings(SchedulingSettings):
     broker_url: str = ""  # default: a SQLite-backed kombu broker under home (needs no server)
     heartbeat_s: float = Field(5.0, gt=0)
     hard_timeout_s: float = Field(DEFAULT_HARD_TIMEOUT_S, gt=0)
+    # A run's deadline: its training cap + eval_cap_s + deadline_overhead_s (worker.deadlines).
+    eval_cap_s: float = Field(600.0, ge=0)
+    deadline_overhead_s: float = Field(300.0, ge=0)
+    # The silence watchdog: a job whose log grew by nothing for this long is stopped (0: off).
+    silence_timeout_s: float = Field(600.0, ge=0)
     # How often the executor polls the job (status, log, cancel request); the
     # trainer-exit -> SUCCEEDED delay is about one poll.
     poll_interval_s: float = Field(0.2, gt=0, le=30)
@@ -50,6 +55,9 @@ class WorkerSettings(SchedulingSettings):
     # long (a lost worker's run is redelivered). Duplicates are harmless: the
     # executor takes a lease on the run in the database.
     visibility_timeout_s: float = Field(3600.0, gt=0)
+    # Longest wait between two tries to reach a lost broker (Kombu's own grows to 30 s):
+    # a worker finds a returned broker within this.
+    broker_retry_max_s: float = Field(2.0, gt=0, le=60)
 
     # --- scheduling ------------------------------------------------------------
     scheduler_tick_s: float = Field(5.0, gt=0)

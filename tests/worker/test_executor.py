@@ -208,6 +208,20 @@ def test_hard_timeout_stops_the_job_and_fails_the_run(maker, settings) -> None:
         assert run.status == "FAILED" and "hard timeout" in run.status_reason
 
 
+def test_a_silent_trainer_is_stopped_by_the_watchdog_and_the_run_shows_its_limits(maker, settings) -> None:
+    run_id = new_run(maker, {"ITERATIONS": 99, "MAX_WALLCLOCK_SECONDS": 120})
+    t0 = time.monotonic()
+    out = go(maker, settings.model_copy(update={"silence_timeout_s": 1.5}), run_id)
+    assert "silent: no output for" in out and time.monotonic() - t0 < 15
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and "CADDIE_SILENCE_TIMEOUT_S=2" in run.status_reason
+        started = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == run_id, RunEvent.to_status == "RUNNING"))
+    # Its own deadline: 120 s of training + 600 s of evaluation + 300 s overhead, and the watchdog.
+    assert "deadline 1020 s (training 120 s + evaluation 600 s + overhead 300 s)" in started
+    assert "stopped after 2 s without output" in started
+
+
 def test_a_bad_stored_spec_fails_with_the_knob_named(maker, settings) -> None:
     run_id = new_run(maker, {"NUM_LAYERS": -3})
     go(maker, settings, run_id)
@@ -279,4 +293,4 @@ def test_a_run_on_a_reused_warm_cluster_is_marked_warm_and_a_provisioned_one_is_
         assert s.get(Run, warm).cluster.name == "kept-warm"  # claimed through the warm-cluster row lock
         # Written by the RUNNING transition itself: its event says so.
         running = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == warm, RunEvent.to_status == "RUNNING"))
-        assert running.endswith("(a warm cluster, reused)")
+        assert "(a warm cluster, reused); deadline " in running
