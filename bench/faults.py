@@ -542,16 +542,25 @@ class Suite:
         out.notes.append(note)
         return out
 
-    def restart_broker(self, redis: Redis) -> Outcome:
+    def restart_broker(self, redis: Redis, down_s: float) -> Outcome:
         ids = [self.submit(80, seed=s) for s in (1, 2, 3, 4)]
         self.wait(lambda: sum(1 for i in ids if self.trainer_started(i)) >= 2, 60, "2 trainers to start")
         t = self.watch.fault()
         redis.kill9()
-        time.sleep(2)
+        time.sleep(down_s)
         redis.start()
+        back = time.time()
         self.all_done(400)
-        return self.outcome("broker", "kill -9 and restart of Redis (no persistence: queued messages lost) with 2 runs training, 2 queued",
-                            self.watch.recovery_after(t))  # fmt: skip
+        out = self.outcome(f"broker {down_s:.0f} s", f"kill -9 of Redis, down {down_s:.0f} s (no persistence: queued messages lost), with 2 runs training, 2 queued",
+                           self.watch.recovery_after(t))  # fmt: skip
+        # The measure: how long a slot stood free with a run queued after the broker came back.
+        starts = sorted(self.trainer_started(i)["t"] for i in ids[2:] if self.trainer_started(i))
+        ends = sorted(e["t"] for e in self.events() if e["kind"] == "end" and e["run"] in ids[:2])
+        if len(starts) == 2 and len(ends) >= 2:
+            idle = max(s0 - max(back, e0) for s0, e0 in zip(starts, ends))
+            out.notes.append(f"queued runs started {', '.join(f'{s0 - back:+.1f}' for s0 in starts)} s from the broker's return; "
+                             f"longest a slot stood free after the return with a run queued: {max(idle, 0.0):.1f} s")  # fmt: skip
+        return out
 
     def restart_postgres(self, pg: Postgres) -> Outcome:
         ids = [self.submit(100, seed=s) for s in (1, 2)]
@@ -625,7 +634,7 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "postgres", "many")
+SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "many")
 
 
 def main() -> int:
@@ -660,7 +669,7 @@ def main() -> int:
         plan: dict[str, Callable[[], Outcome]] = {
             "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
             "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
-            "broker": lambda: suite.restart_broker(redis), "postgres": lambda: suite.restart_postgres(pg), "many": suite.many_runs,
+            "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "many": suite.many_runs,
         }  # fmt: skip
         for name in args.only:
             print(f"--- {name}", flush=True)

@@ -13,8 +13,16 @@ dispatch.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import sys
+from typing import Any
+
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.platforms import EX_FAILURE
+from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.worker.consumer import Consumer
 
 from worker.settings import WorkerSettings
 
@@ -24,6 +32,22 @@ CONTROL_QUEUE = "control"
 EXECUTE_RUN = "caddie.execute_run"
 SCHEDULE_TICK = "caddie.schedule_tick"
 JANITOR_TICK = "caddie.janitor_tick"
+
+
+log = logging.getLogger(__name__)
+
+
+class QuickReconnectConsumer(Consumer):
+    """Celery's consumer, retrying a lost broker every 0.5 s .. broker_retry_max_s.
+
+    Kombu's default backoff grows to 30 s between tries, so a worker could sit up to
+    30 s on a broker that is back, with free slots and queued runs.
+    """
+
+    def ensure_connected(self, conn: Any) -> Any:
+        retry_max = WorkerSettings().broker_retry_max_s
+        conn.ensure_connection = functools.partial(conn.ensure_connection, interval_start=0.5, interval_step=0.5, interval_max=retry_max)
+        return super().ensure_connected(conn)
 
 
 def celery_config(settings: WorkerSettings) -> dict:
@@ -46,6 +70,8 @@ def celery_config(settings: WorkerSettings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_consumer": "worker.celery_app:QuickReconnectConsumer",
+        "broker_connection_max_retries": None,  # retry a lost broker for ever (the default gives up after 100 tries)
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {
             EXECUTE_RUN: {"queue": RUNS_QUEUE},
@@ -96,6 +122,33 @@ def _look_for_orphans(sender: object = None, **_: object) -> None:
             celery_app.send_task(JANITOR_TICK, retry=False)
         except Exception:  # noqa: BLE001 (beat ticks anyway)
             pass
+
+
+@worker_init.connect
+def _exit_at_once_on_unrecoverable_error(sender: Any = None, **_: object) -> None:
+    """A worker whose consumer died ("Unrecoverable error") exits now instead of waiting for its runs.
+
+    Kombu can fail that way when the broker connection drops with a run's message
+    unacknowledged (acks_late). Celery's warm shutdown then waits for every running
+    task, so the worker takes no new run until its current ones end: a 3 s Redis
+    outage idled slots for the length of a run. The runs' jobs do not depend on this
+    process (each trainer runs under its own supervisor or node), so exiting at once
+    is a worker killed: the supervisor restarts it and the restarted worker re-attaches
+    to the runs (a dead holder on this host is taken over at once, worker.lease).
+    """
+    if sender is None:
+        return
+    stop = sender.stop
+
+    def stop_or_exit(in_sighandler: bool = False, exitcode: int | None = None) -> None:
+        failing = sys.exc_info()[1]
+        if exitcode == EX_FAILURE and isinstance(failing, Exception):
+            log.critical("the worker's consumer failed (%r); exiting now for the supervisor to restart it", failing)
+            logging.shutdown()
+            os._exit(EX_FAILURE)
+        stop(in_sighandler=in_sighandler, exitcode=exitcode)
+
+    sender.stop = stop_or_exit
 
 
 @worker_process_init.connect

@@ -123,3 +123,27 @@ def test_redis_restart_loses_messages_but_no_run(stack: Stack, redis_server: Pri
         run = stack.wait_for(run_id, {"SUCCEEDED", "FAILED", "CANCELLED"}, 120, supervise=True)
         assert run["status"] == "SUCCEEDED", run["status_reason"]
         assert len(attempts_dirs(stack, run_id)) == 1
+
+
+def _first_event_at(stack: Stack, run_id: int, to_status: str) -> float:
+    with db(stack) as s:
+        at = s.scalar(select(RunEvent.at).where(RunEvent.run_id == run_id, RunEvent.to_status == to_status).order_by(RunEvent.id).limit(1))
+    assert at is not None, (run_id, to_status)
+    return at.timestamp()
+
+
+def test_a_broker_outage_leaves_no_slot_idle(stack: Stack, redis_server: PrivateRedis) -> None:
+    """Redis down 3 s with a run training and one queued (1 slot): once the broker is back,
+    the queued run starts within 15 s of the slot coming free. Before, Kombu's failed
+    reconnect left the worker in a warm shutdown that took no run until its current ones ended."""
+    [first] = stack.submit({**TINY, "ITERATIONS": 40}, seed=21)
+    stack.wait_for(first, {"RUNNING"}, 90, log_bytes=1)
+    [second] = stack.submit(TINY, seed=22)
+    redis_server.restart(down_s=3.0)  # the session's own server, never the machine's
+    back = time.time()
+    for run_id in (first, second):
+        run = stack.wait_for(run_id, {"SUCCEEDED", "FAILED", "CANCELLED"}, 150, supervise=True)
+        assert run["status"] == "SUCCEEDED", run["status_reason"]
+        assert len(attempts_dirs(stack, run_id)) == 1
+    slot_free = max(back, _first_event_at(stack, first, "SUCCEEDED"))
+    assert _first_event_at(stack, second, "PROVISIONING") - slot_free < 15
