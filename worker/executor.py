@@ -225,6 +225,20 @@ class RunDriver:
             return self._finish(RunStatus.FAILED, f"cannot get a node: {exc}")
         if self._cancel_requested():
             return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
+        # The launch key is fixed by what the database already holds (the run and its attempt),
+        # so it exists before the launcher is asked. An executor that died between submit and
+        # the commit below left a job tagged with it: this one adopts that job instead of
+        # starting a second trainer for the same attempt.
+        job.launch_key = f"run-{self.run_id}-attempt-{self.run_log.attempt}"
+        find = getattr(self.launcher, "find", None)
+        found = find(self.run_id, job.launch_key) if find is not None else None
+        if found is not None:
+            reason = f"adopted job {found.job_id} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
+            moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster)), "record the adopted job")
+            if not moved:
+                self._cancel_quietly(found)
+                return f"run {self.run_id} changed state during launch; job stopped"
+            return found, cluster
         try:
             handle = self.launcher.submit(cluster, job)
         except (RetryLater, LauncherUnreachable) as exc:

@@ -195,6 +195,46 @@ def test_a_cancel_after_the_result_was_written_keeps_the_result(maker, settings)
         assert "result is kept" in run.status_reason
 
 
+class Died(BaseException):
+    """The executor's process dying (SIGKILL, OOM) right after the launcher started the job."""
+
+
+class DiesAfterSubmit(LocalLauncher):
+    def submit(self, cluster, job):  # noqa: ANN001, ANN201
+        super().submit(cluster, job)
+        raise Died
+
+
+def test_an_executor_dead_between_submit_and_record_is_followed_by_one_that_adopts_its_job(maker, settings) -> None:
+    run_id = new_run(maker, {"ITERATIONS": 98})  # trains until a file named go appears
+    with pytest.raises(Died):
+        go(maker, settings, run_id, launcher=DiesAfterSubmit(settings))
+    with maker() as s:
+        assert (s.get(Run, run_id).status, s.get(Run, run_id).launch_handle) == ("PROVISIONING", None)  # nothing recorded
+    outcome: list[str] = []
+
+    def second() -> None:
+        while "another worker" in (out := go(maker, settings, run_id)):
+            time.sleep(0.2)  # the dead executor's lease goes stale
+        outcome.append(out)
+
+    worker = threading.Thread(target=second)
+    worker.start()
+    end = time.monotonic() + 20
+    while (s := maker()).get(Run, run_id).status != "RUNNING":
+        s.close()
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    [workdir] = (settings.home / "runs" / str(run_id)).glob("attempt-*")  # no second trainer
+    (workdir / "go").touch()
+    worker.join(30)
+    assert outcome == [f"run {run_id} SUCCEEDED"]
+    assert len(list((settings.home / "runs" / str(run_id)).glob("attempt-*"))) == 1
+    with maker() as s:
+        reason = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == run_id, RunEvent.to_status == "RUNNING"))
+    assert reason.startswith(f"adopted job {run_id}/attempt-1 on ")
+
+
 def test_hard_timeout_stops_the_job_and_fails_the_run(maker, settings) -> None:
     run_id = new_run(maker, {"ITERATIONS": 99})
     t0 = time.monotonic()

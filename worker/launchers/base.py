@@ -76,6 +76,10 @@ class JobSpec:
     timeout_s: float
     data_variant: str = "sp1024"
     script_files: dict[str, bytes] = field(default_factory=dict)
+    # One per attempt of a run, decided before the launcher is asked: a launcher that can
+    # (``find``) tags the job with it, so an executor that died before recording the
+    # handle is followed by one that finds the job instead of starting a second trainer.
+    launch_key: str = ""
 
     @property
     def is_script(self) -> bool:

@@ -34,13 +34,14 @@ import psutil
 
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
 from service.scripts.spec import SCRIPT_NAME
-from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG
+from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG, write_json_atomic
 from worker.launchers.run_folder import place_files
 from worker.launchers.trainer_env import inherited_env, knob_env, script_env, variant_paths
 from worker.logparse import failure_reason
 
 NAME = "local"
 CANCEL_FILE = "cancel_requested"
+LAUNCH_FILE = "launch.json"  # the job's launch key, then its wrapper's pid: worker.executor finds the job by its key
 READ_LOG_MAX_BYTES = 1 << 20  # read_log returns at most this much per call; callers loop
 REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the worker and trainer packages
 DATA_LINK = "data"  # in each work dir: a link to the worker's data root, so the trainer's paths are relative
@@ -199,6 +200,8 @@ class LocalLauncher:
             "--", *(self.script_argv() if job.is_script else self.trainer_argv()),
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
+        launch = {"key": job.launch_key, "cluster": cluster.name, "timeout_s": float(job.timeout_s or 0)}
+        write_json_atomic(workdir / LAUNCH_FILE, launch)  # before the job exists: a job is never without its key
         try:
             # a new session: the worker's own signals and death never reach the job
             proc = subprocess.Popen(
@@ -211,12 +214,32 @@ class LocalLauncher:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
             create_time = None  # already gone; status() falls back to the exit-code file
+        write_json_atomic(workdir / LAUNCH_FILE, {**launch, "pid": proc.pid, "create_time": create_time})
         return LaunchHandle(
             launcher=NAME,
             cluster=cluster.name,
             job_id=f"{job.run_id}/{workdir.name}",
             data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0)},
         )
+
+    def find(self, run_id: int, launch_key: str) -> LaunchHandle | None:
+        """The job submitted with `launch_key` for run `run_id` (running or ended), or None if none was started."""
+        if not launch_key:
+            return None
+        for workdir in sorted((self.runs_dir / str(int(run_id))).glob("attempt-*")):
+            launch = _read_json(workdir / LAUNCH_FILE) or {}
+            if launch.get("key") != launch_key:
+                continue
+            if "pid" not in launch and not (workdir / CHILD_FILE).exists() and not (workdir / EXIT_FILE).exists():
+                continue  # its submit died before the wrapper started: nothing runs there
+            pid = launch.get("pid")
+            return LaunchHandle(
+                launcher=NAME,
+                cluster=str(launch.get("cluster") or NAME),
+                job_id=f"{run_id}/{workdir.name}",
+                data={"pid": pid, "pgid": pid, "create_time": launch.get("create_time"), "workdir": str(workdir), "timeout_s": float(launch.get("timeout_s") or 0)},
+            )
+        return None
 
     def _reap(self, pid: int | None) -> None:
         proc = self._children.get(pid) if pid else None
