@@ -18,7 +18,7 @@ from service.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
 from service.models import Run, RunGroup, Team, utcnow
 from service.results.groups import Eligibility, GroupStats, SeedRow, aggregate, config_diff, eligibility
 from service.results.rules import Check, RunFacts, check_run, overall
-from service.results.statistics import Comparison, compare
+from service.results.statistics import DEFAULT_POLICY, Comparison, compare_policy
 from service.scripts.spec import SCRIPT_KIND, ScriptSpec
 from service.security import Principal
 
@@ -154,11 +154,28 @@ def team_leader(view: GroupView, candidates: Sequence[GroupView]) -> GroupView |
     return min(others, key=lambda v: (v.stats.val_bpb.mean, v.group.key), default=None)
 
 
-def comparison(candidate: GroupView, baseline: GroupView | None) -> Comparison | None:
-    """One-sided Welch test of val_loss: does the candidate beat the baseline by 0.005 nats?"""
+def comparable_flags(candidate: RunGroup, baseline: RunGroup) -> list[str]:
+    """Why two groups cannot be compared: another track, other hardware, another validation set."""
+    flags = []
+    if candidate.track != baseline.track:
+        flags.append(f"track {candidate.track} against {baseline.track}")
+    if candidate.hardware != baseline.hardware:
+        flags.append(f"hardware {candidate.hardware} against {baseline.hardware}")
+    limits = [(g.config or {}).get("VAL_TOKENS_LIMIT") or None for g in (candidate, baseline)]
+    if limits[0] != limits[1]:
+        shown = ["the full split" if x is None else f"{x:,} tokens" for x in limits]
+        flags.append(f"validation set {shown[0]} against {shown[1]}")
+    return flags
+
+
+def comparison(candidate: GroupView, baseline: GroupView | None, policy: str = DEFAULT_POLICY) -> Comparison | None:
+    """One-sided Welch test in nats per byte under a named policy (the README's by default),
+    flagged when the groups differ in track, hardware or validation set."""
     if baseline is None:
         return None
-    return compare([r.val_loss for r in candidate.stats.counted], [r.val_loss for r in baseline.stats.counted])
+    return compare_policy([(r.val_bpb, r.val_loss) for r in candidate.stats.counted],
+                          [(r.val_bpb, r.val_loss) for r in baseline.stats.counted], policy,
+                          comparable_flags(candidate.group, baseline.group))
 
 
 @dataclass(frozen=True)

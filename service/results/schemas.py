@@ -80,9 +80,9 @@ class ComparisonOut(BaseModel):
     baseline_name: str
     n_candidate: int
     n_baseline: int
-    mean_candidate: float | None = Field(description="mean val_loss (nats)")
+    mean_candidate: float | None = Field(description="mean loss in `unit` (nats per byte: val_bpb x ln 2)")
     mean_baseline: float | None
-    improvement: float | None = Field(description="baseline minus candidate mean val_loss, nats")
+    improvement: float | None = Field(description="baseline minus candidate mean, in `unit`")
     margin: float
     ci_low: float | None
     ci_high: float | None
@@ -95,6 +95,9 @@ class ComparisonOut(BaseModel):
     enough_seeds: bool
     more_seeds_needed: int | None
     message: str
+    unit: str = Field(description="of means, improvement, margin and CI: 'nats per byte' (valid across tokenizers)")
+    policy: str = Field(description="the significance policy: readme, maintainers or systems_only")
+    flags: list[str] = Field(description="why the groups are not comparable (track, hardware, validation set); then never significant")
 
     @classmethod
     def of(cls, c: Comparison, candidate: GroupView, baseline: GroupView) -> "ComparisonOut":

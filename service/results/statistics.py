@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scipy import stats
 
@@ -198,6 +198,9 @@ class Comparison:
     enough_seeds: bool
     more_seeds_needed: int | None
     message: str
+    unit: str = "nats"  # of improvement, margin and CI: "nats" (per token) or "nats per byte"
+    policy: str = ""  # the named policy it was judged under (see POLICIES); "" for a bare test
+    flags: tuple[str, ...] = ()  # why the two groups are not comparable (then never significant)
 
 
 def _fmt_nats(x: float) -> str:
@@ -245,6 +248,7 @@ def compare(
     margin: float = MARGIN_NATS,
     alpha: float = ALPHA,
     confidence: float = 0.95,
+    unit: str = "nats",
 ) -> Comparison:
     """One-sided Welch t-test that ``candidate`` beats ``baseline`` by more than ``margin``.
 
@@ -287,6 +291,19 @@ def compare(
         p: float | None = None,
         more: int | None = None,
     ) -> Comparison:
+        if unit != "nats":
+            message = message.replace(" nats", f" {unit}")
+        return _result(message=message, ci=ci, t=t, df=df, p=p, more=more)
+
+    def _result(
+        *,
+        message: str,
+        ci: tuple[float, float] | None = None,
+        t: float | None = None,
+        df: float | None = None,
+        p: float | None = None,
+        more: int | None = None,
+    ) -> Comparison:
         return Comparison(
             n_candidate=n_c,
             n_baseline=n_b,
@@ -305,6 +322,7 @@ def compare(
             enough_seeds=n_c >= 2 and n_b >= 2,
             more_seeds_needed=more,
             message=message,
+            unit=unit,
         )
 
     # ---- not enough seeds ------------------------------------------------ #
@@ -400,3 +418,73 @@ def compare(
         message=f"{head}; {_seeds_phrase(n_c, n_b, extra, alpha)}",
         ci=ci, t=t, df=df, p=p, more=extra,
     )
+
+
+# --------------------------------------------------------------------------- #
+# Policies, in a unit valid across tokenizers
+# --------------------------------------------------------------------------- #
+
+PER_BYTE = "nats per byte"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named significance rule. ``margin_nats`` is per token, as the README states it; the
+    test runs in nats per byte (see ``compare_policy``)."""
+
+    name: str
+    margin_nats: float
+    alpha: float
+    waived: bool
+    description: str
+
+
+POLICIES: dict[str, Policy] = {
+    "readme": Policy("readme", MARGIN_NATS, ALPHA, False,
+                     "the challenge README: beat the record by 0.005 nats at p < 0.01"),
+    "maintainers": Policy("maintainers", 0.0, 0.25, False,
+                          "the maintainers' applied cutoff: against the chronological frontier, p < 0.25, no margin"),
+    "systems_only": Policy("systems_only", 0.0, ALPHA, True,
+                           "the README's systems-only waiver: speed without changing the ML needs no significance "
+                           "(declared by the team)"),
+}
+DEFAULT_POLICY = "readme"
+
+
+def nats_per_byte(bpb: float) -> float:
+    """val_bpb is bits per byte; the same loss in nats per byte. Bytes are the text's, whatever
+    the tokenizer, so two groups of different vocabularies compare in this unit (val_loss is
+    per token, and tokens of SP1024 and SP8192 are not the same size)."""
+    return bpb * math.log(2)
+
+
+def compare_policy(candidate: Sequence[tuple[float, float]], baseline: Sequence[tuple[float, float]],
+                   policy: str = DEFAULT_POLICY, flags: Sequence[str] = ()) -> Comparison:
+    """The candidate against the baseline under a named policy; each side is [(val_bpb, val_loss)]
+    per seed. The test runs in nats per byte; the policy's per-token margin becomes per byte
+    through the baseline's own bytes per token (val_loss / (val_bpb · ln 2)), which leaves the
+    README's rule exactly as it was between groups of one tokenizer. ``flags`` (why the groups
+    are not comparable) make the comparison never significant and lead its message."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r}: must be one of {', '.join(POLICIES)}")
+    pol = POLICIES[policy]
+    c = [nats_per_byte(b) for b, _ in candidate]
+    b = [nats_per_byte(x) for x, _ in baseline]
+    margin = 0.0
+    if pol.margin_nats:
+        ratios = [loss / nats_per_byte(bpb) for bpb, loss in baseline if bpb > 0 and loss is not None]
+        if ratios:
+            margin = pol.margin_nats / (math.fsum(ratios) / len(ratios))
+        elif baseline:
+            flags = [*flags, "the baseline reports no val_loss, so the per-token margin cannot be put in nats per byte"]
+    comp = compare(c, b, margin=margin, alpha=pol.alpha, unit=PER_BYTE)
+    head = f"policy {pol.name} ({pol.description}; tested in {PER_BYTE}"
+    head += f", margin {pol.margin_nats:g} nats per token = {margin:.5f} {PER_BYTE})" if pol.margin_nats else ")"
+    message, significant = f"{head}: {comp.message}", comp.significant
+    if pol.waived:
+        significant = True
+        message = f"{head}: significance waived; for information: {comp.message}"
+    if flags:
+        significant = False
+        message = f"not comparable: {'; '.join(flags)}; never significant (the test alone would say: {message})"
+    return replace(comp, message=message, significant=significant, policy=pol.name, flags=tuple(flags))

@@ -10,6 +10,7 @@ figures (sources in the comments).
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 
 import pytest
@@ -18,9 +19,12 @@ from scipy.stats import t as t_dist
 from service.results.statistics import (
     ALPHA,
     MARGIN_NATS,
+    POLICIES,
     Comparison,
     Summary,
     compare,
+    compare_policy,
+    nats_per_byte,
     seeds_needed,
     summarise,
 )
@@ -479,3 +483,48 @@ def test_more_than_the_seed_limit_is_reported_not_guessed() -> None:
     assert "more than 100 seeds per side" in c.message
     one = compare([1.8900 - 0.00501], sample(1.8900, 0.002, 3))
     assert one.more_seeds_needed is None and "more than 100 seeds per side" in one.message
+
+
+# --- policies, in nats per byte (issue 19 item 4) ------------------------------------------------
+
+# (val_bpb, val_loss) per seed: an SP8192 group 0.0366 bpb better than an SP1024 one; per token
+# its loss is far higher (bigger tokens), so a per-token test calls it 0.9 nats worse.
+SP8192 = [(1.0810, 2.7930), (1.0815, 2.7943), (1.0805, 2.7917)]
+SP1024 = [(1.1176, 1.8870), (1.1180, 1.8877), (1.1181, 1.8879)]
+
+
+def test_across_tokenizers_the_test_runs_in_nats_per_byte_and_says_so() -> None:
+    per_token = compare([x for _, x in SP8192], [x for _, x in SP1024])
+    assert per_token.improvement < -0.9 and not per_token.significant
+    c = compare_policy(SP8192, SP1024)
+    assert c.significant and c.unit == "nats per byte" and c.policy == "readme"
+    assert c.improvement == pytest.approx(nats_per_byte(statistics.mean(b for b, _ in SP1024) - statistics.mean(b for b, _ in SP8192)))
+    assert "nats per byte" in c.message and "policy readme" in c.message and " nats (" not in c.message
+
+
+def test_within_one_tokenizer_the_readme_policy_is_the_per_token_test() -> None:
+    """Same val set and tokenizer: nats per byte is val_loss times one constant, the margin too."""
+    ratio = 2.436  # bytes per token
+    cand = [(loss / ratio / math.log(2), loss) for loss in (1.8800, 1.8806, 1.8797)]
+    base = [(loss / ratio / math.log(2), loss) for loss in (1.8900, 1.8906, 1.8896)]
+    per_token = compare([x for _, x in cand], [x for _, x in base])
+    c = compare_policy(cand, base, "readme")
+    assert c.p_value == pytest.approx(per_token.p_value, rel=1e-6) and c.margin == pytest.approx(0.005 / ratio)
+
+
+def test_the_maintainers_cutoff_and_the_systems_waiver_by_name() -> None:
+    close = [(1.1190, 1.8893), (1.1196, 1.8903), (1.1185, 1.8884)]
+    base = [(1.1194, 1.8900), (1.1199, 1.8908), (1.1188, 1.8889)]
+    readme, maint, waiver = (compare_policy(close, base, p) for p in ("readme", "maintainers", "systems_only"))
+    assert not readme.significant and readme.alpha == 0.01
+    assert maint.margin == 0 and maint.alpha == 0.25 and "p < 0.25" in maint.message and maint.policy == "maintainers"
+    assert waiver.significant and "waived" in waiver.message and waiver.policy == "systems_only"
+    assert set(POLICIES) == {"readme", "maintainers", "systems_only"}
+    with pytest.raises(ValueError, match="policy 'loose'"):
+        compare_policy(close, base, "loose")
+
+
+def test_flagged_groups_are_never_significant_and_say_why() -> None:
+    c = compare_policy(SP8192, SP1024, flags=["track 10min_16mb against unlimited", "hardware H100:8 against cpu"])
+    assert not c.significant and c.flags == ("track 10min_16mb against unlimited", "hardware H100:8 against cpu")
+    assert c.message.startswith("not comparable: track 10min_16mb against unlimited; hardware H100:8 against cpu")
