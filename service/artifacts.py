@@ -15,6 +15,7 @@ the API reads (`open`). Both build it from the same settings
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -35,6 +36,31 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 class ArtifactStoreError(Exception):
     """The store is misconfigured or unreachable, or a URI does not belong to it."""
+
+
+class DiskFull(ArtifactStoreError):
+    """No space (or quota) left on the disk a file was being written to; the message names the disk and the path."""
+
+
+def mount_of(path: Path) -> Path:
+    """The mount point (the disk) holding `path`."""
+    path = Path(path).resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: Path, exc: OSError) -> DiskFull:
+    where = Path(path)
+    try:
+        free = f"{shutil.disk_usage(mount_of(where.parent)).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(f"disk full: no space left on {mount_of(where.parent)} writing {where} ({free}; {exc.strerror})")
 
 
 class ArtifactOutsideStore(ArtifactStoreError):
@@ -89,10 +115,16 @@ class LocalArtifactStore:
 
     def put(self, run_id: int, kind: str, path: Path) -> tuple[str, int, str]:
         target = self.root / artifact_key(run_id, kind, Path(path).name)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)  # a reader never sees half a file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)  # a reader never sees half a file
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a partial copy must not keep the disk full
+            if is_disk_full(exc):
+                raise disk_full(target, exc) from exc
+            raise
         size, sha = file_digest(target)
         return target.as_uri(), size, sha
 

@@ -42,6 +42,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.artifacts import DiskFull
 from service.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
 from service.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
 from service.models import Artifact, LogChunk, Run, RunEvent, utcnow
@@ -133,6 +134,7 @@ class RunDriver:
         self.clusters = RunClusters(run_id, launcher, session_factory, retry_s=self.retry_s, keep_warm=settings.keep_warm_minutes > 0)
         self.abort_rule: AbortRule | None = None  # the spec's abort_if_behind (service.early_abort)
         self.behind: Behind | None = None  # set once the rule's step showed the run behind
+        self.store_failed: str | None = None  # why an output could not be stored (a full disk)
         self.deadline = Deadline(0.0, 0.0, float(settings.hard_timeout_s), float(settings.hard_timeout_s))  # set by drive()
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
@@ -392,7 +394,13 @@ class RunDriver:
             for filename, kind in SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES:
                 path = outdir / filename
                 if path.is_file():
-                    uri, size, sha = self.store.put(self.run_id, kind, path)
+                    try:
+                        uri, size, sha = self.store.put(self.run_id, kind, path)
+                    except DiskFull as exc:
+                        # The figures still land below; the run cannot end SUCCEEDED without its files.
+                        log.error("run %s: %s", self.run_id, exc)
+                        self.store_failed = str(exc)
+                        continue
                     stored.append((kind, uri, size, sha))
         if not self.script:
             if result is None and self.run_log.parser.summary.final is None:
@@ -425,6 +433,8 @@ class RunDriver:
     # --- endings -------------------------------------------------------------------------------
     def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None) -> str:
         self.clusters.release(cluster)
+        if to is RunStatus.SUCCEEDED and self.store_failed:
+            to, reason = RunStatus.FAILED, f"trained and evaluated (figures kept), but the artifact store could not take its outputs: {self.store_failed}"
 
         def move() -> str:
             with self.session_factory() as session:

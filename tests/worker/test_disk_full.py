@@ -1,0 +1,71 @@
+"""A full disk under the artifact store (a small tmpfs, mounted as root): no partial file
+stays behind, the run's reason names the disk and the path, its figures are kept, and
+the next run succeeds once space is back."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from service.artifacts import DiskFull, LocalArtifactStore
+from service.models import Artifact, Run
+from tests.worker.test_executor import maker, new_run, settings  # noqa: F401 (fixtures)
+from worker.executor import execute_run
+from worker.launchers.local import LocalLauncher
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take all the space but a little: a filler file written until the disk refuses."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_store_leaves_no_partial_file_and_names_the_disk(small_disk: Path, tmp_path: Path) -> None:
+    store = LocalArtifactStore(small_disk / "artifacts")
+    big = tmp_path / "model.int6.ptz"
+    big.write_bytes(b"x" * 400_000)  # more than the whole disk
+    with pytest.raises(DiskFull) as err:
+        store.put(1, "model", big)
+    assert f"no space left on {small_disk}" in str(err.value) and "model.int6.ptz" in str(err.value)
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == []  # the partial .tmp is gone
+    small = tmp_path / "result.json"
+    small.write_bytes(b"{}")
+    assert store.put(1, "result", small)[1] == 2  # the disk took what fits right after
+
+
+def test_a_run_whose_outputs_do_not_fit_fails_with_its_figures_then_the_next_succeeds(maker, settings, small_disk: Path) -> None:  # noqa: F811
+    store = LocalArtifactStore(small_disk / "artifacts")
+    filler = fill(small_disk)
+    run_id = new_run(maker)
+    out = execute_run(run_id, launcher=LocalLauncher(settings), session_factory=maker, store=store, settings=settings)
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and run.val_bpb == 2.5, out  # the figures are kept
+        assert f"no space left on {small_disk}" in run.status_reason and "artifacts" in run.status_reason
+    assert not [p for p in small_disk.rglob("*.tmp")]
+    filler.unlink()  # space is back
+    again = new_run(maker)
+    assert execute_run(again, launcher=LocalLauncher(settings), session_factory=maker, store=store, settings=settings) == f"run {again} SUCCEEDED"
+    with maker() as s:
+        assert s.scalars(select(Artifact.kind).where(Artifact.run_id == again)).all()
