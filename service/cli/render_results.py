@@ -63,9 +63,12 @@ def comparison_lines(c: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("baseline", f"{escape(c['baseline_name'])} ({escape(c['baseline'][:12])}), n={c['n_baseline']}"),
             ("candidate", f"n={c['n_candidate']}")]
     if c["improvement"] is not None:
-        rows.append(("improvement", f"{c['improvement']:+.5f} nats val_loss (margin {c['margin']})"))
+        unit = escape(c.get("unit", "nats"))
+        rows.append(("improvement", f"{c['improvement']:+.5f} {unit} (margin {c['margin']:.5f})"))
+    if c.get("policy"):
+        rows.append(("policy", escape(c["policy"])))
     if c["ci_low"] is not None and c["ci_high"] is not None:
-        rows.append((f"{round(100 * c['confidence'])}% CI", f"{c['ci_low']:+.5f} .. {c['ci_high']:+.5f} nats"))
+        rows.append((f"{round(100 * c['confidence'])}% CI", f"{c['ci_low']:+.5f} .. {c['ci_high']:+.5f} {escape(c.get('unit', 'nats'))}"))
     if c["t"] is not None:
         rows.append(("Welch t", f"{c['t']:.3f} (df {c['df']:.2f})" if c["df"] is not None else f"{c['t']:.3f}"))
     rows.append(("p (one-sided)", fmt_p(c["p_value"])))

@@ -381,9 +381,9 @@ def _significance(inp: ExportInput) -> list[str]:
     t_df = f"t = {_num(c.t, 3)}, df = {_num(c.df, 2)}, " if c.t is not None and c.df is not None else ""
     side = "below" if c.significant else "not below"
     return [head, "",
-            f"Improvement: {_num(c.improvement, 5)} nats ({conf} CI {_num(c.ci_low, 5)} .. {_num(c.ci_high, 5)}). "
-            f"One-sided Welch t-test that the improvement exceeds {c.margin:g} nats: {t_df}**p = {_p(c.p_value)}**, "
-            f"{side} {c.alpha:g}."]
+            f"Improvement: {_num(c.improvement, 5)} {c.unit} ({conf} CI {_num(c.ci_low, 5)} .. {_num(c.ci_high, 5)}). "
+            f"One-sided Welch t-test that the improvement exceeds {_num(c.margin, 5)} {c.unit}: {t_df}**p = {_p(c.p_value)}**, "
+            f"{side} {c.alpha:g}" + (f" (policy {c.policy})." if c.policy else ".")]
 
 
 def _command(inp: ExportInput, seed: str) -> str:
