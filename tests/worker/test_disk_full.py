@@ -4,6 +4,7 @@ the next run succeeds once space is back."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,9 +33,10 @@ def small_disk(tmp_path: Path):
 def fill(disk: Path) -> Path:
     """Take all the space but a little: a filler file written until the disk refuses."""
     filler = disk / "filler"
+    assert os.path.ismount(disk)  # never fill a real disk
     with open(filler, "wb", buffering=0) as fh:
         try:
-            while True:
+            for _ in range(1024):
                 fh.write(b"\0" * 4096)
         except OSError:
             pass
@@ -69,3 +71,31 @@ def test_a_run_whose_outputs_do_not_fit_fails_with_its_figures_then_the_next_suc
     assert execute_run(again, launcher=LocalLauncher(settings), session_factory=maker, store=store, settings=settings) == f"run {again} SUCCEEDED"
     with maker() as s:
         assert s.scalars(select(Artifact.kind).where(Artifact.run_id == again)).all()
+
+
+FILLS_ITS_DISK = r'''
+import os
+print("step:1/2 train_loss:5.5000 train_time:10ms step_avg:10.00ms", flush=True)
+with open("checkpoint.bin", "wb", buffering=0) as fh:  # in the run folder, its cwd
+    try:
+        for _ in range(32):  # 2 MiB at most: never more than the small disk, wherever it runs
+            fh.write(b"\0" * 65536)
+    except OSError as exc:
+        print(f"error: {exc}", flush=True)
+        raise SystemExit(1)
+'''
+
+
+def test_a_full_run_folder_disk_fails_the_run_once_naming_the_disk(maker, settings, small_disk: Path, tmp_path: Path) -> None:  # noqa: F811
+    script = tmp_path / "fills.py"
+    script.write_text(FILLS_ITS_DISK)
+    home = small_disk / "home"
+    # runs_dir explicitly: model_copy does not re-derive it from home
+    s2 = settings.model_copy(update={"home": home, "runs_dir": home / "runs", "trainer_command": [settings.trainer_command[0], str(script)], "max_attempts": 3})
+    run_id = new_run(maker)
+    execute_run(run_id, launcher=LocalLauncher(s2), session_factory=maker, store=LocalArtifactStore(tmp_path / "artifacts"), settings=s2)
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and (run.attempts or 0) == 0, run.status_reason  # not retried on the same disk
+        assert f"no space left on {small_disk} for the run folder {home}" in run.status_reason
+    assert len(list((home / "runs" / str(run_id)).glob("attempt-*"))) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from service.artifacts import mount_of
 
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
 from service.scripts.spec import SCRIPT_NAME
@@ -86,6 +89,20 @@ def signal_of_exit(rc: int) -> str:
         return f"signal {n}"
     hint = ": out of memory, or killed from outside" if n == signal.SIGKILL else ""
     return f"signal {n} ({name}){hint}"
+
+
+DISK_FULL_BYTES = 1 << 20  # a run folder's disk with less free space than this is full for the job
+
+
+def _disk_full(workdir: Path) -> str:
+    """Why the job could not go on if the run folder's disk is full, else ""."""
+    try:
+        free = shutil.disk_usage(workdir).free
+    except OSError:
+        return ""
+    if free >= DISK_FULL_BYTES:
+        return ""
+    return f"disk full: no space left on {mount_of(workdir)} for the run folder {workdir} ({free:,} bytes free); not retried on this disk"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -262,6 +279,8 @@ class LocalLauncher:
         if ended is None:
             if cancelled:
                 return JobStatus(JobState.CANCELLED, reason=cancelled)
+            if full := _disk_full(workdir):  # the wrapper could not even record the exit: FAILED, not retried here
+                return JobStatus(JobState.FAILED, reason=full)
             return JobStatus(JobState.LOST, reason=f"trainer process {pid} is gone and left no exit code")
         rc = int(ended["exit_code"])
         if cancelled:
@@ -270,6 +289,8 @@ class LocalLauncher:
             return JobStatus(JobState.SUCCEEDED, 0, "")
         if ended.get("timed_out"):
             return JobStatus(JobState.FAILED, rc, f"hard timeout after {handle.data.get('timeout_s', 0):.0f} s")
+        if full := _disk_full(workdir):
+            return JobStatus(JobState.FAILED, rc, full)
         killed_by = signal_of_exit(rc)
         if killed_by:
             return JobStatus(JobState.FAILED, rc, f"trainer killed by {killed_by}")
