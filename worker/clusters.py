@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -100,8 +100,17 @@ class RunClusters:
                 return True
         raise RuntimeError(f"could not record cluster {cluster.name!r}")
 
-    def release(self, cluster: ClusterHandle | None) -> None:
+    def release(self, cluster: ClusterHandle | None, *, never_up: bool = False) -> None:
+        """Give the run's cluster back: kept warm (IDLE) or DOWN.
+
+        never_up: the launch that was to bring it up failed. A new cluster is then torn
+        down and its row deleted (nothing is kept warm that never ran a job); a reused
+        warm one is released as usual.
+        """
         if cluster is None:
+            return
+        if never_up and not is_reused(cluster):
+            self._forget(cluster)
             return
         try:
             self.launcher.release(cluster, keep_warm=self.keep_warm)
@@ -126,3 +135,23 @@ class RunClusters:
                 session.commit()
 
         self._db(write, "release its cluster")
+
+    def _forget(self, cluster: ClusterHandle) -> None:
+        try:
+            self.launcher.release(cluster, keep_warm=False)  # whatever a failed launch left up
+        except Exception as exc:  # noqa: BLE001 (the janitor tears down what is left)
+            log.warning("run %s: tearing down %s failed: %s", self.run_id, cluster.name, exc)
+
+        def write() -> None:
+            with self.session_factory() as session:
+                row = session.scalar(select(Cluster).where(Cluster.name == cluster.name).with_for_update())
+                if row is None:
+                    return
+                others = session.scalar(select(Run.id).where(Run.cluster_id == row.id, Run.id != self.run_id, Run.status.in_(ACTIVE)).limit(1))
+                if others is not None:
+                    return
+                session.execute(update(Run).where(Run.cluster_id == row.id).values(cluster_id=None), execution_options={"synchronize_session": False})
+                session.execute(delete(Cluster).where(Cluster.id == row.id))
+                session.commit()
+
+        self._db(write, "forget its cluster")

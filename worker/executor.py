@@ -244,9 +244,9 @@ class RunDriver:
         try:
             handle = self.launcher.submit(cluster, job)
         except (RetryLater, LauncherUnreachable) as exc:
-            return self._requeue(f"launch failed, will retry: {exc}", cluster=cluster)
+            return self._requeue(f"launch failed, will retry: {exc}", cluster=cluster, never_up=True)
         except LaunchFailed as exc:
-            return self._finish(RunStatus.FAILED, f"launch failed: {exc}", cluster=cluster)
+            return self._finish(RunStatus.FAILED, f"launch failed: {exc}", cluster=cluster, never_up=True)
         # The handle and PROVISIONING -> RUNNING are one commit: a worker that dies
         # before it leaves a run with no job (launched again), one that dies after it
         # a RUNNING run with its handle (re-attached), never a job without its state.
@@ -288,10 +288,10 @@ class RunDriver:
                 status, unreachable = None, exc
             except RetryLater as exc:
                 self._pull_log(handle, final=True)
-                return self._requeue(f"job lost: {exc}", cluster=cluster)
+                return self._requeue(f"job lost: {exc}", cluster=cluster, never_up=not handle.job_id)
             except LaunchFailed as exc:
                 self._pull_log(handle, final=True)
-                return self._finish(RunStatus.FAILED, f"the job could not start: {exc}", cluster=cluster)
+                return self._finish(RunStatus.FAILED, f"the job could not start: {exc}", cluster=cluster, never_up=not handle.job_id)
             # A job that ended is concluded first: a run re-attached long after its
             # job finished is not failed for the time it waited.
             if status is not None and status.terminal:
@@ -431,8 +431,8 @@ class RunDriver:
         return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"))
 
     # --- endings -------------------------------------------------------------------------------
-    def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None) -> str:
-        self.clusters.release(cluster)
+    def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None, never_up: bool = False) -> str:
+        self.clusters.release(cluster, never_up=never_up)
         if to is RunStatus.SUCCEEDED and self.store_failed:
             to, reason = RunStatus.FAILED, f"trained and evaluated (figures kept), but the artifact store could not take its outputs: {self.store_failed}"
 
@@ -483,12 +483,12 @@ class RunDriver:
 
         return self._finish(RunStatus.ABORTED_BEHIND, behind.reason, cluster=cluster, also={"saved_seconds": self._db(saved, "measure the time saved")})
 
-    def _requeue(self, reason: str, *, cluster: ClusterHandle | None = None) -> str:
+    def _requeue(self, reason: str, *, cluster: ClusterHandle | None = None, never_up: bool = False) -> str:
         """Back to the queue for another attempt (attempts+1), or FAILED once attempts run out.
 
         The attempt's log and metrics stay; a line in the log says where the next attempt begins.
         """
-        self.clusters.release(cluster)
+        self.clusters.release(cluster, never_up=never_up)
 
         def move() -> str:
             with self.session_factory() as session:

@@ -18,11 +18,11 @@ from service.accounts import create_team, create_user
 from service.artifacts import LocalArtifactStore
 from service.db import get_sessionmaker
 from service.lifecycle import record_created
-from service.models import Artifact, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
+from service.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
 from service.results.rules import RunFacts, check_run
 from tests.fresh_db import fresh_database
 from worker.executor import execute_run
-from worker.launchers.base import ClusterHandle, RetryLater
+from worker.launchers.base import ClusterHandle, LaunchFailed, RetryLater
 from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
 
@@ -233,6 +233,26 @@ def test_an_executor_dead_between_submit_and_record_is_followed_by_one_that_adop
     with maker() as s:
         reason = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == run_id, RunEvent.to_status == "RUNNING"))
     assert reason.startswith(f"adopted job {run_id}/attempt-1 on ")
+
+
+class FailsToLaunch(LocalLauncher):
+    """A cloud launcher whose provisioning fails: a new cluster of the run's own."""
+
+    def acquire(self, run_id, hardware, exclude=()):  # noqa: ANN001, ANN201
+        return ClusterHandle(launcher="local", name=f"never-up-{run_id}", hardware=hardware, data={"reused": False})
+
+    def submit(self, cluster, job):  # noqa: ANN001, ANN201
+        raise LaunchFailed("Failed to provision all possible launchable resources")
+
+
+def test_a_failed_launch_leaves_no_cluster_row(maker, settings) -> None:
+    run_id = new_run(maker)
+    out = go(maker, settings, run_id, launcher=FailsToLaunch(settings))
+    assert "launch failed: Failed to provision" in out
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and run.cluster_id is None
+        assert s.scalar(select(Cluster).where(Cluster.name == f"never-up-{run_id}")) is None
 
 
 def test_hard_timeout_stops_the_job_and_fails_the_run(maker, settings) -> None:

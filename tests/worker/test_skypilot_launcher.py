@@ -462,3 +462,10 @@ def test_run_script_enforces_the_hard_timeout_on_the_node(tmp_path: Path) -> Non
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-000001_c_1")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 124 and "caddie: hard timeout after 1 s" in res.stdout
+
+
+def test_a_sky_error_reason_carries_no_terminal_escapes() -> None:
+    exc = RuntimeError("\x1b[31mFailed to provision\x1b[0m all possible launchable resources.\n  \x1b[1mReason:\x1b[0m quota\x1b]8;;http://x\x07")
+    msg = str(map_sky_error(exc, "sky.launch"))
+    assert "\x1b" not in msg and "\x07" not in msg
+    assert msg == "sky.launch: RuntimeError: Failed to provision all possible launchable resources. Reason: quota"

@@ -119,6 +119,16 @@ _FAIL = (
 _UNREACHABLE = ("ApiServerConnectionError",)
 
 
+# Terminal escape sequences (colours, cursor moves) that SkyPilot's messages carry: a
+# run's reason is read in a browser and a database, not a terminal.
+_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def plain(text: str) -> str:
+    """`text` without terminal escape sequences, and its whitespace runs as single spaces."""
+    return " ".join(_ESCAPES.sub("", text).split())
+
+
 def _class_names(exc: BaseException) -> list[str]:
     return [c.__name__ for c in type(exc).__mro__]
 
@@ -132,7 +142,7 @@ def map_sky_error(exc: BaseException, what: str = "SkyPilot") -> LauncherError:
     if isinstance(exc, LauncherError):
         return exc
     names = _class_names(exc)
-    msg = f"{what}: {type(exc).__name__}: {str(exc).strip()[:1000]}"
+    msg = f"{what}: {type(exc).__name__}: {plain(str(exc))[:1000]}"
     if "ResourcesUnavailableError" in names and "KubeAPIUnreachableError" not in names and not getattr(exc, "failover_history", None):
         # SkyPilot's contract: an empty failover history means the optimizer found
         # no enabled cloud that offers these resources at all, so waiting won't help.
