@@ -6,10 +6,18 @@
   const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND"];
   const plotConfig = { responsive: true, displaylogo: false };
 
+  // A GET answered 503 (the database restarting) is asked again after its Retry-After, a few times.
   async function getJSON(url) {
-    const r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (!r.ok) throw new Error(url + ": " + r.status);
-    return r.json();
+    for (let attempt = 0; ; attempt++) {
+      const r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (r.status === 503 && attempt < 5) {
+        const wait = Math.min(30, Number(r.headers.get("Retry-After")) || 1);
+        await new Promise(function (done) { setTimeout(done, wait * 1000 * (attempt + 1)); });
+        continue;
+      }
+      if (!r.ok) throw new Error(url + ": " + r.status);
+      return r.json();
+    }
   }
 
   function badge(status) {
