@@ -29,7 +29,7 @@ from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User
 from service import size_check
 from service.early_abort import unlogged_step
 from service.results.rules import spec_noncompliance
-from service.schemas import QUEUE_FIELDS, RunCreate, RunOut
+from service.schemas import ID_MAX, QUEUE_FIELDS, RunCreate, RunOut
 from service.scripts.files import store_blobs
 from service.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
 from service.security import Principal
@@ -332,7 +332,11 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not raw.startswith("r"):
             raise ValueError(raw)
-        return int(raw[1:])
+        run_id = int(raw[1:])
+        # A cursor is an id plus one at most (the web page's live poll): anything else was not ours.
+        if not 1 <= run_id <= ID_MAX + 1:
+            raise ValueError(raw)
+        return run_id
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise InvalidInput([Issue(("query", "cursor"), "not a cursor from a previous page", cursor)]) from None
 

@@ -16,6 +16,9 @@ NAME_MAX_CHARS = 200
 NOTES_MAX_CHARS = 10_000
 TOKEN_NAME_MAX_CHARS = 100
 SEED_MAX = 2**31 - 1
+# Ids are INTEGER columns (32-bit in PostgreSQL): a bigger number names nothing, and the
+# database refuses to compare with it (a 500), so every id a request carries is bounded by this.
+ID_MAX = 2**31 - 1
 # Team and user names appear in URLs (/teams/{name}/members) and CLI output.
 HANDLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
 from service.errors import Forbidden, InvalidInput, Issue
+from service.schemas import ID_MAX
 from service.security import Principal, authenticate
 from service.settings import Settings
 from service.web import session as web_session
@@ -74,7 +75,6 @@ AdminUser = Annotated[Principal, Depends(get_admin)]
 # --- bounds on what a URL may carry ---------------------------------------------------
 # Ids are INTEGER columns (32-bit in PostgreSQL) and log offsets BIGINT: a bigger
 # number names nothing, and the database refuses to compare with it (a 500 before these bounds).
-ID_MAX = 2**31 - 1
 OFFSET_MAX = 2**63 - 1
 Id = Annotated[int, Path(ge=1, le=ID_MAX, description=f"a positive integer, at most {ID_MAX}")]
 ByteOffset = Annotated[int, Query(ge=0, le=OFFSET_MAX, description="byte offset into the log")]

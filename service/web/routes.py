@@ -33,7 +33,7 @@ from service.lifecycle import IllegalTransition, is_terminal
 from service.results import queries
 from service.results.groups import config_diff
 from service.results.schemas import GroupDetail, LeaderboardEntry
-from service.schemas import RunCreate
+from service.schemas import ID_MAX, RunCreate
 from service.security import Principal
 from service.web import charts, session as web_session
 from trainer.config import TrainerConfig
@@ -100,7 +100,7 @@ def page_user(request: Request, session: SessionDep) -> Principal:
 
 User = Annotated[Principal, Depends(page_user)]
 # Ids are 32-bit INTEGER columns: a larger number names nothing (and PostgreSQL would refuse it).
-RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+RowId = Annotated[int, PathParam(ge=1, le=ID_MAX)]
 CsrfField = Annotated[str, Form(alias=web_session.CSRF_FIELD)]  # default "": a missing token is a 403, like a wrong one
 
 
@@ -344,7 +344,7 @@ def cancel(request: Request, run_id: RowId, user: User, session: SessionDep, csr
 
 
 # --- compare -------------------------------------------------------------------------------
-def _ids(text: str) -> list[int]:
+def _ids(text: str, picked: list[int]) -> list[int]:
     out = []
     for part in text.replace(" ", ",").split(","):
         if part.strip():
@@ -352,7 +352,10 @@ def _ids(text: str) -> list[int]:
                 out.append(int(part.strip().lstrip("#")))
             except ValueError:
                 raise InvalidInput([Issue(("query", "runs"), "run ids, comma-separated", text)]) from None
-    return out
+    bad = [i for i in out + picked if not 1 <= i <= ID_MAX]
+    if bad:
+        raise InvalidInput([Issue(("query", "runs"), f"run ids are between 1 and {ID_MAX}", bad[0])])
+    return out + picked
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -365,7 +368,7 @@ def compare_page(
     pick: Annotated[list[int], Query(description="ticked runs (forms without JavaScript)")] = [],  # noqa: B006 - FastAPI copies it
     group: Annotated[list[str], Query(description="ticked groups")] = [],  # noqa: B006
 ) -> HTMLResponse:
-    run_ids = list(dict.fromkeys(_ids(runs) + pick))
+    run_ids = list(dict.fromkeys(_ids(runs, pick)))
     keys = list(dict.fromkeys([k.strip() for k in groups.replace(" ", ",").split(",") if k.strip()] + group))
     runs, groups = ",".join(map(str, run_ids)), ",".join(keys)
     chosen = [domain.get_run(session, user, i) for i in run_ids[:20]]

@@ -159,3 +159,31 @@ def test_a_stored_run_is_intact_after_every_bad_request(client: TestClient, worl
     assert _columns(client.get(f"{RUNS}/{run_id}", headers=h).json()) == before
     assert client.get(f"{RUNS}/{run_id}/events", headers=h).json() == events
     assert _stored(session) == counts
+
+
+@pytest.mark.parametrize("run_id", [ID_MAX + 2, 2**63, -5, 0])
+def test_a_cursor_past_the_database_is_a_422(client: TestClient, world, run_id: int) -> None:
+    import base64
+
+    cursor = base64.urlsafe_b64encode(f"r{run_id}".encode()).decode().rstrip("=")
+    r = client.get(RUNS, params={"cursor": cursor}, headers=world.h("alice"))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
+def test_every_integer_in_a_path_is_bounded(client: TestClient, world) -> None:
+    """A sweep of the API's routes (its OpenAPI schema): no integer path parameter reaches the database past ID_MAX."""
+    checked = 0
+    for path, operations in client.app.openapi()["paths"].items():
+        for method, op in operations.items():
+            params = [p for p in op.get("parameters", []) if p["in"] == "path"]
+            ints = [p["name"] for p in params if p["schema"].get("type") == "integer"]
+            if not ints:
+                continue
+            url = path
+            for p in params:
+                url = url.replace("{%s}" % p["name"], str(ID_MAX + 1) if p["name"] in ints else "x")
+            r = client.request(method.upper(), url, headers=world.h("root"))
+            assert r.status_code == 422, (method, url, r.status_code)
+            checked += 1
+    assert checked >= 8

@@ -299,3 +299,14 @@ def test_a_queued_runs_page_says_where_it_stands(world: World, browser_for) -> N
     assert 'id="queue-estimate"' in page and "#2 on" in page and "waiting for a" in page
     b.post(f"/runs/{first[0]}/cancel")
     assert "#1 on" in b.c.get(f"/runs/{second[0]}").text
+
+
+def test_cursors_and_compared_ids_out_of_range_are_a_422(world: World, browser_for) -> None:
+    import base64
+
+    b = browser_for(world.tokens["alice"])
+    cursor = base64.urlsafe_b64encode(f"r{2**31 + 5}".encode()).decode().rstrip("=")
+    assert b.c.get(f"/runs?cursor={cursor}").status_code in (400, 422)
+    assert b.c.get("/compare?runs=99999999999").status_code in (400, 422)
+    assert b.c.get(f"/compare?pick={2**40}").status_code in (400, 422)
+    assert b.c.get("/compare?runs=0").status_code in (400, 422)
