@@ -318,3 +318,27 @@ class Artifact(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PublicRecord(Base):
+    """One record of the challenge's public leaderboard (a folder of its records/), imported by
+    ``caddie records import``: the frontier teams compare against. ``seeds`` holds each seed's
+    figures ({seed, val_bpb, val_loss, artifact_bytes, steps, train_seconds, eval_seconds,
+    pre_ttt_bpb, source}: the log's where it says, else submission.json's)."""
+
+    __tablename__ = "public_records"
+    __table_args__ = (UniqueConstraint("track", "folder", name="uq_public_records_track_folder"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track: Mapped[str] = mapped_column(String(32))
+    folder: Mapped[str] = mapped_column(String(200))
+    date: Mapped[str] = mapped_column(String(10))
+    name: Mapped[str] = mapped_column(String(300))
+    author: Mapped[str] = mapped_column(String(200), default="")
+    val_bpb: Mapped[float | None] = mapped_column(Float)  # as the record states it
+    hardware: Mapped[str | None] = mapped_column(String(100))
+    pytorch_version: Mapped[str | None] = mapped_column(String(50))
+    code_sha256: Mapped[str | None] = mapped_column(String(64))
+    seeds: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    verdict: Mapped[str] = mapped_column(String(16))  # caddie's rules over its logs: pass, fail, not_comparable
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)

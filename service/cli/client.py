@@ -229,9 +229,9 @@ class CaddieClient:
     def group(self, key: str, baseline: str | None = None) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/groups/{quote(key, safe='')}", params={"baseline": baseline}, not_found=f"group {key} not found")
 
-    def compare(self, key: str, baseline: str) -> dict[str, Any]:
+    def compare(self, key: str, baseline: str, policy: str = "readme") -> dict[str, Any]:
         path = f"{API_PREFIX}/groups/{quote(key, safe='')}/compare/{quote(baseline, safe='')}"
-        return self.request("GET", path, not_found=f"group {key} or {baseline} not found")
+        return self.request("GET", path, params={"policy": policy}, not_found=f"group {key} or {baseline} not found")
 
     def publish(self, key: str, published: bool = True) -> dict[str, Any]:
         verb = "publish" if published else "unpublish"

@@ -38,8 +38,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 admin_app = typer.Typer(help="Bootstrap teams, users and tokens directly in the database.", no_args_is_help=True)
+records_app = typer.Typer(help="The challenge's public records (the frontier), straight to the database.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.add_typer(records_app, name="records")
 app.add_typer(db_app, name="db")
 
 out = Console(highlight=False)
@@ -299,11 +301,12 @@ def group(
 @friendly
 def compare(
     group_a: Annotated[str, typer.Argument(metavar="GROUP_A", help="candidate group")],
-    group_b: Annotated[str, typer.Argument(metavar="GROUP_B", help="baseline group")],
+    group_b: Annotated[str, typer.Argument(metavar="GROUP_B", help="baseline: a group, record:<folder> (a public record) or leader")],
+    policy: Annotated[str, typer.Option(help="readme (0.005 nats at p < 0.01), maintainers (p < 0.25, no margin) or systems_only")] = "readme",
 ) -> None:
-    """Does GROUP_A beat GROUP_B by 0.005 nats of val_loss? Difference, confidence interval, one-sided p."""
+    """Does GROUP_A beat GROUP_B under the policy? Tested in nats per byte: difference, confidence interval, one-sided p."""
     with api() as client:
-        out.print(comparison_panel(client.compare(group_a, group_b)))
+        out.print(comparison_panel(client.compare(group_a, group_b, policy)))
 
 
 @app.command()
@@ -406,6 +409,25 @@ def missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(database).absolute()
     return None if path.exists() else path
+
+
+@records_app.command("import")
+@friendly
+def records_import(
+    path: Annotated[Path, typer.Argument(help="a clone of the challenge repository, its records/ folder, or ../shared/challenge")],
+) -> None:
+    """Store every record folder's per-seed figures and caddie's verdict on its logs; re-importing updates them."""
+    from service.results.public_records import read_record, record_folders
+    from service.results.records_store import import_records
+
+    folders = record_folders(path)
+    if not folders:
+        raise CaddieError(f"no record folders under {path} (expected records/track_10min_16mb/<date>_<name>/)")
+    records = [read_record(f) for f in folders]
+    with database() as session:
+        created, updated = import_records(session, records)
+    seeds = sum(len(r.seeds) or len(r.logs) for r in records)
+    out.print(f"{len(records)} public records from {path}: {created} new, {updated} updated ({seeds} seed figures read)")
 
 
 @admin_app.command("create-team")

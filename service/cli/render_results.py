@@ -78,7 +78,7 @@ def comparison_lines(c: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def comparison_panel(c: dict[str, Any]) -> Panel:
-    return _pairs("significance (val_loss, one-sided Welch)", comparison_lines(c))
+    return _pairs(f"significance ({c.get('unit', 'nats')}, one-sided Welch)", comparison_lines(c))
 
 
 def group_detail(g: dict[str, Any]) -> Group:

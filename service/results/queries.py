@@ -186,24 +186,38 @@ class GroupReport:
     eligibility: Eligibility
 
 
-def group_report(session: Session, principal: Principal, key: str, baseline_key: str | None = None) -> GroupReport:
-    """A group with its baseline (given, or the team's leader), the test and eligibility."""
+def group_report(session: Session, principal: Principal, key: str, baseline_key: str | None = None,
+                 policy: str = DEFAULT_POLICY) -> GroupReport:
+    """A group with its baseline (see ``report_for``), the test under ``policy`` and eligibility."""
     view = group_view(session, principal, key)
-    return report_for(session, principal, view, baseline_key)
+    return report_for(session, principal, view, baseline_key, policy)
 
 
-def report_for(session: Session, principal: Principal, view: GroupView, baseline_key: str | None = None) -> GroupReport:
-    if baseline_key:
+LEADER = "leader"  # baseline_key naming the team's own leader instead of the public record
+
+
+def report_for(session: Session, principal: Principal, view: GroupView, baseline_key: str | None = None,
+               policy: str = DEFAULT_POLICY) -> GroupReport:
+    """The group against ``baseline_key``: a group, ``record:<folder>`` (a public record) or
+    ``leader`` (the team's own leader); by default the current public record of its track where
+    records are imported, else the team's leader."""
+    from service.results import records_store
+
+    if baseline_key == LEADER:
+        base = default_baseline(session, principal, view)
+    elif records_store.is_record_ref(baseline_key):
+        base = records_store.record_view(session, str(baseline_key))
+    elif baseline_key:
         base = group_view(session, principal, baseline_key)
         if base.group.key == view.group.key:
             raise InvalidInput([Issue(("baseline",), "a group cannot be its own baseline", baseline_key)])
     else:
-        base = default_baseline(session, principal, view)
-    return _report(view, base)
+        base = records_store.frontier(session, view.group.track) or default_baseline(session, principal, view)
+    return _report(view, base, policy)
 
 
-def _report(view: GroupView, base: GroupView | None) -> GroupReport:
-    comp = comparison(view, base)
+def _report(view: GroupView, base: GroupView | None, policy: str = DEFAULT_POLICY) -> GroupReport:
+    comp = comparison(view, base, policy)
     return GroupReport(view, base, comp, eligibility(view.stats, comp, view.group.allow_noncompliant))
 
 
@@ -216,11 +230,18 @@ class LeaderboardRow:
 
 def leaderboard(session: Session, principal: Principal, *, track: str, hardware: str | None = None,
                 limit: int = 100) -> list[LeaderboardRow]:
-    """Visible groups of one track (and hardware), with a counted run, ranked by mean val_bpb."""
+    """Visible groups of one track (and hardware), with a counted run, ranked by mean val_bpb,
+    beside the track's imported public records (kind ``record``, team "public record")."""
+    from service.results import records_store
+
     views = [v for v in list_groups(session, principal, track=track, hardware=hardware, limit=10_000) if v.stats.n > 0]
-    views.sort(key=lambda v: (v.stats.val_bpb.mean, -v.stats.n, v.group.key))
-    # Each row's default baseline comes from the views at hand (no query per row).
-    return [LeaderboardRow(i, _report(v, team_leader(v, views))) for i, v in enumerate(views[:limit], start=1)]
+    records = [v for v in records_store.record_views(session, track) if hardware in (None, v.group.hardware)]
+    best = records_store.frontier(session, track)
+    # Each row's default baseline comes from the views at hand (no query per row): the public
+    # record of the track where one is imported, else the team's leader; a record has none.
+    rows = [(v, None if v.group.kind == records_store.RECORD_KIND else (best or team_leader(v, views))) for v in views + records]
+    rows.sort(key=lambda r: (r[0].stats.val_bpb.mean, -r[0].stats.n, r[0].group.key))
+    return [LeaderboardRow(i, _report(v, base)) for i, (v, base) in enumerate(rows[:limit], start=1)]
 
 
 # --- publication ------------------------------------------------------------------------------

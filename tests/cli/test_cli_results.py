@@ -73,3 +73,32 @@ def test_groups_compare_leaderboard_publish(caddie: Caddie, tmp_path: Path) -> N
     assert "private to" in c.ok("publish", cand[:8], "--undo").stdout
     assert "prefix" in c.fails("group", "abc")
     assert "not found" in c.fails("group", "f" * 64)
+
+
+CHALLENGE = Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge"
+FRONTIER = "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611"
+
+
+def test_records_import_then_the_frontier_is_the_default_baseline(caddie: Caddie, tmp_path: Path) -> None:
+    """The challenge's 46 records imported; the leaderboard shows them beside team groups, marked;
+    a group's default baseline is the track's best public record; compare GROUP record:<folder> works."""
+    c = caddie
+    said = c.ok("records", "import", str(CHALLENGE)).stdout
+    assert "46 public records" in said and "46 new" in said
+    assert "0 new, 46 updated" in c.ok("records", "import", str(CHALLENGE)).stdout  # idempotent
+
+    c.ok("submit", str(_spec(tmp_path, "cli-rec", "{XSA_LAST_N: 9}", "1, 2, 3")))
+    _finish(c, {"cli-rec": [1.8900, 1.8906, 1.8896]})
+    key = _key(c, "cli-rec")
+    board = c.ok("leaderboard", "--track", "10min_16mb", "--limit", "100").stdout
+    assert "public record" in board and "cli-rec" in board
+    assert board.index("LQER") < board.index("cli-rec")  # 1.061 bpb ranks above the team's 1.119
+
+    detail = c.ok("group", key[:8]).stdout
+    assert "LQER" in detail and "public record" in detail  # the default baseline: the frontier
+    compared = c.ok("compare", key[:8], f"record:{FRONTIER}").stdout
+    assert "nats per byte" in compared and "readme" in compared and "no number of seeds" in compared
+    maint = c.ok("compare", key[:8], "record:2026-03-17_NaiveBaseline", "--policy", "maintainers").stdout
+    assert "maintainers" in maint and "p < 0.25" in maint
+    assert "not found" in c.fails("compare", key[:8], "record:no-such-folder")
+    assert "not record-eligible" in c.ok("group", key[:8]).stdout  # 1.119 bpb does not beat the 1.061 frontier

@@ -37,7 +37,7 @@ def export_group(
     store: ArtifactStoreDep,
     override: Annotated[str | None, Query(min_length=1, max_length=OVERRIDE_MAX_CHARS,
                                           description="why a group that is not record-eligible is exported anyway; written into README.md and submission.json")] = None,
-    baseline: Annotated[str | None, Query(max_length=64, description="baseline group key (default: the team's leader on the track)")] = None,
+    baseline: Annotated[str | None, Query(max_length=300, description="baseline: a group key, leader, or record:<folder> (default: the track's public record where imported, else the team's leader)")] = None,
     github_id: Annotated[str | None, Query(pattern=GITHUB_ID_PATTERN, description="GitHub user name for submission.json")] = None,
 ) -> Response:
     """The group's records/ folder as a zip (its own team only)."""

@@ -13,7 +13,10 @@ from service.errors import InvalidInput, Issue
 
 router = APIRouter(tags=["results"])
 
-Key = Annotated[str, Query(max_length=64)]
+# a group key (64 hex), "leader", or "record:<folder>" (folder names run to ~100 characters)
+Key = Annotated[str, Query(max_length=300)]
+Policy = Annotated[str, Query(pattern="^(readme|maintainers|systems_only)$",
+                              description="significance policy: readme (0.005 nats at p < 0.01, default), maintainers (p < 0.25, no margin) or systems_only (waived)")]
 
 
 @router.get("/groups", response_model=list[GroupOut])
@@ -32,15 +35,17 @@ def list_groups(
 
 
 @router.get("/groups/{key}", response_model=GroupDetail)
-def get_group(key: str, user: CurrentUser, session: SessionDep, baseline: Key | None = None) -> GroupDetail:
-    """Per-seed table, checks, and the Welch test against ``baseline`` (default: the team's leader on the track)."""
-    return GroupDetail.of_report(queries.group_report(session, user, key, baseline))
+def get_group(key: str, user: CurrentUser, session: SessionDep, baseline: Key | None = None, policy: Policy = "readme") -> GroupDetail:
+    """Per-seed table, checks, and the Welch test against ``baseline`` (default: the track's public
+    record where imported, else the team's leader; ``leader`` or ``record:<folder>`` pick one)."""
+    return GroupDetail.of_report(queries.group_report(session, user, key, baseline, policy))
 
 
 @router.get("/groups/{key}/compare/{baseline}", response_model=ComparisonOut)
-def compare_groups(key: str, baseline: str, user: CurrentUser, session: SessionDep) -> ComparisonOut:
-    """Does group ``key`` beat ``baseline`` by 0.005 nats of val_loss? Difference, CI, one-sided p."""
-    report = queries.group_report(session, user, key, baseline)
+def compare_groups(key: str, baseline: str, user: CurrentUser, session: SessionDep, policy: Policy = "readme") -> ComparisonOut:
+    """Does group ``key`` beat ``baseline`` (a group, ``leader`` or ``record:<folder>``) under ``policy``?
+    Difference in nats per byte, CI, one-sided p; flagged when track, hardware or validation set differ."""
+    report = queries.group_report(session, user, key, baseline, policy)
     assert report.comparison is not None and report.baseline is not None  # a baseline was given
     return ComparisonOut.of(report.comparison, report.view, report.baseline)
 
