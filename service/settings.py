@@ -43,6 +43,8 @@ class Settings(SchedulingSettings):
     allowed_tracks: str = ",".join(TRACKS)
     max_seeds: int = Field(16, ge=1, le=1000)
     max_spec_bytes: int = Field(65536, ge=1024)  # raw request body of POST /runs
+    # Any other request body (JSON, web forms): larger ones get 413 before they are read.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
     default_priority: int = 0
     min_priority: int = -100
     max_priority: int = 100

@@ -7,6 +7,7 @@ from sqlalchemy.orm import sessionmaker
 
 from service.api.deps import refuse_nul
 from service.api.errors import install_error_handlers
+from service.api.limits import RequestLimits
 from service.api.routes import artifacts, groups, meta, queue, runs, teams, tokens, users
 from service.api.routes import export as export_routes
 from service.artifacts import make_artifact_store
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # CADDIE_S3_* fails here, at start, not on the first download.
     app.state.artifact_store = make_artifact_store(settings)
     install_error_handlers(app)
+    # Size and sign-in before a body is read (FastAPI parses bodies before dependencies).
+    app.add_middleware(RequestLimits)
     checks = [Depends(refuse_nul)]
     for module in (runs, queue, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix, dependencies=checks)
