@@ -130,6 +130,11 @@ def list_groups(session: Session, principal: Principal, *, track: str | None = N
 
 
 def group_view(session: Session, principal: Principal, key: str) -> GroupView:
+    """A visible group, or a public record by ``record:<folder>`` (every user sees those)."""
+    from service.results import records_store
+
+    if records_store.is_record_ref(key):
+        return records_store.record_view(session, key.strip())
     return _views(session, [find_group(session, principal, key)])[0]
 
 

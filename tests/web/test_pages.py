@@ -310,3 +310,22 @@ def test_cursors_and_compared_ids_out_of_range_are_a_422(world: World, browser_f
     assert b.c.get("/compare?runs=99999999999").status_code in (400, 422)
     assert b.c.get(f"/compare?pick={2**40}").status_code in (400, 422)
     assert b.c.get("/compare?runs=0").status_code in (400, 422)
+
+
+def test_compare_page_takes_a_public_record_as_baseline(world: World, browser_for, session: Session) -> None:
+    """/compare?groups=record:<folder>,<group>: the record is the baseline, tested in nats per byte."""
+    from pathlib import Path
+
+    from service.results.public_records import read_record, record_folders
+    from service.results.records_store import import_records
+
+    challenge = Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge"
+    import_records(session, [read_record(f) for f in record_folders(challenge) if f.name.startswith("2026-03-17_NaiveBaseline")])
+    session.commit()
+    b = browser_for(world.tokens["alice"])
+    cand = submit(b, world, "alice", name="cand", config={"NUM_LAYERS": 10}, seeds=[1, 2, 3])
+    for i, run_id in enumerate(cand):
+        finish(session, run_id, val_bpb=1.1 + i / 1000, val_loss=1.9 + i / 1000)
+    key = session.get(Run, cand[0]).group_key
+    page = b.c.get(f"/compare?groups=record:2026-03-17_NaiveBaseline,{key}").text
+    assert 'id="significance"' in page and "Naive Baseline (public record, 2026-03-18)" in page and "nats per byte" in page
