@@ -75,6 +75,8 @@ class ExportInput:
     blurb: str | None = None
     script: ScriptSpec | None = None  # a group of the team's own train_gpt.py (config is then its ScriptSpec JSON)
     script_files: Mapping[str, bytes] = field(default_factory=dict)  # the files it needs beside it, by name
+    hardware_ran: str | None = None  # what the runs reported, e.g. "8xNVIDIA H100 80GB HBM3" (never the spec)
+    pytorch_version: str | None = None  # as the runs reported it
 
     @property
     def what_runs(self) -> str:
@@ -133,10 +135,15 @@ def slug(text: str, max_chars: int = 60) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", ascii_text).strip("_")[:max_chars].rstrip("_")
 
 
+# caddie's track -> the challenge's folder under records/ (unlimited runs are its non-record submissions)
+TRACK_FOLDERS = {"10min_16mb": "track_10min_16mb", "unlimited": "track_non_record_16mb"}
+
+
 def folder_name(inp: ExportInput) -> str:
-    """``records/track_<track>/<YYYY-MM-DD>_<slug of the group name>``, as in the challenge's repository."""
+    """``records/<the challenge's track folder>/<YYYY-MM-DD>_<slug of the group name>``, as in its repository."""
     name = slug(inp.name) or f"group_{inp.group_key[:8]}"
-    return f"records/track_{slug(inp.track) or 'unknown'}/{inp.date.isoformat()}_{name}"
+    track = TRACK_FOLDERS.get(inp.track) or f"track_{slug(inp.track) or 'unknown'}"
+    return f"records/{track}/{inp.date.isoformat()}_{name}"
 
 
 def log_names(rows: Sequence[SeedRow]) -> dict[int, str]:
@@ -206,14 +213,24 @@ def submission_json(inp: ExportInput) -> bytes:
         "val_bpb_std": _finite(s.val_bpb.std),
         "val_loss": _finite(s.val_loss.mean),
         "seeds": [r.seed for r in rows],
-        "seed_results": [
-            {"seed": r.seed, "val_bpb": _finite(r.val_bpb), "val_loss": _finite(r.val_loss), "artifact_bytes": r.artifact_bytes,
-             "train_time_s": _finite(r.train_seconds), "eval_time_s": _finite(r.eval_seconds)}
-            for r in rows
-        ],
+        # keyed by seed, as every record that has seed_results keys it (a seed two counted runs share: seed_run<id>)
+        "seed_results": {
+            key: {"val_bpb": _finite(r.val_bpb), "val_loss": _finite(r.val_loss), "artifact_bytes": r.artifact_bytes,
+                  "steps": r.steps, "train_time_s": _finite(r.train_seconds), "eval_time_s": _finite(r.eval_seconds),
+                  "pre_ttt_val_bpb": _finite(r.pre_ttt_bpb)}
+            for key, r in seed_keys(rows).items()
+        },
         # The largest seed's artifact, not the mean: every seed's artifact must fit under the limit.
         "bytes_total": s.max_artifact_bytes,
         "bytes_code": _max_int([r.code_bytes for r in rows]),
+        "hardware": inp.hardware_ran,
+        "pytorch_version": inp.pytorch_version,
+        # each rule as caddie checked it over the counted runs (declared: not verified, the team's word)
+        "compliance": {rs.rule: {"verdict": rs.verdict.value, "runs": rs.counts, "reason": rs.reasons[0] if rs.reasons else ""}
+                       for rs in s.rules},
+        # every run of the configuration, so no seed is dropped silently
+        "runs": {"counted": s.n, "run": s.n + len(s.excluded),
+                 "not_counted": [{"run_id": e.run_id, "seed": e.seed, "status": e.status, "reason": e.reason} for e in s.excluded]},
         "p_value": _finite(c.p_value) if c else None,
         "baseline": {"name": inp.baseline_name, "group_key": inp.baseline_key} if inp.baseline_key else None,
         "blurb": inp.blurb or default_blurb(inp),
@@ -221,6 +238,14 @@ def submission_json(inp: ExportInput) -> bytes:
     if inp.override:
         data["override_reason"] = inp.override
     return (json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def seed_keys(rows: Sequence[SeedRow]) -> dict[str, SeedRow]:
+    """seed_results' keys: the seed, or ``<seed>_run<id>`` where two counted runs share one."""
+    seen: dict[int, int] = {}
+    for r in rows:
+        seen[r.seed] = seen.get(r.seed, 0) + 1
+    return {str(r.seed) if seen[r.seed] == 1 else f"{r.seed}_run{r.run_id}": r for r in rows}
 
 
 def default_blurb(inp: ExportInput) -> str:

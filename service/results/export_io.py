@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 
 from sqlalchemy import select
@@ -96,8 +96,16 @@ def build_export(
         override=override.strip() if override else None,
         script=script,
         script_files=_script_files(session, script) if script else {},
+        hardware_ran=_reported(counted, lambda r: f"{r['world_size']}x{r['gpu_name']}" if r.get("gpu_name") and r.get("world_size") else None),
+        pytorch_version=_reported(counted, lambda r: r.get("pytorch_version") or r.get("torch_version")),
     )
     return folder_name(inp), records_files(inp)
+
+
+def _reported(runs: list[Run], read: Callable[[dict], object]) -> str | None:
+    """What the runs' result.json say, joined when they differ (None: no run said)."""
+    said = list(dict.fromkeys(str(v) for v in (read(r.result or {}) for r in runs) if v))
+    return ", ".join(said) or None
 
 
 def _script_files(session: Session, script: ScriptSpec) -> dict[str, bytes]:

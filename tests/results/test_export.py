@@ -101,7 +101,8 @@ def test_submission_json_field_by_field() -> None:
     inp = make_input(github_id="alice-gh")
     sub = no_nan(records_files(inp)["submission.json"])
     assert list(sub) == ["name", "author", "github_id", "date", "track", "val_bpb", "val_bpb_std", "val_loss", "seeds",
-                         "seed_results", "bytes_total", "bytes_code", "p_value", "baseline", "blurb"]
+                         "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version", "compliance", "runs",
+                         "p_value", "baseline", "blurb"]
     assert (sub["name"], sub["author"], sub["github_id"], sub["date"], sub["track"]) == (
         "XSA on all 11 layers", "alice", "alice-gh", "2026-03-23", "10min_16mb")
     assert sub["val_bpb"] == pytest.approx((1.1192 + 1.1200 + 1.1189) / 3, abs=1e-12)
@@ -110,8 +111,12 @@ def test_submission_json_field_by_field() -> None:
     assert sub["val_bpb_std"] == pytest.approx(std, rel=1e-9)
     assert sub["val_loss"] == pytest.approx(1.8900, abs=1e-12)
     assert sub["seeds"] == [1337, 42, 2025]  # submission order
-    assert sub["seed_results"][1] == {"seed": 42, "val_bpb": 1.12, "val_loss": 1.8905, "artifact_bytes": 15_900_000,
-                                      "train_time_s": 599.0, "eval_time_s": 410.0}
+    assert list(sub["seed_results"]) == ["1337", "42", "2025"]  # keyed by seed, as the records key it
+    assert sub["seed_results"]["42"] == {"val_bpb": 1.12, "val_loss": 1.8905, "artifact_bytes": 15_900_000, "steps": 7180,
+                                         "train_time_s": 599.0, "eval_time_s": 410.0, "pre_ttt_val_bpb": pytest.approx(1.1225)}
+    assert sub["compliance"]["artifact_bytes"] == {"verdict": "pass", "runs": {"pass": 3, "fail": 0, "not_comparable": 0},
+                                                   "reason": "artifact 15,900,000 bytes <= 16,000,000"}
+    assert sub["runs"] == {"counted": 3, "run": 3, "not_counted": []}
     assert sub["bytes_code"] == len(TRAINER)
     assert sub["p_value"] == pytest.approx(compare([1.8900, 1.8905, 1.8895], BASELINE_LOSS).p_value, rel=1e-12)
     assert sub["baseline"] == {"name": "baseline", "group_key": "b" * 64}
@@ -128,7 +133,7 @@ def test_unknown_and_non_finite_figures_are_null_not_nan() -> None:
     rows = [row(1, 1, 1.89, 1.12, train_seconds=float("nan")), replace(row(2, 2, 1.8905, 1.1201), eval_seconds=None)]
     files = records_files(make_input(rows, baseline=None, override="exploring"))
     sub = no_nan(files["submission.json"])
-    assert sub["seed_results"][0]["train_time_s"] is None and sub["seed_results"][1]["eval_time_s"] is None
+    assert sub["seed_results"]["1"]["train_time_s"] is None and sub["seed_results"]["2"]["eval_time_s"] is None
     assert sub["p_value"] is None and sub["baseline"] is None and sub["github_id"] is None
     one = no_nan(records_files(make_input(rows[:1], baseline=None, override="one seed"))["submission.json"])
     assert one["val_bpb_std"] is None  # one seed: no spread
@@ -267,3 +272,52 @@ def test_zip_is_deterministic_and_holds_the_folder() -> None:
     assert [i.filename for i in zf.infolist()] == [f"{folder}/{n}" for n in files]
     assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist())
     assert {n: zf.read(f"{folder}/{n}") for n in files} == files
+
+
+# --- the records' own shape, field by field against three real records ------------------------
+from pathlib import Path  # noqa: E402
+
+from service.results.export import folder_name  # noqa: E402
+
+RECORDS = Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge" / "records" / "track_10min_16mb"
+THREE = ["2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072", "2026-04-01_Vocab4096_MLPMult4_WD085", "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"]
+# Fields a record carries that caddie does not make: its own prose and lineage.
+PROSE = {"blurb", "technique_summary", "calibration", "comparison_baseline_pr", "implementation_lineage_pr", "negative_results_pr",
+         "delta_vs_pr549_bpb", "delta_vs_pr549_nats", "t_statistic", "welch_df", "cuda_version", "flash_attn_version",
+         "step_avg_ms_mean", "train_steps_mean", "artifact_bytes_max", "artifact_bytes_mean", "val_loss_std"}
+
+
+def _kind(v: object) -> str:
+    return "number" if isinstance(v, int | float) and not isinstance(v, bool) else type(v).__name__
+
+
+@pytest.mark.parametrize("folder", THREE)
+def test_submission_json_has_each_field_of_a_real_record_in_its_type(folder: str) -> None:
+    real = json.loads((RECORDS / folder / "submission.json").read_text())
+    inp = make_input(hardware_ran="8xNVIDIA H100 80GB HBM3", pytorch_version="2.9.1+cu128")
+    ours = no_nan(records_files(inp)["submission.json"])
+    for key, value in real.items():
+        if key in PROSE:
+            continue
+        assert key in ours, f"{folder} has {key!r}, caddie's export does not"
+        if value is not None and ours[key] is not None:
+            assert _kind(ours[key]) == _kind(value), (key, ours[key], value)
+    # seed_results: keyed by seed, each seed with the record's per-seed fields
+    assert all(k.isdigit() for k in real["seed_results"]) and all(k.isdigit() for k in ours["seed_results"])
+    real_fields = {f for v in real["seed_results"].values() for f in v} - {"step_avg_ms"}
+    for seed in ours["seed_results"].values():
+        assert real_fields <= set(seed), real_fields - set(seed)
+        assert all(_kind(seed[f]) == "number" for f in real_fields)
+
+
+def test_the_challenges_track_folders() -> None:
+    assert folder_name(make_input()).startswith("records/track_10min_16mb/2026-03-23_")
+    assert folder_name(make_input(track="unlimited")).startswith("records/track_non_record_16mb/2026-03-23_")
+    assert (RECORDS.parent / "track_10min_16mb").is_dir()
+
+
+def test_every_run_of_the_config_is_disclosed() -> None:
+    rows = [*GOOD, replace(row(9, 7, 1.9, 1.13), status="FAILED", status_reason="CUDA OOM", val_bpb=None, val_loss=None)]
+    sub = no_nan(records_files(make_input(rows))["submission.json"])
+    assert sub["runs"]["counted"] == 3 and sub["runs"]["run"] == 4
+    assert sub["runs"]["not_counted"] == [{"run_id": 9, "seed": 7, "status": "FAILED", "reason": "failed: CUDA OOM; not counted"}]

@@ -75,17 +75,20 @@ def test_an_eligible_group_exports_file_by_file(client: TestClient, world, team_
 
     sub = json.loads(files["submission.json"], parse_constant=lambda c: pytest.fail(f"{c} in submission.json"))
     assert list(sub) == ["name", "author", "github_id", "date", "track", "val_bpb", "val_bpb_std", "val_loss", "seeds",
-                         "seed_results", "bytes_total", "bytes_code", "p_value", "baseline", "blurb"]
+                         "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version", "compliance", "runs",
+                         "p_value", "baseline", "blurb"]
     assert sub["name"] == "XSA on all 11 layers" and sub["author"] == "alice" and sub["github_id"] == "alice-gh"
     assert sub["date"] == "2026-03-23" and sub["track"] == "10min_16mb"
     assert sub["seeds"] == [1337, 42, 2025]
     assert sub["val_bpb"] == pytest.approx(statistics.mean(r.val_bpb for r in runs), abs=1e-12)
     assert sub["val_bpb_std"] == pytest.approx(statistics.stdev(r.val_bpb for r in runs), abs=1e-12)
     assert sub["val_loss"] == pytest.approx(statistics.mean(r.val_loss for r in runs), abs=1e-12)
-    assert sub["seed_results"] == [
-        {"seed": r.seed, "val_bpb": r.val_bpb, "val_loss": r.val_loss, "artifact_bytes": r.artifact_bytes,
-         "train_time_s": r.train_seconds, "eval_time_s": r.eval_seconds} for r in runs
-    ]
+    assert sub["seed_results"] == {
+        str(r.seed): {"val_bpb": r.val_bpb, "val_loss": r.val_loss, "artifact_bytes": r.artifact_bytes, "steps": r.steps,
+                      "train_time_s": r.train_seconds, "eval_time_s": r.eval_seconds, "pre_ttt_val_bpb": r.pre_ttt_bpb} for r in runs
+    }
+    # what the runs reported they ran on, not the spec
+    assert sub["hardware"] == "8xNVIDIA H100 80GB HBM3" and sub["pytorch_version"] is None
     assert sub["bytes_total"] == max(r.artifact_bytes for r in runs) and sub["bytes_code"] == len(TRAINER)
     # the README's policy, tested in nats per byte (val_bpb x ln 2)
     expected = compare_policy([(r.val_bpb, r.val_loss) for r in runs], [(s.val_bpb, s.val_loss) for s in BASELINE_SEEDS])
