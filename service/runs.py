@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from service.errors import Conflict, InvalidInput, Issue, NotFound
+from service.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
 from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
 from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User, utcnow
 from service import size_check
@@ -512,6 +512,9 @@ def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
     PROVISIONING/RUNNING runs a cancel request is recorded (cancel_requested_at)
     and the worker stops the job and makes the final transition. Finished runs: Conflict."""
     run = get_run(session, principal, run_id)
+    # A member cancels their own runs; another member's run needs a team admin (it spends their time and budget).
+    if run.user_id != principal.user_id and not principal.can_manage_team(run.team_id):
+        raise Forbidden(f"run {run_id} was submitted by another member; only they or an admin of its team may cancel it")
     for _ in range(3):  # the run may move under us (dispatch); look again
         status = RunStatus(run.status)
         if is_terminal(status):

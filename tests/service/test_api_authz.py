@@ -74,3 +74,13 @@ def test_submit_needs_a_valid_token(client: TestClient, world, spec, session: Se
 def test_malformed_authorization_header(client: TestClient, world) -> None:
     for header in ("Basic abc", "Bearer", world.tokens["alice"]):
         assert client.get(RUNS, headers={"Authorization": header}).status_code == 401
+
+
+def test_cancelling_another_members_run_needs_a_team_admin(client: TestClient, world, spec, session: Session) -> None:
+    aarons = client.post(RUNS, json=spec(name="aaron's"), headers=world.h("aaron")).json()["runs"][0]["id"]
+    r = client.post(f"{RUNS}/{aarons}/cancel", headers=world.h("alice"))
+    assert r.status_code == 403 and "admin of its team" in r.json()["detail"][0]["msg"]
+    session.expire_all()
+    assert session.scalar(select(Run.status).where(Run.id == aarons)) == "QUEUED"
+    alices = client.post(RUNS, json=spec(name="alice's"), headers=world.h("alice")).json()["runs"][0]["id"]
+    assert client.post(f"{RUNS}/{alices}/cancel", headers=world.h("aaron")).status_code == 200  # the team admin may
