@@ -7,6 +7,7 @@ from sqlalchemy.orm import sessionmaker
 
 from service.api.deps import refuse_nul
 from service.api.errors import install_error_handlers
+from service.api.headers import SecurityHeaders
 from service.api.limits import RequestLimits
 from service.api.routes import artifacts, groups, meta, queue, runs, teams, tokens, users
 from service.api.routes import export as export_routes
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Size and sign-in before a body is read (FastAPI parses bodies before dependencies).
     app.add_middleware(RequestLimits)
+    # Outermost: CSP, nosniff, Referrer-Policy on every answer, the limits' 413/401 included.
+    app.add_middleware(SecurityHeaders)
     checks = [Depends(refuse_nul)]
     for module in (runs, queue, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix, dependencies=checks)

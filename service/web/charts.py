@@ -103,6 +103,13 @@ def _finite(values: Sequence[float | None]) -> list[float | None]:
     return [v if v is not None and math.isfinite(v) else None for v in values]
 
 
+def plain_label(text: str) -> str:
+    """A user's text as plotly shows it literally: plotly reads trace names and templates as
+    pseudo-HTML (``<a href>`` becomes a clickable link) and ``%{...}`` as a template field."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("%{", "%\u200b{")  # a zero-width space: shown the same, no longer a field
+
+
 def figure(title: str, y_title: str, series: Sequence[Series], *, max_points: int = MAX_POINTS, markers: bool = False) -> dict[str, Any]:
     """A plotly figure (a plain dict, JSON-ready) with the step/wallclock and linear/log buttons."""
     drawn = [s.downsampled(max_points) for s in series if s.values]
@@ -110,10 +117,10 @@ def figure(title: str, y_title: str, series: Sequence[Series], *, max_points: in
         {
             "type": "scatter",
             "mode": "lines+markers" if markers or len(s.values) < 30 else "lines",
-            "name": s.name,
+            "name": plain_label(s.name),
             "x": s.steps,
             "y": _finite(s.values),
-            "hovertemplate": "%{y:.4f} at %{x}<extra>" + s.name + "</extra>",
+            "hovertemplate": "%{y:.4f} at %{x}<extra>" + plain_label(s.name) + "</extra>",
         }
         for s in drawn
     ]

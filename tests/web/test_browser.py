@@ -266,3 +266,24 @@ def test_the_other_pages_render(page: Any) -> None:
         page.goto(f"/compare?runs={run_id},{other}")
         page.wait_for_function("() => document.body.dataset.chartsDrawn === '2'", timeout=10_000)
         shot(page, "14-compare")
+
+
+def test_charts_draw_under_the_content_security_policy_and_a_name_is_never_a_link(page: Any, web_stack: Stack) -> None:
+    """The pages' CSP (no inline scripts) leaves the charts working, and a run named like a link
+    shows as text on the compare page: plotly reads names as pseudo-HTML unless caddie escapes them."""
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    name = '<a href="https://evil.example/">click me</a>'
+    ids = [web_stack.submit({**TINY, "ITERATIONS": 1}, seed=20 + i, name=name)[0] for i in range(2)]
+    with Session(create_engine(web_stack.db_url)) as s:
+        for run_id in ids:
+            s.add_all(Metric(run_id=run_id, kind="train", step=i, train_loss=4 - i / 10, elapsed_ms=i * 50.0) for i in range(1, 20))
+            s.add(Metric(run_id=run_id, kind="val", step=19, val_loss=3.0, val_bpb=1.5, elapsed_ms=950.0))
+        s.commit()
+    response = page.goto(f"/compare?runs={ids[0]},{ids[1]}")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    page.wait_for_function("() => document.body.dataset.chartsDrawn === '2'", timeout=10_000)
+    assert page.locator(".chart a").count() == 0
+    assert "click me</a>" in page.locator(".chart .legend").first.text_content()
+    assert not violations, violations
+    shot(page, "15-compare-link-name")

@@ -329,3 +329,22 @@ def test_compare_page_takes_a_public_record_as_baseline(world: World, browser_fo
     key = session.get(Run, cand[0]).group_key
     page = b.c.get(f"/compare?groups=record:2026-03-17_NaiveBaseline,{key}").text
     assert 'id="significance"' in page and "Naive Baseline (public record, 2026-03-18)" in page and "nats per byte" in page
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient, world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    answers = [b.c.get("/runs"), b.c.get("/runs/999"), b.c.get("/static/caddie.js"), client.get("/signin"),
+               client.get("/api/v1/runs", headers=world.h("alice")), client.get("/api/v1/runs"), client.get("/docs")]
+    for r in answers:
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp, r.url
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "same-origin", r.url
+    assert "script-src 'self';" in answers[0].headers["content-security-policy"]  # pages: no inline scripts
+
+
+def test_a_run_name_is_plain_text_in_a_chart() -> None:
+    from service.web.charts import Series, figure, plain_label
+
+    assert plain_label('<a href="x">n</a> %{y}') == '&lt;a href="x"&gt;n&lt;/a&gt; %\u200b{y}'
+    trace = figure("t", "y", [Series('<a href="https://evil.example">x</a>', [1], [1.0], [2.0])])["data"][0]
+    assert "<a" not in trace["name"] and "<a" not in trace["hovertemplate"].replace("<extra>", "")
