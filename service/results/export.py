@@ -111,7 +111,8 @@ def override_problem(text: str | None) -> str | None:
 
 def blocking_problems(stats: GroupStats, eligibility: Eligibility) -> list[str]:
     """Why the group is not record-eligible, one line each; empty when it is."""
-    problems = [f"{r.rule} {_verdict_word(r.verdict)}: {_first_reason(r)}" for r in stats.rules if r.verdict is not Verdict.PASS]
+    problems = [f"{r.rule} {_verdict_word(r.verdict)}: {_first_reason(r)}" for r in stats.rules
+                if r.verdict not in (Verdict.PASS, Verdict.DECLARED)]  # a declaration is listed in the README, never blocks
     # The rule lines above say more than eligibility's "checks failed: a, b"; keep its other reasons.
     problems += [r for r in eligibility.reasons if not r.startswith(("checks failed", "checks not comparable"))]
     if not problems and not eligibility.eligible:
@@ -355,6 +356,11 @@ def readme(inp: ExportInput, problems: Sequence[str], names: Mapping[int, str], 
     out.append(f"Record-eligible (every check passes and p < 0.01 against the baseline): **{verdict}**")
     out += [f"- {_inline(r)}" for r in inp.eligibility.reasons]
     out.append("")
+    declared = [rs for rs in s.rules if rs.verdict is Verdict.DECLARED]
+    if declared:
+        out += ["Declared by the team, not verified by caddie (a script does not report them):", ""]
+        out += [f"- {rs.rule}: {_inline(rs.reasons[0]) if rs.reasons else 'declared'}" for rs in declared]
+        out.append("")
 
     out += ["## Rule checks", "", "| Rule | Verdict | Runs (pass / fail / not comparable / declared) |", "|---|---|---|"]
     for rs in s.rules:

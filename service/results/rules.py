@@ -267,7 +267,7 @@ def check_code_revision(facts: RunFacts) -> Check:
     if facts.code_sha256 and str(facts.code_sha256).strip():
         rev = f" at {facts.trainer_revision}" if facts.trainer_revision else ""
         dirty = {True: ", with uncommitted changes (dirty)", False: ", clean"}.get(facts.code_dirty, ", dirty flag not reported")  # type: ignore[arg-type]
-        return Check(rule, Verdict.PASS, f"code sha256 {str(facts.code_sha256)[:12]}{rev}{dirty}", facts.code_sha256, None)
+        return Check(rule, Verdict.PASS, f"code sha256 {facts.code_sha256}{rev}{dirty}", facts.code_sha256, None)
     if facts.trainer_revision and str(facts.trainer_revision).strip():
         return Check(rule, Verdict.FAIL, f"only the revision {facts.trainer_revision} is recorded, not the hash of the code "
                      "that ran (uncommitted edits would go unseen)", facts.trainer_revision, None)

@@ -27,7 +27,7 @@ from service.results.export import (
 )
 from service.results.export_io import zip_bytes
 from service.results.groups import SeedRow, aggregate, eligibility
-from service.results.rules import RULE_NAMES, RunFacts, check_run
+from service.results.rules import RULE_NAMES, RunFacts, Verdict, check_run
 from service.results.statistics import compare
 
 TRAINER = b"import os\nimport numpy as np\nimport torch\nfrom torch import nn\nimport zstandard\nimport sentencepiece as spm\n"
@@ -321,3 +321,24 @@ def test_every_run_of_the_config_is_disclosed() -> None:
     sub = no_nan(records_files(make_input(rows))["submission.json"])
     assert sub["runs"]["counted"] == 3 and sub["runs"]["run"] == 4
     assert sub["runs"]["not_counted"] == [{"run_id": 9, "seed": 7, "status": "FAILED", "reason": "failed: CUDA OOM; not counted"}]
+
+
+def test_a_script_group_whose_verifiable_checks_pass_exports_without_override_listing_declarations() -> None:
+    """Issue 19 item 7: full_val, ttt_protocol and no_val_in_train declared by the team; the rest real and passing."""
+    from service.results.rules import declared
+
+    def script_row(run_id: int, seed: int, loss: float, bpb: float) -> SeedRow:
+        r = row(run_id, seed, loss, bpb)
+        checks = tuple(declared(replace(c, verdict=Verdict.NOT_COMPARABLE), "the team") if c.rule in ("full_val", "ttt_protocol", "no_val_in_train")
+                       else c for c in r.checks)
+        return replace(r, checks=checks)
+
+    rows = [script_row(1, 1337, 1.8900, 1.1192), script_row(2, 42, 1.8905, 1.1200), script_row(3, 2025, 1.8895, 1.1189)]
+    inp = make_input(rows)
+    assert inp.eligibility.eligible, inp.eligibility.reasons
+    files = records_files(inp)  # no override needed
+    readme = files["README.md"].decode()
+    assert "Declared by the team, not verified by caddie" in readme and "- ttt_protocol: declared by the team" in readme
+    assert "| ttt_protocol | declared (not verified) |" in readme
+    sub = no_nan(files["submission.json"])
+    assert sub["compliance"]["ttt_protocol"]["verdict"] == "declared" and "override_reason" not in sub
