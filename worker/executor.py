@@ -64,7 +64,7 @@ from worker.clusters import RunClusters, cluster_of, is_reused
 from worker.deadlines import Deadline, run_deadline, silent_too_long
 from worker.lease import Lease, with_db_retry
 from worker.logparse import LogParser, MetricPoint, ScriptLogParser
-from worker.run_log import RunLog
+from worker.run_log import DEFAULT_MAX_TRAIN_POINTS, RunLog
 from worker.script_runs import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, SCRIPT, script_job, script_outcome
 from worker.trainer_runs import OUTPUT_FILES, read_result, trainer_job, trainer_outcome
 
@@ -151,7 +151,8 @@ class RunDriver:
                 offset = int(run.log_bytes or 0)
                 first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == attempt))
                 base = int(first) if first is not None else offset
-                self.run_log = RunLog(self.run_id, self.session_factory, retry_s=self.retry_s, script=self.script, attempt=attempt, offset=offset, base=base)
+                self.run_log = RunLog(self.run_id, self.session_factory, retry_s=self.retry_s, script=self.script, attempt=attempt, offset=offset, base=base,
+                                      max_train_points=int(getattr(self.settings, "max_train_points", DEFAULT_MAX_TRAIN_POINTS)))
                 self.abort_rule = AbortRule.of(run.abort_if_behind)
                 s = self.settings
                 self.deadline = run_deadline(run.spec, eval_cap_s=float(getattr(s, "eval_cap_s", 600.0)),

@@ -13,7 +13,7 @@ import codecs
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 
 # A log line longer than this is stored in pieces rather than waited for.
 MAX_PENDING_LINE_BYTES = 64 * 1024
+# Train-loss points one attempt of a run keeps (CADDIE_MAX_TRAIN_POINTS): past it the curve is thinned.
+DEFAULT_MAX_TRAIN_POINTS = 10_000
+
+
+def thinned_stride(stride: int, stored: int, steps: list[int], cap: int) -> int:
+    """The stride (a power of two) train points are kept at, so that the ``stored`` points (kept at
+    ``stride``) and the new ``steps`` stay within ``cap``: every doubling keeps about half of both.
+    Validation points and the final figures are never thinned."""
+    while stored + sum(1 for s in steps if s % stride == 0) > cap:
+        stride *= 2
+        stored //= 2  # about half the points kept at a stride lie on the doubled one
+    return stride
 
 
 def _same_length_replace(err: UnicodeDecodeError) -> tuple[str, int]:
@@ -61,7 +73,8 @@ def complete_part(data: bytes, final: bool) -> int:
 class RunLog:
     """One attempt's log of a run, as far as it is stored; ``parser.summary`` holds what it said."""
 
-    def __init__(self, run_id: int, session_factory: Callable[[], Session], *, retry_s: float, script: bool, attempt: int, offset: int, base: int) -> None:
+    def __init__(self, run_id: int, session_factory: Callable[[], Session], *, retry_s: float, script: bool, attempt: int, offset: int, base: int,
+                 max_train_points: int = DEFAULT_MAX_TRAIN_POINTS) -> None:
         self.run_id = run_id
         self.session_factory = session_factory
         self.retry_s = retry_s
@@ -70,6 +83,12 @@ class RunLog:
         self.attempt = attempt  # which launch of the run this is (runs.attempts + 1)
         self.offset = offset  # bytes of the run's log stored so far (all attempts)
         self.base = base  # where this attempt's log starts in the run's log
+        # A log of 2M `step:` lines made 2M metric rows (a 210 MB /metrics answer): train points
+        # are kept at every `stride`-th step, the stride doubling (and the stored points thinned
+        # to it) whenever they would pass max_train_points.
+        self.max_train_points = max_train_points
+        self.stride = 1
+        self.train_stored = 0
 
     def pull(self, launcher: Launcher, handle: LaunchHandle, final: bool, on_points: Callable[[list[MetricPoint]], None]) -> None:
         """Copy what is new of the job's log (everything once ``final``); ``on_points`` gets the points of each stored read."""
@@ -87,14 +106,20 @@ class RunLog:
             if final:
                 points += self.parser.flush()
 
+            stride = thinned_stride(self.stride, self.train_stored, [p.step for p in points if p.kind == "train"], self.max_train_points)
+            kept = [p for p in points if p.kind != "train" or p.step % stride == 0]
+
             def write() -> None:
                 with self.session_factory() as session:
                     session.add(LogChunk(run_id=self.run_id, offset=self.offset, data=text, created_at=utcnow(), attempt=self.attempt))
                     session.add_all(
                         Metric(run_id=self.run_id, kind=p.kind, step=p.step, train_loss=p.train_loss, val_loss=p.val_loss, val_bpb=p.val_bpb,
                                elapsed_ms=p.elapsed_ms, attempt=self.attempt)
-                        for p in points
+                        for p in kept
                     )  # fmt: skip
+                    if stride != self.stride:
+                        session.execute(delete(Metric).where(Metric.run_id == self.run_id, Metric.attempt == self.attempt, Metric.kind == "train",
+                                                             Metric.step % stride != 0), execution_options={"synchronize_session": False})  # fmt: skip
                     session.execute(
                         update(Run).where(Run.id == self.run_id).values(log_bytes=self.offset + n), execution_options={"synchronize_session": False}
                     )
@@ -107,9 +132,21 @@ class RunLog:
 
             with_db_retry(write, what=f"run {self.run_id}: store its log", deadline_s=self.retry_s)
             self.offset += n
+            if stride != self.stride:
+                self.stride, self.train_stored = stride, self._count_train()
+            else:
+                self.train_stored += sum(1 for p in kept if p.kind == "train")
             on_points(points)
             if n < len(data):
                 break  # the rest is an unfinished line
+
+    def _count_train(self) -> int:
+        def count() -> int:
+            with self.session_factory() as session:
+                return int(session.scalar(select(func.count()).select_from(Metric).where(
+                    Metric.run_id == self.run_id, Metric.attempt == self.attempt, Metric.kind == "train")) or 0)  # fmt: skip
+
+        return with_db_retry(count, what=f"run {self.run_id}: count its points", deadline_s=self.retry_s)
 
     def reread(self) -> None:
         """Parse again all the DB holds of this attempt's log (a re-attached executor has not seen its start)."""
@@ -121,6 +158,7 @@ class RunLog:
                 )
                 return "".join(chunks)
 
+        self.train_stored = self._count_train()  # a re-attached executor thins from what is stored
         self.parser = ScriptLogParser() if self.script else LogParser()
         self.parser.feed(with_db_retry(read, what=f"run {self.run_id}: read its log", deadline_s=self.retry_s))
         self.parser.flush()

@@ -35,6 +35,8 @@ class WorkerSettings(SchedulingSettings):
     deadline_overhead_s: float = Field(300.0, ge=0)
     # The silence watchdog: a job whose log grew by nothing for this long is stopped (0: off).
     silence_timeout_s: float = Field(600.0, ge=0)
+    # Train-loss points kept per run attempt: past it the curve is thinned to every 2nd, 4th, ... step.
+    max_train_points: int = Field(10_000, ge=100)
     # How often the executor polls the job (status, log, cancel request); the
     # trainer-exit -> SUCCEEDED delay is about one poll.
     poll_interval_s: float = Field(0.2, gt=0, le=30)

@@ -23,6 +23,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
+METRICS_PAGE = 10_000  # the API's largest page of metric points
 # Bytes handed to the file (and the progress bar) at a time while downloading.
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 # Back-off between attempts when caddie cannot be reached (seconds).
@@ -217,7 +218,14 @@ class CaddieClient:
         return self.request("GET", f"{API_PREFIX}/runs/{run_id}/events", not_found=f"run {run_id} not found")
 
     def metrics(self, run_id: int) -> list[dict[str, Any]]:
-        return self.request("GET", f"{API_PREFIX}/runs/{run_id}/metrics", not_found=f"run {run_id} not found")
+        # The endpoint is paged (at most 10,000 points a page): read pages until one comes short.
+        points: list[dict[str, Any]] = []
+        while True:
+            page = self.request("GET", f"{API_PREFIX}/runs/{run_id}/metrics", params={"offset": len(points), "limit": METRICS_PAGE},
+                                not_found=f"run {run_id} not found")  # fmt: skip
+            points += page
+            if len(page) < METRICS_PAGE:
+                return points
 
     def logs(self, run_id: int, offset: int = 0) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/runs/{run_id}/logs", params={"offset": offset}, not_found=f"run {run_id} not found")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 
-from service import queue
+from service import metric_pages, queue
 from service import runs as domain
 from service.hooks import call_on_submit_hook
 from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
@@ -89,8 +89,21 @@ def run_events(run_id: Id, user: CurrentUser, session: SessionDep) -> list[RunEv
 
 
 @router.get("/{run_id}/metrics", response_model=list[MetricOut])
-def run_metrics(run_id: Id, user: CurrentUser, session: SessionDep) -> list[MetricOut]:
-    return [MetricOut.of(m) for m in domain.list_metrics(session, user, run_id)]
+def run_metrics(
+    run_id: Id,
+    user: CurrentUser,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="points to skip")] = 0,
+    limit: Annotated[int, Query(ge=1, le=metric_pages.PAGE_MAX, description="points per page")] = metric_pages.PAGE_MAX,
+) -> list[MetricOut]:
+    """The run's metric points by step, one page at a time: while more follow, the
+    ``Link: <...>; rel="next"`` header names the next page."""
+    rows, more = metric_pages.metrics_page(session, user, run_id, offset, limit)
+    if more:
+        response.headers["Link"] = f'<{request.url.include_query_params(offset=offset + len(rows), limit=limit)}>; rel="next"'
+    return [MetricOut.of(m) for m in rows]
 
 
 @router.get("/{run_id}/logs", response_model=LogSlice)
