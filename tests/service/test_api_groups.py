@@ -31,6 +31,8 @@ RESULT: dict[str, Any] = {
     "trainer_revision": "0123abcd", "val_tokens_scored": 62_021_631, "val_tokens_total": 62_021_631,
     "ttt_protocol": "score_first", "train_shards": ["fineweb_train_000000.bin", "fineweb_train_000001.bin"],
     "val_shards": ["fineweb_val_000000.bin"], "gpu_name": "NVIDIA H100 80GB HBM3",
+    # what the rules judge by (issue 19): the hash of the code that ran, the files' content fingerprints
+    "code_sha256": "c" * 64, "code_dirty": False, "train_fingerprints": ["a" * 64, "b" * 64], "val_fingerprints": ["d" * 64],
 }
 # result.json key -> Run column, as worker/executor.py's RESULT_COLUMNS.
 COLUMNS = {"val_bpb": "val_bpb", "val_loss": "val_loss", "pre_ttt_bpb": "pre_ttt_bpb", "total_bytes": "artifact_bytes",
@@ -321,8 +323,12 @@ def test_compare_gives_the_welch_test_against_a_chosen_baseline(client: TestClie
 
     c = get(client, world, "alice", f"{GROUPS}/{cand['group_key'][:8]}/compare/{base['group_key'][:8]}")
     assert (c["candidate"], c["baseline"], c["baseline_name"]) == (cand["group_key"], base["group_key"], "base")
-    assert (c["n_candidate"], c["n_baseline"], c["margin"], c["alpha"]) == (3, 4, 0.005, 0.01)
-    assert c["improvement"] == pytest.approx(sum(base_losses) / 4 - sum(cand_losses) / 3)
+    # tested in nats per byte (val_bpb x ln 2 = val_loss x k here); the README's 0.005 nats per token scale alike,
+    # so t, df and p are the per-token test's
+    k = math.log(2) / 1.6888
+    assert (c["n_candidate"], c["n_baseline"], c["alpha"], c["unit"], c["policy"]) == (3, 4, 0.01, "nats per byte", "readme")
+    assert c["margin"] == pytest.approx(0.005 * k)
+    assert c["improvement"] == pytest.approx(k * (sum(base_losses) / 4 - sum(cand_losses) / 3))
     assert c["t"] == pytest.approx(t, rel=1e-9) and c["df"] == pytest.approx(df, rel=1e-9) and c["p_value"] == pytest.approx(p, rel=1e-9)
     assert c["ci_low"] < c["improvement"] < c["ci_high"] and c["enough_seeds"] is True
     assert c["significant"] is (p < 0.01)
@@ -343,7 +349,7 @@ def test_compare_with_one_seed_says_not_enough_seeds(client: TestClient, world, 
     finish_all(session, base, [1.890, 1.892, 1.891])
     c = get(client, world, "alice", f"{GROUPS}/{cand['group_key']}/compare/{base['group_key']}")
     assert c["p_value"] is None and c["t"] is None and c["enough_seeds"] is False and c["significant"] is False
-    assert c["message"].startswith("not enough seeds: candidate has 1, baseline 3")
+    assert "policy readme" in c["message"] and "not enough seeds: candidate has 1, baseline 3" in c["message"]
     assert c["more_seeds_needed"] is not None and c["more_seeds_needed"] >= 1
     assert f"about {c['more_seeds_needed']} more seed" in c["message"]
     d = get(client, world, "alice", f"{GROUPS}/{cand['group_key']}")
