@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.errors import AlreadyExists, InvalidInput, Issue, NotFound
+from service.errors import AlreadyExists, Conflict, InvalidInput, Issue, NotFound
 from service.models import ApiToken, Membership, Team, User
 from service.schemas import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
-from service.security import issue_token
+from service.security import ACTIVE_ROLES, INVITED, issue_token
 from service.text import text_problem
 
 ROLES = ("member", "admin")
@@ -123,10 +123,64 @@ def add_member(session: Session, team: Team | str, user: User | str, role: str =
     if membership is None:
         membership = Membership(team_id=team.id, user_id=user.id, role=role)
         session.add(membership)
+        session.flush()
     else:
-        membership.role = role
+        set_role(session, membership, role)
+    return membership
+
+
+def _admins(session: Session, team_id: int) -> int:
+    return len(session.scalars(select(Membership.id).where(Membership.team_id == team_id, Membership.role == "admin")).all())
+
+
+def set_role(session: Session, membership: Membership, role: str) -> None:
+    """Change a member's role; a team never loses its last admin (it could not be managed again)."""
+    if membership.role == "admin" and role != "admin" and _admins(session, membership.team_id) <= 1:
+        raise Conflict("the last admin of a team cannot step down; make another member admin first")
+    membership.role = role
+    session.flush()
+
+
+def invite(session: Session, team: Team, user_name: str, role: str = "member") -> None:
+    """A team admin's invitation: the user becomes a member only once they accept it.
+    A member already in the team gets the role at once. An unknown name does nothing and
+    says nothing, so the answer does not tell which user names exist."""
+    if role not in ROLES:
+        raise InvalidInput([Issue(("role",), f"must be one of {', '.join(ROLES)}", role)])
+    user = session.scalar(select(User).where(User.name == user_name))
+    if user is None:
+        return
+    membership = session.scalar(select(Membership).where(Membership.team_id == team.id, Membership.user_id == user.id))
+    if membership is None:
+        session.add(Membership(team_id=team.id, user_id=user.id, role=INVITED + role))
+        session.flush()
+    elif membership.role.startswith(INVITED):
+        membership.role = INVITED + role
+        session.flush()
+    else:
+        set_role(session, membership, role)
+
+
+def accept(session: Session, user_id: int, team_name: str) -> Membership:
+    """The invited user accepts: the invitation becomes a membership with the role offered."""
+    membership = session.scalar(
+        select(Membership).join(Team, Team.id == Membership.team_id)
+        .where(Team.name == team_name, Membership.user_id == user_id, Membership.role.startswith(INVITED))
+    )
+    if membership is None:
+        raise NotFound("invitation to team", team_name)
+    membership.role = membership.role.removeprefix(INVITED)
     session.flush()
     return membership
+
+
+def invitations(session: Session, user_id: int) -> list[tuple[str, str]]:
+    """(team name, role offered) of the user's pending invitations."""
+    rows = session.execute(
+        select(Team.name, Membership.role).join(Team, Team.id == Membership.team_id)
+        .where(Membership.user_id == user_id, Membership.role.startswith(INVITED)).order_by(Team.name)
+    )
+    return [(name, role.removeprefix(INVITED)) for name, role in rows]
 
 
 def create_token(session: Session, user: User | str, name: str) -> tuple[ApiToken, str]:
@@ -156,7 +210,7 @@ def list_teams(session: Session, team_ids: list[int] | None = None) -> list[Team
 def team_members(session: Session, team_id: int) -> list[tuple[str, str]]:
     """(user name, role) of each member, by name."""
     rows = session.execute(
-        select(User.name, Membership.role).join(Membership, Membership.user_id == User.id).where(Membership.team_id == team_id).order_by(User.name)
+        select(User.name, Membership.role).join(Membership, Membership.user_id == User.id).where(Membership.team_id == team_id, Membership.role.in_(ACTIVE_ROLES)).order_by(User.name)
     )
     return [(name, role) for name, role in rows]
 

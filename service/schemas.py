@@ -142,6 +142,7 @@ class RunOut(BaseModel):
     steps: int | None
     peak_memory_mib: float | None
     log_bytes: int
+    log_truncated_at: int | None = Field(None, description="the log passed CADDIE_LOG_MAX_BYTES: its first this many bytes are stored, the rest was read for metrics and figures only")
     allow_noncompliant: bool
     checks: list[dict[str, Any]] | None
     checks_verdict: str | None
@@ -265,9 +266,10 @@ class UserOut(BaseModel):
     is_admin: bool
     created_at: datetime
     teams: list[TeamRole] = Field(default_factory=list)
+    invitations: list[TeamRole] = Field(default_factory=list, description="teams that invited you (accept with POST /teams/{name}/accept)")
 
     @classmethod
-    def of(cls, user: User, teams: list[tuple[str, str]] | None = None) -> "UserOut":
+    def of(cls, user: User, teams: list[tuple[str, str]] | None = None, invitations: list[tuple[str, str]] | None = None) -> "UserOut":
         return cls(
             id=user.id,
             name=user.name,
@@ -275,6 +277,7 @@ class UserOut(BaseModel):
             is_admin=user.is_admin,
             created_at=user.created_at,
             teams=[TeamRole(team=t, role=r) for t, r in teams or []],
+            invitations=[TeamRole(team=t, role=r) for t, r in invitations or []],
         )
 
 

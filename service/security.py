@@ -11,11 +11,16 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.errors import NotFound, Unauthorized
 from service.models import ApiToken, Membership, Team, User, utcnow
+
+# Roles that give access. A pending invitation is a membership row whose role is
+# INVITED + the role offered: it gives nothing until the user accepts it.
+ACTIVE_ROLES = ("member", "admin")
+INVITED = "invited:"
 
 TOKEN_PREFIX = "cad_"
 DISPLAY_PREFIX_CHARS = 12
@@ -64,7 +69,8 @@ def issue_token(session: Session, user: User, name: str) -> tuple[ApiToken, str]
 
 def load_principal(session: Session, user: User, token_id: int | None = None) -> Principal:
     rows = session.execute(
-        select(Membership.team_id, Membership.role, Team.name).join(Team, Team.id == Membership.team_id).where(Membership.user_id == user.id)
+        select(Membership.team_id, Membership.role, Team.name).join(Team, Team.id == Membership.team_id)
+        .where(Membership.user_id == user.id, Membership.role.in_(ACTIVE_ROLES))
     ).all()
     return Principal(
         user_id=user.id,
@@ -90,7 +96,7 @@ _AUTH_QUERY = (
         Team.name.label("team_name"),
     )
     .join(User, User.id == ApiToken.user_id)
-    .outerjoin(Membership, Membership.user_id == User.id)
+    .outerjoin(Membership, and_(Membership.user_id == User.id, Membership.role.in_(ACTIVE_ROLES)))
     .outerjoin(Team, Team.id == Membership.team_id)
 )
 

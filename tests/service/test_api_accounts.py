@@ -35,13 +35,35 @@ def test_team_admins_add_members_to_their_team_only(client: TestClient, world, s
     assert client.post(url, json={"user": "dave"}, headers=world.h("alice")).status_code == 403
     assert client.post(url, json={"user": "dave"}, headers=world.h("bob")).status_code == 404
     assert client.post(f"{API}/teams/team-b/members", json={"user": "dave"}, headers=world.h("aaron")).status_code == 404
+    # A team admin invites; dave is no member until he accepts (issue 17 item 6).
     r = client.post(url, json={"user": "dave", "role": "member"}, headers=world.h("aaron"))
-    assert r.status_code == 201 and {"user": "dave", "role": "member"} in r.json()["members"]
-    assert client.post(url, json={"user": "nobody"}, headers=world.h("aaron")).status_code == 404
+    assert r.status_code == 201 and "dave" not in {m["user"] for m in r.json()["members"]}
+    # An unknown name gets the very same answer: no way to list user names.
+    nobody = client.post(url, json={"user": "nobody"}, headers=world.h("aaron"))
+    assert (nobody.status_code, nobody.json()) == (r.status_code, r.json())
+    dave = {"Authorization": f"Bearer {accounts.create_token(session, 'dave', 'test')[1]}"}
+    session.commit()
+    assert client.get(f"{API}/runs", headers=dave).json()["items"] == [] and client.get(f"{API}/teams", headers=dave).json() == []
+    assert client.get(f"{API}/users/me", headers=dave).json()["invitations"] == [{"team": "team-a", "role": "member"}]
+    assert client.post(f"{API}/teams/team-b/accept", headers=dave).status_code == 404  # no invitation there
+    r = client.post(f"{API}/teams/team-a/accept", headers=dave)
+    assert r.status_code == 200 and {"user": "dave", "role": "member"} in r.json()["members"]
+    assert client.get(f"{API}/users/me", headers=dave).json()["teams"] == [{"team": "team-a", "role": "member"}]
     assert client.post(url, json={"user": "dave", "role": "owner"}, headers=world.h("aaron")).status_code == 422
     # Global admins manage every team.
     r = client.post(f"{API}/teams/team-b/members", json={"user": "dave", "role": "admin"}, headers=world.h("root"))
     assert r.status_code == 201 and {"user": "dave", "role": "admin"} in r.json()["members"]
+
+
+def test_the_last_admin_of_a_team_stays(client: TestClient, world) -> None:
+    url = f"{API}/teams/team-a/members"
+    r = client.post(url, json={"user": "aaron", "role": "member"}, headers=world.h("aaron"))
+    assert r.status_code == 409 and "last admin" in r.json()["detail"][0]["msg"]
+    assert client.post(url, json={"user": "aaron", "role": "member"}, headers=world.h("root")).status_code == 409
+    # With a second admin, one may step down.
+    assert client.post(url, json={"user": "alice", "role": "admin"}, headers=world.h("aaron")).status_code == 201
+    r = client.post(url, json={"user": "aaron", "role": "member"}, headers=world.h("aaron"))
+    assert r.status_code == 201 and {"user": "aaron", "role": "member"} in r.json()["members"]
 
 
 def test_list_teams_and_me(client: TestClient, world) -> None:

@@ -37,14 +37,27 @@ def list_teams(user: CurrentUser, session: SessionDep) -> list[TeamOut]:
 
 @router.post("/{name}/members", status_code=201, response_model=TeamOut)
 def add_member(name: str, body: MemberAdd, user: CurrentUser, session: SessionDep) -> TeamOut:
+    """Global admins add the user at once. A team admin invites: the user joins once they
+    accept (POST /teams/{name}/accept); the answer is the same whether the name exists or not."""
     team = accounts.get_team(session, name)
     if not user.can_see_team(team.id):
         raise NotFound("team", name)
     if not user.can_manage_team(team.id):
         raise Forbidden(f"only admins of team {name!r} may add members")
-    accounts.add_member(session, team, body.user, body.role)
+    if user.is_admin:
+        accounts.add_member(session, team, body.user, body.role)
+    else:
+        accounts.invite(session, team, body.user, body.role)
     session.commit()
     return TeamOut.of(team, accounts.team_members(session, team.id))
+
+
+@router.post("/{name}/accept", response_model=TeamOut)
+def accept_invitation(name: str, user: CurrentUser, session: SessionDep) -> TeamOut:
+    """Accept your invitation to a team."""
+    membership = accounts.accept(session, user.user_id, name)
+    session.commit()
+    return TeamOut.of(membership.team, accounts.team_members(session, membership.team_id))
 
 
 @router.patch("/{name}", response_model=TeamOut)

@@ -22,4 +22,4 @@ def create_user(body: UserCreate, _admin: AdminUser, session: SessionDep) -> Use
 def me(user: CurrentUser, session: SessionDep) -> UserOut:
     row = accounts.get_user(session, user.name)
     teams = sorted((user.team_names[tid], role) for tid, role in user.roles.items())
-    return UserOut.of(row, teams)
+    return UserOut.of(row, teams, accounts.invitations(session, user.user_id))
