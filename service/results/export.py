@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import json
 import math
 import re
@@ -39,8 +40,11 @@ from service.scripts.spec import ScriptSpec
 OVERRIDE_MAX_CHARS = 500
 LOG_STORED = "stored"  # the run's train.log, byte for byte
 LOG_DATABASE = "database"  # rebuilt from caddie's copy of the log (the stored file was missing)
-# Import names whose PyPI distribution has another name; the trainer needs none of them today.
-DISTRIBUTIONS = {"yaml": "PyYAML", "PIL": "Pillow", "sklearn": "scikit-learn", "cv2": "opencv-python"}
+# Import names whose PyPI distribution has another name. flash_attn_interface is FlashAttention 3's
+# Hopper build, the flash_attn_3 wheel the records install from its wheel index.
+DISTRIBUTIONS = {"yaml": "PyYAML", "PIL": "Pillow", "sklearn": "scikit-learn", "cv2": "opencv-python",
+                 "flash_attn_interface": "flash_attn_3", "sentencepiece": "sentencepiece", "zstandard": "zstandard"}
+FA3_INDEX = "https://windreamer.github.io/flash-attention3-wheels/cu128_torch291"
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def records_files(inp: ExportInput) -> dict[str, bytes]:
         files[names[r.run_id]] = inp.files[r.run_id].log
     files["train_gpt.py"] = trainer
     files.update(inp.script_files)
-    files["requirements.txt"] = requirements_txt(trainer)
+    files["requirements.txt"] = requirements_txt(trainer, {"torch": inp.pytorch_version} if inp.pytorch_version else None)
     return files
 
 
@@ -257,14 +261,34 @@ def default_blurb(inp: ExportInput) -> str:
             f"Trained on {inp.hardware} with {trainer}.")
 
 
-def requirements_txt(script: bytes) -> bytes:
-    """The non-stdlib packages train_gpt.py imports, unpinned (the run recorded no versions).
+def distribution(module: str) -> str:
+    """The PyPI distribution that provides an import name: the known renames, else what this
+    environment's installed packages say (importlib.metadata), else the name itself."""
+    if module in DISTRIBUTIONS:
+        return DISTRIBUTIONS[module]
+    found = importlib.metadata.packages_distributions().get(module)
+    return found[0] if found else module
+
+
+def requirements_txt(script: bytes, versions: Mapping[str, str] | None = None) -> bytes:
+    """The non-stdlib distributions train_gpt.py imports, pinned where the runs reported a
+    version (``versions``: distribution or import name -> version), else unpinned and said so.
     Imports inside a ``try`` are optional (the script runs without them) and are listed as comments."""
+    versions = {k.lower().replace("-", "_"): v for k, v in (versions or {}).items()}
     required, optional = script_imports(script)
-    lines = ["# Packages train_gpt.py imports beyond the standard library.",
-             "# Unpinned: the runs did not record package versions."]
-    lines += [DISTRIBUTIONS.get(m, m) for m in required]
-    lines += [f"# optional (imported inside try: the script runs without it): {m}" for m in optional if m not in required]
+    lines = ["# Distributions train_gpt.py imports beyond the standard library, pinned to what the runs reported."]
+    unpinned = []
+    for m in required:
+        dist = distribution(m)
+        version = versions.get(dist.lower().replace("-", "_")) or versions.get(m.lower())
+        if dist == "flash_attn_3":
+            lines.append(f"# flash_attn_3 comes from its wheel index: pip install flash_attn_3 --find-links {FA3_INDEX}")
+        lines.append(f"{dist}=={version}" if version else dist)
+        if not version:
+            unpinned.append(dist)
+    if unpinned:
+        lines.insert(1, f"# Unpinned (the runs did not report their versions): {', '.join(unpinned)}")
+    lines += [f"# optional (imported inside try: the script runs without it): {distribution(m)}" for m in optional if m not in required]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

@@ -212,8 +212,13 @@ def test_requirements_come_from_the_scripts_imports() -> None:
     assert script_imports(script) == (["numpy", "torch", "yaml", "zstandard"], ["flash_attn_interface"])
     lines = requirements_txt(script).decode().splitlines()
     assert [ln for ln in lines if not ln.startswith("#")] == ["numpy", "torch", "PyYAML", "zstandard"]
-    assert lines[-1] == "# optional (imported inside try: the script runs without it): flash_attn_interface"
-    assert "Unpinned" in requirements_txt(script).decode()
+    # the distribution's name, not the import's: FlashAttention 3 ships flash_attn_interface in flash_attn_3
+    assert lines[-1] == "# optional (imported inside try: the script runs without it): flash_attn_3"
+    assert "Unpinned (the runs did not report their versions): numpy, torch, PyYAML, zstandard" in requirements_txt(script).decode()
+    pinned = requirements_txt(script, {"torch": "2.9.1+cu128"}).decode().splitlines()
+    assert "torch==2.9.1+cu128" in pinned and "numpy" in pinned
+    fa3 = requirements_txt(b"from flash_attn_interface import flash_attn_func\n").decode()
+    assert "flash_attn_3\n" in fa3 and "--find-links https://" in fa3
     # Not valid Python for this interpreter: the import lines still count.
     assert script_imports(b"import numpy\nprint 'py2'\n") == (["numpy"], [])
 

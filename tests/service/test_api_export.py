@@ -109,7 +109,7 @@ def test_an_eligible_group_exports_file_by_file(client: TestClient, world, team_
     assert "seed 7): failed: boom; not counted" in readme and "seed 8): cancelled: boom; not counted" in readme
     assert "override" not in readme.lower()
     assert files["requirements.txt"].decode().splitlines()[2:] == [
-        "numpy", "sentencepiece", "torch", "zstandard", "# optional (imported inside try: the script runs without it): flash_attn_interface"]
+        "numpy", "sentencepiece", "torch", "zstandard", "# optional (imported inside try: the script runs without it): flash_attn_3"]
 
     assert export(client, world, key, github_id="alice-gh").content == r.content  # the same export, the same zip
 
