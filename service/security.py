@@ -141,12 +141,33 @@ def authenticate_hash(session: Session, token_hash: str, *, touch_interval_s: fl
     )
 
 
+def web_session_name(token_id: int | None) -> str:
+    return f"web session of #{token_id}"
+
+
+def start_web_session(session: Session, principal: Principal) -> str:
+    """A token of its own for one browser sign-in, made from the token the user signed in
+    with; the cookie carries its hash. Sign-out revokes it, so a copy of the cookie kept
+    from before is dead on the server (the cookie alone could not be recalled)."""
+    user = session.get_one(User, principal.user_id)
+    row, _secret = issue_token(session, user, web_session_name(principal.token_id))  # the secret is never needed
+    return row.token_hash
+
+
 def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:
-    """Revoke one of the caller's tokens (global admins: anyone's). Idempotent."""
+    """Revoke one of the caller's tokens (global admins: anyone's), and the web sessions
+    signed in with it. Idempotent."""
     row = session.get(ApiToken, token_id)
     if row is None or (row.user_id != principal.user_id and not principal.is_admin):
         raise NotFound("token", token_id)
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        session.flush()
+    now = utcnow()
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == row.user_id, ApiToken.revoked_at.is_(None),
+               or_(ApiToken.id == row.id, ApiToken.name == web_session_name(row.id)))
+        .values(revoked_at=now),
+        execution_options={"synchronize_session": False},
+    )
+    session.flush()
+    session.refresh(row)
     return row

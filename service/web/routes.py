@@ -173,19 +173,25 @@ def signin(request: Request, session: SessionDep, token: Annotated[str, Form()] 
     web_session.check_same_origin(request)
     settings = request.app.state.settings
     try:
-        security.authenticate(session, token.strip(), touch_interval_s=settings.token_touch_interval_s)
+        principal = security.authenticate(session, token.strip(), touch_interval_s=settings.token_touch_interval_s)
     except Unauthorized as exc:
         return render(request, "signin.html", None, status_code=401, next=safe_next(next), error=f"That token does not work: {exc}.")
+    session_hash = security.start_web_session(session, principal)
+    session.commit()
     response = back(safe_next(next))
-    value = web_session.make_cookie_value(web_session.app_secret(request), security.hash_token(token.strip()))
+    value = web_session.make_cookie_value(web_session.app_secret(request), session_hash)
     response.set_cookie(web_session.COOKIE_NAME, value, max_age=web_session.MAX_AGE_S, httponly=True, samesite="lax",
                         secure=web_session.is_https(request), path="/")
     return response
 
 
 @router.post("/signout")
-def signout(request: Request, user: User, csrf: CsrfField = "") -> RedirectResponse:
+def signout(request: Request, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
     web_session.check_csrf(request, csrf)
+    # The session's own token is revoked: a kept copy of the cookie no longer signs in.
+    if user.token_id is not None:
+        security.revoke_token(session, user, user.token_id)
+        session.commit()
     response = back("/signin")
     response.delete_cookie(web_session.COOKIE_NAME, path="/", httponly=True, samesite="lax", secure=web_session.is_https(request))
     return response
@@ -322,7 +328,8 @@ def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, s
     estimate = queue.estimates_for(session, settings, [(run.id, run.status)], fresh=True).get(run.id)
     events = domain.list_events(session, user, run_id)
     figures = charts.run_figures(domain.metric_points(session, user, run_id))
-    log_text, log_offset, log_done = _log_tail(session, user, run_id, run.log_bytes or 0)
+    stored_end = run.log_truncated_at if run.log_truncated_at is not None else run.log_bytes or 0  # a capped log ends where storing stopped
+    log_text, log_offset, log_done = _log_tail(session, user, run_id, stored_end)
     checks = queries.seed_row(run).checks
     artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
     return render(request, "run.html", user, run=run, events=events, figures=figures, log_text=log_text,
@@ -409,9 +416,12 @@ def groups_page(request: Request, user: User, session: SessionDep,
 
 
 @router.get("/groups/{key}", response_class=HTMLResponse)
-def group_page(request: Request, key: str, user: User, session: SessionDep, baseline: Annotated[str | None, Query(max_length=64)] = None) -> HTMLResponse:
-    detail = GroupDetail.of_report(queries.group_report(session, user, key, baseline or None))
-    return render(request, "group.html", user, g=detail, own=user.can_see_team(queries.find_group(session, user, key).team_id))
+def group_page(request: Request, key: str, user: User, session: SessionDep, baseline: Annotated[str | None, Query(max_length=300)] = None) -> HTMLResponse:
+    report = queries.group_report(session, user, key, baseline or None)
+    detail = GroupDetail.of_report(report)
+    # a public record (record:<folder>) is nobody's to publish
+    own = report.view.group.kind != "record" and user.can_see_team(report.view.group.team_id)
+    return render(request, "group.html", user, g=detail, own=own)
 
 
 @router.post("/groups/{key}/{action}")

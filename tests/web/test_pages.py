@@ -63,7 +63,8 @@ def test_free_text_is_escaped(world: World, browser_for, session: Session) -> No
     for page in ("/runs", f"/runs/{run_id}", f"/compare?runs={run_id}", "/groups"):
         text = b.c.get(page).text
         assert "<script>alert(1)" not in text and "<b>x</b>" not in text, page
-        assert "&lt;script&gt;alert(1)" in text or "\\u003cscript\\u003ealert(1)" in text, page
+        # escaped for HTML, for JSON, or (in chart JSON) for plotly's pseudo-HTML
+        assert any(shown in text for shown in ("&lt;script&gt;alert(1)", "\\u003cscript\\u003ealert(1)", "\\u0026lt;script\\u0026gt;alert(1)")), page
 
 
 def test_the_cookie_is_secure_over_https(settings: Settings, world: World) -> None:
@@ -97,6 +98,19 @@ def test_sign_out_needs_the_csrf_token_and_clears_the_cookie(world: World, brows
     assert r.status_code == 303 and r.headers["location"] == "/signin"
     assert web_session.COOKIE_NAME not in b.c.cookies
     assert b.c.get("/runs", follow_redirects=False).status_code == 303
+
+
+def test_a_cookie_kept_from_before_sign_out_no_longer_works(client: TestClient, world: World, browser_for) -> None:
+    b = browser_for(world.tokens["alice"])
+    kept = b.c.cookies[web_session.COOKIE_NAME]
+    other = browser_for(world.tokens["alice"])  # another browser of the same user stays signed in
+    assert b.post("/signout").status_code == 303
+    client.cookies.set(web_session.COOKIE_NAME, kept)
+    assert client.get("/runs", follow_redirects=False).status_code == 303
+    assert client.get("/api/v1/runs").status_code == 401
+    assert other.c.get("/runs", follow_redirects=False).status_code == 200
+    # The API token signed in with still works.
+    assert client.get("/api/v1/runs", headers=world.h("alice")).status_code == 200
 
 
 # --- CSRF and the API's cookie ------------------------------------------------------------------------
@@ -329,6 +343,10 @@ def test_compare_page_takes_a_public_record_as_baseline(world: World, browser_fo
     key = session.get(Run, cand[0]).group_key
     page = b.c.get(f"/compare?groups=record:2026-03-17_NaiveBaseline,{key}").text
     assert 'id="significance"' in page and "Naive Baseline (public record, 2026-03-18)" in page and "nats per byte" in page
+    board = b.c.get("/leaderboard?track=10min_16mb").text
+    assert "Naive Baseline (public record, 2026-03-18)" in board and "public record" in board
+    r = b.c.get("/groups/record:2026-03-17_NaiveBaseline")
+    assert r.status_code == 200 and "1.2244" in r.text  # the record's own page: its seed's figures
 
 
 def test_every_answer_carries_the_security_headers(client: TestClient, world: World, browser_for) -> None:
