@@ -224,6 +224,8 @@ def report_for(session: Session, principal: Principal, view: GroupView, baseline
         base = group_view(session, principal, baseline_key)
         if base.group.key == view.group.key:
             raise InvalidInput([Issue(("baseline",), "a group cannot be its own baseline", baseline_key)])
+    elif view.group.kind == records_store.RECORD_KIND:
+        base = None  # a public record's own page: no default baseline
     else:
         base = records_store.frontier(session, view.group.track) or default_baseline(session, principal, view)
     return _report(view, base, policy)
