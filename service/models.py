@@ -212,6 +212,8 @@ class Run(Base):
     checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     checks_verdict: Mapped[str | None] = mapped_column(String(16))
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Where storing the log stopped (it passed CADDIE_LOG_MAX_BYTES); null: all of it is stored.
+    log_truncated_at: Mapped[int | None] = mapped_column(BigInteger)
     # Opt-in early abort ({"step": N, "margin": M}, service.early_abort); null: none.
     abort_if_behind: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Node seconds an early abort saved: the run's expected time minus what it used (ABORTED_BEHIND only).

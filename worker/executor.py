@@ -152,7 +152,8 @@ class RunDriver:
                 first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == attempt))
                 base = int(first) if first is not None else offset
                 self.run_log = RunLog(self.run_id, self.session_factory, retry_s=self.retry_s, script=self.script, attempt=attempt, offset=offset, base=base,
-                                      max_train_points=int(getattr(self.settings, "max_train_points", DEFAULT_MAX_TRAIN_POINTS)))
+                                      max_train_points=int(getattr(self.settings, "max_train_points", DEFAULT_MAX_TRAIN_POINTS)),
+                                      log_max_bytes=getattr(self.settings, "log_max_bytes", None) or None, truncated_at=run.log_truncated_at)
                 self.abort_rule = AbortRule.of(run.abort_if_behind)
                 s = self.settings
                 self.deadline = run_deadline(run.spec, eval_cap_s=float(getattr(s, "eval_cap_s", 600.0)),

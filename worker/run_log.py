@@ -30,6 +30,16 @@ MAX_PENDING_LINE_BYTES = 64 * 1024
 DEFAULT_MAX_TRAIN_POINTS = 10_000
 
 
+def storable(offset: int, data: bytes, cap: int | None) -> int:
+    """How many leading bytes of ``data`` (the run's log from ``offset``) to store under ``cap``
+    bytes a run: all of them below it, none past it, and where it is crossed, up to the last
+    whole line before it (the first line alone, cut, when one line crosses it)."""
+    if cap is None or offset + len(data) <= cap:
+        return len(data)
+    room = max(0, cap - offset)
+    return data.rfind(b"\n", 0, room) + 1 or room
+
+
 def thinned_stride(stride: int, stored: int, steps: list[int], cap: int) -> int:
     """The stride (a power of two) train points are kept at, so that the ``stored`` points (kept at
     ``stride``) and the new ``steps`` stay within ``cap``: every doubling keeps about half of both.
@@ -74,14 +84,19 @@ class RunLog:
     """One attempt's log of a run, as far as it is stored; ``parser.summary`` holds what it said."""
 
     def __init__(self, run_id: int, session_factory: Callable[[], Session], *, retry_s: float, script: bool, attempt: int, offset: int, base: int,
-                 max_train_points: int = DEFAULT_MAX_TRAIN_POINTS) -> None:
+                 max_train_points: int = DEFAULT_MAX_TRAIN_POINTS, log_max_bytes: int | None = None, truncated_at: int | None = None) -> None:
         self.run_id = run_id
         self.session_factory = session_factory
         self.retry_s = retry_s
         self.script = script  # a team's own train_gpt.py: its log is read by the script parser
         self.parser: LogParser | ScriptLogParser = ScriptLogParser() if script else LogParser()
         self.attempt = attempt  # which launch of the run this is (runs.attempts + 1)
-        self.offset = offset  # bytes of the run's log stored so far (all attempts)
+        self.offset = offset  # bytes of the run's log read so far (all attempts)
+        # The log cap (CADDIE_LOG_MAX_BYTES): the log's head is stored, up to the cap; the rest is
+        # still read and parsed (metrics, final figures) but not stored, and the run says where
+        # storing stopped (runs.log_truncated_at). The run goes on: its result is what it is for.
+        self.log_max_bytes = log_max_bytes
+        self.truncated_at = truncated_at
         self.base = base  # where this attempt's log starts in the run's log
         # A log of 2M `step:` lines made 2M metric rows (a 210 MB /metrics answer): train points
         # are kept at every `stride`-th step, the stride doubling (and the stored points thinned
@@ -109,9 +124,16 @@ class RunLog:
             stride = thinned_stride(self.stride, self.train_stored, [p.step for p in points if p.kind == "train"], self.max_train_points)
             kept = [p for p in points if p.kind != "train" or p.step % stride == 0]
 
+            truncated_at = self.truncated_at
+            keep = 0 if truncated_at is not None else storable(self.offset, data[:n], self.log_max_bytes)
+            if truncated_at is None and keep < n:
+                truncated_at = self.offset + keep
+
             def write() -> None:
                 with self.session_factory() as session:
-                    session.add(LogChunk(run_id=self.run_id, offset=self.offset, data=text, created_at=utcnow(), attempt=self.attempt))
+                    if keep:
+                        stored = text if keep == n else decode_log(data[:keep])
+                        session.add(LogChunk(run_id=self.run_id, offset=self.offset, data=stored, created_at=utcnow(), attempt=self.attempt))
                     session.add_all(
                         Metric(run_id=self.run_id, kind=p.kind, step=p.step, train_loss=p.train_loss, val_loss=p.val_loss, val_bpb=p.val_bpb,
                                elapsed_ms=p.elapsed_ms, attempt=self.attempt)
@@ -121,7 +143,8 @@ class RunLog:
                         session.execute(delete(Metric).where(Metric.run_id == self.run_id, Metric.attempt == self.attempt, Metric.kind == "train",
                                                              Metric.step % stride != 0), execution_options={"synchronize_session": False})  # fmt: skip
                     session.execute(
-                        update(Run).where(Run.id == self.run_id).values(log_bytes=self.offset + n), execution_options={"synchronize_session": False}
+                        update(Run).where(Run.id == self.run_id).values(log_bytes=self.offset + n, log_truncated_at=truncated_at),
+                        execution_options={"synchronize_session": False},
                     )
                     try:
                         session.commit()
@@ -132,6 +155,7 @@ class RunLog:
 
             with_db_retry(write, what=f"run {self.run_id}: store its log", deadline_s=self.retry_s)
             self.offset += n
+            self.truncated_at = truncated_at
             if stride != self.stride:
                 self.stride, self.train_stored = stride, self._count_train()
             else:

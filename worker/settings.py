@@ -37,6 +37,9 @@ class WorkerSettings(SchedulingSettings):
     silence_timeout_s: float = Field(600.0, ge=0)
     # Train-loss points kept per run attempt: past it the curve is thinned to every 2nd, 4th, ... step.
     max_train_points: int = Field(10_000, ge=100)
+    # Bytes of a run's log stored (all attempts): past it the rest is read for metrics and
+    # figures but not stored, and the run says where its log was cut (0: no cap).
+    log_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     # How often the executor polls the job (status, log, cancel request); the
     # trainer-exit -> SUCCEEDED delay is about one poll.
     poll_interval_s: float = Field(0.2, gt=0, le=30)

@@ -1,5 +1,6 @@
-"""Metric points per run are bounded on the server (issue 17 item 5d): the worker thins train
-points to every 2nd, 4th, ... step past CADDIE_MAX_TRAIN_POINTS; validation points all stay."""
+"""A run's log and points are bounded on the server (issue 17 item 5a, 5d): the worker stores a
+log's first CADDIE_LOG_MAX_BYTES and marks where it stopped, and thins train points to every
+2nd, 4th, ... step past CADDIE_MAX_TRAIN_POINTS; validation points and final figures all stay."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from sqlalchemy import func, select
 
 from service.accounts import create_team, create_user
 from service.db import get_sessionmaker
-from service.models import Metric, Run, utcnow
+from service.models import LogChunk, Metric, Run, utcnow
 from tests.fresh_db import fresh_database
 from worker.logparse import LogParser
-from worker.run_log import RunLog, thinned_stride
+from worker.run_log import RunLog, storable, thinned_stride
 
 
 class FakeLog:
@@ -35,7 +36,8 @@ def maker():
 
 def _run(maker) -> int:  # noqa: ANN001
     with maker() as s:
-        team, user = create_team(s, "cap"), create_user(s, "cap")
+        name = f"cap{s.scalar(select(func.count()).select_from(Run))}"
+        team, user = create_team(s, name), create_user(s, name)
         s.flush()
         run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g", track="unlimited", hardware="cpu", priority=0,
                   status="RUNNING", submitted_at=utcnow() - timedelta(seconds=1))  # fmt: skip
@@ -74,3 +76,30 @@ def test_thinned_stride() -> None:
     assert thinned_stride(1, 0, list(range(1, 101)), 100) == 1
     assert thinned_stride(1, 100, [101], 100) == 2
     assert thinned_stride(1, 0, list(range(1, 1001)), 100) == 16  # 62 of 1000 steps on a stride of 16
+
+
+def test_a_log_over_the_cap_keeps_its_head_and_says_where_it_stopped(maker) -> None:  # noqa: ANN001
+    lines = [f"step:{i}/3000 train_loss:{5 - i / 1000:.4f} train_time:{i}ms step_avg:1.00ms" for i in range(1, 3001)]
+    lines.append("final_int8_zlib_roundtrip_exact val_loss:2.00000000 val_bpb:1.18000000")
+    text = "\n".join(lines) + "\n"
+    run_id = _run(maker)
+    run_log = RunLog(run_id, maker, retry_s=5, script=False, attempt=1, offset=0, base=0, log_max_bytes=10_000)
+    launcher = FakeLog(text, 4096)
+    while run_log.offset < len(launcher.data):
+        run_log.pull(launcher, None, final=False, on_points=lambda _p: None)  # type: ignore[arg-type]
+    run_log.pull(launcher, None, final=True, on_points=lambda _p: None)  # type: ignore[arg-type]
+    with maker() as s:
+        run = s.get_one(Run, run_id)
+        stored = "".join(s.scalars(select(LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
+    assert run.log_bytes == len(text)  # the job's log, all of it read
+    assert run.log_truncated_at == len(stored.encode()) and 9_900 < len(stored) <= 10_000
+    assert text.startswith(stored) and stored.endswith("\n")  # its head, whole lines
+    assert run_log.parser.summary.final == {"val_loss": 2.0, "val_bpb": 1.18}  # the figure past the cap still counts
+
+
+def test_storable() -> None:
+    assert storable(0, b"ab\ncd\n", None) == 6
+    assert storable(0, b"ab\ncd\n", 6) == 6
+    assert storable(0, b"ab\ncd\n", 5) == 3  # up to the last whole line before the cap
+    assert storable(2, b"abcdef", 5) == 3  # one line across the cap: cut at the cap
+    assert storable(9, b"ab\n", 5) == 0
