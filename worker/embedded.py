@@ -31,6 +31,8 @@ from worker.settings import WorkerSettings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_VOCAB = 1024
 STOP_TIMEOUT_S = 20.0
+# Checked by tests/cli/test_cli_tokens_teams.py: both commands must exist.
+TOKEN_HINT = "caddie token create NAME --user USER` or, on this machine, `caddie admin create-token USER"
 STOPPED_REASON = "stopped when caddie up was stopped (Ctrl-C)"
 
 
@@ -136,7 +138,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
         print(f"admin token (shown once): {token}", file=out)
         print(f"  export CADDIE_URL={url} CADDIE_TOKEN={token}", file=out, flush=True)
     else:
-        print("users exist already: use your token (an admin can make one with `caddie token create`)", file=out, flush=True)
+        print(f"users exist already: use your token (an admin can make one with `{TOKEN_HINT}`)", file=out, flush=True)
     print("Ctrl-C stops everything.", file=out, flush=True)
 
     def stop_jobs() -> None:

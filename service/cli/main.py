@@ -40,9 +40,13 @@ app = typer.Typer(
 admin_app = typer.Typer(help="Bootstrap teams, users and tokens directly in the database.", no_args_is_help=True)
 records_app = typer.Typer(help="The challenge's public records (the frontier), straight to the database.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+token_app = typer.Typer(help="Your API tokens (as on the web's tokens page).", no_args_is_help=True)
+team_app = typer.Typer(help="Teams: members, invitations.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 app.add_typer(records_app, name="records")
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(team_app, name="team")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -428,6 +432,76 @@ def records_import(
         created, updated = import_records(session, records)
     seeds = sum(len(r.seeds) or len(r.logs) for r in records)
     out.print(f"{len(records)} public records from {path}: {created} new, {updated} updated ({seeds} seed figures read)")
+
+
+# --- tokens and teams over the API ------------------------------------------------------------
+@token_app.command("create")
+@friendly
+def token_create(
+    name: Annotated[str, typer.Argument(help="what the token is for, e.g. laptop")],
+    user: Annotated[str | None, typer.Option(help="global admins: make it for this user")] = None,
+) -> None:
+    """Create an API token and print it (the only time it is shown)."""
+    with api() as client:
+        made = client.request("POST", "/api/v1/tokens", json_body={"name": name, "user": user})
+    out.print(made["token"], markup=False, soft_wrap=True)
+    err.print(f"token #{made['id']}: store it now, caddie keeps only its hash", markup=False)
+
+
+@token_app.command("list")
+@friendly
+def token_list() -> None:
+    """Your tokens: id, name, prefix, created, last used, revoked."""
+    with api() as client:
+        rows = client.request("GET", "/api/v1/tokens")
+    for t in rows:
+        state = f"revoked {t['revoked_at']}" if t.get("revoked_at") else f"last used {t.get('last_used_at') or 'never'}"
+        out.print(printable(f"#{t['id']}  {t['name']}  {t['prefix']}...  created {t['created_at']}  {state}"), markup=False)
+
+
+@token_app.command("revoke")
+@friendly
+def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="the token's id (caddie token list)")]) -> None:
+    """Revoke a token (and the web sessions signed in with it)."""
+    with api() as client:
+        client.request("DELETE", f"/api/v1/tokens/{token_id}", not_found=f"token {token_id} not found")
+    out.print(f"token #{token_id} revoked", markup=False)
+
+
+@team_app.command("list")
+@friendly
+def team_list() -> None:
+    """Your teams and their members; your pending invitations."""
+    with api() as client:
+        teams = client.request("GET", "/api/v1/teams")
+        me = client.request("GET", "/api/v1/users/me")
+    for t in teams:
+        members = ", ".join(f"{m['user']} ({m['role']})" for m in t.get("members", []))
+        out.print(printable(f"{t['name']}: {members or 'no members'}"), markup=False)
+    for inv in me.get("invitations", []):
+        out.print(printable(f"invited to {inv['team']} as {inv['role']}: caddie team accept {inv['team']}"), markup=False)
+
+
+@team_app.command("invite")
+@friendly
+def team_invite(
+    team: Annotated[str, typer.Argument(help="your team")],
+    user: Annotated[str, typer.Argument(help="the user to invite")],
+    role: Annotated[str, typer.Option(help="member or admin")] = "member",
+) -> None:
+    """Invite USER to TEAM (team admins; the user joins on `caddie team accept`; global admins add at once)."""
+    with api() as client:
+        client.request("POST", f"/api/v1/teams/{team}/members", json_body={"user": user, "role": role}, not_found=f"team {team} not found")
+    out.print(printable(f"{user} invited to {team} as {role} (if that user exists); they join with: caddie team accept {team}"), markup=False)
+
+
+@team_app.command("accept")
+@friendly
+def team_accept(team: Annotated[str, typer.Argument(help="the team that invited you")]) -> None:
+    """Accept your invitation to TEAM."""
+    with api() as client:
+        client.request("POST", f"/api/v1/teams/{team}/accept", not_found=f"no invitation to team {team}")
+    out.print(printable(f"you are now a member of {team}"), markup=False)
 
 
 @admin_app.command("create-team")
