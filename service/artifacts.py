@@ -76,6 +76,8 @@ class ArtifactStore(Protocol):
 
     def open(self, uri: str) -> IO[bytes]: ...
 
+    def delete(self, uri: str) -> None: ...
+
 
 def artifact_key(run_id: int, kind: str, filename: str) -> str:
     """Relative key of one artifact: runs/<run_id>/<kind>/<file name>."""
@@ -137,6 +139,10 @@ class LocalArtifactStore:
         if parsed.netloc not in ("", "localhost") or not path.is_relative_to(self.root):
             raise ArtifactOutsideStore(f"artifact URI {uri!r} is outside the store at {self.root}")
         return path
+
+    def delete(self, uri: str) -> None:
+        """Remove an artifact (retention); one already gone is fine."""
+        self.path_of(uri).unlink(missing_ok=True)
 
     def open(self, uri: str) -> IO[bytes]:
         path = self.path_of(uri)
@@ -201,6 +207,18 @@ class S3ArtifactStore:
         except (Boto3Error, BotoCoreError, ClientError) as exc:  # S3UploadFailedError is a Boto3Error
             raise ArtifactStoreError(f"upload of {key!r} to bucket {self.bucket!r} failed: {exc}") from exc
         return self.uri_for(key), size, sha
+
+    def delete(self, uri: str) -> None:
+        """Remove an artifact (retention); S3 answers a missing key as deleted."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self.split_uri(uri)
+        if (self.prefix and not key.startswith(f"{self.prefix}/")) or ".." in key.split("/"):
+            raise ArtifactOutsideStore(f"artifact URI {uri!r} is outside the prefix {self.prefix!r} of bucket {self.bucket!r}")
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise ArtifactStoreError(f"cannot delete {uri!r}: {exc}") from exc
 
     def open(self, uri: str) -> IO[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError

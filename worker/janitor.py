@@ -24,14 +24,17 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from service.artifacts import ArtifactStore
 from service.lifecycle import RunStatus
 from service.models import Cluster, Run, RunEvent, utcnow
 from worker.launchers.base import ClusterHandle, Launcher, LauncherError
 from worker.lease import dispatch_mark, holder_gone, is_dispatch_mark
+from worker.retention import retention_pass
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,10 @@ def janitor_pass(
     enqueue: Callable[[int], None],
     now: datetime | None = None,
     queued_messages: Callable[[], int | None] | None = None,
+    store: ArtifactStore | None = None,
 ) -> list[RunAction]:
-    """One janitor round over runs and clusters; returns the run actions taken.
+    """One janitor round over runs and clusters, and (given the artifact ``store``) retention;
+    returns the run actions taken.
 
     ``queued_messages()``: how many messages wait in the runs queue (None: cannot tell).
     """
@@ -118,6 +123,10 @@ def janitor_pass(
         _clusters_pass(session, launcher, settings, now or utcnow())
     except LauncherError as exc:
         log.warning("janitor: cannot list clusters: %s", exc)
+    if store is not None:
+        runs_dir = getattr(settings, "runs_dir", None)
+        retention_pass(session, store=store, runs_dir=Path(runs_dir) if runs_dir else None,
+                       days=float(getattr(settings, "retention_days", 0)), now=now or utcnow())  # fmt: skip
     return actions
 
 

@@ -40,6 +40,8 @@ class WorkerSettings(SchedulingSettings):
     # Bytes of a run's log stored (all attempts): past it the rest is read for metrics and
     # figures but not stored, and the run says where its log was cut (0: no cap).
     log_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # Days after a run ended that its artifacts, run folder and (unshared) script files are kept (0: for ever).
+    retention_days: float = Field(30.0, ge=0)
     # How often the executor polls the job (status, log, cancel request); the
     # trainer-exit -> SUCCEEDED delay is about one poll.
     poll_interval_s: float = Field(0.2, gt=0, le=30)

@@ -73,4 +73,5 @@ def schedule_tick() -> list[int]:
 def janitor_tick() -> int:
     rt = get_runtime()
     with rt.session_factory() as session:
-        return len(janitor.janitor_pass(session, launcher=rt.launcher, settings=rt.settings, enqueue=enqueue_run, queued_messages=runs_queue_length))
+        return len(janitor.janitor_pass(session, launcher=rt.launcher, settings=rt.settings, enqueue=enqueue_run, queued_messages=runs_queue_length,
+                                           store=rt.store))
