@@ -85,7 +85,7 @@ for p in glob.glob(os.path.join(E["ATK_HOME"], "**", "*"), recursive=True):
             others.append(p)
         except OSError:
             pass
-runs = [p for p in others if "/runs/" in p or "script" in p]
+runs = [p for p in others if ("/runs/" in p or "script" in p) and "/data/" not in p]
 out("other_runs_read", bool(runs), f"{len(others)} files under CADDIE_HOME readable, {len(runs)} of other runs, e.g. {runs[:2]}")
 
 # 5. the shared trainer's code (opened for append, nothing written)
@@ -227,8 +227,13 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         with httpx.Client(base_url=stack.url, cookies={COOKIE_NAME: cookie}, timeout=30) as forged:
             r = forged.get("/api/v1/runs")
             teams = {x["team"] for x in r.json().get("items", [])} if r.status_code == 200 else set()
-        rows.append(Row("Forge the global admin's session cookie from the leaked key and token hash, list runs", "impossible (nothing leaked)",
-                        f"GET /api/v1/runs with the forged cookie: {r.status_code}, teams seen {sorted(teams)}", r.status_code != 200))
+            # ...and mint a token through the tokens form, its CSRF token computed from the same key
+            from service.web.session import csrf_token
+
+            minted = forged.post("/tokens", data={"name": "minted", "csrf_token": csrf_token(key[1].encode(), cookie)}, follow_redirects=False)
+        rows.append(Row("Forge the global admin's session cookie from the leaked key and token hash; list runs, mint a token", "impossible (nothing leaked)",
+                        f"GET /api/v1/runs with the forged cookie: {r.status_code}, teams seen {sorted(teams)}; POST /tokens (form): {minted.status_code}",
+                        r.status_code != 200 and minted.status_code >= 400, "tests/worker (sandbox, items 1-2)"))
     else:
         rows.append(Row("Forge the global admin's session cookie", "impossible (nothing leaked)", "no key and token hash leaked to forge with", True))
 
@@ -243,29 +248,45 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
 
 
 def big_body(stack: Stack, rows: list[Row]) -> None:
+    """8 unauthenticated 1 GB bodies at once: 4 with a Content-Length, 4 chunked (no length)."""
     before = rss_peak_mib(stack.api.pid)
     chunk = b"x" * (1 << 20)
+    answers: list[str] = []
 
     def body() -> Iterator[bytes]:
         for _ in range(1024):
             yield chunk
 
+    def send(i: int) -> None:
+        headers = {"Content-Type": "application/json"}
+        if i % 2:
+            headers["Content-Length"] = str(1 << 30)
+        try:
+            answers.append(str(httpx.post(f"{stack.url}/api/v1/runs", content=body(), headers=headers, timeout=120).status_code))
+        except httpx.HTTPError as e:
+            answers.append(f"closed ({type(e).__name__})")
+
     started = time.monotonic()
-    try:
-        r = httpx.post(f"{stack.url}/api/v1/runs", content=body(), headers={"Content-Type": "application/json", "Content-Length": str(1 << 30)}, timeout=120)
-        status = str(r.status_code)
-    except httpx.HTTPError as e:
-        status = f"connection closed ({type(e).__name__})"
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     after = rss_peak_mib(stack.api.pid)
-    rows.append(Row("A 1 GB unauthenticated POST /api/v1/runs", "413 (or 401) before the body is read; API RSS stays under 500 MB",
-                    f"answer {status} after {time.monotonic() - started:.1f} s; API peak RSS {before:.0f} -> {after:.0f} MiB", after < 500 and status[:3] in ("413", "401") or status.startswith("connection"),
+    refused = after < 500 and all(a[:3] in ("413", "401") or a.startswith("closed") for a in answers)
+    rows.append(Row("8 concurrent 1 GB unauthenticated POST /api/v1/runs (4 with Content-Length, 4 chunked)",
+                    "413 (or 401) before the body is read; API RSS stays under 500 MB",
+                    f"answers {sorted(answers)} within {time.monotonic() - started:.1f} s; API peak RSS {before:.0f} -> {after:.0f} MiB", refused,
                     "tests/service/test_request_limits.py"))
 
 
+LOG_MB = 100  # scaled down from the issue's 500 MB and 2M step lines for a 2-core machine
+STEPS = 400_000
+
+
 def huge_output(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
-    # Scaled down for a 2-core machine: 100 MB of log and 400,000 step lines.
-    script = ("import sys\nline = 'x' * 1000 + '\\n'\nfor i in range(100_000):\n    sys.stdout.write(line)\n"
-              "for i in range(1, 400_001):\n    print(f'step:{i}/400000 train_loss:{4 - i / 1e6:.4f} train_time:{i}ms step_avg:1.00ms')\n")
+    script = (f"import sys\nline = 'x' * 999 + '\\n'\nfor i in range({LOG_MB * 1000}):\n    sys.stdout.write(line)\n"
+              f"for i in range(1, {STEPS + 1}):\n    print(f'step:{{i}}/{STEPS} train_loss:{{4 - i / 1e7:.4f}} train_time:{{i}}ms step_avg:1.00ms')\n")
     with api(stack, tokens["b-member"]) as b:
         run_id = b.post("/runs", json={"name": "flood", "track": "unlimited", "hardware": "cpu", "script": b64(script), "data": "sp1024"}).json()["runs"][0]["id"]
         run = wait_done(stack, b, run_id, 600)
@@ -277,9 +298,9 @@ def huge_output(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         t0 = time.monotonic()
         page = web.get(f"/runs/{run_id}")
         page_s = time.monotonic() - t0
-    rows.append(Row("A run prints 100 MB of log and 400,000 step lines", "log capped at the configured size, stored once; metrics capped/paged; run page < 1 s",
+    rows.append(Row(f"A run prints {LOG_MB} MB of log and {STEPS:,} step lines", "log capped at the configured size, stored once; metrics capped/paged; run page < 1 s",
                     f"run {run['status']}, log_bytes {run.get('log_bytes')}; GET /metrics {m.status_code}: {metrics_mb:.1f} MB in {metrics_s:.1f} s; run page {page.status_code} in {page_s:.2f} s",
-                    (run.get("log_bytes") or 0) < 100e6 and metrics_mb < 10 and page_s < 1, "tests of item 5"))
+                    (run.get("log_bytes") or 0) < LOG_MB * 1e6 and metrics_mb < 10 and page_s < 1, "tests of item 5"))
 
 
 def published_env(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
@@ -368,7 +389,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "attacks.md")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to leave out: in_job big_body huge_output published_env smaller cancel")
+    parser.add_argument("--log-mb", type=int, default=LOG_MB, help="size of the flooding run's log")
+    parser.add_argument("--steps", type=int, default=STEPS, help="step lines the flooding run prints")
     args = parser.parse_args()
+    globals().update(LOG_MB=args.log_mb, STEPS=args.steps)
     from trainer.data import build_smoke_corpus
 
     head = os.popen(f"git -C {REPO} rev-parse --short HEAD").read().strip()
