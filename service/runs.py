@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, joinedload
 from service.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
 from service.lifecycle import RunStatus, IllegalTransition, is_terminal, record_created, transition
 from service.models import LogChunk, Metric, Run, RunEvent, RunGroup, Team, User, utcnow
-from service import size_check
+from service import quotas, size_check
 from service.early_abort import unlogged_step
 from service.results.rules import spec_noncompliance
 from service.schemas import ID_MAX, QUEUE_FIELDS, RunCreate, RunOut
@@ -234,6 +234,7 @@ def submit_runs(
             return group_key, _replay(earlier, group_key, seeds), True
     if normal.kind == "trainer" and normal.track == size_check.SIZE_CHECKED_TRACK and not normal.allow_noncompliant:
         _refuse_oversized(session, team.id, normal.config)
+    quotas.check_storage_quota(session, team.id, team.name, sum(len(b) for b in normal.blobs.values()), settings.team_storage_quota_bytes)
     now = utcnow()
     store_blobs(session, normal.blobs)
     ensure_group(session, group_key, team.id, spec.name, normal, now)

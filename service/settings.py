@@ -45,6 +45,8 @@ class Settings(SchedulingSettings):
     max_spec_bytes: int = Field(65536, ge=1024)  # raw request body of POST /runs
     # Any other request body (JSON, web forms): larger ones get 413 before they are read.
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Bytes a team's runs may hold (artifacts + stored logs + script files): a submission past it is refused (0: none).
+    team_storage_quota_bytes: int = Field(100 * 1024**3, ge=0)
     default_priority: int = 0
     min_priority: int = -100
     max_priority: int = 100

@@ -1,0 +1,40 @@
+"""A team's storage quota (issue 17 item 5f): artifacts + stored logs + script files; a
+submission past it is a 403 naming the quota; another team is unaffected."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.api.app import create_app
+from service.models import Artifact, Run
+from service.quotas import team_storage
+from service.settings import Settings
+from tests.service.conftest import World
+
+RUNS = "/api/v1/runs"
+SCRIPT = b"print('val_bpb:1.0')\n" * 10
+
+
+def test_a_team_over_its_quota_cannot_submit(db_url: str, tmp_path: Path, world: World, session: Session, spec) -> None:  # noqa: ANN001
+    settings = Settings(home=tmp_path / "home", database_url=db_url, team_storage_quota_bytes=10_000)
+    with TestClient(create_app(settings)) as client:
+        script_spec = {"name": "own", "track": "unlimited", "hardware": "cpu", "seeds": [1],
+                       "script": base64.b64encode(SCRIPT).decode(), "data": "sp1024"}  # fmt: skip
+        r = client.post(RUNS, json=script_spec, headers=world.h("alice"))
+        assert r.status_code == 201, r.text
+        run_id = r.json()["runs"][0]["id"]
+        run = session.get_one(Run, run_id)
+        run.log_bytes, run.log_truncated_at = 50_000, 3_000  # a capped log counts what is stored
+        session.add(Artifact(run_id=run_id, kind="model", uri="file:///x", bytes=7_000))
+        session.commit()
+        use = team_storage(session, world.team_ids["team-a"])
+        assert (use.artifacts, use.logs, use.scripts) == (7_000, 3_000, len(SCRIPT))
+        r = client.post(RUNS, json=spec(name="more"), headers=world.h("alice"))
+        assert r.status_code == 403
+        msg = r.json()["detail"][0]["msg"]
+        assert "CADDIE_TEAM_STORAGE_QUOTA_BYTES" in msg and "10,000 bytes" in msg and f"uses {10_000 + len(SCRIPT):,}" in msg
+        assert client.post(RUNS, json=spec(name="theirs"), headers=world.h("bob")).status_code == 201  # team B has room
