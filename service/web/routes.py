@@ -480,3 +480,33 @@ def revoke_token(request: Request, token_id: RowId, user: User, session: Session
     security.revoke_token(session, user, token_id)
     session.commit()
     return back("/tokens")
+
+
+# --- teams: members and invitations (as `caddie team` and POST /teams/{name}/members) -----------
+@router.get("/teams", response_class=HTMLResponse)
+def teams_page(request: Request, user: User, session: SessionDep) -> HTMLResponse:
+    teams = [(t, accounts.team_members(session, t.id), user.can_manage_team(t.id)) for t in accounts.list_teams(session, list(user.roles))]
+    return render(request, "teams.html", user, teams=teams, invitations=accounts.invitations(session, user.user_id))
+
+
+@router.post("/teams/{name}/invite")
+def invite_member(request: Request, name: str, user: User, session: SessionDep, member: Annotated[str, Form(alias="user", max_length=100)] = "",
+                  role: Annotated[str, Form(max_length=16)] = "member", csrf: CsrfField = "") -> RedirectResponse:
+    web_session.check_csrf(request, csrf)
+    team = accounts.get_team(session, name)
+    if not user.can_manage_team(team.id):
+        raise NotFound("team", name)
+    if user.is_admin:
+        accounts.add_member(session, team, member.strip(), role)
+    else:
+        accounts.invite(session, team, member.strip(), role)
+    session.commit()
+    return back("/teams")
+
+
+@router.post("/teams/{name}/accept")
+def accept_invitation(request: Request, name: str, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
+    web_session.check_csrf(request, csrf)
+    accounts.accept(session, user.user_id, name)
+    session.commit()
+    return back("/teams")

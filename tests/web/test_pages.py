@@ -366,3 +366,23 @@ def test_a_run_name_is_plain_text_in_a_chart() -> None:
     assert plain_label('<a href="x">n</a> %{y}') == '&lt;a href="x"&gt;n&lt;/a&gt; %\u200b{y}'
     trace = figure("t", "y", [Series('<a href="https://evil.example">x</a>', [1], [1.0], [2.0])])["data"][0]
     assert "<a" not in trace["name"] and "<a" not in trace["hovertemplate"].replace("<extra>", "")
+
+
+def test_the_teams_page_invites_and_accepts(world: World, browser_for, session: Session) -> None:
+    from service import accounts
+
+    accounts.create_user(session, "dora")
+    _, dora_token = accounts.create_token(session, "dora", "t")
+    session.commit()
+    aaron = browser_for(world.tokens["aaron"])
+    assert aaron.post("/teams/team-a/invite", {"user": "dora"}, csrf_from="/teams").status_code == 303
+    assert aaron.post("/teams/team-a/invite", {"user": "no-one"}, csrf_from="/teams").status_code == 303  # same answer
+    assert "dora" not in aaron.c.get("/teams").text
+    assert aaron.c.post("/teams/team-a/invite", data={"user": "dora"}, follow_redirects=False).status_code == 403  # no CSRF token
+    alice = browser_for(world.tokens["alice"])  # a plain member cannot invite
+    assert alice.post("/teams/team-a/invite", {"user": "dora"}, csrf_from="/teams").status_code == 404
+    dora = browser_for(dora_token)
+    page = dora.c.get("/teams").text
+    assert "Team <strong>team-a</strong> invited you as member" in page
+    assert dora.post("/teams/team-a/accept", csrf_from="/teams").status_code == 303
+    assert "dora" in aaron.c.get("/teams").text and "invited you" not in dora.c.get("/teams").text
