@@ -277,7 +277,7 @@ def big_body(stack: Stack, rows: list[Row]) -> None:
     rows.append(Row("8 concurrent 1 GB unauthenticated POST /api/v1/runs (4 with Content-Length, 4 chunked)",
                     "413 (or 401) before the body is read; API RSS stays under 500 MB",
                     f"answers {sorted(answers)} within {time.monotonic() - started:.1f} s; API peak RSS {before:.0f} -> {after:.0f} MiB", refused,
-                    "tests/service/test_request_limits.py"))
+                    "tests/service/test_request_limits.py (413 unread, chunked, 401 unread)"))
 
 
 LOG_MB = 100  # scaled down from the issue's 500 MB and 2M step lines for a 2-core machine
@@ -300,7 +300,8 @@ def huge_output(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         page_s = time.monotonic() - t0
     rows.append(Row(f"A run prints {LOG_MB} MB of log and {STEPS:,} step lines", "log capped at the configured size, stored once; metrics capped/paged; run page < 1 s",
                     f"run {run['status']}, log_bytes {run.get('log_bytes')}; GET /metrics {m.status_code}: {metrics_mb:.1f} MB in {metrics_s:.1f} s; run page {page.status_code} in {page_s:.2f} s",
-                    (run.get("log_bytes") or 0) < LOG_MB * 1e6 and metrics_mb < 10 and page_s < 1, "tests of item 5"))
+                    (run.get("log_bytes") or 0) < LOG_MB * 1e6 and metrics_mb < 10 and page_s < 1,
+                    "tests/worker/test_run_log_caps.py, tests/service/test_api_metrics_pages.py"))
 
 
 def published_env(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
@@ -340,19 +341,19 @@ def smaller(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     web.post("/signout", data={"csrf_token": csrf[1] if csrf else ""})
     r = httpx.get(f"{stack.url}/runs", cookies={"caddie_session": kept or ""}, follow_redirects=False)
-    rows.append(Row("Reuse a session cookie kept from before sign-out", "not signed in (303 to /signin)", str(r.status_code), r.status_code in (303, 401), "tests/web (item 6, sign-out)"))
+    rows.append(Row("Reuse a session cookie kept from before sign-out", "not signed in (303 to /signin)", str(r.status_code), r.status_code in (303, 401), "tests/web/test_pages.py::test_a_cookie_kept_from_before_sign_out_no_longer_works"))
     web.close()
     with api(stack, tokens["a-admin"]) as admin:
         r = admin.post("/teams/team-a/members", json={"user": "b-member", "role": "member"})
         teams = httpx.get(f"{stack.url}/api/v1/users/me", headers={"Authorization": f"Bearer {tokens['b-member']}"}).json().get("teams", [])
         in_a = any(t.get("team") == "team-a" for t in teams)
         rows.append(Row("team-a's admin adds team-b's user to team-a", "an invitation only: no membership without the user's consent",
-                        f"{r.status_code}; b-member in team-a now: {in_a}", not in_a, "tests of item 6 (membership)"))
+                        f"{r.status_code}; b-member in team-a now: {in_a}", not in_a, "tests/service/test_api_accounts.py::test_team_admins_add_members_to_their_team_only, tests/web/test_pages.py::test_the_teams_page_invites_and_accepts"))
         known, unknown = admin.post("/teams/team-a/members", json={"user": "a-member"}), admin.post("/teams/team-a/members", json={"user": "nobody-x"})
         rows.append(Row("Enumerate user names through POST /teams/{name}/members", "the same answer for a known and an unknown name",
-                        f"known: {known.status_code}, unknown: {unknown.status_code}", known.status_code == unknown.status_code, "tests of item 6 (membership)"))
+                        f"known: {known.status_code}, unknown: {unknown.status_code}", known.status_code == unknown.status_code, "tests/service/test_api_accounts.py::test_team_admins_add_members_to_their_team_only"))
         r = admin.post("/teams/team-a/members", json={"user": "a-admin", "role": "member"})
-        rows.append(Row("The last admin of team-a demotes themself", "4xx: the team keeps an admin", str(r.status_code), r.status_code >= 400, "tests of item 6 (last admin)"))
+        rows.append(Row("The last admin of team-a demotes themself", "4xx: the team keeps an admin", str(r.status_code), r.status_code >= 400, "tests/service/test_api_accounts.py::test_the_last_admin_of_a_team_stays"))
     with api(stack, tokens["b-member"]) as b:
         theirs = b.get("/runs").json()["items"][0]["id"]
     with api(stack, tokens["a-member"]) as a:
