@@ -98,6 +98,7 @@ class RunLog:
         self.log_max_bytes = log_max_bytes
         self.truncated_at = truncated_at
         self.base = base  # where this attempt's log starts in the run's log
+        self.seen_all = offset == base  # the parser reads this attempt's log from its first byte
         # A log of 2M `step:` lines made 2M metric rows (a 210 MB /metrics answer): train points
         # are kept at every `stride`-th step, the stride doubling (and the stored points thinned
         # to it) whenever they would pass max_train_points.
@@ -173,16 +174,21 @@ class RunLog:
         return with_db_retry(count, what=f"run {self.run_id}: count its points", deadline_s=self.retry_s)
 
     def reread(self) -> None:
-        """Parse again all the DB holds of this attempt's log (a re-attached executor has not seen its start)."""
+        """Parse again what the DB holds of this attempt's log, when this executor has not seen its start
+        (a re-attached one). One that read it all has nothing to learn: a 300 MB log with no final figure
+        was re-read whole (the worker from 230 to 1,183 MiB). The chunks stream through the parser."""
+        if self.seen_all:
+            return
 
-        def read() -> str:
+        def read() -> LogParser | ScriptLogParser:
+            parser = ScriptLogParser() if self.script else LogParser()
             with self.session_factory() as session:
-                chunks = session.scalars(
-                    select(LogChunk.data).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt).order_by(LogChunk.offset)
-                )
-                return "".join(chunks)
+                query = select(LogChunk.data).where(LogChunk.run_id == self.run_id, LogChunk.attempt == self.attempt).order_by(LogChunk.offset)
+                for text in session.scalars(query.execution_options(yield_per=4)):
+                    parser.feed(text)
+            parser.flush()
+            return parser
 
         self.train_stored = self._count_train()  # a re-attached executor thins from what is stored
-        self.parser = ScriptLogParser() if self.script else LogParser()
-        self.parser.feed(with_db_retry(read, what=f"run {self.run_id}: read its log", deadline_s=self.retry_s))
-        self.parser.flush()
+        self.parser = with_db_retry(read, what=f"run {self.run_id}: read its log", deadline_s=self.retry_s)
+        self.seen_all = True

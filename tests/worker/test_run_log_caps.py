@@ -103,3 +103,33 @@ def test_storable() -> None:
     assert storable(0, b"ab\ncd\n", 5) == 3  # up to the last whole line before the cap
     assert storable(2, b"abcdef", 5) == 3  # one line across the cap: cut at the cap
     assert storable(9, b"ab\n", 5) == 0
+
+
+def _pull_all(run_log: RunLog, launcher: FakeLog) -> None:
+    while run_log.offset < len(launcher.data):
+        run_log.pull(launcher, None, final=False, on_points=lambda _p: None)  # type: ignore[arg-type]
+    run_log.pull(launcher, None, final=True, on_points=lambda _p: None)  # type: ignore[arg-type]
+
+
+def test_a_log_without_a_final_figure_is_not_read_again(maker) -> None:  # noqa: ANN001
+    # Issue 17 item 5c: an executor that parsed the whole attempt re-reads nothing at the end.
+    import tracemalloc
+
+    text = "".join(f"noise line {i} " + "x" * 80 + "\n" for i in range(100_000))  # ~9.5 MB, no final figure
+    run_id = _run(maker)
+    run_log = RunLog(run_id, maker, retry_s=5, script=False, attempt=1, offset=0, base=0)
+    _pull_all(run_log, FakeLog(text, 64 * 1024))
+    tracemalloc.start()
+    run_log.reread()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 100_000  # nothing read
+
+    # A re-attached executor (it began mid-attempt) does re-read, chunk by chunk, not the whole log at once.
+    attached = RunLog(run_id, maker, retry_s=5, script=False, attempt=1, offset=len(text), base=0)
+    assert not attached.seen_all
+    tracemalloc.start()
+    attached.reread()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert attached.seen_all and peak < len(text) // 2
