@@ -126,6 +126,50 @@ def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
     return min(max(scale, 0.0), 1.0)
 
 
+class StepClock:
+    """Stops a capped loop before the step that would cross the cap.
+
+    Fed the (rank-agreed) training clock at the top of every step, it predicts the
+    next step's duration and says whether running it would end past the cap. On a
+    GPU the host runs ahead of the device, so unsynchronised durations are jittery:
+    the estimate is the mean of the last WINDOW steps, and once the cap is within
+    NEAR estimated steps the caller synchronises every step (``near``), so the last
+    durations are exact; then the estimate is the largest exact one (the first
+    synchronised step also absorbs the queue, so it is left out).
+    """
+
+    WINDOW = 10
+    NEAR = 4
+
+    def __init__(self, cap_ms: float) -> None:
+        self.cap_ms = cap_ms
+        self.marks: list[float] = []   # clock at the top of recent steps
+        self.exact: list[float] = []   # durations measured between two synchronised marks
+        self.near = False              # the caller should synchronise before the next mark
+        self.prev_synced = False
+
+    def next_step_ms(self) -> float:
+        if len(self.exact) >= 1:
+            return max(self.exact[-self.WINDOW:])
+        if len(self.marks) < 2:
+            return 0.0
+        return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
+
+    def would_cross(self, elapsed_ms: float, synced: bool = False) -> bool:
+        """Record this step's mark; True when one more step would pass the cap."""
+        if synced and self.prev_synced:
+            self.exact.append(elapsed_ms - self.marks[-1])
+        self.prev_synced = synced
+        self.marks = (self.marks + [elapsed_ms])[-(self.WINDOW + 1):]
+        est = self.next_step_ms()
+        if self.cap_ms <= 0:
+            return False
+        if est > 0 and elapsed_ms + est > self.cap_ms:
+            return True
+        self.near = self.near or (est > 0 and elapsed_ms + self.NEAR * est >= self.cap_ms)
+        return elapsed_ms >= self.cap_ms
+
+
 def artifact_accounting(code_bytes: int, model_bytes: int) -> dict:
     """total = code bytes + compressed model bytes; ok when total <= 16,000,000 (decimal)."""
     total = code_bytes + model_bytes
@@ -286,13 +330,17 @@ def train(cfg: TrainerConfig) -> dict:
     step = 0
     sync()
     t0 = time.perf_counter()
+    clock_cap = StepClock(cap_ms)
     while step < cfg.iterations:
+        synced = clock_cap.near  # agreed on every rank: it follows from the agreed clock
+        if synced:
+            sync()
         elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
         if world > 1 and cap_ms > 0:  # ranks must agree on the clock: it sets the LR, QAT, SWA and the stop
             clock = torch.tensor(elapsed_ms, device=device, dtype=torch.float64)
             dist.all_reduce(clock, op=dist.ReduceOp.MAX)
             elapsed_ms = clock.item()
-        if cap_ms > 0 and elapsed_ms >= cap_ms:
+        if clock_cap.would_cross(elapsed_ms, synced):
             log.line(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{cfg.iterations}")
             break
         scale = lr_scale_at(step, elapsed_ms, cfg)

@@ -13,7 +13,7 @@ from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, TrainerConfig
 from trainer.model import GPT
 from trainer.quant import dequantize, unpack_artifact
-from trainer.train import RESULT_KEYS, artifact_accounting, grad_accum_for, lr_scale_at, train
+from trainer.train import RESULT_KEYS, StepClock, artifact_accounting, grad_accum_for, lr_scale_at, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,42 @@ def test_wallclock_warmdown_lands_on_the_cap():
     scale = [lr_scale_at(s, 100.0 * s, cfg) for s in range(1, 601)]
     assert scale[399 - 1] == 1.0 and scale[450 - 1] == pytest.approx(0.75)
     assert scale[-1] == 0.0 and all(a >= b for a, b in zip(scale, scale[1:]))
+
+
+def run_capped(cap_ms: float, durations: list[float]) -> tuple[int, float]:
+    """Drive StepClock like the loop does, steps taking the given durations: (steps run, clock at the stop)."""
+    clock, elapsed, steps = StepClock(cap_ms), 0.0, 0
+    while not clock.would_cross(elapsed, synced=clock.near):
+        elapsed += durations[steps]
+        steps += 1
+    return steps, elapsed
+
+
+def test_capped_loop_stops_before_the_step_that_would_cross_the_cap():
+    # 100 ms steps, a 60 s cap: exactly 600 fit; the old check-before-step ran a 601st to 60.1 s.
+    assert run_capped(60_000, [100.0] * 1000) == (600, 60_000.0)
+    assert run_capped(60_050, [100.0] * 1000) == (600, 60_000.0)
+    # jittery steps (95-105 ms): never past the cap, at most one step lost against the ideal
+    import random
+    rng = random.Random(0)
+    for cap in (60_000, 120_000, 3_333):
+        durations = [rng.uniform(95, 105) for _ in range(2000)]
+        steps, elapsed = run_capped(cap, durations)
+        ideal = max(n for n in range(len(durations)) if sum(durations[:n]) <= cap)
+        assert elapsed <= cap and steps >= ideal - 1, (cap, steps, ideal)
+
+
+def test_step_clock_ignores_the_step_that_drains_the_gpu_queue():
+    # the host ran ahead: unsynchronised marks every 50 ms, then the first sync waits 300 ms
+    clock = StepClock(10_000)
+    for t in range(0, 9_000, 50):
+        clock.would_cross(float(t))
+    assert clock.next_step_ms() == pytest.approx(50.0)
+    clock.near = True
+    assert not clock.would_cross(9_250.0, synced=True)  # drained queue: not an exact step time
+    assert not clock.would_cross(9_350.0, synced=True)
+    assert clock.next_step_ms() == pytest.approx(100.0)
+    assert clock.would_cross(9_950.0, synced=True)  # 9,950 + 600 would cross 10,000
 
 
 def test_grad_accum_keeps_the_global_batch_for_any_gpu_count():
@@ -107,7 +143,7 @@ def test_end_to_end_run_writes_a_valid_result(smoke_corpus, tmp_path):
     assert result["code_bytes"] == len(bundled_source().encode())
     assert result["total_bytes"] == result["code_bytes"] + result["model_bytes"] and result["artifact_ok"] is True
     assert result["world_size"] == 1 and result["seed"] == 1337 and result["config"]["num_layers"] == 2
-    assert result["train_seconds"] >= 3 and result["eval_seconds"] > 0 and result["peak_memory_mib"] > 0
+    assert 0 < result["train_seconds"] <= 3 and result["eval_seconds"] > 0  # never past the cap and result["peak_memory_mib"] > 0
     assert result["trainer_revision"]
 
     log = (out / "train.log").read_text()
