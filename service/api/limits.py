@@ -23,6 +23,7 @@ from typing import Any
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import RETRY_AFTER_S, database_unavailable
 from service.errors import Unauthorized
 from service.security import authenticate, authenticate_hash
 from service.settings import Settings
@@ -100,7 +101,15 @@ class RequestLimits:
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _send_json(send, 413, too_large, "body_too_large")
             return
-        if path not in SIGN_IN_PATHS and not await anyio.to_thread.run_sync(_authenticated, app, scope, path, headers):
+        try:
+            known = path in SIGN_IN_PATHS or await anyio.to_thread.run_sync(_authenticated, app, scope, path, headers)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            # The database is down (issue 21): the same 503 + Retry-After as every route gives.
+            await _send_json(send, 503, "the database is unavailable; retry the request", "unavailable", ((b"retry-after", RETRY_AFTER_S.encode()),))
+            return
+        if not known:
             if path.startswith(settings.api_prefix + "/"):
                 await _send_json(send, 401, "missing, invalid or revoked bearer token", "unauthorized", ((b"www-authenticate", b"Bearer"),))
             else:
