@@ -572,6 +572,40 @@ class Suite:
         self.all_done(400)
         return self.outcome("PostgreSQL", "immediate stop and restart of PostgreSQL (3 s down) with 2 runs training", self.watch.recovery_after(t))
 
+    def postgres_down_60s(self, pg: Postgres) -> Outcome:
+        """PostgreSQL stopped for 60 s with 2 runs training while a client keeps calling the API:
+        every answer should be a 200 or a 503 with Retry-After (no 500, no dropped connection)."""
+        ids = [self.submit(900, seed=s) for s in (1, 2)]
+        self.wait(lambda: all(self.trainer_started(i) for i in ids), 60, "trainers to start")
+        answers: dict[str, int] = {}
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(base_url=f"{self.stack.url}/api/v1", headers={"Authorization": f"Bearer {self.tokens['a']}"}, timeout=10) as c:
+                while not stop.is_set():
+                    try:
+                        r = c.get("/runs", params={"limit": 5})
+                        kind = f"{r.status_code}" + (" with Retry-After" if r.status_code == 503 and "Retry-After" in r.headers else "")
+                    except httpx.HTTPError as exc:
+                        kind = f"no answer ({type(exc).__name__})"
+                    answers[kind] = answers.get(kind, 0) + 1
+                    time.sleep(0.5)
+
+        th = threading.Thread(target=client)
+        th.start()
+        t = self.watch.fault()
+        pg.crash()
+        time.sleep(60)
+        pg.start()
+        time.sleep(5)
+        stop.set()
+        th.join(30)
+        self.all_done(400)
+        out = self.outcome("PostgreSQL 60 s", "immediate stop of PostgreSQL, down 60 s, with 2 runs training and a client calling the API every 0.5 s",
+                           self.watch.recovery_after(t))  # fmt: skip
+        out.notes.append("API answers during and just after the outage: " + ", ".join(f"{k}: {n}" for k, n in sorted(answers.items())))
+        return out
+
     def many_runs(self) -> Outcome:
         t0 = time.time()
         for i in range(100):
@@ -634,7 +668,7 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "many")
+SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "postgres-60s", "many")
 
 
 def main() -> int:
@@ -669,7 +703,7 @@ def main() -> int:
         plan: dict[str, Callable[[], Outcome]] = {
             "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
             "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
-            "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "many": suite.many_runs,
+            "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "postgres-60s": lambda: suite.postgres_down_60s(pg), "many": suite.many_runs,
         }  # fmt: skip
         for name in args.only:
             print(f"--- {name}", flush=True)
