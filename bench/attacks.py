@@ -118,6 +118,10 @@ print("final_int8_zlib_roundtrip_exact val_loss:3.0 val_bpb:1.8", flush=True)
 '''
 
 
+# Items 1-2 (the sandbox) had not landed when this was written: their CI tests belong with them.
+NO_SANDBOX_TEST = "none yet: items 1-2 (the job sandbox) had not landed at this run"
+
+
 @dataclass
 class Row:
     attack: str
@@ -202,14 +206,14 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         log = full_log(b, run_id)
     results = dict(re.findall(r"^ATTACK (\w+): (.*)$", log, re.M))
     expected = {
-        "proc_environ": ("A job reads the API's and worker's /proc/<pid>/environ (database URL)", "unreadable: the job cannot see other processes' /proc", "tests/worker (sandbox, items 1-2)"),
-        "db_read": ("A job connects to PostgreSQL and reads every team's runs and token hashes", "no network path to the database", "tests/worker (sandbox, items 1-2)"),
-        "secret_key_read": ("A job reads $CADDIE_HOME/secret_key", "unreadable", "tests/worker (sandbox, items 1-2)"),
-        "other_runs_read": ("A job reads other teams' run folders and scripts", "only its own run folder is readable", "tests/worker (sandbox, items 1-2)"),
-        "trainer_code_write": ("A job opens trainer/__main__.py for writing (the next team's trainer would run it)", "read-only Python environment", "tests/worker (sandbox, items 1-2)"),
-        "signal_api": ("A job signals the API process", "EPERM: other processes cannot be signalled", "tests/worker (sandbox, items 1-2)"),
-        "net_api": ("A job connects to the API port", "no network path to the API", "tests/worker (sandbox, items 1-2)"),
-        "net_db": ("A job connects to the database port", "no network path to the database", "tests/worker (sandbox, items 1-2)"),
+        "proc_environ": ("A job reads the API's and worker's /proc/<pid>/environ (database URL)", "unreadable: the job cannot see other processes' /proc", NO_SANDBOX_TEST),
+        "db_read": ("A job connects to PostgreSQL and reads every team's runs and token hashes", "no network path to the database", NO_SANDBOX_TEST),
+        "secret_key_read": ("A job reads $CADDIE_HOME/secret_key", "unreadable", NO_SANDBOX_TEST),
+        "other_runs_read": ("A job reads other teams' run folders and scripts", "only its own run folder is readable", NO_SANDBOX_TEST),
+        "trainer_code_write": ("A job opens trainer/__main__.py for writing (the next team's trainer would run it)", "read-only Python environment", NO_SANDBOX_TEST),
+        "signal_api": ("A job signals the API process", "EPERM: other processes cannot be signalled", NO_SANDBOX_TEST),
+        "net_api": ("A job connects to the API port", "no network path to the API", NO_SANDBOX_TEST),
+        "net_db": ("A job connects to the database port", "no network path to the database", NO_SANDBOX_TEST),
     }
     if not results:
         rows.append(Row("in-job escapes (all)", "every probe refused", f"the attacker run ended {run['status']} ({run.get('status_reason')}) with no probe lines", True))
@@ -233,7 +237,7 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
             minted = forged.post("/tokens", data={"name": "minted", "csrf_token": csrf_token(key[1].encode(), cookie)}, follow_redirects=False)
         rows.append(Row("Forge the global admin's session cookie from the leaked key and token hash; list runs, mint a token", "impossible (nothing leaked)",
                         f"GET /api/v1/runs with the forged cookie: {r.status_code}, teams seen {sorted(teams)}; POST /tokens (form): {minted.status_code}",
-                        r.status_code != 200 and minted.status_code >= 400, "tests/worker (sandbox, items 1-2)"))
+                        r.status_code != 200 and minted.status_code >= 400, NO_SANDBOX_TEST))
     else:
         rows.append(Row("Forge the global admin's session cookie", "impossible (nothing leaked)", "no key and token hash leaked to forge with", True))
 
@@ -242,7 +246,7 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         time.sleep(3)
         alive = Path(f"/proc/{pid[1]}").exists()
         rows.append(Row("A process the job started outlives its run", "every process of the run is gone when it ends",
-                        f"pid {pid[1]} {'still alive' if alive else 'gone'} 3 s after the run ended {run['status']}", not alive, "tests/worker (items 1-2)"))
+                        f"pid {pid[1]} {'still alive' if alive else 'gone'} 3 s after the run ended {run['status']}", not alive, NO_SANDBOX_TEST))
         if alive:
             os.kill(int(pid[1]), signal.SIGKILL)
 
@@ -298,9 +302,10 @@ def huge_output(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         t0 = time.monotonic()
         page = web.get(f"/runs/{run_id}")
         page_s = time.monotonic() - t0
-    rows.append(Row(f"A run prints {LOG_MB} MB of log and {STEPS:,} step lines", "log capped at the configured size, stored once; metrics capped/paged; run page < 1 s",
-                    f"run {run['status']}, log_bytes {run.get('log_bytes')}; GET /metrics {m.status_code}: {metrics_mb:.1f} MB in {metrics_s:.1f} s; run page {page.status_code} in {page_s:.2f} s",
-                    (run.get("log_bytes") or 0) < LOG_MB * 1e6 and metrics_mb < 10 and page_s < 1,
+    stored = run.get("log_truncated_at")
+    rows.append(Row(f"A run prints {LOG_MB} MB of log and {STEPS:,} step lines", "log stored up to the cap (CADDIE_LOG_MAX_BYTES), once; metrics capped/paged; run page < 1 s",
+                    f"run {run['status']} ({run.get('status_reason')}); log {run.get('log_bytes')} bytes, stored up to {stored}; GET /metrics {m.status_code}: {metrics_mb:.1f} MB in {metrics_s:.1f} s; run page {page.status_code} in {page_s:.2f} s",
+                    stored is not None and stored <= 64 * 2**20 and metrics_mb < 10 and page_s < 1,
                     "tests/worker/test_run_log_caps.py, tests/service/test_api_metrics_pages.py"))
 
 
@@ -316,7 +321,7 @@ def published_env(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None
         web.post("/signin", data={"token": tokens["b-member"], "next": "/runs"})
         seen += ["page " + p for p in ("/groups", f"/groups/{key}", "/leaderboard?track=unlimited", f"/compare?groups={key}") if secret in web.get(p).text]
     rows.append(Row("Team b reads team a's HF_TOKEN value of a published script group", "env names shown, values hidden unless marked public",
-                    f"value seen on {seen}" if seen else "value on none of /groups, group, leaderboard, compare (API and pages)", not seen, "tests of item 2"))
+                    f"value seen on {seen}" if seen else "value on none of /groups, group, leaderboard, compare (API and pages)", not seen, "none yet: item 2 (env values of published groups) had not landed at this run"))
 
 
 def smaller(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
@@ -380,7 +385,9 @@ def write(rows: list[Row], out: Path, head: str, seconds: float) -> None:
     for r in rows:
         cells = [r.attack, r.expected, r.happened, "yes" if r.refused else "**NO**", r.test or "-"]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    lines += ["", "Not replayed here: SkyPilot warm nodes (item 3; needs cloud nodes), the 10,000-run volume (item 5, see its own bench), "
+    lines += ["", "Rows not refused are reported as they happened. The flood is scaled down from the issue's 500 MB / 2M lines "
+              f"({LOG_MB} MB, {STEPS:,} lines; `--log-mb`, `--steps`); bench/results for item 5 has the full-size figures.",
+              "", "Not replayed here: SkyPilot warm nodes (item 3; needs cloud nodes), the 10,000-run volume (item 5, see its own bench), "
               "plotly's link in a run name (a browser matter: tests/web/test_browser.py::test_charts_draw_under_the_content_security_policy_and_a_name_is_never_a_link), "
               "tokens and memberships from the CLI (tests/cli)."]
     out.write_text("\n".join(lines) + "\n")
