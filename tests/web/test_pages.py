@@ -386,3 +386,12 @@ def test_the_teams_page_invites_and_accepts(world: World, browser_for, session: 
     assert "Team <strong>team-a</strong> invited you as member" in page
     assert dora.post("/teams/team-a/accept", csrf_from="/teams").status_code == 303
     assert "dora" in aaron.c.get("/teams").text and "invited you" not in dora.c.get("/teams").text
+
+
+def test_the_cancel_button_shows_only_to_who_may_cancel(world: World, browser_for) -> None:
+    aaron = browser_for(world.tokens["aaron"])
+    [run_id] = submit(aaron, world, "aaron", name="aaron's")
+    assert 'id="cancel-button"' in aaron.c.get(f"/runs/{run_id}").text
+    alice = browser_for(world.tokens["alice"])
+    assert 'id="cancel-button"' not in alice.c.get(f"/runs/{run_id}").text
+    assert alice.post(f"/runs/{run_id}/cancel").status_code == 403
