@@ -30,14 +30,17 @@ How it reads:
 
 | figure          | from                                                                        |
 |-----------------|-----------------------------------------------------------------------------|
-| val_loss/bpb    | the last ``<label>_exact val_loss:X val_bpb:Y`` line; with none, the last    |
-|                 | ``final<...> val_loss:X val_bpb:Y`` line (a record's own final label)        |
-| pre_ttt_bpb     | when the final's label names TTT: the last other ``*_exact`` line before it  |
+| val_loss/bpb    | the last finite score line (``*_exact``, ``final*``, ``quantized*``, ``*ttt*``|
+|                 | labels); a TTT line worse than the score before it is a failed attempt      |
+| pre_ttt_bpb     | when the final's label names TTT: the last other ``*_exact`` line before it, |
+|                 | else the last score or ``diagnostic quantized`` line before it               |
 | artifact bytes  | the last ``Total submission size ...: N bytes``                              |
-| code, model     | the last ``Code size: N bytes``, ``Serialized model ...: N bytes``           |
-| train seconds   | the largest ``train_time:Nms`` of the ``step:`` and ``stopping_early`` lines |
+| code, model     | the last ``Code size[ (compressed)]: N bytes``, ``Serialized model ...: N``  |
+| train seconds   | the largest ``train_time:Nms`` (or ``: N.Nm``) of the step/stopping lines    |
 | eval seconds    | the sum of ``eval_time:Nms`` over the other lines (every evaluation)         |
-| steps           | the largest N of ``step:N/M``                                                |
+| steps           | the largest N of ``step:N/M`` (or a line starting ``N/M key:``)              |
+
+Lines may start with a unix timestamp; pairs may be ``key: value``.
 
 ``failure_reason`` picks the line of a failed run's log tail that says why.
 """
@@ -52,16 +55,23 @@ from typing import Any, Generic, TypeVar
 
 # --- one line ---------------------------------------------------------------------------------
 
-_PREFIX = re.compile(r"^\s*(?:\[[^\]\s]{1,40}\]:?\s*)?")
-_PAIR = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*):(\S+)")
-_LABEL = re.compile(r"^([A-Za-z_][A-Za-z0-9_.+\-]*)\s+(?=val_loss:)")
-_MS = re.compile(r"^(\d+(?:\.\d+)?)ms$")
+# a launcher's ``[rank0]: `` and/or a unix timestamp (``1776143353.675 ``, 2026-04-13's logs)
+_PREFIX = re.compile(r"^\s*(?:\[[^\]\s]{1,40}\]:?\s*)?(?:1\d{9}(?:\.\d+)?\s+)?")
+# ``key:value``; a record of 2026-04 writes ``key: value`` (one space after the colon)
+_PAIR = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*): ?([^\s:]\S*)")
+# a score line's label may be followed by other pairs before val_loss (``..._exact stride:64 val_loss:``)
+# and may be a few words (``diagnostic quantized``, ``diagnostic pre-quantization post-ema``)
+_LABEL = re.compile(r"^([A-Za-z_][A-Za-z0-9_.+\-]*(?: [A-Za-z_][A-Za-z0-9_.+\-]*){0,3}?)\s+(?=(?:[A-Za-z_]\w*: ?\S+\s+)*val_loss:)")
+_MS = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")  # ms; s and m (``train_time: 9.8m``) are rounded
+_MS_PER = {"ms": 1.0, "s": 1000.0, "m": 60000.0}
+_BARE_STEP = re.compile(r"^(\d+)/(\d+)\s")  # ``5962/20000 train_loss: ...``, a step line without ``step:``
 _STEP = re.compile(r"^(\d+)/(\d+)$")
 _STOP = re.compile(r"^stopping_early:\s*(\S*)")
 _TOTAL = re.compile(r"^Total submission size(?: ([^:]+))?: (\d+) bytes\s*$")
-_CODE = re.compile(r"^Code size: (\d+) bytes\s*$")
+_CODE = re.compile(r"^Code size(?: \([^)]*\))?: (\d+) bytes\s*$")  # also ``Code size (compressed): N bytes``
 _MODEL = re.compile(r"^Serialized model(?: [^:]+)?: (\d+) bytes\s*$")
 _PEAK = re.compile(r"^peak memory allocated: (\d+) MiB(?: reserved: (\d+) MiB)?")
+_SCORE_LABEL = re.compile(r"_exact$|^final|^quantized|ttt", re.IGNORECASE)
 SHOWN_CHARS = 300  # of a line kept as the source of its figure
 
 
@@ -118,7 +128,10 @@ def read_line(raw: str) -> LogLine | None:
     if not pairs:
         return None
     step = _STEP.match(pairs.get("step", ""))
-    if step and line.startswith("step:"):
+    bare = _BARE_STEP.match(line)
+    if bare and step is None:
+        step = bare
+    if step and (line.startswith("step:") or bare):
         return LogLine(shown, is_step=True, step=int(step[1]), total_steps=int(step[2]), train_ms=_ms(pairs.get("train_time", "")),
                        train_loss=_number(pairs.get("train_loss", "")), val_loss=_number(pairs.get("val_loss", "")),
                        val_bpb=_number(pairs.get("val_bpb", "")))  # fmt: skip
@@ -141,7 +154,7 @@ def _number(text: str) -> float | None:
 
 def _ms(text: str) -> float | None:
     m = _MS.match(text)
-    return float(m[1]) if m else None
+    return float(m[1]) * _MS_PER[m[2]] if m else None
 
 
 # --- what a log said: the shared trainer's reading -------------------------------------------
@@ -238,21 +251,33 @@ class ScriptLogSummary:
 
     @property
     def final(self) -> FinalLine | None:
-        """The score that counts: the last ``*_exact`` line, else the last ``final*`` one."""
-        exact = [f for f in self.finals if f.label.endswith("_exact")]
-        if exact:
-            return exact[-1]
-        own = [f for f in self.finals if f.label.lower().startswith("final")]
-        return own[-1] if own else None
+        """The score that counts, as the maintainers read a log: the last score line
+        (``*_exact``, ``final*``, ``quantized*`` or one naming TTT; ``diagnostic ...`` lines
+        are not score lines) whose figures are finite numbers: a TTT attempt that failed
+        at the end (nan) leaves the score before it. With no finite one, the last line."""
+        scores = [f for f in self.finals if _SCORE_LABEL.search(f.label)]
+        finite = [f for f in scores if math.isfinite(f.val_bpb) and math.isfinite(f.val_loss)]
+        if not finite:
+            return scores[-1] if scores else None
+        last = finite[-1]
+        # A TTT score worse than the score before TTT is a failed attempt (2026-04-04's
+        # seed 42: 1.3360 after 1.0898): the record states the score before it.
+        before = [f for f in finite if f.line_no < last.line_no and "ttt" not in f.label.lower()]
+        if "ttt" in last.label.lower() and before and last.val_bpb > before[-1].val_bpb:
+            return before[-1]
+        return last
 
     @property
     def pre_ttt(self) -> FinalLine | None:
-        """When the final score is after test-time training: the last exact score before it."""
+        """When the final score is after test-time training: the last exact score before it;
+        with none, the last score line or ``diagnostic quantized`` line (phased-TTT logs)."""
         final = self.final
         if final is None or "ttt" not in final.label.lower():
             return None
-        before = [f for f in self.finals if f.line_no < final.line_no and f.label.endswith("_exact") and "ttt" not in f.label.lower()]
-        return before[-1] if before else None
+        before = [f for f in self.finals if f.line_no < final.line_no and "ttt" not in f.label.lower()
+                  and (_SCORE_LABEL.search(f.label) or f.label.startswith("diagnostic quantized")) and math.isfinite(f.val_bpb)]
+        exact = [f for f in before if f.label.endswith("_exact")]
+        return (exact or before or [None])[-1]
 
     @property
     def eval_seconds(self) -> float | None:
