@@ -105,6 +105,8 @@ class TrainerConfig:
     iterations: int = knob(9000, "Nominal step count (the warm-down length is measured against it).", min=1, max=1_000_000, group="schedule")
     warmup_steps: int = knob(20, "Compile warm-up steps whose weights are then reset.", min=0, max=1000, group="schedule")
     warmdown_iters: int = knob(3500, "Linear warm-down to 0 over the last N steps (estimated from wallclock under a cap).", min=0, max=1_000_000, group="schedule")
+    min_lr: float = knob(0.0, "Floor of the LR scale during the warm-down (the 2026-04-27 record's MIN_LR=0.10; 0 = warm down to zero).",
+                         min=0.0, max=1.0, group="schedule")
     max_wallclock_seconds: float = knob(600.0, "Training wallclock cap in seconds (0 = none); warm-down lands on it.", min=0.0, max=1e6, group="schedule")
     train_log_every: int = knob(200, "Log train_loss every N steps.", min=1, max=1_000_000, group="schedule")
     val_loss_every: int = knob(0, "Evaluate val_loss every N steps during training (0 = only at the end).", min=0, max=1_000_000, group="schedule")
@@ -281,6 +283,9 @@ class TrainerConfig:
         else:
             if any(not 0 <= i < self.num_layers for i in layers) and self.ve_enabled:
                 bad("VE_LAYERS", f"each layer must be in [0, {self.num_layers - 1}]")
+        if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:
+            bad("MIN_LR", f"must be < LATE_QAT_THRESHOLD={self.late_qat_threshold} while QAT_ENABLED (the LR scale never falls "
+                          "below the floor, so late QAT would never switch on)")
         if self.muon_momentum_warmup_start > self.muon_momentum:
             bad("MUON_MOMENTUM_WARMUP_START", f"must be <= MUON_MOMENTUM={self.muon_momentum}")
         if issues:

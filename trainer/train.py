@@ -111,11 +111,11 @@ def grad_accum_for(cfg: TrainerConfig, world: int) -> int:
 
 
 def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
-    """1, then linear to 0 over the last WARMDOWN_ITERS steps.
+    """1, then linear to MIN_LR (0 by default) over the last WARMDOWN_ITERS steps.
 
     by steps: (ITERATIONS - step) / WARMDOWN_ITERS.  Under a wallclock cap also by
     time: remaining_ms / (WARMDOWN_ITERS · ms_per_step so far), so the warm-down ends
-    at the cap. The smaller of the two wins; clamped to [0, 1].
+    at the cap. The smaller of the two wins; clamped to [MIN_LR, 1].
     """
     if cfg.warmdown_iters <= 0:
         return 1.0
@@ -123,7 +123,7 @@ def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
     if cfg.max_wallclock_seconds > 0 and step > 0:
         remaining_ms = cfg.max_wallclock_seconds * 1000.0 - elapsed_ms
         scale = min(scale, remaining_ms / (cfg.warmdown_iters * elapsed_ms / step))
-    return min(max(scale, 0.0), 1.0)
+    return min(max(scale, cfg.min_lr), 1.0)
 
 
 class StepClock:
