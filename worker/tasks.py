@@ -6,6 +6,7 @@ Every task is safe to run twice: the database says what is already done.
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
 
@@ -33,9 +34,15 @@ def runs_queue_length(app: Celery = celery_app, queue: str = RUNS_QUEUE) -> int 
         return None
 
 
+# Ticks asked for within this window of each other share one tick (sent this much later).
+TICK_DEBOUNCE_S = 1.0
+_tick_debounce = scheduler.TickDebounce(TICK_DEBOUNCE_S, time.monotonic)
+
+
 def request_schedule_tick() -> None:
-    """Ask for a scheduler tick now (after a submit, or when a run frees its slot)."""
-    celery_app.send_task(SCHEDULE_TICK, retry=False)
+    """Ask for a scheduler tick soon (after a submit, or when a run frees its slot); requests
+    in one window coalesce into one tick, which expires if a backlog holds it past beat's next."""
+    _tick_debounce.request(lambda countdown: celery_app.send_task(SCHEDULE_TICK, retry=False, countdown=countdown, expires=countdown + 10.0))
 
 
 @celery_app.task(name=EXECUTE_RUN)
