@@ -326,7 +326,9 @@ def script_result(summary: ScriptLogSummary) -> ScriptResult:
     final = summary.final
     problem = None
     if final is None:
-        problem = "the script's log has no final figure (a '<label>_exact val_loss:X val_bpb:Y' line)"
+        seen = "; ".join(f"line {f.line_no}: {f.line[:80]}" for f in summary.finals[-5:]) or "none"
+        problem = ("the script's log has no final figure (a '<label>_exact val_loss:X val_bpb:Y' line, or final*/quantized*/*ttt* "
+                   f"labels; a spec may name its own with score_label); lines with val_loss and val_bpb seen: {seen}")
     elif not (math.isfinite(final.val_bpb) and math.isfinite(final.val_loss)):
         problem = f"the script's final figure is not a finite number (line {final.line_no}: {final.line})"
     else:
