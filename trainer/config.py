@@ -120,6 +120,10 @@ class TrainerConfig:
     muon_momentum_warmup_start: float = knob(0.92, "Muon momentum at step 0.", min=0.0, max=1.0, group="optim")
     muon_momentum_warmup_steps: int = knob(1500, "Steps over which Muon momentum warms to MUON_MOMENTUM.", min=0, max=1_000_000, group="optim")
     muon_backend_steps: int = knob(5, "Newton-Schulz iterations.", min=1, max=20, group="optim")
+    muon_ns_coeffs: str = knob("standard", "Newton-Schulz coefficients: the fixed quintic (3.4445, -4.775, 2.0315), or Polar Express's "
+                               "per-iteration ones (2026-04-27 record; at most 5 iterations).", choices=("standard", "polar_express"), group="optim")
+    muon_row_normalize: bool = knob(False, "MuonEq-R: scale each row of the Muon update to unit norm before Newton-Schulz (2026-04-27 record).",
+                                    group="optim")
     muon_wd: float = knob(0.04, "Decoupled weight decay for Muon parameters.", min=0.0, max=1.0, group="optim")
     adam_wd: float = knob(0.04, "Decoupled weight decay for Adam parameters.", min=0.0, max=1.0, group="optim")
     beta1: float = knob(0.9, "Adam beta1.", min=0.0, max=1.0, group="optim")
@@ -283,6 +287,8 @@ class TrainerConfig:
         else:
             if any(not 0 <= i < self.num_layers for i in layers) and self.ve_enabled:
                 bad("VE_LAYERS", f"each layer must be in [0, {self.num_layers - 1}]")
+        if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:
+            bad("MUON_BACKEND_STEPS", "must be <= 5 with MUON_NS_COEFFS=polar_express (it has 5 iterations' coefficients)")
         if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:
             bad("MIN_LR", f"must be < LATE_QAT_THRESHOLD={self.late_qat_threshold} while QAT_ENABLED (the LR scale never falls "
                           "below the floor, so late QAT would never switch on)")

@@ -4,7 +4,9 @@ Muon step for a matrix W with gradient G (nesterov momentum μ, lr η, weight de
   B = μ·B + G;  U = NS5(G + μ·B);  W = (1 - η·λ)·W - η·sqrt(max(1, rows/cols))·U
 NS5 is five Newton–Schulz iterations X <- aX + (bA + cA²)X with A = XXᵀ and
 (a, b, c) = (3.4445, -4.7750, 2.0315), in bf16, after X = G/|G|_F; it maps G to
-roughly the orthogonal factor of its polar decomposition.
+roughly the orthogonal factor of its polar decomposition. MUON_NS_COEFFS=polar_express
+uses a different (a, b, c) per iteration (Polar Express); MUON_ROW_NORMALIZE scales each
+row of G+μB to unit norm first (MuonEq-R), both as the 2026-04-27 record.
 
 Under DDP every rank holds the same averaged gradients, so each rank computes
 NS5 (and keeps momentum) for every world_size-th matrix only, and one
@@ -21,9 +23,29 @@ from trainer.config import TrainerConfig
 from trainer.quant import is_control_tensor
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# Polar Express (arXiv 2505.16932): a minimax-optimal (a, b, c) per iteration, as the 2026-04-27 record uses them.
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 
 
-def newton_schulz5(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+def ns_coefficients(kind: str, steps: int) -> list[tuple[float, float, float]]:
+    """(a, b, c) of each iteration: the fixed quintic, or Polar Express's first STEPS (at most 5)."""
+    if kind == "polar_express":
+        return list(POLAR_EXPRESS_COEFFS[:steps])
+    return [NS_COEFFS] * steps
+
+
+def row_normalize(u: Tensor, eps: float = 1e-7) -> Tensor:
+    """MuonEq-R: each row of the update scaled to unit L2 norm before the orthogonalisation."""
+    return u / u.float().norm(dim=-1, keepdim=True).clamp_min(eps).to(u.dtype)
+
+
+def newton_schulz5(g: Tensor, steps: int = 5, eps: float = 1e-7, coeffs: str = "standard") -> Tensor:
     """Approximate orthogonalisation of a matrix, or of a stack of them [..., rows, cols]
     (see the module docstring).
 
@@ -31,7 +53,6 @@ def newton_schulz5(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     B = b·A + c·A·A and X = a·X + B·X as baddbmm, whose beta/alpha fold the
     element-wise sums into the matmul's epilogue instead of extra passes over memory.
     """
-    a, b, c = NS_COEFFS
     x = g.bfloat16()
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     tall = x.size(-2) > x.size(-1)
@@ -41,7 +62,7 @@ def newton_schulz5(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     if squeeze:
         x = x.unsqueeze(0)
     x = x.contiguous()
-    for _ in range(steps):
+    for a, b, c in ns_coefficients(coeffs, steps):
         A = torch.bmm(x, x.mT)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         x = torch.baddbmm(x, B, x, beta=a, alpha=1.0)
@@ -59,8 +80,10 @@ class Muon(torch.optim.Optimizer):
     matrix of each shape.
     """
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5,
+                 ns_coeffs: str = "standard", row_norm: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps,
+                                      ns_coeffs=ns_coeffs, row_norm=row_norm))
 
     @torch.no_grad()
     def step(self) -> None:
@@ -85,7 +108,10 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_mul_(bufs, mu)
                 torch._foreach_add_(bufs, grads)
                 nesterov = torch._foreach_add(grads, bufs, alpha=mu)
-                u = newton_schulz5(torch.stack(nesterov), group["ns_steps"]) * max(1.0, rows / cols) ** 0.5
+                stacked = torch.stack(nesterov)
+                if group["row_norm"]:
+                    stacked = row_normalize(stacked)
+                u = newton_schulz5(stacked, group["ns_steps"], coeffs=group["ns_coeffs"]) * max(1.0, rows / cols) ** 0.5
                 for j, i in enumerate(mine):
                     updates[i] = u[j]
             if world > 1:
@@ -135,7 +161,8 @@ def build_optimizers(model: nn.Module, cfg: TrainerConfig) -> list[torch.optim.O
         weight_decay=cfg.adam_wd,
         fused=fused,
     )
-    muon = Muon(groups["matrix"], lr=cfg.matrix_lr, momentum=cfg.muon_momentum_warmup_start, weight_decay=cfg.muon_wd, ns_steps=cfg.muon_backend_steps)
+    muon = Muon(groups["matrix"], lr=cfg.matrix_lr, momentum=cfg.muon_momentum_warmup_start, weight_decay=cfg.muon_wd, ns_steps=cfg.muon_backend_steps,
+                ns_coeffs=cfg.muon_ns_coeffs, row_norm=cfg.muon_row_normalize)
     for g in muon.param_groups:
         g["base_lr"] = cfg.matrix_lr
     return [muon, adam]

@@ -13,20 +13,34 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from trainer.config import ConfigError, TrainerConfig
+from trainer.optim import POLAR_EXPRESS_COEFFS, Muon, newton_schulz5, row_normalize
 from trainer.train import lr_scale_at
 
 RECORD = (Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge" / "records" / "track_10min_16mb"
           / "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611" / "train_gpt.py")
 
 
-def record_function(name: str, **closure):
-    """The record's function NAME (at any nesting depth), defined with CLOSURE as its globals."""
+def record_tree() -> ast.Module:
     if not RECORD.exists():
         pytest.skip(f"record not found at {RECORD}")
-    tree = ast.parse(RECORD.read_text())
-    node = next((n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    return ast.parse(RECORD.read_text())
+
+
+def record_constant(name: str):
+    """The value of the record's module-level constant NAME (a literal)."""
+    node = next(n for n in record_tree().body if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == name for t in n.targets))
+    return ast.literal_eval(node.value)
+
+
+def record_function(name: str, **closure):
+    """The record's function NAME (at any nesting depth, decorators such as @torch.compile dropped),
+    defined with CLOSURE as its globals."""
+    node = next((n for n in ast.walk(record_tree()) if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name), None)
     assert node is not None, f"{name} is not in the record's train_gpt.py"
+    node.decorator_list = []
     namespace: dict = dict(closure)
     exec(compile(ast.Module(body=[node], type_ignores=[]), str(RECORD), "exec"), namespace)
     return namespace[name]
@@ -52,3 +66,67 @@ def test_min_lr_that_would_keep_late_qat_off_is_refused():
     TrainerConfig.from_dict({"MIN_LR": 0.2, "LATE_QAT_THRESHOLD": 0.15, "QAT_ENABLED": 0})  # no QAT: fine
     with pytest.raises(ConfigError, match="MIN_LR"):
         TrainerConfig.from_dict({"MIN_LR": 1.5})
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative Frobenius distance |a - b| / |b|."""
+    return float((a - b).norm() / b.norm())
+
+
+def exact_polar_express(g: torch.Tensor) -> torch.Tensor:
+    """The record's Polar Express iteration, with its own coefficients, in float64."""
+    x = g.double()
+    tall = x.size(-2) > x.size(-1)
+    x = x.mT if tall else x
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for a, b, c in record_constant("_PE_COEFFS"):
+        A = x @ x.mT
+        x = a * x + (b * A + c * A @ A) @ x
+    return (x.mT if tall else x).float()
+
+
+def test_polar_express_newton_schulz_equals_the_records():
+    assert POLAR_EXPRESS_COEFFS == record_constant("_PE_COEFFS")
+    ns = record_function("zeropower_via_newtonschulz5", torch=torch, _PE_COEFFS=record_constant("_PE_COEFFS"))
+    g = torch.Generator().manual_seed(0)
+    for shape in ((64, 96), (96, 64), (3, 32, 48)):
+        G = torch.randn(*shape, generator=g)
+        ours = newton_schulz5(G, 5, coeffs="polar_express").float()
+        theirs = ns(G, steps=5).float()
+        # Both are bf16; they differ by ~4% (Polar Express's large first coefficients amplify rounding), so
+        # each is held against the same iteration in float64: ours must be no farther from it than the record's.
+        exact = exact_polar_express(G)
+        assert rel(theirs, exact) < 0.06 and rel(ours, exact) <= rel(theirs, exact)
+        assert rel(newton_schulz5(G, 5).float(), theirs) > 0.1  # the knob really changes the iteration
+    with pytest.raises(ConfigError, match="MUON_BACKEND_STEPS"):
+        TrainerConfig.from_dict({"MUON_NS_COEFFS": "polar_express", "MUON_BACKEND_STEPS": 6})
+
+
+def test_row_normalised_muon_step_equals_the_records():
+    RecordMuon = record_function("Muon", torch=torch, dist=torch.distributed,
+                                 zeropower_via_newtonschulz5=record_function(
+                                     "zeropower_via_newtonschulz5", torch=torch, _PE_COEFFS=record_constant("_PE_COEFFS")))
+    assert isinstance(RecordMuon, type)
+    gen = torch.Generator().manual_seed(1)
+    w0 = [torch.randn(48, 32, generator=gen) * 0.1, torch.randn(32, 32, generator=gen) * 0.1]
+    grads = [[torch.randn_like(w) for w in w0] for _ in range(3)]
+    ours_p = [torch.nn.Parameter(w.clone()) for w in w0]
+    theirs_p = [torch.nn.Parameter(w.clone()) for w in w0]
+    ours = Muon(ours_p, lr=0.02, momentum=0.95, weight_decay=0.01, ns_steps=5, ns_coeffs="polar_express", row_norm=True)
+    theirs = RecordMuon(theirs_p, lr=0.02, momentum=0.95, backend_steps=5, nesterov=True, weight_decay=0.01, row_normalize=True)
+    for step_grads in grads:
+        for p, q, gr in zip(ours_p, theirs_p, step_grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        ours.step()
+        theirs.step()
+    for p, q, w in zip(ours_p, theirs_p, w0):
+        assert rel(p.detach() - w, q.detach() - w) < 0.06  # the updates agree to bf16 noise (see above)
+    plain = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = Muon(plain, lr=0.02, momentum=0.95, weight_decay=0.01, ns_steps=5, ns_coeffs="polar_express", row_norm=False)
+    for step_grads in grads:
+        for p, gr in zip(plain, step_grads):
+            p.grad = gr.clone()
+        opt.step()
+    assert rel(plain[0].detach() - w0[0], theirs_p[0].detach() - w0[0]) > 0.05  # row normalisation really matters
+    u = row_normalize(torch.randn(5, 7, generator=gen))
+    assert torch.allclose(u.norm(dim=-1), torch.ones(5), atol=1e-6)
