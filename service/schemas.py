@@ -100,6 +100,8 @@ class RunCreate(Strict):
         default_factory=dict, description="script runs: NAME: value environment variables ([A-Z_][A-Z0-9_]*; RANK, PATH, LD_*, "
                                           "PYTHON*, SEED, DATA_PATH, ... are reserved)")
     data: str | None = Field(None, description="script runs: the data variant, e.g. sp1024 (one of CADDIE_DATA_VARIANTS; default sp1024)")
+    score_label: str | None = Field(None, description="script runs: a regex the label of the log's score line matches in full "
+                                    "(e.g. my_eval_exact), for a log format caddie does not read yet")
     seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
     seed: Seed | None = None
     allow_noncompliant: bool = Field(False, description="run a 10min_16mb spec that breaks the track's rules (no wallclock cap, a val token limit); its runs are flagged and never record-eligible")

@@ -318,15 +318,21 @@ class ScriptResult:
     problem: str | None  # set: the run fails with this reason
 
 
-def script_result(summary: ScriptLogSummary) -> ScriptResult:
+def script_result(summary: ScriptLogSummary, score_label: str | None = None) -> ScriptResult:
     """The run's columns from its log's summary. No final figure (or one that is not a
-    finite number) is a problem: the run cannot be scored."""
+    finite number) is a problem: the run cannot be scored. ``score_label`` (a spec's regex,
+    matched in full): the score is the last line whose label it matches."""
     sources: dict[str, Any] = {}
     values: dict[str, Any] = {}
     final = summary.final
+    if score_label is not None:
+        named = [f for f in summary.finals if re.fullmatch(score_label, f.label)]
+        final = named[-1] if named else None
     problem = None
-    if final is None:
-        seen = "; ".join(f"line {f.line_no}: {f.line[:80]}" for f in summary.finals[-5:]) or "none"
+    seen = "; ".join(f"line {f.line_no}: {f.line[:80]}" for f in summary.finals[-5:]) or "none"
+    if final is None and score_label is not None:
+        problem = f"no line of the script's log has a label matching score_label {score_label!r}; lines with val_loss and val_bpb seen: {seen}"
+    elif final is None:
         problem = ("the script's log has no final figure (a '<label>_exact val_loss:X val_bpb:Y' line, or final*/quantized*/*ttt* "
                    f"labels; a spec may name its own with score_label); lines with val_loss and val_bpb seen: {seen}")
     elif not (math.isfinite(final.val_bpb) and math.isfinite(final.val_loss)):

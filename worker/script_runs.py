@@ -43,7 +43,7 @@ def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
 
 def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any]) -> dict[str, Any]:
     """The run's columns from its log, with ``result``: succeeded when the log has a final figure."""
-    parsed = script_result(summary)
+    parsed = script_result(summary, score_label=ScriptSpec.from_json(spec).score_label)
     result: dict[str, Any] = {
         "status": "failed" if parsed.problem else "succeeded",
         "source": "script log",

@@ -87,9 +87,13 @@ class ScriptSpec:
     files: Mapping[str, str]  # relative name -> sha256, sorted by name
     env: Mapping[str, str]  # sorted by name
     data: str
+    score_label: str | None = None  # a regex for the score line's label, for a log format caddie does not read yet
 
     def to_json(self) -> dict[str, Any]:
-        return {"data": self.data, "env": dict(self.env), "files": dict(self.files), "script": self.script_sha256}
+        d = {"data": self.data, "env": dict(self.env), "files": dict(self.files), "script": self.script_sha256}
+        if self.score_label is not None:  # only when set: older specs keep their JSON (and content hash)
+            d["score_label"] = self.score_label
+        return d
 
     def describe(self) -> str:
         """One line for tables and groups: ``own train_gpt.py 1a2b3c4d5e6f data=sp8192 NUM_LAYERS=11 +1 file``."""
@@ -102,7 +106,21 @@ class ScriptSpec:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScriptSpec:
         return cls(script_sha256=str(d["script"]), files=dict(d.get("files") or {}), env=dict(d.get("env") or {}),
-                   data=str(d.get("data") or DEFAULT_VARIANT))
+                   data=str(d.get("data") or DEFAULT_VARIANT), score_label=d.get("score_label"))
+
+
+SCORE_LABEL_CHARS = 200
+
+
+def score_label_problem(pattern: str) -> str | None:
+    """Why a spec's score_label cannot name a score line's label, or None."""
+    if not pattern or len(pattern) > SCORE_LABEL_CHARS:
+        return f"must be 1 to {SCORE_LABEL_CHARS} characters, got {len(pattern)}"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"is not a regular expression: {exc}"
+    return None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -172,6 +190,7 @@ def check_script_spec(
     env: Mapping[str, Any],
     data: str | None,
     limits: ScriptLimits,
+    score_label: str | None = None,
 ) -> tuple[ScriptSpec, dict[str, bytes]]:
     """The normal form of a script run's parts and the bytes to store by sha256.
 
@@ -243,7 +262,12 @@ def check_script_spec(
     variant = DEFAULT_VARIANT if data is None else data
     if variant not in limits.variants:
         issues.append(Issue(("data",), f"must be one of {', '.join(limits.variants)} (the data variants this caddie serves)", data))
+    if score_label is not None:
+        problem = score_label_problem(score_label)
+        if problem:
+            issues.append(Issue(("score_label",), problem, score_label[:SCORE_LABEL_CHARS]))
     if issues:
         raise InvalidInput(issues)
-    spec = ScriptSpec(script_sha256=script_sha, files=dict(sorted(named.items())), env=dict(sorted(values.items())), data=variant)
+    spec = ScriptSpec(script_sha256=script_sha, files=dict(sorted(named.items())), env=dict(sorted(values.items())), data=variant,
+                      score_label=score_label)
     return spec, blobs

@@ -105,6 +105,8 @@ BAD = [
      ["body", "files", 1, "name"], "another file has this name"),
     ("file-and-folder", {"files": [{"name": "h", "content": b64(HELPER)}, {"name": "h/x.py", "content": b64(b"y")}]},
      ["body", "files", 1, "name"], "folder"),
+    ("score-label-not-a-regex", {"score_label": "final_(("}, ["body", "score_label"], "not a regular expression"),
+    ("score-label-too-long", {"score_label": "x" * 201}, ["body", "score_label"], "1 to 200 characters"),
 ]
 
 

@@ -62,3 +62,23 @@ def test_train_time_in_minutes_and_a_bare_step_line() -> None:
     assert s.steps is not None and s.steps.value == 5962
     assert s.train_seconds == 588.0
     assert points[0].step == 5962 and points[0].train_loss == 2.7
+
+
+def test_a_spec_names_its_score_line_and_an_unknown_format_says_what_it_saw() -> None:
+    _, s = parse_script_log("my eval val_loss:2.0 val_bpb:1.2\nsanity val_loss:2.1 val_bpb:1.3\n")
+    unknown = script_result(s)
+    assert unknown.problem is not None and "line 1: my eval val_loss:2.0 val_bpb:1.2" in unknown.problem
+    named = script_result(s, score_label=r"my eval")
+    assert named.problem is None and named.values["val_bpb"] == 1.2 and named.sources["val_bpb"]["line_no"] == 1
+    missing = script_result(s, score_label=r"other")
+    assert missing.problem is not None and "'other'" in missing.problem and "sanity" in missing.problem
+
+
+def test_the_spec_s_score_label_reaches_the_run_s_outcome() -> None:
+    from worker.script_runs import script_outcome
+
+    _, s = parse_script_log("my eval val_loss:2.0 val_bpb:1.2\n")
+    spec = {"script": "ab" * 32, "data": "sp1024", "env": {}, "files": {}}
+    assert script_outcome(s, spec)["result"]["status"] == "failed"
+    done = script_outcome(s, {**spec, "score_label": "my eval"})
+    assert done["result"]["status"] == "succeeded" and done["val_bpb"] == 1.2
