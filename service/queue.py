@@ -55,17 +55,18 @@ _recent: dict[tuple[str, str], _Recent] = {}
 _recent_lock = threading.Lock()
 
 
-def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable[tuple[int, str]], *, fresh: bool = False) -> dict[int, QueueEstimate]:
+def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable[tuple[int, str]]) -> dict[int, QueueEstimate]:
     """Estimates for those of ``(run id, status)`` that are QUEUED; no forecast when none is.
 
-    A forecast younger than the TTL is reused (lists may lag a change by that long) unless
-    ``fresh`` (one run's page: it shows a budget change at once) or it lacks one of the
-    runs asked for (submitted since), so a new run never shows without its estimate.
+    A forecast younger than the TTL is reused, by lists and by one run's page alike (pages
+    and lists may lag a change by that long; rebuilding it per page cost 0.5 s at 10,000
+    queued runs), unless it lacks one of the runs asked for (submitted since), so a new run
+    never shows without its estimate.
     """
     wanted = {run_id for run_id, status in runs if status == "QUEUED"}
     if not wanted:
         return {}
-    estimates = queue_estimates(session, settings) if fresh else _recent_estimates(session, settings, wanted)
+    estimates = _recent_estimates(session, settings, wanted)
     return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
 
 

@@ -325,7 +325,7 @@ def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int)
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     run = domain.get_run(session, user, run_id)
-    estimate = queue.estimates_for(session, settings, [(run.id, run.status)], fresh=True).get(run.id)
+    estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
     events = domain.list_events(session, user, run_id)
     figures = charts.run_figures(domain.metric_points(session, user, run_id))
     stored_end = run.log_truncated_at if run.log_truncated_at is not None else run.log_bytes or 0  # a capped log ends where storing stopped

@@ -72,7 +72,7 @@ def list_runs(
 def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> RunOut:
     """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason."""
     run = domain.get_run(session, user, run_id)
-    estimate = queue.estimates_for(session, settings, [(run.id, run.status)], fresh=True).get(run.id)
+    estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
     return RunOut.from_run(run, **QueueFields.of(estimate))
 
 
