@@ -100,20 +100,26 @@ class QueueItem:
     estimate: QueueEstimate
 
 
-def list_queue(session: Session, principal: Principal, settings: SchedulingSettings, team: str | None = None) -> list[QueueItem]:
+def list_queue(session: Session, principal: Principal, settings: SchedulingSettings, team: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[QueueItem]:
     """The caller's teams' queued runs (a global admin: every team's), soonest expected start first;
-    runs not expected to start last."""
-    estimates = queue_estimates(session, settings)
+    runs not expected to start last. One page: ``limit`` items after the first ``offset``.
+
+    Filters on status, not on a list of ids (one bind parameter per queued run failed past
+    PostgreSQL's 65,535), and reads the shared recent forecast like the run lists.
+    """
     query = (
         select(Run.id, Run.name, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
         .join(Team, Team.id == Run.team_id)
         .join(User, User.id == Run.user_id)
-        .where(Run.id.in_(estimates))
+        .where(Run.status == "QUEUED")
     )
     if not principal.is_admin:
         query = query.where(Run.team_id.in_(sorted(principal.roles)))
     if team:
         query = query.where(Team.name == team)
-    items = [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at, estimates[r.id]) for r in session.execute(query)]
+    rows = session.execute(query).all()
+    estimates = _recent_estimates(session, settings, {r.id for r in rows}) if rows else {}
+    items = [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at, estimates[r.id]) for r in rows if r.id in estimates]
     far = datetime.max.replace(tzinfo=utcnow().tzinfo)
-    return sorted(items, key=lambda i: (i.estimate.estimated_start_at or far, i.estimate.position or 0, i.id))
+    items.sort(key=lambda i: (i.estimate.estimated_start_at or far, i.estimate.position or 0, i.id))
+    return items[offset : offset + limit]

@@ -79,3 +79,11 @@ def test_run_lists_reuse_a_recent_forecast_but_never_miss_a_new_run(world, spec,
         assert listed[a[0]]["queue_position"] == 1
         run = client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()
         assert run["queue_position"] == 1
+
+
+def test_the_queue_is_paged(client: TestClient, world, spec) -> None:  # noqa: ANN001
+    ids = submit(client, world, spec, "alice", [1, 2, 3])
+    page = lambda q: [item["id"] for item in client.get(f"/api/v1/queue?{q}", headers=world.h("alice")).json()]  # noqa: E731
+    assert page("limit=2") == ids[:2] and page("limit=2&offset=2") == ids[2:] and page("offset=3") == []
+    r = client.get("/api/v1/queue?limit=1001", headers=world.h("alice"))
+    assert r.status_code == 422 and "limit" in r.text

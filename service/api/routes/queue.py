@@ -19,7 +19,10 @@ def list_queue(
     session: SessionDep,
     settings: SettingsDep,
     team: Annotated[str | None, Query(max_length=100, description="only this team's runs")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many runs")] = 1000,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="skip this many runs (the next page)")] = 0,
 ) -> list[QueueItemOut]:
     """Your teams' queued runs, soonest expected start first: position on their hardware (counting
-    every team's runs), estimated start (null: not expected to start) and why each waits."""
-    return [QueueItemOut.of_item(item) for item in domain.list_queue(session, user, settings, team)]
+    every team's runs), estimated start (null: not expected to start) and why each waits. Paged:
+    ``limit`` runs (at most 1,000) after the first ``offset``."""
+    return [QueueItemOut.of_item(item) for item in domain.list_queue(session, user, settings, team, limit=limit, offset=offset)]
