@@ -32,6 +32,7 @@ knobs of a ``10min_16mb`` spec that would make its result incomparable.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -365,3 +366,48 @@ def spec_noncompliance(config: Mapping[str, Any], track: str) -> list[SpecProble
     if stride is not None and stride > seq:
         problems.append(SpecProblem("EVAL_STRIDE", stride, f"is above EVAL_SEQ_LEN={seq}, so tokens between windows are never scored"))
     return problems
+
+
+# --- what a script touched (worker/audit/sitecustomize.py's events) -----------------------------
+
+NO_NETWORK_IN_EVAL = "no_network_in_eval"
+
+
+def val_reads_in_training(events: Sequence[Mapping[str, Any]], train_end_t: float) -> list[Mapping[str, Any]]:
+    """The opens of a validation shard (a fineweb_val_* name) before training ended."""
+    return [e for e in events if e.get("event") == "open" and float(e["t"]) < train_end_t
+            and "fineweb_val_" in os.path.basename(str(e.get("path", "")))]
+
+
+def eval_connections(events: Sequence[Mapping[str, Any]], train_end_t: float) -> list[Mapping[str, Any]]:
+    """Network connections after training ended (during evaluation). Local IPC over a unix
+    socket or to a loopback address (torchrun's rendezvous, NCCL) is not the network."""
+    def remote(address: str) -> bool:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        return not (address.startswith("/") or host in {"localhost", "::1", ""} or host.startswith("127."))
+    return [e for e in events if e.get("event") == "connect" and float(e["t"]) >= train_end_t and remote(str(e.get("address", "")))]
+
+
+def check_watched_val_reads(events: Sequence[Mapping[str, Any]] | None, train_end_t: float | None) -> Check:
+    """no_val_in_train from what the script opened: a validation shard read before training ended fails."""
+    rule = "no_val_in_train"
+    if events is None or train_end_t is None:
+        return _missing(rule, "the files it opened and when training ended")
+    bad = val_reads_in_training(events, train_end_t)
+    if bad:
+        first = bad[0]
+        return Check(rule, Verdict.FAIL, f"read validation shard {first['path']} during training "
+                     f"({train_end_t - float(first['t']):.1f} s before training ended)", len(bad), 0)
+    return Check(rule, Verdict.PASS, "no validation shard opened before training ended", 0, 0)
+
+
+def check_no_network_in_eval(events: Sequence[Mapping[str, Any]] | None, train_end_t: float | None) -> Check:
+    """A network connection during evaluation fails: the score must come from the artifact alone."""
+    if events is None or train_end_t is None:
+        return _missing(NO_NETWORK_IN_EVAL, "the connections it made and when training ended")
+    bad = eval_connections(events, train_end_t)
+    if bad:
+        first = bad[0]
+        return Check(NO_NETWORK_IN_EVAL, Verdict.FAIL, f"connected to {first['address']} during evaluation "
+                     f"({float(first['t']) - train_end_t:.1f} s after training ended)", len(bad), 0)
+    return Check(NO_NETWORK_IN_EVAL, Verdict.PASS, "no network connection during evaluation", 0, 0)
