@@ -71,21 +71,35 @@ def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable
 
 
 def _recent_estimates(session: Session, settings: SchedulingSettings, wanted: set[int]) -> dict[int, QueueEstimate]:
-    """The shared forecast of this database and settings, refreshed when older than the TTL or missing a wanted run."""
+    """The shared forecast of this database and settings. One missing a wanted run is rebuilt
+    before answering; one older than the TTL is rebuilt by a background thread while requests
+    answer from the old one (a request never waits ~0.4 s for a refresh it does not need).
+    A TTL of 0 rebuilds it on every request."""
     key = (session.get_bind().url.render_as_string(hide_password=True), settings.model_dump_json())
     with _recent_lock:
         recent = _recent.setdefault(key, _Recent())
-    covered = wanted <= recent.estimates.keys()
-    if time.monotonic() - recent.made_at >= settings.queue_forecast_ttl_s or not covered:
-        asked_at = time.monotonic()
-        # Stale but covering: refresh only if no other thread is, else answer from the old one.
-        if recent.refreshing.acquire(blocking=not covered):
-            try:
-                if recent.made_at < asked_at:  # nobody refreshed while this thread waited
-                    recent.estimates, recent.made_at = queue_estimates(session, settings), time.monotonic()
-            finally:
-                recent.refreshing.release()
+    if not wanted <= recent.estimates.keys() or settings.queue_forecast_ttl_s == 0:  # a TTL of 0: always fresh
+        _refresh(recent, session, settings, asked_at=time.monotonic(), blocking=True)
+    elif time.monotonic() - recent.made_at >= settings.queue_forecast_ttl_s and recent.refreshing.acquire(blocking=False):
+        recent.refreshing.release()
+        bind, asked_at = session.get_bind(), time.monotonic()
+
+        def refresh_in_background() -> None:
+            with Session(bind) as own:
+                _refresh(recent, own, settings, asked_at=asked_at, blocking=False)
+
+        threading.Thread(target=refresh_in_background, name="queue-forecast", daemon=True).start()
     return recent.estimates
+
+
+def _refresh(recent: _Recent, session: Session, settings: SchedulingSettings, *, asked_at: float, blocking: bool) -> None:
+    if not recent.refreshing.acquire(blocking=blocking):
+        return  # another thread is refreshing
+    try:
+        if recent.made_at < asked_at:  # nobody refreshed while this thread waited
+            recent.estimates, recent.made_at = queue_estimates(session, settings), time.monotonic()
+    finally:
+        recent.refreshing.release()
 
 
 @dataclass(frozen=True)

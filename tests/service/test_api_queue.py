@@ -87,3 +87,22 @@ def test_the_queue_is_paged(client: TestClient, world, spec) -> None:  # noqa: A
     assert page("limit=2") == ids[:2] and page("limit=2&offset=2") == ids[2:] and page("offset=3") == []
     r = client.get("/api/v1/queue?limit=1001", headers=world.h("alice"))
     assert r.status_code == 422 and "limit" in r.text
+
+
+def test_a_stale_forecast_is_refreshed_in_the_background(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    import time
+
+    from service.api.app import create_app
+
+    settings = Settings(home=tmp_path / "home", database_url=db_url, queue_forecast_ttl_s=0.2)
+    with TestClient(create_app(settings)) as client:
+        a = submit(client, world, spec, "alice", [1])
+        assert client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] == 1
+        client.patch("/api/v1/teams/team-a", json={"budget_gpu_hours": 0}, headers=world.h("root"))
+        time.sleep(0.3)
+        # Stale: this request answers from the old forecast and starts a refresh off its path.
+        assert client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] == 1
+        deadline = time.monotonic() + 5
+        while client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] is not None:
+            assert time.monotonic() < deadline, "the background refresh never landed"
+            time.sleep(0.05)
