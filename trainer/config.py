@@ -83,6 +83,11 @@ class TrainerConfig:
     rope_base: float = knob(10000.0, "Rotary embedding base.", min=1.0, max=1e7)
     rope_dims: int = knob(16, "Head dims that get rotary embedding (partial RoPE); must be even and <= head dim.", min=0, max=1024)
     qk_gain_init: float = knob(1.5, "Initial per-head query gain.", min=0.0, max=100.0)
+    attn_gate: str = knob("none", "Per-head sigmoid gate on the attention output before its projection: sparse (from the first "
+                          "GATE_WINDOW dims of the block's input, zero-init; the 2026-04-27 record) or dense (from all of them, "
+                          "arXiv 2505.06708).", choices=("none", "sparse", "dense"))
+    gate_window: int = knob(12, "Input dims of the sparse attention gate (ATTN_GATE=sparse).", min=1, max=8192)
+    attn_gate_scale: float = knob(1.0, "g = sigmoid(ATTN_GATE_SCALE * W x); the 2026-04-27 record uses 0.5.", min=0.0, max=100.0)
     xsa_last_n: int = knob(4, "Exclusive self attention on the last N layers (0 disables).", min=0, max=64)
     bigram_vocab_size: int = knob(2048, "BigramHash table rows (0 disables BigramHash).", min=0, max=1_000_000)
     bigram_dim: int = knob(128, "BigramHash table width before projection.", min=1, max=4096)
@@ -270,6 +275,8 @@ class TrainerConfig:
             bad("ROPE_DIMS", f"must be even and <= head dim {self.head_dim}")
         if self.num_heads % self.num_kv_heads:
             bad("NUM_KV_HEADS", f"must divide NUM_HEADS={self.num_heads}")
+        if self.attn_gate == "sparse" and self.gate_window > self.model_dim:
+            bad("GATE_WINDOW", f"must be <= MODEL_DIM={self.model_dim}")
         if self.xsa_last_n > self.num_layers:
             bad("XSA_LAST_N", f"must be <= NUM_LAYERS={self.num_layers}")
         if self.train_batch_tokens % self.train_seq_len:

@@ -183,6 +183,14 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.rope_dims, cfg.rope_base, max(cfg.train_seq_len, cfg.eval_seq_len)) if cfg.rope_dims else None
         self.xsa = xsa
         self.use_fa3 = use_fa3
+        # Attention output gate: g = sigmoid(scale · W x[:width]) per head, W [heads, width]; zero init
+        # (sparse, g = 1/2 everywhere at start, as the record) or N(0, 0.01) (dense).
+        self.gate_width = {"none": 0, "sparse": cfg.gate_window, "dense": cfg.model_dim}[cfg.attn_gate]
+        self.gate_scale = cfg.attn_gate_scale
+        if self.gate_width:
+            self.attn_gate_w = nn.Parameter(torch.zeros(cfg.num_heads, self.gate_width))
+            if cfg.attn_gate == "dense":
+                nn.init.normal_(self.attn_gate_w, std=0.01)
         for lin in (self.c_q, self.c_k, self.c_v):
             nn.init.orthogonal_(lin.weight)
         nn.init.zeros_(self.proj.weight)
@@ -202,6 +210,9 @@ class Attention(nn.Module):
         y = causal_attention(q, k, v, self.use_fa3)
         if self.xsa:
             y = exclusive_self_attention(y, v)
+        if self.gate_width:
+            g = torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_width], self.attn_gate_w.to(x.dtype)))
+            y = y * g[..., None].to(y.dtype)
         return self.proj(y.reshape(B, T, -1))
 
 

@@ -39,7 +39,7 @@ QUANT_SMALL_NUMEL = 65_536
 DEFAULT_CLIP_FLOOR = 1.0  # TrainerConfig.quant_clip_floor's default
 DEFAULT_CONTROL_DTYPE = "fp16"  # TrainerConfig.control_dtype's default
 CLIP_PERCENTILES = (99.90, 99.95, 99.99, 99.999, 100.0)
-CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "smear", "bigram.scale", "ve_scale")
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "smear", "bigram.scale", "ve_scale", "attn_gate")
 ARTIFACT_MAGIC = b"CADDIE1\n"
 
 

@@ -130,3 +130,69 @@ def test_row_normalised_muon_step_equals_the_records():
     assert rel(plain[0].detach() - w0[0], theirs_p[0].detach() - w0[0]) > 0.05  # row normalisation really matters
     u = row_normalize(torch.randn(5, 7, generator=gen))
     assert torch.allclose(u.norm(dim=-1), torch.ones(5), atol=1e-6)
+
+
+def head_gates(gated: torch.Tensor, plain: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per-(token, head) factor g with gated = g · plain, by least squares over each head's dims."""
+    a, b = gated.unflatten(-1, (heads, -1)).double(), plain.unflatten(-1, (heads, -1)).double()
+    return (a * b).sum(-1) / (b * b).sum(-1)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_attention_gate_equals_the_records(kind):
+    import importlib.util
+
+    from trainer.model import Attention
+
+    spec = importlib.util.spec_from_file_location("fa3_standin", RECORD.parents[4] / "reference" / "flash_attn_interface.py")
+    standin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standin)
+    F = torch.nn.functional
+    Rotary = record_function("Rotary", torch=torch, nn=torch.nn)
+    rec_attn = record_function("CausalSelfAttention", torch=torch, nn=torch.nn, F=F, Rotary=Rotary,
+                               CastedLinear=record_function("CastedLinear", nn=torch.nn, F=F),
+                               apply_rotary_emb=record_function("apply_rotary_emb", torch=torch),
+                               flash_attn_3_func=standin.flash_attn_func)
+    dim, heads, scale = 64, 4, (0.5 if kind == "sparse" else 1.0)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 16, dim, generator=gen)
+    w = [torch.randn(o, dim, generator=gen) * 0.2 for o in (dim, dim // 2, dim // 2)] + [torch.eye(dim)]
+    flags = dict(sparse_attn_gate=True, gate_window=12, sparse_attn_gate_scale=scale) if kind == "sparse" else dict(gated_attn=True)
+    theirs_gated = rec_attn(dim, heads, 2, 10000.0, 5.0, 16, **flags)
+    theirs_plain = rec_attn(dim, heads, 2, 10000.0, 5.0, 16)
+    W = torch.randn_like(theirs_gated.attn_gate_w) * 0.5
+    theirs_gated.attn_gate_w.data.copy_(W)
+    g_theirs = head_gates(theirs_gated(x, *w), theirs_plain(x, *w), heads)
+
+    cfg = TrainerConfig(model_dim=dim, num_heads=heads, num_kv_heads=2, rope_dims=8, attn_gate=kind, gate_window=12,
+                        attn_gate_scale=scale, train_seq_len=16, eval_seq_len=16)
+    ours = Attention(cfg, xsa=False, use_fa3=False)
+    assert ours.attn_gate_w.shape == W.shape
+    ours.attn_gate_w.data.copy_(W)
+    ours.proj.weight.data.copy_(torch.eye(dim))
+    with torch.no_grad():
+        gated = ours(x)
+        ours.gate_width = 0
+        plain = ours(x)
+    g_ours = head_gates(gated, plain, heads)
+    assert torch.allclose(g_ours, g_theirs, atol=1e-5)
+    assert g_theirs.std() > 0.05  # the gate really varies by token and head
+
+
+def test_gated_model_trains_and_its_gates_are_control_tensors():
+    from trainer.model import GPT
+    from trainer.optim import split_parameters
+    from trainer.quant import dequantize, pack_artifact, quantize_state_dict, unpack_artifact
+
+    cfg = TrainerConfig(num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64, bigram_vocab_size=0,
+                        xsa_last_n=1, train_seq_len=16, eval_seq_len=16, attn_gate="sparse", gate_window=12)
+    model = GPT(cfg)
+    gates = [p for n, p in model.named_parameters() if "attn_gate_w" in n]
+    assert len(gates) == 2 and all(any(p is q for q in split_parameters(model)["scalar"]) for p in gates)
+    for block in model.blocks:  # the projection starts at zero, which would hide the gate's gradient
+        torch.nn.init.normal_(block.attn.proj.weight, std=0.1)
+    idx = torch.randint(0, 64, (2, 16))
+    model(idx, idx).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gates)
+    sd = dequantize(unpack_artifact(pack_artifact(quantize_state_dict(model.state_dict(), 1.0, "fp16"), 3, "lzma")))
+    GPT(cfg).load_state_dict(sd)
