@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from scipy import stats
 
 MARGIN_NATS = 0.005
 ALPHA = 0.01
@@ -155,6 +154,8 @@ def seeds_needed(
         return None
     if std == 0:
         return 2 if max_seeds >= 2 else None
+    from scipy import stats  # here, not at module level: it weighs ~90 MB in every process
+
     for n in range(2, max_seeds + 1):
         t = excess / (std * math.sqrt(2.0 / n))
         if float(stats.t.sf(t, 2 * n - 2)) < alpha:
@@ -376,6 +377,7 @@ def compare(
         # Nearly identical seeds make scipy warn about precision loss in the
         # variance; the zero-spread case is handled above, the rest is fine.
         warnings.filterwarnings("ignore", message="Precision loss", category=RuntimeWarning)
+        from scipy import stats  # here, not at module level: it weighs ~90 MB in every process
         res = stats.ttest_ind(c, shifted, equal_var=False, alternative="less")
     t = -float(res.statistic)
     df = float(res.df)
@@ -386,6 +388,7 @@ def compare(
                       "for these values")
     p = min(max(p, 0.0), 1.0)
     se = math.sqrt(sc.std**2 / n_c + sb.std**2 / n_b)
+    from scipy import stats  # here, not at module level: it weighs ~90 MB in every process
     half = float(stats.t.ppf((1.0 + confidence) / 2.0, df)) * se
     ci = (improvement - half, improvement + half)
     stats_text = (
