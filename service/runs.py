@@ -155,7 +155,7 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
 
 def _is_script(spec: RunCreate) -> bool:
     """A spec that names a script, or any of a script run's fields (which then must name one)."""
-    return spec.script is not None or bool(spec.files) or bool(spec.env) or spec.data is not None or spec.score_label is not None
+    return spec.script is not None or bool(spec.files) or bool(spec.env) or spec.data is not None or spec.score_label is not None or bool(spec.public_env)
 
 
 def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) -> NormalisedSpec:
@@ -168,7 +168,7 @@ def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) 
     )  # fmt: skip
     try:
         script, blobs = check_script_spec(spec.script, [(f.name, f.content) for f in spec.files], spec.env, spec.data, limits,
-                                          score_label=spec.score_label)
+                                          score_label=spec.score_label, public_env=spec.public_env)
     except InvalidInput as exc:
         raise InvalidInput(issues + exc.issues) from None
     if issues:

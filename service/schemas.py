@@ -99,6 +99,8 @@ class RunCreate(Strict):
     env: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="script runs: NAME: value environment variables ([A-Z_][A-Z0-9_]*; RANK, PATH, LD_*, "
                                           "PYTHON*, SEED, DATA_PATH, ... are reserved)")
+    public_env: list[str] = Field(default_factory=list, description="script runs: env names whose values other teams may see once the "
+                                  "group is published; every other value shows as (private) outside the team")
     data: str | None = Field(None, description="script runs: the data variant, e.g. sp1024 (one of CADDIE_DATA_VARIANTS; default sp1024)")
     score_label: str | None = Field(None, description="script runs: a regex the label of the log's score line matches in full "
                                     "(e.g. my_eval_exact), for a log format caddie does not read yet")

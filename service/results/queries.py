@@ -109,7 +109,7 @@ class GroupView:
     def diff(self) -> str:
         """What the group runs, in one line: the shared trainer's changed knobs, or the team's own script."""
         if self.group.kind == SCRIPT_KIND:
-            return ScriptSpec.from_json(self.group.config).describe()
+            return ScriptSpec.from_json(self.group.config).describe()  # private env values hidden
         return config_diff(self.group.config)
 
 

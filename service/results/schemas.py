@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from service.results.groups import Eligibility, SeedRow
 from service.results.queries import GroupReport, GroupView, LeaderboardRow, seed_row
 from service.results.rules import RuleSummary
+from service.scripts.spec import shared_config
 from service.results.statistics import Comparison, Summary, finite_or_none as _finite
 
 
@@ -146,7 +147,7 @@ class GroupOut(BaseModel):
     def of(cls, v: GroupView) -> "GroupOut":
         g, s = v.group, v.stats
         return cls(
-            key=g.key, name=g.name, team=g.team.name, track=g.track, hardware=g.hardware, kind=g.kind, config=g.config, diff=v.diff,
+            key=g.key, name=g.name, team=g.team.name, track=g.track, hardware=g.hardware, kind=g.kind, config=shared_config(g.kind, g.config), diff=v.diff,
             allow_noncompliant=g.allow_noncompliant, published=g.published_at is not None, published_at=g.published_at,
             created_at=g.created_at, n=s.n, runs_total=len(v.runs), not_counted=len(s.excluded),
             val_bpb=SummaryOut.of(s.val_bpb), val_loss=SummaryOut.of(s.val_loss),

@@ -2,7 +2,7 @@
 
 ::
 
-    script (base64)  files [{name, content}]  env {NAME: value}  data sp1024
+    script (base64)  files [{name, content}]  env {NAME: value}  public_env [NAME]  data sp1024
         │  decode, size limits, file names inside the run folder, env names not reserved
         ▼
     ScriptSpec  ──to_json()──▶  runs.spec / run_groups.config (and so the group key):
@@ -88,17 +88,27 @@ class ScriptSpec:
     env: Mapping[str, str]  # sorted by name
     data: str
     score_label: str | None = None  # a regex for the score line's label, for a log format caddie does not read yet
+    public_env: tuple[str, ...] = ()  # env names whose values other teams may see (a published group); the rest stay the team's
 
     def to_json(self) -> dict[str, Any]:
-        d = {"data": self.data, "env": dict(self.env), "files": dict(self.files), "script": self.script_sha256}
+        d: dict[str, Any] = {"data": self.data, "env": dict(self.env), "files": dict(self.files), "script": self.script_sha256}
         if self.score_label is not None:  # only when set: older specs keep their JSON (and content hash)
             d["score_label"] = self.score_label
+        if self.public_env:
+            d["public_env"] = list(self.public_env)
         return d
 
+    def shared(self) -> ScriptSpec:
+        """This spec as anyone but its team sees it: env values not marked public replaced by PRIVATE_VALUE."""
+        env = {k: v if k in self.public_env else PRIVATE_VALUE for k, v in self.env.items()}
+        return ScriptSpec(self.script_sha256, self.files, env, self.data, self.score_label, self.public_env)
+
     def describe(self) -> str:
-        """One line for tables and groups: ``own train_gpt.py 1a2b3c4d5e6f data=sp8192 NUM_LAYERS=11 +1 file``."""
+        """One line for tables and groups: ``own train_gpt.py 1a2b3c4d5e6f data=sp8192 NUM_LAYERS=11 +1 file``.
+
+        Groups are shown to other teams once published, so env values not marked public never appear here."""
         words = [f"own {SCRIPT_NAME} {self.script_sha256[:12]}", f"data={self.data}"]
-        words += [f"{k}={v}" for k, v in self.env.items()]
+        words += [f"{k}={v}" for k, v in self.shared().env.items()]
         if self.files:
             words.append(f"+{len(self.files)} file{'s' if len(self.files) > 1 else ''}")
         return " ".join(words)
@@ -106,7 +116,18 @@ class ScriptSpec:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScriptSpec:
         return cls(script_sha256=str(d["script"]), files=dict(d.get("files") or {}), env=dict(d.get("env") or {}),
-                   data=str(d.get("data") or DEFAULT_VARIANT), score_label=d.get("score_label"))
+                   data=str(d.get("data") or DEFAULT_VARIANT), score_label=d.get("score_label"),
+                   public_env=tuple(d.get("public_env") or ()))
+
+
+PRIVATE_VALUE = "(private)"  # what other teams see of an env value its team did not mark public
+
+
+def shared_config(kind: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A group's config as other teams see it: a script group's private env values hidden; knobs of the shared trainer as they are."""
+    if kind != SCRIPT_KIND or not config:
+        return dict(config or {})
+    return ScriptSpec.from_json(config).shared().to_json()
 
 
 SCORE_LABEL_CHARS = 200
@@ -191,6 +212,7 @@ def check_script_spec(
     data: str | None,
     limits: ScriptLimits,
     score_label: str | None = None,
+    public_env: Sequence[str] = (),
 ) -> tuple[ScriptSpec, dict[str, bytes]]:
     """The normal form of a script run's parts and the bytes to store by sha256.
 
@@ -266,8 +288,11 @@ def check_script_spec(
         problem = score_label_problem(score_label)
         if problem:
             issues.append(Issue(("score_label",), problem, score_label[:SCORE_LABEL_CHARS]))
+    for name in public_env:
+        if name not in env:
+            issues.append(Issue(("public_env",), f"{name!r} is not one of this spec's env names", name))
     if issues:
         raise InvalidInput(issues)
     spec = ScriptSpec(script_sha256=script_sha, files=dict(sorted(named.items())), env=dict(sorted(values.items())), data=variant,
-                      score_label=score_label)
+                      score_label=score_label, public_env=tuple(sorted(set(public_env))))
     return spec, blobs

@@ -29,6 +29,7 @@ from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import STATUS
 from service.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
 from service.hooks import call_on_submit_hook
+from service.scripts.spec import shared_config
 from service.lifecycle import IllegalTransition, is_terminal
 from service.results import queries
 from service.results.groups import config_diff
@@ -385,7 +386,7 @@ def compare_page(
         for r in v.runs:
             if user.can_see_team(r.team_id):  # a published group of another team shows figures, not curves
                 curves.append((f"{v.group.name} s{r.seed}", domain.metric_points(session, user, r.id)))
-    columns = [(f"#{r.id} {r.name} (seed {r.seed})", r.spec) for r in chosen] + [(f"{v.group.name} [{v.group.key[:8]}]", v.group.config) for v in views]
+    columns = [(f"#{r.id} {r.name} (seed {r.seed})", r.spec) for r in chosen] + [(f"{v.group.name} [{v.group.key[:8]}]", shared_config(v.group.kind, v.group.config)) for v in views]
     # Significance compares groups: the chosen groups, and the groups of the chosen runs.
     keys = list(dict.fromkeys([v.group.key for v in views] + [r.group_key for r in chosen]))
     reports = [queries.group_report(session, user, k, keys[0]) for k in keys[1:]]
