@@ -377,9 +377,13 @@ def load_team_runs(session: Session, team_id: int, since: datetime) -> list[RunR
     return load_runs(session, [team_id], since)
 
 
-def load_runs(session: Session, team_ids: Iterable[int], since: datetime) -> list[RunRecord]:
-    """The runs of these teams that may have been billed at or after ``since``, with their events in order."""
+def load_runs(session: Session, team_ids: Iterable[int], since: datetime, *, billed_only: bool = False) -> list[RunRecord]:
+    """The runs of these teams that may have been billed at or after ``since``, with their events in order.
+    ``billed_only`` leaves out runs still in the queue that never left it (nothing billed; at
+    10,000 queued they were most of what a scheduler tick read)."""
     mine = [Run.team_id.in_(sorted(set(team_ids))), or_(Run.finished_at.is_(None), Run.finished_at >= since)]
+    if billed_only:
+        mine.append(or_(Run.status != "QUEUED", Run.attempts > 0))
     rows = session.execute(
         select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds, Run.warm_start)
         .join(User, User.id == Run.user_id)
@@ -404,7 +408,7 @@ def billed_gpu_hours(session: Session, team_ids: Iterable[int], since: datetime,
     """GPU-hours billed to each team inside [since, now): what budgets are measured in (the
     scheduler's and ``GET /teams/{name}/usage``'s), the total of its usage report."""
     used: dict[int, float] = {}
-    for record in load_runs(session, team_ids, since):
+    for record in load_runs(session, team_ids, since, billed_only=True):
         used[record.team_id] = used.get(record.team_id, 0.0) + billed_gpu_seconds(record, since, now) / 3600
     return used
 

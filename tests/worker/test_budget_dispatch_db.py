@@ -114,3 +114,19 @@ def test_two_schedulers_at_once_never_exceed_capacity(maker) -> None:
     assert len(started) == 4 == len(set(started))
     with maker() as s:
         assert s.scalar(select(func.count()).select_from(Run).where(Run.status == "PROVISIONING")) == 4
+
+
+def test_billing_reads_no_run_that_never_left_the_queue(maker) -> None:
+    from service.accounting import load_runs
+
+    with maker() as s:
+        team, user = team_with_user(s, "t")
+        billed_past_run(s, team, user, provisioning_h=1.0)
+        waiting = queue(s, team, user, 3)
+        requeued = s.get(Run, waiting[0])
+        requeued.attempts = 1  # sent back to the queue after a launch: may have billed time
+        s.commit()
+        since = utcnow() - timedelta(days=30)
+        read = {r.run_id for r in load_runs(s, [team.id], since, billed_only=True)}
+        assert waiting[0] in read and not read & set(waiting[1:])
+        assert billed_gpu_hours(s, [team.id], since, utcnow())[team.id] == pytest.approx(8.0, abs=0.01)
