@@ -86,6 +86,8 @@ class WorkerSettings(SchedulingSettings):
     # JSON list in the environment, e.g. CADDIE_TRAINER_COMMAND='["python","fake.py"]'
     trainer_command: list[str] | None = None
     cancel_grace_s: float = Field(5.0, ge=0, le=7.0)  # SIGTERM, then SIGKILL after this
+    # every job runs sealed in bubblewrap (worker.launchers.sandbox); "none" is the unsafe opt-out
+    sandbox: str = Field("bwrap", pattern=r"^(bwrap|none)$")
 
     # --- SkyPilot launcher --------------------------------------------------------
     sky_hardware: str = "H100:8"  # used when a run names no hardware

@@ -39,6 +39,7 @@ from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, L
 from service.scripts.spec import SCRIPT_NAME
 from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG, write_json_atomic
 from worker.launchers.run_folder import place_files
+from worker.launchers.sandbox import python_roots, sealed_argv
 from worker.launchers.trainer_env import inherited_env, knob_env, script_env, variant_paths
 from worker.logparse import failure_reason
 
@@ -202,6 +203,19 @@ class LocalLauncher:
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach stdout.log as they are printed
         return env
 
+    def _job_argv(self, job: JobSpec, workdir: Path) -> list[str]:
+        """The job's command, sealed (worker.launchers.sandbox) unless the operator opted out."""
+        argv = self.script_argv() if job.is_script else self.trainer_argv()
+        if getattr(self.settings, "sandbox", "bwrap") == "none":
+            return argv
+        ro = [self.data_root, REPO_ROOT / "worker" / "audit"]  # the audit hook a script run's Python loads (missing: not bound)
+        if not job.is_script:
+            ro.append(REPO_ROOT / "trainer")  # the shared trainer's code, read-only
+            # an operator's stand-in trainer command names its files by absolute path
+            ro += [Path(a) for a in self.settings.trainer_command or []
+                   if Path(a).is_absolute() and Path(a).is_file() and not any(Path(a).is_relative_to(r) for r in python_roots())]
+        return sealed_argv(argv, workdir=workdir, ro_paths=ro)
+
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
         if job.is_script:
             self._check_variant(job.data_variant)
@@ -214,7 +228,7 @@ class LocalLauncher:
             "--workdir", str(workdir),
             "--timeout", str(float(job.timeout_s or 0)),
             "--grace", str(self.grace_s),
-            "--", *(self.script_argv() if job.is_script else self.trainer_argv()),
+            "--", *self._job_argv(job, workdir),
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
         launch = {"key": job.launch_key, "cluster": cluster.name, "timeout_s": float(job.timeout_s or 0)}
