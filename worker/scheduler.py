@@ -18,13 +18,13 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service.accounting import gpus_of  # noqa: F401 (re-exported: one definition, shared with accounting)
 from service.lifecycle import IllegalTransition, RunStatus, transition
 from service.models import Run, utcnow
-from service.scheduling.policy import ANY_HARDWARE, ActiveRun, QueuedRun, TeamUsage, parse_capacity, pick_runs_to_start  # noqa: F401 (re-exported)
+from service.scheduling.policy import ANY_HARDWARE, ActiveRun, QueuedRun, TeamUsage, parse_capacity, pick_runs_to_start, slots_of  # noqa: F401 (re-exported)
 from service.scheduling.settings import SchedulingSettings
 from service.scheduling.state import load_queue_state, retry_wait  # noqa: F401 (re-exported)
 from worker.lease import dispatch_mark
@@ -42,6 +42,15 @@ def _lock_dispatch(session: Session) -> None:
     # single control worker.)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(7281)"))
+
+
+def _any_free_slot(session: Session, capacity: Mapping[str, int]) -> bool:
+    """Whether some hardware that a queued run asks for has a slot free."""
+    wanted = session.scalars(select(Run.hardware).where(Run.status == RunStatus.QUEUED.value).distinct()).all()
+    if not wanted:
+        return False
+    busy = dict(session.execute(select(Run.hardware, func.count()).where(Run.status.in_(ACTIVE)).group_by(Run.hardware)).tuples().all())
+    return any(slots_of(hardware, capacity) - busy.get(hardware, 0) > 0 for hardware in wanted)
 
 
 def dispatch_due_runs(
@@ -63,6 +72,9 @@ def dispatch_due_runs(
     """
     now = now or utcnow()
     _lock_dispatch(session)
+    if not _any_free_slot(session, capacity):  # two small counts, not the whole queue and its billing
+        session.rollback()
+        return []
     state = load_queue_state(session, now=now, budget_period=budget_period, retry_backoff_s=retry_backoff_s, run_overhead_s=run_overhead_s)
     queued = state.ready(now)
     if not queued:

@@ -130,3 +130,19 @@ def test_billing_reads_no_run_that_never_left_the_queue(maker) -> None:
         read = {r.run_id for r in load_runs(s, [team.id], since, billed_only=True)}
         assert waiting[0] in read and not read & set(waiting[1:])
         assert billed_gpu_hours(s, [team.id], since, utcnow())[team.id] == pytest.approx(8.0, abs=0.01)
+
+
+def test_a_tick_with_no_free_slot_reads_next_to_nothing(maker) -> None:
+    from sqlalchemy import event
+
+    with maker() as s:
+        team, user = team_with_user(s, "busy")
+        ids = queue(s, team, user, 30)
+    sent: list[int] = []
+    with maker() as s:
+        assert dispatch_due_runs(s, capacity={"*": 1}, enqueue=sent.append) == ids[:1]  # the one slot is now held
+    statements: list[str] = []
+    with maker() as s:
+        event.listen(s.get_bind(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+        assert dispatch_due_runs(s, capacity={"*": 1}, enqueue=sent.append) == []
+    assert len(statements) <= 3 and not any("run_events" in q for q in statements), statements  # lock + two counts
