@@ -23,6 +23,7 @@ from service.models import Run
 from service.scripts.files import run_folder_files
 from service.scripts.spec import SCRIPT_KIND as SCRIPT, SCRIPT_NAME, ScriptSpec
 from worker.launchers.base import JobSpec
+from worker.launchers.trainer_env import AUDIT_ENV
 from worker.logparse import ScriptLogSummary, script_result
 
 # The files of a script run's folder that are kept: its log, its code and the compressed
@@ -36,7 +37,7 @@ def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
     Raises service.scripts.files.MissingScriptFile when a file's bytes are not stored.
     """
     spec = ScriptSpec.from_json(run.spec)
-    env = {**spec.env, "SEED": str(int(run.seed)), "RUN_ID": f"caddie-run-{run.id}"}
+    env = {**spec.env, "SEED": str(int(run.seed)), "RUN_ID": f"caddie-run-{run.id}", **AUDIT_ENV}  # the watch: worker/audit
     return JobSpec(run_id=run.id, env=env, hardware=run.hardware, timeout_s=timeout_s, data_variant=spec.data,
                    script_files=run_folder_files(session, spec))
 

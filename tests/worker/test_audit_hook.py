@@ -34,11 +34,12 @@ def run(tmp_path: Path, mode: str, net: str) -> tuple[list[dict], float]:
     for name in ("fineweb_train_000001.bin", "fineweb_val_000000.bin"):
         (tmp_path / "data" / name).write_bytes(b"x" * 16)
     (tmp_path / "train_gpt.py").write_text(SCRIPT)
-    audit = tmp_path / f"audit-{mode}-{net}.jsonl"
+    audit = tmp_path / "audit.jsonl"
+    audit.unlink(missing_ok=True)
     server = socket.socket()
     server.bind(("0.0.0.0", 0))
     server.listen(1)
-    env = {**os.environ, "PYTHONPATH": str(HOOK), "CADDIE_AUDIT_LOG": str(audit)}
+    env = {**os.environ, "PYTHONPATH": str(HOOK)}
     out = subprocess.run([sys.executable, "train_gpt.py", mode, net, str(server.getsockname()[1])], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=30, check=True).stdout
     server.close()

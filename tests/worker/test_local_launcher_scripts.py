@@ -91,3 +91,21 @@ def test_a_data_variant_missing_on_this_machine_is_named_with_how_to_fetch_it(la
     job.data_variant = "sp8192"
     with pytest.raises(LaunchFailed, match=r"sp8192 is not on this machine.*trainer.data download --variant sp8192"):
         launcher.submit(launcher.acquire(3, "cpu"), job)
+
+
+def test_the_audit_hook_watches_a_script_through_the_launcher(launcher: LocalLauncher) -> None:
+    """script_runs.script_job's AUDIT_ENV passes the launcher's env check and loads the hook:
+    the run folder gets audit.jsonl with the data the script opened, the script unchanged."""
+    import json
+
+    from worker.launchers.trainer_env import AUDIT_ENV
+
+    handle = launcher.submit(launcher.acquire(3, "cpu"), script_job(**AUDIT_ENV))
+    assert wait(launcher, handle) is JobState.SUCCEEDED
+    audit = Path(handle.data["workdir"]) / "audit.jsonl"
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    opened = {e["path"] for e in events if e["event"] == "open"}
+    assert opened and all(e["pid"] and e["t"] > 0 for e in events), events  # the interpreter's own opens at least
+    assert (Path(handle.data["workdir"]) / "train_gpt.py").read_bytes() == SCRIPT
+    with pytest.raises(LaunchFailed, match="PYTHONPATH"):  # any other PYTHONPATH is still refused
+        launcher.submit(launcher.acquire(3, "cpu"), script_job(PYTHONPATH="/tmp"))

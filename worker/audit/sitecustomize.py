@@ -1,6 +1,7 @@
 """caddie's watch on a script run, loaded by Python at start through PYTHONPATH (the
 script is not changed): every file opened and every network connection, one JSON line
-each, appended to $CADDIE_AUDIT_LOG. An audit hook (sys.addaudithook, PEP 578) sees the
+each, appended to audit.jsonl in the folder it starts in (a script run's folder: only
+script runs get this folder on PYTHONPATH, and no caddie variable reaches the script). An audit hook (sys.addaudithook, PEP 578) sees the
 opens of every library (numpy's memmap and torch's loads go through open too) in every
 process of the run (torchrun's ranks inherit the env); /proc polling would miss a shard
 opened and closed between two looks. A script that loads another sitecustomize first is
@@ -17,7 +18,7 @@ import os
 import sys
 import time
 
-_LOG = os.environ.get("CADDIE_AUDIT_LOG")
+AUDIT_LOG = "audit.jsonl"
 
 
 def _install(path: str) -> None:
@@ -53,5 +54,4 @@ def _install(path: str) -> None:
     sys.addaudithook(hook)
 
 
-if _LOG:
-    _install(_LOG)
+_install(os.path.abspath(AUDIT_LOG))  # resolved at start: a later chdir does not move it

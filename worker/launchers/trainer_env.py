@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from service.scripts.spec import env_name_problem
 from trainer.config import TrainerConfig
@@ -59,6 +60,10 @@ def knob_env(job_env: Mapping[str, object]) -> dict[str, str]:
 
 # What caddie itself sets in a script run's env (every other reserved name is refused).
 SCRIPT_RUN_NAMES = frozenset({"SEED", "RUN_ID"})
+# The audit hook (worker/audit/sitecustomize.py, read-only in the repository) that every Python
+# process of a script run loads through PYTHONPATH; it appends what the script opens and
+# connects to to audit.jsonl in the run folder (the cwd). Only this exact value passes.
+AUDIT_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "audit")}
 
 
 def script_env(job_env: Mapping[str, object]) -> dict[str, str]:
@@ -67,7 +72,7 @@ def script_env(job_env: Mapping[str, object]) -> dict[str, str]:
     out = {}
     for key, value in job_env.items():
         key = str(key)
-        problem = None if key in SCRIPT_RUN_NAMES else env_name_problem(key)
+        problem = None if key in SCRIPT_RUN_NAMES or AUDIT_ENV.get(key) == value else env_name_problem(key)
         if problem:
             raise LaunchFailed(f"{key!r} cannot be set by a script run: {problem}")
         out[key] = str(value)
