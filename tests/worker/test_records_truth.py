@@ -36,6 +36,8 @@ def test_record_logs_give_the_stated_figures(record: dict) -> None:
             assert bpb == pytest.approx(log["val_bpb"], abs=6e-5), f"{log['log']}: read {bpb} from line {line['line_no']}: {line['line']}"
         if log["steps"] is not None and "steps" in result.values:
             assert abs(result.values["steps"] - log["steps"]) <= 1, f"{log['log']}: steps {result.sources['steps']}"
+        if log["pre_ttt_bpb"] is not None:
+            assert result.values.get("pre_ttt_bpb") == pytest.approx(log["pre_ttt_bpb"], abs=6e-5), f"{log['log']}: pre-TTT {result.sources.get('pre_ttt_bpb')}"
         if log["artifact_bytes"] is not None:
             stated_as = {result.values.get("artifact_bytes"), result.values.get("model_bytes")}  # total, or the model alone
             assert log["artifact_bytes"] in stated_as, f"{log['log']}: artifact {result.sources.get('artifact_bytes')}"
