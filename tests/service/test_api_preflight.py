@@ -53,3 +53,17 @@ def test_abort_if_behind_is_checked_and_stored(client: TestClient, world, spec) 
     assert r.status_code == 201
     run = client.get(f"{RUNS}/{r.json()['runs'][0]['id']}", headers=h).json()
     assert run["abort_if_behind"] == {"step": 1000, "margin": 0.02} and run["saved_seconds"] is None
+
+
+def test_a_finished_runs_config_is_parsed_once_not_per_submit(world, session: Session, monkeypatch) -> None:  # noqa: ANN001
+    packed = size_check.packed_bytes(TrainerConfig())
+    session.add(Run(team_id=world.team_ids["team-a"], user_id=world.user_ids["alice"], name="done", spec={}, seed=1, group_key="e" * 64,
+                    track="10min_16mb", hardware="H100:8", status="SUCCEEDED", submitted_at=utcnow(), model_bytes=packed // 2, code_bytes=60_000))
+    session.commit()
+    monkeypatch.setattr(size_check, "_packed_by_run", {})
+    parsed: list[object] = []
+    real = size_check._config_or_none
+    monkeypatch.setattr(size_check, "_config_or_none", lambda spec: parsed.append(spec) or real(spec))
+    first = size_check.measured(session, world.team_ids["team-a"])
+    assert first == ([packed // 2 / packed], [60_000]) and len(parsed) == 1
+    assert size_check.measured(session, world.team_ids["team-a"]) == first and len(parsed) == 1  # the second submit parses nothing
