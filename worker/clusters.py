@@ -53,13 +53,19 @@ class RunClusters:
         """A node from the launcher, claimed in the DB. If another run claimed it first,
         ask the launcher again without it."""
         taken: list[str] = []
+        team_id = self._db(self._team_id, "read its team")  # a warm node serves only the team that warmed it
         for _ in range(3):
-            cluster = self.launcher.acquire(self.run_id, hardware, exclude=tuple(taken)) if taken else self.launcher.acquire(self.run_id, hardware)
+            cluster = self.launcher.acquire(self.run_id, hardware, exclude=tuple(taken), team_id=team_id)
             if self._db(lambda: self.claim(cluster), "claim its cluster"):
                 return cluster
             log.info("run %s: cluster %s was claimed by another run meanwhile", self.run_id, cluster.name)
             taken.append(cluster.name)
         raise RetryLater(f"every warm cluster offered ({', '.join(taken)}) was claimed by another run meanwhile")
+
+    def _team_id(self) -> int | None:
+        with self.session_factory() as session:
+            run = session.get(Run, self.run_id)
+            return run.team_id if run is not None else None
 
     def claim(self, cluster: ClusterHandle) -> bool:
         """Record `cluster` as this run's, in one commit with runs.cluster_id.

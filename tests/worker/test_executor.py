@@ -238,7 +238,7 @@ def test_an_executor_dead_between_submit_and_record_is_followed_by_one_that_adop
 class FailsToLaunch(LocalLauncher):
     """A cloud launcher whose provisioning fails: a new cluster of the run's own."""
 
-    def acquire(self, run_id, hardware, exclude=()):  # noqa: ANN001, ANN201
+    def acquire(self, run_id, hardware, exclude=(), team_id=None):  # noqa: ANN001, ANN201
         return ClusterHandle(launcher="local", name=f"never-up-{run_id}", hardware=hardware, data={"reused": False})
 
     def submit(self, cluster, job):  # noqa: ANN001, ANN201
@@ -293,7 +293,7 @@ def test_a_bad_stored_spec_fails_with_the_knob_named(maker, settings) -> None:
 class NoCapacityLauncher(LocalLauncher):
     """The local launcher on a machine that is full: every acquire says retry later."""
 
-    def acquire(self, run_id: int, hardware: str) -> ClusterHandle:
+    def acquire(self, run_id: int, hardware: str, exclude=(), team_id=None) -> ClusterHandle:  # noqa: ANN001
         raise RetryLater("no capacity")
 
 
@@ -340,7 +340,7 @@ def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> No
 class WarmClusterLauncher(LocalLauncher):
     """The local launcher offering a cluster that it says an earlier run kept warm (as SkyPilot's idle check does)."""
 
-    def acquire(self, run_id: int, hardware: str, exclude=()) -> ClusterHandle:  # noqa: ANN001
+    def acquire(self, run_id: int, hardware: str, exclude=(), team_id=None) -> ClusterHandle:  # noqa: ANN001
         return ClusterHandle("local", "kept-warm", hardware, {"reused": True})
 
 

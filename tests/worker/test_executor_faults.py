@@ -146,7 +146,7 @@ def job_processes(workdir: Path) -> list[psutil.Process]:
 class WarmPoolLauncher(LocalLauncher):
     """One warm cluster that every acquire offers (as SkyPilot's idle check does until a job lands)."""
 
-    def acquire(self, run_id: int, hardware: str, exclude=()) -> ClusterHandle:  # noqa: ANN001
+    def acquire(self, run_id: int, hardware: str, exclude=(), team_id=None) -> ClusterHandle:  # noqa: ANN001
         if "warm-1" not in exclude:
             return ClusterHandle("local", "warm-1", hardware, {"reused": True})
         return ClusterHandle("local", f"fresh-{run_id}", hardware, {"reused": False})

@@ -325,25 +325,37 @@ def test_cancel_while_provisioning_cancels_the_request(tmp_path: Path) -> None:
 def test_an_idle_warm_cluster_is_reused_through_exec(tmp_path: Path) -> None:
     api = SkyApiStandIn()
     api.clusters = [
-        {"name": "caddie-h100x8-1", "status": sky.ClusterStatus.UP},  # busy
-        {"name": "caddie-a100x8-2", "status": sky.ClusterStatus.UP},  # other hardware
-        {"name": "caddie-h100x8-3", "status": sky.ClusterStatus.STOPPED},
-        {"name": "caddie-h100x8-4", "status": sky.ClusterStatus.UP},  # idle: this one
+        {"name": "caddie-h100x8-t1-1", "status": sky.ClusterStatus.UP},  # busy
+        {"name": "caddie-a100x8-t1-2", "status": sky.ClusterStatus.UP},  # other hardware
+        {"name": "caddie-h100x8-t1-3", "status": sky.ClusterStatus.STOPPED},
+        {"name": "caddie-h100x8-t2-5", "status": sky.ClusterStatus.UP},  # idle, another team's: never
+        {"name": "caddie-h100x8-t12-6", "status": sky.ClusterStatus.UP},  # team 12 is not team 1
+        {"name": "caddie-h100x8-t1-4", "status": sky.ClusterStatus.UP},  # idle, this team's: this one
         {"name": "someone-elses", "status": sky.ClusterStatus.UP},
     ]
-    api.queues["caddie-h100x8-1"] = [{"job_id": 1, "status": sky.JobStatus.RUNNING}]
+    api.queues["caddie-h100x8-t1-1"] = [{"job_id": 1, "status": sky.JobStatus.RUNNING}]
     sp = launcher(tmp_path, api)
-    cluster = sp.acquire(9, "H100:8")
-    assert (cluster.name, cluster.data) == ("caddie-h100x8-4", {"reused": True})
+    cluster = sp.acquire(9, "H100:8", team_id=1)
+    assert (cluster.name, cluster.data) == ("caddie-h100x8-t1-4", {"reused": True})
     assert ("status", (None,), {"refresh": sky.StatusRefreshMode.AUTO}) in api.calls  # no stale UP clusters
     handle = sp.submit(cluster, spec(run_id=9))
-    assert api.calls[-1][0] == "exec" and api.calls[-1][2] == {"cluster_name": "caddie-h100x8-4"}
+    assert api.calls[-1][0] == "exec" and api.calls[-1][2] == {"cluster_name": "caddie-h100x8-t1-4"}
     api.job_statuses[4] = sky.JobStatus.FAILED_SETUP
     api.log = "Collecting torch\nERROR: No matching distribution found for torch\n"
     st = sp.status(handle)
     assert st.state == JobState.FAILED and "setup failed" in st.reason and "No matching distribution" in st.reason
-    assert [c.name for c in sp.list_clusters()] == ["caddie-h100x8-1", "caddie-a100x8-2", "caddie-h100x8-3", "caddie-h100x8-4"]
+    assert [c.name for c in sp.list_clusters()][:3] == ["caddie-h100x8-t1-1", "caddie-a100x8-t1-2", "caddie-h100x8-t1-3"]
     assert sp.list_clusters()[1].hardware == "A100:8"
+
+
+def test_a_warm_node_serves_only_the_team_that_warmed_it(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    api.clusters = [{"name": "caddie-h100x8-t1-4", "status": sky.ClusterStatus.UP}]  # idle, warmed by team 1
+    sp = launcher(tmp_path, api)
+    other = sp.acquire(10, "H100:8", team_id=2)
+    assert (other.name, other.data) == ("caddie-h100x8-t2-10", {"reused": False})  # a node of its own
+    assert sp.acquire(11, "H100:8").data == {"reused": False}  # no team known: no warm node
+    assert sp.acquire(12, "H100:8", team_id=1).name == "caddie-h100x8-t1-4"
 
 
 def test_a_cluster_gone_under_a_running_job_is_lost(tmp_path: Path) -> None:
@@ -421,6 +433,11 @@ def _node(tmp_path: Path, programs: dict[str, str]) -> dict[str, str]:
     return {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
+# The node's python3: `-m worker.launchers.sandbox ... -- ARGV` runs ARGV (unsealed; the real
+# sandbox runs in test_a_job_on_a_node_is_sealed_and_leaves_nothing_behind), else does nothing.
+PYTHON3 = 'if [ "$1 $2" = "-m worker.launchers.sandbox" ]; then while [ "$1" != "--" ]; do shift; done; shift; exec "$@"; fi; exit 0'
+
+
 def _run_script(script: str, env: dict[str, str], cwd: Path) -> Any:
     import subprocess
 
@@ -442,7 +459,7 @@ def test_setup_installs_and_downloads_the_data_once_per_cluster(tmp_path: Path) 
 def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch pwned)"), "run-5-abcd")
     fake_torchrun = 'echo "name=$VE_LAYERS out=$OUTPUT_DIR data=$DATA_PATH tok=$TOKENIZER_PATH cwd=$PWD"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3'
-    env = {**_node(tmp_path, {"torchrun": fake_torchrun, "python3": "exit 0"}), **task.envs}
+    env = {**_node(tmp_path, {"torchrun": fake_torchrun, "python3": PYTHON3}), **task.envs}
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-123456_caddie-h100x8-5_3")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 3  # SkyPilot marks the job FAILED
@@ -450,15 +467,18 @@ def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(t
     # the trainer runs in its output folder; its paths are relative (no node path in its log)
     assert (f"name=$(touch pwned) out=. data=./data/datasets/fineweb10B_sp1024 tok=./data/tokenizers/fineweb_1024_bpe.model "
             f"cwd={home}/caddie-runs/run-5-abcd") in res.stdout
-    assert not (home / "caddie-runs" / "run-5-abcd" / "data").exists()  # the data link does not travel back
+    assert not (home / "caddie-runs" / "run-5-abcd").exists()  # the run folder goes once its outputs are copied
     assert not (tmp_path / "pwned").exists()
-    assert "torchrun --standalone --nproc_per_node=8 -m trainer" in (tmp_path / "calls.log").read_text()
-    assert (home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output" / "result.json").exists()
+    calls = (tmp_path / "calls.log").read_text()
+    assert (f"python3 -m worker.launchers.sandbox --die-with-parent --workdir {home}/caddie-runs/run-5-abcd --ro {home}/caddie-data "
+            f"--ro {tmp_path} -- torchrun --standalone --nproc_per_node=8 -m trainer") in calls  # sealed
+    out = home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output"
+    assert (out / "result.json").exists() and not (out / "data").exists()  # the data link does not travel back
 
 
 def test_run_script_enforces_the_hard_timeout_on_the_node(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(JobSpec(run_id=5, env={}, hardware="", timeout_s=1), "run-5-t")
-    env = {**_node(tmp_path, {"torchrun": "sleep 20", "python3": "exit 0"}), **task.envs}
+    env = {**_node(tmp_path, {"torchrun": "sleep 20", "python3": PYTHON3}), **task.envs}
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-000001_c_1")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 124 and "caddie: hard timeout after 1 s" in res.stdout
@@ -469,3 +489,57 @@ def test_a_sky_error_reason_carries_no_terminal_escapes() -> None:
     msg = str(map_sky_error(exc, "sky.launch"))
     assert "\x1b" not in msg and "\x07" not in msg
     assert msg == "sky.launch: RuntimeError: Failed to provision all possible launchable resources. Reason: quota"
+
+
+NODE_ESCAPES = r"""
+import json, os, sys
+a = {}
+def attempt(name, fn):
+    try:
+        fn()
+        a[name] = "DONE"
+    except Exception as exc:
+        a[name] = "refused: " + type(exc).__name__
+home = os.environ["NODE_HOME"]
+attempt("write_data", lambda: open(home + "/caddie-data/data/poison", "w").write("x"))
+attempt("write_python", lambda: open(os.path.join(sys.prefix, "caddie-was-here"), "w").write("x"))
+attempt("read_sky_credentials", lambda: open(home + "/.sky/key").read())
+attempt("read_earlier_run", lambda: open(home + "/caddie-runs/run-1-old/final_model.pt").read())
+json.dump(a, open("escapes.json", "w"))
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bubblewrap is not installed")
+def test_a_job_on_a_node_is_sealed_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The template's run script on a fake node with the real python3, torchrun and bubblewrap."""
+    import os
+    import sys
+
+    files = {"train_gpt.py": NODE_ESCAPES.encode()}
+    job = JobSpec(run_id=5, env={}, hardware="cpu:1", timeout_s=120, script_files=files)
+    task = launcher(tmp_path / "worker").build_task(job, "run-5-new")
+    home = tmp_path / "home"
+    (home / "caddie-data" / "data").mkdir(parents=True)
+    (home / "caddie-data" / ".downloaded-sp1024-80").touch()
+    (home / ".sky").mkdir()
+    (home / ".sky" / "key").write_text("cloud credentials")
+    (home / "caddie-runs" / "run-1-old").mkdir(parents=True)
+    (home / "caddie-runs" / "run-1-old" / "final_model.pt").write_text("an earlier run's model")
+    old_out = home / "sky_logs" / "sky-old" / "caddie-output"
+    old_out.mkdir(parents=True)
+    (old_out / "train_gpt.py").write_text("an earlier run's script")
+    staged = home / "caddie-scripts" / "run-5-new"
+    staged.mkdir(parents=True)
+    (staged / "train_gpt.py").write_bytes(files["train_gpt.py"])
+    code = tmp_path / "checkout"
+    code.mkdir()
+    env = {**task.envs, "HOME": str(home), "NODE_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO), "SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_TASK_ID": "sky-new_c_1"}
+    res = _run_script(task.run, env, code)
+    assert res.returncode == 0, res.stdout + res.stderr
+    seen = json.loads((home / "sky_logs" / "sky-new" / "caddie-output" / "escapes.json").read_text())
+    assert all(v.startswith("refused") for v in seen.values()), seen
+    assert not (home / "caddie-data" / "data" / "poison").exists()
+    # nothing of an earlier run or of this one is left but this run's outputs, for the worker to collect
+    assert not (home / "caddie-runs").exists() or not any((home / "caddie-runs").iterdir())
+    assert not staged.exists() and not old_out.exists()

@@ -120,8 +120,9 @@ class LauncherUnreachable(LauncherError):
 class Launcher(Protocol):
     name: str
 
-    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = ()) -> ClusterHandle:
-        """A node for the run; never one named in `exclude` (warm clusters another run claimed first)."""
+    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = (), team_id: int | None = None) -> ClusterHandle:
+        """A node for the run; never one named in `exclude` (warm clusters another run claimed first),
+        never a warm node another team used (`team_id`: the run's team; None reuses no warm node)."""
         ...
 
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle: ...

@@ -137,7 +137,7 @@ class LocalLauncher:
         self.data_root = Path(settings.data_root).resolve()
 
     # --- nodes -----------------------------------------------------------------
-    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = ()) -> ClusterHandle:
+    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = (), team_id: int | None = None) -> ClusterHandle:
         # One machine, shared by every run on it (capacity is the scheduler's business).
         return ClusterHandle(launcher=NAME, name=NAME, hardware=hardware, data={})
 

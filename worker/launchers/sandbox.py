@@ -16,8 +16,11 @@ CADDIE_SANDBOX=none (unsafe: the job runs as the worker's user, unsealed).
 
 from __future__ import annotations
 
+import argparse
 import glob
+import os
 import shutil
+import site
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +30,7 @@ from worker.launchers.base import LaunchFailed
 SANDBOX_UID = 65534  # nobody: the job's identity inside its user namespace
 # System folders a Python process needs, bound read-only where they exist.
 SYSTEM_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf",
-             "/etc/ld.so.conf.d", "/etc/ssl", "/etc/ca-certificates", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group")  # fmt: skip
+             "/etc/ld.so.conf.d", "/etc/ssl", "/etc/ca-certificates", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/host.conf")  # fmt: skip
 
 
 def bwrap_path() -> str | None:
@@ -35,11 +38,15 @@ def bwrap_path() -> str | None:
 
 
 def python_roots() -> list[Path]:
-    """The Python installation and its environment (venv), read-only inside."""
-    return sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()})
+    """The Python installation, its environment (venv) and the user's pip installs, read-only inside."""
+    roots = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    user_base = Path(site.getuserbase())
+    if site.ENABLE_USER_SITE and Path(site.getusersitepackages()).is_dir():  # a node's `pip install --user`
+        roots.add(user_base.resolve())
+    return sorted(roots)
 
 
-def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwrap: str | None = None) -> list[str]:
+def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwrap: str | None = None, die_with_parent: bool = False) -> list[str]:
     """argv wrapped in bwrap: sees only `workdir` (writable) and `ro_paths` + the system + Python (read-only).
 
     LaunchFailed when bwrap is missing (the caller's unsafe opt-out decides before calling)."""
@@ -52,8 +59,8 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
     # wrapper (a restarted worker re-attaches to it). The pid namespace still ends every process of
     # the job when its command ends; no terminal is ever given to it (stdin /dev/null, output a file).
     out = [bwrap, "--unshare-all", "--cap-drop", "ALL",
-           "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "caddie-job",
-           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+           "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "localhost",  # torchrun resolves its own hostname: loopback
+           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp",
            "--setenv", "HOME", str(workdir), "--setenv", "TMPDIR", "/tmp"]  # fmt: skip
     for p in SYSTEM_RO:
         if Path(p).is_symlink():
@@ -62,7 +69,36 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
             out += ["--ro-bind", p, p]
     for p in [*python_roots(), *ro_paths]:
         out += ["--ro-bind-try", str(p), str(p)]  # a missing data root stays missing inside
-    for dev in sorted(glob.glob("/dev/nvidia*")):  # GPUs, when there are any
+    gpus = sorted(glob.glob("/dev/nvidia*"))
+    for dev in gpus:  # GPUs, when there are any
         out += ["--dev-bind", dev, dev]
+    if gpus:
+        out += ["--ro-bind-try", "/sys", "/sys"]  # CUDA and NCCL read the PCI topology there
+    if die_with_parent:
+        out.insert(1, "--die-with-parent")
     out += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--"]
     return out + argv
+
+
+def main(args: list[str] | None = None) -> int:
+    """``python -m worker.launchers.sandbox --workdir DIR [--ro PATH]... -- ARGV``: ARGV sealed (a SkyPilot node's run script)."""
+    parser = argparse.ArgumentParser(prog="python -m worker.launchers.sandbox")
+    parser.add_argument("--workdir", required=True, type=Path)
+    parser.add_argument("--ro", action="append", default=[], type=Path, help="also visible, read-only")
+    parser.add_argument("--die-with-parent", action="store_true")
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(args)
+    argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
+    if not argv:
+        parser.error("no command after --")
+    try:
+        sealed = sealed_argv(argv, workdir=ns.workdir.resolve(), ro_paths=[p.resolve() for p in ns.ro], die_with_parent=ns.die_with_parent)
+    except LaunchFailed as exc:
+        print(f"caddie: {exc}", file=sys.stderr, flush=True)
+        return 126
+    os.execv(sealed[0], sealed)
+    return 127  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,8 +4,9 @@ context or other infra SkyPilot 0.9 reaches, through its client SDK.
 How each launcher call maps onto the SDK (every SDK call returns a request id of
 the SkyPilot API server; `sky.get` waits for its result or raises its error):
 
-    acquire        sky.status + sky.queue: an UP caddie cluster with this hardware
-                   and no unfinished job is reused; otherwise a fresh cluster name
+    acquire        sky.status + sky.queue: an UP caddie cluster with this hardware,
+                   warmed by this run's team, with no unfinished job is reused;
+                   otherwise a fresh cluster name (the team in it)
     submit         sky.exec into a reused cluster, else sky.launch with
                    idle_minutes_to_autostop and down=True (a leaked node downs itself);
                    returns at once with the request id, before any provisioning
@@ -298,12 +299,14 @@ class SkyPilotLauncher:
         return task
 
     # --- clusters --------------------------------------------------------------------
-    def cluster_name(self, run_id: int, hardware: str) -> str:
-        return f"{self.prefix}-{hardware_slug(hardware)}-{int(run_id)}"
+    def cluster_name(self, run_id: int, hardware: str, team_id: int | None = None) -> str:
+        """'caddie-h100x8-t3-12': the node of run 12 of team 3 (the team in the name is what reuse matches)."""
+        team = "" if team_id is None else f"t{int(team_id)}-"
+        return f"{self.prefix}-{hardware_slug(hardware)}-{team}{int(run_id)}"
 
     def _cluster_hardware(self, name: str) -> str:
-        """Best-effort inverse of cluster_name: 'caddie-h100x8-12' -> 'H100:8'."""
-        m = re.match(rf"^{re.escape(self.prefix)}-([a-z0-9]+)x(\d+)-\d+$", name)
+        """Best-effort inverse of cluster_name: 'caddie-h100x8-t3-12' -> 'H100:8'."""
+        m = re.match(rf"^{re.escape(self.prefix)}-([a-z0-9]+)x(\d+)-(?:t\d+-)?\d+$", name)
         return f"{m[1].upper()}:{m[2]}" if m else ""
 
     def _records(self, refresh: bool = False) -> list[dict[str, Any]]:
@@ -317,22 +320,26 @@ class SkyPilotLauncher:
         jobs = self._call("sky.queue", self.sky.queue, name, skip_finished=True)
         return not jobs
 
-    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = ()) -> ClusterHandle:
-        """An idle warm cluster of this hardware (not in `exclude`), else a new name.
+    def acquire(self, run_id: int, hardware: str, exclude: Collection[str] = (), team_id: int | None = None) -> ClusterHandle:
+        """An idle warm cluster of this hardware that this team warmed (not in `exclude`), else a new name.
 
-        "Idle" is what SkyPilot says now; the executor then claims the cluster in
-        the database (a compare-and-set), so two runs never take the same one.
+        A warm node keeps what its runs left on it (SkyPilot's log folders, pip caches), so it
+        serves only the team in its name; a run of no known team never reuses one. "Idle" is
+        what SkyPilot says now; the executor then claims the cluster in the database (a
+        compare-and-set), so two runs never take the same one.
         """
         hardware = hardware or self.settings.sky_hardware
         slug = hardware_slug(hardware)
-        for rec in self._records(refresh=True):
-            status = getattr(rec.get("status"), "value", rec.get("status"))
-            name = rec["name"]
-            if name in exclude:
-                continue
-            if status == "UP" and name.startswith(f"{self.prefix}-{slug}-") and self._is_idle(name):
-                return ClusterHandle(NAME, name, hardware, {"reused": True})
-        return ClusterHandle(NAME, self.cluster_name(run_id, hardware), hardware, {"reused": False})
+        if team_id is not None:
+            mine = f"{self.prefix}-{slug}-t{int(team_id)}-"
+            for rec in self._records(refresh=True):
+                status = getattr(rec.get("status"), "value", rec.get("status"))
+                name = rec["name"]
+                if name in exclude:
+                    continue
+                if status == "UP" and name.startswith(mine) and self._is_idle(name):
+                    return ClusterHandle(NAME, name, hardware, {"reused": True})
+        return ClusterHandle(NAME, self.cluster_name(run_id, hardware, team_id), hardware, {"reused": False})
 
     def list_clusters(self) -> list[ClusterHandle]:
         out = []
