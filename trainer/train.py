@@ -41,7 +41,8 @@ ARTIFACT_NAME = "model.int6.ptz"
 CODE_NAME = "train_gpt.py"
 RESULT_KEYS = ("status", "error", "val_loss", "val_bpb", "pre_ttt_bpb", "code_bytes", "model_bytes", "total_bytes", "artifact_ok",
                "steps", "train_seconds", "eval_seconds", "peak_memory_mib", "world_size", "seed", "config", "trainer_revision",
-               "val_tokens_scored", "val_tokens_total", "ttt_protocol", "train_shards", "val_shards", "gpu_name")
+               "val_tokens_scored", "val_tokens_total", "ttt_protocol", "train_shards", "val_shards", "gpu_name",
+               "code_sha256", "code_dirty", "train_fingerprints", "val_fingerprints")
 
 
 class RunError(ValueError):
@@ -205,6 +206,30 @@ def trainer_revision(code: str) -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return "sha256:" + hashlib.sha256(code.encode()).hexdigest()[:16]
+
+
+def code_dirty() -> bool | None:
+    """Whether the trainer's source differs from its commit; None off git."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True, timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def content_fingerprint(path: str, block: int = 1 << 20, samples: int = 8) -> str:
+    """sha256 of a file's size and of evenly spaced 1 MiB blocks (first and last included):
+    names prove nothing (a renamed validation shard has a training name), and hashing
+    every byte of 16 GB of shards would cost a run tens of seconds."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        for i in range(samples):
+            f.seek(max(0, size - block) * i // max(1, samples - 1))
+            h.update(f.read(block))
+    return h.hexdigest()
 
 
 def peak_memory_mib(device: torch.device) -> tuple[int, int]:
@@ -443,8 +468,11 @@ def train(cfg: TrainerConfig) -> dict:
         "train_shards": sorted(os.path.basename(f) for f in glob.glob(train_pattern)),
         "val_shards": sorted(os.path.basename(f) for f in glob.glob(val_pattern)),
         "gpu_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "code_sha256": hashlib.sha256(code.encode()).hexdigest(), "code_dirty": code_dirty(),
     }
-    if master:
+    if master:  # after the clocks stop: fingerprints are facts for the rules, not part of the run
+        result["train_fingerprints"] = sorted({content_fingerprint(f) for f in glob.glob(train_pattern)})
+        result["val_fingerprints"] = sorted({content_fingerprint(f) for f in glob.glob(val_pattern)})
         write_result(out_dir, result)
     log.close()
     if world > 1:
