@@ -112,14 +112,29 @@ for name, host, port in (("net_api", "127.0.0.1", int(E["ATK_API_PORT"])), ("net
         out(name, False, type(e).__name__)
 
 # 8. a process left behind after the run
-p = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(f"LEFTOVER_PID {p.pid}", flush=True)
+# the pid the job sees is its own namespace's; the host finds the process by a marker in its argv
+marker = "caddie-leftover-" + E["ATK_MARKER"]
+p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", marker], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(f"LEFTOVER_MARKER {marker}", flush=True)
 print("final_int8_zlib_roundtrip_exact val_loss:3.0 val_bpb:1.8", flush=True)
 '''
 
 
 # Items 1-2 (the sandbox) had not landed when this was written: their CI tests belong with them.
-NO_SANDBOX_TEST = "none yet: items 1-2 (the job sandbox) had not landed at this run"
+SANDBOX_TEST = "tests/worker/test_sandbox.py::test_every_escape_from_a_sandboxed_job_is_refused"
+
+
+def pids_with_argv(marker: str) -> list[int]:
+    """Host pids whose command line holds the marker."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
 
 
 @dataclass
@@ -194,7 +209,8 @@ def full_log(client: httpx.Client, run_id: int) -> str:
 
 def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
     env = {"ATK_HOME": str(stack.home), "ATK_DB_URL": stack.db_url.replace("postgresql+psycopg://", "postgresql://"),
-           "ATK_TRAINER": str(REPO / "trainer" / "__main__.py"), "ATK_API_PID": str(stack.api.pid), "ATK_API_PORT": str(stack.port)}
+           "ATK_TRAINER": str(REPO / "trainer" / "__main__.py"), "ATK_API_PID": str(stack.api.pid), "ATK_API_PORT": str(stack.port),
+           "ATK_MARKER": f"{os.getpid()}-{time.time_ns()}"}
     # team a runs something first, so there is another team's folder to find
     with api(stack, tokens["a-member"]) as a:
         a.post("/runs", json={"name": "a's own", "track": "unlimited", "hardware": "cpu", "script": b64("print('team a secret work')\n"), "data": "sp1024"})
@@ -206,14 +222,14 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         log = full_log(b, run_id)
     results = dict(re.findall(r"^ATTACK (\w+): (.*)$", log, re.M))
     expected = {
-        "proc_environ": ("A job reads the API's and worker's /proc/<pid>/environ (database URL)", "unreadable: the job cannot see other processes' /proc", NO_SANDBOX_TEST),
-        "db_read": ("A job connects to PostgreSQL and reads every team's runs and token hashes", "no network path to the database", NO_SANDBOX_TEST),
-        "secret_key_read": ("A job reads $CADDIE_HOME/secret_key", "unreadable", NO_SANDBOX_TEST),
-        "other_runs_read": ("A job reads other teams' run folders and scripts", "only its own run folder is readable", NO_SANDBOX_TEST),
-        "trainer_code_write": ("A job opens trainer/__main__.py for writing (the next team's trainer would run it)", "read-only Python environment", NO_SANDBOX_TEST),
-        "signal_api": ("A job signals the API process", "EPERM: other processes cannot be signalled", NO_SANDBOX_TEST),
-        "net_api": ("A job connects to the API port", "no network path to the API", NO_SANDBOX_TEST),
-        "net_db": ("A job connects to the database port", "no network path to the database", NO_SANDBOX_TEST),
+        "proc_environ": ("A job reads the API's and worker's /proc/<pid>/environ (database URL)", "unreadable: the job cannot see other processes' /proc", SANDBOX_TEST),
+        "db_read": ("A job connects to PostgreSQL and reads every team's runs and token hashes", "no network path to the database", SANDBOX_TEST),
+        "secret_key_read": ("A job reads $CADDIE_HOME/secret_key", "unreadable", SANDBOX_TEST),
+        "other_runs_read": ("A job reads other teams' run folders and scripts", "only its own run folder is readable", SANDBOX_TEST),
+        "trainer_code_write": ("A job opens trainer/__main__.py for writing (the next team's trainer would run it)", "read-only Python environment", SANDBOX_TEST),
+        "signal_api": ("A job signals the API process", "EPERM: other processes cannot be signalled", SANDBOX_TEST),
+        "net_api": ("A job connects to the API port", "no network path to the API", SANDBOX_TEST),
+        "net_db": ("A job connects to the database port", "no network path to the database", SANDBOX_TEST),
     }
     if not results:
         rows.append(Row("in-job escapes (all)", "every probe refused", f"the attacker run ended {run['status']} ({run.get('status_reason')}) with no probe lines", True))
@@ -237,18 +253,19 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
             minted = forged.post("/tokens", data={"name": "minted", "csrf_token": csrf_token(key[1].encode(), cookie)}, follow_redirects=False)
         rows.append(Row("Forge the global admin's session cookie from the leaked key and token hash; list runs, mint a token", "impossible (nothing leaked)",
                         f"GET /api/v1/runs with the forged cookie: {r.status_code}, teams seen {sorted(teams)}; POST /tokens (form): {minted.status_code}",
-                        r.status_code != 200 and minted.status_code >= 400, NO_SANDBOX_TEST))
+                        r.status_code != 200 and minted.status_code >= 400, SANDBOX_TEST))
     else:
         rows.append(Row("Forge the global admin's session cookie", "impossible (nothing leaked)", "no key and token hash leaked to forge with", True))
 
-    pid = re.search(r"^LEFTOVER_PID (\d+)", log, re.M)
-    if pid:
+    marker = re.search(r"^LEFTOVER_MARKER (\S+)", log, re.M)
+    if marker:
         time.sleep(3)
-        alive = Path(f"/proc/{pid[1]}").exists()
+        alive = pids_with_argv(marker[1])
         rows.append(Row("A process the job started outlives its run", "every process of the run is gone when it ends",
-                        f"pid {pid[1]} {'still alive' if alive else 'gone'} 3 s after the run ended {run['status']}", not alive, NO_SANDBOX_TEST))
-        if alive:
-            os.kill(int(pid[1]), signal.SIGKILL)
+                        f"{'host pids ' + str(alive) + ' still alive' if alive else 'no process with its marker'} 3 s after the run ended {run['status']}",
+                        not alive, SANDBOX_TEST))
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
 
 
 def big_body(stack: Stack, rows: list[Row]) -> None:
@@ -321,7 +338,7 @@ def published_env(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None
         web.post("/signin", data={"token": tokens["b-member"], "next": "/runs"})
         seen += ["page " + p for p in ("/groups", f"/groups/{key}", "/leaderboard?track=unlimited", f"/compare?groups={key}") if secret in web.get(p).text]
     rows.append(Row("Team b reads team a's HF_TOKEN value of a published script group", "env names shown, values hidden unless marked public",
-                    f"value seen on {seen}" if seen else "value on none of /groups, group, leaderboard, compare (API and pages)", not seen, "none yet: item 2 (env values of published groups) had not landed at this run"))
+                    f"value seen on {seen}" if seen else "value on none of /groups, group, leaderboard, compare (API and pages)", not seen, "tests/web/test_script_env_privacy.py"))
 
 
 def smaller(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
