@@ -292,19 +292,8 @@ def compare(
         p: float | None = None,
         more: int | None = None,
     ) -> Comparison:
-        if unit != "nats":
+        if unit != "nats":  # the phrases below are written in nats; the figures are in `unit`
             message = message.replace(" nats", f" {unit}")
-        return _result(message=message, ci=ci, t=t, df=df, p=p, more=more)
-
-    def _result(
-        *,
-        message: str,
-        ci: tuple[float, float] | None = None,
-        t: float | None = None,
-        df: float | None = None,
-        p: float | None = None,
-        more: int | None = None,
-    ) -> Comparison:
         return Comparison(
             n_candidate=n_c,
             n_baseline=n_b,
