@@ -63,7 +63,7 @@ from service.scripts.files import MissingScriptFile
 from worker.clusters import RunClusters, cluster_of, is_reused
 from worker.deadlines import Deadline, run_deadline, silent_too_long
 from worker.lease import Lease, with_db_retry
-from worker.logparse import LogParser, MetricPoint, ScriptLogParser
+from service.logparse import LogParser, MetricPoint, ScriptLogParser
 from worker.run_log import DEFAULT_MAX_TRAIN_POINTS, RunLog
 from worker.script_runs import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, SCRIPT, script_job, script_outcome
 from worker.trainer_runs import OUTPUT_FILES, read_result, trainer_job, trainer_outcome

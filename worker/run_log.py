@@ -4,7 +4,7 @@ log_chunks rows and their metric points metrics rows, one transaction per read.
 Offsets run on across attempts (one log per run); an attempt's job log starts at
 ``base`` of it. Only whole lines are stored while the job runs (a line is never
 split between two chunks unless it grows past MAX_PENDING_LINE_BYTES), so the
-parser (worker.logparse) sees each line once.
+parser (service.logparse) sees each line once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from service.models import LogChunk, Metric, Run, utcnow
 from worker.launchers.base import LaunchHandle, Launcher, LauncherUnreachable, RetryLater
 from worker.lease import with_db_retry
-from worker.logparse import LogParser, MetricPoint, ScriptLogParser
+from service.logparse import LogParser, MetricPoint, ScriptLogParser
 
 log = logging.getLogger(__name__)
 

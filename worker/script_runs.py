@@ -4,7 +4,7 @@
 
     runs.spec (ScriptSpec JSON) ──script_job──▶ JobSpec: its files from script_files,
         its env + SEED + RUN_ID, its data variant
-    the job's log ──worker.logparse──▶ live metric points, and at the end
+    the job's log ──service.logparse──▶ live metric points, and at the end
     script_outcome ──▶ the run's columns + a result in the trainer's result.json shape
         ({"status": "succeeded" | "failed", "error": ...}), so the executor concludes
         a script run as it concludes a trainer run
@@ -24,7 +24,7 @@ from service.scripts.files import run_folder_files
 from service.scripts.spec import SCRIPT_KIND as SCRIPT, SCRIPT_NAME, ScriptSpec
 from worker.launchers.base import JobSpec
 from worker.launchers.trainer_env import AUDIT_ENV
-from worker.logparse import ScriptLogSummary, script_result
+from service.logparse import ScriptLogSummary, script_result
 
 # The files of a script run's folder that are kept: its log, its code and the compressed
 # model the challenge's scripts write (never the raw checkpoint: 100+ MB of no use here).

@@ -5,7 +5,7 @@
     runs.spec (the trainer's knobs) ──trainer_job──▶ JobSpec: the knobs it overrides + SEED,
         its data variant (sp<VOCAB_SIZE>)
     the job's outputs ──trainer_outcome──▶ the run's columns: from result.json, or from the
-        log's summary lines (worker.logparse) when the trainer wrote none
+        log's summary lines (service.logparse) when the trainer wrote none
 
 The script-run counterpart is worker/script_runs.py.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from service.models import Run
 from trainer.config import TrainerConfig
 from worker.launchers.base import JobSpec
-from worker.logparse import LogSummary
+from service.logparse import LogSummary
 
 # Output files of a trainer run and the artifact kind each is stored as.
 OUTPUT_FILES = (("model.int6.ptz", "model"), ("train_gpt.py", "code"), ("train.log", "log"), ("stdout.log", "log"), ("result.json", "result"), ("metrics.jsonl", "metrics"))

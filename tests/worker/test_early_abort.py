@@ -24,7 +24,7 @@ from tests.e2e.conftest import TINY
 from tests.fresh_db import fresh_database
 from worker.executor import execute_run
 from worker.launchers.local import LocalLauncher
-from worker.logparse import MetricPoint
+from service.logparse import MetricPoint
 from worker.settings import WorkerSettings
 
 STEP = 5

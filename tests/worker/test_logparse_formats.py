@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.logparse import parse_script_log, script_result
+from service.logparse import parse_script_log, script_result
 
 PHASED = """\
 1776143300.001 1/20000 train_loss: 9.0017 train_time: 0.0m tok/s: 12000000

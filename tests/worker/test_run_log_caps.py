@@ -13,7 +13,7 @@ from service.accounts import create_team, create_user
 from service.db import get_sessionmaker
 from service.models import LogChunk, Metric, Run, utcnow
 from tests.fresh_db import fresh_database
-from worker.logparse import LogParser
+from service.logparse import LogParser
 from worker.run_log import RunLog, storable, thinned_stride
 
 

@@ -41,7 +41,7 @@ from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG, wr
 from worker.launchers.run_folder import place_files
 from worker.launchers.sandbox import python_roots, sealed_argv
 from worker.launchers.trainer_env import inherited_env, knob_env, script_env, variant_paths
-from worker.logparse import failure_reason
+from service.logparse import failure_reason
 
 NAME = "local"
 CANCEL_FILE = "cancel_requested"
