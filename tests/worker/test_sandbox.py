@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.worker.test_local_launcher import wait_terminal
 from worker.launchers.base import JobSpec, JobState, LaunchFailed
 from worker.launchers.local import REPO_ROOT, LocalLauncher
 from worker.settings import WorkerSettings
@@ -55,15 +56,6 @@ def _marked(marker: str) -> list[psutil.Process]:
     return found
 
 
-def _wait(launcher: LocalLauncher, handle, limit: float = 30):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        st = launcher.status(handle)
-        if st.terminal:
-            return st
-        time.sleep(0.05)
-    raise AssertionError("job not finished")
-
 
 def test_every_escape_from_a_sandboxed_job_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -84,7 +76,7 @@ def test_every_escape_from_a_sandboxed_job_is_refused(tmp_path: Path) -> None:
     launcher = LocalLauncher(settings)
     before = (REPO_ROOT / "trainer" / "__main__.py").read_bytes()
     handle = launcher.submit(launcher.acquire(5, "local"), JobSpec(run_id=5, env={}, hardware="local", timeout_s=60))
-    st = _wait(launcher, handle)
+    st = wait_terminal(launcher, handle, 30)
     assert st.state == JobState.SUCCEEDED, (st, launcher.read_log(handle, 0))
     seen = json.loads((Path(handle.data["workdir"]) / "escapes.json").read_text())
     for name in ("proc_environ", "secret_key", "other_run", "write_trainer", "write_python", "write_data", "postgres", "signal"):
@@ -106,4 +98,4 @@ def test_no_bwrap_fails_the_job_clearly_unless_the_unsafe_opt_out_is_set(tmp_pat
         launcher.submit(launcher.acquire(6, "local"), JobSpec(run_id=6, env={}, hardware="local", timeout_s=60))
     unsafe = LocalLauncher(WorkerSettings(**{**settings.model_dump(), "sandbox": "none"}))
     handle = unsafe.submit(unsafe.acquire(6, "local"), JobSpec(run_id=6, env={}, hardware="local", timeout_s=60))
-    assert _wait(unsafe, handle).state == JobState.SUCCEEDED
+    assert wait_terminal(unsafe, handle, 30).state == JobState.SUCCEEDED
