@@ -52,6 +52,7 @@ class _Recent:
 
 
 _recent: dict[tuple[str, str], _Recent] = {}
+_clock = time.monotonic  # a name tests can move forward instead of sleeping past the TTL
 _recent_lock = threading.Lock()
 
 
@@ -79,10 +80,10 @@ def _recent_estimates(session: Session, settings: SchedulingSettings, wanted: se
     with _recent_lock:
         recent = _recent.setdefault(key, _Recent())
     if not wanted <= recent.estimates.keys() or settings.queue_forecast_ttl_s == 0:  # a TTL of 0: always fresh
-        _refresh(recent, session, settings, asked_at=time.monotonic(), blocking=True)
-    elif time.monotonic() - recent.made_at >= settings.queue_forecast_ttl_s and recent.refreshing.acquire(blocking=False):
+        _refresh(recent, session, settings, asked_at=_clock(), blocking=True)
+    elif _clock() - recent.made_at >= settings.queue_forecast_ttl_s and recent.refreshing.acquire(blocking=False):
         recent.refreshing.release()
-        bind, asked_at = session.get_bind(), time.monotonic()
+        bind, asked_at = session.get_bind(), _clock()
 
         def refresh_in_background() -> None:
             with Session(bind) as own:
@@ -97,7 +98,7 @@ def _refresh(recent: _Recent, session: Session, settings: SchedulingSettings, *,
         return  # another thread is refreshing
     try:
         if recent.made_at < asked_at:  # nobody refreshed while this thread waited
-            recent.estimates, recent.made_at = queue_estimates(session, settings), time.monotonic()
+            recent.estimates, recent.made_at = queue_estimates(session, settings), _clock()
     finally:
         recent.refreshing.release()
 

@@ -342,7 +342,7 @@ def smoke_documents() -> list[str]:
         docs.extend(split_paragraphs(license_file.read_text(encoding="utf-8", errors="replace")))
     for src in sorted(stdlib.glob("*.py")):
         try:
-            tree = ast.parse(src.read_text(encoding="utf-8"))
+            tree = _parse_python(src.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
         for node in ast.walk(tree):
@@ -354,6 +354,21 @@ def smoke_documents() -> list[str]:
             if src.name == "this.py" and isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
                 docs.extend(split_paragraphs(codecs.decode(node.value.value, "rot13")))
     return docs
+
+
+def _parse_python(source: str, attempts: int = 3) -> "ast.Module":
+    """ast.parse, tried again on CPython 3.11.7's spurious "AST constructor recursion depth
+    mismatch" (gh-106905): a garbage-collector finalizer that runs another thread mid-parse
+    trips it, and parsing is pure, so a second try is the same parse."""
+    import ast
+
+    for attempt in range(attempts):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def build_smoke_corpus(out_dir: str | os.PathLike, vocab_size: int = 1024) -> CorpusPaths:

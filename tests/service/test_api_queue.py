@@ -89,22 +89,27 @@ def test_the_queue_is_paged(client: TestClient, world, spec) -> None:  # noqa: A
     assert r.status_code == 422 and "limit" in r.text
 
 
-def test_a_stale_forecast_is_refreshed_in_the_background(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+def test_a_stale_forecast_is_refreshed_in_the_background(world, spec, db_url, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     import time
 
+    from service import queue
     from service.api.app import create_app
 
-    # A TTL long against a loaded CI core: with 0.2 s, a refresh started by the first read
-    # itself could land after the budget change and make the "old" answer already new.
-    settings = Settings(home=tmp_path / "home", database_url=db_url, queue_forecast_ttl_s=2.0)
+    # The forecast's clock is moved past the TTL instead of sleeping: on a loaded CI core a
+    # real sleep let the first read's own refresh land after the budget change.
+    now = [time.monotonic()]
+    monkeypatch.setattr(queue, "_clock", lambda: now[0])
+    settings = Settings(home=tmp_path / "home", database_url=db_url, queue_forecast_ttl_s=60.0)
     with TestClient(create_app(settings)) as client:
         a = submit(client, world, spec, "alice", [1])
         assert client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] == 1
         client.patch("/api/v1/teams/team-a", json={"budget_gpu_hours": 0}, headers=world.h("root"))
-        time.sleep(2.1)
+        # Fresh: within the TTL the page answers from the forecast it has.
+        assert client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] == 1
+        now[0] += 61
         # Stale: this request answers from the old forecast and starts a refresh off its path.
         assert client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] == 1
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while client.get(f"/api/v1/runs/{a[0]}", headers=world.h("alice")).json()["queue_position"] is not None:
             assert time.monotonic() < deadline, "the background refresh never landed"
             time.sleep(0.05)
