@@ -358,8 +358,9 @@ def smoke_documents() -> list[str]:
 
 def _parse_python(source: str, attempts: int = 3) -> "ast.Module":
     """ast.parse, tried again on CPython 3.11.7's spurious "AST constructor recursion depth
-    mismatch" (gh-106905): a garbage-collector finalizer that runs another thread mid-parse
-    trips it, and parsing is pure, so a second try is the same parse."""
+    mismatch" (gh-106905): a garbage-collector finalizer that logs a traceback mid-parse
+    parses too (3.11's traceback carets), which trips it; parsing is pure, so a second try
+    is the same parse."""
     import ast
 
     for attempt in range(attempts):
