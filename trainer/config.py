@@ -97,6 +97,15 @@ class TrainerConfig:
     ve_enabled: bool = knob(False, "Value embeddings added to V on VE_LAYERS.")
     ve_dim: int = knob(128, "Value embedding width before projection.", min=1, max=4096)
     ve_layers: str = knob("9,10", "Comma-separated layer indices that get value embeddings.")
+    # --- frontier model-side knobs (the 2026-04-27 record's architecture; all off by default) ---
+    num_loops: int = knob(0, "Depth recurrence: blocks LOOP_START..LOOP_END run NUM_LOOPS more times in a row once looping is on "
+                          "(the 2026-04-27 record: 2, so 3 passes of layers 3-5); the U-Net halves split the looped order. 0 disables.",
+                          min=0, max=8)
+    loop_start: int = knob(3, "First block of the looped segment (NUM_LOOPS > 0).", min=0, max=63)
+    loop_end: int = knob(5, "Last block of the looped segment, inclusive (NUM_LOOPS > 0).", min=0, max=63)
+    enable_looping_at: float = knob(0.35, "Training fraction (step/ITERATIONS, or elapsed/cap under a wallclock cap, the larger) "
+                                    "from which the loop runs; before it the blocks run once. Evaluation always loops.",
+                                    min=0.0, max=1.0)
     residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
                                "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
                                choices=("bf16", "fp32"))
@@ -294,6 +303,9 @@ class TrainerConfig:
         else:
             if any(not 0 <= i < self.num_layers for i in layers) and self.ve_enabled:
                 bad("VE_LAYERS", f"each layer must be in [0, {self.num_layers - 1}]")
+        # frontier model-side knobs
+        if self.num_loops and not self.loop_start <= self.loop_end < self.num_layers:
+            bad("LOOP_END", f"must be >= LOOP_START={self.loop_start} and < NUM_LAYERS={self.num_layers} while NUM_LOOPS > 0")
         if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:
             bad("MUON_BACKEND_STEPS", "must be <= 5 with MUON_NS_COEFFS=polar_express (it has 5 iterations' coefficients)")
         if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:

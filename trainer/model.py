@@ -270,6 +270,21 @@ class ValueEmbedding(nn.Module):
         return self.proj(self.table(idx))
 
 
+def block_order(cfg: TrainerConfig, looping: bool) -> tuple[list[int], list[int]]:
+    """The blocks run by the encoder (first) half and the decoder half, in order.
+
+    Without looping: 0..L-1 split at L//2. With NUM_LOOPS = n looping:
+    0..s-1, then [s..e] n+1 times, then e+1..L-1 (s = LOOP_START, e = LOOP_END), split at
+    half its length, so skip connections pair positions of the looped order.
+    """
+    order = list(range(cfg.num_layers))
+    if cfg.num_loops and looping:
+        segment = list(range(cfg.loop_start, cfg.loop_end + 1))
+        order = order[: cfg.loop_start] + segment * (cfg.num_loops + 1) + order[cfg.loop_end + 1:]
+    half = len(order) // 2
+    return order[:half], order[half:]
+
+
 class GPT(nn.Module):
     """The language model; ``forward_logits(idx)`` and ``forward(idx, targets) -> mean CE``."""
 
@@ -288,7 +303,11 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, i >= first_xsa, use_fa3) for i in range(cfg.num_layers))
         self.ve_layers = {layer: n for n, layer in enumerate(cfg.ve_layer_list)} if cfg.ve_enabled else {}
         self.ve = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, cfg.num_kv_heads * cfg.head_dim, len(self.ve_layers)) if self.ve_layers else None
-        self.num_skips = cfg.num_layers // 2 if cfg.unet_skips else 0
+        # Depth recurrence: the blocks' order when looping; off until train.py's schedule turns it
+        # on, then on for every evaluation (GPT starts with it on, as the record's eval models do).
+        self.looping = cfg.num_loops > 0
+        encoder, decoder = block_order(cfg, self.looping)
+        self.num_skips = min(len(encoder), len(decoder)) if cfg.unet_skips else 0
         self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim)) if self.num_skips else None
         self.lm_head = None
         if not cfg.tie_embeddings:
@@ -319,17 +338,23 @@ class GPT(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         x0 = x
         ve = self.ve(idx) if self.ve is not None else None
+        encoder, decoder = block_order(self.cfg, self.looping)
         skips: list[Tensor] = []
-        for i, block in enumerate(self.blocks):
-            if i >= self.num_skips and skips:
-                x = x + self.skip_weights[i - self.num_skips].to(x.dtype) * skips.pop()
-            ve_i = None
-            if i in self.ve_layers:
-                ve_i = self.ve.ve_scale[self.ve_layers[i]].to(ve.dtype) * ve
-            x = block(x, x0, ve_i)
-            if i < self.num_skips:
+        for i in encoder:
+            x = self.blocks[i](x, x0, self._ve_for(i, ve))
+            if self.num_skips:
                 skips.append(x)
+        for j, i in enumerate(decoder):
+            if j < self.num_skips and skips:
+                x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
+            x = self.blocks[i](x, x0, self._ve_for(i, ve))
         return rms_norm(x)
+
+    def _ve_for(self, layer: int, ve: Tensor | None) -> Tensor | None:
+        """Block LAYER's value embedding, ve_scale[layer] · ve, or None."""
+        if layer not in self.ve_layers:
+            return None
+        return self.ve.ve_scale[self.ve_layers[layer]].to(ve.dtype) * ve
 
     def forward_logits(self, idx: Tensor) -> Tensor:
         """Soft-capped logits c·tanh(z/c), float32 [B, T, V]."""

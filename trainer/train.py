@@ -33,7 +33,7 @@ from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig
 from trainer.data import TokenStream, load_val_tokens, read_shard_header, shard_files
 from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt
-from trainer.model import GPT, count_parameters
+from trainer.model import GPT, block_order, count_parameters
 from trainer.optim import build_optimizers, set_schedule
 from trainer.quant import dequantize, pack_artifact, quantize_state_dict, unpack_artifact
 
@@ -125,6 +125,15 @@ def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
         remaining_ms = cfg.max_wallclock_seconds * 1000.0 - elapsed_ms
         scale = min(scale, remaining_ms / (cfg.warmdown_iters * elapsed_ms / step))
     return min(max(scale, cfg.min_lr), 1.0)
+
+
+def training_progress(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
+    """How far training is, in [0, 1]: step / ITERATIONS, or under a wallclock cap the larger
+    of that and elapsed / cap (the record's training fraction; ENABLE_LOOPING_AT compares to it)."""
+    frac = step / cfg.iterations
+    if cfg.max_wallclock_seconds > 0:
+        frac = max(frac, elapsed_ms / (cfg.max_wallclock_seconds * 1000.0))
+    return min(frac, 1.0)
 
 
 class StepClock:
@@ -327,6 +336,9 @@ def train(cfg: TrainerConfig) -> dict:
             # The last warm-up step runs with late QAT on, so its graph is compiled
             # here rather than inside the timed loop when QAT switches on.
             model.set_qat(cfg.qat_enabled and i == cfg.warmup_steps - 1 and cfg.warmup_steps > 1)
+            # Depth recurrence: the second half of the warm-up runs looped (and QAT comes on
+            # while looping), so both graphs the timed loop uses are compiled here.
+            model.looping = cfg.num_loops > 0 and (i >= cfg.warmup_steps // 2 or cfg.enable_looping_at == 0)
             train_step(0, 1.0)
         model.set_qat(False)
         model.load_state_dict(initial_weights)
@@ -356,6 +368,7 @@ def train(cfg: TrainerConfig) -> dict:
     sync()
     t0 = time.perf_counter()
     clock_cap = StepClock(cap_ms)
+    model.looping = cfg.num_loops > 0 and cfg.enable_looping_at == 0
     while step < cfg.iterations:
         synced = clock_cap.near  # agreed on every rank: it follows from the agreed clock
         if synced:
@@ -369,6 +382,9 @@ def train(cfg: TrainerConfig) -> dict:
             log.line(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{cfg.iterations}")
             break
         scale = lr_scale_at(step, elapsed_ms, cfg)
+        if cfg.num_loops and not model.looping and training_progress(step, elapsed_ms, cfg) >= cfg.enable_looping_at:
+            model.looping = True
+            log.line(f"layer_loop:on step:{step} order:{block_order(cfg, True)}")
         if cfg.qat_enabled and not qat_on and scale < cfg.late_qat_threshold:
             model.set_qat(True)
             qat_on = True
@@ -413,6 +429,7 @@ def train(cfg: TrainerConfig) -> dict:
                 p.copy_(f.to(p.dtype))
         log.line(f"weights: {'swa of ' + str(swa_count) + ' snapshots' if swa_count else 'ema'}")
     model.set_qat(False)
+    model.looping = cfg.num_loops > 0  # evaluation always runs the looped model
     evaluate_pre_quant(step, train_ms)
 
     # --- artifact and its roundtrip ---------------------------------------------

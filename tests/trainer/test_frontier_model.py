@@ -1,0 +1,194 @@
+"""The 2026-04-27 record's model-side techniques as knobs (depth recurrence, parallel residuals, fused
+soft-capped cross-entropy, per-document attention), each checked against the record's own code.
+
+As in test_frontier.py, the record's ``train_gpt.py`` is read from ../shared/challenge at test time
+(never copied into the repository): its classes are executed from the file's syntax tree into one
+namespace, with stand-ins for what needs a GPU: the FlashAttention 3 stand-in of ../shared/reference
+(SDPA, and flex_attention for the varlen call) and, for the Triton kernels, a small CPU interpreter
+of the few ``tl`` operations they use.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import types
+
+import pytest
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from test_frontier import RECORD, record_tree
+from trainer.config import ConfigError, TrainerConfig
+from trainer.model import GPT, block_order
+from trainer.train import training_progress
+
+BOS = 1
+
+
+def fa3_standin() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("fa3_standin", RECORD.parents[4] / "reference" / "flash_attn_interface.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record_namespace(*names: str, **given) -> dict:
+    """The record's top-level definitions NAMES (decorators dropped), executed into one namespace
+    that starts as GIVEN plus the modules the record imports."""
+    wanted = set(names)
+    nodes = [n for n in record_tree().body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in wanted]
+    assert {n.name for n in nodes} == wanted, f"not in the record: {wanted - {n.name for n in nodes}}"
+    for n in nodes:
+        n.decorator_list = []
+    namespace: dict = {"torch": torch, "nn": nn, "F": F, "math": math, "Tensor": torch.Tensor, **given}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), str(RECORD), "exec"), namespace)
+    return namespace
+
+
+def record_gpt_class():
+    fa3 = fa3_standin()
+    ns = record_namespace("RMSNorm", "CastedLinear", "Rotary", "apply_rotary_emb", "CausalSelfAttention", "MLP", "Block", "GPT",
+                          "_build_cu_seqlens", "get_next_multiple_of_n",
+                          flash_attn_3_func=fa3.flash_attn_func, flash_attn_varlen_func=fa3.flash_attn_varlen_func,
+                          BOS_ID=BOS, FusedLeakyReLUSquareMLP=None, softcapped_cross_entropy=None)
+    return ns
+
+
+def record_hparams(cfg: TrainerConfig, **over) -> types.SimpleNamespace:
+    """The record's Hyperparameters for caddie's CFG; the record's own extras off (skip gates, smear gate,
+    attention gates) so the two models compute the same function."""
+    h = dict(logit_softcap=cfg.logit_softcap, tie_embeddings=True, tied_embed_init_std=0.005, fused_ce_enabled=False,
+             vocab_size=cfg.vocab_size, model_dim=cfg.model_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+             num_kv_heads=cfg.num_kv_heads, mlp_mult=cfg.mlp_mult, rope_base=cfg.rope_base, qk_gain_init=cfg.qk_gain_init,
+             train_seq_len=cfg.train_seq_len, ln_scale=cfg.ln_scale, rope_yarn=False, attn_out_gate_enabled=False,
+             attn_out_gate_src="proj", gate_window=12, gated_attn_enabled=False, gated_attn_init_std=0.01,
+             sparse_attn_gate_enabled=False, sparse_attn_gate_init_std=0.0, sparse_attn_gate_scale=1.0,
+             rope_dims=cfg.rope_dims, xsa_last_n=cfg.xsa_last_n, num_loops=cfg.num_loops, loop_start=cfg.loop_start,
+             loop_end=cfg.loop_end, skip_gates_enabled=False, parallel_start_layer=0,
+             parallel_final_lane="mean", smear_gate_enabled=False)
+    h.update(over)
+    return types.SimpleNamespace(**h)
+
+
+def mirror_rope_rows(w: torch.Tensor, heads: int, rope_dims: int) -> torch.Tensor:
+    """The record rotates each (x_j, x_{j+r/2}) pair by -θ where caddie rotates by +θ; negating the
+    second half of the rotary dims of q and k on both sides maps one onto the other exactly (q·k is
+    unchanged by the flip), so caddie's c_q/c_k rows are the record's with those rows negated."""
+    w = w.clone().unflatten(0, (heads, -1))
+    w[:, rope_dims // 2: rope_dims] *= -1
+    return w.flatten(0, 1)
+
+
+def randomise(model: nn.Module, seed: int) -> None:
+    """Every parameter random (zero-init projections and unit scales would hide the wiring)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and "lambdas" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+            else:
+                p.copy_(p + 0.3 * torch.randn(p.shape, generator=gen))
+
+
+def copy_record_weights(theirs: nn.Module, ours: GPT, cfg: TrainerConfig) -> None:
+    """Load the record model's weights (banks, per-block scalars, skip weights) into caddie's GPT."""
+    n, heads, kv = cfg.num_layers, cfg.num_heads, cfg.num_kv_heads
+    with torch.no_grad():
+        ours.tok_emb.weight.copy_(theirs.tok_emb.weight)
+        for i, block in enumerate(ours.blocks):
+            a = block.attn
+            a.c_q.weight.copy_(mirror_rope_rows(theirs.qo_bank[i], heads, cfg.rope_dims))
+            a.c_k.weight.copy_(mirror_rope_rows(theirs.kv_bank[i], kv, cfg.rope_dims))
+            a.c_v.weight.copy_(theirs.kv_bank[n + i])
+            a.proj.weight.copy_(theirs.qo_bank[n + i])
+            block.mlp.up.weight.copy_(theirs.mlp_up_bank[i])
+            block.mlp.down.weight.copy_(theirs.mlp_down_bank[i])
+            rb = theirs.blocks[i]
+            a.q_gain.copy_(rb.attn.q_gain)
+            block.resid_mix.copy_(rb.resid_mix)
+            block.attn_scale.copy_(rb.attn_scale)
+            block.mlp_scale.copy_(rb.mlp_scale)
+            if hasattr(block, "lane_resid"):
+                block.lane_resid.copy_(theirs.parallel_resid_lambdas[i])
+                block.lane_post.copy_(theirs.parallel_post_lambdas[i].flatten())
+        if ours.skip_weights is not None:
+            ours.skip_weights.copy_(theirs.skip_weights[: ours.num_skips])
+
+
+def model_pair(seed: int = 0, **knobs) -> tuple[nn.Module, GPT, TrainerConfig]:
+    """The record's GPT and caddie's, same shape and weights; caddie's extras (BigramHash, SmearGate) off."""
+    base = dict(num_layers=7, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64, bigram_vocab_size=0,
+                smear_gate=False, xsa_last_n=7, qk_gain_init=5.0, mlp_mult=2.0, train_seq_len=32, eval_seq_len=32,
+                eval_stride=16, train_batch_tokens=64)
+    base.update(knobs)
+    cfg = TrainerConfig.from_dict(base)
+    ns = record_gpt_class()
+    torch.manual_seed(seed)
+    theirs = ns["GPT"](record_hparams(cfg, parallel_start_layer=getattr(cfg, "parallel_start_layer", 0),
+                                      parallel_final_lane=getattr(cfg, "parallel_final_lane", "mean")))
+    randomise(theirs, seed)
+    theirs.eval()  # the record's MLP uses its Triton kernel only in training mode
+    ours = GPT(cfg)
+    copy_record_weights(theirs, ours, cfg)
+    ours.eval()
+    return theirs, ours, cfg
+
+
+def tokens(batch: int, length: int, vocab: int, seed: int, bos_every: int = 0) -> torch.Tensor:
+    idx = torch.randint(2, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    if bos_every:
+        idx[:, ::bos_every] = BOS
+    return idx
+
+
+# --- 1. depth recurrence ---------------------------------------------------------------
+
+
+def test_depth_recurrence_forward_equals_the_records():
+    theirs, ours, cfg = model_pair(num_loops=2, loop_start=2, loop_end=3)
+    assert block_order(cfg, True) == (theirs.encoder_indices, theirs.decoder_indices)
+    assert block_order(cfg, True) == ([0, 1, 2, 3, 2], [3, 2, 3, 4, 5, 6])
+    assert ours.num_skips == theirs.num_skip_weights == 5
+    x = tokens(2, 32, cfg.vocab_size, seed=1)
+    with torch.no_grad():
+        for looping in (True, False):
+            theirs.looping_active = ours.looping = looping
+            a, b = ours.forward_logits(x), theirs.forward_logits(x)
+            assert (a - b).abs().max() < 2e-4, looping
+    with torch.no_grad():
+        ours.looping = True
+        looped = ours.forward_logits(x)
+        ours.looping = False
+        assert (looped - ours.forward_logits(x)).abs().max() > 0.1  # the loop really changes the function
+    assert GPT(cfg).looping  # a fresh model (evaluation, the artifact's roundtrip) runs looped
+
+
+def test_looping_starts_at_the_records_training_fraction():
+    from test_frontier import record_function
+
+    # no cap: step / ITERATIONS
+    h = types.SimpleNamespace(iterations=2000)
+    frac = record_function("training_frac", h=h, max_wallclock_ms=None)
+    cfg = TrainerConfig(iterations=2000, max_wallclock_seconds=0, num_loops=2)
+    assert [training_progress(s, 0.0, cfg) for s in range(0, 2001, 50)] == pytest.approx([frac(s, 0.0) for s in range(0, 2001, 50)])
+    # under a cap: elapsed / cap (ITERATIONS far away, as in the record's runs)
+    frac = record_function("training_frac", h=types.SimpleNamespace(iterations=20000), max_wallclock_ms=600_000.0)
+    cfg = TrainerConfig(iterations=20000, max_wallclock_seconds=600, num_loops=2)
+    for step, ms in ((10, 1000.0), (1000, 210_000.0), (4000, 599_000.0)):
+        assert training_progress(step, ms, cfg) == pytest.approx(frac(step, ms))
+
+
+def test_depth_recurrence_knobs_are_validated():
+    with pytest.raises(ConfigError, match="LOOP_END"):
+        TrainerConfig.from_dict({"NUM_LOOPS": 2, "LOOP_START": 5, "LOOP_END": 3})
+    with pytest.raises(ConfigError, match="LOOP_END"):
+        TrainerConfig.from_dict({"NUM_LOOPS": 2, "LOOP_END": 11})
+    with pytest.raises(ConfigError, match="NUM_LOOPS"):
+        TrainerConfig.from_dict({"NUM_LOOPS": 9})
+    TrainerConfig.from_dict({"LOOP_START": 5, "LOOP_END": 3})  # ignored while NUM_LOOPS=0
+    cfg = TrainerConfig.from_dict({"NUM_LOOPS": 2})
+    assert block_order(cfg, True) == ([0, 1, 2, 3, 4, 5, 3, 4], [5, 3, 4, 5, 6, 7, 8, 9, 10])  # the record's 11-layer stack
