@@ -106,6 +106,11 @@ class TrainerConfig:
     enable_looping_at: float = knob(0.35, "Training fraction (step/ITERATIONS, or elapsed/cap under a wallclock cap, the larger) "
                                     "from which the loop runs; before it the blocks run once. Evaluation always loops.",
                                     min=0.0, max=1.0)
+    parallel_start_layer: int = knob(0, "Parallel residuals: decoder blocks from this one on keep two lanes, attention reading lane 0 "
+                                     "and the MLP lane 1, each output written to both with learned weights (the 2026-04-27 record: 8). "
+                                     "0 disables.", min=0, max=63)
+    parallel_final_lane: str = knob("mean", "What the parallel lanes hand to the final norm: their mean, lane 0 (attn) or lane 1 (mlp).",
+                                    choices=("mean", "attn", "mlp"))
     residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
                                "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
                                choices=("bf16", "fp32"))
@@ -306,6 +311,11 @@ class TrainerConfig:
         # frontier model-side knobs
         if self.num_loops and not self.loop_start <= self.loop_end < self.num_layers:
             bad("LOOP_END", f"must be >= LOOP_START={self.loop_start} and < NUM_LAYERS={self.num_layers} while NUM_LOOPS > 0")
+        if self.parallel_start_layer and not self.num_layers // 2 <= self.parallel_start_layer < self.num_layers:
+            bad("PARALLEL_START_LAYER", f"must be in the decoder half, [{self.num_layers // 2}, {self.num_layers - 1}]")
+        elif self.parallel_start_layer and self.num_loops and self.parallel_start_layer <= self.loop_end:
+            # the looped order revisits blocks below LOOP_END after later ones: lanes could not resume
+            bad("PARALLEL_START_LAYER", f"must be > LOOP_END={self.loop_end} while NUM_LOOPS > 0")
         if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:
             bad("MUON_BACKEND_STEPS", "must be <= 5 with MUON_NS_COEFFS=polar_express (it has 5 iterations' coefficients)")
         if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:

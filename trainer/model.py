@@ -242,12 +242,28 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.ln_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+        # Parallel residuals (PARALLEL_START_LAYER): per-lane residual weights r (init 1.1) and the
+        # weights p with which the attention and MLP outputs enter each lane (init 1), as the record.
+        self.parallel = bool(cfg.parallel_start_layer) and layer >= cfg.parallel_start_layer
+        if self.parallel:
+            self.lane_resid = nn.Parameter(torch.full((2,), 1.1))
+            self.lane_post = nn.Parameter(torch.ones(4))  # [attn->lane0, attn->lane1, mlp->lane0, mlp->lane1]
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
         x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+
+    def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Two lanes, attention and MLP side by side:
+        a = attn_scale·Attn(rms(m0·lane0 + m1·x0)·s),  m = mlp_scale·MLP(rms(lane1)·s),
+        lane0 <- r0·lane0 + p0·a + p2·m,  lane1 <- r1·lane1 + p1·a + p3·m."""
+        mix = self.resid_mix.to(lane0.dtype)
+        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(rms_norm(mix[0] * lane0 + mix[1] * x0) * self.ln_scale, ve)
+        mlp_out = self.mlp_scale.to(lane1.dtype) * self.mlp(rms_norm(lane1) * self.ln_scale)
+        r, p = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
+        return r[0] * lane0 + p[0] * attn_out + p[2] * mlp_out, r[1] * lane1 + p[1] * attn_out + p[3] * mlp_out
 
 
 class ValueEmbedding(nn.Module):
@@ -344,10 +360,23 @@ class GPT(nn.Module):
             x = self.blocks[i](x, x0, self._ve_for(i, ve))
             if self.num_skips:
                 skips.append(x)
+        lanes: tuple[Tensor, Tensor] | None = None  # parallel residuals, from PARALLEL_START_LAYER on
         for j, i in enumerate(decoder):
+            block = self.blocks[i]
+            if block.parallel and lanes is None:
+                lanes = (x, x)
             if j < self.num_skips and skips:
-                x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
-            x = self.blocks[i](x, x0, self._ve_for(i, ve))
+                if lanes is None:
+                    x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
+                else:  # the skip enters the attention lane
+                    lanes = (lanes[0] + self.skip_weights[j].to(x.dtype) * skips.pop(), lanes[1])
+            if lanes is None:
+                x = block(x, x0, self._ve_for(i, ve))
+            else:
+                lanes = block.forward_lanes(*lanes, x0, self._ve_for(i, ve))
+        if lanes is not None:
+            final = self.cfg.parallel_final_lane
+            x = lanes[0] if final == "attn" else lanes[1] if final == "mlp" else 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
     def _ve_for(self, layer: int, ve: Tensor | None) -> Tensor | None:

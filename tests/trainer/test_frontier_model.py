@@ -192,3 +192,51 @@ def test_depth_recurrence_knobs_are_validated():
     TrainerConfig.from_dict({"LOOP_START": 5, "LOOP_END": 3})  # ignored while NUM_LOOPS=0
     cfg = TrainerConfig.from_dict({"NUM_LOOPS": 2})
     assert block_order(cfg, True) == ([0, 1, 2, 3, 4, 5, 3, 4], [5, 3, 4, 5, 6, 7, 8, 9, 10])  # the record's 11-layer stack
+
+
+# --- 2. parallel residuals -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("final_lane", ["mean", "attn", "mlp"])
+def test_parallel_residual_forward_equals_the_records(final_lane):
+    theirs, ours, cfg = model_pair(seed=3, parallel_start_layer=5, parallel_final_lane=final_lane)
+    assert [b.parallel for b in ours.blocks] == [False] * 5 + [True] * 2
+    x = tokens(2, 32, cfg.vocab_size, seed=4)
+    with torch.no_grad():
+        a, b = ours.forward_logits(x), theirs.forward_logits(x)
+        assert (a - b).abs().max() < 2e-4
+        for block in ours.blocks:  # the same weights run as plain blocks give another function: the lanes matter
+            block.parallel = False
+        assert (ours.forward_logits(x) - a).abs().max() > 0.1
+
+
+def test_parallel_residuals_with_depth_recurrence_equal_the_records():
+    # the record's stack: loop 3-5 twice, parallel from 8, on 11 layers
+    theirs, ours, cfg = model_pair(seed=5, num_layers=11, xsa_last_n=11, num_loops=2, loop_start=3, loop_end=5,
+                                   parallel_start_layer=8)
+    x = tokens(2, 32, cfg.vocab_size, seed=6)
+    theirs.looping_active = True
+    with torch.no_grad():
+        assert (ours.forward_logits(x) - theirs.forward_logits(x)).abs().max() < 2e-4
+    # gradients flow into the lane weights, which the optimiser and the artifact treat as control tensors
+    from trainer.optim import split_parameters
+    from trainer.quant import is_control_tensor
+
+    ours.train()
+    ours(x, x).backward()
+    lane = [(n, p) for n, p in ours.named_parameters() if "lane_" in n]
+    assert len(lane) == 6 and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in lane)
+    scalars = {id(p) for p in split_parameters(ours)["scalar"]}
+    assert all(id(p) in scalars and is_control_tensor(n, p) for n, p in lane)
+
+
+def test_parallel_residual_knobs_are_validated():
+    with pytest.raises(ConfigError, match="PARALLEL_START_LAYER"):
+        TrainerConfig.from_dict({"PARALLEL_START_LAYER": 3})  # encoder half of 11 layers
+    with pytest.raises(ConfigError, match="PARALLEL_START_LAYER"):
+        TrainerConfig.from_dict({"PARALLEL_START_LAYER": 11})
+    with pytest.raises(ConfigError, match="PARALLEL_START_LAYER=5: must be > LOOP_END"):
+        TrainerConfig.from_dict({"PARALLEL_START_LAYER": 5, "NUM_LOOPS": 2, "LOOP_START": 3, "LOOP_END": 5})
+    with pytest.raises(ConfigError, match="PARALLEL_FINAL_LANE"):
+        TrainerConfig.from_dict({"PARALLEL_FINAL_LANE": "sum"})
+    TrainerConfig.from_dict({"PARALLEL_START_LAYER": 8, "NUM_LOOPS": 2})
