@@ -111,6 +111,8 @@ class TrainerConfig:
                                      "0 disables.", min=0, max=63)
     parallel_final_lane: str = knob("mean", "What the parallel lanes hand to the final norm: their mean, lane 0 (attn) or lane 1 (mlp).",
                                     choices=("mean", "attn", "mlp"))
+    fused_ce: bool = knob(False, "Training loss as one soft-capped cross-entropy that keeps only the raw logits and recomputes "
+                          "c·tanh(x/c) in the backward (the 2026-04-27 record's fused kernel, in PyTorch); evaluation unchanged.")
     residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
                                "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
                                choices=("bf16", "fp32"))
@@ -316,6 +318,8 @@ class TrainerConfig:
         elif self.parallel_start_layer and self.num_loops and self.parallel_start_layer <= self.loop_end:
             # the looped order revisits blocks below LOOP_END after later ones: lanes could not resume
             bad("PARALLEL_START_LAYER", f"must be > LOOP_END={self.loop_end} while NUM_LOOPS > 0")
+        if self.fused_ce and self.logit_softcap <= 0:
+            bad("FUSED_CE", "needs LOGIT_SOFTCAP > 0 (it is the soft-capped cross-entropy)")
         if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:
             bad("MUON_BACKEND_STEPS", "must be <= 5 with MUON_NS_COEFFS=polar_express (it has 5 iterations' coefficients)")
         if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:

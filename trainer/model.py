@@ -286,6 +286,32 @@ class ValueEmbedding(nn.Module):
         return self.proj(self.table(idx))
 
 
+class SoftcappedCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of soft-capped logits, z = c·tanh(x/c):  loss = logsumexp(z) - z[target].
+
+    The backward recomputes z from the raw logits x instead of keeping it (the record's fused
+    Triton kernel does the same in one pass on the GPU):
+    dloss/dx = g · (softmax(z) - onehot(target)) · (1 - tanh²(x/c)).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, softcap: float) -> Tensor:
+        z = softcap * torch.tanh(logits.float() / softcap)
+        lse = torch.logsumexp(z, dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.softcap = softcap
+        return lse - z.gather(1, targets[:, None]).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None, None]:
+        logits, targets, lse = ctx.saved_tensors
+        t = torch.tanh(logits.float() / ctx.softcap)
+        grad = torch.exp(ctx.softcap * t - lse[:, None])
+        grad.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))
+        grad = grad * grad_loss[:, None].float() * (1.0 - t * t)
+        return grad.to(logits.dtype), None, None
+
+
 def block_order(cfg: TrainerConfig, looping: bool) -> tuple[list[int], list[int]]:
     """The blocks run by the encoder (first) half and the decoder half, in order.
 
@@ -385,16 +411,22 @@ class GPT(nn.Module):
             return None
         return self.ve.ve_scale[self.ve_layers[layer]].to(ve.dtype) * ve
 
+    def raw_logits(self, idx: Tensor) -> Tensor:
+        """Logits before the soft cap, in the compute dtype [B, T, V]."""
+        h = self.hidden(idx)
+        return self.lm_head(h) if self.lm_head is not None else F.linear(h, self.tok_emb.weight.to(h.dtype))
+
     def forward_logits(self, idx: Tensor) -> Tensor:
         """Soft-capped logits c·tanh(z/c), float32 [B, T, V]."""
-        h = self.hidden(idx)
-        z = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.tok_emb.weight.to(h.dtype))
-        z = z.float()
+        z = self.raw_logits(idx).float()
         c = self.cfg.logit_softcap
         return c * torch.tanh(z / c) if c > 0 else z
 
     def forward(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy (nats)."""
+        if self.cfg.fused_ce:
+            z = self.raw_logits(idx)
+            return SoftcappedCrossEntropy.apply(z.reshape(-1, z.size(-1)), targets.reshape(-1), self.cfg.logit_softcap).mean()
         logits = self.forward_logits(idx)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 

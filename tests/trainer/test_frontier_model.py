@@ -240,3 +240,122 @@ def test_parallel_residual_knobs_are_validated():
     with pytest.raises(ConfigError, match="PARALLEL_FINAL_LANE"):
         TrainerConfig.from_dict({"PARALLEL_FINAL_LANE": "sum"})
     TrainerConfig.from_dict({"PARALLEL_START_LAYER": 8, "NUM_LOOPS": 2})
+
+
+# --- 3. fused soft-capped cross-entropy -------------------------------------------------
+
+
+class TritonOnCPU:
+    """Just enough of ``triton.language`` to run the record's two cross-entropy kernels on the CPU,
+    one program (row) at a time: pointers are (flat tensor, element offsets)."""
+
+    constexpr = object
+    float32, int32, int64 = torch.float32, torch.int32, torch.int64
+
+    class Ptr:
+        def __init__(self, flat: torch.Tensor, off=0):
+            self.flat, self.off = flat, off
+
+        def __add__(self, k):
+            return TritonOnCPU.Ptr(self.flat, self.off + k)
+
+    def __init__(self):
+        self.pid = 0
+
+    def program_id(self, axis: int) -> torch.Tensor:
+        return torch.tensor(self.pid)
+
+    arange = staticmethod(torch.arange)
+    sigmoid, exp, log = staticmethod(torch.sigmoid), staticmethod(torch.exp), staticmethod(torch.log)
+
+    @staticmethod
+    def where(c, a, b):
+        return torch.where(c, torch.as_tensor(a), torch.as_tensor(b))
+
+    @staticmethod
+    def max(x, axis):
+        return x.max(dim=axis).values
+
+    @staticmethod
+    def maximum(a, b):
+        return torch.maximum(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+
+    @staticmethod
+    def sum(x, axis):
+        return x.sum(dim=axis)
+
+    @staticmethod
+    def load(ptr, mask=None, other=0.0):
+        off = torch.as_tensor(ptr.off)
+        if mask is None:
+            return ptr.flat[off]
+        vals = ptr.flat[off.clamp(0, ptr.flat.numel() - 1)]
+        return torch.where(mask, vals, torch.tensor(other, dtype=vals.dtype))
+
+    @staticmethod
+    def store(ptr, val, mask=None):
+        off = torch.as_tensor(ptr.off)
+        val = torch.as_tensor(val).to(ptr.flat.dtype)
+        if mask is None:
+            ptr.flat[off] = val
+        else:
+            ptr.flat[off[mask]] = val[mask]
+
+    def launch(self, kernel, rows: int, *args, **kw) -> None:
+        args = [TritonOnCPU.Ptr(a.view(-1)) if isinstance(a, torch.Tensor) else a for a in args]
+        for self.pid in range(rows):
+            kernel(*args, **kw)
+
+
+def record_softcapped_ce(logits: torch.Tensor, targets: torch.Tensor, grad_losses: torch.Tensor, softcap: float, block: int):
+    """(losses, grad_logits) of the record's forward and backward Triton kernels, run on the CPU."""
+    tl = TritonOnCPU()
+    ns = record_namespace("_softcapped_ce_fwd_kernel", "_softcapped_ce_bwd_kernel", tl=tl)
+    n, v = logits.shape
+    losses, lse = torch.empty(n), torch.empty(n)
+    tl.launch(ns["_softcapped_ce_fwd_kernel"], n, logits, losses, lse, targets, logits.stride(0), logits.stride(1),
+              n, v, softcap, block_size=block)
+    grad = torch.empty_like(logits)
+    tl.launch(ns["_softcapped_ce_bwd_kernel"], n, grad, grad_losses, lse, logits, targets, logits.stride(0), logits.stride(1),
+              grad.stride(0), grad.stride(1), n, v, softcap, block_size=block)
+    return losses, grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_softcapped_ce_equals_the_records_kernels(dtype):
+    from trainer.model import SoftcappedCrossEntropy
+
+    gen = torch.Generator().manual_seed(7)
+    n, v, c = 12, 300, 30.0
+    logits = (torch.randn(n, v, generator=gen) * 25).to(dtype)  # large enough that the cap bends them
+    targets = torch.randint(0, v, (n,), generator=gen)
+    g = torch.rand(n, generator=gen)
+    theirs_loss, theirs_grad = record_softcapped_ce(logits, targets, g, c, block=128)  # 3 column blocks, the last one masked
+    x = logits.clone().requires_grad_(True)
+    loss = SoftcappedCrossEntropy.apply(x, targets, c)
+    (loss * g).sum().backward()
+    assert x.grad.dtype == dtype
+    assert torch.allclose(loss, theirs_loss, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(x.grad.float(), theirs_grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+    # and both equal the eager soft cap + F.cross_entropy that evaluation uses
+    z = c * torch.tanh(logits.float() / c)
+    assert torch.allclose(loss, F.cross_entropy(z, targets, reduction="none"), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_ce_model_loss_and_gradients_equal_the_unfused_ones():
+    cfg = dict(num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64, bigram_vocab_size=16,
+               bigram_dim=8, xsa_last_n=1, train_seq_len=16, eval_seq_len=16, eval_stride=8, train_batch_tokens=32)
+    torch.manual_seed(0)
+    plain = GPT(TrainerConfig.from_dict(cfg))
+    randomise(plain, 8)
+    fused = GPT(TrainerConfig.from_dict({**cfg, "fused_ce": True}))
+    fused.load_state_dict(plain.state_dict())
+    x, y = tokens(2, 16, 64, seed=9), tokens(2, 16, 64, seed=10)
+    a, b = plain(x, y), fused(x, y)
+    a.backward()
+    b.backward()
+    assert torch.allclose(a, b, rtol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+    with pytest.raises(ConfigError, match="FUSED_CE"):
+        TrainerConfig.from_dict({"FUSED_CE": 1, "LOGIT_SOFTCAP": 0})
