@@ -105,7 +105,7 @@ def _pick(rng: random.Random, spread: list[tuple[str, float]]) -> str:
 
 def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], rng: random.Random):
     """Yield COPY rows for ``n`` runs in groups of 1-3 seeds, oldest first."""
-    from service.runs import NormalisedSpec
+    from service.runs.spec import NormalisedSpec
 
     start = datetime.now(UTC) - timedelta(days=120)
     step = timedelta(days=120) / max(n, 1)
@@ -150,8 +150,8 @@ def seed_database(url: str, runs: int) -> Seeded:
     """Teams, users, tokens through the service's own functions; runs by COPY (fast)."""
     from sqlalchemy import text
 
-    from service import accounts
-    from service.db import get_engine, get_sessionmaker
+    from service.teams import accounts
+    from service.core.db import get_engine, get_sessionmaker
 
     t0 = time.perf_counter()
     rng = random.Random(1234)
@@ -388,7 +388,7 @@ def machine(load_at_start: str = "") -> str:
 def pg_version(url: str) -> str:
     from sqlalchemy import text
 
-    from service.db import get_engine
+    from service.core.db import get_engine
 
     with get_engine(url).connect() as conn:
         return str(conn.execute(text("SHOW server_version")).scalar())
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"database {url}", file=sys.stderr)
     api = None
     try:
-        from service.migrate import upgrade
+        from service.core.migrate import upgrade
 
         upgrade(url)
         seeded = seed_database(url, args.runs)
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if api is not None:
             stop_api(api)
-        from service.db import dispose_engines
+        from service.core.db import dispose_engines
 
         dispose_engines()
         if not args.keep_db:

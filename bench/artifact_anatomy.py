@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import lzma
-import math
 import re
 import sys
 import time
@@ -44,7 +43,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.quant import QUANT_SMALL_NUMEL, is_control_tensor, quantize_state_dict  # noqa: E402
+from trainer.quant import QUANT_SMALL_NUMEL, quantize_state_dict  # noqa: E402
 
 REF_INT6_PERCENTILES = (0.9990, 0.9995, 0.9999, 0.99999, 1.0)
 REF_INT8_ROW_QUANTILE = 0.9999984

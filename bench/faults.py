@@ -58,8 +58,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
-from service.models import Run, RunEvent  # noqa: E402
-from worker.lease import holder_gone, is_dispatch_mark  # noqa: E402
+from service.core.models import Run, RunEvent  # noqa: E402
+from worker.run.lease import holder_gone, is_dispatch_mark  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
 
 DEFAULTS = WorkerSettings(_env_file=None)  # caddie's defaults: the numbers the scenarios run under
@@ -623,9 +623,9 @@ class Suite:
 
 
 def bootstrap(db_url: str) -> dict[str, str]:
-    from service import accounts
-    from service.db import get_sessionmaker
-    from service.migrate import upgrade
+    from service.teams import accounts
+    from service.core.db import get_sessionmaker
+    from service.core.migrate import upgrade
 
     upgrade(db_url)
     with get_sessionmaker(db_url)() as session:

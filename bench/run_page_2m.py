@@ -3,7 +3,7 @@
     python bench/run_page_2m.py [--lines 2000000] [--out bench/results/run_page_2m.md]
 
 On a fresh PostgreSQL database of the shared server (created and dropped here), the worker's own
-path stores the log: worker.run_log.RunLog reads a 2M-line log in the local launcher's 1 MiB
+path stores the log: worker.run.log_stream.RunLog reads a 2M-line log in the local launcher's 1 MiB
 reads, stores its chunks (under CADDIE_LOG_MAX_BYTES) and its metric points (thinned under
 CADDIE_MAX_TRAIN_POINTS), as an executor does. Then the API (in-process, default settings)
 serves the run page and every page of GET /runs/{id}/metrics, timed.
@@ -25,13 +25,13 @@ from sqlalchemy import func, select
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service import accounts  # noqa: E402
+from service.teams import accounts  # noqa: E402
 from service.api.app import create_app  # noqa: E402
-from service.db import get_sessionmaker  # noqa: E402
-from service.models import LogChunk, Metric, Run, utcnow  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.core.db import get_sessionmaker  # noqa: E402
+from service.core.models import LogChunk, Metric, Run, utcnow  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 from tests.fresh_db import fresh_database  # noqa: E402
-from worker.run_log import RunLog  # noqa: E402
+from worker.run.log_stream import RunLog  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
 
 

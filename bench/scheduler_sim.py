@@ -1,5 +1,5 @@
-"""Scheduler simulation (issue 13 item 6): the real policy, ``service.scheduling.policy.pick_runs_to_start``
-(what ``worker.scheduler`` dispatches with),
+"""Scheduler simulation (issue 13 item 6): the real policy, ``service.queue.policy.pick_runs_to_start``
+(what ``worker.control.dispatch`` dispatches with),
 on a simulated clock. Not a test; seeded and deterministic.
 
 World: 3 teams weighing 1:1:2 submit 300 runs (team picked uniformly, arrival
@@ -17,7 +17,7 @@ the node is released when the run ends.
 The policy is called at every instant something changes (a submission, a node
 ready or free, a preemption), as the worker's submit hook and beat do, with:
 capacity {"H100:8": 4}; the runs PROVISIONING or RUNNING; each team's usage as
-the scheduler measures it (``service.accounting``: GPUs x the time each of its
+the scheduler measures it (``service.billing.accounting``: GPUs x the time each of its
 runs' attempts held a node, from dispatch to release) and its weight; no budgets.
 
 Early abort (``--losing-share``): that share of the runs is losing; with early
@@ -42,13 +42,12 @@ from __future__ import annotations
 import argparse
 import heapq
 import random
-import statistics
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from service.scheduling.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start
 
 HARDWARE = "H100:8"
 GPUS = 8
@@ -82,7 +81,7 @@ class SimRun:
     status: str = "QUEUED"
     first_dispatch: float | None = None
     running_since: float | None = None  # RUNNING start of the current attempt
-    billed_since: float | None = None  # dispatch of the current attempt (billed from there, service.accounting)
+    billed_since: float | None = None  # dispatch of the current attempt (billed from there, service.billing.accounting)
     billed_s: float = 0.0  # node-seconds of its closed attempts
     losing: bool = False
     finished: float | None = None
@@ -237,7 +236,7 @@ def simulate(world: World) -> Outcome:
             lost_s += now - (r.running_since or now)
             preemptions += 1
             nodes[r.node].released, nodes[r.node].run = now, None
-            r.status, r.running_since, r.node = "QUEUED", None, None  # started_at goes back to None (service.lifecycle)
+            r.status, r.running_since, r.node = "QUEUED", None, None  # started_at goes back to None (service.runs.lifecycle)
             r.billed_s, r.billed_since = r.billed_s + now - (r.billed_since or now), None
         elif kind == "expire":
             node = nodes[ref]
@@ -317,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
 RESULT_HEAD = """# Scheduler simulation (issue 13 item 6)
 
-The real policy (`service.scheduling.policy.pick_runs_to_start`, what the worker's scheduler dispatches with) on a simulated clock:
+The real policy (`service.queue.policy.pick_runs_to_start`, what the worker's scheduler dispatches with) on a simulated clock:
 3 teams weighing 1:1:2, 300 runs arriving uniformly over 24 h, 4 nodes of H100:8;
 provisioning 4-8 min, setup 1 min + data download 2 min, 20 min of training,
 5% of attempts preempted. Warm reuse keeps a finished run's node for the
@@ -348,7 +347,7 @@ RESULT_TAIL = """
   (here: the whole simulation), so a team that submitted more runs earlier in
   the day waits longer later; that is the policy as built, not the simulator.
 - Usage is billed time (dispatch to release of each attempt, provisioning and
-  setup included), as service.accounting measures it and the scheduler reads it
+  setup included), as service.billing.accounting measures it and the scheduler reads it
   (before issue 13 item 2 it counted running time only: Jain was 0.97-1.00 with
   warm reuse and 0.955-0.998 without). A cold node's 7-11 min before training is
   now charged to the team that got it, so with warm reuse off, where every run

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from service.models import ApiToken, Metric, Run, RunEvent, Team, User
-from service.queue_schemas import POSITION_HELP, REASON_HELP, START_HELP
-from service.settings import TRACKS
-from service.text import NOTE_WHITESPACE, text_problem
+from service.core.models import ApiToken, Metric, Run, RunEvent, Team, User
+from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
+from service.core.settings import TRACKS
+from service.core.text import NOTE_WHITESPACE, text_problem
 
 NAME_MAX_CHARS = 200
 NOTES_MAX_CHARS = 10_000
@@ -28,7 +28,7 @@ Handle = Annotated[str, Field(pattern=HANDLE_PATTERN, description=HANDLE_RULE)]
 
 
 def plain_text(text: str) -> str:
-    """A name: no control characters, no terminal escapes (see service/text.py)."""
+    """A name: no control characters, no terminal escapes (see service/core/text.py)."""
     problem = text_problem(text)
     if problem:
         raise ValueError(problem)
@@ -49,8 +49,8 @@ NoteText = Annotated[str, AfterValidator(note_text)]
 
 def spec_config_schema(schema: dict[str, Any]) -> None:
     """The OpenAPI schema of a spec's ``config``: the trainer's knob rules, less
-    the knobs a spec may not set (see service.runs.RESERVED_KNOBS)."""
-    from service.runs import RESERVED_KNOBS  # service.runs imports this module
+    the knobs a spec may not set (see service.runs.spec.RESERVED_KNOBS)."""
+    from service.runs.spec import RESERVED_KNOBS  # service.runs.spec imports this module
     from trainer.config import TrainerConfig
 
     knobs = TrainerConfig.json_schema()
@@ -72,7 +72,7 @@ class ScriptFileUpload(Strict):
 
 
 class AbortIfBehind(Strict):
-    """Stop the run early if it is clearly losing (service.early_abort)."""
+    """Stop the run early if it is clearly losing (service.runs.early_abort)."""
 
     step: int = Field(ge=1, le=1_000_000, description="the step at which its train loss is compared with the team's best run's "
                                                        "(same track and hardware, SUCCEEDED) at that step; must be a step the trainer logs")
@@ -152,7 +152,7 @@ class RunOut(BaseModel):
     checks_verdict: str | None
     abort_if_behind: dict[str, Any] | None
     saved_seconds: float | None = Field(description="ABORTED_BEHIND: node seconds its early abort saved (its expected time minus what it used)")
-    # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue).
+    # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue.positions).
     queue_position: int | None = Field(None, description=POSITION_HELP)
     estimated_start_at: datetime | None = Field(None, description=START_HELP)
     waiting_reason: str | None = Field(None, description=REASON_HELP)

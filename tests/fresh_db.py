@@ -27,7 +27,7 @@ def empty_database() -> Iterator[str]:
     try:
         yield url
     finally:
-        from service.db import get_engine
+        from service.core.db import get_engine
 
         get_engine(url).dispose()  # the process's pooled connections would block the drop
         with admin.connect() as conn:
@@ -38,7 +38,7 @@ def empty_database() -> Iterator[str]:
 @contextmanager
 def fresh_database() -> Iterator[str]:
     """URL of a brand-new database, migrated to head; dropped on exit."""
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
 
     with empty_database() as url:
         upgrade(url)

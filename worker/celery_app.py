@@ -134,7 +134,7 @@ def _exit_at_once_on_unrecoverable_error(sender: Any = None, **_: object) -> Non
     outage idled slots for the length of a run. The runs' jobs do not depend on this
     process (each trainer runs under its own supervisor or node), so exiting at once
     is a worker killed: the supervisor restarts it and the restarted worker re-attaches
-    to the runs (a dead holder on this host is taken over at once, worker.lease).
+    to the runs (a dead holder on this host is taken over at once, worker.run.lease).
     """
     if sender is None:
         return
@@ -154,6 +154,6 @@ def _exit_at_once_on_unrecoverable_error(sender: Any = None, **_: object) -> Non
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: object) -> None:
     # A forked pool child must not share the parent's database connections.
-    from service.db import dispose_engines
+    from service.core.db import dispose_engines
 
     dispose_engines()

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.accounts import create_admin
-from service.db import get_sessionmaker
-from service.migrate import upgrade
-from service.models import User
-from service.settings import Settings
+from service.teams.accounts import create_admin
+from service.core.db import get_sessionmaker
+from service.core.migrate import upgrade
+from service.core.models import User
+from service.core.settings import Settings
 from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
 

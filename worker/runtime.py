@@ -8,11 +8,11 @@ from functools import lru_cache
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.artifacts import ArtifactStore, make_artifact_store
-from service.db import get_sessionmaker
-from service.settings import get_settings
+from service.core.storage import ArtifactStore, make_artifact_store
+from service.core.db import get_sessionmaker
+from service.core.settings import get_settings
 from worker.launchers.base import Launcher, get_launcher
-from worker.scheduler import parse_capacity
+from worker.control.dispatch import parse_capacity
 from worker.settings import WorkerSettings
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from service.scheduling.settings import SchedulingSettings
+from service.queue.settings import SchedulingSettings
 
-# The ceiling over every run's own deadline (worker.deadlines): a run asking for long
+# The ceiling over every run's own deadline (worker.run.deadlines): a run asking for long
 # training caps still ends within this.
 DEFAULT_HARD_TIMEOUT_S = 6 * 3600.0
 
 
 class WorkerSettings(SchedulingSettings):
     """The worker's settings; the scheduling ones (capacity, budgets, retry backoff, run
-    estimates) are inherited from service.scheduling.settings, shared with the API."""
+    estimates) are inherited from service.queue.settings, shared with the API."""
 
     model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
 
@@ -30,7 +30,7 @@ class WorkerSettings(SchedulingSettings):
     broker_url: str = ""  # default: a SQLite-backed kombu broker under home (needs no server)
     heartbeat_s: float = Field(5.0, gt=0)
     hard_timeout_s: float = Field(DEFAULT_HARD_TIMEOUT_S, gt=0)
-    # A run's deadline: its training cap + eval_cap_s + deadline_overhead_s (worker.deadlines).
+    # A run's deadline: its training cap + eval_cap_s + deadline_overhead_s (worker.run.deadlines).
     eval_cap_s: float = Field(600.0, ge=0)
     deadline_overhead_s: float = Field(300.0, ge=0)
     # The silence watchdog: a job whose log grew by nothing for this long is stopped (0: off).
@@ -104,7 +104,7 @@ class WorkerSettings(SchedulingSettings):
     sky_poll_s: float = Field(5.0, ge=0)  # status/log answers are reused this long (each is an API-server round trip)
 
     # The artifact store's settings (CADDIE_ARTIFACT_DIR, CADDIE_S3_*) live in
-    # service.settings: the API reads what the worker writes, from one definition.
+    # service.core.settings: the API reads what the worker writes, from one definition.
 
     @model_validator(mode="after")
     def _fill_paths_from_home(self) -> WorkerSettings:

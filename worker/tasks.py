@@ -10,7 +10,11 @@ import time
 
 from celery import Celery
 
-from worker import executor, janitor, scheduler
+from worker.run import executor
+
+from worker.control import janitor
+
+from worker.control import dispatch as scheduler
 from worker.celery_app import EXECUTE_RUN, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, celery_app
 from worker.runtime import get_runtime
 

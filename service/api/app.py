@@ -11,9 +11,9 @@ from service.api.headers import SecurityHeaders
 from service.api.limits import RequestLimits
 from service.api.routes import artifacts, groups, meta, queue, runs, teams, tokens, users
 from service.api.routes import export as export_routes
-from service.artifacts import make_artifact_store
-from service.db import get_sessionmaker
-from service.settings import Settings, get_settings
+from service.core.storage import make_artifact_store
+from service.core.db import get_sessionmaker
+from service.core.settings import Settings, get_settings
 from service.web import routes as web_routes
 
 

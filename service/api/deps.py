@@ -9,11 +9,11 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.artifacts import ArtifactStore
-from service.errors import Forbidden, InvalidInput, Issue
+from service.core.storage import ArtifactStore
+from service.core.errors import Forbidden, InvalidInput, Issue
 from service.schemas import ID_MAX
-from service.security import Principal, authenticate
-from service.settings import Settings
+from service.teams.tokens import Principal, authenticate
+from service.core.settings import Settings
 from service.web import session as web_session
 
 bearer = HTTPBearer(auto_error=False, description="API token (cad_...) from `caddie admin create-token` or POST /api/v1/tokens")

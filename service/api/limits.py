@@ -24,9 +24,9 @@ import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import RETRY_AFTER_S, database_unavailable
-from service.errors import Unauthorized
-from service.security import authenticate, authenticate_hash
-from service.settings import Settings
+from service.core.errors import Unauthorized
+from service.teams.tokens import authenticate, authenticate_hash
+from service.core.settings import Settings
 from service.web import session as web_session
 
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

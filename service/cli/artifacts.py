@@ -23,7 +23,7 @@ from rich.table import Table
 
 from service.cli.client import CaddieClient, CaddieError
 from service.cli.render import escape, fmt_bytes, fmt_time
-from service.text import printable
+from service.core.text import printable
 
 SHA_PREFIX_CHARS = 12
 _HASH_CHUNK = 1 << 20

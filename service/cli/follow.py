@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from service.cli.client import CaddieClient
 from service.cli.render import TERMINAL, fmt_bpb, status_text
-from service.text import printable
+from service.core.text import printable
 
 POLL_S = 1.0
 

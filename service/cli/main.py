@@ -28,7 +28,7 @@ from service.cli.render import print_results, run_detail, runs_table, status_tex
 from service.cli.render_queue import queue_table
 from service.cli.render_results import comparison_panel, group_detail, groups_table, leaderboard_table
 from service.cli.spec import build_request, read_spec_file
-from service.text import printable
+from service.core.text import printable
 
 app = typer.Typer(
     name="caddie",
@@ -372,9 +372,9 @@ def database() -> Iterator[Any]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
-    from service.db import get_sessionmaker
-    from service.errors import DomainError
-    from service.settings import Settings
+    from service.core.db import get_sessionmaker
+    from service.core.errors import DomainError
+    from service.core.settings import Settings
 
     settings = Settings()
     missing = missing_sqlite_file(settings.database_url)
@@ -512,7 +512,7 @@ def create_team(
     weight: Annotated[float, typer.Option(help="fair-share weight")] = 1.0,
 ) -> None:
     """Create a team."""
-    from service import accounts
+    from service.teams import accounts
 
     with database() as session:
         team = accounts.create_team(session, name, budget_gpu_hours=budget_gpu_hours, weight=weight)
@@ -529,7 +529,7 @@ def set_budget(
     weight: Annotated[float | None, typer.Option(help="fair-share weight")] = None,
 ) -> None:
     """Change a team's GPU-hour budget and/or fair-share weight."""
-    from service import accounts
+    from service.teams import accounts
 
     if gpu_hours is not None and no_budget:
         raise CaddieError("give --gpu-hours or --no-budget, not both")
@@ -557,7 +557,7 @@ def create_user(
     email: Annotated[str | None, typer.Option(help="email address")] = None,
 ) -> None:
     """Create a user, optionally in a team."""
-    from service import accounts
+    from service.teams import accounts
 
     if role not in accounts.ROLES:
         raise CaddieError(f"--role must be one of {', '.join(accounts.ROLES)}, got {role!r}")
@@ -577,7 +577,7 @@ def create_token(
     name: Annotated[str, typer.Option(help="what the token is for")] = "cli",
 ) -> None:
     """Create an API token for USER and print it (the only time it is shown)."""
-    from service import accounts
+    from service.teams import accounts
 
     with database() as session:
         _row, secret = accounts.create_token(session, user, name)
@@ -592,8 +592,8 @@ def db_upgrade(revision: Annotated[str, typer.Option(help="Alembic revision")] =
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.migrate import upgrade
-    from service.settings import Settings
+    from service.core.migrate import upgrade
+    from service.core.settings import Settings
 
     url = Settings().database_url
     shown = make_url(url).render_as_string(hide_password=True)

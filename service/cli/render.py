@@ -2,7 +2,7 @@
 
 Every piece of text from the server goes through ``escape`` (markup) or
 ``printable`` (plain output): a name or a note may hold terminal escapes, and
-those are shown as ``\\x1b``, never sent to the terminal (service/text.py)."""
+those are shown as ``\\x1b``, never sent to the terminal (service/core/text.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.markup import escape as escape_markup
 from rich.panel import Panel
 from rich.table import Table
 
-from service.text import printable
+from service.core.text import printable
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND")
 STATUS_STYLE = {

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from service.errors import Conflict
+from service.core.errors import Conflict
 from service.results.groups import Eligibility, GroupStats, SeedRow, config_diff
 from service.results.rules import Check, RuleSummary, Verdict
 from service.results.statistics import Comparison, finite_or_none as _finite
-from service.scripts.spec import ScriptSpec
+from service.runs.scripts.spec import ScriptSpec
 
 OVERRIDE_MAX_CHARS = 500
 LOG_STORED = "stored"  # the run's train.log, byte for byte

@@ -22,9 +22,9 @@ from datetime import date, datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.artifacts import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError, read_chunks
-from service.errors import Conflict, Gone, InvalidInput, Issue, Unavailable
-from service.models import Artifact, LogChunk, Run
+from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError, read_chunks
+from service.core.errors import Conflict, Gone, InvalidInput, Issue, Unavailable
+from service.core.models import Artifact, LogChunk, Run
 from service.results import queries
 from service.results.export import (
     LOG_DATABASE,
@@ -36,10 +36,10 @@ from service.results.export import (
     records_files,
     require_override,
 )
-from service.run_artifacts import artifact_name
-from service.scripts.files import MissingScriptFile, run_folder_files
-from service.scripts.spec import SCRIPT_KIND, SCRIPT_NAME, ScriptSpec
-from service.security import Principal
+from service.runs.artifacts import artifact_name
+from service.runs.scripts.files import MissingScriptFile, run_folder_files
+from service.runs.scripts.spec import SCRIPT_KIND, SCRIPT_NAME, ScriptSpec
+from service.teams.tokens import Principal
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ a README, the script and one log per seed. Reading is lenient, because the folde
 - ``submission.json`` has 200+ distinct key paths across 46 records (``val_bpb``,
   ``seed_results.<seed>.val_bpb``, ``seeds.<seed>.bytes_total``, ...): figures are looked
   up by normalised key, first match wins;
-- the logs are read by ``service.logparse`` (the one log reader); a few facts the rules
+- the logs are read by ``service.runs.logparse`` (the one log reader); a few facts the rules
   need and no score line states (the node's GPUs, the log's own total evaluation time,
   a stop by the wallclock cap) are read here from the lines that state them.
 
@@ -36,7 +36,7 @@ from service.results.rules import (
     check_train_time,
     declared,
 )
-from service.logparse import parse_script_log
+from service.runs.logparse import parse_script_log
 
 # The challenge's folder of each caddie track, and back.
 TRACK_FOLDERS = {"10min_16mb": "track_10min_16mb", "unlimited": "track_non_record_16mb"}
@@ -84,7 +84,7 @@ def _seed_of(name: str) -> int | None:
 
 
 def read_log(name: str, text: str) -> LogFacts:
-    """One seed's log, read through service.logparse, plus the rule facts no score line states."""
+    """One seed's log, read through service.runs.logparse, plus the rule facts no score line states."""
     _, s = parse_script_log(text)
     gpus: dict[int, str] = {}
     world = cap_ms = total_eval = None

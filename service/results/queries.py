@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
 
-from service.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
-from service.models import Run, RunGroup, Team, utcnow
+from service.core.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
+from service.core.models import Run, RunGroup, Team, utcnow
 from service.results.groups import Eligibility, GroupStats, SeedRow, aggregate, config_diff, eligibility
 from service.results.rules import Check, RunFacts, check_run, declared, overall
 from service.results.statistics import DEFAULT_POLICY, Comparison, compare_policy
-from service.scripts.spec import SCRIPT_KIND, ScriptSpec
-from service.security import Principal
+from service.runs.scripts.spec import SCRIPT_KIND, ScriptSpec
+from service.teams.tokens import Principal
 
 MIN_PREFIX = 6
 

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import NotFound
-from service.models import PublicRecord, RunGroup, Team
+from service.core.errors import NotFound
+from service.core.models import PublicRecord, RunGroup, Team
 from service.results import public_records as pr
 from service.results.groups import SeedRow, aggregate
 from service.results.rules import RECORD_HARDWARE, Verdict, overall

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from service.results.groups import Eligibility, SeedRow
 from service.results.queries import GroupReport, GroupView, LeaderboardRow, seed_row
 from service.results.rules import RuleSummary
-from service.scripts.spec import shared_config
+from service.runs.scripts.spec import shared_config
 from service.results.statistics import Comparison, Summary, finite_or_none as _finite
 
 

@@ -74,7 +74,7 @@ class Series:
 
 @dataclass(frozen=True)
 class MetricPoint:
-    """What a chart needs of one stored metric row (``service.models.Metric`` reads like this)."""
+    """What a chart needs of one stored metric row (``service.core.models.Metric`` reads like this)."""
 
     kind: str
     step: int

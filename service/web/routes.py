@@ -24,18 +24,36 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from service import accounts, queue, run_artifacts, runs as domain, security, usage
+from service.runs.cancel import cancel_run
+
+from service.runs.logs import read_log
+
+from service.runs.queries import encode_cursor, get_run, list_events, list_runs, metric_points
+
+from service.runs.spec import RESERVED_KNOBS
+
+from service.runs.submit import submit_runs
+
+from service.teams import accounts
+
+from service.queue import positions as queue
+
+from service.runs import artifacts as run_artifacts
+
+from service.teams import tokens as security
+
+from service.billing import usage
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import STATUS
-from service.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
-from service.hooks import call_on_submit_hook
-from service.scripts.spec import shared_config
-from service.lifecycle import IllegalTransition, is_terminal
+from service.core.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
+from service.core.hooks import call_on_submit_hook
+from service.runs.scripts.spec import shared_config
+from service.runs.lifecycle import IllegalTransition, is_terminal
 from service.results import queries
 from service.results.groups import config_diff
 from service.results.schemas import GroupDetail, LeaderboardEntry
 from service.schemas import ID_MAX, RunCreate
-from service.security import Principal
+from service.teams.tokens import Principal
 from service.web import charts, session as web_session
 from trainer.config import TrainerConfig
 
@@ -211,13 +229,13 @@ def runs_page(
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> HTMLResponse:
     filters = {"status": status or None, "user": user_name or None, "group": group or None, "q": q or None}
-    rows, next_cursor = domain.list_runs(session, user, status=filters["status"], user=filters["user"], group=filters["group"],
+    rows, next_cursor = list_runs(session, user, status=filters["status"], user=filters["user"], group=filters["group"],
                                          q=filters["q"], limit=PAGE_SIZE, cursor=cursor)
     active = {k: v for k, v in filters.items() if v}
     # The page's live poll asks the API for exactly these rows again: a cursor just above the first id.
     poll = {**active, "limit": PAGE_SIZE}
     if rows:
-        poll["cursor"] = domain.encode_cursor(rows[0].id + 1)
+        poll["cursor"] = encode_cursor(rows[0].id + 1)
     return render(request, "runs.html", user, rows=rows, filters=filters, statuses=STATUSES,
                   next_url=f"/runs?{urlencode({**active, 'cursor': next_cursor})}" if next_cursor else None,
                   first_url=f"/runs?{urlencode(active)}" if cursor else None,
@@ -225,7 +243,7 @@ def runs_page(
 
 
 # --- new run -------------------------------------------------------------------------------
-HIDDEN_KNOBS = set(domain.RESERVED_KNOBS)  # the seed and the output folder are not the spec's to set
+HIDDEN_KNOBS = set(RESERVED_KNOBS)  # the seed and the output folder are not the spec's to set
 
 
 def knob_fields() -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
@@ -300,7 +318,7 @@ async def submit_run(request: Request, user: User, session: SessionDep, settings
     if not errors:
         try:
             spec = RunCreate.model_validate(body)
-            _, runs, _ = domain.submit_runs(session, user, spec, settings)
+            _, runs, _ = submit_runs(session, user, spec, settings)
         except ValidationError as exc:
             for err in exc.errors():
                 errors.setdefault(_field_of(tuple(err["loc"])), []).append(err["msg"])
@@ -316,7 +334,7 @@ async def submit_run(request: Request, user: User, session: SessionDep, settings
 
 def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int) -> tuple[str, int, bool]:
     start = max(0, log_bytes - LOG_TAIL_BYTES)
-    piece = domain.read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2)
+    piece = read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2)
     text = piece.data
     if start > 0 and "\n" in text:  # begin at a whole line
         text = "…\n" + text.split("\n", 1)[1]
@@ -325,10 +343,10 @@ def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int)
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    run = domain.get_run(session, user, run_id)
+    run = get_run(session, user, run_id)
     estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
-    events = domain.list_events(session, user, run_id)
-    figures = charts.run_figures(domain.metric_points(session, user, run_id))
+    events = list_events(session, user, run_id)
+    figures = charts.run_figures(metric_points(session, user, run_id))
     stored_end = run.log_truncated_at if run.log_truncated_at is not None else run.log_bytes or 0  # a capped log ends where storing stopped
     log_text, log_offset, log_done = _log_tail(session, user, run_id, stored_end)
     checks = queries.seed_row(run).checks
@@ -341,13 +359,13 @@ def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, s
 @router.get("/web/runs/{run_id}/charts")
 def run_charts(run_id: RowId, user: User, session: SessionDep) -> JSONResponse:
     """The run page's figures, downsampled (polled while the run is live)."""
-    return JSONResponse(charts.run_figures(domain.metric_points(session, user, run_id)))
+    return JSONResponse(charts.run_figures(metric_points(session, user, run_id)))
 
 
 @router.post("/runs/{run_id}/cancel")
 def cancel(request: Request, run_id: RowId, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
     web_session.check_csrf(request, csrf)
-    domain.cancel_run(session, user, run_id)
+    cancel_run(session, user, run_id)
     return back(f"/runs/{run_id}")
 
 
@@ -379,13 +397,13 @@ def compare_page(
     run_ids = list(dict.fromkeys(_ids(runs, pick)))
     keys = list(dict.fromkeys([k.strip() for k in groups.replace(" ", ",").split(",") if k.strip()] + group))
     runs, groups = ",".join(map(str, run_ids)), ",".join(keys)
-    chosen = [domain.get_run(session, user, i) for i in run_ids[:20]]
+    chosen = [get_run(session, user, i) for i in run_ids[:20]]
     views = [queries.group_view(session, user, k) for k in keys[:10]]
-    curves: list[tuple[str, Any]] = [(f"#{r.id} {r.name} s{r.seed}", domain.metric_points(session, user, r.id)) for r in chosen]
+    curves: list[tuple[str, Any]] = [(f"#{r.id} {r.name} s{r.seed}", metric_points(session, user, r.id)) for r in chosen]
     for v in views:
         for r in v.runs:
             if user.can_see_team(r.team_id):  # a published group of another team shows figures, not curves
-                curves.append((f"{v.group.name} s{r.seed}", domain.metric_points(session, user, r.id)))
+                curves.append((f"{v.group.name} s{r.seed}", metric_points(session, user, r.id)))
     columns = [(f"#{r.id} {r.name} (seed {r.seed})", r.spec) for r in chosen] + [(f"{v.group.name} [{v.group.key[:8]}]", shared_config(v.group.kind, v.group.config)) for v in views]
     # Significance compares groups: the chosen groups, and the groups of the chosen runs.
     keys = list(dict.fromkeys([v.group.key for v in views] + [r.group_key for r in chosen]))

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from service.errors import Forbidden, Unauthorized
-from service.security import Principal, authenticate_hash
-from service.settings import Settings
+from service.core.errors import Forbidden, Unauthorized
+from service.teams.tokens import Principal, authenticate_hash
+from service.core.settings import Settings
 
 COOKIE_NAME = "caddie_session"
 MAX_AGE_S = 14 * 24 * 3600

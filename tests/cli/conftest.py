@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from service.api.app import create_app
 from service.cli.main import app as cli_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def bound_socket() -> socket.socket:

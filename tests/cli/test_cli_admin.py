@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from service.db import get_sessionmaker
-from service.models import ApiToken, Team, User
+from service.core.db import get_sessionmaker
+from service.core.models import ApiToken, Team, User
 from tests.cli.conftest import Caddie
 
 HANDLE_WORDS = "letters, digits, '_', '.', '-'"

@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from service.cli.client import CaddieClient, RETRY_DELAYS_S
-from service.db import get_sessionmaker
-from service.models import Run, User
-from service.settings import Settings
+from service.core.db import get_sessionmaker
+from service.core.models import Run, User
+from service.core.settings import Settings
 from tests.cli.conftest import Caddie, bound_socket, closed_port_url, serve
 
 

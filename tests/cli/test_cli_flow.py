@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.db import get_sessionmaker
-from service.models import ApiToken, Run, Team
+from service.core.db import get_sessionmaker
+from service.core.models import ApiToken, Run, Team
 from tests.cli.conftest import Caddie, running_caddie
 
 

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from service.cli import follow
-from service.db import get_sessionmaker
-from service.lifecycle import RunStatus, transition
-from service.models import LogChunk, Metric, Run
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import RunStatus, transition
+from service.core.models import LogChunk, Metric, Run
 from tests.cli.conftest import Caddie
 
 LOG_LINES = [

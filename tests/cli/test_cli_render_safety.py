@@ -9,11 +9,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from service import runs as domain
+from service.runs.logs import append_log
 from service.cli.render import attempts_text, escape
-from service.db import get_sessionmaker
-from service.lifecycle import RunStatus, transition
-from service.models import Run, RunEvent
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import RunStatus, transition
+from service.core.models import Run, RunEvent
 from tests.cli.conftest import Caddie
 
 ESC = "\x1b"
@@ -44,7 +44,7 @@ def hostile_run(caddie: Caddie) -> int:
         s.execute(update(Run).where(Run.id == run_id).values(
             name=f"{ESC}[31mred[/] name", notes=f"line one\n{ESC}[2J\tafter clear\u202e", status_reason=f"{ESC}]8;;http://evil{ESC}\\link{ESC}]8;;{ESC}\\"))
         s.execute(update(RunEvent).where(RunEvent.run_id == run_id, RunEvent.to_status == "FAILED").values(reason=f"boom {ESC}[?1049h"))
-        domain.append_log(s, s.get_one(Run, run_id), f"step:1 {ESC}[32mok{ESC}[0m\r\nbell\x07\n")
+        append_log(s, s.get_one(Run, run_id), f"step:1 {ESC}[32mok{ESC}[0m\r\nbell\x07\n")
         s.commit()
     return run_id
 

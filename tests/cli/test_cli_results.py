@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.db import get_sessionmaker
-from service.models import Run
+from service.core.db import get_sessionmaker
+from service.core.models import Run
 from service.results.queries import judge_run
 from tests.cli.conftest import Caddie
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.db import get_sessionmaker
-from service.models import Run, ScriptFile
+from service.core.db import get_sessionmaker
+from service.core.models import Run, ScriptFile
 from tests.cli.conftest import Caddie
 
 SCRIPT = b"print('hello from the team')\n"

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
-from service.db import get_sessionmaker
-from service.models import Run, RunEvent, Team, User
+from service.core.db import get_sessionmaker
+from service.core.models import Run, RunEvent, Team, User
 from tests.cli.conftest import Caddie
 
 

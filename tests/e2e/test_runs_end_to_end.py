@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from service.models import Artifact, LogChunk, RunEvent
+from service.core.models import Artifact, LogChunk, RunEvent
 from tests.e2e.conftest import TINY, Stack
 from tests.redis_server import PrivateRedis
 

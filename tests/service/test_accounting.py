@@ -1,5 +1,5 @@
 """Accounting: billed GPU-seconds and cost per run, phase, period, user and team
-(service/accounting.py), GET /teams/{name}/usage and PATCH /teams/{name}.
+(service/billing/accounting.py), GET /teams/{name}/usage and PATCH /teams/{name}.
 
 The figures are checked against values computed by hand in the comments: the
 pure functions with plain values, the endpoint on PostgreSQL and SQLite."""
@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service import accounts
-from service.accounting import (
+from service.teams import accounts
+from service.billing.accounting import (
     Attempt,
     RunRecord,
     Transition,
@@ -26,8 +26,8 @@ from service.accounting import (
     usage_report,
     warm_start_savings,
 )
-from service.models import Run, RunEvent
-from service.settings import Settings, parse_gpu_prices
+from service.core.models import Run, RunEvent
+from service.core.settings import Settings, parse_gpu_prices
 
 PRICES = {"H100": 2.99, "H200": 3.79, "cpu": 0.0}
 T0 = datetime(2025, 3, 3, 10, 0, tzinfo=timezone.utc)  # a Monday
@@ -314,7 +314,7 @@ def test_patch_team_validation(client, world, body, field):  # noqa: ANN001
 
 
 def test_update_team_domain_checks(session, world):  # noqa: ANN001
-    from service.errors import InvalidInput
+    from service.core.errors import InvalidInput
 
     team = accounts.get_team(session, "team-a")
     for changes in ({"weight": math.nan}, {"weight": 0.0}, {"budget_gpu_hours": math.inf}, {"budget_gpu_hours": -1.0}, {"colour": 1.0}):

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import Run
+from service.core.models import Run
 
 RUNS = "/api/v1/runs"
 CALLERS = {"alice": 200, "aaron": 200, "root": 200, "bob": 404, None: 401, "garbage": 401, "carol": 401}

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.api.deps import ID_MAX
-from service.models import ApiToken, Run, RunEvent, Team, User
+from service.core.models import ApiToken, Run, RunEvent, Team, User
 from service.schemas import QUEUE_FIELDS
 
 RUNS = "/api/v1/runs"

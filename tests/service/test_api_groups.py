@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from scipy.stats import t as t_dist
 from sqlalchemy.orm import Session
 
-from service.models import Run, RunGroup, utcnow
+from service.core.models import Run, RunGroup, utcnow
 from service.results.queries import judge_run
 
 RUNS = "/api/v1/runs"
@@ -34,7 +34,7 @@ RESULT: dict[str, Any] = {
     # what the rules judge by (issue 19): the hash of the code that ran, the files' content fingerprints
     "code_sha256": "c" * 64, "code_dirty": False, "train_fingerprints": ["a" * 64, "b" * 64], "val_fingerprints": ["d" * 64],
 }
-# result.json key -> Run column, as worker/executor.py's RESULT_COLUMNS.
+# result.json key -> Run column, as worker/run/executor.py's RESULT_COLUMNS.
 COLUMNS = {"val_bpb": "val_bpb", "val_loss": "val_loss", "pre_ttt_bpb": "pre_ttt_bpb", "total_bytes": "artifact_bytes",
            "model_bytes": "model_bytes", "code_bytes": "code_bytes", "train_seconds": "train_seconds",
            "eval_seconds": "eval_seconds", "steps": "steps", "peak_memory_mib": "peak_memory_mib"}
@@ -262,7 +262,7 @@ def test_leaderboard_ranks_by_mean_val_bpb_per_track_and_hardware(client: TestCl
         finish_all(session, body, losses, **({"gpu_name": "NVIDIA H100 80GB HBM3", "world_size": 1} if spec.get("hardware") == "H100:1" else {}))
         return body["group_key"]
 
-    # Configs that fit 16 MB at the compression these fake results imply (service.size_check measures it on
+    # Configs that fit 16 MB at the compression these fake results imply (service.runs.size_check measures it on
     # the team's finished runs and refuses bigger ones), the largest submitted first.
     one_gpu = group("one-gpu", {"NUM_LAYERS": 10}, [1.850, 1.851], hardware="H100:1")
     worse = group("worse", {"NUM_LAYERS": 9}, [1.900, 1.902, 1.901])

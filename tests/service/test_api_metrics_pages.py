@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.models import Metric
+from service.core.models import Metric
 
 RUNS = "/api/v1/runs"
 

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.lifecycle import RunStatus, transition
-from service.models import Run
+from service.runs.lifecycle import RunStatus, transition
+from service.core.models import Run
 
 RUNS = "/api/v1/runs"
 N = 90

@@ -1,13 +1,13 @@
 """Pre-flight checks of a spec, through the API on PostgreSQL and SQLite: the artifact size
-estimate of a 10min_16mb config (service.size_check) and the abort_if_behind rule."""
+estimate of a 10min_16mb config (service.runs.size_check) and the abort_if_behind rule."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service import size_check
-from service.models import Run, utcnow
+from service.runs import size_check
+from service.core.models import Run, utcnow
 from trainer.config import TrainerConfig
 
 RUNS = "/api/v1/runs"

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from fastapi.testclient import TestClient
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def submit(client: TestClient, world, spec, who: str, seeds: list[int]) -> list[int]:  # noqa: ANN001
@@ -92,7 +92,7 @@ def test_the_queue_is_paged(client: TestClient, world, spec) -> None:  # noqa: A
 def test_a_stale_forecast_is_refreshed_in_the_background(world, spec, db_url, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     import time
 
-    from service import queue
+    from service.queue import positions as queue
     from service.api.app import create_app
 
     # The forecast's clock is moved past the TTL instead of sleeping: on a loaded CI core a

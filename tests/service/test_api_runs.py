@@ -10,12 +10,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import runs as domain
-from service.db import get_sessionmaker
-from service.lifecycle import RunStatus, transition
-from service.models import LogChunk, Metric, Run, RunEvent
+from service.runs.logs import append_log, read_log
+
+from service.runs.submit import submit_runs
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import RunStatus, transition
+from service.core.models import LogChunk, Metric, Run, RunEvent
 from service.schemas import RunCreate
-from service.security import authenticate
+from service.teams.tokens import authenticate
 
 RUNS = "/api/v1/runs"
 
@@ -64,7 +66,7 @@ def test_single_seed_and_default_seed(client: TestClient, world, spec) -> None:
 
 
 def test_team_must_be_named_when_in_several(client: TestClient, world, spec, session: Session) -> None:
-    from service import accounts
+    from service.teams import accounts
 
     accounts.add_member(session, "team-b", "alice")
     session.commit()
@@ -132,7 +134,7 @@ def test_concurrent_retries_with_one_key_make_one_set_of_runs(world, db_url: str
         try:
             principal = authenticate(s, world.tokens["alice"])
             barrier.wait()
-            _, runs, _ = domain.submit_runs(s, principal, body, settings, idempotency_key="same")
+            _, runs, _ = submit_runs(s, principal, body, settings, idempotency_key="same")
             results.append(sorted(r.id for r in runs))
         except BaseException as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
@@ -195,7 +197,7 @@ def test_finished_runs_cannot_be_cancelled(client: TestClient, world, spec, sess
 def _append_log(session: Session, run_id: int, texts: list[str]) -> None:
     run = session.get_one(Run, run_id)
     for text in texts:
-        domain.append_log(session, run, text)
+        append_log(session, run, text)
     session.commit()
     offsets = list(session.scalars(select(LogChunk.offset).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
     assert offsets[0] == 0 and run.log_bytes == sum(len(t.encode()) for t in texts)
@@ -234,7 +236,7 @@ def test_log_pages_are_bounded_and_chain(world, session: Session, client: TestCl
     principal = authenticate(session, world.tokens["alice"])
     offset, text = 0, ""
     for _ in range(100):
-        piece = domain.read_log(session, principal, run_id, offset, max_bytes=300)
+        piece = read_log(session, principal, run_id, offset, max_bytes=300)
         if piece.next_offset == offset:
             break
         assert len(piece.data.encode()) < 300 + 80

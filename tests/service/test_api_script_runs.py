@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Run, RunEvent, RunGroup, ScriptFile
-from service.settings import Settings
+from service.core.models import Run, RunEvent, RunGroup, ScriptFile
+from service.core.settings import Settings
 from tests.service.conftest import World
 
 RUNS = "/api/v1/runs"

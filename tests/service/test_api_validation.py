@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Run, RunEvent
+from service.core.models import Run, RunEvent
 
 RUNS = "/api/v1/runs"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.artifacts import (
+from service.core.storage import (
     ArtifactMissing,
     ArtifactOutsideStore,
     ArtifactStoreError,
@@ -17,7 +17,7 @@ from service.artifacts import (
     make_artifact_store,
     read_chunks,
 )
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 @pytest.fixture()

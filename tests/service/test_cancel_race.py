@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service import runs as domain
-from service.db import get_sessionmaker
-from service.lifecycle import RunStatus, transition
-from service.models import Run
+from service.runs import cancel as domain
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import RunStatus, transition
+from service.core.models import Run
 
 RUNS = "/api/v1/runs"
 

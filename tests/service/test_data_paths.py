@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Run
+from service.core.models import Run
 
 RUNS = "/api/v1/runs"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from service.db import get_engine, make_engine, session_scope
-from service.migrate import upgrade
-from service.models import Team
-from service.settings import Settings
+from service.core.db import get_engine, make_engine, session_scope
+from service.core.migrate import upgrade
+from service.core.models import Team
+from service.core.settings import Settings
 
 
 def test_sqlite_pragmas(tmp_path: Path) -> None:
@@ -64,8 +64,8 @@ def test_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
     writer = textwrap.dedent(
         f"""
         import sys
-        from service.db import session_scope
-        from service.models import Team
+        from service.core.db import session_scope
+        from service.core.models import Team
         for i in range(150):
             with session_scope({url!r}) as s:
                 s.add(Team(name=f"{{sys.argv[1]}}-{{i}}"))

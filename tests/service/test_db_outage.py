@@ -8,12 +8,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from service import accounts
+from service.teams import accounts
 from service.api.app import create_app
 from service.cli.client import CaddieClient
-from service.db import get_sessionmaker
-from service.migrate import upgrade
-from service.settings import Settings
+from service.core.db import get_sessionmaker
+from service.core.migrate import upgrade
+from service.core.settings import Settings
 
 
 def test_a_dead_pooled_connection_is_a_503_then_the_api_recovers(pg_url: str, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from schemathesis.generation import GenerationMode
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import ApiToken
+from service.core.models import ApiToken
 
 # CADDIE_FUZZ_EXAMPLES=200 for a longer run by hand (100 per case took ~2 min per backend).
 EXAMPLES_PER_OPERATION = int(os.environ.get("CADDIE_FUZZ_EXAMPLES", "20"))

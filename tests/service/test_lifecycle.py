@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db import get_sessionmaker
-from service.lifecycle import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition, record_created, transition
-from service.models import Run, RunEvent, Team, User
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition, record_created, transition
+from service.core.models import Run, RunEvent, Team, User
 
 S = RunStatus
 LEGAL = {

@@ -15,9 +15,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from service.migrate import downgrade, upgrade
-from service.models import Base
-from service.runs import group_key_of
+from service.core.migrate import downgrade, upgrade
+from service.core.models import Base
+from service.runs.spec import group_key_of
 from tests.fresh_db import empty_database
 
 

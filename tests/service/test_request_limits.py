@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from service.api.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 from tests.service.conftest import World
 

@@ -1,11 +1,11 @@
-"""The pre-flight artifact estimate (service.size_check) against the real model and quantiser:
+"""The pre-flight artifact estimate (service.runs.size_check) against the real model and quantiser:
 the same tensors, stored the same way, for several shapes of the config."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.size_check import ARTIFACT_LIMIT_BYTES, DEFAULT_RATIO, estimate, model_tensors, packed_bytes, storage_kind
+from service.runs.size_check import ARTIFACT_LIMIT_BYTES, DEFAULT_RATIO, estimate, model_tensors, packed_bytes, storage_kind
 from trainer.config import TrainerConfig
 
 torch = pytest.importorskip("torch")

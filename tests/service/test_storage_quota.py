@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.models import Artifact, Run
-from service.quotas import team_storage
-from service.settings import Settings
+from service.core.models import Artifact, Run
+from service.billing.quotas import team_storage
+from service.core.settings import Settings
 from tests.service.conftest import World
 
 RUNS = "/api/v1/runs"

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.models import Run, utcnow
+from service.core.models import Run, utcnow
 from service.results.queries import judge_run
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.service.conftest import World, client, db_url, migrated_url, session, settings, spec, world  # noqa: F401 - fixtures
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')

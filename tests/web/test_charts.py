@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from service.accounting import gpus_of
+from service.billing.accounting import gpus_of
 from service.web.charts import downsample_minmax, figure, run_series, MetricPoint
 
 

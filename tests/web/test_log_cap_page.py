@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from service.models import LogChunk, Run, utcnow
+from service.core.models import LogChunk, Run, utcnow
 from tests.service.conftest import World
 from tests.web.conftest import finish
 

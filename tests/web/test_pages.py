@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.models import Metric, Run, RunEvent, utcnow
-from service.settings import Settings
+from service.core.models import Metric, Run, RunEvent, utcnow
+from service.core.settings import Settings
 from service.web import session as web_session
 from tests.service.conftest import World
 from tests.web.conftest import Browser, finish
@@ -369,7 +369,7 @@ def test_a_run_name_is_plain_text_in_a_chart() -> None:
 
 
 def test_the_teams_page_invites_and_accepts(world: World, browser_for, session: Session) -> None:
-    from service import accounts
+    from service.teams import accounts
 
     accounts.create_user(session, "dora")
     _, dora_token = accounts.create_token(session, "dora", "t")

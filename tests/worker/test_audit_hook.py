@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from service.results.rules import Verdict, check_no_network_in_eval, check_watched_val_reads

@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service.accounting import billed_gpu_hours
-from service.accounts import add_member, create_team, create_user
-from service.db import get_sessionmaker
-from service.lifecycle import record_created
-from service.models import Run, RunEvent, utcnow
+from service.billing.accounting import billed_gpu_hours
+from service.teams.accounts import add_member, create_team, create_user
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import record_created
+from service.core.models import Run, RunEvent, utcnow
 from tests.fresh_db import fresh_database
-from worker.scheduler import dispatch_due_runs
+from worker.control.dispatch import dispatch_due_runs
 
 
 @pytest.fixture()
@@ -117,7 +117,7 @@ def test_two_schedulers_at_once_never_exceed_capacity(maker) -> None:
 
 
 def test_billing_reads_no_run_that_never_left_the_queue(maker) -> None:
-    from service.accounting import load_runs
+    from service.billing.accounting import load_runs
 
     with maker() as s:
         team, user = team_with_user(s, "t")

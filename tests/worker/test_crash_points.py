@@ -21,15 +21,15 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from service.accounts import create_team, create_user
-from service.artifacts import LocalArtifactStore
-from service.db import get_sessionmaker
-from service.lifecycle import TERMINAL
-from service.models import LogChunk, Run, RunEvent
+from service.teams.accounts import create_team, create_user
+from service.core.storage import LocalArtifactStore
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import TERMINAL
+from service.core.models import LogChunk, Run, RunEvent
 from tests.fresh_db import fresh_database
 from tests.worker.test_executor import STAND_IN, new_run
-from worker.executor import execute_run
-from worker.janitor import janitor_pass
+from worker.run.executor import execute_run
+from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
 
@@ -39,9 +39,9 @@ CRASHING_EXECUTOR = r"""
 import os, signal, sys, threading
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-from service.artifacts import LocalArtifactStore
-from service.db import get_sessionmaker
-from worker.executor import execute_run
+from service.core.storage import LocalArtifactStore
+from service.core.db import get_sessionmaker
+from worker.run.executor import execute_run
 from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.artifacts import DiskFull, LocalArtifactStore
-from service.models import Artifact, Run
+from service.core.storage import DiskFull, LocalArtifactStore
+from service.core.models import Artifact, Run
 from tests.worker.test_executor import maker, new_run, settings  # noqa: F401 (fixtures)
-from worker.executor import execute_run
+from worker.run.executor import execute_run
 from worker.launchers.local import LocalLauncher
 
 

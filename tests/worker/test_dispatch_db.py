@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from service.accounts import add_member, create_team, create_user
-from service.db import get_sessionmaker
-from service.lifecycle import record_created
-from service.models import Run, RunEvent, utcnow
+from service.teams.accounts import add_member, create_team, create_user
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import record_created
+from service.core.models import Run, RunEvent, utcnow
 from tests.fresh_db import fresh_database
-from worker.scheduler import dispatch_due_runs
+from worker.control.dispatch import dispatch_due_runs
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_a_broker_error_leaves_the_run_dispatched_for_the_janitor(maker) -> None
 def test_a_requeued_run_waits_out_its_backoff(maker) -> None:
     from datetime import timedelta
 
-    from service.lifecycle import transition
+    from service.runs.lifecycle import transition
 
     with maker() as s:
         team = create_team(s, "dispatch-c")

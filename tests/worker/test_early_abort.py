@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.accounting import load_team_runs, usage_report
-from service.accounts import create_team, create_user
-from service.artifacts import LocalArtifactStore
-from service.db import get_sessionmaker
-from service.early_abort import AbortRule, judge, loss_at, unlogged_step
-from service.lifecycle import record_created
-from service.models import Metric, Run, RunEvent, Team, User, utcnow
-from service.scheduling.estimates import expected_seconds
+from service.billing.accounting import load_team_runs, usage_report
+from service.teams.accounts import create_team, create_user
+from service.core.storage import LocalArtifactStore
+from service.core.db import get_sessionmaker
+from service.runs.early_abort import AbortRule, judge, loss_at, unlogged_step
+from service.runs.lifecycle import record_created
+from service.core.models import Metric, Run, RunEvent, Team, User, utcnow
+from service.queue.estimates import expected_seconds
 from tests.e2e.conftest import TINY
 from tests.fresh_db import fresh_database
-from worker.executor import execute_run
+from worker.run.executor import execute_run
 from worker.launchers.local import LocalLauncher
-from service.logparse import MetricPoint
+from service.runs.logparse import MetricPoint
 from worker.settings import WorkerSettings
 
 STEP = 5

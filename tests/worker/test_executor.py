@@ -14,14 +14,14 @@ import psutil
 import pytest
 from sqlalchemy import event, inspect, select
 
-from service.accounts import create_team, create_user
-from service.artifacts import LocalArtifactStore
-from service.db import get_sessionmaker
-from service.lifecycle import record_created
-from service.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
+from service.teams.accounts import create_team, create_user
+from service.core.storage import LocalArtifactStore
+from service.core.db import get_sessionmaker
+from service.runs.lifecycle import record_created
+from service.core.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
 from service.results.rules import RunFacts, check_run
 from tests.fresh_db import fresh_database
-from worker.executor import execute_run
+from worker.run.executor import execute_run
 from worker.launchers.base import ClusterHandle, LaunchFailed, RetryLater
 from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings

@@ -14,13 +14,13 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from service.models import Cluster, LogChunk, Run, RunEvent
+from service.core.models import Cluster, LogChunk, Run, RunEvent
 from tests.fresh_db import fresh_database
 from tests.worker.test_executor import _maker, events, go, new_run, settings  # noqa: F401 (fixture)
-from worker.executor import RunDriver
+from worker.run.executor import RunDriver
 from worker.launchers.base import ClusterHandle, JobStatus, LaunchHandle
 from worker.launchers.local import LocalLauncher
-from worker.lease import Lease
+from worker.run.lease import Lease
 from worker.settings import WorkerSettings
 
 

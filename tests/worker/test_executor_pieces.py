@@ -1,4 +1,4 @@
-"""Pure pieces of the executor (worker.run_log, worker.trainer_runs): log cutting and decoding, the trainer's knobs and data variant."""
+"""Pure pieces of the executor (worker.run.log_stream, worker.run.trainer_job): log cutting and decoding, the trainer's knobs and data variant."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from trainer.config import ConfigError
-from worker.run_log import MAX_PENDING_LINE_BYTES, complete_part, decode_log
-from worker.trainer_runs import data_variant, job_env
+from worker.run.log_stream import MAX_PENDING_LINE_BYTES, complete_part, decode_log
+from worker.run.trainer_job import data_variant, job_env
 
 
 def test_only_whole_lines_are_stored_while_the_job_runs() -> None:

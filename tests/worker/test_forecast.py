@@ -1,12 +1,12 @@
-"""Queue forecasts (service.scheduling.forecast): the policy played forward gives each queued
+"""Queue forecasts (service.queue.forecast): the policy played forward gives each queued
 run its position, estimated start and the reason it waits."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from service.scheduling.forecast import forecast_queue
-from service.scheduling.policy import ActiveRun, QueuedRun, TeamUsage
+from service.queue.forecast import forecast_queue
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
 HOUR = 3600.0

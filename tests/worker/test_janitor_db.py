@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.accounts import create_team, create_user
-from service.artifacts import LocalArtifactStore
-from service.db import get_sessionmaker
-from service.models import Run, RunEvent, Team, User, utcnow
+from service.teams.accounts import create_team, create_user
+from service.core.storage import LocalArtifactStore
+from service.core.db import get_sessionmaker
+from service.core.models import Run, RunEvent, Team, User, utcnow
 from tests.fresh_db import fresh_database
-from worker.executor import execute_run
-from worker.janitor import janitor_pass
+from worker.run.executor import execute_run
+from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
-from worker.lease import is_dispatch_mark
+from worker.run.lease import is_dispatch_mark
 from worker.settings import WorkerSettings
 
 
@@ -150,7 +150,7 @@ def test_a_run_whose_worker_process_died_on_this_host_is_dispatched_again_withou
     import os
     import socket
 
-    from worker.lease import Lease, holder_gone
+    from worker.run.lease import Lease, holder_gone
 
     dead, alive, elsewhere = dead_holder(), f"{socket.gethostname()}:{os.getpid()}:x", "another-host:1:x"
     assert (holder_gone(dead), holder_gone(alive), holder_gone(elsewhere), holder_gone("dispatched@2026-01-01T00:00:00")) == (True, False, False, False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from worker.janitor import ClusterFacts, StaleRun, decide_clusters, decide_stale_runs
+from worker.control.janitor import ClusterFacts, StaleRun, decide_clusters, decide_stale_runs
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
 

@@ -383,7 +383,7 @@ TRAINER_MODULES = ("data", "bpb", "evaluate", "model", "optim", "quant", "train"
 )
 def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: Path) -> None:
     """`python -m trainer` end to end: SUCCEEDED, outputs in the work dir, and the log parses into the result's numbers."""
-    from service.logparse import parse_text
+    from service.runs.logparse import parse_text
 
     launcher = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0, data_root=tiny_corpus))
     handle = launcher.submit(launcher.acquire(21, "local"), JobSpec(21, TINY_TRAINER, "local", 240))

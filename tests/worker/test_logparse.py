@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.logparse import LogParser, MetricPoint, failure_reason, parse_text
+from service.runs.logparse import LogParser, MetricPoint, failure_reason, parse_text
 
 LOG = """\
 world_size:8 seed:1337

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.logparse import parse_script_log, script_result
+from service.runs.logparse import parse_script_log, script_result
 
 PHASED = """\
 1776143300.001 1/20000 train_loss: 9.0017 train_time: 0.0m tok/s: 12000000
@@ -75,7 +75,7 @@ def test_a_spec_names_its_score_line_and_an_unknown_format_says_what_it_saw() ->
 
 
 def test_the_spec_s_score_label_reaches_the_run_s_outcome() -> None:
-    from worker.script_runs import script_outcome
+    from worker.run.script_job import script_outcome
 
     _, s = parse_script_log("my eval val_loss:2.0 val_bpb:1.2\n")
     spec = {"script": "ab" * 32, "data": "sp1024", "env": {}, "files": {}}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.logparse import parse_script_log, script_result
+from service.runs.logparse import parse_script_log, script_result
 
 ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge" / "records" / "track_10min_16mb"
 TRUTH = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "records" / "truth.json").read_text())

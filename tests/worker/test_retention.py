@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.accounts import create_team, create_user
-from service.artifacts import LocalArtifactStore
-from service.db import get_sessionmaker
-from service.models import Artifact, Run, RunEvent, ScriptFile, utcnow
+from service.teams.accounts import create_team, create_user
+from service.core.storage import LocalArtifactStore
+from service.core.db import get_sessionmaker
+from service.core.models import Artifact, Run, RunEvent, ScriptFile, utcnow
 from tests.fresh_db import fresh_database
-from worker.retention import retention_pass
+from worker.control.retention import retention_pass
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service.accounts import create_team, create_user
-from service.db import get_sessionmaker
-from service.models import LogChunk, Metric, Run, utcnow
+from service.teams.accounts import create_team, create_user
+from service.core.db import get_sessionmaker
+from service.core.models import LogChunk, Metric, Run, utcnow
 from tests.fresh_db import fresh_database
-from service.logparse import LogParser
-from worker.run_log import RunLog, storable, thinned_stride
+from service.runs.logparse import LogParser
+from worker.run.log_stream import RunLog, storable, thinned_stride
 
 
 class FakeLog:

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from service.scheduling.estimates import expected_seconds
-from service.scheduling.policy import budget_problem
-from worker.scheduler import ActiveRun, QueuedRun, TeamUsage, gpus_of, parse_capacity, pick_runs_to_start
+from service.queue.estimates import expected_seconds
+from service.queue.policy import budget_problem
+from worker.control.dispatch import ActiveRun, QueuedRun, TeamUsage, gpus_of, parse_capacity, pick_runs_to_start
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

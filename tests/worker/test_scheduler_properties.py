@@ -1,4 +1,4 @@
-"""Properties of the scheduling policy (service.scheduling.policy) over queues drawn by hypothesis
+"""Properties of the scheduling policy (service.queue.policy) over queues drawn by hypothesis
 (derandomized, so a failure repeats, and shrunk to a small example): capacity, budgets, priorities,
 determinism, no starvation, fairness."""
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.scheduling.forecast import forecast_queue
-from service.scheduling.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start, slots_of
+from service.queue.forecast import forecast_queue
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start, slots_of
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 HARDWARE = ("H100:8", "H100:1", "cpu")

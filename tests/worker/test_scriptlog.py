@@ -1,4 +1,4 @@
-"""The script log reading (service/logparse.py) on the public record's own log, whose
+"""The script log reading (service/runs/logparse.py) on the public record's own log, whose
 figures must equal its README and submission.json, and on truncated, interleaved
 and garbage logs."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.logparse import ScriptLogParser, parse_script_log, script_result
+from service.runs.logparse import ScriptLogParser, parse_script_log, script_result
 
 RECORD = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"
 

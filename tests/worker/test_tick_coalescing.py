@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.scheduler import TickDebounce
+from worker.control.dispatch import TickDebounce
 
 
 class FakeClock:

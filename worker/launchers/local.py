@@ -33,19 +33,19 @@ from typing import Any
 
 import psutil
 
-from service.artifacts import mount_of
+from service.core.storage import mount_of
 
 from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
-from service.scripts.spec import SCRIPT_NAME
+from service.runs.scripts.spec import SCRIPT_NAME
 from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG, write_json_atomic
 from worker.launchers.run_folder import place_files
 from worker.launchers.sandbox import python_roots, sealed_argv
 from worker.launchers.trainer_env import inherited_env, knob_env, script_env, variant_paths
-from service.logparse import failure_reason
+from service.runs.logparse import failure_reason
 
 NAME = "local"
 CANCEL_FILE = "cancel_requested"
-LAUNCH_FILE = "launch.json"  # the job's launch key, then its wrapper's pid: worker.executor finds the job by its key
+LAUNCH_FILE = "launch.json"  # the job's launch key, then its wrapper's pid: worker.run.executor finds the job by its key
 READ_LOG_MAX_BYTES = 1 << 20  # read_log returns at most this much per call; callers loop
 REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the worker and trainer packages
 DATA_LINK = "data"  # in each work dir: a link to the worker's data root, so the trainer's paths are relative

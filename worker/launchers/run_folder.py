@@ -1,6 +1,6 @@
 """A script run's files, written into its run folder (local) or a staging folder SkyPilot uploads.
 
-Names were checked when the spec was accepted (service.scripts.spec); they are checked
+Names were checked when the spec was accepted (service.runs.scripts.spec); they are checked
 again here, where a bad one would write outside the folder, and refused with LaunchFailed.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.scripts.spec import SCRIPT_NAME, file_name_problem
+from service.runs.scripts.spec import SCRIPT_NAME, file_name_problem
 from worker.launchers.base import LaunchFailed
 
 

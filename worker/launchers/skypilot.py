@@ -51,7 +51,7 @@ from worker.launchers.base import (
 )
 from worker.launchers.run_folder import place_files
 from worker.launchers.trainer_env import knob_env, script_env, variant_paths
-from service.logparse import failure_reason
+from service.runs.logparse import failure_reason
 
 NAME = "skypilot"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.scripts.spec import env_name_problem
+from service.runs.scripts.spec import env_name_problem
 from trainer.config import TrainerConfig
 from worker.launchers.base import LaunchFailed
 

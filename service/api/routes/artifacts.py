@@ -7,9 +7,9 @@ from urllib.parse import quote
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from service import run_artifacts as domain
+from service.runs import artifacts as domain
 from service.api.deps import ArtifactStoreDep, CurrentUser, Id, SessionDep, SettingsDep
-from service.artifacts import read_chunks
+from service.core.storage import read_chunks
 from service.schemas import ArtifactOut
 
 router = APIRouter(prefix="/runs", tags=["artifacts"])

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service import queue as domain
+from service.queue import positions as domain
 from service.api.deps import CurrentUser, SessionDep, SettingsDep
-from service.queue_schemas import QueueItemOut
+from service.queue.schemas import QueueItemOut
 
 router = APIRouter(prefix="/queue", tags=["runs"])
 

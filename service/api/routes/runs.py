@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 
-from service import metric_pages, queue
-from service import runs as domain
-from service.hooks import call_on_submit_hook
+from service.runs import metrics as metric_pages
+
+from service.queue import positions as queue
+from service.runs import cancel as cancelling, logs as stored_logs, queries, submit as submission
+from service.core.hooks import call_on_submit_hook
 from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
-from service.errors import InvalidInput, Issue
-from service.queue_schemas import QueueFields
+from service.core.errors import InvalidInput, Issue
+from service.queue.schemas import QueueFields
 from service.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -37,7 +39,7 @@ def submit_runs(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> RunsCreated:
     """One QUEUED run per seed, in one group. A retry with the same Idempotency-Key returns the same runs."""
-    group_key, runs, replayed = domain.submit_runs(session, user, spec, settings, idempotency_key=idempotency_key)
+    group_key, runs, replayed = submission.submit_runs(session, user, spec, settings, idempotency_key=idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     elif settings.on_submit_hook:
@@ -58,7 +60,7 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Response:
-    items, next_cursor = domain.list_runs(
+    items, next_cursor = queries.list_runs(
         session, user, status=status, team=team, user=user_name, group=group, q=q, limit=limit, cursor=cursor
     )
     # Validated once and serialised by pydantic-core here; handing FastAPI a
@@ -71,7 +73,7 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunOut)
 def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> RunOut:
     """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason."""
-    run = domain.get_run(session, user, run_id)
+    run = queries.get_run(session, user, run_id)
     estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
     return RunOut.from_run(run, **QueueFields.of(estimate))
 
@@ -79,13 +81,13 @@ def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: Settin
 @router.post("/{run_id}/cancel", response_model=RunOut)
 def cancel_run(run_id: Id, user: CurrentUser, session: SessionDep) -> RunOut:
     """QUEUED: cancelled now. PROVISIONING/RUNNING: cancel requested; the worker stops it. Finished: 409."""
-    domain.cancel_run(session, user, run_id)
-    return RunOut.from_run(domain.get_run(session, user, run_id))
+    cancelling.cancel_run(session, user, run_id)
+    return RunOut.from_run(queries.get_run(session, user, run_id))
 
 
 @router.get("/{run_id}/events", response_model=list[RunEventOut])
 def run_events(run_id: Id, user: CurrentUser, session: SessionDep) -> list[RunEventOut]:
-    return [RunEventOut.of(e) for e in domain.list_events(session, user, run_id)]
+    return [RunEventOut.of(e) for e in queries.list_events(session, user, run_id)]
 
 
 @router.get("/{run_id}/metrics", response_model=list[MetricOut])
@@ -108,5 +110,5 @@ def run_metrics(
 
 @router.get("/{run_id}/logs", response_model=LogSlice)
 def run_logs(run_id: Id, user: CurrentUser, session: SessionDep, offset: ByteOffset = 0) -> LogSlice:
-    piece = domain.read_log(session, user, run_id, offset)
+    piece = stored_logs.read_log(session, user, run_id, offset)
     return LogSlice(offset=piece.offset, next_offset=piece.next_offset, data=piece.data, done=piece.done)

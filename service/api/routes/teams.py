@@ -8,12 +8,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from service import accounting, accounts
+from service.billing import accounting
+
+from service.teams import accounts
 from service.api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
-from service.errors import Forbidden, InvalidInput, Issue, NotFound
-from service.models import utcnow
+from service.core.errors import Forbidden, InvalidInput, Issue, NotFound
+from service.core.models import utcnow
 from service.schemas import MemberAdd, TeamCreate, TeamOut
-from service.team_schemas import TeamUpdate, TeamUsageOut
+from service.billing.schemas import TeamUpdate, TeamUsageOut
 
 # The longest window a usage report covers (one row per day of it).
 MAX_USAGE_DAYS = 400

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service import accounts, security
+from service.teams import accounts
+
+from service.teams import tokens as security
 from service.api.deps import CurrentUser, Id, SessionDep
-from service.errors import Forbidden
+from service.core.errors import Forbidden
 from service.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])

@@ -1,0 +1,77 @@
+"""The facts the scheduling policy decides on, read from the database (I/O).
+
+One reader for the worker's dispatch and the API's forecasts: the queued runs
+(with their expected time and their retry wait), the runs holding a slot (with
+the time they are still expected to hold it), and each team's weight, budget
+and billed GPU-hours over the budget period, measured by service.billing.accounting,
+the figures ``GET /teams/{name}/usage`` reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.billing.accounting import billed_gpu_hours
+from service.core.models import Run, RunEvent, Team
+from service.queue.estimates import expected_seconds
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage
+
+QUEUED = "QUEUED"
+ACTIVE = ("PROVISIONING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class QueueState:
+    queued: list[QueuedRun]
+    running: list[ActiveRun]
+    usage: dict[int, TeamUsage]
+    not_before: dict[int, datetime]  # a requeued run's end of retry wait (only those still waiting)
+
+    def ready(self, now: datetime) -> list[QueuedRun]:
+        """The queued runs not inside a retry wait: those the scheduler may start now."""
+        return [q for q in self.queued if self.not_before.get(q.id, now) <= now]
+
+
+def retry_wait(attempts: int, backoff_s: float) -> timedelta:
+    """How long a run requeued for the attempts-th time waits: backoff_s · 2^(attempts-1)."""
+    return timedelta(seconds=backoff_s * 2 ** max(0, attempts - 1)) if attempts > 0 else timedelta(0)
+
+
+def load_queue_state(session: Session, *, now: datetime, budget_period: timedelta, retry_backoff_s: float, run_overhead_s: float) -> QueueState:
+    """Everything the policy needs, as of ``now``."""
+    rows = list(
+        session.execute(
+            select(Run.id, Run.team_id, Run.hardware, Run.priority, Run.submitted_at, Run.attempts, Run.spec).where(Run.status == QUEUED)
+        )
+    )
+    queued = [QueuedRun(r.id, r.team_id, r.hardware, r.priority, r.submitted_at, expected_seconds(r.spec, run_overhead_s)) for r in rows]
+    not_before = _retry_ends(session, [(r.id, r.attempts) for r in rows if r.attempts], retry_backoff_s, now)
+    running = []
+    for r in session.execute(select(Run.id, Run.team_id, Run.hardware, Run.spec, Run.started_at).where(Run.status.in_(ACTIVE))):
+        # A RUNNING run holds its node until its start plus its expected time; one still
+        # provisioning (no start yet) is expected to hold it for all of that time.
+        held = (now - r.started_at).total_seconds() if r.started_at is not None else 0.0
+        running.append(ActiveRun(r.id, r.team_id, r.hardware, max(0.0, expected_seconds(r.spec, run_overhead_s) - held)))
+    team_ids = {q.team_id for q in queued}
+    used = billed_gpu_hours(session, team_ids, now - budget_period, now) if team_ids else {}
+    usage = {
+        t.id: TeamUsage(t.id, used.get(t.id, 0.0), t.weight, t.budget_gpu_hours)
+        for t in session.scalars(select(Team).where(Team.id.in_(team_ids)))
+    }
+    return QueueState(queued, running, usage, not_before)
+
+
+def _retry_ends(session: Session, retried: list[tuple[int, int]], backoff_s: float, now: datetime) -> dict[int, datetime]:
+    """End of the retry wait of each requeued run still inside it (measured from its last return to the queue)."""
+    if not retried or backoff_s <= 0:
+        return {}
+    attempts = dict(retried)
+    last = session.execute(
+        select(RunEvent.run_id, func.max(RunEvent.at)).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED).group_by(RunEvent.run_id)
+    )
+    ends = {run_id: at + retry_wait(attempts[run_id], backoff_s) for run_id, at in last if at is not None}
+    return {run_id: end for run_id, end in ends.items() if end > now}

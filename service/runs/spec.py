@@ -1,0 +1,172 @@
+"""A submitted spec made canonical (no I/O): its non-default knobs, track, hardware and
+seeds, and the group key that one configuration's seeds share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.core.errors import InvalidInput, Issue
+from service.core.settings import Settings
+from service.results.rules import spec_noncompliance
+from service.runs.early_abort import unlogged_step
+from service.runs.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
+from service.schemas import RunCreate
+from trainer.config import ConfigError, TrainerConfig
+
+# Knobs a spec may not set: the seed comes from ``seeds``/``seed`` (it is what
+# varies inside a group); the output folder, the data and the tokenizer are the
+# worker's, found from the run's data variant (sp<VOCAB_SIZE>) under its data root.
+_FROM_VARIANT = "set by caddie from the data variant, sp<VOCAB_SIZE> (choose the data with VOCAB_SIZE, e.g. 1024 for sp1024); a spec never names a path"
+RESERVED_KNOBS = {
+    "SEED": "set the seed with seeds/seed, not in config",
+    "OUTPUT_DIR": "chosen by the worker",
+    "DATA_PATH": _FROM_VARIANT,
+    "TOKENIZER_PATH": _FROM_VARIANT,
+}
+DEFAULT_SEED = 1337
+
+
+@dataclass(frozen=True)
+class NormalisedSpec:
+    config: dict[str, Any]  # non-default knobs keyed by env name, sorted; a script run's ScriptSpec JSON
+    track: str
+    hardware: str
+    allow_noncompliant: bool = False
+    kind: str = "trainer"  # or "script"
+    blobs: dict[str, bytes] = field(default_factory=dict)  # a script run's files by sha256, to store
+
+    def group_key(self, team_id: int) -> str:
+        """sha256 hex of the canonical JSON of (team, config, track, hardware, opt-out):
+        one team's runs that differ only in seed (or name, notes) share it."""
+        return group_key_of(team_id, self.config, self.track, self.hardware, self.allow_noncompliant)
+
+
+def group_key_of(team_id: int, config: dict[str, Any], track: str, hardware: str, allow_noncompliant: bool) -> str:
+    canonical = json.dumps(
+        {"allow_noncompliant": allow_noncompliant, "config": config, "hardware": hardware, "team": team_id, "track": track},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate overrides with the trainer's own rules and return them canonical:
+    keyed by env name, coerced to the knob's type, defaults dropped, sorted.
+
+    Raises InvalidInput with one issue per bad knob at ``("config", ENV_NAME)``.
+    """
+    issues = [Issue(("config", key), msg, config[key]) for key, msg in _reserved(config)]
+    unstorable = [Issue(("config", key), msg, value) for key, value in config.items() if (msg := _unstorable(value))]
+    if unstorable:
+        raise InvalidInput(issues + unstorable)
+    try:
+        cfg = TrainerConfig.from_dict(config)
+    except ConfigError as exc:
+        issues += [Issue(("config", i.field), i.message, _jsonable(i.value)) for i in exc.issues]
+    if issues:
+        raise InvalidInput(issues)
+    return dict(sorted(cfg.overrides().items()))
+
+
+def _reserved(config: dict[str, Any]) -> list[tuple[str, str]]:
+    names = {f.name: TrainerConfig.env_name(f) for f in TrainerConfig.knobs()}
+    return [(key, RESERVED_KNOBS[names.get(key, key)]) for key in config if names.get(key, key) in RESERVED_KNOBS]
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a knob's text cannot be stored (PostgreSQL holds neither NUL nor a lone surrogate), or None."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        return "must not contain NUL (\\x00) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (found a lone surrogate)"
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec, list[int]]:
+    """Check everything about a spec that pydantic cannot (limits from settings,
+    the trainer's config rules); return the normal form and the seeds."""
+    issues: list[Issue] = []
+    if spec.track not in settings.track_choices:
+        issues.append(Issue(("track",), f"must be one of {', '.join(settings.track_choices)}", spec.track))
+    if spec.hardware not in settings.hardware_choices:
+        issues.append(Issue(("hardware",), f"must be one of {', '.join(settings.hardware_choices)}", spec.hardware))
+    if spec.priority is not None and not settings.min_priority <= spec.priority <= settings.max_priority:
+        issues.append(Issue(("priority",), f"must be >= {settings.min_priority} and <= {settings.max_priority}", spec.priority))
+    seeds = _seeds(spec, settings, issues)
+    if _is_script(spec):
+        return _normalise_script(spec, settings, issues), seeds
+    try:
+        config = normalise_config(spec.config)
+    except InvalidInput as exc:
+        issues += exc.issues
+        config = {}
+    else:
+        variant = f"sp{config.get('VOCAB_SIZE', TrainerConfig.vocab_size)}"
+        if variant not in settings.data_variant_choices:
+            sizes = ", ".join(v.removeprefix("sp") for v in settings.data_variant_choices)
+            issues.append(Issue(("config", "VOCAB_SIZE"), f"no data variant {variant} here: VOCAB_SIZE must be one of {sizes} "
+                                f"(data variants {', '.join(settings.data_variant_choices)})", config.get("VOCAB_SIZE")))  # fmt: skip
+        if spec.abort_if_behind is not None:
+            issues += unlogged_step(config, spec.abort_if_behind.step)
+    if not issues and not spec.allow_noncompliant:
+        issues += [
+            Issue(("config", p.knob), f"{p.reason}; set allow_noncompliant: true to run it anyway (its results will not count for the track)", p.value)
+            for p in spec_noncompliance(config, spec.track)
+        ]
+    if issues:
+        raise InvalidInput(issues)
+    return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware, allow_noncompliant=spec.allow_noncompliant), seeds
+
+
+def _is_script(spec: RunCreate) -> bool:
+    """A spec that names a script, or any of a script run's fields (which then must name one)."""
+    return spec.script is not None or bool(spec.files) or bool(spec.env) or spec.data is not None or spec.score_label is not None or bool(spec.public_env)
+
+
+def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) -> NormalisedSpec:
+    """A team's own train_gpt.py: its files by sha256, its env and data variant (service.runs.scripts.spec)."""
+    if spec.config:
+        issues.append(Issue(("config",), "a script run takes env, not config (config holds the shared trainer's knobs)", sorted(spec.config)))
+    limits = ScriptLimits(
+        file_bytes=settings.max_script_file_bytes, total_bytes=settings.max_script_total_bytes, files=settings.max_script_files,
+        env_vars=settings.max_script_env_vars, env_value_chars=settings.max_script_env_value_chars, variants=settings.data_variant_choices,
+    )  # fmt: skip
+    try:
+        script, blobs = check_script_spec(spec.script, [(f.name, f.content) for f in spec.files], spec.env, spec.data, limits,
+                                          score_label=spec.score_label, public_env=spec.public_env)
+    except InvalidInput as exc:
+        raise InvalidInput(issues + exc.issues) from None
+    if issues:
+        raise InvalidInput(issues)
+    return NormalisedSpec(config=script.to_json(), track=spec.track, hardware=spec.hardware,
+                          allow_noncompliant=spec.allow_noncompliant, kind=SCRIPT_KIND, blobs=blobs)
+
+
+def _seeds(spec: RunCreate, settings: Settings, issues: list[Issue]) -> list[int]:
+    if spec.seeds is not None and spec.seed is not None:
+        issues.append(Issue(("seed",), "give seeds or seed, not both", spec.seed))
+        return []
+    if spec.seeds is None:
+        return [DEFAULT_SEED if spec.seed is None else spec.seed]
+    seeds = spec.seeds
+    if not seeds:
+        issues.append(Issue(("seeds",), "must hold at least 1 seed", seeds))
+    if len(seeds) > settings.max_seeds:
+        issues.append(Issue(("seeds",), f"at most {settings.max_seeds} seeds per submission, got {len(seeds)}", len(seeds)))
+    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if duplicates:
+        issues.append(Issue(("seeds",), f"seeds must be unique; repeated: {', '.join(map(str, duplicates))}", duplicates))
+    return list(seeds)

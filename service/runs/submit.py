@@ -1,0 +1,139 @@
+"""Submitting runs: one QUEUED run per seed of a spec, in its group, after the size,
+quota and idempotency checks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.billing import quotas
+from service.core.errors import Conflict, InvalidInput, Issue
+from service.core.models import Run, RunGroup, Team, utcnow
+from service.core.settings import Settings
+from service.runs import size_check
+from service.runs.lifecycle import RunStatus, record_created
+from service.runs.queries import run_query, with_names
+from service.runs.scripts.files import store_blobs
+from service.runs.spec import NormalisedSpec, normalise_spec
+from service.schemas import RunCreate
+from service.teams.tokens import Principal
+from trainer.config import TrainerConfig
+
+
+def _team_for(session: Session, principal: Principal, name: str | None) -> Team:
+    if name is None:
+        if len(principal.roles) == 1:
+            return session.get_one(Team, next(iter(principal.roles)))
+        if not principal.roles:
+            raise InvalidInput([Issue(("team",), "you belong to no team; ask an admin to add you to one", None)])
+        names = ", ".join(sorted(principal.team_names.values()))
+        raise InvalidInput([Issue(("team",), f"you belong to several teams ({names}); name one", None)])
+    team = session.scalar(select(Team).where(Team.name == name))
+    if team is None or not principal.can_see_team(team.id):
+        raise InvalidInput([Issue(("team",), "no such team among yours", name)])
+    return team
+
+
+def submit_runs(
+    session: Session,
+    principal: Principal,
+    spec: RunCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[str, list[Run], bool]:
+    """Create one QUEUED run per seed, all with one group key, and commit.
+
+    Returns (group_key, runs, replayed). With an ``idempotency_key`` a retry
+    (even a concurrent one) returns the runs of the first request instead of
+    making new ones: the unique constraint (user_id, idempotency_key, seed)
+    lets only one insert win. Reusing a key for a different spec is a Conflict.
+    """
+    normal, seeds = normalise_spec(spec, settings)
+    team = _team_for(session, principal, spec.team)
+    group_key = normal.group_key(team.id)
+    if idempotency_key:
+        if len(idempotency_key) > 200:
+            raise InvalidInput([Issue(("header", "Idempotency-Key"), "at most 200 characters", len(idempotency_key))])
+        earlier = _by_idempotency_key(session, principal.user_id, idempotency_key)
+        if earlier:
+            return group_key, _replay(earlier, group_key, seeds), True
+    if normal.kind == "trainer" and normal.track == size_check.SIZE_CHECKED_TRACK and not normal.allow_noncompliant:
+        _refuse_oversized(session, team.id, normal.config)
+    quotas.check_storage_quota(session, team.id, team.name, sum(len(b) for b in normal.blobs.values()), settings.team_storage_quota_bytes)
+    now = utcnow()
+    store_blobs(session, normal.blobs)
+    ensure_group(session, group_key, team.id, spec.name, normal, now)
+    runs = [
+        Run(
+            team_id=team.id,
+            user_id=principal.user_id,
+            name=spec.name,
+            notes=spec.notes,
+            kind=normal.kind,
+            spec=normal.config,
+            seed=seed,
+            group_key=group_key,
+            track=normal.track,
+            hardware=normal.hardware,
+            allow_noncompliant=normal.allow_noncompliant,
+            abort_if_behind=spec.abort_if_behind.model_dump() if spec.abort_if_behind else None,
+            priority=settings.default_priority if spec.priority is None else spec.priority,
+            status=RunStatus.QUEUED.value,
+            status_reason="",
+            attempts=0,
+            idempotency_key=idempotency_key or None,
+            submitted_at=now,
+            log_bytes=0,
+        )
+        for seed in seeds
+    ]
+    session.add_all(runs)
+    try:
+        session.flush()
+        for run in runs:
+            record_created(session, run, actor=principal.actor)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = _by_idempotency_key(session, principal.user_id, idempotency_key) if idempotency_key else []
+        if not earlier:
+            raise
+        return group_key, _replay(earlier, group_key, seeds), True
+    return group_key, with_names(session, [r.id for r in runs]), False
+
+
+def _refuse_oversized(session: Session, team_id: int, config: dict[str, Any]) -> None:
+    """The pre-flight size check (service.runs.size_check): refuse a config whose artifact cannot fit, saying by how much."""
+    ratios, code_sizes = size_check.measured(session, team_id)
+    estimate = size_check.estimate(TrainerConfig.from_dict(config), ratios, code_sizes)
+    problem = estimate.problem()
+    if problem:
+        raise InvalidInput([Issue(("config",), f"{problem}; make the model smaller, or set allow_noncompliant: true to run it anyway "
+                                               "(its results will not count for the track)", estimate.total_bytes)])  # fmt: skip
+
+
+def ensure_group(session: Session, key: str, team_id: int, name: str, normal: NormalisedSpec, now: datetime) -> None:
+    """Insert the group row unless it exists; concurrent first submissions both succeed."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    values = dict(key=key, team_id=team_id, name=name, track=normal.track, hardware=normal.hardware, kind=normal.kind,
+                  config=normal.config, allow_noncompliant=normal.allow_noncompliant, created_at=now)
+    session.execute(insert(RunGroup).values(**values).on_conflict_do_nothing(index_elements=["key"]))
+
+
+def _by_idempotency_key(session: Session, user_id: int, key: str) -> list[Run]:
+    query = run_query().where(Run.user_id == user_id, Run.idempotency_key == key).order_by(Run.id)
+    return list(session.scalars(query))
+
+
+def _replay(earlier: list[Run], group_key: str, seeds: list[int]) -> list[Run]:
+    if earlier[0].group_key != group_key or sorted(r.seed for r in earlier) != sorted(seeds):
+        raise Conflict("this Idempotency-Key was already used for a different spec")
+    return earlier

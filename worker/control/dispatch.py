@@ -1,0 +1,139 @@
+"""Dispatch: start the runs the scheduling policy picks.
+
+The policy itself is pure and lives in the service (``service.queue.policy``:
+weighted fair share between teams, within budgets and capacity), so the API's
+queue forecasts (``service.queue.forecast``) play forward the very rule
+used here. ``dispatch_due_runs`` reads the facts (``service.queue.state``:
+queued runs with their expected time, runs holding slots, each team's billed
+GPU-hours as service.billing.accounting measures them), calls the policy, marks the
+picked runs dispatched (QUEUED -> PROVISIONING, so the next tick does not pick
+them again) and enqueues them. A run sent back to the queue (no capacity,
+preemption) waits retry_backoff_s · 2^(attempts-1) before it is picked again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from service.billing.accounting import gpus_of  # noqa: F401 (re-exported: one definition, shared with accounting)
+from service.runs.lifecycle import IllegalTransition, RunStatus, transition
+from service.core.models import Run, utcnow
+from service.queue.policy import ANY_HARDWARE, ActiveRun, QueuedRun, TeamUsage, parse_capacity, pick_runs_to_start, slots_of  # noqa: F401 (re-exported)
+from service.queue.settings import SchedulingSettings
+from service.queue.state import load_queue_state, retry_wait  # noqa: F401 (re-exported)
+from worker.run.lease import dispatch_mark
+
+log = logging.getLogger(__name__)
+
+ACTOR = "scheduler"
+ACTIVE = (RunStatus.PROVISIONING.value, RunStatus.RUNNING.value)
+DEFAULTS = SchedulingSettings.model_construct()  # the fields' defaults, not the environment
+
+
+def _lock_dispatch(session: Session) -> None:
+    # Two schedulers at once could both fill the same free slot; PostgreSQL
+    # serialises them with a transaction-scoped advisory lock. (SQLite runs a
+    # single control worker.)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(7281)"))
+
+
+def _any_free_slot(session: Session, capacity: Mapping[str, int]) -> bool:
+    """Whether some hardware that a queued run asks for has a slot free."""
+    wanted = session.scalars(select(Run.hardware).where(Run.status == RunStatus.QUEUED.value).distinct()).all()
+    if not wanted:
+        return False
+    busy = dict(session.execute(select(Run.hardware, func.count()).where(Run.status.in_(ACTIVE)).group_by(Run.hardware)).tuples().all())
+    return any(slots_of(hardware, capacity) - busy.get(hardware, 0) > 0 for hardware in wanted)
+
+
+def dispatch_due_runs(
+    session: Session,
+    *,
+    capacity: Mapping[str, int],
+    enqueue: Callable[[int], None],
+    budget_period: timedelta = timedelta(days=DEFAULTS.budget_period_days),
+    expected_run_hours: float = DEFAULTS.expected_run_hours,
+    retry_backoff_s: float = 0.0,
+    run_overhead_s: float = DEFAULTS.run_overhead_s,
+    now: datetime | None = None,
+) -> list[int]:
+    """Pick runs with `pick_runs_to_start`, move each QUEUED -> PROVISIONING (committed),
+    then call ``enqueue(run_id)``. Returns the ids dispatched.
+
+    If enqueueing fails (broker down), the run stays PROVISIONING with a
+    heartbeat from now; the janitor dispatches it again once that goes stale.
+    """
+    now = now or utcnow()
+    _lock_dispatch(session)
+    if not _any_free_slot(session, capacity):  # two small counts, not the whole queue and its billing
+        session.rollback()
+        return []
+    state = load_queue_state(session, now=now, budget_period=budget_period, retry_backoff_s=retry_backoff_s, run_overhead_s=run_overhead_s)
+    queued = state.ready(now)
+    if not queued:
+        session.rollback()
+        return []
+    picked = pick_runs_to_start(queued, state.running, state.usage, capacity, expected_run_hours=expected_run_hours)
+    dispatched = []
+    for run_id in picked:
+        run = session.get(Run, run_id)
+        if run is None:
+            continue
+        try:
+            transition(session, run, RunStatus.PROVISIONING, actor=ACTOR, reason="dispatched to a worker")
+        except IllegalTransition:
+            continue  # cancelled meanwhile
+        run.heartbeat_at = now  # the janitor measures a lost dispatch from here
+        run.worker_task_id = dispatch_mark(now)  # a message is on its way (worker.run.lease)
+        dispatched.append(run_id)
+    session.commit()
+    unsent = []
+    for run_id in dispatched:
+        try:
+            enqueue(run_id)
+        except Exception:  # noqa: BLE001 (any broker error: the janitor re-dispatches later)
+            log.exception("could not enqueue run %s; the janitor will dispatch it again", run_id)
+            unsent.append(run_id)
+    if unsent:  # no message is on its way: the janitor sends one once the stale window has passed
+        session.execute(
+            update(Run).where(Run.id.in_(unsent), Run.worker_task_id == dispatch_mark(now)).values(worker_task_id=None),
+            execution_options={"synchronize_session": False},
+        )
+        session.commit()
+    return dispatched
+
+
+class TickDebounce:
+    """Coalesces tick requests: the first request in a window sends one tick delayed by
+    ``window_s``; later requests in that window send nothing, since that tick runs after
+    them and sees their runs. A burst of 1,000 submits costs one tick per window per
+    process instead of 1,000 (which queued for minutes and made the janitor's ticks expire).
+    """
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._pending_until = float("-inf")
+        self._lock = threading.Lock()
+
+    def request(self, send: Callable[[float], None]) -> bool:
+        """Call ``send(countdown_s)`` unless a tick is already pending; True if one was sent."""
+        with self._lock:
+            now = self._clock()
+            if now < self._pending_until:
+                return False
+            self._pending_until = now + self.window_s
+        try:
+            send(self.window_s)
+        except Exception:
+            with self._lock:
+                self._pending_until = float("-inf")  # not sent: the next request tries again
+            raise
+        return True

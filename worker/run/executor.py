@@ -1,0 +1,570 @@
+"""Drive one run through a launcher, from dispatch to its final state.
+
+    claim the lease ─▶ launch: acquire (and claim) a node, submit the trainer job,
+    then the job's handle, whether its node was a reused warm one (runs.warm_start)
+    and PROVISIONING -> RUNNING in one commit ─▶ follow:
+    stream the log and its metrics into the DB, honour cancel and the hard
+    timeout ─▶ conclude: collect result.json and the artifact ─▶ release ─▶
+    SUCCEEDED | FAILED | CANCELLED | ABORTED_BEHIND (its abort_if_behind rule, checked
+    as the log's metrics arrive: service.runs.early_abort), or back to QUEUED for another attempt
+
+One owner, one rule: the executor holding a run's lease (worker.run.lease) is the
+only process that changes the status of a PROVISIONING/RUNNING run, and every
+change is a compare-and-set on (status, lease token) written together with
+what implied it. Where a crash can leave a run, and what the next executor
+(dispatched again by the janitor once the heartbeat is stale) does with it:
+
+    PROVISIONING, no handle      launches (nothing was submitted, or it was stopped)
+    RUNNING with its handle      re-attaches; a job that ended meanwhile is concluded
+    PROVISIONING with a handle   (left by versions that wrote them apart) moves it to RUNNING, re-attaches
+    terminal                     nothing
+
+A job that the launcher lost (LOST) but whose result.json says it succeeded is
+collected, not run again. A requeue keeps the attempt's log and metrics
+(tagged with the attempt); the next attempt's log follows a line that says so.
+
+The story and the status changes are here; the pieces it uses have their own modules:
+worker.run.clusters (get, claim and release a node), worker.run.log_stream (the job's log and
+metrics into the DB), worker.run.trainer_job and worker.run.script_job (a run's job, and
+its outputs as the run's columns).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.core.storage import DiskFull
+from service.runs.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
+from service.runs.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
+from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
+from service.results.queries import judge_run
+from trainer.config import ConfigError
+from worker.launchers.base import (
+    ClusterHandle,
+    JobSpec,
+    JobState,
+    JobStatus,
+    LaunchFailed,
+    LaunchHandle,
+    Launcher,
+    LauncherUnreachable,
+    RetryLater,
+)
+from service.runs.scripts.files import MissingScriptFile
+from worker.run.clusters import RunClusters, cluster_of, is_reused
+from worker.run.deadlines import Deadline, run_deadline, silent_too_long
+from worker.run.lease import Lease, with_db_retry
+from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
+from worker.run.log_stream import DEFAULT_MAX_TRAIN_POINTS, RunLog
+from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
+from worker.run.script_job import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, script_job, script_outcome
+from worker.run.trainer_job import OUTPUT_FILES, read_result, trainer_job, trainer_outcome
+
+log = logging.getLogger(__name__)
+
+ACTOR = "worker"
+DRIVER_ERROR = "driver error"  # reason prefix of the events that count unexpected errors
+SessionFactory = Callable[[], Session]
+T = TypeVar("T")
+
+
+def execute_run(run_id: int, *, launcher: Launcher, session_factory: SessionFactory, store: Any, settings: Any) -> str:
+    """Drive run `run_id` to a final state (or hand it back to the queue); returns what happened, in words."""
+
+    def pick_up() -> str | None:
+        with session_factory() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                return f"run {run_id} does not exist"
+            if is_terminal(run.status):
+                return f"run {run_id} is already {run.status}"
+            if run.status == RunStatus.QUEUED.value:
+                try:
+                    transition(session, run, RunStatus.PROVISIONING, actor=ACTOR, reason="picked up by a worker", also={"worker_task_id": None})
+                except IllegalTransition:
+                    return f"run {run_id} changed state meanwhile"
+                session.commit()
+        return None
+
+    retry_s = float(getattr(settings, "db_retry_s", 60.0))
+    outcome = with_db_retry(pick_up, what=f"run {run_id}: pick up", deadline_s=retry_s)
+    if outcome is not None:
+        return outcome
+    lease = Lease(session_factory, run_id, settings.heartbeat_s, settings.heartbeat_s * settings.stale_heartbeats)
+    if not with_db_retry(lease.claim, what=f"run {run_id}: claim the lease", deadline_s=retry_s):
+        return f"run {run_id} is being driven by another worker"
+    lease.start()
+    driver = RunDriver(run_id, launcher, session_factory, store, settings, lease)
+    try:
+        return driver.drive()
+    except Exception as exc:
+        log.exception("run %s: the driver failed", run_id)
+        return driver.after_error(exc)
+    finally:
+        lease.stop()
+
+
+class RunDriver:
+    """One executor's pass over one run (holding its lease).
+
+    Every status change goes through ``transition(..., owner=lease token)``;
+    every database step is retried through transient errors (``with_db_retry``)
+    and is safe to repeat.
+    """
+
+    def __init__(self, run_id: int, launcher: Launcher, session_factory: SessionFactory, store: Any, settings: Any, lease: Lease) -> None:
+        self.run_id = run_id
+        self.launcher = launcher
+        self.session_factory = session_factory
+        self.store = store
+        self.settings = settings
+        self.lease = lease
+        self.token = lease.token
+        self.retry_s = float(getattr(settings, "db_retry_s", 60.0))
+        self.script = False  # a team's own train_gpt.py (runs.kind "script"), not the shared trainer
+        self.run_log = RunLog(run_id, session_factory, retry_s=self.retry_s, script=False, attempt=1, offset=0, base=0)  # set by drive()
+        self.clusters = RunClusters(run_id, launcher, session_factory, retry_s=self.retry_s, keep_warm=settings.keep_warm_minutes > 0)
+        self.abort_rule: AbortRule | None = None  # the spec's abort_if_behind (service.runs.early_abort)
+        self.behind: Behind | None = None  # set once the rule's step showed the run behind
+        self.store_failed: str | None = None  # why an output could not be stored (a full disk)
+        self.deadline = Deadline(0.0, 0.0, float(settings.hard_timeout_s), float(settings.hard_timeout_s))  # set by drive()
+
+    def _db(self, fn: Callable[[], T], what: str) -> T:
+        return with_db_retry(fn, what=f"run {self.run_id}: {what}", deadline_s=self.retry_s)
+
+    # --- the story ------------------------------------------------------------------------
+    def drive(self) -> str:
+        def load() -> tuple[str, LaunchHandle | None, ClusterHandle | None, bool]:
+            with self.session_factory() as session:
+                run = session.get_one(Run, self.run_id)
+                handle = LaunchHandle.from_json(run.launch_handle) if run.launch_handle else None
+                self.script = run.kind == SCRIPT
+                attempt = (run.attempts or 0) + 1
+                offset = int(run.log_bytes or 0)
+                first = session.scalar(select(func.min(LogChunk.offset)).where(LogChunk.run_id == self.run_id, LogChunk.attempt == attempt))
+                base = int(first) if first is not None else offset
+                self.run_log = RunLog(self.run_id, self.session_factory, retry_s=self.retry_s, script=self.script, attempt=attempt, offset=offset, base=base,
+                                      max_train_points=int(getattr(self.settings, "max_train_points", DEFAULT_MAX_TRAIN_POINTS)),
+                                      log_max_bytes=getattr(self.settings, "log_max_bytes", None) or None, truncated_at=run.log_truncated_at)
+                self.abort_rule = AbortRule.of(run.abort_if_behind)
+                s = self.settings
+                self.deadline = run_deadline(run.spec, eval_cap_s=float(getattr(s, "eval_cap_s", 600.0)),
+                                             overhead_s=float(getattr(s, "deadline_overhead_s", 300.0)), ceiling_s=float(s.hard_timeout_s))  # fmt: skip
+                return run.status, handle, cluster_of(session, run), run.cancel_requested_at is not None
+
+        status, handle, cluster, cancel_requested = self._db(load, "load")
+        if is_terminal(status):
+            return f"run {self.run_id} is already {status}"
+        if handle is None:
+            if cancel_requested:
+                return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
+            launched = self._launch()
+            if isinstance(launched, str):
+                return launched
+            handle, cluster = launched
+        else:
+            log.info("run %s: re-attaching to job %s on %s", self.run_id, handle.job_id, handle.cluster)
+            if status == RunStatus.PROVISIONING.value:
+                # A handle without the RUNNING it implies (written before the two became one
+                # commit): finish the move, so started_at and the hard timeout hold again.
+                moved = self._db(lambda: self._to_running(handle, f"re-attached to job {handle.job_id} on {handle.cluster}"), "mark running")
+                if not moved:
+                    return f"run {self.run_id} changed state meanwhile"
+        return self._follow(handle, cluster)
+
+    def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None) -> bool:
+        """PROVISIONING -> RUNNING with the launch handle, in one commit (idempotent: True if it is already so).
+
+        ``warm``: the job's cluster was a reused, kept-warm one (True) or freshly provisioned
+        (False), recorded as ``runs.warm_start`` by the same UPDATE (what the accounting
+        counts as saved provisioning); None (a re-attach) leaves it as it is.
+        """
+        stored = handle.to_json()
+        also: dict[str, Any] = {"launch_handle": stored} if warm is None else {"launch_handle": stored, "warm_start": warm}
+        with self.session_factory() as session:
+            run = session.get_one(Run, self.run_id)
+            if run.status == RunStatus.RUNNING.value and run.launch_handle == stored and run.worker_task_id == self.token:
+                return True  # an earlier try committed before its error came back
+            try:
+                transition(session, run, RunStatus.RUNNING, actor=ACTOR, reason=reason, owner=self.token, also=also)
+            except IllegalTransition:
+                session.rollback()
+                return False
+            session.commit()
+            return True
+
+    def _launch(self) -> tuple[LaunchHandle, ClusterHandle] | str:
+        # The job's own timeout (the wrapper's, the node's) is a backstop a minute past the
+        # deadline the executor enforces, so the executor's clearer reason normally wins.
+        timeout_s = self.deadline.seconds + 60.0
+
+        def load() -> tuple[str, JobSpec | None, str]:
+            with self.session_factory() as session:
+                run = session.get_one(Run, self.run_id)
+                try:
+                    if run.kind == SCRIPT:
+                        return run.hardware, script_job(session, run, timeout_s), ""
+                    return run.hardware, trainer_job(run, timeout_s), ""
+                except ConfigError as exc:
+                    return run.hardware, None, "invalid trainer config: " + "; ".join(f"{i.field}: {i.message}" for i in exc.issues)
+                except MissingScriptFile as exc:
+                    return run.hardware, None, f"invalid script run: {exc}"
+
+        hardware, job, bad_spec = self._db(load, "load the spec")
+        if job is None:
+            return self._finish(RunStatus.FAILED, bad_spec)
+        try:
+            cluster = self.clusters.acquire(hardware)
+        except (RetryLater, LauncherUnreachable) as exc:
+            return self._requeue(f"no node: {exc}")
+        except LaunchFailed as exc:
+            return self._finish(RunStatus.FAILED, f"cannot get a node: {exc}")
+        if self._cancel_requested():
+            return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
+        # The launch key is fixed by what the database already holds (the run and its attempt),
+        # so it exists before the launcher is asked. An executor that died between submit and
+        # the commit below left a job tagged with it: this one adopts that job instead of
+        # starting a second trainer for the same attempt.
+        job.launch_key = f"run-{self.run_id}-attempt-{self.run_log.attempt}"
+        find = getattr(self.launcher, "find", None)
+        found = find(self.run_id, job.launch_key) if find is not None else None
+        if found is not None:
+            reason = f"adopted job {found.job_id} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
+            moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster)), "record the adopted job")
+            if not moved:
+                self._cancel_quietly(found)
+                return f"run {self.run_id} changed state during launch; job stopped"
+            return found, cluster
+        try:
+            handle = self.launcher.submit(cluster, job)
+        except (RetryLater, LauncherUnreachable) as exc:
+            return self._requeue(f"launch failed, will retry: {exc}", cluster=cluster, never_up=True)
+        except LaunchFailed as exc:
+            return self._finish(RunStatus.FAILED, f"launch failed: {exc}", cluster=cluster, never_up=True)
+        # The handle and PROVISIONING -> RUNNING are one commit: a worker that dies
+        # before it leaves a run with no job (launched again), one that dies after it
+        # a RUNNING run with its handle (re-attached), never a job without its state.
+        warm = is_reused(cluster)
+        reason = f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "") + f"; {self._limits()}"
+        try:
+            moved = self._db(lambda: self._to_running(handle, reason, warm=warm), "record the launch")
+        except Exception:
+            self._cancel_quietly(handle)  # it cannot be recorded: it must not run unseen
+            raise
+        if not moved:
+            self._cancel_quietly(handle)
+            return f"run {self.run_id} changed state during launch; job stopped"
+        return handle, cluster
+
+    def _limits(self) -> str:
+        silence = float(getattr(self.settings, "silence_timeout_s", 0.0))
+        watchdog = f"stopped after {silence:.0f} s without output" if silence > 0 else "no silence watchdog"
+        return f"deadline {self.deadline.describe()}; {watchdog}"
+
+    def _follow(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
+        poll = float(self.settings.poll_interval_s)
+        silence_limit = float(getattr(self.settings, "silence_timeout_s", 0.0))
+        heard_at, heard_bytes = time.monotonic(), -1  # silence counts from when this executor began to follow
+        while True:
+            if self.lease.lost.is_set():
+                return f"run {self.run_id}: lease lost, another worker drives it now"
+            self._pull_log(handle, final=False)
+            if self.run_log.offset != heard_bytes:
+                heard_at, heard_bytes = time.monotonic(), self.run_log.offset
+            silent_s = time.monotonic() - heard_at
+            row = self._db(self._run_state, "read its state")
+            if row is None or is_terminal(row.status):
+                return f"run {self.run_id} was finished elsewhere"
+            unreachable: LauncherUnreachable | None = None
+            try:
+                status: JobStatus | None = self.launcher.status(handle)
+            except LauncherUnreachable as exc:
+                status, unreachable = None, exc
+            except RetryLater as exc:
+                self._pull_log(handle, final=True)
+                return self._requeue(f"job lost: {exc}", cluster=cluster, never_up=not handle.job_id)
+            except LaunchFailed as exc:
+                self._pull_log(handle, final=True)
+                return self._finish(RunStatus.FAILED, f"the job could not start: {exc}", cluster=cluster, never_up=not handle.job_id)
+            # A job that ended is concluded first: a run re-attached long after its
+            # job finished is not failed for the time it waited.
+            if status is not None and status.terminal:
+                self._pull_log(handle, final=True)
+                return self._conclude(handle, cluster, status)
+            if self.behind is not None:
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    return self._abort_behind(self.behind, cluster)
+            elif row.cancel_requested_at is not None:
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    return self._cancelled(handle, cluster)
+            elif row.started_at is not None and (utcnow() - row.started_at).total_seconds() > self.deadline.seconds:
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    self._store_outputs(handle)
+                    why = f"hard timeout: still running past its deadline of {self.deadline.describe()}"
+                    return self._finish(RunStatus.FAILED, why, cluster=cluster)
+            elif silent_too_long(silent_s, silence_limit):
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    self._store_outputs(handle)
+                    why = f"silent: no output for {silent_s:.0f} s (CADDIE_SILENCE_TIMEOUT_S={silence_limit:.0f}); the trainer was presumed hung and stopped"
+                    return self._finish(RunStatus.FAILED, why, cluster=cluster)
+            if unreachable is not None:
+                log.warning("run %s: launcher unreachable (%s); polling again", self.run_id, unreachable)
+                time.sleep(max(poll, self.settings.heartbeat_s))
+            else:
+                time.sleep(poll)
+
+    def _conclude(self, handle: LaunchHandle, cluster: ClusterHandle | None, status: JobStatus) -> str:
+        if status.state is JobState.LOST:
+            # Only the job's supervisor may be gone (the local wrapper, a node agent):
+            # a trainer that finished left its result, and a finished run is not run again.
+            if self._store_outputs(handle, only_if_succeeded=True) is not None:
+                return self._finish(RunStatus.SUCCEEDED, "finished; its supervisor vanished, the result was collected", cluster=cluster)
+            return self._requeue(status.reason or "the job vanished", cluster=cluster)
+        if status.state is JobState.CANCELLED:
+            if self._cancel_requested():
+                return self._cancelled(handle, cluster)
+            return self._finish(RunStatus.CANCELLED, status.reason or "job cancelled outside caddie", cluster=cluster)
+        result = self._store_outputs(handle)
+        if status.state is JobState.SUCCEEDED:
+            if result is None:
+                return self._finish(RunStatus.FAILED, "trainer exited 0 but wrote no result.json", cluster=cluster)
+            if result.get("status", "succeeded") != "succeeded":
+                return self._finish(RunStatus.FAILED, str(result.get("error") or "trainer reported failure"), cluster=cluster)
+            return self._finish(RunStatus.SUCCEEDED, "", cluster=cluster)
+        reason = status.reason or (result or {}).get("error") or f"trainer exited with code {status.exit_code}"
+        return self._finish(RunStatus.FAILED, str(reason), cluster=cluster)
+
+    # --- the job ------------------------------------------------------------------------------
+    def _cancel_job(self, handle: LaunchHandle) -> bool:
+        """Stop the job; False if the launcher cannot be reached now (the caller tries again next poll)."""
+        try:
+            self.launcher.cancel(handle)
+            return True
+        except LauncherUnreachable as exc:
+            log.warning("run %s: cannot stop the job now (%s); trying again", self.run_id, exc)
+            return False
+
+    def _cancel_quietly(self, handle: LaunchHandle) -> None:
+        try:
+            self.launcher.cancel(handle)
+        except Exception:  # noqa: BLE001 (best effort: the job's own timeout is the backstop)
+            log.warning("run %s: could not stop job %s", self.run_id, handle.job_id, exc_info=True)
+
+    # --- log streaming ------------------------------------------------------------------------
+    def _pull_log(self, handle: LaunchHandle, final: bool) -> None:
+        """Store what is new of the job's log and its metrics (worker.run.log_stream); judge progress as they come."""
+        self.run_log.pull(self.launcher, handle, final, self._points_arrived)
+
+    def _points_arrived(self, points: list[MetricPoint]) -> None:
+        if self.abort_rule is not None and self.behind is None:
+            self._judge_progress(self.abort_rule, points)
+
+    # --- outputs -----------------------------------------------------------------------------
+    def _store_outputs(self, handle: LaunchHandle, *, only_if_succeeded: bool = False) -> dict[str, Any] | None:
+        """Collect the job's files: result.json into the run's columns, every output file into the store.
+
+        only_if_succeeded: store nothing (and return None) unless result.json says the run succeeded.
+        """
+        with tempfile.TemporaryDirectory(prefix=f"caddie-run-{self.run_id}-") as tmp:
+            try:
+                outdir = self.launcher.collect(handle, Path(tmp))
+            except (LaunchFailed, RetryLater, LauncherUnreachable) as exc:
+                log.warning("run %s: could not collect outputs: %s", self.run_id, exc)
+                return None
+            if self.script:
+                if self.run_log.parser.summary.final is None:
+                    self.run_log.reread()
+                values = self._script_values()
+                result = values["result"]
+            else:
+                result = read_result(outdir / "result.json")
+            if only_if_succeeded and (result is None or result.get("status") != "succeeded"):
+                return None
+            stored = []
+            for filename, kind in SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES:
+                path = outdir / filename
+                if path.is_file():
+                    try:
+                        uri, size, sha = self.store.put(self.run_id, kind, path)
+                    except DiskFull as exc:
+                        # The figures still land below; the run cannot end SUCCEEDED without its files.
+                        log.error("run %s: %s", self.run_id, exc)
+                        self.store_failed = str(exc)
+                        continue
+                    stored.append((kind, uri, size, sha))
+        if not self.script:
+            if result is None and self.run_log.parser.summary.final is None:
+                self.run_log.reread()
+            assert isinstance(self.run_log.parser, LogParser)
+            values = trainer_outcome(result, self.run_log.parser.summary)
+
+        def write() -> None:
+            with self.session_factory() as session:
+                session.execute(delete(Artifact).where(Artifact.run_id == self.run_id))  # a second collect replaces the first
+                session.add_all(Artifact(run_id=self.run_id, kind=k, uri=u, bytes=b, sha256=h, created_at=utcnow()) for k, u, b, h in stored)
+                if values:
+                    run = session.get_one(Run, self.run_id)
+                    for column, value in values.items():
+                        setattr(run, column, value)
+                    judge_run(run)  # the rule checks land with the figures they judge, in one commit
+                session.commit()
+
+        self._db(write, "store its outputs")
+        return result
+
+    def _script_values(self) -> dict[str, Any]:
+        def spec() -> dict[str, Any]:
+            with self.session_factory() as session:
+                return dict(session.get_one(Run, self.run_id).spec)
+
+        assert isinstance(self.run_log.parser, ScriptLogParser)
+        return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"))
+
+    # --- endings -------------------------------------------------------------------------------
+    def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None, never_up: bool = False) -> str:
+        self.clusters.release(cluster, never_up=never_up)
+        if to is RunStatus.SUCCEEDED and self.store_failed:
+            to, reason = RunStatus.FAILED, f"trained and evaluated (figures kept), but the artifact store could not take its outputs: {self.store_failed}"
+
+        def move() -> str:
+            with self.session_factory() as session:
+                run = session.get_one(Run, self.run_id)
+                if is_terminal(run.status):
+                    return f"run {self.run_id} was already {run.status}"
+                try:
+                    transition(session, run, to, actor=ACTOR, reason=reason, owner=self.token, also=also)
+                except IllegalTransition as exc:
+                    session.rollback()
+                    log.error("run %s: cannot end as %s: %s", self.run_id, to.value, exc)
+                    return f"run {self.run_id}: {exc}"
+                session.commit()
+            return f"run {self.run_id} {to.value}" + (f": {reason}" if reason and to is not RunStatus.SUCCEEDED else "")
+
+        return self._db(move, f"end as {to.value}")
+
+    def _cancelled(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
+        """End a run whose cancel stopped its job: SUCCEEDED with its result if the trainer had
+        already written one (a cancel racing the end must not throw a paid result away), else CANCELLED."""
+        if self._store_outputs(handle, only_if_succeeded=True) is not None:
+            return self._finish(RunStatus.SUCCEEDED, "the cancel came after the run had written its result: the result is kept", cluster=cluster)
+        return self._finish(RunStatus.CANCELLED, "cancelled by user", cluster=cluster)
+
+    def _judge_progress(self, rule: AbortRule, points: list[Any]) -> None:
+        """Early abort: once the rule's step is logged, compare with the team's best (service.runs.early_abort)."""
+        loss = loss_at(rule, points)
+        if loss is None:
+            return
+
+        def best() -> tuple[float, int] | None:
+            with self.session_factory() as session:
+                run = session.get_one(Run, self.run_id)
+                return best_train_loss(session, team_id=run.team_id, track=run.track, hardware=run.hardware, step=rule.step, exclude_run=run.id)
+
+        self.behind = judge(rule, loss, self._db(best, "find the team's best run"))
+        if self.behind is not None:
+            log.info("run %s: %s", self.run_id, self.behind.reason)
+
+    def _abort_behind(self, behind: Behind, cluster: ClusterHandle | None) -> str:
+        """End as ABORTED_BEHIND with the node time saved (its expected time minus what it used)."""
+
+        def saved() -> float:
+            with self.session_factory() as session:
+                return saved_seconds(session, session.get_one(Run, self.run_id), float(getattr(self.settings, "run_overhead_s", 0.0)), utcnow())
+
+        return self._finish(RunStatus.ABORTED_BEHIND, behind.reason, cluster=cluster, also={"saved_seconds": self._db(saved, "measure the time saved")})
+
+    def _requeue(self, reason: str, *, cluster: ClusterHandle | None = None, never_up: bool = False) -> str:
+        """Back to the queue for another attempt (attempts+1), or FAILED once attempts run out.
+
+        The attempt's log and metrics stay; a line in the log says where the next attempt begins.
+        """
+        self.clusters.release(cluster, never_up=never_up)
+
+        def move() -> str:
+            with self.session_factory() as session:
+                run = session.get_one(Run, self.run_id)
+                if is_terminal(run.status) or run.status == RunStatus.QUEUED.value:
+                    return f"run {self.run_id} was already {run.status}"
+                attempt = (run.attempts or 0) + 1
+                if attempt >= self.settings.max_attempts:
+                    to, why = RunStatus.FAILED, f"gave up after {attempt} attempts: {reason}"
+                    also: dict[str, Any] = {}
+                else:
+                    to, why = RunStatus.QUEUED, reason
+                    last = session.scalar(select(LogChunk.data).where(LogChunk.run_id == self.run_id).order_by(LogChunk.offset.desc()).limit(1))
+                    note = ("" if not last or last.endswith("\n") else "\n") + f"caddie: attempt {attempt} ended ({' '.join(reason.split())}); queued for attempt {attempt + 1}\n"
+                    log_bytes = int(run.log_bytes or 0)
+                    session.add(LogChunk(run_id=self.run_id, offset=log_bytes, data=note, created_at=utcnow(), attempt=attempt))
+                    also = {"launch_handle": None, "cluster_id": None, "worker_task_id": None, "log_bytes": log_bytes + len(note.encode("utf-8"))}
+                try:
+                    transition(session, run, to, actor=ACTOR, reason=why, owner=self.token, also=also)
+                    session.commit()
+                except (IllegalTransition, IntegrityError) as exc:
+                    session.rollback()
+                    return f"run {self.run_id}: {exc}"
+            return f"run {self.run_id} {to.value}: {why}"
+
+        return self._db(move, "requeue")
+
+    def after_error(self, exc: BaseException) -> str:
+        """An error the driver did not expect (a launcher bug, a DB down for longer than the retries).
+
+        Counted as a run event; the lease is given up so the janitor dispatches the run
+        again. After max_driver_errors of them since its last status change the run
+        fails with the error: no run is retried without end.
+        """
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        limit = int(getattr(self.settings, "max_driver_errors", 3))
+        try:
+            with self.session_factory() as session:
+                run = session.get(Run, self.run_id)
+                if run is None or is_terminal(run.status) or run.worker_task_id != self.token:
+                    return f"run {self.run_id}: driver error ({what}); the run is no longer ours"
+                last_move = session.scalar(
+                    select(func.max(RunEvent.id)).where(
+                        RunEvent.run_id == self.run_id, (RunEvent.from_status.is_(None)) | (RunEvent.from_status != RunEvent.to_status)
+                    )
+                ) or 0
+                earlier = session.scalar(
+                    select(func.count(RunEvent.id)).where(
+                        RunEvent.run_id == self.run_id, RunEvent.id > last_move, RunEvent.actor == ACTOR, RunEvent.reason.startswith(DRIVER_ERROR)
+                    )
+                ) or 0
+                handle = LaunchHandle.from_json(run.launch_handle) if run.launch_handle else None
+                cluster = cluster_of(session, run)
+            n = earlier + 1
+            if n < limit:
+                with self.session_factory() as session:
+                    session.add(RunEvent(run_id=self.run_id, at=utcnow(), from_status=run.status, to_status=run.status, actor=ACTOR,
+                                         reason=f"{DRIVER_ERROR} {n} of {limit}: {what}"))  # fmt: skip
+                    session.commit()
+                self.lease.release()
+                return f"run {self.run_id}: driver error {n} of {limit} ({what}); it will be dispatched again"
+            if handle is not None:
+                self._cancel_quietly(handle)
+            return self._finish(RunStatus.FAILED, f"gave up after {n} driver errors: {what}", cluster=cluster)
+        except Exception:  # noqa: BLE001 (e.g. the database is still down: the janitor acts once the heartbeat is stale)
+            log.exception("run %s: could not record the driver error", self.run_id)
+            return f"run {self.run_id}: driver error ({what})"
+
+    # --- small reads -------------------------------------------------------------------------------
+    def _run_state(self) -> Any:
+        with self.session_factory() as session:
+            return session.execute(select(Run.status, Run.cancel_requested_at, Run.started_at).where(Run.id == self.run_id)).first()
+
+    def _cancel_requested(self) -> bool:
+        row = self._db(self._run_state, "read its state")
+        return row is not None and row.cancel_requested_at is not None

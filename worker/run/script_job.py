@@ -1,0 +1,57 @@
+"""What the executor does differently for a script run (a team's own train_gpt.py).
+
+::
+
+    runs.spec (ScriptSpec JSON) ──script_job──▶ JobSpec: its files from script_files,
+        its env + SEED + RUN_ID, its data variant
+    the job's log ──service.runs.logparse──▶ live metric points, and at the end
+    script_outcome ──▶ the run's columns + a result in the trainer's result.json shape
+        ({"status": "succeeded" | "failed", "error": ...}), so the executor concludes
+        a script run as it concludes a trainer run
+
+A script writes no result.json: its figures come from its log alone, each with the
+line it came from (kept in runs.result["figures"]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.core.models import Run
+from service.runs.scripts.files import run_folder_files
+from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
+from worker.launchers.base import JobSpec
+from worker.launchers.trainer_env import AUDIT_ENV
+from service.runs.logparse import ScriptLogSummary, script_result
+
+# The files of a script run's folder that are kept: its log, its code and the compressed
+# model the challenge's scripts write (never the raw checkpoint: 100+ MB of no use here).
+OUTPUT_FILES = (("stdout.log", "log"), (SCRIPT_NAME, "code"), ("final_model.int6.ptz", "model"), ("final_model.int8.ptz", "model"))
+
+
+def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
+    """The job of a script run: its folder's files, its env with SEED and RUN_ID, its data variant.
+
+    Raises service.runs.scripts.files.MissingScriptFile when a file's bytes are not stored.
+    """
+    spec = ScriptSpec.from_json(run.spec)
+    env = {**spec.env, "SEED": str(int(run.seed)), "RUN_ID": f"caddie-run-{run.id}", **AUDIT_ENV}  # the watch: worker/audit
+    return JobSpec(run_id=run.id, env=env, hardware=run.hardware, timeout_s=timeout_s, data_variant=spec.data,
+                   script_files=run_folder_files(session, spec))
+
+
+def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any]) -> dict[str, Any]:
+    """The run's columns from its log, with ``result``: succeeded when the log has a final figure."""
+    parsed = script_result(summary, score_label=ScriptSpec.from_json(spec).score_label)
+    result: dict[str, Any] = {
+        "status": "failed" if parsed.problem else "succeeded",
+        "source": "script log",
+        # The rules' code_revision: what ran is the script's own bytes.
+        "trainer_revision": f"{SCRIPT_NAME} sha256:{ScriptSpec.from_json(spec).script_sha256}",
+        "figures": parsed.sources,
+    }
+    if parsed.problem:
+        result["error"] = parsed.problem
+    return {**parsed.values, "result": result}
