@@ -113,6 +113,9 @@ class TrainerConfig:
                                     choices=("mean", "attn", "mlp"))
     fused_ce: bool = knob(False, "Training loss as one soft-capped cross-entropy that keeps only the raw logits and recomputes "
                           "c·tanh(x/c) in the backward (the 2026-04-27 record's fused kernel, in PyTorch); evaluation unchanged.")
+    doc_attention: bool = knob(False, "Attention within documents: no token attends across a BOS_TOKEN_ID (the 2026-04-27 record's "
+                               "variable-length attention over BOS-delimited documents, in training and evaluation). Runs on "
+                               "PyTorch SDPA with a document mask.")
     residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
                                "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
                                choices=("bf16", "fp32"))
@@ -320,6 +323,8 @@ class TrainerConfig:
             bad("PARALLEL_START_LAYER", f"must be > LOOP_END={self.loop_end} while NUM_LOOPS > 0")
         if self.fused_ce and self.logit_softcap <= 0:
             bad("FUSED_CE", "needs LOGIT_SOFTCAP > 0 (it is the soft-capped cross-entropy)")
+        if self.doc_attention and self.attention_backend == "fa3":
+            bad("ATTENTION_BACKEND", "must be auto or sdpa with DOC_ATTENTION (its document mask runs on SDPA)")
         if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:
             bad("MUON_BACKEND_STEPS", "must be <= 5 with MUON_NS_COEFFS=polar_express (it has 5 iterations' coefficients)")
         if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:

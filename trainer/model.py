@@ -140,8 +140,21 @@ class Rotary(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool) -> Tensor:
-    """Causal GQA attention on [B, T, H, Dh] tensors (k, v have fewer heads); returns [B, T, H, Dh]."""
+def document_mask(idx: Tensor, bos_token_id: int) -> Tensor:
+    """[B, 1, T, T] bool: position i may attend to j iff j <= i and no BOS lies in (j, i] of the row,
+    i.e. both are in the same BOS-delimited document (a BOS starts the document it is in)."""
+    doc = torch.cumsum(idx == bos_token_id, dim=1)
+    T = idx.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool, mask: Tensor | None = None) -> Tensor:
+    """Causal GQA attention on [B, T, H, Dh] tensors (k, v have fewer heads); returns [B, T, H, Dh].
+    ``mask`` ([B, 1, T, T] bool, from document_mask) replaces the causal mask (SDPA only)."""
+    if mask is not None:
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
     if use_fa3:
         y = fa3_attn_func(q, k, v, causal=True)
         return y[0] if isinstance(y, tuple) else y
@@ -195,7 +208,7 @@ class Attention(nn.Module):
             nn.init.orthogonal_(lin.weight)
         nn.init.zeros_(self.proj.weight)
 
-    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None = None, doc_mask: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
@@ -207,7 +220,7 @@ class Attention(nn.Module):
             q, k = self.rotary(q), self.rotary(k)
         q = q * self.q_gain.to(q.dtype)[:, None]
         q, k = q.to(v.dtype), k.to(v.dtype)  # rms_norm may autocast to fp32
-        y = causal_attention(q, k, v, self.use_fa3)
+        y = causal_attention(q, k, v, self.use_fa3, doc_mask)
         if self.xsa:
             y = exclusive_self_attention(y, v)
         if self.gate_width:
@@ -249,18 +262,19 @@ class Block(nn.Module):
             self.lane_resid = nn.Parameter(torch.full((2,), 1.1))
             self.lane_post = nn.Parameter(torch.ones(4))  # [attn->lane0, attn->lane1, mlp->lane0, mlp->lane1]
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, doc_mask: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, doc_mask)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
 
-    def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None,
+                      doc_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Two lanes, attention and MLP side by side:
         a = attn_scale·Attn(rms(m0·lane0 + m1·x0)·s),  m = mlp_scale·MLP(rms(lane1)·s),
         lane0 <- r0·lane0 + p0·a + p2·m,  lane1 <- r1·lane1 + p1·a + p3·m."""
         mix = self.resid_mix.to(lane0.dtype)
-        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(rms_norm(mix[0] * lane0 + mix[1] * x0) * self.ln_scale, ve)
+        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(rms_norm(mix[0] * lane0 + mix[1] * x0) * self.ln_scale, ve, doc_mask)
         mlp_out = self.mlp_scale.to(lane1.dtype) * self.mlp(rms_norm(lane1) * self.ln_scale)
         r, p = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
         return r[0] * lane0 + p[0] * attn_out + p[2] * mlp_out, r[1] * lane1 + p[1] * attn_out + p[3] * mlp_out
@@ -333,7 +347,9 @@ class GPT(nn.Module):
     def __init__(self, cfg: TrainerConfig):
         super().__init__()
         self.cfg = cfg
-        use_fa3 = fa3_attn_func is not None and cfg.attention_backend in ("auto", "fa3") and torch.cuda.is_available()
+        # DOC_ATTENTION runs on SDPA with a document mask (FlashAttention's varlen path is not wired in)
+        use_fa3 = (fa3_attn_func is not None and cfg.attention_backend in ("auto", "fa3") and torch.cuda.is_available()
+                   and not cfg.doc_attention)
         if cfg.attention_backend == "fa3" and not use_fa3:
             raise ConfigError([ConfigIssue("ATTENTION_BACKEND", "fa3", "FlashAttention 3 (flash_attn_interface) does not import on this machine")])
         self.attention_impl = "fa3" if use_fa3 else "sdpa"
@@ -381,9 +397,11 @@ class GPT(nn.Module):
         x0 = x
         ve = self.ve(idx) if self.ve is not None else None
         encoder, decoder = block_order(self.cfg, self.looping)
+        # DOC_ATTENTION: one mask for every layer, so no token attends across a BOS
+        doc_mask = document_mask(idx, self.cfg.bos_token_id) if self.cfg.doc_attention else None
         skips: list[Tensor] = []
         for i in encoder:
-            x = self.blocks[i](x, x0, self._ve_for(i, ve))
+            x = self.blocks[i](x, x0, self._ve_for(i, ve), doc_mask)
             if self.num_skips:
                 skips.append(x)
         lanes: tuple[Tensor, Tensor] | None = None  # parallel residuals, from PARALLEL_START_LAYER on
@@ -397,9 +415,9 @@ class GPT(nn.Module):
                 else:  # the skip enters the attention lane
                     lanes = (lanes[0] + self.skip_weights[j].to(x.dtype) * skips.pop(), lanes[1])
             if lanes is None:
-                x = block(x, x0, self._ve_for(i, ve))
+                x = block(x, x0, self._ve_for(i, ve), doc_mask)
             else:
-                lanes = block.forward_lanes(*lanes, x0, self._ve_for(i, ve))
+                lanes = block.forward_lanes(*lanes, x0, self._ve_for(i, ve), doc_mask)
         if lanes is not None:
             final = self.cfg.parallel_final_lane
             x = lanes[0] if final == "attn" else lanes[1] if final == "mlp" else 0.5 * (lanes[0] + lanes[1])

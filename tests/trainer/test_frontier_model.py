@@ -359,3 +359,108 @@ def test_fused_ce_model_loss_and_gradients_equal_the_unfused_ones():
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
     with pytest.raises(ConfigError, match="FUSED_CE"):
         TrainerConfig.from_dict({"FUSED_CE": 1, "LOGIT_SOFTCAP": 0})
+
+
+# --- 5. per-document (variable-length) attention -----------------------------------------
+
+
+def record_cu_seqlens(row: torch.Tensor, max_doc_len: int = 0) -> tuple[torch.Tensor, int]:
+    """The record's cu_seqlens for one packed row (bucket 1: the stand-in takes no padding)."""
+    ns = record_namespace("_build_cu_seqlens", "get_next_multiple_of_n")
+    bos = (row == BOS).nonzero(as_tuple=True)[0].tolist()
+    return ns["_build_cu_seqlens"](bos, row.numel(), row.device, max_doc_len, 1)
+
+
+UNFUSED_FLEX = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+
+@UNFUSED_FLEX
+def test_document_attention_layer_equals_the_records_varlen_attention():
+    from trainer.model import Attention
+
+    ns = record_gpt_class()
+    dim, heads, kv, T = 32, 4, 2, 40
+    cfg = TrainerConfig(model_dim=dim, num_heads=heads, num_kv_heads=kv, rope_dims=8, train_seq_len=T, eval_seq_len=T,
+                        doc_attention=True)
+    gen = torch.Generator().manual_seed(11)
+    row = torch.randint(2, 64, (T,), generator=gen)
+    row[[0, 7, 8, 23]] = BOS  # a one-token document too
+    cu, max_len = record_cu_seqlens(row)
+    assert cu.tolist() == [0, 7, 8, 23, 40]
+    theirs = ns["CausalSelfAttention"](dim, heads, kv, 10000.0, 5.0, T, yarn=False)
+    theirs.rope_dims = 8
+    theirs.rotary = ns["Rotary"](dim // heads, base=10000.0, train_seq_len=T, rope_dims=8, yarn=False)
+    theirs.use_xsa = True
+    w = [torch.randn(o, dim, generator=gen) / math.sqrt(dim) for o in (dim, kv * 8, kv * 8, dim)]
+    x = torch.randn(1, T, dim, generator=gen)
+    ours = Attention(cfg, xsa=True, use_fa3=False)
+    with torch.no_grad():
+        ours.c_q.weight.copy_(mirror_rope_rows(w[0], heads, 8))
+        ours.c_k.weight.copy_(mirror_rope_rows(w[1], kv, 8))
+        ours.c_v.weight.copy_(w[2])
+        ours.proj.weight.copy_(w[3])
+        ours.q_gain.fill_(5.0)
+        from trainer.model import document_mask
+
+        a = ours(x, doc_mask=document_mask(row[None], BOS))
+        b = theirs(x, *w, cu_seqlens=cu, max_seqlen=max_len)
+        plain = ours(x)
+    assert (a - b).abs().max() < 1e-5
+    assert (a - plain)[:, 7:].abs().max() > 0.05 and (a - plain)[:, :7].abs().max() < 1e-5  # only later documents change
+
+
+@UNFUSED_FLEX
+def test_document_attention_model_equals_the_records_and_never_looks_across_a_bos():
+    # the record's stack on one packed row: loops, parallel lanes, XSA everywhere, varlen attention
+    theirs, ours, cfg = model_pair(seed=12, num_layers=11, xsa_last_n=11, num_loops=2, loop_start=3, loop_end=5,
+                                   parallel_start_layer=8, doc_attention=True, train_seq_len=48, eval_seq_len=48,
+                                   train_batch_tokens=96)
+    theirs.looping_active = True
+    row = tokens(1, 48, cfg.vocab_size, seed=13)
+    row[0, [0, 19, 30]] = BOS
+    cu, max_len = record_cu_seqlens(row[0])
+    with torch.no_grad():
+        a = ours.forward_logits(row)
+        assert (a - theirs.forward_logits(row, cu_seqlens=cu, max_seqlen=max_len)).abs().max() < 2e-4
+        # a probe that can fail: change every token of the first two documents; the third's logits stay bit for bit
+        other = row.clone()
+        other[0, 1:19] = (other[0, 1:19] + 5) % cfg.vocab_size + 2
+        other[0, 20:30] = 3
+        b = ours.forward_logits(other)
+        assert torch.equal(a[:, 30:], b[:, 30:])
+        assert (a[:, :30] - b[:, :30]).abs().max() > 0.1
+        ours_plain = GPT(TrainerConfig.from_dict({**cfg.overrides(), "DOC_ATTENTION": 0}))
+        ours_plain.load_state_dict(ours.state_dict())
+        ours_plain.eval()
+        assert (ours_plain.forward_logits(row) - ours_plain.forward_logits(other))[:, 30:].abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="ATTENTION_BACKEND"):
+        TrainerConfig.from_dict({"DOC_ATTENTION": 1, "ATTENTION_BACKEND": "fa3"})
+
+
+# --- the knobs together in a run ---------------------------------------------------------
+
+
+def test_a_run_with_every_model_knob_loops_from_its_fraction_and_warmup_leaves_no_trace(smoke_corpus, tmp_path):
+    import json
+
+    from test_train import TINY, corpus_knobs
+    from trainer.train import train
+
+    # the least that has every knob: 3 layers, block 0 looped, lanes from 1; a short full-split evaluation
+    knobs = {**TINY, **corpus_knobs(smoke_corpus), "NUM_LAYERS": 3, "XSA_LAST_N": 3, "VE_LAYERS": "2", "NUM_LOOPS": 1,
+             "LOOP_START": 0, "LOOP_END": 0, "ENABLE_LOOPING_AT": 0.5, "PARALLEL_START_LAYER": 1, "FUSED_CE": 1,
+             "DOC_ATTENTION": 1, "QK_GAIN_INIT": 5.0, "TTT_ENABLED": 0, "EVAL_STRIDE": 0, "VAL_TOKENS_LIMIT": 1024}
+    curves = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only contend on a shared 2-core machine (10x slower here)
+    try:
+        results = [train(TrainerConfig.from_dict({**knobs, "WARMUP_STEPS": w, "OUTPUT_DIR": str(tmp_path / f"w{w}")})) for w in (0, 2)]
+    finally:
+        torch.set_num_threads(threads)
+    for warmup, result in zip((0, 2), results):
+        out = tmp_path / f"w{warmup}"
+        assert result["status"] == "succeeded" and math.isfinite(result["val_bpb"])
+        log = (out / "train.log").read_text()
+        assert "layer_loop:on step:4 order:([0, 0], [1, 2])" in log  # step 4 of 8 is fraction 0.5
+        curves.append([json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()])
+    assert curves[0] == curves[1]  # the looped warm-up steps were undone too
