@@ -116,6 +116,8 @@ class TrainerConfig:
     doc_attention: bool = knob(False, "Attention within documents: no token attends across a BOS_TOKEN_ID (the 2026-04-27 record's "
                                "variable-length attention over BOS-delimited documents, in training and evaluation). Runs on "
                                "PyTorch SDPA with a document mask.")
+    skip_gates: bool = knob(False, "U-Net skip gates: a skip enters as lerp(w·skip, x, sigmoid(g)) with per-channel g learned from 0 "
+                            "(the 2026-04-27 record); off: x + w·skip.")
     residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
                                "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
                                choices=("bf16", "fp32"))
@@ -325,6 +327,8 @@ class TrainerConfig:
             bad("FUSED_CE", "needs LOGIT_SOFTCAP > 0 (it is the soft-capped cross-entropy)")
         if self.doc_attention and self.attention_backend == "fa3":
             bad("ATTENTION_BACKEND", "must be auto or sdpa with DOC_ATTENTION (its document mask runs on SDPA)")
+        if self.skip_gates and not self.unet_skips:
+            bad("SKIP_GATES", "needs UNET_SKIPS (they gate the skip connections)")
         if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:
             bad("MUON_BACKEND_STEPS", "must be <= 5 with MUON_NS_COEFFS=polar_express (it has 5 iterations' coefficients)")
         if self.qat_enabled and self.min_lr >= self.late_qat_threshold > 0:

@@ -153,8 +153,11 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool, mask: Tenso
     """Causal GQA attention on [B, T, H, Dh] tensors (k, v have fewer heads); returns [B, T, H, Dh].
     ``mask`` ([B, 1, T, T] bool, from document_mask) replaces the causal mask (SDPA only)."""
     if mask is not None:
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+        # KV heads repeated rather than enable_gqa: on CUDA the masked kernel (memory-efficient
+        # attention) has no GQA path, and SDPA would fall back to materialising every score.
+        group = q.size(2) // k.size(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2).repeat_interleave(group, 1), v.transpose(1, 2).repeat_interleave(group, 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
     if use_fa3:
         y = fa3_attn_func(q, k, v, causal=True)
         return y[0] if isinstance(y, tuple) else y
@@ -367,6 +370,8 @@ class GPT(nn.Module):
         encoder, decoder = block_order(cfg, self.looping)
         self.num_skips = min(len(encoder), len(decoder)) if cfg.unet_skips else 0
         self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim)) if self.num_skips else None
+        # SKIP_GATES: [num_skips · dim] flat, so the artifact and the optimiser treat it as a control tensor
+        self.skip_gates = nn.Parameter(torch.zeros(self.num_skips * cfg.model_dim)) if cfg.skip_gates and self.num_skips else None
         self.lm_head = None
         if not cfg.tie_embeddings:
             self.lm_head = BlockLinear(cfg.model_dim, cfg.vocab_size)
@@ -411,9 +416,9 @@ class GPT(nn.Module):
                 lanes = (x, x)
             if j < self.num_skips and skips:
                 if lanes is None:
-                    x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
+                    x = self._add_skip(x, j, skips.pop())
                 else:  # the skip enters the attention lane
-                    lanes = (lanes[0] + self.skip_weights[j].to(x.dtype) * skips.pop(), lanes[1])
+                    lanes = (self._add_skip(lanes[0], j, skips.pop()), lanes[1])
             if lanes is None:
                 x = block(x, x0, self._ve_for(i, ve), doc_mask)
             else:
@@ -422,6 +427,14 @@ class GPT(nn.Module):
             final = self.cfg.parallel_final_lane
             x = lanes[0] if final == "attn" else lanes[1] if final == "mlp" else 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
+
+    def _add_skip(self, x: Tensor, j: int, skip: Tensor) -> Tensor:
+        """x + w_j·skip, or with SKIP_GATES lerp(w_j·skip, x, sigmoid(g_j)) = w_j·skip + sigmoid(g_j)·(x - w_j·skip)."""
+        scaled = self.skip_weights[j].to(x.dtype) * skip
+        if self.skip_gates is None:
+            return x + scaled
+        g = torch.sigmoid(self.skip_gates.view(self.num_skips, -1)[j].to(x.dtype))
+        return torch.lerp(scaled, x, g)
 
     def _ve_for(self, layer: int, ve: Tensor | None) -> Tensor | None:
         """Block LAYER's value embedding, ve_scale[layer] · ve, or None."""

@@ -59,8 +59,8 @@ def record_gpt_class():
 
 
 def record_hparams(cfg: TrainerConfig, **over) -> types.SimpleNamespace:
-    """The record's Hyperparameters for caddie's CFG; the record's own extras off (skip gates, smear gate,
-    attention gates) so the two models compute the same function."""
+    """The record's Hyperparameters for caddie's CFG; the record's own extras that caddie's CFG does not
+    set (smear gate, attention gates) off, so the two models compute the same function."""
     h = dict(logit_softcap=cfg.logit_softcap, tie_embeddings=True, tied_embed_init_std=0.005, fused_ce_enabled=False,
              vocab_size=cfg.vocab_size, model_dim=cfg.model_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
              num_kv_heads=cfg.num_kv_heads, mlp_mult=cfg.mlp_mult, rope_base=cfg.rope_base, qk_gain_init=cfg.qk_gain_init,
@@ -68,7 +68,7 @@ def record_hparams(cfg: TrainerConfig, **over) -> types.SimpleNamespace:
              attn_out_gate_src="proj", gate_window=12, gated_attn_enabled=False, gated_attn_init_std=0.01,
              sparse_attn_gate_enabled=False, sparse_attn_gate_init_std=0.0, sparse_attn_gate_scale=1.0,
              rope_dims=cfg.rope_dims, xsa_last_n=cfg.xsa_last_n, num_loops=cfg.num_loops, loop_start=cfg.loop_start,
-             loop_end=cfg.loop_end, skip_gates_enabled=False, parallel_start_layer=0,
+             loop_end=cfg.loop_end, skip_gates_enabled=cfg.skip_gates, parallel_start_layer=0,
              parallel_final_lane="mean", smear_gate_enabled=False)
     h.update(over)
     return types.SimpleNamespace(**h)
@@ -117,6 +117,8 @@ def copy_record_weights(theirs: nn.Module, ours: GPT, cfg: TrainerConfig) -> Non
                 block.lane_post.copy_(theirs.parallel_post_lambdas[i].flatten())
         if ours.skip_weights is not None:
             ours.skip_weights.copy_(theirs.skip_weights[: ours.num_skips])
+        if ours.skip_gates is not None:
+            ours.skip_gates.copy_(theirs.skip_gates[: ours.num_skips].flatten())
 
 
 def model_pair(seed: int = 0, **knobs) -> tuple[nn.Module, GPT, TrainerConfig]:
@@ -449,7 +451,8 @@ def test_a_run_with_every_model_knob_loops_from_its_fraction_and_warmup_leaves_n
     # the least that has every knob: 3 layers, block 0 looped, lanes from 1; a short full-split evaluation
     knobs = {**TINY, **corpus_knobs(smoke_corpus), "NUM_LAYERS": 3, "XSA_LAST_N": 3, "VE_LAYERS": "2", "NUM_LOOPS": 1,
              "LOOP_START": 0, "LOOP_END": 0, "ENABLE_LOOPING_AT": 0.5, "PARALLEL_START_LAYER": 1, "FUSED_CE": 1,
-             "DOC_ATTENTION": 1, "QK_GAIN_INIT": 5.0, "TTT_ENABLED": 0, "EVAL_STRIDE": 0, "VAL_TOKENS_LIMIT": 1024}
+             "DOC_ATTENTION": 1, "SKIP_GATES": 1, "QK_GAIN_INIT": 5.0, "TTT_ENABLED": 0, "EVAL_STRIDE": 0,
+             "VAL_TOKENS_LIMIT": 1024}
     curves = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only contend on a shared 2-core machine (10x slower here)
@@ -464,3 +467,25 @@ def test_a_run_with_every_model_knob_loops_from_its_fraction_and_warmup_leaves_n
         assert "layer_loop:on step:4 order:([0, 0], [1, 2])" in log  # step 4 of 8 is fraction 0.5
         curves.append([json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()])
     assert curves[0] == curves[1]  # the looped warm-up steps were undone too
+
+
+# --- U-Net skip gates ------------------------------------------------------------------------
+
+
+def test_skip_gates_equal_the_records():
+    theirs, ours, cfg = model_pair(seed=14, num_layers=11, xsa_last_n=11, num_loops=2, loop_start=3, loop_end=5,
+                                   parallel_start_layer=8, skip_gates=True)
+    theirs.looping_active = True
+    x = tokens(2, 32, cfg.vocab_size, seed=15)
+    with torch.no_grad():
+        a = ours.forward_logits(x)
+        assert (a - theirs.forward_logits(x)).abs().max() < 2e-4
+        gates, ours.skip_gates = ours.skip_gates, None
+        assert (ours.forward_logits(x) - a).abs().max() > 0.1  # the gates matter
+        ours.skip_gates = gates
+    from trainer.optim import split_parameters
+    from trainer.quant import is_control_tensor
+
+    assert is_control_tensor("skip_gates", ours.skip_gates) and any(p is ours.skip_gates for p in split_parameters(ours)["scalar"])
+    with pytest.raises(ConfigError, match="SKIP_GATES"):
+        TrainerConfig.from_dict({"SKIP_GATES": 1, "UNET_SKIPS": 0})
