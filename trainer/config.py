@@ -118,6 +118,10 @@ class TrainerConfig:
                                "PyTorch SDPA with a document mask.")
     skip_gates: bool = knob(False, "U-Net skip gates: a skip enters as lerp(w·skip, x, sigmoid(g)) with per-channel g learned from 0 "
                             "(the 2026-04-27 record); off: x + w·skip.")
+    smear_gate_kind: str = knob("channel", "SmearGate form (SMEAR_GATE=1): channel, x + g·(x_prev - x) after the embedding norm with "
+                                "g = sigmoid(w) per channel; or window (the 2026-04-27 record), x + λ·sigmoid(w·x[:GATE_WINDOW])·x_prev "
+                                "before the norm, one gate per token, w and λ from 0. Both zero x_prev at a BOS.",
+                                choices=("channel", "window"))
     residual_dtype: str = knob("bf16", "Residual stream dtype under CUDA autocast: bf16 as the records (half the memory traffic of the "
                                "element-wise, norm and per-channel gradient work; master weights stay fp32) or fp32. CPU runs are fp32.",
                                choices=("bf16", "fp32"))
@@ -327,6 +331,8 @@ class TrainerConfig:
             bad("FUSED_CE", "needs LOGIT_SOFTCAP > 0 (it is the soft-capped cross-entropy)")
         if self.doc_attention and self.attention_backend == "fa3":
             bad("ATTENTION_BACKEND", "must be auto or sdpa with DOC_ATTENTION (its document mask runs on SDPA)")
+        if self.smear_gate and self.smear_gate_kind == "window" and self.gate_window > self.model_dim:
+            bad("GATE_WINDOW", f"must be <= MODEL_DIM={self.model_dim} (SMEAR_GATE_KIND=window reads it)")
         if self.skip_gates and not self.unet_skips:
             bad("SKIP_GATES", "needs UNET_SKIPS (they gate the skip connections)")
         if self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > 5:

@@ -118,6 +118,25 @@ class SmearGate(nn.Module):
         return x + g * (x_prev - x)
 
 
+class WindowSmearGate(nn.Module):
+    """The 2026-04-27 record's SmearGate: out_t = x_t + λ·sigmoid(w·x_t[:window])·x_{t-1}, one gate per token.
+
+    x_{t-1} is zero at t = 0 and wherever token t is BOS (no blending across documents);
+    w = 0 and λ = 0 at init, so it starts as the identity.
+    """
+
+    def __init__(self, window: int, bos_token_id: int):
+        super().__init__()
+        self.window, self.bos_token_id = window, bos_token_id
+        self.gate_w = nn.Parameter(torch.zeros(window))
+        self.lam = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        g = self.lam.to(x.dtype) * torch.sigmoid(F.linear(x[..., : self.window], self.gate_w.to(x.dtype)[None]))
+        x_prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (idx != self.bos_token_id).unsqueeze(-1).to(x.dtype)
+        return x + g * x_prev
+
+
 class Rotary(nn.Module):
     """Rotary embedding on the first ``dims`` of each head (partial RoPE, half-split pairs).
 
@@ -359,7 +378,10 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
         self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, cfg.model_dim) if cfg.bigram_vocab_size else None
-        self.smear = SmearGate(cfg.model_dim, cfg.bos_token_id) if cfg.smear_gate else None
+        self.smear = None
+        if cfg.smear_gate:
+            self.smear = (WindowSmearGate(cfg.gate_window, cfg.bos_token_id) if cfg.smear_gate_kind == "window"
+                          else SmearGate(cfg.model_dim, cfg.bos_token_id))
         first_xsa = cfg.num_layers - cfg.xsa_last_n
         self.blocks = nn.ModuleList(Block(cfg, i, i >= first_xsa, use_fa3) for i in range(cfg.num_layers))
         self.ve_layers = {layer: n for n, layer in enumerate(cfg.ve_layer_list)} if cfg.ve_enabled else {}
@@ -391,8 +413,10 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         if self.bigram is not None:
             x = x + self.bigram(idx)
+        if isinstance(self.smear, WindowSmearGate):  # the record smears before the norm
+            x = self.smear(x, idx)
         x = rms_norm(x)
-        if self.smear is not None:
+        if isinstance(self.smear, SmearGate):
             x = self.smear(x, idx)
         # Under autocast the fp32 embedding table (and rms_norm) would leave the whole
         # residual stream in fp32; in bf16 every element-wise op, norm and per-channel

@@ -59,17 +59,16 @@ def record_gpt_class():
 
 
 def record_hparams(cfg: TrainerConfig, **over) -> types.SimpleNamespace:
-    """The record's Hyperparameters for caddie's CFG; the record's own extras that caddie's CFG does not
-    set (smear gate, attention gates) off, so the two models compute the same function."""
+    """The record's Hyperparameters for caddie's CFG; the attention gates (tested in test_frontier.py) off."""
     h = dict(logit_softcap=cfg.logit_softcap, tie_embeddings=True, tied_embed_init_std=0.005, fused_ce_enabled=False,
              vocab_size=cfg.vocab_size, model_dim=cfg.model_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
              num_kv_heads=cfg.num_kv_heads, mlp_mult=cfg.mlp_mult, rope_base=cfg.rope_base, qk_gain_init=cfg.qk_gain_init,
              train_seq_len=cfg.train_seq_len, ln_scale=cfg.ln_scale, rope_yarn=False, attn_out_gate_enabled=False,
-             attn_out_gate_src="proj", gate_window=12, gated_attn_enabled=False, gated_attn_init_std=0.01,
+             attn_out_gate_src="proj", gate_window=cfg.gate_window, gated_attn_enabled=False, gated_attn_init_std=0.01,
              sparse_attn_gate_enabled=False, sparse_attn_gate_init_std=0.0, sparse_attn_gate_scale=1.0,
              rope_dims=cfg.rope_dims, xsa_last_n=cfg.xsa_last_n, num_loops=cfg.num_loops, loop_start=cfg.loop_start,
              loop_end=cfg.loop_end, skip_gates_enabled=cfg.skip_gates, parallel_start_layer=0,
-             parallel_final_lane="mean", smear_gate_enabled=False)
+             parallel_final_lane="mean", smear_gate_enabled=cfg.smear_gate and cfg.smear_gate_kind == "window")
     h.update(over)
     return types.SimpleNamespace(**h)
 
@@ -117,6 +116,9 @@ def copy_record_weights(theirs: nn.Module, ours: GPT, cfg: TrainerConfig) -> Non
                 block.lane_post.copy_(theirs.parallel_post_lambdas[i].flatten())
         if ours.skip_weights is not None:
             ours.skip_weights.copy_(theirs.skip_weights[: ours.num_skips])
+        if cfg.smear_gate:
+            ours.smear.gate_w.copy_(theirs.smear_gate.weight[0])
+            ours.smear.lam.copy_(theirs.smear_lambda)
         if ours.skip_gates is not None:
             ours.skip_gates.copy_(theirs.skip_gates[: ours.num_skips].flatten())
 
@@ -451,7 +453,7 @@ def test_a_run_with_every_model_knob_loops_from_its_fraction_and_warmup_leaves_n
     # the least that has every knob: 3 layers, block 0 looped, lanes from 1; a short full-split evaluation
     knobs = {**TINY, **corpus_knobs(smoke_corpus), "NUM_LAYERS": 3, "XSA_LAST_N": 3, "VE_LAYERS": "2", "NUM_LOOPS": 1,
              "LOOP_START": 0, "LOOP_END": 0, "ENABLE_LOOPING_AT": 0.5, "PARALLEL_START_LAYER": 1, "FUSED_CE": 1,
-             "DOC_ATTENTION": 1, "SKIP_GATES": 1, "QK_GAIN_INIT": 5.0, "TTT_ENABLED": 0, "EVAL_STRIDE": 0,
+             "DOC_ATTENTION": 1, "SKIP_GATES": 1, "SMEAR_GATE_KIND": "window", "QK_GAIN_INIT": 5.0, "TTT_ENABLED": 0, "EVAL_STRIDE": 0,
              "VAL_TOKENS_LIMIT": 1024}
     curves = []
     threads = torch.get_num_threads()
@@ -489,3 +491,23 @@ def test_skip_gates_equal_the_records():
     assert is_control_tensor("skip_gates", ours.skip_gates) and any(p is ours.skip_gates for p in split_parameters(ours)["scalar"])
     with pytest.raises(ConfigError, match="SKIP_GATES"):
         TrainerConfig.from_dict({"SKIP_GATES": 1, "UNET_SKIPS": 0})
+
+
+# --- the record's SmearGate ----------------------------------------------------------------
+
+
+def test_window_smear_gate_equals_the_records():
+    theirs, ours, cfg = model_pair(seed=16, smear_gate=True, smear_gate_kind="window", gate_window=12)
+    x = tokens(2, 32, cfg.vocab_size, seed=17, bos_every=9)
+    with torch.no_grad():
+        a = ours.forward_logits(x)
+        assert (a - theirs.forward_logits(x)).abs().max() < 2e-4
+        ours.smear.lam.zero_()
+        assert (ours.forward_logits(x) - a).abs().max() > 0.05  # the smear matters
+        # a BOS (and position 0) blends nothing in; every other position does
+        ours.smear.lam.fill_(3.0)
+        emb = ours.tok_emb(x)
+        moved = (ours.smear(emb, x) != emb).any(dim=-1)
+        assert torch.equal(moved, x != BOS) and not moved[:, 0].any()
+    with pytest.raises(ConfigError, match="GATE_WINDOW"):
+        TrainerConfig.from_dict({"SMEAR_GATE_KIND": "window", "GATE_WINDOW": 600})
