@@ -7,6 +7,9 @@ base.json` works as expected. Without --config, the environment alone.
 A bad config or bad data exits with status 2 after one `error: ...` line on stderr;
 an unexpected failure exits with 1 (traceback on stderr). Either way result.json
 says status "failed" and carries the error line.
+
+EVAL_ARTIFACT=path (knob or env) skips training: the artifact is loaded alone and scored as
+its run did (train.evaluate_only); it writes eval.log and eval_result.json instead.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, TrainerConfig
 from trainer.data import ShardError
-from trainer.train import RunError, train, write_failure
+from trainer.train import EVAL_RESULT_NAME, RunError, evaluate_only, train, write_failure
 
 INPUT_ERRORS = (ConfigError, RunError, ShardError, OSError)
 
@@ -55,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         values = config_values(args.config, dict(os.environ))
         out_dir = str(values.get("OUTPUT_DIR", out_dir))
-        cfg = TrainerConfig.from_dict(values)
-        train(cfg)
+        if values.get("EVAL_ARTIFACT"):  # eval-only: the artifact alone, its own settings (issue 22 item 7)
+            evaluate_only(values)
+        else:
+            train(TrainerConfig.from_dict(values))
         return 0
     except Exception as exc:  # every failure ends in result.json, not only the expected ones
         expected = isinstance(exc, INPUT_ERRORS)
@@ -68,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             try:
                 seed = values.get("SEED")
-                write_failure(Path(out_dir), message, values or None, int(seed) if str(seed).isdigit() else None)
-                with open(Path(out_dir) / "train.log", "a", encoding="utf-8") as fh:
+                eval_only = bool(values.get("EVAL_ARTIFACT"))  # never overwrite the run's own result.json
+                write_failure(Path(out_dir), message, values or None, int(seed) if str(seed).isdigit() else None,
+                              EVAL_RESULT_NAME if eval_only else "result.json")
+                with open(Path(out_dir) / ("eval.log" if eval_only else "train.log"), "a", encoding="utf-8") as fh:
                     fh.write(f"error: {message}\n")
             except OSError as write_exc:
                 print(f"error: could not write result.json in {out_dir}: {write_exc}", file=sys.stderr)

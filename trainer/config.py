@@ -171,14 +171,46 @@ class TrainerConfig:
     late_qat_threshold: float = knob(0.15, "LR scale below which late QAT switches on.", min=0.0, max=1.0, group="averaging")
 
     # --- artifact --------------------------------------------------------
-    artifact_codec: str = knob("lzma", "Compressor of the artifact: lzma (xz, preset 6; 0.9% smaller than zstd-22 on trained weights) or zstd.",
-                               choices=("lzma", "zstd"), group="artifact")
+    artifact_codec: str = knob("lzma", "Compressor of the artifact: lzma (xz, preset 6; 0.9% smaller than zstd-22 on trained weights), "
+                               "zstd, brotli (quality 11), or pergroup (the 2026-04-27 record's: int matrices pooled by role, hot "
+                               "groups' rows similarity-sorted, column-major, brotli-11 per group; the record uses lrzip per group).",
+                               choices=("lzma", "zstd", "brotli", "pergroup"), group="artifact")
     zstd_level: int = knob(22, "zstd level for the compressed artifact (ARTIFACT_CODEC=zstd).", min=1, max=22, group="artifact")
     quant_clip_floor: float = knob(1.0, "Per-row clip floor F of int6/int8 quantisation and late QAT: scale = max(clip, F)/qmax, so rows "
                                    "with small weights use few levels and compress well (as the records do); 0 disables.",
                                    min=0.0, max=100.0, group="artifact")
     control_dtype: str = knob("fp16", "How control tensors (gates, scales, mixes) are stored in the artifact: fp16 as the records do, "
                               "or fp32 (exact, ~50 kB more).", choices=("fp16", "fp32"), group="artifact")
+    # --- frontier quantisation and artifact knobs (the 2026-04-27 record's; issue 22; all off by default) ---
+    gptq: bool = knob(False, "Full-Hessian GPTQ with std-based clipping (SDClip) for the int matrices and embedding, Hessians from "
+                      "GPTQ_CALIBRATION_BATCHES training batches after training (the 2026-04-27 record); off: per-row clip search.",
+                      group="artifact")
+    gptq_calibration_batches: int = knob(16, "Training batches (of TRAIN_BATCH_TOKENS / grad-accum steps per rank) whose layer inputs "
+                                         "give the GPTQ Hessians.", min=1, max=4096, group="artifact")
+    gptq_block_size: int = knob(128, "Columns per GPTQ lazy-update block.", min=1, max=65536, group="artifact")
+    matrix_clip_sigmas: float = knob(12.85, "SDClip k for matrices outside attention and MLP (scale = k·std(row)/qmax; GPTQ only).",
+                                     min=0.01, max=1000.0, group="artifact")
+    attn_clip_sigmas: float = knob(13.0, "SDClip k for attention matrices (GPTQ only).", min=0.01, max=1000.0, group="artifact")
+    mlp_clip_sigmas: float = knob(10.0, "SDClip k for MLP matrices (GPTQ only; the record's run: 11.5).", min=0.01, max=1000.0, group="artifact")
+    embed_clip_sigmas: float = knob(20.0, "SDClip k for the token embedding (GPTQ only; the record's run: 14.0).", min=0.01, max=1000.0,
+                                    group="artifact")
+    matrix_bits: int = knob(6, "Bits of the quantised matrices (int6: [-31, 31]).", min=2, max=8, group="artifact")
+    embed_bits: int = knob(8, "Bits of the quantised token embedding (the record: 7).", min=2, max=8, group="artifact")
+    attn_gate_int8: bool = knob(False, "Store the attention-gate weights as int8 per row instead of fp16 (the record's "
+                                "GATED_ATTN_QUANT_GATE).", group="artifact")
+    lqer_enabled: bool = knob(False, "LQER: a low-rank correction of the quantisation error of the LQER_TOP_K worst matrices.",
+                              group="artifact")
+    lqer_rank: int = knob(4, "Rank of the LQER correction.", min=1, max=512, group="artifact")
+    lqer_top_k: int = knob(3, "Matrices (largest |W - Q|) that get an LQER correction.", min=1, max=4096, group="artifact")
+    lqer_asym: bool = knob(True, "Asymmetric LQER factors: A int2 with one scale, B int4 per group of LQER_ASYM_GROUP (else both "
+                           "LQER_FACTOR_BITS per row).", group="artifact")
+    lqer_asym_group: int = knob(64, "Values per scale of the asymmetric LQER factor B.", min=1, max=65536, group="artifact")
+    lqer_factor_bits: int = knob(4, "Bits of the symmetric LQER factors.", min=2, max=8, group="artifact")
+    artifact_settings: bool = knob(False, "Write the knobs that shape the model and its quantisation into the artifact (~0.6 kB), "
+                                   "so EVAL_ARTIFACT can load it alone and refuse a mismatched setting.", group="artifact")
+    eval_artifact: str = knob("", "Eval-only: skip training, load this artifact (written with ARTIFACT_SETTINGS=1) and evaluate it "
+                              "as the run did; a model or quantisation knob set otherwise than the artifact's is refused.",
+                              group="eval")
 
     # --- evaluation and test-time training ---------------------------------
     eval_stride: int = knob(64, "Sliding-window stride (0 = non-overlapping full-split evaluation).", min=0, max=65536, group="eval")
@@ -342,6 +374,9 @@ class TrainerConfig:
                           "below the floor, so late QAT would never switch on)")
         if self.muon_momentum_warmup_start > self.muon_momentum:
             bad("MUON_MOMENTUM_WARMUP_START", f"must be <= MUON_MOMENTUM={self.muon_momentum}")
+        # frontier quantisation knobs (issue 22)
+        if self.qat_enabled and self.matrix_bits != 6:
+            bad("MATRIX_BITS", "must be 6 while QAT_ENABLED (late QAT fake-quantises to int6)")
         if issues:
             raise ConfigError(issues)
 
@@ -366,6 +401,61 @@ class TrainerConfig:
                 prop["enum"] = list(f.metadata["choices"])
             props[cls.env_name(f)] = prop
         return {"type": "object", "additionalProperties": False, "properties": props}
+
+
+# --- the settings an artifact carries (issue 22 item 7) -------------------------------------------
+# Enforced: the knobs that shape the model and its quantisation (groups model and artifact), less
+# the ones that only pick an implementation. Eval defaults: how the run scored it, which an
+# eval-only run may change.
+ARTIFACT_SETTING_GROUPS = ("model", "artifact")
+NOT_ARTIFACT_SETTINGS = ("attention_backend", "artifact_settings")
+ARTIFACT_EVAL_DEFAULTS = ("eval_seq_len", "val_tokens_limit")
+
+
+def artifact_settings(cfg: TrainerConfig) -> dict[str, dict[str, Any]]:
+    """{"model": enforced knobs, "eval": eval defaults}, keyed by env-var name."""
+    fixed, evals = {}, {}
+    for f in cfg.knobs():
+        name = cfg.env_name(f)
+        if f.metadata["group"] in ARTIFACT_SETTING_GROUPS and f.name not in NOT_ARTIFACT_SETTINGS:
+            fixed[name] = getattr(cfg, f.name)
+        elif (f.metadata["group"] == "eval" or f.name in ARTIFACT_EVAL_DEFAULTS) and f.name != "eval_artifact":
+            evals[name] = getattr(cfg, f.name)
+    return {"model": fixed, "eval": evals}
+
+
+def config_for_artifact(values: Mapping[str, Any], settings: Mapping[str, Any] | None) -> TrainerConfig:
+    """The config of an eval-only run: the artifact's model and quantisation knobs, its eval
+    knobs unless ``values`` (the knobs set for this run) change them, the rest from ``values``.
+
+    Raises ConfigError when the artifact carries no settings, or when ``values`` sets an
+    enforced knob to another value than the artifact's (never loaded silently).
+    """
+    table = TrainerConfig._lookup()
+    unknown = [ConfigIssue(str(k), v, "unknown knob") for k, v in values.items() if not (isinstance(k, str) and k in table)]
+    if unknown:
+        raise ConfigError(unknown)
+    own = {table[k].name: v for k, v in values.items()}
+    if not settings:
+        raise ConfigError([ConfigIssue("EVAL_ARTIFACT", own.get("eval_artifact"), "the artifact carries no settings (it was written "
+                                       "without ARTIFACT_SETTINGS=1), so its model shape is unknown; refusing to guess")])
+    issues = []
+    for env, stored in settings["model"].items():  # each given value on its own: the whole config is the artifact's
+        f = table.get(env)
+        if f is None or f.name not in own:
+            continue
+        try:
+            value = _coerce(f, own[f.name])
+        except ValueError as exc:
+            issues.append(ConfigIssue(env, own[f.name], str(exc)))
+            continue
+        if value != stored:
+            issues.append(ConfigIssue(env, value, f"the artifact was written with {env}={stored!r}; eval-only "
+                                      f"takes the model and quantisation knobs from the artifact (unset {env} or set it to {stored!r})"))
+    if issues:
+        raise ConfigError(issues)
+    merged = {**settings.get("eval", {}), **own, **settings["model"]}
+    return TrainerConfig.from_dict(merged)
 
 
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str}

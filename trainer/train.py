@@ -30,12 +30,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.bpb import ByteLUTs
 from trainer.bundle import bundled_source
-from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig
+from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig, artifact_settings, config_for_artifact
 from trainer.data import TokenStream, load_val_tokens, read_shard_header, shard_files
 from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt
 from trainer.model import GPT, block_order, count_parameters
 from trainer.optim import build_optimizers, set_schedule
-from trainer.quant import dequantize, pack_artifact, quantize_state_dict, unpack_artifact
+from trainer.gptq import collect_hessians
+from trainer.model import BlockLinear
+from trainer.quant import FrontierQuant, dequantize, pack_artifact, quantize_state_dict, unpack_artifact, unpack_artifact_with_settings
 
 ARTIFACT_NAME = "model.int6.ptz"
 CODE_NAME = "train_gpt.py"
@@ -52,12 +54,12 @@ class RunError(ValueError):
 class RunLog:
     """train.log + stdout for people, metrics.jsonl for machines; only rank 0 writes."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    def __init__(self, out_dir: Path, enabled: bool, stem: str = "train"):
         self.enabled = enabled
-        if enabled:
+        if enabled:  # eval-only runs write eval.log and eval_metrics.jsonl beside the run's own files
             out_dir.mkdir(parents=True, exist_ok=True)
-            self.text = open(out_dir / "train.log", "w", encoding="utf-8")
-            self.metrics = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")
+            self.text = open(out_dir / f"{stem}.log", "w", encoding="utf-8")
+            self.metrics = open(out_dir / ("metrics.jsonl" if stem == "train" else f"{stem}_metrics.jsonl"), "w", encoding="utf-8")
 
     def line(self, msg: str) -> None:
         if self.enabled:
@@ -249,18 +251,69 @@ def peak_memory_mib(device: torch.device) -> tuple[int, int]:
     return rss, rss
 
 
-def write_result(out_dir: Path, result: dict) -> None:
+def write_result(out_dir: Path, result: dict, name: str = "result.json") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     full = {k: result.get(k) for k in RESULT_KEYS}
-    tmp = out_dir / "result.json.tmp"
+    tmp = out_dir / f"{name}.tmp"
     tmp.write_text(json.dumps(full, indent=2) + "\n")
-    tmp.replace(out_dir / "result.json")
+    tmp.replace(out_dir / name)
 
 
-def write_failure(out_dir: Path, error: str, config: dict | None, seed: int | None = None) -> None:
-    """result.json for a run that could not finish: status failed and the one-line error."""
+def write_failure(out_dir: Path, error: str, config: dict | None, seed: int | None = None, name: str = "result.json") -> None:
+    """result.json (NAME) for a run that could not finish: status failed and the one-line error."""
     write_result(out_dir, {"status": "failed", "error": error, "config": config, "seed": seed,
-                           "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
+                           "world_size": int(os.environ.get("WORLD_SIZE", "1"))}, name)
+
+
+def gptq_hessians(model: GPT, cfg: TrainerConfig, train_pattern: str, micro_tokens: int, rank: int, world: int,
+                  device: torch.device, autocast) -> dict[str, torch.Tensor]:
+    """GPTQ Hessians from the first GPTQ_CALIBRATION_BATCHES training batches of this rank, averaged
+    over the ranks so that every rank quantises to the same integers (CPU, float32)."""
+    calib = TokenStream(train_pattern, rank, world)
+    batches = (calib.next_batch(micro_tokens, cfg.train_seq_len, device)[0] for _ in range(cfg.gptq_calibration_batches))
+    with autocast():
+        hessians = collect_hessians(model, batches, BlockLinear)
+    if world > 1:
+        for name in sorted(hessians):
+            dist.all_reduce(hessians[name])
+            hessians[name] /= world
+    return {k: v.cpu() for k, v in hessians.items()}
+
+
+def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, luts: ByteLUTs, device: torch.device,
+                   rank: int, world: int, log: RunLog):
+    """Load the artifact into a fresh model and score it as the run does (sliding or full, then
+    TTT): (last EvalResult, bpb before TTT, eval seconds). Training and eval-only share it, so an
+    eval-only run of the same artifact reproduces the run's numbers."""
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    roundtrip = GPT(cfg).to(device)
+    roundtrip.load_state_dict(dequantize(unpack_artifact(blob)))
+    roundtrip.eval()
+    if cuda and cfg.compile:
+        roundtrip.forward_logits = torch.compile(roundtrip.forward_logits, dynamic=False)
+    sync()
+    e0 = time.perf_counter()
+    with torch.no_grad(), autocast_for(device):
+        if cfg.eval_stride > 0:
+            r = evaluate_sliding(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, rank, world)
+            log.line(f"final_int6_sliding_window_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
+        else:
+            r = evaluate_full(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
+            log.line(f"final_int6_roundtrip_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
+    pre_ttt_bpb = r.val_bpb
+    sync()
+    log.line(f"roundtrip_eval_time:{1000 * (time.perf_counter() - e0):.0f}ms tokens:{r.tokens}")
+    if cfg.ttt_enabled:
+        ttt0 = time.perf_counter()
+        with autocast_for(device):
+            r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
+        log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
+        sync()
+        log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - ttt0):.0f}ms")
+    eval_seconds = time.perf_counter() - e0
+    log.line(f"eval_time:{eval_seconds * 1000:.0f}ms")
+    return r, pre_ttt_bpb, eval_seconds
 
 
 def train(cfg: TrainerConfig) -> dict:
@@ -434,7 +487,9 @@ def train(cfg: TrainerConfig) -> dict:
 
     # --- artifact and its roundtrip ---------------------------------------------
     q0 = time.perf_counter()
-    blob = pack_artifact(quantize_state_dict(model.state_dict(), cfg.quant_clip_floor, cfg.control_dtype), cfg.zstd_level, cfg.artifact_codec)
+    hessians = gptq_hessians(model, cfg, train_pattern, micro_tokens, rank, world, device, autocast) if cfg.gptq else None
+    quantised = quantize_state_dict(model.state_dict(), cfg.quant_clip_floor, cfg.control_dtype, FrontierQuant.from_config(cfg, hessians))
+    blob = pack_artifact(quantised, cfg.zstd_level, cfg.artifact_codec, artifact_settings(cfg) if cfg.artifact_settings else None)
     log.line(f"quantize_time:{1000 * (time.perf_counter() - q0):.0f}ms")
     if master:
         (out_dir / ARTIFACT_NAME).write_bytes(blob)
@@ -442,34 +497,7 @@ def train(cfg: TrainerConfig) -> dict:
     log.line(f"Serialized model int6+{cfg.artifact_codec}: {size['model_bytes']} bytes")
     log.line(f"Total submission size int6+{cfg.artifact_codec}: {size['total_bytes']} bytes")
     del model, step_model, optimizers, params, ema, swa
-    roundtrip = GPT(cfg).to(device)
-    roundtrip.load_state_dict(dequantize(unpack_artifact(blob)))
-    roundtrip.eval()
-    if cuda and cfg.compile:
-        roundtrip.forward_logits = torch.compile(roundtrip.forward_logits, dynamic=False)
-
-    # --- evaluation (its own clock) -----------------------------------------------
-    sync()
-    e0 = time.perf_counter()
-    with torch.no_grad(), autocast():
-        if cfg.eval_stride > 0:
-            r = evaluate_sliding(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, rank, world)
-            log.line(f"final_int6_sliding_window_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
-        else:
-            r = evaluate_full(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
-            log.line(f"final_int6_roundtrip_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
-    pre_ttt_bpb = r.val_bpb
-    sync()
-    log.line(f"roundtrip_eval_time:{1000 * (time.perf_counter() - e0):.0f}ms tokens:{r.tokens}")
-    if cfg.ttt_enabled:
-        ttt0 = time.perf_counter()
-        with autocast():
-            r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
-        log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
-        sync()
-        log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - ttt0):.0f}ms")
-    eval_seconds = time.perf_counter() - e0
-    log.line(f"eval_time:{eval_seconds * 1000:.0f}ms")
+    r, pre_ttt_bpb, eval_seconds = score_artifact(blob, cfg, val_tokens, luts, device, rank, world, log)
 
     # Facts the service's rule checks read: what was scored, how TTT adapted, which
     # files fed training and which were evaluated.
@@ -491,6 +519,56 @@ def train(cfg: TrainerConfig) -> dict:
         result["train_fingerprints"] = sorted({content_fingerprint(f) for f in glob.glob(train_pattern)})
         result["val_fingerprints"] = sorted({content_fingerprint(f) for f in glob.glob(val_pattern)})
         write_result(out_dir, result)
+    log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+EVAL_RESULT_NAME = "eval_result.json"
+
+
+def evaluate_only(values: dict) -> dict:
+    """EVAL_ARTIFACT: load the artifact alone and score it as its run did; no training.
+
+    ``values`` are the knobs set for this run (env-var or field names). The model and
+    quantisation knobs come from the artifact (config_for_artifact refuses a conflicting one),
+    its eval knobs unless ``values`` change them. Writes eval.log, eval_metrics.jsonl and
+    eval_result.json into OUTPUT_DIR, so the run's own files there stay as they were.
+    """
+    path = str(values.get("EVAL_ARTIFACT") or values.get("eval_artifact"))
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise RunError(f"EVAL_ARTIFACT={path}: {exc.strerror or exc}") from None
+    try:
+        _, settings = unpack_artifact_with_settings(blob)
+    except Exception as exc:  # not an artifact, or a codec this machine lacks
+        raise RunError(f"EVAL_ARTIFACT={path}: not a readable caddie artifact ({type(exc).__name__}: {exc})") from None
+    cfg = config_for_artifact(values, settings)
+    rank, world, device = setup_distributed()
+    out_dir = Path(cfg.output_dir)
+    log = RunLog(out_dir, rank == 0, stem="eval")
+    log.line(f"eval_only artifact:{path} bytes:{len(blob)} config: " + json.dumps(cfg.overrides(), sort_keys=True))
+    val_pattern = os.path.join(cfg.data_path, "fineweb_val_*.bin")
+    if not glob.glob(val_pattern):
+        raise RunError(f"DATA_PATH={cfg.data_path}: no fineweb_val_*.bin shards there")
+    try:
+        luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: {exc}") from None
+    val_tokens = load_val_tokens(val_pattern, cfg.val_tokens_limit)
+    val_tokens_available = sum(read_shard_header(f) for f in shard_files(val_pattern))
+    r, pre_ttt_bpb, eval_seconds = score_artifact(blob, cfg, val_tokens, luts, device, rank, world, log)
+    result = {"status": "succeeded", "error": None, "val_loss": r.val_loss, "val_bpb": r.val_bpb, "pre_ttt_bpb": pre_ttt_bpb,
+              "model_bytes": len(blob), "eval_seconds": round(eval_seconds, 3), "world_size": world, "seed": cfg.seed,
+              "config": cfg.to_dict(), "val_tokens_scored": r.tokens, "val_tokens_total": val_tokens_available - 1,
+              "ttt_protocol": "score_first" if cfg.ttt_enabled else "none",
+              "val_shards": sorted(os.path.basename(f) for f in glob.glob(val_pattern)),
+              "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    if rank == 0:
+        write_result(out_dir, result, EVAL_RESULT_NAME)
     log.close()
     if world > 1:
         dist.barrier()
