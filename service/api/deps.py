@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.core.storage import ArtifactStore
 from service.core.errors import Forbidden, InvalidInput, Issue
-from service.schemas import ID_MAX
+from service.core.bodies import ID_MAX
 from service.teams.tokens import Principal, authenticate
 from service.core.settings import Settings
 from service.web import session as web_session

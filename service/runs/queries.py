@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, joinedload
 from service.core.errors import InvalidInput, Issue, NotFound
 from service.core.models import Metric, Run, RunEvent, Team, User
 from service.runs.lifecycle import RunStatus
-from service.schemas import ID_MAX, QUEUE_FIELDS, RunOut
+from service.core.bodies import ID_MAX
+from service.runs.schemas import QUEUE_FIELDS, RunOut
 from service.teams.tokens import Principal
 
 

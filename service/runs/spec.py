@@ -13,7 +13,7 @@ from service.core.settings import Settings
 from service.results.rules import spec_noncompliance
 from service.runs.early_abort import unlogged_step
 from service.runs.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
-from service.schemas import RunCreate
+from service.runs.schemas import RunCreate
 from trainer.config import ConfigError, TrainerConfig
 
 # Knobs a spec may not set: the seed comes from ``seeds``/``seed`` (it is what

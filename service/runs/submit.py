@@ -21,7 +21,7 @@ from service.runs.lifecycle import RunStatus, record_created
 from service.runs.queries import run_query, with_names
 from service.runs.scripts.files import store_blobs
 from service.runs.spec import NormalisedSpec, normalise_spec
-from service.schemas import RunCreate
+from service.runs.schemas import RunCreate
 from service.teams.tokens import Principal
 from trainer.config import TrainerConfig
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import AlreadyExists, Conflict, InvalidInput, Issue, NotFound
 from service.core.models import ApiToken, Membership, Team, User
-from service.schemas import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
+from service.core.bodies import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
 from service.teams.tokens import ACTIVE_ROLES, INVITED, issue_token
 from service.core.text import text_problem
 

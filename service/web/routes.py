@@ -52,7 +52,8 @@ from service.runs.lifecycle import IllegalTransition, is_terminal
 from service.results import queries
 from service.results.groups import config_diff
 from service.results.schemas import GroupDetail, LeaderboardEntry
-from service.schemas import ID_MAX, RunCreate
+from service.core.bodies import ID_MAX
+from service.runs.schemas import RunCreate
 from service.teams.tokens import Principal
 from service.web import charts, session as web_session
 from trainer.config import TrainerConfig

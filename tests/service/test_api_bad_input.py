@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import ID_MAX
 from service.core.models import ApiToken, Run, RunEvent, Team, User
-from service.schemas import QUEUE_FIELDS
+from service.runs.schemas import QUEUE_FIELDS
 
 RUNS = "/api/v1/runs"
 SPEC = '{"name": "n", "track": "10min_16mb", "hardware": "H100:8", %s}'

@@ -16,7 +16,7 @@ from service.runs.submit import submit_runs
 from service.core.db import get_sessionmaker
 from service.runs.lifecycle import RunStatus, transition
 from service.core.models import LogChunk, Metric, Run, RunEvent
-from service.schemas import RunCreate
+from service.runs.schemas import RunCreate
 from service.teams.tokens import authenticate
 
 RUNS = "/api/v1/runs"

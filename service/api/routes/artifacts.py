@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from service.runs import artifacts as domain
 from service.api.deps import ArtifactStoreDep, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.storage import read_chunks
-from service.schemas import ArtifactOut
+from service.runs.schemas import ArtifactOut
 
 router = APIRouter(prefix="/runs", tags=["artifacts"])
 

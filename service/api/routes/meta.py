@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from service.api.deps import SessionDep
-from service.schemas import Health
 from trainer.config import TrainerConfig
 
 router = APIRouter(tags=["meta"])
 health_router = APIRouter(tags=["meta"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    database: str
 
 
 @router.get("/config/schema")

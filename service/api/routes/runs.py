@@ -14,7 +14,7 @@ from service.core.hooks import call_on_submit_hook
 from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.errors import InvalidInput, Issue
 from service.queue.schemas import QueueFields
-from service.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
+from service.runs.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

@@ -14,7 +14,7 @@ from service.teams import accounts
 from service.api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from service.core.errors import Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import utcnow
-from service.schemas import MemberAdd, TeamCreate, TeamOut
+from service.teams.schemas import MemberAdd, TeamCreate, TeamOut
 from service.billing.schemas import TeamUpdate, TeamUsageOut
 
 # The longest window a usage report covers (one row per day of it).

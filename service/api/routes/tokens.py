@@ -9,7 +9,7 @@ from service.teams import accounts
 from service.teams import tokens as security
 from service.api.deps import CurrentUser, Id, SessionDep
 from service.core.errors import Forbidden
-from service.schemas import TokenCreate, TokenCreated, TokenOut
+from service.teams.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.teams import accounts
 from service.api.deps import AdminUser, CurrentUser, SessionDep
-from service.schemas import UserCreate, UserOut
+from service.teams.schemas import UserCreate, UserOut
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -1,56 +1,32 @@
-"""Request and response bodies of the REST API (pydantic v2)."""
+"""Request and response bodies of the run endpoints (pydantic v2)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.models import ApiToken, Metric, Run, RunEvent, Team, User
-from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
+from service.core.bodies import (
+    NAME_MAX_CHARS,
+    NOTES_MAX_CHARS,
+    Handle,
+    NoteText,
+    PlainText,
+    Seed,
+    Strict,
+)
+from service.core.models import Metric, Run, RunEvent
 from service.core.settings import TRACKS
-from service.core.text import NOTE_WHITESPACE, text_problem
-
-NAME_MAX_CHARS = 200
-NOTES_MAX_CHARS = 10_000
-TOKEN_NAME_MAX_CHARS = 100
-SEED_MAX = 2**31 - 1
-# Ids are INTEGER columns (32-bit in PostgreSQL): a bigger number names nothing, and the
-# database refuses to compare with it (a 500), so every id a request carries is bounded by this.
-ID_MAX = 2**31 - 1
-# Team and user names appear in URLs (/teams/{name}/members) and CLI output.
-HANDLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
-
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
-HANDLE_RULE = "letters, digits, '_', '.', '-'; at most 100 characters; starting with a letter or digit"
-Handle = Annotated[str, Field(pattern=HANDLE_PATTERN, description=HANDLE_RULE)]
-
-
-def plain_text(text: str) -> str:
-    """A name: no control characters, no terminal escapes (see service/core/text.py)."""
-    problem = text_problem(text)
-    if problem:
-        raise ValueError(problem)
-    return text
-
-
-def note_text(text: str) -> str:
-    """Free text: as a name, but tabs and line breaks are fine."""
-    problem = text_problem(text, allow=NOTE_WHITESPACE)
-    if problem:
-        raise ValueError(problem)
-    return text
-
-
-PlainText = Annotated[str, AfterValidator(plain_text)]
-NoteText = Annotated[str, AfterValidator(note_text)]
+from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
 
 
 def spec_config_schema(schema: dict[str, Any]) -> None:
     """The OpenAPI schema of a spec's ``config``: the trainer's knob rules, less
     the knobs a spec may not set (see service.runs.spec.RESERVED_KNOBS)."""
-    from service.runs.spec import RESERVED_KNOBS  # service.runs.spec imports this module
+    from service.runs.spec import (
+        RESERVED_KNOBS,  # service.runs.spec imports this module
+    )
     from trainer.config import TrainerConfig
 
     knobs = TrainerConfig.json_schema()
@@ -58,12 +34,6 @@ def spec_config_schema(schema: dict[str, Any]) -> None:
     schema.update(knobs)
 
 
-class Strict(BaseModel):
-    # A JSON body may spell NaN, Infinity or 1e999; none is a value caddie stores.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-# --- runs ----------------------------------------------------------------------
 class ScriptFileUpload(Strict):
     """One extra file of a script run, placed beside train_gpt.py under ``name``."""
 
@@ -214,111 +184,6 @@ class LogSlice(BaseModel):
     data: str
     done: bool = Field(description="the run is finished and no more log will come")
 
-
-# --- teams, users, tokens --------------------------------------------------------
-class TeamCreate(Strict):
-    name: Handle
-    budget_gpu_hours: float | None = Field(None, ge=0)
-    weight: float = Field(1.0, gt=0, le=1000)
-
-
-class MemberOut(BaseModel):
-    user: str
-    role: str
-
-
-class TeamOut(BaseModel):
-    id: int
-    name: str
-    budget_gpu_hours: float | None
-    weight: float
-    created_at: datetime
-    members: list[MemberOut] = Field(default_factory=list)
-
-    @classmethod
-    def of(cls, team: Team, members: list[tuple[str, str]] | None = None) -> "TeamOut":
-        return cls(
-            id=team.id,
-            name=team.name,
-            budget_gpu_hours=team.budget_gpu_hours,
-            weight=team.weight,
-            created_at=team.created_at,
-            members=[MemberOut(user=u, role=r) for u, r in members or []],
-        )
-
-
-class MemberAdd(Strict):
-    user: Handle
-    role: Literal["member", "admin"] = "member"
-
-
-class UserCreate(Strict):
-    name: Handle
-    email: PlainText | None = Field(None, max_length=320)
-    is_admin: bool = False
-
-
-class TeamRole(BaseModel):
-    team: str
-    role: str
-
-
-class UserOut(BaseModel):
-    id: int
-    name: str
-    email: str | None
-    is_admin: bool
-    created_at: datetime
-    teams: list[TeamRole] = Field(default_factory=list)
-    invitations: list[TeamRole] = Field(default_factory=list, description="teams that invited you (accept with POST /teams/{name}/accept)")
-
-    @classmethod
-    def of(cls, user: User, teams: list[tuple[str, str]] | None = None, invitations: list[tuple[str, str]] | None = None) -> "UserOut":
-        return cls(
-            id=user.id,
-            name=user.name,
-            email=user.email,
-            is_admin=user.is_admin,
-            created_at=user.created_at,
-            teams=[TeamRole(team=t, role=r) for t, r in teams or []],
-            invitations=[TeamRole(team=t, role=r) for t, r in invitations or []],
-        )
-
-
-class TokenCreate(Strict):
-    name: PlainText = Field(min_length=1, max_length=TOKEN_NAME_MAX_CHARS)
-    user: Handle | None = Field(None, description="global admins may make tokens for other users")
-
-
-class TokenOut(BaseModel):
-    id: int
-    name: str
-    prefix: str
-    user_id: int
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, token: ApiToken) -> "TokenOut":
-        return cls(
-            id=token.id,
-            name=token.name,
-            prefix=token.prefix,
-            user_id=token.user_id,
-            created_at=token.created_at,
-            last_used_at=token.last_used_at,
-            revoked_at=token.revoked_at,
-        )
-
-
-class TokenCreated(TokenOut):
-    token: str = Field(description="the secret; shown only in this response")
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-    database: str
 
 
 # --- artifacts ------------------------------------------------------------------
