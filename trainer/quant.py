@@ -30,6 +30,9 @@ from __future__ import annotations
 import io
 import json
 import lzma
+import os
+import subprocess
+import tempfile
 
 from dataclasses import dataclass, field
 
@@ -266,20 +269,22 @@ def parse_artifact_raw(raw: bytes) -> tuple[dict[str, dict], dict | None]:
     return obj, settings
 
 
-def pack_artifact(obj: dict[str, dict], level: int = 22, codec: str = "lzma", settings: dict | None = None) -> bytes:
+def pack_artifact(obj: dict[str, dict], level: int = 22, codec: str = "lzma", settings: dict | None = None,
+                  pergroup_backend: str = "brotli") -> bytes:
     """Serialise (artifact_raw) and compress.
 
     A compact custom layout instead of torch.save: no pickle, no zip padding, and
     the bytes depend only on the tensors (deterministic across runs). ``codec``:
     "lzma" (xz container, preset 6; ``level`` unused), "zstd" at ``level``, "brotli"
-    (quality 11, as the records), or "pergroup" (pack_pergroup). On a 600-step model
+    (quality 11, as the records), or "pergroup" (pack_pergroup, its groups compressed by
+    ``pergroup_backend``). On a 600-step model
     lzma-6 came out 85 kB (0.9%) smaller than zstd-22 (bench/results/artifact_gap.md);
     unpack_artifact reads every one.
     """
     if codec not in ARTIFACT_CODECS:
         raise ValueError(f"unknown artifact codec {codec!r} (expected one of {', '.join(ARTIFACT_CODECS)})")
     if codec == "pergroup":
-        return pack_pergroup(obj, settings)
+        return pack_pergroup(obj, settings, pergroup_backend)
     raw = artifact_raw(obj, settings)
     if codec == "lzma":
         return lzma.compress(raw, format=lzma.FORMAT_XZ, preset=6)
@@ -321,8 +326,8 @@ def unpack_artifact(blob: bytes) -> dict[str, dict]:
 # (adjacent rows numerically close), and each matrix is written transposed (column-major), so
 # the coder sees long runs of small differences. Layout:
 #   b"PGRP" + u32 stream count + u32 length per stream + the streams:
-#   one per PERGROUP_ORDER group (brotli-11, 16 MiB window; the record uses lrzip's ZPAQ,
-#   a system binary), the rest of the artifact (artifact_raw without the grouped integers,
+#   one per PERGROUP_ORDER group (PERGROUP_BACKEND: brotli-11 with a 16 MiB window, or lrzip -z -L 9,
+#   ZPAQ, as the record; a system binary), the rest of the artifact (artifact_raw without the grouped integers,
 #   brotli-11, 16 MiB window), and the row orders as uint16 (brotli-11).
 PERGROUP_MAGIC = b"PGRP"
 PERGROUP_ORDER = ("tok_emb.weight", "attn.c_k.weight", "attn.c_q.weight", "attn.c_v.weight", "attn.proj.weight",
@@ -369,9 +374,33 @@ def _pergroup_members(obj: dict[str, dict], with_q: bool) -> dict[str, list[str]
     return {g: [n for _, n in sorted(v)] for g, v in members.items()}
 
 
-def pack_pergroup(obj: dict[str, dict], settings: dict | None = None) -> bytes:
+PERGROUP_BACKENDS = ("brotli", "lrzip")
+LRZIP_MAGIC = b"LRZI"
+
+
+def lrzip(data: bytes, decompress: bool = False) -> bytes:
+    """lrzip -z -L 9 (ZPAQ context mixing; deterministic), or its inverse, through temporary files."""
+    with tempfile.TemporaryDirectory(prefix="caddie_lrzip_") as tmp:
+        src = os.path.join(tmp, "group.lrz" if decompress else "group.bin")
+        dst = os.path.join(tmp, "group.out")
+        with open(src, "wb") as f:
+            f.write(data)
+        cmd = ["lrzip", "-d", "-f", "-o", dst, src] if decompress else ["lrzip", "-z", "-L", "9", "-o", dst, src]
+        try:
+            subprocess.run(cmd, capture_output=True, check=True)
+        except FileNotFoundError:
+            raise RuntimeError("PERGROUP_BACKEND=lrzip needs the lrzip binary (apt-get install lrzip)") from None
+        with open(dst, "rb") as f:
+            return f.read()
+
+
+def pack_pergroup(obj: dict[str, dict], settings: dict | None = None, backend: str = "brotli") -> bytes:
     """ARTIFACT_CODEC=pergroup (the layout above)."""
     import brotli
+
+    if backend not in PERGROUP_BACKENDS:
+        raise ValueError(f"unknown pergroup backend {backend!r} (expected one of {', '.join(PERGROUP_BACKENDS)})")
+    squeeze = lrzip if backend == "lrzip" else (lambda data: brotli.compress(data, quality=11, lgwin=24))
 
     members = _pergroup_members(obj, with_q=True)
     if any(obj[n]["q"].size(0) > 65536 for names in members.values() for n in names):
@@ -386,7 +415,7 @@ def pack_pergroup(obj: dict[str, dict], settings: dict | None = None) -> bytes:
                 perms.append(order.tobytes())
                 arr = arr[order]
             blob.append(np.ascontiguousarray(arr.T).tobytes())
-        streams.append(brotli.compress(b"".join(blob), quality=11, lgwin=24) if blob else b"")
+        streams.append(squeeze(b"".join(blob)) if blob else b"")
     grouped = frozenset(n for names in members.values() for n in names)
     streams.append(brotli.compress(artifact_raw(obj, settings, omit_q=grouped), quality=11, lgwin=24))
     streams.append(brotli.compress(b"".join(perms), quality=11) if perms else b"")
@@ -409,7 +438,8 @@ def unpack_pergroup(blob: bytes) -> tuple[dict[str, dict], dict | None]:
     members = _pergroup_members(obj, with_q=False)
     used = 0
     for group, stream in zip(PERGROUP_ORDER, streams):
-        data = np.frombuffer(brotli.decompress(stream), dtype=np.int8) if stream else np.zeros(0, np.int8)
+        raw = (lrzip(stream, decompress=True) if stream.startswith(LRZIP_MAGIC) else brotli.decompress(stream)) if stream else b""
+        data = np.frombuffer(raw, dtype=np.int8)
         pos = 0
         for name in members.get(group, []):
             e = obj[name]

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import time
 from contextlib import nullcontext
@@ -265,6 +266,18 @@ def write_failure(out_dir: Path, error: str, config: dict | None, seed: int | No
                            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}, name)
 
 
+def check_codec_available(cfg: TrainerConfig) -> None:
+    """Fail before training, not after it, when the artifact's compressor is missing here."""
+    needs = {"zstd": "zstandard", "brotli": "brotli", "pergroup": "brotli"}.get(cfg.artifact_codec)
+    if needs:
+        try:
+            __import__(needs)
+        except ImportError:
+            raise RunError(f"ARTIFACT_CODEC={cfg.artifact_codec} needs the Python package {needs} (pip install {needs})") from None
+    if cfg.artifact_codec == "pergroup" and cfg.pergroup_backend == "lrzip" and shutil.which("lrzip") is None:
+        raise RunError("PERGROUP_BACKEND=lrzip needs the lrzip binary on PATH (apt-get install lrzip)")
+
+
 def gptq_hessians(model: GPT, cfg: TrainerConfig, train_pattern: str, micro_tokens: int, rank: int, world: int,
                   device: torch.device, autocast) -> dict[str, torch.Tensor]:
     """GPTQ Hessians from the first GPTQ_CALIBRATION_BATCHES training batches of this rank, averaged
@@ -335,6 +348,7 @@ def train(cfg: TrainerConfig) -> dict:
     log.line(f"Code size: {code_bytes} bytes")
     log.line("config: " + json.dumps(cfg.overrides(), sort_keys=True))
     accum = grad_accum_for(cfg, world)
+    check_codec_available(cfg)
     train_pattern = os.path.join(cfg.data_path, "fineweb_train_*.bin")
     val_pattern = os.path.join(cfg.data_path, "fineweb_val_*.bin")
     for pattern in (train_pattern, val_pattern):
@@ -489,7 +503,8 @@ def train(cfg: TrainerConfig) -> dict:
     q0 = time.perf_counter()
     hessians = gptq_hessians(model, cfg, train_pattern, micro_tokens, rank, world, device, autocast) if cfg.gptq else None
     quantised = quantize_state_dict(model.state_dict(), cfg.quant_clip_floor, cfg.control_dtype, FrontierQuant.from_config(cfg, hessians))
-    blob = pack_artifact(quantised, cfg.zstd_level, cfg.artifact_codec, artifact_settings(cfg) if cfg.artifact_settings else None)
+    blob = pack_artifact(quantised, cfg.zstd_level, cfg.artifact_codec, artifact_settings(cfg) if cfg.artifact_settings else None,
+                         cfg.pergroup_backend)
     log.line(f"quantize_time:{1000 * (time.perf_counter() - q0):.0f}ms")
     if master:
         (out_dir / ARTIFACT_NAME).write_bytes(blob)

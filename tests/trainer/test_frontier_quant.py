@@ -261,3 +261,42 @@ def test_frontier_quant_knobs_are_validated():
     for bad in ({"EMBED_BITS": 9}, {"MATRIX_BITS": 1}, {"LQER_RANK": 0}, {"ARTIFACT_CODEC": "lrzip"}, {"MATRIX_BITS": 5}):
         with pytest.raises(ConfigError):
             TrainerConfig.from_dict(bad)  # MATRIX_BITS=5 with late QAT (int6) on is refused too
+
+
+@pytest.mark.skipif(__import__("shutil").which("lrzip") is None, reason="lrzip binary not installed (apt-get install lrzip)")
+def test_pergroup_with_lrzip_streams_equal_the_records_real_lrzip(frontier_quantised, tmp_path):
+    import os
+    import subprocess
+
+    cfg, sd, ours, result, meta, _ = frontier_quantised
+    # ~6 s: lrzip costs ~1 s a call, so two groups: the embedding (row-sorted) and an attention output (not sorted)
+    keep = lambda name: not name.startswith("blocks.") or name.startswith("blocks.0.attn.proj.")  # noqa: E731
+    ours = {k: e for k, e in ours.items() if keep(k)}
+    result = {k: v for k, v in result.items() if keep(k)}
+    meta = {k: v for k, v in meta.items() if keep(k)}
+    serialise = record_function("_serialize_pergroup", torch=torch, io=io, collections=collections,
+                                _GROUP_ORDER=record_constant("_GROUP_ORDER"), _SIMSORT_KEYS=record_constant("_SIMSORT_KEYS"),
+                                _similarity_sort_l1=record_function("_similarity_sort_l1"),
+                                _lrzip_compress=record_function("_lrzip_compress", os=os, subprocess=subprocess),
+                                _pack_streams=record_function("_pack_streams", _PACK_MAGIC=record_constant("_PACK_MAGIC")))
+    unpack_streams = record_function("_unpack_streams", _PACK_MAGIC=record_constant("_PACK_MAGIC"))
+    theirs = unpack_streams(serialise(result, meta, 1, str(tmp_path)))
+    blob = pack_artifact(ours, codec="pergroup", pergroup_backend="lrzip")
+    mine = unpack_streams(blob)
+    groups = len(record_constant("_GROUP_ORDER"))
+    assert [s[:4] for s in mine[:groups] if s] == [b"LRZI"] * 2
+    assert mine[:groups] == theirs[:groups] and mine[groups + 1] == theirs[groups + 1]
+    back = unpack_artifact(blob)
+    for k, e in ours.items():
+        for part, v in e.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(back[k][part], v), (k, part)
+
+
+def test_a_missing_compressor_stops_the_run_before_training(monkeypatch):
+    import trainer.train as train_module
+
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    with pytest.raises(train_module.RunError, match="lrzip"):
+        train_module.check_codec_available(TrainerConfig(artifact_codec="pergroup", pergroup_backend="lrzip"))
+    train_module.check_codec_available(TrainerConfig(artifact_codec="pergroup"))  # brotli is installed here
