@@ -95,8 +95,13 @@ class BigramHash(nn.Module):
         nn.init.zeros_(self.table.weight)
         nn.init.orthogonal_(self.proj.weight)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        return self.scale * self.proj(self.table(bigram_hash_indices(idx, self.rows)))
+    def forward(self, idx: Tensor, bos_token_id: int | None = None) -> Tensor:
+        """With ``bos_token_id`` (DOC_ATTENTION) a BOS position gets the row of position 0, so no
+        pair spans two documents."""
+        rows = bigram_hash_indices(idx, self.rows)
+        if bos_token_id is not None:
+            rows = torch.where(idx == bos_token_id, self.rows - 1, rows)
+        return self.scale * self.proj(self.table(rows))
 
 
 class SmearGate(nn.Module):
@@ -412,7 +417,7 @@ class GPT(nn.Module):
         """Final normalised hidden states [B, T, D]."""
         x = self.tok_emb(idx)
         if self.bigram is not None:
-            x = x + self.bigram(idx)
+            x = x + self.bigram(idx, self.cfg.bos_token_id if self.cfg.doc_attention else None)
         if isinstance(self.smear, WindowSmearGate):  # the record smears before the norm
             x = self.smear(x, idx)
         x = rms_norm(x)

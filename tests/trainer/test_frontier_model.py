@@ -436,6 +436,12 @@ def test_document_attention_model_equals_the_records_and_never_looks_across_a_bo
         b = ours.forward_logits(other)
         assert torch.equal(a[:, 30:], b[:, 30:])
         assert (a[:, :30] - b[:, :30]).abs().max() > 0.1
+        # caddie's own extras too (BigramHash, channel SmearGate, value embeddings) keep documents apart
+        extras = GPT(TrainerConfig.from_dict({**cfg.overrides(), "BIGRAM_VOCAB_SIZE": 64, "SMEAR_GATE": 1, "VE_ENABLED": 1,
+                                              "VE_LAYERS": "9,10"}))
+        randomise(extras, 21)
+        extras.eval()
+        assert torch.equal(extras.forward_logits(row)[:, 30:], extras.forward_logits(other)[:, 30:])
         ours_plain = GPT(TrainerConfig.from_dict({**cfg.overrides(), "DOC_ATTENTION": 0}))
         ours_plain.load_state_dict(ours.state_dict())
         ours_plain.eval()
