@@ -1,0 +1,111 @@
+"""How a sweep picks its next trial: grid, random, or Bayesian through Optuna's TPE.
+
+``propose(strategy, space, history, seed=...)`` returns the next trial's knob values, or
+None when the strategy has nothing left (a grid that is done). Pure: the history is
+passed in, nothing is kept between calls.
+
+TPE uses Optuna's ask/tell API on an in-memory storage, rebuilt from ``history`` on every
+call. Why not an RDB storage: caddie's sweep_trials table is already the durable record
+of every trial (params, state, value), written in the same transactions as the runs; a
+second copy in Optuna's own tables would have to be kept in step with it (and migrated
+with Optuna's schema). Rebuilding a study of a few hundred trials costs milliseconds,
+and a seed derived from the sweep and the trial count makes each proposal reproducible.
+Running trials go in as RUNNING, so with ``constant_liar`` parallel asks spread out.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.sweeps.space import Knob, SearchSpace
+
+STRATEGIES = ("grid", "random", "tpe")
+TPE_STARTUP_TRIALS = 5  # random trials before TPE models the history (Optuna's default is 10; sweeps are short)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A trial so far: its knob values, its state, and its value (final val_bpb, lower is better).
+
+    state: "running" (no value yet), "complete" (value = its mean val_bpb), "pruned" (value =
+    the pruner's predicted final val_bpb, the best figure there is), "failed" (no value).
+    """
+
+    params: dict[str, Any]
+    state: str
+    value: float | None = None
+
+
+def propose(strategy: str, space: SearchSpace, history: Sequence[Observed], *, seed: int) -> dict[str, Any] | None:
+    if strategy == "grid":
+        return _grid_next(space, history)
+    if strategy == "random":
+        return _random_point(space, random.Random(f"{seed}:{len(history)}"))
+    if strategy == "tpe":
+        return _tpe_next(space, history, seed=seed + len(history))
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _grid_next(space: SearchSpace, history: Sequence[Observed]) -> dict[str, Any] | None:
+    tried = [h.params for h in history]
+    return next((p for p in space.grid() if p not in tried), None)
+
+
+def _random_value(knob: Knob, rng: random.Random) -> Any:
+    if knob.values is not None:
+        return rng.choice(knob.values)
+    assert knob.low is not None and knob.high is not None
+    if knob.kind == "int":
+        if knob.log:
+            return min(int(knob.high), max(int(knob.low), int(round(math.exp(rng.uniform(math.log(knob.low), math.log(knob.high)))))))
+        return rng.randint(int(knob.low), int(knob.high))
+    if knob.log:
+        return math.exp(rng.uniform(math.log(knob.low), math.log(knob.high)))
+    return rng.uniform(knob.low, knob.high)
+
+
+def _random_point(space: SearchSpace, rng: random.Random) -> dict[str, Any]:
+    return {k.name: _random_value(k, rng) for k in space.knobs}
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """Optuna's distribution for each knob."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for k in space.knobs:
+        if k.values is not None:
+            out[k.name] = CategoricalDistribution(list(k.values))
+        elif k.kind == "int":
+            out[k.name] = IntDistribution(int(k.low or 0), int(k.high or 0), log=k.log)
+        else:
+            out[k.name] = FloatDistribution(float(k.low or 0.0), float(k.high or 0.0), log=k.log)
+    return out
+
+
+def _tpe_next(space: SearchSpace, history: Sequence[Observed], *, seed: int) -> dict[str, Any]:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions(space)
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental; it models knobs jointly, which sweeps want
+        warnings.simplefilter("ignore")
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, constant_liar=True, multivariate=True)
+    study = optuna.create_study(direction="minimize", sampler=sampler, storage=optuna.storages.InMemoryStorage())
+    for h in history:
+        if not space.contains(h.params):
+            continue  # a trial from before a space change cannot be told
+        if h.state in ("complete", "pruned") and h.value is not None and math.isfinite(h.value):
+            study.add_trial(create_trial(params=h.params, distributions=dists, value=h.value))
+        elif h.state == "running":
+            study.add_trial(create_trial(params=h.params, distributions=dists, state=TrialState.RUNNING))
+        else:
+            study.add_trial(create_trial(params=h.params, distributions=dists, state=TrialState.FAIL))
+    trial = study.ask(dists)
+    return dict(trial.params)
