@@ -206,8 +206,6 @@ class TrainerConfig:
                            "LQER_FACTOR_BITS per row).", group="artifact")
     lqer_asym_group: int = knob(64, "Values per scale of the asymmetric LQER factor B.", min=1, max=65536, group="artifact")
     lqer_factor_bits: int = knob(4, "Bits of the symmetric LQER factors.", min=2, max=8, group="artifact")
-    pergroup_backend: str = knob("brotli", "Compressor of each group under ARTIFACT_CODEC=pergroup: brotli-11, or lrzip -L 9 (ZPAQ; "
-                                 "the record's; slower, needs the lrzip binary).", choices=("brotli", "lrzip"), group="artifact")
     artifact_settings: bool = knob(False, "Write the knobs that shape the model and its quantisation into the artifact (~0.6 kB), "
                                    "so EVAL_ARTIFACT can load it alone and refuse a mismatched setting.", group="artifact")
     eval_artifact: str = knob("", "Eval-only: skip training, load this artifact (written with ARTIFACT_SETTINGS=1) and evaluate it "

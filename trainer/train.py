@@ -114,6 +114,12 @@ def grad_accum_for(cfg: TrainerConfig, world: int) -> int:
     return min(valid, key=lambda a: (abs(a - target), -a))
 
 
+def loop_seconds(cfg: TrainerConfig) -> float:
+    """The training loop's wallclock cap: MAX_WALLCLOCK_SECONDS, less GPTQ_RESERVE_SECONDS under GPTQ
+    (its calibration reads training data, so it is training time; the record reserves it the same way)."""
+    return cfg.max_wallclock_seconds - (cfg.gptq_reserve_seconds if cfg.gptq and cfg.max_wallclock_seconds > 0 else 0.0)
+
+
 def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
     """1, then linear to MIN_LR (0 by default) over the last WARMDOWN_ITERS steps.
 
@@ -125,7 +131,7 @@ def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
         return 1.0
     scale = (cfg.iterations - step) / cfg.warmdown_iters
     if cfg.max_wallclock_seconds > 0 and step > 0:
-        remaining_ms = cfg.max_wallclock_seconds * 1000.0 - elapsed_ms
+        remaining_ms = loop_seconds(cfg) * 1000.0 - elapsed_ms
         scale = min(scale, remaining_ms / (cfg.warmdown_iters * elapsed_ms / step))
     return min(max(scale, cfg.min_lr), 1.0)
 
@@ -135,7 +141,7 @@ def training_progress(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float
     of that and elapsed / cap (the record's training fraction; ENABLE_LOOPING_AT compares to it)."""
     frac = step / cfg.iterations
     if cfg.max_wallclock_seconds > 0:
-        frac = max(frac, elapsed_ms / (cfg.max_wallclock_seconds * 1000.0))
+        frac = max(frac, elapsed_ms / (loop_seconds(cfg) * 1000.0))
     return min(frac, 1.0)
 
 
@@ -429,7 +435,7 @@ def train(cfg: TrainerConfig) -> dict:
         log.point(kind="val", step=step, val_loss=r.val_loss, val_bpb=r.val_bpb, elapsed_ms=round(train_ms, 1))
 
     # --- training loop ---------------------------------------------------------
-    cap_ms = cfg.max_wallclock_seconds * 1000.0
+    cap_ms = loop_seconds(cfg) * 1000.0
     train_ms = 0.0
     step = 0
     sync()
@@ -501,7 +507,15 @@ def train(cfg: TrainerConfig) -> dict:
 
     # --- artifact and its roundtrip ---------------------------------------------
     q0 = time.perf_counter()
-    hessians = gptq_hessians(model, cfg, train_pattern, micro_tokens, rank, world, device, autocast) if cfg.gptq else None
+    hessians = None
+    if cfg.gptq:  # reads training data: its time is training time (train_seconds includes it)
+        sync()
+        c0 = time.perf_counter()
+        hessians = gptq_hessians(model, cfg, train_pattern, micro_tokens, rank, world, device, autocast)
+        sync()
+        calib_ms = 1000.0 * (time.perf_counter() - c0)
+        train_ms += calib_ms
+        log.line(f"gptq_calibration_time:{calib_ms:.0f}ms reserve:{1000 * cfg.gptq_reserve_seconds:.0f}ms train_time:{train_ms:.0f}ms")
     quantised = quantize_state_dict(model.state_dict(), cfg.quant_clip_floor, cfg.control_dtype, FrontierQuant.from_config(cfg, hessians))
     blob = pack_artifact(quantised, cfg.zstd_level, cfg.artifact_codec, artifact_settings(cfg) if cfg.artifact_settings else None,
                          cfg.pergroup_backend)

@@ -300,3 +300,15 @@ def test_a_missing_compressor_stops_the_run_before_training(monkeypatch):
     with pytest.raises(train_module.RunError, match="lrzip"):
         train_module.check_codec_available(TrainerConfig(artifact_codec="pergroup", pergroup_backend="lrzip"))
     train_module.check_codec_available(TrainerConfig(artifact_codec="pergroup"))  # brotli is installed here
+
+
+def test_gptq_reserve_comes_off_the_training_loop_as_the_record_does():
+    from trainer.train import loop_seconds, lr_scale_at
+
+    cfg = TrainerConfig(iterations=9000, warmdown_iters=200, max_wallclock_seconds=60, gptq=True, gptq_reserve_seconds=4.0)
+    assert loop_seconds(cfg) == 56.0 and loop_seconds(TrainerConfig(max_wallclock_seconds=60)) == 60.0
+    assert loop_seconds(TrainerConfig(max_wallclock_seconds=0, gptq=True)) == 0.0  # no cap stays no cap
+    # 100 ms a step: the warm-down now ends at 56 s, where the calibration's reserve begins
+    assert lr_scale_at(560, 56_000.0, cfg) == 0.0 and lr_scale_at(460, 46_000.0, cfg) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="GPTQ_RESERVE_SECONDS"):
+        TrainerConfig.from_dict({"GPTQ": 1, "MAX_WALLCLOCK_SECONDS": 3, "GPTQ_RESERVE_SECONDS": 4})
