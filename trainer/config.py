@@ -188,6 +188,9 @@ class TrainerConfig:
     gptq_calibration_batches: int = knob(16, "Training batches (of TRAIN_BATCH_TOKENS / grad-accum steps per rank) whose layer inputs "
                                          "give the GPTQ Hessians.", min=1, max=4096, group="artifact")
     gptq_block_size: int = knob(128, "Columns per GPTQ lazy-update block.", min=1, max=65536, group="artifact")
+    gptq_reserve_seconds: float = knob(4.0, "Seconds of MAX_WALLCLOCK_SECONDS kept for the GPTQ calibration, which reads training "
+                                       "data and so counts as training: the loop (and its warm-down) stops this much earlier.",
+                                       min=0.0, max=3600.0, group="schedule")
     matrix_clip_sigmas: float = knob(12.85, "SDClip k for matrices outside attention and MLP (scale = k·std(row)/qmax; GPTQ only).",
                                      min=0.01, max=1000.0, group="artifact")
     attn_clip_sigmas: float = knob(13.0, "SDClip k for attention matrices (GPTQ only).", min=0.01, max=1000.0, group="artifact")
@@ -206,6 +209,8 @@ class TrainerConfig:
                            "LQER_FACTOR_BITS per row).", group="artifact")
     lqer_asym_group: int = knob(64, "Values per scale of the asymmetric LQER factor B.", min=1, max=65536, group="artifact")
     lqer_factor_bits: int = knob(4, "Bits of the symmetric LQER factors.", min=2, max=8, group="artifact")
+    pergroup_backend: str = knob("brotli", "Compressor of each group under ARTIFACT_CODEC=pergroup: brotli-11, or lrzip -L 9 (ZPAQ; "
+                                 "the record's; slower, needs the lrzip binary).", choices=("brotli", "lrzip"), group="artifact")
     artifact_settings: bool = knob(False, "Write the knobs that shape the model and its quantisation into the artifact (~0.6 kB), "
                                    "so EVAL_ARTIFACT can load it alone and refuse a mismatched setting.", group="artifact")
     eval_artifact: str = knob("", "Eval-only: skip training, load this artifact (written with ARTIFACT_SETTINGS=1) and evaluate it "
@@ -377,6 +382,8 @@ class TrainerConfig:
         # frontier quantisation knobs (issue 22)
         if self.qat_enabled and self.matrix_bits != 6:
             bad("MATRIX_BITS", "must be 6 while QAT_ENABLED (late QAT fake-quantises to int6)")
+        if self.gptq and 0 < self.max_wallclock_seconds <= self.gptq_reserve_seconds:
+            bad("GPTQ_RESERVE_SECONDS", f"must be < MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} with GPTQ (no time left to train)")
         if issues:
             raise ConfigError(issues)
 
