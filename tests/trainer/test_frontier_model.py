@@ -29,6 +29,15 @@ from trainer.train import training_progress
 BOS = 1
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: more threads only contend on a shared 2-core machine (10x slower measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fa3_standin() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("fa3_standin", RECORD.parents[4] / "reference" / "flash_attn_interface.py")
     module = importlib.util.module_from_spec(spec)
@@ -465,14 +474,9 @@ def test_a_run_with_every_model_knob_loops_from_its_fraction_and_warmup_leaves_n
              "DOC_ATTENTION": 1, "SKIP_GATES": 1, "SMEAR_GATE_KIND": "window", "QK_GAIN_INIT": 5.0, "TTT_ENABLED": 0, "EVAL_STRIDE": 0,
              "VAL_TOKENS_LIMIT": 1024}
     curves = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only contend on a shared 2-core machine (10x slower here)
-    try:
-        results = [train(TrainerConfig.from_dict({**knobs, "WARMUP_STEPS": w, "OUTPUT_DIR": str(tmp_path / f"w{w}")})) for w in (0, 2)]
-    finally:
-        torch.set_num_threads(threads)
-    for warmup, result in zip((0, 2), results):
+    for warmup in (0, 2):
         out = tmp_path / f"w{warmup}"
+        result = train(TrainerConfig.from_dict({**knobs, "WARMUP_STEPS": warmup, "OUTPUT_DIR": str(out)}))
         assert result["status"] == "succeeded" and math.isfinite(result["val_bpb"])
         log = (out / "train.log").read_text()
         assert "layer_loop:on step:4 order:([0, 0], [1, 2])" in log  # step 4 of 8 is fraction 0.5
