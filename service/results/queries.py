@@ -35,7 +35,9 @@ def judge_run(run: Run) -> None:
 
 # What caddie cannot verify for a team's own script (it does not report them): listed as
 # declared by the team, never as a pass; the other rules stay real checks.
-SCRIPT_DECLARED = ("full_val", "ttt_protocol", "no_val_in_train")
+# no_val_in_train and no_network_in_eval are real checks where the script was watched (its
+# audit, service.runs.touches); declared only where it was not.
+SCRIPT_DECLARED = ("full_val", "ttt_protocol", "no_val_in_train", "no_network_in_eval")
 
 
 def checks_of(run: Run) -> list[Check]:

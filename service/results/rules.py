@@ -20,8 +20,11 @@ The limits (trainer-spec.md, section 1):
 | ttt_protocol    | test-time training is score-first (or absent); the shared   |
 |                 | trainer's is probed in CI (tests/results/test_ttt_probe.py) |
 | no_val_in_train | no training file has the content of a validation shard      |
-|                 | (sha256 fingerprints; a val_* name fails too)               |
+|                 | (sha256 fingerprints; a val_* name fails too); a script run: |
+|                 | no validation shard opened while it trained (its audit)     |
 | code_revision   | the hash of the code that ran is recorded, with a dirty flag |
+| no_network_in_eval | a script run connects to no remote address once its log   |
+|                 | says training ended (its audit; loopback is not the network) |
 
 Hardware is judged from what the run reports (GPU model, count; "PCIe"/"NVL"
 models are not the SXM H100 the records ran on), never from the spec.
@@ -32,7 +35,7 @@ knobs of a ``10min_16mb`` spec that would make its result incomparable.
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -103,6 +106,9 @@ class RunFacts:
     val_fingerprints: Sequence[str] | None = None  # sha256 of each validation shard
     code_sha256: str | None = None  # hash of the code that ran
     code_dirty: bool | None = None  # the code differs from its recorded revision
+    # What a script run touched (service.runs.touches.summarise; {"watched": False, ...} when it
+    # could not be watched); None: a run that is not watched (the shared trainer, a record's log).
+    touches: Mapping[str, Any] | None = None
 
     @classmethod
     def from_result(cls, *, track: str, hardware: str, allow_noncompliant: bool, result: Mapping[str, Any] | None,
@@ -121,6 +127,7 @@ class RunFacts:
             stopped_by_cap=r.get("stopped_by_cap"), diagnostic_eval_seconds=r.get("diagnostic_eval_seconds"),
             eval_seq_len=r.get("eval_seq_len"), train_fingerprints=r.get("train_fingerprints"),
             val_fingerprints=r.get("val_fingerprints"), code_sha256=r.get("code_sha256"), code_dirty=r.get("code_dirty"),
+            touches=r.get("touches"),
         )
 
 
@@ -243,6 +250,8 @@ def check_no_val_in_train(facts: RunFacts) -> Check:
     """No training file with a validation shard's content (sha256), nor a fineweb_val_* name.
     Names alone prove nothing: a renamed validation shard has a training name."""
     rule = "no_val_in_train"
+    if facts.touches is not None:
+        return check_watched_val_reads(facts.touches)
     train = [str(s) for s in facts.train_shards or ()]
     val = {str(s) for s in facts.val_shards or ()}
     named = sorted(s for s in train if s in val or "_val_" in s)
@@ -275,17 +284,28 @@ def check_code_revision(facts: RunFacts) -> Check:
     return Check(rule, Verdict.FAIL, "the hash of the code that ran is not recorded", None, None)
 
 
+def check_network_in_eval(facts: RunFacts) -> Check:
+    """no_network_in_eval on a run's facts (the rule is below, with the other watched one)."""
+    return check_no_network_in_eval(facts.touches)
+
+
 RULES: tuple[Callable[[RunFacts], Check], ...] = (
     check_artifact_bytes, check_train_time, check_eval_time, check_full_val,
     check_ttt_protocol, check_no_val_in_train, check_code_revision,
 )
 RULE_NAMES = ("artifact_bytes", "train_time", "eval_time", "full_val", "ttt_protocol", "no_val_in_train", "code_revision")
+# Rules of a script run only (what it touched, watched by worker/audit): a run with ``touches``
+# in its facts gets them; the shared trainer (caddie's own code) and record logs do not.
+WATCHED_RULES: tuple[Callable[[RunFacts], Check], ...] = (check_network_in_eval,)
+WATCHED_RULE_NAMES = ("no_network_in_eval",)
 
 
 def check_run(facts: RunFacts) -> list[Check]:
     """Every rule on one run. A run that opted out (allow_noncompliant) is never a pass:
     its passes become "not comparable", its failures stay failures."""
     checks = [rule(facts) for rule in RULES]
+    if facts.touches is not None:
+        checks += [rule(facts) for rule in WATCHED_RULES]
     if facts.allow_noncompliant:
         checks = [c if c.verdict is not Verdict.PASS else
                   Check(c.rule, Verdict.NOT_COMPARABLE, f"{c.reason}; but the spec set allow_noncompliant", c.figure, c.limit)
@@ -330,7 +350,8 @@ def summarise_group(per_run: Sequence[Sequence[Check]]) -> list[RuleSummary]:
     """Per rule across the group's runs: fail if any run fails, not comparable if any
     is, pass only when every run passes."""
     out = []
-    for name in RULE_NAMES:
+    checked = {c.rule for run in per_run for c in run}
+    for name in RULE_NAMES + tuple(n for n in WATCHED_RULE_NAMES if n in checked):
         checks = [c for run in per_run for c in run if c.rule == name]
         verdict = overall(checks)
         counts = {v.value: sum(c.verdict is v for c in checks) for v in Verdict}
@@ -368,46 +389,78 @@ def spec_noncompliance(config: Mapping[str, Any], track: str) -> list[SpecProble
     return problems
 
 
-# --- what a script touched (worker/audit/sitecustomize.py's events) -----------------------------
+# --- what a script touched (service.runs.touches's summary of worker/audit's events) ----------
 
 NO_NETWORK_IN_EVAL = "no_network_in_eval"
 
 
-def val_reads_in_training(events: Sequence[Mapping[str, Any]], train_end_t: float) -> list[Mapping[str, Any]]:
-    """The opens of a validation shard (a fineweb_val_* name) before training ended."""
-    return [e for e in events if e.get("event") == "open" and float(e["t"]) < train_end_t
-            and "fineweb_val_" in os.path.basename(str(e.get("path", "")))]
+def _when(touches: Mapping[str, Any], t: float) -> str:
+    """An event's time: UTC, and seconds since the run's first process started."""
+    t0 = touches.get("t0")
+    clock = time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d} UTC"
+    return f"{clock} (t+{t - float(t0):.1f} s)" if t0 is not None else clock
 
 
-def eval_connections(events: Sequence[Mapping[str, Any]], train_end_t: float) -> list[Mapping[str, Any]]:
-    """Network connections after training ended (during evaluation). Local IPC over a unix
-    socket or to a loopback address (torchrun's rendezvous, NCCL) is not the network."""
-    def remote(address: str) -> bool:
-        host = address.rsplit(":", 1)[0].strip("[]")
-        return not (address.startswith("/") or host in {"localhost", "::1", ""} or host.startswith("127."))
-    return [e for e in events if e.get("event") == "connect" and float(e["t"]) >= train_end_t and remote(str(e.get("address", "")))]
+def _training(touches: Mapping[str, Any]) -> str:
+    start, end = touches.get("train_start") or {}, touches.get("train_end") or {}
+    def line(m: Mapping[str, Any]) -> str:
+        return f"line {m['line_no']} ({str(m['line'])[:60]!r})" if m else "no such line"
+    return f"training from log {line(start)} to {line(end)}"
 
 
-def check_watched_val_reads(events: Sequence[Mapping[str, Any]] | None, train_end_t: float | None) -> Check:
-    """no_val_in_train from what the script opened: a validation shard read before training ended fails."""
+def _unwatched(rule: str, touches: Mapping[str, Any] | None) -> Check | None:
+    if touches is None:
+        return _missing(rule, "what it touched (a run of the shared trainer, or a log alone, is not watched)")
+    if not touches.get("watched"):
+        return _missing(rule, f"what it touched: not watched ({touches.get('why') or 'no audit'})")
+    if not touches.get("phases_by_log"):
+        return _missing(rule, "where its log stood at each event (its stdout was not a file), so training cannot be told from evaluation")
+    if not touches.get("train_start"):
+        return _missing(rule, "a training line in its log, so training cannot be told apart")
+    return None
+
+
+def check_watched_val_reads(touches: Mapping[str, Any] | None) -> Check:
+    """no_val_in_train from what the script opened: a validation shard opened while it trained
+    (past its log's first training line, before its training-end line) fails. One opened at
+    setup (every record loads its validation tokens there, to score during training) cannot be
+    told from that use and is named in the reason."""
     rule = "no_val_in_train"
-    if events is None or train_end_t is None:
-        return _missing(rule, "the files it opened and when training ended")
-    bad = val_reads_in_training(events, train_end_t)
+    if (missing := _unwatched(rule, touches)) is not None:
+        return missing
+    assert touches is not None
+    opens = list(touches.get("val_opens") or ())
+    bad = [o for o in opens if o.get("phase") == "train"]
     if bad:
         first = bad[0]
-        return Check(rule, Verdict.FAIL, f"read validation shard {first['path']} during training "
-                     f"({train_end_t - float(first['t']):.1f} s before training ended)", len(bad), 0)
-    return Check(rule, Verdict.PASS, "no validation shard opened before training ended", 0, 0)
+        return Check(rule, Verdict.FAIL, f"read validation shard {first['path']} during training at {_when(touches, float(first['t']))}; "
+                     f"{_training(touches)}" + (f" ({len(bad)} such reads)" if len(bad) > 1 else ""), len(bad), 0)
+    setup = sorted({o["path"] for o in opens if o.get("phase") == "setup"})
+    note = f"; validation shard(s) opened at setup, before the first training line: {', '.join(setup[:3])}" if setup else ""
+    return Check(rule, Verdict.PASS, f"no validation shard opened during training (watched: {touches.get('files_total', 0)} files, "
+                 f"{_training(touches)}){note}", 0, 0)
 
 
-def check_no_network_in_eval(events: Sequence[Mapping[str, Any]] | None, train_end_t: float | None) -> Check:
-    """A network connection during evaluation fails: the score must come from the artifact alone."""
-    if events is None or train_end_t is None:
-        return _missing(NO_NETWORK_IN_EVAL, "the connections it made and when training ended")
-    bad = eval_connections(events, train_end_t)
+def _remote(address: str) -> bool:
+    """Local IPC over a unix socket or to a loopback address (torchrun's rendezvous, NCCL) is not the network."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return not (address.startswith("/") or host in {"localhost", "::1", ""} or host.startswith("127."))
+
+
+def check_no_network_in_eval(touches: Mapping[str, Any] | None) -> Check:
+    """A network connection during evaluation (once the training-end line is written) fails:
+    the score must come from the artifact alone."""
+    if (missing := _unwatched(NO_NETWORK_IN_EVAL, touches)) is not None:
+        return missing
+    assert touches is not None
+    if not touches.get("train_end"):
+        return _missing(NO_NETWORK_IN_EVAL, "a training-end line in its log, so evaluation cannot be told apart")
+    bad = [c for c in touches.get("connections") or () if c.get("phase") == "eval" and _remote(str(c.get("address", "")))]
     if bad:
         first = bad[0]
-        return Check(NO_NETWORK_IN_EVAL, Verdict.FAIL, f"connected to {first['address']} during evaluation "
-                     f"({float(first['t']) - train_end_t:.1f} s after training ended)", len(bad), 0)
-    return Check(NO_NETWORK_IN_EVAL, Verdict.PASS, "no network connection during evaluation", 0, 0)
+        return Check(NO_NETWORK_IN_EVAL, Verdict.FAIL, f"connected to {first['address']} during evaluation at "
+                     f"{_when(touches, float(first['t']))}, after the training-end log line {touches['train_end']['line_no']}"
+                     + (f" ({len(bad)} such connections)" if len(bad) > 1 else ""), len(bad), 0)
+    local = sum(1 for c in touches.get("connections") or () if c.get("phase") == "eval")
+    note = f" ({local} local connection(s), loopback or unix socket, are not the network)" if local else ""
+    return Check(NO_NETWORK_IN_EVAL, Verdict.PASS, f"no network connection during evaluation{note}", 0, 0)

@@ -19,7 +19,7 @@ from service.core.errors import InvalidInput, Issue, NotFound
 from service.core.models import Metric, Run, RunEvent, Team, User
 from service.runs.lifecycle import RunStatus
 from service.core.bodies import ID_MAX
-from service.runs.schemas import QUEUE_FIELDS, RunOut
+from service.runs.schemas import NOT_COLUMNS, RunOut
 from service.teams.tokens import Principal
 
 
@@ -77,7 +77,7 @@ def _like_pattern(text: str) -> str:
 
 # Columns of a run listing: every Run column the API shows, plus the team and
 # user names (one query, no ORM objects: the list endpoint is the hot path).
-_LIST_COLUMNS = [Run.__table__.c[name] for name in RunOut.model_fields if name not in ("team", "user", *QUEUE_FIELDS)]
+_LIST_COLUMNS = [Run.__table__.c[name] for name in RunOut.model_fields if name not in ("team", "user", *NOT_COLUMNS)]
 
 
 # Built once: statements are immutable, and building one per request costs more

@@ -122,6 +122,8 @@ class RunOut(BaseModel):
     checks_verdict: str | None
     abort_if_behind: dict[str, Any] | None
     saved_seconds: float | None = Field(description="ABORTED_BEHIND: node seconds its early abort saved (its expected time minus what it used)")
+    touches: dict[str, Any] | None = Field(None, description="a script run: what it opened and connected to, each with its time and "
+                                           "phase (setup, train, eval by its log's lines; service.runs.touches), or why it was not watched")
     # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue.positions).
     queue_position: int | None = Field(None, description=POSITION_HELP)
     estimated_start_at: datetime | None = Field(None, description=START_HELP)
@@ -129,11 +131,12 @@ class RunOut(BaseModel):
 
     @classmethod
     def from_run(cls, run: Run, **queue: Any) -> "RunOut":
-        values = {name: getattr(run, name) for name in cls.model_fields if name not in ("team", "user", *QUEUE_FIELDS)}
-        return cls(team=run.team.name, user=run.user.name, **values, **queue)
+        values = {name: getattr(run, name) for name in cls.model_fields if name not in ("team", "user", *NOT_COLUMNS)}
+        return cls(team=run.team.name, user=run.user.name, touches=(run.result or {}).get("touches"), **values, **queue)
 
 
 QUEUE_FIELDS = ("queue_position", "estimated_start_at", "waiting_reason")
+NOT_COLUMNS = (*QUEUE_FIELDS, "touches")  # read from elsewhere (the forecast, runs.result), not a column each
 
 
 class RunsCreated(BaseModel):

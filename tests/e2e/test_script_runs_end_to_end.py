@@ -60,6 +60,10 @@ def test_a_script_runs_end_to_end_beside_the_shared_trainer(stack: Stack) -> Non
     assert checks["artifact_bytes"]["verdict"] == "pass"
     # what caddie cannot verify for a script is the team's declaration, never a pass (issue 19 item 7)
     assert checks["full_val"]["verdict"] == "declared" and checks["ttt_protocol"]["verdict"] == "declared"
+    # what it touched is watched (issue 20 item 5): it loads the validation split at setup and reads no shard while it trains
+    assert run["touches"]["watched"] and run["touches"]["train_start"]["line"].startswith("step:1/6")
+    assert checks["no_val_in_train"]["verdict"] == "pass" and checks["no_network_in_eval"]["verdict"] == "pass"
+    assert {o["phase"] for o in run["touches"]["val_opens"]} == {"setup"}
     assert artifacts["train_gpt.py"]["sha256"] == hashlib.sha256(SCRIPT).hexdigest()
     assert {"stdout.log", "final_model.int8.ptz"} <= set(artifacts)
 

@@ -7,30 +7,48 @@ process of the run (torchrun's ranks inherit the env); /proc polling would miss 
 opened and closed between two looks. A script that loads another sitecustomize first is
 noted by the absence of the file, which the rules report as not watched.
 
-Lines: {"t": unix time, "pid": N, "event": "open", "path": "...", "mode": "r"}
-       {"t": ..., "pid": N, "event": "connect", "address": "host:port"}
+Each line carries ``log``: how many bytes the run's stdout.log held when it happened
+(fstat of fd 1, which the launcher points at stdout.log, shared by every rank, unbuffered).
+That places an event between two lines of the log without trusting any clock: the reader
+(service.runs.touches) splits the run into setup, training and evaluation at the log's own
+lines. Absent where stdout is not a file (a pipe).
+
+Lines: {"t": unix time, "pid": N, "event": "start", "cwd": "...", "log": N}
+       {"t": ..., "pid": N, "event": "open", "path": "...", "mode": "r", "log": N[, "real": "..."]}
+       {"t": ..., "pid": N, "event": "connect", "address": "host:port", "log": N}
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 
 AUDIT_LOG = "audit.jsonl"
 
 
+def _log_size() -> int | None:
+    try:
+        st = os.fstat(1)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def _install(path: str) -> None:
     out = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: a killed run keeps what it wrote
     busy = False
-    seen: set[tuple[str, str]] = set()  # a file opened again and again (a memmap per batch) is written once per mode
+    # A file opened again and again (a memmap per batch) is written once per mode until the
+    # log grows: a shard read at setup and again during training must show both times.
+    seen: dict[tuple[str, str], int | None] = {}
 
     def write(record: dict) -> None:
         nonlocal busy
         busy = True  # our own write must not be audited (it would recurse)
         try:
-            out.write(json.dumps({"t": round(time.time(), 3), "pid": os.getpid(), **record}) + "\n")
+            out.write(json.dumps({"t": round(time.time(), 3), "pid": os.getpid(), **record, "log": _log_size()}) + "\n")
         except Exception:  # never break the script being watched
             pass
         finally:
@@ -41,16 +59,25 @@ def _install(path: str) -> None:
             return
         if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
             name = os.fsdecode(args[0])
+            if name.endswith((".pyc", ".py", ".so")):
+                return
             mode = str(args[1]) if len(args) > 1 and args[1] is not None else "r"
             key = (os.path.abspath(name), mode)
-            if key not in seen and not name.endswith((".pyc", ".py", ".so")):
-                seen.add(key)
-                write({"event": "open", "path": key[0], "mode": mode})
+            size = _log_size()
+            if key in seen and (size is None or seen[key] == size):
+                return
+            seen[key] = size
+            record = {"event": "open", "path": key[0], "mode": mode}
+            real = os.path.realpath(key[0])  # a link named like a training file still names its target
+            if real != key[0]:
+                record["real"] = real
+            write(record)
         elif event == "socket.connect" and len(args) > 1:
             address = args[1]
             text = f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
             write({"event": "connect", "address": text})
 
+    write({"event": "start", "cwd": os.getcwd()})
     sys.addaudithook(hook)
 
 

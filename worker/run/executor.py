@@ -66,7 +66,7 @@ from worker.run.lease import Lease, with_db_retry
 from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
 from worker.run.log_stream import DEFAULT_MAX_TRAIN_POINTS, RunLog
 from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
-from worker.run.script_job import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, script_job, script_outcome
+from worker.run.script_job import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, script_job, script_outcome, watched_touches
 from worker.run.trainer_job import OUTPUT_FILES, read_result, trainer_job, trainer_outcome
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class RunDriver:
             if self.script:
                 if self.run_log.parser.summary.final is None:
                     self.run_log.reread()
-                values = self._script_values()
+                values = self._script_values(outdir)
                 result = values["result"]
             else:
                 result = read_result(outdir / "result.json")
@@ -425,13 +425,13 @@ class RunDriver:
         self._db(write, "store its outputs")
         return result
 
-    def _script_values(self) -> dict[str, Any]:
+    def _script_values(self, outdir: Path) -> dict[str, Any]:
         def spec() -> dict[str, Any]:
             with self.session_factory() as session:
                 return dict(session.get_one(Run, self.run_id).spec)
 
         assert isinstance(self.run_log.parser, ScriptLogParser)
-        return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"))
+        return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"), watched_touches(outdir))
 
     # --- endings -------------------------------------------------------------------------------
     def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None, never_up: bool = False) -> str:

@@ -15,6 +15,7 @@ line it came from (kept in runs.result["figures"]).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -25,10 +26,28 @@ from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
 from worker.launchers.base import JobSpec
 from worker.launchers.trainer_env import AUDIT_ENV
 from service.runs.logparse import ScriptLogSummary, script_result
+from service.runs.touches import read_events, summarise, unwatched
+from worker.launchers.local_wrapper import STDOUT_LOG
+
+AUDIT_LOG = "audit.jsonl"  # worker/audit/sitecustomize.py's file in the run folder
 
 # The files of a script run's folder that are kept: its log, its code and the compressed
 # model the challenge's scripts write (never the raw checkpoint: 100+ MB of no use here).
-OUTPUT_FILES = (("stdout.log", "log"), (SCRIPT_NAME, "code"), ("final_model.int6.ptz", "model"), ("final_model.int8.ptz", "model"))
+OUTPUT_FILES = (("stdout.log", "log"), (SCRIPT_NAME, "code"), ("final_model.int6.ptz", "model"), ("final_model.int8.ptz", "model"),
+                (AUDIT_LOG, "log"))  # the raw events behind result["touches"]
+
+
+def watched_touches(outdir: Path) -> dict[str, Any]:
+    """What the script touched (service.runs.touches), from the run folder's audit.jsonl and stdout.log."""
+    try:
+        audit = (outdir / AUDIT_LOG).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return unwatched(f"the run folder has no {AUDIT_LOG} (the audit hook did not load, or the launcher did not bring it back)")
+    try:
+        log = (outdir / STDOUT_LOG).read_bytes()
+    except FileNotFoundError:
+        log = b""
+    return summarise(read_events(audit), log)
 
 
 def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
@@ -42,8 +61,9 @@ def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
                    script_files=run_folder_files(session, spec))
 
 
-def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any]) -> dict[str, Any]:
-    """The run's columns from its log, with ``result``: succeeded when the log has a final figure."""
+def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any], touches: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's columns from its log, with ``result``: succeeded when the log has a final figure;
+    ``touches`` (watched_touches) goes into the result for the rules and the run page."""
     parsed = script_result(summary, score_label=ScriptSpec.from_json(spec).score_label)
     result: dict[str, Any] = {
         "status": "failed" if parsed.problem else "succeeded",
@@ -52,6 +72,8 @@ def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any]) -> dict[str,
         "trainer_revision": f"{SCRIPT_NAME} sha256:{ScriptSpec.from_json(spec).script_sha256}",
         "figures": parsed.sources,
     }
+    if touches is not None:
+        result["touches"] = touches
     if parsed.problem:
         result["error"] = parsed.problem
     return {**parsed.values, "result": result}
