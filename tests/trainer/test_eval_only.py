@@ -62,3 +62,23 @@ def test_eval_only_from_the_artifact_alone_reproduces_the_runs_val_bpb(smoke_cor
     assert "NUM_LAYERS=3" in refused.stderr and "the artifact was written with NUM_LAYERS=2" in refused.stderr
     assert json.loads((out / "eval_result.json").read_text())["status"] == "failed"
     assert json.loads((out / "result.json").read_text()) == result
+
+
+def test_gptq_on_two_ranks_quantises_alike_and_the_artifact_scores_the_same_alone(smoke_corpus, tmp_path):
+    # ~30 s: a 2-rank torchrun (gloo). Each rank calibrates on its own share of the training data; the
+    # Hessians are averaged so both ranks build the same artifact. Were they not, rank 1 would score
+    # another model than the artifact rank 0 wrote, and the single-process eval below would disagree.
+    out = tmp_path / "ddp"
+    knobs = {**FRONTIER, **corpus_knobs(smoke_corpus), "OUTPUT_DIR": str(out), "GRAD_ACCUM_STEPS": 1, "TTT_ENABLED": 0,
+             "EVAL_STRIDE": 0}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer"]
+    proc = run_trainer(cmd, knobs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and "gptq_calibration_time" in (out / "train.log").read_text()
+    alone = {**corpus_knobs(smoke_corpus), "EVAL_ARTIFACT": str(out / ARTIFACT_NAME), "OUTPUT_DIR": str(out)}
+    evaluated = run_trainer([sys.executable, "-m", "trainer"], alone)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads((out / "eval_result.json").read_text())
+    assert again["val_tokens_scored"] == result["val_tokens_scored"]
+    assert again["val_bpb"] == pytest.approx(result["val_bpb"], abs=1e-9)  # two ranks sum in another order
