@@ -173,7 +173,7 @@ def _parse_knob(name: str, kind: str, f: dataclasses.Field, spec: Mapping[str, A
             if bad:
                 issues.append(bad)
             else:
-                coerced.append(TrainerConfig.from_dict({name: v}).to_dict()[f.name])
+                coerced.append(TrainerConfig.from_dict({**base, name: v}).to_dict()[f.name])  # the knob's type (checked just above)
         if len(set(map(repr, coerced))) != len(coerced) and len(coerced) == len(values):
             issues.append(Issue((*loc, "values"), "values must be unique", values))
         return Knob(name, kind, values=tuple(coerced)) if len(coerced) == len(values) else None

@@ -109,3 +109,26 @@ def _tpe_next(space: SearchSpace, history: Sequence[Observed], *, seed: int) -> 
             study.add_trial(create_trial(params=h.params, distributions=dists, state=TrialState.FAIL))
     trial = study.ask(dists)
     return dict(trial.params)
+
+
+def knob_importance(space: SearchSpace, history: Sequence[Observed]) -> dict[str, float] | None:
+    """Optuna's PED-ANOVA importance of each knob (how much it tells the best trials from the rest; sums to 1),
+    or None with fewer than 3 valued trials. PED-ANOVA, not fANOVA: fANOVA needs scikit-learn, which caddie does not install."""
+    import optuna
+    from optuna.trial import create_trial
+
+    valued = [h for h in history if h.state in ("complete", "pruned") and h.value is not None and math.isfinite(h.value) and space.contains(h.params)]
+    if len(valued) < 3 or len(space.knobs) < 2:
+        return {space.knobs[0].name: 1.0} if len(valued) >= 3 else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions(space)
+    study = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
+    for h in valued:
+        study.add_trial(create_trial(params=h.params, distributions=dists, value=h.value))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (RuntimeError, ValueError, ImportError):  # e.g. every trial has the same value
+        return None
+    return {k: round(float(v), 4) for k, v in found.items()}

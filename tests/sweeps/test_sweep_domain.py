@@ -10,7 +10,7 @@ from service.core.errors import InvalidInput
 from service.sweeps.plan import COMPLETE, FAILED, PruneRule, SlotFacts, judge_prune, slots, trial_end
 from service.sweeps.predictor import Curve, Predictor
 from service.sweeps.space import parse_space
-from service.sweeps.strategies import Observed, propose
+from service.sweeps.strategies import Observed, knob_importance, propose
 
 SPACE = {"MATRIX_LR": {"low": 0.005, "high": 0.2, "log": True, "steps": 8}, "NUM_LAYERS": {"values": [6, 7, 8, 9, 10, 11, 12, 13]}}
 
@@ -70,6 +70,15 @@ def test_tpe_finds_the_known_optimum_in_fewer_trials_than_grid() -> None:
     assert sum(tpe) / len(tpe) < grid, (tpe, grid)
 
 
+def test_knob_importance_names_the_knob_that_moves_the_value() -> None:
+    s, history = space(), []
+    for p in s.grid()[::3]:
+        history.append(Observed(p, "complete", 1.1 + 0.05 * p["NUM_LAYERS"] + 1e-4 * p["MATRIX_LR"]))
+    importance = knob_importance(s, history)
+    assert importance is not None and importance["NUM_LAYERS"] > 0.9
+    assert knob_importance(s, history[:2]) is None
+
+
 def test_space_is_checked_against_the_trainers_bounds() -> None:
     with pytest.raises(InvalidInput) as exc:
         space({"NUM_LAYERS": {"low": 2, "high": 99}, "MATRIX_LR": {"low": -1, "high": 0.1, "log": True}, "NOPE": {"values": [1]},
@@ -127,3 +136,12 @@ def test_slots_keep_to_parallelism_trials_and_budget() -> None:
     n, why = slots(SlotFacts(3, 1, 10, 4, budget_gpu_hours=6.0, committed_gpu_hours=3.5, trial_gpu_hours=1.5))
     assert n == 1 and why is not None and "budget" in why
     assert slots(SlotFacts(10, 0, 10, 4, None, 0, 1.5))[0] == 0
+
+
+def test_a_failing_advance_never_breaks_the_scheduler_tick() -> None:
+    from service.sweeps.store import advance_sweeps_safely
+
+    def broken_factory():  # noqa: ANN202
+        raise RuntimeError("database gone")
+
+    advance_sweeps_safely(broken_factory)  # logged, not raised
