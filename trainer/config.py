@@ -33,10 +33,12 @@ def knob(
     choices: tuple[Any, ...] | None = None,
     env: str | None = None,
     group: str = "model",
+    set_by: str | None = None,
 ) -> Any:
     """Declare one knob: its default plus the metadata the validator, the API
-    schema and the web form read."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "env": env, "group": group}
+    schema and the web form read. ``set_by`` names who sets a knob that a run spec
+    may not: "launcher" (paths on the node) or "seeds" (the spec's seeds list)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "env": env, "group": group, "set_by": set_by}
     return field(default=default, metadata=meta)
 
 
@@ -61,10 +63,10 @@ class ConfigError(ValueError):
 @dataclass
 class TrainerConfig:
     # --- data and output -------------------------------------------------
-    data_path: str = knob("./data/datasets/fineweb10B_sp1024", "Folder with fineweb_train_*.bin and fineweb_val_*.bin shards.", group="data")
-    tokenizer_path: str = knob("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model used for the val_bpb byte tables.", group="data")
-    output_dir: str = knob("./out", "Where train.log, metrics.jsonl, result.json and the artifact are written.", group="data")
-    seed: int = knob(1337, "Random seed (weights init and data order).", min=0, max=2**31 - 1, group="data")
+    data_path: str = knob("./data/datasets/fineweb10B_sp1024", "Folder with fineweb_train_*.bin and fineweb_val_*.bin shards.", group="data", set_by="launcher")
+    tokenizer_path: str = knob("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model used for the val_bpb byte tables.", group="data", set_by="launcher")
+    output_dir: str = knob("./out", "Where train.log, metrics.jsonl, result.json and the artifact are written.", group="data", set_by="launcher")
+    seed: int = knob(1337, "Random seed (weights init and data order).", min=0, max=2**31 - 1, group="data", set_by="seeds")
     val_tokens_limit: int = knob(0, "Evaluate on only the first N val tokens (0 = the full split, as the challenge scores).", min=0, group="data")
 
     # --- model shape -----------------------------------------------------
@@ -249,6 +251,11 @@ class TrainerConfig:
     @staticmethod
     def env_name(f: dataclasses.Field) -> str:
         return f.metadata.get("env") or f.name.upper()
+
+    @classmethod
+    def set_by(cls, who: str) -> frozenset[str]:
+        """Env names of the knobs that ``who`` ("launcher" or "seeds") sets, never a run's config."""
+        return frozenset(cls.env_name(f) for f in cls.knobs() if f.metadata.get("set_by") == who)
 
     @classmethod
     def _lookup(cls) -> dict[str, dataclasses.Field]:

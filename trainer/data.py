@@ -17,6 +17,7 @@ Command line (``python -m trainer.data``):
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
 import json
 import math
@@ -328,7 +329,6 @@ def build_corpus(docs: Sequence[str], out_dir: str | os.PathLike, vocab_size: in
 def smoke_documents() -> list[str]:
     """English text that ships with every CPython: the pydoc topic help, the license,
     the Zen of Python and the docstrings of pure-Python stdlib modules."""
-    import ast
     import codecs
 
     from pydoc_data.topics import topics
@@ -356,13 +356,11 @@ def smoke_documents() -> list[str]:
     return docs
 
 
-def _parse_python(source: str, attempts: int = 3) -> "ast.Module":
+def _parse_python(source: str, attempts: int = 3) -> ast.Module:
     """ast.parse, tried again on CPython 3.11.7's spurious "AST constructor recursion depth
     mismatch" (gh-106905): a garbage-collector finalizer that logs a traceback mid-parse
     parses too (3.11's traceback carets), which trips it; parsing is pure, so a second try
     is the same parse."""
-    import ast
-
     for attempt in range(attempts):
         try:
             return ast.parse(source)

@@ -8,11 +8,12 @@ from functools import lru_cache
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.core.storage import ArtifactStore, make_artifact_store
 from service.core.db import get_sessionmaker
 from service.core.settings import get_settings
-from worker.launchers.base import Launcher, get_launcher
+from service.core.storage import ArtifactStore, make_artifact_store
 from worker.control.dispatch import parse_capacity
+from worker.launchers import get_launcher
+from worker.launchers.base import Launcher
 from worker.settings import WorkerSettings
 
 

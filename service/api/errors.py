@@ -9,12 +9,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import AlreadyExists, Conflict, DomainError, Forbidden, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
-from service.runs.lifecycle import IllegalTransition
+from service.runs.status import IllegalTransition
 
 STATUS: list[tuple[type[Exception], int, str]] = [
     (Unauthorized, 401, "unauthorized"),

@@ -49,12 +49,12 @@ from datetime import date, datetime, time, timedelta, timezone
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from service.runs import lifecycle
 from service.core.models import Run, RunEvent, User
+from service.runs.status import TERMINAL_VALUES, RunStatus
 
 PERIODS = ("day", "week", "month")
 PHASES = ("provisioning", "setup", "training", "evaluation", "requeued")
-TERMINAL = frozenset(status.value for status in lifecycle.TERMINAL)
+TERMINAL = frozenset(TERMINAL_VALUES)
 # How many periods the report covers when no ``since`` is given.
 DEFAULT_SPAN = {"day": 14, "week": 4, "month": 3}
 # A cold start's provisioning seconds when the window has none to measure (Settings.cold_provision_s).
@@ -122,14 +122,14 @@ def billed_attempts(events: Iterable[Transition]) -> list[Attempt]:
     start: datetime | None = None
     running: datetime | None = None
     for event in events:
-        if event.to_status == "PROVISIONING" and start is None:
+        if event.to_status == RunStatus.PROVISIONING and start is None:
             start, running = event.at, None
         elif start is None:
             continue
-        elif event.to_status == "RUNNING":
+        elif event.to_status == RunStatus.RUNNING:
             running = running or event.at
-        elif event.to_status == "QUEUED" or event.to_status in TERMINAL:
-            attempts.append(Attempt(start, running, event.at, requeued=event.to_status == "QUEUED"))
+        elif event.to_status == RunStatus.QUEUED or event.to_status in TERMINAL:
+            attempts.append(Attempt(start, running, event.at, requeued=event.to_status == RunStatus.QUEUED))
             start = running = None
     if start is not None:
         attempts.append(Attempt(start, running, None))
@@ -353,7 +353,7 @@ def saved_in_window(record: RunRecord, since: datetime, now: datetime) -> float:
     """Node seconds an early abort saved, if the run was aborted inside [since, now)."""
     if not record.saved_seconds:
         return 0.0
-    aborted = next((e.at for e in reversed(record.events) if e.to_status == "ABORTED_BEHIND"), None)
+    aborted = next((e.at for e in reversed(record.events) if e.to_status == RunStatus.ABORTED_BEHIND), None)
     return record.saved_seconds if aborted is not None and since <= aborted < now else 0.0
 
 
@@ -383,7 +383,7 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime, *, bil
     10,000 queued they were most of what a scheduler tick read)."""
     mine = [Run.team_id.in_(sorted(set(team_ids))), or_(Run.finished_at.is_(None), Run.finished_at >= since)]
     if billed_only:
-        mine.append(or_(Run.status != "QUEUED", Run.attempts > 0))
+        mine.append(or_(Run.status != RunStatus.QUEUED.value, Run.attempts > 0))
     rows = session.execute(
         select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds, Run.warm_start)
         .join(User, User.id == Run.user_id)

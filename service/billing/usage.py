@@ -21,9 +21,11 @@ from sqlalchemy.orm import Session
 from service.billing import accounting
 from service.core.models import Run, Team, User, utcnow
 from service.queue.forecast import QueueEstimate
+from service.runs.status import ACTIVE_VALUES, RunStatus
 from service.teams.tokens import Principal
 
-ACTIVE = ("PROVISIONING", "RUNNING")
+ACTIVE = ACTIVE_VALUES
+QUEUED = RunStatus.QUEUED.value
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,13 @@ def team_queue(session: Session, team: Team, estimates: Mapping[int, QueueEstima
     rows = session.execute(
         select(Run.id, Run.name, User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at, Run.status)
         .join(User, User.id == Run.user_id)
-        .where(Run.team_id == team.id, Run.status.in_(("QUEUED", *ACTIVE)))
+        .where(Run.team_id == team.id, Run.status.in_((QUEUED, *ACTIVE)))
     ).all()
-    active = sorted((r for r in rows if r.status != "QUEUED"), key=lambda r: r.id)
+    active = sorted((r for r in rows if r.status != QUEUED), key=lambda r: r.id)
     out = [QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status, None) for r in active]
     far = datetime.max.replace(tzinfo=timezone.utc)
     queued = []
-    for r in (r for r in rows if r.status == "QUEUED"):
+    for r in (r for r in rows if r.status == QUEUED):
         e = estimates.get(r.id)
         queued.append(QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status,
                                  e.position if e else None, e.estimated_start_at if e else None, e.reason if e else ""))  # fmt: skip
@@ -110,5 +112,5 @@ def team_queue(session: Session, team: Team, estimates: Mapping[int, QueueEstima
 
 def queued_by_hardware(session: Session) -> dict[str, int]:
     """Queued runs per hardware over all teams (counts only: other teams' runs stay private)."""
-    rows = session.execute(select(Run.hardware, func.count()).where(Run.status == "QUEUED").group_by(Run.hardware))
+    rows = session.execute(select(Run.hardware, func.count()).where(Run.status == QUEUED).group_by(Run.hardware))
     return {hardware: count for hardware, count in rows}

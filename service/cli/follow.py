@@ -7,11 +7,18 @@ import time
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from service.cli.client import CaddieClient
 from service.cli.render import TERMINAL, fmt_bpb, status_text
 from service.core.text import printable
+from service.runs.status import RunStatus
 
 POLL_S = 1.0
 
@@ -58,17 +65,17 @@ def follow_runs(client: CaddieClient, run_ids: list[int], console: Console, poll
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        tasks = {rid: progress.add_task("", total=None, run_id=rid, total_text="?", status=status_text("QUEUED"), info="") for rid in run_ids}
+        tasks = {rid: progress.add_task("", total=None, run_id=rid, total_text="?", status=status_text(RunStatus.QUEUED.value), info="") for rid in run_ids}
         while len(final) < len(run_ids):
             for rid in run_ids:
                 if rid in final:
                     continue
                 run = client.get_run(rid)
-                metrics = client.metrics(rid) if run["status"] not in ("QUEUED", "PROVISIONING") else []
+                metrics = client.metrics(rid) if run["status"] not in (RunStatus.QUEUED, RunStatus.PROVISIONING) else []
                 fields = progress_fields(run, metrics)
                 total = planned_steps(run)
                 step = fields.pop("step")
-                if run["status"] == "SUCCEEDED" and run.get("steps"):
+                if run["status"] == RunStatus.SUCCEEDED and run.get("steps"):
                     step = total = run["steps"]
                 progress.update(tasks[rid], completed=step, total=total, total_text=total or "?", **fields)
                 if run["status"] in TERMINAL:

@@ -16,16 +16,17 @@ from rich.panel import Panel
 from rich.table import Table
 
 from service.core.text import printable
+from service.runs.status import TERMINAL_VALUES, RunStatus
 
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND")
+TERMINAL = TERMINAL_VALUES
 STATUS_STYLE = {
-    "QUEUED": "cyan",
-    "PROVISIONING": "yellow",
-    "RUNNING": "bold yellow",
-    "SUCCEEDED": "green",
-    "FAILED": "bold red",
-    "CANCELLED": "dim",
-    "ABORTED_BEHIND": "magenta",
+    RunStatus.QUEUED.value: "cyan",
+    RunStatus.PROVISIONING.value: "yellow",
+    RunStatus.RUNNING.value: "bold yellow",
+    RunStatus.SUCCEEDED.value: "green",
+    RunStatus.FAILED.value: "bold red",
+    RunStatus.CANCELLED.value: "dim",
+    RunStatus.ABORTED_BEHIND.value: "magenta",
 }
 
 
@@ -140,7 +141,7 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         about.append(("notes", escape(run["notes"], keep="\n\t")))
     if run.get("cancel_requested_at"):
         about.append(("cancel requested", fmt_time(run["cancel_requested_at"])))
-    if run["status"] == "QUEUED" and run.get("waiting_reason"):
+    if run["status"] == RunStatus.QUEUED and run.get("waiting_reason"):
         about.append(("queue", queue_line(run)))
     results = [
         ("val_bpb", fmt_bpb(run.get("val_bpb"))),
@@ -181,7 +182,7 @@ def spec_line(run: dict[str, Any]) -> tuple[str, str]:
 def attempts_text(run: dict[str, Any], events: list[dict[str, Any]]) -> str:
     """How many times the run was taken from the queue to run (its events to PROVISIONING);
     the run's ``attempts`` counts only the times it went back (preemption, a lost job)."""
-    launches = sum(1 for e in events if e.get("to_status") == "PROVISIONING")
+    launches = sum(1 for e in events if e.get("to_status") == RunStatus.PROVISIONING)
     requeued = run.get("attempts") or 0
     if not requeued:
         return str(launches)
@@ -192,7 +193,7 @@ def print_results(console: Console, runs: list[dict[str, Any]]) -> None:
     """The closing lines of `submit --follow`: each run's outcome."""
     for run in runs:
         line = f"run {run['id']} (seed {run['seed']}): {status_text(run['status'])}"
-        if run["status"] == "SUCCEEDED":
+        if run["status"] == RunStatus.SUCCEEDED:
             line += f"  val_bpb {fmt_bpb(run.get('val_bpb'))}  artifact {fmt_bytes(run.get('artifact_bytes'))} bytes"
         elif run.get("status_reason"):
             line += f"  ({escape(run['status_reason'])})"

@@ -19,9 +19,10 @@ from service.billing.accounting import billed_gpu_hours
 from service.core.models import Run, RunEvent, Team
 from service.queue.estimates import expected_seconds
 from service.queue.policy import ActiveRun, QueuedRun, TeamUsage
+from service.runs.status import ACTIVE_VALUES, RunStatus
 
-QUEUED = "QUEUED"
-ACTIVE = ("PROVISIONING", "RUNNING")
+QUEUED = RunStatus.QUEUED.value
+ACTIVE = ACTIVE_VALUES
 
 
 @dataclass(frozen=True)

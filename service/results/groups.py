@@ -15,9 +15,10 @@ from typing import Any
 
 from service.results.rules import Check, RuleSummary, Verdict, overall, summarise_group
 from service.results.statistics import Comparison, Summary, summarise
+from service.runs.status import TERMINAL_VALUES, RunStatus
 
-SUCCEEDED = "SUCCEEDED"
-FINISHED_BADLY = ("FAILED", "CANCELLED", "ABORTED_BEHIND")
+SUCCEEDED = RunStatus.SUCCEEDED.value
+FINISHED_BADLY = tuple(s for s in TERMINAL_VALUES if s != SUCCEEDED)
 
 
 @dataclass(frozen=True)

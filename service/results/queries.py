@@ -16,10 +16,18 @@ from sqlalchemy.orm import Session, joinedload
 
 from service.core.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import Run, RunGroup, Team, utcnow
-from service.results.groups import Eligibility, GroupStats, SeedRow, aggregate, config_diff, eligibility
+from service.results import records_store
+from service.results.groups import (
+    Eligibility,
+    SeedRow,
+    aggregate,
+    eligibility,
+)
 from service.results.rules import Check, RunFacts, check_run, declared, overall
 from service.results.statistics import DEFAULT_POLICY, Comparison, compare_policy
-from service.runs.scripts.spec import SCRIPT_KIND, ScriptSpec
+from service.results.views import GroupView
+from service.runs.scripts.spec import SCRIPT_KIND
+from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 MIN_PREFIX = 6
@@ -55,7 +63,7 @@ def seed_row(run: Run) -> SeedRow:
     if run.checks is not None:
         checks = [Check.from_dict(c) for c in run.checks]
     else:  # finished before checks were stored, or not finished: judged now, not stored by a read
-        checks = checks_of(run) if run.status == "SUCCEEDED" else []
+        checks = checks_of(run) if run.status == RunStatus.SUCCEEDED else []
     return SeedRow(
         run_id=run.id, seed=run.seed, status=run.status, status_reason=run.status_reason or "",
         val_bpb=run.val_bpb, val_loss=run.val_loss, pre_ttt_bpb=run.pre_ttt_bpb,
@@ -101,20 +109,6 @@ def _runs_of(session: Session, keys: Sequence[str]) -> dict[str, list[Run]]:
     return out
 
 
-@dataclass(frozen=True)
-class GroupView:
-    group: RunGroup
-    stats: GroupStats
-    runs: tuple[Run, ...]
-
-    @property
-    def diff(self) -> str:
-        """What the group runs, in one line: the shared trainer's changed knobs, or the team's own script."""
-        if self.group.kind == SCRIPT_KIND:
-            return ScriptSpec.from_json(self.group.config).describe()  # private env values hidden
-        return config_diff(self.group.config)
-
-
 def _views(session: Session, groups: Sequence[RunGroup]) -> list[GroupView]:
     runs = _runs_of(session, [g.key for g in groups])
     return [GroupView(g, aggregate([seed_row(r) for r in runs[g.key]]), tuple(runs[g.key])) for g in groups]
@@ -141,8 +135,6 @@ def list_groups(session: Session, principal: Principal, *, track: str | None = N
 
 def group_view(session: Session, principal: Principal, key: str) -> GroupView:
     """A visible group, or a public record by ``record:<folder>`` (every user sees those)."""
-    from service.results import records_store
-
     if records_store.is_record_ref(key):
         return records_store.record_view(session, key.strip())
     return _views(session, [find_group(session, principal, key)])[0]
@@ -216,8 +208,6 @@ def report_for(session: Session, principal: Principal, view: GroupView, baseline
     """The group against ``baseline_key``: a group, ``record:<folder>`` (a public record) or
     ``leader`` (the team's own leader); by default the current public record of its track where
     records are imported, else the team's leader."""
-    from service.results import records_store
-
     if baseline_key == LEADER:
         base = default_baseline(session, principal, view)
     elif records_store.is_record_ref(baseline_key):
@@ -249,8 +239,6 @@ def leaderboard(session: Session, principal: Principal, *, track: str, hardware:
                 limit: int = 100) -> list[LeaderboardRow]:
     """Visible groups of one track (and hardware), with a counted run, ranked by mean val_bpb,
     beside the track's imported public records (kind ``record``, team "public record")."""
-    from service.results import records_store
-
     views = [v for v in list_groups(session, principal, track=track, hardware=hardware, limit=10_000) if v.stats.n > 0]
     records = [v for v in records_store.record_views(session, track) if hardware in (None, v.group.hardware)]
     best = records_store.frontier(session, track)
@@ -283,6 +271,6 @@ def set_published(session: Session, principal: Principal, key: str, published: b
 def exportable_group(session: Session, principal: Principal, key: str) -> RunGroup:
     """The group, if the caller's team owns it (published groups are not exportable by others)."""
     group = _own_group(session, principal, key)
-    if session.scalar(select(Run.id).where(Run.group_key == group.key, Run.status == "SUCCEEDED").limit(1)) is None:
+    if session.scalar(select(Run.id).where(Run.group_key == group.key, Run.status == RunStatus.SUCCEEDED.value).limit(1)) is None:
         raise Conflict("the group has no succeeded run to export")
     return group

@@ -19,6 +19,8 @@ from service.core.models import PublicRecord, RunGroup, Team
 from service.results import public_records as pr
 from service.results.groups import SeedRow, aggregate
 from service.results.rules import RECORD_HARDWARE, Verdict, overall
+from service.results.views import GroupView
+from service.runs.status import RunStatus
 
 RECORD_PREFIX = "record:"
 RECORD_KIND = "record"
@@ -88,7 +90,7 @@ def import_records(session: Session, records: Iterable[pr.PublicRecord]) -> tupl
 
 
 def seed_rows(row: PublicRecord) -> list[SeedRow]:
-    return [SeedRow(run_id=0, seed=int(s["seed"]), status="SUCCEEDED", val_bpb=s.get("val_bpb"), val_loss=s.get("val_loss"),
+    return [SeedRow(run_id=0, seed=int(s["seed"]), status=RunStatus.SUCCEEDED.value, val_bpb=s.get("val_bpb"), val_loss=s.get("val_loss"),
                     pre_ttt_bpb=s.get("pre_ttt_bpb"), artifact_bytes=s.get("artifact_bytes"), train_seconds=s.get("train_seconds"),
                     eval_seconds=s.get("eval_seconds"), steps=s.get("steps"))
             for s in row.seeds if s.get("val_bpb") is not None]
@@ -105,8 +107,6 @@ def record_group(row: PublicRecord) -> RunGroup:
 
 def record_views(session: Session, track: str | None = None) -> list[Any]:
     """Every stored record of ``track`` (all tracks: None) as a GroupView, best first."""
-    from service.results.queries import GroupView  # the view type lives with the queries that build it
-
     query = select(PublicRecord)
     if track:
         query = query.where(PublicRecord.track == track)
@@ -121,8 +121,6 @@ def record_view(session: Session, ref: str) -> Any:
     row = session.scalar(select(PublicRecord).where(PublicRecord.folder == folder))
     if row is None:
         raise NotFound("public record (import them with `caddie records import PATH`)", folder)
-    from service.results.queries import GroupView
-
     return GroupView(record_group(row), aggregate(seed_rows(row)), ())
 
 

@@ -9,10 +9,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.results.groups import Eligibility, SeedRow
-from service.results.queries import GroupReport, GroupView, LeaderboardRow, seed_row
+from service.results.queries import GroupReport, LeaderboardRow, seed_row
 from service.results.rules import RuleSummary
-from service.runs.scripts.spec import shared_config
 from service.results.statistics import Comparison, Summary, finite_or_none as _finite
+from service.results.views import GroupView
+from service.runs.scripts.spec import shared_config
 
 
 def _figures(dc: Any) -> dict[str, Any]:

@@ -23,9 +23,9 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError
 from service.core.errors import Gone, NotFound, Unavailable
 from service.core.models import Artifact
+from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError
 from service.runs.queries import get_run
 from service.teams.tokens import Principal
 

@@ -7,8 +7,9 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import Conflict, Forbidden
 from service.core.models import Run, utcnow
-from service.runs.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
+from service.runs.lifecycle import transition
 from service.runs.queries import get_run
+from service.runs.status import IllegalTransition, RunStatus, is_terminal
 from service.teams.tokens import Principal
 
 

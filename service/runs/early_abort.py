@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from service.core.errors import Issue
 from service.core.models import Metric, Run, RunEvent
 from service.queue.estimates import expected_seconds
+from service.runs.status import RunStatus
 from trainer.config import TrainerConfig
 
 
@@ -105,7 +106,7 @@ def best_train_loss(session: Session, *, team_id: int, track: str, hardware: str
     row = session.execute(
         select(Metric.train_loss, Metric.run_id)
         .join(Run, Run.id == Metric.run_id)
-        .where(Run.team_id == team_id, Run.track == track, Run.hardware == hardware, Run.status == "SUCCEEDED", Run.id != exclude_run,
+        .where(Run.team_id == team_id, Run.track == track, Run.hardware == hardware, Run.status == RunStatus.SUCCEEDED.value, Run.id != exclude_run,
                Metric.kind == "train", Metric.step == step, Metric.train_loss.is_not(None))
         .order_by(Metric.train_loss, Metric.run_id)
         .limit(1)
@@ -115,7 +116,7 @@ def best_train_loss(session: Session, *, team_id: int, track: str, hardware: str
 
 def saved_seconds(session: Session, run: Run, overhead_s: float, now: datetime) -> float:
     """Node seconds an abort now saves: the run's expected time minus what its attempt used (from its last PROVISIONING)."""
-    billed_from = session.scalar(select(func.max(RunEvent.at)).where(RunEvent.run_id == run.id, RunEvent.to_status == "PROVISIONING"))
+    billed_from = session.scalar(select(func.max(RunEvent.at)).where(RunEvent.run_id == run.id, RunEvent.to_status == RunStatus.PROVISIONING.value))
     used = (now - (billed_from or run.started_at or now)).total_seconds()
     return max(0.0, expected_seconds(run.spec, overhead_s) - used)
 

@@ -15,66 +15,21 @@ run inside the caller's transaction and writes its ``RunEvent`` there too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.models import Run, RunEvent, utcnow
-
-
-class RunStatus(str, Enum):
-    QUEUED = "QUEUED"
-    PROVISIONING = "PROVISIONING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    ABORTED_BEHIND = "ABORTED_BEHIND"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.ABORTED_BEHIND})
-
-ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
-    RunStatus.QUEUED: frozenset({RunStatus.PROVISIONING, RunStatus.CANCELLED, RunStatus.FAILED}),
-    RunStatus.PROVISIONING: frozenset({RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
-    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED, RunStatus.ABORTED_BEHIND}),
-    RunStatus.SUCCEEDED: frozenset(),
-    RunStatus.FAILED: frozenset(),
-    RunStatus.CANCELLED: frozenset(),
-    RunStatus.ABORTED_BEHIND: frozenset(),
-}
-
-
-class IllegalTransition(Exception):
-    """A status change the state machine does not allow (or a lost race for it)."""
-
-    def __init__(self, frm: str, to: str, detail: str = ""):
-        self.frm, self.to = str(frm), str(to)
-        super().__init__(detail or f"cannot go from {self.frm} to {self.to}")
-
-
-def is_terminal(status: str) -> bool:
-    return RunStatus(status) in TERMINAL
-
-
-def is_retry(frm: str, to: str) -> bool:
-    """Back to the queue after the run had left it (preemption, capacity error)."""
-    return RunStatus(to) is RunStatus.QUEUED and RunStatus(frm) in (RunStatus.PROVISIONING, RunStatus.RUNNING)
-
-
-def check_transition(frm: str, to: str) -> None:
-    """Raise IllegalTransition unless ``frm -> to`` is an allowed edge."""
-    try:
-        f, t = RunStatus(frm), RunStatus(to)
-    except ValueError as exc:
-        raise IllegalTransition(frm, to, f"unknown status: {exc}") from None
-    if t not in ALLOWED[f]:
-        raise IllegalTransition(f, t)
+from service.runs.status import (  # noqa: F401
+    ALLOWED,
+    TERMINAL,
+    IllegalTransition,
+    RunStatus,
+    check_transition,
+    is_retry,
+    is_terminal,
+)
 
 
 def transition(

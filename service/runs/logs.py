@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.models import LogChunk, Run
-from service.runs.lifecycle import is_terminal
 from service.runs.queries import visible_run
+from service.runs.status import is_terminal
 from service.teams.tokens import Principal
 
 LOG_PAGE_BYTES = 1 << 20

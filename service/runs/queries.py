@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
+from service.core.bodies import ID_MAX
 from service.core.errors import InvalidInput, Issue, NotFound
 from service.core.models import Metric, Run, RunEvent, Team, User
-from service.runs.lifecycle import RunStatus
-from service.core.bodies import ID_MAX
 from service.runs.schemas import NOT_COLUMNS, RunOut
+from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 

@@ -23,14 +23,12 @@ from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
 
 def spec_config_schema(schema: dict[str, Any]) -> None:
     """The OpenAPI schema of a spec's ``config``: the trainer's knob rules, less
-    the knobs a spec may not set (see service.runs.spec.RESERVED_KNOBS)."""
-    from service.runs.spec import (
-        RESERVED_KNOBS,  # service.runs.spec imports this module
-    )
+    the knobs a spec may not set (those trainer/config.py marks ``set_by``)."""
     from trainer.config import TrainerConfig
 
+    reserved = TrainerConfig.set_by("launcher") | TrainerConfig.set_by("seeds")
     knobs = TrainerConfig.json_schema()
-    knobs["properties"] = {k: v for k, v in knobs["properties"].items() if k not in RESERVED_KNOBS}
+    knobs["properties"] = {k: v for k, v in knobs["properties"].items() if k not in reserved}
     schema.update(knobs)
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.models import Run
+from service.runs.status import RunStatus
 from trainer.config import ConfigError, TrainerConfig
 
 ARTIFACT_LIMIT_BYTES = 16_000_000
@@ -144,7 +145,7 @@ def measured(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     """Compression ratios (model_bytes / packed bytes) and code sizes of the team's latest finished trainer runs on the track."""
     rows = session.execute(
         select(Run.id, Run.submitted_at, Run.model_bytes, Run.code_bytes)
-        .where(Run.team_id == team_id, Run.track == SIZE_CHECKED_TRACK, Run.status == "SUCCEEDED", Run.kind == "trainer", Run.model_bytes > 0)
+        .where(Run.team_id == team_id, Run.track == SIZE_CHECKED_TRACK, Run.status == RunStatus.SUCCEEDED.value, Run.kind == "trainer", Run.model_bytes > 0)
         .order_by(Run.id.desc())
         .limit(RATIO_SAMPLE)
     ).all()  # fmt: skip

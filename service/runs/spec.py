@@ -12,20 +12,20 @@ from service.core.errors import InvalidInput, Issue
 from service.core.settings import Settings
 from service.results.rules import spec_noncompliance
 from service.runs.early_abort import unlogged_step
-from service.runs.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
 from service.runs.schemas import RunCreate
+from service.runs.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
 from trainer.config import ConfigError, TrainerConfig
 
-# Knobs a spec may not set: the seed comes from ``seeds``/``seed`` (it is what
-# varies inside a group); the output folder, the data and the tokenizer are the
-# worker's, found from the run's data variant (sp<VOCAB_SIZE>) under its data root.
-_FROM_VARIANT = "set by caddie from the data variant, sp<VOCAB_SIZE> (choose the data with VOCAB_SIZE, e.g. 1024 for sp1024); a spec never names a path"
-RESERVED_KNOBS = {
-    "SEED": "set the seed with seeds/seed, not in config",
+# Knobs a spec may not set (declared with ``set_by`` in trainer/config.py), and why:
+# the seed comes from ``seeds``/``seed`` (it is what varies inside a group); the output
+# folder, the data and the tokenizer are the worker's, found from the run's data variant
+# (sp<VOCAB_SIZE>) under its data root.
+_WHY_NOT = {
+    "seeds": "set the seed with seeds/seed, not in config",
     "OUTPUT_DIR": "chosen by the worker",
-    "DATA_PATH": _FROM_VARIANT,
-    "TOKENIZER_PATH": _FROM_VARIANT,
+    "launcher": "set by caddie from the data variant, sp<VOCAB_SIZE> (choose the data with VOCAB_SIZE, e.g. 1024 for sp1024); a spec never names a path",
 }
+RESERVED_KNOBS = {name: _WHY_NOT.get(name, _WHY_NOT[who]) for who in ("seeds", "launcher") for name in sorted(TrainerConfig.set_by(who))}
 DEFAULT_SEED = 1337
 
 

@@ -17,11 +17,12 @@ from service.core.errors import Conflict, InvalidInput, Issue
 from service.core.models import Run, RunGroup, Team, utcnow
 from service.core.settings import Settings
 from service.runs import size_check
-from service.runs.lifecycle import RunStatus, record_created
+from service.runs.lifecycle import record_created
 from service.runs.queries import run_query, with_names
+from service.runs.schemas import RunCreate
 from service.runs.scripts.files import store_blobs
 from service.runs.spec import NormalisedSpec, normalise_spec
-from service.runs.schemas import RunCreate
+from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 from trainer.config import TrainerConfig
 

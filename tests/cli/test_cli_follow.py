@@ -15,8 +15,9 @@ from sqlalchemy import select
 
 from service.cli import follow
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import RunStatus, transition
 from service.core.models import LogChunk, Metric, Run
+from service.runs.lifecycle import transition
+from service.runs.status import RunStatus
 from tests.cli.conftest import Caddie
 
 LOG_LINES = [

@@ -9,11 +9,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from service.runs.logs import append_log
 from service.cli.render import attempts_text, escape
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import RunStatus, transition
 from service.core.models import Run, RunEvent
+from service.runs.lifecycle import transition
+from service.runs.logs import append_log
+from service.runs.status import RunStatus
 from tests.cli.conftest import Caddie
 
 ESC = "\x1b"

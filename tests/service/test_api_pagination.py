@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.runs.lifecycle import RunStatus, transition
 from service.core.models import Run
+from service.runs.lifecycle import transition
+from service.runs.status import RunStatus
 
 RUNS = "/api/v1/runs"
 N = 90

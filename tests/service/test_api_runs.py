@@ -10,13 +10,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.runs.logs import append_log, read_log
-
-from service.runs.submit import submit_runs
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import RunStatus, transition
 from service.core.models import LogChunk, Metric, Run, RunEvent
+from service.runs.lifecycle import transition
+from service.runs.logs import append_log, read_log
 from service.runs.schemas import RunCreate
+from service.runs.status import RunStatus
+from service.runs.submit import submit_runs
 from service.teams.tokens import authenticate
 
 RUNS = "/api/v1/runs"

@@ -8,10 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.runs import cancel as domain
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import RunStatus, transition
 from service.core.models import Run
+from service.runs import cancel as domain
+from service.runs.lifecycle import transition
+from service.runs.status import RunStatus
 
 RUNS = "/api/v1/runs"
 

@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition, record_created, transition
 from service.core.models import Run, RunEvent, Team, User
+from service.runs.lifecycle import record_created, transition
+from service.runs.status import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition
 
 S = RunStatus
 LEGAL = {

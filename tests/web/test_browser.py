@@ -93,7 +93,7 @@ def wait_status(pg: Any, statuses: tuple[str, ...], timeout_s: float) -> str:
 def fill_knob(pg: Any, knob: str, value: Any) -> None:
     selector = f"#k-{knob}"
     if pg.eval_on_selector(selector, "e => e.tagName") == "SELECT":
-        booleans = {True: "true", False: "false", 1: "true", 0: "false"}
+        booleans = {True: "true", False: "false"}  # 1 and 0 hash as True and False
         pg.select_option(selector, booleans.get(value, str(value)) if not isinstance(value, str) else value)
     else:
         pg.fill(selector, str(value))

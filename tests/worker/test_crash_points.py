@@ -21,16 +21,16 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from service.teams.accounts import create_team, create_user
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import TERMINAL
 from service.core.models import LogChunk, Run, RunEvent
+from service.core.storage import LocalArtifactStore
+from service.runs.status import TERMINAL
+from service.teams.accounts import create_team, create_user
 from tests.fresh_db import fresh_database
 from tests.worker.test_executor import STAND_IN, new_run
-from worker.run.executor import execute_run
 from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
+from worker.run.executor import execute_run
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]

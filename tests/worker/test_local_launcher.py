@@ -13,7 +13,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker.launchers.base import JobSpec, JobState, JobStatus, Launcher, LaunchFailed, LaunchHandle, get_launcher
+from worker.launchers import get_launcher
+from worker.launchers.base import (
+    JobSpec,
+    JobState,
+    JobStatus,
+    Launcher,
+    LaunchFailed,
+    LaunchHandle,
+)
 from worker.launchers.local import LocalLauncher
 from worker.settings import WorkerSettings
 

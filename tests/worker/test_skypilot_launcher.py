@@ -14,15 +14,15 @@ import pytest
 sky = pytest.importorskip("sky")
 from sky import exceptions as sky_exc  # noqa: E402
 
+from worker.launchers import get_launcher
 from worker.launchers.base import (  # noqa: E402
     ClusterHandle,
     JobSpec,
     JobState,
+    LauncherUnreachable,
     LaunchFailed,
     LaunchHandle,
-    LauncherUnreachable,
     RetryLater,
-    get_launcher,
 )
 from worker.launchers.skypilot import (  # noqa: E402
     SkyPilotLauncher,

@@ -29,12 +29,12 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactStore
-from service.runs.lifecycle import RunStatus
 from service.core.models import Cluster, Run, RunEvent, utcnow
+from service.core.storage import ArtifactStore
+from service.runs.status import RunStatus
+from worker.control.retention import retention_pass
 from worker.launchers.base import ClusterHandle, Launcher, LauncherError
 from worker.run.lease import dispatch_mark, holder_gone, is_dispatch_mark
-from worker.control.retention import retention_pass
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactStore, ArtifactStoreError
-from service.runs.lifecycle import TERMINAL
 from service.core.models import Artifact, Run, RunEvent, ScriptFile
+from service.core.storage import ArtifactStore, ArtifactStoreError
 from service.runs.scripts.spec import SCRIPT_KIND
+from service.runs.status import TERMINAL
 
 log = logging.getLogger(__name__)
 

@@ -142,16 +142,3 @@ class Launcher(Protocol):
     def release(self, cluster: ClusterHandle, keep_warm: bool) -> None: ...
 
     def list_clusters(self) -> list[ClusterHandle]: ...
-
-
-def get_launcher(name: str, settings: Any) -> Launcher:
-    """The launcher called `name` ("local" or "skypilot"), configured from WorkerSettings."""
-    if name == "local":
-        from worker.launchers.local import LocalLauncher
-
-        return LocalLauncher(settings)
-    if name == "skypilot":
-        from worker.launchers.skypilot import SkyPilotLauncher
-
-        return SkyPilotLauncher(settings)
-    raise ValueError(f"unknown launcher {name!r}: expected 'local' or 'skypilot'")

@@ -35,7 +35,7 @@ INHERITED_NAMES = frozenset({
 # the collective/compiler settings a node's admin tunes (NCCL_SOCKET_IFNAME, TORCH_NCCL_*, ...).
 INHERITED_PREFIXES = ("LC_", "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "PYTORCH_")
 # Knobs the launcher sets itself, never a run: where the data, the tokenizer and the outputs are.
-LAUNCHER_KNOBS = frozenset({"DATA_PATH", "TOKENIZER_PATH", "OUTPUT_DIR"})
+LAUNCHER_KNOBS = TrainerConfig.set_by("launcher")
 KNOB_NAMES = frozenset(TrainerConfig.env_name(f) for f in TrainerConfig.knobs())
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VARIANT = re.compile(r"^sp([1-9][0-9]{0,5})$")

@@ -42,30 +42,31 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.core.storage import DiskFull
-from service.runs.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
-from service.runs.lifecycle import IllegalTransition, RunStatus, is_terminal, transition
 from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
+from service.core.storage import DiskFull
 from service.results.queries import judge_run
+from service.runs.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
+from service.runs.lifecycle import transition
+from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
+from service.runs.scripts.files import MissingScriptFile
+from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
+from service.runs.status import IllegalTransition, RunStatus, is_terminal
 from trainer.config import ConfigError
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
     JobState,
     JobStatus,
-    LaunchFailed,
-    LaunchHandle,
     Launcher,
     LauncherUnreachable,
+    LaunchFailed,
+    LaunchHandle,
     RetryLater,
 )
-from service.runs.scripts.files import MissingScriptFile
 from worker.run.clusters import RunClusters, cluster_of, is_reused
 from worker.run.deadlines import Deadline, run_deadline, silent_too_long
 from worker.run.lease import Lease, with_db_retry
-from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
 from worker.run.log_stream import DEFAULT_MAX_TRAIN_POINTS, RunLog
-from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
 from worker.run.script_job import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, script_job, script_outcome, watched_touches
 from worker.run.trainer_job import OUTPUT_FILES, read_result, trainer_job, trainer_outcome
 

@@ -31,8 +31,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from service.runs.lifecycle import RunStatus
 from service.core.models import Run, utcnow
+from service.runs.status import RunStatus
 
 log = logging.getLogger(__name__)
 
