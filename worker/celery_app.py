@@ -32,6 +32,7 @@ CONTROL_QUEUE = "control"
 EXECUTE_RUN = "caddie.execute_run"
 SCHEDULE_TICK = "caddie.schedule_tick"
 JANITOR_TICK = "caddie.janitor_tick"
+FORECAST_TICK = "caddie.forecast_tick"
 
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,16 @@ def celery_config(settings: WorkerSettings) -> dict:
             EXECUTE_RUN: {"queue": RUNS_QUEUE},
             SCHEDULE_TICK: {"queue": CONTROL_QUEUE},
             JANITOR_TICK: {"queue": CONTROL_QUEUE},
+            FORECAST_TICK: {"queue": CONTROL_QUEUE},
         },
         # Ticks are idempotent and frequent: a stale one is worth nothing.
         "beat_schedule": {
             "schedule-tick": {"task": SCHEDULE_TICK, "schedule": settings.scheduler_tick_s, "options": {"expires": settings.scheduler_tick_s * 2}},
             "janitor-tick": {"task": JANITOR_TICK, "schedule": settings.janitor_tick_s, "options": {"expires": settings.janitor_tick_s * 2}},
+            # The queue forecast every API replica reads (worker/control/forecast.py); one that waited
+            # a whole interval is dropped, the next one is as good.
+            "forecast-tick": {"task": FORECAST_TICK, "schedule": settings.queue_forecast_interval_s,
+                              "options": {"expires": settings.queue_forecast_interval_s}},
         },
         "beat_schedule_filename": str(settings.home.resolve() / "celerybeat-schedule"),
         "worker_hijack_root_logger": False,

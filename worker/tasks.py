@@ -12,10 +12,11 @@ from celery import Celery
 
 from worker.run import executor
 
-from worker.control import janitor
+from worker.control import forecast, janitor
+
 
 from worker.control import dispatch as scheduler
-from worker.celery_app import EXECUTE_RUN, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, celery_app
+from worker.celery_app import EXECUTE_RUN, FORECAST_TICK, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, celery_app
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -86,3 +87,10 @@ def janitor_tick() -> int:
     with rt.session_factory() as session:
         return len(janitor.janitor_pass(session, launcher=rt.launcher, settings=rt.settings, enqueue=enqueue_run, queued_messages=runs_queue_length,
                                            store=rt.store))
+
+
+@celery_app.task(name=FORECAST_TICK, acks_late=False)
+def forecast_tick() -> int:
+    rt = get_runtime()
+    with rt.session_factory() as session:
+        return forecast.refresh_forecast(session, rt.settings)

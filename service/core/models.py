@@ -344,3 +344,21 @@ class PublicRecord(Base):
     seeds: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     verdict: Mapped[str] = mapped_column(String(16))  # caddie's rules over its logs: pass, fail, not_comparable
     imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoredQueueEstimate(Base):
+    """One queued run's place in the latest queue forecast, written by the control worker
+    (worker/control/forecast.py) for every API replica to read (service/queue/stored.py).
+    All rows of one forecast are written in one transaction and share ``made_at``; a run
+    submitted or requeued since has no row until the next one. No foreign key: a forecast
+    replaces every row at once, and a run deleted meanwhile must not fail the write."""
+
+    __tablename__ = "queue_estimates"
+    # GET /queue pages through the forecast in start order (start, position, id).
+    __table_args__ = (Index("ix_queue_estimates_start", "estimated_start_at", "position", "run_id"),)
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    position: Mapped[int | None] = mapped_column(Integer)
+    estimated_start_at: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(Text)
+    made_at: Mapped[datetime]

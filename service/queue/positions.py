@@ -4,10 +4,15 @@ The figures are ``service.queue.forecast`` over the facts the scheduler
 itself reads (``service.queue.state``), with the scheduling settings the
 worker uses (capacity, budgets, time estimates, retry backoff). Positions count
 every team's runs; a caller sees only its own teams' runs.
+
+Requests read the forecast the control worker stores (``service.queue.stored``), the same
+for every API replica. Without a fresh one (the worker is down, or tests without one) an API
+process computes it itself, reusing it for queue_forecast_ttl_s, and logs that it does.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -15,12 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.core.models import Run, Team, User, utcnow
+from service.core.models import Run, StoredQueueEstimate, Team, User, utcnow
 from service.queue.forecast import QueueEstimate, forecast_queue
 from service.queue.settings import SchedulingSettings
+from service.queue import stored
 from service.queue.state import load_queue_state
 from service.teams.tokens import Principal
 
@@ -67,8 +73,47 @@ def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable
     wanted = {run_id for run_id, status in runs if status == "QUEUED"}
     if not wanted:
         return {}
-    estimates = _recent_estimates(session, settings, wanted)
+    forecast = _fresh_stored(session, settings, wanted)
+    if forecast is None:
+        estimates = _recent_estimates(session, settings, wanted)
+    else:
+        estimates = forecast.estimates
+        missing = wanted - estimates.keys()
+        if missing and forecast.size + len(missing) <= settings.queue_forecast_inline_max:
+            estimates = _recent_estimates(session, settings, wanted)  # a small queue: cheap enough to forecast here
+        elif missing:
+            estimates = {**estimates, **{run_id: _not_yet_forecast(run_id, forecast.made_at, settings) for run_id in missing}}
     return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
+
+
+def current_estimates(session: Session, settings: SchedulingSettings) -> dict[int, QueueEstimate]:
+    """Every queued run's estimate: the stored forecast if fresh, else one computed here."""
+    forecast = _fresh_stored(session, settings, every=True)
+    return forecast.estimates if forecast is not None else queue_estimates(session, settings)
+
+
+log = logging.getLogger(__name__)
+_last_said = [-math.inf]  # when this process last logged that it computes the forecast itself
+
+
+def _fresh_stored(session: Session, settings: SchedulingSettings, wanted: Iterable[int] = (), *, every: bool = False) -> stored.StoredForecast | None:
+    """The stored forecast (``wanted``'s rows, or ``every`` row) if younger than queue_forecast_stale_s; None (and a
+    log line at most once a minute) if it is missing or older: the caller computes one itself."""
+    forecast = stored.read_forecast(session, wanted, every=every)
+    if forecast is not None and (utcnow() - forecast.made_at).total_seconds() <= settings.queue_forecast_stale_s:
+        return forecast
+    if _clock() - _last_said[0] >= 60:
+        _last_said[0] = _clock()
+        age = "none is stored" if forecast is None else f"the stored one is from {forecast.made_at:%Y-%m-%d %H:%M:%S} UTC"
+        log.warning("no queue forecast newer than %.0f s in the database (%s; is the control worker's beat running?): "
+                    "this API process computes it itself", settings.queue_forecast_stale_s, age)  # fmt: skip
+    return None
+
+
+def _not_yet_forecast(run_id: int, made_at: datetime, settings: SchedulingSettings) -> QueueEstimate:
+    """A run the stored forecast lacks (submitted or requeued after it was made), in a queue too long to forecast here."""
+    return QueueEstimate(run_id, None, None, f"queued after the latest queue forecast ({made_at:%H:%M:%S} UTC); "
+                         f"its place comes with the next one, within {settings.queue_forecast_interval_s:g} s")  # fmt: skip
 
 
 def _recent_estimates(session: Session, settings: SchedulingSettings, wanted: set[int]) -> dict[int, QueueEstimate]:
@@ -122,7 +167,7 @@ def list_queue(session: Session, principal: Principal, settings: SchedulingSetti
     runs not expected to start last. One page: ``limit`` items after the first ``offset``.
 
     Filters on status, not on a list of ids (one bind parameter per queued run failed past
-    PostgreSQL's 65,535), and reads the shared recent forecast like the run lists.
+    PostgreSQL's 65,535). With a fresh stored forecast the page is sorted and cut in SQL.
     """
     query = (
         select(Run.id, Run.name, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
@@ -134,6 +179,23 @@ def list_queue(session: Session, principal: Principal, settings: SchedulingSetti
         query = query.where(Run.team_id.in_(sorted(principal.roles)))
     if team:
         query = query.where(Team.name == team)
+    forecast = _fresh_stored(session, settings)
+    if forecast is not None:
+        # The stored forecast pages in SQL: one page read, whatever the queue's length.
+        E = StoredQueueEstimate
+        page = session.execute(
+            query.add_columns(E.position, E.estimated_start_at, E.reason.label("estimated_reason"))
+            .outerjoin(E, E.run_id == Run.id)
+            .order_by(E.estimated_start_at.is_(None), E.estimated_start_at, func.coalesce(E.position, 0), Run.id)
+            .offset(offset)
+            .limit(limit)
+        ).all()
+        lacking = any(r.estimated_reason is None for r in page)
+        if not (lacking and forecast.size < settings.queue_forecast_inline_max):  # else: a small queue, forecast here
+            return [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at,
+                              QueueEstimate(r.id, r.position, r.estimated_start_at, r.estimated_reason)
+                              if r.estimated_reason is not None else _not_yet_forecast(r.id, forecast.made_at, settings))
+                    for r in page]  # fmt: skip
     rows = session.execute(query).all()
     estimates = _recent_estimates(session, settings, {r.id for r in rows}) if rows else {}
     items = [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at, estimates[r.id]) for r in rows if r.id in estimates]

@@ -470,7 +470,7 @@ def usage_page(request: Request, user: User, session: SessionDep, settings: Sett
     teams = usage.visible_teams(session, user)
     views = [usage.team_usage(session, t, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s) for t in teams]
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
-    estimates = queue.queue_estimates(session, settings)
+    estimates = queue.current_estimates(session, settings)  # the stored forecast while fresh
     queues = {t.id: usage.team_queue(session, t, estimates) for t in teams}
     return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=usage.queued_by_hardware(session))
 

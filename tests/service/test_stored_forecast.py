@@ -1,0 +1,128 @@
+"""The queue forecast computed by the control worker and stored (issue 23): every API replica
+answers from it and none computes it while it is fresh; without a fresh one an API computes
+it itself, saying so. On PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.api.app import create_app
+from service.core.db import get_sessionmaker
+from service.core.models import utcnow
+from service.core.settings import Settings
+from service.queue import stored
+from worker.celery_app import FORECAST_TICK, celery_config
+from worker.control.forecast import refresh_forecast
+from worker.settings import WorkerSettings
+
+
+def submit(client: TestClient, world, spec, who: str, seeds: list[int]) -> list[int]:  # noqa: ANN001
+    r = client.post("/api/v1/runs", json=spec(seeds=seeds), headers=world.h(who))
+    assert r.status_code == 201, r.text
+    return [run["id"] for run in r.json()["runs"]]
+
+
+@contextmanager
+def api(db_url: str, tmp_path, **over: object) -> Iterator[TestClient]:  # noqa: ANN001
+    # TTL 0: an API computing the forecast itself would do so on every request, so an answer
+    # that lags a change can only come from the stored forecast.
+    settings = Settings(home=tmp_path / "home", database_url=db_url, queue_forecast_ttl_s=0, **over)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def refresh(db_url: str, now=None) -> int:  # noqa: ANN001
+    with get_sessionmaker(db_url)() as session:
+        return refresh_forecast(session, WorkerSettings(database_url=db_url), now=now)
+
+
+def position(client: TestClient, world, run_id: int) -> dict:  # noqa: ANN001
+    run = client.get(f"/api/v1/runs/{run_id}", headers=world.h("alice")).json()
+    return {k: run[k] for k in ("queue_position", "estimated_start_at", "waiting_reason")}
+
+
+def test_every_api_replica_answers_from_the_forecast_the_worker_stored(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    with api(db_url, tmp_path) as one, api(db_url, tmp_path) as two:
+        a = submit(one, world, spec, "alice", [1, 2])
+        assert refresh(db_url) == 2
+        before = position(one, world, a[1])
+        assert before["queue_position"] == 2 and position(two, world, a[1]) == before
+        # A budget change is not seen until the worker's next forecast: no API computes it.
+        one.patch("/api/v1/teams/team-a", json={"budget_gpu_hours": 0}, headers=world.h("root"))
+        assert position(one, world, a[1]) == before and position(two, world, a[1]) == before
+        listed = {r["id"]: r["queue_position"] for r in two.get("/api/v1/runs", headers=world.h("alice")).json()["items"]}
+        assert listed == {a[0]: 1, a[1]: 2}
+        assert [item["queue_position"] for item in one.get("/api/v1/queue", headers=world.h("alice")).json()] == [1, 2]
+        refresh(db_url)
+        after = position(two, world, a[1])
+        assert after["queue_position"] is None and "over its budget" in after["waiting_reason"]
+        assert position(one, world, a[1]) == after
+
+
+def test_the_queue_pages_in_the_stored_forecasts_order(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    with api(db_url, tmp_path) as client:
+        a = submit(client, world, spec, "alice", [1, 2])
+        b = submit(client, world, spec, "bob", [3])
+        refresh(db_url)
+        page = lambda q, who="root": [i["id"] for i in client.get(f"/api/v1/queue?{q}", headers=world.h(who)).json()]  # noqa: E731
+        assert page("") == [a[0], b[0], a[1]]  # fair share alternates the teams
+        assert page("limit=2") == [a[0], b[0]] and page("limit=2&offset=2") == [a[1]] and page("offset=3") == []
+        assert page("", "alice") == [a[0], a[1]] and page("", "bob") == [b[0]]
+
+
+def test_a_run_the_stored_forecast_lacks_still_shows_an_estimate(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    with api(db_url, tmp_path) as client:
+        refresh(db_url)  # an empty queue: still a fresh forecast
+        a = submit(client, world, spec, "alice", [1])
+        # A short queue: the API forecasts the new run itself.
+        assert position(client, world, a[0])["queue_position"] == 1
+    with api(db_url, tmp_path, queue_forecast_inline_max=0) as client:
+        # A queue too long to forecast here: the run says when its place comes, nothing is computed.
+        new = position(client, world, a[0])
+        assert new["queue_position"] is None and "queued after the latest queue forecast" in new["waiting_reason"]
+        queued = client.get("/api/v1/queue", headers=world.h("alice")).json()
+        assert [(i["id"], i["queue_position"]) for i in queued] == [(a[0], None)]
+        refresh(db_url)
+        assert position(client, world, a[0])["queue_position"] == 1
+
+
+def test_without_a_fresh_stored_forecast_the_api_computes_it_and_says_so(world, spec, db_url, tmp_path, caplog) -> None:  # noqa: ANN001
+    from service.queue import positions
+
+    with api(db_url, tmp_path) as client:
+        a = submit(client, world, spec, "alice", [1])
+        refresh(db_url, now=utcnow() - timedelta(minutes=5))  # the worker stopped 5 minutes ago
+        client.patch("/api/v1/teams/team-a", json={"budget_gpu_hours": 0}, headers=world.h("root"))
+        positions._last_said[0] = float("-inf")
+        with caplog.at_level(logging.WARNING, logger="service.queue.positions"):
+            run = position(client, world, a[0])
+        assert run["queue_position"] is None and "over its budget" in run["waiting_reason"]  # computed now, not the stale one
+        assert "computes it itself" in caplog.text and "is the control worker's beat running?" in caplog.text
+
+
+def test_the_stored_forecast_is_replaced_as_a_whole(world, spec, session: Session, db_url, tmp_path) -> None:  # noqa: ANN001
+    with api(db_url, tmp_path) as client:
+        a = submit(client, world, spec, "alice", [1, 2])
+        refresh(db_url)
+        client.post(f"/api/v1/runs/{a[0]}/cancel", headers=world.h("alice"))
+        refresh(db_url)
+    forecast = stored.read_forecast(session, every=True)
+    assert forecast is not None and forecast.size == 1 and set(forecast.estimates) == {a[1]}
+    assert forecast.estimates[a[1]].position == 1
+    # The usage page's figures are the stored ones while fresh.
+    from service.queue.positions import current_estimates
+
+    assert current_estimates(session, Settings(home=tmp_path / "home", database_url=db_url)) == forecast.estimates
+
+
+def test_beat_sends_the_forecast_tick_on_the_control_queue() -> None:
+    config = celery_config(WorkerSettings(queue_forecast_interval_s=7))
+    tick = config["beat_schedule"]["forecast-tick"]
+    assert tick["task"] == FORECAST_TICK and tick["schedule"] == 7 and tick["options"]["expires"] == 7
+    assert config["task_routes"][FORECAST_TICK] == {"queue": "control"}
