@@ -14,6 +14,7 @@ from worker.run import executor
 
 from worker.control import forecast, janitor
 
+from service.sweeps.store import advance_sweeps_safely
 
 from worker.control import dispatch as scheduler
 from worker.celery_app import EXECUTE_RUN, FORECAST_TICK, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, celery_app
@@ -69,6 +70,7 @@ def execute_run(run_id: int) -> str:
 @celery_app.task(name=SCHEDULE_TICK, acks_late=False)
 def schedule_tick() -> list[int]:
     rt = get_runtime()
+    advance_sweeps_safely(rt.session_factory)  # sweeps: end, prune and start trials before this tick dispatches their runs
     with rt.session_factory() as session:
         return scheduler.dispatch_due_runs(
             session,

@@ -9,7 +9,7 @@ from service.api.deps import refuse_nul
 from service.api.errors import install_error_handlers
 from service.api.headers import SecurityHeaders
 from service.api.limits import RequestLimits
-from service.api.routes import artifacts, groups, meta, queue, runs, teams, tokens, users
+from service.api.routes import artifacts, groups, meta, queue, runs, sweeps, teams, tokens, users
 from service.api.routes import export as export_routes
 from service.core.storage import make_artifact_store
 from service.core.db import get_sessionmaker
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: CSP, nosniff, Referrer-Policy on every answer, the limits' 413/401 included.
     app.add_middleware(SecurityHeaders)
     checks = [Depends(refuse_nul)]
-    for module in (runs, queue, artifacts, groups, teams, users, tokens, meta):
+    for module in (runs, sweeps, queue, artifacts, groups, teams, users, tokens, meta):
         app.include_router(module.router, prefix=settings.api_prefix, dependencies=checks)
     app.include_router(export_routes.router, prefix=settings.api_prefix, dependencies=checks)
     app.include_router(meta.health_router)

@@ -28,6 +28,7 @@ from service.cli.render import print_results, run_detail, runs_table, status_tex
 from service.cli.render_queue import queue_table
 from service.cli.render_results import comparison_panel, group_detail, groups_table, leaderboard_table
 from service.cli.spec import build_request, read_spec_file
+from service.cli.sweeps import sweep_commands
 from service.core.text import printable
 
 app = typer.Typer(
@@ -78,6 +79,9 @@ def api() -> Iterator[CaddieClient]:
         yield client
     finally:
         client.close()
+
+
+app.add_typer(sweep_commands(friendly, api, out), name="sweep")
 
 
 # --- talking to the API -------------------------------------------------------------------

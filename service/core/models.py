@@ -362,3 +362,54 @@ class StoredQueueEstimate(Base):
     estimated_start_at: Mapped[datetime | None]
     reason: Mapped[str] = mapped_column(Text)
     made_at: Mapped[datetime]
+
+
+class Sweep(Base):
+    """A search over trainer knobs (service.sweeps): a base config, a space, a strategy and limits.
+
+    ``spec`` holds the normalised sweep (base, space, strategy, seeds, limits, prune rule);
+    each trial is a run group submitted through the ordinary submission path.
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_team_id_id", "team_id", "id"), Index("ix_sweeps_status", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))  # its trials are submitted, and cancelled, as this user
+    name: Mapped[str] = mapped_column(String(200))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    track: Mapped[str] = mapped_column(String(32))
+    hardware: Mapped[str] = mapped_column(String(32))
+    strategy: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # running | stopped | done
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    team: Mapped[Team] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class SweepTrial(Base):
+    """One point of a sweep: its knob values and the runs (one per seed) that measure it."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (UniqueConstraint("sweep_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... within its sweep
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    group_key: Mapped[str | None] = mapped_column(String(64))
+    run_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16))  # pending | running | complete | failed | pruned | stopped
+    value: Mapped[float | None] = mapped_column(Float)  # mean val_bpb of its SUCCEEDED runs; pruned: the predicted one
+    reason: Mapped[str] = mapped_column(Text, default="")
+    prune: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # a pruned trial's figures (service.sweeps.plan.PruneVerdict)
+    gpu_hours: Mapped[float | None] = mapped_column(Float)  # used by its runs, once it ended
+    saved_gpu_hours: Mapped[float | None] = mapped_column(Float)  # a pruned trial's: what its runs would still have used
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

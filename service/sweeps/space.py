@@ -108,8 +108,11 @@ def _knob_issue(base: Mapping[str, Any], name: str, value: Any, loc: tuple[str |
     try:
         normalise_config({**base, name: value})
     except InvalidInput as exc:
-        mine = [i for i in exc.issues if i.loc[-1] == name] or exc.issues
-        return Issue(loc, f"{name}={value!r}: {mine[0].msg}", value)
+        mine = [i for i in exc.issues if i.loc[-1] == name]
+        if mine:
+            return Issue(loc, f"{name}={value!r}: {mine[0].msg}", value)
+        other = exc.issues[0]  # a cross-knob rule about another knob (e.g. XSA_LAST_N must be <= NUM_LAYERS)
+        return Issue(loc, f"{name}={value!r}: {other.loc[-1]} {other.msg}", value)
     return None
 
 
@@ -185,8 +188,8 @@ def _parse_knob(name: str, kind: str, f: dataclasses.Field, spec: Mapping[str, A
         return None
     low, high, log, steps = spec["low"], spec["high"], spec.get("log", False), spec.get("steps")
     for end, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            issues.append(Issue((*loc, end), "must be a finite number", value))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300 or not math.isfinite(value):
+            issues.append(Issue((*loc, end), "must be a finite number", value))  # (abs first: an int past float's range)
             return None
         if kind == "int" and not float(value).is_integer():
             issues.append(Issue((*loc, end), f"{name} is an int knob: must be an integer", value))

@@ -1,0 +1,141 @@
+"""``caddie sweep submit FILE | list | show ID | stop ID | resume ID`` (the /api/v1/sweeps endpoints).
+
+Made by ``sweep_commands(friendly, api, out)`` so that this module needs nothing from
+service.cli.main (which adds it as ``caddie sweep``) and the commands share main's error
+handling (one ``error: ...`` line, exit 1) and its API client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from service.cli.client import CaddieClient, CaddieError
+from service.core.text import printable
+
+SWEEP_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "base", "space", "strategy", "seeds", "max_trials",
+              "max_parallel", "budget_gpu_hours", "prune", "sampler_seed")  # fmt: skip
+PREFIX = "/api/v1/sweeps"
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """The sweep file as a mapping; CaddieError naming the file (and the line) otherwise."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaddieError(f"sweep file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaddieError(f"cannot read sweep file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise CaddieError(f"sweep file {path}: invalid YAML{where}: {getattr(exc, 'problem', None) or 'not valid YAML'}") from None
+    if not isinstance(data, dict):
+        raise CaddieError(f"sweep file {path}: expected a mapping of {', '.join(SWEEP_KEYS)}, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in SWEEP_KEYS)
+    if unknown:
+        raise CaddieError(f"sweep file {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
+    return data
+
+
+def _figure(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def sweeps_table(items: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "NAME", "TEAM", "STRATEGY", "STATUS", "TRIALS", "BEST BPB", "GPU-H USED", "GPU-H SAVED"):
+        table.add_column(col)
+    for s in items:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(s["counts"].items())) or "none yet"
+        best = s["best"]
+        table.add_row(str(s["id"]), printable(s["name"]), printable(s["team"]), s["strategy"], s["status"], counts,
+                      f"{_figure(best['value'])} (#{best['number']})" if best else "-", f"{s['gpu_hours_used']:.2f}", f"{s['gpu_hours_saved']:.2f}")  # fmt: skip
+    return table
+
+
+def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
+    spec = s["spec"]
+    budget = spec.get("budget_gpu_hours")
+    yield printable(f"sweep {s['id']} {s['name']} ({s['team']}, {s['user']}): {s['status']}, {s['status_reason']}")
+    yield printable(f"{s['strategy']} over {', '.join(spec['space'])}; base {spec['base'] or '{}'}; seeds {spec['seeds']}; "
+                    f"{spec['max_trials']} trials at most, {spec['max_parallel']} at once; budget "
+                    f"{'none' if budget is None else f'{budget:g} GPU-hours'}; {s['track']} on {s['hardware']}")  # fmt: skip
+    prune = spec.get("prune")
+    yield ("pruning: off" if not prune else
+           f"pruning: margin {prune['margin']:g} bpb at confidence {prune['confidence']:g}, from step {prune['min_step']}")  # fmt: skip
+    yield f"GPU-hours used {s['gpu_hours_used']:.2f}, saved by pruning {s['gpu_hours_saved']:.2f}"
+    if s.get("importance"):
+        yield "knob importance (PED-ANOVA): " + ", ".join(f"{k} {v:.0%}" for k, v in s["importance"].items())
+    table = Table(box=None, pad_edge=False)
+    for col in ("#", "STATUS", "VAL_BPB", "GPU-H", "RUNS", "KNOBS", "WHY"):
+        table.add_column(col)
+    best = (s.get("best") or {}).get("number")
+    for t in s.get("trials") or []:
+        knobs = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+        mark = " best" if t["number"] == best else ""
+        value = _figure(t["value"]) + (" (pred.)" if t["status"] == "pruned" else "")
+        table.add_row(f"{t['number']}{mark}", t["status"], value, _figure(t["gpu_hours"], 2), ",".join(map(str, t["run_ids"])),
+                      printable(knobs), printable(t["reason"]))  # fmt: skip
+    yield table
+
+
+def sweep_commands(friendly: Callable[[Any], Any], api: Callable[[], AbstractContextManager[CaddieClient]], out: Console) -> typer.Typer:
+    sweep_app = typer.Typer(help="Sweeps: a search over trainer knobs, each trial a run group in the ordinary queue.", no_args_is_help=True)
+
+    def show_one(s: dict[str, Any]) -> None:
+        for part in sweep_detail(s):
+            out.print(part, markup=False) if isinstance(part, str) else out.print(part)
+
+    @sweep_app.command("submit")
+    @friendly
+    def submit(file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="base, space, strategy, seeds, limits")]) -> None:
+        """Submit a sweep; the scheduler starts its first trials within seconds."""
+        body = read_sweep_file(file)
+        with api() as client:
+            s = client.request("POST", PREFIX, json_body=body)
+        out.print(printable(f"sweep {s['id']} submitted: {s['strategy']} over {', '.join(s['spec']['space'])}; follow it with: caddie sweep show {s['id']}"),
+                  markup=False)  # fmt: skip
+
+    @sweep_app.command("list")
+    @friendly
+    def list_(team: Annotated[str | None, typer.Option(help="only this team's sweeps")] = None) -> None:
+        """Your teams' sweeps, newest first."""
+        with api() as client:
+            items = client.request("GET", PREFIX, params={"team": team})["items"]
+        if not items:
+            out.print("no sweeps", markup=False)
+            return
+        out.print(sweeps_table(items))
+
+    @sweep_app.command("show")
+    @friendly
+    def show(sweep_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+        """One sweep: its spec, its trials (pruned ones with why), the best so far."""
+        with api() as client:
+            show_one(client.request("GET", f"{PREFIX}/{sweep_id}", not_found=f"sweep {sweep_id} not found"))
+
+    @sweep_app.command("stop")
+    @friendly
+    def stop(sweep_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+        """No new trials; trials still queued are cancelled; running ones finish."""
+        with api() as client:
+            s = client.request("POST", f"{PREFIX}/{sweep_id}/stop", not_found=f"sweep {sweep_id} not found")
+        out.print(f"sweep {sweep_id}: {s['status']}", markup=False)
+
+    @sweep_app.command("resume")
+    @friendly
+    def resume(sweep_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+        """Start a stopped sweep's next trials again."""
+        with api() as client:
+            s = client.request("POST", f"{PREFIX}/{sweep_id}/resume", not_found=f"sweep {sweep_id} not found")
+        out.print(f"sweep {sweep_id}: {s['status']}", markup=False)
+
+    return sweep_app

@@ -1,0 +1,87 @@
+"""Request and response bodies of the sweep endpoints (pydantic v2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.core.bodies import NAME_MAX_CHARS, NOTES_MAX_CHARS, Handle, NoteText, PlainText, Seed, Strict
+
+MAX_TRIALS = 1000
+MAX_PARALLEL = 64
+
+
+class PruneSpec(Strict):
+    """Stop a trial whose predicted final val_bpb is worse than the best trial's (service.sweeps.plan.judge_prune)."""
+
+    enabled: bool = True
+    # Default from bench/results/sweeps.md: at 0.005 and 0.95 no simulated sweep lost its best trial.
+    margin: float = Field(0.005, ge=0, le=1, description="bpb a trial may be predicted behind the best trial before it is pruned")
+    confidence: float = Field(0.95, ge=0.5, le=0.999, description="one-sided probability, under the predictor's prediction interval, "
+                                                                  "that the trial ends worse than best + margin")
+    min_step: int = Field(500, ge=1, le=1_000_000, description="no pruning before this training step")
+
+
+class SweepCreate(Strict):
+    """A sweep: a base config of the shared trainer, a search space, a strategy and limits."""
+
+    name: PlainText = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    notes: NoteText = Field("", max_length=NOTES_MAX_CHARS)
+    team: Handle | None = Field(None, description="team name; default: the caller's only team")
+    track: str = Field(description="10min_16mb or unlimited (those of CADDIE_ALLOWED_TRACKS)")
+    hardware: str = Field(description="e.g. H100:8 (one of CADDIE_ALLOWED_HARDWARE)")
+    priority: int | None = Field(None, description="of every trial's runs; higher runs first within a team")
+    base: dict[str, Any] = Field(default_factory=dict, description="shared-trainer knobs every trial shares, keyed by env name")
+    space: dict[str, dict[str, Any]] = Field(description="knob: {values: [...]} or {low: L, high: H, log: bool, steps: N (grid)}")
+    strategy: Literal["grid", "random", "tpe"] = "tpe"
+    seeds: list[Seed] = Field(default_factory=lambda: [1337], description="seeds of every trial (one run each)")
+    max_trials: int = Field(20, ge=1, le=MAX_TRIALS)
+    max_parallel: int = Field(2, ge=1, le=MAX_PARALLEL, description="trials at once")
+    budget_gpu_hours: float | None = Field(None, gt=0, le=1e6, description="GPU-hours the sweep may spend or commit (runs' expected time)")
+    prune: PruneSpec | None = Field(default_factory=PruneSpec, description="null: never prune")
+    sampler_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the random and TPE proposals")
+
+
+class TrialOut(BaseModel):
+    number: int
+    status: str = Field(description="pending, running, complete, failed, pruned or stopped")
+    params: dict[str, Any]
+    value: float | None = Field(description="complete: mean val_bpb of its SUCCEEDED runs; pruned: the predicted final val_bpb")
+    reason: str
+    prune: dict[str, Any] | None = Field(description="a pruned trial's figures: step, predicted_bpb, se, best_bpb, probability, ...")
+    run_ids: list[int]
+    group_key: str | None
+    gpu_hours: float | None
+    saved_gpu_hours: float | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepOut(BaseModel):
+    id: int
+    team: str
+    user: str
+    name: str
+    notes: str
+    track: str
+    hardware: str
+    strategy: str
+    status: str = Field(description="running, stopped or done")
+    status_reason: str
+    spec: dict[str, Any]
+    counts: dict[str, int] = Field(description="trials by status")
+    best: TrialOut | None
+    gpu_hours_used: float = Field(description="by its ended trials' runs")
+    gpu_hours_saved: float = Field(description="by pruning: what pruned trials' runs would still have used")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    trials: list[TrialOut] | None = Field(None, description="GET /sweeps/{id} only")
+    importance: dict[str, float] | None = Field(None, description="GET /sweeps/{id} only: each knob's share of "
+                                                                  "how the best trials differ from the rest (Optuna's PED-ANOVA), from 3 valued trials on")
+
+
+class SweepPage(BaseModel):
+    items: list[SweepOut]

@@ -1,0 +1,381 @@
+"""Sweeps on the database: submit, list, show, stop, resume, and ``advance_sweeps``, the tick that
+moves every live sweep on (trials ended, trials pruned, next trials started). The decisions are
+service.sweeps.plan's and .strategies'; this module reads facts and writes what they decide.
+
+Each trial is a run group submitted through service.runs.submit.submit_runs as the sweep's
+owner, so it passes the same rule checks and waits in the same queue, fair share and budgets
+as any run. A trial row is committed before its runs are submitted, and the submission
+carries the idempotency key ``sweep:<id>:<number>``: a tick that dies in between is finished
+by the next one, which submits the same runs again and gets the first ones back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.core.errors import Conflict, DomainError, Forbidden, InvalidInput, Issue, NotFound
+from service.core.models import Run, Sweep, SweepTrial, Team, User, utcnow
+from service.core.settings import Settings
+from service.queue.estimates import expected_seconds, gpu_hours
+from service.runs import cancel as cancelling
+from service.runs import submit as submission
+from service.runs.schemas import RunCreate
+from service.runs.spec import normalise_spec
+from service.sweeps import curves as finished_curves
+from service.sweeps.plan import (
+    COMPLETE, FAILED, OPEN_TRIALS, PENDING, PRUNED, RUN_TERMINAL, RUNNING, STOPPED, SWEEP_DONE, SWEEP_RUNNING, SWEEP_STOPPED,
+    PruneRule, SlotFacts, judge_prune, slots, trial_end,
+)  # fmt: skip
+from service.sweeps.predictor import Predictor
+from service.sweeps.schemas import SweepCreate, SweepOut, TrialOut
+from service.sweeps.space import SearchSpace, parse_space
+from service.sweeps.strategies import Observed, knob_importance, propose
+from service.teams.tokens import Principal, load_principal
+
+log = logging.getLogger(__name__)
+ACTOR = "sweeps"
+
+
+# --- submit, read, stop, resume ----------------------------------------------------------
+def create_sweep(session: Session, principal: Principal, body: SweepCreate, settings: Settings) -> Sweep:
+    """Check the sweep as its trials' runs will be checked, store it (running) and commit; the next tick starts its trials."""
+    probe = RunCreate(name=body.name, team=body.team, track=body.track, hardware=body.hardware, priority=body.priority,
+                      config=body.base, seeds=body.seeds)  # fmt: skip
+    issues: list[Issue] = []
+    base: dict[str, Any] = {}
+    try:
+        normal, _ = normalise_spec(probe, settings)
+        base = normal.config
+    except InvalidInput as exc:  # the run spec's fields, named as the sweep names them
+        issues += [Issue(("base", *i.loc[1:]) if i.loc[:1] == ("config",) else i.loc, i.msg, i.input) for i in exc.issues]
+    space: SearchSpace | None = None
+    try:
+        space = parse_space(body.space, base)
+    except InvalidInput as exc:
+        issues += exc.issues
+    if space is not None and body.strategy == "grid" and space.grid_size() is None:
+        ranged = [k.name for k in space.knobs if k.values is None and not k.steps]
+        issues += [Issue(("space", name, "steps"), "a grid needs steps: N for a range (or list values)", None) for name in ranged]
+    if issues:
+        raise InvalidInput(issues)
+    assert space is not None
+    team = submission._team_for(session, principal, body.team)
+    now = utcnow()
+    spec = {
+        "base": base, "space": space.to_json(), "seeds": list(body.seeds), "max_trials": body.max_trials, "max_parallel": body.max_parallel,
+        "budget_gpu_hours": body.budget_gpu_hours, "prune": body.prune.model_dump() if body.prune and body.prune.enabled else None,
+        "sampler_seed": body.sampler_seed, "priority": body.priority,
+    }  # fmt: skip
+    sweep = Sweep(team_id=team.id, user_id=principal.user_id, name=body.name, notes=body.notes, track=body.track, hardware=body.hardware,
+                  strategy=body.strategy, spec=spec, status=SWEEP_RUNNING, status_reason="submitted", created_at=now, updated_at=now)  # fmt: skip
+    session.add(sweep)
+    session.commit()
+    return sweep
+
+
+def get_sweep(session: Session, principal: Principal, sweep_id: int) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None or not principal.can_see_team(sweep.team_id):
+        raise NotFound("sweep", sweep_id)  # another team's sweep looks absent, as its runs do
+    return sweep
+
+
+def list_sweeps(session: Session, principal: Principal, *, team: str | None = None, limit: int = 50) -> list[Sweep]:
+    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit)
+    if not principal.is_admin:
+        query = query.where(Sweep.team_id.in_(list(principal.roles) or [-1]))
+    if team is not None:
+        query = query.join(Team, Team.id == Sweep.team_id).where(Team.name == team)
+    return list(session.scalars(query))
+
+
+def _may_change(principal: Principal, sweep: Sweep) -> None:
+    # As cancelling a run: the owner, or an admin of its team (it spends their budget).
+    if sweep.user_id != principal.user_id and not principal.can_manage_team(sweep.team_id):
+        raise Forbidden(f"sweep {sweep.id} was submitted by another member; only they or an admin of its team may change it")
+
+
+def stop_sweep(session: Session, principal: Principal, sweep_id: int) -> Sweep:
+    """No new trials; runs still QUEUED are cancelled (their trials become stopped); running runs finish and count."""
+    sweep = get_sweep(session, principal, sweep_id)
+    _may_change(principal, sweep)
+    if sweep.status != SWEEP_RUNNING:
+        raise Conflict(f"sweep {sweep_id} is {sweep.status}, not running")
+    sweep.status, sweep.status_reason, sweep.updated_at = SWEEP_STOPPED, f"stopped by {principal.name}", utcnow()
+    session.commit()
+    owner = _owner(session, sweep)
+    for trial in _trials(session, sweep.id):
+        if trial.status not in OPEN_TRIALS:
+            continue
+        runs = _runs(session, trial.run_ids)
+        if all(r.status == "QUEUED" for r in runs):
+            for run in runs:
+                _cancel_quietly(session, owner, run.id)
+            trial.status, trial.reason, trial.finished_at = STOPPED, "the sweep was stopped before its runs started", utcnow()
+            session.commit()
+    return sweep
+
+
+def resume_sweep(session: Session, principal: Principal, sweep_id: int) -> Sweep:
+    sweep = get_sweep(session, principal, sweep_id)
+    _may_change(principal, sweep)
+    if sweep.status != SWEEP_STOPPED:
+        raise Conflict(f"sweep {sweep_id} is {sweep.status}; only a stopped sweep resumes")
+    sweep.status, sweep.status_reason, sweep.updated_at, sweep.finished_at = SWEEP_RUNNING, f"resumed by {principal.name}", utcnow(), None
+    session.commit()
+    return sweep
+
+
+def sweep_out(session: Session, sweep: Sweep, *, with_trials: bool) -> SweepOut:
+    trials = _trials(session, sweep.id)
+    outs = [_trial_out(t) for t in trials]
+    complete = [o for o in outs if o.status == COMPLETE and o.value is not None]
+    counts: dict[str, int] = {}
+    for o in outs:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return SweepOut(
+        id=sweep.id, team=sweep.team.name, user=sweep.user.name, name=sweep.name, notes=sweep.notes, track=sweep.track,
+        hardware=sweep.hardware, strategy=sweep.strategy, status=sweep.status, status_reason=sweep.status_reason, spec=sweep.spec,
+        counts=counts, best=min(complete, key=lambda o: (o.value, o.number)) if complete else None,
+        gpu_hours_used=sum(o.gpu_hours or 0.0 for o in outs), gpu_hours_saved=sum(o.saved_gpu_hours or 0.0 for o in outs),
+        created_at=sweep.created_at, updated_at=sweep.updated_at, finished_at=sweep.finished_at, trials=outs if with_trials else None,
+        importance=knob_importance(parse_space(sweep.spec["space"], sweep.spec["base"]), _history(trials)) if with_trials else None,
+    )  # fmt: skip
+
+
+def _trial_out(t: SweepTrial) -> TrialOut:
+    return TrialOut(number=t.number, status=t.status, params=t.params, value=t.value, reason=t.reason, prune=t.prune,
+                    run_ids=list(t.run_ids or []), group_key=t.group_key, gpu_hours=t.gpu_hours, saved_gpu_hours=t.saved_gpu_hours,
+                    created_at=t.created_at, finished_at=t.finished_at)  # fmt: skip
+
+
+# --- the tick -----------------------------------------------------------------------------
+def advance_sweeps(session: Session, settings: Settings, *, now: datetime | None = None, records: Sequence[Any] | None = None) -> int:
+    """Move every live sweep on; returns the trials started. Safe to run twice or at once (see the module doc).
+
+    ``records``: the public records' curves for the predictor (default: read from ../shared/challenge once per process).
+    """
+    started = 0
+    ids = session.scalars(select(Sweep.id).where(Sweep.status.in_((SWEEP_RUNNING, SWEEP_STOPPED)))).all()
+    for sweep_id in ids:
+        sweep = session.get_one(Sweep, sweep_id)
+        started += _advance(session, sweep, settings, now or utcnow(), records)
+    return started
+
+
+def advance_sweeps_safely(session_factory: Any) -> None:
+    """The worker's call (worker/tasks.py, each scheduler tick): a sweep that fails to advance is logged, never breaks a tick."""
+    try:
+        with session_factory() as session:
+            advance_sweeps(session, Settings())
+    except Exception:  # noqa: BLE001 (the next tick tries again; runs are not touched by a failed advance)
+        log.exception("sweeps: could not advance")
+
+
+def _advance(session: Session, sweep: Sweep, settings: Settings, now: datetime, records: Sequence[Any] | None) -> int:
+    owner = _owner(session, sweep)
+    trials = _trials(session, sweep.id)
+    for trial in trials:
+        if trial.status == PENDING:
+            _submit_trial(session, sweep, owner, trial, settings)
+    runs = {r.id: r for r in _runs(session, [i for t in trials if t.status == RUNNING for i in t.run_ids])}
+    for trial in trials:
+        if trial.status == RUNNING:
+            mine = [runs[i] for i in trial.run_ids if i in runs]
+            end = trial_end([(r.status, r.val_bpb) for r in mine])
+            if end is not None:
+                trial.status, trial.value, trial.reason, trial.finished_at = end.status, end.value, end.reason, now
+                trial.gpu_hours = sum(_used_gpu_hours(r, now) for r in mine)
+    session.commit()
+    if sweep.spec.get("prune"):
+        _prune(session, sweep, owner, trials, runs, settings, now, records)
+    if sweep.status != SWEEP_RUNNING:
+        return 0
+    started = _start_trials(session, sweep, owner, trials, runs, settings, now)
+    if not any(t.status in OPEN_TRIALS for t in trials) and started == 0:
+        sweep.status, sweep.finished_at, sweep.updated_at = SWEEP_DONE, now, now
+        sweep.status_reason = _done_reason(sweep, trials)
+        session.commit()
+    return started
+
+
+def _start_trials(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepTrial], runs: dict[int, Run],
+                  settings: Settings, now: datetime) -> int:  # fmt: skip
+    spec = sweep.spec
+    per_run = gpu_hours(sweep.hardware, expected_seconds(spec["base"], settings.run_overhead_s))
+    committed = sum(t.gpu_hours or 0.0 for t in trials if t.status not in OPEN_TRIALS)
+    committed += sum(max(_used_gpu_hours(runs[i], now), per_run) for t in trials if t.status in OPEN_TRIALS for i in t.run_ids if i in runs)
+    committed += sum(per_run * len(spec["seeds"]) for t in trials if t.status == PENDING)
+    n, why = slots(SlotFacts(trials=len(trials), open_trials=sum(t.status in OPEN_TRIALS for t in trials), max_trials=spec["max_trials"],
+                             max_parallel=spec["max_parallel"], budget_gpu_hours=spec.get("budget_gpu_hours"),
+                             committed_gpu_hours=committed, trial_gpu_hours=per_run * len(spec["seeds"])))  # fmt: skip
+    space = parse_space(spec["space"], spec["base"])
+    started = 0
+    for _ in range(n):
+        params = propose(sweep.strategy, space, _history(trials), seed=spec.get("sampler_seed", 0) * 1000 + sweep.id)
+        if params is None:  # a grid that is done
+            sweep.spec, why = {**spec, "exhausted": True}, "every point of the space was tried"
+            break
+        trial = SweepTrial(sweep_id=sweep.id, number=max((t.number for t in trials), default=0) + 1, params=_tidy(params, space),
+                           run_ids=[], status=PENDING, reason="", created_at=now)  # fmt: skip
+        session.add(trial)
+        try:
+            session.commit()
+        except IntegrityError:  # another tick made this number first; it will submit it
+            session.rollback()
+            break
+        trials.append(trial)
+        _submit_trial(session, sweep, owner, trial, settings)
+        started += 1
+    if why and why != sweep.status_reason:
+        sweep.status_reason, sweep.updated_at = why, now
+    session.commit()
+    return started
+
+
+def _submit_trial(session: Session, sweep: Sweep, owner: Principal, trial: SweepTrial, settings: Settings) -> None:
+    spec = sweep.spec
+    knobs = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    body = RunCreate(name=f"{sweep.name} #{trial.number}"[:200], notes=f"sweep {sweep.id} trial {trial.number}: {knobs}", team=sweep.team.name,
+                     track=sweep.track, hardware=sweep.hardware, priority=spec.get("priority"), config={**spec["base"], **trial.params},
+                     seeds=spec["seeds"])  # fmt: skip
+    try:
+        group_key, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=f"sweep:{sweep.id}:{trial.number}")
+    except InvalidInput as exc:  # a combination the space allowed but a cross-knob rule refuses (e.g. NUM_HEADS must divide MODEL_DIM)
+        session.rollback()
+        trial.status, trial.reason, trial.finished_at, trial.gpu_hours = FAILED, f"refused at submission: {exc}", utcnow(), 0.0
+        session.commit()
+        return
+    except DomainError as exc:  # e.g. a quota: the trial waits for the next tick
+        session.rollback()
+        trial.reason = f"not submitted yet: {exc}"
+        session.commit()
+        return
+    trial.group_key, trial.run_ids, trial.status, trial.reason = group_key, [r.id for r in runs], RUNNING, ""
+    session.commit()
+
+
+# --- pruning ------------------------------------------------------------------------------
+_predictors: dict[int, tuple[int, Predictor]] = {}  # team -> (its newest finished run, the lines fitted then); refitted when that moves
+
+
+def predictor_for(session: Session, team_id: int, records: Sequence[Any] | None = None) -> Predictor:
+    """The lines fitted on the public records' curves and the team's finished runs (``records`` given: on those, uncached)."""
+    newest = session.scalar(select(Run.id).where(Run.team_id == team_id, Run.status == "SUCCEEDED").order_by(Run.id.desc()).limit(1)) or 0
+    if records is not None:
+        return Predictor.fit([*records, *finished_curves.team_curves(session, team_id)])
+    cached = _predictors.get(team_id)
+    if cached is None or cached[0] != newest:
+        cached = _predictors[team_id] = (newest, Predictor.fit([*finished_curves.record_curves(), *finished_curves.team_curves(session, team_id)]))
+    return cached[1]
+
+
+def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepTrial], runs: dict[int, Run], settings: Settings,
+           now: datetime, records: Sequence[Any] | None) -> None:  # fmt: skip
+    complete = [t for t in trials if t.status == COMPLETE and t.value is not None]
+    live = [t for t in trials if t.status == RUNNING]
+    if not complete or not live:
+        return
+    best = min(complete, key=lambda t: (t.value, t.number))
+    ratio = _bpb_per_nat(session, best)
+    if ratio is None:
+        return
+    stored = sweep.spec["prune"]
+    rule = PruneRule(margin=stored["margin"], confidence=stored["confidence"], min_step=stored["min_step"])
+    vocab = _vocab(sweep, best)
+    predictor = predictor_for(session, sweep.team_id, records)
+    for trial in live:
+        if _vocab(sweep, trial) != vocab:
+            continue  # another tokenizer: the best trial's bpb-per-nat does not hold for it
+        points = _mean_curve(finished_curves.run_points(session, list(trial.run_ids)))
+        verdict = judge_prune(predictor.predict(points, ratio), (float(best.value), best.number), rule)  # type: ignore[arg-type]
+        if verdict is None:
+            continue
+        mine = [runs[i] for i in trial.run_ids if i in runs]
+        per_run = expected_seconds({**sweep.spec["base"], **trial.params}, settings.run_overhead_s)
+        saved = sum(gpu_hours(r.hardware, per_run) - _used_gpu_hours(r, now) for r in mine if r.status not in RUN_TERMINAL)
+        for run in mine:
+            if run.status not in RUN_TERMINAL:
+                _cancel_quietly(session, owner, run.id)
+        trial.status, trial.value, trial.reason, trial.prune, trial.finished_at = PRUNED, verdict.predicted, verdict.reason, verdict.to_json(), now
+        trial.gpu_hours = sum(_used_gpu_hours(r, now) for r in mine)
+        trial.saved_gpu_hours = max(0.0, saved)
+        session.commit()
+
+
+def _mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The trial's curve: at each step, the mean train loss of its runs that logged it."""
+    steps: dict[int, list[float]] = {}
+    for points in by_run.values():
+        for step, loss in points:
+            steps.setdefault(step, []).append(loss)
+    return sorted((s, statistics.fmean(v)) for s, v in steps.items())
+
+
+def _vocab(sweep: Sweep, trial: SweepTrial) -> Any:
+    return {**sweep.spec["base"], **trial.params}.get("VOCAB_SIZE", 1024)
+
+
+def _bpb_per_nat(session: Session, trial: SweepTrial) -> float | None:
+    """val_bpb / val_loss of the trial's succeeded runs: its tokenizer's bytes per token on the val split, as a scale."""
+    ratios = [r.val_bpb / r.val_loss for r in _runs(session, trial.run_ids) if r.val_bpb and r.val_loss and r.status == "SUCCEEDED"]
+    return statistics.fmean(ratios) if ratios else None
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _history(trials: Sequence[SweepTrial]) -> list[Observed]:
+    state = {COMPLETE: "complete", PRUNED: "pruned", PENDING: "running", RUNNING: "running"}
+    return [Observed(dict(t.params), state.get(t.status, "failed"), t.value) for t in sorted(trials, key=lambda t: t.number)]
+
+
+def _tidy(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """Floats to 6 significant digits (readable names, stable group keys), kept inside their range."""
+    out = dict(params)
+    for k in space.knobs:
+        v = out[k.name]
+        if isinstance(v, float) and k.values is None:
+            out[k.name] = min(max(float(f"{v:.6g}"), k.low), k.high)  # type: ignore[type-var]
+    return out
+
+
+def _used_gpu_hours(run: Run, now: datetime) -> float:
+    """GPU-hours a run has held its node while RUNNING (the accounting bills a little more: provisioning, upload)."""
+    if run.started_at is None:
+        return 0.0
+    return gpu_hours(run.hardware, ((run.finished_at or now) - run.started_at).total_seconds())
+
+
+def _done_reason(sweep: Sweep, trials: Sequence[SweepTrial]) -> str:
+    if sweep.spec.get("exhausted"):
+        return "every point of the space was tried"
+    if len(trials) >= sweep.spec["max_trials"]:
+        return f"max_trials ({sweep.spec['max_trials']}) reached"
+    return sweep.status_reason or "the GPU-hour budget is spent"
+
+
+def _owner(session: Session, sweep: Sweep) -> Principal:
+    return load_principal(session, session.get_one(User, sweep.user_id))
+
+
+def _trials(session: Session, sweep_id: int) -> list[SweepTrial]:
+    return list(session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id).order_by(SweepTrial.number)))
+
+
+def _runs(session: Session, ids: Sequence[int]) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.id.in_(list(ids))).order_by(Run.id))) if ids else []
+
+
+def _cancel_quietly(session: Session, owner: Principal, run_id: int) -> None:
+    try:
+        cancelling.cancel_run(session, owner, run_id)
+    except (Conflict, NotFound, Forbidden):  # already ended, or the owner left the team: nothing to stop
+        session.rollback()
