@@ -23,6 +23,12 @@ TRAIN_LIMIT_SECONDS = 600.0
 EVAL_LIMIT_SECONDS = 600.0
 FULL_VAL_TOKENS = 62_021_632
 
+# How the artifact stores a tensor (trainer/quant.py), also read by the service's size check
+# (service/runs/size_check.py), which has no torch: matrices with more values than this are
+# quantised per row; names holding one of these patterns are control tensors, kept in float.
+QUANT_SMALL_NUMEL = 65_536
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "smear", "bigram.scale", "ve_scale", "attn_gate")
+
 
 def knob(
     default: Any,

@@ -40,13 +40,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainer.config import CONTROL_TENSOR_PATTERNS, QUANT_SMALL_NUMEL  # noqa: F401 (QUANT_SMALL_NUMEL: part of this module's story)
 from trainer.gptq import gptq_quantize, lqer_correction, lqer_factors, lqer_pack, quantize_gate_rows
 
-QUANT_SMALL_NUMEL = 65_536
 DEFAULT_CLIP_FLOOR = 1.0  # TrainerConfig.quant_clip_floor's default
 DEFAULT_CONTROL_DTYPE = "fp16"  # TrainerConfig.control_dtype's default
 CLIP_PERCENTILES = (99.90, 99.95, 99.99, 99.999, 100.0)
-CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "smear", "bigram.scale", "ve_scale", "attn_gate")
 ARTIFACT_MAGIC = b"CADDIE1\n"
 
 

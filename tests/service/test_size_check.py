@@ -15,19 +15,21 @@ CONFIGS = [
     {"NUM_LAYERS": 3, "XSA_LAST_N": 1, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "BIGRAM_VOCAB_SIZE": 0, "SMEAR_GATE": 0, "UNET_SKIPS": 0},
     {"NUM_LAYERS": 4, "MODEL_DIM": 256, "TIE_EMBEDDINGS": 0, "VE_ENABLED": 1, "VE_LAYERS": "2,3", "CONTROL_DTYPE": "fp32", "MLP_MULT": 2.5},
     {"NUM_LAYERS": 1, "XSA_LAST_N": 0, "MODEL_DIM": 64, "NUM_HEADS": 2, "NUM_KV_HEADS": 1, "VOCAB_SIZE": 4096},
+    # the 2026-04-27 record's bit widths: int7 embedding, int5 matrices (QAT rounds to int6, so off)
+    {"NUM_LAYERS": 2, "XSA_LAST_N": 2, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "EMBED_BITS": 7, "MATRIX_BITS": 5, "QAT_ENABLED": 0},
 ]
 
 
 @pytest.mark.parametrize("overrides", CONFIGS)
 def test_the_estimate_lists_the_models_tensors_and_their_storage(overrides: dict) -> None:
     from trainer.model import GPT
-    from trainer.quant import quantize_state_dict
+    from trainer.quant import FrontierQuant, quantize_state_dict
 
     cfg = TrainerConfig.from_dict(overrides)
     state = GPT(cfg).state_dict()
     assert {t.name: t.shape for t in model_tensors(cfg)} == {name: tuple(v.shape) for name, v in state.items()}
-    stored = quantize_state_dict(state, control_dtype=cfg.control_dtype)
-    assert {t.name: storage_kind(t, cfg.control_dtype) for t in model_tensors(cfg)} == {name: e["kind"] for name, e in stored.items()}
+    stored = quantize_state_dict(state, control_dtype=cfg.control_dtype, frontier=FrontierQuant.from_config(cfg))
+    assert {t.name: storage_kind(t, cfg) for t in model_tensors(cfg)} == {name: e["kind"] for name, e in stored.items()}
 
 
 def test_the_seed_stack_fits_and_two_more_layers_do_not() -> None:
