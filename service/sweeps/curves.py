@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,7 +18,9 @@ from service.core.models import Metric, Run
 from service.runs.logparse import parse_script_log
 from service.sweeps.predictor import Curve
 
-RECORDS_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge" / "records" / "track_10min_16mb"
+# The challenge's record folders beside the checkout (../shared/challenge); CADDIE_RECORDS_DIR names another
+# place (a deployment's copy of the challenge repository). Missing: the predictor fits on the team's runs alone.
+RECORDS_DIR = Path(os.environ.get("CADDIE_RECORDS_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "challenge" / "records" / "track_10min_16mb")
 
 
 def record_curve(path: Path) -> Curve | None:
