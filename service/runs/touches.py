@@ -120,6 +120,14 @@ def _shown(path: str, cwd: str | None) -> str:
     return path
 
 
+def _module(path: str) -> str:
+    """``pkg/__pycache__/helper.cpython-311.pyc`` -> ``pkg/helper.py``; a .py stays itself."""
+    if path.endswith(".pyc") and "/__pycache__/" in f"/{path}":
+        head, _, name = path.rpartition("__pycache__/")
+        return f"{head}{name.split('.', 1)[0]}.py"
+    return path
+
+
 def _mark_time(events: list[dict[str, Any]], mark: LogMark | None) -> float | None:
     """When the log got to ``mark``: its own timestamp, else the first event seen after it was written (an upper bound)."""
     if mark is None:
@@ -159,12 +167,14 @@ def summarise(events: Iterable[Mapping[str, Any]], log: bytes) -> dict[str, Any]
             if len(connections) < MAX_JUDGED:
                 connections.append({"address": str(e.get("address", "")), "t": t, "phase": phase})
     inside = sorted(files.values(), key=lambda f: (f["path"].startswith("/"), min(f["first"].values())))
+    code = sorted({_module(f["path"]) for f in files.values() if not f["path"].startswith("/") and f["path"].endswith((".py", ".pyc"))})
     return {
         "watched": True,
         "t0": float(evs[0]["t"]) if evs else None,
         "phases_by_log": any(isinstance(e.get("log"), int) for e in evs),
         "train_start": {**marks.train_start.to_json(), "t": _mark_time(evs, marks.train_start)} if marks.train_start else None,
         "train_end": {**marks.train_end.to_json(), "t": _mark_time(evs, marks.train_end)} if marks.train_end else None,
+        "code_opened": code,  # the run folder's modules it loaded (a compiled one as its .py): its code, counted
         "files": inside[:MAX_FILES],
         "files_total": len(files),
         "val_opens": val_opens,

@@ -51,8 +51,12 @@ def test_a_script_runs_end_to_end_beside_the_shared_trainer(stack: Stack) -> Non
     assert "seed:1 helper:beside leaked_env:none" in log
     exact = re.search(r"final_int8_zlib_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", log)
     assert exact and run["val_loss"] == float(exact[1]) and run["val_bpb"] == float(exact[2])
-    assert run["artifact_bytes"] == int(re.search(r"Total submission size int8\+zlib: (\d+) bytes", log)[1])
-    assert run["code_bytes"] == len(SCRIPT) and run["steps"] == 6 and run["train_seconds"] > 0 and run["eval_seconds"] >= 0
+    # bytes are counted from the run folder's files (issue 20 item 4): the helper it imported is code too,
+    # which the script's own count (its file alone) leaves out; both are kept, the files win
+    logged_total = int(re.search(r"Total submission size int8\+zlib: (\d+) bytes", log)[1])
+    assert run["artifact_bytes"] == logged_total + len(HELPER) and run["code_bytes"] == len(SCRIPT) + len(HELPER)
+    assert checks_reason(run, "artifact_bytes").endswith(f"(counted from its files; its log says {logged_total:,})")
+    assert run["steps"] == 6 and run["train_seconds"] > 0 and run["eval_seconds"] >= 0
     assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [m["step"] for m in metrics if m["kind"] == "val"] == [0, 6]
     checks = {c["rule"]: c for c in run["checks"]}
@@ -91,6 +95,10 @@ def test_a_script_runs_end_to_end_beside_the_shared_trainer(stack: Stack) -> Non
     assert files["train_gpt.py"] == SCRIPT and files["tiny_helper.py"] == HELPER
     assert b"final_int8_zlib_roundtrip_exact" in files["train_seed1.log"] and b"leaked_env:none" in files["train_seed2.log"]
     assert "own `train_gpt.py`" in files["README.md"].decode() and "ITERATIONS=6 SEED=1 torchrun" in files["README.md"].decode()
+
+
+def checks_reason(run: dict, rule: str) -> str:
+    return next(c["reason"] for c in run["checks"] if c["rule"] == rule)
 
 
 def test_a_script_whose_log_has_no_final_figure_fails_saying_so(stack: Stack) -> None:

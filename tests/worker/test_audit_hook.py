@@ -24,6 +24,7 @@ RECORDS = Path(__file__).resolve().parents[3] / "shared" / "challenge" / "record
 # Loads its validation tokens at setup (as every record does), trains 3 steps, evaluates.
 SCRIPT = rb'''
 import os, socket, time
+import helper  # a module of the run folder: counted as its code
 D = os.environ["DATA_PATH"]
 def read(name): return open(f"{D}/{name}", "rb").read()
 read("fineweb_train_000000.bin"); read("fineweb_val_000000.bin")
@@ -54,7 +55,7 @@ def launcher(tmp_path: Path) -> LocalLauncher:
 def run_script(launcher: LocalLauncher, **env: str) -> tuple[dict, list]:
     """The touches and the rule checks of one real script run, as the executor makes them."""
     job = JobSpec(run_id=7, env={"SEED": "1", **env, **AUDIT_ENV}, hardware="cpu", timeout_s=60, data_variant="sp1024",
-                  script_files={"train_gpt.py": SCRIPT})
+                  script_files={"train_gpt.py": SCRIPT, "helper.py": b"X = 1\n", "unused.py": b"Y = 2\n"})
     handle = launcher.submit(launcher.acquire(7, "cpu"), job)
     status = wait_terminal(launcher, handle, 30)
     assert status.state is JobState.SUCCEEDED, launcher.read_log(handle, 0)
@@ -71,6 +72,7 @@ def test_a_clean_script_passes_with_its_setup_and_eval_reads_shown(launcher: Loc
     assert val == [(shard, SETUP), (shard, EVAL)]  # paths shown relative to the run folder
     assert checks["no_val_in_train"].verdict is Verdict.PASS and "opened at setup" in checks["no_val_in_train"].reason
     assert checks["no_network_in_eval"].verdict is Verdict.PASS
+    assert touches["code_opened"] == ["helper.py", "train_gpt.py"]  # the module it imported; not unused.py
 
 
 def test_a_val_shard_read_during_training_fails_naming_the_file_and_the_time(launcher: LocalLauncher) -> None:

@@ -38,6 +38,7 @@ def _log_size() -> int | None:
 
 
 def _install(path: str) -> None:
+    here = os.getcwd().rstrip("/") + "/"
     out = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: a killed run keeps what it wrote
     busy = False
     # A file opened again and again (a memmap per batch) is written once per mode until the
@@ -59,8 +60,8 @@ def _install(path: str) -> None:
             return
         if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
             name = os.fsdecode(args[0])
-            if name.endswith((".pyc", ".py", ".so")):
-                return
+            if name.endswith((".pyc", ".py", ".so")) and not os.path.abspath(name).startswith(here):
+                return  # the interpreter's and libraries' code; the run folder's own modules are counted as its code
             mode = str(args[1]) if len(args) > 1 and args[1] is not None else "r"
             key = (os.path.abspath(name), mode)
             size = _log_size()

@@ -67,7 +67,7 @@ from worker.run.clusters import RunClusters, cluster_of, is_reused
 from worker.run.deadlines import Deadline, run_deadline, silent_too_long
 from worker.run.lease import Lease, with_db_retry
 from worker.run.log_stream import DEFAULT_MAX_TRAIN_POINTS, RunLog
-from worker.run.script_job import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, script_job, script_outcome, watched_touches
+from worker.run.script_job import OUTPUT_FILES as SCRIPT_OUTPUT_FILES, script_job, script_outcome
 from worker.run.trainer_job import OUTPUT_FILES, read_result, trainer_job, trainer_outcome
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ class RunDriver:
                 return dict(session.get_one(Run, self.run_id).spec)
 
         assert isinstance(self.run_log.parser, ScriptLogParser)
-        return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"), watched_touches(outdir))
+        return script_outcome(self.run_log.parser.summary, self._db(spec, "read its spec"), outdir)
 
     # --- endings -------------------------------------------------------------------------------
     def _finish(self, to: RunStatus, reason: str, *, cluster: ClusterHandle | None = None, also: dict[str, Any] | None = None, never_up: bool = False) -> str:

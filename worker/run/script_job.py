@@ -15,6 +15,8 @@ line it came from (kept in runs.result["figures"]).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
 from worker.launchers.base import JobSpec
 from worker.launchers.trainer_env import AUDIT_ENV
 from service.runs.logparse import ScriptLogSummary, script_result
+from service.runs.bytes_check import ByteCount, count_bytes
 from service.runs.touches import read_events, summarise, unwatched
 from worker.launchers.local_wrapper import STDOUT_LOG
 
@@ -61,9 +64,47 @@ def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
                    script_files=run_folder_files(session, spec))
 
 
-def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any], touches: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's columns from its log, with ``result``: succeeded when the log has a final figure;
-    ``touches`` (watched_touches) goes into the result for the rules and the run page."""
+def model_files(outdir: Path) -> dict[str, tuple[int, float]]:
+    """The compressed models (``*.ptz``) the script wrote in its run folder: path -> (bytes, mtime).
+    Links are not followed (``data`` is the node's data root)."""
+    found = {}
+    for root, dirs, names in os.walk(outdir):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        for name in names:
+            path = Path(root) / name
+            if name.endswith(".ptz") and not path.is_symlink():
+                st = path.stat()
+                found[str(path.relative_to(outdir))] = (st.st_size, st.st_mtime)
+    return found
+
+
+def counted_bytes(outdir: Path, spec: ScriptSpec, summary: ScriptLogSummary, touches: dict[str, Any]) -> ByteCount:
+    """The run's bytes from its files (service.runs.bytes_check), beside its log's figures.
+    A code file whose bytes changed during the run (not the uploaded ones) is not counted."""
+    uploaded = {SCRIPT_NAME: spec.script_sha256, **spec.files}
+    folder = {}
+    for name, sha in uploaded.items():
+        try:
+            data = (outdir / name).read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha:
+            folder[name] = data
+    imported = set(touches.get("code_opened") or ()) | {SCRIPT_NAME} if touches.get("watched") and touches.get("code_opened") else None
+    log_code = int(summary.code_bytes.value) if summary.code_bytes else None
+    log_total = int(summary.artifact_bytes.value) if summary.artifact_bytes else None
+    # the log's compressed model: its total less its code where it states both (a "Serialized model ...:
+    # N bytes (payload...)" line is not read, and the first such line is the raw checkpoint)
+    log_model = log_total - log_code if log_total is not None and log_code is not None else (int(summary.model_bytes.value) if summary.model_bytes else None)
+    compressed = summary.code_bytes is not None and "(compressed)" in summary.code_bytes.line
+    return count_bytes(folder, imported, model_files(outdir), log_code=log_code, log_model=log_model, log_total=log_total,
+                       code_compressed=compressed)
+
+
+def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any], outdir: Path | None = None) -> dict[str, Any]:
+    """The run's columns from its log, with ``result``: succeeded when the log has a final figure.
+    With the run folder (``outdir``): what it touched (watched_touches) and its bytes counted from
+    its files (counted_bytes; the files win over the log, both kept in ``result["bytes"]``)."""
     parsed = script_result(summary, score_label=ScriptSpec.from_json(spec).score_label)
     result: dict[str, Any] = {
         "status": "failed" if parsed.problem else "succeeded",
@@ -72,8 +113,14 @@ def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any], touches: dic
         "trainer_revision": f"{SCRIPT_NAME} sha256:{ScriptSpec.from_json(spec).script_sha256}",
         "figures": parsed.sources,
     }
-    if touches is not None:
-        result["touches"] = touches
+    values = dict(parsed.values)
+    if outdir is not None:
+        result["touches"] = touches = watched_touches(outdir)
+        counted = counted_bytes(outdir, ScriptSpec.from_json(spec), summary, touches)
+        result["bytes"] = counted.to_json()
+        for column, value in counted.columns().items():
+            values[column] = value
+            result["figures"][column] = {"counted": value, "from": "the run folder's files (result.bytes)", "log": parsed.sources.get(column)}
     if parsed.problem:
         result["error"] = parsed.problem
-    return {**parsed.values, "result": result}
+    return {**values, "result": result}
