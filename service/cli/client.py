@@ -211,8 +211,9 @@ class CaddieClient:
     def get_run(self, run_id: int) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/runs/{run_id}", not_found=f"run {run_id} not found")
 
-    def cancel(self, run_id: int) -> dict[str, Any]:
-        return self.request("POST", f"{API_PREFIX}/runs/{run_id}/cancel", not_found=f"run {run_id} not found")
+    def cancel(self, run_id: int, wait_s: float | None = None) -> dict[str, Any]:
+        """The run after the cancel; ``wait_s``: let the server wait that long for the worker to stop it."""
+        return self.request("POST", f"{API_PREFIX}/runs/{run_id}/cancel", params={"wait_s": wait_s}, not_found=f"run {run_id} not found")
 
     def events(self, run_id: int) -> list[dict[str, Any]]:
         return self.request("GET", f"{API_PREFIX}/runs/{run_id}/events", not_found=f"run {run_id} not found")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from service.cli.artifacts import artifacts_table, download_run
 from service.cli.client import CaddieClient, CaddieError, load_config, write_config_file
@@ -212,13 +213,19 @@ def queue(team: Annotated[str | None, typer.Option(help="only this team's runs")
               "each run taking its time cap", markup=False, style="dim")  # fmt: skip
 
 
+# The cancel waits this long for the worker to stop a running job, to say how it ended.
+CANCEL_WAIT_S = 5.0
+
+
 @app.command()
 @friendly
 def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
-    """Cancel a run (queued: at once; running: the worker stops it)."""
+    """Cancel a run (queued: at once; running: the worker stops it) and say what happened."""
     with api() as client:
-        run = client.cancel(run_id)
-    if run["status"] == "CANCELLED":
+        run = client.cancel(run_id, wait_s=CANCEL_WAIT_S)
+    if run.get("cancel_note"):  # servers that say the outcome
+        out.print(f"run {run_id}: {status_text(run['status'])}: {escape(run['cancel_note'])}")
+    elif run["status"] == "CANCELLED":
         out.print(f"run {run_id}: {status_text('CANCELLED')}")
     else:
         out.print(f"run {run_id}: cancel requested while {status_text(run['status'])}; the worker will stop it")

@@ -1,6 +1,14 @@
-"""Cancelling a run: at once while QUEUED, else a request the worker acts on."""
+"""Cancelling a run: at once while QUEUED, else a request the worker acts on.
+
+The answer says what happened (``outcome_of``): cancelled, requested (the worker stops
+the job), or the run finished before the cancel took effect; a caller may wait a few
+seconds for the worker (``await_outcome``) to learn which."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import Enum
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -49,3 +57,35 @@ def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
                 continue
         return run
     raise Conflict(f"run {run_id} keeps changing state; try again")
+
+
+class CancelOutcome(str, Enum):
+    CANCELLED = "cancelled"  # the run is CANCELLED (at once while queued, or the worker stopped it)
+    REQUESTED = "requested"  # still active: the worker stops the job when it sees the request
+    FINISHED_FIRST = "finished_first"  # it ended otherwise (e.g. SUCCEEDED) before the cancel took effect
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def outcome_of(run: Run) -> tuple[CancelOutcome, str]:
+    """What a cancel of ``run`` (as it stands now) came to, and a sentence that says it."""
+    status = RunStatus(run.status)
+    if status is RunStatus.CANCELLED:
+        return CancelOutcome.CANCELLED, f"run {run.id} is cancelled"
+    if is_terminal(status):
+        return CancelOutcome.FINISHED_FIRST, f"run {run.id} ended {status.value} before the cancel took effect; what it stored is kept"
+    return CancelOutcome.REQUESTED, (f"cancel requested while {status.value}: the worker stops the job "
+                                     "(a run that has already written its result ends SUCCEEDED with it)")  # fmt: skip
+
+
+def await_outcome(session: Session, run: Run, wait_s: float, *, poll_s: float = 0.1,
+                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Run:  # fmt: skip
+    """Re-read ``run`` until it is finished or ``wait_s`` has passed (the worker polls its job
+    every CADDIE_POLL_INTERVAL_S, 0.2 s by default, and then stops it)."""
+    deadline = clock() + wait_s
+    while not is_terminal(RunStatus(run.status)) and clock() < deadline:
+        sleep(poll_s)
+        session.commit()  # end the read transaction: the next read sees the worker's commits
+        session.refresh(run)
+    return run

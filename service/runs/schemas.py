@@ -133,6 +133,14 @@ class RunOut(BaseModel):
         return cls(team=run.team.name, user=run.user.name, touches=(run.result or {}).get("touches"), **values, **queue)
 
 
+class RunCancelled(RunOut):
+    """POST /runs/{id}/cancel: the run, and what the cancel came to."""
+
+    cancel_outcome: str = Field(description="cancelled (the run is CANCELLED), requested (still active: the worker stops the job), "
+                                            "finished_first (it ended otherwise before the cancel took effect; what it stored is kept)")
+    cancel_note: str = Field(description="the outcome in a sentence")
+
+
 QUEUE_FIELDS = ("queue_position", "estimated_start_at", "waiting_reason")
 NOT_COLUMNS = (*QUEUE_FIELDS, "touches")  # read from elsewhere (the forecast, runs.result), not a column each
 

@@ -14,7 +14,7 @@ from service.core.hooks import call_on_submit_hook
 from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.errors import InvalidInput, Issue
 from service.queue.schemas import QueueFields
-from service.runs.schemas import LogSlice, MetricOut, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
+from service.runs.schemas import LogSlice, MetricOut, RunCancelled, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -78,11 +78,18 @@ def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: Settin
     return RunOut.from_run(run, **QueueFields.of(estimate))
 
 
-@router.post("/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run_id: Id, user: CurrentUser, session: SessionDep) -> RunOut:
-    """QUEUED: cancelled now. PROVISIONING/RUNNING: cancel requested; the worker stops it. Finished: 409."""
-    cancelling.cancel_run(session, user, run_id)
-    return RunOut.from_run(queries.get_run(session, user, run_id))
+@router.post("/{run_id}/cancel", response_model=RunCancelled)
+def cancel_run(
+    run_id: Id,
+    user: CurrentUser,
+    session: SessionDep,
+    wait_s: Annotated[float, Query(ge=0, le=10, description="wait up to this long for the worker to stop an active run")] = 0,
+) -> RunCancelled:
+    """QUEUED: cancelled now. PROVISIONING/RUNNING: cancel requested; the worker stops it. Finished: 409.
+    ``cancel_outcome`` says which, or that the run finished before the cancel took effect (within ``wait_s``)."""
+    run = cancelling.await_outcome(session, cancelling.cancel_run(session, user, run_id), wait_s)
+    outcome, note = cancelling.outcome_of(run)
+    return RunCancelled(**RunOut.from_run(queries.get_run(session, user, run_id)).model_dump(), cancel_outcome=outcome.value, cancel_note=note)
 
 
 @router.get("/{run_id}/events", response_model=list[RunEventOut])
