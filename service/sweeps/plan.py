@@ -4,6 +4,8 @@
                              SUCCEEDED runs) or failed (none succeeded)
     judge_prune(pred, best)  stop a trial whose predicted final val_bpb is worse than the
                              best trial's by more than ``margin`` with probability >= ``confidence``
+                             over all its looks (a trial is judged at every checkpoint it
+                             passes: each look asks for 1 − (1 − confidence)/looks, Bonferroni)
     slots(facts)             how many trials to start now: within max trials, max at once
                              and the GPU-hour budget (spent + what open trials may still use)
 """
@@ -60,30 +62,34 @@ class PruneVerdict:
     best_trial: int
     margin: float
     probability: float  # that the trial ends worse than best + margin
-    confidence: float
+    confidence: float  # the rule's, over all looks
     fit_n: int
+    looks: int = 1  # checkpoints a trial is judged at; each look needed 1 - (1 - confidence) / looks
 
     @property
     def reason(self) -> str:
         return (f"pruned at step {self.step}: predicted final val_bpb {self.predicted:.4f} ± {self.se:.4f} (1 s.e.), "
                 f"worse than trial #{self.best_trial}'s {self.best:.4f} + margin {self.margin:g} with probability "
-                f"{self.probability:.3f} >= {self.confidence:g} (line fitted on {self.fit_n} finished curves)")  # fmt: skip
+                f"{self.probability:.4f} >= {1 - (1 - self.confidence) / self.looks:.4f} (confidence {self.confidence:g} over "
+                f"{self.looks} looks; line fitted on {self.fit_n} finished curves)")  # fmt: skip
 
     def to_json(self) -> dict[str, float | int]:
         return {"step": self.step, "predicted_bpb": self.predicted, "se": self.se, "best_bpb": self.best, "best_trial": self.best_trial,
-                "margin": self.margin, "probability": self.probability, "confidence": self.confidence, "fit_curves": self.fit_n}  # fmt: skip
+                "margin": self.margin, "probability": self.probability, "confidence": self.confidence, "looks": self.looks,
+                "fit_curves": self.fit_n}  # fmt: skip
 
 
-def judge_prune(prediction: Prediction | None, best: tuple[float, int] | None, rule: PruneRule) -> PruneVerdict | None:
-    """A verdict to prune, or None (go on). ``best`` = (the best complete trial's value, its number)."""
+def judge_prune(prediction: Prediction | None, best: tuple[float, int] | None, rule: PruneRule, looks: int = 1) -> PruneVerdict | None:
+    """A verdict to prune, or None (go on). ``best`` = (the best complete trial's value, its number);
+    ``looks``: how many checkpoints from ``min_step`` on a trial is judged at (the predictor's)."""
     if prediction is None or best is None or prediction.step < rule.min_step or prediction.se <= 0:
         return None
     threshold = best[0] + rule.margin
     probability = 1 - NormalDist(prediction.mean, prediction.se).cdf(threshold)
-    if probability < rule.confidence:
+    if probability < 1 - (1 - rule.confidence) / max(1, looks):
         return None
     return PruneVerdict(prediction.step, prediction.mean, prediction.se, best[0], best[1], rule.margin, probability, rule.confidence,
-                        prediction.fit.n)  # fmt: skip
+                        prediction.fit.n, max(1, looks))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,8 @@ def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepT
         if _vocab(sweep, trial) != vocab:
             continue  # another tokenizer: the best trial's bpb-per-nat does not hold for it
         points = _mean_curve(finished_curves.run_points(session, list(trial.run_ids)))
-        verdict = judge_prune(predictor.predict(points, ratio), (float(best.value), best.number), rule)  # type: ignore[arg-type]
+        looks = sum(k >= rule.min_step for k in predictor.fits)
+        verdict = judge_prune(predictor.predict(points, ratio), (float(best.value), best.number), rule, looks)  # type: ignore[arg-type]
         if verdict is None:
             continue
         mine = [runs[i] for i in trial.run_ids if i in runs]
