@@ -21,7 +21,7 @@ from service.cli.client import CaddieClient, CaddieError
 from service.core.text import printable
 
 SWEEP_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "base", "space", "strategy", "seeds", "max_trials",
-              "max_parallel", "budget_gpu_hours", "prune", "sampler_seed")  # fmt: skip
+              "max_parallel", "budget_gpu_hours", "prune", "sampler_seed", "promote")  # fmt: skip
 PREFIX = "/api/v1/sweeps"
 
 
@@ -71,6 +71,9 @@ def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
     prune = spec.get("prune")
     yield ("pruning: off" if not prune else
            f"pruning: margin {prune['margin']:g} bpb at confidence {prune['confidence']:g}, from step {prune['min_step']}")  # fmt: skip
+    promote = spec.get("promote")
+    if promote:
+        yield f"promotion: the best {promote['top']} trial(s) on seeds {promote['seeds']} too, once the search is over"
     yield f"GPU-hours used {s['gpu_hours_used']:.2f}, saved by pruning {s['gpu_hours_saved']:.2f}"
     if s.get("importance"):
         yield "knob importance (PED-ANOVA): " + ", ".join(f"{k} {v:.0%}" for k, v in s["importance"].items())

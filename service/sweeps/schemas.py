@@ -24,6 +24,13 @@ class PruneSpec(Strict):
     min_step: int = Field(500, ge=1, le=1_000_000, description="no pruning before this training step")
 
 
+class PromoteSpec(Strict):
+    """Once the search is over, re-run the best trials on more seeds, into the same run groups."""
+
+    top: int = Field(1, ge=1, le=10, description="how many of the best complete trials")
+    seeds: list[Seed] = Field(min_length=1, max_length=64, description="the more seeds (unique, none of the trials' own)")
+
+
 class SweepCreate(Strict):
     """A sweep: a base config of the shared trainer, a search space, a strategy and limits."""
 
@@ -42,6 +49,7 @@ class SweepCreate(Strict):
     budget_gpu_hours: float | None = Field(None, gt=0, le=1e6, description="GPU-hours the sweep may spend or commit (runs' expected time)")
     prune: PruneSpec | None = Field(default_factory=PruneSpec, description="null: never prune")
     sampler_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the random and TPE proposals")
+    promote: PromoteSpec | None = Field(None, description="null: no promotion; else the best trials' groups get these seeds too")
 
 
 class TrialOut(BaseModel):

@@ -65,6 +65,12 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
     if space is not None and body.strategy == "grid" and space.grid_size() is None:
         ranged = [k.name for k in space.knobs if k.values is None and not k.steps]
         issues += [Issue(("space", name, "steps"), "a grid needs steps: N for a range (or list values)", None) for name in ranged]
+    if body.promote is not None:
+        again = sorted(set(body.promote.seeds) & set(body.seeds) | {x for x in body.promote.seeds if body.promote.seeds.count(x) > 1})
+        if again:
+            issues.append(Issue(("promote", "seeds"), f"must be unique and differ from the trials' seeds; repeated: {', '.join(map(str, again))}", again))
+        if len(body.seeds) + len(body.promote.seeds) > settings.max_seeds:
+            issues.append(Issue(("promote", "seeds"), f"seeds + promote.seeds: at most {settings.max_seeds} seeds in a group", len(body.promote.seeds)))
     if issues:
         raise InvalidInput(issues)
     assert space is not None
@@ -73,7 +79,7 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
     spec = {
         "base": base, "space": space.to_json(), "seeds": list(body.seeds), "max_trials": body.max_trials, "max_parallel": body.max_parallel,
         "budget_gpu_hours": body.budget_gpu_hours, "prune": body.prune.model_dump() if body.prune and body.prune.enabled else None,
-        "sampler_seed": body.sampler_seed, "priority": body.priority,
+        "sampler_seed": body.sampler_seed, "priority": body.priority, "promote": body.promote.model_dump() if body.promote else None,
     }  # fmt: skip
     sweep = Sweep(team_id=team.id, user_id=principal.user_id, name=body.name, notes=body.notes, track=body.track, hardware=body.hardware,
                   strategy=body.strategy, spec=spec, status=SWEEP_RUNNING, status_reason="submitted", created_at=now, updated_at=now)  # fmt: skip
@@ -201,7 +207,7 @@ def _advance(session: Session, sweep: Sweep, settings: Settings, now: datetime, 
     if sweep.status != SWEEP_RUNNING:
         return 0
     started = _start_trials(session, sweep, owner, trials, runs, settings, now)
-    if not any(t.status in OPEN_TRIALS for t in trials) and started == 0:
+    if not any(t.status in OPEN_TRIALS for t in trials) and started == 0 and not _promote(session, sweep, owner, trials, settings, now):
         sweep.status, sweep.finished_at, sweep.updated_at = SWEEP_DONE, now, now
         sweep.status_reason = _done_reason(sweep, trials)
         session.commit()
@@ -282,7 +288,7 @@ def predictor_for(session: Session, team_id: int, records: Sequence[Any] | None 
 def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepTrial], runs: dict[int, Run], settings: Settings,
            now: datetime, records: Sequence[Any] | None) -> None:  # fmt: skip
     complete = [t for t in trials if t.status == COMPLETE and t.value is not None]
-    live = [t for t in trials if t.status == RUNNING]
+    live = [t for t in trials if t.status == RUNNING and t.number not in (sweep.spec.get("promoted") or ())]  # a promoted trial already won
     if not complete or not live:
         return
     best = min(complete, key=lambda t: (t.value, t.number))
@@ -357,10 +363,56 @@ def _used_gpu_hours(run: Run, now: datetime) -> float:
 
 def _done_reason(sweep: Sweep, trials: Sequence[SweepTrial]) -> str:
     if sweep.spec.get("exhausted"):
-        return "every point of the space was tried"
-    if len(trials) >= sweep.spec["max_trials"]:
-        return f"max_trials ({sweep.spec['max_trials']}) reached"
-    return sweep.status_reason or "the GPU-hour budget is spent"
+        why = "every point of the space was tried"
+    elif len(trials) >= sweep.spec["max_trials"]:
+        why = f"max_trials ({sweep.spec['max_trials']}) reached"
+    else:
+        why = sweep.status_reason or "the GPU-hour budget is spent"
+    promoted = sweep.spec.get("promoted")
+    if promoted is not None and not why.startswith("promot"):
+        why += "; " + (f"promoted trial(s) {', '.join(f'#{n}' for n in promoted)} to {len(sweep.spec['seeds']) + len(sweep.spec['promote']['seeds'])} "
+                       "seeds (their groups are ready to compare and export)" if promoted else "nothing promoted")  # fmt: skip
+    return why
+
+
+def _promote(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepTrial], settings: Settings, now: datetime) -> bool:
+    """Once the search is over: re-run the ``promote.top`` best complete trials on ``promote.seeds`` more seeds,
+    into the same run groups (same config), within the budget. True if runs were submitted (the sweep waits for them)."""
+    promote = sweep.spec.get("promote")
+    if not promote or sweep.spec.get("promoted") is not None:
+        return False
+    spec = sweep.spec
+    complete = sorted((t for t in trials if t.status == COMPLETE and t.value is not None), key=lambda t: (t.value, t.number))
+    per_run = gpu_hours(sweep.hardware, expected_seconds(spec["base"], settings.run_overhead_s))
+    room = None if spec.get("budget_gpu_hours") is None else spec["budget_gpu_hours"] - sum(t.gpu_hours or 0.0 for t in trials)
+    chosen, why = [], ""
+    for trial in complete[: promote["top"]]:
+        cost = per_run * len(promote["seeds"])
+        if room is not None and cost > room:
+            why = f"promotion of trial #{trial.number} skipped: it may use {cost:.2f} GPU-hours, {max(room, 0):.2f} are left"
+            break
+        room = None if room is None else room - cost
+        chosen.append(trial)
+    promoted = []
+    for trial in chosen:
+        body = RunCreate(name=f"{sweep.name} #{trial.number}"[:200], notes=f"sweep {sweep.id} trial {trial.number}, promoted", team=sweep.team.name,
+                         track=sweep.track, hardware=sweep.hardware, priority=spec.get("priority"), config={**spec["base"], **trial.params},
+                         seeds=promote["seeds"])  # fmt: skip
+        try:
+            _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=f"sweep:{sweep.id}:promote:{trial.number}")
+        except DomainError as exc:
+            session.rollback()
+            why = f"promotion of trial #{trial.number} refused: {exc}"
+            continue
+        trial.run_ids = [*trial.run_ids, *(r.id for r in runs if r.id not in trial.run_ids)]
+        trial.status, trial.reason, trial.finished_at = RUNNING, f"promoted: {len(trial.run_ids)} seeds", None
+        promoted.append(trial.number)
+    sweep.spec = {**spec, "promoted": promoted}
+    if why:
+        sweep.status_reason = why
+    sweep.updated_at = now
+    session.commit()
+    return bool(promoted)
 
 
 def _owner(session: Session, sweep: Sweep) -> Principal:

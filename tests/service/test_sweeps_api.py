@@ -131,3 +131,24 @@ def test_the_example_sweep_is_accepted(client: TestClient, world: World) -> None
     r = client.post("/api/v1/sweeps", json=body, headers=world.h("alice"))
     assert r.status_code == 201, r.text
     assert r.json()["spec"]["space"]["MATRIX_LR"] == {"low": 0.005, "high": 0.1, "log": True}
+
+
+def test_the_best_trial_is_promoted_to_more_seeds_in_its_group(client: TestClient, world: World, session: Session, settings: Settings) -> None:
+    body = sweep_body(space={"NUM_LAYERS": {"values": [9, 10]}}, seeds=[1], promote={"top": 1, "seeds": [2, 3]}, prune=None)
+    assert client.post("/api/v1/sweeps", json={**body, "promote": {"seeds": [1, 4, 4]}}, headers=world.h("alice")).status_code == 422
+    sid = client.post("/api/v1/sweeps", json=body, headers=world.h("alice")).json()["id"]
+    assert _tick(session, settings) == 2
+    first, second = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
+    _end(session, first["run_ids"], 1.22)
+    _end(session, second["run_ids"], 1.20)
+    _tick(session, settings)  # both end; the search is over: trial 2 gets seeds 2 and 3 in its group
+    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
+    promoted = shown["trials"][1]
+    assert shown["status"] == "running" and promoted["status"] == "running" and len(promoted["run_ids"]) == 3
+    runs = session.scalars(select(Run).where(Run.id.in_(promoted["run_ids"]))).all()
+    assert sorted(r.seed for r in runs) == [1, 2, 3] and {r.group_key for r in runs} == {promoted["group_key"]}
+    _end(session, promoted["run_ids"][1:], 1.21)
+    _tick(session, settings)
+    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
+    assert shown["status"] == "done" and "promoted trial(s) #2 to 3 seeds" in shown["status_reason"], shown["status_reason"]
+    assert abs(shown["trials"][1]["value"] - (1.20 + 1.21 + 1.21) / 3) < 1e-9
