@@ -73,3 +73,15 @@ def check_transition(frm: str, to: str) -> None:
         raise IllegalTransition(frm, to, f"unknown status: {exc}") from None
     if t not in ALLOWED[f]:
         raise IllegalTransition(f, t)
+
+
+class ClusterStatus(str, Enum):
+    """A node's row (clusters.status), written only by worker/run/clusters.py: UP while a run
+    holds it, IDLE while kept warm, DOWN once torn down."""
+
+    UP = "UP"
+    IDLE = "IDLE"
+    DOWN = "DOWN"
+
+    def __str__(self) -> str:
+        return self.value

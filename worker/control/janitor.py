@@ -34,6 +34,7 @@ from service.core.storage import ArtifactStore
 from service.runs.status import RunStatus
 from worker.control.retention import retention_pass
 from worker.launchers.base import ClusterHandle, Launcher, LauncherError
+from worker.run.clusters import adopt_cluster, mark_down
 from worker.run.lease import dispatch_mark, holder_gone, is_dispatch_mark
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,7 @@ def _clusters_pass(session: Session, launcher: Launcher, settings: object, now: 
     in_use_ids = set(session.scalars(select(Run.cluster_id).where(Run.status.in_(ACTIVE), Run.cluster_id.is_not(None))))
     for name, handle in live.items():
         if name not in rows:  # started outside caddie's records (or its row was lost): adopt it as idle from now
-            row = Cluster(name=name, launcher=launcher.name, hardware=handle.hardware, status="IDLE", handle=handle.to_json(), created_at=now, idle_since=now)
-            session.add(row)
-            rows[name] = row
+            rows[name] = adopt_cluster(session, launcher.name, handle, now)
             log.info("janitor: found cluster %s that caddie had no record of; tearing it down if still unused after keep-warm", name)
     session.commit()
     facts = [ClusterFacts(name, rows[name].id in in_use_ids, rows[name].idle_since, True) for name in live]
@@ -205,6 +204,6 @@ def _clusters_pass(session: Session, launcher: Launcher, settings: object, now: 
         except LauncherError as exc:
             log.warning("janitor: tearing down cluster %s failed: %s", name, exc)
             continue
-        rows[name].status = "DOWN"
+        mark_down(rows[name])
         session.commit()
         log.info("janitor: tore down cluster %s: %s", name, reason)

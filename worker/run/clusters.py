@@ -2,13 +2,15 @@
 
 A warm cluster is one run's at a time: a claim locks the cluster's row and takes it
 only if no other active run owns or uses it. Releasing marks it IDLE (kept warm) or
-DOWN once no other active run is on it; the janitor tears down what is left.
+DOWN once no other active run is on it; the janitor tears down what is left, through
+``adopt_cluster`` and ``mark_down`` here: this module is the one writer of cluster rows.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import delete, select, update
@@ -16,11 +18,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.models import Cluster, Run, utcnow
+from service.runs.status import ClusterStatus
 from worker.launchers.base import ClusterHandle, Launcher, RetryLater
 from worker.run.lease import ACTIVE, with_db_retry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def adopt_cluster(session: Session, launcher: str, handle: ClusterHandle, now: datetime) -> Cluster:
+    """Record a live cluster that caddie had no row for (started outside it, or its row was
+    lost) as idle from ``now``, so the keep-warm rule tears it down if nothing uses it."""
+    row = Cluster(name=handle.name, launcher=launcher, hardware=handle.hardware, status=ClusterStatus.IDLE.value,
+                  handle=handle.to_json(), created_at=now, idle_since=now)
+    session.add(row)
+    return row
+
+
+def mark_down(row: Cluster) -> None:
+    """The janitor tore the cluster down (caller commits)."""
+    row.status = ClusterStatus.DOWN.value
 
 
 def cluster_of(session: Session, run: Run) -> ClusterHandle | None:
@@ -81,7 +98,7 @@ class RunClusters:
             with self.session_factory() as session:
                 row = session.scalar(select(Cluster).where(Cluster.name == cluster.name).with_for_update())
                 if row is None:
-                    row = Cluster(name=cluster.name, launcher=cluster.launcher, hardware=cluster.hardware, status="UP", created_at=now)
+                    row = Cluster(name=cluster.name, launcher=cluster.launcher, hardware=cluster.hardware, status=ClusterStatus.UP.value, created_at=now)
                     session.add(row)
                     try:
                         session.flush()
@@ -98,7 +115,7 @@ class RunClusters:
                     if busy is not None:
                         session.rollback()
                         return False
-                row.status, row.handle, row.owner_run_id = "UP", cluster.to_json(), self.run_id
+                row.status, row.handle, row.owner_run_id = ClusterStatus.UP.value, cluster.to_json(), self.run_id
                 row.last_used_at, row.idle_since = now, None
                 session.flush()
                 session.execute(update(Run).where(Run.id == self.run_id).values(cluster_id=row.id), execution_options={"synchronize_session": False})
@@ -136,7 +153,7 @@ class RunClusters:
                 if row.owner_run_id == self.run_id:
                     row.owner_run_id = None
                 if others is None:
-                    row.status = "IDLE" if self.keep_warm else "DOWN"
+                    row.status = (ClusterStatus.IDLE if self.keep_warm else ClusterStatus.DOWN).value
                     row.idle_since = now
                 session.commit()
 
