@@ -15,6 +15,7 @@ from service.core.storage import make_artifact_store
 from service.core.db import get_sessionmaker
 from service.core.settings import Settings, get_settings
 from service.web import routes as web_routes
+from service.web import sweeps as web_sweeps
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,4 +49,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(meta.health_router)
     # The web pages (HTML at /runs, /leaderboard, ...; see service/web/routes.py).
     app.include_router(web_routes.router)
+    app.include_router(web_sweeps.router)
     return app

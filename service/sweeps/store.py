@@ -302,7 +302,7 @@ def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepT
     for trial in live:
         if _vocab(sweep, trial) != vocab:
             continue  # another tokenizer: the best trial's bpb-per-nat does not hold for it
-        points = _mean_curve(finished_curves.run_points(session, list(trial.run_ids)))
+        points = mean_curve(finished_curves.run_points(session, list(trial.run_ids)))
         looks = sum(k >= rule.min_step for k in predictor.fits)
         verdict = judge_prune(predictor.predict(points, ratio), (float(best.value), best.number), rule, looks)  # type: ignore[arg-type]
         if verdict is None:
@@ -319,7 +319,7 @@ def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepT
         session.commit()
 
 
-def _mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+def mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:
     """The trial's curve: at each step, the mean train loss of its runs that logged it."""
     steps: dict[int, list[float]] = {}
     for points in by_run.values():

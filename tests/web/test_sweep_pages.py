@@ -1,0 +1,47 @@
+"""The sweep pages: the list, a sweep's figures and trials, stop/resume by form (CSRF), other teams' 404."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from sqlalchemy.orm import Session
+
+from service.core.models import Metric
+from service.core.settings import Settings
+from tests.service.conftest import World
+from tests.service.test_sweeps_api import _end, _tick, sweep_body
+
+
+def test_sweep_pages(world: World, browser_for, session: Session, settings: Settings) -> None:
+    b = browser_for(world.tokens["alice"])
+    sid = b.c.post("/api/v1/sweeps", json=sweep_body(name="<b>depth</b>"), headers=world.h("alice")).json()["id"]
+    _tick(session, settings)
+    trials = b.c.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
+    session.add_all([Metric(run_id=trials[0]["run_ids"][0], kind="train", step=s, train_loss=3.0 - s / 1000, attempt=1) for s in (100, 200)])
+    session.commit()
+    _end(session, trials[0]["run_ids"], 1.21)
+    _end(session, trials[1]["run_ids"], 1.19)
+    _tick(session, settings)
+
+    listed = b.c.get("/sweeps").text
+    assert f'href="/sweeps/{sid}"' in listed and "&lt;b&gt;depth&lt;/b&gt;" in listed and "<b>depth" not in listed
+    page = b.c.get(f"/sweeps/{sid}")
+    assert page.status_code == 200
+    figures = {m[1]: json.loads(m[2]) for m in re.finditer(r'<script type="application/json" id="figure-(\w+)">(.*?)</script>', page.text)}
+    assert set(figures) == {"best", "parallel", "curves"}  # importance from 3 valued trials on
+    best = figures["best"]["data"][0]
+    assert best["y"] == [1.21, 1.19] and best["x"][1] > best["x"][0] > 0
+    assert [d["label"] for d in figures["parallel"]["data"][0]["dimensions"]] == ["NUM_LAYERS", "val_bpb"]
+    assert figures["curves"]["data"][0]["x"] == [100, 200]
+    assert "best</strong>" in page.text and "Stop</button>" in page.text
+
+    assert b.c.post(f"/sweeps/{sid}/stop", data={"csrf_token": "forged"}, follow_redirects=False).status_code == 403
+    assert b.post(f"/sweeps/{sid}/stop", csrf_from=f"/sweeps/{sid}").status_code == 303
+    assert b.c.get(f"/api/v1/sweeps/{sid}").json()["status"] == "stopped"
+    assert "Resume</button>" in b.c.get(f"/sweeps/{sid}").text
+
+    other = browser_for(world.tokens["bob"])
+    r = other.c.get(f"/sweeps/{sid}")
+    assert r.status_code == 404 and "text/html" in r.headers["content-type"]
+    assert f"/sweeps/{sid}" not in other.c.get("/sweeps").text
