@@ -3,7 +3,7 @@
     control worker, every queue_forecast_interval_s (worker/control/forecast.py)
         positions.queue_estimates(...) ──▶ store_forecast()   one transaction: every row replaced
     API, any replica (service/queue/positions.py)
-        read_forecast(ids)    the marker and the asked-for rows: two primary-key lookups
+        read_forecast(ids)    the marker and the asked-for rows: one primary-key lookup
 
 Computing the forecast reads the whole queue and its billing (~0.4 s at 10,000 queued runs);
 done once by a worker, every API process answers from the same figures and no request
@@ -49,24 +49,16 @@ def store_forecast(session: Session, estimates: Mapping[int, QueueEstimate], mad
 
 
 def read_forecast(session: Session, run_ids: Iterable[int] = (), *, every: bool = False) -> StoredForecast | None:
-    """The stored forecast's estimates of ``run_ids`` (``every``: all of them); None if none is stored."""
-    marker = forecast_marker(session)
-    if marker is None:
-        return None
-    made_at, size = marker
-    query = select(StoredQueueEstimate.run_id, StoredQueueEstimate.position, StoredQueueEstimate.estimated_start_at, StoredQueueEstimate.reason)
-    if every:
-        query = query.where(StoredQueueEstimate.run_id != MARKER_ID)
-    else:
-        ids = sorted(set(run_ids))
-        if not ids:
-            return StoredForecast(made_at, size, {})
-        query = query.where(StoredQueueEstimate.run_id.in_(ids))  # a page of runs: at most a few hundred ids
-    found = {r.run_id: QueueEstimate(r.run_id, r.position, r.estimated_start_at, r.reason) for r in session.execute(query)}
-    return StoredForecast(made_at, size, found)
-
-
-def forecast_marker(session: Session) -> tuple[datetime, int] | None:
-    """(made_at, queued runs covered) of the stored forecast; None if none is stored."""
-    row = session.execute(select(StoredQueueEstimate.made_at, StoredQueueEstimate.position).where(StoredQueueEstimate.run_id == MARKER_ID)).first()
-    return (row.made_at, row.position or 0) if row else None
+    """The stored forecast's estimates of ``run_ids`` (``every``: all of them); None if none is stored.
+    One query: the marker row comes with the rows asked for (a page of runs: at most a few hundred ids)."""
+    E = StoredQueueEstimate
+    query = select(E.run_id, E.position, E.estimated_start_at, E.reason, E.made_at)
+    if not every:
+        query = query.where(E.run_id.in_(sorted({MARKER_ID, *run_ids})))
+    made_at, size, found = None, 0, {}
+    for r in session.execute(query):
+        if r.run_id == MARKER_ID:
+            made_at, size = r.made_at, r.position or 0
+        else:
+            found[r.run_id] = QueueEstimate(r.run_id, r.position, r.estimated_start_at, r.reason)
+    return StoredForecast(made_at, size, found) if made_at is not None else None
