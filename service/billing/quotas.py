@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import Forbidden
 from service.core.models import Artifact, Run, RunGroup, ScriptFile
+from service.runs.logs import ARCHIVE_KIND, ARCHIVE_SUFFIX
 from service.runs.scripts.spec import SCRIPT_KIND
 
 
@@ -31,7 +32,10 @@ class StorageUse:
 def team_storage(session: Session, team_id: int) -> StorageUse:
     """Bytes the team's runs hold: their artifacts, their stored logs, and the script files they name (each once)."""
     artifacts = session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).join(Run, Run.id == Artifact.run_id).where(Run.team_id == team_id))
-    logs = session.scalar(select(func.coalesce(func.sum(func.coalesce(Run.log_truncated_at, Run.log_bytes)), 0)).where(Run.team_id == team_id))
+    # A log is counted where it is: as chunks (log_bytes, or up to the cap) until the run's end
+    # archives it, then as its artifacts row above (service.runs.logs), never both.
+    archived = select(Artifact.id).where(Artifact.run_id == Run.id, Artifact.kind == ARCHIVE_KIND, Artifact.uri.endswith(ARCHIVE_SUFFIX)).exists()
+    logs = session.scalar(select(func.coalesce(func.sum(func.coalesce(Run.log_truncated_at, Run.log_bytes)), 0)).where(Run.team_id == team_id, ~archived))
     shas: set[str] = set()
     for config in session.scalars(select(RunGroup.config).where(RunGroup.team_id == team_id, RunGroup.kind == SCRIPT_KIND)):
         if isinstance(config, dict):

@@ -22,9 +22,9 @@ from datetime import date, datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError, read_chunks
 from service.core.errors import Conflict, Gone, InvalidInput, Issue, Unavailable
-from service.core.models import Artifact, LogChunk, Run
+from service.core.models import Artifact, Run
+from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError, read_chunks
 from service.results import queries
 from service.results.export import (
     LOG_DATABASE,
@@ -37,6 +37,7 @@ from service.results.export import (
     require_override,
 )
 from service.runs.artifacts import artifact_name
+from service.runs.logs import whole_log
 from service.runs.scripts.files import MissingScriptFile, run_folder_files
 from service.runs.scripts.spec import SCRIPT_KIND, SCRIPT_NAME, ScriptSpec
 from service.teams.tokens import Principal
@@ -139,7 +140,7 @@ def load_seed_files(session: Session, store: ArtifactStore, run_ids: list[int], 
         stored_log = by_run[run_id].get(log_file)
         data = _read(store, stored_log, run_id, missing_ok=True) if stored_log else None
         if data is None:
-            data = database_log(session, run_id)
+            data = database_log(session, run_id, store)
             if not data:
                 raise Conflict(f"run {run_id} has no {log_file}, neither in the artifact store nor in caddie's database")
             out[run_id] = SeedFiles(log=data, train_gpt=code, log_source=LOG_DATABASE)
@@ -162,10 +163,10 @@ def _read(store: ArtifactStore, artifact: Artifact, run_id: int, *, missing_ok: 
         raise Unavailable(f"the artifact store cannot be read now; try again later ({name} of run {run_id})") from None
 
 
-def database_log(session: Session, run_id: int) -> bytes:
-    """The run's log as caddie's database holds it: its chunks in offset order, as UTF-8."""
-    chunks = session.scalars(select(LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset))
-    return "".join(chunks).encode("utf-8")
+def database_log(session: Session, run_id: int, store: ArtifactStore) -> bytes:
+    """The run's log as caddie keeps it (service.runs.logs): its chunks while it runs, the one
+    file they were archived to once it has ended."""
+    return whole_log(session, run_id, store)
 
 
 def zip_bytes(folder: str, files: Mapping[str, bytes]) -> bytes:

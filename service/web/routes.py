@@ -333,9 +333,10 @@ async def submit_run(request: Request, user: User, session: SessionDep, settings
     return _new_run_page(request, user, form, errors, status_code=422)
 
 
-def _log_tail(session: SessionDep, user: Principal, run_id: int, log_bytes: int) -> tuple[str, int, bool]:
+def _log_tail(request: Request, session: SessionDep, user: Principal, run_id: int, log_bytes: int) -> tuple[str, int, bool]:
     start = max(0, log_bytes - LOG_TAIL_BYTES)
-    piece = read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2)
+    # An ended run's log is in the artifact store (service.runs.logs), the one the app serves files from.
+    piece = read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2, store=request.app.state.artifact_store)
     text = piece.data
     if start > 0 and "\n" in text:  # begin at a whole line
         text = "…\n" + text.split("\n", 1)[1]
@@ -349,7 +350,7 @@ def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, s
     events = list_events(session, user, run_id)
     figures = charts.run_figures(metric_points(session, user, run_id))
     stored_end = run.log_truncated_at if run.log_truncated_at is not None else run.log_bytes or 0  # a capped log ends where storing stopped
-    log_text, log_offset, log_done = _log_tail(session, user, run_id, stored_end)
+    log_text, log_offset, log_done = _log_tail(request, session, user, run_id, stored_end)
     checks = queries.seed_row(run).checks
     artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
     return render(request, "run.html", user, run=run, events=events, figures=figures, log_text=log_text,

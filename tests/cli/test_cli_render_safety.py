@@ -45,7 +45,7 @@ def hostile_run(caddie: Caddie) -> int:
         s.execute(update(Run).where(Run.id == run_id).values(
             name=f"{ESC}[31mred[/] name", notes=f"line one\n{ESC}[2J\tafter clear\u202e", status_reason=f"{ESC}]8;;http://evil{ESC}\\link{ESC}]8;;{ESC}\\"))
         s.execute(update(RunEvent).where(RunEvent.run_id == run_id, RunEvent.to_status == "FAILED").values(reason=f"boom {ESC}[?1049h"))
-        append_log(s, s.get_one(Run, run_id), f"step:1 {ESC}[32mok{ESC}[0m\r\nbell\x07\n")
+        append_log(s, run_id, f"step:1 {ESC}[32mok{ESC}[0m\r\nbell\x07\n")
         s.commit()
     return run_id
 

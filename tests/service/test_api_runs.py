@@ -195,10 +195,11 @@ def test_finished_runs_cannot_be_cancelled(client: TestClient, world, spec, sess
 
 
 def _append_log(session: Session, run_id: int, texts: list[str]) -> None:
-    run = session.get_one(Run, run_id)
     for text in texts:
-        append_log(session, run, text)
+        append_log(session, run_id, text)  # the worker's own writer (worker.run.log_stream)
     session.commit()
+    run = session.get_one(Run, run_id)
+    session.refresh(run)
     offsets = list(session.scalars(select(LogChunk.offset).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
     assert offsets[0] == 0 and run.log_bytes == sum(len(t.encode()) for t in texts)
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import event, inspect, select
+from sqlalchemy import event, func, inspect, select
 
 from service.teams.accounts import create_team, create_user
 from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
 from service.runs.lifecycle import record_created
+from service.runs.logs import whole_log
 from service.core.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
 from service.results.rules import RunFacts, check_run
 from tests.fresh_db import fresh_database
@@ -106,8 +107,10 @@ def test_a_run_succeeds_with_log_metrics_result_and_artifacts(maker, settings) -
     with maker() as s:
         run = s.get(Run, run_id)
         assert (run.val_bpb, run.artifact_bytes, run.steps, run.result["status"]) == (2.5, 1234, 2, "succeeded")
-        log = "".join(s.scalars(select(LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
+        log = whole_log(s, run_id, LocalArtifactStore(settings.home / "artifacts")).decode()
         assert log.startswith("seed:5 data:./data/datasets/fineweb10B_sp1024\n") and run.log_bytes == len(log.encode())
+        # The log's one home once the run has ended: its archive (service.runs.logs), no chunks left.
+        assert s.scalar(select(func.count()).select_from(LogChunk).where(LogChunk.run_id == run_id)) == 0
         kinds = sorted(a.kind for a in s.scalars(select(Artifact).where(Artifact.run_id == run_id)))
         assert kinds == ["log", "model", "result"]
     assert events(maker, run_id)[1:] == [("QUEUED", "PROVISIONING"), ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")]

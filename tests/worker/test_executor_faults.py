@@ -14,7 +14,9 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from service.core.models import Cluster, LogChunk, Run, RunEvent
+from service.core.models import Cluster, Run, RunEvent
+from service.core.storage import LocalArtifactStore
+from service.runs.logs import whole_log
 from tests.fresh_db import fresh_database
 from tests.worker.test_executor import _maker, events, go, new_run, settings  # noqa: F401 (fixture)
 from worker.run.executor import RunDriver
@@ -76,7 +78,7 @@ def test_a_job_whose_supervisor_died_but_whose_trainer_finished_is_collected_not
         run = s.get(Run, run_id)
         assert (run.status, run.attempts, run.val_bpb, run.artifact_bytes) == ("SUCCEEDED", 0, 2.5, 1234)
         assert "supervisor vanished" in run.status_reason
-        assert s.scalar(select(LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset).limit(1)).startswith("seed:5")
+        assert whole_log(s, run_id, LocalArtifactStore(settings.home / "artifacts")).startswith(b"seed:5")
     assert len(list((settings.home / "runs" / str(run_id)).glob("attempt-*"))) == 1  # trained once
     assert events(maker, run_id)[-1] == ("RUNNING", "SUCCEEDED")
 

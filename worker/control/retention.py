@@ -1,10 +1,15 @@
 """Retention: what an ended run leaves behind goes after CADDIE_RETENTION_DAYS (the janitor's round).
 
 A run ended (SUCCEEDED, FAILED, CANCELLED, ABORTED_BEHIND) longer ago than the retention loses
-its artifacts (model, log, result files: store objects and rows) and its run folder on this
-worker; script files that no run newer than that (or still active) names are deleted. The run's
-row, figures, metrics and stored log stay: results and comparisons keep working. Each run whose
+its artifacts (model, train.log, result files: store objects and rows) and its run folder on this
+worker (the job's own copy of its log goes with it); script files that no run newer than that (or
+still active) names are deleted. The run's row, figures, metrics and stored log (its archive,
+service.runs.logs, capped by CADDIE_LOG_MAX_BYTES) stay: results and comparisons keep working. Each run whose
 artifacts go gets an event saying so. 0 days: keep everything for ever.
+
+Every round first archives the logs of ended runs still held as chunks (service.runs.logs.
+archive_ended_logs): runs that ended without their executor's final commit (a cancel before launch,
+the janitor, a store that was full), whatever the retention.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Artifact, Run, RunEvent, ScriptFile
 from service.core.storage import ArtifactStore, ArtifactStoreError
+from service.runs.logs import ARCHIVE_KIND, ARCHIVE_SUFFIX, archive_ended_logs
 from service.runs.scripts.spec import SCRIPT_KIND
 from service.runs.status import TERMINAL
 
@@ -30,13 +36,16 @@ BATCH = 500  # artifacts removed per round: a backlog drains over a few rounds, 
 
 def retention_pass(session: Session, *, store: ArtifactStore, runs_dir: Path | None, days: float, now: datetime) -> int:
     """Remove what expired; returns how many things (artifacts, folders, script files) went."""
+    archive_ended_logs(session, store)
     if days <= 0:
         return 0
     cutoff = now - timedelta(days=days)
     expired = select(Run.id).where(Run.status.in_([s.value for s in TERMINAL]), Run.finished_at < cutoff)
     removed = 0
 
-    rows = session.execute(select(Artifact.id, Artifact.run_id, Artifact.uri).where(Artifact.run_id.in_(expired)).order_by(Artifact.id).limit(BATCH)).all()
+    kept_log = (Artifact.kind == ARCHIVE_KIND) & Artifact.uri.endswith(ARCHIVE_SUFFIX)  # the stored log stays
+    rows = session.execute(select(Artifact.id, Artifact.run_id, Artifact.uri).where(Artifact.run_id.in_(expired), ~kept_log)
+                           .order_by(Artifact.id).limit(BATCH)).all()  # fmt: skip
     gone: dict[int, list[int]] = {}
     for row in rows:
         try:

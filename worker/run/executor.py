@@ -43,11 +43,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
-from service.core.storage import DiskFull
+from service.core.storage import ArtifactStoreError, DiskFull
 from service.results.queries import judge_run
 from service.runs.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
 from service.runs.lifecycle import transition
 from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
+from service.runs.logs import ARCHIVE_KIND, ARCHIVE_NAME, LogFile, append_log, record_archive, write_archive
 from service.runs.scripts.files import MissingScriptFile
 from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
 from service.runs.status import IllegalTransition, RunStatus, is_terminal
@@ -397,6 +398,8 @@ class RunDriver:
             stored = []
             for filename, kind in SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES:
                 path = outdir / filename
+                if (filename, kind) == (ARCHIVE_NAME, ARCHIVE_KIND):
+                    continue  # the job's stream is the log the run ends with: archived from its chunks by _finish, once
                 if path.is_file():
                     try:
                         uri, size, sha = self.store.put(self.run_id, kind, path)
@@ -440,6 +443,8 @@ class RunDriver:
         if to is RunStatus.SUCCEEDED and self.store_failed:
             to, reason = RunStatus.FAILED, f"trained and evaluated (figures kept), but the artifact store could not take its outputs: {self.store_failed}"
 
+        archived = self._archive_log()
+
         def move() -> str:
             with self.session_factory() as session:
                 run = session.get_one(Run, self.run_id)
@@ -451,10 +456,27 @@ class RunDriver:
                     session.rollback()
                     log.error("run %s: cannot end as %s: %s", self.run_id, to.value, exc)
                     return f"run {self.run_id}: {exc}"
+                if archived is not None:
+                    record_archive(session, archived)  # the log's one home changes with the status, in one commit
                 session.commit()
             return f"run {self.run_id} {to.value}" + (f": {reason}" if reason and to is not RunStatus.SUCCEEDED else "")
 
         return self._db(move, f"end as {to.value}")
+
+    def _archive_log(self) -> LogFile | None:
+        """The run's log, about to end, written to the store (service.runs.logs): recorded, and its
+        chunks deleted, by the final commit. Should the store refuse it (a full disk) the chunks stay
+        the log and the janitor's sweep archives it later; a crash before the commit does the same."""
+
+        def write() -> LogFile | None:
+            with self.session_factory() as session:
+                return write_archive(session, self.store, self.run_id)
+
+        try:
+            return self._db(write, "archive its log")
+        except ArtifactStoreError as exc:
+            log.warning("run %s: its log stays in the database for now: %s", self.run_id, exc)
+            return None
 
     def _cancelled(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
         """End a run whose cancel stopped its job: SUCCEEDED with its result if the trainer had
@@ -493,6 +515,7 @@ class RunDriver:
         The attempt's log and metrics stay; a line in the log says where the next attempt begins.
         """
         self.clusters.release(cluster, never_up=never_up)
+        archived = self._archive_log() if self.run_log.attempt >= self.settings.max_attempts else None  # this requeue fails the run
 
         def move() -> str:
             with self.session_factory() as session:
@@ -507,11 +530,12 @@ class RunDriver:
                     to, why = RunStatus.QUEUED, reason
                     last = session.scalar(select(LogChunk.data).where(LogChunk.run_id == self.run_id).order_by(LogChunk.offset.desc()).limit(1))
                     note = ("" if not last or last.endswith("\n") else "\n") + f"caddie: attempt {attempt} ended ({' '.join(reason.split())}); queued for attempt {attempt + 1}\n"
-                    log_bytes = int(run.log_bytes or 0)
-                    session.add(LogChunk(run_id=self.run_id, offset=log_bytes, data=note, created_at=utcnow(), attempt=attempt))
-                    also = {"launch_handle": None, "cluster_id": None, "worker_task_id": None, "log_bytes": log_bytes + len(note.encode("utf-8"))}
+                    append_log(session, self.run_id, note, attempt=attempt, offset=int(run.log_bytes or 0))
+                    also = {"launch_handle": None, "cluster_id": None, "worker_task_id": None}
                 try:
                     transition(session, run, to, actor=ACTOR, reason=why, owner=self.token, also=also)
+                    if archived is not None and is_terminal(to.value):
+                        record_archive(session, archived)
                     session.commit()
                 except (IllegalTransition, IntegrityError) as exc:
                     session.rollback()

@@ -13,14 +13,15 @@ import codecs
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.core.models import LogChunk, Metric, Run, utcnow
-from worker.launchers.base import LaunchHandle, Launcher, LauncherUnreachable, RetryLater
-from worker.run.lease import with_db_retry
+from service.core.models import LogChunk, Metric
 from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
+from service.runs.logs import append_log
+from worker.launchers.base import Launcher, LauncherUnreachable, LaunchHandle, RetryLater
+from worker.run.lease import with_db_retry
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,9 @@ class RunLog:
 
             def write() -> None:
                 with self.session_factory() as session:
-                    if keep:
-                        stored = text if keep == n else decode_log(data[:keep])
-                        session.add(LogChunk(run_id=self.run_id, offset=self.offset, data=stored, created_at=utcnow(), attempt=self.attempt))
+                    stored = "" if not keep else text if keep == n else decode_log(data[:keep])
+                    # The one writer of chunks (service.runs.logs); log_bytes counts every byte read, stored or not.
+                    append_log(session, self.run_id, stored, attempt=self.attempt, offset=self.offset, log_end=self.offset + n, log_truncated_at=truncated_at)
                     session.add_all(
                         Metric(run_id=self.run_id, kind=p.kind, step=p.step, train_loss=p.train_loss, val_loss=p.val_loss, val_bpb=p.val_bpb,
                                elapsed_ms=p.elapsed_ms, attempt=self.attempt)
@@ -143,10 +144,6 @@ class RunLog:
                     if stride != self.stride:
                         session.execute(delete(Metric).where(Metric.run_id == self.run_id, Metric.attempt == self.attempt, Metric.kind == "train",
                                                              Metric.step % stride != 0), execution_options={"synchronize_session": False})  # fmt: skip
-                    session.execute(
-                        update(Run).where(Run.id == self.run_id).values(log_bytes=self.offset + n, log_truncated_at=truncated_at),
-                        execution_options={"synchronize_session": False},
-                    )
                     try:
                         session.commit()
                     except IntegrityError:

@@ -11,7 +11,7 @@ from service.runs import metrics as metric_pages
 from service.queue import positions as queue
 from service.runs import cancel as cancelling, logs as stored_logs, queries, submit as submission
 from service.core.hooks import call_on_submit_hook
-from service.api.deps import ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
+from service.api.deps import ArtifactStoreDep, ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.errors import InvalidInput, Issue
 from service.queue.schemas import QueueFields
 from service.runs.schemas import LogSlice, MetricOut, RunCancelled, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
@@ -116,6 +116,6 @@ def run_metrics(
 
 
 @router.get("/{run_id}/logs", response_model=LogSlice)
-def run_logs(run_id: Id, user: CurrentUser, session: SessionDep, offset: ByteOffset = 0) -> LogSlice:
-    piece = stored_logs.read_log(session, user, run_id, offset)
+def run_logs(run_id: Id, user: CurrentUser, session: SessionDep, store: ArtifactStoreDep, offset: ByteOffset = 0) -> LogSlice:
+    piece = stored_logs.read_log(session, user, run_id, offset, store=store)  # an ended run's log is in the store
     return LogSlice(offset=piece.offset, next_offset=piece.next_offset, data=piece.data, done=piece.done)
