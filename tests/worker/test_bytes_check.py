@@ -102,3 +102,16 @@ def test_the_self_extracting_file_runs_the_same_code(tmp_path: Path) -> None:
     (tmp_path / "packed.py").write_bytes(packed)
     run = lambda n: subprocess.run([sys.executable, n, "x"], cwd=tmp_path, capture_output=True, check=True).stdout  # noqa: E731
     assert run("packed.py") == run("plain.py") and len(packed) == self_extracting_bytes(code) < len(code)
+
+
+def test_the_log_reports_its_gpus_cap_stop_and_scored_evaluation(tmp_path: Path) -> None:
+    # as the records' verdicts read a log (service.results.public_records.read_log): its nvidia-smi table, its cap line
+    out, spec, log = run_folder(tmp_path, "2026-03-18_FP16Embed_WD3600", "train.log", None)
+    done = outcome(out, spec, log)
+    r = done["result"]
+    assert (r["gpu_name"], r["world_size"], r["stopped_by_cap"]) == ("NVIDIA H100 80GB HBM3", 8, True)
+    assert done["train_seconds"] == pytest.approx(600.008)
+    facts = RunFacts.from_result(track="10min_16mb", hardware="cpu", allow_noncompliant=False, result=r, train_seconds=done["train_seconds"])
+    from service.results.rules import check_train_time
+
+    assert check_train_time(facts).verdict is Verdict.PASS  # within the 0.2 s the challenge accepted for a capped run

@@ -28,6 +28,7 @@ from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
 from worker.launchers.base import JobSpec
 from worker.launchers.trainer_env import AUDIT_ENV
 from service.runs.logparse import ScriptLogSummary, script_result
+from service.results.public_records import _SAYS_HARDWARE, read_log
 from service.runs.bytes_check import ByteCount, count_bytes
 from service.runs.touches import read_events, summarise, unwatched
 from worker.launchers.local_wrapper import STDOUT_LOG
@@ -46,11 +47,25 @@ def watched_touches(outdir: Path) -> dict[str, Any]:
         audit = (outdir / AUDIT_LOG).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return unwatched(f"the run folder has no {AUDIT_LOG} (the audit hook did not load, or the launcher did not bring it back)")
-    try:
-        log = (outdir / STDOUT_LOG).read_bytes()
-    except FileNotFoundError:
-        log = b""
+    log = _whole_log(outdir)
+    if log is None:
+        return unwatched(f"its {STDOUT_LOG} is missing or over {WHOLE_LOG_MAX_BYTES:,} bytes, so its events cannot be placed in its log")
     return summarise(read_events(audit), log)
+
+
+# The log is read whole at the end (its training lines place the audit's events; its nvidia-smi
+# table and cap line feed the rules); past this a run keeps what the streamed parser read.
+WHOLE_LOG_MAX_BYTES = 64 << 20
+
+
+def _whole_log(outdir: Path) -> bytes | None:
+    path = outdir / STDOUT_LOG
+    try:
+        if path.stat().st_size > WHOLE_LOG_MAX_BYTES:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
@@ -101,6 +116,30 @@ def counted_bytes(outdir: Path, spec: ScriptSpec, summary: ScriptLogSummary, tou
                        code_compressed=compressed)
 
 
+def _timing_and_hardware(outdir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """What the rules need that no score line states, read from the log as the records' verdicts
+    read it (service.results.public_records.read_log): the GPUs of its nvidia-smi table (else its
+    launcher's line), its world size, a stop by its own wallclock cap (the cap line's train_time),
+    the scored evaluation's time (its total_eval_time, else the final score's own line), the
+    diagnostic evaluations. The hardware is the script's own report, as a record's is."""
+    log = _whole_log(outdir)
+    if log is None:
+        return {}
+    facts = read_log(STDOUT_LOG, log.decode("utf-8", errors="replace"))
+    gpu, count = facts.gpu_name, facts.gpu_count or facts.world_size
+    if gpu is None and facts.says_hardware and (m := _SAYS_HARDWARE.search(facts.says_hardware)):
+        gpu, count = f"{m[2]} (as the log states)", count or int(m[1])
+    result.update(gpu_name=gpu, world_size=count, stopped_by_cap=facts.stopped_by_cap,
+                  diagnostic_eval_seconds=facts.diagnostic_eval_seconds)
+    values: dict[str, Any] = {}
+    if facts.train_seconds is not None:
+        values["train_seconds"] = facts.train_seconds
+    if facts.eval_seconds is not None:
+        values["eval_seconds"] = facts.eval_seconds
+        result["figures"]["eval_seconds_scored"] = {"value": facts.eval_seconds, "from": facts.eval_source}
+    return values
+
+
 def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any], outdir: Path | None = None) -> dict[str, Any]:
     """The run's columns from its log, with ``result``: succeeded when the log has a final figure.
     With the run folder (``outdir``): what it touched (watched_touches) and its bytes counted from
@@ -115,6 +154,7 @@ def script_outcome(summary: ScriptLogSummary, spec: dict[str, Any], outdir: Path
     }
     values = dict(parsed.values)
     if outdir is not None:
+        values.update(_timing_and_hardware(outdir, result))
         result["touches"] = touches = watched_touches(outdir)
         counted = counted_bytes(outdir, ScriptSpec.from_json(spec), summary, touches)
         result["bytes"] = counted.to_json()
