@@ -5,7 +5,6 @@ each with its time, beside the failing checks that name them."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -13,8 +12,10 @@ from sqlalchemy.orm import Session
 from service.core.models import Run
 from service.results.queries import judge_run
 from tests.service.conftest import World
-from tests.worker.test_audit_hook import launcher as launcher  # noqa: F401  (the fixture: a local launcher over a tiny data root)
-from tests.worker.test_audit_hook import run_script
+from tests.worker.test_audit_hook import (
+    launcher as launcher,  # noqa: F401  (the fixture: a local launcher over a tiny data root)
+    run_script,
+)
 from worker.launchers.local import LocalLauncher
 
 

@@ -23,15 +23,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.core.models import Run
-from service.runs.scripts.files import run_folder_files
-from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
-from worker.launchers.base import JobSpec
-from worker.launchers.trainer_env import AUDIT_ENV
-from service.runs.logparse import ScriptLogSummary, script_result
 from service.results.public_records import _SAYS_HARDWARE, read_log
 from service.runs.bytes_check import ByteCount, count_bytes
+from service.runs.logparse import ScriptLogSummary, script_result
+from service.runs.scripts.files import run_folder_files
+from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
 from service.runs.touches import read_events, summarise, unwatched
+from worker.launchers.base import JobSpec
 from worker.launchers.local_wrapper import STDOUT_LOG
+from worker.launchers.trainer_env import AUDIT_ENV
 
 AUDIT_LOG = "audit.jsonl"  # worker/audit/sitecustomize.py's file in the run folder
 
