@@ -32,9 +32,23 @@ The load generator is a minimal HTTP/1.1 client on asyncio streams rather than
 httpx: on a 2-core machine the generator shares the CPU with the API and
 PostgreSQL, and a heavier client would mostly measure itself.
 
+Issue 23 additions:
+     * get-queued: ``GET /api/v1/runs/{id}`` of random QUEUED runs of the caller's
+       team (a live run page polls it), the request that rebuilt the forecast.
+     * ``--against REF``: a second API built from commit REF (``git archive`` into a
+       temporary folder, same virtualenv) serves the same database (migrated by this
+       checkout: a superset of REF's schema); the scenarios run on both sides in turn,
+       ``--rounds`` times (ABBA order), and the report gives each side's figures and
+       the ratios (this checkout / REF) with the machine's load at each turn.
+     * while the load runs, a thread stands in for the control worker's beat: it
+       stores the queue forecast every CADDIE_QUEUE_FORECAST_INTERVAL_S (10 s), as
+       worker/control/forecast.py does (a REF without it ignores the table).
+     * the API's worker processes' RSS at rest (after start, before any load).
+
 Usage (from the repository root; PostgreSQL on 127.0.0.1:5432):
     python -m bench.api_load                       # full run, writes the results file
     python -m bench.api_load --runs 5000 --duration 3 --out /tmp/x.md   # quick check
+    python -m bench.api_load --against e39c6bc --rounds 2 --scenarios list-member,get-queued,submit,list-member-paced
 """
 
 from __future__ import annotations
@@ -94,6 +108,7 @@ def drop_database(admin_url: str, url: str) -> None:
 @dataclass
 class Seeded:
     member_tokens: list[str]
+    member_teams: list[int]  # the team id of each member token
     admin_token: str
     runs: int
     seconds: float
@@ -156,6 +171,7 @@ def seed_database(url: str, runs: int) -> Seeded:
     t0 = time.perf_counter()
     rng = random.Random(1234)
     member_tokens: list[str] = []
+    member_teams: list[int] = []
     users_by_team: dict[int, list[int]] = {}
     with get_sessionmaker(url)() as s:
         for team_name, _ in TEAMS:
@@ -166,6 +182,7 @@ def seed_database(url: str, runs: int) -> Seeded:
                 accounts.add_member(s, team, user, "admin" if i == 0 else "member")
                 users_by_team[team.id].append(user.id)
                 member_tokens.append(accounts.create_token(s, user, "bench")[1])
+                member_teams.append(team.id)
         root = accounts.create_user(s, "root", is_admin=True)
         admin_token = accounts.create_token(s, root, "bench")[1]
         s.commit()
@@ -181,7 +198,19 @@ def seed_database(url: str, runs: int) -> Seeded:
         raw.close()
     with get_engine(url).begin() as conn:
         conn.execute(text("ANALYZE"))
-    return Seeded(member_tokens=member_tokens, admin_token=admin_token, runs=runs, seconds=time.perf_counter() - t0)
+    return Seeded(member_tokens=member_tokens, member_teams=member_teams, admin_token=admin_token, runs=runs, seconds=time.perf_counter() - t0)
+
+
+def queued_ids_by_team(url: str) -> dict[int, list[int]]:
+    from sqlalchemy import text
+
+    from service.core.db import get_engine
+
+    out: dict[int, list[int]] = {}
+    with get_engine(url).connect() as conn:
+        for run_id, team_id in conn.execute(text("SELECT id, team_id FROM runs WHERE status = 'QUEUED'")):
+            out.setdefault(team_id, []).append(run_id)
+    return out
 
 
 # --- 2. the API --------------------------------------------------------------------------------
@@ -191,13 +220,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(url: str, port: int, workers: int) -> subprocess.Popen:
+def start_api(url: str, port: int, workers: int, source: Path = REPO) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    env = {**os.environ, "CADDIE_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    env = {**os.environ, "CADDIE_DATABASE_URL": url, "PYTHONPATH": str(source)}
+    proc = subprocess.Popen(cmd, cwd=source, env=env)
     import httpx
 
     deadline = time.monotonic() + 60
@@ -212,6 +241,67 @@ def start_api(url: str, port: int, workers: int) -> subprocess.Popen:
         time.sleep(0.2)
     proc.terminate()
     raise RuntimeError("the API did not answer /healthz within 60 s")
+
+
+def export_commit(ref: str, into: Path) -> str:
+    """The tree of commit ``ref`` in ``into`` (git archive: the repository itself is not touched); its short hash."""
+    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.Popen(["git", "archive", commit], cwd=REPO, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {ref} failed")
+    return commit
+
+
+def api_rss_mib(proc: subprocess.Popen) -> list[float]:
+    """Resident memory of the API's worker processes (the children of uvicorn's supervisor), MiB."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    out = []
+    for pid in children or [str(proc.pid)]:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(round(int(line.split()[1]) / 1024, 1))
+        except OSError:
+            pass
+    return out
+
+
+class ForecastBeat:
+    """Stands in for the control worker's beat: stores the queue forecast every interval (worker/control/forecast.py)."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        from worker.settings import WorkerSettings
+
+        self.url, self.settings = url, WorkerSettings(database_url=url)
+        self.seconds: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="forecast-beat", daemon=True)
+
+    def _loop(self) -> None:
+        from service.core.db import get_sessionmaker
+        from worker.control.forecast import refresh_forecast
+
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            with get_sessionmaker(self.url)() as session:
+                refresh_forecast(session, self.settings)
+            self.seconds.append(time.perf_counter() - t0)
+            self._stop.wait(self.settings.queue_forecast_interval_s)
+
+    def __enter__(self) -> "ForecastBeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
 
 
 def stop_api(proc: subprocess.Popen) -> None:
@@ -303,7 +393,8 @@ async def _client(
 
 
 async def _scenario(
-    name: str, base_url: str, tokens: list[str], concurrency: int, duration: float, max_requests: int, interval_s: float = 0.0
+    name: str, base_url: str, tokens: list[str], concurrency: int, duration: float, max_requests: int, interval_s: float = 0.0,
+    queued: list[list[int]] | None = None,
 ) -> ScenarioResult:
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -311,7 +402,10 @@ async def _scenario(
     rng = random.Random(7)
     counter = iter(range(10**9))
 
-    def factory(token: str):
+    def factory(token: str, queued: list[int] | None = None):
+        if name == "get-queued":
+            ids = queued or [1]
+            return lambda: _request_bytes("GET", hostport, f"/api/v1/runs/{rng.choice(ids)}", token)
         if name.startswith("list"):
             fixed = _request_bytes("GET", hostport, "/api/v1/runs?limit=50", token)
             return lambda: fixed
@@ -322,14 +416,17 @@ async def _scenario(
     # Warm-up: a few requests per connection slot, not counted.
     warm: list[float] = []
     werr: list[str] = []
-    await asyncio.gather(*[_client(host, port, factory(tokens[i % len(tokens)]), time.perf_counter() + 2, [5], warm, werr) for i in range(concurrency)])
+    queued = queued or [[] for _ in tokens]
+    await asyncio.gather(*[_client(host, port, factory(tokens[i % len(tokens)], queued[i % len(tokens)]), time.perf_counter() + 2, [5], warm, werr)
+                           for i in range(concurrency)])  # fmt: skip
     latencies: list[float] = []
     errors: list[str] = []
     budget = [max_requests]
     t0 = time.perf_counter()
     stop_at = t0 + duration
     await asyncio.gather(
-        *[_client(host, port, factory(tokens[i % len(tokens)]), stop_at, budget, latencies, errors, interval_s) for i in range(concurrency)]
+        *[_client(host, port, factory(tokens[i % len(tokens)], queued[i % len(tokens)]), stop_at, budget, latencies, errors, interval_s)
+          for i in range(concurrency)]
     )
     seconds = time.perf_counter() - t0
     ms = sorted(x * 1000 for x in latencies)
@@ -364,7 +461,8 @@ def drive(args: argparse.Namespace) -> None:
     for scenario in plan["scenarios"]:
         tokens = plan["admin_tokens"] if scenario == "list-admin" else plan["member_tokens"]
         interval_s = plan["pace_ms"] / 1000 if scenario.endswith("-paced") else 0.0
-        result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s))
+        queued = None if scenario == "list-admin" else plan.get("member_queued")
+        result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s, queued))
         print(f"  {scenario}: {result.requests} requests, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.rps} req/s", file=sys.stderr)
         results.append(asdict(result))
     json.dump(results, sys.stdout)
@@ -394,42 +492,63 @@ def pg_version(url: str) -> str:
         return str(conn.execute(text("SHOW server_version")).scalar())
 
 
-def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: list[dict], pg: str, command: str) -> None:
+def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: list[dict], pg: str, command: str, extra: dict) -> None:
+    sides = extra["sides"]
     lines = [
         "# API load benchmark",
         "",
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `bench/api_load.py` (issue 2, item 11).",
+        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `bench/api_load.py` (issue 2, item 11; issue 23).",
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine(args.load_at_start)}; PostgreSQL {pg} on the same machine (127.0.0.1).",
-        f"- Database: {seeded.runs:,} runs over {len(TEAMS)} teams / {len(TEAMS) * USERS_PER_TEAM} users, loaded in {seeded.seconds:.1f} s (COPY).",
+        f"- Database: {seeded.runs:,} runs ({extra['queued']:,} QUEUED) over {len(TEAMS)} teams / {len(TEAMS) * USERS_PER_TEAM} users, loaded in {seeded.seconds:.1f} s (COPY).",
         f"- API: uvicorn, {args.workers} worker process(es), uvloop + httptools, no access log; the load from a second process on loopback.",
         f"- Load: {args.concurrency} concurrent clients, each a keep-alive connection sending its next request as soon as the last "
         f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up.",
         "- list-member: `GET /api/v1/runs?limit=50` as team members; list-admin: the same as a global admin (all teams);"
+        " get-queued: `GET /api/v1/runs/{id}` of random QUEUED runs of the caller's team;"
         " submit: `POST /api/v1/runs` with one seed and a fresh Idempotency-Key;"
         f" list-member-paced: the member list again, but each client sends one request every {args.pace_ms:g} ms"
         f" ({args.concurrency * 1000 / args.pace_ms:g} req/s offered in all; latency counted from the planned send time).",
+        "- Queue forecast: a thread of the benchmark stored it every 10 s as the control worker's beat does "
+        f"({len(extra['forecast_s'])} times, {statistics.median(extra['forecast_s']):.3f} s each (median), computed and stored).",
+        "- API worker processes' RSS at rest (MiB): " + "; ".join(f"{label}: {', '.join(f'{x:.0f}' for x in mib)}" for label, mib in extra["rss"].items()) + ".",
         "",
-        "| scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| side | round | load (1, 5, 15 min) | scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['scenario']} | {r['concurrency']} | {r['requests']:,} | {r['errors']} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
+            f"| {r['side']} | {r['round']} | {r['load']} | {r['scenario']} | {r['concurrency']} | {r['requests']:,} | {r['errors']} | {r['rps']:,.0f} "
+            f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
         )
-    lines.append("")
-    for r in results:
-        if r["scenario"].startswith("list-member"):
-            verdict = "met" if r["p99_ms"] < 50 and r["errors"] == 0 else "NOT met"
-            lines.append(f"Goal (p99 < 50 ms for the list at {r['concurrency']} concurrent clients), {r['scenario']}: **{verdict}** (p99 {r['p99_ms']:.1f} ms).  ")
-    errors = [f"- {r['scenario']}: {r['first_error']}" for r in results if r["first_error"]]
+    if len(sides) == 2:
+        lines += ["", f"Ratios, {sides[0]} / {sides[1]} (medians over the rounds; req/s above 1 and p99 below 1 favour {sides[0]}):", "",
+                  "| scenario | req/s | ratio | p99 ms | ratio |", "|---|---|---:|---|---:|"]  # fmt: skip
+        for scenario in dict.fromkeys(r["scenario"] for r in results):
+            med = {side: {k: statistics.median(r[k] for r in results if r["side"] == side and r["scenario"] == scenario) for k in ("rps", "p99_ms")}
+                   for side in sides}  # fmt: skip
+            a, b = med[sides[0]], med[sides[1]]
+            lines.append(f"| {scenario} | {a['rps']:,.0f} vs {b['rps']:,.0f} | {a['rps'] / max(b['rps'], 1e-9):.2f}x "
+                         f"| {a['p99_ms']:.1f} vs {b['p99_ms']:.1f} | {a['p99_ms'] / max(b['p99_ms'], 1e-9):.2f}x |")  # fmt: skip
+    errors = [f"- {r['side']}, round {r['round']}, {r['scenario']}: {r['first_error']}" for r in results if r["first_error"]]
     if errors:
         lines += ["", "First error per scenario:", *errors]
     if args.notes:
         lines += ["", Path(args.notes).read_text().rstrip()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _drive_once(plan: dict) -> list[dict]:
+    driver = subprocess.run(
+        [sys.executable, "-m", "bench.api_load", "--drive"], input=json.dumps(plan), capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
+    )  # fmt: skip
+    sys.stderr.write(driver.stderr)
+    if driver.returncode != 0:
+        raise RuntimeError(f"the load generator failed with code {driver.returncode}")
+    return json.loads(driver.stdout)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -442,6 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", type=int, default=50_000, help="request cap per scenario")
     parser.add_argument("--scenarios", default="list-member,list-admin,submit,list-member-paced")
     parser.add_argument("--pace-ms", type=float, default=200.0, help="in *-paced scenarios each client sends one request per this many ms")
+    parser.add_argument("--against", help="a commit whose API runs the same scenarios in turn on the same database (ratios in the report)")
+    parser.add_argument("--rounds", type=int, default=0, help="turns per side (default: 2 with --against, else 1)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.md")
     parser.add_argument("--notes", help="a markdown file appended to the report (analysis)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database behind (its URL is printed)")
@@ -451,47 +572,73 @@ def main(argv: list[str] | None = None) -> None:
         drive(args)
         return
 
+    import shutil
+    import tempfile
+
+    args.rounds = args.rounds or (2 if args.against else 1)
     args.load_at_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     command = " ".join(["python -m bench.api_load", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip() or "HEAD"
     url = create_database(args.admin_url)
     print(f"database {url}", file=sys.stderr)
-    api = None
+    apis: dict[str, tuple[subprocess.Popen, int]] = {}
+    exported = None
     try:
         from service.core.migrate import upgrade
 
         upgrade(url)
         seeded = seed_database(url, args.runs)
-        print(f"loaded {seeded.runs:,} runs in {seeded.seconds:.1f} s", file=sys.stderr)
-        port = free_port()
-        api = start_api(url, port, args.workers)
-        plan = {
-            "url": f"http://127.0.0.1:{port}",
-            "member_tokens": seeded.member_tokens,
-            "admin_tokens": [seeded.admin_token],
-            "scenarios": [s.strip() for s in args.scenarios.split(",") if s.strip()],
-            "concurrency": args.concurrency,
-            "duration": args.duration,
-            "max_requests": args.max_requests,
-            "pace_ms": args.pace_ms,
-        }
-        driver = subprocess.run(
-            [sys.executable, "-m", "bench.api_load", "--drive"], input=json.dumps(plan), capture_output=True, text=True, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
-        )  # fmt: skip
-        sys.stderr.write(driver.stderr)
-        if driver.returncode != 0:
-            raise RuntimeError(f"the load generator failed with code {driver.returncode}")
-        results = json.loads(driver.stdout)
-        write_report(args.out, args, seeded, results, pg_version(url), command)
+        queued = queued_ids_by_team(url)
+        print(f"loaded {seeded.runs:,} runs ({sum(map(len, queued.values())):,} queued) in {seeded.seconds:.1f} s", file=sys.stderr)
+        sides = [(f"{head} (this checkout)", REPO)]
+        if args.against:
+            exported = Path(tempfile.mkdtemp(prefix="caddie_against_"))
+            sides.append((export_commit(args.against, exported), exported))
+        results: list[dict] = []
+        rss: dict[str, list[float]] = {}
+        with ForecastBeat(url) as beat:
+            while not beat.seconds:
+                time.sleep(0.2)
+            labels = [label for label, _ in sides]
+            for round_no in range(args.rounds):
+                for label in labels if round_no % 2 == 0 else labels[::-1]:  # ABBA: drift in the machine's load falls on both sides
+                    # One API at a time (each holds its own database connections), started for its turn.
+                    port = free_port()
+                    apis[label] = (start_api(url, port, args.workers, dict(sides)[label]), port)
+                    time.sleep(3)  # at rest: imports done, no request served yet
+                    rss.setdefault(label, api_rss_mib(apis[label][0]))
+                    plan = {
+                        "url": f"http://127.0.0.1:{port}",
+                        "member_tokens": seeded.member_tokens,
+                        "member_queued": [queued.get(team, []) for team in seeded.member_teams],
+                        "admin_tokens": [seeded.admin_token],
+                        "scenarios": [s.strip() for s in args.scenarios.split(",") if s.strip()],
+                        "concurrency": args.concurrency,
+                        "duration": args.duration,
+                        "max_requests": args.max_requests,
+                        "pace_ms": args.pace_ms,
+                    }
+                    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+                    print(f"round {round_no + 1}, {label} (load {load})", file=sys.stderr)
+                    try:
+                        for r in _drive_once(plan):
+                            results.append({**r, "side": label, "round": round_no + 1, "load": load})
+                    finally:
+                        stop_api(apis.pop(label)[0])
+            forecast_s = list(beat.seconds)
+        extra = {"rss": rss, "forecast_s": forecast_s, "queued": sum(map(len, queued.values())), "sides": labels}
+        write_report(args.out, args, seeded, results, pg_version(url), command, extra)
         print(f"wrote {args.out}", file=sys.stderr)
     finally:
-        if api is not None:
-            stop_api(api)
+        for proc, _ in apis.values():
+            stop_api(proc)
         from service.core.db import dispose_engines
 
         dispose_engines()
         if not args.keep_db:
             drop_database(args.admin_url, url)
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
 
 
 if __name__ == "__main__":
