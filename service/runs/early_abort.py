@@ -87,9 +87,8 @@ def judge(rule: AbortRule, loss: float, best: tuple[float, int] | None) -> Behin
     return Behind(rule.step, loss, best_loss, best_run_id, rule.margin)
 
 
-def unlogged_step(config: Mapping[str, Any], step: int) -> list[Issue]:
+def unlogged_step(cfg: TrainerConfig, step: int) -> list[Issue]:
     """Issues if a trainer config never logs train loss at ``step`` (steps 1-10, every TRAIN_LOG_EVERY, and the last are logged)."""
-    cfg = TrainerConfig.from_dict(dict(config))
     if step > cfg.iterations:
         return [Issue(("abort_if_behind", "step"), f"must be <= ITERATIONS ({cfg.iterations})", step)]
     if step <= 10 or step % cfg.train_log_every == 0 or step == cfg.iterations:

@@ -37,6 +37,9 @@ class NormalisedSpec:
     allow_noncompliant: bool = False
     kind: str = "trainer"  # or "script"
     blobs: dict[str, bytes] = field(default_factory=dict)  # a script run's files by sha256, to store
+    # The shared trainer's config, parsed once here for every later check of the submission
+    # (early abort's step, the size check); None for a script run.
+    trainer: TrainerConfig | None = field(default=None, compare=False)
 
     def group_key(self, team_id: int) -> str:
         """sha256 hex of the canonical JSON of (team, config, track, hardware, opt-out):
@@ -60,6 +63,15 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
 
     Raises InvalidInput with one issue per bad knob at ``("config", ENV_NAME)``.
     """
+    return canonical(parse_config(config))
+
+
+def canonical(cfg: TrainerConfig) -> dict[str, Any]:
+    return dict(sorted(cfg.overrides().items()))
+
+
+def parse_config(config: dict[str, Any]) -> TrainerConfig:
+    """The trainer's config of a spec's overrides, or InvalidInput naming each bad knob."""
     issues = [Issue(("config", key), msg, config[key]) for key, msg in _reserved(config)]
     unstorable = [Issue(("config", key), msg, value) for key, value in config.items() if (msg := _unstorable(value))]
     if unstorable:
@@ -70,7 +82,7 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
         issues += [Issue(("config", i.field), i.message, _jsonable(i.value)) for i in exc.issues]
     if issues:
         raise InvalidInput(issues)
-    return dict(sorted(cfg.overrides().items()))
+    return cfg
 
 
 def _reserved(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -108,19 +120,21 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
     seeds = _seeds(spec, settings, issues)
     if _is_script(spec):
         return _normalise_script(spec, settings, issues), seeds
+    cfg: TrainerConfig | None = None
     try:
-        config = normalise_config(spec.config)
+        cfg = parse_config(spec.config)
     except InvalidInput as exc:
         issues += exc.issues
         config = {}
     else:
+        config = canonical(cfg)
         variant = f"sp{config.get('VOCAB_SIZE', TrainerConfig.vocab_size)}"
         if variant not in settings.data_variant_choices:
             sizes = ", ".join(v.removeprefix("sp") for v in settings.data_variant_choices)
             issues.append(Issue(("config", "VOCAB_SIZE"), f"no data variant {variant} here: VOCAB_SIZE must be one of {sizes} "
                                 f"(data variants {', '.join(settings.data_variant_choices)})", config.get("VOCAB_SIZE")))  # fmt: skip
         if spec.abort_if_behind is not None:
-            issues += unlogged_step(config, spec.abort_if_behind.step)
+            issues += unlogged_step(cfg, spec.abort_if_behind.step)
     if not issues and not spec.allow_noncompliant:
         issues += [
             Issue(("config", p.knob), f"{p.reason}; set allow_noncompliant: true to run it anyway (its results will not count for the track)", p.value)
@@ -128,7 +142,7 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
         ]
     if issues:
         raise InvalidInput(issues)
-    return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware, allow_noncompliant=spec.allow_noncompliant), seeds
+    return NormalisedSpec(config=config, track=spec.track, hardware=spec.hardware, allow_noncompliant=spec.allow_noncompliant, trainer=cfg), seeds
 
 
 def _is_script(spec: RunCreate) -> bool:

@@ -4,7 +4,6 @@ quota and idempotency checks."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -66,7 +65,7 @@ def submit_runs(
         if earlier:
             return group_key, _replay(earlier, group_key, seeds), True
     if normal.kind == "trainer" and normal.track == size_check.SIZE_CHECKED_TRACK and not normal.allow_noncompliant:
-        _refuse_oversized(session, team.id, normal.config)
+        _refuse_oversized(session, team.id, normal.trainer or TrainerConfig())
     quotas.check_storage_quota(session, team.id, team.name, sum(len(b) for b in normal.blobs.values()), settings.team_storage_quota_bytes)
     now = utcnow()
     store_blobs(session, normal.blobs)
@@ -110,10 +109,10 @@ def submit_runs(
     return group_key, with_names(session, [r.id for r in runs]), False
 
 
-def _refuse_oversized(session: Session, team_id: int, config: dict[str, Any]) -> None:
+def _refuse_oversized(session: Session, team_id: int, cfg: TrainerConfig) -> None:
     """The pre-flight size check (service.runs.size_check): refuse a config whose artifact cannot fit, saying by how much."""
     ratios, code_sizes = size_check.measured(session, team_id)
-    estimate = size_check.estimate(TrainerConfig.from_dict(config), ratios, code_sizes)
+    estimate = size_check.estimate(cfg, ratios, code_sizes)
     problem = estimate.problem()
     if problem:
         raise InvalidInput([Issue(("config",), f"{problem}; make the model smaller, or set allow_noncompliant: true to run it anyway "

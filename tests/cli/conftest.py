@@ -18,7 +18,7 @@ import uvicorn
 from typer.testing import CliRunner, Result
 
 from service.api.app import create_app
-from service.cli.main import app as cli_app
+from cli.main import app as cli_app
 from service.core.settings import Settings
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main as cli_main
+from cli import main as cli_main
 from service.core.db import get_sessionmaker
 from service.core.models import Run
 from service.runs.lifecycle import transition

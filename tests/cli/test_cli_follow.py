@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.cli import follow
+from cli import follow
 from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Metric, Run
 from service.runs.lifecycle import transition

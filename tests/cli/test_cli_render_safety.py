@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from service.cli.render import attempts_text, escape
+from cli.render import attempts_text, escape
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent
 from service.runs.lifecycle import transition

@@ -7,7 +7,7 @@ import re
 
 import httpx
 
-from service.cli.main import app as cli_app
+from cli.main import app as cli_app
 from tests.cli.conftest import Caddie, api_get
 from worker.embedded import TOKEN_HINT
 

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from service.teams import accounts
 from service.api.app import create_app
-from service.cli.client import CaddieClient
+from cli.client import CaddieClient
 from service.core.db import get_sessionmaker
 from service.core.migrate import upgrade
 from service.core.settings import Settings

@@ -13,18 +13,19 @@ import pytest
 from sqlalchemy import select
 
 from service.billing.accounting import load_team_runs, usage_report
-from service.teams.accounts import create_team, create_user
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
+from service.core.models import Metric, Run, RunEvent, Team, User, utcnow
+from service.core.storage import LocalArtifactStore
+from service.queue.estimates import expected_seconds
 from service.runs.early_abort import AbortRule, judge, loss_at, unlogged_step
 from service.runs.lifecycle import record_created
-from service.core.models import Metric, Run, RunEvent, Team, User, utcnow
-from service.queue.estimates import expected_seconds
+from service.runs.logparse import MetricPoint
+from service.teams.accounts import create_team, create_user
 from tests.e2e.conftest import TINY
 from tests.fresh_db import fresh_database
-from worker.run.executor import execute_run
+from trainer.config import TrainerConfig
 from worker.launchers.local import LocalLauncher
-from service.runs.logparse import MetricPoint
+from worker.run.executor import execute_run
 from worker.settings import WorkerSettings
 
 STEP = 5
@@ -50,10 +51,10 @@ def test_loss_at_takes_the_train_point_of_the_rule_step() -> None:
 
 
 def test_the_rule_step_must_be_one_the_trainer_logs() -> None:
-    assert unlogged_step({}, 1000) == [] and unlogged_step({}, 7) == []  # every 200 steps, and steps 1-10
-    [issue] = unlogged_step({}, 1100)
+    assert unlogged_step(TrainerConfig(), 1000) == [] and unlogged_step(TrainerConfig(), 7) == []  # every 200 steps, and steps 1-10
+    [issue] = unlogged_step(TrainerConfig(), 1100)
     assert issue.loc == ("abort_if_behind", "step") and "every 200 steps" in issue.msg and "1000" in issue.msg
-    [issue] = unlogged_step({"ITERATIONS": 500}, 600)
+    [issue] = unlogged_step(TrainerConfig.from_dict({"ITERATIONS": 500}), 600)
     assert "ITERATIONS (500)" in issue.msg
 
 

@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from service.cli.render import escape, fmt_bpb, fmt_bytes, fmt_seconds, status_text
+from cli.render import escape, fmt_bpb, fmt_bytes, fmt_seconds, status_text
 
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "not_comparable": "yellow", "declared": "cyan"}
 

@@ -10,7 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from service.cli.render import escape
+from cli.render import escape
 
 PHASES = ("provisioning", "setup", "training", "evaluation", "requeued")
 PHASE_TITLES = {"provisioning": "provision", "setup": "setup/data/upload", "training": "training", "evaluation": "eval", "requeued": "requeued"}

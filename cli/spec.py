@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from service.cli.client import CaddieError
+from cli.client import CaddieError
 
 SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed", "allow_noncompliant",
              "script", "files", "env", "data")

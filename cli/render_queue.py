@@ -7,7 +7,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from service.cli.render import escape, fmt_start
+from cli.render import escape, fmt_start
 
 
 def queue_table(items: list[dict[str, Any]]) -> Table:

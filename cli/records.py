@@ -6,7 +6,7 @@ import io
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from service.cli.client import CaddieError
+from cli.client import CaddieError
 
 
 def unpack_records(data: bytes, out_dir: Path, *, force: bool = False) -> tuple[Path, list[tuple[str, int]]]:

@@ -1,7 +1,7 @@
 """``caddie sweep submit FILE | list | show ID | stop ID | resume ID`` (the /api/v1/sweeps endpoints).
 
 Made by ``sweep_commands(friendly, api, out)`` so that this module needs nothing from
-service.cli.main (which adds it as ``caddie sweep``) and the commands share main's error
+cli.main (which adds it as ``caddie sweep``) and the commands share main's error
 handling (one ``error: ...`` line, exit 1) and its API client.
 """
 
@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from service.cli.client import CaddieClient, CaddieError
+from cli.client import CaddieClient, CaddieError
 from service.core.text import printable
 
 SWEEP_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "base", "space", "strategy", "seeds", "max_trials",

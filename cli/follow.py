@@ -15,8 +15,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from service.cli.client import CaddieClient
-from service.cli.render import TERMINAL, fmt_bpb, status_text
+from cli.client import CaddieClient
+from cli.render import TERMINAL, fmt_bpb, status_text
 from service.core.text import printable
 from service.runs.status import RunStatus
 

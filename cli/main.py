@@ -22,15 +22,21 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from service.cli.artifacts import artifacts_table, download_run
-from service.cli.client import CaddieClient, CaddieError, load_config, write_config_file
-from service.cli.follow import describe_submission, follow_runs, tail_log
-from service.cli.render import print_results, run_detail, runs_table, status_text
-from service.cli.render_queue import queue_table
-from service.cli.render_results import comparison_panel, group_detail, groups_table, leaderboard_table
-from service.cli.spec import build_request, read_spec_file
-from service.cli.sweeps import sweep_commands
+from cli.artifacts import artifacts_table, download_run
+from cli.client import CaddieClient, CaddieError, load_config, write_config_file
+from cli.follow import describe_submission, follow_runs, tail_log
+from cli.render import print_results, run_detail, runs_table, status_text
+from cli.render_queue import queue_table
+from cli.render_results import (
+    comparison_panel,
+    group_detail,
+    groups_table,
+    leaderboard_table,
+)
+from cli.spec import build_request, read_spec_file
+from cli.sweeps import sweep_commands
 from service.core.text import printable
+from service.runs.status import RunStatus
 
 app = typer.Typer(
     name="caddie",
@@ -143,7 +149,7 @@ def submit(
             return
         final = follow_runs(client, [r["id"] for r in created["runs"]], out)
     print_results(out, final)
-    if any(r["status"] != "SUCCEEDED" for r in final):
+    if any(r["status"] != RunStatus.SUCCEEDED for r in final):
         raise typer.Exit(1)
 
 
@@ -154,7 +160,7 @@ def follow(run_ids: Annotated[list[int], typer.Argument(metavar="RUN_ID...", hel
     with api() as client:
         final = follow_runs(client, run_ids, out)
     print_results(out, final)
-    if any(r["status"] != "SUCCEEDED" for r in final):
+    if any(r["status"] != RunStatus.SUCCEEDED for r in final):
         raise typer.Exit(1)
 
 
@@ -225,7 +231,7 @@ def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
         run = client.cancel(run_id, wait_s=CANCEL_WAIT_S)
     if run.get("cancel_note"):  # servers that say the outcome
         out.print(f"run {run_id}: {status_text(run['status'])}: {escape(run['cancel_note'])}")
-    elif run["status"] == "CANCELLED":
+    elif run["status"] == RunStatus.CANCELLED:
         out.print(f"run {run_id}: {status_text('CANCELLED')}")
     else:
         out.print(f"run {run_id}: cancel requested while {status_text(run['status'])}; the worker will stop it")
@@ -362,7 +368,7 @@ def usage(
     since: Annotated[str | None, typer.Option(help="start, e.g. 2025-03-01 (default: a few periods back)")] = None,
 ) -> None:
     """What your team's runs cost: GPU-hours and dollars per period, phase and user, the budget, a bar per day."""
-    from service.cli.render_usage import print_usage
+    from cli.render_usage import print_usage
 
     if period not in ("day", "week", "month"):
         raise CaddieError(f"--period must be day, week or month, got {period!r}")
@@ -631,7 +637,7 @@ def export_group(
     force: Annotated[bool, typer.Option("--force", help="overwrite the files of an existing, non-empty folder")] = False,
 ) -> None:
     """Export a group as a records/ folder ready for a pull request to the challenge."""
-    from service.cli.records import unpack_records
+    from cli.records import unpack_records
 
     with api() as client:
         data = client.export_group(group, override=override, baseline=baseline, github_id=github_id)

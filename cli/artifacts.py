@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from service.cli.client import CaddieClient, CaddieError
-from service.cli.render import escape, fmt_bytes, fmt_time
+from cli.client import CaddieClient, CaddieError
+from cli.render import escape, fmt_bytes, fmt_time
 from service.core.text import printable
 
 SHA_PREFIX_CHARS = 12

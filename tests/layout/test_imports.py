@@ -1,0 +1,115 @@
+"""The house rules of imports, read from the source (no import is executed):
+
+- no import cycle between modules, counting imports inside functions too (a cycle held
+  apart by a late import is still a cycle);
+- no upward import between the top packages: trainer < service < worker < cli, so the
+  trainer stays standalone (it is bundled into one file) and the service never needs the
+  worker's dependencies;
+- nothing under service/ or worker/ is a flat module that belongs to a domain room.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAYERS = ("trainer", "service", "worker", "cli")  # each may import only those before it
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for top in LAYERS:
+        for path in (REPO / top).rglob("*.py") if (REPO / top).is_dir() else ():
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+
+    def known(dotted: str) -> str | None:
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps |= {d for a in node.names if (d := known(a.name))}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps |= {d for a in node.names if (d := known(f"{node.module}.{a.name}") or known(node.module))}
+        deps.discard(name)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    # The check above can fail: a late import that closes a loop is seen.
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_package_imports_a_later_layer() -> None:
+    rank = {top: i for i, top in enumerate(LAYERS)}
+    upward = sorted(f"{a} -> {d}" for a, deps in _graph().items() for d in deps if rank[d.split(".")[0]] > rank[a.split(".")[0]])
+    assert upward == []
+
+
+def test_service_and_worker_keep_their_modules_in_rooms() -> None:
+    # Process-wide entry points of the worker stay at its top; everything else lives in a room.
+    worker_top = {"__init__", "celery_app", "tasks", "runtime", "settings", "embedded", "notify"}
+    flat = [p.name for p in (REPO / "service").glob("*.py") if p.stem != "__init__"]
+    flat += [p.name for p in (REPO / "worker").glob("*.py") if p.stem not in worker_top]
+    assert flat == []
