@@ -13,7 +13,8 @@ Faults, one scenario each: kill -9 of the runs worker, the control worker,
 beat, the API (during idempotent submits), a job's wrapper, its trainer; a
 broker restart (Redis without persistence: its messages are lost) with runs
 queued and running; a PostgreSQL restart (immediate stop) mid-run; 2 teams x
-100 runs on 2 slots.
+100 runs on 2 slots; cancels racing a run's end (sent 0 to 0.2 s after its trainer
+wrote its result).
 
 Per scenario it writes, in bench/results/faults.md:
 
@@ -59,10 +60,10 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
 from service.core.models import Run, RunEvent  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 from worker.run.lease import holder_gone, is_dispatch_mark  # noqa: E402
-from worker.settings import WorkerSettings  # noqa: E402
 
-DEFAULTS = WorkerSettings(_env_file=None)  # caddie's defaults: the numbers the scenarios run under
+DEFAULTS = Settings(_env_file=None)  # caddie's defaults: the numbers the scenarios run under
 CAPACITY = 2
 RESTART_DELAY_S = 1.0
 ACTIVE = ("PROVISIONING", "RUNNING")
@@ -606,6 +607,32 @@ class Suite:
         out.notes.append("API answers during and just after the outage: " + ", ".join(f"{k}: {n}" for k, n in sorted(answers.items())))
         return out
 
+    def cancel_race(self) -> Outcome:
+        """Cancels sent as a run's trainer has written its result and is exiting (0 to 0.2 s after result.json appears):
+        the run should end SUCCEEDED with its result, and the cancel's answer (cancel_outcome, waiting up to 5 s)
+        should say what really happened."""
+        answers = []
+        for seed, delay in enumerate((0.0, 0.05, 0.1, 0.2, 0.0, 0.05, 0.1, 0.2), start=1):
+            run = self.submit(20, seed=seed)
+            # The result file in the run's folder (a sealed job's end mark may not reach the suite's home).
+            self.wait(lambda: any((self.home / "runs" / str(run)).glob("attempt-*/result.json")), 120, "the trainer to write its result")
+            time.sleep(delay)
+            r = self.clients["a"].post(f"/runs/{run}/cancel", params={"wait_s": 5})
+            said = r.json().get("cancel_outcome", "-") if r.status_code == 200 else f"{r.status_code}"
+            answers.append((run, delay, said))
+        self.all_done()
+        out = self.outcome("cancel race", "cancel 0-0.2 s after the trainer wrote its result (8 runs)", None)
+        final = {r.id: r for r in self.rows(self.ids)}
+        agree = {"finished_first": ("SUCCEEDED", "FAILED"), "cancelled": ("CANCELLED",), "409": ("SUCCEEDED", "FAILED", "CANCELLED")}
+        wrong = [(run, said, final[run].status) for run, _, said in answers if final[run].status not in agree.get(said, ())]
+        no_result = [r.id for r in final.values() if r.status == "SUCCEEDED" and r.val_bpb is None]
+        out.notes.append("answers (run, delay s, cancel_outcome or HTTP status -> final status): "
+                         + "; ".join(f"{run} {delay:g} {said} -> {final[run].status}" for run, delay, said in answers))  # fmt: skip
+        out.notes.append(f"answers that did not say what happened: {len(wrong)}" + (f" {wrong}" if wrong else "")
+                         + f"; SUCCEEDED without val_bpb: {len(no_result)}")  # fmt: skip
+        out.lost += len(no_result)
+        return out
+
     def many_runs(self) -> Outcome:
         t0 = time.time()
         for i in range(100):
@@ -623,9 +650,9 @@ class Suite:
 
 
 def bootstrap(db_url: str) -> dict[str, str]:
-    from service.teams import accounts
     from service.core.db import get_sessionmaker
     from service.core.migrate import upgrade
+    from service.teams import accounts
 
     upgrade(db_url)
     with get_sessionmaker(db_url)() as session:
@@ -668,7 +695,8 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "postgres-60s", "many")
+SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "postgres-60s", "many",
+             "cancel-race")
 
 
 def main() -> int:
@@ -704,6 +732,7 @@ def main() -> int:
             "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
             "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
             "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "postgres-60s": lambda: suite.postgres_down_60s(pg), "many": suite.many_runs,
+            "cancel-race": suite.cancel_race,
         }  # fmt: skip
         for name in args.only:
             print(f"--- {name}", flush=True)
