@@ -235,6 +235,29 @@ class TrainerConfig:
     ttt_epochs: int = knob(3, "TTT epochs per chunk.", min=1, max=100, group="eval")
     ttt_batch_seqs: int = knob(32, "TTT batch size in sequences.", min=1, max=4096, group="eval")
     ttt_grad_clip: float = knob(1.0, "TTT gradient-norm clip (0 disables).", min=0.0, max=1e6, group="eval")
+    ttt_mode: str = knob("whole", "whole: score-first TTT of the whole model over TTT_CHUNK_TOKENS chunks of the stream (the TTT_* knobs "
+                         "above). lora_phased (the 2026-04-27 record's): BOS-delimited documents in batches of TTT_LORA_BATCH_DOCS "
+                         "(longest first), each document scored TTT_LORA_CHUNK_TOKENS at a time by the model plus its own LoRA "
+                         "(reset per batch), the LoRA trained on each chunk after it is scored; after the first "
+                         "TTT_PREFIX_DOCS·p/TTT_PHASES documents are scored (p = 1..TTT_PHASES) the whole model takes SGD on the "
+                         "scored documents (TTT_LR, TTT_MOMENTUM, TTT_EPOCHS, TTT_CHUNK_TOKENS, TTT_BATCH_SEQS, TTT_GRAD_CLIP; the "
+                         "record's GLOBAL_TTT_*).", choices=("whole", "lora_phased"), group="eval")
+    ttt_lora_rank: int = knob(96, "LoRA rank of TTT_MODE=lora_phased (the record's run: 80).", min=1, max=1024, group="eval")
+    ttt_lora_alpha: float = knob(144.0, "LoRA delta scale α: delta = (α/rank)·x Aᵀ Bᵀ.", min=0.0, max=1e6, group="eval")
+    ttt_lora_warm_start_a: bool = knob(True, "Keep each LoRA's A across the batches of a phase (only B is zeroed per batch).", group="eval")
+    ttt_lora_lr: float = knob(1e-4, "AdamW learning rate of the LoRA (TTT_MODE=lora_phased).", min=0.0, max=10.0, group="eval")
+    ttt_lora_beta1: float = knob(0.0, "AdamW beta1 of the LoRA.", min=0.0, max=1.0, group="eval")
+    ttt_lora_beta2: float = knob(0.999, "AdamW beta2 of the LoRA (the record's run: 0.99).", min=0.0, max=1.0, group="eval")
+    ttt_lora_weight_decay: float = knob(1.0, "AdamW decoupled weight decay of the LoRA (the record's run: 0.5).", min=0.0, max=100.0,
+                                        group="eval")
+    ttt_lora_chunk_tokens: int = knob(48, "Targets per LoRA TTT chunk: each is scored (window of up to EVAL_SEQ_LEN tokens ending "
+                                      "at it), then trained on, TTT_LORA_GRAD_STEPS steps.", min=1, max=65536, group="eval")
+    ttt_lora_grad_steps: int = knob(1, "LoRA optimiser steps per chunk.", min=1, max=100, group="eval")
+    ttt_lora_batch_docs: int = knob(64, "Documents per LoRA TTT batch (one LoRA each).", min=1, max=4096, group="eval")
+    ttt_phases: int = knob(1, "Phases of TTT_MODE=lora_phased: whole-model SGD after each (the record's run: 3).", min=1, max=64,
+                           group="eval")
+    ttt_prefix_docs: int = knob(2000, "Documents scored, over all phases, before the last whole-model SGD (the record's run: 2500; "
+                                "0: LoRA only).", min=0, max=1 << 30, group="eval")
 
     # ------------------------------------------------------------------
     @property
@@ -397,6 +420,8 @@ class TrainerConfig:
             bad("MATRIX_BITS", "must be 6 while QAT_ENABLED (late QAT fake-quantises to int6)")
         if self.gptq and 0 < self.max_wallclock_seconds <= self.gptq_reserve_seconds:
             bad("GPTQ_RESERVE_SECONDS", f"must be < MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} with GPTQ (no time left to train)")
+        if self.ttt_mode == "lora_phased" and self.ttt_lora_chunk_tokens > self.eval_seq_len:
+            bad("TTT_LORA_CHUNK_TOKENS", f"must be <= EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored inside one window)")
         if issues:
             raise ConfigError(issues)
 

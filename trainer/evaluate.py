@@ -17,6 +17,16 @@ TTT (legal, score-first): the targets are cut into chunks of TTT_CHUNK_TOKENS; f
 chunk in order, its sliding windows are scored under inference mode first, and only then,
 unless it is the last chunk, the model adapts on that chunk's tokens with SGD. So the
 loss credited to chunk k comes from weights adapted on chunks 0..k-1 only.
+
+Phased LoRA TTT (TTT_MODE=lora_phased, the 2026-04-27 record's; ``evaluate_ttt_lora_phased``):
+documents run from a BOS through the next BOS (their last target is the next document's BOS),
+sorted by length and cut into batches of TTT_LORA_BATCH_DOCS, longest batch first. In a batch
+each document has its own LoRA (B zeroed per batch) and is read TTT_LORA_CHUNK_TOKENS targets
+at a time: chunk c is scored by the model plus the LoRA in a window of up to EVAL_SEQ_LEN tokens
+ending at it, and only then, unless it is the document's last chunk, the LoRA takes AdamW steps
+on chunk c's mean loss. Once the first b_p = TTT_PREFIX_DOCS·p/TTT_PHASES documents of the queue
+are scored, the whole model takes SGD over those b_p (already scored) documents and the LoRAs
+restart. So every loss is scored before any weight has seen its target.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +43,7 @@ import torch.nn.functional as F
 
 from trainer.bpb import ByteLUTs, token_bytes
 from trainer.config import TrainerConfig
+from trainer.model import TTTLoRA
 
 
 @dataclass
@@ -273,4 +285,228 @@ def evaluate_ttt(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUT
             chunk_scores.append(scored)
         if c < len(chunks) - 1:
             adapt_on_chunk(model, optimizer, tokens, bounds, ttt_lr_at(c, len(chunks), cfg), cfg, rank, world_size)
+    return result_from(all_reduce_totals(totals, device), time.perf_counter() - t0)
+
+
+# --- phased LoRA TTT (TTT_MODE=lora_phased) ---------------------------------------------------
+
+Document = tuple[int, int]  # (first token, length) in the val stream
+
+
+def find_documents(tokens: torch.Tensor, bos: int) -> list[Document]:
+    """Each BOS through the next BOS inclusive (so its last target is the next document's BOS); the
+    last document runs to the end of the stream. Tokens before the first BOS are in none."""
+    starts = (tokens == bos).nonzero().flatten().tolist()
+    ends = [b + 1 for b in starts[1:]] + [tokens.numel()]
+    return [(a, e - a) for a, e in zip(starts, ends) if e - a >= 2]
+
+
+def lora_batches(docs: list[Document], batch_docs: int) -> list[tuple[int, list[tuple[int, Document]]]]:
+    """The LoRA TTT queue: (document index, document) sorted by length, cut into batches of
+    ``batch_docs``; the batches (with their index in that length order) longest first."""
+    by_length = sorted(enumerate(docs), key=lambda e: e[1][1])
+    batches = [by_length[i:i + batch_docs] for i in range(0, len(by_length), batch_docs)]
+    return sorted(enumerate(batches), key=lambda b: -max(n for _, (_, n) in b[1]))
+
+
+def lora_chunk_window(chunk: int, targets: int, chunk_tokens: int, seq_len: int) -> tuple[int, int, int, int]:
+    """(window start, window length, chunk offset in the window, chunk length) of a document's chunk:
+    chunk c holds targets [c·C, min((c+1)·C, n)); its window is the up-to-``seq_len`` tokens ending at it."""
+    last = -(-targets // chunk_tokens) - 1
+    end = targets if chunk == last else (chunk + 1) * chunk_tokens
+    start = max(0, end - seq_len)
+    return start, end - start, chunk * chunk_tokens - start, end - chunk * chunk_tokens
+
+
+def make_lora(model: torch.nn.Module, cfg: TrainerConfig, docs: int, device: torch.device) -> tuple[TTTLoRA, torch.optim.Optimizer]:
+    lora = TTTLoRA(model, docs, cfg.ttt_lora_rank, cfg.ttt_lora_alpha, cfg.ttt_lora_warm_start_a).to(device)
+    opt = torch.optim.AdamW(lora.parameters(), lr=cfg.ttt_lora_lr, betas=(cfg.ttt_lora_beta1, cfg.ttt_lora_beta2), eps=1e-10,
+                            weight_decay=cfg.ttt_lora_weight_decay, fused=device.type == "cuda")
+    return lora, opt
+
+
+def reset_lora(lora: TTTLoRA, opt: torch.optim.Optimizer) -> None:
+    """B to zero (A too unless warm-started) and the optimiser's moments and step count to zero."""
+    lora.reset()
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                v.zero_()
+            elif k == "step":
+                state[k] = 0
+
+
+ChunkStep = Callable[[Callable[[], torch.Tensor], slice, torch.Tensor, torch.optim.Optimizer, int], torch.Tensor]
+
+
+def score_then_adapt(losses_of: Callable[[], torch.Tensor], chunk: slice, train: torch.Tensor, opt: torch.optim.Optimizer,
+                     steps: int) -> torch.Tensor:
+    """The legal order for one chunk of a batch: the per-token losses [docs, window] of the current
+    weights (what is scored), then ``steps`` optimiser steps on Σ_docs train_d · mean(loss[d, chunk])."""
+    losses = losses_of()
+    scored = losses.detach()
+    if bool(train.any()):
+        for step in range(steps):
+            if step:
+                losses = losses_of()
+            opt.zero_grad(set_to_none=True)
+            (losses[:, chunk].mean(dim=-1) * train).sum().backward()
+            opt.step()
+    return scored
+
+
+def document_segments(x: torch.Tensor, bos: int, max_len: int) -> list[tuple[int, int]]:
+    """[start, end) pieces of a packed row: a piece starts at 0 and at every BOS, and one longer than
+    ``max_len`` is cut every ``max_len`` tokens (the record's cu_seqlens for its global TTT)."""
+    starts = sorted({0, *(x == bos).nonzero().flatten().tolist()})
+    bounds = starts + [x.numel()]
+    return [(p, min(p + max_len, b)) for a, b in zip(bounds, bounds[1:]) for p in range(a, b, max_len)]
+
+
+def packed_document_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainerConfig, scale: float) -> None:
+    """Backward of scale · mean CE over a packed row whose documents attend only within themselves:
+    pieces (``document_segments``) run as rows of their own, longest first, in groups of at most
+    len(x) padded tokens (lengths padded to a multiple of 64, fewer shapes to compile); padding
+    comes after each piece, so under causal attention it changes no real position."""
+    pieces = sorted(document_segments(x, cfg.bos_token_id, cfg.eval_seq_len), key=lambda p: p[0] - p[1])
+    n = x.numel()
+    i = 0
+    while i < len(pieces):
+        width = min(-(-(pieces[i][1] - pieces[i][0]) // 64) * 64, max(cfg.eval_seq_len, pieces[i][1] - pieces[i][0]))
+        rows = max(1, min(len(pieces) - i, n // width))
+        group = pieces[i:i + rows]
+        xs = torch.zeros(rows, width, dtype=torch.long, device=x.device)
+        ys = torch.zeros_like(xs)
+        mask = torch.zeros(rows, width, dtype=torch.bool, device=x.device)
+        for r, (a, b) in enumerate(group):
+            xs[r, :b - a], ys[r, :b - a], mask[r, :b - a] = x[a:b], y[a:b], True
+        logits = model.forward_logits(xs)
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ys.reshape(-1), reduction="none")
+        ((ce * mask.reshape(-1)).sum() * (scale / n)).backward()
+        i += rows
+
+
+def adapt_on_documents(model: torch.nn.Module, doc_tokens: torch.Tensor, cfg: TrainerConfig, rank: int = 0, world_size: int = 1) -> None:
+    """The phase's whole-model SGD (the record's global TTT) over the scored documents, concatenated:
+    chunks of TTT_CHUNK_TOKENS but the last, each cut into its whole EVAL_SEQ_LEN sequences, TTT_EPOCHS
+    passes in batches of TTT_BATCH_SEQS sequences packed into one row that attends within documents;
+    LR ``ttt_lr_at`` of the chunk, SGD with momentum, gradient mean over ranks, clipped."""
+    seq = cfg.eval_seq_len
+    chunks = ttt_chunk_bounds(doc_tokens.numel() - 1, cfg.ttt_chunk_tokens)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=cfg.ttt_lr, momentum=cfg.ttt_momentum)
+    distributed = dist.is_available() and dist.is_initialized() and world_size > 1
+    for c, (a, b) in enumerate(chunks[:-1]):
+        seqs = (b - a) // seq
+        if seqs == 0:
+            continue
+        for g in opt.param_groups:
+            g["lr"] = ttt_lr_at(c, len(chunks), cfg)
+        lo, hi = seqs * rank // world_size, seqs * (rank + 1) // world_size
+        per_rank = -(-seqs // world_size)
+        batches = -(-per_rank // cfg.ttt_batch_seqs)  # the same count on every rank, so the all-reduces pair up
+        for _ in range(cfg.ttt_epochs):
+            for k in range(batches):
+                s, e = lo + k * cfg.ttt_batch_seqs, min(lo + (k + 1) * cfg.ttt_batch_seqs, hi)
+                opt.zero_grad(set_to_none=True)
+                if s < e:
+                    row = doc_tokens[a + s * seq:a + e * seq + 1].long()
+                    packed_document_loss(model, row[:-1], row[1:], cfg, 1.0)
+                if distributed:
+                    for p in params:
+                        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                        dist.all_reduce(grad)
+                        p.grad = grad / world_size
+                if cfg.ttt_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.ttt_grad_clip)
+                opt.step()
+    opt.zero_grad(set_to_none=True)
+    for p in params:
+        p.requires_grad_(False)
+
+
+@dataclass
+class ScoredChunk:
+    """One scoring step of LoRA TTT, for legality probes: the step's index in scoring order, the
+    targets it scored (stream positions; target j is token j+1) and their losses (float32). Steps
+    count on each rank; one rank's steps are the whole scoring order."""
+
+    step: int
+    targets: torch.Tensor
+    losses: torch.Tensor
+
+
+def evaluate_ttt_lora_phased(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: TrainerConfig,
+                             rank: int = 0, world_size: int = 1, *, chunk_step: ChunkStep = score_then_adapt,
+                             trace: list[ScoredChunk] | None = None) -> EvalResult:
+    """Phased LoRA TTT (module docstring) over the documents of the val stream; the model's weights
+    change in the phases. Ranks take the queue's batches round-robin and reach each phase boundary
+    after the same round, so the phases are the same on every rank (one rank: the record's order).
+    ``chunk_step`` is the order of scoring and training within a chunk (a probe may swap it);
+    ``trace`` receives every scoring step."""
+    t0 = time.perf_counter()
+    device = model_device(model)
+    tokens = val_tokens.to(device=device, dtype=torch.int64)
+    luts = luts.to(device)
+    docs = find_documents(val_tokens.cpu(), cfg.bos_token_id)
+    queue = lora_batches(docs, cfg.ttt_lora_batch_docs)
+    prefix = min(len(docs), cfg.ttt_prefix_docs)
+    boundaries = [prefix * (p + 1) // cfg.ttt_phases for p in range(cfg.ttt_phases)]
+    phase, phases_done = 0, prefix == 0
+    C, L = cfg.ttt_lora_chunk_tokens, cfg.eval_seq_len
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora, opt = make_lora(model, cfg, cfg.ttt_lora_batch_docs, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    byte_sum = torch.zeros((), dtype=torch.int64, device=device)
+    scored_tokens, step = 0, 0
+    scored_docs: list[tuple[int, int, Document]] = []  # (batch index in length order, place in batch, document)
+    positions = torch.arange(L, device=device)
+    for first in range(0, len(queue), world_size):
+        round_ = queue[first:first + world_size]
+        if rank < len(round_):
+            batch = [d for _, d in round_[rank][1]]
+            if len(batch) == lora.batch:
+                reset_lora(lora, opt)
+                cur_lora, cur_opt = lora, opt
+            else:
+                cur_lora, cur_opt = make_lora(model, cfg, len(batch), device)
+            targets = [n - 1 for _, n in batch]
+            n_chunks = torch.tensor([-(-t // C) for t in targets], device=device)
+            for c in range(int(n_chunks.max())):
+                windows = torch.tensor([lora_chunk_window(c, t, C, L) if c < -(-t // C) else (0, 0, 0, 0) for t in targets])
+                starts = torch.tensor([a for a, _ in batch]) + windows[:, 0]
+                _, width, offset, _ = lora_chunk_window(c, (c + 1) * C, C, L)
+                cols = torch.arange(width + 1)
+                got = tokens[(starts[:, None] + cols).clamp_(max=tokens.numel() - 1).to(device)]
+                valid = (cols[:width][None] < windows[:, 1:2]).to(device)
+                x = torch.where(valid, got[:, :-1], 0)
+                y = torch.where(valid, got[:, 1:], 0)
+                off, length = windows[:, 2:3].to(device), windows[:, 3:4].to(device)
+                train = (n_chunks - 1 > c).to(torch.float32)
+                losses = chunk_step(lambda: model.forward_ttt(x, y, cur_lora), slice(offset, offset + C), train, cur_opt,
+                                    cfg.ttt_lora_grad_steps)
+                pos = positions[:width][None]
+                mask = (pos >= off) & (pos < off + length)
+                loss_sum += (losses.double() * mask).sum()
+                byte_sum += (token_bytes(x, y, luts).long() * mask).sum()
+                scored_tokens += int(windows[:, 3].sum())
+                if trace is not None:
+                    trace.append(ScoredChunk(step, (starts.to(device)[:, None] + pos)[mask].cpu(), losses[mask].float().cpu()))
+                step += 1
+        if phases_done:
+            continue
+        for index, entries in round_:  # every rank counts the whole round, so all pause together
+            scored_docs.extend((index, place, doc) for place, (_, doc) in enumerate(entries))
+        if len(scored_docs) >= boundaries[phase]:
+            chosen = sorted(scored_docs)[:boundaries[phase]]
+            adapt_on_documents(model, torch.cat([tokens[a:a + n] for _, _, (a, n) in chosen]), cfg, rank, world_size)
+            lora, opt = make_lora(model, cfg, cfg.ttt_lora_batch_docs, device)
+            phase += 1
+            phases_done = phase >= cfg.ttt_phases
+    for p in model.parameters():
+        p.requires_grad_(True)
+    totals = ScoreTotals(float(loss_sum.item()), scored_tokens, int(byte_sum.item()))
     return result_from(all_reduce_totals(totals, device), time.perf_counter() - t0)

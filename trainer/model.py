@@ -235,11 +235,14 @@ class Attention(nn.Module):
             nn.init.orthogonal_(lin.weight)
         nn.init.zeros_(self.proj.weight)
 
-    def forward(self, x: Tensor, ve: Tensor | None = None, doc_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None = None, doc_mask: Tensor | None = None, lora: "LoRASlot | None" = None) -> Tensor:
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        if lora is not None:  # TTT's per-document low-rank deltas (LoRA TTT), all read the block's normed input
+            q, k, v = q + lora.q(x), (k + lora.k(x)) if lora.k is not None else k, v + lora.v(x)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
         if ve is not None:
             v = v + ve.view_as(v)
         q, k = rms_norm(q), rms_norm(k)
@@ -253,7 +256,10 @@ class Attention(nn.Module):
         if self.gate_width:
             g = torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_width], self.attn_gate_w.to(x.dtype)))
             y = y * g[..., None].to(y.dtype)
-        return self.proj(y.reshape(B, T, -1))
+        out = self.proj(y.reshape(B, T, -1))
+        if lora is not None and lora.o is not None:  # the record's O-LoRA reads the attention's input, not y
+            out = out + lora.o(x)
+        return out
 
 
 class MLP(nn.Module):
@@ -289,20 +295,26 @@ class Block(nn.Module):
             self.lane_resid = nn.Parameter(torch.full((2,), 1.1))
             self.lane_post = nn.Parameter(torch.ones(4))  # [attn->lane0, attn->lane1, mlp->lane0, mlp->lane1]
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, doc_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, doc_mask: Tensor | None = None,
+                lora: "LoRASlot | None" = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, doc_mask)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, doc_mask, lora)
+        return x + self.mlp_scale.to(x.dtype) * self._mlp(rms_norm(x) * self.ln_scale, lora)
+
+    def _mlp(self, n: Tensor, lora: "LoRASlot | None") -> Tensor:
+        """MLP(n), plus the MLP-LoRA's n -> dim delta under LoRA TTT."""
+        out = self.mlp(n)
+        return out + lora.mlp(n) if lora is not None and lora.mlp is not None else out
 
     def forward_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ve: Tensor | None = None,
-                      doc_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                      doc_mask: Tensor | None = None, lora: "LoRASlot | None" = None) -> tuple[Tensor, Tensor]:
         """Two lanes, attention and MLP side by side:
         a = attn_scale·Attn(rms(m0·lane0 + m1·x0)·s),  m = mlp_scale·MLP(rms(lane1)·s),
         lane0 <- r0·lane0 + p0·a + p2·m,  lane1 <- r1·lane1 + p1·a + p3·m."""
         mix = self.resid_mix.to(lane0.dtype)
-        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(rms_norm(mix[0] * lane0 + mix[1] * x0) * self.ln_scale, ve, doc_mask)
-        mlp_out = self.mlp_scale.to(lane1.dtype) * self.mlp(rms_norm(lane1) * self.ln_scale)
+        attn_out = self.attn_scale.to(lane0.dtype) * self.attn(rms_norm(mix[0] * lane0 + mix[1] * x0) * self.ln_scale, ve, doc_mask, lora)
+        mlp_out = self.mlp_scale.to(lane1.dtype) * self._mlp(rms_norm(lane1) * self.ln_scale, lora)
         r, p = self.lane_resid.to(lane0.dtype), self.lane_post.to(lane0.dtype)
         return r[0] * lane0 + p[0] * attn_out + p[2] * mlp_out, r[1] * lane1 + p[1] * attn_out + p[3] * mlp_out
 
@@ -413,8 +425,9 @@ class GPT(nn.Module):
             if isinstance(m, BlockLinear):
                 m.qat = enabled
 
-    def hidden(self, idx: Tensor) -> Tensor:
-        """Final normalised hidden states [B, T, D]."""
+    def hidden(self, idx: Tensor, lora: "TTTLoRA | None" = None) -> Tensor:
+        """Final normalised hidden states [B, T, D]; with ``lora`` (LoRA TTT) each block visit, in
+        the order run, adds its own slot's deltas."""
         x = self.tok_emb(idx)
         if self.bigram is not None:
             x = x + self.bigram(idx, self.cfg.bos_token_id if self.cfg.doc_attention else None)
@@ -433,9 +446,10 @@ class GPT(nn.Module):
         encoder, decoder = block_order(self.cfg, self.looping)
         # DOC_ATTENTION: one mask for every layer, so no token attends across a BOS
         doc_mask = document_mask(idx, self.cfg.bos_token_id) if self.cfg.doc_attention else None
+        slots = lora.slots() if lora is not None else [None] * (len(encoder) + len(decoder))
         skips: list[Tensor] = []
-        for i in encoder:
-            x = self.blocks[i](x, x0, self._ve_for(i, ve), doc_mask)
+        for s, i in enumerate(encoder):
+            x = self.blocks[i](x, x0, self._ve_for(i, ve), doc_mask, slots[s])
             if self.num_skips:
                 skips.append(x)
         lanes: tuple[Tensor, Tensor] | None = None  # parallel residuals, from PARALLEL_START_LAYER on
@@ -448,10 +462,11 @@ class GPT(nn.Module):
                     x = self._add_skip(x, j, skips.pop())
                 else:  # the skip enters the attention lane
                     lanes = (self._add_skip(lanes[0], j, skips.pop()), lanes[1])
+            slot = slots[len(encoder) + j]
             if lanes is None:
-                x = block(x, x0, self._ve_for(i, ve), doc_mask)
+                x = block(x, x0, self._ve_for(i, ve), doc_mask, slot)
             else:
-                lanes = block.forward_lanes(*lanes, x0, self._ve_for(i, ve), doc_mask)
+                lanes = block.forward_lanes(*lanes, x0, self._ve_for(i, ve), doc_mask, slot)
         if lanes is not None:
             final = self.cfg.parallel_final_lane
             x = lanes[0] if final == "attn" else lanes[1] if final == "mlp" else 0.5 * (lanes[0] + lanes[1])
@@ -482,6 +497,16 @@ class GPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(z / c) if c > 0 else z
 
+    def forward_ttt(self, idx: Tensor, targets: Tensor, lora: "TTTLoRA") -> Tensor:
+        """Per-token cross-entropy [B, T] (float32) of the model plus LoRA TTT's per-sequence deltas:
+        logits = c·tanh((W_out h + (α/r)·(h A_bᵀ) B_bᵀ)/c), h the final hidden state under the blocks' deltas."""
+        h = self.hidden(idx, lora)
+        z = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.tok_emb.weight.to(h.dtype))
+        z = (z + lora.lm_head(h)).float()
+        c = self.cfg.logit_softcap
+        logits = c * torch.tanh(z / c) if c > 0 else z
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view_as(targets)
+
     def forward(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy (nats)."""
         if self.cfg.fused_ce:
@@ -489,6 +514,72 @@ class GPT(nn.Module):
             return SoftcappedCrossEntropy.apply(z.reshape(-1, z.size(-1)), targets.reshape(-1), self.cfg.logit_softcap).mean()
         logits = self.forward_logits(idx)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+# --- LoRA test-time training (TTT_MODE=lora_phased) -------------------------------------------
+
+
+class BatchedLoRA(nn.Module):
+    """One low-rank delta per sequence of a batch: y_b = (α/r) · (x_b A_bᵀ) B_bᵀ.
+
+    A [B, r, in] ~ U(±1/√in), B [B, out, r] = 0, so the delta starts at zero. ``reset`` zeroes B
+    and, unless ``warm_start_a``, redraws A (the record keeps A across documents of a phase)."""
+
+    def __init__(self, batch: int, fan_in: int, fan_out: int, rank: int, alpha: float, warm_start_a: bool):
+        super().__init__()
+        self.bound, self.scale, self.warm_start_a = 1.0 / math.sqrt(fan_in), alpha / rank, warm_start_a
+        self.A = nn.Parameter(torch.empty(batch, rank, fan_in).uniform_(-self.bound, self.bound))
+        self.B = nn.Parameter(torch.zeros(batch, fan_out, rank))
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            if not self.warm_start_a:
+                self.A.uniform_(-self.bound, self.bound)
+            self.B.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x @ self.A.transpose(1, 2).to(x.dtype)) @ self.B.transpose(1, 2).to(x.dtype) * self.scale
+
+
+class LoRASlot:
+    """The deltas of one block visit: q, k, v (k optional) and o from the attention's normed input,
+    mlp from the MLP's normed input to the residual width (o and mlp optional)."""
+
+    def __init__(self, q: BatchedLoRA, k: BatchedLoRA | None, v: BatchedLoRA, o: BatchedLoRA | None, mlp: BatchedLoRA | None):
+        self.q, self.k, self.v, self.o, self.mlp = q, k, v, o, mlp
+
+
+class TTTLoRA(nn.Module):
+    """LoRA TTT's adapters for ``batch`` documents: one slot per block visit of the model's order
+    (a looped block gets one per pass) plus the output head. Built in the record's order (head, q, v,
+    k, mlp, o), so the same RNG state draws the same A."""
+
+    def __init__(self, model: GPT, batch: int, rank: int, alpha: float, warm_start_a: bool,
+                 k_lora: bool = True, mlp_lora: bool = True, o_lora: bool = True):
+        super().__init__()
+        cfg = model.cfg
+        encoder, decoder = block_order(cfg, model.looping)
+        n, dim, kv = len(encoder) + len(decoder), cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+        self.batch = batch
+
+        def make(fan_in: int, fan_out: int) -> BatchedLoRA:
+            return BatchedLoRA(batch, fan_in, fan_out, rank, alpha, warm_start_a)
+
+        self.lm_head = make(dim, cfg.vocab_size)
+        self.q = nn.ModuleList(make(dim, dim) for _ in range(n))
+        self.v = nn.ModuleList(make(dim, kv) for _ in range(n))
+        self.k = nn.ModuleList(make(dim, kv) for _ in range(n)) if k_lora else None
+        self.mlp = nn.ModuleList(make(dim, dim) for _ in range(n)) if mlp_lora else None
+        self.o = nn.ModuleList(make(dim, dim) for _ in range(n)) if o_lora else None
+
+    def slots(self) -> list[LoRASlot]:
+        pick = lambda ms, i: ms[i] if ms is not None else None  # noqa: E731
+        return [LoRASlot(self.q[i], pick(self.k, i), self.v[i], pick(self.o, i), pick(self.mlp, i)) for i in range(len(self.q))]
+
+    def reset(self) -> None:
+        for m in self.modules():
+            if isinstance(m, BatchedLoRA):
+                m.reset()
 
 
 def count_parameters(model: nn.Module) -> int:

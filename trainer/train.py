@@ -33,11 +33,10 @@ from trainer.bpb import ByteLUTs
 from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig, artifact_settings, config_for_artifact
 from trainer.data import TokenStream, load_val_tokens, read_shard_header, shard_files
-from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt
-from trainer.model import GPT, block_order, count_parameters
-from trainer.optim import build_optimizers, set_schedule
+from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt, evaluate_ttt_lora_phased
 from trainer.gptq import collect_hessians
-from trainer.model import BlockLinear
+from trainer.model import GPT, BlockLinear, block_order, count_parameters
+from trainer.optim import build_optimizers, set_schedule
 from trainer.quant import FrontierQuant, dequantize, pack_artifact, quantize_state_dict, unpack_artifact, unpack_artifact_with_settings
 
 ARTIFACT_NAME = "model.int6.ptz"
@@ -326,7 +325,8 @@ def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, lu
     if cfg.ttt_enabled:
         ttt0 = time.perf_counter()
         with autocast_for(device):
-            r = evaluate_ttt(roundtrip, val_tokens, luts, cfg, rank, world)
+            ttt = evaluate_ttt_lora_phased if cfg.ttt_mode == "lora_phased" else evaluate_ttt
+            r = ttt(roundtrip, val_tokens, luts, cfg, rank, world)
         log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
         sync()
         log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - ttt0):.0f}ms")
