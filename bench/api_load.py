@@ -165,8 +165,8 @@ def seed_database(url: str, runs: int) -> Seeded:
     """Teams, users, tokens through the service's own functions; runs by COPY (fast)."""
     from sqlalchemy import text
 
-    from service.teams import accounts
     from service.core.db import get_engine, get_sessionmaker
+    from service.teams import accounts
 
     t0 = time.perf_counter()
     rng = random.Random(1234)
@@ -277,9 +277,9 @@ class ForecastBeat:
     def __init__(self, url: str) -> None:
         import threading
 
-        from worker.settings import WorkerSettings
+        from service.core.settings import Settings
 
-        self.url, self.settings = url, WorkerSettings(database_url=url)
+        self.url, self.settings = url, Settings(database_url=url)
         self.seconds: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="forecast-beat", daemon=True)

@@ -25,14 +25,13 @@ from sqlalchemy import func, select
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.teams import accounts  # noqa: E402
 from service.api.app import create_app  # noqa: E402
 from service.core.db import get_sessionmaker  # noqa: E402
 from service.core.models import LogChunk, Metric, Run, utcnow  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
+from service.teams import accounts  # noqa: E402
 from tests.fresh_db import fresh_database  # noqa: E402
 from worker.run.log_stream import RunLog  # noqa: E402
-from worker.settings import WorkerSettings  # noqa: E402
 
 
 class FileLog:
@@ -50,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.lines
     log = "".join(f"step:{i}/{n} train_loss:{6 - i / n:.4f} train_time:{i * 80}ms step_avg:80.00ms\n" for i in range(1, n + 1)).encode()
-    worker = WorkerSettings()
+    worker = Settings()
     with fresh_database() as url:
         maker = get_sessionmaker(url)
         with maker() as s:

@@ -24,7 +24,7 @@ from celery.platforms import EX_FAILURE
 from celery.signals import worker_init, worker_process_init, worker_ready
 from celery.worker.consumer import Consumer
 
-from worker.settings import WorkerSettings
+from service.core.settings import Settings, get_settings
 
 RUNS_QUEUE = "runs"
 CONTROL_QUEUE = "control"
@@ -46,12 +46,12 @@ class QuickReconnectConsumer(Consumer):
     """
 
     def ensure_connected(self, conn: Any) -> Any:
-        retry_max = WorkerSettings().broker_retry_max_s
+        retry_max = get_settings().broker_retry_max_s
         conn.ensure_connection = functools.partial(conn.ensure_connection, interval_start=0.5, interval_step=0.5, interval_max=retry_max)
         return super().ensure_connected(conn)
 
 
-def celery_config(settings: WorkerSettings) -> dict:
+def celery_config(settings: Settings) -> dict:
     """Celery's settings for `settings` (a plain dict, so tests can read it)."""
     broker = settings.broker_url
     if broker.startswith(("redis://", "rediss://", "sentinel://")):
@@ -97,8 +97,8 @@ def celery_config(settings: WorkerSettings) -> dict:
     }
 
 
-def make_celery(settings: WorkerSettings | None = None) -> Celery:
-    settings = settings or WorkerSettings()
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
     if settings.broker_url.startswith("sqla+"):
         # The SQL transport polls its table, by default once a second, which
         # would add a second to every dispatch. It hands every transport option

@@ -20,13 +20,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.teams.accounts import create_admin
 from service.core.db import get_sessionmaker
 from service.core.migrate import upgrade
 from service.core.models import User
 from service.core.settings import Settings
+from service.teams.accounts import create_admin
 from worker.launchers.local import LocalLauncher
-from worker.settings import WorkerSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_VOCAB = 1024
@@ -101,9 +100,8 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
     env = embedded_environment()
     home = Path(env["CADDIE_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    settings = Settings(_env_file=None, home=home, database_url=env["CADDIE_DATABASE_URL"])
-    wsettings = WorkerSettings(_env_file=None, home=home, data_root=Path(env["CADDIE_DATA_ROOT"]))
-    data_root = Path(wsettings.data_root)
+    settings = Settings(_env_file=None, home=home, database_url=env["CADDIE_DATABASE_URL"], data_root=Path(env["CADDIE_DATA_ROOT"]))
+    data_root = Path(settings.data_root)
 
     print(f"caddie home: {home}", file=out, flush=True)
     upgrade(settings.database_url)
@@ -145,7 +143,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
         # Trainers live in their own sessions (a worker restart must not kill them),
         # so a Ctrl-C does not reach them: stop them here, or they run on unseen.
         try:
-            stopped = LocalLauncher(wsettings).stop_all(STOPPED_REASON)
+            stopped = LocalLauncher(settings).stop_all(STOPPED_REASON)
         except Exception as exc:  # noqa: BLE001 (stopping the rest matters more)
             print(f"could not stop running jobs: {exc}", file=out, flush=True)
             return

@@ -9,17 +9,16 @@ from functools import lru_cache
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db import get_sessionmaker
-from service.core.settings import get_settings
+from service.core.settings import Settings, get_settings
 from service.core.storage import ArtifactStore, make_artifact_store
 from worker.control.dispatch import parse_capacity
 from worker.launchers import get_launcher
 from worker.launchers.base import Launcher
-from worker.settings import WorkerSettings
 
 
 @dataclass
 class WorkerRuntime:
-    settings: WorkerSettings
+    settings: Settings
     session_factory: sessionmaker[Session]
     launcher: Launcher
     store: ArtifactStore
@@ -32,11 +31,11 @@ class WorkerRuntime:
 
 @lru_cache(maxsize=1)
 def get_runtime() -> WorkerRuntime:
-    settings = WorkerSettings()
+    settings = get_settings()  # the one settings object, as the API builds it
     return WorkerRuntime(
         settings=settings,
-        session_factory=get_sessionmaker(get_settings().database_url),
+        session_factory=get_sessionmaker(settings.database_url),
         launcher=get_launcher(settings.launcher, settings),
-        store=make_artifact_store(get_settings()),  # the same store the API reads from
+        store=make_artifact_store(settings),  # the same store the API reads from
         capacity=parse_capacity(settings.capacity, settings.max_concurrent_runs),
     )

@@ -162,6 +162,8 @@ class Run(Base):
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_group_key_id", "group_key", "id"),
         Index("ix_runs_team_id_status_id", "team_id", "status", "id"),
+        # A group's fingerprint, index-only (service.results.queries._fingerprints; migration 0011).
+        Index("ix_runs_group_key_figures", "group_key", "status", "id", "attempts", "finished_at", "val_bpb", "artifact_bytes"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -178,7 +180,7 @@ class Run(Base):
     track: Mapped[str] = mapped_column(String(32))
     hardware: Mapped[str] = mapped_column(String(32))
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="QUEUED")
+    status: Mapped[str] = mapped_column(String(16), default="QUEUED")  # a service.runs.status.RunStatus value
     status_reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))

@@ -1,94 +1,139 @@
-"""Service settings (pydantic-settings, env prefix CADDIE_).
+"""caddie's settings: one object for the API, the workers and the CLI's `caddie up`
+(pydantic-settings, env prefix CADDIE_).
 
-Every setting is an environment variable, e.g. ``CADDIE_DATABASE_URL``. The
-defaults give the embedded setup: a SQLite file under CADDIE_HOME (./.caddie).
-Production points CADDIE_DATABASE_URL at PostgreSQL
-(``postgresql+psycopg://user@host/caddie``).
+Every setting is an environment variable, e.g. ``CADDIE_DATABASE_URL``, described by its
+field's ``description`` (the README's table is generated from them: ``python -m
+service.core.settings``). The defaults give the embedded setup: a SQLite file, artifacts,
+run folders and the broker under CADDIE_HOME (./.caddie). Production points
+CADDIE_DATABASE_URL at PostgreSQL (``postgresql+psycopg://user@host/caddie``) and
+CADDIE_BROKER_URL at Redis. The API and the workers read the same scheduling fields, so
+the queue forecast a page shows decides as dispatch does.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.queue.settings import SchedulingSettings
+from service.queue.policy import parse_capacity
 
 TRACKS = ("10min_16mb", "unlimited")
+# The ceiling over every run's own deadline (worker.run.deadlines).
+DEFAULT_HARD_TIMEOUT_S = 6 * 3600.0
 
 
-class Settings(SchedulingSettings):
-    """The API's settings; the scheduling ones (capacity, budgets, run estimates) are inherited
-    from service.queue.settings, the worker's own, so queue forecasts decide as dispatch does."""
-
+class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
 
-    home: Path = Path(".caddie")
-    database_url: str = ""  # default: sqlite:///{home}/caddie.db
-    db_echo: bool = False
-    db_pool_size: int = Field(20, ge=1, le=200)  # PostgreSQL only
-    db_max_overflow: int = Field(20, ge=0, le=200)
-    # Pinging on every checkout costs a round trip per request; recycling
-    # connections now and then is enough behind a stable PostgreSQL.
-    db_pool_pre_ping: bool = False
-    db_pool_recycle_s: int = Field(1800, ge=-1)
-    sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    home: Path = Field(Path(".caddie"), description="Where caddie keeps its own files by default: the SQLite database, artifacts, run folders, the data root, the broker file, the session key.")
+    database_url: str = Field("", description="default: sqlite:///{home}/caddie.db")
+    db_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+    db_pool_size: int = Field(20, ge=1, le=200, description="PostgreSQL only")
+    db_max_overflow: int = Field(20, ge=0, le=200, description="PostgreSQL only: connections opened past the pool under load.")
+    db_pool_pre_ping: bool = Field(False, description="Pinging on every checkout costs a round trip per request; recycling connections now and then is enough behind a stable PostgreSQL.")
+    db_pool_recycle_s: int = Field(1800, ge=-1, description="PostgreSQL only: a pooled connection older than this is replaced (-1: never).")
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite only: how long a write waits for another process's lock.")
 
     # --- run specs -------------------------------------------------------------
-    # Comma-separated hardware strings a run may ask for.
-    allowed_hardware: str = "H100:8,H100:1,H200:8,cpu"
-    allowed_tracks: str = ",".join(TRACKS)
-    max_seeds: int = Field(16, ge=1, le=1000)
-    max_spec_bytes: int = Field(65536, ge=1024)  # raw request body of POST /runs
-    # Any other request body (JSON, web forms): larger ones get 413 before they are read.
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    # Bytes a team's runs may hold (artifacts + stored logs + script files): a submission past it is refused (0: none).
-    team_storage_quota_bytes: int = Field(100 * 1024**3, ge=0)
-    default_priority: int = 0
-    min_priority: int = -100
-    max_priority: int = 100
-    # Data variants (tokenizer + shards) a run may train on: a run's variant is
-    # sp<VOCAB_SIZE>, and the worker finds its folders under its own data root.
-    data_variants: str = "sp1024,sp4096,sp8192"
-    # Script runs (a team's own train_gpt.py): what one spec may upload and set. The
-    # script and its files count toward the 16,000,000-byte artifact, hence the total.
-    max_script_file_bytes: int = Field(8_000_000, ge=1024)
-    max_script_total_bytes: int = Field(16_000_000, ge=1024)
-    max_script_files: int = Field(32, ge=0, le=1000)
-    max_script_env_vars: int = Field(100, ge=0, le=10_000)
-    max_script_env_value_chars: int = Field(4096, ge=1)
+    allowed_hardware: str = Field("H100:8,H100:1,H200:8,cpu", description="Comma-separated hardware strings a run may ask for.")
+    allowed_tracks: str = Field(",".join(TRACKS), description="Comma-separated tracks a run may name; 10min_16mb is the record track, judged by the challenge's rules.")
+    max_seeds: int = Field(16, ge=1, le=1000, description="Seeds one spec may ask for (one run each).")
+    max_spec_bytes: int = Field(65536, ge=1024, description="raw request body of POST /runs")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Any other request body (JSON, web forms): larger ones get 413 before they are read.")
+    team_storage_quota_bytes: int = Field(100 * 1024**3, ge=0, description="what one team's runs may hold: artifacts + stored logs + script files. A submission (API or web) of a team at its quota, or whose script files would pass it, is refused with 403 naming the quota, the use by kind and the upload (`0`: none)")
+    default_priority: int = Field(0, description="A run's priority within its team when its spec names none.")
+    min_priority: int = Field(-100, description="Lowest priority a spec may ask for.")
+    max_priority: int = Field(100, description="Highest priority a spec may ask for.")
+    data_variants: str = Field("sp1024,sp4096,sp8192", description="Data variants (tokenizer + shards) a run may train on: a run's variant is sp<VOCAB_SIZE>, and the worker finds its folders under its own data root.")
+    max_script_file_bytes: int = Field(8_000_000, ge=1024, description="Script runs (a team's own train_gpt.py): what one spec may upload and set. The script and its files count toward the 16,000,000-byte artifact, hence the total.")
+    max_script_total_bytes: int = Field(16_000_000, ge=1024, description="All of one script run's files together.")
+    max_script_files: int = Field(32, ge=0, le=1000, description="Files one script run may upload besides train_gpt.py.")
+    max_script_env_vars: int = Field(100, ge=0, le=10_000, description="Environment variables one script run may set.")
+    max_script_env_value_chars: int = Field(4096, ge=1, description="Characters of one such variable's value.")
 
     # --- accounting ------------------------------------------------------------
-    # Dollars per GPU-hour, per accelerator ("H100") or per exact hardware string
-    # ("H100:8", which wins over its accelerator). Hardware with no price is billed
-    # in GPU-hours only and listed as unpriced. Checked when the settings load.
-    gpu_prices: str = "H100=2.99,H200=3.79,cpu=0"
-    # Seconds a freshly provisioned node takes to come up, for the provisioning a warm start
-    # saved when the report's window holds no cold start of that hardware to measure it on.
-    cold_provision_s: float = Field(360.0, ge=0)
+    gpu_prices: str = Field("H100=2.99,H200=3.79,cpu=0", description="Dollars per GPU-hour, per accelerator ('H100') or per exact hardware string ('H100:8', which wins over its accelerator). Hardware with no price is billed in GPU-hours only and listed as unpriced. Checked when the settings load.")
+    cold_provision_s: float = Field(360.0, ge=0, description="Seconds a freshly provisioned node takes to come up, for the provisioning a warm start saved when the report's window holds no cold start of that hardware to measure it on.")
 
     # --- API -------------------------------------------------------------------
-    api_prefix: str = "/api/v1"
-    # last_used_at of a token is written at most this often, so that a busy
-    # client does not turn every read into a write.
-    token_touch_interval_s: float = Field(60.0, ge=0)
-    # "module:function" called with the ids of newly submitted runs, after the
-    # response (the worker's is worker.notify:runs_submitted: a scheduler tick
-    # now instead of at beat's next one). The service never imports the worker.
-    on_submit_hook: str = ""
-    # Signs the web pages' session cookies and their CSRF tokens. Empty: a random
-    # key is made once and kept in $CADDIE_HOME/secret_key (every API process of
-    # one deployment must share it: set it explicitly when they share no disk).
-    secret_key: str = ""
+    api_prefix: str = Field("/api/v1", description="Path prefix of the REST API.")
+    token_touch_interval_s: float = Field(60.0, ge=0, description="last_used_at of a token is written at most this often, so that a busy client does not turn every read into a write.")
+    on_submit_hook: str = Field("", description="'module:function' called with the ids of newly submitted runs, after the response (the worker's is worker.notify:runs_submitted: a scheduler tick now instead of at beat's next one). The service never imports the worker.")
+    secret_key: str = Field("", description="Signs the web pages' session cookies and their CSRF tokens. Empty: a random key is made once and kept in $CADDIE_HOME/secret_key (every API process of one deployment must share it: set it explicitly when they share no disk).")
 
     # --- artifact store: the worker writes a run's files, the API reads them ---------
-    artifact_dir: Path | None = None  # default: home/artifacts (used when no bucket is set)
-    s3_bucket: str = ""
-    s3_prefix: str = "caddie"
-    s3_endpoint_url: str = ""  # MinIO, R2, ...: leave empty for AWS S3
+    artifact_dir: Path | None = Field(None, description="local artifact store (the worker writes it, the API serves downloads from it: give both the same)")
+    s3_bucket: str = Field("", description="Keep artifacts in this S3-compatible bucket instead of artifact_dir.")
+    s3_prefix: str = Field("caddie", description="Key prefix of caddie's objects in the bucket.")
+    s3_endpoint_url: str = Field("", description="MinIO, R2, ...: leave empty for AWS S3")
+
+    # --- scheduling: the API's queue forecasts decide as the worker's dispatch does ---
+    max_concurrent_runs: int = Field(1, ge=0, description="per hardware string, unless `capacity` names it")
+    capacity: str = Field("", pattern=r"^\s*([^=,\s]+\s*=\s*\d+\s*(,\s*[^=,\s]+\s*=\s*\d+\s*)*)?$", description="per hardware, e.g. 'H100:8=2,cpu=4'")
+    budget_period_days: float = Field(30.0, gt=0, description="Team budgets are GPU-hours billed (service.billing.accounting) over a rolling period of this many days.")
+    expected_run_hours: float = Field(1 / 3, gt=0, description="fair-share charge of one started run")
+    retry_backoff_s: float = Field(60.0, ge=0, description="a requeued run waits this long, doubled per attempt")
+    run_overhead_s: float = Field(1200.0, ge=0, description="A run's expected node time = its training cap (MAX_WALLCLOCK_SECONDS, else the track's 600 s) + this: provisioning, setup, data download, evaluation (up to 600 s) and upload. Budgets refuse a run whose expected cost would not fit; queue forecasts use it as the run's length.")
+    queue_forecast_max_starts: int = Field(200, ge=1, description="Queue forecasts (service/queue/positions.py): each simulated start re-runs the policy over the whole queue, so the forecast stops after this many starts ('beyond the horizon') ...")
+    queue_forecast_interval_s: float = Field(10.0, gt=0, description="The control worker computes the forecast every this many seconds and stores it (queue_estimates) for every API replica to read (worker/control/forecast.py, service/queue/stored.py) ...")
+    queue_forecast_stale_s: float = Field(60.0, gt=0, description="... an API trusts a stored forecast younger than this; older (worker down) or none, it computes one itself, as below, and logs that it does ...")
+    queue_forecast_inline_max: int = Field(1000, ge=0, description="... and a run the stored forecast lacks (submitted or requeued since) is forecast in the API only while the queue is this small (cheap); past it, it waits for the next stored one.")
+    queue_forecast_ttl_s: float = Field(10.0, ge=0, description="An API computing the forecast itself reuses it for this many seconds (0: every request computes it).")
+
+    # --- worker: broker and the executor's loop --------------------------------------
+    broker_url: str = Field("", description="default: a SQLite-backed kombu broker under home (needs no server)")
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a worker driving a run renews its lease on it.")
+    hard_timeout_s: float = Field(DEFAULT_HARD_TIMEOUT_S, gt=0, description="The ceiling over every run's own deadline: a run asking for long training caps still ends within this.")
+    eval_cap_s: float = Field(600.0, ge=0, description="A run's deadline: its training cap + eval_cap_s + deadline_overhead_s (worker.run.deadlines).")
+    deadline_overhead_s: float = Field(300.0, ge=0, description="Added to a run's training and evaluation caps for its deadline: provisioning, setup and upload.")
+    silence_timeout_s: float = Field(600.0, ge=0, description="a job whose log grew by nothing this long is presumed hung, stopped and FAILED with that reason (`0`: off)")
+    max_train_points: int = Field(10_000, ge=100, description="train-loss points the worker keeps per run attempt: past it the curve is thinned to every 2nd, 4th, ... step (stored points too), so a long run keeps its whole curve at a coarser step; validation points and final figures are all kept. `GET /runs/{id}/metrics` is paged (`offset`, `limit` up to 10,000; a `Link: rel='next'` header while more follow)")
+    log_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="log stored per run (all attempts). Past it the log's first part (whole lines) is kept and the rest is still read for metrics and the final figures but not stored; the run goes on (its result is what it ran for, storage is what the cap protects). The run says where: `log_truncated_at` in the API, a line above the log on its page (`0`: no cap)")
+    retention_days: float = Field(30.0, ge=0, description="the janitor removes the artifacts (store objects), run folder and script files (those no newer or active run names) of runs ended longer ago; the run's row, figures, metrics and stored log stay, and the run gets an event saying what went (`0`: keep for ever)")
+    poll_interval_s: float = Field(0.2, gt=0, le=30, description="How often the executor polls the job (status, log, cancel request); the trainer-exit -> SUCCEEDED delay is about one poll.")
+    stale_heartbeats: float = Field(3.0, ge=2, description="A run whose heartbeat is older than this many heartbeats is presumed orphaned: its lease may be taken over and the janitor acts on it.")
+    max_attempts: int = Field(3, ge=1, description="launches per run (retries after preemption / no capacity)")
+    max_driver_errors: int = Field(3, ge=1, description="Errors the executor did not expect (a launcher bug): after this many since the run's last status change, the run fails with the error instead of being retried.")
+    db_retry_s: float = Field(60.0, ge=0, description="The executor retries database work through transient errors (a lost connection, a restarting server) this long before it gives up on the run's pass.")
+    redispatch_resend_s: float = Field(300.0, gt=0, description="A run dispatched again whose message nobody took (no worker up) is sent once more only after this long: one message per run in flight, not one per stale window.")
+    visibility_timeout_s: float = Field(3600.0, gt=0, description="Redis only: an unacknowledged message goes back to the queue after this long (a lost worker's run is redelivered). Duplicates are harmless: the executor takes a lease on the run in the database.")
+    broker_retry_max_s: float = Field(2.0, gt=0, le=60, description="longest wait between tries to reach a lost broker; a worker whose consumer fails on the lost connection exits at once so its supervisor restarts it (its runs' jobs carry on and are re-attached)")
+
+    # --- worker: ticks ------------------------------------------------------------
+    scheduler_tick_s: float = Field(5.0, gt=0, description="How often beat asks the scheduler to start what fits (runs ending and submissions also ask).")
+    janitor_tick_s: float = Field(15.0, gt=0, description="How often the janitor looks for orphaned runs and forgotten clusters.")
+
+    # --- trainer data -------------------------------------------------------------
+    data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant (sp<VOCAB_SIZE>) under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data` writes). A spec never names a path. Default: home/data.")
+
+    # --- launcher choice -------------------------------------------------------
+    launcher: str = Field("local", pattern=r"^(local|skypilot)$", description="Where runs run: this machine ('local') or nodes through SkyPilot ('skypilot').")
+
+    # --- local launcher ----------------------------------------------------------
+    runs_dir: Path | None = Field(None, description="default: home/runs; one folder per run and attempt")
+    gpu_count: int | None = Field(None, ge=0, description="None: count with `nvidia-smi -L`")
+    trainer_command: list[str] | None = Field(None, description="argv that replaces `python -m trainer` (tests use a tiny stand-in script); JSON list in the environment, e.g. CADDIE_TRAINER_COMMAND='['python','fake.py']'")
+    cancel_grace_s: float = Field(5.0, ge=0, le=7.0, description="SIGTERM, then SIGKILL after this")
+    sandbox: str = Field("bwrap", pattern=r"^(bwrap|none)$", description="every local job runs sealed in bubblewrap (see 'Sealed jobs'); `none` runs jobs unsealed as the worker's own user: unsafe, only for a single trusted team")
+
+    # --- SkyPilot launcher --------------------------------------------------------
+    sky_hardware: str = Field("H100:8", description="used when a run names no hardware")
+    sky_infra: str = Field("", description="'', 'aws', 'aws/us-east-1', 'gcp/us-central1/us-central1-a', 'kubernetes/<context>'")
+    sky_use_spot: bool = Field(False, description="Ask SkyPilot for spot instances (preempted runs are requeued).")
+    sky_idle_minutes_to_autostop: int = Field(15, ge=1, description="the node downs itself after this idle time")
+    keep_warm_minutes: int = Field(10, ge=0, description="the janitor tears down clusters idle longer than this")
+    sky_cluster_prefix: str = Field("caddie", pattern=r"^[a-z][a-z0-9-]{0,20}$", description="Names of caddie's SkyPilot clusters start with this (then the team).")
+    sky_task_template: Path | None = Field(None, description="default: infra/skypilot/task.yaml of this checkout")
+    sky_workdir: Path | None = Field(None, description="default: this checkout, synced to the node and pip-installed")
+    sky_install_spec: str = Field("", description="pip requirement installed on the node instead, e.g. 'caddie[gpu] @ git+https://...'")
+    sky_data_shards: int = Field(80, ge=1, le=1000, description="Training shards a node downloads for a run.")
+    sky_disk_size_gb: int = Field(256, ge=50, description="Disk of each node.")
+    sky_poll_s: float = Field(5.0, ge=0, description="status/log answers are reused this long (each is an API-server round trip)")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
@@ -96,8 +141,18 @@ class Settings(SchedulingSettings):
             self.database_url = f"sqlite:///{self.home}/caddie.db"
         if self.artifact_dir is None:
             self.artifact_dir = self.home / "artifacts"
+        if self.runs_dir is None:
+            self.runs_dir = self.home / "runs"
+        if self.data_root is None:
+            self.data_root = self.home / "data"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
         parse_gpu_prices(self.gpu_prices)  # a bad price list fails at start, naming the item
         return self
+
+    @property
+    def capacity_table(self) -> dict[str, int]:
+        return parse_capacity(self.capacity, self.max_concurrent_runs)
 
     @property
     def hardware_choices(self) -> list[str]:
@@ -148,3 +203,17 @@ def parse_gpu_prices(spec: str) -> dict[str, float]:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def markdown_table() -> str:
+    """The README's settings table: every setting, its default and what it does."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "(empty)" if default in ("", None) else str(default)
+        rows.append(f"| `CADDIE_{name.upper()}` | `{shown}` | {(field.description or '').replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

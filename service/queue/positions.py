@@ -24,14 +24,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.core.models import Run, StoredQueueEstimate, Team, User, utcnow
-from service.queue.forecast import QueueEstimate, forecast_queue
-from service.queue.settings import SchedulingSettings
+from service.core.settings import Settings
 from service.queue import stored
+from service.queue.forecast import QueueEstimate, forecast_queue
 from service.queue.state import load_queue_state
+from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 
-def queue_estimates(session: Session, settings: SchedulingSettings, now: datetime | None = None) -> dict[int, QueueEstimate]:
+def queue_estimates(session: Session, settings: Settings, now: datetime | None = None) -> dict[int, QueueEstimate]:
     """An estimate for every queued run, keyed by run id."""
     now = now or utcnow()
     state = load_queue_state(
@@ -62,7 +63,7 @@ _clock = time.monotonic  # a name tests can move forward instead of sleeping pas
 _recent_lock = threading.Lock()
 
 
-def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable[tuple[int, str]]) -> dict[int, QueueEstimate]:
+def estimates_for(session: Session, settings: Settings, runs: Iterable[tuple[int, str]]) -> dict[int, QueueEstimate]:
     """Estimates for those of ``(run id, status)`` that are QUEUED; no forecast when none is.
 
     A forecast younger than the TTL is reused, by lists and by one run's page alike (pages
@@ -70,7 +71,7 @@ def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable
     queued runs), unless it lacks one of the runs asked for (submitted since), so a new run
     never shows without its estimate.
     """
-    wanted = {run_id for run_id, status in runs if status == "QUEUED"}
+    wanted = {run_id for run_id, status in runs if status == RunStatus.QUEUED}
     if not wanted:
         return {}
     forecast = _fresh_stored(session, settings, wanted)
@@ -86,7 +87,7 @@ def estimates_for(session: Session, settings: SchedulingSettings, runs: Iterable
     return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
 
 
-def current_estimates(session: Session, settings: SchedulingSettings) -> dict[int, QueueEstimate]:
+def current_estimates(session: Session, settings: Settings) -> dict[int, QueueEstimate]:
     """Every queued run's estimate: the stored forecast if fresh, else one computed here."""
     forecast = _fresh_stored(session, settings, every=True)
     return forecast.estimates if forecast is not None else queue_estimates(session, settings)
@@ -96,7 +97,7 @@ log = logging.getLogger(__name__)
 _last_said = [-math.inf]  # when this process last logged that it computes the forecast itself
 
 
-def _fresh_stored(session: Session, settings: SchedulingSettings, wanted: Iterable[int] = (), *, every: bool = False) -> stored.StoredForecast | None:
+def _fresh_stored(session: Session, settings: Settings, wanted: Iterable[int] = (), *, every: bool = False) -> stored.StoredForecast | None:
     """The stored forecast (``wanted``'s rows, or ``every`` row) if younger than queue_forecast_stale_s; None (and a
     log line at most once a minute) if it is missing or older: the caller computes one itself."""
     forecast = stored.read_forecast(session, wanted, every=every)
@@ -110,13 +111,13 @@ def _fresh_stored(session: Session, settings: SchedulingSettings, wanted: Iterab
     return None
 
 
-def _not_yet_forecast(run_id: int, made_at: datetime, settings: SchedulingSettings) -> QueueEstimate:
+def _not_yet_forecast(run_id: int, made_at: datetime, settings: Settings) -> QueueEstimate:
     """A run the stored forecast lacks (submitted or requeued after it was made), in a queue too long to forecast here."""
     return QueueEstimate(run_id, None, None, f"queued after the latest queue forecast ({made_at:%H:%M:%S} UTC); "
                          f"its place comes with the next one, within {settings.queue_forecast_interval_s:g} s")  # fmt: skip
 
 
-def _recent_estimates(session: Session, settings: SchedulingSettings, wanted: set[int]) -> dict[int, QueueEstimate]:
+def _recent_estimates(session: Session, settings: Settings, wanted: set[int]) -> dict[int, QueueEstimate]:
     """The shared forecast of this database and settings. One missing a wanted run is rebuilt
     before answering; one older than the TTL is rebuilt by a background thread while requests
     answer from the old one (a request never waits ~0.4 s for a refresh it does not need).
@@ -140,7 +141,7 @@ def _recent_estimates(session: Session, settings: SchedulingSettings, wanted: se
     return recent.estimates
 
 
-def _refresh(recent: _Recent, session: Session, settings: SchedulingSettings, *, asked_at: float, blocking: bool) -> None:
+def _refresh(recent: _Recent, session: Session, settings: Settings, *, asked_at: float, blocking: bool) -> None:
     if not recent.refreshing.acquire(blocking=blocking):
         return  # another thread is refreshing
     try:
@@ -162,7 +163,7 @@ class QueueItem:
     estimate: QueueEstimate
 
 
-def list_queue(session: Session, principal: Principal, settings: SchedulingSettings, team: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[QueueItem]:
+def list_queue(session: Session, principal: Principal, settings: Settings, team: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[QueueItem]:
     """The caller's teams' queued runs (a global admin: every team's), soonest expected start first;
     runs not expected to start last. One page: ``limit`` items after the first ``offset``.
 
@@ -173,7 +174,7 @@ def list_queue(session: Session, principal: Principal, settings: SchedulingSetti
         select(Run.id, Run.name, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
         .join(Team, Team.id == Run.team_id)
         .join(User, User.id == Run.user_id)
-        .where(Run.status == "QUEUED")
+        .where(Run.status == RunStatus.QUEUED.value)
     )
     if not principal.is_admin:
         query = query.where(Run.team_id.in_(sorted(principal.roles)))

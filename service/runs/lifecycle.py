@@ -21,15 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.models import Run, RunEvent, utcnow
-from service.runs.status import (  # noqa: F401
-    ALLOWED,
-    TERMINAL,
-    IllegalTransition,
-    RunStatus,
-    check_transition,
-    is_retry,
-    is_terminal,
-)
+from service.runs.status import TERMINAL, IllegalTransition, RunStatus, check_transition, is_retry
 
 
 def transition(

@@ -24,36 +24,37 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from service.runs.cancel import cancel_run
-
-from service.runs.logs import read_log
-
-from service.runs.queries import encode_cursor, get_run, list_events, list_runs, metric_points
-
-from service.runs.spec import RESERVED_KNOBS
-
-from service.runs.submit import submit_runs
-
-from service.teams import accounts
-
-from service.queue import positions as queue
-
-from service.runs import artifacts as run_artifacts
-
-from service.teams import tokens as security
-
-from service.billing import usage
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import STATUS
+from service.billing import usage
+from service.core.bodies import ID_MAX
 from service.core.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
 from service.core.hooks import call_on_submit_hook
-from service.runs.scripts.spec import shared_config
-from service.runs.lifecycle import IllegalTransition, is_terminal
+from service.queue import positions as queue
 from service.results import queries
 from service.results.groups import config_diff
 from service.results.schemas import GroupDetail, LeaderboardEntry
-from service.core.bodies import ID_MAX
+from service.runs import artifacts as run_artifacts
+from service.runs.cancel import cancel_run
+from service.runs.logs import read_log
+from service.runs.queries import (
+    encode_cursor,
+    get_run,
+    list_events,
+    list_runs,
+    metric_points,
+)
 from service.runs.schemas import RunCreate
+from service.runs.scripts.spec import shared_config
+from service.runs.spec import RESERVED_KNOBS
+from service.runs.status import (
+    ALL_VALUES,
+    TERMINAL_VALUES,
+    IllegalTransition,
+    is_terminal,
+)
+from service.runs.submit import submit_runs
+from service.teams import accounts, tokens as security
 from service.teams.tokens import Principal
 from service.web import charts, session as web_session
 from trainer.config import TrainerConfig
@@ -62,7 +63,7 @@ HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 LOG_TAIL_BYTES = 64 * 1024
 PAGE_SIZE = 50
-STATUSES = ("QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND")
+STATUSES = ALL_VALUES
 
 templates = Jinja2Templates(directory=HERE / "templates")
 
@@ -75,6 +76,8 @@ def _tojson_script(value: Any) -> Markup:
 
 
 templates.env.filters["json_script"] = _tojson_script
+# The script reads which statuses are final from the page, not from a copy of its own.
+templates.env.globals["terminal_statuses"] = " ".join(TERMINAL_VALUES)
 templates.env.filters["bytes"] = lambda n: "—" if n is None else f"{n:,}"
 templates.env.filters["num"] = lambda x, digits=4: "—" if x is None else f"{x:.{digits}f}"
 templates.env.filters["when"] = lambda d: "—" if d is None else d.strftime("%Y-%m-%d %H:%M:%S")

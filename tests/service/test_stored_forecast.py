@@ -19,7 +19,6 @@ from service.core.settings import Settings
 from service.queue import stored
 from worker.celery_app import FORECAST_TICK, celery_config
 from worker.control.forecast import refresh_forecast
-from worker.settings import WorkerSettings
 
 
 def submit(client: TestClient, world, spec, who: str, seeds: list[int]) -> list[int]:  # noqa: ANN001
@@ -39,7 +38,7 @@ def api(db_url: str, tmp_path, **over: object) -> Iterator[TestClient]:  # noqa:
 
 def refresh(db_url: str, now=None) -> int:  # noqa: ANN001
     with get_sessionmaker(db_url)() as session:
-        return refresh_forecast(session, WorkerSettings(database_url=db_url), now=now)
+        return refresh_forecast(session, Settings(database_url=db_url), now=now)
 
 
 def position(client: TestClient, world, run_id: int) -> dict:  # noqa: ANN001
@@ -122,7 +121,7 @@ def test_the_stored_forecast_is_replaced_as_a_whole(world, spec, session: Sessio
 
 
 def test_beat_sends_the_forecast_tick_on_the_control_queue() -> None:
-    config = celery_config(WorkerSettings(queue_forecast_interval_s=7))
+    config = celery_config(Settings(queue_forecast_interval_s=7))
     tick = config["beat_schedule"]["forecast-tick"]
     assert tick["task"] == FORECAST_TICK and tick["schedule"] == 7 and tick["options"]["expires"] == 7
     assert config["task_routes"][FORECAST_TICK] == {"queue": "control"}

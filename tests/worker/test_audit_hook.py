@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.core.settings import Settings
 from service.results.rules import RunFacts, Verdict, check_run
 from service.runs.touches import EVAL, SETUP, TRAIN, log_marks, summarise
 from tests.worker.test_local_launcher import wait_terminal
@@ -17,7 +18,6 @@ from worker.launchers.base import JobSpec, JobState
 from worker.launchers.local import LocalLauncher
 from worker.launchers.trainer_env import AUDIT_ENV
 from worker.run.script_job import watched_touches
-from worker.settings import WorkerSettings
 
 RECORDS = Path(__file__).resolve().parents[3] / "shared" / "challenge" / "records" / "track_10min_16mb"
 
@@ -49,7 +49,7 @@ def launcher(tmp_path: Path) -> LocalLauncher:
     shards.mkdir(parents=True)
     for name in ("fineweb_train_000000.bin", "fineweb_val_000000.bin"):
         (shards / name).write_bytes(b"x" * 64)
-    return LocalLauncher(WorkerSettings(home=tmp_path / "home", data_root=tmp_path / "data", gpu_count=0))
+    return LocalLauncher(Settings(home=tmp_path / "home", data_root=tmp_path / "data", gpu_count=0))
 
 
 def run_script(launcher: LocalLauncher, **env: str) -> tuple[dict, list]:

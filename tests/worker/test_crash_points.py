@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Run, RunEvent
+from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.runs.logs import archive_row, whole_log
 from service.runs.status import TERMINAL
@@ -32,7 +33,6 @@ from tests.worker.test_executor import STAND_IN, new_run
 from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
 from worker.run.executor import execute_run
-from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,10 +44,10 @@ from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
 from worker.run.executor import execute_run
 from worker.launchers.local import LocalLauncher
-from worker.settings import WorkerSettings
+from service.core.settings import Settings
 
 url, settings_json, run_id, crash_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-settings = WorkerSettings.model_validate_json(settings_json)
+settings = Settings.model_validate_json(settings_json)
 commits = 0
 
 @event.listens_for(Session, "after_commit")
@@ -83,7 +83,7 @@ def state_of(maker, run_id: int) -> tuple[str, bool]:
         return run.status, run.launch_handle is not None
 
 
-def recover(maker, settings: WorkerSettings, run_id: int, limit_s: float = 60) -> list[str]:
+def recover(maker, settings: Settings, run_id: int, limit_s: float = 60) -> list[str]:
     """What the deployment does after a worker died: janitor rounds, and an executor for each message."""
     outcomes: list[str] = []
     end = time.monotonic() + limit_s
@@ -105,7 +105,7 @@ def test_the_run_ends_exactly_once_whichever_commit_the_executor_dies_after(make
     maker, url = maker
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
-    settings = WorkerSettings(
+    settings = Settings(
         home=tmp_path, trainer_command=[sys.executable, str(script)], gpu_count=0, heartbeat_s=0.2, stale_heartbeats=2,
         poll_interval_s=0.05, cancel_grace_s=1.0, max_attempts=3, janitor_tick_s=0.2,
     )  # fmt: skip

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from service.billing.accounting import load_team_runs, usage_report
 from service.core.db import get_sessionmaker
 from service.core.models import Metric, Run, RunEvent, Team, User, utcnow
+from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.queue.estimates import expected_seconds
 from service.runs.early_abort import AbortRule, judge, loss_at, unlogged_step
@@ -26,7 +27,6 @@ from tests.fresh_db import fresh_database
 from trainer.config import TrainerConfig
 from worker.launchers.local import LocalLauncher
 from worker.run.executor import execute_run
-from worker.settings import WorkerSettings
 
 STEP = 5
 LOSING = {"MATRIX_LR": 0.0, "SCALAR_LR": 0.0, "TIED_EMBED_LR": 0.0}  # learns nothing: its loss stays where it starts
@@ -71,8 +71,8 @@ def maker():
 
 
 @pytest.fixture()
-def settings(tmp_path: Path, smoke_corpus_dir: Path) -> WorkerSettings:
-    return WorkerSettings(home=tmp_path, gpu_count=0, data_root=smoke_corpus_dir, heartbeat_s=0.5, poll_interval_s=0.05, cancel_grace_s=1.0)
+def settings(tmp_path: Path, smoke_corpus_dir: Path) -> Settings:
+    return Settings(home=tmp_path, gpu_count=0, data_root=smoke_corpus_dir, heartbeat_s=0.5, poll_interval_s=0.05, cancel_grace_s=1.0)
 
 
 def new_run(maker, spec: dict, rule: dict | None = None) -> int:  # noqa: ANN001
@@ -88,7 +88,7 @@ def new_run(maker, spec: dict, rule: dict | None = None) -> int:  # noqa: ANN001
         return run.id
 
 
-def drive(maker, settings: WorkerSettings, run_id: int) -> str:  # noqa: ANN001
+def drive(maker, settings: Settings, run_id: int) -> str:  # noqa: ANN001
     return execute_run(run_id, launcher=LocalLauncher(settings), session_factory=maker, store=LocalArtifactStore(settings.home / "artifacts"),
                        settings=settings)  # fmt: skip
 
@@ -98,7 +98,7 @@ def train_loss(maker, run_id: int, step: int) -> float:  # noqa: ANN001
         return s.scalar(select(Metric.train_loss).where(Metric.run_id == run_id, Metric.kind == "train", Metric.step == step))
 
 
-def test_a_losing_run_is_stopped_at_its_step_and_a_close_one_goes_on(maker, settings: WorkerSettings) -> None:
+def test_a_losing_run_is_stopped_at_its_step_and_a_close_one_goes_on(maker, settings: Settings) -> None:
     best = new_run(maker, TINY)
     assert drive(maker, settings, best) == f"run {best} SUCCEEDED"
     best_loss = train_loss(maker, best, STEP)

@@ -14,18 +14,18 @@ import psutil
 import pytest
 from sqlalchemy import event, func, inspect, select
 
-from service.teams.accounts import create_team, create_user
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
+from service.core.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
+from service.core.settings import Settings
+from service.core.storage import LocalArtifactStore
+from service.results.rules import RunFacts, check_run
 from service.runs.lifecycle import record_created
 from service.runs.logs import whole_log
-from service.core.models import Artifact, Cluster, LogChunk, Metric, Run, RunEvent, Team, User, utcnow
-from service.results.rules import RunFacts, check_run
+from service.teams.accounts import create_team, create_user
 from tests.fresh_db import fresh_database
-from worker.run.executor import execute_run
 from worker.launchers.base import ClusterHandle, LaunchFailed, RetryLater
 from worker.launchers.local import LocalLauncher
-from worker.settings import WorkerSettings
+from worker.run.executor import execute_run
 
 STAND_IN = r'''
 import json, os, sys, time
@@ -67,10 +67,10 @@ def _maker(pg_url: str):
 
 
 @pytest.fixture()
-def settings(tmp_path: Path) -> WorkerSettings:
+def settings(tmp_path: Path) -> Settings:
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
-    return WorkerSettings(
+    return Settings(
         home=tmp_path, trainer_command=[sys.executable, str(script)], gpu_count=0, heartbeat_s=0.5, poll_interval_s=0.05,
         cancel_grace_s=1.0, max_attempts=2,
     )  # fmt: skip
@@ -90,7 +90,7 @@ def new_run(maker, spec: dict | None = None, track: str = "unlimited", owner: st
         return run.id
 
 
-def go(maker, settings: WorkerSettings, run_id: int, launcher=None) -> str:
+def go(maker, settings: Settings, run_id: int, launcher=None) -> str:
     return execute_run(
         run_id, launcher=launcher or LocalLauncher(settings), session_factory=maker, store=LocalArtifactStore(settings.home / "artifacts"), settings=settings
     )

@@ -15,15 +15,15 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from service.core.models import Cluster, Run, RunEvent
+from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.runs.logs import whole_log
 from tests.fresh_db import fresh_database
 from tests.worker.test_executor import _maker, events, go, new_run, settings  # noqa: F401 (fixture)
-from worker.run.executor import RunDriver
 from worker.launchers.base import ClusterHandle, JobStatus, LaunchHandle
 from worker.launchers.local import LocalLauncher
+from worker.run.executor import RunDriver
 from worker.run.lease import Lease
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,14 @@ def status_of(maker, run_id: int) -> str:  # noqa: ANN001
         return s.get(Run, run_id).status
 
 
-def start(maker, settings: WorkerSettings, run_id: int, launcher=None) -> tuple[threading.Thread, list[str]]:  # noqa: ANN001
+def start(maker, settings: Settings, run_id: int, launcher=None) -> tuple[threading.Thread, list[str]]:  # noqa: ANN001
     out: list[str] = []
     t = threading.Thread(target=lambda: out.append(go(maker, settings, run_id, launcher)), daemon=True)
     t.start()
     return t, out
 
 
-def job_started(settings: WorkerSettings, run_id: int) -> Path:
+def job_started(settings: Settings, run_id: int) -> Path:
     runs = settings.home / "runs" / str(run_id)
     wait_for(lambda: list(runs.glob("attempt-*/child.json")), what="the job")
     [workdir] = runs.glob("attempt-*")
@@ -154,7 +154,7 @@ class WarmPoolLauncher(LocalLauncher):
         return ClusterHandle("local", f"fresh-{run_id}", hardware, {"reused": False})
 
 
-def driver(maker, settings: WorkerSettings, run_id: int) -> RunDriver:  # noqa: ANN001
+def driver(maker, settings: Settings, run_id: int) -> RunDriver:  # noqa: ANN001
     with maker() as s:
         run = s.get(Run, run_id)
         run.status = "PROVISIONING"

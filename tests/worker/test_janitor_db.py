@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.teams.accounts import create_team, create_user
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent, Team, User, utcnow
+from service.core.settings import Settings
+from service.core.storage import LocalArtifactStore
+from service.teams.accounts import create_team, create_user
 from tests.fresh_db import fresh_database
-from worker.run.executor import execute_run
 from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
+from worker.run.executor import execute_run
 from worker.run.lease import is_dispatch_mark
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def maker():
 
 
 @pytest.fixture()
-def settings(tmp_path: Path) -> WorkerSettings:
-    return WorkerSettings(home=tmp_path, heartbeat_s=1, stale_heartbeats=3, gpu_count=0, redispatch_resend_s=120, max_attempts=3)
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, heartbeat_s=1, stale_heartbeats=3, gpu_count=0, redispatch_resend_s=120, max_attempts=3)
 
 
 def gone(tmp_path: Path) -> dict:
@@ -53,7 +53,7 @@ def add_run(maker, status: str, *, silent_s: float, handle: dict | None = None, 
         return run.id
 
 
-def janitor(maker, settings: WorkerSettings, sent: list[int], now=None, enqueue=None, queued=None):  # noqa: ANN001, ANN201
+def janitor(maker, settings: Settings, sent: list[int], now=None, enqueue=None, queued=None):  # noqa: ANN001, ANN201
     with maker() as s:
         return janitor_pass(s, launcher=LocalLauncher(settings), settings=settings, enqueue=enqueue or sent.append, now=now, queued_messages=queued)
 
@@ -126,7 +126,7 @@ def test_the_runs_queue_is_counted_on_the_real_broker(broker: str, redis_url: st
 
     queue = f"runs-test-{uuid.uuid4().hex[:8]}"  # a queue of its own: no worker of another test consumes from it
     url = redis_url if broker == "redis" else f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
-    app = make_celery(WorkerSettings(home=tmp_path, broker_url=url))
+    app = make_celery(Settings(home=tmp_path, broker_url=url))
     assert runs_queue_length(app, queue) == 0
     for run_id in (1, 2):
         app.send_task("caddie.nothing", args=[run_id], queue=queue)

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from service.core.settings import Settings
 from worker.launchers import get_launcher
 from worker.launchers.base import (
     JobSpec,
@@ -23,7 +24,6 @@ from worker.launchers.base import (
     LaunchHandle,
 )
 from worker.launchers.local import LocalLauncher
-from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,10 +74,10 @@ class StandInLauncher(LocalLauncher):
 
 
 @pytest.fixture()
-def settings(tmp_path: Path) -> WorkerSettings:
+def settings(tmp_path: Path) -> Settings:
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
-    return WorkerSettings(home=tmp_path / "home", trainer_command=[sys.executable, str(script)], cancel_grace_s=2.0, gpu_count=0)
+    return Settings(home=tmp_path / "home", trainer_command=[sys.executable, str(script)], cancel_grace_s=2.0, gpu_count=0)
 
 
 def job(run_id: int = 7, timeout_s: float = 60, **env: str) -> JobSpec:
@@ -113,7 +113,7 @@ def wait_for_file(path: Path, limit: float = 10) -> None:
         time.sleep(0.02)
 
 
-def test_get_launcher_gives_a_local_launcher(settings: WorkerSettings) -> None:
+def test_get_launcher_gives_a_local_launcher(settings: Settings) -> None:
     launcher = get_launcher("local", settings)
     assert isinstance(launcher, LocalLauncher) and isinstance(launcher, Launcher)
     with pytest.raises(ValueError, match="unknown launcher"):
@@ -121,12 +121,12 @@ def test_get_launcher_gives_a_local_launcher(settings: WorkerSettings) -> None:
 
 
 def test_trainer_command_uses_torchrun_over_all_local_gpus(tmp_path: Path) -> None:
-    argv = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=4)).trainer_argv()
+    argv = LocalLauncher(Settings(home=tmp_path, gpu_count=4)).trainer_argv()
     assert argv[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "trainer"]
-    assert LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0)).trainer_argv()[1:] == ["-m", "trainer"]
+    assert LocalLauncher(Settings(home=tmp_path, gpu_count=0)).trainer_argv()[1:] == ["-m", "trainer"]
 
 
-def test_success_log_offsets_outputs_and_env(settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_success_log_offsets_outputs_and_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CADDIE_DATABASE_URL", "postgresql://user:secret@db/caddie")
     launcher = StandInLauncher(settings)
     cluster = launcher.acquire(7, "local")
@@ -154,7 +154,7 @@ def test_success_log_offsets_outputs_and_env(settings: WorkerSettings, monkeypat
     wait_terminal(launcher, handle2)
 
 
-def test_failure_reports_exit_code_and_the_error_line(settings: WorkerSettings) -> None:
+def test_failure_reports_exit_code_and_the_error_line(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(8, "local"), job(run_id=8, FAKE_MODE="fail"))
     st = wait_terminal(launcher, handle)
@@ -182,7 +182,7 @@ def test_the_trainer_environment_is_an_allow_list(tmp_path: Path, monkeypatch: p
         monkeypatch.setenv(k, v)
     script = tmp_path / "dump_env.py"
     script.write_text(DUMP_ENV)
-    launcher = LocalLauncher(WorkerSettings(home=tmp_path / "home", trainer_command=[sys.executable, str(script)], gpu_count=0))
+    launcher = LocalLauncher(Settings(home=tmp_path / "home", trainer_command=[sys.executable, str(script)], gpu_count=0))
     handle = launcher.submit(launcher.acquire(17, "local"), job(run_id=17, TRAIN_BATCH_TOKENS="4096"))
     assert wait_terminal(launcher, handle).state == JobState.SUCCEEDED
     seen = json.loads((Path(handle.data["workdir"]) / "env.json").read_text())
@@ -197,7 +197,7 @@ def test_the_trainer_environment_is_an_allow_list(tmp_path: Path, monkeypatch: p
     assert seen["PYTHONPATH"] == str(REPO)
 
 
-def test_a_run_cannot_name_the_data_paths_or_pass_what_is_not_a_knob(settings: WorkerSettings, tmp_path: Path) -> None:
+def test_a_run_cannot_name_the_data_paths_or_pass_what_is_not_a_knob(settings: Settings, tmp_path: Path) -> None:
     env = LocalLauncher(settings)._child_env(
         JobSpec(18, {"DATA_PATH": "/etc", "TOKENIZER_PATH": "/etc/passwd", "OUTPUT_DIR": "/", "VOCAB_SIZE": "4096"}, "local", 60, "sp4096"),
         tmp_path,
@@ -212,7 +212,7 @@ def test_a_run_cannot_name_the_data_paths_or_pass_what_is_not_a_knob(settings: W
 
 
 def test_a_command_that_cannot_start_is_a_failed_job(tmp_path: Path) -> None:
-    launcher = LocalLauncher(WorkerSettings(home=tmp_path, trainer_command=[str(tmp_path / "no-such-trainer")]))
+    launcher = LocalLauncher(Settings(home=tmp_path, trainer_command=[str(tmp_path / "no-such-trainer")]))
     handle = launcher.submit(launcher.acquire(1, "local"), job(run_id=1))
     st = wait_terminal(launcher, handle)
     # in the sandbox bwrap's exec fails (exit 1); the reason names the command either way
@@ -220,7 +220,7 @@ def test_a_command_that_cannot_start_is_a_failed_job(tmp_path: Path) -> None:
     assert "no-such-trainer" in st.reason
 
 
-def test_cancel_kills_the_whole_process_group_even_when_sigterm_is_ignored(settings: WorkerSettings) -> None:
+def test_cancel_kills_the_whole_process_group_even_when_sigterm_is_ignored(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(9, "local"), job(run_id=9, FAKE_MODE="stubborn"))
     pids_file = Path(handle.data["workdir"]) / "pids.json"
@@ -236,7 +236,7 @@ def test_cancel_kills_the_whole_process_group_even_when_sigterm_is_ignored(setti
     assert launcher.status(handle).state == JobState.CANCELLED
 
 
-def test_cancel_of_a_polite_trainer_is_quick(settings: WorkerSettings) -> None:
+def test_cancel_of_a_polite_trainer_is_quick(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(10, "local"), job(run_id=10, FAKE_MODE="sleep"))
     pids_file = Path(handle.data["workdir"]) / "pids.json"
@@ -250,14 +250,14 @@ def test_cancel_of_a_polite_trainer_is_quick(settings: WorkerSettings) -> None:
     assert not left_in(Path(handle.data["workdir"]))  # the grandchild too
 
 
-def test_reattach_from_the_json_handle_after_a_worker_restart(settings: WorkerSettings) -> None:
+def test_reattach_from_the_json_handle_after_a_worker_restart(settings: Settings) -> None:
     first = StandInLauncher(settings)
     handle = first.submit(first.acquire(11, "local"), job(run_id=11, FAKE_MODE="sleep"))
     stored = json.dumps(handle.to_json())  # what the executor keeps in runs.launch_handle
     wait_for_file(Path(handle.data["workdir"]) / "pids.json")
     del first  # the worker that started it is gone
 
-    again = StandInLauncher(WorkerSettings(**settings.model_dump()))
+    again = StandInLauncher(Settings(**settings.model_dump()))
     restored = LaunchHandle.from_json(json.loads(stored))
     assert again.status(restored).state == JobState.RUNNING
     assert b"sleeping" in again.read_log(restored, 0)
@@ -272,16 +272,16 @@ def test_reattach_from_the_json_handle_after_a_worker_restart(settings: WorkerSe
 SPAWN_AND_DIE = """
 import json, os, signal, sys
 from worker.launchers.base import JobSpec
-from worker.settings import WorkerSettings
+from service.core.settings import Settings
 from tests.worker.test_local_launcher import StandInLauncher
-launcher = StandInLauncher(WorkerSettings.model_validate_json(sys.argv[1]))
+launcher = StandInLauncher(Settings.model_validate_json(sys.argv[1]))
 handle = launcher.submit(launcher.acquire(16, "local"), JobSpec(16, {"FAKE_MODE": "slow"}, "local", 60))
 print(json.dumps(handle.to_json()), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # the worker dies the hard way
 """
 
 
-def test_the_job_outlives_a_killed_worker_and_its_exit_code_is_recovered(settings: WorkerSettings) -> None:
+def test_the_job_outlives_a_killed_worker_and_its_exit_code_is_recovered(settings: Settings) -> None:
     import subprocess
 
     worker = subprocess.run(
@@ -296,7 +296,7 @@ def test_the_job_outlives_a_killed_worker_and_its_exit_code_is_recovered(setting
     assert b"step:2/2" in launcher.read_log(handle, 0)
 
 
-def test_lost_when_the_processes_vanish_without_an_exit_code(settings: WorkerSettings) -> None:
+def test_lost_when_the_processes_vanish_without_an_exit_code(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(12, "local"), job(run_id=12, FAKE_MODE="sleep"))
     workdir = Path(handle.data["workdir"])
@@ -314,7 +314,7 @@ def test_lost_when_the_processes_vanish_without_an_exit_code(settings: WorkerSet
     assert st.state == JobState.LOST and "no exit code" in st.reason
 
 
-def test_a_trainer_killed_by_a_signal_is_reported_as_such(settings: WorkerSettings) -> None:
+def test_a_trainer_killed_by_a_signal_is_reported_as_such(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(19, "local"), job(run_id=19, FAKE_MODE="sleep"))
     workdir = Path(handle.data["workdir"])
@@ -334,7 +334,7 @@ def test_signal_of_exit(rc: int, expected: str) -> None:
     assert signal_of_exit(rc).split(":")[0] == expected
 
 
-def test_a_reused_pid_is_not_mistaken_for_the_job(settings: WorkerSettings, tmp_path: Path) -> None:
+def test_a_reused_pid_is_not_mistaken_for_the_job(settings: Settings, tmp_path: Path) -> None:
     workdir = tmp_path / "w"
     workdir.mkdir()
     # our own pid is alive, but it was not started at this time: not our job
@@ -342,7 +342,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_job(settings: WorkerSettings, tmp_
     assert LocalLauncher(settings).status(fake).state == JobState.LOST
 
 
-def test_free_text_in_env_never_reaches_a_shell(settings: WorkerSettings, tmp_path: Path) -> None:
+def test_free_text_in_env_never_reaches_a_shell(settings: Settings, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     name = f"$(touch {marker}); touch {marker} `touch {marker}` && echo"
     launcher = StandInLauncher(settings)
@@ -352,13 +352,13 @@ def test_free_text_in_env_never_reaches_a_shell(settings: WorkerSettings, tmp_pa
     assert f"run_name:{name}".encode() in launcher.read_log(handle, 0)
 
 
-def test_bad_env_name_is_a_launch_failure(settings: WorkerSettings) -> None:
+def test_bad_env_name_is_a_launch_failure(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     with pytest.raises(LaunchFailed, match="not a trainer knob"):
         launcher.submit(launcher.acquire(14, "local"), JobSpec(14, {"NOT VALID=1": "x"}, "local", 60))
 
 
-def test_wrapper_enforces_the_hard_timeout_without_a_worker(settings: WorkerSettings) -> None:
+def test_wrapper_enforces_the_hard_timeout_without_a_worker(settings: Settings) -> None:
     launcher = StandInLauncher(settings)
     handle = launcher.submit(launcher.acquire(15, "local"), job(run_id=15, timeout_s=1.0, FAKE_MODE="sleep"))
     st = wait_terminal(launcher, handle, limit=10)
@@ -393,7 +393,7 @@ def test_the_real_trainer_through_the_launcher(tmp_path: Path, tiny_corpus: Path
     """`python -m trainer` end to end: SUCCEEDED, outputs in the work dir, and the log parses into the result's numbers."""
     from service.runs.logparse import parse_text
 
-    launcher = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0, data_root=tiny_corpus))
+    launcher = LocalLauncher(Settings(home=tmp_path, gpu_count=0, data_root=tiny_corpus))
     handle = launcher.submit(launcher.acquire(21, "local"), JobSpec(21, TINY_TRAINER, "local", 240))
     st = wait_terminal(launcher, handle, limit=240)
     log = launcher.read_log(handle, 0).decode()

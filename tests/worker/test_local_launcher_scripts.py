@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from service.core.settings import Settings
 from worker.launchers.base import JobSpec, JobState, LaunchFailed
 from worker.launchers.local import LocalLauncher
-from worker.settings import WorkerSettings
 
 SCRIPT = rb'''
 import os, sys
@@ -31,7 +31,7 @@ def launcher(tmp_path: Path) -> LocalLauncher:
     data = tmp_path / "data"
     (data / "datasets" / "fineweb10B_sp1024").mkdir(parents=True)
     (data / "datasets" / "fineweb10B_sp1024" / "fineweb_val_000000.bin").write_bytes(b"")
-    return LocalLauncher(WorkerSettings(home=tmp_path / "home", data_root=data, gpu_count=0))
+    return LocalLauncher(Settings(home=tmp_path / "home", data_root=data, gpu_count=0))
 
 
 def script_job(**env: str) -> JobSpec:
@@ -66,9 +66,9 @@ def test_a_script_runs_in_a_fresh_folder_with_its_files_data_and_only_its_env(la
 
 
 def test_the_script_runs_under_torchrun_over_the_machines_gpus(tmp_path: Path) -> None:
-    launcher = LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=8))
+    launcher = LocalLauncher(Settings(home=tmp_path, gpu_count=8))
     assert launcher.script_argv() == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "train_gpt.py"]
-    assert LocalLauncher(WorkerSettings(home=tmp_path, gpu_count=0)).script_argv() == [sys.executable, "train_gpt.py"]
+    assert LocalLauncher(Settings(home=tmp_path, gpu_count=0)).script_argv() == [sys.executable, "train_gpt.py"]
 
 
 @pytest.mark.parametrize("name", ["RANK", "WORLD_SIZE", "LD_PRELOAD", "PYTHONPATH", "CADDIE_DATABASE_URL", "DATA_PATH"])

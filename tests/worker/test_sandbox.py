@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from service.core.settings import Settings
 from tests.worker.test_local_launcher import wait_terminal
 from worker.launchers.base import JobSpec, JobState, LaunchFailed
 from worker.launchers.local import REPO_ROOT, LocalLauncher
-from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bubblewrap is not installed (apt-get install bubblewrap)")
 
@@ -63,7 +63,7 @@ def test_every_escape_from_a_sandboxed_job_is_refused(tmp_path: Path) -> None:
     data.mkdir()
     script = tmp_path / "escape.py"
     script.write_text(ESCAPES)
-    settings = WorkerSettings(home=home, data_root=data, trainer_command=[sys.executable, str(script)], gpu_count=0)
+    settings = Settings(home=home, data_root=data, trainer_command=[sys.executable, str(script)], gpu_count=0)
     home.mkdir(exist_ok=True)
     (home / "secret_key").write_text("the session key")
     other = settings.runs_dir / "99" / "attempt-1"
@@ -72,7 +72,7 @@ def test_every_escape_from_a_sandboxed_job_is_refused(tmp_path: Path) -> None:
     marker = f"caddie-escape-{os.getpid()}-{time.time_ns()}"
     args = {"pid": os.getpid(), "secret_key": str(home / "secret_key"), "other_run": str(other / "train_gpt.py"), "home": str(home),
             "trainer_file": str(REPO_ROOT / "trainer" / "__main__.py"), "data": str(data), "marker": marker}  # fmt: skip
-    settings = WorkerSettings(home=home, data_root=data, trainer_command=[sys.executable, str(script), json.dumps(args)], gpu_count=0)
+    settings = Settings(home=home, data_root=data, trainer_command=[sys.executable, str(script), json.dumps(args)], gpu_count=0)
     launcher = LocalLauncher(settings)
     before = (REPO_ROOT / "trainer" / "__main__.py").read_bytes()
     handle = launcher.submit(launcher.acquire(5, "local"), JobSpec(run_id=5, env={}, hardware="local", timeout_s=60))
@@ -92,10 +92,10 @@ def test_every_escape_from_a_sandboxed_job_is_refused(tmp_path: Path) -> None:
 
 def test_no_bwrap_fails_the_job_clearly_unless_the_unsafe_opt_out_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # bwrap is nowhere on it
-    settings = WorkerSettings(home=tmp_path / "home", trainer_command=[sys.executable, "-c", "print('unsealed')"], gpu_count=0)
+    settings = Settings(home=tmp_path / "home", trainer_command=[sys.executable, "-c", "print('unsealed')"], gpu_count=0)
     launcher = LocalLauncher(settings)
     with pytest.raises(LaunchFailed, match="bubblewrap"):
         launcher.submit(launcher.acquire(6, "local"), JobSpec(run_id=6, env={}, hardware="local", timeout_s=60))
-    unsafe = LocalLauncher(WorkerSettings(**{**settings.model_dump(), "sandbox": "none"}))
+    unsafe = LocalLauncher(Settings(**{**settings.model_dump(), "sandbox": "none"}))
     handle = unsafe.submit(unsafe.acquire(6, "local"), JobSpec(run_id=6, env={}, hardware="local", timeout_s=60))
     assert wait_terminal(unsafe, handle, 30).state == JobState.SUCCEEDED

@@ -14,6 +14,7 @@ import pytest
 sky = pytest.importorskip("sky")
 from sky import exceptions as sky_exc  # noqa: E402
 
+from service.core.settings import Settings  # noqa: E402
 from worker.launchers import get_launcher
 from worker.launchers.base import (  # noqa: E402
     ClusterHandle,
@@ -31,7 +32,6 @@ from worker.launchers.skypilot import (  # noqa: E402
     map_sky_error,
     parse_hardware,
 )
-from worker.settings import WorkerSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def spec(run_id: int = 5, hardware: str = "", **env: str) -> JobSpec:
 
 
 def launcher(tmp_path: Path, sdk: Any = None, min_poll_s: float = 0.0, **overrides: Any) -> SkyPilotLauncher:
-    return SkyPilotLauncher(WorkerSettings(home=tmp_path, **overrides), sdk=sdk, min_poll_s=min_poll_s)
+    return SkyPilotLauncher(Settings(home=tmp_path, **overrides), sdk=sdk, min_poll_s=min_poll_s)
 
 
 # --- the task ---------------------------------------------------------------------
@@ -413,7 +413,7 @@ def test_release_keeps_warm_with_autodown_or_tears_down(tmp_path: Path) -> None:
 
 
 def test_get_launcher_gives_the_skypilot_launcher(tmp_path: Path) -> None:
-    assert isinstance(get_launcher("skypilot", WorkerSettings(home=tmp_path)), SkyPilotLauncher)
+    assert isinstance(get_launcher("skypilot", Settings(home=tmp_path)), SkyPilotLauncher)
 
 
 # --- the template's scripts, run by bash with stand-ins for the node's programs -----------

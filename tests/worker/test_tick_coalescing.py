@@ -44,12 +44,12 @@ def test_a_failed_send_is_retried_by_the_next_request() -> None:
 def test_a_burst_puts_one_tick_on_the_real_broker(redis_url: str, tmp_path: Path) -> None:
     import time
 
+    from service.core.settings import Settings
     from worker.celery_app import make_celery
-    from worker.settings import WorkerSettings
     from worker.tasks import runs_queue_length
 
     queue = f"ticks-test-{uuid.uuid4().hex[:8]}"
-    app = make_celery(WorkerSettings(home=tmp_path, broker_url=redis_url))
+    app = make_celery(Settings(home=tmp_path, broker_url=redis_url))
     debounce = TickDebounce(5.0, time.monotonic)
     for _ in range(1000):
         debounce.request(lambda countdown: app.send_task("caddie.nothing", queue=queue, countdown=countdown, expires=countdown + 10))

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from service.billing.accounting import gpus_of  # noqa: F401 (re-exported: one definition, shared with accounting)
 from service.core.models import Run, utcnow
+from service.core.settings import Settings
 from service.queue.policy import ANY_HARDWARE, ActiveRun, QueuedRun, TeamUsage, parse_capacity, pick_runs_to_start, slots_of  # noqa: F401 (re-exported)
-from service.queue.settings import SchedulingSettings
 from service.queue.state import load_queue_state, retry_wait  # noqa: F401 (re-exported)
 from service.runs.lifecycle import transition
 from service.runs.status import IllegalTransition, RunStatus
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "scheduler"
 ACTIVE = (RunStatus.PROVISIONING.value, RunStatus.RUNNING.value)
-DEFAULTS = SchedulingSettings.model_construct()  # the fields' defaults, not the environment
+DEFAULTS = Settings.model_construct()  # the fields' defaults, not the environment
 
 
 def _lock_dispatch(session: Session) -> None:

@@ -15,14 +15,14 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from service.core.models import utcnow
+from service.core.settings import Settings
 from service.queue import stored
 from service.queue.positions import queue_estimates
-from service.queue.settings import SchedulingSettings
 
 log = logging.getLogger(__name__)
 
 
-def refresh_forecast(session: Session, settings: SchedulingSettings, now: datetime | None = None) -> int:
+def refresh_forecast(session: Session, settings: Settings, now: datetime | None = None) -> int:
     """Compute the forecast as of ``now`` and store it; returns the queued runs it covers."""
     now = now or utcnow()
     started = time.perf_counter()

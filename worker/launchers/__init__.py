@@ -8,7 +8,7 @@ from worker.launchers.base import Launcher
 
 
 def get_launcher(name: str, settings: Any) -> Launcher:
-    """The launcher called `name` ("local" or "skypilot"), configured from WorkerSettings."""
+    """The launcher called `name` ("local" or "skypilot"), configured from the settings."""
     if name == "local":
         from worker.launchers.local import LocalLauncher
 

@@ -34,14 +34,30 @@ from typing import Any
 import psutil
 
 from service.core.storage import mount_of
-
-from worker.launchers.base import ClusterHandle, JobSpec, JobState, JobStatus, LaunchFailed, LaunchHandle
+from service.runs.logparse import failure_reason
 from service.runs.scripts.spec import SCRIPT_NAME
-from worker.launchers.local_wrapper import CHILD_FILE, EXIT_FILE, STDOUT_LOG, write_json_atomic
+from worker.launchers.base import (
+    ClusterHandle,
+    JobSpec,
+    JobState,
+    JobStatus,
+    LaunchFailed,
+    LaunchHandle,
+)
+from worker.launchers.local_wrapper import (
+    CHILD_FILE,
+    EXIT_FILE,
+    STDOUT_LOG,
+    write_json_atomic,
+)
 from worker.launchers.run_folder import place_files
 from worker.launchers.sandbox import python_roots, sealed_argv
-from worker.launchers.trainer_env import inherited_env, knob_env, script_env, variant_paths
-from service.runs.logparse import failure_reason
+from worker.launchers.trainer_env import (
+    inherited_env,
+    knob_env,
+    script_env,
+    variant_paths,
+)
 
 NAME = "local"
 CANCEL_FILE = "cancel_requested"
