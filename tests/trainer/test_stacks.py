@@ -82,6 +82,7 @@ def test_the_2026_04_27_preset_has_the_records_values():
     assert '"TTT_WARM_START_A", "1"' in source and cfg.ttt_lora_warm_start_a
     assert logged["phased_ttt_enabled" if "phased_ttt_enabled" in logged else "ttt_enabled"] == "True" and cfg.ttt_mode == "lora_phased"
     assert "lrzip" in source and cfg.pergroup_backend == "lrzip"
+    assert source.count("eval_stride") == 1 and cfg.eval_stride == 0  # defined, never used: its pre-TTT eval is the full split
 
 
 def test_2026_03_23_is_the_dataclass_defaults_and_the_default_stack():
