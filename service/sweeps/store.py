@@ -12,7 +12,6 @@ by the next one, which submits the same runs again and gets the first ones back.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 from collections.abc import Sequence
 from datetime import datetime
