@@ -244,3 +244,36 @@ def test_a_tiny_run_scores_with_phased_lora_ttt(smoke_corpus, tmp_path):
     assert re.search(rf"^ttt_scored_tokens:{scored}$", log, re.M)  # every target, also those before the stream's first BOS
     assert f"final_ttt val_loss:{result['val_loss']:.8f} val_bpb:{result['val_bpb']:.8f}" in log
     assert 0 < result["val_bpb"] < 20 and result["val_bpb"] != result["pre_ttt_bpb"]
+
+
+def _two_rank_worker(rank, world, init_file, state, overrides, val, luts, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        cfg = TrainerConfig.from_dict(overrides)
+        model = GPT(cfg)
+        model.load_state_dict(state)
+        torch.manual_seed(7)
+        r = evaluate_ttt_lora_phased(model, val, luts, cfg, rank, world)
+        out[rank] = (r.val_loss, r.tokens, r.bytes, model.tok_emb.weight.detach().clone())
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_share_the_batches_and_the_phases(probe_case, tmp_path):
+    # ranks take the queue's batches in turn and pass each phase boundary after the same round, so every
+    # all-reduce of the phases' SGD pairs up (no hang) and the ranks end with one model and one score
+    import torch.multiprocessing as mp
+
+    state, cfg, val, luts = probe_case
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_two_rank_worker, args=(2, str(tmp_path / "init"), state, cfg.overrides(), val, luts, out), nprocs=2, join=True)
+        got = dict(out)
+    (loss0, tokens0, bytes0, emb0), (loss1, tokens1, bytes1, emb1) = got[0], got[1]
+    assert (loss0, tokens0, bytes0) == (loss1, tokens1, bytes1) and tokens0 == val.numel() - 1
+    assert bytes0 == int(luts.base_bytes[val[1:]].sum() + (luts.has_leading_space[val[1:]] & ~luts.is_boundary[val[:-1]]).sum())
+    assert torch.equal(emb0, emb1)
+    model = GPT(cfg)
+    model.load_state_dict(state)
+    assert not torch.equal(emb0, model.tok_emb.weight)  # the phases trained it
