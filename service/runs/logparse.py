@@ -112,7 +112,7 @@ class LogLine:
 
 def read_line(raw: str) -> LogLine | None:
     """What one complete line states, or None when it is none of the conventions'."""
-    line = raw[_PREFIX.match(raw).end() :].rstrip()  # type: ignore[union-attr]  (the prefix pattern always matches)
+    line = raw[_PREFIX.match(raw).end() :].rstrip()  # type: ignore[union-attr]  # the prefix pattern always matches
     if not line:
         return None
     shown = line[:SHOWN_CHARS]
@@ -198,7 +198,7 @@ class LogSummary:
         if line.total_bytes is not None:
             self.total_bytes, self.total_bytes_format = line.total_bytes, line.total_bytes_format
         if line.label is not None and line.label.startswith("final_"):
-            self.finals[line.label] = {"val_loss": line.val_loss, "val_bpb": line.val_bpb}  # type: ignore[dict-item]  (a label comes with both)
+            self.finals[line.label] = {"val_loss": line.val_loss, "val_bpb": line.val_bpb}  # type: ignore[dict-item]  # a label comes with both
 
     def columns(self) -> dict[str, Any]:
         """The run's columns from the log, for a trainer run without its result.json."""
@@ -277,7 +277,7 @@ class ScriptLogSummary:
         before = [f for f in self.finals if f.line_no < final.line_no and "ttt" not in f.label.lower()
                   and (_SCORE_LABEL.search(f.label) or f.label.startswith("diagnostic quantized")) and math.isfinite(f.val_bpb)]
         exact = [f for f in before if f.label.endswith("_exact")]
-        return (exact or before or [None])[-1]
+        return (exact or before)[-1] if exact or before else None
 
     @property
     def eval_seconds(self) -> float | None:
@@ -306,7 +306,7 @@ class ScriptLogSummary:
         if line.eval_ms is not None:
             self.eval_ms.append(src(line.eval_ms))
         if line.label is not None:
-            self.finals.append(FinalLine(line.label, line.val_loss, line.val_bpb, line_no, line.text))  # type: ignore[arg-type]  (a label comes with both)
+            self.finals.append(FinalLine(line.label, line.val_loss, line.val_bpb, line_no, line.text))  # type: ignore[arg-type]  # a label comes with both
 
 
 @dataclass(frozen=True)
@@ -372,7 +372,7 @@ class _Parser(Generic[S]):
     reads_unfinished_line: bool
 
     def __init__(self, summary: S) -> None:
-        self.summary = summary
+        self.summary: S = summary
         self._partial = ""
         self._lines = 0
         self._train_ms: float | None = None  # the latest training time, for a step line without its own
