@@ -150,7 +150,7 @@ class GroupOut(BaseModel):
         return cls(
             key=g.key, name=g.name, team=g.team.name, track=g.track, hardware=g.hardware, kind=g.kind, config=shared_config(g.kind, g.config), diff=v.diff,
             allow_noncompliant=g.allow_noncompliant, published=g.published_at is not None, published_at=g.published_at,
-            created_at=g.created_at, n=s.n, runs_total=len(v.runs), not_counted=len(s.excluded),
+            created_at=g.created_at, n=s.n, runs_total=v.runs_total, not_counted=len(s.excluded),
             val_bpb=SummaryOut.of(s.val_bpb), val_loss=SummaryOut.of(s.val_loss),
             best_seed=s.best.seed if s.best else None, worst_seed=s.worst.seed if s.worst else None,
             mean_artifact_bytes=s.mean_artifact_bytes, max_artifact_bytes=s.max_artifact_bytes,

@@ -11,9 +11,17 @@ from service.runs.scripts.spec import SCRIPT_KIND, ScriptSpec
 
 @dataclass(frozen=True)
 class GroupView:
+    """``runs``: the group's runs where the page shows them (a group's own page, compare, export);
+    lists and the leaderboard show figures only and leave it empty, with ``total`` saying how many."""
+
     group: RunGroup
     stats: GroupStats
     runs: tuple[Run, ...]
+    total: int | None = None
+
+    @property
+    def runs_total(self) -> int:
+        return len(self.runs) if self.total is None else self.total
 
     @property
     def diff(self) -> str:
