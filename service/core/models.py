@@ -270,6 +270,30 @@ class ScriptFile(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TeamStorage(Base):
+    """Bytes a team's runs hold in artifacts and stored logs, kept up to date by the writers of
+    those bytes in the transaction that writes them (service.billing.storage): the storage quota
+    reads this one row instead of summing the team's history. The janitor recounts each team now
+    and then (``recounted_at``) and repairs a figure that drifted (a hand edit, a missed writer)."""
+
+    __tablename__ = "team_storage"
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    recounted_at: Mapped[datetime | None]
+
+
+class TeamScriptFile(Base):
+    """A script file (by sha256) that one of the team's script run groups names, written at submit:
+    the quota sums the team's script files over these rows, not over every group's config. No
+    foreign key to script_files: retention may delete a file that a later upload stores again."""
+
+    __tablename__ = "team_script_files"
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class RunEvent(Base):
     __tablename__ = "run_events"
     __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)

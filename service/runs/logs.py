@@ -32,6 +32,7 @@ from typing import IO, Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from service.billing.storage import LOG_KIND, LOG_SUFFIX, counted
 from service.core.models import Artifact, LogChunk, Run, utcnow
 from service.core.storage import ArtifactMissing, ArtifactStore, ArtifactStoreError, artifact_key, read_chunks
 from service.runs.queries import visible_run
@@ -39,9 +40,10 @@ from service.runs.status import TERMINAL, is_terminal
 from service.teams.tokens import Principal
 
 LOG_PAGE_BYTES = 1 << 20
-ARCHIVE_KIND = "log"
+ARCHIVE_KIND = LOG_KIND
 ARCHIVE_NAME = "stdout.log"  # the name the job's own stream has in its run folder; export reads it for script runs
 ARCHIVE_SUFFIX = "/" + artifact_key(0, ARCHIVE_KIND, ARCHIVE_NAME).split("/", 2)[2]  # "/log/stdout.log": how a row is known
+assert ARCHIVE_SUFFIX == LOG_SUFFIX  # the quota's running total knows an archive the same way
 
 
 @dataclass
@@ -179,12 +181,13 @@ def append_log(session: Session, run_id: int, text: str, *, attempt: int = 1, of
     ``text`` must have the UTF-8 length of the bytes it stands for (worker.run.log_stream.decode_log
     keeps it so), or offsets drift from the job's own log.
     """
-    if offset is None:
-        offset = int(session.scalar(select(Run.log_bytes).where(Run.id == run_id)) or 0)
-    end = log_end if log_end is not None else offset + len(text.encode("utf-8"))
-    # The UPDATE first: the chunk then reaches the database with the caller's commit, where a
-    # duplicate offset raises (the caller decides what a second writer means).
-    session.execute(update(Run).where(Run.id == run_id).values(log_bytes=end, **also), execution_options={"synchronize_session": False})
+    with counted(session, run_id):  # the team's stored bytes move with the log's, in this transaction
+        if offset is None:
+            offset = int(session.scalar(select(Run.log_bytes).where(Run.id == run_id)) or 0)
+        end = log_end if log_end is not None else offset + len(text.encode("utf-8"))
+        # The UPDATE first: the chunk then reaches the database with the caller's commit, where a
+        # duplicate offset raises (the caller decides what a second writer means).
+        session.execute(update(Run).where(Run.id == run_id).values(log_bytes=end, **also), execution_options={"synchronize_session": False})
     if text:
         session.add(LogChunk(run_id=run_id, offset=offset, data=text, created_at=utcnow(), attempt=attempt))
     return end
@@ -233,12 +236,13 @@ def record_archive(session: Session, archived: LogFile) -> bool:
     """In the caller's transaction: the archive's artifacts row in, the run's chunks out (one
     commit, so a reader finds one home or the other, never neither). False, changing nothing,
     when chunks were added since it was written (the caller writes it again later)."""
-    count = session.scalar(select(func.count()).select_from(LogChunk).where(LogChunk.run_id == archived.run_id))
-    if count != archived.chunks:
-        return False
-    session.execute(delete(Artifact).where(Artifact.run_id == archived.run_id, Artifact.kind == ARCHIVE_KIND, Artifact.uri.endswith(ARCHIVE_SUFFIX)))
-    session.add(Artifact(run_id=archived.run_id, kind=ARCHIVE_KIND, uri=archived.uri, bytes=archived.bytes, sha256=archived.sha256, created_at=utcnow()))
-    session.execute(delete(LogChunk).where(LogChunk.run_id == archived.run_id), execution_options={"synchronize_session": False})
+    with counted(session, archived.run_id):  # chunk bytes out of the team's total, the file's in
+        count = session.scalar(select(func.count()).select_from(LogChunk).where(LogChunk.run_id == archived.run_id))
+        if count != archived.chunks:
+            return False
+        session.execute(delete(Artifact).where(Artifact.run_id == archived.run_id, Artifact.kind == ARCHIVE_KIND, Artifact.uri.endswith(ARCHIVE_SUFFIX)))
+        session.add(Artifact(run_id=archived.run_id, kind=ARCHIVE_KIND, uri=archived.uri, bytes=archived.bytes, sha256=archived.sha256, created_at=utcnow()))
+        session.execute(delete(LogChunk).where(LogChunk.run_id == archived.run_id), execution_options={"synchronize_session": False})
     return True
 
 

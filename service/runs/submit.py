@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.billing import quotas
+from service.billing import quotas, storage
 from service.core.errors import Conflict, InvalidInput, Issue
 from service.core.models import Run, RunGroup, Team, utcnow
 from service.core.settings import Settings
@@ -20,6 +20,7 @@ from service.runs.lifecycle import record_created
 from service.runs.queries import run_query, with_names
 from service.runs.schemas import RunCreate
 from service.runs.scripts.files import store_blobs
+from service.runs.scripts.spec import SCRIPT_KIND
 from service.runs.spec import NormalisedSpec, normalise_spec
 from service.runs.status import RunStatus
 from service.teams.tokens import Principal
@@ -70,6 +71,8 @@ def submit_runs(
     now = utcnow()
     store_blobs(session, normal.blobs)
     ensure_group(session, group_key, team.id, spec.name, normal, now)
+    if normal.kind == SCRIPT_KIND:
+        storage.name_script_files(session, team.id, normal.config)  # what the quota sums for the team's scripts
     runs = [
         Run(
             team_id=team.id,

@@ -10,9 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.core.models import Artifact, Run
 from service.billing.quotas import team_storage
+from service.billing.storage import counted
+from service.core.models import Artifact
 from service.core.settings import Settings
+from service.runs.logs import append_log
 from tests.service.conftest import World
 
 RUNS = "/api/v1/runs"
@@ -27,9 +29,10 @@ def test_a_team_over_its_quota_cannot_submit(db_url: str, tmp_path: Path, world:
         r = client.post(RUNS, json=script_spec, headers=world.h("alice"))
         assert r.status_code == 201, r.text
         run_id = r.json()["runs"][0]["id"]
-        run = session.get_one(Run, run_id)
-        run.log_bytes, run.log_truncated_at = 50_000, 3_000  # a capped log counts what is stored
-        session.add(Artifact(run_id=run_id, kind="model", uri="file:///x", bytes=7_000))
+        # Through the writers (they keep the team's running total, service.billing.storage).
+        append_log(session, run_id, "", log_end=50_000, log_truncated_at=3_000)  # a capped log counts what is stored
+        with counted(session, run_id):
+            session.add(Artifact(run_id=run_id, kind="model", uri="file:///x", bytes=7_000))
         session.commit()
         use = team_storage(session, world.team_ids["team-a"])
         assert (use.artifacts, use.logs, use.scripts) == (7_000, 3_000, len(SCRIPT))

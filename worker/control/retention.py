@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from service.billing.storage import add_bytes
 from service.core.models import Artifact, Run, RunEvent, ScriptFile
 from service.core.storage import ArtifactStore, ArtifactStoreError
 from service.runs.logs import ARCHIVE_KIND, ARCHIVE_SUFFIX, archive_ended_logs
@@ -44,9 +45,10 @@ def retention_pass(session: Session, *, store: ArtifactStore, runs_dir: Path | N
     removed = 0
 
     kept_log = (Artifact.kind == ARCHIVE_KIND) & Artifact.uri.endswith(ARCHIVE_SUFFIX)  # the stored log stays
-    rows = session.execute(select(Artifact.id, Artifact.run_id, Artifact.uri).where(Artifact.run_id.in_(expired), ~kept_log)
-                           .order_by(Artifact.id).limit(BATCH)).all()  # fmt: skip
+    rows = session.execute(select(Artifact.id, Artifact.run_id, Artifact.uri, Artifact.bytes, Run.team_id).join(Run, Run.id == Artifact.run_id)
+                           .where(Artifact.run_id.in_(expired), ~kept_log).order_by(Artifact.id).limit(BATCH)).all()  # fmt: skip
     gone: dict[int, list[int]] = {}
+    freed: dict[int, int] = {}  # team -> bytes: the kept log stays, so each run's bytes fall by exactly these rows'
     for row in rows:
         try:
             store.delete(row.uri)
@@ -54,12 +56,15 @@ def retention_pass(session: Session, *, store: ArtifactStore, runs_dir: Path | N
             log.warning("retention: cannot delete %s of run %s: %s", row.uri, row.run_id, exc)
             continue
         gone.setdefault(row.run_id, []).append(row.id)
+        freed[row.team_id] = freed.get(row.team_id, 0) + int(row.bytes or 0)
     for run_id, ids in gone.items():
         session.execute(delete(Artifact).where(Artifact.id.in_(ids)))
         status = session.scalar(select(Run.status).where(Run.id == run_id)) or ""
         session.add(RunEvent(run_id=run_id, at=now, from_status=status, to_status=status, actor=ACTOR,
                              reason=f"{len(ids)} artifact(s) removed: the run ended over {days:g} days ago (CADDIE_RETENTION_DAYS)"))  # fmt: skip
         removed += len(ids)
+    for team_id in sorted(freed):  # in team order, last in the transaction: writers take team rows last too
+        add_bytes(session, team_id, -freed[team_id])
 
     if runs_dir is not None and runs_dir.is_dir():
         folders = {int(p.name): p for p in runs_dir.iterdir() if p.name.isdigit() and p.is_dir()}

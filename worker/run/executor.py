@@ -42,6 +42,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.billing.storage import counted
 from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
 from service.core.storage import ArtifactStoreError, DiskFull
 from service.results.queries import judge_run
@@ -417,13 +418,14 @@ class RunDriver:
 
         def write() -> None:
             with self.session_factory() as session:
-                session.execute(delete(Artifact).where(Artifact.run_id == self.run_id))  # a second collect replaces the first
-                session.add_all(Artifact(run_id=self.run_id, kind=k, uri=u, bytes=b, sha256=h, created_at=utcnow()) for k, u, b, h in stored)
-                if values:
-                    run = session.get_one(Run, self.run_id)
-                    for column, value in values.items():
-                        setattr(run, column, value)
-                    judge_run(run)  # the rule checks land with the figures they judge, in one commit
+                with counted(session, self.run_id):  # the team's stored bytes move with its artifacts, in this commit
+                    session.execute(delete(Artifact).where(Artifact.run_id == self.run_id))  # a second collect replaces the first
+                    session.add_all(Artifact(run_id=self.run_id, kind=k, uri=u, bytes=b, sha256=h, created_at=utcnow()) for k, u, b, h in stored)
+                    if values:
+                        run = session.get_one(Run, self.run_id)
+                        for column, value in values.items():
+                            setattr(run, column, value)
+                        judge_run(run)  # the rule checks land with the figures they judge, in one commit
                 session.commit()
 
         self._db(write, "store its outputs")
