@@ -322,6 +322,7 @@ def lora_chunk_window(chunk: int, targets: int, chunk_tokens: int, seq_len: int)
 
 
 def make_lora(model: torch.nn.Module, cfg: TrainerConfig, docs: int, device: torch.device) -> tuple[TTTLoRA, torch.optim.Optimizer]:
+    """Fresh LoRAs for ``docs`` documents (A drawn from the global generator) and their AdamW (eps 1e-10, the record's)."""
     lora = TTTLoRA(model, docs, cfg.ttt_lora_rank, cfg.ttt_lora_alpha, cfg.ttt_lora_warm_start_a).to(device)
     opt = torch.optim.AdamW(lora.parameters(), lr=cfg.ttt_lora_lr, betas=(cfg.ttt_lora_beta1, cfg.ttt_lora_beta2), eps=1e-10,
                             weight_decay=cfg.ttt_lora_weight_decay, fused=device.type == "cuda")
@@ -329,7 +330,7 @@ def make_lora(model: torch.nn.Module, cfg: TrainerConfig, docs: int, device: tor
 
 
 def reset_lora(lora: TTTLoRA, opt: torch.optim.Optimizer) -> None:
-    """B to zero (A too unless warm-started) and the optimiser's moments and step count to zero."""
+    """B to zero, A redrawn unless warm-started (TTT_LORA_WARM_START_A), the optimiser's moments and step count to zero."""
     lora.reset()
     for state in opt.state.values():
         for k, v in state.items():
