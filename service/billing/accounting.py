@@ -21,7 +21,9 @@ Phases, in seconds of an attempt (then x GPUs of the hardware, ``H100:8`` -> 8):
   (work lost to preemption).
 
 cost = GPU-seconds / 3600 x the price per GPU-hour of the hardware
-(``Settings.gpu_price_table``: the exact hardware string, else its accelerator).
+(``Settings.gpu_price_table``: the exact hardware string, else its accelerator). The
+hardware is what ran: the node the worker recorded at launch, where it differs from the
+spec's (``billed_hardware``).
 A window [since, now) clips the billed intervals; an interval crossing a period
 boundary is split there, the phases inside the running time spread evenly over it.
 
@@ -45,10 +47,12 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from service.core.hardware import NodeHardware
 from service.core.models import Run, RunEvent, User
 from service.runs.status import TERMINAL_VALUES, RunStatus
 
@@ -156,6 +160,14 @@ def phase_pieces(attempts: Sequence[Attempt], train_seconds: float | None, eval_
             shares = {"training": training / span, "evaluation": evaluation / span, "setup": (span - training - evaluation) / span}
         pieces.append(Piece(a.running_from, released, shares))
     return pieces
+
+
+def billed_hardware(asked: str, node: Mapping[str, Any] | None) -> str:
+    """The hardware a run is billed on: what its node reported at launch (runs.node_hardware),
+    else what its spec asked for (not launched yet, or launched before nodes were recorded).
+    An ``H100:8`` spec that ran on the CPU bills the CPU."""
+    ran = NodeHardware.from_json(node)
+    return ran.hardware if ran is not None else asked
 
 
 def price_per_gpu_hour(hardware: str, prices: Mapping[str, float]) -> float | None:
@@ -385,7 +397,8 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime, *, bil
     if billed_only:
         mine.append(or_(Run.status != RunStatus.QUEUED.value, Run.attempts > 0))
     rows = session.execute(
-        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds, Run.warm_start)
+        select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds, Run.warm_start,
+               Run.node_hardware)
         .join(User, User.id == Run.user_id)
         .where(*mine)
         .order_by(Run.id)
@@ -399,8 +412,8 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime, *, bil
     ):
         events.setdefault(run_id, []).append(Transition(at, to_status))
     return [
-        RunRecord(run_id, user, hardware, tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id, saved_s, warm)
-        for run_id, name, status, user, hardware, train_s, eval_s, team_id, saved_s, warm in rows
+        RunRecord(run_id, user, billed_hardware(hardware, node), tuple(events.get(run_id, ())), train_s, eval_s, name, status, team_id, saved_s, warm)
+        for run_id, name, status, user, hardware, train_s, eval_s, team_id, saved_s, warm, node in rows
     ]
 
 

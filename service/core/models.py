@@ -223,6 +223,9 @@ class Run(Base):
     # The latest attempt that got running started on a reused (kept-warm) cluster (True) or a
     # freshly provisioned one (False); written with its PROVISIONING -> RUNNING; null: not yet.
     warm_start: Mapped[bool | None] = mapped_column(Boolean)
+    # What the latest attempt's node reported at launch (service.core.hardware.NodeHardware:
+    # gpu_name, gpus, source, hardware): the rules judge and billing bills it, not the spec's.
+    node_hardware: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     team: Mapped[Team] = relationship()
     user: Mapped[User] = relationship()

@@ -55,7 +55,7 @@ def checks_of(run: Run) -> list[Check]:
     """The rule checks of a run from its stored figures and result.json."""
     facts = RunFacts.from_result(track=run.track, hardware=run.hardware, allow_noncompliant=run.allow_noncompliant,
                                  result=run.result, artifact_bytes=run.artifact_bytes,
-                                 train_seconds=run.train_seconds, eval_seconds=run.eval_seconds)
+                                 train_seconds=run.train_seconds, eval_seconds=run.eval_seconds, node=run.node_hardware)
     checks = check_run(facts)
     if run.kind == SCRIPT_KIND and not run.allow_noncompliant:
         checks = [declared(c, "the team") if c.rule in SCRIPT_DECLARED else c for c in checks]

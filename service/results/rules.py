@@ -28,7 +28,9 @@ The limits (trainer-spec.md, section 1):
 |                 | says training ended (its audit; loopback is not the network) |
 
 Hardware is judged from what the run reports (GPU model, count; "PCIe"/"NVL"
-models are not the SXM H100 the records ran on), never from the spec.
+models are not the SXM H100 the records ran on), never from the spec: what the worker
+recorded of the node at launch (``nvidia-smi -L`` on it, runs.node_hardware) wins over
+what the run's log says.
 
 ``spec_noncompliance`` is the same rule book read before a run starts: the
 knobs of a ``10min_16mb`` spec that would make its result incomparable.
@@ -42,6 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from service.core.hardware import CPU, NodeHardware, accelerator_of
 from trainer.config import ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_SECONDS, TRAIN_LIMIT_SECONDS
 
 RECORD_TRACK = "10min_16mb"
@@ -111,12 +114,14 @@ class RunFacts:
     # could not be watched); None: a run that is not watched (the shared trainer, a record's log).
     touches: Mapping[str, Any] | None = None
     logged_artifact_bytes: int | None = None  # a script run's log's own total, where its files were counted instead
+    # What the worker recorded of the node at launch (runs.node_hardware): it wins over the log's gpu_name/world_size.
+    node: NodeHardware | None = None
 
     @classmethod
     def from_result(cls, *, track: str, hardware: str, allow_noncompliant: bool, result: Mapping[str, Any] | None,
                     artifact_bytes: int | None = None, train_seconds: float | None = None,
-                    eval_seconds: float | None = None) -> "RunFacts":
-        """Facts from the trainer's result.json; the run's columns win where given."""
+                    eval_seconds: float | None = None, node: Mapping[str, Any] | None = None) -> "RunFacts":
+        """Facts from the trainer's result.json; the run's columns win where given (``node``: runs.node_hardware)."""
         r = dict(result or {})
         return cls(
             track=track, hardware=hardware, allow_noncompliant=allow_noncompliant,
@@ -130,6 +135,7 @@ class RunFacts:
             eval_seq_len=r.get("eval_seq_len"), train_fingerprints=r.get("train_fingerprints"),
             val_fingerprints=r.get("val_fingerprints"), code_sha256=r.get("code_sha256"), code_dirty=r.get("code_dirty"),
             touches=r.get("touches"), logged_artifact_bytes=((r.get("bytes") or {}).get("artifact") or {}).get("log"),
+            node=NodeHardware.from_json(node),
         )
 
 
@@ -143,15 +149,33 @@ def is_record_gpu(gpu_name: str) -> bool:
     return "H100" in name and "PCIE" not in name and "NVL" not in name
 
 
+def reported_gpus(facts: RunFacts) -> tuple[str | None, int | None, str]:
+    """The GPU model and count to judge, and a note saying where they came from. What the
+    worker recorded of the node at launch wins over what the run's own log says (a script
+    prints what it likes); the log's model is kept only where the node gave just an
+    accelerator name (SkyPilot: ``H100``) and the log names that accelerator's form factor."""
+    node = facts.node
+    if node is None:
+        return facts.gpu_name, facts.world_size, ""
+    name = node.gpu_name
+    if node.gpus > 0 and name == accelerator_of(name) and facts.gpu_name and accelerator_of(str(facts.gpu_name)) == name:
+        name = str(facts.gpu_name)
+    logged = f"; its log says {facts.world_size}x {facts.gpu_name}" if facts.gpu_name is not None and facts.world_size is not None else ""
+    return name if node.gpus > 0 else CPU, node.gpus, f" (as its node reported, {node.source}: what the node reported wins over the log{logged})"
+
+
 def _off_record_hardware(facts: RunFacts) -> str | None:
     """Why the run's timings cannot be judged (None: they can), from what the run
     reported about its node; the spec's hardware is only what was asked for."""
-    if facts.gpu_name is None or facts.world_size is None:
+    gpu_name, world_size, note = reported_gpus(facts)
+    if facts.node is not None and facts.node.gpus <= 0:
+        return f"on the CPU (no GPU){note}, not {RECORD_GPUS}x H100 SXM"
+    if gpu_name is None or world_size is None:
         return "on hardware the run did not report (GPU model and count)"
-    if not is_record_gpu(str(facts.gpu_name)):
-        return f"on {facts.world_size}x {facts.gpu_name}, not {RECORD_GPUS}x H100 SXM"
-    if facts.world_size != RECORD_GPUS:
-        return f"on {facts.world_size}x {facts.gpu_name}, not {RECORD_GPUS}x"
+    if not is_record_gpu(str(gpu_name)):
+        return f"on {world_size}x {gpu_name}{note}, not {RECORD_GPUS}x H100 SXM"
+    if world_size != RECORD_GPUS:
+        return f"on {world_size}x {gpu_name}{note}, not {RECORD_GPUS}x"
     return None
 
 
@@ -190,6 +214,9 @@ def _time_rule(rule: str, what: str, seconds: float | None, limit: float, facts:
     if off is not None:
         return Check(rule, Verdict.NOT_COMPARABLE,
                      f"{what} {shown} s {off}; the {limit:.0f} s limit is judged on {RECORD_GPUS}x H100 SXM only", seconds, limit)
+    if facts.node is not None:
+        gpu_name, world_size, where = reported_gpus(facts)
+        note = f" on {world_size}x {gpu_name}{where}{note}"
     if seconds <= limit:
         return Check(rule, Verdict.PASS, f"{what} {shown} s <= {limit:.0f} s{note}", seconds, limit)
     if tolerance and seconds <= limit + tolerance:

@@ -17,7 +17,8 @@ from service.core.bodies import (
     Strict,
 )
 from service.core.models import Metric, Run, RunEvent
-from service.core.settings import TRACKS
+from service.core.hardware import NodeHardware, deployment_hardware, where_it_runs
+from service.core.settings import TRACKS, Settings, get_settings
 from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
 
 
@@ -122,15 +123,20 @@ class RunOut(BaseModel):
     saved_seconds: float | None = Field(description="ABORTED_BEHIND: node seconds its early abort saved (its expected time minus what it used)")
     touches: dict[str, Any] | None = Field(None, description="a script run: what it opened and connected to, each with its time and "
                                            "phase (setup, train, eval by its log's lines; service.runs.touches), or why it was not watched")
+    node_hardware: dict[str, Any] | None = Field(None, description="what the latest attempt's node reported at launch: gpu_name ('cpu' without a GPU), "
+                                                 "gpus, source (e.g. 'nvidia-smi -L') and hardware (e.g. 'H100:8', 'cpu'); the rules judge "
+                                                 "and billing bills it, not the spec's hardware; null: not launched yet")
+    runs_on: str | None = Field(None, description="where the run ran (its node's report) or will run, in a sentence: says plainly when that "
+                                                 "is not the hardware it asked for (CADDIE_UNAVAILABLE_HARDWARE=accept); single-run bodies only")
     # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue.positions).
     queue_position: int | None = Field(None, description=POSITION_HELP)
     estimated_start_at: datetime | None = Field(None, description=START_HELP)
     waiting_reason: str | None = Field(None, description=REASON_HELP)
 
     @classmethod
-    def from_run(cls, run: Run, **queue: Any) -> "RunOut":
+    def from_run(cls, run: Run, settings: Settings | None = None, **queue: Any) -> "RunOut":
         values = {name: getattr(run, name) for name in cls.model_fields if name not in ("team", "user", *NOT_COLUMNS)}
-        return cls(team=run.team.name, user=run.user.name, touches=(run.result or {}).get("touches"), **values, **queue)
+        return cls(team=run.team.name, user=run.user.name, touches=(run.result or {}).get("touches"), runs_on=runs_on(run, settings), **values, **queue)
 
 
 class RunCancelled(RunOut):
@@ -142,7 +148,13 @@ class RunCancelled(RunOut):
 
 
 QUEUE_FIELDS = ("queue_position", "estimated_start_at", "waiting_reason")
-NOT_COLUMNS = (*QUEUE_FIELDS, "touches")  # read from elsewhere (the forecast, runs.result), not a column each
+NOT_COLUMNS = (*QUEUE_FIELDS, "touches", "runs_on")  # read from elsewhere (the forecast, runs.result, the deployment), not a column each
+
+
+def runs_on(run: Run, settings: Settings | None = None) -> str:
+    """service.core.hardware.where_it_runs for this run, against the deployment (the app's settings;
+    None: this process's)."""
+    return where_it_runs(run.hardware, NodeHardware.from_json(run.node_hardware), deployment_hardware(settings or get_settings()))
 
 
 class RunsCreated(BaseModel):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.errors import InvalidInput, Issue
+from service.core.hardware import deployment_hardware
 from service.core.settings import Settings
 from service.results.rules import spec_noncompliance
 from service.runs.early_abort import unlogged_step
@@ -115,6 +116,10 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
         issues.append(Issue(("track",), f"must be one of {', '.join(settings.track_choices)}", spec.track))
     if spec.hardware not in settings.hardware_choices:
         issues.append(Issue(("hardware",), f"must be one of {', '.join(settings.hardware_choices)}", spec.hardware))
+    elif settings.unavailable_hardware == "refuse" and spec.hardware not in (provided := deployment_hardware(settings)):
+        issues.append(Issue(("hardware",), f"this deployment cannot provide {spec.hardware}: it provides {', '.join(provided) or 'nothing'} "
+                            f"(launcher {settings.launcher}; CADDIE_PROVIDED_HARDWARE declares it, "
+                            f"CADDIE_UNAVAILABLE_HARDWARE=accept runs such a spec on what is here)", spec.hardware))  # fmt: skip
     if spec.priority is not None and not settings.min_priority <= spec.priority <= settings.max_priority:
         issues.append(Issue(("priority",), f"must be >= {settings.min_priority} and <= {settings.max_priority}", spec.priority))
     seeds = _seeds(spec, settings, issues)

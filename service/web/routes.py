@@ -44,7 +44,7 @@ from service.runs.queries import (
     list_runs,
     metric_points,
 )
-from service.runs.schemas import RunCreate
+from service.runs.schemas import RunCreate, runs_on
 from service.runs.scripts.spec import shared_config
 from service.runs.spec import RESERVED_KNOBS
 from service.runs.status import (
@@ -358,7 +358,7 @@ def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, s
     artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
     return render(request, "run.html", user, run=run, events=events, figures=figures, log_text=log_text,
                   log_offset=log_offset, log_done=log_done, checks=checks, artifacts=artifacts,
-                  terminal=is_terminal(run.status), quote=quote, estimate=estimate)
+                  terminal=is_terminal(run.status), quote=quote, estimate=estimate, runs_on=runs_on(run, settings))
 
 
 @router.get("/web/runs/{run_id}/charts")

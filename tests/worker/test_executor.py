@@ -143,7 +143,8 @@ def test_rule_checks_land_with_the_figures_they_judge_in_one_commit(maker, setti
         event.remove(maker, "after_commit", after_commit)
     with maker() as s:
         run = s.get(Run, run_id)
-        expected = check_run(RunFacts.from_result(track="10min_16mb", hardware="cpu", allow_noncompliant=False, result=run.result))
+        expected = check_run(RunFacts.from_result(track="10min_16mb", hardware="cpu", allow_noncompliant=False, result=run.result,
+                                                    node=run.node_hardware))
         assert run.checks == [c.to_dict() for c in expected]
         verdicts = {c["rule"]: c["verdict"] for c in run.checks}
         assert verdicts == {"artifact_bytes": "pass", "train_time": "not_comparable", "eval_time": "not_comparable", "full_val": "pass",

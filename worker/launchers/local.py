@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from service.core.hardware import NodeHardware, probe_local_node
 from service.core.storage import mount_of
 from service.runs.logparse import failure_reason
 from service.runs.scripts.spec import SCRIPT_NAME
@@ -149,6 +150,7 @@ class LocalLauncher:
         self.runs_dir = Path(settings.runs_dir).resolve()
         self.grace_s = float(settings.cancel_grace_s)
         self._gpus: int | None = settings.gpu_count
+        self._node: NodeHardware | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # reaped in status(), so no zombies pile up
         self.data_root = Path(settings.data_root).resolve()
 
@@ -162,6 +164,13 @@ class LocalLauncher:
 
     def list_clusters(self) -> list[ClusterHandle]:
         return [ClusterHandle(launcher=NAME, name=NAME, hardware=f"local:{self.gpu_count()}", data={})]
+
+    def node_hardware(self, cluster: ClusterHandle) -> NodeHardware:
+        """This machine's GPUs as the job will use them: every one `nvidia-smi -L` lists (CADDIE_GPU_COUNT
+        caps the count), else the CPU; probed once per launcher, like gpu_count."""
+        if self._node is None:
+            self._node = probe_local_node(self.settings.gpu_count)
+        return self._node
 
     def gpu_count(self) -> int:
         if self._gpus is None:

@@ -51,6 +51,7 @@ from worker.launchers.base import (
 )
 from worker.launchers.run_folder import place_files
 from worker.launchers.trainer_env import knob_env, script_env, variant_paths
+from service.core.hardware import NodeHardware
 from service.runs.logparse import failure_reason
 
 NAME = "skypilot"
@@ -340,6 +341,13 @@ class SkyPilotLauncher:
                 if status == "UP" and name.startswith(mine) and self._is_idle(name):
                     return ClusterHandle(NAME, name, hardware, {"reused": True})
         return ClusterHandle(NAME, self.cluster_name(run_id, hardware, team_id), hardware, {"reused": False})
+
+    def node_hardware(self, cluster: ClusterHandle) -> NodeHardware:
+        """What SkyPilot provisioned: the cluster's accelerator and count (SkyPilot launches exactly
+        that or fails). Its name is only the accelerator's (``H100``): the rules take the form
+        factor (SXM, PCIe) from the run's log where it names one."""
+        name, count = parse_hardware(cluster.hardware or self.settings.sky_hardware)
+        return NodeHardware(name, count, "SkyPilot cluster resources")
 
     def list_clusters(self) -> list[ClusterHandle]:
         out = []

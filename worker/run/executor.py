@@ -43,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.billing.storage import counted
+from service.core.hardware import NodeHardware
 from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
 from service.core.storage import ArtifactStoreError, DiskFull
 from service.results.queries import judge_run
@@ -184,15 +185,18 @@ class RunDriver:
                     return f"run {self.run_id} changed state meanwhile"
         return self._follow(handle, cluster)
 
-    def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None) -> bool:
+    def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None, node: NodeHardware | None = None) -> bool:
         """PROVISIONING -> RUNNING with the launch handle, in one commit (idempotent: True if it is already so).
 
         ``warm``: the job's cluster was a reused, kept-warm one (True) or freshly provisioned
         (False), recorded as ``runs.warm_start`` by the same UPDATE (what the accounting
-        counts as saved provisioning); None (a re-attach) leaves it as it is.
+        counts as saved provisioning); None (a re-attach) leaves it as it is. ``node``: what
+        the node reported (``runs.node_hardware``: the rules judge it, billing bills it).
         """
         stored = handle.to_json()
         also: dict[str, Any] = {"launch_handle": stored} if warm is None else {"launch_handle": stored, "warm_start": warm}
+        if node is not None:
+            also["node_hardware"] = node.to_json()
         with self.session_factory() as session:
             run = session.get_one(Run, self.run_id)
             if run.status == RunStatus.RUNNING.value and run.launch_handle == stored and run.worker_task_id == self.token:
@@ -242,7 +246,9 @@ class RunDriver:
         found = find(self.run_id, job.launch_key) if find is not None else None
         if found is not None:
             reason = f"adopted job {found.job_id} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
-            moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster)), "record the adopted job")
+            node = self._node(cluster)
+            reason += self._node_note(node, hardware)
+            moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster), node=node), "record the adopted job")
             if not moved:
                 self._cancel_quietly(found)
                 return f"run {self.run_id} changed state during launch; job stopped"
@@ -257,9 +263,11 @@ class RunDriver:
         # before it leaves a run with no job (launched again), one that dies after it
         # a RUNNING run with its handle (re-attached), never a job without its state.
         warm = is_reused(cluster)
-        reason = f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "") + f"; {self._limits()}"
+        node = self._node(cluster)
+        reason = (f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "")
+                  + f"; {self._limits()}" + self._node_note(node, hardware))
         try:
-            moved = self._db(lambda: self._to_running(handle, reason, warm=warm), "record the launch")
+            moved = self._db(lambda: self._to_running(handle, reason, warm=warm, node=node), "record the launch")
         except Exception:
             self._cancel_quietly(handle)  # it cannot be recorded: it must not run unseen
             raise
@@ -267,6 +275,25 @@ class RunDriver:
             self._cancel_quietly(handle)
             return f"run {self.run_id} changed state during launch; job stopped"
         return handle, cluster
+
+    def _node(self, cluster: ClusterHandle) -> NodeHardware | None:
+        """What the launcher says the job's node has (None: a launcher that cannot say, or an error saying it)."""
+        probe = getattr(self.launcher, "node_hardware", None)
+        if probe is None:
+            return None
+        try:
+            node = probe(cluster)
+        except Exception as exc:  # the run goes on; its hardware is then judged from its log
+            log.warning("run %s: could not read its node's hardware: %s", self.run_id, exc)
+            return None
+        return node if isinstance(node, NodeHardware) else None
+
+    @staticmethod
+    def _node_note(node: NodeHardware | None, asked: str) -> str:
+        if node is None:
+            return ""
+        differs = f", not the {asked} it asked for" if node.hardware != asked else ""
+        return f"; node: {node.describe()} ({node.hardware}{differs})"
 
     def _limits(self) -> str:
         silence = float(getattr(self.settings, "silence_timeout_s", 0.0))

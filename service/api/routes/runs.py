@@ -44,7 +44,7 @@ def submit_runs(
         response.headers["Idempotent-Replayed"] = "true"
     elif settings.on_submit_hook:
         background.add_task(call_on_submit_hook, settings.on_submit_hook, [r.id for r in runs])
-    return RunsCreated(group_key=group_key, runs=[RunOut.from_run(r) for r in runs])
+    return RunsCreated(group_key=group_key, runs=[RunOut.from_run(r, settings=settings) for r in runs])
 
 
 @router.get("", response_model=RunPage)
@@ -75,7 +75,7 @@ def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: Settin
     """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason."""
     run = queries.get_run(session, user, run_id)
     estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
-    return RunOut.from_run(run, **QueueFields.of(estimate))
+    return RunOut.from_run(run, settings=settings, **QueueFields.of(estimate))
 
 
 @router.post("/{run_id}/cancel", response_model=RunCancelled)
