@@ -47,6 +47,8 @@ def test_a_script_runs_end_to_end_beside_the_shared_trainer(stack: Stack) -> Non
         metrics = c.get(f"/runs/{script_ids[0]}/metrics").json()
         artifacts = {a["name"]: a for a in c.get(f"/runs/{script_ids[0]}/artifacts").json()}
     assert run["kind"] == "script" and run["spec"]["script"] == hashlib.sha256(SCRIPT).hexdigest()
+    # The worker recorded the node it ran on (issue 19 item 2), a script run too: the rules judge that, not its log.
+    assert run["node_hardware"]["hardware"] == "cpu" and run["runs_on"].startswith("ran on the CPU (no GPU) (cpu), as its node reported")
     # The figures are the script's own printed lines; the helper sat beside it, the worker's env did not reach it.
     assert "seed:1 helper:beside leaked_env:none" in log
     exact = re.search(r"final_int8_zlib_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", log)
