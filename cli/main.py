@@ -494,7 +494,8 @@ def team_list() -> None:
         me = client.request("GET", "/api/v1/users/me")
     for t in teams:
         members = ", ".join(f"{m['user']} ({m['role']})" for m in t.get("members", []))
-        out.print(printable(f"{t['name']}: {members or 'no members'}"), markup=False)
+        hook = f"; webhook {t['webhook']}" if t.get("webhook") else ""
+        out.print(printable(f"{t['name']}: {members or 'no members'}{hook}"), markup=False)
     for inv in me.get("invitations", []):
         out.print(printable(f"invited to {inv['team']} as {inv['role']}: caddie team accept {inv['team']}"), markup=False)
 
@@ -519,6 +520,22 @@ def team_accept(team: Annotated[str, typer.Argument(help="the team that invited 
     with api() as client:
         client.request("POST", f"/api/v1/teams/{team}/accept", not_found=f"no invitation to team {team}")
     out.print(printable(f"you are now a member of {team}"), markup=False)
+
+
+@team_app.command("webhook")
+@friendly
+def team_webhook(
+    team: Annotated[str, typer.Argument(help="your team")],
+    url: Annotated[str | None, typer.Argument(help="http(s) URL to POST notifications to (a Slack or Discord webhook works)")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="stop sending notifications")] = False,
+) -> None:
+    """Set where TEAM's notifications go (team admins): runs, groups and sweeps that finish, fail or become record-eligible."""
+    if (url is None) == (not remove):
+        raise CaddieError("give a URL, or --remove")
+    with api() as client:
+        row = client.request("PATCH", f"/api/v1/teams/{team}", json_body={"webhook_url": None if remove else url}, not_found=f"team {team} not found")
+    shown = row.get("webhook")
+    out.print(printable(f"{team}: notifications go to {shown}" if shown else f"{team}: no webhook"), markup=False)
 
 
 @admin_app.command("create-team")

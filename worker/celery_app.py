@@ -33,6 +33,7 @@ EXECUTE_RUN = "caddie.execute_run"
 SCHEDULE_TICK = "caddie.schedule_tick"
 JANITOR_TICK = "caddie.janitor_tick"
 FORECAST_TICK = "caddie.forecast_tick"
+WEBHOOK_TICK = "caddie.webhook_tick"
 
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def celery_config(settings: Settings) -> dict:
             SCHEDULE_TICK: {"queue": CONTROL_QUEUE},
             JANITOR_TICK: {"queue": CONTROL_QUEUE},
             FORECAST_TICK: {"queue": CONTROL_QUEUE},
+            WEBHOOK_TICK: {"queue": CONTROL_QUEUE},
         },
         # Ticks are idempotent and frequent: a stale one is worth nothing.
         "beat_schedule": {
@@ -88,6 +90,8 @@ def celery_config(settings: Settings) -> dict:
             # a whole interval is dropped, the next one is as good.
             "forecast-tick": {"task": FORECAST_TICK, "schedule": settings.queue_forecast_interval_s,
                               "options": {"expires": settings.queue_forecast_interval_s}},
+            # Team webhooks (service/webhooks/send.py): what is due waits at most one more tick.
+            "webhook-tick": {"task": WEBHOOK_TICK, "schedule": settings.webhook_tick_s, "options": {"expires": settings.webhook_tick_s * 2}},
         },
         "beat_schedule_filename": str(settings.home.resolve() / "celerybeat-schedule"),
         "worker_hijack_root_logger": False,

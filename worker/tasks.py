@@ -15,9 +15,10 @@ from worker.run import executor
 from worker.control import forecast, janitor
 
 from service.sweeps.store import advance_sweeps_safely
+from service.webhooks.send import deliver_due_safely
 
 from worker.control import dispatch as scheduler
-from worker.celery_app import EXECUTE_RUN, FORECAST_TICK, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, celery_app
+from worker.celery_app import EXECUTE_RUN, FORECAST_TICK, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, WEBHOOK_TICK, celery_app
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -96,3 +97,10 @@ def forecast_tick() -> int:
     rt = get_runtime()
     with rt.session_factory() as session:
         return forecast.refresh_forecast(session, rt.settings)
+
+
+@celery_app.task(name=WEBHOOK_TICK, acks_late=False)
+def webhook_tick() -> int:
+    """Send the team notifications that are due (retries with backoff; see service/webhooks/send.py)."""
+    rt = get_runtime()
+    return deliver_due_safely(rt.session_factory, rt.settings)

@@ -18,6 +18,7 @@ class TeamUpdate(BaseModel):
 
     budget_gpu_hours: float | None = Field(None, ge=0, description="GPU-hours per budget period; null: no budget")
     weight: float | None = Field(None, gt=0, le=1000, description="fair-share weight")
+    webhook_url: str | None = Field(None, max_length=2000, description="where the team's notifications are POSTed (team admins; null: none); http/https to a public address")
 
 
 class PhaseOut(BaseModel):

@@ -83,6 +83,9 @@ class Team(Base):
     budget_gpu_hours: Mapped[float | None] = mapped_column(Float)
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the team's notifications go (service.webhooks); null: none. Checked when set
+    # (http/https, no private address unless CADDIE_WEBHOOK_ALLOW_PRIVATE) and again when sent.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="team", cascade="all, delete-orphan", passive_deletes=True)
 
@@ -442,3 +445,28 @@ class SweepTrial(Base):
     saved_gpu_hours: Mapped[float | None] = mapped_column(Float)  # a pruned trial's: what its runs would still have used
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One notification waiting for (or done with) its POST to the team's webhook (service.webhooks).
+
+    Written in the transaction of the event it tells of (a run's final transition, a sweep's end),
+    sent later by the control worker's webhook tick, so a slow or dead endpoint never holds a run.
+    The URL is read from the team when sent: a delivery goes only to its own team's webhook.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))  # run.succeeded, group.record_eligible, sweep.finished, ...
+    # Once-only events (a group becoming record-eligible) carry a key; a second one is not queued.
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]

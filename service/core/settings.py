@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     scheduler_tick_s: float = Field(5.0, gt=0, description="How often beat asks the scheduler to start what fits (runs ending and submissions also ask).")
     janitor_tick_s: float = Field(15.0, gt=0, description="How often the janitor looks for orphaned runs and forgotten clusters.")
 
+    # --- notifications: team webhooks (service/webhooks) --------------------------------
+    public_url: str = Field("", description="The web pages' address as users reach them (e.g. https://caddie.example.org): a webhook's body links to the run, group or sweep under it. Empty: the links are paths only.")
+    webhook_allow_private: bool = Field(False, description="Let a team's webhook URL name a loopback, private, link-local or otherwise internal address. Off by default: a webhook makes the control worker POST where a team says, so it could reach services inside the deployment (a metadata endpoint, a database's HTTP port). Checked when the URL is set and again, on the resolved addresses, at every send.")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="One webhook POST (connect, send, answer) gives up after this long; the control worker's webhook tick never waits longer on one endpoint.")
+    webhook_max_attempts: int = Field(5, ge=1, le=50, description="Tries of one notification before it is given up (recorded as failed, with the last error).")
+    webhook_backoff_s: float = Field(30.0, ge=0, description="A failed notification is tried again after this long, doubled per try.")
+    webhook_tick_s: float = Field(5.0, gt=0, description="How often the control worker sends the notifications that are due (beat's caddie.webhook_tick).")
+    webhook_batch: int = Field(50, ge=1, le=10_000, description="Notifications one webhook tick sends at most; the rest wait for the next tick.")
+
     # --- trainer data -------------------------------------------------------------
     data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant (sp<VOCAB_SIZE>) under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data` writes). A spec never names a path. Default: home/data.")
 

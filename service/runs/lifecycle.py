@@ -22,6 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.models import Run, RunEvent, utcnow
 from service.runs.status import TERMINAL, IllegalTransition, RunStatus, check_transition, is_retry
+from service.webhooks.outbox import notify_run_ended
 
 
 def transition(
@@ -70,6 +71,8 @@ def transition(
         set_committed_value(run, key, value)
     event = RunEvent(run_id=run.id, at=now, from_status=frm.value, to_status=to.value, actor=actor, reason=reason)
     session.add(event)
+    if to in TERMINAL:
+        notify_run_ended(session, run)  # the team's webhook, queued in this transaction; never raises
     return event
 
 

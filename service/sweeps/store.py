@@ -39,6 +39,7 @@ from service.sweeps.schemas import SweepCreate, SweepOut, TrialOut
 from service.sweeps.space import SearchSpace, parse_space
 from service.sweeps.strategies import Observed, knob_importance, propose
 from service.teams.tokens import Principal, load_principal
+from service.webhooks.outbox import notify_sweep_ended
 
 log = logging.getLogger(__name__)
 ACTOR = "sweeps"
@@ -209,6 +210,7 @@ def _advance(session: Session, sweep: Sweep, settings: Settings, now: datetime, 
     if not any(t.status in OPEN_TRIALS for t in trials) and started == 0 and not _promote(session, sweep, owner, trials, settings, now):
         sweep.status, sweep.finished_at, sweep.updated_at = SWEEP_DONE, now, now
         sweep.status_reason = _done_reason(sweep, trials)
+        notify_sweep_ended(session, sweep)  # the team's webhook, queued with the sweep's end; never raises
         session.commit()
     return started
 

@@ -18,6 +18,7 @@ from service.core.models import ApiToken, Membership, Team, User
 from service.core.bodies import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
 from service.teams.tokens import ACTIVE_ROLES, INVITED, issue_token
 from service.core.text import text_problem
+from service.webhooks.address import BadWebhookUrl, check_url, masked
 
 ROLES = ("member", "admin")
 
@@ -96,6 +97,18 @@ def update_team(session: Session, team: Team, **changes: float | None) -> Team:
         team.budget_gpu_hours = None if budget is None else float(budget)
     if "weight" in changes:
         team.weight = float(changes["weight"])  # type: ignore[arg-type]
+    session.flush()
+    return team
+
+
+def set_webhook_url(session: Session, team: Team, url: str | None, *, allow_private: bool) -> Team:
+    """Set (or with None or "", remove) where the team's notifications go (service.webhooks)."""
+    if url is not None and url.strip():
+        try:
+            url = check_url(url, allow_private=allow_private)
+        except BadWebhookUrl as exc:
+            raise InvalidInput([Issue(("webhook_url",), str(exc), masked(url))]) from None  # the path may be a secret: not echoed
+    team.webhook_url = url or None
     session.flush()
     return team
 

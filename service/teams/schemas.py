@@ -14,6 +14,7 @@ from service.core.bodies import (
     Strict,
 )
 from service.core.models import ApiToken, Team, User
+from service.webhooks.address import masked
 
 
 class TeamCreate(Strict):
@@ -33,6 +34,7 @@ class TeamOut(BaseModel):
     budget_gpu_hours: float | None
     weight: float
     created_at: datetime
+    webhook: str | None = Field(None, description="the team's webhook, scheme and host only (a chat webhook's path is its secret); null: none")
     members: list[MemberOut] = Field(default_factory=list)
 
     @classmethod
@@ -43,6 +45,7 @@ class TeamOut(BaseModel):
             budget_gpu_hours=team.budget_gpu_hours,
             weight=team.weight,
             created_at=team.created_at,
+            webhook=masked(team.webhook_url),
             members=[MemberOut(user=u, role=r) for u, r in members or []],
         )
 

@@ -57,6 +57,7 @@ from service.runs.submit import submit_runs
 from service.teams import accounts, tokens as security
 from service.teams.tokens import Principal
 from service.web import charts, session as web_session
+from service.webhooks.address import masked as masked_webhook
 from trainer.config import TrainerConfig
 
 HERE = Path(__file__).resolve().parent
@@ -82,6 +83,7 @@ templates.env.filters["bytes"] = lambda n: "—" if n is None else f"{n:,}"
 templates.env.filters["num"] = lambda x, digits=4: "—" if x is None else f"{x:.{digits}f}"
 templates.env.filters["when"] = lambda d: "—" if d is None else d.strftime("%Y-%m-%d %H:%M:%S")
 templates.env.filters["diff"] = config_diff
+templates.env.filters["webhook_masked"] = masked_webhook
 
 
 class PageRoute(APIRoute):
@@ -524,6 +526,19 @@ def invite_member(request: Request, name: str, user: User, session: SessionDep, 
         accounts.add_member(session, team, member.strip(), role)
     else:
         accounts.invite(session, team, member.strip(), role)
+    session.commit()
+    return back("/teams")
+
+
+@router.post("/teams/{name}/webhook")
+def set_webhook(request: Request, name: str, user: User, session: SessionDep, settings: SettingsDep,
+                url: Annotated[str, Form(max_length=2000)] = "", csrf: CsrfField = "") -> RedirectResponse:
+    """As PATCH /teams/{name} with webhook_url (team admins); an empty URL removes it."""
+    web_session.check_csrf(request, csrf)
+    team = accounts.get_team(session, name)
+    if not user.can_manage_team(team.id):
+        raise NotFound("team", name)
+    accounts.set_webhook_url(session, team, url or None, allow_private=settings.webhook_allow_private)
     session.commit()
     return back("/teams")
 

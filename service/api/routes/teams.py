@@ -63,10 +63,21 @@ def accept_invitation(name: str, user: CurrentUser, session: SessionDep) -> Team
 
 
 @router.patch("/{name}", response_model=TeamOut)
-def update_team(name: str, body: TeamUpdate, _admin: AdminUser, session: SessionDep) -> TeamOut:
-    """Change a team's GPU-hour budget and/or fair-share weight (global admins)."""
+def update_team(name: str, body: TeamUpdate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> TeamOut:
+    """Change a team's GPU-hour budget and/or fair-share weight (global admins) and its webhook URL (team admins)."""
+    changes = body.model_dump(include=body.model_fields_set)
+    webhook_given, webhook_url = "webhook_url" in changes, changes.pop("webhook_url", None)
+    if changes and not user.is_admin:
+        raise Forbidden("only global admins change a team's budget and weight")
     team = accounts.get_team(session, name)
-    accounts.update_team(session, team, **body.model_dump(include=body.model_fields_set))
+    if webhook_given:
+        if not user.can_see_team(team.id):
+            raise NotFound("team", name)
+        if not user.can_manage_team(team.id):
+            raise Forbidden(f"only admins of team {name!r} set its webhook")
+        accounts.set_webhook_url(session, team, webhook_url, allow_private=settings.webhook_allow_private)
+    if changes:
+        accounts.update_team(session, team, **changes)
     session.commit()
     return TeamOut.of(team, accounts.team_members(session, team.id))
 

@@ -1,0 +1,13 @@
+"""Team notifications: a POST to the team's webhook when a run, a group or a sweep ends.
+
+    event (run's final transition, sweep done) ──▶ webhook_deliveries row (same transaction)
+                                                        │  control worker's webhook tick
+                                                        ▼
+                                    POST team.webhook_url (httpx, short timeout)
+                                    ├─ 2xx: sent
+                                    └─ else: retried with backoff, given up after N tries (why kept)
+
+address.py: which URLs may be a webhook (pure checks plus a DNS look-up); body.py: the JSON a
+chat tool accepts (pure); outbox.py: the events, queued in the caller's transaction;
+send.py: the tick that delivers them.
+"""

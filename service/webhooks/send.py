@@ -1,0 +1,99 @@
+"""The control worker's webhook tick: POST the notifications that are due, retry, give up.
+
+Each due row is claimed first (its try counted and its next try pushed past this one's timeout,
+compare-and-set on ``attempts``), committed, then sent: two ticks at once never send one row
+twice, and a worker that dies mid-send leaves the row to be tried again. The URL is read from the
+row's own team at send time and checked again (scheme, and with CADDIE_WEBHOOK_ALLOW_PRIVATE off
+the addresses the host resolves to now). Redirects are not followed: one could lead inside.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.core.models import Team, WebhookDelivery, utcnow
+from service.core.settings import Settings
+from service.webhooks.address import BadWebhookUrl, check_url
+
+log = logging.getLogger(__name__)
+
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+MAX_ERROR_CHARS = 500
+USER_AGENT = "caddie-webhook/1"
+
+
+def retry_delay_s(attempts: int, backoff_s: float) -> float:
+    """Wait before the try after ``attempts`` failed ones: backoff_s * 2**(attempts-1)."""
+    return backoff_s * 2 ** max(attempts - 1, 0)
+
+
+def deliver_due(session: Session, settings: Settings, *, now: datetime | None = None, transport: httpx.BaseTransport | None = None) -> int:
+    """Send up to ``settings.webhook_batch`` due notifications; returns how many were sent (2xx)."""
+    now = now or utcnow()
+    due = session.scalars(select(WebhookDelivery).where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
+                          .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(settings.webhook_batch)).all()  # fmt: skip
+    sent = 0
+    with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, transport=transport, headers={"User-Agent": USER_AGENT}) as client:
+        for row in due:
+            attempt = row.attempts + 1
+            claim = (update(WebhookDelivery).where(WebhookDelivery.id == row.id, WebhookDelivery.status == PENDING, WebhookDelivery.attempts == row.attempts)
+                     .values(attempts=attempt, next_attempt_at=now + timedelta(seconds=3 * settings.webhook_timeout_s)))  # fmt: skip
+            if session.execute(claim, execution_options={"synchronize_session": False}).rowcount != 1:
+                session.rollback()
+                continue  # another tick has it
+            url = session.scalar(select(Team.webhook_url).where(Team.id == row.team_id))
+            body, team_id, row_id = row.body, row.team_id, row.id
+            session.commit()
+            error = "the team has no webhook now" if not url else _post(client, url, body, settings)
+            done = error is None
+            values: dict[str, Any]
+            if done:
+                values = {"status": SENT, "sent_at": utcnow(), "last_error": ""}
+                sent += 1
+            elif not url or attempt >= settings.webhook_max_attempts:
+                values = {"status": FAILED, "last_error": f"gave up after {attempt} tries: {error}"[:MAX_ERROR_CHARS]}
+            else:
+                values = {"last_error": error[:MAX_ERROR_CHARS], "next_attempt_at": utcnow() + timedelta(seconds=retry_delay_s(attempt, settings.webhook_backoff_s))}
+            session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row_id).values(**values), execution_options={"synchronize_session": False})
+            session.commit()
+            if not done:
+                log.info("webhook of team %s, notification %s, try %s: %s", team_id, row_id, attempt, error)
+    return sent
+
+
+def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settings) -> str | None:
+    """POST ``body``; None if the endpoint took it (2xx), else why not (never the URL's path: it is the endpoint's secret)."""
+    try:
+        check_url(url, allow_private=settings.webhook_allow_private)
+    except BadWebhookUrl as exc:
+        return f"URL refused: {exc}"
+    host = urlsplit(url).hostname
+    try:
+        # Streamed and never read: a huge answer costs nothing.
+        with client.stream("POST", url, json=body) as response:
+            if 200 <= response.status_code < 300:
+                return None
+            if 300 <= response.status_code < 400:
+                return f"HTTP {response.status_code} from {host}: a redirect (not followed)"
+            return f"HTTP {response.status_code} from {host}"
+    except httpx.TimeoutException:
+        return f"no answer from {host} within {settings.webhook_timeout_s:g} s"
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__} from {host}: {str(exc).replace(url, host or '')}"
+
+
+def deliver_due_safely(session_factory: Any, settings: Settings) -> int:
+    """The worker's call (beat's caddie.webhook_tick): a failing tick is logged; the next one tries again."""
+    try:
+        with session_factory() as session:
+            return deliver_due(session, settings)
+    except Exception:  # noqa: BLE001
+        log.exception("webhooks: the tick failed")
+        return 0
