@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -97,15 +97,20 @@ def name_script_files(session: Session, team_id: int, config: Mapping[str, Any])
 
 def script_bytes(session: Session, team_id: int) -> int:
     """Bytes of the script files the team's groups name that are stored (each file once)."""
+    return int(session.scalar(_script_bytes_query(team_id)) or 0)
+
+
+def _script_bytes_query(team_id: int) -> Select[tuple[int]]:
     query = select(func.coalesce(func.sum(ScriptFile.bytes), 0)).join(TeamScriptFile, TeamScriptFile.sha256 == ScriptFile.sha256)
-    return int(session.scalar(query.where(TeamScriptFile.team_id == team_id)) or 0)
+    return query.where(TeamScriptFile.team_id == team_id)
 
 
 def stored_bytes(session: Session, team_id: int) -> int:
     """The team's storage as the quota counts it (artifacts + logs + script files), from the
     running total: equal to ``quotas.team_storage(...).total`` at every commit."""
-    kept = session.scalar(select(TeamStorage.bytes).where(TeamStorage.team_id == team_id))
-    return int(kept or 0) + script_bytes(session, team_id)
+    # One round trip: the kept row and the script files' index range, as two scalar subqueries.
+    kept = select(TeamStorage.bytes).where(TeamStorage.team_id == team_id).scalar_subquery()
+    return int(session.scalar(select(func.coalesce(kept, 0) + _script_bytes_query(team_id).scalar_subquery())) or 0)
 
 
 def recount_artifacts_and_logs(session: Session, team_id: int) -> tuple[int, int]:
