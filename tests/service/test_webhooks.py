@@ -288,3 +288,47 @@ def test_beat_sends_the_webhook_tick_to_the_control_queue(hook_settings: Setting
     config = celery_config(hook_settings.model_copy(update={"webhook_tick_s": 7.0}))
     assert config["beat_schedule"]["webhook-tick"]["task"] == WEBHOOK_TICK and config["beat_schedule"]["webhook-tick"]["schedule"] == 7.0
     assert config["task_routes"][WEBHOOK_TICK] == {"queue": "control"}
+
+
+# --- a group becomes record-eligible --------------------------------------------------------------
+RESULT = {"status": "succeeded", "total_bytes": 15_900_000, "code_bytes": 60_000, "model_bytes": 15_840_000, "steps": 7000,
+          "train_seconds": 599.0, "eval_seconds": 530.0, "world_size": 8, "trainer_revision": "0123abcd", "val_tokens_scored": 62_021_631,
+          "val_tokens_total": 62_021_631, "ttt_protocol": "score_first", "train_shards": ["fineweb_train_000000.bin"],
+          "val_shards": ["fineweb_val_000000.bin"], "gpu_name": "NVIDIA H100 80GB HBM3", "code_sha256": "c" * 64, "code_dirty": False,
+          "train_fingerprints": ["a" * 64], "val_fingerprints": ["d" * 64]}  # as tests/service/test_api_groups.py: every rule passes
+
+
+def _finish_with_result(session: Session, run_id: int, val_bpb: float) -> None:
+    """As the executor: the result and its rule checks, then the final transition, one commit."""
+    from service.results.queries import judge_run
+
+    run = session.get_one(Run, run_id)
+    transition(session, run, S.PROVISIONING, actor="test")
+    transition(session, run, S.RUNNING, actor="test")
+    run.val_bpb, run.val_loss, run.artifact_bytes, run.train_seconds, run.eval_seconds = val_bpb, 2.4 * val_bpb, 15_900_000, 599.0, 530.0
+    run.result = dict(RESULT)
+    judge_run(run)
+    session.flush()
+    transition(session, run, S.SUCCEEDED, actor="test", reason="done")
+    session.commit()
+
+
+def test_a_group_that_becomes_record_eligible_is_told_once(hook_client: TestClient, hook_settings: Settings, world, spec,  # noqa: ANN001
+                                                           session: Session, receiver: Receiver) -> None:
+    h = world.h("alice")
+    baseline = hook_client.post(RUNS, json=spec(name="base", seeds=[1, 2, 3]), headers=h).json()["runs"]
+    for r, bpb in zip(baseline, (1.300, 1.301, 1.299)):
+        _finish_with_result(session, r["id"], bpb)
+    hook_client.patch("/api/v1/teams/team-a", json={"webhook_url": receiver.url()}, headers=world.h("aaron"))
+    better = hook_client.post(RUNS, json=spec(name="better", config={"NUM_LAYERS": 10}, seeds=[1, 2, 3]), headers=h).json()
+    for r, bpb in zip(better["runs"], (1.100, 1.101, 1.099)):
+        _finish_with_result(session, r["id"], bpb)
+    deliver_due(session, hook_settings)
+    events = [(b["event"], b.get("group")) for b in receiver.bodies]
+    assert events == [("run.finished", None)] * 3 + [("group.record_eligible", better["group_key"]), ("group.finished", better["group_key"])]
+    told = receiver.bodies[3]
+    assert told["status"] == "record-eligible" and abs(told["val_bpb"] - 1.1) < 1e-9 and "significant against base" in told["reason"]
+    # Once per group: another seed that keeps it eligible tells its own end and the group's, not eligibility again.
+    more = hook_client.post(RUNS, json=spec(name="better", config={"NUM_LAYERS": 10}, seeds=[4]), headers=h).json()["runs"][0]["id"]
+    _finish_with_result(session, more, 1.100)
+    assert [d.event for d in _deliveries(session)][-2:] == ["run.finished", "group.finished"]
