@@ -21,7 +21,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.core.models import Run, Sweep, SweepTrial, Team, WebhookDelivery, utcnow
+from service.core.models import Run, RunGroup, Sweep, SweepTrial, Team, WebhookDelivery, utcnow
 from service.core.settings import get_settings
 from service.runs.status import TERMINAL_VALUES, RunStatus
 from service.webhooks import body as bodies
@@ -90,6 +90,10 @@ def _run_ended(session: Session, team: Team, run: Run) -> None:
 
 def _group_of_run(session: Session, team: Team, run: Run) -> None:
     in_sweep = (run.idempotency_key or "").startswith(SWEEP_RUN_KEY_PREFIX)
+    # Two runs of one group ending at once would each see the other still running, and neither
+    # would tell the group's end: the group's row, locked till commit, puts them one after the
+    # other (PostgreSQL; SQLite has one writer at a time anyway).
+    session.execute(select(RunGroup.key).where(RunGroup.key == run.group_key).with_for_update())
     runs = session.execute(select(func.count(), func.count(case((Run.status.not_in(TERMINAL_VALUES), 1))))
                            .where(Run.group_key == run.group_key, Run.team_id == run.team_id)).one()  # fmt: skip
     total, open_runs = runs

@@ -332,3 +332,36 @@ def test_a_group_that_becomes_record_eligible_is_told_once(hook_client: TestClie
     more = hook_client.post(RUNS, json=spec(name="better", config={"NUM_LAYERS": 10}, seeds=[4]), headers=h).json()["runs"][0]["id"]
     _finish_with_result(session, more, 1.100)
     assert [d.event for d in _deliveries(session)][-2:] == ["run.finished", "group.finished"]
+
+
+def test_two_runs_of_a_group_ending_at_once_tell_the_group_once(hook_client: TestClient, world, spec, db_url: str, session: Session,  # noqa: ANN001
+                                                                 receiver: Receiver) -> None:
+    from service.core.db import get_sessionmaker
+
+    hook_client.patch("/api/v1/teams/team-a", json={"webhook_url": receiver.url()}, headers=world.h("aaron"))
+    first, second = (r["id"] for r in hook_client.post(RUNS, json=spec(seeds=[1, 2]), headers=world.h("alice")).json()["runs"])
+    maker = get_sessionmaker(db_url)
+    for run_id in (first, second):
+        with maker() as s:
+            run = s.get_one(Run, run_id)
+            transition(s, run, S.PROVISIONING, actor="test")
+            transition(s, run, S.RUNNING, actor="test")
+            s.commit()
+    a, b = maker(), maker()
+    try:
+        transition(a, a.get_one(Run, first), S.SUCCEEDED, actor="test", also={"val_bpb": 1.2, "val_loss": 2.9})  # not committed yet
+
+        def end_second() -> None:
+            transition(b, b.get_one(Run, second), S.SUCCEEDED, actor="test", also={"val_bpb": 1.2, "val_loss": 2.9})
+            b.commit()
+
+        other = threading.Thread(target=end_second)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive()  # waits for the first (the group's row, or SQLite's one writer)
+        a.commit()
+        other.join(10)
+    finally:
+        a.close()
+        b.close()
+    assert [d.event for d in _deliveries(session)].count("group.finished") == 1
