@@ -352,7 +352,7 @@ def smoke_documents() -> list[str]:
                     docs.append(doc)
             # `import this` would print; its rot13 text is the string assigned to `s`
             if src.name == "this.py" and isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                docs.extend(split_paragraphs(codecs.decode(node.value.value, "rot13")))
+                docs.extend(split_paragraphs(codecs.decode(str(node.value.value), "rot13")))
     return docs
 
 

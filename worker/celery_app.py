@@ -124,7 +124,7 @@ def _look_for_orphans(sender: object = None, **_: object) -> None:
     # was a process of this host that died (the worker it replaces) are dispatched
     # again at once, not after the stale window.
     try:
-        queues = {q.name for q in sender.task_consumer.queues}  # type: ignore[union-attr]
+        queues = {q.name for q in sender.task_consumer.queues}  # type: ignore[attr-defined]  # a Celery consumer; None and others fall to except
     except AttributeError:
         return
     if RUNS_QUEUE in queues:

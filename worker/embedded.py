@@ -101,7 +101,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
     home = Path(env["CADDIE_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(_env_file=None, home=home, database_url=env["CADDIE_DATABASE_URL"], data_root=Path(env["CADDIE_DATA_ROOT"]))
-    data_root = Path(settings.data_root)
+    data_root = Path(env["CADDIE_DATA_ROOT"])
 
     print(f"caddie home: {home}", file=out, flush=True)
     upgrade(settings.database_url)

@@ -331,7 +331,8 @@ def usage_report(
         periods[bucket] = Figures()
         bucket = next_period(bucket, period)
     days = {d: Figures() for d in split_days(since, now)}
-    total, users, runs, unpriced = Figures(), {}, [], set()
+    total, runs, unpriced = Figures(), [], set()
+    users: dict[str, Figures] = {}
     saved = 0.0
     for record in records:
         gpus = gpus_of(record.hardware)

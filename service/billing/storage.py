@@ -100,7 +100,7 @@ def script_bytes(session: Session, team_id: int) -> int:
     return int(session.scalar(_script_bytes_query(team_id)) or 0)
 
 
-def _script_bytes_query(team_id: int) -> Select[tuple[int]]:
+def _script_bytes_query(team_id: int) -> Select[int]:
     query = select(func.coalesce(func.sum(ScriptFile.bytes), 0)).join(TeamScriptFile, TeamScriptFile.sha256 == ScriptFile.sha256)
     return query.where(TeamScriptFile.team_id == team_id)
 

@@ -12,6 +12,7 @@ environment variables / a JSON file built from ``Run.spec``.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+import builtins
 from typing import Any
 
 from sqlalchemy import (
@@ -272,7 +273,7 @@ class ScriptFile(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex digest of content
     bytes: Mapped[int] = mapped_column(BigInteger)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[builtins.bytes] = mapped_column(LargeBinary)  # builtins: `bytes` above names the column
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -242,4 +242,5 @@ def make_artifact_store(settings: Settings) -> ArtifactStore:
     """S3 when CADDIE_S3_BUCKET is set, else the local directory CADDIE_ARTIFACT_DIR."""
     if settings.s3_bucket:
         return S3ArtifactStore(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)
+    assert settings.artifact_dir is not None  # filled in from home when the settings load
     return LocalArtifactStore(Path(settings.artifact_dir))

@@ -122,7 +122,7 @@ def _recent_estimates(session: Session, settings: Settings, wanted: set[int]) ->
     before answering; one older than the TTL is rebuilt by a background thread while requests
     answer from the old one (a request never waits ~0.4 s for a refresh it does not need).
     A TTL of 0 rebuilds it on every request."""
-    key = (session.get_bind().url.render_as_string(hide_password=True), settings.model_dump_json())
+    key = (session.get_bind().engine.url.render_as_string(hide_password=True), settings.model_dump_json())
     with _recent_lock:
         recent = _recent.setdefault(key, _Recent())
     if not wanted <= recent.estimates.keys() or settings.queue_forecast_ttl_s == 0:  # a TTL of 0: always fresh

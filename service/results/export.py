@@ -318,12 +318,14 @@ def script_imports(script: bytes) -> tuple[list[str], list[str]]:
             if isinstance(child, (ast.Try, ast.TryStar)):
                 for stmt in child.body:
                     visit_stmt(stmt, True)
-                for part in (*child.handlers, *child.orelse, *child.finalbody):
+                for handler in child.handlers:
+                    visit(handler, in_try)
+                for part in (*child.orelse, *child.finalbody):
                     visit_stmt(part, in_try)
             else:
                 visit(child, in_try)
 
-    def visit_stmt(stmt: ast.AST, in_try: bool) -> None:
+    def visit_stmt(stmt: ast.stmt, in_try: bool) -> None:
         wrapper = ast.Module(body=[stmt], type_ignores=[])  # so that visit() sees stmt itself
         visit(wrapper, in_try)
 

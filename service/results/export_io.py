@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
 
 from sqlalchemy import select
@@ -126,7 +126,7 @@ def _result_date(runs: list[Run]) -> date:
 
 def load_seed_files(session: Session, store: ArtifactStore, run_ids: list[int], log_file: str = LOG_FILE) -> dict[int, SeedFiles]:
     """Each run's log (train.log, or a script run's stdout.log) and train_gpt.py, read from the store."""
-    rows = session.scalars(select(Artifact).where(Artifact.run_id.in_(run_ids)).order_by(Artifact.id)) if run_ids else []
+    rows: Iterable[Artifact] = session.scalars(select(Artifact).where(Artifact.run_id.in_(run_ids)).order_by(Artifact.id)) if run_ids else []
     by_run: dict[int, dict[str, Artifact]] = {i: {} for i in run_ids}
     for a in rows:
         by_run[a.run_id][artifact_name(a)] = a  # the newest row of a name wins
@@ -137,6 +137,7 @@ def load_seed_files(session: Session, store: ArtifactStore, run_ids: list[int], 
     out = {}
     for run_id in run_ids:
         code = _read(store, by_run[run_id][CODE_FILE], run_id)
+        assert code is not None  # read without missing_ok: a missing file raises
         stored_log = by_run[run_id].get(log_file)
         data = _read(store, stored_log, run_id, missing_ok=True) if stored_log else None
         if data is None:

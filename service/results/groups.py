@@ -97,8 +97,8 @@ def aggregate(rows: Sequence[SeedRow]) -> GroupStats:
     sizes = [r.artifact_bytes for r in counted if r.artifact_bytes is not None]
     return GroupStats(
         n=len(counted),
-        val_bpb=summarise([r.val_bpb for r in counted]),
-        val_loss=summarise([r.val_loss for r in counted]),
+        val_bpb=summarise([r.val_bpb for r in counted if r.val_bpb is not None]),  # a counted run has both figures
+        val_loss=summarise([r.val_loss for r in counted if r.val_loss is not None]),
         best=counted[0] if counted else None,
         worst=counted[-1] if counted else None,
         mean_artifact_bytes=_mean(sizes),

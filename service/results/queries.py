@@ -234,8 +234,8 @@ def comparison(candidate: GroupView, baseline: GroupView | None, policy: str = D
     flagged when the groups differ in track, hardware or validation set."""
     if baseline is None:
         return None
-    return compare_policy([(r.val_bpb, r.val_loss) for r in candidate.stats.counted],
-                          [(r.val_bpb, r.val_loss) for r in baseline.stats.counted], policy,
+    return compare_policy([(r.val_bpb, r.val_loss) for r in candidate.stats.counted if r.val_bpb is not None and r.val_loss is not None],
+                          [(r.val_bpb, r.val_loss) for r in baseline.stats.counted if r.val_bpb is not None and r.val_loss is not None], policy,
                           comparable_flags(candidate.group, baseline.group))
 
 

@@ -32,9 +32,9 @@ def record_seeds(record: pr.PublicRecord) -> list[dict[str, Any]]:
     figure from that seed's log; with no per-seed JSON, the logs of the submission (one per seed)."""
     logs = [log for log in record.logs if pr.is_record_log(record, log)]
     by_seed: dict[int, pr.LogFacts] = {}
-    for log in logs:
-        if log.seed is not None:
-            by_seed.setdefault(log.seed, log)
+    for facts in logs:
+        if facts.seed is not None:
+            by_seed.setdefault(facts.seed, facts)
     out = []
     if record.seeds:
         for s in record.seeds:

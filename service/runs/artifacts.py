@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+import builtins
 from typing import IO
 from urllib.parse import unquote, urlparse
 
@@ -60,7 +61,7 @@ class OpenedArtifact:
     kind: str
     bytes: int | None
     sha256: str | None
-    stream: IO[bytes]  # the caller reads it in chunks and closes it
+    stream: IO[builtins.bytes]  # the caller reads it in chunks and closes it; builtins: `bytes` above is a field
 
 
 def open_artifact(session: Session, principal: Principal, run_id: int, name: str, store: ArtifactStore) -> OpenedArtifact:

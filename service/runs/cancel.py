@@ -13,6 +13,7 @@ from enum import Enum
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from service.core.db import rowcount
 from service.core.errors import Conflict, Forbidden
 from service.core.models import Run, utcnow
 from service.runs.lifecycle import transition
@@ -53,7 +54,7 @@ def cancel_run(session: Session, principal: Principal, run_id: int) -> Run:
             )
             session.commit()
             session.refresh(run)
-            if requested.rowcount != 1:
+            if rowcount(requested) != 1:
                 continue
         return run
     raise Conflict(f"run {run_id} keeps changing state; try again")

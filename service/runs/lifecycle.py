@@ -20,6 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from service.core.db import rowcount
 from service.core.models import Run, RunEvent, utcnow
 from service.runs.status import TERMINAL, IllegalTransition, RunStatus, check_transition, is_retry
 from service.webhooks.outbox import notify_run_ended
@@ -64,7 +65,7 @@ def transition(
     if owner is not None:
         guard.append(Run.worker_task_id == owner)
     result = session.execute(update(Run).where(*guard).values(**values), execution_options={"synchronize_session": False})
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         lost = f"run {run.id} is no longer {frm.value}" + (" or no longer driven by this worker" if owner is not None else "")
         raise IllegalTransition(frm, to, lost)
     for key, value in values.items():

@@ -23,7 +23,7 @@ from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 
-def run_query() -> Select[tuple[Run]]:
+def run_query() -> Select[Run]:
     # Team and user names come in the same query (no N+1 when serialising).
     return select(Run).options(joinedload(Run.team, innerjoin=True), joinedload(Run.user, innerjoin=True))
 
@@ -129,7 +129,7 @@ def list_runs(
         query = query.where(or_(Run.name.ilike(pattern, escape="\\"), Run.notes.ilike(pattern, escape="\\")))
     if cursor:
         query = query.where(Run.id < decode_cursor(cursor))
-    rows = session.execute(query.order_by(Run.id.desc()).limit(limit + 1)).all()
+    rows = list(session.execute(query.order_by(Run.id.desc()).limit(limit + 1)).all())
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

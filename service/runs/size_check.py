@@ -148,11 +148,11 @@ def measured(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     history when few of its runs qualify: 40 ms, 45% of a submit).
     """
     # Its id and times: a database emptied and refilled (tests) can reuse ids.
-    latest = session.execute(
+    latest_row = session.execute(
         select(Run.id, Run.submitted_at, Run.finished_at).where(Run.team_id == team_id, Run.status == RunStatus.SUCCEEDED.value).order_by(Run.id.desc()).limit(1)
     ).first()
-    latest = tuple(latest) if latest is not None else None
-    key = (session.get_bind().url.render_as_string(hide_password=True), team_id)
+    latest = tuple(latest_row) if latest_row is not None else None
+    key = (session.get_bind().engine.url.render_as_string(hide_password=True), team_id)
     known = _team_figures.get(key)
     if known is not None and known[0] == latest:
         return known[1]
@@ -176,7 +176,7 @@ def _measure(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     ).all()  # fmt: skip
     # A finished run's spec never changes: its packed size is parsed once per process, not per submit
     # (re-parsing 20 configs was 4 ms of CPU on every submit).
-    db = session.get_bind().url.render_as_string(hide_password=True)
+    db = session.get_bind().engine.url.render_as_string(hide_password=True)
     unknown = {run_id: at for run_id, at, _, _ in rows if (db, run_id, at) not in _packed_by_run}
     if unknown:
         for run_id, spec in session.execute(select(Run.id, Run.spec).where(Run.id.in_(unknown))):
@@ -187,7 +187,7 @@ def _measure(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     ratios, codes = [], []
     for run_id, at, model_bytes, code_bytes in rows:
         packed = _packed_by_run.get((db, run_id, at))
-        if packed is not None:
+        if packed is not None and model_bytes is not None:
             ratios.append(model_bytes / max(1, packed))
         if code_bytes:
             codes.append(int(code_bytes))

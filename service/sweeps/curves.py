@@ -59,7 +59,8 @@ def run_points(session: Session, run_ids: list[int]) -> dict[int, list[tuple[int
         .order_by(Metric.run_id, Metric.attempt, Metric.step)
     ).all()
     for run_id, step, loss in rows:
-        out[run_id][step] = float(loss)
+        if loss is not None:  # the query asks for train points with a loss
+            out[run_id][step] = float(loss)
     return {r: sorted(p.items()) for r, p in out.items()}
 
 

@@ -21,7 +21,9 @@ def best_so_far(trials: Sequence[TrialOut]) -> dict[str, Any]:
     """x: GPU-hours used by the ended trials, in the order they ended; y: the best complete trial's val_bpb so far."""
     ended = sorted((t for t in trials if t.finished_at is not None and t.gpu_hours is not None), key=lambda t: (t.finished_at, t.number))
     spent, best = 0.0, math.inf
-    xs, ys, points = [], [], {"complete": ([], [], []), "pruned": ([], [], [])}
+    xs: list[float] = []
+    ys: list[float] = []
+    points: dict[str, tuple[list[Any], list[Any], list[Any]]] = {"complete": ([], [], []), "pruned": ([], [], [])}
     for t in ended:
         spent += t.gpu_hours or 0.0
         if t.status == "complete" and t.value is not None:
@@ -47,7 +49,7 @@ def parallel_coordinates(trials: Sequence[TrialOut], space: Mapping[str, Mapping
     rows = [t for t in trials if t.value is not None and t.status in ("complete", "pruned")]
     if len(rows) < 2:
         return None
-    dims = []
+    dims: list[dict[str, Any]] = []
     for name, knob in space.items():
         raw = [t.params.get(name) for t in rows]
         if "values" in knob:

@@ -25,7 +25,7 @@ class BadWebhookUrl(ValueError):
 
 def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to (every family)."""
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
 
 
 def is_public(address: IPAddress) -> bool:

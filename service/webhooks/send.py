@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from service.core.db import rowcount
 from service.core.models import Team, WebhookDelivery, utcnow
 from service.core.settings import Settings
 from service.webhooks.address import BadWebhookUrl, check_url
@@ -45,7 +46,7 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
             attempt = row.attempts + 1
             claim = (update(WebhookDelivery).where(WebhookDelivery.id == row.id, WebhookDelivery.status == PENDING, WebhookDelivery.attempts == row.attempts)
                      .values(attempts=attempt, next_attempt_at=now + timedelta(seconds=3 * settings.webhook_timeout_s)))  # fmt: skip
-            if session.execute(claim, execution_options={"synchronize_session": False}).rowcount != 1:
+            if rowcount(session.execute(claim, execution_options={"synchronize_session": False})) != 1:
                 session.rollback()
                 continue  # another tick has it
             url = session.scalar(select(Team.webhook_url).where(Team.id == row.team_id))
@@ -60,7 +61,7 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
             elif not url or attempt >= settings.webhook_max_attempts:
                 values = {"status": FAILED, "last_error": f"gave up after {attempt} tries: {error}"[:MAX_ERROR_CHARS]}
             else:
-                values = {"last_error": error[:MAX_ERROR_CHARS], "next_attempt_at": utcnow() + timedelta(seconds=retry_delay_s(attempt, settings.webhook_backoff_s))}
+                values = {"last_error": (error or "")[:MAX_ERROR_CHARS], "next_attempt_at": utcnow() + timedelta(seconds=retry_delay_s(attempt, settings.webhook_backoff_s))}
             session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row_id).values(**values), execution_options={"synchronize_session": False})
             session.commit()
             if not done:

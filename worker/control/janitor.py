@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.billing.storage import recount_stalest
+from service.core.db import rowcount
 from service.core.models import Cluster, Run, RunEvent, utcnow
 from service.core.storage import ArtifactStore
 from service.runs.status import RunStatus
@@ -170,7 +171,7 @@ def _stale_runs_pass(
             update(Run).where(Run.id == run.id, Run.status == run.status, seen, beat).values(worker_task_id=mark, heartbeat_at=now),
             execution_options={"synchronize_session": False},
         )
-        if result.rowcount != 1:
+        if rowcount(result) != 1:
             session.rollback()
             continue
         session.add(RunEvent(run_id=run.id, at=now, from_status=run.status, to_status=run.status, actor=ACTOR, reason=a.reason))
@@ -205,7 +206,8 @@ def _clusters_pass(session: Session, launcher: Launcher, settings: object, now: 
     keep_warm = timedelta(minutes=settings.keep_warm_minutes)  # type: ignore[attr-defined]
     for name, reason in decide_clusters(facts, now, keep_warm):
         try:
-            launcher.release(ClusterHandle.from_json(rows[name].handle) if rows[name].handle else live[name], keep_warm=False)
+            stored = rows[name].handle
+            launcher.release(ClusterHandle.from_json(stored) if stored else live[name], keep_warm=False)
         except LauncherError as exc:
             log.warning("janitor: tearing down cluster %s failed: %s", name, exc)
             continue

@@ -67,8 +67,8 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
             out += ["--symlink", str(Path(p).readlink()), p]
         elif Path(p).exists():
             out += ["--ro-bind", p, p]
-    for p in [*python_roots(), *ro_paths]:
-        out += ["--ro-bind-try", str(p), str(p)]  # a missing data root stays missing inside
+    for ro in [*python_roots(), *ro_paths]:
+        out += ["--ro-bind-try", str(ro), str(ro)]  # a missing data root stays missing inside
     gpus = sorted(glob.glob("/dev/nvidia*"))
     for dev in gpus:  # GPUs, when there are any
         out += ["--dev-bind", dev, dev]

@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from service.core.db import rowcount
 from service.core.models import Run, utcnow
 from service.runs.status import RunStatus
 
@@ -135,7 +136,7 @@ class Lease:
                 execution_options={"synchronize_session": False},
             )
             session.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def renew(self) -> bool:
         with self.session_factory() as session:
@@ -146,7 +147,7 @@ class Lease:
                 execution_options={"synchronize_session": False},
             )
             session.commit()
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def release(self) -> None:
         """Give the lease up now (an error we cannot handle here): the janitor dispatches the run again at its next round."""

@@ -51,7 +51,8 @@ def thinned_stride(stride: int, stored: int, steps: list[int], cap: int) -> int:
     return stride
 
 
-def _same_length_replace(err: UnicodeDecodeError) -> tuple[str, int]:
+def _same_length_replace(err: UnicodeError) -> tuple[str, int]:
+    assert isinstance(err, UnicodeDecodeError)  # registered for decoding only
     # One '?' per undecodable byte keeps the stored text's UTF-8 length equal to
     # the bytes read, so log offsets stay byte offsets of the job's own log.
     return "?" * (err.end - err.start), err.end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from urllib.parse import quote
 
 from fastapi import APIRouter
@@ -14,7 +16,7 @@ from service.runs.schemas import ArtifactOut
 
 router = APIRouter(prefix="/runs", tags=["artifacts"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such run for the caller (other teams' runs look absent), or no file of that name"},
     410: {"description": "the file is recorded but can no longer be served from the artifact store"},
     503: {"description": "the artifact store cannot be reached now"},
