@@ -52,8 +52,10 @@ if mode == "fail":
     sys.exit(3)
 # "sleep" / "stubborn": a grandchild in the same group, then wait to be stopped
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-with open(os.path.join(out, "pids.json"), "w") as fh:
+# Written whole, then renamed into place: the test reads it as soon as it appears.
+with open(os.path.join(out, "pids.json.tmp"), "w") as fh:
     json.dump([os.getpid(), grandchild.pid], fh)
+os.replace(os.path.join(out, "pids.json.tmp"), os.path.join(out, "pids.json"))
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("sleeping", flush=True)
