@@ -298,7 +298,7 @@ def big_body(stack: Stack, rows: list[Row]) -> None:
     rows.append(Row("8 concurrent 1 GB unauthenticated POST /api/v1/runs (4 with Content-Length, 4 chunked)",
                     "413 (or 401) before the body is read; API RSS stays under 500 MB",
                     f"answers {sorted(answers)} within {time.monotonic() - started:.1f} s; API peak RSS {before:.0f} -> {after:.0f} MiB", refused,
-                    "tests/service/test_request_limits.py (413 unread, chunked, 401 unread)"))
+                    "tests/api/test_request_limits.py (413 unread, chunked, 401 unread)"))
 
 
 LOG_MB = 100  # scaled down from the 500 MB and 2M step lines for a 2-core machine
@@ -323,7 +323,7 @@ def huge_output(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
     rows.append(Row(f"A run prints {LOG_MB} MB of log and {STEPS:,} step lines", "log stored up to the cap (CADDIE_LOG_MAX_BYTES), once; metrics capped/paged; run page < 1 s",
                     f"run {run['status']} ({run.get('status_reason')}); log {run.get('log_bytes')} bytes, stored up to {stored}; GET /metrics {m.status_code}: {metrics_mb:.1f} MB in {metrics_s:.1f} s; run page {page.status_code} in {page_s:.2f} s",
                     stored is not None and stored <= 64 * 2**20 and metrics_mb < 10 and page_s < 1,
-                    "tests/worker/test_run_log_caps.py, tests/service/test_api_metrics_pages.py"))
+                    "tests/worker/test_run_log_caps.py, tests/api/test_api_metrics_pages.py"))
 
 
 def published_env(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
@@ -345,7 +345,7 @@ def smaller(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
     big = base64.urlsafe_b64encode(f"r{2**31 + 5}".encode()).decode().rstrip("=")
     with api(stack, tokens["a-member"]) as a:
         r = a.get("/runs", params={"cursor": big})
-        rows.append(Row("GET /api/v1/runs?cursor=<id above 2^31-1>", "4xx", str(r.status_code), 400 <= r.status_code < 500, "tests/service/test_api_bad_input.py::test_a_cursor_past_the_database_is_a_422"))
+        rows.append(Row("GET /api/v1/runs?cursor=<id above 2^31-1>", "4xx", str(r.status_code), 400 <= r.status_code < 500, "tests/api/test_api_bad_input.py::test_a_cursor_past_the_database_is_a_422"))
     web = httpx.Client(base_url=stack.url, timeout=30)
     web.post("/signin", data={"token": tokens["a-admin"], "next": "/runs"})
     for path in (f"/runs?cursor={big}", "/compare?runs=99999999999"):
@@ -370,17 +370,17 @@ def smaller(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
         teams = httpx.get(f"{stack.url}/api/v1/users/me", headers={"Authorization": f"Bearer {tokens['b-member']}"}).json().get("teams", [])
         in_a = any(t.get("team") == "team-a" for t in teams)
         rows.append(Row("team-a's admin adds team-b's user to team-a", "an invitation only: no membership without the user's consent",
-                        f"{r.status_code}; b-member in team-a now: {in_a}", not in_a, "tests/service/test_api_accounts.py::test_team_admins_add_members_to_their_team_only, tests/web/test_pages.py::test_the_teams_page_invites_and_accepts"))
+                        f"{r.status_code}; b-member in team-a now: {in_a}", not in_a, "tests/api/test_api_accounts.py::test_team_admins_add_members_to_their_team_only, tests/web/test_pages.py::test_the_teams_page_invites_and_accepts"))
         known, unknown = admin.post("/teams/team-a/members", json={"user": "a-member"}), admin.post("/teams/team-a/members", json={"user": "nobody-x"})
         rows.append(Row("Enumerate user names through POST /teams/{name}/members", "the same answer for a known and an unknown name",
-                        f"known: {known.status_code}, unknown: {unknown.status_code}", known.status_code == unknown.status_code, "tests/service/test_api_accounts.py::test_team_admins_add_members_to_their_team_only"))
+                        f"known: {known.status_code}, unknown: {unknown.status_code}", known.status_code == unknown.status_code, "tests/api/test_api_accounts.py::test_team_admins_add_members_to_their_team_only"))
         r = admin.post("/teams/team-a/members", json={"user": "a-admin", "role": "member"})
-        rows.append(Row("The last admin of team-a demotes themself", "4xx: the team keeps an admin", str(r.status_code), r.status_code >= 400, "tests/service/test_api_accounts.py::test_the_last_admin_of_a_team_stays"))
+        rows.append(Row("The last admin of team-a demotes themself", "4xx: the team keeps an admin", str(r.status_code), r.status_code >= 400, "tests/api/test_api_accounts.py::test_the_last_admin_of_a_team_stays"))
     with api(stack, tokens["b-member"]) as b:
         theirs = b.get("/runs").json()["items"][0]["id"]
     with api(stack, tokens["a-member"]) as a:
         other = a.post(f"/runs/{theirs}/cancel")
-    rows.append(Row("A member of team-a cancels team-b's run", "404", str(other.status_code), other.status_code == 404, "tests/service/test_api_authz.py::test_run_endpoint"))
+    rows.append(Row("A member of team-a cancels team-b's run", "404", str(other.status_code), other.status_code == 404, "tests/api/test_api_authz.py::test_run_endpoint"))
 
 
 def cancel_other_member(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
@@ -389,7 +389,7 @@ def cancel_other_member(stack: Stack, tokens: dict[str, str], rows: list[Row]) -
     with api(stack, tokens["a-member"]) as a:
         r = a.post(f"/runs/{run_id}/cancel")
     rows.append(Row("A member cancels another member's run of the same team", "403: needs the team's admin", str(r.status_code), r.status_code == 403,
-                    "tests/service/test_api_authz.py::test_cancelling_another_members_run_needs_a_team_admin"))
+                    "tests/api/test_api_authz.py::test_cancelling_another_members_run_needs_a_team_admin"))
 
 
 def write(rows: list[Row], out: Path, head: str, seconds: float) -> None:

@@ -15,12 +15,13 @@ import pytest
 
 from tests.fresh_db import empty_database
 from tests.redis_server import PrivateRedis, private_redis
+from tests.world import backend, client, db_url, migrated_url, session, settings, spec, world  # noqa: F401 - fixtures for every room
 
 # Tests reuse one database (and so run ids) test after test: a queue forecast cached by one
-# must never answer the next. The cache has its own test (tests/service/test_api_queue.py).
+# must never answer the next. The cache has its own test (tests/api/test_api_queue.py).
 os.environ.setdefault("CADDIE_QUEUE_FORECAST_TTL_S", "0")
 # The suite's specs ask for H100:8 on machines with no GPU: they are accepted and run on what is
-# here. The refusal a real CPU deployment gives has its own test (tests/service/test_hardware.py).
+# here. The refusal a real CPU deployment gives has its own test (tests/core/test_hardware.py).
 os.environ.setdefault("CADDIE_UNAVAILABLE_HARDWARE", "accept")
 
 

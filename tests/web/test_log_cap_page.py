@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from service.core.models import LogChunk, Run, utcnow
-from tests.service.conftest import World
+from tests.world import World
 from tests.web.conftest import finish
 
 

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from service.core.settings import Settings
 from service.core.storage import make_artifact_store
 from service.runs.logs import append_log, record_archive, write_archive
-from tests.service.conftest import World
+from tests.world import World
 from tests.web.conftest import finish
 
 

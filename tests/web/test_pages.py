@@ -14,7 +14,7 @@ from service.api.app import create_app
 from service.core.models import Metric, Run, RunEvent, utcnow
 from service.core.settings import Settings
 from service.web import session as web_session
-from tests.service.conftest import World
+from tests.world import World
 from tests.web.conftest import Browser, finish
 
 PAGES = ["/runs", "/runs/new", "/compare", "/groups", "/leaderboard", "/usage", "/tokens"]

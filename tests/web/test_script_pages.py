@@ -8,7 +8,7 @@ import hashlib
 
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import World
+from tests.world import World
 
 SCRIPT = b"print('own')\n"
 

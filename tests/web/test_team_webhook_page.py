@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.models import Team
-from tests.service.conftest import World
+from tests.world import World
 
 
 def test_team_admins_set_the_webhook_on_the_teams_page(world: World, browser_for, session: Session) -> None:  # noqa: ANN001

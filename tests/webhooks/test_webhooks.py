@@ -295,7 +295,7 @@ RESULT = {"status": "succeeded", "total_bytes": 15_900_000, "code_bytes": 60_000
           "train_seconds": 599.0, "eval_seconds": 530.0, "world_size": 8, "trainer_revision": "0123abcd", "val_tokens_scored": 62_021_631,
           "val_tokens_total": 62_021_631, "ttt_protocol": "score_first", "train_shards": ["fineweb_train_000000.bin"],
           "val_shards": ["fineweb_val_000000.bin"], "gpu_name": "NVIDIA H100 80GB HBM3", "code_sha256": "c" * 64, "code_dirty": False,
-          "train_fingerprints": ["a" * 64], "val_fingerprints": ["d" * 64]}  # as tests/service/test_api_groups.py: every rule passes
+          "train_fingerprints": ["a" * 64], "val_fingerprints": ["d" * 64]}  # as tests/api/test_api_groups.py: every rule passes
 
 
 def _finish_with_result(session: Session, run_id: int, val_bpb: float) -> None:

@@ -1,5 +1,6 @@
-"""Fixtures for the service suite: every database test runs on a real
-PostgreSQL database (``pg_url``) and on a SQLite file, migrated with Alembic."""
+"""A migrated database, an API client and a world of teams and users on it: the fixtures of
+every room's tests (tests/conftest.py offers them to all). Every database test runs on a
+real PostgreSQL database (``pg_url``) and on a SQLite file, migrated with Alembic."""
 
 from __future__ import annotations
 

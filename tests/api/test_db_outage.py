@@ -14,9 +14,17 @@ from cli.client import CaddieClient
 from service.core.db import get_sessionmaker
 from service.core.migrate import upgrade
 from service.core.settings import Settings
+from tests.fresh_db import fresh_database
 
 
-def test_a_dead_pooled_connection_is_a_503_then_the_api_recovers(pg_url: str, tmp_path: Path) -> None:
+def test_a_dead_pooled_connection_is_a_503_then_the_api_recovers(tmp_path: Path) -> None:
+    # A database of its own: ending every connection to the session's shared one would leave
+    # dead connections in other tests' pools.
+    with fresh_database() as pg_url:
+        _outage(pg_url, tmp_path)
+
+
+def _outage(pg_url: str, tmp_path: Path) -> None:
     upgrade(pg_url)
     with get_sessionmaker(pg_url)() as s:
         user = accounts.create_user(s, "outage")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Run
 from service.results import queries
-from tests.service.test_api_groups import BOARD, GROUPS, finish, submit
+from tests.api.test_api_groups import BOARD, GROUPS, finish, submit
 
 
 def _group(client: TestClient, world, who: str, key: str) -> dict:

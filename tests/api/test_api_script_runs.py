@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Run, RunEvent, RunGroup, ScriptFile
 from service.core.settings import Settings
-from tests.service.conftest import World
+from tests.world import World
 
 RUNS = "/api/v1/runs"
 SCRIPT = b"print('step:1/1 train_loss:1.0 train_time:1ms step_avg:1ms')\n"

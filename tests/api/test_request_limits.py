@@ -17,7 +17,7 @@ import uvicorn
 from service.api.app import create_app
 from service.core.settings import Settings
 
-from tests.service.conftest import World
+from tests.world import World
 
 LIMIT = 4096
 

@@ -16,7 +16,7 @@ from service.core.models import Metric, Run, utcnow
 from service.core.settings import Settings
 from service.sweeps.predictor import Curve
 from service.sweeps.store import advance_sweeps
-from tests.service.conftest import World
+from tests.world import World
 
 # A line final = 0.5 + 0.5·x with a ±0.005 wobble: the predictor's records for these tests.
 RECORDS = [Curve(f"c{i}", f"g{i}", tuple((s, 1.2 + 0.02 * i) for s in range(100, 2001, 100)), 1.0,

@@ -15,7 +15,7 @@ from service.billing.storage import counted
 from service.core.models import Artifact
 from service.core.settings import Settings
 from service.runs.logs import append_log
-from tests.service.conftest import World
+from tests.world import World
 
 RUNS = "/api/v1/runs"
 SCRIPT = b"print('val_bpb:1.0')\n" * 10
