@@ -122,7 +122,7 @@ print("final_int8_zlib_roundtrip_exact val_loss:3.0 val_bpb:1.8", flush=True)
 
 
 # Items 1-2 (the sandbox) had not landed when this was written: their CI tests belong with them.
-SANDBOX_TEST = "tests/worker/test_sandbox.py::test_every_escape_from_a_sandboxed_job_is_refused"
+SANDBOX_TEST = "tests/worker/launchers/test_sandbox.py::test_every_escape_from_a_sandboxed_job_is_refused"
 
 
 def pids_with_argv(marker: str) -> list[int]:
@@ -323,7 +323,7 @@ def huge_output(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
     rows.append(Row(f"A run prints {LOG_MB} MB of log and {STEPS:,} step lines", "log stored up to the cap (CADDIE_LOG_MAX_BYTES), once; metrics capped/paged; run page < 1 s",
                     f"run {run['status']} ({run.get('status_reason')}); log {run.get('log_bytes')} bytes, stored up to {stored}; GET /metrics {m.status_code}: {metrics_mb:.1f} MB in {metrics_s:.1f} s; run page {page.status_code} in {page_s:.2f} s",
                     stored is not None and stored <= 64 * 2**20 and metrics_mb < 10 and page_s < 1,
-                    "tests/worker/test_run_log_caps.py, tests/api/test_api_metrics_pages.py"))
+                    "tests/worker/run/test_run_log_caps.py, tests/api/test_api_metrics_pages.py"))
 
 
 def published_env(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:

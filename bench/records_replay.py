@@ -127,7 +127,7 @@ def worst(verdicts: list[str | None]) -> str:
 
 def record_row(record: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One record's replays together: the score compared log by log where the record states one per
-    log, else the mean of its logs against the record's mean (within 1.5e-3, as tests/worker/test_records_truth.py)."""
+    log, else the mean of its logs against the record's mean (within 1.5e-3, as tests/runs/test_records_truth.py)."""
     scores = [r["val_bpb"] for r in runs if r["val_bpb"] is not None]
     per_log = [r for r in runs if r["stated_bpb"] is not None]
     if per_log:

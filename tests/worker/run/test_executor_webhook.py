@@ -18,7 +18,7 @@ from service.teams.accounts import create_team, create_user
 from service.webhooks.send import deliver_due
 from tests.fresh_db import fresh_database
 from tests.webhooks.test_webhooks import Receiver, _dead_url
-from tests.worker.test_executor import STAND_IN, _maker, go
+from tests.worker.run.test_executor import STAND_IN, _maker, go
 
 
 @pytest.fixture(scope="module")

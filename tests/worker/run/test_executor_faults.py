@@ -19,7 +19,7 @@ from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.runs.logs import whole_log
 from tests.fresh_db import fresh_database
-from tests.worker.test_executor import _maker, events, go, new_run, settings  # noqa: F401 (fixture)
+from tests.worker.run.test_executor import _maker, events, go, new_run, settings  # noqa: F401 (fixture)
 from worker.launchers.base import ClusterHandle, JobStatus, LaunchHandle
 from worker.launchers.local import LocalLauncher
 from worker.run.executor import RunDriver

@@ -25,7 +25,7 @@ from worker.launchers.base import (
 )
 from worker.launchers.local import LocalLauncher
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Stands in for `python -m trainer`; FAKE_MODE picks the behaviour.
 FAKE_TRAINER = r'''
@@ -275,7 +275,7 @@ SPAWN_AND_DIE = """
 import json, os, signal, sys
 from worker.launchers.base import JobSpec
 from service.core.settings import Settings
-from tests.worker.test_local_launcher import StandInLauncher
+from tests.worker.launchers.test_local_launcher import StandInLauncher
 launcher = StandInLauncher(Settings.model_validate_json(sys.argv[1]))
 handle = launcher.submit(launcher.acquire(16, "local"), JobSpec(16, {"FAKE_MODE": "slow"}, "local", 60))
 print(json.dumps(handle.to_json()), flush=True)

@@ -15,7 +15,7 @@ from service.runs.bytes_check import self_extracting_bytes
 from service.runs.logparse import parse_script_log
 from worker.run.script_job import script_outcome
 
-RECORDS = Path(__file__).resolve().parents[3] / "shared" / "challenge" / "records" / "track_10min_16mb"
+RECORDS = Path(__file__).resolve().parents[4] / "shared" / "challenge" / "records" / "track_10min_16mb"
 pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="the challenge's records are not beside the repository")
 
 

@@ -29,12 +29,12 @@ from service.runs.logs import archive_row, whole_log
 from service.runs.status import TERMINAL
 from service.teams.accounts import create_team, create_user
 from tests.fresh_db import fresh_database
-from tests.worker.test_executor import STAND_IN, new_run
+from tests.worker.run.test_executor import STAND_IN, new_run
 from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
 from worker.run.executor import execute_run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 CRASHING_EXECUTOR = r"""
 import os, signal, sys, threading

@@ -13,13 +13,13 @@ import pytest
 from service.core.settings import Settings
 from service.results.rules import RunFacts, Verdict, check_run
 from service.runs.touches import EVAL, SETUP, TRAIN, log_marks, summarise
-from tests.worker.test_local_launcher import wait_terminal
+from tests.worker.launchers.test_local_launcher import wait_terminal
 from worker.launchers.base import JobSpec, JobState
 from worker.launchers.local import LocalLauncher
 from worker.launchers.trainer_env import AUDIT_ENV
 from worker.run.script_job import watched_touches
 
-RECORDS = Path(__file__).resolve().parents[3] / "shared" / "challenge" / "records" / "track_10min_16mb"
+RECORDS = Path(__file__).resolve().parents[4] / "shared" / "challenge" / "records" / "track_10min_16mb"
 
 # Loads its validation tokens at setup (as every record does), trains 3 steps, evaluates.
 SCRIPT = rb'''

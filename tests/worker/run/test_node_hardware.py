@@ -14,7 +14,7 @@ from service.billing.accounting import load_team_runs
 from service.core.hardware import probe_local_node
 from service.core.models import Run, RunEvent, Team
 from service.core.settings import Settings
-from tests.worker.test_executor import STAND_IN, go, maker, new_run  # noqa: F401  (maker: the fixture)
+from tests.worker.run.test_executor import STAND_IN, go, maker, new_run  # noqa: F401  (maker: the fixture)
 
 pytestmark = pytest.mark.skipif(probe_local_node().gpus > 0, reason="asserts what a machine with no GPU records")
 

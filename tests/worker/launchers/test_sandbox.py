@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from service.core.settings import Settings
-from tests.worker.test_local_launcher import wait_terminal
+from tests.worker.launchers.test_local_launcher import wait_terminal
 from worker.launchers.base import JobSpec, JobState, LaunchFailed
 from worker.launchers.local import REPO_ROOT, LocalLauncher
 

@@ -33,7 +33,7 @@ from worker.launchers.skypilot import (  # noqa: E402
     parse_hardware,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def spec(run_id: int = 5, hardware: str = "", **env: str) -> JobSpec:
