@@ -235,10 +235,14 @@ def start_api(url: str, port: int, workers: int, source: Path = REPO) -> subproc
     # The seeded runs and the submit scenario ask for H100:8: the API stands for a deployment that provides it
     # (since issue 19 a local launcher on a machine without GPUs refuses it; older commits ignore the variable).
     env = {"CADDIE_PROVIDED_HARDWARE": "H100:8", **os.environ, "CADDIE_DATABASE_URL": url, "PYTHONPATH": str(source)}
-    proc = subprocess.Popen(cmd, cwd=source, env=env)
+    return wait_until_healthy(subprocess.Popen(cmd, cwd=source, env=env), port)
+
+
+def wait_until_healthy(proc: subprocess.Popen, port: int, limit_s: float = 60) -> subprocess.Popen:
+    """``proc`` once the API it started answers /healthz on ``port``; it is stopped if it never does."""
     import httpx
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the API exited with code {proc.returncode}")
@@ -249,7 +253,7 @@ def start_api(url: str, port: int, workers: int, source: Path = REPO) -> subproc
             pass
         time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError("the API did not answer /healthz within 60 s")
+    raise RuntimeError(f"the API did not answer /healthz within {limit_s:.0f} s")
 
 
 def export_commit(ref: str, into: Path) -> str:

@@ -37,7 +37,7 @@ from sqlalchemy import create_engine, insert, select, text, update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.api_load import free_port  # noqa: E402
+from bench.api_load import free_port, wait_until_healthy  # noqa: E402
 from service.core.db import get_engine, get_sessionmaker  # noqa: E402
 from service.core.migrate import upgrade  # noqa: E402
 from service.core.models import LogChunk, Metric, Run, utcnow  # noqa: E402
@@ -186,19 +186,7 @@ def start_api(url: str, home: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, "CADDIE_DATABASE_URL": url, "CADDIE_HOME": str(home), "CADDIE_PROVIDED_HARDWARE": PROVIDED, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the API did not answer /healthz within 60 s")
+    return wait_until_healthy(subprocess.Popen(cmd, cwd=REPO, env=env), port)
 
 
 class Forecast:
