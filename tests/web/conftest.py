@@ -16,7 +16,6 @@ from service.api.app import create_app
 from service.core.models import Run, utcnow
 from service.results.queries import judge_run
 from service.core.settings import Settings
-from tests.world import World, client, db_url, migrated_url, session, settings, spec, world  # noqa: F401 - fixtures
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
