@@ -50,7 +50,7 @@ from trainer.bpb import ByteLUTs  # noqa: E402
 from trainer.config import TrainerConfig  # noqa: E402
 from trainer.data import load_val_tokens, write_shard  # noqa: E402
 from trainer.evaluate import evaluate_sliding, evaluate_ttt  # noqa: E402
-from trainer.model import GPT  # noqa: E402
+from trainer.model import GPT, block_order  # noqa: E402
 from trainer.optim import split_parameters  # noqa: E402
 from trainer.quant import dequantize, unpack_artifact  # noqa: E402
 from trainer.train import ARTIFACT_NAME, autocast_for, train  # noqa: E402
@@ -79,19 +79,27 @@ def matmul_peak_flops(device: torch.device, n: int, repeats: int = 10) -> float:
 
 
 def flops_per_token(cfg: TrainerConfig) -> float:
-    """F = 6·N_mm + 6·L·d_attn·T (see the module docstring)."""
+    """F = 6·N_mm + 6·L·d_attn·T (see the module docstring), with depth recurrence counted: a block
+    that the looped order runs k times counts k times in N_mm and in L (the steady state once
+    looping is on; the bench turns it on from the start)."""
     model = GPT(cfg)
-    n_mm = sum(p.numel() for p in split_parameters(model)["matrix"])
+    matrices = split_parameters(model)["matrix"]
+    ids = {id(p) for p in matrices}
+    per_block = [sum(p.numel() for p in b.parameters() if id(p) in ids) for b in model.blocks]
+    encoder, decoder = block_order(cfg, looping=cfg.num_loops > 0)
+    order = encoder + decoder
+    n_mm = sum(p.numel() for p in matrices) - sum(per_block) + sum(per_block[i] for i in order)
     n_mm += model.tok_emb.weight.numel()  # the tied output head is a matmul
-    return 6 * n_mm + 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * cfg.train_seq_len
+    return 6 * n_mm + 6 * len(order) * cfg.num_heads * cfg.head_dim * cfg.train_seq_len
 
 
-def prepare_corpus(data_dir: Path, work: Path, val_tokens: int) -> tuple[Path, Path]:
+def prepare_corpus(data_dir: Path, work: Path, val_tokens: int, vocab: int = 1024) -> tuple[Path, Path]:
     """(shard folder with the smoke train shards and a val shard of exactly val_tokens, tokenizer)."""
-    tok = data_dir / "tokenizers" / "fineweb_1024_bpe.model"
-    shards = data_dir / "datasets" / "fineweb10B_sp1024"
+    tok = data_dir / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+    shards = data_dir / "datasets" / f"fineweb10B_sp{vocab}"
     if not tok.exists():
-        subprocess.run([sys.executable, "-m", "trainer.data", "smoke", "--out", str(data_dir)], check=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "trainer.data", "smoke", "--out", str(data_dir), "--vocab-size", str(vocab)],
+                       check=True, cwd=REPO)
     bench_shards = work / "shards"
     bench_shards.mkdir(parents=True, exist_ok=True)
     for f in sorted(shards.glob("fineweb_train_*.bin")):
@@ -169,9 +177,10 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     work = Path(args.work or tempfile.mkdtemp(prefix="caddie_bench_"))
     val_tokens = 8192 if args.cpu_smoke else args.val_tokens
-    shards, tok = prepare_corpus(Path(args.data), work, val_tokens)
-
     knobs = dict(TINY) if args.cpu_smoke else {}
+    knobs.update(kv.split("=", 1) for kv in args.set)
+    vocab = TrainerConfig.from_dict(knobs).vocab_size  # STACK=2026-04-27 brings VOCAB_SIZE=8192
+    shards, tok = prepare_corpus(Path(args.data), work, val_tokens, vocab)
     knobs.update(DATA_PATH=str(shards), TOKENIZER_PATH=str(tok), OUTPUT_DIR=str(work / "run"), ITERATIONS=args.steps,
                  MAX_WALLCLOCK_SECONDS=0, WARMDOWN_ITERS=0, TRAIN_LOG_EVERY=1, VAL_TOKENS_LIMIT=val_tokens)
     if args.train_only:

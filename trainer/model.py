@@ -36,6 +36,15 @@ try:
 except ImportError:  # older torch
     sdpa_kernel = None
 
+try:  # DOC_ATTENTION on CUDA: FlexAttention with a per-document block mask (skips whole masked tiles)
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+    # Compiled on its own, so callers outside the compiled model (LoRA TTT) get the fused kernel too;
+    # eager flex_attention would materialise every score, which is the dense-mask cost it replaces.
+    _flex_attention = torch.compile(flex_attention, dynamic=False)
+except ImportError:  # older torch: the dense-mask SDPA path everywhere
+    BlockMask = None  # type: ignore[assignment,misc]
+
 BIGRAM_MUL_CUR = 36313
 BIGRAM_MUL_PREV = 27191
 
@@ -173,9 +182,36 @@ def document_mask(idx: Tensor, bos_token_id: int) -> Tensor:
     return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool, mask: Tensor | None = None) -> Tensor:
+def document_block_mask(idx: Tensor, bos_token_id: int) -> "BlockMask":
+    """document_mask as a FlexAttention BlockMask (CUDA): the same rule, kept per 128x128 tile, so
+    tiles wholly across a document boundary or above the diagonal are never computed."""
+    doc = torch.cumsum(idx == bos_token_id, dim=1)
+
+    def same_document_causal(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return (q >= kv) & (doc[b, q] == doc[b, kv])
+
+    T = idx.size(1)
+    return create_block_mask(same_document_causal, B=idx.size(0), H=None, Q_LEN=T, KV_LEN=T, device=idx.device)
+
+
+def document_attention_mask(idx: Tensor, bos_token_id: int) -> "Tensor | BlockMask":
+    """The DOC_ATTENTION mask in the form the attention kernel of this device takes: a BlockMask for
+    FlexAttention on CUDA, a dense [B, 1, T, T] bool mask for SDPA elsewhere."""
+    # Not under inference_mode: the compiled scoring graph of the roundtrip model hit an illegal memory
+    # access in FlexAttention's kernel autotuning on the H100 (torch 2.11, bench/results/trainer_gpu.md);
+    # evaluation keeps the dense mask, training and LoRA TTT (gradients on) take the block mask.
+    if idx.is_cuda and BlockMask is not None and not torch.is_inference_mode_enabled():
+        return document_block_mask(idx, bos_token_id)
+    return document_mask(idx, bos_token_id)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool, mask: "Tensor | BlockMask | None" = None) -> Tensor:
     """Causal GQA attention on [B, T, H, Dh] tensors (k, v have fewer heads); returns [B, T, H, Dh].
-    ``mask`` ([B, 1, T, T] bool, from document_mask) replaces the causal mask (SDPA only)."""
+    ``mask`` (from document_attention_mask) replaces the causal mask: a BlockMask runs FlexAttention,
+    a dense bool mask runs SDPA."""
+    if BlockMask is not None and isinstance(mask, BlockMask):
+        y = _flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask, enable_gqa=True)
+        return y.transpose(1, 2)
     if mask is not None:
         # KV heads repeated rather than enable_gqa: on CUDA the masked kernel (memory-efficient
         # attention) has no GQA path, and SDPA would fall back to materialising every score.
@@ -386,12 +422,13 @@ class GPT(nn.Module):
     def __init__(self, cfg: TrainerConfig):
         super().__init__()
         self.cfg = cfg
-        # DOC_ATTENTION runs on SDPA with a document mask (FlashAttention's varlen path is not wired in)
+        # DOC_ATTENTION runs on FlexAttention (CUDA) or SDPA with a dense mask (FlashAttention's varlen path is not wired in)
         use_fa3 = (fa3_attn_func is not None and cfg.attention_backend in ("auto", "fa3") and torch.cuda.is_available()
                    and not cfg.doc_attention)
         if cfg.attention_backend == "fa3" and not use_fa3:
             raise ConfigError([ConfigIssue("ATTENTION_BACKEND", "fa3", "FlashAttention 3 (flash_attn_interface) does not import on this machine")])
-        self.attention_impl = "fa3" if use_fa3 else "sdpa"
+        flex = cfg.doc_attention and BlockMask is not None and torch.cuda.is_available()
+        self.attention_impl = "fa3" if use_fa3 else "flex" if flex else "sdpa"
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
         self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, cfg.model_dim) if cfg.bigram_vocab_size else None
@@ -445,7 +482,7 @@ class GPT(nn.Module):
         ve = self.ve(idx) if self.ve is not None else None
         encoder, decoder = block_order(self.cfg, self.looping)
         # DOC_ATTENTION: one mask for every layer, so no token attends across a BOS
-        doc_mask = document_mask(idx, self.cfg.bos_token_id) if self.cfg.doc_attention else None
+        doc_mask = document_attention_mask(idx, self.cfg.bos_token_id) if self.cfg.doc_attention else None
         slots = lora.slots() if lora is not None else [None] * (len(encoder) + len(decoder))
         skips: list[Tensor] = []
         for s, i in enumerate(encoder):

@@ -546,3 +546,24 @@ def test_the_records_model_equals_caddies_with_its_knobs():
         assert (ours.forward_logits(x) - theirs.forward_logits(x, cu_seqlens=cu, max_seqlen=max_len)).abs().max() < 2e-4
         # training loss: caddie's fused CE against the record's eager soft cap + cross-entropy
         assert torch.allclose(ours(x, y), theirs(x, y, cu_seqlens=cu, max_seqlen=max_len), rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))])
+def test_flex_document_attention_equals_the_dense_document_mask(device):
+    # CUDA runs DOC_ATTENTION through FlexAttention; its block mask must keep exactly the pairs the
+    # dense mask keeps, including tiles that a document boundary masks whole (row 1, keys 0-127
+    # for queries 129 on) and boundaries inside a tile.
+    from trainer.model import causal_attention, document_block_mask, document_mask
+
+    gen = torch.Generator().manual_seed(3)
+    B, T, H, Hkv, Dh = 2, 256, 4, 2, 32
+    idx = torch.randint(2, 50, (B, T), generator=gen)
+    idx[0, [0, 40, 41, 200]] = BOS
+    idx[1, [0, 128, 129]] = BOS
+    q, k, v = (torch.randn(B, T, h, Dh, generator=gen).to(device) for h in (H, Hkv, Hkv))
+    idx = idx.to(device)
+    flex = causal_attention(q, k, v, False, document_block_mask(idx, BOS))
+    dense = causal_attention(q, k, v, False, document_mask(idx, BOS))
+    assert (flex - dense).abs().max() < 1e-4
+    plain = causal_attention(q, k, v, False)
+    assert (flex - plain)[1, 129:].abs().max() > 0.05  # the mask did something
