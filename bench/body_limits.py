@@ -26,8 +26,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.teams import accounts  # noqa: E402
 from service.core.db import get_sessionmaker  # noqa: E402
+from service.teams import accounts  # noqa: E402
 from tests.fresh_db import fresh_database  # noqa: E402
 
 GB = 10**9

@@ -58,9 +58,9 @@ def free_port() -> int:
 
 
 def bootstrap(db_url: str) -> str:
-    from service.teams.accounts import create_admin
     from service.core.db import get_sessionmaker
     from service.core.migrate import upgrade
+    from service.teams.accounts import create_admin
 
     upgrade(db_url)
     with get_sessionmaker(db_url)() as session:

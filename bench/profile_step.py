@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.config import TrainerConfig  # noqa: E402
 import trainer.model  # noqa: E402
+from trainer.config import TrainerConfig  # noqa: E402
 from trainer.model import GPT  # noqa: E402
 from trainer.optim import build_optimizers, set_schedule  # noqa: E402
 from trainer.train import tune_inductor  # noqa: E402

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.core.storage import LocalArtifactStore
 from service.core.models import Artifact, LogChunk, Run, RunGroup, utcnow
+from service.core.storage import LocalArtifactStore
 from service.results.queries import judge_run
 
 FINISHED = datetime(2026, 3, 23, 16, 5, tzinfo=timezone.utc)

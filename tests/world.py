@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from service.teams import accounts
 from service.api.app import create_app
 from service.core.db import get_engine, get_sessionmaker
 from service.core.migrate import upgrade
 from service.core.models import ApiToken, Base
-from service.teams.tokens import Principal, revoke_token
 from service.core.settings import Settings
+from service.teams import accounts
+from service.teams.tokens import Principal, revoke_token
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -330,7 +330,6 @@ def smoke_documents() -> list[str]:
     """English text that ships with every CPython: the pydoc topic help, the license,
     the Zen of Python and the docstrings of pure-Python stdlib modules."""
     import codecs
-
     from pydoc_data.topics import topics
 
     docs: list[str] = []

@@ -33,7 +33,6 @@ import lzma
 import os
 import subprocess
 import tempfile
-
 from dataclasses import dataclass, field
 
 import numpy as np

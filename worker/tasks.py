@@ -10,15 +10,11 @@ import time
 
 from celery import Celery
 
-from worker.run import executor
-
-from worker.control import forecast, janitor
-
 from service.sweeps.store import advance_sweeps_safely
 from service.webhooks.send import deliver_due_safely
-
-from worker.control import dispatch as scheduler
 from worker.celery_app import EXECUTE_RUN, FORECAST_TICK, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, WEBHOOK_TICK, celery_app
+from worker.control import dispatch as scheduler, forecast, janitor
+from worker.run import executor
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)

@@ -9,13 +9,11 @@ from service.api.deps import refuse_nul
 from service.api.errors import install_error_handlers
 from service.api.headers import SecurityHeaders
 from service.api.limits import RequestLimits
-from service.api.routes import artifacts, groups, meta, queue, runs, sweeps, teams, tokens, users
-from service.api.routes import export as export_routes
-from service.core.storage import make_artifact_store
+from service.api.routes import artifacts, export as export_routes, groups, meta, queue, runs, sweeps, teams, tokens, users
 from service.core.db import get_sessionmaker
 from service.core.settings import Settings, get_settings
-from service.web import routes as web_routes
-from service.web import sweeps as web_sweeps
+from service.core.storage import make_artifact_store
+from service.web import routes as web_routes, sweeps as web_sweeps
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,11 +9,11 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactStore
-from service.core.errors import Forbidden, InvalidInput, Issue
 from service.core.bodies import ID_MAX
-from service.teams.tokens import Principal, authenticate
+from service.core.errors import Forbidden, InvalidInput, Issue
 from service.core.settings import Settings
+from service.core.storage import ArtifactStore
+from service.teams.tokens import Principal, authenticate
 from service.web import session as web_session
 
 bearer = HTTPBearer(auto_error=False, description="API token (cad_...) from `caddie admin create-token` or POST /api/v1/tokens")

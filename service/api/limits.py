@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import RETRY_AFTER_S, database_unavailable
 from service.core.errors import Unauthorized
-from service.teams.tokens import authenticate, authenticate_hash
 from service.core.settings import Settings
+from service.teams.tokens import authenticate, authenticate_hash
 from service.web import session as web_session
 
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -11,8 +11,8 @@ environment variables / a JSON file built from ``Run.spec``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 import builtins
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from service.queue.positions import QueueItem
 from service.queue.forecast import QueueEstimate
+from service.queue.positions import QueueItem
 
 POSITION_HELP = "QUEUED runs: 1 = the next run to start on its hardware, counting every team's runs (the scheduler's forecast); null otherwise"
 START_HELP = ("QUEUED runs: when the scheduler's policy, played forward with every run taking its time cap, would start it; "

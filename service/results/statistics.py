@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-
 MARGIN_NATS = 0.005
 ALPHA = 0.01
 _MAX_SEEDS = 100  # compare()'s search limit for more_seeds_needed

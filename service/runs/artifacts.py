@@ -15,9 +15,9 @@ uri the store refuses (outside its root, bucket or prefix) is never read.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from dataclasses import dataclass
-import builtins
 from typing import IO
 from urllib.parse import unquote, urlparse
 

@@ -16,8 +16,8 @@ from service.core.bodies import (
     Seed,
     Strict,
 )
-from service.core.models import Metric, Run, RunEvent
 from service.core.hardware import NodeHardware, deployment_hardware, where_it_runs
+from service.core.models import Metric, Run, RunEvent
 from service.core.settings import TRACKS, Settings, get_settings
 from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
 

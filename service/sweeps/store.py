@@ -25,14 +25,27 @@ from service.core.errors import Conflict, DomainError, Forbidden, InvalidInput, 
 from service.core.models import Run, Sweep, SweepTrial, Team, User, utcnow
 from service.core.settings import Settings
 from service.queue.estimates import expected_seconds, gpu_hours
-from service.runs import cancel as cancelling
-from service.runs import submit as submission
+from service.runs import cancel as cancelling, submit as submission
 from service.runs.schemas import RunCreate
 from service.runs.spec import normalise_spec
 from service.sweeps import curves as finished_curves
 from service.sweeps.plan import (
-    COMPLETE, FAILED, OPEN_TRIALS, PENDING, PRUNED, RUN_TERMINAL, RUNNING, STOPPED, SWEEP_DONE, SWEEP_RUNNING, SWEEP_STOPPED,
-    PruneRule, SlotFacts, judge_prune, slots, trial_end,
+    COMPLETE,
+    FAILED,
+    OPEN_TRIALS,
+    PENDING,
+    PRUNED,
+    RUN_TERMINAL,
+    RUNNING,
+    STOPPED,
+    SWEEP_DONE,
+    SWEEP_RUNNING,
+    SWEEP_STOPPED,
+    PruneRule,
+    SlotFacts,
+    judge_prune,
+    slots,
+    trial_end,
 )  # fmt: skip
 from service.sweeps.predictor import Predictor
 from service.sweeps.schemas import SweepCreate, SweepOut, TrialOut

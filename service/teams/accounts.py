@@ -13,11 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.core.bodies import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
 from service.core.errors import AlreadyExists, Conflict, InvalidInput, Issue, NotFound
 from service.core.models import ApiToken, Membership, Team, User
-from service.core.bodies import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
-from service.teams.tokens import ACTIVE_ROLES, INVITED, issue_token
 from service.core.text import text_problem
+from service.teams.tokens import ACTIVE_ROLES, INVITED, issue_token
 from service.webhooks.address import BadWebhookUrl, check_url, masked
 
 ROLES = ("member", "admin")

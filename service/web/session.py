@@ -28,8 +28,8 @@ from fastapi import Request
 from sqlalchemy.orm import Session
 
 from service.core.errors import Forbidden, Unauthorized
-from service.teams.tokens import Principal, authenticate_hash
 from service.core.settings import Settings
+from service.teams.tokens import Principal, authenticate_hash
 
 COOKIE_NAME = "caddie_session"
 MAX_AGE_S = 14 * 24 * 3600

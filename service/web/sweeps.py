@@ -8,10 +8,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from service.api.deps import SessionDep
 from service.core.errors import NotFound
-from service.sweeps import curves as trial_points
-from service.sweeps import store
-from service.web import session as web_session
-from service.web import sweep_charts
+from service.sweeps import curves as trial_points, store
+from service.web import session as web_session, sweep_charts
 from service.web.routes import CsrfField, PageRoute, RowId, User, back, render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)

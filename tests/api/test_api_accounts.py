@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.teams import accounts
 from service.core.errors import AlreadyExists, InvalidInput, NotFound
 from service.core.models import ApiToken, utcnow
+from service.teams import accounts
 
 API = "/api/v1"
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactStoreError, LocalArtifactStore, S3ArtifactStore
 from service.core.models import Artifact, utcnow
 from service.core.settings import Settings
+from service.core.storage import ArtifactStoreError, LocalArtifactStore, S3ArtifactStore
 
 RUNS = "/api/v1/runs"
 

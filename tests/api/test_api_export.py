@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.storage import LocalArtifactStore
 from service.core.models import Artifact, Run
+from service.core.settings import Settings
+from service.core.storage import LocalArtifactStore
 from service.results.rules import RULE_NAMES
 from service.results.statistics import compare_policy
-from service.core.settings import Settings
 from tests.export_world import BASELINE_SEEDS, GOOD_SEEDS, TRAINER, Seed, log_bytes, make_group
 
 GROUPS = "/api/v1/groups"

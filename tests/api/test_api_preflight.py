@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.runs import size_check
 from service.core.models import Run, utcnow
+from service.runs import size_check
 from trainer.config import TrainerConfig
 
 RUNS = "/api/v1/runs"

@@ -92,8 +92,8 @@ def test_the_queue_is_paged(client: TestClient, world, spec) -> None:  # noqa: A
 def test_a_stale_forecast_is_refreshed_in_the_background(world, spec, db_url, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     import time
 
-    from service.queue import positions as queue
     from service.api.app import create_app
+    from service.queue import positions as queue
 
     # The forecast's clock is moved past the TTL instead of sleeping: on a loaded CI core a
     # real sleep let the first read's own refresh land after the budget change.

@@ -8,12 +8,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from service.teams import accounts
-from service.api.app import create_app
 from cli.client import CaddieClient
+from service.api.app import create_app
 from service.core.db import get_sessionmaker
 from service.core.migrate import upgrade
 from service.core.settings import Settings
+from service.teams import accounts
 from tests.fresh_db import fresh_database
 
 

@@ -16,7 +16,6 @@ import uvicorn
 
 from service.api.app import create_app
 from service.core.settings import Settings
-
 from tests.world import World
 
 LIMIT = 4096

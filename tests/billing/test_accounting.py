@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service.teams import accounts
 from service.billing.accounting import (
     Attempt,
     RunRecord,
@@ -28,6 +27,7 @@ from service.billing.accounting import (
 )
 from service.core.models import Run, RunEvent
 from service.core.settings import Settings, parse_gpu_prices
+from service.teams import accounts
 
 PRICES = {"H100": 2.99, "H200": 3.79, "cpu": 0.0}
 T0 = datetime(2025, 3, 3, 10, 0, tzinfo=timezone.utc)  # a Monday

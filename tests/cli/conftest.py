@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner, Result
 
-from service.api.app import create_app
 from cli.main import app as cli_app
+from service.api.app import create_app
 from service.core.settings import Settings
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
 from service.core.models import Artifact, utcnow
+from service.core.storage import LocalArtifactStore
 from tests.cli.conftest import Caddie, running_caddie
 
 MODEL = hashlib.sha256(b"weights").digest() * (6 * 2**20 // 32 + 5)  # 6 MiB and 160 bytes: several chunks

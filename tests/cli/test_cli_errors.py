@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from cli.client import CaddieClient, RETRY_DELAYS_S
+from cli.client import RETRY_DELAYS_S, CaddieClient
 from service.core.db import get_sessionmaker
 from service.core.models import Run, User
 from service.core.settings import Settings

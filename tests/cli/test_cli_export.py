@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
 from service.core.models import Team, User
 from service.core.settings import Settings
+from service.core.storage import LocalArtifactStore
 from tests.cli.conftest import Caddie
 from tests.export_world import BASELINE_SEEDS, GOOD_SEEDS, TRAINER, Seed, log_bytes, make_group
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.core.settings import Settings
 from service.core.storage import (
     ArtifactMissing,
     ArtifactOutsideStore,
@@ -17,7 +18,6 @@ from service.core.storage import (
     make_artifact_store,
     read_chunks,
 )
-from service.core.settings import Settings
 
 
 @pytest.fixture()

@@ -9,8 +9,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from service.queue.forecast import forecast_queue
 from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start, slots_of

@@ -282,7 +282,6 @@ def test_zip_is_deterministic_and_holds_the_folder() -> None:
 # --- the records' own shape, field by field against three real records ------------------------
 from pathlib import Path  # noqa: E402
 
-
 RECORDS = Path(__file__).resolve().parents[2] / ".." / "shared" / "challenge" / "records" / "track_10min_16mb"
 THREE = ["2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072", "2026-04-01_Vocab4096_MLPMult4_WD085", "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"]
 # Fields a record carries that caddie does not make: its own prose and lineage.

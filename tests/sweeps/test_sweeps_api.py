@@ -7,7 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import yaml
-
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session

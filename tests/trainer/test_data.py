@@ -12,8 +12,18 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from trainer.data import (SHARD_HEADER_BYTES, ShardError, TokenStream, download, load_val_tokens, plan_download,
-                          read_shard, read_shard_header, smoke_documents, write_shard)
+from trainer.data import (
+    SHARD_HEADER_BYTES,
+    ShardError,
+    TokenStream,
+    download,
+    load_val_tokens,
+    plan_download,
+    read_shard,
+    read_shard_header,
+    smoke_documents,
+    write_shard,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

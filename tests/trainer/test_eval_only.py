@@ -8,8 +8,8 @@ import json
 import sys
 
 import pytest
-
 from test_train import TINY, corpus_knobs, run_trainer
+
 from trainer.config import ConfigError, TrainerConfig, artifact_settings, config_for_artifact
 from trainer.quant import unpack_artifact_with_settings
 from trainer.train import ARTIFACT_NAME, CODE_NAME

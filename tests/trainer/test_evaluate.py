@@ -12,8 +12,7 @@ from torch import nn
 from trainer.bpb import ByteLUTs, token_bytes
 from trainer.config import TrainerConfig
 from trainer.data import load_val_tokens
-from trainer.evaluate import (EvalResult, ScoreTotals, evaluate_full, evaluate_sliding, plan_windows, score_windows,
-                              ttt_chunk_bounds)
+from trainer.evaluate import EvalResult, ScoreTotals, evaluate_full, evaluate_sliding, plan_windows, score_windows, ttt_chunk_bounds
 from trainer.model import GPT
 
 

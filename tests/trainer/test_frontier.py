@@ -12,7 +12,6 @@ import types
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from trainer.config import ConfigError, TrainerConfig

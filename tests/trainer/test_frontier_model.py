@@ -16,12 +16,11 @@ import math
 import types
 
 import pytest
-
 import torch
 import torch.nn.functional as F
+from test_frontier import RECORD, record_tree
 from torch import nn
 
-from test_frontier import RECORD, record_tree
 from trainer.config import ConfigError, TrainerConfig
 from trainer.model import GPT, block_order
 from trainer.train import training_progress
@@ -466,6 +465,7 @@ def test_a_run_with_every_model_knob_loops_from_its_fraction_and_warmup_leaves_n
     import json
 
     from test_train import TINY, corpus_knobs
+
     from trainer.train import train
 
     # the least that has every knob: 3 layers, block 0 looped, lanes from 1; a short full-split evaluation

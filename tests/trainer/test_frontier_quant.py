@@ -15,10 +15,9 @@ import re
 import types
 
 import pytest
-
 import torch
-
 from test_frontier import record_constant, record_function
+
 from trainer.config import ConfigError, TrainerConfig
 from trainer.gptq import collect_hessians, gptq_quantize
 from trainer.model import GPT, BlockLinear

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from test_frontier import RECORD
+
 from trainer.config import DEFAULT_STACK, STACKS, ConfigError, TrainerConfig, artifact_settings
 
 # the record's Hyperparameters (as its log prints them) -> caddie's knob

@@ -14,7 +14,7 @@ from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, TrainerConfig
 from trainer.model import GPT
 from trainer.quant import dequantize, unpack_artifact
-from trainer.train import RESULT_KEYS, StepClock, content_fingerprint, artifact_accounting, grad_accum_for, lr_scale_at, train
+from trainer.train import RESULT_KEYS, StepClock, artifact_accounting, content_fingerprint, grad_accum_for, lr_scale_at, train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,7 @@ from test_evaluate import Bigram, Context
 from trainer.bpb import ByteLUTs
 from trainer.config import TrainerConfig
 from trainer.data import load_val_tokens
-from trainer.evaluate import (ScoreTotals, adapt_on_chunk, evaluate_sliding, evaluate_ttt, score_chunk, ttt_chunk_bounds,
-                              ttt_lr_at, ttt_optimizer)
+from trainer.evaluate import ScoreTotals, adapt_on_chunk, evaluate_sliding, evaluate_ttt, score_chunk, ttt_chunk_bounds, ttt_lr_at, ttt_optimizer
 from trainer.model import GPT
 
 CFG = TrainerConfig(vocab_size=1024, eval_seq_len=32, eval_stride=8, eval_batch_seqs=8, ttt_chunk_tokens=96,

@@ -18,12 +18,11 @@ import types
 
 import pytest
 import torch
-
 from test_frontier_model import BOS, fa3_standin, model_pair, one_thread, randomise, record_namespace  # noqa: F401 (fixture)
+
 from trainer.bpb import ByteLUTs
 from trainer.config import ConfigError, TrainerConfig
-from trainer.evaluate import (ScoredChunk, evaluate_ttt_lora_phased, find_documents, lora_batches, lora_chunk_window,
-                              score_then_adapt)
+from trainer.evaluate import ScoredChunk, evaluate_ttt_lora_phased, find_documents, lora_batches, lora_chunk_window, score_then_adapt
 from trainer.model import GPT
 
 pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available")  # the record's autocast("cuda") on a CPU
@@ -241,6 +240,7 @@ def test_lora_knobs_validate():
 
 def test_a_tiny_run_scores_with_phased_lora_ttt(smoke_corpus, tmp_path):
     from test_train import TINY, corpus_knobs
+
     from trainer.train import train
 
     out = tmp_path / "out"

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from service.api.app import create_app
 from service.core.models import Run, utcnow
-from service.results.queries import judge_run
 from service.core.settings import Settings
+from service.results.queries import judge_run
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

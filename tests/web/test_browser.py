@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from service.teams import accounts
 from service.core.models import Metric
+from service.teams import accounts
 from tests.e2e.conftest import TINY, Stack, _stack
 from tests.fresh_db import fresh_database
 

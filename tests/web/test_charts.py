@@ -8,7 +8,7 @@ import random
 import pytest
 
 from service.billing.accounting import gpus_of
-from service.web.charts import downsample_minmax, figure, run_series, MetricPoint
+from service.web.charts import MetricPoint, downsample_minmax, figure, run_series
 
 
 def test_small_series_are_left_alone() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from service.core.models import LogChunk, Run, utcnow
-from tests.world import World
 from tests.web.conftest import finish
+from tests.world import World
 
 
 def test_a_cut_log_is_stated_on_the_run_and_its_page_tails_what_is_stored(world: World, browser_for, session: Session) -> None:  # noqa: ANN001

@@ -7,8 +7,8 @@ from sqlalchemy.orm import Session
 from service.core.settings import Settings
 from service.core.storage import make_artifact_store
 from service.runs.logs import append_log, record_archive, write_archive
-from tests.world import World
 from tests.web.conftest import finish
+from tests.world import World
 
 
 def test_an_archived_log_is_tailed_on_the_run_page(world: World, browser_for, session: Session, settings: Settings) -> None:  # noqa: ANN001

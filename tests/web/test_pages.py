@@ -14,8 +14,8 @@ from service.api.app import create_app
 from service.core.models import Metric, Run, RunEvent, utcnow
 from service.core.settings import Settings
 from service.web import session as web_session
-from tests.world import World
 from tests.web.conftest import Browser, finish
+from tests.world import World
 
 PAGES = ["/runs", "/runs/new", "/compare", "/groups", "/leaderboard", "/usage", "/tokens"]
 

@@ -8,8 +8,8 @@ import base64
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from tests.world import World
 from tests.api.test_api_groups import finish_all
+from tests.world import World
 
 SECRET = "hf_s3cretvalue9"
 

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Metric
 from service.core.settings import Settings
-from tests.world import World
 from tests.sweeps.test_sweeps_api import _end, _tick, sweep_body
+from tests.world import World
 
 
 def test_sweep_pages(world: World, browser_for, session: Session, settings: Settings) -> None:

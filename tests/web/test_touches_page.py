@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Run
 from service.results.queries import judge_run
-from tests.world import World
 from tests.worker.run.test_audit_hook import (
     launcher as launcher,  # noqa: F401  (the fixture: a local launcher over a tiny data root)
     run_script,
 )
+from tests.world import World
 from worker.launchers.local import LocalLauncher
 
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from service.core.hardware import NodeHardware
+from service.runs.logparse import failure_reason
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
@@ -51,8 +53,6 @@ from worker.launchers.base import (
 )
 from worker.launchers.run_folder import place_files
 from worker.launchers.trainer_env import knob_env, script_env, variant_paths
-from service.core.hardware import NodeHardware
-from service.runs.logparse import failure_reason
 
 NAME = "skypilot"
 REPO_ROOT = Path(__file__).resolve().parents[2]

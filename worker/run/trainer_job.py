@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from service.core.models import Run
+from service.runs.logparse import LogSummary
 from trainer.config import TrainerConfig
 from worker.launchers.base import JobSpec
-from service.runs.logparse import LogSummary
 
 # Output files of a trainer run and the artifact kind each is stored as.
 OUTPUT_FILES = (("model.int6.ptz", "model"), ("train_gpt.py", "code"), ("train.log", "log"), ("stdout.log", "log"), ("result.json", "result"), ("metrics.jsonl", "metrics"))

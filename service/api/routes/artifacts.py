@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
-
 from urllib.parse import quote
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from service.runs import artifacts as domain
 from service.api.deps import ArtifactStoreDep, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.storage import read_chunks
+from service.runs import artifacts as domain
 from service.runs.schemas import ArtifactOut
 
 router = APIRouter(prefix="/runs", tags=["artifacts"])

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.api.deps import CurrentUser, SessionDep
+from service.core.errors import InvalidInput, Issue
 from service.results import queries
 from service.results.schemas import ComparisonOut, GroupDetail, GroupOut, Leaderboard, LeaderboardEntry
-from service.core.errors import InvalidInput, Issue
 
 router = APIRouter(tags=["results"])
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.queue import positions as domain
 from service.api.deps import CurrentUser, SessionDep, SettingsDep
+from service.queue import positions as domain
 from service.queue.schemas import QueueItemOut
 
 router = APIRouter(prefix="/queue", tags=["runs"])

@@ -6,14 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 
-from service.runs import metrics as metric_pages
-
-from service.queue import positions as queue
-from service.runs import cancel as cancelling, logs as stored_logs, queries, submit as submission
-from service.core.hooks import call_on_submit_hook
 from service.api.deps import ArtifactStoreDep, ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.errors import InvalidInput, Issue
+from service.core.hooks import call_on_submit_hook
+from service.queue import positions as queue
 from service.queue.schemas import QueueFields
+from service.runs import cancel as cancelling, logs as stored_logs, metrics as metric_pages, queries, submit as submission
 from service.runs.schemas import LogSlice, MetricOut, RunCancelled, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
 router = APIRouter(prefix="/runs", tags=["runs"])

@@ -8,14 +8,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from service.billing import accounting
-
-from service.teams import accounts
 from service.api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
+from service.billing import accounting
+from service.billing.schemas import TeamUpdate, TeamUsageOut
 from service.core.errors import Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import utcnow
+from service.teams import accounts
 from service.teams.schemas import MemberAdd, TeamCreate, TeamOut
-from service.billing.schemas import TeamUpdate, TeamUsageOut
 
 # The longest window a usage report covers (one row per day of it).
 MAX_USAGE_DAYS = 400

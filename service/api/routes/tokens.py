@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.teams import accounts
-
-from service.teams import tokens as security
 from service.api.deps import CurrentUser, Id, SessionDep
 from service.core.errors import Forbidden
+from service.teams import accounts, tokens as security
 from service.teams.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.teams import accounts
 from service.api.deps import AdminUser, CurrentUser, SessionDep
+from service.teams import accounts
 from service.teams.schemas import UserCreate, UserOut
 
 router = APIRouter(prefix="/users", tags=["users"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from service.teams.accounts import add_member, create_team, create_user
 from service.core.db import get_sessionmaker
-from service.runs.lifecycle import record_created
 from service.core.models import Run, RunEvent, utcnow
+from service.runs.lifecycle import record_created
+from service.teams.accounts import add_member, create_team, create_user
 from tests.fresh_db import fresh_database
 from worker.control.dispatch import dispatch_due_runs
 

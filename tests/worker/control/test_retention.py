@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.teams.accounts import create_team, create_user
-from service.core.storage import LocalArtifactStore
 from service.core.db import get_sessionmaker
 from service.core.models import Artifact, Run, RunEvent, ScriptFile, utcnow
+from service.core.storage import LocalArtifactStore
+from service.teams.accounts import create_team, create_user
 from tests.fresh_db import fresh_database
 from worker.control.retention import retention_pass
 

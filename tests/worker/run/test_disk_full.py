@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.core.storage import DiskFull, LocalArtifactStore
 from service.core.models import Artifact, Run
+from service.core.storage import DiskFull, LocalArtifactStore
 from tests.worker.run.test_executor import maker, new_run, settings  # noqa: F401 (fixtures)
-from worker.run.executor import execute_run
 from worker.launchers.local import LocalLauncher
+from worker.run.executor import execute_run
 
 
 @pytest.fixture()

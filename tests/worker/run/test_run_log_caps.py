@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service.teams.accounts import create_team, create_user
 from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Metric, Run, utcnow
-from tests.fresh_db import fresh_database
 from service.runs.logparse import LogParser
+from service.teams.accounts import create_team, create_user
+from tests.fresh_db import fresh_database
 from worker.run.log_stream import RunLog, storable, thinned_stride
 
 
