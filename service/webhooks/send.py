@@ -4,7 +4,9 @@ Each due row is claimed first (its try counted and its next try pushed past this
 compare-and-set on ``attempts``), committed, then sent: two ticks at once never send one row
 twice, and a worker that dies mid-send leaves the row to be tried again. The URL is read from the
 row's own team at send time and checked again (scheme, and with CADDIE_WEBHOOK_ALLOW_PRIVATE off
-the addresses the host resolves to now). Redirects are not followed: one could lead inside.
+the addresses the host resolves to now); the host is resolved once and the POST connects to the
+checked address (address.pin), so a second resolution cannot swap it. Redirects are not
+followed: one could lead inside.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from service.core.db import rowcount
 from service.core.models import Team, WebhookDelivery, utcnow
 from service.core.settings import Settings
-from service.webhooks.address import BadWebhookUrl, check_url
+from service.webhooks.address import BadWebhookUrl, Resolver, pin, resolve
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ def retry_delay_s(attempts: int, backoff_s: float) -> float:
     return backoff_s * 2 ** max(attempts - 1, 0)
 
 
-def deliver_due(session: Session, settings: Settings, *, now: datetime | None = None, transport: httpx.BaseTransport | None = None) -> int:
-    """Send up to ``settings.webhook_batch`` due notifications; returns how many were sent (2xx)."""
+def deliver_due(session: Session, settings: Settings, *, now: datetime | None = None, transport: httpx.BaseTransport | None = None,
+                resolver: Resolver = resolve) -> int:
+    """Send up to ``settings.webhook_batch`` due notifications; returns how many were sent (2xx).
+    ``resolver``: how host names are resolved (tests give their own)."""
     now = now or utcnow()
     due = session.scalars(select(WebhookDelivery).where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
                           .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(settings.webhook_batch)).all()  # fmt: skip
@@ -52,7 +55,7 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
             url = session.scalar(select(Team.webhook_url).where(Team.id == row.team_id))
             body, team_id, row_id = row.body, row.team_id, row.id
             session.commit()
-            error = "the team has no webhook now" if not url else _post(client, url, body, settings)
+            error = "the team has no webhook now" if not url else _post(client, url, body, settings, resolver)
             done = error is None
             values: dict[str, Any]
             if done:
@@ -69,16 +72,17 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
     return sent
 
 
-def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settings) -> str | None:
+def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settings, resolver: Resolver) -> str | None:
     """POST ``body``; None if the endpoint took it (2xx), else why not (never the URL's path: it is the endpoint's secret)."""
     try:
-        check_url(url, allow_private=settings.webhook_allow_private)
+        to = pin(url, allow_private=settings.webhook_allow_private, resolver=resolver)
     except BadWebhookUrl as exc:
         return f"URL refused: {exc}"
-    host = urlsplit(url).hostname
+    host = to.host if to.host == to.address else f"{to.host} ({to.address})"
+    extensions = {"sni_hostname": to.sni_hostname} if to.sni_hostname else None
     try:
         # Streamed and never read: a huge answer costs nothing.
-        with client.stream("POST", url, json=body) as response:
+        with client.stream("POST", to.url, json=body, headers={"Host": to.host_header}, extensions=extensions) as response:
             if 200 <= response.status_code < 300:
                 return None
             if 300 <= response.status_code < 400:
@@ -87,7 +91,7 @@ def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settin
     except httpx.TimeoutException:
         return f"no answer from {host} within {settings.webhook_timeout_s:g} s"
     except httpx.HTTPError as exc:
-        return f"{type(exc).__name__} from {host}: {str(exc).replace(url, host or '')}"
+        return f"{type(exc).__name__} from {host}: {str(exc).replace(to.url, to.host).replace(url, to.host)}"
 
 
 def deliver_due_safely(session_factory: Any, settings: Settings) -> int:

@@ -22,8 +22,8 @@ from service.core.models import Run, Sweep, SweepTrial, Team, User, WebhookDeliv
 from service.core.settings import Settings
 from service.runs.lifecycle import transition
 from service.runs.status import RunStatus
-from service.webhooks import body as bodies
-from service.webhooks.address import BadWebhookUrl, check_url, masked
+from service.webhooks import address, body as bodies
+from service.webhooks.address import BadWebhookUrl, check_url, masked, pin
 from service.webhooks.outbox import notify_sweep_ended
 from service.webhooks.send import deliver_due, retry_delay_s
 from worker.celery_app import WEBHOOK_TICK, celery_config
@@ -38,6 +38,7 @@ class Receiver:
     def __init__(self, status: int = 200) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.hosts: list[str | None] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +46,7 @@ class Receiver:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.bodies.append(json.loads(data))
                 outer.paths.append(self.path)
+                outer.hosts.append(self.headers.get("Host"))
                 self.send_response(status)
                 self.end_headers()
 
@@ -55,8 +57,8 @@ class Receiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, path: str = "/hook/secret-path") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+    def url(self, path: str = "/hook/secret-path", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.server.server_address[1]}{path}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -260,6 +262,62 @@ def test_a_private_url_is_refused_at_send_without_the_setting(hook_client: TestC
     assert deliver_due(session, strict) == 0 and receiver.bodies == []
     [row] = _deliveries(session)
     assert row.status == "failed" and "inside the deployment" in row.last_error
+
+
+# --- DNS rebinding: one resolution, and the POST goes to the address that was checked ------------
+class Resolver:
+    """A DNS that answers from a script, one answer per call (the last one repeats), and counts."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers, self.calls = list(answers), 0
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls += 1
+        return self.answers[min(self.calls, len(self.answers)) - 1]
+
+
+def test_pin_writes_the_checked_address_into_the_url() -> None:
+    p = pin("https://hooks.example.org/services/T/B/x?a=1", allow_private=False, resolver=Resolver(["2606:4700::1111", "93.184.216.34"]))
+    assert (p.url, p.host_header, p.sni_hostname, p.address) == ("https://93.184.216.34/services/T/B/x?a=1", "hooks.example.org", "hooks.example.org", "93.184.216.34")
+    p = pin("http://hooks.example.org:8080/x", allow_private=False, resolver=Resolver(["2606:4700::1111"]))
+    assert (p.url, p.host_header, p.sni_hostname) == ("http://[2606:4700::1111]:8080/x", "hooks.example.org:8080", None)
+    assert pin("https://1.1.1.1/x", allow_private=False, resolver=Resolver()).sni_hostname is None  # an address: no SNI, no lookup
+    with pytest.raises(BadWebhookUrl, match="10.0.0.7"):  # every answer is checked, not only the one connected to
+        pin("https://sneaky.example.org/", allow_private=False, resolver=Resolver(["93.184.216.34", "10.0.0.7"]))
+    with pytest.raises(BadWebhookUrl, match="resolves to no address"):
+        pin("https://empty.example.org/", allow_private=False, resolver=Resolver([]))
+
+
+def test_the_post_connects_to_the_resolved_address_with_the_name_as_host(hook_client: TestClient, hook_settings: Settings, world, spec,  # noqa: ANN001
+                                                                          session: Session, receiver: Receiver) -> None:
+    # "hook.invalid" has no DNS answer outside the test's resolver: the POST reaches the server only through the pinned address.
+    url = receiver.url(host="hook.invalid")
+    assert hook_client.patch("/api/v1/teams/team-a", json={"webhook_url": url}, headers=world.h("aaron")).status_code == 200
+    _finish(session, hook_client.post(RUNS, json=spec(seeds=[1]), headers=world.h("alice")).json()["runs"][0]["id"])
+    dns = Resolver(["127.0.0.1"])
+    assert deliver_due(session, hook_settings, resolver=dns) == 1
+    assert dns.calls == 1 and receiver.hosts == [f"hook.invalid:{receiver.server.server_address[1]}"] and receiver.paths == ["/hook/secret-path"]
+
+
+def test_a_rebinding_name_cannot_swap_the_checked_address(hook_client: TestClient, hook_settings: Settings, world, spec,  # noqa: ANN001
+                                                          session: Session, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name answers a "public" address to the check, then an inside one: resolved once, the POST
+    still goes to the checked address. (127.0.0.1 stands in for a public address here, the only
+    place a test can run a server; 10.255.255.1 for the inside one.)"""
+    hook_client.patch("/api/v1/teams/team-a", json={"webhook_url": receiver.url(host="rebind.invalid")}, headers=world.h("aaron"))
+    _finish(session, hook_client.post(RUNS, json=spec(seeds=[1]), headers=world.h("alice")).json()["runs"][0]["id"])
+    monkeypatch.setattr(address, "is_public", lambda a: str(a) == "127.0.0.1")
+    strict = hook_settings.model_copy(update={"webhook_allow_private": False})
+    dns = Resolver(["127.0.0.1"], ["10.255.255.1"])
+    assert deliver_due(session, strict, resolver=dns) == 1
+    assert dns.calls == 1 and len(receiver.bodies) == 1 and receiver.hosts[0].startswith("rebind.invalid:")
+
+    # The other way round: an inside answer at send time is refused, nothing is sent.
+    _finish(session, hook_client.post(RUNS, json=spec(config={"NUM_LAYERS": 10}, seeds=[2]), headers=world.h("alice")).json()["runs"][0]["id"])
+    dns = Resolver(["10.255.255.1"])
+    assert deliver_due(session, strict.model_copy(update={"webhook_max_attempts": 1}), resolver=dns) == 0
+    row = _deliveries(session)[-1]
+    assert dns.calls == 1 and row.status == "failed" and "10.255.255.1" in row.last_error and len(receiver.bodies) == 1
 
 
 # --- a sweep ends ------------------------------------------------------------------------------
