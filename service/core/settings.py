@@ -25,6 +25,8 @@ from service.queue.policy import parse_capacity
 TRACKS = ("10min_16mb", "unlimited")
 # The ceiling over every run's own deadline (worker.run.deadlines).
 DEFAULT_HARD_TIMEOUT_S = 6 * 3600.0
+# The challenge's record folders beside the checkout (../shared/challenge/records/...).
+DEFAULT_RECORDS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "challenge" / "records" / "track_10min_16mb"
 
 
 class Settings(BaseSettings):
@@ -122,6 +124,9 @@ class Settings(BaseSettings):
     # --- trainer data -------------------------------------------------------------
     data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant (sp<VOCAB_SIZE>) under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data` writes). A spec never names a path. Default: home/data.")
 
+    # --- sweeps ---------------------------------------------------------------------
+    records_dir: Path | None = Field(None, description="The public records' folders (one per record, a log per seed) whose finished curves the sweep pruner's predictor is fitted on, beside the team's own runs. Default: ../shared/challenge/records/track_10min_16mb beside this checkout; a deployment points it at its copy of the challenge repository. Missing: the predictor fits on the team's runs alone.")
+
     # --- launcher choice -------------------------------------------------------
     launcher: str = Field("local", pattern=r"^(local|skypilot)$", description="Where runs run: this machine ('local') or nodes through SkyPilot ('skypilot').")
 
@@ -156,6 +161,8 @@ class Settings(BaseSettings):
             self.runs_dir = self.home / "runs"
         if self.data_root is None:
             self.data_root = self.home / "data"
+        if self.records_dir is None:
+            self.records_dir = DEFAULT_RECORDS_DIR
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
         parse_gpu_prices(self.gpu_prices)  # a bad price list fails at start, naming the item

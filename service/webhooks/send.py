@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service.core.db import rowcount
@@ -27,6 +27,7 @@ from service.webhooks.address import BadWebhookUrl, Resolver, pin, resolve
 log = logging.getLogger(__name__)
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+PRUNE_BATCH = 5000  # rows deleted per janitor round: a backlog drains over a few rounds, never one long transaction
 MAX_ERROR_CHARS = 500
 USER_AGENT = "caddie-webhook/1"
 
@@ -92,6 +93,21 @@ def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settin
         return f"no answer from {host} within {settings.webhook_timeout_s:g} s"
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__} from {host}: {str(exc).replace(to.url, to.host).replace(url, to.host)}"
+
+
+def prune_deliveries(session: Session, *, days: float, now: datetime) -> int:
+    """Delete sent and failed notifications queued more than ``days`` ago (CADDIE_WEBHOOK_RETENTION_DAYS;
+    0 keeps them for ever); pending ones stay whatever their age. Returns how many went; commits."""
+    if days <= 0:
+        return 0
+    cutoff = now - timedelta(days=days)
+    ids = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.status.in_((SENT, FAILED)), WebhookDelivery.created_at < cutoff)
+                          .order_by(WebhookDelivery.id).limit(PRUNE_BATCH)).all()  # fmt: skip
+    if ids:
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)), execution_options={"synchronize_session": False})
+        session.commit()
+        log.info("webhooks: pruned %d notifications queued before %s", len(ids), cutoff)
+    return len(ids)
 
 
 def deliver_due_safely(session_factory: Any, settings: Settings) -> int:

@@ -423,3 +423,33 @@ def test_two_runs_of_a_group_ending_at_once_tell_the_group_once(hook_client: Tes
         a.close()
         b.close()
     assert [d.event for d in _deliveries(session)].count("group.finished") == 1
+
+
+# --- old deliveries are pruned -----------------------------------------------------------------------
+def test_sent_and_failed_deliveries_are_pruned_after_the_retention(world, session: Session) -> None:  # noqa: ANN001
+    from service.webhooks.send import prune_deliveries
+
+    team = session.scalar(select(Team).where(Team.name == "team-a"))
+    now = utcnow()
+    for status, age_days in [("sent", 40), ("failed", 40), ("pending", 40), ("sent", 5), ("failed", 5)]:
+        session.add(WebhookDelivery(team_id=team.id, event="run.finished", body={}, status=status, attempts=1, next_attempt_at=now,
+                                    last_error="", created_at=now - timedelta(days=age_days)))  # fmt: skip
+    session.commit()
+    assert prune_deliveries(session, days=0, now=now) == 0  # 0: kept for ever
+    assert prune_deliveries(session, days=30, now=now) == 2
+    assert sorted((d.status, (now - d.created_at).days) for d in _deliveries(session)) == [("failed", 5), ("pending", 40), ("sent", 5)]
+    assert prune_deliveries(session, days=30, now=now) == 0
+
+
+def test_the_janitor_prunes_deliveries(world, session: Session, settings: Settings) -> None:  # noqa: ANN001
+    from worker.control.janitor import janitor_pass
+    from worker.launchers.local import LocalLauncher
+
+    team = session.scalar(select(Team).where(Team.name == "team-a"))
+    old = utcnow() - timedelta(days=10)
+    session.add(WebhookDelivery(team_id=team.id, event="run.finished", body={}, status="sent", attempts=1, next_attempt_at=old, last_error="", created_at=old))
+    session.commit()
+    janitor_pass(session, launcher=LocalLauncher(settings), settings=settings.model_copy(update={"webhook_retention_days": 30}), enqueue=lambda _: None)
+    assert len(_deliveries(session)) == 1
+    janitor_pass(session, launcher=LocalLauncher(settings), settings=settings.model_copy(update={"webhook_retention_days": 7}), enqueue=lambda _: None)
+    assert _deliveries(session) == []
