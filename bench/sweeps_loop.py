@@ -28,7 +28,7 @@ from sqlalchemy import select, update  # noqa: E402
 from service.core.db import get_sessionmaker  # noqa: E402
 from service.core.migrate import upgrade  # noqa: E402
 from service.core.models import Metric, Run, Sweep, SweepTrial, utcnow  # noqa: E402
-from service.core.settings import Settings  # noqa: E402
+from service.core.settings import Settings, get_settings  # noqa: E402
 from service.sweeps import store  # noqa: E402
 from service.sweeps.curves import record_curves  # noqa: E402
 from service.sweeps.predictor import Predictor  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    records = record_curves()
+    records = record_curves(get_settings().records_dir)
     lines = Predictor.fit(records)
     grid_points = [dict(zip(("MATRIX_LR", "NUM_LAYERS"), (lr, n))) for lr in [0.005 * (40 ** (i / 7)) for i in range(8)] for n in range(9, 14)]
     optimum = min(objective(p) for p in grid_points)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.core.settings import get_settings  # noqa: E402
 from service.runs.logparse import parse_script_log  # noqa: E402
-from service.sweeps.curves import RECORDS_DIR  # noqa: E402
 from service.sweeps.plan import PruneRule, judge_prune  # noqa: E402
 from service.sweeps.predictor import Curve, Predictor, accuracy  # noqa: E402
 
@@ -130,7 +130,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    trials = load(RECORDS_DIR)
+    records_dir = get_settings().records_dir  # CADDIE_RECORDS_DIR, filled in when the settings load
+    assert records_dir is not None
+    trials = load(records_dir)
     folders = sorted({t.curve.group for t in trials})
     predictors = {f: Predictor.fit([t.curve for t in trials if t.curve.group != f]) for f in folders}
     lines = [

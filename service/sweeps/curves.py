@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,10 +16,6 @@ from sqlalchemy.orm import Session
 from service.core.models import Metric, Run
 from service.runs.logparse import parse_script_log
 from service.sweeps.predictor import Curve
-
-# The challenge's record folders beside the checkout (../shared/challenge); CADDIE_RECORDS_DIR names another
-# place (a deployment's copy of the challenge repository). Missing: the predictor fits on the team's runs alone.
-RECORDS_DIR = Path(os.environ.get("CADDIE_RECORDS_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "challenge" / "records" / "track_10min_16mb")
 
 
 def record_curve(path: Path) -> Curve | None:
@@ -35,8 +30,8 @@ def record_curve(path: Path) -> Curve | None:
 
 
 @functools.lru_cache(maxsize=4)
-def record_curves(root: Path = RECORDS_DIR) -> tuple[Curve, ...]:
-    """Every record log's curve under ``root`` (empty if the folder is not there)."""
+def record_curves(root: Path) -> tuple[Curve, ...]:
+    """Every record log's curve under ``root`` (CADDIE_RECORDS_DIR; empty if the folder is not there)."""
     if not root.is_dir():
         return ()
     out = []

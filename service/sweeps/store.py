@@ -288,14 +288,16 @@ def _submit_trial(session: Session, sweep: Sweep, owner: Principal, trial: Sweep
 _predictors: dict[int, tuple[int, Predictor]] = {}  # team -> (its newest finished run, the lines fitted then); refitted when that moves
 
 
-def predictor_for(session: Session, team_id: int, records: Sequence[Any] | None = None) -> Predictor:
-    """The lines fitted on the public records' curves and the team's finished runs (``records`` given: on those, uncached)."""
+def predictor_for(session: Session, team_id: int, settings: Settings, records: Sequence[Any] | None = None) -> Predictor:
+    """The lines fitted on the public records' curves (CADDIE_RECORDS_DIR) and the team's finished runs (``records`` given: on those, uncached)."""
     newest = session.scalar(select(Run.id).where(Run.team_id == team_id, Run.status == "SUCCEEDED").order_by(Run.id.desc()).limit(1)) or 0
     if records is not None:
         return Predictor.fit([*records, *finished_curves.team_curves(session, team_id)])
     cached = _predictors.get(team_id)
     if cached is None or cached[0] != newest:
-        cached = _predictors[team_id] = (newest, Predictor.fit([*finished_curves.record_curves(), *finished_curves.team_curves(session, team_id)]))
+        assert settings.records_dir is not None  # filled in when the settings load
+        record_curves = finished_curves.record_curves(settings.records_dir)
+        cached = _predictors[team_id] = (newest, Predictor.fit([*record_curves, *finished_curves.team_curves(session, team_id)]))
     return cached[1]
 
 
@@ -312,7 +314,7 @@ def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepT
     stored = sweep.spec["prune"]
     rule = PruneRule(margin=stored["margin"], confidence=stored["confidence"], min_step=stored["min_step"])
     vocab = _vocab(sweep, best)
-    predictor = predictor_for(session, sweep.team_id, records)
+    predictor = predictor_for(session, sweep.team_id, settings, records)
     for trial in live:
         if _vocab(sweep, trial) != vocab:
             continue  # another tokenizer: the best trial's bpb-per-nat does not hold for it
