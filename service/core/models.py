@@ -166,8 +166,6 @@ class Run(Base):
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_group_key_id", "group_key", "id"),
         Index("ix_runs_team_id_status_id", "team_id", "status", "id"),
-        # A group's fingerprint, index-only (service.results.queries._fingerprints; migration 0011).
-        Index("ix_runs_group_key_figures", "group_key", "status", "id", "attempts", "finished_at", "val_bpb", "artifact_bytes"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -257,6 +255,9 @@ class RunGroup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
     published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Moved by triggers on runs (migration 0015) in every transaction that adds, removes or changes
+    # what the group's statistics read; the per-process statistics cache checks it. Never set here.
+    stats_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     team: Mapped[Team] = relationship()
 

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from service.core.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
@@ -120,37 +120,35 @@ def _views(session: Session, groups: Sequence[RunGroup]) -> list[GroupView]:
 # --- group figures for lists and the leaderboard, kept per process --------------------------
 # A published group of 10,000 runs made every team's /groups and leaderboard load and judge its
 # 10,000 runs on each request (9-17 ms -> about 0.5 s; issue 17 item 5). Its statistics change only
-# when one of its runs is added or changes status (figures and checks land before a run's final
-# status, in the executor's commits, and never change after it), so they are kept in memory under
-# a fingerprint of exactly that, read in one aggregate query: per status, the count of runs, the
-# newest id and the sum of attempts. Every transition moves one run between two statuses (a retry
-# adds an attempt), so every change of the state machine changes it. The newest
-# end and the sums of val_bpb and bytes also catch figures edited by hand (or by a test) in place.
+# when one of its runs is added, removed or has a figure, check or status written, and every such
+# write moves run_groups.stats_version in the same transaction (triggers on runs, migration 0015),
+# whoever writes it (the state machine, the executor, a Core UPDATE, SQL by hand). So they are kept
+# in memory under the group's (created_at, stats_version), read by primary key: O(1) per group
+# whatever its size. created_at tells a group recreated under the same key (another database, a
+# team removed and made again) from the one kept.
 _STATS_KEPT = 2048  # groups kept per process (least recently used go first)
 _stats: OrderedDict[str, tuple[tuple[object, ...], GroupStats, int]] = OrderedDict()
 _stats_lock = threading.Lock()
 
 
-def _fingerprints(session: Session, keys: Sequence[str]) -> dict[str, tuple[object, ...]]:
-    # Per (group, status): an index-only scan of ix_runs_group_key_figures (migration 0011).
-    columns = [func.count(), func.max(Run.id), func.sum(Run.attempts), func.max(Run.finished_at), func.sum(Run.val_bpb), func.sum(Run.artifact_bytes)]
-    query = select(Run.group_key, Run.status, *columns).where(Run.group_key.in_(list(keys))).group_by(Run.group_key, Run.status)
-    parts: dict[str, list[tuple[object, ...]]] = {}
-    for row in session.execute(query.order_by(Run.group_key, Run.status)):
-        parts.setdefault(row[0], []).append(tuple(row[1:]))
-    return {key: tuple(rows) for key, rows in parts.items()}
+def _versions(session: Session, keys: Sequence[str]) -> dict[str, tuple[object, ...]]:
+    # Read here, not from the RunGroup objects: the session may hold them from before this
+    # transaction's own writes moved the version. Read before the runs (below), so figures kept
+    # under a version are never older than it (at worst newer, and recomputed on the next bump).
+    query = select(RunGroup.key, RunGroup.created_at, RunGroup.stats_version).where(RunGroup.key.in_(list(keys)))
+    return {key: (created, version) for key, created, version in session.execute(query)}
 
 
 def _summaries(session: Session, groups: Sequence[RunGroup]) -> list[GroupView]:
     """Views with the figures only (``runs`` empty, ``total`` set): the statistics come from the
-    process's cache while the group's fingerprint is unchanged, else from its runs (then kept)."""
+    process's cache while the group's version is unchanged, else from its runs (then kept)."""
     keys = [g.key for g in groups]
-    prints = _fingerprints(session, keys) if keys else {}
+    versions = _versions(session, keys) if keys else {}
     found: dict[str, tuple[GroupStats, int]] = {}
     with _stats_lock:
         for key in keys:
             kept = _stats.get(key)
-            if kept is not None and kept[0] == prints.get(key, ()):
+            if kept is not None and kept[0] == versions.get(key, ()):
                 _stats.move_to_end(key)
                 found[key] = (kept[1], kept[2])
     missing = [k for k in keys if k not in found]
@@ -161,7 +159,7 @@ def _summaries(session: Session, groups: Sequence[RunGroup]) -> list[GroupView]:
             found[key] = (stats, len(runs[key]))
         with _stats_lock:
             for key in missing:
-                _stats[key] = (prints.get(key, ()), *found[key])
+                _stats[key] = (versions.get(key, ()), *found[key])
                 _stats.move_to_end(key)
             while len(_stats) > _STATS_KEPT:
                 _stats.popitem(last=False)
