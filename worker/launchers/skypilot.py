@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from service.core.hardware import NodeHardware
+from service.core.hardware import NodeHardware, parse_gpu_list
 from service.runs.logparse import failure_reason
 from worker.launchers.base import (
     ClusterHandle,
@@ -57,6 +57,8 @@ from worker.launchers.trainer_env import knob_env, script_env, variant_paths
 NAME = "skypilot"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "skypilot" / "task.yaml"
+# The node's `nvidia-smi -L`, written by the run script beside the job's log (infra/skypilot/task.yaml).
+NODE_REPORT = "caddie-node.txt"
 _HARDWARE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,39})(?::([1-9][0-9]{0,2}))?$")
 
 
@@ -343,9 +345,9 @@ class SkyPilotLauncher:
         return ClusterHandle(NAME, self.cluster_name(run_id, hardware, team_id), hardware, {"reused": False})
 
     def node_hardware(self, cluster: ClusterHandle) -> NodeHardware:
-        """What SkyPilot provisioned: the cluster's accelerator and count (SkyPilot launches exactly
-        that or fails). Its name is only the accelerator's (``H100``): the rules take the form
-        factor (SXM, PCIe) from the run's log where it names one."""
+        """At launch, what SkyPilot provisioned: the cluster's accelerator and count (SkyPilot launches
+        exactly that or fails). Its name is only the accelerator's (``H100``); once the outputs come
+        back, the node's own ``nvidia-smi -L`` (``node_report``) replaces it, model and count."""
         name, count = parse_hardware(cluster.hardware or self.settings.sky_hardware)
         return NodeHardware(name, count, "SkyPilot cluster resources")
 
@@ -541,4 +543,20 @@ class SkyPilotLauncher:
         run_log = Path(str(local)).expanduser() / "run.log"
         if run_log.exists() and not (dest / "stdout.log").exists():
             shutil.copyfile(run_log, dest / "stdout.log")
+        # The node's own `nvidia-smi -L` (written by the run script outside the job's reach) goes
+        # beside the outputs; a file of that name from the job never stands for the node.
+        report = Path(str(local)).expanduser() / NODE_REPORT
+        (dest / NODE_REPORT).unlink(missing_ok=True)
+        if report.is_file():
+            shutil.copyfile(report, dest / NODE_REPORT)
         return dest
+
+    def node_report(self, outdir: Path) -> NodeHardware | None:
+        """What the node's `nvidia-smi -L` listed, from the outputs ``collect`` fetched (None: no report,
+        e.g. a job from before the run script wrote one); it replaces the provisioned accelerator."""
+        try:
+            text = (Path(outdir) / NODE_REPORT).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        node = parse_gpu_list(text, source="nvidia-smi -L on the node")
+        return node if node.gpus > 0 else None  # no GPU line: nvidia-smi failed there; the provisioned one stands

@@ -414,6 +414,10 @@ class RunDriver:
             except (LaunchFailed, RetryLater, LauncherUnreachable) as exc:
                 log.warning("run %s: could not collect outputs: %s", self.run_id, exc)
                 return None
+            # A launcher that reads the node's GPUs from the node itself (SkyPilot): that report, not
+            # the launch-time one, is what the rules judge and billing bills.
+            report = getattr(self.launcher, "node_report", None)
+            node = report(outdir) if report is not None else None
             if self.script:
                 if self.run_log.parser.summary.final is None:
                     self.run_log.reread()
@@ -442,6 +446,8 @@ class RunDriver:
                 self.run_log.reread()
             assert isinstance(self.run_log.parser, LogParser)
             values = trainer_outcome(result, self.run_log.parser.summary)
+        if isinstance(node, NodeHardware):
+            values = {**values, "node_hardware": node.to_json()}
 
         def write() -> None:
             with self.session_factory() as session:

@@ -14,6 +14,7 @@ import pytest
 sky = pytest.importorskip("sky")
 from sky import exceptions as sky_exc  # noqa: E402
 
+from service.core.hardware import NodeHardware  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
 from worker.launchers import get_launcher
 from worker.launchers.base import (  # noqa: E402
@@ -26,6 +27,7 @@ from worker.launchers.base import (  # noqa: E402
     RetryLater,
 )
 from worker.launchers.skypilot import (  # noqa: E402
+    NODE_REPORT,
     SkyPilotLauncher,
     hardware_slug,
     job_status_from_sky,
@@ -396,6 +398,15 @@ def test_collect_copies_the_outputs_that_came_back_with_the_logs(tmp_path: Path)
     assert json.loads((out / "result.json").read_text()) == {"status": "succeeded"}
     assert (out / "stdout.log").read_text() == "step:1/1 ...\n"
 
+    assert sp.node_report(out) is None  # no report from the node: the provisioned accelerator stands
+
+    # the node's own nvidia-smi -L, beside the job's log; a file of that name from the job is not it
+    (api.logs_dir / "caddie-output" / NODE_REPORT).write_text("GPU 0: NVIDIA H200 (UUID: forged)\n")
+    assert sp.node_report(sp.collect(handle, tmp_path / "forged")) is None
+    (api.logs_dir / NODE_REPORT).write_text("".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})\n" for i in range(8)))
+    assert sp.node_report(sp.collect(handle, tmp_path / "reported")) == NodeHardware("NVIDIA H100 80GB HBM3", 8, "nvidia-smi -L on the node")
+    (api.logs_dir / "caddie-output" / NODE_REPORT).unlink()
+
     (api.logs_dir / "caddie-output" / "result.json").unlink()
     (api.logs_dir / "caddie-output").rmdir()
     with pytest.raises(LaunchFailed, match="left no outputs"):
@@ -459,7 +470,8 @@ def test_setup_installs_and_downloads_the_data_once_per_cluster(tmp_path: Path) 
 def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch pwned)"), "run-5-abcd")
     fake_torchrun = 'echo "name=$VE_LAYERS out=$OUTPUT_DIR data=$DATA_PATH tok=$TOKENIZER_PATH cwd=$PWD"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3'
-    env = {**_node(tmp_path, {"torchrun": fake_torchrun, "python3": PYTHON3}), **task.envs}
+    smi = 'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"'
+    env = {**_node(tmp_path, {"torchrun": fake_torchrun, "python3": PYTHON3, "nvidia-smi": smi}), **task.envs}
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-123456_caddie-h100x8-5_3")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 3  # SkyPilot marks the job FAILED
@@ -474,6 +486,9 @@ def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(t
             f"--ro {tmp_path} -- torchrun --standalone --nproc_per_node=8 -m trainer") in calls  # sealed
     out = home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output"
     assert (out / "result.json").exists() and not (out / "data").exists()  # the data link does not travel back
+    # the node's GPUs, listed before the job started, beside (not inside) what the job hands back
+    assert (out.parent / NODE_REPORT).read_text() == "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)\n"
+    assert calls.index("nvidia-smi -L") < calls.index("torchrun")
 
 
 def test_run_script_enforces_the_hard_timeout_on_the_node(tmp_path: Path) -> None:
