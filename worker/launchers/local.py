@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,8 @@ def signal_of_exit(rc: int) -> str:
     except ValueError:
         return f"signal {n}"
     hint = ": out of memory, or killed from outside" if n == signal.SIGKILL else ""
+    if n == signal.SIGXFSZ:
+        hint = ": a file it wrote grew past the file-size limit (RLIMIT_FSIZE)"
     return f"signal {n} ({name}){hint}"
 
 
@@ -123,6 +126,22 @@ def _disk_full(workdir: Path) -> str:
     return f"disk full: no space left on {mount_of(workdir)} for the run folder {workdir} ({free:,} bytes free); not retried on this disk"
 
 
+# A line of the job's log that says a write was refused: the disk is full (ENOSPC), the quota
+# is spent (EDQUOT), or a file hit the process's file-size limit (EFBIG). Python prints the
+# errno only ("OSError: [Errno 28] No space left on device"), never which folder.
+_WRITE_REFUSED = re.compile(r"\[Errno (?:28|122|27)\]|No space left on device|Disk quota exceeded|File too large")
+
+
+def write_refused(log_tail: str, workdir: Path, mount: Path) -> str:
+    """Why the job failed if its log says a write was refused, naming the run folder and its disk; else "" (pure)."""
+    line = next((ln.strip() for ln in reversed(log_tail.splitlines()) if _WRITE_REFUSED.search(ln)), "")
+    if not line:
+        return ""
+    if "File too large" in line or "[Errno 27]" in line:
+        return f"file-size limit: a write in the run folder {workdir} (disk {mount}) was refused: {line[:300]}"
+    return f"disk full: a write in the run folder {workdir} (disk {mount}) was refused: {line[:300]}; not retried on this disk"
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -130,14 +149,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _last_error_line(log: Path, tail_bytes: int = 64 * 1024) -> str:
-    """The most telling line near the end of the log (logparse.failure_reason)."""
+def _log_tail(log: Path, tail_bytes: int = 64 * 1024) -> str:
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, log.stat().st_size - tail_bytes))
-            return failure_reason(fh.read().decode("utf-8", errors="replace"))
+            return fh.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def _last_error_line(log: Path) -> str:
+    """The most telling line near the end of the log (logparse.failure_reason)."""
+    return failure_reason(_log_tail(log))
 
 
 class LocalLauncher:
@@ -333,6 +356,8 @@ class LocalLauncher:
         killed_by = signal_of_exit(rc)
         if killed_by:
             return JobStatus(JobState.FAILED, rc, f"trainer killed by {killed_by}")
+        if refused := write_refused(_log_tail(workdir / STDOUT_LOG), workdir, mount_of(workdir)):
+            return JobStatus(JobState.FAILED, rc, refused)  # space may be back by now: the log says what the disk did
         result = _read_json(workdir / "result.json") or {}
         detail = result.get("error") or _last_error_line(workdir / STDOUT_LOG) or "no output"
         return JobStatus(JobState.FAILED, rc, f"trainer exited with code {rc}: {detail}")
