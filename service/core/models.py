@@ -472,3 +472,6 @@ class WebhookDelivery(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    # The last try's host (never the URL's path: the endpoint's secret) and HTTP status (None: no answer).
+    host: Mapped[str | None] = mapped_column(String(255))
+    status_code: Mapped[int | None]

@@ -57,6 +57,7 @@ from service.runs.submit import submit_runs
 from service.teams import accounts, tokens as security
 from service.teams.tokens import Principal
 from service.web import charts, session as web_session
+from service.webhooks import history as webhook_history
 from service.webhooks.address import masked as masked_webhook
 from trainer.config import TrainerConfig
 
@@ -541,6 +542,16 @@ def set_webhook(request: Request, name: str, user: User, session: SessionDep, se
     accounts.set_webhook_url(session, team, url or None, allow_private=settings.webhook_allow_private)
     session.commit()
     return back("/teams")
+
+
+@router.get("/teams/{name}/deliveries", response_class=HTMLResponse)
+def deliveries_page(request: Request, name: str, user: User, session: SessionDep) -> HTMLResponse:
+    """The team's recent webhook notifications: event, host, HTTP status, tries, last error (the team's members)."""
+    team = accounts.get_team(session, name)
+    if not user.can_see_team(team.id):
+        raise NotFound("team", name)
+    return render(request, "deliveries.html", user, team=team, deliveries=webhook_history.recent_deliveries(session, team.id),
+                  limit=webhook_history.PAGE_ROWS)  # fmt: skip
 
 
 @router.post("/teams/{name}/accept")

@@ -12,8 +12,10 @@ followed: one could lead inside.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import delete, select, update
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session
 from service.core.db import rowcount
 from service.core.models import Team, WebhookDelivery, utcnow
 from service.core.settings import Settings
-from service.webhooks.address import BadWebhookUrl, Resolver, pin, resolve
+from service.webhooks.address import Resolver, pin, resolve
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
             url = session.scalar(select(Team.webhook_url).where(Team.id == row.team_id))
             body, team_id, row_id = row.body, row.team_id, row.id
             session.commit()
-            error = "the team has no webhook now" if not url else _post(client, url, body, settings, resolver)
+            tried = Try("the team has no webhook now") if not url else _post(client, url, body, settings, resolver)
+            error = tried.error
             done = error is None
             values: dict[str, Any]
             if done:
@@ -66,6 +69,7 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
                 values = {"status": FAILED, "last_error": f"gave up after {attempt} tries: {error}"[:MAX_ERROR_CHARS]}
             else:
                 values = {"last_error": (error or "")[:MAX_ERROR_CHARS], "next_attempt_at": utcnow() + timedelta(seconds=retry_delay_s(attempt, settings.webhook_backoff_s))}
+            values.update(host=tried.host, status_code=tried.status_code)
             session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row_id).values(**values), execution_options={"synchronize_session": False})
             session.commit()
             if not done:
@@ -73,26 +77,41 @@ def deliver_due(session: Session, settings: Settings, *, now: datetime | None = 
     return sent
 
 
-def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settings, resolver: Resolver) -> str | None:
-    """POST ``body``; None if the endpoint took it (2xx), else why not (never the URL's path: it is the endpoint's secret)."""
+@dataclass(frozen=True)
+class Try:
+    """What one POST came to: ``error`` None if the endpoint took it; the host tried (None: none) and
+    the HTTP status it answered (None: no answer)."""
+
+    error: str | None
+    host: str | None = None
+    status_code: int | None = None
+
+
+def _post(client: httpx.Client, url: str, body: dict[str, Any], settings: Settings, resolver: Resolver) -> Try:
+    """POST ``body`` (never naming the URL's path in an error: it is the endpoint's secret)."""
+    try:
+        name = (urlsplit(url).hostname or "")[:255] or None
+    except ValueError:  # a URL urlsplit cannot read: pin says why below
+        name = None
     try:
         to = pin(url, allow_private=settings.webhook_allow_private, resolver=resolver)
-    except BadWebhookUrl as exc:
-        return f"URL refused: {exc}"
+    except ValueError as exc:  # BadWebhookUrl, or a URL urlsplit cannot read
+        return Try(f"URL refused: {exc}", name)
     host = to.host if to.host == to.address else f"{to.host} ({to.address})"
     extensions = {"sni_hostname": to.sni_hostname} if to.sni_hostname else None
     try:
         # Streamed and never read: a huge answer costs nothing.
         with client.stream("POST", to.url, json=body, headers={"Host": to.host_header}, extensions=extensions) as response:
-            if 200 <= response.status_code < 300:
-                return None
-            if 300 <= response.status_code < 400:
-                return f"HTTP {response.status_code} from {host}: a redirect (not followed)"
-            return f"HTTP {response.status_code} from {host}"
+            code = response.status_code
+            if 200 <= code < 300:
+                return Try(None, name, code)
+            if 300 <= code < 400:
+                return Try(f"HTTP {code} from {host}: a redirect (not followed)", name, code)
+            return Try(f"HTTP {code} from {host}", name, code)
     except httpx.TimeoutException:
-        return f"no answer from {host} within {settings.webhook_timeout_s:g} s"
+        return Try(f"no answer from {host} within {settings.webhook_timeout_s:g} s", name)
     except httpx.HTTPError as exc:
-        return f"{type(exc).__name__} from {host}: {str(exc).replace(to.url, to.host).replace(url, to.host)}"
+        return Try(f"{type(exc).__name__} from {host}: {str(exc).replace(to.url, to.host).replace(url, to.host)}", name)
 
 
 def prune_deliveries(session: Session, *, days: float, now: datetime) -> int:

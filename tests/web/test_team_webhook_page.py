@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.models import Team
+from service.core.models import Team, WebhookDelivery, utcnow
 from tests.world import World
 
 
@@ -24,3 +24,32 @@ def test_team_admins_set_the_webhook_on_the_teams_page(world: World, browser_for
     assert session.scalar(select(Team.webhook_url).where(Team.name == "team-a")) == "https://1.1.1.1/services/T0/secret"
     assert aaron.post("/teams/team-a/webhook", {"url": ""}, csrf_from="/teams").status_code == 303  # empty: removed
     assert "no webhook" in aaron.c.get("/teams").text
+
+
+def test_the_deliveries_page_lists_the_teams_notifications(world: World, browser_for, session: Session) -> None:  # noqa: ANN001
+    team_a = session.scalar(select(Team).where(Team.name == "team-a"))
+    team_b = session.scalar(select(Team).where(Team.name == "team-b"))
+    now = utcnow()
+    session.add_all([
+        WebhookDelivery(team_id=team_a.id, event="run.finished", body={"run_id": 7}, status="sent", attempts=1, next_attempt_at=now, last_error="",
+                        host="hooks.example.org", status_code=204, sent_at=now),
+        WebhookDelivery(team_id=team_a.id, event="group.finished", body={"group": "abcdef0123456789"}, status="failed", attempts=5,
+                        next_attempt_at=now, last_error="gave up after 5 tries: HTTP 500 from hooks.example.org", host="hooks.example.org",
+                        status_code=500),
+        WebhookDelivery(team_id=team_b.id, event="sweep.finished", body={"sweep_id": 3}, status="pending", attempts=0, next_attempt_at=now,
+                        last_error="", host="b-only.example.org"),
+    ])  # fmt: skip
+    session.commit()
+    alice = browser_for(world.tokens["alice"])  # a member of team A
+    assert 'href="/teams/team-a/deliveries"' in alice.c.get("/teams").text
+    page = alice.c.get("/teams/team-a/deliveries")
+    assert page.status_code == 200
+    html = page.text
+    assert html.index("group.finished") < html.index("run.finished")  # newest first
+    for shown in ("run 7", "group abcdef012345", "hooks.example.org", ">204<", ">500<", "gave up after 5 tries: HTTP 500", ">5<"):
+        assert shown in html, shown
+    assert "b-only.example.org" not in html and "sweep.finished" not in html  # another team's
+    assert alice.c.get("/teams/team-b/deliveries").status_code == 404  # not alice's team
+    assert alice.c.get("/teams/nope/deliveries").status_code == 404
+    bob = browser_for(world.tokens["bob"]).c.get("/teams/team-b/deliveries").text
+    assert "b-only.example.org" in bob and "sweep 3" in bob and "next try" in bob and "run.finished" not in bob

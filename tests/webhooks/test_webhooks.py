@@ -229,6 +229,7 @@ def test_a_dead_endpoint_is_retried_then_given_up(hook_client: TestClient, hook_
     assert deliver_due(session, hook_settings) == 0
     [row] = _deliveries(session)
     assert (row.status, row.attempts) == ("pending", 1) and "ConnectError from 127.0.0.1" in row.last_error and "/hook" not in row.last_error
+    assert (row.host, row.status_code) == ("127.0.0.1", None)  # no answer
     wait = (row.next_attempt_at - utcnow()).total_seconds()
     assert 8 < wait <= 10  # webhook_backoff_s
     assert deliver_due(session, hook_settings) == 0 and _deliveries(session)[0].attempts == 1  # not due yet
@@ -250,6 +251,7 @@ def test_an_endpoint_that_refuses_is_retried(hook_client: TestClient, hook_setti
         deliver_due(session, hook_settings)
         [row] = _deliveries(session)
         assert len(refusing.bodies) == 1 and (row.status, row.last_error) == ("pending", "HTTP 500 from 127.0.0.1")
+        assert (row.host, row.status_code) == ("127.0.0.1", 500)
     finally:
         refusing.close()
 
@@ -297,6 +299,8 @@ def test_the_post_connects_to_the_resolved_address_with_the_name_as_host(hook_cl
     dns = Resolver(["127.0.0.1"])
     assert deliver_due(session, hook_settings, resolver=dns) == 1
     assert dns.calls == 1 and receiver.hosts == [f"hook.invalid:{receiver.server.server_address[1]}"] and receiver.paths == ["/hook/secret-path"]
+    [row] = _deliveries(session)
+    assert (row.status, row.host, row.status_code) == ("sent", "hook.invalid", 200)  # what the deliveries page shows
 
 
 def test_a_rebinding_name_cannot_swap_the_checked_address(hook_client: TestClient, hook_settings: Settings, world, spec,  # noqa: ANN001
