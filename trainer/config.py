@@ -12,7 +12,6 @@ it, and the web form and API docs are generated from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -382,11 +381,6 @@ class TrainerConfig:
         environ = os.environ if environ is None else environ
         values = {cls.env_name(f): environ[cls.env_name(f)] for f in cls.knobs() if cls.env_name(f) in environ}
         return cls.from_dict(values)
-
-    @classmethod
-    def from_json_file(cls, path: str) -> "TrainerConfig":
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
     def to_dict(self) -> dict[str, Any]:
         """Field-name keyed values (JSON-serialisable)."""

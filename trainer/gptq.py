@@ -40,7 +40,7 @@ def collect_hessians(model: nn.Module, batches, linear_type: type) -> dict[str, 
             sums[name] = torch.zeros(x.size(1), x.size(1), dtype=torch.float32, device=x.device)
         sums[name].addmm_(x.T, x)
 
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=name + ".weight": add(n, inp[0]))
+    hooks = [m.register_forward_hook(lambda _mod, inp, _out, n=name + ".weight": add(n, inp[0]))
              for name, m in model.named_modules() if isinstance(m, linear_type)]
     n = 0
     was_training = model.training

@@ -37,7 +37,7 @@ from service.core.storage import artifact_key
 
 log = logging.getLogger(__name__)
 
-# How a run's archived log is known (service.runs.logs.is_archive; repeated here because the log
+# How a run's archived log is known (service.runs.logs.archive_row; repeated here because the log
 # module writes through this one).
 LOG_KIND = "log"
 LOG_SUFFIX = "/" + artifact_key(0, LOG_KIND, "stdout.log").split("/", 2)[2]
@@ -93,11 +93,6 @@ def name_script_files(session: Session, team_id: int, config: Mapping[str, Any])
     shas = sorted({str(config.get("script")), *(str(sha) for sha in (config.get("files") or {}).values())})
     rows = [dict(team_id=team_id, sha256=sha) for sha in shas]
     session.execute(_insert(session)(TeamScriptFile).values(rows).on_conflict_do_nothing(index_elements=["team_id", "sha256"]))
-
-
-def script_bytes(session: Session, team_id: int) -> int:
-    """Bytes of the script files the team's groups name that are stored (each file once)."""
-    return int(session.scalar(_script_bytes_query(team_id)) or 0)
 
 
 def _script_bytes_query(team_id: int) -> Select[int]:

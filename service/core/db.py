@@ -79,11 +79,6 @@ def get_sessionmaker(url: str | None = None, settings: Settings | None = None) -
         return maker
 
 
-def SessionLocal(url: str | None = None) -> Session:  # noqa: N802 (reads like a class at call sites)
-    """A new session on the default (or given) database."""
-    return get_sessionmaker(url)()
-
-
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session that commits when the block ends and rolls back on an exception."""
@@ -110,4 +105,4 @@ def dispose_engines() -> None:
 def rowcount(result: Result[Any]) -> int:
     """Rows an UPDATE or DELETE matched. Its result is a CursorResult at run time; the typed
     Session.execute says only Result, which has no rowcount."""
-    return cast("CursorResult[Any]", result).rowcount
+    return cast(CursorResult[Any], result).rowcount

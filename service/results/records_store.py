@@ -8,7 +8,7 @@ like a group; it is never added to the session.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -134,7 +134,3 @@ def frontier(session: Session, track: str, exclude_failed: bool = True) -> Any:
 
 def is_record_ref(key: str | None) -> bool:
     return bool(key) and str(key).startswith(RECORD_PREFIX)
-
-
-def read_records(paths: Sequence[Any]) -> list[pr.PublicRecord]:
-    return [pr.read_record(p) for p in paths]

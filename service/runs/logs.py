@@ -54,11 +54,6 @@ class LogSlice:
     done: bool
 
 
-def is_archive(artifact: Artifact) -> bool:
-    """The row of a run's archived log (not a trainer's train.log, not a model)."""
-    return artifact.kind == ARCHIVE_KIND and artifact.uri.endswith(ARCHIVE_SUFFIX)
-
-
 def archive_row(session: Session, run_id: int) -> Artifact | None:
     """The artifacts row of the run's archived log, if it has one."""
     query = select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == ARCHIVE_KIND, Artifact.uri.endswith(ARCHIVE_SUFFIX))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -139,18 +138,13 @@ def list_events(session: Session, principal: Principal, run_id: int) -> list[Run
     return list(session.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
 
 
-def list_metrics(session: Session, principal: Principal, run_id: int) -> list[Metric]:
-    visible_run(session, principal, run_id)
-    return list(session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id)))
-
-
 # What charts need of a metric row, read as plain rows: for a run with 20,000
 # points this took 150-190 ms against 416 ms for ORM objects (SQLite, a loaded 2-core machine).
 _POINT_COLUMNS = (Metric.kind, Metric.step, Metric.train_loss, Metric.val_loss, Metric.val_bpb, Metric.elapsed_ms)
 
 
 def metric_points(session: Session, principal: Principal, run_id: int) -> list[Any]:
-    """The points of the run's latest attempt, as rows with ``list_metrics``' attribute names
+    """The points of the run's latest attempt, as rows with the Metric columns' names
     (``row.step``, ``row.val_bpb``, ...): a requeued run's curve starts again at step 1, and
     drawing every attempt on one axis would zigzag (the API's /metrics keeps them all)."""
     visible_run(session, principal, run_id)
@@ -164,7 +158,3 @@ def visible_run(session: Session, principal: Principal, run_id: int) -> tuple[in
     if row is None or not principal.can_see_team(row.team_id):
         raise NotFound("run", run_id)
     return row.team_id, row.status
-
-
-def runs_by_ids(session: Session, ids: Sequence[int]) -> list[Run]:
-    return with_names(session, list(ids))
