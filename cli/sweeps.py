@@ -109,14 +109,27 @@ def sweep_commands(friendly: Callable[[Any], Any], api: Callable[[], AbstractCon
 
     @sweep_app.command("list")
     @friendly
-    def list_(team: Annotated[str | None, typer.Option(help="only this team's sweeps")] = None) -> None:
+    def list_(
+        team: Annotated[str | None, typer.Option(help="only this team's sweeps")] = None,
+        limit: Annotated[int, typer.Option(min=1, max=200, help="sweeps per page")] = 50,
+        all_: Annotated[bool, typer.Option("--all", help="every sweep, page after page")] = False,
+    ) -> None:
         """Your teams' sweeps, newest first."""
+        items: list[dict[str, Any]] = []
+        cursor = None
         with api() as client:
-            items = client.request("GET", PREFIX, params={"team": team})["items"]
+            while True:
+                page = client.request("GET", PREFIX, params={"team": team, "limit": limit, "cursor": cursor})
+                items += page["items"]
+                cursor = page.get("next_cursor")
+                if not all_ or cursor is None:
+                    break
         if not items:
             out.print("no sweeps", markup=False)
             return
         out.print(sweeps_table(items))
+        if cursor is not None:
+            out.print(f"showing the newest {len(items)}; more with --all or --limit", markup=False, style="dim")
 
     @sweep_app.command("show")
     @friendly

@@ -93,3 +93,4 @@ class SweepOut(BaseModel):
 
 class SweepPage(BaseModel):
     items: list[SweepOut]
+    next_cursor: str | None = None  # the cursor of the next page; None on the last

@@ -11,6 +11,8 @@ by the next one, which submits the same runs again and gets the first ones back.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import statistics
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.core.bodies import ID_MAX
 from service.core.errors import Conflict, DomainError, Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import Run, Sweep, SweepTrial, Team, User, utcnow
 from service.core.settings import Settings
@@ -108,13 +111,37 @@ def get_sweep(session: Session, principal: Principal, sweep_id: int) -> Sweep:
     return sweep
 
 
-def list_sweeps(session: Session, principal: Principal, *, team: str | None = None, limit: int = 50) -> list[Sweep]:
-    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit)
+def encode_cursor(sweep_id: int) -> str:
+    """The next page starts below this sweep (as /runs' cursor, its own prefix: one is not the other's)."""
+    return base64.urlsafe_b64encode(f"s{sweep_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        sweep_id = int(raw[1:])
+        if not 1 <= sweep_id <= ID_MAX:
+            raise ValueError(raw)
+        return sweep_id
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput([Issue(("query", "cursor"), "not a cursor from a previous page of /sweeps", cursor)]) from None
+
+
+def list_sweeps(session: Session, principal: Principal, *, team: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Sweep], str | None]:
+    """The caller's teams' sweeps, newest first, ``limit`` a page, and the cursor of the next page (None: the last).
+
+    Keyset on the id, so a sweep submitted while paging never shifts a page."""
+    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit + 1)
     if not principal.is_admin:
         query = query.where(Sweep.team_id.in_(list(principal.roles) or [-1]))
     if team is not None:
         query = query.join(Team, Team.id == Sweep.team_id).where(Team.name == team)
-    return list(session.scalars(query))
+    if cursor:
+        query = query.where(Sweep.id < decode_cursor(cursor))
+    rows = list(session.scalars(query))
+    return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
 
 
 def _may_change(principal: Principal, sweep: Sweep) -> None:

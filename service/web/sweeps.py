@@ -17,7 +17,7 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 @router.get("/sweeps", response_class=HTMLResponse)
 def sweeps_page(request: Request, user: User, session: SessionDep) -> HTMLResponse:
-    items = [store.sweep_out(session, s, with_trials=False) for s in store.list_sweeps(session, user, limit=200)]
+    items = [store.sweep_out(session, s, with_trials=False) for s in store.list_sweeps(session, user, limit=200)[0]]
     return render(request, "sweeps.html", user, sweeps=items)
 
 

@@ -50,3 +50,14 @@ def test_sweep_commands(caddie: Caddie, tmp_path: Path) -> None:
     assert "space.MATRIX_LR.high" in error and "must be <= 10" in error, error
     path.write_text(SWEEP + "bogus: 1\n")
     assert "unknown key(s) bogus" in caddie.fails("sweep", "submit", str(path))
+
+
+def test_sweep_list_follows_the_cursor(caddie: Caddie, tmp_path: Path) -> None:
+    for name in ("first-sweep", "second-sweep", "third-sweep"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(SWEEP.replace("name: layers", f"name: {name}"))
+        caddie.ok("sweep", "submit", str(path))
+    one = caddie.ok("sweep", "list", "--limit", "1").stdout
+    assert "third-sweep" in one and "second-sweep" not in one and "more with --all" in one
+    every = caddie.ok("sweep", "list", "--limit", "1", "--all").stdout
+    assert all(n in every for n in ("first-sweep", "second-sweep", "third-sweep")) and "more with --all" not in every

@@ -151,3 +151,22 @@ def test_the_best_trial_is_promoted_to_more_seeds_in_its_group(client: TestClien
     shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
     assert shown["status"] == "done" and "promoted trial(s) #2 to 3 seeds" in shown["status_reason"], shown["status_reason"]
     assert abs(shown["trials"][1]["value"] - (1.20 + 1.21 + 1.21) / 3) < 1e-9
+
+
+def test_the_sweep_list_pages_with_a_cursor(client: TestClient, world: World) -> None:
+    made = [client.post("/api/v1/sweeps", json=sweep_body(name=f"s{i}"), headers=world.h("alice")).json()["id"] for i in range(5)]
+    client.post("/api/v1/sweeps", json=sweep_body(name="other"), headers=world.h("bob"))  # another team's: never on alice's pages
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = client.get("/api/v1/sweeps", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=world.h("alice")).json()
+        seen += [s["id"] for s in page["items"]]
+        cursor, pages = page["next_cursor"], pages + 1
+        if cursor is None:
+            break
+    assert seen == made[::-1] and pages == 3  # newest first, each once
+    assert client.get("/api/v1/sweeps", params={"limit": 5}, headers=world.h("alice")).json()["next_cursor"] is None  # exactly one page
+    for bad in ("garbage!", "cjEw", "czA", "s5"):  # not base64; a /runs cursor ("r10"); id 0; not encoded
+        r = client.get("/api/v1/sweeps", params={"cursor": bad}, headers=world.h("alice"))
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "cursor"], (bad, r.text)

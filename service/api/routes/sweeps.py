@@ -26,8 +26,11 @@ def list_sweeps(
     session: SessionDep,
     team: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
 ) -> SweepPage:
-    return SweepPage(items=[store.sweep_out(session, s, with_trials=False) for s in store.list_sweeps(session, user, team=team, limit=limit)])
+    """Newest first; ``next_cursor`` (null on the last page) gives the next page."""
+    items, next_cursor = store.list_sweeps(session, user, team=team, limit=limit, cursor=cursor)
+    return SweepPage(items=[store.sweep_out(session, s, with_trials=False) for s in items], next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut)
