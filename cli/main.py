@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -497,7 +498,7 @@ def team_list() -> None:
         hook = f"; webhook {t['webhook']}" if t.get("webhook") else ""
         out.print(printable(f"{t['name']}: {members or 'no members'}{hook}"), markup=False)
     for inv in me.get("invitations", []):
-        out.print(printable(f"invited to {inv['team']} as {inv['role']}: caddie team accept {inv['team']}"), markup=False)
+        out.print(printable(f"invited to {inv['team']} as {inv['role']}: caddie team accept {inv['team']} (or decline)"), markup=False)
 
 
 @team_app.command("invite")
@@ -520,6 +521,27 @@ def team_accept(team: Annotated[str, typer.Argument(help="the team that invited 
     with api() as client:
         client.request("POST", f"/api/v1/teams/{team}/accept", not_found=f"no invitation to team {team}")
     out.print(printable(f"you are now a member of {team}"), markup=False)
+
+
+@team_app.command("decline")
+@friendly
+def team_decline(team: Annotated[str, typer.Argument(help="the team that invited you")]) -> None:
+    """Decline your invitation to TEAM."""
+    with api() as client:
+        client.request("POST", f"/api/v1/teams/{team}/decline", not_found=f"no invitation to team {team}")
+    out.print(printable(f"invitation to {team} declined"), markup=False)
+
+
+@team_app.command("remove")
+@friendly
+def team_remove(
+    team: Annotated[str, typer.Argument(help="your team")],
+    user: Annotated[str, typer.Argument(help="the member to remove (your own name: leave the team)")],
+) -> None:
+    """Remove USER from TEAM (team admins; any member may remove themself). The last admin stays."""
+    with api() as client:
+        client.request("DELETE", f"/api/v1/teams/{quote(team, safe='')}/members/{quote(user, safe='')}")
+    out.print(printable(f"{user} is no longer a member of {team}"), markup=False)
 
 
 @team_app.command("webhook")

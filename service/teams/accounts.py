@@ -146,8 +146,15 @@ def _admins(session: Session, team_id: int) -> int:
     return len(session.scalars(select(Membership.id).where(Membership.team_id == team_id, Membership.role == "admin")).all())
 
 
+def _lock_team(session: Session, team_id: int) -> None:
+    # Two admins stepping down or removing each other at once must not both see "another admin
+    # is left": whoever changes a team's admins holds the team's row until commit.
+    session.execute(select(Team.id).where(Team.id == team_id).with_for_update())
+
+
 def set_role(session: Session, membership: Membership, role: str) -> None:
     """Change a member's role; a team never loses its last admin (it could not be managed again)."""
+    _lock_team(session, membership.team_id)
     if membership.role == "admin" and role != "admin" and _admins(session, membership.team_id) <= 1:
         raise Conflict("the last admin of a team cannot step down; make another member admin first")
     membership.role = role
@@ -185,6 +192,37 @@ def accept(session: Session, user_id: int, team_name: str) -> Membership:
     membership.role = membership.role.removeprefix(INVITED)
     session.flush()
     return membership
+
+
+def decline(session: Session, user_id: int, team_name: str) -> None:
+    """The invited user declines: the invitation is gone (the team may invite them again)."""
+    membership = session.scalar(
+        select(Membership).join(Team, Team.id == Membership.team_id)
+        .where(Team.name == team_name, Membership.user_id == user_id, Membership.role.startswith(INVITED))
+    )
+    if membership is None:
+        raise NotFound("invitation to team", team_name)
+    session.delete(membership)
+    session.flush()
+
+
+def remove_member(session: Session, team: Team, user_name: str) -> bool:
+    """Take ``user_name`` out of ``team`` (a team admin, a global admin, or the member leaving):
+    True. The team keeps at least one admin (Conflict). False where the name is no member: a
+    pending invitation of that name is then withdrawn (the caller commits it), and the caller
+    answers as for a name that does not exist, so the answer does not tell which users exist.
+    The member's runs stay the team's."""
+    _lock_team(session, team.id)
+    membership = session.scalar(
+        select(Membership).join(User, User.id == Membership.user_id).where(Membership.team_id == team.id, User.name == user_name)
+    )
+    if membership is None:
+        return False
+    if membership.role == "admin" and _admins(session, team.id) <= 1:
+        raise Conflict(f"{user_name!r} is the last admin of team {team.name!r} and cannot be removed; make another member admin first")
+    session.delete(membership)
+    session.flush()
+    return membership.role in ACTIVE_ROLES
 
 
 def invitations(session: Session, user_id: int) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import STATUS
 from service.billing import usage
 from service.core.bodies import ID_MAX
-from service.core.errors import DomainError, InvalidInput, Issue, NotFound, Unauthorized
+from service.core.errors import DomainError, Forbidden, InvalidInput, Issue, NotFound, Unauthorized
 from service.core.hooks import call_on_submit_hook
 from service.queue import positions as queue
 from service.results import queries
@@ -559,4 +559,30 @@ def accept_invitation(request: Request, name: str, user: User, session: SessionD
     web_session.check_csrf(request, csrf)
     accounts.accept(session, user.user_id, name)
     session.commit()
+    return back("/teams")
+
+
+@router.post("/teams/{name}/decline")
+def decline_invitation(request: Request, name: str, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
+    web_session.check_csrf(request, csrf)
+    accounts.decline(session, user.user_id, name)
+    session.commit()
+    return back("/teams")
+
+
+@router.post("/teams/{name}/remove")
+def remove_member(request: Request, name: str, user: User, session: SessionDep, member: Annotated[str, Form(alias="user", max_length=100)] = "",
+                  csrf: CsrfField = "") -> RedirectResponse:
+    """As DELETE /teams/{name}/members/{user}: team admins remove members; a member may leave."""
+    web_session.check_csrf(request, csrf)
+    team = accounts.get_team(session, name)
+    if not user.can_see_team(team.id):
+        raise NotFound("team", name)
+    member = member.strip()
+    if not user.can_manage_team(team.id) and member != user.name:
+        raise Forbidden(f"only admins of team {name!r} may remove other members")
+    removed = accounts.remove_member(session, team, member)
+    session.commit()
+    if not removed:
+        raise NotFound(f"member of team {name!r}", member)
     return back("/teams")

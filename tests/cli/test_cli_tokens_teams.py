@@ -1,5 +1,5 @@
 """Tokens and memberships from the CLI as from the web: create, list, revoke, invite,
-accept; and the hint `caddie up` prints names commands that exist."""
+accept, decline, remove and leave; and the hint `caddie up` prints names commands that exist."""
 
 from __future__ import annotations
 
@@ -37,6 +37,30 @@ def test_a_team_admin_invites_and_the_user_accepts(caddie: Caddie) -> None:
     assert "member of golfers" in caddie.ok("team", "accept", "golfers", CADDIE_TOKEN=zed).stdout
     assert "zed (member)" in caddie.ok("team", "list").stdout
     assert [t["name"] for t in api_get(caddie, "/api/v1/teams").json()] == ["golfers"]
+
+
+def test_an_invited_user_declines_a_member_leaves_and_an_admin_removes_one_but_not_the_last_admin(caddie: Caddie) -> None:
+    caddie.ok("admin", "create-team", "elsewhere")
+    for name in ("yan", "yul"):
+        caddie.ok("admin", "create-user", name, "--team", "elsewhere")
+    yan, yul = (caddie.ok("admin", "create-token", n).stdout.strip() for n in ("yan", "yul"))
+    caddie.ok("team", "invite", "golfers", "yan")
+    assert "caddie team accept golfers (or decline)" in caddie.ok("team", "list", CADDIE_TOKEN=yan).stdout
+    assert caddie.fails("team", "decline", "nowhere", CADDIE_TOKEN=yan) == "no invitation to team nowhere"
+    assert "invitation to golfers declined" in caddie.ok("team", "decline", "golfers", CADDIE_TOKEN=yan).stdout
+    assert "invited" not in caddie.ok("team", "list", CADDIE_TOKEN=yan).stdout
+    assert caddie.fails("team", "accept", "golfers", CADDIE_TOKEN=yan) == "no invitation to team golfers"
+    # Invited again, both join; a member may not remove another, but may leave.
+    for name, token in (("yan", yan), ("yul", yul)):
+        caddie.ok("team", "invite", "golfers", name)
+        caddie.ok("team", "accept", "golfers", CADDIE_TOKEN=token)
+    assert caddie.fails("team", "remove", "golfers", "yul", CADDIE_TOKEN=yan).startswith("not allowed: only admins of team 'golfers'")
+    assert "yan is no longer a member of golfers" in caddie.ok("team", "remove", "golfers", "yan", CADDIE_TOKEN=yan).stdout
+    assert "yul is no longer a member of golfers" in caddie.ok("team", "remove", "golfers", "yul").stdout
+    listing = caddie.ok("team", "list").stdout
+    assert "yan (" not in listing and "yul (" not in listing
+    assert "member of team 'golfers'" in caddie.fails("team", "remove", "golfers", "yul")
+    assert "last admin of team 'golfers'" in caddie.fails("team", "remove", "golfers", "ann")
 
 
 def test_the_hint_caddie_up_prints_names_commands_that_exist(caddie: Caddie) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from service.api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from service.billing import accounting
@@ -59,6 +59,31 @@ def accept_invitation(name: str, user: CurrentUser, session: SessionDep) -> Team
     membership = accounts.accept(session, user.user_id, name)
     session.commit()
     return TeamOut.of(membership.team, accounts.team_members(session, membership.team_id))
+
+
+@router.post("/{name}/decline", status_code=204)
+def decline_invitation(name: str, user: CurrentUser, session: SessionDep) -> Response:
+    """Decline your invitation to a team: it is gone, and you join nothing."""
+    accounts.decline(session, user.user_id, name)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.delete("/{name}/members/{member}", status_code=204)
+def remove_member(name: str, member: Annotated[str, Path(max_length=100)], user: CurrentUser, session: SessionDep) -> Response:
+    """Remove a member (team admins and global admins; any member may remove themself: leave).
+    The team's last admin stays (409). A name that is not a member answers 404, whether or not
+    the user exists (a pending invitation of that name is withdrawn)."""
+    team = accounts.get_team(session, name)
+    if not user.can_see_team(team.id):
+        raise NotFound("team", name)
+    if not user.can_manage_team(team.id) and member != user.name:
+        raise Forbidden(f"only admins of team {name!r} may remove other members")
+    removed = accounts.remove_member(session, team, member)
+    session.commit()
+    if not removed:
+        raise NotFound(f"member of team {name!r}", member)
+    return Response(status_code=204)
 
 
 @router.patch("/{name}", response_model=TeamOut)
