@@ -21,7 +21,7 @@ from cli.client import CaddieClient, CaddieError
 from service.core.text import printable
 
 SWEEP_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "base", "space", "strategy", "seeds", "max_trials",
-              "max_parallel", "budget_gpu_hours", "prune", "sampler_seed", "promote")  # fmt: skip
+              "max_parallel", "budget_gpu_hours", "prune", "pruner", "sampler_seed", "promote")  # fmt: skip
 PREFIX = "/api/v1/sweeps"
 
 
@@ -69,8 +69,12 @@ def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
                     f"{spec['max_trials']} trials at most, {spec['max_parallel']} at once; budget "
                     f"{'none' if budget is None else f'{budget:g} GPU-hours'}; {s['track']} on {s['hardware']}")  # fmt: skip
     prune = spec.get("prune")
-    yield ("pruning: off" if not prune else
-           f"pruning: margin {prune['margin']:g} bpb at confidence {prune['confidence']:g}, from step {prune['min_step']}")  # fmt: skip
+    if not prune:
+        yield "pruning: off"
+    elif prune.get("pruner") == "median":
+        yield f"pruning: Optuna's median pruner on the train loss, from step {prune['min_step']}, after {prune.get('startup_trials', 3)} complete trials"
+    else:
+        yield f"pruning: margin {prune['margin']:g} bpb at confidence {prune['confidence']:g}, from step {prune['min_step']}"
     promote = spec.get("promote")
     if promote:
         yield f"promotion: the best {promote['top']} trial(s) on seeds {promote['seeds']} too, once the search is over"
@@ -84,7 +88,7 @@ def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
     for t in s.get("trials") or []:
         knobs = ", ".join(f"{k}={v}" for k, v in t["params"].items())
         mark = " best" if t["number"] == best else ""
-        value = _figure(t["value"]) + (" (pred.)" if t["status"] == "pruned" else "")
+        value = _figure(t["value"]) + (" (pred.)" if t["status"] == "pruned" and t["value"] is not None else "")
         table.add_row(f"{t['number']}{mark}", t["status"], value, _figure(t["gpu_hours"], 2), ",".join(map(str, t["run_ids"])),
                       printable(knobs), printable(t["reason"]))  # fmt: skip
     yield table

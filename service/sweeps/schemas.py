@@ -14,7 +14,8 @@ MAX_PARALLEL = 64
 
 
 class PruneSpec(Strict):
-    """Stop a trial whose predicted final val_bpb is worse than the best trial's (service.sweeps.plan.judge_prune)."""
+    """When to stop a trial early: the curve pruner (service.sweeps.plan.judge_prune) stops one whose predicted final val_bpb
+    is worse than the best trial's; the median pruner (service.sweeps.pruners) one whose train loss trails the median."""
 
     enabled: bool = True
     # Default from bench/results/sweeps.md: at 0.005 and 0.95 no simulated sweep lost its best trial.
@@ -22,6 +23,7 @@ class PruneSpec(Strict):
     confidence: float = Field(0.95, ge=0.5, le=0.999, description="one-sided probability, under the predictor's prediction interval, "
                                                                   "that the trial ends worse than best + margin")
     min_step: int = Field(500, ge=1, le=1_000_000, description="no pruning before this training step")
+    startup_trials: int = Field(3, ge=1, le=100, description="pruner median only: complete trials before any trial is pruned")
 
 
 class PromoteSpec(Strict):
@@ -48,6 +50,9 @@ class SweepCreate(Strict):
     max_parallel: int = Field(2, ge=1, le=MAX_PARALLEL, description="trials at once")
     budget_gpu_hours: float | None = Field(None, gt=0, le=1e6, description="GPU-hours the sweep may spend or commit (runs' expected time)")
     prune: PruneSpec | None = Field(default_factory=PruneSpec, description="null: never prune")
+    pruner: Literal["curve", "median", "none"] = Field("curve", description="curve: caddie's predicted final val_bpb against the best trial's "
+                                                     "(prune's margin and confidence); median: Optuna's MedianPruner on the train loss "
+                                                     "(prune's min_step and startup_trials); none: never prune")
     sampler_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the random and TPE proposals")
     promote: PromoteSpec | None = Field(None, description="null: no promotion; else the best trials' groups get these seeds too")
 

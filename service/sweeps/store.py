@@ -51,6 +51,7 @@ from service.sweeps.plan import (
     trial_end,
 )  # fmt: skip
 from service.sweeps.predictor import Predictor
+from service.sweeps.pruners import judge_median
 from service.sweeps.schemas import SweepCreate, SweepOut, TrialOut
 from service.sweeps.space import SearchSpace, parse_space
 from service.sweeps.strategies import Observed, knob_importance, propose
@@ -87,6 +88,9 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
             issues.append(Issue(("promote", "seeds"), f"must be unique and differ from the trials' seeds; repeated: {', '.join(map(str, again))}", again))
         if len(body.seeds) + len(body.promote.seeds) > settings.max_seeds:
             issues.append(Issue(("promote", "seeds"), f"seeds + promote.seeds: at most {settings.max_seeds} seeds in a group", len(body.promote.seeds)))
+    pruning = body.pruner != "none" and body.prune is not None and body.prune.enabled
+    if body.pruner == "median" and not pruning:
+        issues.append(Issue(("pruner",), "median needs pruning on: prune is null or disabled (never prune); give prune settings or pruner: none", body.pruner))
     if issues:
         raise InvalidInput(issues)
     assert space is not None
@@ -94,7 +98,7 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
     now = utcnow()
     spec = {
         "base": base, "space": space.to_json(), "seeds": list(body.seeds), "max_trials": body.max_trials, "max_parallel": body.max_parallel,
-        "budget_gpu_hours": body.budget_gpu_hours, "prune": body.prune.model_dump() if body.prune and body.prune.enabled else None,
+        "budget_gpu_hours": body.budget_gpu_hours, "prune": {**body.prune.model_dump(), "pruner": body.pruner} if pruning and body.prune else None,
         "sampler_seed": body.sampler_seed, "priority": body.priority, "promote": body.promote.model_dump() if body.promote else None,
     }  # fmt: skip
     sweep = Sweep(team_id=team.id, user_id=principal.user_id, name=body.name, notes=body.notes, track=body.track, hardware=body.hardware,
@@ -334,11 +338,14 @@ def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepT
     live = [t for t in trials if t.status == RUNNING and t.number not in (sweep.spec.get("promoted") or ())]  # a promoted trial already won
     if not complete or not live:
         return
+    stored = sweep.spec["prune"]
+    if stored.get("pruner", "curve") == "median":
+        _prune_median(session, sweep, owner, complete, live, runs, settings, now, stored)
+        return
     best = min(complete, key=lambda t: (t.value, t.number))
     ratio = _bpb_per_nat(session, best)
     if ratio is None:
         return
-    stored = sweep.spec["prune"]
     rule = PruneRule(margin=stored["margin"], confidence=stored["confidence"], min_step=stored["min_step"])
     vocab = _vocab(sweep, best)
     predictor = predictor_for(session, sweep.team_id, settings, records)
@@ -348,18 +355,36 @@ def _prune(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepT
         points = mean_curve(finished_curves.run_points(session, list(trial.run_ids)))
         looks = sum(k >= rule.min_step for k in predictor.fits)
         verdict = judge_prune(predictor.predict(points, ratio), (float(best.value), best.number), rule, looks)  # type: ignore[arg-type]
-        if verdict is None:
-            continue
-        mine = [runs[i] for i in trial.run_ids if i in runs]
-        per_run = expected_seconds({**sweep.spec["base"], **trial.params}, settings.run_overhead_s)
-        saved = sum(gpu_hours(r.hardware, per_run) - _used_gpu_hours(r, now) for r in mine if r.status not in RUN_TERMINAL)
-        for run in mine:
-            if run.status not in RUN_TERMINAL:
-                _cancel_quietly(session, owner, run.id)
-        trial.status, trial.value, trial.reason, trial.prune, trial.finished_at = PRUNED, verdict.predicted, verdict.reason, verdict.to_json(), now
-        trial.gpu_hours = sum(_used_gpu_hours(r, now) for r in mine)
-        trial.saved_gpu_hours = max(0.0, saved)
-        session.commit()
+        if verdict is not None:
+            _stop_pruned(session, sweep, owner, trial, runs, settings, now, verdict.predicted, verdict.reason, verdict.to_json())
+
+
+def _prune_median(session: Session, sweep: Sweep, owner: Principal, complete: list[SweepTrial], live: list[SweepTrial], runs: dict[int, Run],
+                  settings: Settings, now: datetime, stored: dict[str, Any]) -> None:  # fmt: skip
+    """Optuna's MedianPruner over the train-loss curves of the complete trials of the same tokenizer."""
+    curves = {t.number: mean_curve(finished_curves.run_points(session, list(t.run_ids))) for t in complete}
+    for trial in live:
+        vocab = _vocab(sweep, trial)
+        others = [curves[t.number] for t in complete if _vocab(sweep, t) == vocab and curves[t.number]]
+        points = mean_curve(finished_curves.run_points(session, list(trial.run_ids)))
+        verdict = judge_median(points, others, min_step=int(stored["min_step"]), startup_trials=int(stored.get("startup_trials", 3)))
+        if verdict is not None:
+            _stop_pruned(session, sweep, owner, trial, runs, settings, now, None, verdict.reason, verdict.to_json())
+
+
+def _stop_pruned(session: Session, sweep: Sweep, owner: Principal, trial: SweepTrial, runs: dict[int, Run], settings: Settings, now: datetime,
+                 value: float | None, reason: str, figures: dict[str, Any]) -> None:  # fmt: skip
+    """Cancel the trial's runs still going, record why with the figures, and count the GPU-hours its runs would still have used."""
+    mine = [runs[i] for i in trial.run_ids if i in runs]
+    per_run = expected_seconds({**sweep.spec["base"], **trial.params}, settings.run_overhead_s)
+    saved = sum(gpu_hours(r.hardware, per_run) - _used_gpu_hours(r, now) for r in mine if r.status not in RUN_TERMINAL)
+    for run in mine:
+        if run.status not in RUN_TERMINAL:
+            _cancel_quietly(session, owner, run.id)
+    trial.status, trial.value, trial.reason, trial.prune, trial.finished_at = PRUNED, value, reason, figures, now
+    trial.gpu_hours = sum(_used_gpu_hours(r, now) for r in mine)
+    trial.saved_gpu_hours = max(0.0, saved)
+    session.commit()
 
 
 def mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:

@@ -98,6 +98,9 @@ def test_bad_sweeps_are_refused_naming_the_field_and_limit(client: TestClient, w
     assert "must divide MODEL_DIM" in detail(base={"NUM_HEADS": 7})["body.base.NUM_HEADS"]
     assert "must be one of" in detail(hardware="TPU:9")["body.hardware"]
     assert "strategy" in "".join(detail(strategy="annealing"))
+    assert "'curve', 'median' or 'none'" in detail(pruner="hyperband")["body.pruner"]
+    assert "median needs pruning on" in detail(pruner="median", prune=None)["body.pruner"]
+    assert "less than or equal to 100" in detail(pruner="median", prune={"startup_trials": 101})["body.prune.startup_trials"]
 
 
 def test_a_pruned_trial_has_its_runs_cancelled_and_says_why(client: TestClient, world: World, session: Session, settings: Settings) -> None:
@@ -170,3 +173,58 @@ def test_the_sweep_list_pages_with_a_cursor(client: TestClient, world: World) ->
     for bad in ("garbage!", "cjEw", "czA", "s5"):  # not base64; a /runs cursor ("r10"); id 0; not encoded
         r = client.get("/api/v1/sweeps", params={"cursor": bad}, headers=world.h("alice"))
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "cursor"], (bad, r.text)
+
+
+def test_pruner_choice_is_stored(client: TestClient, world: World) -> None:
+    def spec(**over: object) -> dict:
+        r = client.post("/api/v1/sweeps", json=sweep_body(**over), headers=world.h("alice"))
+        assert r.status_code == 201, r.text
+        return r.json()["spec"]
+
+    assert spec()["prune"]["pruner"] == "curve"  # the default: caddie's own
+    assert spec(pruner="none")["prune"] is None and spec(prune=None)["prune"] is None
+    median = spec(pruner="median", prune={"min_step": 300, "startup_trials": 2})["prune"]
+    assert (median["pruner"], median["min_step"], median["startup_trials"]) == ("median", 300, 2)
+
+
+def test_the_median_pruner_stops_a_trial_behind_the_median(client: TestClient, world: World, session: Session, settings: Settings) -> None:
+    body = sweep_body(space={"NUM_LAYERS": {"values": [9, 10, 11]}}, seeds=[1], max_parallel=3, pruner="median",
+                      prune={"min_step": 500, "startup_trials": 2})  # fmt: skip
+    sid = client.post("/api/v1/sweeps", json=body, headers=world.h("alice")).json()["id"]
+    assert _tick(session, settings) == 3
+    first, second, third = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
+    # Two complete trials whose loss falls 3.0 -> 2.0 (logged every 200 steps), then a third at 2.8 flat (logged every 100).
+    for trial, bpb in ((first, 1.20), (second, 1.21)):
+        session.add_all([Metric(run_id=trial["run_ids"][0], kind="train", step=s, train_loss=3.0 - s / 2000, attempt=1) for s in range(200, 2001, 200)])
+        _end(session, trial["run_ids"], bpb)
+    running = third["run_ids"][0]
+    session.execute(update(Run).where(Run.id == running).values(status="RUNNING", started_at=utcnow() - timedelta(minutes=3)))
+    session.add_all([Metric(run_id=running, kind="train", step=s, train_loss=2.8, attempt=1) for s in range(100, 401, 100)])
+    session.commit()
+    _tick(session, settings)
+    assert client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"][2]["status"] == "running"  # before min_step
+    session.add_all([Metric(run_id=running, kind="train", step=s, train_loss=2.8, attempt=1) for s in range(500, 701, 100)])
+    session.commit()
+    _tick(session, settings)
+    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
+    pruned = shown["trials"][2]
+    assert pruned["status"] == "pruned" and pruned["value"] is None, pruned
+    figures = pruned["prune"]
+    assert (figures["pruner"], figures["step"], figures["compared"]) == ("median", 700, 2)
+    assert abs(figures["median_loss"] - (3.0 - 700 / 2000)) < 1e-9 and figures["trial_loss"] == 2.8  # 700: between the logged 600 and 800
+    assert "MedianPruner at step 700" in pruned["reason"] and pruned["saved_gpu_hours"] > 0
+    session.expire_all()
+    assert session.get_one(Run, running).cancel_requested_at is not None
+
+
+def test_median_reads_curves_at_the_live_step() -> None:
+    from service.sweeps.pruners import at_step, judge_median
+
+    falling = [(s, 3.0 - s / 1000) for s in range(100, 2001, 100)]
+    assert at_step([(100, 1.0), (300, 2.0)], 200) == 1.5 and at_step([(100, 1.0)], 50) is None and at_step([(100, 1.0)], 200) is None
+    behind = [(s, 3.2 - s / 1000) for s in range(100, 801, 100)]
+    assert judge_median(behind, [falling, falling], min_step=500, startup_trials=2) is not None
+    assert judge_median(behind[:3], [falling, falling], min_step=500, startup_trials=2) is None  # step 300 < min_step
+    assert judge_median(behind, [falling], min_step=500, startup_trials=2) is None  # one complete trial, two needed
+    assert judge_median([(s, 2.5 - s / 1000) for s in range(100, 801, 100)], [falling, falling], min_step=500, startup_trials=2) is None  # ahead
+    assert judge_median(behind, [falling[:3], falling[:3]], min_step=500, startup_trials=2) is None  # no complete curve spans step 800
