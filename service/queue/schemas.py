@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.queue.forecast import QueueEstimate
 from service.queue.positions import QueueItem
@@ -27,16 +29,29 @@ class QueueFields(BaseModel):
         return {"queue_position": estimate.position, "estimated_start_at": estimate.estimated_start_at, "waiting_reason": estimate.reason}
 
 
-class QueueItemOut(QueueFields):
-    id: int
-    name: str
-    team: str
-    user: str
-    hardware: str
-    priority: int
-    submitted_at: datetime
+# The domain's QueueItem declares the fields once; the body adds only the estimate, flattened
+# into the queue fields every run body has.
+@body_dataclass(frozen=True)
+class QueueItemOut(QueueItem):
+    """A queued run: where it stands on its hardware, when it should start and why it waits."""
+
+    estimate: QueueEstimate = Field(exclude=True)
+
+    @computed_field(description=POSITION_HELP)  # type: ignore[prop-decorator]
+    @property
+    def queue_position(self) -> int | None:
+        return self.estimate.position
+
+    @computed_field(description=START_HELP)  # type: ignore[prop-decorator]
+    @property
+    def estimated_start_at(self) -> datetime | None:
+        return self.estimate.estimated_start_at
+
+    @computed_field(description=REASON_HELP)  # type: ignore[prop-decorator]
+    @property
+    def waiting_reason(self) -> str | None:
+        return self.estimate.reason
 
     @classmethod
     def of_item(cls, item: QueueItem) -> "QueueItemOut":
-        return cls(id=item.id, name=item.name, team=item.team, user=item.user, hardware=item.hardware, priority=item.priority,
-                   submitted_at=item.submitted_at, **QueueFields.of(item.estimate))  # fmt: skip
+        return cls(**{f.name: getattr(item, f.name) for f in fields(item)})

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.results.groups import Eligibility, SeedRow
 from service.results.queries import GroupReport, LeaderboardRow, seed_row
@@ -76,30 +77,15 @@ class SeedOut(BaseModel):
                    steps=row.steps, checks_verdict=row.verdict.value, checks=[CheckOut(**c.to_dict()) for c in row.checks], note=note)
 
 
-class ComparisonOut(BaseModel):
+# The domain's Comparison declares its figures once (their API descriptions too, as field
+# metadata); the body adds the two groups it compared.
+@body_dataclass(frozen=True, kw_only=True)
+class ComparisonOut(Comparison):
+    """Is the candidate group's mean loss lower than the baseline's by more than `margin`?"""
+
     candidate: str
     baseline: str
     baseline_name: str
-    n_candidate: int
-    n_baseline: int
-    mean_candidate: float | None = Field(description="mean loss in `unit` (nats per byte: val_bpb x ln 2)")
-    mean_baseline: float | None
-    improvement: float | None = Field(description="baseline minus candidate mean, in `unit`")
-    margin: float
-    ci_low: float | None
-    ci_high: float | None
-    confidence: float
-    t: float | None
-    df: float | None
-    p_value: float | None = Field(description="one-sided Welch test that improvement > margin")
-    significant: bool
-    alpha: float
-    enough_seeds: bool
-    more_seeds_needed: int | None
-    message: str
-    unit: str = Field(description="of means, improvement, margin and CI: 'nats per byte' (valid across tokenizers)")
-    policy: str = Field(description="the significance policy: readme, maintainers or systems_only")
-    flags: list[str] = Field(description="why the groups are not comparable (track, hardware, validation set); then never significant")
 
     @classmethod
     def of(cls, c: Comparison, candidate: GroupView, baseline: GroupView) -> "ComparisonOut":

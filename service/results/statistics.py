@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 MARGIN_NATS = 0.005
 ALPHA = 0.01
@@ -179,28 +179,33 @@ class Comparison:
     positive count of extra seeds per side (on the side with fewer seeds)
     when the observed spread says more seeds would get there, and None when
     that cannot be estimated or can never be reached.
+
+    A field's ``description`` (metadata) is what the API's comparison body says of it
+    (service/results/schemas.py builds that body from this class).
     """
 
     n_candidate: int
     n_baseline: int
-    mean_candidate: float | None
+    mean_candidate: float | None = field(metadata={"description": "mean loss in `unit` (nats per byte: val_bpb x ln 2)"})
     mean_baseline: float | None
-    improvement: float | None
+    improvement: float | None = field(metadata={"description": "baseline minus candidate mean, in `unit`"})
     margin: float
     ci_low: float | None
     ci_high: float | None
     confidence: float
     t: float | None
     df: float | None
-    p_value: float | None
+    p_value: float | None = field(metadata={"description": "one-sided Welch test that improvement > margin"})
     significant: bool
     alpha: float
     enough_seeds: bool
     more_seeds_needed: int | None
     message: str
-    unit: str = "nats"  # of improvement, margin and CI: "nats" (per token) or "nats per byte"
-    policy: str = ""  # the named policy it was judged under (see POLICIES); "" for a bare test
-    flags: tuple[str, ...] = ()  # why the two groups are not comparable (then never significant)
+    # "nats" (per token) for a bare test; the API compares in "nats per byte"
+    unit: str = field(default="nats", metadata={"description": "of means, improvement, margin and CI: 'nats per byte' (valid across tokenizers)"})
+    # "" for a bare test
+    policy: str = field(default="", metadata={"description": "the significance policy: readme, maintainers or systems_only"})
+    flags: tuple[str, ...] = field(default=(), metadata={"description": "why the groups are not comparable (track, hardware, validation set); then never significant"})
 
 
 def _fmt_nats(x: float) -> str:
