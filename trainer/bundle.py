@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-BUNDLE_MODULES = ("config", "data", "bpb", "gptq", "quant", "model", "optim", "evaluate", "bundle", "train", "__main__")
+BUNDLE_MODULES = ("config", "recipes", "data", "bpb", "gptq", "quant", "model", "optim", "evaluate", "bundle", "train", "__main__")
 BUNDLE_HEADER = '"""caddie shared trainer, bundled into one file by `python -m trainer.bundle`."""\nfrom __future__ import annotations\n'
 # Inside the bundle, this module shrinks to the one function the trainer calls:
 # the script reads its own text instead of carrying the bundler along.

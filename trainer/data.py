@@ -9,7 +9,9 @@ Layout of a data folder DIR (what ``TrainerConfig``'s defaults expect with DIR=.
 ``DIR/tokenizers/fineweb_{V}_bpe.model``.
 
 Command line (``python -m trainer.data``):
-  download --variant sp1024 --train-shards N [--out DIR]   challenge shards from Hugging Face
+  download --variant V --train-shards N [--out DIR] [--files RUN_DIR]   a data recipe (trainer.recipes):
+      shards and tokenizer from its source's Hugging Face repository, or built once by the run's own
+      script into DIR/built/<content hash>; prints DATA_FOLDER, DATA_PATH, TOKENIZER_PATH
   build --input FILES... --vocab-size V [--out DIR] [--shard-tokens N]   tokenizer + shards from local text
   smoke [--out DIR]                                         a small offline corpus from Python's own docs
 """
@@ -22,7 +24,9 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 import time
@@ -35,12 +39,14 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from trainer.recipes import BUILTIN, DOCS_FILE, Recipe, Source, build_argv, built_folder, content_hash, parse_sources, resolve
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 SHARD_HEADER_INTS = 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 SHARD_MAX_TOKENS = 100_000_000  # tokens per shard written by `build`, as in the challenge
-HF_DATA_REPO = "willdepueoai/parameter-golf"
+HF_DATA_REPO = "willdepueoai/parameter-golf"  # the challenge's own (trainer.recipes.CHALLENGE_REPO)
 HF_DATA_PREFIX = "datasets"  # everything in the repo lives under this folder
 
 
@@ -376,6 +382,8 @@ def build_smoke_corpus(out_dir: str | os.PathLike, vocab_size: int = 1024) -> Co
 
 # --- download: the challenge's shards from Hugging Face -------------------------------------
 
+Fetch = Callable[[str, Path], None]  # (path in the dataset repo, local file) -> the file is there
+
 
 @dataclass(frozen=True)
 class DownloadItem:
@@ -384,16 +392,19 @@ class DownloadItem:
     kind: str  # "train" | "val" | "tokenizer"
 
 
-def local_path_for(remote: str, out_dir: Path) -> Path:
-    """``datasets/<rest>`` in the repo -> ``out_dir/<rest>``."""
+def local_path_for(remote: str, out_dir: Path, prefix: str = HF_DATA_PREFIX) -> Path:
+    """``<prefix>/<rest>`` in the repo -> ``out_dir/<rest>``."""
     parts = Path(remote).parts
-    if parts[:1] == (HF_DATA_PREFIX,):
-        parts = parts[1:]
+    head = Path(prefix).parts if prefix else ()
+    if parts[:len(head)] == head:
+        parts = parts[len(head):]
     return out_dir.joinpath(*parts)
 
 
-def plan_download(manifest: dict, variant: str, train_shards: int, out_dir: str | os.PathLike) -> list[DownloadItem]:
-    """Every file a variant needs (val shards, the first N train shards, the tokenizer), from the manifest."""
+def plan_download(manifest: dict, variant: str, train_shards: int, out_dir: str | os.PathLike,
+                  prefix: str = HF_DATA_PREFIX) -> list[DownloadItem]:
+    """Every file a variant needs (val shards, the first N train shards, the tokenizer), from the manifest
+    of a repository whose manifest.json is under ``prefix``."""
     out_dir = Path(out_dir)
     name = dataset_dir_name(variant)
     entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
@@ -404,16 +415,16 @@ def plan_download(manifest: dict, variant: str, train_shards: int, out_dir: str 
     have_train, have_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 1))
     if train_shards < 0 or train_shards > have_train:
         raise ValueError(f"--train-shards {train_shards}: must be between 0 and {have_train} (shards of {name})")
-    prefix = f"{HF_DATA_PREFIX}/datasets/{name}"
-    items = [DownloadItem(f"{prefix}/fineweb_val_{i:06d}.bin", Path(), "val") for i in range(have_val)]
-    items += [DownloadItem(f"{prefix}/fineweb_train_{i:06d}.bin", Path(), "train") for i in range(train_shards)]
+    under = f"{prefix}/" if prefix else ""
+    items = [DownloadItem(f"{under}datasets/{name}/fineweb_val_{i:06d}.bin", Path(), "val") for i in range(have_val)]
+    items += [DownloadItem(f"{under}datasets/{name}/fineweb_train_{i:06d}.bin", Path(), "train") for i in range(train_shards)]
     tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")), None)
     if tok is None:
         raise ValueError(f"manifest: tokenizer {entry.get('tokenizer_name')!r} of {name} is not listed")
     for key in ("model_path", "vocab_path", "path"):
         if tok.get(key):
-            items.append(DownloadItem(f"{HF_DATA_PREFIX}/{tok[key]}", Path(), "tokenizer"))
-    return [DownloadItem(i.remote, local_path_for(i.remote, out_dir), i.kind) for i in items]
+            items.append(DownloadItem(f"{under}{tok[key]}", Path(), "tokenizer"))
+    return [DownloadItem(i.remote, local_path_for(i.remote, out_dir, prefix), i.kind) for i in items]
 
 
 def verify_item(item: DownloadItem) -> str | None:
@@ -436,14 +447,14 @@ def verify_item(item: DownloadItem) -> str | None:
     return None
 
 
-def hf_fetch(remote: str, local: Path) -> None:
-    """Fetch one file of the dataset repo into ``local`` (via the Hugging Face cache)."""
+def hf_fetch(remote: str, local: Path, repo: str = HF_DATA_REPO) -> None:
+    """Fetch one file of a dataset repo into ``local`` (via the Hugging Face cache)."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ImportError("download needs huggingface_hub: pip install 'huggingface_hub>=0.23' (the gpu extra)") from None
     parent, name = os.path.split(remote)
-    cached = Path(hf_hub_download(HF_DATA_REPO, name, subfolder=parent or None, repo_type="dataset")).resolve()
+    cached = Path(hf_hub_download(repo, name, subfolder=parent or None, repo_type="dataset")).resolve()
     tmp = local.with_name(local.name + ".part")
     try:
         os.link(cached, tmp)  # no second copy of multi-GB data when the cache is on the same disk
@@ -452,17 +463,49 @@ def hf_fetch(remote: str, local: Path) -> None:
     os.replace(tmp, local)
 
 
+def hf_fetcher(source: Source) -> Fetch:
+    """The fetch function of one source's repository."""
+    return lambda remote, local: hf_fetch(remote, local, source.repo)
+
+
+SOURCES_FILE = "sources.json"  # in the data root: which source each downloaded dataset came from
+
+
+def _recorded_sources(out_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((out_dir / SOURCES_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _record_source(out_dir: Path, dataset: str, source: Source) -> None:
+    data = {**_recorded_sources(out_dir), dataset: source.describe()}
+    tmp = out_dir / (SOURCES_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / SOURCES_FILE)
+
+
 def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
-             fetch: Callable[[str, Path], None] = hf_fetch, workers: int = 8, retries: int = 3,
-             log: Callable[[str], None] = print, backoff_s: float = 2.0) -> list[DownloadItem]:
+             fetch: Fetch | None = None, workers: int = 8, retries: int = 3,
+             log: Callable[[str], None] = print, backoff_s: float = 2.0, recipe: Recipe | None = None,
+             fetcher: Callable[[Source], Fetch] = hf_fetcher) -> list[DownloadItem]:
     """Fetch what is missing or unsound, then verify everything. Resumable: files already
     present with a sound header and the right size are kept; a fresh manifest is fetched
-    each time, but a local one is used when the fetch fails."""
+    each time (one per source, so one source's stale manifest never hides another's
+    datasets), but a local one is used when the fetch fails. A dataset first fetched from
+    another source is fetched again whole. ``fetch`` wins over ``fetcher(recipe.source)``."""
+    recipe = recipe or resolve(variant)
+    if recipe.fetch != "dataset":
+        raise ValueError(f"--variant {recipe.variant}: its recipe builds its data (prepare_data), it does not download shards")
+    source = recipe.source
+    fetch = fetch or fetcher(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_file = out_dir / "manifest.json"
+    manifest_file = out_dir / "manifests" / source.key() / "manifest.json"
+    manifest_file.parent.mkdir(parents=True, exist_ok=True)
     try:
-        download_with_retries(fetch, f"{HF_DATA_PREFIX}/manifest.json", manifest_file, retries, log, backoff_s)
+        download_with_retries(fetch, source.remote("manifest.json"), manifest_file, retries, log, backoff_s)
     except RuntimeError as exc:
         if not manifest_file.is_file():
             raise
@@ -471,15 +514,20 @@ def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     except ValueError:
         raise ValueError(f"{manifest_file}: not valid JSON") from None
-    items = plan_download(manifest, variant, train_shards, out_dir)
+    items = plan_download(manifest, variant if _is_plain(recipe) else recipe.dataset.removeprefix("fineweb10B_"),
+                          train_shards, out_dir, source.prefix)
+    recorded = _recorded_sources(out_dir).get(recipe.dataset)
+    other_source = recorded is not None and recorded != source.describe()
+    if other_source:
+        log(f"{recipe.dataset} was fetched from {recorded}; fetching it again from {source.describe()}")
     todo = []
     for item in items:
-        reason = verify_item(item)
+        reason = "from another source" if other_source else verify_item(item)
         if reason is not None:
             if reason != "missing":
                 log(f"refetch {item.local}: {reason}")
             todo.append(item)
-    log(f"download: {len(items) - len(todo)} of {len(items)} files already complete, fetching {len(todo)}")
+    log(f"download: {len(items) - len(todo)} of {len(items)} files already complete, fetching {len(todo)} from {source.describe()}")
 
     def fetch_one(item: DownloadItem) -> None:
         item.local.parent.mkdir(parents=True, exist_ok=True)
@@ -492,7 +540,12 @@ def download(variant: str, train_shards: int, out_dir: str | os.PathLike,
         reason = verify_item(item)
         if reason is not None:
             raise ShardError(f"{item.local}: still bad after download: {reason}")
+    _record_source(out_dir, recipe.dataset, source)
     return items
+
+
+def _is_plain(recipe: Recipe) -> bool:
+    return recipe.dataset == f"fineweb10B_{recipe.variant}"
 
 
 def download_with_retries(fetch: Callable[[str, Path], None], remote: str, local: Path, retries: int,
@@ -511,16 +564,138 @@ def download_with_retries(fetch: Callable[[str, Path], None], remote: str, local
             time.sleep(backoff_s * attempt)
 
 
+# --- build: a recipe's data made by the run's own script, once per node -------------------------
+
+
+class BuildFailed(RuntimeError):
+    """A recipe's build step could not make its data; the message says what failed."""
+
+
+Wrap = Callable[[Path, Sequence[Path]], list[str]]  # (writable work folder, read-only paths) -> argv prefix
+
+
+def fetch_docs(source: Source, out_dir: Path, fetch: Fetch, retries: int = 3, log: Callable[[str], None] = print,
+               backoff_s: float = 2.0) -> Path:
+    """The source's document stream (docs_selected.jsonl), fetched once into ``docs/<source>/``."""
+    local = out_dir / "docs" / source.key() / DOCS_FILE
+    if local.is_file() and local.stat().st_size > 0:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    download_with_retries(fetch, source.remote(DOCS_FILE), local, retries, log, backoff_s)
+    if not local.is_file() or local.stat().st_size == 0:
+        raise ShardError(f"{local}: the documents fetched from {source.describe()} are empty")
+    return local
+
+
+def build_recipe(recipe: Recipe, files_dir: str | os.PathLike, out_dir: str | os.PathLike, fetch: Fetch | None = None,
+                 log: Callable[[str], None] = print, python: str = sys.executable, wrap: Wrap | None = None,
+                 fetcher: Callable[[Source], Fetch] = hf_fetcher) -> Path:
+    """The data folder of a built recipe: ``out_dir/built/<content hash>``, made by the recipe's
+    script (a file of the run, in ``files_dir``) over the source's documents. Built once:
+    a folder of the same hash is used as it is; concurrent builds on one node wait for each
+    other (a lock file); a build that fails leaves nothing behind but its log."""
+    if recipe.build is None:
+        raise ValueError(f"data {recipe.variant}: its recipe has no build step")
+    files_dir, out_dir = Path(files_dir), Path(out_dir)
+    files: dict[str, bytes] = {}
+    for name in recipe.run_files():
+        try:
+            files[name] = (files_dir / name).read_bytes()
+        except FileNotFoundError:
+            raise BuildFailed(f"data {recipe.variant}: the run has no {name} (its recipe builds with it)") from None
+    digest = content_hash(recipe, files)
+    final = out_dir / built_folder(digest)
+    if final.is_dir():
+        log(f"data {recipe.variant}: built already ({final})")
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl  # POSIX only, like the nodes caddie runs on
+
+    with open(final.with_name(final.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run on this node may be building the same recipe
+        if final.is_dir():
+            log(f"data {recipe.variant}: built by another run meanwhile ({final})")
+            return final
+        docs = fetch_docs(recipe.source, out_dir, fetch or fetcher(recipe.source), log=log)
+        work = final.with_name(final.name + ".tmp")
+        shutil.rmtree(work, ignore_errors=True)  # an earlier build that died
+        src = work / "recipe-src"
+        for name, data in files.items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(data)
+        tokenizer = src / recipe.tokenizer_file if recipe.tokenizer_file else work / recipe.tokenizer_path
+        argv = [python, str(src / recipe.build.script), *build_argv(recipe.build, str(docs), str(work), str(tokenizer))]
+        if wrap is not None:
+            argv = [*wrap(work, [docs.parent]), *argv]
+        log(f"data {recipe.variant}: building with {recipe.build.script} (hash {digest[:12]})")
+        started = time.monotonic()
+        build_log = final.with_name(final.name + ".log")
+        with open(build_log, "wb") as out:
+            rc = subprocess.run(argv, cwd=src, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        if rc != 0:
+            tail = build_log.read_bytes()[-2000:].decode("utf-8", errors="replace").strip().splitlines()
+            shutil.rmtree(work, ignore_errors=True)
+            raise BuildFailed(f"data {recipe.variant}: {recipe.build.script} exited with code {rc}"
+                              + (f": {tail[-1]}" if tail else "") + f" (its output: {build_log})")
+        if recipe.tokenizer_file:
+            (work / recipe.tokenizer_path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / recipe.tokenizer_file, work / recipe.tokenizer_path)
+        problem = _built_problem(work, recipe)
+        if problem:
+            shutil.rmtree(work, ignore_errors=True)
+            raise BuildFailed(f"data {recipe.variant}: {recipe.build.script} finished but {problem} (its output: {build_log})")
+        (work / "recipe.json").write_text(json.dumps({
+            "variant": recipe.variant, "hash": digest, "source": recipe.source.describe(),
+            "build": [recipe.build.script, *recipe.build.args], "seconds": round(time.monotonic() - started, 1),
+        }, indent=1) + "\n", encoding="utf-8")
+        os.replace(work, final)  # the folder appears whole or not at all
+    log(f"data {recipe.variant}: built in {time.monotonic() - started:.0f} s ({final})")
+    return final
+
+
+def _built_problem(folder: Path, recipe: Recipe) -> str | None:
+    """Why a build's output is not usable data, or None: a val shard and a train shard, every shard sound, the tokenizer."""
+    data = folder / recipe.data_path
+    shards = sorted(data.glob("fineweb_*.bin"))
+    if not any(p.name.startswith("fineweb_val_") for p in shards) or not any(p.name.startswith("fineweb_train_") for p in shards):
+        return f"{recipe.data_path} holds no fineweb_val_*.bin and fineweb_train_*.bin shards"
+    for p in shards:
+        try:
+            read_shard_header(p)
+        except ShardError as exc:
+            return str(exc)
+    if not (folder / recipe.tokenizer_path).is_file():
+        return f"no tokenizer at {recipe.tokenizer_path}"
+    return None
+
+
+def prepare_data(recipe: Recipe, train_shards: int, out_dir: str | os.PathLike, files_dir: str | os.PathLike | None = None,
+                 fetch: Fetch | None = None, log: Callable[[str], None] = print, wrap: Wrap | None = None,
+                 fetcher: Callable[[Source], Fetch] = hf_fetcher) -> Path:
+    """A recipe's data on this node: downloaded into ``out_dir`` or built under it; returns its data folder
+    (what a run links as ./data)."""
+    if recipe.build is None:
+        download(recipe.variant, train_shards, out_dir, fetch=fetch, log=log, recipe=recipe, fetcher=fetcher)
+        return Path(out_dir)
+    if files_dir is None:
+        raise ValueError(f"--variant {recipe.variant}: its recipe builds from the run's files; give --files DIR")
+    return build_recipe(recipe, files_dir, out_dir, fetch=fetch, log=log, wrap=wrap, fetcher=fetcher)
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
 def data_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.data", description="Token shards and tokenizers for the trainer.")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="fetch the challenge's shards and tokenizer from Hugging Face")
-    d.add_argument("--variant", default="sp1024", help="sp<VOCAB>, e.g. sp1024 (default)")
+    d = sub.add_parser("download", help="a data variant's recipe: its shards and tokenizer downloaded, or built by the run's script")
+    d.add_argument("--variant", default="sp1024", help=f"a recipe: {', '.join(BUILTIN)} or sp<VOCAB> (default sp1024)")
     d.add_argument("--train-shards", type=int, default=80, help="train shards to fetch (100M tokens each; default 80)")
-    d.add_argument("--out", default="./data", help="data folder (default ./data)")
+    d.add_argument("--out", default="./data", help="data root (default ./data)")
+    d.add_argument("--files", default=None, help="the run's own files (a recipe with a build step runs its script from here)")
+    d.add_argument("--sources", default=os.environ.get("CADDIE_DATA_SOURCES", ""),
+                   help="source overrides, variant=owner/name[/prefix],... or JSON (default: $CADDIE_DATA_SOURCES)")
+    d.add_argument("--sandbox", default="", help="command prefix a build step runs under; given --workdir DIR, --ro PATH..., --")
     b = sub.add_parser("build", help="train a tokenizer on local text and write train/val shards")
     b.add_argument("--input", nargs="+", required=True, help="text files (blank-line separated documents) or .jsonl with a text field")
     b.add_argument("--vocab-size", type=int, default=1024)
@@ -533,13 +708,27 @@ def data_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sandbox_wrap(prefix: str) -> Wrap | None:
+    """A Wrap from a command prefix such as ``python3 -m worker.launchers.sandbox --die-with-parent``."""
+    import shlex
+
+    head = shlex.split(prefix)
+    if not head:
+        return None
+    return lambda work, ro: [*head, "--workdir", str(work), *(a for p in ro for a in ("--ro", str(p))), "--"]
+
+
 def data_main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m trainer.data``; bad input gives one error line and exit 2."""
     args = data_parser().parse_args(argv)
     try:
         if args.command == "download":
-            download(args.variant, args.train_shards, args.out)
-            paths = corpus_paths(args.out, int(args.variant[2:]))
+            recipe = resolve(args.variant, parse_sources(args.sources))
+            folder = prepare_data(recipe, args.train_shards, args.out, args.files, wrap=sandbox_wrap(args.sandbox))
+            vocab = re.match(r"^sp(\d+)", recipe.variant)
+            print(f"DATA_FOLDER={Path(folder).resolve()}")
+            paths = CorpusPaths(Path(folder), Path(folder) / recipe.data_path, Path(folder) / recipe.tokenizer_path,
+                                int(vocab[1]) if vocab else 0)
         elif args.command == "build":
             paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction,
                                  shard_tokens=args.shard_tokens)
