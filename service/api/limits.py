@@ -57,7 +57,7 @@ def _authenticated(app: Any, scope: Scope, path: str, headers: dict[bytes, bytes
                 cookie = _cookie(headers.get(b"cookie", b"").decode("latin-1"), web_session.COOKIE_NAME)
                 key = getattr(app.state, "web_secret", None) or web_session.secret_key(settings)
                 app.state.web_secret = key
-                token_hash = web_session.token_hash_of(key, cookie)
+                token_hash = web_session.token_hash_of(key, cookie, max_age=web_session.max_age_s(settings))
                 if token_hash is None:
                     return False
                 authenticate_hash(session, token_hash, touch_interval_s=settings.token_touch_interval_s)

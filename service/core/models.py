@@ -127,6 +127,9 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Set only on a web sign-in's session token (CADDIE_WEB_SESSION_DAYS): it signs in no more
+    # after it, and the janitor deletes it. API tokens have none and never expire.
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
     user: Mapped[User] = relationship()
 

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     api_prefix: str = Field("/api/v1", description="Path prefix of the REST API.")
     token_touch_interval_s: float = Field(60.0, ge=0, description="last_used_at of a token is written at most this often, so that a busy client does not turn every read into a write.")
     on_submit_hook: str = Field("", description="'module:function' called with the ids of newly submitted runs, after the response (the worker's is worker.notify:runs_submitted: a scheduler tick now instead of at beat's next one). The service never imports the worker.")
+    web_session_days: float = Field(14.0, gt=0, le=366, description="How long a web sign-in lasts: its cookie's max-age and the expiry of the session token behind it (a row of api_tokens with expires_at). An expired session signs in no more; sign-out deletes its token at once, and the janitor deletes expired and revoked session tokens every round, so sign-ins leave nothing behind. API tokens made with `caddie token create` never expire.")
     secret_key: str = Field("", description="Signs the web pages' session cookies and their CSRF tokens. Empty: a random key is made once and kept in $CADDIE_HOME/secret_key (every API process of one deployment must share it: set it explicitly when they share no disk).")
 
     # --- artifact store: the worker writes a run's files, the API reads them ---------

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.core.errors import NotFound, Unauthorized
@@ -88,6 +88,7 @@ _AUTH_QUERY = (
         ApiToken.id,
         ApiToken.revoked_at,
         ApiToken.last_used_at,
+        ApiToken.expires_at,
         User.id.label("user_id"),
         User.name,
         User.is_admin,
@@ -121,6 +122,8 @@ def authenticate_hash(session: Session, token_hash: str, *, touch_interval_s: fl
     if first.revoked_at is not None:
         raise Unauthorized("token revoked")
     now = utcnow()
+    if first.expires_at is not None and first.expires_at <= now:
+        raise Unauthorized("session expired; sign in again")
     stale = now - timedelta(seconds=touch_interval_s)
     if first.last_used_at is None or first.last_used_at < stale:
         session.execute(
@@ -145,13 +148,38 @@ def web_session_name(token_id: int | None) -> str:
     return f"web session of #{token_id}"
 
 
-def start_web_session(session: Session, principal: Principal) -> str:
+def start_web_session(session: Session, principal: Principal, lifetime: timedelta) -> str:
     """A token of its own for one browser sign-in, made from the token the user signed in
-    with; the cookie carries its hash. Sign-out revokes it, so a copy of the cookie kept
-    from before is dead on the server (the cookie alone could not be recalled)."""
+    with, expiring after ``lifetime`` (CADDIE_WEB_SESSION_DAYS); the cookie carries its hash.
+    Sign-out deletes it, so a copy of the cookie kept from before is dead on the server (the
+    cookie alone could not be recalled). The user's own dead session tokens go here too."""
     user = session.get_one(User, principal.user_id)
+    prune_web_sessions(session, user_id=user.id)
     row, _secret = issue_token(session, user, web_session_name(principal.token_id))  # the secret is never needed
+    row.expires_at = utcnow() + lifetime
+    session.flush()
     return row.token_hash
+
+
+def end_web_session(session: Session, principal: Principal) -> None:
+    """Sign-out: the session's token is deleted (an API token signed in with stays as it is)."""
+    if principal.token_id is not None:
+        session.execute(delete(ApiToken).where(ApiToken.id == principal.token_id, ApiToken.user_id == principal.user_id,
+                                               ApiToken.expires_at.is_not(None)))  # fmt: skip
+
+
+def prune_web_sessions(session: Session, *, user_id: int | None = None, now: datetime | None = None, limit: int = 5000) -> int:
+    """Delete session tokens that sign in no more: expired, or revoked with the token they were
+    made from (API tokens, with no expiry, are never deleted here). One user's at sign-in, every
+    user's in the janitor's round, at most ``limit`` a call. Returns how many went."""
+    now = now or utcnow()
+    dead = select(ApiToken.id).where(ApiToken.expires_at.is_not(None), or_(ApiToken.expires_at <= now, ApiToken.revoked_at.is_not(None)))
+    if user_id is not None:
+        dead = dead.where(ApiToken.user_id == user_id)
+    ids = list(session.scalars(dead.order_by(ApiToken.expires_at).limit(limit)))
+    if ids:
+        session.execute(delete(ApiToken).where(ApiToken.id.in_(ids)))
+    return len(ids)
 
 
 def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -202,11 +203,12 @@ def signin(request: Request, session: SessionDep, token: Annotated[str, Form()] 
         principal = security.authenticate(session, token.strip(), touch_interval_s=settings.token_touch_interval_s)
     except Unauthorized as exc:
         return render(request, "signin.html", None, status_code=401, next=safe_next(next), error=f"That token does not work: {exc}.")
-    session_hash = security.start_web_session(session, principal)
+    max_age = web_session.max_age_s(settings)
+    session_hash = security.start_web_session(session, principal, timedelta(seconds=max_age))
     session.commit()
     response = back(safe_next(next))
     value = web_session.make_cookie_value(web_session.app_secret(request), session_hash)
-    response.set_cookie(web_session.COOKIE_NAME, value, max_age=web_session.MAX_AGE_S, httponly=True, samesite="lax",
+    response.set_cookie(web_session.COOKIE_NAME, value, max_age=max_age, httponly=True, samesite="lax",
                         secure=web_session.is_https(request), path="/")
     return response
 
@@ -214,10 +216,9 @@ def signin(request: Request, session: SessionDep, token: Annotated[str, Form()] 
 @router.post("/signout")
 def signout(request: Request, user: User, session: SessionDep, csrf: CsrfField = "") -> RedirectResponse:
     web_session.check_csrf(request, csrf)
-    # The session's own token is revoked: a kept copy of the cookie no longer signs in.
-    if user.token_id is not None:
-        security.revoke_token(session, user, user.token_id)
-        session.commit()
+    # The session's own token is deleted: a kept copy of the cookie no longer signs in.
+    security.end_web_session(session, user)
+    session.commit()
     response = back("/signin")
     response.delete_cookie(web_session.COOKIE_NAME, path="/", httponly=True, samesite="lax", secure=web_session.is_https(request))
     return response

@@ -32,7 +32,7 @@ from service.core.settings import Settings
 from service.teams.tokens import Principal, authenticate_hash
 
 COOKIE_NAME = "caddie_session"
-MAX_AGE_S = 14 * 24 * 3600
+MAX_AGE_S = 14 * 24 * 3600  # CADDIE_WEB_SESSION_DAYS' default; a deployment's own is max_age_s(settings)
 CSRF_FIELD = "csrf_token"
 KEY_FILE = "secret_key"
 
@@ -78,8 +78,13 @@ def make_cookie_value(key: bytes, token_hash: str, now: float | None = None) -> 
     return f"{payload}.{_sign(key, 'session', payload)}"
 
 
-def token_hash_of(key: bytes, value: str | None, now: float | None = None) -> str | None:
-    """The token hash a cookie value carries, or None when it is missing, forged or expired."""
+def max_age_s(settings: Settings) -> int:
+    """A sign-in's lifetime (CADDIE_WEB_SESSION_DAYS): the cookie's, and its session token's."""
+    return int(settings.web_session_days * 24 * 3600)
+
+
+def token_hash_of(key: bytes, value: str | None, now: float | None = None, max_age: int = MAX_AGE_S) -> str | None:
+    """The token hash a cookie value carries, or None when it is missing, forged or older than ``max_age`` seconds."""
     if not value or value.count(".") != 2:
         return None
     token_hash, issued, mac = value.split(".")
@@ -89,7 +94,7 @@ def token_hash_of(key: bytes, value: str | None, now: float | None = None) -> st
         age = (time.time() if now is None else now) - int(issued)
     except ValueError:
         return None
-    return token_hash if 0 <= age <= MAX_AGE_S else None
+    return token_hash if 0 <= age <= max_age else None
 
 
 def csrf_token(key: bytes, cookie_value: str) -> str:
@@ -120,10 +125,10 @@ def check_same_origin(request: Request) -> None:
 
 def cookie_principal(request: Request, session: Session) -> Principal:
     """The signed-in user of a request with a session cookie; Unauthorized when there is none or it is stale."""
-    token_hash = token_hash_of(app_secret(request), request.cookies.get(COOKIE_NAME))
+    settings: Settings = request.app.state.settings
+    token_hash = token_hash_of(app_secret(request), request.cookies.get(COOKIE_NAME), max_age=max_age_s(settings))
     if token_hash is None:
         raise Unauthorized("not signed in")
-    settings: Settings = request.app.state.settings
     return authenticate_hash(session, token_hash, touch_interval_s=settings.token_touch_interval_s)
 
 

@@ -34,6 +34,7 @@ from service.core.db import rowcount
 from service.core.models import Cluster, Run, RunEvent, utcnow
 from service.core.storage import ArtifactStore
 from service.runs.status import RunStatus
+from service.teams.tokens import prune_web_sessions
 from service.webhooks.send import prune_deliveries
 from worker.control.retention import retention_pass
 from worker.launchers.base import ClusterHandle, Launcher, LauncherError
@@ -133,6 +134,9 @@ def janitor_pass(
         retention_pass(session, store=store, runs_dir=Path(runs_dir) if runs_dir else None,
                        days=float(getattr(settings, "retention_days", 0)), now=now or utcnow())  # fmt: skip
     prune_deliveries(session, days=float(getattr(settings, "webhook_retention_days", 0)), now=now or utcnow())
+    # Web sign-ins each make a session token; expired and revoked ones go (sign-out deletes its own).
+    if prune_web_sessions(session, now=now or utcnow()):
+        session.commit()
     # The quota's running totals are kept by their writers; a few teams a round are recounted so
     # a figure that drifted (a hand edit, a writer that bypassed them) is repaired within hours.
     recount_stalest(session, teams=RECOUNT_TEAMS, now=now)
