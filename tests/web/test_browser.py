@@ -256,7 +256,7 @@ def test_another_teams_run_is_refused_with_a_404_page(browser: Any, web_stack: S
 
 
 def test_the_other_pages_render(page: Any) -> None:
-    for path, name in (("/usage", "11-usage"), ("/groups", "12-groups"), ("/tokens", "13-tokens")):
+    for path, name in (("/usage", "11-usage"), ("/groups", "12-groups"), ("/tokens", "13-tokens"), ("/teams/e2e/deliveries", "15-deliveries")):
         page.goto(path)
         assert page.locator("h1").count() == 1
         shot(page, name)
