@@ -14,7 +14,10 @@ beat, the API (during idempotent submits), a job's wrapper, its trainer; a
 broker restart (Redis without persistence: its messages are lost) with runs
 queued and running; a PostgreSQL restart (immediate stop) mid-run; 2 teams x
 100 runs on 2 slots; cancels racing a run's end (sent 0 to 0.2 s after its trainer
-wrote its result).
+wrote its result); issue 21's launch gap (the runs worker SIGKILLed between the
+launcher's submit and the commit recording it: bench/_fault_hooks.py), a hung trainer
+(silent, never ending) and a run folder that refuses writes (RLIMIT_FSIZE on the
+stand-in: no loop device or tmpfs is mounted, so a full disk is simulated by EFBIG).
 
 Per scenario it writes, in bench/results/faults.md:
 
@@ -23,6 +26,10 @@ Per scenario it writes, in bench/results/faults.md:
 * duplicate launches: trainer launches beyond one per attempt (attempt folders
   minus attempts);
 * duplicate runs: runs beyond one per idempotency key and seed;
+* answers wrong: runs that ended as expected but whose reason or stored result does not
+  say what happened (launch gap, hang, disk full);
+* nodes leaked: cluster rows left UP or owned with no active run, plus trainer processes
+  of the scenario still alive after its runs ended (launch gap, hang, disk full);
 * over capacity: most trainers alive at once (from the stand-in's start/end
   marks) beyond the 2 slots;
 * recovery: from the fault until no run of the scenario is stranded any more:
@@ -70,27 +77,38 @@ ACTIVE = ("PROVISIONING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 # The stand-in trainer: ITERATIONS steps of 0.1 s. It marks its start and end in
-# <home>/trainer_events.jsonl (found from its work dir: the allow-listed environment
-# carries nothing of the harness).
+# marks.jsonl of its own work dir (the only folder a sealed job can write that the
+# suite sees; its run and attempt are the folder's names).
+MARKS = "marks.jsonl"
 STAND_IN = r'''
 import json, os, time
 cwd = os.getcwd()
-home = os.path.dirname(os.path.dirname(os.path.dirname(cwd)))
 run, attempt = os.path.basename(os.path.dirname(cwd)), os.path.basename(cwd)
 def mark(kind):
-    with open(os.path.join(home, "trainer_events.jsonl"), "a") as fh:
+    with open(os.path.join(cwd, "MARKS"), "a") as fh:
         fh.write(json.dumps({"run": int(run), "attempt": attempt, "pid": os.getpid(), "kind": kind, "t": time.time()}) + "\n")
 mark("start")
+seed = int(os.environ.get("SEED", "1"))
+if seed == FSIZE_SEED:  # "disk full": this process may write no file past FSIZE_LIMIT bytes (Python ignores SIGXFSZ: EFBIG)
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
 steps = int(os.environ.get("ITERATIONS", "10"))
 for i in range(1, steps + 1):
     print(f"step:{i}/{steps} train_loss:{5 - i / steps:.4f} train_time:{i * 100}ms step_avg:100.00ms", flush=True)
     time.sleep(0.1)
+    if seed == HANG_SEED and i == 3:  # "hang": alive, silent, never ends
+        mark("hang")
+        while True:
+            time.sleep(3600)
 with open("model.int6.ptz", "wb") as fh:
-    fh.write(b"weights")
+    fh.write(b"weights" * (FSIZE_LIMIT // 7 + 1 if seed == FSIZE_SEED else 1))
 with open("result.json", "w") as fh:
     json.dump({"status": "succeeded", "val_bpb": 1.5, "val_loss": 2.5, "total_bytes": 7, "steps": steps}, fh)
 mark("end")
 '''
+HANG_SEED, FSIZE_SEED, FSIZE_LIMIT = 9001, 9002, 64 * 1024
+STAND_IN = STAND_IN.replace("MARKS", MARKS).replace("HANG_SEED", str(HANG_SEED)).replace("FSIZE_SEED", str(FSIZE_SEED)).replace("FSIZE_LIMIT", str(FSIZE_LIMIT))
+SILENCE_S = 10.0  # CADDIE_SILENCE_TIMEOUT_S for the suite (caddie's default, 600 s, would make "hang" a 10-minute scenario)
 
 
 def free_port() -> int:
@@ -187,7 +205,7 @@ class Stack:
         quiet = ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.argv = {
             "api": [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--port", str(self.port), "--log-level", "warning"],
-            "runs worker": [*celery, "worker", "-Q", "runs", "-P", "threads", "-c", str(CAPACITY + 1), "-n", "runs@%h", *quiet],
+            "runs worker": [sys.executable, str(REPO / "bench" / "_fault_hooks.py"), "-A", "worker.celery_app", "worker", "-Q", "runs", "-P", "threads", "-c", str(CAPACITY + 1), "-n", "runs@%h", *quiet],
             "control worker": [*celery, "worker", "-Q", "control", "-P", "solo", "-n", "control@%h", *quiet],
             "beat": [*celery, "beat", "--loglevel", "WARNING", "-s", str(home / "celerybeat-schedule")],
         }
@@ -265,6 +283,8 @@ class Outcome:
     duplicate_runs: int = 0
     most_at_once: int = 0
     recovery_s: float | None = None
+    wrong_answers: int | None = None  # runs that ended as expected but whose reason or result does not say what happened
+    nodes_leaked: int | None = None  # cluster rows left UP with no active run, plus trainer processes alive after their run ended
     notes: list[str] = field(default_factory=list)
 
 
@@ -403,8 +423,13 @@ class Suite:
         return {}
 
     def events(self) -> list[dict]:
-        path = self.home / "trainer_events.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        out = []
+        for path in sorted((self.home / "runs").glob(f"*/attempt-*/{MARKS}")):
+            try:
+                out += [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+            except (OSError, json.JSONDecodeError):
+                continue  # being written
+        return sorted(out, key=lambda e: e["t"])
 
     def all_done(self, limit: float = 300) -> None:
         try:
@@ -433,14 +458,18 @@ class Suite:
             most = max(most, now)
         return most
 
-    def outcome(self, name: str, fault: str, recovery: float | None, *, expect: str = "SUCCEEDED") -> Outcome:
+    def outcome(self, name: str, fault: str, recovery: float | None, *, expect: str | dict[int, str] = "SUCCEEDED") -> Outcome:
         rows = self.rows(self.ids)
         out = Outcome(name, fault, runs=len(rows), recovery_s=recovery, most_at_once=self.most_at_once())
-        out.lost = sum(1 for r in rows if r.status != expect)
+
+        def expected(run_id: int) -> str:
+            return expect if isinstance(expect, str) else expect.get(run_id, "SUCCEEDED")
+
+        out.lost = sum(1 for r in rows if r.status != expected(r.id))
         for r in rows:
             launches = len(list((self.home / "runs" / str(r.id)).glob("attempt-*")))
             out.duplicate_launches += max(0, launches - (r.attempts + 1))
-            if r.status != expect:
+            if r.status != expected(r.id):
                 out.notes.append(f"run {r.id} {r.status}: {r.status_reason}")
         with self.engine.connect() as c:
             dup = c.execute(text("SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM runs WHERE idempotency_key IS NOT NULL "
@@ -633,6 +662,135 @@ class Suite:
         out.lost += len(no_result)
         return out
 
+    # --- issue 21: the launch gap, a hung trainer, a full disk -----------------------------------
+    def nodes_leaked(self) -> tuple[int, list[str]]:
+        """Cluster rows left UP (or owned) with no active run on them, plus trainer processes of the
+        scenario's runs still alive after every run of it ended (on the local launcher the node is
+        this machine: a leaked node is a trainer nobody follows)."""
+        what = []
+        with self.engine.connect() as c:
+            rows = c.execute(text("SELECT c.name, c.status, c.owner_run_id FROM clusters c WHERE (c.status = 'UP' OR c.owner_run_id IS NOT NULL) "
+                                  "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.status IN ('PROVISIONING', 'RUNNING') "
+                                  "AND (r.cluster_id = c.id OR r.id = c.owner_run_id))")).all()  # fmt: skip
+        what += [f"cluster {r.name} {r.status} owned by {r.owner_run_id} with no active run" for r in rows]
+        time.sleep(1.0)  # a stopped trainer's last second
+        what += [f"process {pid} ({name}) still working in {cwd}" for pid, name, cwd in self.processes_in(self.ids)]
+        return len(what), what
+
+    def processes_in(self, ids: list[int]) -> list[tuple[int, str, str]]:
+        """Live processes working in these runs' folders: the wrapper, the sandbox and the trainer all do (a sealed pid means nothing here)."""
+        import psutil
+
+        folders = tuple(str(self.home / "runs" / str(run)) + os.sep for run in ids)
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and (p.cwd() + os.sep).startswith(folders):
+                    found.append((p.pid, p.name(), p.cwd()))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return found
+
+    def finish(self, out: Outcome, wrong: list[str]) -> Outcome:
+        n, leaked = self.nodes_leaked()
+        out.nodes_leaked = n
+        out.notes += leaked
+        out.wrong_answers = len(wrong)
+        out.notes += wrong
+        return out
+
+    def launch_gap(self) -> Outcome:
+        """The runs worker SIGKILLed between the launcher's submit (the trainer started) and the commit that
+        records the job (bench/_fault_hooks.py), twice: a run of 300 steps (30 s: still training when a new
+        executor comes) and one of 20 (2 s: ended before). Expected: each trainer started once, the job
+        adopted by the next executor, SUCCEEDED with its result, no second trainer, the node released."""
+        notes: list[str] = []
+        wrong: list[str] = []
+        recoveries: list[float] = []  # per fault: until the run it struck was driven again (or ended)
+        for steps in (300, 20):
+            marker = self.home / "kill-before-record"
+            marker.touch()
+            killed_at = self.stack.restarts["runs worker"]
+            run = self.submit(steps, seed=len(self.ids) + 1)
+            self.wait(lambda: not marker.exists(), 60, "the launch to reach the fault point")
+            t = self.watch.fault()
+            self.wait(lambda: self.stack.restarts["runs worker"] > killed_at, 30, "the runs worker to be restarted")
+            self.wait(lambda: self.status(run) in TERMINAL, 300, "the run to end")
+            recoveries.append(self.watch.recovery_after(t))
+            row = self.rows([run])[0]
+            starts = [e for e in self.events() if e["run"] == run and e["kind"] == "start"]
+            with self.engine.connect() as c:
+                reasons = [r for (r,) in c.execute(select(RunEvent.reason).where(RunEvent.run_id == run).order_by(RunEvent.id)).all()]
+            adopted = next((r for r in reasons if r and r.startswith("adopted job")), None)
+            running_at = self.event_at(run, "RUNNING")
+            notes.append(f"run {run} ({steps} steps): trainer started {len(starts)} time(s), {len(list((self.home / 'runs' / str(run)).glob('attempt-*')))} "
+                         f"attempt folder(s); {row.status} after {row.attempts + 1} attempt(s); recorded RUNNING {running_at - t:.1f} s after the kill"
+                         + (f" ('{adopted[:90]}…')" if adopted else " (not by adoption)"))  # fmt: skip
+            if row.status == "SUCCEEDED" and row.val_bpb is None:
+                wrong.append(f"run {run} SUCCEEDED without its val_bpb")
+            if adopted is None:
+                wrong.append(f"run {run}: no event says its job was adopted")
+            if len(starts) != 1:
+                wrong.append(f"run {run}: {len(starts)} trainer starts for one attempt")
+        self.all_done()
+        out = self.outcome("launch gap", "kill -9 of the runs worker after the launcher started the trainer, before the launch was recorded (twice: a 30 s and a 2 s run)",
+                           max(recoveries, default=None))  # fmt: skip
+        out.notes += notes
+        return self.finish(out, wrong)
+
+    def hang(self) -> Outcome:
+        """A trainer that prints 3 steps, then nothing, and never ends, beside a healthy run: the silence
+        watchdog (CADDIE_SILENCE_TIMEOUT_S) should stop it, end it FAILED saying so, and free its slot."""
+        hung = self.submit(10, seed=HANG_SEED)
+        healthy = self.submit(250, seed=1)
+        self.wait(lambda: any(e["run"] == hung and e["kind"] == "hang" for e in self.events()), 60, "the trainer to hang")
+        t = self.watch.fault()
+        while_hung = self.processes_in([hung])  # what the leak count must see gone afterwards
+        silent_from = next(e["t"] for e in self.events() if e["run"] == hung and e["kind"] == "hang")
+        self.wait(lambda: self.status(hung) in TERMINAL, SILENCE_S + 120, "the hung run to end")
+        after = self.submit(10, seed=2)  # the freed slot takes a new run
+        self.all_done()
+        out = self.outcome("hang", f"a trainer goes silent and never ends (CADDIE_SILENCE_TIMEOUT_S={SILENCE_S:.0f}), beside a healthy run, then a new run",
+                           None, expect={hung: "FAILED"})  # fmt: skip
+        row = self.rows([hung])[0]
+        ended = row.finished_at.timestamp() if row.finished_at else float("nan")
+        wrong = [] if row.status_reason and "silent" in row.status_reason and "SILENCE" in row.status_reason else [f"run {hung}: reason does not say it was silent"]
+        out.notes.append(f"hung run {hung} {row.status} after {row.attempts + 1} attempt(s), {ended - silent_from:.1f} s after its last output "
+                         f"(limit {SILENCE_S:.0f} s + poll): {row.status_reason}")  # fmt: skip
+        out.notes.append(f"processes in the hung run's folder while it hung: {len(while_hung)} ({', '.join(sorted({n for _, n, _ in while_hung}))}); after: "
+                         f"{len(self.processes_in([hung]))}")  # fmt: skip
+        started_after = self.event_at(after, "PROVISIONING")
+        out.notes.append(f"the next run was picked up {started_after - ended:+.1f} s from the hung run's end; the healthy run {healthy} {self.status(healthy)}")
+        out.recovery_s = ended - t
+        return self.finish(out, wrong)
+
+    def disk_full(self) -> Outcome:
+        """The run folder refuses writes: simulated by RLIMIT_FSIZE (64 KiB) on the trainer process (no loop
+        device or tmpfs mount here); its model file hits EFBIG. Beside it a healthy run, then another.
+        Expected: that run FAILED once (not retried), its reason naming the write that failed and the
+        run folder; the others SUCCEEDED with their results."""
+        full = self.submit(10, seed=FSIZE_SEED)
+        healthy = self.submit(60, seed=1)
+        self.wait(lambda: self.status(full) in TERMINAL, 120, "the run on the full disk to end")
+        t = self.watch.fault()
+        after = self.submit(10, seed=2)
+        self.all_done()
+        out = self.outcome("disk full", f"the trainer's files may not grow past {FSIZE_LIMIT // 1024} KiB (RLIMIT_FSIZE on the job process: "
+                           "writes fail with EFBIG), beside a healthy run, then a new run", None, expect={full: "FAILED"})  # fmt: skip
+        row = self.rows([full])[0]
+        reason = row.status_reason or ""
+        wrong = []
+        if not (("File too large" in reason or "disk" in reason) and str(self.home / "runs" / str(full)) in reason):
+            wrong.append(f"run {full}: reason names neither the failed write nor the run folder")
+        if row.attempts:
+            wrong.append(f"run {full}: retried {row.attempts} time(s) on the same disk")
+        for r in self.rows([healthy, after]):
+            if r.status == "SUCCEEDED" and r.val_bpb is None:
+                wrong.append(f"run {r.id} SUCCEEDED without its val_bpb")
+        out.notes.append(f"run {full} {row.status} after {row.attempts + 1} attempt(s): {reason}")
+        out.notes.append(f"healthy run {healthy} {self.status(healthy)}, the run after it {after} {self.status(after)} ({time.time() - t:.0f} s later all ended)")
+        return self.finish(out, wrong)
+
     def many_runs(self) -> Outcome:
         t0 = time.time()
         for i in range(100):
@@ -677,17 +835,24 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
         f"a `runs` worker, a `control` worker and beat, the local launcher and a stand-in trainer (0.1 s a step); caddie's default "
         f"settings (heartbeat {DEFAULTS.heartbeat_s:.0f} s, stale after {DEFAULTS.stale_heartbeats:.0f} heartbeats, janitor tick "
         f"{DEFAULTS.janitor_tick_s:.0f} s, scheduler tick {DEFAULTS.scheduler_tick_s:.0f} s, retry backoff {DEFAULTS.retry_backoff_s:.0f} s) "
-        f"but {CAPACITY} runs at once; a killed process is restarted {RESTART_DELAY_S:.0f} s after it died.",
+        f"but {CAPACITY} runs at once and a silence watchdog of {SILENCE_S:.0f} s (CADDIE_SILENCE_TIMEOUT_S; default "
+        f"{DEFAULTS.silence_timeout_s:.0f} s); a killed process is restarted {RESTART_DELAY_S:.0f} s after it died"
+        + ("; no bubblewrap on this machine, so jobs ran unsealed (CADDIE_SANDBOX=none)." if shutil.which("bwrap") is None else "; jobs sealed in bubblewrap."),
         "",
         "Recovery: from the fault until no run of the scenario is stranded (active with no live heartbeat, or queued outside "
         "its retry backoff while a slot is free) and every run whose executor died with the fault has been taken over by a new "
         "one; for the API, until it answers again.",
         "",
-        "| fault | runs | lost | duplicate launches | duplicate runs | most of its trainers at once (capacity 2) | recovery, s |",
-        "|---|---|---|---|---|---|---|",
+        "| fault | runs | lost | answers wrong | nodes leaked | duplicate launches | duplicate runs | most of its trainers at once (capacity 2) | recovery, s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def opt(n: int | None) -> str:
+        return "–" if n is None else str(n)
+
     for o in outcomes:
-        lines.append(f"| {o.fault} | {o.runs} | {o.lost} | {o.duplicate_launches} | {o.duplicate_runs} | {o.most_at_once} | {rec(o)} |")
+        lines.append(f"| {o.fault} | {o.runs} | {o.lost} | {opt(o.wrong_answers)} | {opt(o.nodes_leaked)} | {o.duplicate_launches} | {o.duplicate_runs} "
+                     f"| {o.most_at_once} | {rec(o)} |")  # fmt: skip
     notes = [f"- {o.name}: {n}" for o in outcomes for n in o.notes]
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -696,7 +861,7 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
 
 
 SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "postgres-60s", "many",
-             "cancel-race")
+             "cancel-race", "launch-gap", "hang", "disk-full")
 
 
 def main() -> int:
@@ -724,7 +889,10 @@ def main() -> int:
             PYTHONPATH=str(REPO), CADDIE_HOME=str(home), CADDIE_DATABASE_URL=pg.url(), CADDIE_BROKER_URL=redis.url,
             CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted", CADDIE_LAUNCHER="local", CADDIE_GPU_COUNT="0",
             CADDIE_MAX_CONCURRENT_RUNS=str(CAPACITY), CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(home / "stand_in.py")]),
+            CADDIE_SILENCE_TIMEOUT_S=str(SILENCE_S),
         )  # fmt: skip
+        if shutil.which("bwrap") is None:
+            env["CADDIE_SANDBOX"] = "none"  # no bubblewrap on this machine: jobs unsealed (the report says so)
         stack = Stack(home, env)
         stack.start()
         suite = Suite(home, stack, pg.url(), tokens)
@@ -732,7 +900,7 @@ def main() -> int:
             "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
             "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
             "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "postgres-60s": lambda: suite.postgres_down_60s(pg), "many": suite.many_runs,
-            "cancel-race": suite.cancel_race,
+            "cancel-race": suite.cancel_race, "launch-gap": suite.launch_gap, "hang": suite.hang, "disk-full": suite.disk_full,
         }  # fmt: skip
         for name in args.only:
             print(f"--- {name}", flush=True)
