@@ -45,3 +45,14 @@ def test_sweep_pages(world: World, browser_for, session: Session, settings: Sett
     r = other.c.get(f"/sweeps/{sid}")
     assert r.status_code == 404 and "text/html" in r.headers["content-type"]
     assert f"/sweeps/{sid}" not in other.c.get("/sweeps").text
+
+
+def test_a_sweep_with_the_median_pruner_shows_it_and_its_pruned_trial(world: World, browser_for, session: Session, settings: Settings) -> None:
+    from tests.sweeps.test_sweeps_api import test_the_median_pruner_stops_a_trial_behind_the_median as median_scenario
+
+    b = browser_for(world.tokens["alice"])
+    median_scenario(b.c, world, session, settings)  # a median-pruned trial has no value (no predicted final)
+    sid = b.c.get("/api/v1/sweeps", headers=world.h("alice")).json()["items"][0]["id"]
+    page = b.c.get(f"/sweeps/{sid}")
+    assert page.status_code == 200 and "Optuna's median pruner on the train loss, from step 500, after 2 complete trials" in page.text
+    assert "MedianPruner at step 700" in page.text and "predicted</span>" not in page.text
