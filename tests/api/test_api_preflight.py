@@ -6,8 +6,9 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.core.models import Run, utcnow
+from service.core.models import Run
 from service.runs import size_check
+from tests.factories import make_run
 from trainer.config import TrainerConfig
 
 RUNS = "/api/v1/runs"
@@ -29,8 +30,8 @@ def test_a_config_that_cannot_fit_is_refused_saying_by_how_much(client: TestClie
 def test_the_ratio_is_measured_on_the_teams_finished_runs(client: TestClient, world, spec, session: Session) -> None:
     # A finished run of team-a whose artifact compressed to half its packed size: 13 layers fit at that ratio.
     packed = size_check.packed_bytes(TrainerConfig())
-    session.add(Run(team_id=world.team_ids["team-a"], user_id=world.user_ids["alice"], name="done", spec={}, seed=1, group_key="d" * 64,
-                    track="10min_16mb", hardware="H100:8", status="SUCCEEDED", submitted_at=utcnow(), model_bytes=packed // 2, code_bytes=60_000))
+    session.add(make_run(world.team_ids["team-a"], world.user_ids["alice"], name="done", group_key="d" * 64, track="10min_16mb", hardware="H100:8",
+                         status="SUCCEEDED", model_bytes=packed // 2, code_bytes=60_000))  # fmt: skip
     session.commit()
     assert client.post(RUNS, json=spec(config=BIG), headers=world.h("alice")).status_code == 201
     r = client.post(RUNS, json=spec(config=BIG), headers=world.h("bob"))  # team-b has no such run: the default ratio
@@ -57,8 +58,8 @@ def test_abort_if_behind_is_checked_and_stored(client: TestClient, world, spec) 
 
 def test_a_finished_runs_config_is_parsed_once_not_per_submit(world, session: Session, monkeypatch) -> None:  # noqa: ANN001
     packed = size_check.packed_bytes(TrainerConfig())
-    session.add(Run(team_id=world.team_ids["team-a"], user_id=world.user_ids["alice"], name="done", spec={}, seed=1, group_key="e" * 64,
-                    track="10min_16mb", hardware="H100:8", status="SUCCEEDED", submitted_at=utcnow(), model_bytes=packed // 2, code_bytes=60_000))
+    session.add(make_run(world.team_ids["team-a"], world.user_ids["alice"], name="done", group_key="e" * 64, track="10min_16mb", hardware="H100:8",
+                         status="SUCCEEDED", model_bytes=packed // 2, code_bytes=60_000))  # fmt: skip
     session.commit()
     monkeypatch.setattr(size_check, "_packed_by_run", {})
     parsed: list[object] = []

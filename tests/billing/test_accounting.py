@@ -28,6 +28,7 @@ from service.billing.accounting import (
 from service.core.models import Run, RunEvent
 from service.core.settings import Settings, parse_gpu_prices
 from service.teams import accounts
+from tests.factories import make_run
 
 PRICES = {"H100": 2.99, "H200": 3.79, "cpu": 0.0}
 T0 = datetime(2025, 3, 3, 10, 0, tzinfo=timezone.utc)  # a Monday
@@ -177,8 +178,8 @@ def test_warm_starts_and_the_provisioning_they_saved():
 # --- the endpoints -----------------------------------------------------------------------------
 def add_run(session: Session, team_id: int, user_id: int, name: str, hardware: str, steps, **columns) -> Run:  # noqa: ANN001
     status = steps[-1][1]
-    run = Run(team_id=team_id, user_id=user_id, name=name, spec={}, seed=1, group_key="g" * 64, track="10min_16mb", hardware=hardware,
-              status=status, submitted_at=steps[0][0], finished_at=steps[-1][0] if status in ("SUCCEEDED", "FAILED", "CANCELLED") else None, **columns)
+    run = make_run(team_id, user_id, name=name, group_key="g" * 64, track="10min_16mb", hardware=hardware, status=status, submitted_at=steps[0][0],
+                   finished_at=steps[-1][0] if status in ("SUCCEEDED", "FAILED", "CANCELLED") else None, **columns)  # fmt: skip
     session.add(run)
     session.flush()
     previous = None

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 from service.core.db import get_sessionmaker
-from service.core.models import Run, RunEvent, Team, User
+from service.core.models import RunEvent, Team, User
 from tests.cli.conftest import Caddie
+from tests.factories import make_run
 
 
 def add_run(caddie: Caddie, name: str, hardware: str, minutes: list[tuple[float, str]], t0: datetime, **columns: object) -> None:
@@ -18,8 +19,8 @@ def add_run(caddie: Caddie, name: str, hardware: str, minutes: list[tuple[float,
         user_id = s.scalar(select(User.id).where(User.name == "ann"))
         at = [(t0 + timedelta(minutes=m), to) for m, to in minutes]
         status = at[-1][1]
-        run = Run(team_id=team_id, user_id=user_id, name=name, spec={}, seed=1, group_key="u" * 64, track="10min_16mb", hardware=hardware,
-                  status=status, submitted_at=at[0][0], finished_at=at[-1][0] if status in ("SUCCEEDED", "CANCELLED") else None, **columns)
+        run = make_run(team_id, user_id, name=name, group_key="u" * 64, track="10min_16mb", hardware=hardware, status=status, submitted_at=at[0][0],
+                       finished_at=at[-1][0] if status in ("SUCCEEDED", "CANCELLED") else None, **columns)  # fmt: skip
         s.add(run)
         s.flush()
         for when, to in at:

@@ -12,6 +12,7 @@ from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent, Team, User
 from service.runs.lifecycle import record_created, transition
 from service.runs.status import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition
+from tests.factories import make_run
 
 S = RunStatus
 LEGAL = {
@@ -47,7 +48,7 @@ def _run(session: Session, status: RunStatus = S.QUEUED) -> Run:
     user = session.scalar(select(User).where(User.name == "u")) or User(name="u")
     session.add_all([team, user])
     session.flush()
-    run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g" * 64, track="unlimited", hardware="cpu", status=status.value)
+    run = make_run(team.id, user.id, group_key="g" * 64, status=status.value)
     session.add(run)
     session.flush()
     record_created(session, run, actor="test")

@@ -7,14 +7,15 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from service.core.models import Run, utcnow
+from service.core.models import Run
 from service.runs import size_check
+from tests.factories import make_run
 from trainer.config import TrainerConfig
 
 
 def _run(world, status: str, model_bytes: int | None, track: str = "10min_16mb") -> Run:  # noqa: ANN001
-    return Run(team_id=world.team_ids["team-a"], user_id=world.user_ids["alice"], name="r", spec={}, seed=1, group_key="e" * 64,
-               track=track, hardware="H100:8", status=status, submitted_at=utcnow(), model_bytes=model_bytes, code_bytes=60_000)
+    return make_run(world.team_ids["team-a"], world.user_ids["alice"], group_key="e" * 64, track=track, hardware="H100:8", status=status,
+                    model_bytes=model_bytes, code_bytes=60_000)  # fmt: skip
 
 
 def test_a_submit_reads_the_teams_figure_not_its_history(world, session: Session) -> None:  # noqa: ANN001

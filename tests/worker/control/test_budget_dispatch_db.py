@@ -13,8 +13,7 @@ from sqlalchemy import func, select
 from service.billing.accounting import billed_gpu_hours
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent, utcnow
-from service.runs.lifecycle import record_created
-from service.teams.accounts import add_member, create_team, create_user
+from tests.factories import add_queued_run, make_run, make_team
 from tests.fresh_db import fresh_database
 from worker.control.dispatch import dispatch_due_runs
 
@@ -27,21 +26,15 @@ def maker():
 
 
 def team_with_user(s, name: str, budget: float | None = None):  # noqa: ANN001, ANN201
-    team = create_team(s, name, budget_gpu_hours=budget)
-    user = create_user(s, f"{name}-user")
-    add_member(s, team, user)
+    team, user = make_team(s, name, budget_gpu_hours=budget)
     s.commit()
     return team, user
 
 
 def queue(s, team, user, n: int, *, spec: dict | None = None, hardware: str = "H100:8") -> list[int]:  # noqa: ANN001
     now = utcnow()
-    runs = [Run(team_id=team.id, user_id=user.id, name=f"{team.name}-{i}", spec=spec or {}, seed=i, group_key="g", track="10min_16mb",
-                hardware=hardware, priority=0, status="QUEUED", submitted_at=now + timedelta(microseconds=i)) for i in range(n)]  # fmt: skip
-    s.add_all(runs)
-    s.flush()
-    for r in runs:
-        record_created(s, r, actor="test")
+    runs = [add_queued_run(s, team.id, user.id, name=f"{team.name}-{i}", spec=spec or {}, seed=i, track="10min_16mb", hardware=hardware,
+                           submitted_at=now + timedelta(microseconds=i)) for i in range(n)]  # fmt: skip
     s.commit()
     return [r.id for r in runs]
 
@@ -50,8 +43,8 @@ def billed_past_run(s, team, user, *, provisioning_h: float, running_h: float = 
     """A finished H100:8 run that held its node provisioning_h hours, then ran running_h hours."""
     end = utcnow() - timedelta(minutes=1)
     start = end - timedelta(hours=provisioning_h + running_h)
-    run = Run(team_id=team.id, user_id=user.id, name="past", spec={}, seed=99, group_key="p", track="10min_16mb", hardware="H100:8",
-              priority=0, status="CANCELLED", submitted_at=start, finished_at=end)  # fmt: skip
+    run = make_run(team.id, user.id, name="past", seed=99, group_key="p", track="10min_16mb", hardware="H100:8", status="CANCELLED",
+                   submitted_at=start, finished_at=end)  # fmt: skip
     s.add(run)
     s.flush()
     steps = [(start, "QUEUED", None), (start, "PROVISIONING", "QUEUED")]

@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent, utcnow
-from service.runs.lifecycle import record_created
 from service.teams.accounts import add_member, create_team, create_user
+from tests.factories import add_queued_run, make_run
 from tests.fresh_db import fresh_database
 from worker.control.dispatch import dispatch_due_runs
 
@@ -29,15 +29,7 @@ def test_each_queued_run_is_dispatched_once_within_capacity(maker) -> None:
         team = create_team(s, "dispatch-a")
         user = create_user(s, "dispatch-u")
         add_member(s, team, user)
-        runs = [
-            Run(team_id=team.id, user_id=user.id, name=f"r{i}", spec={}, seed=i, group_key="g", track="unlimited", hardware="cpu",
-                priority=0, status="QUEUED", submitted_at=utcnow())
-            for i in range(3)
-        ]  # fmt: skip
-        s.add_all(runs)
-        s.flush()
-        for r in runs:
-            record_created(s, r, actor="test")
+        runs = [add_queued_run(s, team.id, user.id, name=f"r{i}", seed=i) for i in range(3)]
         s.commit()
         ids = [r.id for r in runs]
 
@@ -58,8 +50,7 @@ def test_a_broker_error_leaves_the_run_dispatched_for_the_janitor(maker) -> None
     with maker() as s:
         team = create_team(s, "dispatch-b")
         user = create_user(s, "dispatch-v")
-        run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g", track="unlimited", hardware="H100:8",
-                  priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
+        run = make_run(team.id, user.id, hardware="H100:8")
         s.add(run)
         s.commit()
         run_id = run.id
@@ -81,8 +72,7 @@ def test_a_requeued_run_waits_out_its_backoff(maker) -> None:
     with maker() as s:
         team = create_team(s, "dispatch-c")
         user = create_user(s, "dispatch-w")
-        run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g", track="unlimited", hardware="H200:8",
-                  priority=0, status="PROVISIONING", submitted_at=utcnow())  # fmt: skip
+        run = make_run(team.id, user.id, hardware="H200:8", status="PROVISIONING")
         s.add(run)
         s.flush()
         transition(s, run, "QUEUED", actor="worker", reason="no capacity")  # attempts 1

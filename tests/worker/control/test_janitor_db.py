@@ -14,6 +14,7 @@ from service.core.models import Run, RunEvent, Team, User, utcnow
 from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.teams.accounts import create_team, create_user
+from tests.factories import make_run
 from tests.fresh_db import fresh_database
 from worker.control.janitor import janitor_pass
 from worker.launchers.local import LocalLauncher
@@ -45,9 +46,8 @@ def add_run(maker, status: str, *, silent_s: float, handle: dict | None = None, 
     with maker() as s:
         team = s.scalar(select(Team.id).where(Team.name == "jan"))
         user = s.scalar(select(User.id).where(User.name == "jan"))
-        run = Run(team_id=team, user_id=user, name="j", spec={}, seed=1, group_key="g", track="unlimited", hardware="cpu", priority=0,
-                  status=status, submitted_at=utcnow(), heartbeat_at=utcnow() - timedelta(seconds=silent_s), launch_handle=handle,
-                  worker_task_id="dead-worker", attempts=attempts)  # fmt: skip
+        run = make_run(team, user, name="j", status=status, heartbeat_at=utcnow() - timedelta(seconds=silent_s), launch_handle=handle,
+                       worker_task_id="dead-worker", attempts=attempts)  # fmt: skip
         s.add(run)
         s.commit()
         return run.id

@@ -13,6 +13,7 @@ from service.core.db import get_sessionmaker
 from service.core.models import Artifact, Run, RunEvent, ScriptFile, utcnow
 from service.core.storage import LocalArtifactStore
 from service.teams.accounts import create_team, create_user
+from tests.factories import make_run
 from tests.fresh_db import fresh_database
 from worker.control.retention import retention_pass
 
@@ -25,9 +26,8 @@ def maker():
 
 def _script_run(s, team_id: int, user_id: int, status: str, ended_days_ago: float | None, script_sha: str) -> Run:  # noqa: ANN001
     finished = utcnow() - timedelta(days=ended_days_ago) if ended_days_ago is not None else None
-    run = Run(team_id=team_id, user_id=user_id, name="r", kind="script", spec={"script": script_sha, "files": {"h.py": "shared"}, "env": {}, "data": "sp1024"},
-              seed=1, group_key="g", track="unlimited", hardware="cpu", priority=0, status=status,
-              submitted_at=utcnow() - timedelta(days=60), finished_at=finished)  # fmt: skip
+    run = make_run(team_id, user_id, kind="script", spec={"script": script_sha, "files": {"h.py": "shared"}, "env": {}, "data": "sp1024"},
+                   status=status, submitted_at=utcnow() - timedelta(days=60), finished_at=finished)  # fmt: skip
     s.add(run)
     s.flush()
     return run

@@ -19,10 +19,10 @@ from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.queue.estimates import expected_seconds
 from service.runs.early_abort import AbortRule, judge, loss_at, unlogged_step
-from service.runs.lifecycle import record_created
 from service.runs.logparse import MetricPoint
 from service.teams.accounts import create_team, create_user
 from tests.e2e.conftest import TINY
+from tests.factories import add_queued_run
 from tests.fresh_db import fresh_database
 from trainer.config import TrainerConfig
 from worker.launchers.local import LocalLauncher
@@ -79,11 +79,7 @@ def new_run(maker, spec: dict, rule: dict | None = None) -> int:  # noqa: ANN001
     with maker() as s:
         team = s.scalar(select(Team.id).where(Team.name == "golf"))
         user = s.scalar(select(User.id).where(User.name == "golfer"))
-        run = Run(team_id=team, user_id=user, name="r", spec=spec, seed=7, group_key="g", track="unlimited", hardware="cpu", priority=0,
-                  status="QUEUED", submitted_at=utcnow(), abort_if_behind=rule)  # fmt: skip
-        s.add(run)
-        s.flush()
-        record_created(s, run, actor="test")
+        run = add_queued_run(s, team, user, spec=spec, seed=7, abort_if_behind=rule)
         s.commit()
         return run.id
 

@@ -19,9 +19,9 @@ from service.core.models import Artifact, Cluster, LogChunk, Metric, Run, RunEve
 from service.core.settings import Settings
 from service.core.storage import LocalArtifactStore
 from service.results.rules import RunFacts, check_run
-from service.runs.lifecycle import record_created
 from service.runs.logs import whole_log
 from service.teams.accounts import create_team, create_user
+from tests.factories import add_queued_run
 from tests.fresh_db import fresh_database
 from worker.launchers.base import ClusterHandle, LaunchFailed, RetryLater
 from worker.launchers.local import LocalLauncher
@@ -81,11 +81,7 @@ def new_run(maker, spec: dict | None = None, track: str = "unlimited", owner: st
     with maker() as s:
         team = s.scalar(select(Team.id).where(Team.name == owner))
         user = s.scalar(select(User.id).where(User.name == owner))
-        run = Run(team_id=team, user_id=user, name="x", spec=spec or {}, seed=5, group_key="g", track=track, hardware="cpu",
-                  priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
-        s.add(run)
-        s.flush()
-        record_created(s, run, actor="test")
+        run = add_queued_run(s, team, user, name="x", spec=spec or {}, seed=5, track=track)
         s.commit()
         return run.id
 

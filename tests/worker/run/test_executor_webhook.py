@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from service.core.models import Run, RunEvent, Team, User, WebhookDelivery, utcnow
 from service.core.settings import Settings
-from service.runs.lifecycle import record_created
 from service.teams.accounts import create_team, create_user
 from service.webhooks.send import deliver_due
+from tests.factories import add_queued_run
 from tests.fresh_db import fresh_database
 from tests.webhooks.test_webhooks import Receiver, _dead_url
 from tests.worker.run.test_executor import STAND_IN, _maker, go
@@ -52,11 +52,7 @@ def _run(maker, team_name: str, webhook: str | None) -> int:  # noqa: ANN001
         team = s.scalar(select(Team).where(Team.name == team_name))
         team.webhook_url = webhook
         user = s.scalar(select(User.id).where(User.name == team_name))
-        run = Run(team_id=team.id, user_id=user, name="hooked", spec={}, seed=5, group_key=f"g-{utcnow().timestamp()}", track="unlimited",
-                  hardware="cpu", priority=0, status="QUEUED", submitted_at=utcnow())  # fmt: skip
-        s.add(run)
-        s.flush()
-        record_created(s, run, actor="test")
+        run = add_queued_run(s, team.id, user, name="hooked", seed=5, group_key=f"g-{utcnow().timestamp()}")
         s.commit()
         return run.id
 

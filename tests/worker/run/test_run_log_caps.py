@@ -13,6 +13,7 @@ from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Metric, Run, utcnow
 from service.runs.logparse import LogParser
 from service.teams.accounts import create_team, create_user
+from tests.factories import make_run
 from tests.fresh_db import fresh_database
 from worker.run.log_stream import RunLog, storable, thinned_stride
 
@@ -39,8 +40,7 @@ def _run(maker) -> int:  # noqa: ANN001
         name = f"cap{s.scalar(select(func.count()).select_from(Run))}"
         team, user = create_team(s, name), create_user(s, name)
         s.flush()
-        run = Run(team_id=team.id, user_id=user.id, name="r", spec={}, seed=1, group_key="g", track="unlimited", hardware="cpu", priority=0,
-                  status="RUNNING", submitted_at=utcnow() - timedelta(seconds=1))  # fmt: skip
+        run = make_run(team.id, user.id, status="RUNNING", submitted_at=utcnow() - timedelta(seconds=1))
         s.add(run)
         s.commit()
         return run.id
