@@ -1,12 +1,21 @@
 """A team's storage quota (CADDIE_TEAM_STORAGE_QUOTA_BYTES): artifacts + stored logs + script files.
 
-Checked when a team submits runs (the one upload a team makes): a team at or over its quota, or
-whose upload would take it over, is refused with 403 naming the quota, what it uses and how to
-free space (retention removes ended runs' artifacts and scripts after CADDIE_RETENTION_DAYS).
+Checked where a team's bytes are written:
+
+* when a team submits runs (API, web form, a sweep's trials: every script upload comes with a
+  submission): a team at or over its quota, or whose upload would take it over, is refused with
+  403 naming the quota, what it uses and how to free space (retention removes ended runs'
+  artifacts and scripts after CADDIE_RETENTION_DAYS);
+* when the worker collects a run's output files into the artifact store: the files that would
+  take the team over its quota are not stored (in the order the run lists them, so the model
+  comes first), and the run gets a note (a run event) naming the quota, the use and each file left
+  out; the run's figures are kept and it ends as it would have. The log stays the run's record and
+  is capped by CADDIE_LOG_MAX_BYTES, not by the quota.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -14,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from service.billing import storage
 from service.core.errors import Forbidden
-from service.core.models import RunGroup, ScriptFile
+from service.core.models import Artifact, Run, RunGroup, ScriptFile, Team
 from service.runs.scripts.spec import SCRIPT_KIND
 
 
@@ -64,3 +73,36 @@ def check_storage_quota(session: Session, team_id: int, team_name: str, incoming
 
 def _fits(used: int, incoming: int, quota: int) -> bool:
     return used < quota and used + incoming <= quota  # at the quota a new run (its log, its model) has no room
+
+
+# --- collected outputs -------------------------------------------------------------------------
+def fit_outputs(used: int, quota: int, files: Sequence[tuple[str, int]]) -> tuple[list[str], list[tuple[str, int]]]:
+    """Which of a run's collected files (name, bytes), in order, fit a team using ``used`` bytes
+    of ``quota`` (0: no quota): (names to store, (name, bytes) left out). A file that does not fit
+    leaves room for a smaller one after it."""
+    if quota <= 0:
+        return [name for name, _ in files], []
+    kept: list[str] = []
+    left: list[tuple[str, int]] = []
+    for name, size in files:
+        if used + size <= quota:
+            kept.append(name)
+            used += size
+        else:
+            left.append((name, size))
+    return kept, left
+
+
+def outputs_left_out_note(team_name: str, quota: int, used: int, left: Sequence[tuple[str, int]]) -> str:
+    """The run's note for files that did not fit (names the quota, the use and each file)."""
+    files = ", ".join(f"{name} ({size:,} bytes)" for name, size in left)
+    return (f"not stored: {files}; team {team_name!r} storage quota (CADDIE_TEAM_STORAGE_QUOTA_BYTES) is {quota:,} bytes "
+            f"and it uses {used:,}. Figures are kept. Ended runs' artifacts and scripts are removed after "
+            "CADDIE_RETENTION_DAYS; ask an operator for more.")  # fmt: skip
+
+
+def room_for_run_outputs(session: Session, run_id: int) -> tuple[str, int]:
+    """(team name, bytes the team uses besides this run's artifacts, which a new collect replaces)."""
+    team_id, team_name = session.execute(select(Team.id, Team.name).join(Run, Run.team_id == Team.id).where(Run.id == run_id)).one()
+    own = session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).where(Artifact.run_id == run_id)) or 0
+    return str(team_name), storage.stored_bytes(session, int(team_id)) - int(own)

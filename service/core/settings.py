@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_seeds: int = Field(16, ge=1, le=1000, description="Seeds one spec may ask for (one run each).")
     max_spec_bytes: int = Field(65536, ge=1024, description="raw request body of POST /runs")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Any other request body (JSON, web forms): larger ones get 413 before they are read.")
-    team_storage_quota_bytes: int = Field(100 * 1024**3, ge=0, description="what one team's runs may hold: artifacts + stored logs + script files. A submission (API or web) of a team at its quota, or whose script files would pass it, is refused with 403 naming the quota, the use by kind and the upload (`0`: none)")
+    team_storage_quota_bytes: int = Field(100 * 1024**3, ge=0, description="what one team's runs may hold: artifacts + stored logs + script files. A submission (API or web) of a team at its quota, or whose script files would pass it, is refused with 403 naming the quota, the use by kind and the upload; a run's collected output files that would pass it are not stored (in the run's order: the model first) and the run gets a note naming the quota and each file left out, its figures kept (`0`: none)")
     default_priority: int = Field(0, description="A run's priority within its team when its spec names none.")
     min_priority: int = Field(-100, description="Lowest priority a spec may ask for.")
     max_priority: int = Field(100, description="Highest priority a spec may ask for.")

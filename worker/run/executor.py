@@ -42,6 +42,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.billing import quotas
 from service.billing.storage import counted
 from service.core.hardware import NodeHardware
 from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
@@ -428,19 +429,21 @@ class RunDriver:
             if only_if_succeeded and (result is None or result.get("status") != "succeeded"):
                 return None
             stored = []
-            for filename, kind in SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES:
-                path = outdir / filename
-                if (filename, kind) == (ARCHIVE_NAME, ARCHIVE_KIND):
-                    continue  # the job's stream is the log the run ends with: archived from its chunks by _finish, once
-                if path.is_file():
-                    try:
-                        uri, size, sha = self.store.put(self.run_id, kind, path)
-                    except DiskFull as exc:
-                        # The figures still land below; the run cannot end SUCCEEDED without its files.
-                        log.error("run %s: %s", self.run_id, exc)
-                        self.store_failed = str(exc)
-                        continue
-                    stored.append((kind, uri, size, sha))
+            # The job's stream is the log the run ends with: archived from its chunks by _finish, once.
+            outputs = [(f, k) for f, k in (SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES)
+                       if (f, k) != (ARCHIVE_NAME, ARCHIVE_KIND) and (outdir / f).is_file()]  # fmt: skip
+            keep, over_quota = self._within_quota([(f, (outdir / f).stat().st_size) for f, _ in outputs])
+            for filename, kind in outputs:
+                if filename not in keep:
+                    continue  # over the team's storage quota: the run's note says so
+                try:
+                    uri, size, sha = self.store.put(self.run_id, kind, outdir / filename)
+                except DiskFull as exc:
+                    # The figures still land below; the run cannot end SUCCEEDED without its files.
+                    log.error("run %s: %s", self.run_id, exc)
+                    self.store_failed = str(exc)
+                    continue
+                stored.append((kind, uri, size, sha))
         if not self.script:
             if result is None and self.run_log.parser.summary.final is None:
                 self.run_log.reread()
@@ -454,6 +457,9 @@ class RunDriver:
                 with counted(session, self.run_id):  # the team's stored bytes move with its artifacts, in this commit
                     session.execute(delete(Artifact).where(Artifact.run_id == self.run_id))  # a second collect replaces the first
                     session.add_all(Artifact(run_id=self.run_id, kind=k, uri=u, bytes=b, sha256=h, created_at=utcnow()) for k, u, b, h in stored)
+                    if over_quota:  # a note on the run: what was left out, and the quota that left it out
+                        status = session.scalar(select(Run.status).where(Run.id == self.run_id)) or ""
+                        session.add(RunEvent(run_id=self.run_id, at=utcnow(), from_status=status, to_status=status, actor=ACTOR, reason=over_quota))
                     if values:
                         run = session.get_one(Run, self.run_id)
                         for column, value in values.items():
@@ -463,6 +469,25 @@ class RunDriver:
 
         self._db(write, "store its outputs")
         return result
+
+    def _within_quota(self, files: list[tuple[str, int]]) -> tuple[set[str], str]:
+        """The output files (name, bytes) that fit the team's storage quota, and the run's note
+        for those that do not ("" when all fit; service.billing.quotas)."""
+        quota = int(getattr(self.settings, "team_storage_quota_bytes", 0) or 0)
+        if quota <= 0 or not files:
+            return {name for name, _ in files}, ""
+
+        def room() -> tuple[str, int]:
+            with self.session_factory() as session:
+                return quotas.room_for_run_outputs(session, self.run_id)
+
+        team, used = self._db(room, "read its team's storage")
+        keep, left = quotas.fit_outputs(used, quota, files)
+        if not left:
+            return set(keep), ""
+        note = quotas.outputs_left_out_note(team, quota, used, left)
+        log.warning("run %s: %s", self.run_id, note)
+        return set(keep), note
 
     def _script_values(self, outdir: Path) -> dict[str, Any]:
         def spec() -> dict[str, Any]:
