@@ -72,6 +72,7 @@ def test_the_schema_covers_every_api_route(client: TestClient) -> None:
     assert "SEED" not in config["properties"] and "OUTPUT_DIR" not in config["properties"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_no_request_gets_a_server_error(client: TestClient, world, spec, session: Session) -> None:
     own_token_id = session.scalar(select(ApiToken.id).where(ApiToken.user_id == world.user_ids["alice"]))

@@ -113,6 +113,7 @@ def test_killed_worker_the_run_finishes_once_with_one_trainer(stack: Stack) -> N
     assert text.count("final_ttt val_loss") == 1 and text.count("step:30/30 train_loss") == 1
 
 
+@pytest.mark.slow
 def test_redis_restart_loses_messages_but_no_run(stack: Stack, redis_server: PrivateRedis) -> None:
     """Redis keeps nothing on disk here, so queued messages are gone after the restart;
     the scheduler and the janitor re-derive the work from the database. The worker
@@ -132,6 +133,7 @@ def _first_event_at(stack: Stack, run_id: int, to_status: str) -> float:
     return at.timestamp()
 
 
+@pytest.mark.slow
 def test_a_broker_outage_leaves_no_slot_idle(stack: Stack, redis_server: PrivateRedis) -> None:
     """Redis down 3 s with a run training and one queued (1 slot): once the broker is back,
     the queued run starts within 15 s of the slot coming free. Before, Kombu's failed

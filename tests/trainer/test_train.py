@@ -125,6 +125,7 @@ def test_artifact_accounting_flips_at_the_limit():
 # --- whole runs ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compile_warmup_steps_are_undone(smoke_corpus, tmp_path):
     """Warm-up steps must leave no trace: weights, optimiser state and data order reset."""
     results = []
@@ -138,6 +139,7 @@ def test_compile_warmup_steps_are_undone(smoke_corpus, tmp_path):
     assert results[0]["val_bpb"] == results[1]["val_bpb"]
 
 
+@pytest.mark.slow
 def test_end_to_end_run_writes_a_valid_result(smoke_corpus, tmp_path):
     out = tmp_path / "out"
     knobs = {**TINY, **corpus_knobs(smoke_corpus), "OUTPUT_DIR": str(out), "ITERATIONS": 100000, "MAX_WALLCLOCK_SECONDS": 3,
@@ -214,6 +216,7 @@ def test_config_file_then_env_overrides(tmp_path, smoke_corpus):
     assert (config["num_layers"], config["model_dim"], config["seed"]) == (2, 32, 7)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_ranks_follows_the_single_process_curve(smoke_corpus, tmp_path):
     """torchrun with 2 ranks (gloo) and half the accumulation gives the same global batch, so the same losses."""
     curves = {}

@@ -94,6 +94,7 @@ def train_loss(maker, run_id: int, step: int) -> float:  # noqa: ANN001
         return s.scalar(select(Metric.train_loss).where(Metric.run_id == run_id, Metric.kind == "train", Metric.step == step))
 
 
+@pytest.mark.slow
 def test_a_losing_run_is_stopped_at_its_step_and_a_close_one_goes_on(maker, settings: Settings) -> None:
     best = new_run(maker, TINY)
     assert drive(maker, settings, best) == f"run {best} SUCCEEDED"
