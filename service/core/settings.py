@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.queue.policy import parse_capacity
+from trainer.recipes import parse_sources
 
 TRACKS = ("10min_16mb", "unlimited")
 # The ceiling over every run's own deadline (worker.run.deadlines).
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
     default_priority: int = Field(0, description="A run's priority within its team when its spec names none.")
     min_priority: int = Field(-100, description="Lowest priority a spec may ask for.")
     max_priority: int = Field(100, description="Highest priority a spec may ask for.")
-    data_variants: str = Field("sp1024,sp4096,sp8192", description="Data variants (tokenizer + shards) a run may train on: a run's variant is sp<VOCAB_SIZE>, and the worker finds its folders under its own data root.")
+    data_variants: str = Field("sp1024,sp4096,sp8192,sp8192_caseops", description="Data variants a run may train on, each a recipe (trainer/recipes.py): sp<VOCAB_SIZE> is a dataset's shards and tokenizer downloaded from its source; sp8192_caseops is the challenge's documents built by the run's own prepare_caseops_data.py (a script run only, with that script, lossless_caps.py and its tokenizer among its files). The shared trainer's variant is sp<VOCAB_SIZE> of its VOCAB_SIZE.")
     max_script_file_bytes: int = Field(8_000_000, ge=1024, description="Script runs (a team's own train_gpt.py): what one spec may upload and set. The script and its files count toward the 16,000,000-byte artifact, hence the total.")
     max_script_total_bytes: int = Field(16_000_000, ge=1024, description="All of one script run's files together.")
     max_script_files: int = Field(32, ge=0, le=1000, description="Files one script run may upload besides train_gpt.py.")
@@ -123,7 +124,8 @@ class Settings(BaseSettings):
     webhook_batch: int = Field(50, ge=1, le=10_000, description="Notifications one webhook tick sends at most; the rest wait for the next tick.")
 
     # --- trainer data -------------------------------------------------------------
-    data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant (sp<VOCAB_SIZE>) under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data` writes). A spec never names a path. Default: home/data.")
+    data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data download` writes); a recipe with a build step is built once into built/<content hash>/. A spec names a path only where its recipe lets it (sp8192_caseops: DATA_PATH and TOKENIZER_PATH inside ./data). Default: home/data.")
+    data_sources: str = Field("", description="Where each data variant downloads from, overriding its recipe's source: `variant=owner/name[/prefix]` items separated by commas, or a JSON object {variant: \"owner/name[/prefix]\"}; the prefix is the repository's folder holding manifest.json (`datasets` when omitted, a trailing `/` for the top). Unnamed variants keep their recipe's: sp1024 and sp8192_caseops's documents from willdepueoai/parameter-golf, sp4096 and sp8192 from kevclark/parameter-golf. Passed to SkyPilot nodes; checked at start.")
 
     # --- sweeps ---------------------------------------------------------------------
     records_dir: Path | None = Field(None, description="The public records' folders (one per record, a log per seed) whose finished curves the sweep pruner's predictor is fitted on, beside the team's own runs. Default: ../shared/challenge/records/track_10min_16mb beside this checkout; a deployment points it at its copy of the challenge repository. Missing: the predictor fits on the team's runs alone.")
@@ -167,6 +169,7 @@ class Settings(BaseSettings):
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
         parse_gpu_prices(self.gpu_prices)  # a bad price list fails at start, naming the item
+        parse_sources(self.data_sources)  # so does a bad data source (RecipeError is a ValueError)
         return self
 
     @property

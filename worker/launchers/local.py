@@ -38,6 +38,7 @@ from service.core.hardware import NodeHardware, probe_local_node
 from service.core.storage import mount_of
 from service.runs.logparse import failure_reason
 from service.runs.scripts.spec import SCRIPT_NAME
+from trainer.recipes import Recipe, RecipeError, built_folder, content_hash
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
@@ -55,10 +56,11 @@ from worker.launchers.local_wrapper import (
 from worker.launchers.run_folder import place_files
 from worker.launchers.sandbox import python_roots, sealed_argv
 from worker.launchers.trainer_env import (
+    data_env,
     inherited_env,
     knob_env,
+    recipe_of,
     script_env,
-    variant_paths,
 )
 
 NAME = "local"
@@ -217,13 +219,45 @@ class LocalLauncher:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", SCRIPT_NAME]
         return [sys.executable, SCRIPT_NAME]
 
-    def _check_variant(self, variant: str) -> None:
+    def _recipe(self, job: JobSpec) -> Recipe:
+        return recipe_of(job.data_variant, getattr(self.settings, "data_sources", ""))
+
+    def _data_folder(self, job: JobSpec, recipe: Recipe) -> Path:
+        """What the run sees as ./data: the data root, or a built recipe's folder under it (by content hash)."""
+        if not recipe.built:
+            return self.data_root
+        try:
+            return self.data_root / built_folder(content_hash(recipe, job.script_files))
+        except RecipeError as exc:
+            raise LaunchFailed(str(exc)) from None
+
+    def _check_variant(self, job: JobSpec, recipe: Recipe) -> None:
         # A script reads the data itself; name what is missing before it starts rather than after.
-        data_path, _ = variant_paths(variant)
-        if not (self.data_root / data_path.removeprefix("./data/")).is_dir():
-            raise LaunchFailed(f"data variant {variant} is not on this machine: no {data_path.removeprefix('./data/')} under "
+        if recipe.built:
+            return  # built in submit, from the run's own files
+        if not (self.data_root / recipe.data_path).is_dir():
+            raise LaunchFailed(f"data variant {recipe.variant} is not on this machine: no {recipe.data_path} under "
                                f"CADDIE_DATA_ROOT ({self.data_root}); fetch it once with "
-                               f"`python -m trainer.data download --variant {variant} --out {self.data_root}`")
+                               f"`python -m trainer.data download --variant {recipe.variant} --out {self.data_root}`")
+
+    def _build_data(self, job: JobSpec, recipe: Recipe, workdir: Path) -> None:
+        """A built recipe's data, made once on this machine by the run's own script (trainer.data download
+        --files), sealed like the job unless the operator opted out; its failure fails the run, saying why.
+        It runs here, before the job starts: a first build holds this submit for as long as it takes."""
+        if self._data_folder(job, recipe).is_dir():
+            return
+        argv = [sys.executable, "-m", "trainer.data", "download", "--variant", recipe.variant, "--out", str(self.data_root),
+                "--files", str(workdir), "--sources", getattr(self.settings, "data_sources", "")]
+        if getattr(self.settings, "sandbox", "bwrap") != "none":
+            argv += ["--sandbox", f"{sys.executable} -m worker.launchers.sandbox --die-with-parent"]
+        env = {**inherited_env(os.environ), "PYTHONPATH": str(REPO_ROOT)}
+        try:
+            done = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise LaunchFailed(f"cannot build data {recipe.variant}: {exc}") from exc
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+            raise LaunchFailed(f"data {recipe.variant} could not be built: {why}")
 
     def _new_workdir(self, run_id: int) -> Path:
         run_dir = self.runs_dir / str(int(run_id))
@@ -239,12 +273,14 @@ class LocalLauncher:
 
     def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
         """The allow-listed environment (worker.launchers.trainer_env); paths relative to the work dir, the trainer's cwd."""
+        recipe = self._recipe(job)
         env = inherited_env(os.environ)
-        env.update(script_env(job.env) if job.is_script else knob_env(job.env))
-        env["DATA_PATH"], env["TOKENIZER_PATH"] = variant_paths(job.data_variant)
+        run_env = script_env(job.env, recipe) if job.is_script else knob_env(job.env)
+        env.update(run_env)
+        env.update(data_env(recipe, run_env))
         link = workdir / DATA_LINK
         if not link.is_symlink():
-            link.symlink_to(self.data_root, target_is_directory=True)
+            link.symlink_to(self._data_folder(job, recipe), target_is_directory=True)
         env["OUTPUT_DIR"] = "."  # the work dir
         if not job.is_script:
             env["PYTHONPATH"] = str(REPO_ROOT)  # the trainer package; nothing of the worker's own path (a script gets neither)
@@ -265,12 +301,15 @@ class LocalLauncher:
         return sealed_argv(argv, workdir=workdir, ro_paths=ro)
 
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
+        recipe = self._recipe(job)
         if job.is_script:
-            self._check_variant(job.data_variant)
+            self._check_variant(job, recipe)
         workdir = self._new_workdir(job.run_id)
         env = self._child_env(job, workdir)
         if job.is_script:
             place_files(workdir, job.script_files)
+            if recipe.built:
+                self._build_data(job, recipe, workdir)
         argv = [
             sys.executable, "-m", "worker.launchers.local_wrapper",
             "--workdir", str(workdir),

@@ -40,6 +40,7 @@ import yaml
 
 from service.core.hardware import NodeHardware, parse_gpu_list
 from service.runs.logparse import failure_reason
+from trainer.recipes import RecipeError, built_folder, content_hash
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
@@ -52,7 +53,7 @@ from worker.launchers.base import (
     RetryLater,
 )
 from worker.launchers.run_folder import place_files
-from worker.launchers.trainer_env import knob_env, script_env, variant_paths
+from worker.launchers.trainer_env import data_env, knob_env, recipe_of, script_env
 
 NAME = "skypilot"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -260,15 +261,28 @@ class SkyPilotLauncher:
 
         envs = {str(k): str(v) for k, v in (config.get("envs") or {}).items()}
         # The run's knobs only (worker.launchers.trainer_env), or a script run's env; the run
-        # script sets DATA_PATH, TOKENIZER_PATH and OUTPUT_DIR on the node from the data variant.
-        envs.update(script_env(job.env) if job.is_script else knob_env(job.env))
+        # script sets DATA_PATH, TOKENIZER_PATH and OUTPUT_DIR on the node from CADDIE_DATA_*.
+        recipe = recipe_of(job.data_variant, s.data_sources)
+        run_env = script_env(job.env, recipe) if job.is_script else knob_env(job.env)
+        envs.update({k: v for k, v in run_env.items() if k not in ("DATA_PATH", "TOKENIZER_PATH")})
+        paths = data_env(recipe, run_env)
+        envs["CADDIE_DATA_PATH"], envs["CADDIE_TOKENIZER_PATH"] = paths["DATA_PATH"], paths["TOKENIZER_PATH"]
+        envs["CADDIE_DATA_SOURCES"] = s.data_sources
+        # A built recipe's folder under the node's data root (built/<content hash>), '' for a downloaded one.
+        if recipe.built and not job.is_script:
+            raise LaunchFailed(f"data {recipe.variant} is built by a run's own files; the shared trainer cannot use it")
+        try:
+            digest = content_hash(recipe, job.script_files)
+        except RecipeError as exc:
+            raise LaunchFailed(str(exc)) from None
+        envs["CADDIE_DATA_KEY"] = digest[:16]
+        envs["CADDIE_DATA_FOLDER"] = built_folder(digest) if recipe.built else ""
         if job.is_script:
             # The files go up with the task; the run script copies them into the run folder.
             staging = Path(s.runs_dir).resolve() / "sky-scripts" / run_key
             place_files(staging, job.script_files)
             config["file_mounts"] = {**(config.get("file_mounts") or {}), f"~/caddie-scripts/{run_key}": str(staging)}
             envs["CADDIE_SCRIPT"] = "1"
-        variant_paths(job.data_variant)  # a well-formed variant, or LaunchFailed
         envs["CADDIE_RUN_KEY"] = run_key
         envs["CADDIE_DATA_VARIANT"] = job.data_variant
         envs["CADDIE_TRAIN_SHARDS"] = str(s.sky_data_shards)

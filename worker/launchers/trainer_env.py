@@ -22,8 +22,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.runs.scripts.spec import env_name_problem
+from service.runs.scripts.spec import env_name_problem, path_env_problem
 from trainer.config import TrainerConfig
+from trainer.recipes import PATH_VARS, Recipe, RecipeError, parse_sources, resolve
 from worker.launchers.base import LaunchFailed
 
 # Exact names taken from the worker's environment.
@@ -38,7 +39,6 @@ INHERITED_PREFIXES = ("LC_", "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRIT
 LAUNCHER_KNOBS = TrainerConfig.set_by("launcher")
 KNOB_NAMES = frozenset(TrainerConfig.env_name(f) for f in TrainerConfig.knobs())
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VARIANT = re.compile(r"^sp([1-9][0-9]{0,5})$")
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -66,26 +66,44 @@ SCRIPT_RUN_NAMES = frozenset({"SEED", "RUN_ID"})
 AUDIT_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "audit")}
 
 
-def script_env(job_env: Mapping[str, object]) -> dict[str, str]:
+def script_env(job_env: Mapping[str, object], recipe: Recipe | None = None) -> dict[str, str]:
     """A script run's variables as env vars; LaunchFailed for a reserved name (checked when the
-    spec was accepted, and again here, where it would reach the process)."""
+    spec was accepted, and again here, where it would reach the process). DATA_PATH and
+    TOKENIZER_PATH pass only where the run's data recipe lets a spec set them, inside ./data."""
     out = {}
     for key, value in job_env.items():
         key = str(key)
-        problem = None if key in SCRIPT_RUN_NAMES or AUDIT_ENV.get(key) == value else env_name_problem(key)
+        if key in PATH_VARS:
+            problem = path_env_problem(key, str(value), recipe)
+        else:
+            problem = None if key in SCRIPT_RUN_NAMES or AUDIT_ENV.get(key) == value else env_name_problem(key)
         if problem:
             raise LaunchFailed(f"{key!r} cannot be set by a script run: {problem}")
         out[key] = str(value)
     return out
 
 
+def recipe_of(variant: str, sources_setting: str = "") -> Recipe:
+    """The data recipe of a run's variant with the deployment's CADDIE_DATA_SOURCES; LaunchFailed otherwise."""
+    try:
+        return resolve(variant or "", parse_sources(sources_setting))
+    except RecipeError as exc:
+        raise LaunchFailed(str(exc)) from None
+
+
 def variant_paths(variant: str) -> tuple[str, str]:
-    """(DATA_PATH, TOKENIZER_PATH) of a data variant, relative to a folder whose ``data`` is the data root.
+    """(DATA_PATH, TOKENIZER_PATH) of a data variant, relative to a folder whose ``data`` is the recipe's data folder.
 
     ``sp1024`` -> ``./data/datasets/fineweb10B_sp1024``, ``./data/tokenizers/fineweb_1024_bpe.model``
     (the trainer's own defaults for sp1024, so its config line does not repeat them).
     """
-    m = _VARIANT.match(variant or "")
-    if not m:
-        raise LaunchFailed(f"data variant {variant!r}: expected sp<VOCAB_SIZE>, e.g. sp1024")
-    return f"./data/datasets/fineweb10B_{variant}", f"./data/tokenizers/fineweb_{m[1]}_bpe.model"
+    return recipe_of(variant).env_paths()
+
+
+def data_env(recipe: Recipe, job_env: Mapping[str, str]) -> dict[str, str]:
+    """DATA_PATH and TOKENIZER_PATH of a run: the recipe's, or the spec's own where its recipe lets it
+    (script_env has checked them)."""
+    data_path, tokenizer_path = recipe.env_paths()
+    if recipe.paths_settable:
+        data_path, tokenizer_path = job_env.get("DATA_PATH", data_path), job_env.get("TOKENIZER_PATH", tokenizer_path)
+    return {"DATA_PATH": data_path, "TOKENIZER_PATH": tokenizer_path}

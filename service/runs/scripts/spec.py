@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.errors import InvalidInput, Issue
+from trainer.recipes import PATH_VARS, Recipe, RecipeError, data_path_problem, resolve
 
 SCRIPT_KIND = "script"  # runs.kind and run_groups.kind of a script run ("trainer": the shared trainer)
 SCRIPT_NAME = "train_gpt.py"
@@ -39,7 +40,7 @@ FILE_NAME_MAX_CHARS = 200
 FILE_NAME_MAX_PARTS = 4
 
 _TORCHRUN = "set by torchrun for each process"
-_VARIANT = "set by caddie from data (the run's data variant); a spec never names a path"
+_VARIANT = "set by caddie from data (the run's data variant); a spec names it only where its data's recipe lets it (sp8192_caseops)"
 RESERVED_ENV: dict[str, str] = {
     "SEED": "set the seed with seeds/seed; caddie passes it as SEED",
     "RUN_ID": "set by caddie (the run's id)",
@@ -162,6 +163,15 @@ def env_name_problem(name: str) -> str | None:
     return None
 
 
+def path_env_problem(name: str, value: str, recipe: Recipe | None) -> str | None:
+    """Why a spec may not set DATA_PATH/TOKENIZER_PATH to ``value``, or None: only where its data's
+    recipe lets it, and only inside ./data (the run's link to the recipe's data folder)."""
+    if recipe is None or not recipe.paths_settable:
+        return env_name_problem(name)
+    problem = data_path_problem(value)
+    return None if problem is None else f"{problem} (data {recipe.variant} puts its data there)"
+
+
 def env_value(value: Any) -> str:
     """A YAML/JSON scalar as the text an env var holds (booleans 1/0, as the challenge's scripts read them)."""
     if isinstance(value, bool):
@@ -264,12 +274,26 @@ def check_script_spec(
     if total > limits.total_bytes:
         issues.append(Issue(("files",), f"the script and its files are {total:,} bytes together; the limit is {limits.total_bytes:,} bytes", total))
 
+    variant = DEFAULT_VARIANT if data is None else data
+    recipe: Recipe | None = None
+    if variant not in limits.variants:
+        issues.append(Issue(("data",), f"must be one of {', '.join(limits.variants)} (the data variants this caddie serves)", data))
+    else:
+        try:
+            recipe = resolve(variant)
+        except RecipeError as exc:
+            issues.append(Issue(("data",), str(exc), data))
+    if recipe is not None:
+        missing = [n for n in recipe.run_files() if n not in named]
+        if missing:
+            issues.append(Issue(("files",), f"data {variant} is built by the run's own files: add {', '.join(missing)}", missing))
+
     if len(env) > limits.env_vars:
         issues.append(Issue(("env",), f"at most {limits.env_vars} variables, got {len(env)}", len(env)))
     values: dict[str, str] = {}
     for name, value in env.items():
-        problem = env_name_problem(name)
         text = env_value(value)
+        problem = path_env_problem(name, text, recipe) if name in PATH_VARS else env_name_problem(name)
         if problem is None and len(text) > limits.env_value_chars:
             problem = f"the value is {len(text):,} characters; the limit is {limits.env_value_chars:,}"
         if problem is None and "\x00" in text:
@@ -281,9 +305,6 @@ def check_script_spec(
         else:
             values[name] = text
 
-    variant = DEFAULT_VARIANT if data is None else data
-    if variant not in limits.variants:
-        issues.append(Issue(("data",), f"must be one of {', '.join(limits.variants)} (the data variants this caddie serves)", data))
     if score_label is not None:
         problem = score_label_problem(score_label)
         if problem:
