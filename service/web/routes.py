@@ -113,13 +113,6 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 
 # --- helpers --------------------------------------------------------------------------------
-def optional_user(request: Request, session: SessionDep) -> Principal | None:
-    try:
-        return web_session.cookie_principal(request, session)
-    except Unauthorized:
-        return None
-
-
 def page_user(request: Request, session: SessionDep) -> Principal:
     user = request.state.user = web_session.cookie_principal(request, session)  # error pages show the nav too
     return user
