@@ -1,0 +1,43 @@
+"""The local launcher and data recipes: a built recipe's run sees its folder (built/<content hash>)
+as ./data, with the record's own DATA_PATH/TOKENIZER_PATH; a folder already built is not built again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.core.settings import Settings
+from trainer.recipes import BUILTIN, built_folder, content_hash
+from worker.launchers.base import JobSpec, LaunchFailed
+from worker.launchers.local import LocalLauncher
+
+FILES = {name: f"bytes of {name}".encode() for name in BUILTIN["sp8192_caseops"].run_files()}
+PATHS = {"DATA_PATH": "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved",
+         "TOKENIZER_PATH": "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"}
+
+
+def test_a_built_recipe_is_linked_as_the_runs_data_and_not_built_twice(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, sandbox="none")
+    launcher = LocalLauncher(settings)
+    folder = Path(settings.data_root).resolve() / built_folder(content_hash(BUILTIN["sp8192_caseops"], FILES))
+    folder.mkdir(parents=True)  # built by an earlier run on this machine
+    job = JobSpec(7, {**PATHS, "CASEOPS_ENABLED": "1"}, "local", 60, "sp8192_caseops",
+                  script_files={"train_gpt.py": b"print(1)\n", **FILES})
+    work = tmp_path / "work"
+    work.mkdir()
+    env = launcher._child_env(job, work)
+    assert (work / "data").resolve() == folder
+    assert {k: env[k] for k in PATHS} == PATHS and env["CASEOPS_ENABLED"] == "1"
+    launcher._build_data(job, BUILTIN["sp8192_caseops"], work)  # there already: returns without running anything
+
+
+def test_a_built_recipe_without_its_files_or_with_a_path_outside_data_fails_at_launch(tmp_path: Path) -> None:
+    launcher = LocalLauncher(Settings(home=tmp_path, sandbox="none"))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(LaunchFailed, match="lack"):
+        launcher._child_env(JobSpec(7, {}, "local", 60, "sp8192_caseops", script_files={"train_gpt.py": b"x"}), work)
+    with pytest.raises(LaunchFailed, match="DATA_PATH"):
+        launcher._child_env(JobSpec(7, {"DATA_PATH": "/etc"}, "local", 60, "sp8192_caseops",
+                                    script_files={"train_gpt.py": b"x", **FILES}), work)
