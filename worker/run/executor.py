@@ -170,7 +170,10 @@ class RunDriver:
         if is_terminal(status):
             return f"run {self.run_id} is already {status}"
         if handle is None:
-            if cancel_requested:
+            # A cancel with no job recorded ends the run at once, unless an executor that died
+            # between submit and record left a job: that one is adopted below, then stopped by
+            # _follow like any cancelled job (never left training for nobody).
+            if cancel_requested and self._orphan_job() is None:
                 return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
             launched = self._launch()
             if isinstance(launched, str):
@@ -236,15 +239,15 @@ class RunDriver:
             return self._requeue(f"no node: {exc}")
         except LaunchFailed as exc:
             return self._finish(RunStatus.FAILED, f"cannot get a node: {exc}")
-        if self._cancel_requested():
-            return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
         # The launch key is fixed by what the database already holds (the run and its attempt),
         # so it exists before the launcher is asked. An executor that died between submit and
         # the commit below left a job tagged with it: this one adopts that job instead of
-        # starting a second trainer for the same attempt.
-        job.launch_key = f"run-{self.run_id}-attempt-{self.run_log.attempt}"
-        find = getattr(self.launcher, "find", None)
-        found = find(self.run_id, job.launch_key) if find is not None else None
+        # starting a second trainer for the same attempt, cancelled or not (a cancel is then
+        # _follow's to carry out: the job is stopped, its result kept if it had written one).
+        job.launch_key = self._launch_key()
+        found = self._orphan_job()
+        if found is None and self._cancel_requested():
+            return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
         if found is not None:
             reason = f"adopted job {found.job_id} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
             node = self._node(cluster)
@@ -276,6 +279,14 @@ class RunDriver:
             self._cancel_quietly(handle)
             return f"run {self.run_id} changed state during launch; job stopped"
         return handle, cluster
+
+    def _launch_key(self) -> str:
+        return f"run-{self.run_id}-attempt-{self.run_log.attempt}"
+
+    def _orphan_job(self) -> LaunchHandle | None:
+        """The job of this attempt started by an executor that died before recording it, if the launcher can find one."""
+        find = getattr(self.launcher, "find", None)
+        return find(self.run_id, self._launch_key()) if find is not None else None
 
     def _node(self, cluster: ClusterHandle) -> NodeHardware | None:
         """What the launcher says the job's node has (None: a launcher that cannot say, or an error saying it)."""
