@@ -738,6 +738,31 @@ class Suite:
         out.notes += notes
         return self.finish(out, wrong)
 
+    def launch_gap_cancel(self) -> Outcome:
+        """The launch gap (as above) on a 300-step run, then its cancel while no executor drives it. Expected:
+        CANCELLED, and the trainer its dead executor started stopped (not left training for nobody)."""
+        marker = self.home / "kill-before-record"
+        marker.touch()
+        run = self.submit(300, seed=1)
+        self.wait(lambda: not marker.exists(), 60, "the launch to reach the fault point")
+        t = self.watch.fault()
+        r = self.clients["a"].post(f"/runs/{run}/cancel")
+        self.wait(lambda: self.status(run) in TERMINAL, 120, "the run to end")
+        ended = self.rows([run])[0].finished_at
+        out = self.outcome("launch gap + cancel", "kill -9 of the runs worker between launch and record (as above), then the run's cancel",
+                           self.watch.recovery_after(t), expect="CANCELLED")  # fmt: skip
+        row = self.rows([run])[0]
+        still = self.processes_in([run])
+        out.notes.append(f"cancel answered {r.status_code} {r.json().get('cancel_outcome', '') if r.status_code == 200 else ''}; run {run} {row.status} "
+                         f"{(ended.timestamp() - t) if ended else float('nan'):.1f} s after the kill: {row.status_reason}; processes still in its folder "
+                         f"at its end: {len(still)}")  # fmt: skip
+        last = max((e["t"] for e in self.events() if e["run"] == run), default=float("nan"))
+        if still:
+            self.wait(lambda: not self.processes_in([run]), 600, "the orphan to end")
+            out.notes.append(f"the orphan trainer ran on {time.time() - (ended.timestamp() if ended else t):.0f} s after the run ended CANCELLED "
+                             f"(its last mark {last - t:.0f} s after the kill)")  # fmt: skip
+        return self.finish(out, [] if not still else [f"run {run} CANCELLED while its trainer ran on"])
+
     def hang(self) -> Outcome:
         """A trainer that prints 3 steps, then nothing, and never ends, beside a healthy run: the silence
         watchdog (CADDIE_SILENCE_TIMEOUT_S) should stop it, end it FAILED saying so, and free its slot."""
@@ -861,7 +886,7 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
 
 
 SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "postgres-60s", "many",
-             "cancel-race", "launch-gap", "hang", "disk-full")
+             "cancel-race", "launch-gap", "launch-gap-cancel", "hang", "disk-full")
 
 
 def main() -> int:
@@ -900,7 +925,7 @@ def main() -> int:
             "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
             "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
             "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "postgres-60s": lambda: suite.postgres_down_60s(pg), "many": suite.many_runs,
-            "cancel-race": suite.cancel_race, "launch-gap": suite.launch_gap, "hang": suite.hang, "disk-full": suite.disk_full,
+            "cancel-race": suite.cancel_race, "launch-gap": suite.launch_gap, "launch-gap-cancel": suite.launch_gap_cancel, "hang": suite.hang, "disk-full": suite.disk_full,
         }  # fmt: skip
         for name in args.only:
             print(f"--- {name}", flush=True)
