@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(30.0, ge=0, description="A failed notification is tried again after this long, doubled per try.")
     webhook_tick_s: float = Field(5.0, gt=0, description="How often the control worker sends the notifications that are due (beat's caddie.webhook_tick).")
     webhook_batch: int = Field(50, ge=1, le=10_000, description="Notifications one webhook tick sends at most; the rest wait for the next tick.")
+    webhook_retention_days: float = Field(30.0, ge=0, description="The janitor deletes sent and failed notifications (the rows the team's deliveries page lists) queued longer ago than this; pending ones stay whatever their age (`0`: keep for ever).")
 
     # --- trainer data -------------------------------------------------------------
     data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data download` writes); a recipe with a build step is built once into built/<content hash>/. A spec names a path only where its recipe lets it (sp8192_caseops: DATA_PATH and TOKENIZER_PATH inside ./data). Default: home/data.")

@@ -10,7 +10,8 @@ trainer's config alone (no torch):
   tensors in fp16. Their packed size is Σ values x bits / 8;
 * x the compression ratio the codec achieves on trained weights: measured on
   the team's finished runs (the median of model_bytes / packed bytes of its
-  SUCCEEDED trainer runs on the track), else DEFAULT_RATIO;
+  SUCCEEDED trainer runs on the track), else the codec's ratio for each storage
+  kind (CODEC_RATIOS: ARTIFACT_CODEC, PERGROUP_BACKEND and bit width);
 * + the code: the median code_bytes of those runs, else DEFAULT_CODE_BYTES.
 
 DEFAULT_RATIO (0.70) is below the ~0.79 of full-length trained records
@@ -39,6 +40,25 @@ from trainer.config import ARTIFACT_LIMIT_BYTES, CONTROL_TENSOR_PATTERNS, QUANT_
 
 SIZE_CHECKED_TRACK = "10min_16mb"
 DEFAULT_RATIO = 0.70
+# compressed / packed bytes by codec ("lzma", "zstd", "brotli", "pergroup/<PERGROUP_BACKEND>") and storage kind;
+# a kind not listed takes DEFAULT_RATIO. Sources:
+# * lzma, zstd, brotli: DEFAULT_RATIO for every kind (the 2026-03-23 stack's estimate, unchanged).
+# * pergroup/lrzip: the 2026-04-27 record (records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_
+#   9HpStack_1.0611/train_seed42.log): 15,865,260 model bytes ("Serialized model quantized+pergroup") for
+#   35,945,671 params, whose packed bytes here are int6 23,879,680 + int7 3,686,400 + fp16 51,376 (+ ~1 kB int8
+#   gate rows): 0.574 overall. Split by bit width with the entropy of an SDClip grid (std(q) = qmax/k;
+#   H = log2(std(q)·sqrt(2πe))): int6 at k 11.5 (MLP) / 13 (attn) 3.43 bits of 6, int7 at k 14 4.22 bits of 7,
+#   so int7/int6 = 0.603/0.572 = 1.054; fp16 0.87 (bench/results/artifact_anatomy_600.md: blocks.*.resid_mix,
+#   19,680 of 22,528 bytes), int8 gate rows 1.0. Solving 15,865,260 = r6·23,879,680 + 1.054·r6·3,686,400 + 0.87·51,376
+#   gives r6 0.570, r7 0.600. LQER factors (rank 4, 3 matrices, ~3 kB) are left to the rounding.
+# * pergroup/brotli: the same record's base with COMPRESSOR=brotli (records/.../2026-04-27_SmearGateBOSFix_
+#   PR1787Base_LQERAsym_PhasedTTT/train_seed42.log: 15,920,836 bytes, same params and bit widths) is 1.0035x the
+#   lrzip figure; caddie's per-group brotli lies between the two (the record's README: lrzip saves ~280 kB over
+#   whole-blob brotli of its layout), so the lrzip ratios x 1.0035, an upper bound.
+CODEC_RATIOS: dict[str, dict[str, float]] = {
+    "pergroup/lrzip": {"int6": 0.570, "int7": 0.600, "int8": 1.0, "fp16": 0.87, "fp32": 0.87},
+    "pergroup/brotli": {"int6": 0.572, "int7": 0.602, "int8": 1.0, "fp16": 0.87, "fp32": 0.87},
+}
 DEFAULT_CODE_BYTES = 80_000
 # The measured ratio uses at most this many of the team's latest finished runs.
 RATIO_SAMPLE = 20
@@ -65,7 +85,8 @@ def model_tensors(cfg: TrainerConfig) -> list[Tensor]:
         out += [Tensor("bigram.table.weight", (cfg.bigram_vocab_size, cfg.bigram_dim)), Tensor("bigram.proj.weight", (d, cfg.bigram_dim)),
                 Tensor("bigram.scale", ())]  # fmt: skip
     if cfg.smear_gate:
-        out.append(Tensor("smear.gate", (d,)))
+        out += [Tensor("smear.gate_w", (cfg.gate_window,)), Tensor("smear.lam", (1,))] if cfg.smear_gate_kind == "window" else [Tensor("smear.gate", (d,))]
+    gate_width = {"none": 0, "sparse": cfg.gate_window, "dense": d}[cfg.attn_gate]
     for i in range(cfg.num_layers):
         b = f"blocks.{i}."
         out += [
@@ -74,19 +95,36 @@ def model_tensors(cfg: TrainerConfig) -> list[Tensor]:
             Tensor(b + "mlp.up.weight", (cfg.mlp_hidden, d)), Tensor(b + "mlp.down.weight", (d, cfg.mlp_hidden)),
             Tensor(b + "resid_mix", (2, d)), Tensor(b + "attn_scale", (d,)), Tensor(b + "mlp_scale", (d,)),
         ]  # fmt: skip
+        if gate_width:
+            out.append(Tensor(b + "attn.attn_gate_w", (cfg.num_heads, gate_width)))
+        if cfg.parallel_start_layer and i >= cfg.parallel_start_layer:
+            out += [Tensor(b + "lane_resid", (2,)), Tensor(b + "lane_post", (4,))]
     ve_layers = len(cfg.ve_layer_list) if cfg.ve_enabled else 0
     if ve_layers:
         out += [Tensor("ve.table.weight", (cfg.vocab_size, cfg.ve_dim)), Tensor("ve.proj.weight", (kv, cfg.ve_dim)), Tensor("ve.ve_scale", (ve_layers,))]
-    if cfg.unet_skips and cfg.num_layers // 2:
-        out.append(Tensor("skip_weights", (cfg.num_layers // 2, d)))
+    skips = _num_skips(cfg)
+    if skips:
+        out.append(Tensor("skip_weights", (skips, d)))
+        if cfg.skip_gates:
+            out.append(Tensor("skip_gates", (skips * d,)))
     if not cfg.tie_embeddings:
         out.append(Tensor("lm_head.weight", (cfg.vocab_size, d)))
     return out
 
 
+def _num_skips(cfg: TrainerConfig) -> int:
+    """U-Net skips: the shorter half of the looped block order (trainer.model.block_order)."""
+    if not cfg.unet_skips:
+        return 0
+    n = cfg.num_layers + (cfg.num_loops * (cfg.loop_end - cfg.loop_start + 1) if cfg.num_loops else 0)
+    return n // 2
+
+
 def storage_kind(t: Tensor, cfg: TrainerConfig) -> str:
     """How the artifact stores ``t`` (trainer/quant.py's quantize_state_dict): "int<bits>",
     "fp16" or "fp32"."""
+    if cfg.attn_gate_int8 and len(t.shape) == 2 and t.name.endswith(".attn_gate_w") and 32 <= t.numel <= 8192:
+        return "int8"  # trainer/quant.py's is_gate_row_tensor
     if len(t.shape) < 2 or any(p in t.name for p in CONTROL_TENSOR_PATTERNS):
         return cfg.control_dtype
     if t.numel > QUANT_SMALL_NUMEL:
@@ -98,13 +136,27 @@ def _bits(kind: str) -> int:
     return int(kind.removeprefix("int").removeprefix("fp"))
 
 
-def packed_bytes(cfg: TrainerConfig) -> int:
-    """Bytes of the quantised tensors at their bit widths (plus an fp16 scale per quantised row), before compression."""
-    bits = 0
+def packed_by_kind(cfg: TrainerConfig) -> dict[str, int]:
+    """Bytes of the quantised tensors by storage kind at their bit widths (plus an fp16 scale per quantised row), before compression."""
+    bits: dict[str, int] = {}
     for t in model_tensors(cfg):
         kind = storage_kind(t, cfg)
-        bits += t.numel * _bits(kind) + (t.shape[0] * 16 if kind.startswith("int") else 0)
-    return bits // 8
+        bits[kind] = bits.get(kind, 0) + t.numel * _bits(kind) + (t.shape[0] * 16 if kind.startswith("int") else 0)
+    return {kind: b // 8 for kind, b in bits.items()}
+
+
+def packed_bytes(cfg: TrainerConfig) -> int:
+    """Bytes of the quantised tensors at their bit widths (plus an fp16 scale per quantised row), before compression."""
+    return sum(packed_by_kind(cfg).values())
+
+
+def codec_ratio(cfg: TrainerConfig) -> float:
+    """The compression ratio of ``cfg``'s codec on its packed bytes (CODEC_RATIOS, weighted by storage kind)."""
+    codec = f"pergroup/{cfg.pergroup_backend}" if cfg.artifact_codec == "pergroup" else cfg.artifact_codec
+    ratios = CODEC_RATIOS.get(codec, {})
+    by_kind = packed_by_kind(cfg)
+    total = sum(by_kind.values())
+    return sum(n * ratios.get(kind, DEFAULT_RATIO) for kind, n in by_kind.items()) / total if total else DEFAULT_RATIO
 
 
 @dataclass(frozen=True)
@@ -126,14 +178,14 @@ class SizeEstimate:
         """Why the artifact cannot fit, with the figures; None if it may."""
         if self.over_by <= 0:
             return None
-        source = f"the median of your team's {self.ratio_measured_on} finished runs" if self.ratio_measured_on else "the default, no finished run to measure"
+        source = f"the median of your team's {self.ratio_measured_on} finished runs" if self.ratio_measured_on else "the default for its codec, no finished run to measure"
         return (f"the artifact is estimated at {self.total_bytes:,} bytes, {self.over_by:,} over the {ARTIFACT_LIMIT_BYTES:,}-byte limit "
                 f"({self.packed_bytes:,} bytes of quantised weights x compression {self.ratio:.2f} ({source}) + {self.code_bytes:,} bytes of code)")  # fmt: skip
 
 
 def estimate(cfg: TrainerConfig, ratios: list[float], code_sizes: list[int]) -> SizeEstimate:
     """The artifact estimate of ``cfg`` with the team's measured ratios and code sizes (empty: the defaults)."""
-    ratio = statistics.median(ratios) if ratios else DEFAULT_RATIO
+    ratio = statistics.median(ratios) if ratios else codec_ratio(cfg)
     code = round(statistics.median(code_sizes)) if code_sizes else DEFAULT_CODE_BYTES
     return SizeEstimate(packed_bytes(cfg), ratio, len(ratios), code)
 

@@ -27,6 +27,15 @@ def test_a_config_that_cannot_fit_is_refused_saying_by_how_much(client: TestClie
     assert client.post(RUNS, json=spec(config={"NUM_LAYERS": 11}), headers=h).status_code == 201  # the seed stack fits
 
 
+def test_the_2026_04_27_stack_fits_and_a_wider_one_is_refused(client: TestClient, world, spec) -> None:
+    h = world.h("alice")
+    assert client.post(RUNS, json=spec(config={"STACK": "2026-04-27"}), headers=h).status_code == 201
+    r = client.post(RUNS, json=spec(config={"STACK": "2026-04-27", "MODEL_DIM": 576}), headers=h)
+    assert r.status_code == 422
+    [issue] = r.json()["detail"]
+    assert issue["loc"][-1] == "config" and "over the 16,000,000-byte limit" in issue["msg"] and "compression 0.57" in issue["msg"]
+
+
 def test_the_ratio_is_measured_on_the_teams_finished_runs(client: TestClient, world, spec, session: Session) -> None:
     # A finished run of team-a whose artifact compressed to half its packed size: 13 layers fit at that ratio.
     packed = size_check.packed_bytes(TrainerConfig())

@@ -17,6 +17,9 @@ CONFIGS = [
     {"NUM_LAYERS": 1, "XSA_LAST_N": 0, "MODEL_DIM": 64, "NUM_HEADS": 2, "NUM_KV_HEADS": 1, "VOCAB_SIZE": 4096},
     # the 2026-04-27 record's bit widths: int7 embedding, int5 matrices (QAT rounds to int6, so off)
     {"NUM_LAYERS": 2, "XSA_LAST_N": 2, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "EMBED_BITS": 7, "MATRIX_BITS": 5, "QAT_ENABLED": 0},
+    # the 2026-04-27 stack's tensors (loops, parallel lanes, gates), shrunk
+    {"STACK": "2026-04-27", "NUM_LAYERS": 6, "XSA_LAST_N": 6, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "VOCAB_SIZE": 1024,
+     "LOOP_START": 2, "LOOP_END": 3, "PARALLEL_START_LAYER": 4, "LQER_ENABLED": 0},
 ]
 
 
@@ -40,3 +43,13 @@ def test_the_seed_stack_fits_and_two_more_layers_do_not() -> None:
     # A team whose runs compress to 60% of the packed size fits 13 layers.
     assert estimate(TrainerConfig.from_dict({"NUM_LAYERS": 13}), [0.6, 0.55, 0.65], [60_000]).problem() is None
     assert packed_bytes(TrainerConfig.from_dict({"NUM_LAYERS": 13})) > packed_bytes(TrainerConfig())
+
+
+def test_the_2026_04_27_stack_is_estimated_within_3_percent_of_the_records_artifact() -> None:
+    # records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611/train_seed42.log:
+    # "Total submission size quantized+pergroup: 15897259 bytes"
+    record = estimate(TrainerConfig.from_dict({"STACK": "2026-04-27"}), [], [])
+    assert abs(record.total_bytes / 15_897_259 - 1) < 0.03 and record.problem() is None
+    assert round(record.ratio, 3) == 0.575  # pergroup/lrzip: int6 0.570, int7 0.600
+    wider = estimate(TrainerConfig.from_dict({"STACK": "2026-04-27", "MODEL_DIM": 576}), [], [])
+    assert wider.over_by > 0 and "16,000,000-byte limit" in (wider.problem() or "")
