@@ -409,7 +409,15 @@ def _bpb_per_nat(session: Session, trial: SweepTrial) -> float | None:
 # --- helpers ------------------------------------------------------------------------------
 def _history(trials: Sequence[SweepTrial]) -> list[Observed]:
     state = {COMPLETE: "complete", PRUNED: "pruned", PENDING: "running", RUNNING: "running"}
-    return [Observed(dict(t.params), state.get(t.status, "failed"), t.value) for t in sorted(trials, key=lambda t: t.number)]
+    return [Observed(dict(t.params), state.get(t.status, "failed"), t.value, _last_loss(t)) for t in sorted(trials, key=lambda t: t.number)]
+
+
+def _last_loss(trial: SweepTrial) -> tuple[int, float] | None:
+    """Where the median pruner stopped the trial: (step, its best train loss so far), Optuna's intermediate value."""
+    figures = trial.prune or {}
+    if trial.status != PRUNED or figures.get("pruner") != "median":
+        return None
+    return int(figures["step"]), float(figures["trial_loss"])
 
 
 def _tidy(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:

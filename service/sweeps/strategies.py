@@ -32,13 +32,18 @@ TPE_STARTUP_TRIALS = 5  # random trials before TPE models the history (Optuna's 
 class Observed:
     """A trial so far: its knob values, its state, and its value (final val_bpb, lower is better).
 
-    state: "running" (no value yet), "complete" (value = its mean val_bpb), "pruned" (value =
-    the pruner's predicted final val_bpb, the best figure there is), "failed" (no value).
+    state: "running" (no value yet), "complete" (value = its mean val_bpb), "pruned", "failed" (no value).
+    A trial the curve pruner stopped has a value: its predicted final val_bpb, on the objective's own
+    scale, so TPE is told it as a complete trial of that value. One the median pruner stopped has
+    none, only ``last``: (step, train loss) where it was stopped; TPE is told it as PRUNED with that
+    intermediate value (Optuna ranks pruned trials after every complete one), never as failed, which
+    TPE would ignore and so propose the same region again.
     """
 
     params: dict[str, Any]
     state: str
     value: float | None = None
+    last: tuple[int, float] | None = None
 
 
 def propose(strategy: str, space: SearchSpace, history: Sequence[Observed], *, seed: int) -> dict[str, Any] | None:
@@ -90,25 +95,35 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
 
 def _tpe_next(space: SearchSpace, history: Sequence[Observed], *, seed: int) -> dict[str, Any]:
     import optuna
+
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental; it models knobs jointly, which sweeps want
+        warnings.simplefilter("ignore")
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, constant_liar=True, multivariate=True)
+    trial = tpe_study(space, history, sampler).ask(distributions(space))
+    return dict(trial.params)
+
+
+def tpe_study(space: SearchSpace, history: Sequence[Observed], sampler: Any = None) -> Any:
+    """An in-memory Optuna study holding ``history`` as TPE is told it (see ``Observed``)."""
+    import optuna
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = distributions(space)
-    with warnings.catch_warnings():  # multivariate TPE is marked experimental; it models knobs jointly, which sweeps want
-        warnings.simplefilter("ignore")
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, constant_liar=True, multivariate=True)
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=optuna.storages.InMemoryStorage())
     for h in history:
         if not space.contains(h.params):
             continue  # a trial from before a space change cannot be told
         if h.state in ("complete", "pruned") and h.value is not None and math.isfinite(h.value):
             study.add_trial(create_trial(params=h.params, distributions=dists, value=h.value))
+        elif h.state == "pruned":
+            steps = {h.last[0]: h.last[1]} if h.last is not None and math.isfinite(h.last[1]) else {}
+            study.add_trial(create_trial(params=h.params, distributions=dists, state=TrialState.PRUNED, intermediate_values=steps))
         elif h.state == "running":
             study.add_trial(create_trial(params=h.params, distributions=dists, state=TrialState.RUNNING))
         else:
             study.add_trial(create_trial(params=h.params, distributions=dists, state=TrialState.FAIL))
-    trial = study.ask(dists)
-    return dict(trial.params)
+    return study
 
 
 def knob_importance(space: SearchSpace, history: Sequence[Observed]) -> dict[str, float] | None:

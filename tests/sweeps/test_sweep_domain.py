@@ -145,3 +145,22 @@ def test_a_failing_advance_never_breaks_the_scheduler_tick() -> None:
         raise RuntimeError("database gone")
 
     advance_sweeps_safely(broken_factory)  # logged, not raised
+
+
+def test_tpe_is_told_a_median_pruned_trial_as_pruned_and_avoids_its_region() -> None:
+    from optuna.trial import TrialState
+
+    from service.sweeps.strategies import tpe_study
+
+    s = space({"MLP_ACTIVATION": {"values": ["relu2", "leaky_relu2"]}, "NUM_LAYERS": {"values": [9, 10, 11, 12]}})
+    good = [Observed({"MLP_ACTIVATION": "relu2", "NUM_LAYERS": n}, "complete", 1.20 + 0.01 * i) for i, n in enumerate([9, 10, 11])]
+    curve_pruned = Observed({"MLP_ACTIVATION": "relu2", "NUM_LAYERS": 12}, "pruned", 1.31)  # the curve pruner's predicted final val_bpb
+    median_pruned = [Observed({"MLP_ACTIVATION": "leaky_relu2", "NUM_LAYERS": n}, "pruned", None, (700, 2.8)) for n in (9, 10, 11, 12)]
+    told = tpe_study(s, [*good, curve_pruned, *median_pruned]).trials
+    assert [t.state for t in told] == [TrialState.COMPLETE] * 4 + [TrialState.PRUNED] * 4
+    assert told[3].value == 1.31 and all(t.intermediate_values == {700: 2.8} and t.value is None for t in told[4:])
+    # Told as pruned, TPE ranks them below every complete trial and keeps away; told as failed it ignored them.
+    picks = [propose("tpe", s, [*good, *median_pruned], seed=k)["MLP_ACTIVATION"] for k in range(40)]
+    as_failed = [Observed(o.params, "failed") for o in median_pruned]
+    blind = [propose("tpe", s, [*good, *as_failed], seed=k)["MLP_ACTIVATION"] for k in range(40)]
+    assert picks.count("leaky_relu2") <= 4 < 12 <= blind.count("leaky_relu2"), (picks.count("leaky_relu2"), blind.count("leaky_relu2"))

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.core.models import Metric, Run, utcnow
+from service.core.models import Metric, Run, SweepTrial, utcnow
 from service.core.settings import Settings
 from service.sweeps.predictor import Curve
-from service.sweeps.store import advance_sweeps
+from service.sweeps.store import _history, advance_sweeps
 from tests.world import World
 
 # A line final = 0.5 + 0.5·x with a ±0.005 wobble: the predictor's records for these tests.
@@ -215,6 +215,9 @@ def test_the_median_pruner_stops_a_trial_behind_the_median(client: TestClient, w
     assert "MedianPruner at step 700" in pruned["reason"] and pruned["saved_gpu_hours"] > 0
     session.expire_all()
     assert session.get_one(Run, running).cancel_requested_at is not None
+    # TPE hears of it as Optuna's PRUNED with its last intermediate value, not as a failed trial.
+    told = _history(session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sid)).all())
+    assert (told[2].state, told[2].value, told[2].last) == ("pruned", None, (700, 2.8)) and told[0].last is None
 
 
 def test_median_reads_curves_at_the_live_step() -> None:
