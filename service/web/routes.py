@@ -539,13 +539,16 @@ def set_webhook(request: Request, name: str, user: User, session: SessionDep, se
 
 
 @router.get("/teams/{name}/deliveries", response_class=HTMLResponse)
-def deliveries_page(request: Request, name: str, user: User, session: SessionDep) -> HTMLResponse:
-    """The team's recent webhook notifications: event, host, HTTP status, tries, last error (the team's members)."""
+def deliveries_page(request: Request, name: str, user: User, session: SessionDep,
+                    cursor: Annotated[str | None, Query(max_length=100)] = None) -> HTMLResponse:  # fmt: skip
+    """The team's webhook notifications, a page at a time: event, host, HTTP status, tries, last error (the team's members)."""
     team = accounts.get_team(session, name)
     if not user.can_see_team(team.id):
         raise NotFound("team", name)
-    return render(request, "deliveries.html", user, team=team, deliveries=webhook_history.recent_deliveries(session, team.id),
-                  limit=webhook_history.PAGE_ROWS)  # fmt: skip
+    rows, next_cursor = webhook_history.deliveries(session, team.id, limit=webhook_history.PAGE_ROWS, cursor=cursor)
+    here = f"/teams/{quote(team.name)}/deliveries"
+    return render(request, "deliveries.html", user, team=team, deliveries=rows, limit=webhook_history.PAGE_ROWS,
+                  next_url=f"{here}?{urlencode({'cursor': next_cursor})}" if next_cursor else None, first_url=here if cursor else None)  # fmt: skip
 
 
 @router.post("/teams/{name}/accept")

@@ -1,16 +1,21 @@
-"""A team's recent notifications and what became of each (the web's deliveries page)."""
+"""A team's notifications and what became of each, newest first, a page at a time
+(GET /teams/{name}/deliveries and the web's deliveries page)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.core.bodies import ID_MAX
+from service.core.errors import InvalidInput, Issue
 from service.core.models import WebhookDelivery
 
-PAGE_ROWS = 100
+PAGE_ROWS = 100  # the web page's
 
 
 @dataclass(frozen=True)
@@ -28,14 +33,38 @@ class DeliveryView:
     next_attempt_at: datetime | None  # pending only
 
 
-def recent_deliveries(session: Session, team_id: int, limit: int = PAGE_ROWS) -> list[DeliveryView]:
-    """The team's latest ``limit`` notifications, newest first."""
-    rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.team_id == team_id).order_by(WebhookDelivery.id.desc()).limit(limit))
-    return [
+def encode_cursor(delivery_id: int) -> str:
+    """The next page starts below this delivery (its own prefix: a /runs or /sweeps cursor is not one)."""
+    return base64.urlsafe_b64encode(f"w{delivery_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("w"):
+            raise ValueError(raw)
+        delivery_id = int(raw[1:])
+        if not 1 <= delivery_id <= ID_MAX:
+            raise ValueError(raw)
+        return delivery_id
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput([Issue(("query", "cursor"), "not a cursor from a previous page of deliveries", cursor)]) from None
+
+
+def deliveries(session: Session, team_id: int, *, limit: int = PAGE_ROWS, cursor: str | None = None) -> tuple[list[DeliveryView], str | None]:
+    """The team's notifications, newest first, ``limit`` a page, and the cursor of the next page (None: the last).
+
+    Keyset on the id, so a notification queued while paging never shifts a page."""
+    query = select(WebhookDelivery).where(WebhookDelivery.team_id == team_id).order_by(WebhookDelivery.id.desc()).limit(limit + 1)
+    if cursor:
+        query = query.where(WebhookDelivery.id < decode_cursor(cursor))
+    rows = list(session.scalars(query))
+    views = [
         DeliveryView(r.id, r.event, _what(r.body), r.host, r.status, r.status_code, r.attempts, r.last_error or "", r.created_at, r.sent_at,
                      r.next_attempt_at if r.status == "pending" else None)  # fmt: skip
-        for r in rows
+        for r in rows[:limit]
     ]
+    return views, encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
 
 
 def _what(body: object) -> str:

@@ -6,6 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.models import Team, WebhookDelivery, utcnow
+from service.webhooks.history import PAGE_ROWS
+from tests.webhooks.test_deliveries_paging import queue_deliveries
 from tests.world import World
 
 
@@ -53,3 +55,20 @@ def test_the_deliveries_page_lists_the_teams_notifications(world: World, browser
     assert alice.c.get("/teams/nope/deliveries").status_code == 404
     bob = browser_for(world.tokens["bob"]).c.get("/teams/team-b/deliveries").text
     assert "b-only.example.org" in bob and "sweep 3" in bob and "next try" in bob and "run.finished" not in bob
+
+
+def test_the_deliveries_page_pages(world: World, browser_for, session: Session) -> None:  # noqa: ANN001
+    queue_deliveries(session, "team-a", PAGE_ROWS + 3)
+    alice = browser_for(world.tokens["alice"])
+    first = alice.c.get("/teams/team-a/deliveries").text
+    assert first.count('class="delivery-sent"') == PAGE_ROWS and f">run {PAGE_ROWS + 2}<" in first and "« first page" not in first
+    next_url = _next(first)
+    second = alice.c.get(next_url).text
+    assert second.count('class="delivery-sent"') == 3 and ">run 0<" in second and ">run 3<" not in second
+    assert 'id="next-page"' not in second and 'href="/teams/team-a/deliveries"' in second  # the last page links to the first
+    assert alice.c.get("/teams/team-a/deliveries?cursor=garbage!").status_code in (400, 422)
+
+
+def _next(html: str) -> str:
+    anchor = html[: html.index('id="next-page"')]
+    return anchor[anchor.rindex('href="') + 6 :].split('"')[0].replace("&amp;", "&")

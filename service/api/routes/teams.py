@@ -15,6 +15,8 @@ from service.core.errors import Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import utcnow
 from service.teams import accounts
 from service.teams.schemas import MemberAdd, TeamCreate, TeamOut
+from service.webhooks import history as webhook_history
+from service.webhooks.schemas import DeliveryOut, DeliveryPage
 
 # The longest window a usage report covers (one row per day of it).
 MAX_USAGE_DAYS = 400
@@ -129,3 +131,20 @@ def team_usage(
         period=period, since=since, now=now, budget_period_days=settings.budget_period_days, cold_provision_s=settings.cold_provision_s,
     )
     return TeamUsageOut.of(team.name, team.weight, report, budget)
+
+
+@router.get("/{name}/deliveries", response_model=DeliveryPage)
+def team_deliveries(
+    name: str,
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
+) -> DeliveryPage:
+    """The team's webhook notifications, newest first, and what became of each (its members);
+    ``next_cursor`` (null on the last page) gives the next page."""
+    team = accounts.get_team(session, name)
+    if not user.can_see_team(team.id):
+        raise NotFound("team", name)
+    rows, next_cursor = webhook_history.deliveries(session, team.id, limit=limit, cursor=cursor)
+    return DeliveryPage(items=[DeliveryOut.model_validate(r) for r in rows], next_cursor=next_cursor)
