@@ -133,11 +133,11 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
         config = {}
     else:
         config = canonical(cfg)
-        variant = f"sp{config.get('VOCAB_SIZE', TrainerConfig.vocab_size)}"
+        variant = f"sp{cfg.vocab_size}"  # the stack's VOCAB_SIZE too, which canonical() leaves out
         if variant not in settings.data_variant_choices:
             sizes = ", ".join(v.removeprefix("sp") for v in settings.data_variant_choices)
             issues.append(Issue(("config", "VOCAB_SIZE"), f"no data variant {variant} here: VOCAB_SIZE must be one of {sizes} "
-                                f"(data variants {', '.join(settings.data_variant_choices)})", config.get("VOCAB_SIZE")))  # fmt: skip
+                                f"(data variants {', '.join(settings.data_variant_choices)})", cfg.vocab_size))  # fmt: skip
         if spec.abort_if_behind is not None:
             issues += unlogged_step(cfg, spec.abort_if_behind.step)
     if not issues and not spec.allow_noncompliant:
@@ -152,7 +152,7 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
 
 def _is_script(spec: RunCreate) -> bool:
     """A spec that names a script, or any of a script run's fields (which then must name one)."""
-    return spec.script is not None or bool(spec.files) or bool(spec.env) or spec.data is not None or spec.score_label is not None or bool(spec.public_env)
+    return spec.script is not None or bool(spec.files) or bool(spec.env) or spec.data is not None or spec.score_label is not None or bool(spec.public_env) or spec.environment is not None
 
 
 def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) -> NormalisedSpec:
@@ -165,7 +165,8 @@ def _normalise_script(spec: RunCreate, settings: Settings, issues: list[Issue]) 
     )  # fmt: skip
     try:
         script, blobs = check_script_spec(spec.script, [(f.name, f.content) for f in spec.files], spec.env, spec.data, limits,
-                                          score_label=spec.score_label, public_env=spec.public_env)
+                                          score_label=spec.score_label, public_env=spec.public_env,
+                                          environment=spec.environment.model_dump(exclude_defaults=True) if spec.environment else None)
     except InvalidInput as exc:
         raise InvalidInput(issues + exc.issues) from None
     if issues:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.api.app import create_app
 from service.core.models import Run
 
 RUNS = "/api/v1/runs"
@@ -35,3 +36,13 @@ def test_the_data_variant_follows_vocab_size_and_must_be_one_caddie_has(client: 
     assert bad.status_code == 422, bad.text
     [issue] = [d for d in bad.json()["detail"] if d["loc"] == ["body", "config", "VOCAB_SIZE"]]
     assert "no data variant sp2048" in issue["msg"] and "1024, 4096, 8192" in issue["msg"]
+
+
+def test_a_stack_preset_s_vocabulary_picks_the_variant(settings, world, spec) -> None:
+    # STACK=2026-04-27 sets VOCAB_SIZE 8192 without the spec naming it: a deployment serving only sp1024 refuses it
+    with TestClient(create_app(settings.model_copy(update={"data_variants": "sp1024"}))) as c:
+        r = c.post(RUNS, json=spec(config={"STACK": "2026-04-27"}), headers=world.h("alice"))
+        assert r.status_code == 422, r.text
+        [issue] = [d for d in r.json()["detail"] if d["loc"] == ["body", "config", "VOCAB_SIZE"]]
+        assert "no data variant sp8192" in issue["msg"] and issue["input"] == 8192
+        assert c.post(RUNS, json=spec(config={"STACK": "2026-04-27", "VOCAB_SIZE": 1024}), headers=world.h("alice")).status_code == 201
