@@ -18,6 +18,7 @@ or, for a team's own challenge-format script instead of ``config``::
     files: [records/my_run/helper.py]        # beside the script; named relative to its folder
     env: {NUM_LAYERS: 11, TTT_ENABLED: 1}
     data: sp1024
+    environment: {requirements: requirements.txt, python: "3.12", system_packages: [lrzip]}   # optional
 
 The server validates the contents (knobs, bounds, seeds, script limits); this
 module only makes sure the file is readable YAML of the right shape, and reads
@@ -35,7 +36,7 @@ import yaml
 from cli.client import CaddieError
 
 SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed", "allow_noncompliant",
-             "script", "files", "env", "data")
+             "script", "files", "env", "data", "environment")
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -157,6 +158,10 @@ def build_request(spec: dict[str, Any], *, seeds: str | None = None, team: str |
     if script_path is None and (all_files or env or data):
         raise CaddieError("--file, --env and --data belong to a script run: name the script (--script PATH or script: in the spec file)")
     if script_path is not None:
+        environment = spec.get("environment")
+        req = environment.get("requirements") if isinstance(environment, dict) else None
+        if isinstance(req, str) and (script_path.parent / req).resolve() not in {f.resolve() for f in all_files}:
+            all_files.append(script_path.parent / req)  # the environment's requirements file travels with the script
         body.update(script_upload(script_path, all_files))
         body["env"] = {**(spec.get("env") or {}), **parse_env(env or [])}
         if data is not None:

@@ -231,6 +231,9 @@ class Run(Base):
     # What the latest attempt's node reported at launch (service.core.hardware.NodeHardware:
     # gpu_name, gpus, source, hardware): the rules judge and billing bills it, not the spec's.
     node_hardware: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the latest attempt's Python held, read by its launcher from inside it after the job
+    # (service.runs.scripts.environment's report: python, torch, cuda, flash_attn, packages).
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     team: Mapped[Team] = relationship()
     user: Mapped[User] = relationship()

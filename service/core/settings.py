@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     data_root: Path | None = Field(None, description="Caddie resolves DATA_PATH and TOKENIZER_PATH from a run's data variant under this root: datasets/fineweb10B_sp1024/, tokenizers/fineweb_1024_bpe.model (the layout `python -m trainer.data download` writes); a recipe with a build step is built once into built/<content hash>/. A spec names a path only where its recipe lets it (sp8192_caseops: DATA_PATH and TOKENIZER_PATH inside ./data). Default: home/data.")
     data_sources: str = Field("", description="Where each data variant downloads from, overriding its recipe's source: `variant=owner/name[/prefix]` items separated by commas, or a JSON object {variant: \"owner/name[/prefix]\"}; the prefix is the repository's folder holding manifest.json (`datasets` when omitted, a trailing `/` for the top). Unnamed variants keep their recipe's: sp1024 and sp8192_caseops's documents from willdepueoai/parameter-golf, sp4096 and sp8192 from kevclark/parameter-golf. Passed to SkyPilot nodes; checked at start.")
 
+    # --- a script run's own Python environment -----------------------------------
+    envs_dir: Path | None = Field(None, description="Where the local launcher builds each script run's declared environment (its spec's `environment`), with uv, once per content hash: envs/<hash>/, then uv's cache and the Pythons uv fetched. Default: home/envs.")
+    env_wheels: Path | None = Field(None, description="A folder of wheels offered to every environment build (uv --find-links), e.g. FlashAttention 3's for nodes without its wheel page. Unset: none.")
+    env_offline: bool = Field(False, description="Build environments without the network (uv --offline, no Python downloads): only from uv's cache, CADDIE_ENV_WHEELS and this machine's Pythons.")
+    env_build_timeout_s: float = Field(1800.0, gt=0, description="One step of an environment build (uv venv, uv pip install) fails the run past this long.")
+
     # --- sweeps ---------------------------------------------------------------------
     records_dir: Path | None = Field(None, description="The public records' folders (one per record, a log per seed) whose finished curves the sweep pruner's predictor is fitted on, beside the team's own runs. Default: ../shared/challenge/records/track_10min_16mb beside this checkout; a deployment points it at its copy of the challenge repository. Missing: the predictor fits on the team's runs alone.")
 
@@ -165,6 +171,8 @@ class Settings(BaseSettings):
             self.runs_dir = self.home / "runs"
         if self.data_root is None:
             self.data_root = self.home / "data"
+        if self.envs_dir is None:
+            self.envs_dir = self.home / "envs"
         if self.records_dir is None:
             self.records_dir = DEFAULT_RECORDS_DIR
         if not self.broker_url:

@@ -40,6 +40,19 @@ class ScriptFileUpload(Strict):
     content: str = Field(description="the file's bytes, base64")
 
 
+class ScriptEnvironment(Strict):
+    """A script run's own Python environment, built by uv on the node before the run starts (once per
+    node and content hash); a build that fails fails the run then, with uv's own message."""
+
+    requirements: str | None = Field(None, description="the name of one of the run's files holding pip requirements (requirements.txt)")
+    python: str | None = Field(None, description='the Python version, e.g. "3.12" (a string); default: the node\'s own', examples=["3.12"])
+    packages: list[str] = Field(default_factory=list, description="requirements beyond the file, e.g. flash_attn_3 (the record's file unchanged)")
+    index_urls: list[str] = Field(default_factory=list, description="extra package indexes (http(s) URLs), e.g. PyTorch's CUDA wheels")
+    find_links: list[str] = Field(default_factory=list, description="pages of wheel links (http(s) URLs), e.g. FlashAttention 3's wheels")
+    system_packages: list[str] = Field(default_factory=list, description="Debian packages the script needs on the node, e.g. lrzip "
+                                       "(a SkyPilot node installs them; a local worker must have them, or the run fails at once naming them)")
+
+
 class AbortIfBehind(Strict):
     """Stop the run early if it is clearly losing (service.runs.early_abort)."""
 
@@ -73,6 +86,8 @@ class RunCreate(Strict):
     data: str | None = Field(None, description="script runs: the data variant, e.g. sp1024 (one of CADDIE_DATA_VARIANTS; default sp1024)")
     score_label: str | None = Field(None, description="script runs: a regex the label of the log's score line matches in full "
                                     "(e.g. my_eval_exact), for a log format caddie does not read yet")
+    environment: ScriptEnvironment | None = Field(None, description="script runs: the Python environment train_gpt.py runs in; "
+                                                  "default: the node's own Python")
     seeds: list[Seed] | None = Field(None, description="one run per seed (at most CADDIE_MAX_SEEDS, no duplicates)")
     seed: Seed | None = None
     allow_noncompliant: bool = Field(False, description="run a 10min_16mb spec that breaks the track's rules (no wallclock cap, a val token limit); its runs are flagged and never record-eligible")
@@ -123,6 +138,9 @@ class RunOut(BaseModel):
     saved_seconds: float | None = Field(description="ABORTED_BEHIND: node seconds its early abort saved (its expected time minus what it used)")
     touches: dict[str, Any] | None = Field(None, description="a script run: what it opened and connected to, each with its time and "
                                            "phase (setup, train, eval by its log's lines; service.runs.touches), or why it was not watched")
+    environment: dict[str, Any] | None = Field(None, description="the Python the latest attempt's job ran on, read from inside it after "
+                                               "the job: python, torch, cuda, flash_attn, packages {name: version}; a declared environment's "
+                                               "env_hash and declared description too; null: not collected yet")
     node_hardware: dict[str, Any] | None = Field(None, description="what the latest attempt's node reported at launch: gpu_name ('cpu' without a GPU), "
                                                  "gpus, source (e.g. 'nvidia-smi -L') and hardware (e.g. 'H100:8', 'cpu'); the rules judge "
                                                  "and billing bills it, not the spec's hardware; null: not launched yet")

@@ -80,6 +80,9 @@ class JobSpec:
     # (``find``) tags the job with it, so an executor that died before recording the
     # handle is followed by one that finds the job instead of starting a second trainer.
     launch_key: str = ""
+    # A script run's declared environment, canonical (service.runs.scripts.environment.describe):
+    # built on the node before the job starts, the job's Python taken from it. None: the node's own.
+    environment: dict[str, Any] | None = None
 
     @property
     def is_script(self) -> bool:
@@ -142,3 +145,6 @@ class Launcher(Protocol):
     def release(self, cluster: ClusterHandle, keep_warm: bool) -> None: ...
 
     def list_clusters(self) -> list[ClusterHandle]: ...
+
+    # Optional (the executor asks where a launcher has it): environment(handle, outdir) -> dict | None,
+    # what the job's Python held (service.runs.scripts.environment's report), read after collect.

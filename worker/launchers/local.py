@@ -12,6 +12,9 @@ Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR
     train_gpt.py and its files   a script run's own (it runs here instead of the trainer,
                       under torchrun over this machine's GPUs, or python without one)
 
+A script run that declares its environment runs the Python of CADDIE_ENVS_DIR/<hash>/, built
+with uv before its job starts (worker.launchers.envs), read-only inside its sandbox.
+
 The worker starts `python -m worker.launchers.local_wrapper`, never a shell, in
 a new session; the wrapper starts the trainer and records how it ended. The
 handle holds the wrapper's pid, process group and start time (so a reused pid
@@ -47,6 +50,7 @@ from worker.launchers.base import (
     LaunchFailed,
     LaunchHandle,
 )
+from worker.launchers.envs import BuiltEnv, ensure_env, probe, read_report
 from worker.launchers.local_wrapper import (
     CHILD_FILE,
     EXIT_FILE,
@@ -212,12 +216,32 @@ class LocalLauncher:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "trainer"]
         return [sys.executable, "-m", "trainer"]
 
-    def script_argv(self) -> list[str]:
-        """A team's own train_gpt.py as the challenge runs it: torchrun over this machine's GPUs, else plain python."""
+    def script_argv(self, python: str = sys.executable) -> list[str]:
+        """A team's own train_gpt.py as the challenge runs it: torchrun over this machine's GPUs, else plain python
+        (``python``: its declared environment's, else the worker's own)."""
         n = self.gpu_count()
         if n > 0:
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", SCRIPT_NAME]
-        return [sys.executable, SCRIPT_NAME]
+            return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", SCRIPT_NAME]
+        return [python, SCRIPT_NAME]
+
+    @property
+    def envs_dir(self) -> Path:
+        return Path(getattr(self.settings, "envs_dir", None) or Path(self.settings.home) / "envs").resolve()
+
+    def _environment(self, job: JobSpec) -> BuiltEnv | None:
+        """The run's declared environment, built now unless this machine has it (LaunchFailed: why not)."""
+        if not job.environment:
+            return None
+        s = self.settings
+        return ensure_env(self.envs_dir, job.environment, wheels=getattr(s, "env_wheels", None), offline=bool(getattr(s, "env_offline", False)),
+                          timeout_s=float(getattr(s, "env_build_timeout_s", 1800.0)))
+
+    def environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
+        """What the job's Python held: its built environment's report, else the worker's own Python's (probed now)."""
+        name = handle.data.get("env")
+        if name:
+            return read_report(self.envs_dir / str(name))
+        return probe(sys.executable)
 
     def _recipe(self, job: JobSpec) -> Recipe:
         return recipe_of(job.data_variant, getattr(self.settings, "data_sources", ""))
@@ -271,10 +295,13 @@ class LocalLauncher:
             except FileExistsError:
                 n += 1
 
-    def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
+    def _child_env(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None) -> dict[str, str]:
         """The allow-listed environment (worker.launchers.trainer_env); paths relative to the work dir, the trainer's cwd."""
         recipe = self._recipe(job)
         env = inherited_env(os.environ)
+        if built is not None:  # `python` and the environment's commands first, as in an activated venv
+            env["PATH"] = f"{built.folder / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+            env["VIRTUAL_ENV"] = str(built.folder)
         run_env = script_env(job.env, recipe) if job.is_script else knob_env(job.env)
         env.update(run_env)
         env.update(data_env(recipe, run_env))
@@ -287,12 +314,14 @@ class LocalLauncher:
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach stdout.log as they are printed
         return env
 
-    def _job_argv(self, job: JobSpec, workdir: Path) -> list[str]:
+    def _job_argv(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None) -> list[str]:
         """The job's command, sealed (worker.launchers.sandbox) unless the operator opted out."""
-        argv = self.script_argv() if job.is_script else self.trainer_argv()
+        argv = (self.script_argv(str(built.python)) if built is not None else self.script_argv()) if job.is_script else self.trainer_argv()
         if getattr(self.settings, "sandbox", "bwrap") == "none":
             return argv
         ro = [self.data_root, REPO_ROOT / "worker" / "audit"]  # the audit hook a script run's Python loads (missing: not bound)
+        if built is not None:
+            ro += built.ro_paths()  # its environment, read-only
         if not job.is_script:
             ro.append(REPO_ROOT / "trainer")  # the shared trainer's code, read-only
             # an operator's stand-in trainer command names its files by absolute path
@@ -304,8 +333,11 @@ class LocalLauncher:
         recipe = self._recipe(job)
         if job.is_script:
             self._check_variant(job, recipe)
+        # Before the run folder: a missing system package or a failed build ends the run here, saying
+        # which (uv's own lines), not after its training. A first build holds this submit as long as it takes.
+        built = self._environment(job)
         workdir = self._new_workdir(job.run_id)
-        env = self._child_env(job, workdir)
+        env = self._child_env(job, workdir, built)
         if job.is_script:
             place_files(workdir, job.script_files)
             if recipe.built:
@@ -315,10 +347,12 @@ class LocalLauncher:
             "--workdir", str(workdir),
             "--timeout", str(float(job.timeout_s or 0)),
             "--grace", str(self.grace_s),
-            "--", *self._job_argv(job, workdir),
+            "--", *self._job_argv(job, workdir, built),
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
         launch = {"key": job.launch_key, "cluster": cluster.name, "timeout_s": float(job.timeout_s or 0)}
+        if built is not None:
+            launch["env"] = built.folder.name
         write_json_atomic(workdir / LAUNCH_FILE, launch)  # before the job exists: a job is never without its key
         try:
             # a new session: the worker's own signals and death never reach the job
@@ -337,7 +371,8 @@ class LocalLauncher:
             launcher=NAME,
             cluster=cluster.name,
             job_id=f"{job.run_id}/{workdir.name}",
-            data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0)},
+            data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0),
+                  **({"env": launch["env"]} if "env" in launch else {})},
         )
 
     def find(self, run_id: int, launch_key: str) -> LaunchHandle | None:
@@ -355,7 +390,8 @@ class LocalLauncher:
                 launcher=NAME,
                 cluster=str(launch.get("cluster") or NAME),
                 job_id=f"{run_id}/{workdir.name}",
-                data={"pid": pid, "pgid": pid, "create_time": launch.get("create_time"), "workdir": str(workdir), "timeout_s": float(launch.get("timeout_s") or 0)},
+                data={"pid": pid, "pgid": pid, "create_time": launch.get("create_time"), "workdir": str(workdir), "timeout_s": float(launch.get("timeout_s") or 0),
+                      **({"env": launch["env"]} if launch.get("env") else {})},
             )
         return None
 

@@ -26,6 +26,7 @@ from service.core.models import Run
 from service.results.public_records import _SAYS_HARDWARE, read_log
 from service.runs.bytes_check import ByteCount, count_bytes
 from service.runs.logparse import ScriptLogSummary, script_result
+from service.runs.scripts.environment import describe
 from service.runs.scripts.files import run_folder_files
 from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
 from service.runs.touches import read_events, summarise, unwatched
@@ -69,14 +70,16 @@ def _whole_log(outdir: Path) -> bytes | None:
 
 
 def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
-    """The job of a script run: its folder's files, its env with SEED and RUN_ID, its data variant.
+    """The job of a script run: its folder's files, its env with SEED and RUN_ID, its data variant,
+    its declared environment (described: the requirements file's text inlined).
 
     Raises service.runs.scripts.files.MissingScriptFile when a file's bytes are not stored.
     """
     spec = ScriptSpec.from_json(run.spec)
     env = {**spec.env, "SEED": str(int(run.seed)), "RUN_ID": f"caddie-run-{run.id}", **AUDIT_ENV}  # the watch: worker/audit
+    files = run_folder_files(session, spec)
     return JobSpec(run_id=run.id, env=env, hardware=run.hardware, timeout_s=timeout_s, data_variant=spec.data,
-                   script_files=run_folder_files(session, spec))
+                   script_files=files, environment=describe(spec.environment, files))
 
 
 def model_files(outdir: Path) -> dict[str, tuple[int, float]]:

@@ -22,10 +22,11 @@ import binascii
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.errors import InvalidInput, Issue
+from service.runs.scripts.environment import normal_environment
 from trainer.recipes import PATH_VARS, Recipe, RecipeError, data_path_problem, resolve
 
 SCRIPT_KIND = "script"  # runs.kind and run_groups.kind of a script run ("trainer": the shared trainer)
@@ -90,6 +91,8 @@ class ScriptSpec:
     data: str
     score_label: str | None = None  # a regex for the score line's label, for a log format caddie does not read yet
     public_env: tuple[str, ...] = ()  # env names whose values other teams may see (a published group); the rest stay the team's
+    # its own Python environment (service.runs.scripts.environment), by file name; {}: the node's own Python
+    environment: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"data": self.data, "env": dict(self.env), "files": dict(self.files), "script": self.script_sha256}
@@ -97,12 +100,14 @@ class ScriptSpec:
             d["score_label"] = self.score_label
         if self.public_env:
             d["public_env"] = list(self.public_env)
+        if self.environment:  # only when declared, as score_label
+            d["environment"] = dict(self.environment)
         return d
 
     def shared(self) -> ScriptSpec:
         """This spec as anyone but its team sees it: env values not marked public replaced by PRIVATE_VALUE."""
         env = {k: v if k in self.public_env else PRIVATE_VALUE for k, v in self.env.items()}
-        return ScriptSpec(self.script_sha256, self.files, env, self.data, self.score_label, self.public_env)
+        return ScriptSpec(self.script_sha256, self.files, env, self.data, self.score_label, self.public_env, self.environment)
 
     def describe(self) -> str:
         """One line for tables and groups: ``own train_gpt.py 1a2b3c4d5e6f data=sp8192 NUM_LAYERS=11 +1 file``.
@@ -112,13 +117,15 @@ class ScriptSpec:
         words += [f"{k}={v}" for k, v in self.shared().env.items()]
         if self.files:
             words.append(f"+{len(self.files)} file{'s' if len(self.files) > 1 else ''}")
+        if self.environment:
+            words.append("own env" + (f" python {self.environment['python']}" if self.environment.get("python") else ""))
         return " ".join(words)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScriptSpec:
         return cls(script_sha256=str(d["script"]), files=dict(d.get("files") or {}), env=dict(d.get("env") or {}),
                    data=str(d.get("data") or DEFAULT_VARIANT), score_label=d.get("score_label"),
-                   public_env=tuple(d.get("public_env") or ()))
+                   public_env=tuple(d.get("public_env") or ()), environment=dict(d.get("environment") or {}))
 
 
 PRIVATE_VALUE = "(private)"  # what other teams see of an env value its team did not mark public
@@ -223,6 +230,7 @@ def check_script_spec(
     limits: ScriptLimits,
     score_label: str | None = None,
     public_env: Sequence[str] = (),
+    environment: Any = None,
 ) -> tuple[ScriptSpec, dict[str, bytes]]:
     """The normal form of a script run's parts and the bytes to store by sha256.
 
@@ -312,8 +320,9 @@ def check_script_spec(
     for name in public_env:
         if name not in env:
             issues.append(Issue(("public_env",), f"{name!r} is not one of this spec's env names", name))
+    declared = normal_environment(environment, {name: blobs[sha] for name, sha in named.items()}, issues)
     if issues:
         raise InvalidInput(issues)
     spec = ScriptSpec(script_sha256=script_sha, files=dict(sorted(named.items())), env=dict(sorted(values.items())), data=variant,
-                      score_label=score_label, public_env=tuple(sorted(set(public_env))))
+                      score_label=score_label, public_env=tuple(sorted(set(public_env))), environment=declared)
     return spec, blobs

@@ -1,0 +1,110 @@
+"""A script run's own environment (issue 20 item 3) through the local launcher: built with uv from
+local wheels (offline, nothing downloaded) into CADDIE_ENVS_DIR/<hash> once, before the job; the job
+runs that environment's Python, sealed; a build that fails, or a system package this machine lacks,
+fails the submit before any run folder or training, with uv's own words or the package named."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.core.settings import Settings
+from service.runs.scripts.environment import describe, folder_name
+from tests.wheels import make_wheel
+from worker.launchers.base import JobSpec, JobState, LaunchFailed
+from worker.launchers.envs import ensure_env
+from worker.launchers.local import LocalLauncher
+
+SCRIPT = rb'''
+import sys, tinypkg
+print("python:" + sys.executable, flush=True)
+print("tinypkg:" + tinypkg.__file__ + " " + str(tinypkg.VALUE), flush=True)
+'''
+
+
+@pytest.fixture()
+def wheels(tmp_path: Path) -> Path:
+    folder = tmp_path / "wheels"
+    make_wheel(folder, "tinypkg", "1.2.3", {"tinypkg/__init__.py": "VALUE = 42\n"})
+    return folder
+
+
+@pytest.fixture()
+def launcher(tmp_path: Path, wheels: Path) -> LocalLauncher:
+    data = tmp_path / "data" / "datasets" / "fineweb10B_sp1024"
+    data.mkdir(parents=True)
+    return LocalLauncher(Settings(home=tmp_path / "home", data_root=tmp_path / "data", gpu_count=0, env_wheels=wheels, env_offline=True))
+
+
+def job(requirements: bytes, **decl: object) -> JobSpec:
+    files = {"train_gpt.py": SCRIPT, "requirements.txt": requirements}
+    return JobSpec(run_id=5, env={"SEED": "1"}, hardware="cpu", timeout_s=60, script_files=files,
+                   environment=describe({"requirements": "requirements.txt", **decl}, files))
+
+
+def wait(launcher: LocalLauncher, handle, limit: float = 30) -> JobState:
+    end = time.monotonic() + limit
+    while (status := launcher.status(handle)).state in (JobState.PENDING, JobState.RUNNING):
+        assert time.monotonic() < end, "the script did not finish"
+        time.sleep(0.05)
+    return status.state
+
+
+def test_the_job_runs_the_python_of_its_own_environment_built_once(launcher: LocalLauncher, tmp_path: Path) -> None:
+    j = job(b"# the record's own file\ntinypkg==1.2.3\n", python="3.11")
+    handle = launcher.submit(launcher.acquire(5, "cpu"), j)
+    assert wait(launcher, handle) is JobState.SUCCEEDED, launcher.read_log(handle, 0)
+    log = launcher.read_log(handle, 0).decode()
+    folder = launcher.envs_dir / folder_name(j.environment or {})
+    assert f"python:{folder}/bin/python" in log  # sealed (bwrap), its environment read-only inside
+    assert f"tinypkg:{folder}/lib/" in log and "site-packages/tinypkg/__init__.py 42" in log
+    # What it ran on is recorded: the environment's own report, read from inside it.
+    report = launcher.environment(handle, Path(handle.data["workdir"]))
+    assert report is not None and report["packages"]["tinypkg"] == "1.2.3" and report["torch"] is None and report["python"].startswith("3.11.")
+    assert report["env_hash"].startswith(folder.name) and report["declared"]["requirements"].endswith("tinypkg==1.2.3\n")
+    # A second run of the same environment uses it as built (same report, same build time).
+    again = launcher.submit(launcher.acquire(6, "cpu"), job(b"# the record's own file\ntinypkg==1.2.3\n", python="3.11"))
+    assert wait(launcher, again) is JobState.SUCCEEDED
+    assert launcher.environment(again, Path(again.data["workdir"])) == report
+    # With no environment declared, a run reports the worker's own Python.
+    own = launcher.environment(launcher.submit(launcher.acquire(7, "cpu"), JobSpec(run_id=7, env={}, hardware="cpu", timeout_s=60,
+                                                                                 script_files={"train_gpt.py": b"print(1)\n"})), tmp_path)
+    assert own is not None and "env_hash" not in own and "psutil" in own["packages"]
+
+
+def test_two_runs_asking_at_once_build_it_once(tmp_path: Path, wheels: Path) -> None:
+    description = describe({"requirements": "r.txt"}, {"r.txt": b"tinypkg\n"})
+    built: list = []
+    threads = [threading.Thread(target=lambda: built.append(ensure_env(tmp_path / "envs", description, wheels=wheels, offline=True)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 2 and built[0].folder == built[1].folder
+    assert built[0].report["built_at"] == built[1].report["built_at"]  # the second waited on the lock and took the first's
+
+
+def test_a_bad_requirement_fails_before_the_run_with_uvs_message(launcher: LocalLauncher) -> None:
+    with pytest.raises(LaunchFailed) as failed:
+        launcher.submit(launcher.acquire(5, "cpu"), job(b"tinypkg==1.2.3\nnosuchpkg==9.9\n"))
+    msg = str(failed.value)
+    assert msg.startswith("the run's environment could not be built: uv pip install failed:")
+    assert "No solution found when resolving dependencies" in msg and "nosuchpkg" in msg
+    assert not (launcher.runs_dir / "5").exists()  # no run folder, no job: it ended before training
+    assert not any(p.is_dir() and not p.name.startswith(".") for p in launcher.envs_dir.iterdir())  # the half-built folder is gone
+
+
+def test_a_missing_system_package_fails_at_once_naming_it(launcher: LocalLauncher) -> None:
+    start = time.monotonic()
+    with pytest.raises(LaunchFailed, match=r"system package\(s\) not on this machine: caddie-no-such-pkg; the local launcher installs none"):
+        launcher.submit(launcher.acquire(5, "cpu"), job(b"tinypkg\n", system_packages=["caddie-no-such-pkg", "coreutils"]))
+    assert time.monotonic() - start < 5 and not launcher.envs_dir.exists()  # nothing built, nothing tried
+
+
+def test_a_python_this_machine_lacks_fails_offline_with_uvs_message(launcher: LocalLauncher) -> None:
+    with pytest.raises(LaunchFailed, match=r"uv venv --python 3\.99 failed: .*No interpreter found for Python 3\.99"):
+        launcher.submit(launcher.acquire(5, "cpu"), job(b"tinypkg\n", python="3.99"))
