@@ -35,6 +35,7 @@ from service.core.errors import Conflict
 from service.results.groups import Eligibility, GroupStats, SeedRow, config_diff
 from service.results.rules import Check, RuleSummary, Verdict
 from service.results.statistics import Comparison, finite_or_none as _finite
+from service.runs.scripts.environment import describe, normal_name, requirements_from_declaration
 from service.runs.scripts.spec import ScriptSpec
 
 OVERRIDE_MAX_CHARS = 500
@@ -81,6 +82,8 @@ class ExportInput:
     script_files: Mapping[str, bytes] = field(default_factory=dict)  # the files it needs beside it, by name
     hardware_ran: str | None = None  # what the runs reported, e.g. "8xNVIDIA H100 80GB HBM3" (never the spec)
     pytorch_version: str | None = None  # as the runs reported it
+    # what each counted run's Python held (runs.environment: python, torch, cuda, flash_attn, packages), where recorded
+    environments: Sequence[Mapping[str, Any]] = ()
 
     @property
     def what_runs(self) -> str:
@@ -189,8 +192,36 @@ def records_files(inp: ExportInput) -> dict[str, bytes]:
         files[names[r.run_id]] = inp.files[r.run_id].log
     files["train_gpt.py"] = trainer
     files.update(inp.script_files)
-    files["requirements.txt"] = requirements_txt(trainer, {"torch": inp.pytorch_version} if inp.pytorch_version else None)
+    files["requirements.txt"] = requirements_file(inp, trainer)
     return files
+
+
+def requirements_file(inp: ExportInput, trainer: bytes) -> bytes:
+    """requirements.txt: a declared environment's requirements pinned to what the runs had, with every
+    other package they held (service.runs.scripts.environment); else what train_gpt.py imports, pinned
+    where the runs reported a version (their environments', the trainer's torch)."""
+    declared = describe(inp.script.environment, inp.script_files) if inp.script and inp.script.environment else None
+    if declared is not None:
+        return ("\n".join(requirements_from_declaration(declared, inp.environments)) + "\n").encode("utf-8")
+    versions = agreed_versions(inp.environments)
+    if inp.pytorch_version:
+        versions.setdefault("torch", inp.pytorch_version)
+    return requirements_txt(trainer, versions or None)
+
+
+def agreed_versions(environments: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each package's version where every run that reported it had the same one."""
+    seen: dict[str, set[str]] = {}
+    for env in environments:
+        for name, version in (env.get("packages") or {}).items():
+            seen.setdefault(normal_name(str(name)), set()).add(str(version))
+    return {name: next(iter(v)) for name, v in seen.items() if len(v) == 1}
+
+
+def _said(environments: Sequence[Mapping[str, Any]], key: str) -> str | None:
+    """What the runs' environments say of ``key`` (python, torch, cuda, flash_attn), joined when they differ."""
+    said = list(dict.fromkeys(str(e[key]) for e in environments if e.get(key)))
+    return ", ".join(said) or None
 
 
 def shared_trainer(rows: Sequence[SeedRow], files: Mapping[int, SeedFiles]) -> bytes:
@@ -229,7 +260,11 @@ def submission_json(inp: ExportInput) -> bytes:
         "bytes_total": s.max_artifact_bytes,
         "bytes_code": _max_int([r.code_bytes for r in rows]),
         "hardware": inp.hardware_ran,
-        "pytorch_version": inp.pytorch_version,
+        "pytorch_version": inp.pytorch_version or _said(inp.environments, "torch"),
+        # what the runs' Python held (runs.environment), under the keys the records use
+        "python_version": _said(inp.environments, "python"),
+        "cuda_version": _said(inp.environments, "cuda"),
+        "flash_attn_version": _said(inp.environments, "flash_attn"),
         # each rule as caddie checked it over the counted runs (declared: not verified, the team's word)
         "compliance": {rs.rule: {"verdict": rs.verdict.value, "runs": rs.counts, "reason": rs.reasons[0] if rs.reasons else ""}
                        for rs in s.rules},
@@ -411,7 +446,11 @@ def readme(inp: ExportInput, problems: Sequence[str], names: Mapping[int, str], 
     out.append(f"- `train_gpt.py`: the single-file trainer every seed ran, {len(trainer):,} bytes "
                f"(sha256 `{hashlib.sha256(trainer).hexdigest()}`); its bytes are the code bytes counted in each artifact")
     out += [f"- `{name}`: a file `train_gpt.py` needs beside it, {len(data):,} bytes" for name, data in inp.script_files.items()]
-    out.append("- `requirements.txt`: the packages `train_gpt.py` imports beyond the standard library")
+    if inp.script and inp.script.environment:
+        out.append("- `requirements.txt`: the environment the runs declared, each package pinned to the version they ran with, "
+                   "then every other package their environment held")
+    else:
+        out.append("- `requirements.txt`: the packages `train_gpt.py` imports beyond the standard library")
     out.append("")
 
     seeds = " ".join(str(r.seed) for r in rows)

@@ -99,6 +99,7 @@ def build_export(
         script_files=_script_files(session, script) if script else {},
         hardware_ran=_reported(counted, lambda r: f"{r['world_size']}x{r['gpu_name']}" if r.get("gpu_name") and r.get("world_size") else None),
         pytorch_version=_reported(counted, lambda r: r.get("pytorch_version") or r.get("torch_version")),
+        environments=[r.environment for r in counted if r.environment],
     )
     return folder_name(inp), records_files(inp)
 

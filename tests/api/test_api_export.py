@@ -56,6 +56,21 @@ def unzip(response) -> tuple[str, dict[str, bytes]]:
     return folders.pop(), {PurePosixPath(n).name: zf.read(n) for n in names}
 
 
+def test_the_export_writes_the_environment_each_run_recorded(client: TestClient, world, team_a, session: Session) -> None:
+    """Issue 20 item 3: runs.environment (what the worker read from the job's Python) reaches submission.json and requirements.txt."""
+    team_a("relu2 baseline", BASELINE_SEEDS, config={"XSA_LAST_N": 3})
+    key = team_a("XSA on all 11 layers", GOOD_SEEDS)
+    for run in session.scalars(select(Run).where(Run.group_key == key)):
+        run.environment = {"python": "3.12.3", "torch": "2.9.1+cu128", "cuda": "12.8", "flash_attn": None,
+                           "packages": {"torch": "2.9.1+cu128", "numpy": "2.1.0", "sentencepiece": "0.2.1", "PyYAML": "6.0.2"}}
+    session.commit()
+    _, files = unzip(export(client, world, key))
+    sub = json.loads(files["submission.json"])
+    assert (sub["python_version"], sub["pytorch_version"], sub["cuda_version"], sub["flash_attn_version"]) == ("3.12.3", "2.9.1+cu128", "12.8", None)
+    lines = files["requirements.txt"].decode().splitlines()
+    assert "torch==2.9.1+cu128" in lines and "numpy==2.1.0" in lines
+
+
 def test_an_eligible_group_exports_file_by_file(client: TestClient, world, team_a, session: Session) -> None:
     base = team_a("relu2 baseline", BASELINE_SEEDS, config={"XSA_LAST_N": 3})
     key = team_a("XSA on all 11 layers", GOOD_SEEDS + [Seed(7, 0, 0, status="FAILED"), Seed(8, 0, 0, status="CANCELLED")])
@@ -75,8 +90,8 @@ def test_an_eligible_group_exports_file_by_file(client: TestClient, world, team_
 
     sub = json.loads(files["submission.json"], parse_constant=lambda c: pytest.fail(f"{c} in submission.json"))
     assert list(sub) == ["name", "author", "github_id", "date", "track", "val_bpb", "val_bpb_std", "val_loss", "seeds",
-                         "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version", "compliance", "runs",
-                         "p_value", "baseline", "blurb"]
+                         "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version", "python_version", "cuda_version",
+                         "flash_attn_version", "compliance", "runs", "p_value", "baseline", "blurb"]
     assert sub["name"] == "XSA on all 11 layers" and sub["author"] == "alice" and sub["github_id"] == "alice-gh"
     assert sub["date"] == "2026-03-23" and sub["track"] == "10min_16mb"
     assert sub["seeds"] == [1337, 42, 2025]

@@ -101,7 +101,8 @@ def test_submission_json_field_by_field() -> None:
     inp = make_input(github_id="alice-gh")
     sub = no_nan(records_files(inp)["submission.json"])
     assert list(sub) == ["name", "author", "github_id", "date", "track", "val_bpb", "val_bpb_std", "val_loss", "seeds",
-                         "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version", "compliance", "runs",
+                         "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version", "python_version", "cuda_version",
+                         "flash_attn_version", "compliance", "runs",
                          "p_value", "baseline", "blurb"]
     assert (sub["name"], sub["author"], sub["github_id"], sub["date"], sub["track"]) == (
         "XSA on all 11 layers", "alice", "alice-gh", "2026-03-23", "10min_16mb")
@@ -345,3 +346,37 @@ def test_a_script_group_whose_verifiable_checks_pass_exports_without_override_li
     assert "| ttt_protocol | declared (not verified) |" in readme
     sub = no_nan(files["submission.json"])
     assert sub["compliance"]["ttt_protocol"]["verdict"] == "declared" and "override_reason" not in sub
+
+
+def test_the_runs_environment_is_written_as_the_records_write_it() -> None:
+    """Issue 20 item 3: a script group's declared environment, its requirements pinned to what every run had
+    and every other package after them; python, torch, CUDA and FlashAttention in submission.json."""
+    from service.runs.scripts.spec import ScriptSpec
+
+    req = b"# Python deps\ntorch==2.9.1+cu128\nsentencepiece\nbrotli\n"
+    env = {"requirements": "requirements.txt", "python": "3.12", "packages": ["flash_attn_3"],
+           "find_links": ["https://windreamer.github.io/flash-attention3-wheels/cu128_torch291/"], "system_packages": ["lrzip"]}
+    script = ScriptSpec(script_sha256=hashlib.sha256(TRAINER).hexdigest(), files={"requirements.txt": hashlib.sha256(req).hexdigest()},
+                        env={}, data="sp8192", environment=env)
+    report = {"python": "3.12.3", "torch": "2.9.1+cu128", "cuda": "12.8", "flash_attn": "flash_attn_3 3.0.0",
+              "packages": {"torch": "2.9.1+cu128", "sentencepiece": "0.2.1", "brotli": "1.1.0", "flash_attn_3": "3.0.0", "nvidia-nccl-cu12": "2.27.3"}}
+    files = records_files(make_input(script=script, script_files={"requirements.txt": req}, environments=[report, report, report]))
+    assert files["requirements.txt"].decode().splitlines() == [
+        "# Python 3.12.3; CUDA 12.8 (what the runs reported)",
+        "# System deps (apt): apt-get install -y lrzip",
+        "--find-links https://windreamer.github.io/flash-attention3-wheels/cu128_torch291/",
+        "torch==2.9.1+cu128", "sentencepiece==0.2.1", "brotli==1.1.0", "flash_attn_3==3.0.0",
+        "# Every other package of the environment the runs ran in:",
+        "nvidia-nccl-cu12==2.27.3",
+    ]
+    sub = no_nan(files["submission.json"])
+    assert (sub["pytorch_version"], sub["python_version"], sub["cuda_version"], sub["flash_attn_version"]) == (
+        "2.9.1+cu128", "3.12.3", "12.8", "flash_attn_3 3.0.0")
+    assert "the environment the runs declared, each package pinned" in files["README.md"].decode()
+
+
+def test_a_trainer_groups_requirements_are_pinned_from_its_runs_environments() -> None:
+    report = {"python": "3.11.7", "torch": "2.9.1+cu128", "packages": {"torch": "2.9.1+cu128", "numpy": "2.1.0", "sentencepiece": "0.2.1"}}
+    other = {**report, "packages": {**report["packages"], "numpy": "2.2.0"}}
+    lines = records_files(make_input(environments=[report, other]))["requirements.txt"].decode().splitlines()
+    assert "torch==2.9.1+cu128" in lines and "numpy" in lines  # numpy differed between the runs: left unpinned, and said so
