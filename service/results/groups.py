@@ -139,7 +139,8 @@ class Eligibility:
     reasons: tuple[str, ...] = field(default_factory=tuple)  # why not, one line each
 
 
-def eligibility(stats: GroupStats, comparison: Comparison | None, allow_noncompliant: bool) -> Eligibility:
+def rule_blockers(stats: GroupStats, allow_noncompliant: bool) -> list[str]:
+    """Why the group is not record-eligible, significance aside: allow_noncompliant, no succeeded run, rule checks."""
     reasons = []
     if allow_noncompliant:
         reasons.append("the spec set allow_noncompliant")
@@ -151,6 +152,11 @@ def eligibility(stats: GroupStats, comparison: Comparison | None, allow_noncompl
     elif stats.verdict is Verdict.NOT_COMPARABLE:
         unsure = [r.rule for r in stats.rules if r.verdict is Verdict.NOT_COMPARABLE]
         reasons.append(f"checks not comparable: {', '.join(unsure)}")
+    return reasons
+
+
+def eligibility(stats: GroupStats, comparison: Comparison | None, allow_noncompliant: bool) -> Eligibility:
+    reasons = rule_blockers(stats, allow_noncompliant)
     if comparison is None:
         reasons.append("no baseline group to compare against")
     elif not comparison.significant:

@@ -27,10 +27,38 @@ class PruneSpec(Strict):
 
 
 class PromoteSpec(Strict):
-    """Once the search is over, re-run the best trials on more seeds, into the same run groups."""
+    """Once the search is over, the best trials run more seeds, into their own run groups, round by round, until the
+    significance test the leaderboard uses says eligible or not, or max_seeds or the budget ends it (service.sweeps.promotion)."""
 
     top: int = Field(1, ge=1, le=10, description="how many of the best complete trials")
-    seeds: list[Seed] = Field(min_length=1, max_length=64, description="the more seeds (unique, none of the trials' own)")
+    seeds: list[Seed] = Field(default_factory=list, max_length=64, description="the more seeds, in the order they are used (unique, none of "
+                                                                               "the trials' own); after them the smallest unused integers")
+    min_seeds: int = Field(3, ge=2, le=64, description="succeeded seeds of the promoted group before the test's verdict")
+    max_seeds: int = Field(8, ge=2, le=64, description="seeds the promoted group may run in all (failed ones count)")
+    step: int = Field(2, ge=1, le=16, description="seeds added in one round at most, once min_seeds have succeeded")
+    policy: Literal["readme", "maintainers", "systems_only"] = Field("readme", description="the significance policy, as caddie compare's")
+    baseline: str | None = Field(None, max_length=200, description="a group key, record:<folder> or leader; default: the group's own "
+                                                                   "(the track's public record, else the team's leader)")
+    reserve_gpu_hours: float = Field(0.0, ge=0, le=1e6, description="of budget_gpu_hours, kept for promotion: the search stops short of it")
+
+
+class PromotionOut(BaseModel):
+    """Where a promoted trial's group stands: seeds run, the test against its baseline, the verdict."""
+
+    trial: int
+    verdict: str = Field(description="testing, eligible, not_eligible or budget")
+    why: str
+    rounds: int = Field(description="rounds of more seeds submitted")
+    group_key: str | None
+    seeds: list[int] = Field(default_factory=list, description="the group's seeds, as last judged")
+    succeeded: int | None = Field(None, description="its succeeded seeds, as last judged")
+    val_bpb: float | None = Field(None, description="their mean")
+    p_value: float | None = None
+    improvement: float | None = Field(None, description="baseline minus candidate mean, in unit")
+    margin: float | None = None
+    alpha: float | None = None
+    unit: str | None = None
+    baseline: dict[str, str] | None = Field(None, description="key and name of the baseline group")
 
 
 class SweepCreate(Strict):
@@ -92,6 +120,9 @@ class SweepOut(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     trials: list[TrialOut] | None = Field(None, description="GET /sweeps/{id} only")
+    promotion: list[PromotionOut] = Field(default_factory=list, description="each promoted trial's group, best first")
+    result: PromotionOut | None = Field(None, description="the sweep's result: the best promoted group that became eligible, "
+                                                          "else the best promoted one")
     importance: dict[str, float] | None = Field(None, description="GET /sweeps/{id} only: each knob's share of "
                                                                   "how the best trials differ from the rest (Optuna's PED-ANOVA), from 3 valued trials on")
 

@@ -28,6 +28,8 @@ from service.core.errors import Conflict, DomainError, Forbidden, InvalidInput, 
 from service.core.models import Run, Sweep, SweepTrial, Team, User, utcnow
 from service.core.settings import Settings
 from service.queue.estimates import expected_seconds, gpu_hours
+from service.results import queries as results
+from service.results.groups import rule_blockers
 from service.runs import cancel as cancelling, submit as submission
 from service.runs.schemas import RunCreate
 from service.runs.spec import normalise_spec
@@ -51,8 +53,9 @@ from service.sweeps.plan import (
     trial_end,
 )  # fmt: skip
 from service.sweeps.predictor import Predictor
+from service.sweeps.promotion import ELIGIBLE, NOT_ELIGIBLE, TESTING, PromotionFacts, PromotionPolicy, decide
 from service.sweeps.pruners import judge_median
-from service.sweeps.schemas import SweepCreate, SweepOut, TrialOut
+from service.sweeps.schemas import PromoteSpec, PromotionOut, SweepCreate, SweepOut, TrialOut
 from service.sweeps.space import SearchSpace, parse_space
 from service.sweeps.strategies import Observed, knob_importance, propose
 from service.teams.tokens import Principal, load_principal
@@ -86,8 +89,7 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
         again = sorted(set(body.promote.seeds) & set(body.seeds) | {x for x in body.promote.seeds if body.promote.seeds.count(x) > 1})
         if again:
             issues.append(Issue(("promote", "seeds"), f"must be unique and differ from the trials' seeds; repeated: {', '.join(map(str, again))}", again))
-        if len(body.seeds) + len(body.promote.seeds) > settings.max_seeds:
-            issues.append(Issue(("promote", "seeds"), f"seeds + promote.seeds: at most {settings.max_seeds} seeds in a group", len(body.promote.seeds)))
+        issues += _promote_issues(session, principal, body, settings)
     pruning = body.pruner != "none" and body.prune is not None and body.prune.enabled
     if body.pruner == "median" and not pruning:
         issues.append(Issue(("pruner",), "median needs pruning on: prune is null or disabled (never prune); give prune settings or pruner: none", body.pruner))
@@ -106,6 +108,27 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
     session.add(sweep)
     session.commit()
     return sweep
+
+
+def _promote_issues(session: Session, principal: Principal, body: SweepCreate, settings: Settings) -> list[Issue]:
+    promote = body.promote
+    assert promote is not None
+    issues = []
+    if promote.max_seeds > settings.max_seeds:
+        issues.append(Issue(("promote", "max_seeds"), f"at most {settings.max_seeds} (CADDIE_MAX_SEEDS)", promote.max_seeds))
+    if promote.min_seeds > promote.max_seeds:
+        issues.append(Issue(("promote", "min_seeds"), f"at most max_seeds ({promote.max_seeds})", promote.min_seeds))
+    if len(body.seeds) >= promote.max_seeds:
+        issues.append(Issue(("promote", "max_seeds"), f"must be above the trials' own {len(body.seeds)} seeds, or promotion runs none", promote.max_seeds))
+    if body.budget_gpu_hours is not None and promote.reserve_gpu_hours >= body.budget_gpu_hours:
+        issues.append(Issue(("promote", "reserve_gpu_hours"), f"must be below budget_gpu_hours ({body.budget_gpu_hours:g})", promote.reserve_gpu_hours))
+    if promote.baseline is not None and promote.baseline != results.LEADER:
+        try:
+            results.group_view(session, principal, promote.baseline)
+        except (NotFound, InvalidInput):
+            issues.append(Issue(("promote", "baseline"), "not a group of yours (a key or a prefix of 6+ hex characters), record:<folder> or leader",
+                                promote.baseline))  # fmt: skip
+    return issues
 
 
 def get_sweep(session: Session, principal: Principal, sweep_id: int) -> Sweep:
@@ -199,7 +222,17 @@ def sweep_out(session: Session, sweep: Sweep, *, with_trials: bool) -> SweepOut:
         gpu_hours_used=sum(o.gpu_hours or 0.0 for o in outs), gpu_hours_saved=sum(o.saved_gpu_hours or 0.0 for o in outs),
         created_at=sweep.created_at, updated_at=sweep.updated_at, finished_at=sweep.finished_at, trials=outs if with_trials else None,
         importance=knob_importance(parse_space(sweep.spec["space"], sweep.spec["base"]), _history(trials)) if with_trials else None,
+        promotion=(promoted := promotion_out(sweep)), result=next((p for p in promoted if p.verdict == ELIGIBLE), promoted[0] if promoted else None),
     )  # fmt: skip
+
+
+def promotion_out(sweep: Sweep) -> list[PromotionOut]:
+    """Each promoted trial's group as last judged, best trial first."""
+    states = sweep.spec.get("promotion") or {}
+    keep = set(PromotionOut.model_fields) - {"trial"}
+    return [PromotionOut(trial=n, **{"verdict": TESTING, "why": "", "rounds": 0, "group_key": None,
+                                     **{k: v for k, v in (states.get(str(n)) or {}).items() if k in keep}})  # fmt: skip
+            for n in sweep.spec.get("promoted") or []]
 
 
 def _trial_out(t: SweepTrial) -> TrialOut:
@@ -266,8 +299,11 @@ def _start_trials(session: Session, sweep: Sweep, owner: Principal, trials: list
     committed = sum(t.gpu_hours or 0.0 for t in trials if t.status not in OPEN_TRIALS)
     committed += sum(max(_used_gpu_hours(runs[i], now), per_run) for t in trials if t.status in OPEN_TRIALS for i in t.run_ids if i in runs)
     committed += sum(per_run * len(spec["seeds"]) for t in trials if t.status == PENDING)
+    budget = spec.get("budget_gpu_hours")
+    if budget is not None and spec.get("promote"):
+        budget -= spec["promote"].get("reserve_gpu_hours", 0.0)  # kept for promotion
     n, why = slots(SlotFacts(trials=len(trials), open_trials=sum(t.status in OPEN_TRIALS for t in trials), max_trials=spec["max_trials"],
-                             max_parallel=spec["max_parallel"], budget_gpu_hours=spec.get("budget_gpu_hours"),
+                             max_parallel=spec["max_parallel"], budget_gpu_hours=budget,
                              committed_gpu_hours=committed, trial_gpu_hours=per_run * len(spec["seeds"])))  # fmt: skip
     space = parse_space(spec["space"], spec["base"])
     started = 0
@@ -444,51 +480,123 @@ def _done_reason(sweep: Sweep, trials: Sequence[SweepTrial]) -> str:
         why = f"max_trials ({sweep.spec['max_trials']}) reached"
     else:
         why = sweep.status_reason or "the GPU-hour budget is spent"
-    promoted = sweep.spec.get("promoted")
-    if promoted is not None and not why.startswith("promot"):
-        why += "; " + (f"promoted trial(s) {', '.join(f'#{n}' for n in promoted)} to {len(sweep.spec['seeds']) + len(sweep.spec['promote']['seeds'])} "
-                       "seeds (their groups are ready to compare and export)" if promoted else "nothing promoted")  # fmt: skip
+    if sweep.spec.get("promoted") is not None:
+        why += "; " + _promotion_summary(sweep)
     return why
 
 
 def _promote(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepTrial], settings: Settings, now: datetime) -> bool:
-    """Once the search is over: re-run the ``promote.top`` best complete trials on ``promote.seeds`` more seeds,
-    into the same run groups (same config), within the budget. True if runs were submitted (the sweep waits for them)."""
-    promote = sweep.spec.get("promote")
-    if not promote or sweep.spec.get("promoted") is not None:
+    """Once the search is over: the ``promote.top`` best complete trials run more seeds, into their own run
+    groups, round by round, until service.sweeps.promotion.decide stops each. True while one goes on (the sweep waits)."""
+    if not sweep.spec.get("promote"):
         return False
-    spec = sweep.spec
-    complete = sorted((t for t in trials if t.status == COMPLETE and t.value is not None), key=lambda t: (t.value, t.number))
-    per_run = gpu_hours(sweep.hardware, expected_seconds(spec["base"], settings.run_overhead_s))
-    room = None if spec.get("budget_gpu_hours") is None else spec["budget_gpu_hours"] - sum(t.gpu_hours or 0.0 for t in trials)
-    chosen, why = [], ""
-    for trial in complete[: promote["top"]]:
-        cost = per_run * len(promote["seeds"])
-        if room is not None and cost > room:
-            why = f"promotion of trial #{trial.number} skipped: it may use {cost:.2f} GPU-hours, {max(room, 0):.2f} are left"
+    promote = PromoteSpec.model_validate(sweep.spec["promote"])
+    if sweep.spec.get("promoted") is None:
+        complete = sorted((t for t in trials if t.status == COMPLETE and t.value is not None), key=lambda t: (t.value, t.number))
+        chosen = [t.number for t in complete[: promote.top]]
+        sweep.spec = {**sweep.spec, "promoted": chosen, "promotion": {str(n): {"verdict": TESTING, "why": "chosen", "rounds": 0} for n in chosen}}
+        sweep.updated_at = now
+        session.commit()
+    policy = PromotionPolicy(significance=promote.policy, min_seeds=promote.min_seeds, max_seeds=promote.max_seeds, step=promote.step)
+    by_number = {t.number: t for t in trials}
+    for number in sweep.spec["promoted"]:
+        trial = by_number[number]
+        state = dict(sweep.spec.get("promotion", {}).get(str(number)) or {"verdict": TESTING, "rounds": 0})
+        if state["verdict"] != TESTING or trial.status in OPEN_TRIALS:
+            continue  # decided, or its round's runs are still going
+        if not state.get("pending"):
+            facts, figures = _promotion_facts(session, sweep, owner, trial, trials, promote, settings, now)
+            step = decide(facts, policy)
+            state = {**state, **step.to_json(), **figures}
+            if step.verdict == TESTING:
+                state["pending"] = {"round": state["rounds"] + 1, "seeds": _next_seeds(promote, figures["seeds"], step.seeds)}
+            _save_promotion(session, sweep, number, state, now)
+        if state.get("pending"):
+            _run_round(session, sweep, owner, trial, state, settings, now)
+    states = sweep.spec.get("promotion") or {}
+    return any((states.get(str(n)) or {}).get("verdict", TESTING) == TESTING for n in sweep.spec["promoted"])
+
+
+def _promotion_facts(session: Session, sweep: Sweep, owner: Principal, trial: SweepTrial, trials: list[SweepTrial], promote: PromoteSpec,
+                     settings: Settings, now: datetime) -> tuple[PromotionFacts, dict[str, Any]]:  # fmt: skip
+    """The promoted group against its baseline (promote.baseline, else the group's default: the track's public record or the team's leader),
+    as the group page and ``caddie compare`` see them, and the budget left."""
+    view = results.group_view(session, owner, str(trial.group_key))
+    report = results.report_for(session, owner, view, promote.baseline, promote.policy)
+    base = report.baseline
+    pairs = lambda v: [(r.val_bpb, r.val_loss) for r in v.stats.counted if r.val_bpb is not None and r.val_loss is not None]  # noqa: E731
+    per_seed = gpu_hours(sweep.hardware, expected_seconds({**sweep.spec["base"], **trial.params}, settings.run_overhead_s))
+    budget = sweep.spec.get("budget_gpu_hours")
+    left = None if budget is None else budget - _committed_gpu_hours(session, trials, now, per_seed)
+    facts = PromotionFacts(candidate=pairs(view), baseline=None if base is None else pairs(base), seeds_run=len({r.seed for r in view.runs}),
+                           budget_left_gpu_hours=left, seed_gpu_hours=per_seed,
+                           flags=[] if base is None else results.comparable_flags(view.group, base.group),
+                           blockers=rule_blockers(view.stats, view.group.allow_noncompliant))  # fmt: skip
+    figures = {"group_key": trial.group_key, "seeds": sorted(r.seed for r in view.runs), "succeeded": view.stats.n,
+               "val_bpb": view.stats.val_bpb.mean, "baseline": None if base is None else {"key": base.group.key, "name": base.group.name}}  # fmt: skip
+    return facts, figures
+
+
+def _committed_gpu_hours(session: Session, trials: list[SweepTrial], now: datetime, per_run: float) -> float:
+    """What the sweep has used, and what its runs still going may use (each at least ``per_run``)."""
+    spent = sum(t.gpu_hours or 0.0 for t in trials if t.status not in OPEN_TRIALS)
+    going = _runs(session, [i for t in trials if t.status in OPEN_TRIALS for i in t.run_ids])
+    return spent + sum(max(_used_gpu_hours(r, now), per_run) for r in going)
+
+
+def _next_seeds(promote: PromoteSpec, used: list[int], k: int) -> list[int]:
+    """The next ``k`` seeds: promote.seeds in order, then the smallest positive integers, never one the group has run."""
+    taken, out = set(used), list[int]()
+    for seed in [*promote.seeds, *range(1, 10_000)]:
+        if len(out) == k:
             break
-        room = None if room is None else room - cost
-        chosen.append(trial)
-    promoted = []
-    for trial in chosen:
-        body = RunCreate(name=f"{sweep.name} #{trial.number}"[:200], notes=f"sweep {sweep.id} trial {trial.number}, promoted", team=sweep.team.name,
-                         track=sweep.track, hardware=sweep.hardware, priority=spec.get("priority"), config={**spec["base"], **trial.params},
-                         seeds=promote["seeds"])  # fmt: skip
-        try:
-            _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=f"sweep:{sweep.id}:promote:{trial.number}")
-        except DomainError as exc:
-            session.rollback()
-            why = f"promotion of trial #{trial.number} refused: {exc}"
-            continue
-        trial.run_ids = [*trial.run_ids, *(r.id for r in runs if r.id not in trial.run_ids)]
-        trial.status, trial.reason, trial.finished_at = RUNNING, f"promoted: {len(trial.run_ids)} seeds", None
-        promoted.append(trial.number)
-    sweep.spec = {**spec, "promoted": promoted}
-    if why:
-        sweep.status_reason = why
+        if seed not in taken:
+            out.append(seed)
+            taken.add(seed)
+    return out
+
+
+def _run_round(session: Session, sweep: Sweep, owner: Principal, trial: SweepTrial, state: dict[str, Any], settings: Settings,
+               now: datetime) -> None:  # fmt: skip
+    """Submit the planned round's seeds into the trial's group. The round is stored before its runs are submitted
+    and its idempotency key names it, so a tick that dies in between is finished by the next, with the same runs."""
+    pending = state["pending"]
+    body = RunCreate(name=f"{sweep.name} #{trial.number}"[:200], notes=f"sweep {sweep.id} trial {trial.number}, promotion round {pending['round']}",
+                     team=sweep.team.name, track=sweep.track, hardware=sweep.hardware, priority=sweep.spec.get("priority"),
+                     config={**sweep.spec["base"], **trial.params}, seeds=pending["seeds"])  # fmt: skip
+    try:
+        _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=f"sweep:{sweep.id}:promote:{trial.number}:{pending['round']}")
+    except InvalidInput as exc:  # the config passed as a trial; a refusal now (e.g. a rule that changed) will not pass next tick either
+        session.rollback()
+        _save_promotion(session, sweep, trial.number, {**state, "pending": None, "verdict": NOT_ELIGIBLE, "why": f"more seeds refused: {exc}"}, now)
+        return
+    except DomainError as exc:  # e.g. a quota: the round waits for the next tick
+        session.rollback()
+        sweep.status_reason = f"promotion of trial #{trial.number} waits: {exc}"
+        session.commit()
+        return
+    trial.run_ids = [*trial.run_ids, *(r.id for r in runs if r.id not in trial.run_ids)]
+    trial.status, trial.finished_at = RUNNING, None
+    trial.reason = f"promotion round {pending['round']}: seeds {', '.join(map(str, pending['seeds']))} ({len(trial.run_ids)} in all)"
+    _save_promotion(session, sweep, trial.number, {**state, "pending": None, "rounds": pending["round"]}, now)
+
+
+def _save_promotion(session: Session, sweep: Sweep, number: int, state: dict[str, Any], now: datetime) -> None:
+    sweep.spec = {**sweep.spec, "promotion": {**sweep.spec.get("promotion", {}), str(number): state}}
     sweep.updated_at = now
     session.commit()
-    return bool(promoted)
+
+
+def _promotion_summary(sweep: Sweep) -> str:
+    states = sweep.spec.get("promotion") or {}
+    if not states:
+        return "promotion: no trial completed"
+    parts = [f"#{n} {s['verdict'].replace('_', ' ')} ({s.get('succeeded', 0)} seeds{_p_text(s)})" for n, s in states.items()]
+    return "promotion: " + "; ".join(parts)
+
+
+def _p_text(state: dict[str, Any]) -> str:
+    return "" if state.get("p_value") is None else f", p = {state['p_value']:.3g}"
 
 
 def _owner(session: Session, sweep: Sweep) -> Principal:

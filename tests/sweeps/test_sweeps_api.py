@@ -101,6 +101,11 @@ def test_bad_sweeps_are_refused_naming_the_field_and_limit(client: TestClient, w
     assert "'curve', 'median' or 'none'" in detail(pruner="hyperband")["body.pruner"]
     assert "median needs pruning on" in detail(pruner="median", prune=None)["body.pruner"]
     assert "less than or equal to 100" in detail(pruner="median", prune={"startup_trials": 101})["body.prune.startup_trials"]
+    promote = detail(budget_gpu_hours=1.0, promote={"reserve_gpu_hours": 2.0, "baseline": "abcdef99", "max_seeds": 20, "min_seeds": 30})
+    assert "at most 16 (CADDIE_MAX_SEEDS)" in promote["body.promote.max_seeds"] and "at most max_seeds" in promote["body.promote.min_seeds"]
+    assert "below budget_gpu_hours" in promote["body.promote.reserve_gpu_hours"] and "not a group of yours" in promote["body.promote.baseline"]
+    assert "above the trials' own 2 seeds" in detail(promote={"max_seeds": 2})["body.promote.max_seeds"]
+    assert "must be unique" in detail(promote={"seeds": [1, 4, 4]})["body.promote.seeds"]
 
 
 def test_a_pruned_trial_has_its_runs_cancelled_and_says_why(client: TestClient, world: World, session: Session, settings: Settings) -> None:
@@ -135,25 +140,112 @@ def test_the_example_sweep_is_accepted(client: TestClient, world: World) -> None
     assert r.json()["spec"]["space"]["MATRIX_LR"] == {"low": 0.005, "high": 0.1, "log": True}
 
 
-def test_the_best_trial_is_promoted_to_more_seeds_in_its_group(client: TestClient, world: World, session: Session, settings: Settings) -> None:
-    body = sweep_body(space={"NUM_LAYERS": {"values": [9, 10]}}, seeds=[1], promote={"top": 1, "seeds": [2, 3]}, prune=None)
-    assert client.post("/api/v1/sweeps", json={**body, "promote": {"seeds": [1, 4, 4]}}, headers=world.h("alice")).status_code == 422
-    sid = client.post("/api/v1/sweeps", json=body, headers=world.h("alice")).json()["id"]
+# --- promotion: more seeds until the leaderboard's test decides ------------------------------------
+RESULT = {"status": "succeeded", "total_bytes": 15_900_000, "code_bytes": 60_000, "model_bytes": 15_840_000, "steps": 7000,
+          "train_seconds": 599.0, "eval_seconds": 530.0, "world_size": 8, "trainer_revision": "0123abcd", "val_tokens_scored": 62_021_631,
+          "val_tokens_total": 62_021_631, "ttt_protocol": "score_first", "train_shards": ["fineweb_train_000000.bin"],
+          "val_shards": ["fineweb_val_000000.bin"], "gpu_name": "NVIDIA H100 80GB HBM3", "code_sha256": "c" * 64, "code_dirty": False,
+          "train_fingerprints": ["a" * 64], "val_fingerprints": ["d" * 64]}  # as tests/api/test_api_groups.py: every rule passes
+
+
+def _succeed(session: Session, run_ids: list[int], bpbs: list[float], minutes: float = 10) -> None:
+    """As the executor: figures, the result and its rule checks (every one passing), SUCCEEDED."""
+    from service.results.queries import judge_run
+
+    now = utcnow()
+    for run_id, bpb in zip(run_ids, bpbs, strict=True):
+        run = session.get_one(Run, run_id)
+        run.status, run.val_bpb, run.val_loss, run.started_at, run.finished_at = "SUCCEEDED", bpb, 2.4 * bpb, now - timedelta(minutes=minutes), now
+        run.artifact_bytes, run.train_seconds, run.eval_seconds, run.result = 15_900_000, 599.0, 530.0, dict(RESULT)
+        judge_run(run)
+    session.commit()
+
+
+def _baseline_group(client: TestClient, world: World, session: Session, spec, bpbs: list[float]) -> str:  # noqa: ANN001
+    made = client.post("/api/v1/runs", json=spec(name="base", config={"MODEL_DIM": 512, "NUM_LAYERS": 12}, seeds=[1, 2, 3]),
+                       headers=world.h("alice")).json()  # fmt: skip
+    _succeed(session, [r["id"] for r in made["runs"]], bpbs)
+    return made["group_key"]
+
+
+def _promoted(client: TestClient, world: World, sid: int) -> tuple[dict, dict]:
+    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
+    return shown, shown["promotion"][0]
+
+
+def _new_runs(session: Session, trial_runs: list[int], done: set[int]) -> list[int]:
+    return [i for i in trial_runs if i not in done]
+
+
+def _search(client: TestClient, world: World, session: Session, settings: Settings, promote: dict, values: tuple[float, float],
+            **over: object) -> tuple[int, dict]:  # fmt: skip
+    """A two-trial sweep of one seed each whose trials end at ``values``; the tick after they end starts promotion."""
+    body = sweep_body(space={"NUM_LAYERS": {"values": [9, 10]}}, seeds=[1], promote=promote, prune=None, **over)
+    r = client.post("/api/v1/sweeps", json=body, headers=world.h("alice"))
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
     assert _tick(session, settings) == 2
     first, second = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
-    _end(session, first["run_ids"], 1.22)
-    _end(session, second["run_ids"], 1.20)
-    _tick(session, settings)  # both end; the search is over: trial 2 gets seeds 2 and 3 in its group
-    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
-    promoted = shown["trials"][1]
-    assert shown["status"] == "running" and promoted["status"] == "running" and len(promoted["run_ids"]) == 3
-    runs = session.scalars(select(Run).where(Run.id.in_(promoted["run_ids"]))).all()
-    assert sorted(r.seed for r in runs) == [1, 2, 3] and {r.group_key for r in runs} == {promoted["group_key"]}
-    _end(session, promoted["run_ids"][1:], 1.21)
+    _succeed(session, first["run_ids"], [values[0]])
+    _succeed(session, second["run_ids"], [values[1]])
     _tick(session, settings)
-    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
-    assert shown["status"] == "done" and "promoted trial(s) #2 to 3 seeds" in shown["status_reason"], shown["status_reason"]
-    assert abs(shown["trials"][1]["value"] - (1.20 + 1.21 + 1.21) / 3) < 1e-9
+    return sid, client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
+
+
+def test_a_clearly_better_trial_is_promoted_until_eligible(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
+    base_key = _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
+    sid, shown = _search(client, world, session, settings, {"top": 1, "seeds": [7]}, (1.35, 1.100))
+    [state] = shown["promotion"]
+    trial = shown["trials"][1]
+    assert state["trial"] == 2 and state["verdict"] == "testing" and state["rounds"] == 1 and "1 of min_seeds 3 succeeded" in state["why"]
+    assert state["baseline"]["key"] == base_key  # the team's leader: trial 1 (1.35) is behind it
+    runs = session.scalars(select(Run).where(Run.id.in_(trial["run_ids"]))).all()
+    assert sorted(r.seed for r in runs) == [1, 2, 7] and {r.group_key for r in runs} == {trial["group_key"]}  # promote.seeds first, then 2
+    assert trial["status"] == "running" and shown["status"] == "running"
+    _tick(session, settings)
+    assert session.scalar(select(Run.id).where(Run.seed == 3, Run.group_key == trial["group_key"])) is None  # twice is safe: no new round
+    _succeed(session, [r.id for r in runs if r.seed != 1], [1.102, 1.099])
+    _tick(session, settings)
+    shown, state = _promoted(client, world, sid)
+    assert state["verdict"] == "eligible" and state["succeeded"] == 3 and state["seeds"] == [1, 2, 7], state
+    assert state["p_value"] < 0.01 and state["improvement"] > state["margin"] > 0 and state["unit"] == "nats per byte"
+    assert shown["status"] == "done" and "#2 eligible (3 seeds, p = " in shown["status_reason"], shown["status_reason"]
+    assert shown["result"]["group_key"] == trial["group_key"] and shown["result"]["verdict"] == "eligible"
+    group = client.get(f"/api/v1/groups/{trial['group_key']}", headers=world.h("alice")).json()
+    assert group["eligibility"]["eligible"] is True, group["eligibility"]  # the group page agrees: ready to export
+
+
+def test_a_trial_that_is_not_better_stops_not_eligible(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
+    _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
+    sid, shown = _search(client, world, session, settings, {"top": 1}, (1.35, 1.2995))
+    trial = shown["trials"][1]
+    assert shown["promotion"][0]["verdict"] == "testing"
+    _succeed(session, trial["run_ids"][1:], [1.3005, 1.2990])
+    _tick(session, settings)
+    shown, state = _promoted(client, world, sid)
+    assert state["verdict"] == "not_eligible" and "no number of seeds makes this significant" in state["why"], state
+    assert state["succeeded"] == 3 and state["rounds"] == 1 and shown["status"] == "done" and "#2 not eligible" in shown["status_reason"]
+    assert shown["result"]["verdict"] == "not_eligible"
+
+
+def test_the_budget_ends_promotion(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
+    _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
+    from service.queue.estimates import expected_seconds, gpu_hours
+
+    per_run = gpu_hours("H100:8", expected_seconds({"MODEL_DIM": 512}, settings.run_overhead_s))  # what a run may use: 4 GPU-hours
+    # The search may commit 2 trials x 4 of the 9 (1 is kept for promotion); its two runs use 1.33 each (10 minutes):
+    # 6.33 left, one seed fits, not the two min_seeds asks for.
+    sid, shown = _search(client, world, session, settings, {"top": 1, "reserve_gpu_hours": 1.0}, (1.35, 1.100), budget_gpu_hours=2 * per_run + 1)
+    state = shown["promotion"][0]
+    assert state["verdict"] == "testing" and state["why"].startswith("1 more seed(s)"), state  # the round trimmed to what fits
+    trial = shown["trials"][1]
+    assert len(trial["run_ids"]) == 2
+    _succeed(session, trial["run_ids"][1:], [1.101], minutes=30)  # 4 GPU-hours: 2.33 left
+    _tick(session, settings)
+    shown, state = _promoted(client, world, sid)
+    assert state["verdict"] == "budget" and "GPU-hour budget has 2.33 left, a seed may use 4.00" in state["why"] and state["succeeded"] == 2, state
+    assert shown["status"] == "done" and "#2 budget" in shown["status_reason"]
+
 
 
 def test_the_sweep_list_pages_with_a_cursor(client: TestClient, world: World) -> None:
