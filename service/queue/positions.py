@@ -74,7 +74,16 @@ def estimates_for(session: Session, settings: Settings, runs: Iterable[tuple[int
     wanted = {run_id for run_id, status in runs if status == RunStatus.QUEUED}
     if not wanted:
         return {}
-    forecast = _fresh_stored(session, settings, wanted)
+    return _estimates(session, settings, wanted, _fresh(stored.read_forecast(session, wanted), settings))
+
+
+def estimates_from(session: Session, settings: Settings, runs: Iterable[tuple[int, str]], read: stored.StoredForecast | None) -> dict[int, QueueEstimate]:
+    """As ``estimates_for``, with the stored forecast already ``read`` for those runs (in the query that read them)."""
+    wanted = {run_id for run_id, status in runs if status == RunStatus.QUEUED}
+    return _estimates(session, settings, wanted, _fresh(read, settings)) if wanted else {}
+
+
+def _estimates(session: Session, settings: Settings, wanted: set[int], forecast: stored.StoredForecast | None) -> dict[int, QueueEstimate]:
     if forecast is None:
         estimates = _recent_estimates(session, settings, wanted)
     else:
@@ -97,10 +106,14 @@ log = logging.getLogger(__name__)
 _last_said = [-math.inf]  # when this process last logged that it computes the forecast itself
 
 
-def _fresh_stored(session: Session, settings: Settings, wanted: Iterable[int] = (), *, every: bool = False) -> stored.StoredForecast | None:
-    """The stored forecast (``wanted``'s rows, or ``every`` row) if younger than queue_forecast_stale_s; None (and a
-    log line at most once a minute) if it is missing or older: the caller computes one itself."""
-    forecast = stored.read_forecast(session, wanted, every=every)
+def _fresh_stored(session: Session, settings: Settings, *, every: bool = False) -> stored.StoredForecast | None:
+    """The stored forecast (the marker, or ``every`` row) if fresh, as ``_fresh``."""
+    return _fresh(stored.read_forecast(session, every=every), settings)
+
+
+def _fresh(forecast: stored.StoredForecast | None, settings: Settings) -> stored.StoredForecast | None:
+    """``forecast`` if younger than queue_forecast_stale_s; None (and a log line at most once a
+    minute) if it is missing or older: the caller computes one itself."""
     if forecast is not None and (utcnow() - forecast.made_at).total_seconds() <= settings.queue_forecast_stale_s:
         return forecast
     if _clock() - _last_said[0] >= 60:

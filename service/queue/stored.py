@@ -4,6 +4,7 @@
         positions.queue_estimates(...) ──▶ store_forecast()   one transaction: every row replaced
     API, any replica (service/queue/positions.py)
         read_forecast(ids)    the marker and the asked-for rows: one primary-key lookup
+        with_stored_estimate(query)   or both beside one run, in the query that reads the run
 
 Computing the forecast reads the whole queue and its billing (~0.4 s at 10,000 queued runs);
 done once by a worker, every API process answers from the same figures and no request
@@ -17,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, insert, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, Select, delete, insert, select, text
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from service.core.models import StoredQueueEstimate
 from service.queue.forecast import QueueEstimate
@@ -62,3 +65,26 @@ def read_forecast(session: Session, run_ids: Iterable[int] = (), *, every: bool 
         else:
             found[r.run_id] = QueueEstimate(r.run_id, r.position, r.estimated_start_at, r.reason)
     return StoredForecast(made_at, size, found) if made_at is not None else None
+
+
+_RUN_ESTIMATE, _MARKER = aliased(StoredQueueEstimate, name="run_estimate"), aliased(StoredQueueEstimate, name="forecast_marker")
+
+
+def with_stored_estimate(query: Select[Any], run_id: ColumnElement[int] | InstrumentedAttribute[int]) -> Select[Any]:
+    """``query`` (one row per run) with its run's stored estimate and the forecast's marker beside it
+    (outer joins: NULL when absent), so opening a queued run costs one query, as a list page does."""
+    E, M = _RUN_ESTIMATE, _MARKER
+    return (
+        query.outerjoin(E, E.run_id == run_id)
+        .outerjoin(M, M.run_id == MARKER_ID)
+        .add_columns(E.position.label("q_position"), E.estimated_start_at.label("q_start"), E.reason.label("q_reason"),
+                     M.made_at.label("q_made_at"), M.position.label("q_size"))  # fmt: skip
+    )
+
+
+def forecast_in_row(run_id: int, row: Row[Any]) -> StoredForecast | None:
+    """What ``read_forecast([run_id])`` returns, from a row of ``with_stored_estimate``."""
+    if row.q_made_at is None:
+        return None
+    found = {run_id: QueueEstimate(run_id, row.q_position, row.q_start, row.q_reason)} if row.q_reason is not None else {}
+    return StoredForecast(row.q_made_at, row.q_size or 0, found)

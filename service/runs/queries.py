@@ -11,12 +11,13 @@ import base64
 import binascii
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from service.core.bodies import ID_MAX
 from service.core.errors import InvalidInput, Issue, NotFound
 from service.core.models import Metric, Run, RunEvent, Team, User
+from service.queue import stored
 from service.runs.schemas import NOT_COLUMNS, RunOut
 from service.runs.status import RunStatus
 from service.teams.tokens import Principal
@@ -36,6 +37,19 @@ def get_run(session: Session, principal: Principal, run_id: int) -> Run:
     if run is None or not principal.can_see_team(run.team_id):
         raise NotFound("run", run_id)
     return run
+
+
+# Built once (a bound run id): SQLAlchemy reuses its cache key and compiled form; building it per
+# request cost as much CPU as the query itself (a live run page polls it every 2 s).
+_RUN_AND_FORECAST = stored.with_stored_estimate(run_query().where(Run.id == bindparam("run_id")), Run.id)
+
+
+def get_run_and_forecast(session: Session, principal: Principal, run_id: int) -> tuple[Run, stored.StoredForecast | None]:
+    """``get_run``, and in the same query the stored queue forecast's row for the run (a queued run's page shows it)."""
+    row = session.execute(_RUN_AND_FORECAST, {"run_id": run_id}).first()
+    if row is None or not principal.can_see_team(row[0].team_id):
+        raise NotFound("run", run_id)
+    return row[0], stored.forecast_in_row(run_id, row)
 
 
 def encode_cursor(run_id: int) -> str:

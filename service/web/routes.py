@@ -41,6 +41,7 @@ from service.runs.logs import read_log
 from service.runs.queries import (
     encode_cursor,
     get_run,
+    get_run_and_forecast,
     list_events,
     list_runs,
     metric_points,
@@ -345,8 +346,8 @@ def _log_tail(request: Request, session: SessionDep, user: Principal, run_id: in
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    run = get_run(session, user, run_id)
-    estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
+    run, forecast = get_run_and_forecast(session, user, run_id)  # the run and its stored estimate in one query
+    estimate = queue.estimates_from(session, settings, [(run.id, run.status)], forecast).get(run.id)
     events = list_events(session, user, run_id)
     figures = charts.run_figures(metric_points(session, user, run_id))
     stored_end = run.log_truncated_at if run.log_truncated_at is not None else run.log_bytes or 0  # a capped log ends where storing stopped

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
@@ -118,6 +119,33 @@ def test_the_stored_forecast_is_replaced_as_a_whole(world, spec, session: Sessio
     from service.queue.positions import current_estimates
 
     assert current_estimates(session, Settings(home=tmp_path / "home", database_url=db_url)) == forecast.estimates
+
+
+def test_opening_a_queued_run_costs_the_queries_of_any_other_run(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    """A live run page polls GET /runs/{id} every 2 s: a queued run's estimate comes in the query
+    that reads the run, so it costs what a finished run costs (the token's query and that one)."""
+    with api(db_url, tmp_path) as client:
+        a = submit(client, world, spec, "alice", [1, 2])
+        client.post(f"/api/v1/runs/{a[0]}/cancel", headers=world.h("alice"))
+        refresh(db_url)
+        engine = client.app.state.sessionmaker.kw["bind"]  # type: ignore[attr-defined]
+        statements: list[str] = []
+
+        def count(conn, cursor, statement, *rest) -> None:  # noqa: ANN001, ANN002
+            statements.append(statement)
+
+        position(client, world, a[1])  # the token's last_used_at is written once, not counted
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            queued = position(client, world, a[1])
+            on_queued, statements[:] = len(statements), []
+            cancelled = position(client, world, a[0])
+            on_cancelled = len(statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert queued["queue_position"] == 1 and queued["waiting_reason"] is not None
+    assert cancelled == {"queue_position": None, "estimated_start_at": None, "waiting_reason": None}
+    assert on_queued == on_cancelled == 2
 
 
 def test_beat_sends_the_forecast_tick_on_the_control_queue() -> None:

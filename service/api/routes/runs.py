@@ -71,8 +71,8 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunOut)
 def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> RunOut:
     """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason."""
-    run = queries.get_run(session, user, run_id)
-    estimate = queue.estimates_for(session, settings, [(run.id, run.status)]).get(run.id)  # the shared forecast: a live page polls every 2 s
+    run, forecast = queries.get_run_and_forecast(session, user, run_id)  # one query: a live page polls every 2 s
+    estimate = queue.estimates_from(session, settings, [(run.id, run.status)], forecast).get(run.id)
     return RunOut.from_run(run, settings=settings, **QueueFields.of(estimate))
 
 
