@@ -213,6 +213,12 @@ def test_a_clearly_better_trial_is_promoted_until_eligible(client: TestClient, w
     assert shown["result"]["group_key"] == trial["group_key"] and shown["result"]["verdict"] == "eligible"
     group = client.get(f"/api/v1/groups/{trial['group_key']}", headers=world.h("alice")).json()
     assert group["eligibility"]["eligible"] is True, group["eligibility"]  # the group page agrees: ready to export
+    # `caddie sweep show` prints what the API says: where promotion stands and the group to export.
+    from cli.sweeps import sweep_detail
+
+    said = "\n".join(part for part in sweep_detail(shown) if isinstance(part, str))
+    assert "promoted #2 eligible: seeds 1, 2, 7 (3 succeeded, 1 round(s)), val_bpb 1.1003, p = " in said, said
+    assert "against margin 0.00144 nats per byte, against base" in said and f"caddie export {trial['group_key'][:12]}" in said
 
 
 def test_a_trial_that_is_not_better_stops_not_eligible(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001

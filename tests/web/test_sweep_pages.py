@@ -56,3 +56,18 @@ def test_a_sweep_with_the_median_pruner_shows_it_and_its_pruned_trial(world: Wor
     page = b.c.get(f"/sweeps/{sid}")
     assert page.status_code == 200 and "Optuna's median pruner on the train loss, from step 500, after 2 complete trials" in page.text
     assert "MedianPruner at step 700" in page.text and "predicted</span>" not in page.text
+
+
+def test_the_sweep_page_says_where_promotion_stands(world: World, browser_for, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
+    from tests.sweeps.test_sweeps_api import test_a_clearly_better_trial_is_promoted_until_eligible as eligible_scenario
+
+    b = browser_for(world.tokens["alice"])
+    eligible_scenario(b.c, world, session, settings, spec)
+    shown = b.c.get("/api/v1/sweeps", headers=world.h("alice")).json()["items"][0]
+    page = b.c.get(f"/sweeps/{shown['id']}").text
+    table = page[page.index('id="promotion-table"') :]
+    key = shown["result"]["group_key"]
+    assert f'<a href="/groups/{key}">#2</a>' in table and "<strong>eligible</strong>" in table and ">1, 2, 7<" in table
+    p = shown["promotion"][0]
+    assert f"{p['p_value']:.3g}" in table and "nats per byte" in table and ">base<" in table
+    assert f"caddie export {key[:12]}" in page and "until the test" in page and "from 3 to at most 8 seeds" in page
