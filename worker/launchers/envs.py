@@ -157,12 +157,29 @@ def install_argv(description: Mapping[str, Any], python: Path, requirements: Pat
     return argv
 
 
+def apt_install(names: Sequence[str], timeout_s: float) -> None:
+    """apt-get install ``names`` (a SkyPilot node: caddie's own machine for the run; never the local worker's)."""
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    for argv in ([*sudo, "apt-get", "update", "-qq"], [*sudo, "apt-get", "install", "-y", "-qq", *names]):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LaunchFailed(f"system package(s) {', '.join(names)} could not be installed: {exc}") from None
+        if done.returncode != 0 and "install" in argv:
+            raise LaunchFailed(f"system package(s) {', '.join(names)} could not be installed: {_tail(done.stderr + done.stdout)}")
+
+
 def ensure_env(envs_dir: Path, description: Mapping[str, Any], *, wheels: Path | None = None, offline: bool = False,
-               timeout_s: float = 1800.0) -> BuiltEnv:
-    """The environment of ``description`` on this machine, built now unless it already is.
+               timeout_s: float = 1800.0, apt: bool = False) -> BuiltEnv:
+    """The environment of ``description`` on this machine, built now unless it already is. ``apt``: install
+    the system packages it lacks (a SkyPilot node); otherwise a missing one fails it at once.
 
     LaunchFailed: a system package is missing (named), or uv could not build it (uv's own lines)."""
     missing = missing_system_packages(list(description.get("system_packages") or ()))
+    if missing and apt:
+        apt_install(missing, timeout_s)
+        missing = missing_system_packages(missing)
     if missing:
         raise LaunchFailed(f"system package(s) not on this machine: {', '.join(missing)}; the local launcher installs none "
                            f"(the operator installs them: apt-get install {' '.join(missing)})")
@@ -211,3 +228,31 @@ def _build(envs_dir: Path, folder: Path, description: Mapping[str, Any], wheels:
     tmp_report.write_text(json.dumps(report, indent=1), encoding="utf-8")
     os.replace(tmp_report, folder / REPORT)  # whole or absent: its presence means built
     return report
+
+
+def main(args: list[str] | None = None) -> int:
+    """``python -m worker.launchers.envs --envs-dir DIR [--apt]`` on a SkyPilot node: builds the environment
+    described by $CADDIE_ENV_SPEC (JSON) unless built; prints its folder, then each other path a sealed job
+    needs read-only, one a line. Exit 1 with ``caddie: <why>`` on stderr when it cannot be built."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m worker.launchers.envs")
+    parser.add_argument("--envs-dir", required=True, type=Path)
+    parser.add_argument("--apt", action="store_true", help="apt-get install the system packages this node lacks")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    ns = parser.parse_args(args)
+    try:
+        description = json.loads(os.environ["CADDIE_ENV_SPEC"])
+        built = ensure_env(ns.envs_dir, description, timeout_s=ns.timeout, apt=ns.apt)
+    except (KeyError, json.JSONDecodeError) as exc:
+        print(f"caddie: no environment description in CADDIE_ENV_SPEC: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except LaunchFailed as exc:
+        print(f"caddie: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print("\n".join(str(p) for p in built.ro_paths()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

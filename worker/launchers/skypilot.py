@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import re
 import shutil
 import time
@@ -60,6 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "skypilot" / "task.yaml"
 # The node's `nvidia-smi -L`, written by the run script beside the job's log (infra/skypilot/task.yaml).
 NODE_REPORT = "caddie-node.txt"
+ENV_REPORT = "caddie-env.json"  # what the job's Python held, written by the run script beside the job's log
 _HARDWARE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,39})(?::([1-9][0-9]{0,2}))?$")
 
 
@@ -277,6 +279,9 @@ class SkyPilotLauncher:
             raise LaunchFailed(str(exc)) from None
         envs["CADDIE_DATA_KEY"] = digest[:16]
         envs["CADDIE_DATA_FOLDER"] = built_folder(digest) if recipe.built else ""
+        # A script run's declared environment: the node builds it before the job (worker.launchers.envs, apt for
+        # its system packages there) and runs the job's Python from it; "" runs the node's own python3.
+        envs["CADDIE_ENV_SPEC"] = json.dumps(job.environment, sort_keys=True) if job.environment else ""
         if job.is_script:
             # The files go up with the task; the run script copies them into the run folder.
             staging = Path(s.runs_dir).resolve() / "sky-scripts" / run_key
@@ -557,13 +562,22 @@ class SkyPilotLauncher:
         run_log = Path(str(local)).expanduser() / "run.log"
         if run_log.exists() and not (dest / "stdout.log").exists():
             shutil.copyfile(run_log, dest / "stdout.log")
-        # The node's own `nvidia-smi -L` (written by the run script outside the job's reach) goes
-        # beside the outputs; a file of that name from the job never stands for the node.
-        report = Path(str(local)).expanduser() / NODE_REPORT
-        (dest / NODE_REPORT).unlink(missing_ok=True)
-        if report.is_file():
-            shutil.copyfile(report, dest / NODE_REPORT)
+        # The node's own `nvidia-smi -L` and its Python's report (written by the run script outside the
+        # job's reach) go beside the outputs; a file of either name from the job never stands for the node.
+        for name in (NODE_REPORT, ENV_REPORT):
+            report = Path(str(local)).expanduser() / name
+            (dest / name).unlink(missing_ok=True)
+            if report.is_file():
+                shutil.copyfile(report, dest / name)
         return dest
+
+    def environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
+        """What the job's Python held, as the run script read it on the node before the job (None: no report)."""
+        try:
+            data = json.loads((Path(outdir) / ENV_REPORT).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def node_report(self, outdir: Path) -> NodeHardware | None:
         """What the node's `nvidia-smi -L` listed, from the outputs ``collect`` fetched (None: no report,

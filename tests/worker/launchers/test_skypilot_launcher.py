@@ -558,3 +558,94 @@ def test_a_job_on_a_node_is_sealed_and_leaves_nothing_behind(tmp_path: Path) -> 
     # nothing of an earlier run or of this one is left but this run's outputs, for the worker to collect
     assert not (home / "caddie-runs").exists() or not any((home / "caddie-runs").iterdir())
     assert not staged.exists() and not old_out.exists()
+
+
+# --- a script run's declared environment (issue 20 item 3) ------------------------------------
+ENV_FILES = {"train_gpt.py": b"import tinypkg\n", "requirements.txt": b"tinypkg==1.2.3\n"}
+
+
+def env_job() -> JobSpec:
+    from service.runs.scripts.environment import describe
+
+    return JobSpec(run_id=5, env={"SEED": "1"}, hardware="", timeout_s=1800, script_files=ENV_FILES,
+                   environment=describe({"requirements": "requirements.txt", "python": "3.12", "system_packages": ["lrzip"]}, ENV_FILES))
+
+
+# The node's python3 for these: the envs builder prints the environment's paths (or fails as uv would),
+# the sandbox runs its command, the probe prints a report.
+def _env_python3(envdir: Path, fail: str = "") -> str:
+    build = (f'echo "caddie: the run\'s environment could not be built: uv pip install failed: {fail}" >&2; exit 1' if fail else
+             f'mkdir -p {envdir}/bin; echo \'{{"python": "3.12.3", "packages": {{"tinypkg": "1.2.3"}}}}\' > {envdir}/caddie-env.json; '
+             f'echo {envdir}; echo /opt/python-3.12')
+    return (f'if [ "$1 $2" = "-m worker.launchers.envs" ]; then {build}; fi\n'
+            'if [ "$1 $2" = "-m worker.launchers.env_probe" ]; then echo \'{"python": "3.11.2"}\'; exit 0; fi\n' + PYTHON3)
+
+
+def test_a_declared_environment_is_built_on_the_node_before_the_job_and_runs_it(tmp_path: Path) -> None:
+    job = env_job()
+    task = launcher(tmp_path).build_task(job, "run-5-env")
+    assert json.loads(task.envs["CADDIE_ENV_SPEC"]) == job.environment  # the description travels whole, its requirements inlined
+    assert json.loads(task.envs["CADDIE_ENV_SPEC"])["requirements"] == "tinypkg==1.2.3\n"
+    envdir = tmp_path / "home" / "caddie-envs" / "abc"
+    fake_python = 'echo "ran $0 $*"; exit 0'
+    env = {**_node(tmp_path, {"python3": _env_python3(envdir)}), **task.envs}
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-12-06-19-00-00-000001_c_1")
+    (envdir / "bin").mkdir(parents=True)
+    (envdir / "bin" / "python").write_text(f"#!/bin/bash\n{fake_python}\n")
+    (envdir / "bin" / "python").chmod(0o755)
+    res = _run_script(task.run, env, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = (tmp_path / "calls.log").read_text()
+    home = tmp_path / "home"
+    assert f"python3 -m worker.launchers.envs --envs-dir {home}/caddie-envs --apt" in calls
+    # sealed, its environment and that environment's Python read-only, the job's Python the environment's
+    assert (f"python3 -m worker.launchers.sandbox --die-with-parent --workdir {home}/caddie-runs/run-5-env --ro {home}/caddie-data "
+            f"--ro {tmp_path} --ro {envdir} --ro /opt/python-3.12 -- {envdir}/bin/python -m torch.distributed.run --standalone "
+            f"--nproc_per_node=8 train_gpt.py") in calls
+    assert f"ran {envdir}/bin/python -m torch.distributed.run --standalone --nproc_per_node=8 train_gpt.py" in res.stdout
+    assert calls.index("worker.launchers.envs") < calls.index("worker.launchers.sandbox")
+    # what it held comes back beside the outputs, where the job could not write it
+    logdir = home / "sky_logs" / "sky-2026-12-06-19-00-00-000001"
+    assert json.loads((logdir / "caddie-env.json").read_text())["packages"] == {"tinypkg": "1.2.3"}
+    got = launcher(tmp_path).environment(LaunchHandle("skypilot", "c", "1"), logdir)
+    assert got is not None and got["python"] == "3.12.3"
+
+
+def test_an_environment_that_cannot_be_built_ends_the_run_before_training_saying_why(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(env_job(), "run-5-bad")
+    env = {**_node(tmp_path, {"python3": _env_python3(tmp_path / "x", fail="No solution found: nosuchpkg"), "torchrun": "exit 0"}), **task.envs}
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-12-06-19-00-00-000002_c_2")
+    res = _run_script(task.run, env, tmp_path)
+    assert res.returncode == 1
+    assert "caddie: the run's environment could not be built: uv pip install failed: No solution found: nosuchpkg" in res.stderr
+    calls = (tmp_path / "calls.log").read_text()
+    assert "worker.launchers.sandbox" not in calls and "torchrun" not in calls  # no job, no training
+    assert not (tmp_path / "home" / "caddie-runs" / "run-5-bad").exists()
+
+
+def test_a_run_without_one_reports_the_nodes_own_python(tmp_path: Path) -> None:
+    task = launcher(tmp_path).build_task(spec(), "run-5-own")
+    assert task.envs["CADDIE_ENV_SPEC"] == ""
+    env = {**_node(tmp_path, {"python3": _env_python3(tmp_path / "x"), "torchrun": "exit 0"}), **task.envs}
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-12-06-19-00-00-000003_c_3")
+    assert _run_script(task.run, env, tmp_path).returncode == 0
+    assert json.loads((tmp_path / "home" / "sky_logs" / "sky-2026-12-06-19-00-00-000003" / "caddie-env.json").read_text()) == {"python": "3.11.2"}
+
+
+def test_the_node_builder_prints_what_the_job_needs_or_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real `python -m worker.launchers.envs` (offline, from a local wheel; apt is not asked: nothing is missing)."""
+    from service.runs.scripts.environment import describe
+    from tests.wheels import make_wheel
+    from worker.launchers import envs
+
+    make_wheel(tmp_path / "wheels", "tinypkg", "1.2.3", {"tinypkg/__init__.py": ""})
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("UV_FIND_LINKS", str(tmp_path / "wheels"))
+    monkeypatch.setenv("CADDIE_ENV_SPEC", json.dumps(describe({"requirements": "r", "system_packages": ["coreutils"]}, {"r": b"tinypkg\n"})))
+    assert envs.main(["--envs-dir", str(tmp_path / "envs"), "--apt"]) == 0
+    folder, *others = capsys.readouterr().out.split()
+    assert Path(folder).parent == tmp_path / "envs" and json.loads((Path(folder) / "caddie-env.json").read_text())["packages"]["tinypkg"] == "1.2.3"
+    assert others and all(Path(p).is_dir() for p in others)  # its base Python's installation
+    monkeypatch.setenv("CADDIE_ENV_SPEC", json.dumps(describe({"requirements": "r"}, {"r": b"nosuchpkg\n"})))
+    assert envs.main(["--envs-dir", str(tmp_path / "envs")]) == 1
+    assert "caddie: the run's environment could not be built: uv pip install failed:" in capsys.readouterr().err
