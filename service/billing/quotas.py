@@ -3,14 +3,16 @@
 Checked where a team's bytes are written:
 
 * when a team submits runs (API, web form, a sweep's trials: every script upload comes with a
-  submission): a team at or over its quota, or whose upload would take it over, is refused with
-  403 naming the quota, what it uses and how to free space (retention removes ended runs'
-  artifacts and scripts after CADDIE_RETENTION_DAYS);
+  submission), on the team's total locked to the submission's commit: a team at or over its
+  quota, or whose upload would take it over, is refused with 403 naming the quota, what it uses
+  and how to free space (retention removes ended runs' artifacts and scripts after
+  CADDIE_RETENTION_DAYS);
 * when the worker collects a run's output files into the artifact store: the files that would
   take the team over its quota are not stored (in the order the run lists them, so the model
-  comes first), and the run gets a note (a run event) naming the quota, the use and each file left
-  out; the run's figures are kept and it ends as it would have. The log stays the run's record and
-  is capped by CADDIE_LOG_MAX_BYTES, not by the quota.
+  comes first; decided on the team's total locked to the commit that registers them, so two runs
+  collected at once cannot both take the last room), and the run gets a note (a run event) naming
+  the quota, the use and each file left out; the run's figures are kept and it ends as it would
+  have. The log stays the run's record and is capped by CADDIE_LOG_MAX_BYTES, not by the quota.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def check_storage_quota(session: Session, team_id: int, team_name: str, incoming
     """Forbidden when the team's storage plus ``incoming`` bytes passes ``quota`` (0: no quota)."""
     if quota <= 0:
         return
+    storage.lock_team(session, team_id)  # held to the submission's commit: a concurrent one reads its bytes
     if _fits(storage.stored_bytes(session, team_id), incoming, quota):  # the running total: one row and an index range
         return
     # Refused on the running total: recount (repairing any drift) so a refusal is exact and names each kind.
@@ -101,8 +104,12 @@ def outputs_left_out_note(team_name: str, quota: int, used: int, left: Sequence[
             "CADDIE_RETENTION_DAYS; ask an operator for more.")  # fmt: skip
 
 
-def room_for_run_outputs(session: Session, run_id: int) -> tuple[str, int]:
-    """(team name, bytes the team uses besides this run's artifacts, which a new collect replaces)."""
+def room_for_run_outputs(session: Session, run_id: int, *, lock: bool = False) -> tuple[str, int]:
+    """(team name, bytes the team uses besides this run's artifacts, which a new collect replaces).
+    ``lock``: the team's running total stays locked until the caller commits (storage.lock_team),
+    so the files it then registers are decided on a figure no other collect can move meanwhile."""
     team_id, team_name = session.execute(select(Team.id, Team.name).join(Run, Run.team_id == Team.id).where(Run.id == run_id)).one()
+    if lock:
+        storage.lock_team(session, int(team_id))
     own = session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).where(Artifact.run_id == run_id)) or 0
     return str(team_name), storage.stored_bytes(session, int(team_id)) - int(own)

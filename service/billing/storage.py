@@ -13,6 +13,8 @@ equals it at every commit because each writer adds exactly what its own change d
 (``counted``: the run's contribution read before and after, under the run's row lock), with an
 atomic ``UPDATE ... SET bytes = bytes + :n`` (an upsert, so a team with no row yet gets one).
 The run's row lock is taken first and the team row last in every writer, so they cannot deadlock.
+A writer bound by the quota (a collect, a submission) holds the team with ``lock_team`` before it
+decides, and commits what it decided in the same transaction.
 
 What a running total cannot see (a row edited by hand, a writer added later without ``counted``)
 the janitor repairs: ``recount_stalest`` recounts a few teams per round, the longest unchecked
@@ -64,6 +66,18 @@ def add_bytes(session: Session, team_id: int, delta: int) -> None:
         return
     stmt = _insert(session)(TeamStorage).values(team_id=team_id, bytes=delta)
     session.execute(stmt.on_conflict_do_update(index_elements=["team_id"], set_={"bytes": TeamStorage.bytes + stmt.excluded.bytes}))
+
+
+def lock_team(session: Session, team_id: int) -> None:
+    """Hold the team's quota until the caller commits: a quota decision taken under it and the
+    bytes it lets in commit together, so two writers of one team (two runs collected at once, two
+    submissions, one of each) cannot both take the same room; the second waits, then reads the
+    first's bytes (READ COMMITTED reads each statement afresh)."""
+    # The team's row, by an update that changes nothing: PostgreSQL holds it FOR NO KEY UPDATE (runs
+    # inserted for the team are not held up); SQLite takes its one writer's lock. Not team_storage's
+    # row: a run's end holds its group's row and then adds to team_storage, and a submission holds
+    # this lock and then its group's row; the order is run, team, group, team_storage.
+    session.execute(update(Team).where(Team.id == team_id).values(weight=Team.weight))
 
 
 def _run_bytes(session: Session, run_id: int) -> tuple[int, int] | None:

@@ -4,9 +4,11 @@ submission past it is a 403 naming the quota; another team is unaffected."""
 from __future__ import annotations
 
 import base64
+import threading
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
@@ -15,6 +17,9 @@ from service.billing.storage import counted
 from service.core.models import Artifact
 from service.core.settings import Settings
 from service.runs.logs import append_log
+from service.runs.schemas import RunCreate
+from service.runs.submit import submit_runs
+from service.teams.tokens import Principal
 from tests.world import World
 
 RUNS = "/api/v1/runs"
@@ -41,3 +46,41 @@ def test_a_team_over_its_quota_cannot_submit(db_url: str, tmp_path: Path, world:
         msg = r.json()["detail"][0]["msg"]
         assert "CADDIE_TEAM_STORAGE_QUOTA_BYTES" in msg and "10,000 bytes" in msg and f"uses {10_000 + len(SCRIPT):,}" in msg
         assert client.post(RUNS, json=spec(name="theirs"), headers=world.h("bob")).status_code == 201  # team B has room
+
+
+
+def test_two_submissions_at_once_cannot_both_take_the_last_room(db_url: str, tmp_path: Path, world: World, session: Session) -> None:
+    """The check holds the team's total locked to its submission's commit: a second submission
+    of the team waits, then counts the first one's script and is refused."""
+    settings = Settings(home=tmp_path / "home", database_url=db_url, team_storage_quota_bytes=15_000)
+
+    def body(name: str, script: bytes) -> dict:
+        return {"name": name, "track": "unlimited", "hardware": "cpu", "seeds": [1], "script": base64.b64encode(script).decode(), "data": "sp1024"}
+
+    checked, release = threading.Event(), threading.Event()
+
+    def hold(_session: Session) -> None:  # the first submission, checked and written, waits to commit
+        checked.set()
+        assert release.wait(timeout=60)
+
+    event.listen(session, "before_commit", hold)
+    team_id = world.team_ids["team-a"]
+    principal = Principal(world.user_ids["alice"], "alice", False, roles={team_id: "member"}, team_names={team_id: "team-a"})
+    first = threading.Thread(target=submit_runs, args=(session, principal, RunCreate.model_validate(body("first", b"x" * 9_000)), settings))
+    first.start()
+    answers: list[int] = []
+    try:
+        assert checked.wait(timeout=60)
+        with TestClient(create_app(settings)) as client:
+            second = threading.Thread(target=lambda: answers.append(client.post(RUNS, json=body("second", b"y" * 9_000), headers=world.h("alice")).status_code))
+            second.start()
+            second.join(timeout=2)
+            assert not answers  # waiting for the first submission's commit
+            release.set()
+            second.join(timeout=60)
+    finally:
+        release.set()
+        first.join(timeout=60)
+        event.remove(session, "before_commit", hold)
+    assert answers == [403]
+    assert team_storage(session, team_id).total == 9_000 <= settings.team_storage_quota_bytes

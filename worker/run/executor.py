@@ -430,6 +430,7 @@ class RunDriver:
             # the launch-time one, is what the rules judge and billing bills.
             report = getattr(self.launcher, "node_report", None)
             node = report(outdir) if report is not None else None
+            environment = self._environment(handle, outdir)
             if self.script:
                 if self.run_log.parser.summary.final is None:
                     self.run_log.reread()
@@ -443,7 +444,8 @@ class RunDriver:
             # The job's stream is the log the run ends with: archived from its chunks by _finish, once.
             outputs = [(f, k) for f, k in (SCRIPT_OUTPUT_FILES if self.script else OUTPUT_FILES)
                        if (f, k) != (ARCHIVE_NAME, ARCHIVE_KIND) and (outdir / f).is_file()]  # fmt: skip
-            keep, over_quota = self._within_quota([(f, (outdir / f).stat().st_size) for f, _ in outputs])
+            # A first look at the room, so a file that cannot fit is never uploaded; write() decides.
+            keep, left_out = self._within_quota([(f, (outdir / f).stat().st_size) for f, _ in outputs])
             for filename, kind in outputs:
                 if filename not in keep:
                     continue  # over the team's storage quota: the run's note says so
@@ -454,7 +456,7 @@ class RunDriver:
                     log.error("run %s: %s", self.run_id, exc)
                     self.store_failed = str(exc)
                     continue
-                stored.append((kind, uri, size, sha))
+                stored.append((filename, kind, uri, size, sha))
         if not self.script:
             if result is None and self.run_log.parser.summary.final is None:
                 self.run_log.reread()
@@ -462,43 +464,72 @@ class RunDriver:
             values = trainer_outcome(result, self.run_log.parser.summary)
         if isinstance(node, NodeHardware):
             values = {**values, "node_hardware": node.to_json()}
+        if environment:
+            values = {**values, "environment": environment}
 
-        def write() -> None:
+        quota = int(getattr(self.settings, "team_storage_quota_bytes", 0) or 0)
+
+        def write() -> list[str]:
+            """Register what fits and commit; returns the uris stored but left out (to delete)."""
             with self.session_factory() as session:
                 with counted(session, self.run_id):  # the team's stored bytes move with its artifacts, in this commit
+                    registered, dropped, note = stored, [], ""
+                    if quota > 0 and (stored or left_out):
+                        # Decided again on the team's total, locked to this commit: another run's
+                        # collect of the team waits here and then counts what this one registered.
+                        team, used = quotas.room_for_run_outputs(session, self.run_id, lock=True)
+                        fits, late = quotas.fit_outputs(used, quota, [(f, b) for f, _, _, b, _ in stored])
+                        registered = [o for o in stored if o[0] in fits]
+                        dropped = [o[2] for o in stored if o[0] not in fits]
+                        left = [*left_out, *late]
+                        note = quotas.outputs_left_out_note(team, quota, used, left) if left else ""
                     session.execute(delete(Artifact).where(Artifact.run_id == self.run_id))  # a second collect replaces the first
-                    session.add_all(Artifact(run_id=self.run_id, kind=k, uri=u, bytes=b, sha256=h, created_at=utcnow()) for k, u, b, h in stored)
-                    if over_quota:  # a note on the run: what was left out, and the quota that left it out
+                    session.add_all(Artifact(run_id=self.run_id, kind=k, uri=u, bytes=b, sha256=h, created_at=utcnow()) for _, k, u, b, h in registered)
+                    if note:  # a note on the run: what was left out, and the quota that left it out
+                        log.warning("run %s: %s", self.run_id, note)
                         status = session.scalar(select(Run.status).where(Run.id == self.run_id)) or ""
-                        session.add(RunEvent(run_id=self.run_id, at=utcnow(), from_status=status, to_status=status, actor=ACTOR, reason=over_quota))
+                        session.add(RunEvent(run_id=self.run_id, at=utcnow(), from_status=status, to_status=status, actor=ACTOR, reason=note))
                     if values:
                         run = session.get_one(Run, self.run_id)
                         for column, value in values.items():
                             setattr(run, column, value)
                         judge_run(run)  # the rule checks land with the figures they judge, in one commit
                 session.commit()
+                return dropped
 
-        self._db(write, "store its outputs")
+        for uri in self._db(write, "store its outputs"):
+            try:
+                self.store.delete(uri)  # no row names it; the quota never counted it
+            except ArtifactStoreError as exc:
+                log.warning("run %s: could not remove %s, left out by the storage quota: %s", self.run_id, uri, exc)
         return result
 
-    def _within_quota(self, files: list[tuple[str, int]]) -> tuple[set[str], str]:
-        """The output files (name, bytes) that fit the team's storage quota, and the run's note
-        for those that do not ("" when all fit; service.billing.quotas)."""
+    def _environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
+        """What the job's Python held, as its launcher read it (None: a launcher that cannot say, or an error saying it)."""
+        read = getattr(self.launcher, "environment", None)
+        if read is None:
+            return None
+        try:
+            found = read(handle, outdir)
+        except Exception as exc:  # the run's figures still land; only its environment goes unrecorded
+            log.warning("run %s: could not read its environment: %s", self.run_id, exc)
+            return None
+        return found if isinstance(found, dict) else None
+
+    def _within_quota(self, files: list[tuple[str, int]]) -> tuple[set[str], list[tuple[str, int]]]:
+        """The output files (name, bytes) that fit the team's storage quota now, and those that do
+        not (service.billing.quotas); a first look, unlocked: the collect's write decides."""
         quota = int(getattr(self.settings, "team_storage_quota_bytes", 0) or 0)
         if quota <= 0 or not files:
-            return {name for name, _ in files}, ""
+            return {name for name, _ in files}, []
 
         def room() -> tuple[str, int]:
             with self.session_factory() as session:
                 return quotas.room_for_run_outputs(session, self.run_id)
 
-        team, used = self._db(room, "read its team's storage")
+        _, used = self._db(room, "read its team's storage")
         keep, left = quotas.fit_outputs(used, quota, files)
-        if not left:
-            return set(keep), ""
-        note = quotas.outputs_left_out_note(team, quota, used, left)
-        log.warning("run %s: %s", self.run_id, note)
-        return set(keep), note
+        return set(keep), left
 
     def _script_values(self, outdir: Path) -> dict[str, Any]:
         def spec() -> dict[str, Any]:
