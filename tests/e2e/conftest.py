@@ -180,6 +180,8 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
         CADDIE_MAX_CONCURRENT_RUNS="1",
         CADDIE_CANCEL_GRACE_S="3",
         CADDIE_DATA_ROOT=str(smoke_corpus_dir),  # holds datasets/fineweb10B_sp1024 and tokenizers/fineweb_1024_bpe.model
+        CADDIE_ENV_OFFLINE="1",  # a script run's declared environment is built from local wheels only: nothing downloads
+        CADDIE_ENV_WHEELS=str(home / "wheels"),
         OMP_NUM_THREADS="1",
     )
     if redis_url:  # else the SQLite broker under CADDIE_HOME, as `caddie up` uses: a queue no other stack shares
