@@ -28,6 +28,7 @@ the script's files to upload them with the spec.
 from __future__ import annotations
 
 import base64
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         data["config"] = {}
     if not isinstance(data["config"], dict):
         raise CaddieError(f"spec file {path}: config must be a mapping of KNOB: value")
+    # YAML reads an unquoted STACK: 2026-04-27 as a date; the knob is the preset's name.
+    data["config"] = {k: v.isoformat() if isinstance(v, date) else v for k, v in data["config"].items()}
     if data.get("env") is not None and not isinstance(data["env"], dict):
         raise CaddieError(f"spec file {path}: env must be a mapping of NAME: value")
     files = data.get("files") or []
@@ -98,8 +101,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, (dict, list)):
-            value = raw  # a knob is a scalar; let the server judge the text
+        if isinstance(value, (dict, list, date)):
+            value = raw  # a knob is a scalar, and STACK=2026-04-27 is a name, not a date: let the server judge the text
         out[knob] = value
     return out
 

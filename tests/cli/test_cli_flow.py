@@ -13,6 +13,7 @@ from sqlalchemy import select
 from service.core.db import get_sessionmaker
 from service.core.models import ApiToken, Run, Team
 from tests.cli.conftest import Caddie, running_caddie
+from trainer.config import TrainerConfig
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,6 +51,15 @@ def test_bootstrap_submit_list_show_cancel(fresh_caddie: Caddie, spec_file: Path
     assert runs[0].spec["NUM_LAYERS"] == 10 and runs[0].spec["MODEL_DIM"] == 384
     assert runs[0].notes == "seed stack; $(touch /tmp/pwned) stays text"
     assert runs[0].idempotency_key  # the CLI always sends one
+
+    # STACK=2026-04-27 is a preset's name: YAML would read it as a date, the CLI sends the text
+    dated = spec_file.with_name("dated.yaml")
+    dated.write_text(spec_file.read_text().replace("config:\n", "config:\n  STACK: 2026-03-23\n", 1))
+    [by_set] = submitted_ids(c.ok("submit", str(spec_file), "--seeds", "5", "--team", team, "--set", "STACK=2026-04-27").stdout)
+    [by_file] = submitted_ids(c.ok("submit", str(dated), "--seeds", "6", "--team", team).stdout)
+    with get_sessionmaker(c.db_url)() as s:
+        stacks = {r.id: TrainerConfig.from_dict(r.spec).stack for r in s.scalars(select(Run).where(Run.id.in_([by_set, by_file])))}
+    assert stacks == {by_set: "2026-04-27", by_file: "2026-03-23"}
 
     listing = c.ok("runs", "--team", team).stdout
     for run_id in ids:
