@@ -207,21 +207,7 @@ def normal_name(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-# --- the report -----------------------------------------------------------------------------
-def report_line(report: Mapping[str, Any] | None) -> str:
-    """``python 3.12.3, torch 2.9.1+cu128, CUDA 12.8, flash_attn_3 3.0.0, 84 packages`` (what a table shows)."""
-    if not report:
-        return ""
-    words = [f"python {report['python']}" if report.get("python") else ""]
-    words.append(f"torch {report['torch']}" if report.get("torch") else "no torch")
-    if report.get("cuda"):
-        words.append(f"CUDA {report['cuda']}")
-    if report.get("flash_attn"):
-        words.append(str(report["flash_attn"]))
-    words.append(f"{len(report.get('packages') or {})} packages")
-    return ", ".join(w for w in words if w)
-
-
+# --- the export ----------------------------------------------------------------------------
 def requirements_from_declaration(description: Mapping[str, Any] | None, reports: Sequence[Mapping[str, Any]]) -> list[str]:
     """A records folder's requirements.txt lines for runs that ran in a declared environment: its
     index and find-links options, each declared requirement pinned to the version every run had
