@@ -17,11 +17,17 @@ from tests.wheels import make_wheel
 from worker.launchers.base import JobSpec, JobState, LaunchFailed
 from worker.launchers.envs import ensure_env
 from worker.launchers.local import LocalLauncher
+from worker.launchers.trainer_env import AUDIT_ENV
 
 SCRIPT = rb'''
-import sys, tinypkg
+import os, sys, tinypkg
 print("python:" + sys.executable, flush=True)
 print("tinypkg:" + tinypkg.__file__ + " " + str(tinypkg.VALUE), flush=True)
+try:
+    open(os.path.join(os.path.dirname(tinypkg.__file__), "poison.py"), "w").write("x")
+    print("env_write:DONE", flush=True)
+except OSError as exc:
+    print("env_write:refused " + type(exc).__name__, flush=True)
 '''
 
 
@@ -41,7 +47,7 @@ def launcher(tmp_path: Path, wheels: Path) -> LocalLauncher:
 
 def job(requirements: bytes, **decl: object) -> JobSpec:
     files = {"train_gpt.py": SCRIPT, "requirements.txt": requirements}
-    return JobSpec(run_id=5, env={"SEED": "1"}, hardware="cpu", timeout_s=60, script_files=files,
+    return JobSpec(run_id=5, env={"SEED": "1", **AUDIT_ENV}, hardware="cpu", timeout_s=60, script_files=files,
                    environment=describe({"requirements": "requirements.txt", **decl}, files))
 
 
@@ -61,6 +67,8 @@ def test_the_job_runs_the_python_of_its_own_environment_built_once(launcher: Loc
     folder = launcher.envs_dir / folder_name(j.environment or {})
     assert f"python:{folder}/bin/python" in log  # sealed (bwrap), its environment read-only inside
     assert f"tinypkg:{folder}/lib/" in log and "site-packages/tinypkg/__init__.py 42" in log
+    assert "env_write:refused" in log  # its environment is read-only inside the sandbox
+    assert '"event": "start"' in (Path(handle.data["workdir"]) / "audit.jsonl").read_text()  # the environment's Python loads the audit hook too
     # What it ran on is recorded: the environment's own report, read from inside it.
     report = launcher.environment(handle, Path(handle.data["workdir"]))
     assert report is not None and report["packages"]["tinypkg"] == "1.2.3" and report["torch"] is None and report["python"].startswith("3.11.")
