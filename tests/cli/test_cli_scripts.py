@@ -74,3 +74,16 @@ def test_mistakes_are_one_line_messages(caddie: Caddie, record: Path, tmp_path: 
     spec = tmp_path / "trainer.yaml"
     spec.write_text("name: n\ntrack: unlimited\nhardware: cpu\nconfig: {}\n")
     assert "name the script" in caddie.fails("submit", str(spec), "--env", "X=1")
+
+
+def test_a_yaml_spec_declares_its_environment_and_its_requirements_file_goes_up_with_it(caddie: Caddie, record: Path) -> None:
+    """Issue 20 item 3: environment: in YAML reaches the spec; the requirements file it names is uploaded even where files: omits it."""
+    (record / "requirements.txt").write_bytes(b"brotli\nsentencepiece\n")
+    spec = record.parent / "own-env.yaml"
+    spec.write_text("name: own-env\ntrack: unlimited\nhardware: cpu\nscript: 2026-03-23_Own/train_gpt.py\ndata: sp1024\nseeds: [1]\n"
+                    "environment:\n  requirements: requirements.txt\n  python: '3.12'\n  system_packages: [lrzip]\n")
+    [run_id] = ids_of(caddie.ok("submit", str(spec)).stdout)
+    with get_sessionmaker(caddie.db_url)() as s:
+        run = s.get_one(Run, run_id)
+        assert run.spec["environment"] == {"requirements": "requirements.txt", "python": "3.12", "system_packages": ["lrzip"]}
+        assert run.spec["files"] == {"requirements.txt": hashlib.sha256(b"brotli\nsentencepiece\n").hexdigest()}
