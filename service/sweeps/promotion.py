@@ -78,7 +78,7 @@ def decide(facts: PromotionFacts, policy: PromotionPolicy) -> Step:
         return Step(NOT_ELIGIBLE, 0, comp.message, comp)
     if comp.n_baseline < 2:
         return Step(NOT_ELIGIBLE, 0, f"the baseline has {comp.n_baseline} succeeded seed(s): the test needs 2 on each side, "
-                                     "and seeds of the candidate cannot change that", comp)  # fmt: skip
+                                     "and seeds of the candidate cannot change that (promote.baseline names another)", comp)  # fmt: skip
     room = policy.max_seeds - facts.seeds_run
     n = comp.n_candidate
     if n < policy.min_seeds:

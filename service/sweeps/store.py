@@ -505,7 +505,11 @@ def _promote(session: Session, sweep: Sweep, owner: Principal, trials: list[Swee
         if state["verdict"] != TESTING or trial.status in OPEN_TRIALS:
             continue  # decided, or its round's runs are still going
         if not state.get("pending"):
-            facts, figures = _promotion_facts(session, sweep, owner, trial, trials, promote, settings, now)
+            try:
+                facts, figures = _promotion_facts(session, sweep, owner, trial, trials, promote, settings, now)
+            except (NotFound, InvalidInput) as exc:  # the named baseline is gone (or no longer visible): no test to run
+                _save_promotion(session, sweep, number, {**state, "verdict": NOT_ELIGIBLE, "why": f"baseline {promote.baseline}: {exc}"}, now)
+                continue
             step = decide(facts, policy)
             state = {**state, **step.to_json(), **figures}
             if step.verdict == TESTING:

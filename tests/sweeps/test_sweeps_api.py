@@ -180,7 +180,7 @@ def _new_runs(session: Session, trial_runs: list[int], done: set[int]) -> list[i
 def _search(client: TestClient, world: World, session: Session, settings: Settings, promote: dict, values: tuple[float, float],
             **over: object) -> tuple[int, dict]:  # fmt: skip
     """A two-trial sweep of one seed each whose trials end at ``values``; the tick after they end starts promotion."""
-    body = sweep_body(space={"NUM_LAYERS": {"values": [9, 10]}}, seeds=[1], promote=promote, prune=None, **over)
+    body = sweep_body(**{"space": {"NUM_LAYERS": {"values": [9, 10]}}, "seeds": [1], "promote": promote, "prune": None, **over})
     r = client.post("/api/v1/sweeps", json=body, headers=world.h("alice"))
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
@@ -232,6 +232,21 @@ def test_a_trial_that_is_not_better_stops_not_eligible(client: TestClient, world
     assert state["verdict"] == "not_eligible" and "no number of seeds makes this significant" in state["why"], state
     assert state["succeeded"] == 3 and state["rounds"] == 1 and shown["status"] == "done" and "#2 not eligible" in shown["status_reason"]
     assert shown["result"]["verdict"] == "not_eligible"
+
+
+def test_a_one_seed_baseline_ends_promotion_at_once_and_a_named_one_is_used(client: TestClient, world: World, session: Session,
+                                                                            settings: Settings, spec) -> None:  # noqa: ANN001
+    # No public record imported, no other group: the team's leader besides trial 2 is trial 1, one seed.
+    sid, shown = _search(client, world, session, settings, {"top": 1}, (1.35, 1.100))
+    state = shown["promotion"][0]
+    assert state["verdict"] == "not_eligible" and "the baseline has 1 succeeded seed(s)" in state["why"] and state["rounds"] == 0, state
+    assert len(shown["trials"][1]["run_ids"]) == 1 and shown["status"] == "done"  # no seed spent
+    base_key = _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
+    _, shown = _search(client, world, session, settings, {"top": 1, "baseline": base_key[:10]}, (1.36, 1.101),
+                        space={"NUM_LAYERS": {"values": [10, 11]}})  # trial 2 (11 layers) is a group of its own
+    state = shown["promotion"][0]
+    assert state["verdict"] == "testing" and state["baseline"]["key"] == base_key and state["rounds"] == 1, state
+    assert state["seeds"] == [1] and len(shown["trials"][1]["run_ids"]) == 3  # two more toward min_seeds
 
 
 def test_the_budget_ends_promotion(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
