@@ -469,7 +469,7 @@ def token_create(
 @token_app.command("list")
 @friendly
 def token_list() -> None:
-    """Your tokens: id, name, prefix, created, last used, revoked."""
+    """Your API tokens: id, name, prefix, created, last used, revoked (web sign-ins: caddie token sessions)."""
     with api() as client:
         rows = client.request("GET", "/api/v1/tokens")
     for t in rows:
@@ -477,10 +477,21 @@ def token_list() -> None:
         out.print(printable(f"#{t['id']}  {t['name']}  {t['prefix']}...  created {t['created_at']}  {state}"), markup=False)
 
 
+@token_app.command("sessions")
+@friendly
+def token_sessions() -> None:
+    """Your signed-in browsers: id, which token signed in, created, last used, expires (caddie token revoke ID ends one)."""
+    with api() as client:
+        rows = client.request("GET", "/api/v1/tokens/sessions")
+    for t in rows:
+        out.print(printable(f"#{t['id']}  {t['name']}  created {t['created_at']}  last used {t.get('last_used_at') or 'never'}  "
+                            f"expires {t['expires_at']}"), markup=False)  # fmt: skip
+
+
 @token_app.command("revoke")
 @friendly
-def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="the token's id (caddie token list)")]) -> None:
-    """Revoke a token (and the web sessions signed in with it)."""
+def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="the token's id (caddie token list or sessions)")]) -> None:
+    """Revoke a token (and the web sessions signed in with it), or end a web session."""
     with api() as client:
         client.request("DELETE", f"/api/v1/tokens/{token_id}", not_found=f"token {token_id} not found")
     out.print(f"token #{token_id} revoked", markup=False)

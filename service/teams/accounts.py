@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.core.bodies import HANDLE_PATTERN, HANDLE_RULE, TOKEN_NAME_MAX_CHARS
 from service.core.errors import AlreadyExists, Conflict, InvalidInput, Issue, NotFound
-from service.core.models import ApiToken, Membership, Team, User
+from service.core.models import ApiToken, Membership, Team, User, utcnow
 from service.core.text import text_problem
 from service.teams.tokens import ACTIVE_ROLES, INVITED, issue_token
 from service.webhooks.address import BadWebhookUrl, check_url, masked
@@ -267,4 +267,11 @@ def team_members(session: Session, team_id: int) -> list[tuple[str, str]]:
 
 
 def list_tokens(session: Session, user_id: int) -> list[ApiToken]:
-    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)))
+    """The API tokens the user made (revoked ones too); never a web sign-in's session token."""
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.expires_at.is_(None)).order_by(ApiToken.id)))
+
+
+def list_web_sessions(session: Session, user_id: int) -> list[ApiToken]:
+    """The user's signed-in browsers: session tokens that still sign in (not expired, not revoked)."""
+    query = select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.expires_at > utcnow(), ApiToken.revoked_at.is_(None))
+    return list(session.scalars(query.order_by(ApiToken.id)))

@@ -115,5 +115,21 @@ class TokenOut(BaseModel):
         )
 
 
+class WebSessionOut(BaseModel):
+    """A signed-in browser: the token a web sign-in made for itself (ended by sign-out, by
+    DELETE /tokens/{id}, or by revoking the token it was made from)."""
+
+    id: int
+    name: str = Field(description="'web session of #N': N is the token signed in with")
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, token: ApiToken) -> "WebSessionOut":
+        assert token.expires_at is not None  # only session tokens expire
+        return cls(id=token.id, name=token.name, created_at=token.created_at, last_used_at=token.last_used_at, expires_at=token.expires_at)
+
+
 class TokenCreated(TokenOut):
     token: str = Field(description="the secret; shown only in this response")

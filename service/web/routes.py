@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import STATUS
@@ -480,7 +481,7 @@ def usage_page(request: Request, user: User, session: SessionDep, settings: Sett
 # --- tokens --------------------------------------------------------------------------------
 @router.get("/tokens", response_class=HTMLResponse)
 def tokens_page(request: Request, user: User, session: SessionDep) -> HTMLResponse:
-    return render(request, "tokens.html", user, tokens=accounts.list_tokens(session, user.user_id), created=None, error="")
+    return _tokens(request, user, session)
 
 
 @router.post("/tokens", response_class=HTMLResponse)
@@ -488,12 +489,17 @@ def create_token(request: Request, user: User, session: SessionDep, name: Annota
     web_session.check_csrf(request, csrf)
     name = name.strip()
     if not 1 <= len(name) <= 100:
-        return render(request, "tokens.html", user, status_code=422, tokens=accounts.list_tokens(session, user.user_id), created=None,
-                      error="a token needs a name of 1 to 100 characters")
+        return _tokens(request, user, session, status_code=422, error="a token needs a name of 1 to 100 characters")
     _, secret = accounts.create_token(session, user.name, name)
     session.commit()
     # Shown once, in this response only (as the API does); never stored in clear.
-    return render(request, "tokens.html", user, tokens=accounts.list_tokens(session, user.user_id), created=secret, error="")
+    return _tokens(request, user, session, created=secret)
+
+
+def _tokens(request: Request, user: Principal, session: Session, *, status_code: int = 200, created: str | None = None, error: str = "") -> HTMLResponse:
+    """The tokens page: the API tokens the user made, and apart from them their signed-in browsers."""
+    return render(request, "tokens.html", user, status_code=status_code, tokens=accounts.list_tokens(session, user.user_id),
+                  web_sessions=accounts.list_web_sessions(session, user.user_id), created=created, error=error)  # fmt: skip
 
 
 @router.post("/tokens/{token_id}/revoke")

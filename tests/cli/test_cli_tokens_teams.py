@@ -69,3 +69,15 @@ def test_the_hint_caddie_up_prints_names_commands_that_exist(caddie: Caddie) -> 
     for command in commands:
         result = caddie.runner.invoke(cli_app, [*command.split(), "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+def test_web_sign_ins_are_listed_apart_and_one_is_ended_from_the_cli(caddie: Caddie) -> None:
+    browser = httpx.Client(base_url=caddie.url)
+    assert browser.post("/signin", data={"token": caddie.token, "next": "/runs"}).status_code in (200, 303)
+    assert browser.get("/runs", follow_redirects=False).status_code == 200
+    assert "web session of" not in caddie.ok("token", "list").stdout
+    listing = caddie.ok("token", "sessions").stdout
+    [session_id] = re.findall(r"^#(\d+)  web session of #\d+  created .* expires ", listing, re.M)
+    assert f"token #{session_id} revoked" in caddie.ok("token", "revoke", session_id).stdout
+    assert browser.get("/runs", follow_redirects=False).status_code == 303  # that browser is signed out
+    assert caddie.ok("token", "sessions").stdout.strip() == ""

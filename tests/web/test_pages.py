@@ -296,7 +296,7 @@ def test_tokens_page_shows_a_new_token_once_and_it_works(world: World, browser_f
     secret = re.search(r"<code>(cad_[^<]+)</code>", page.text)[1]
     assert b.c.get("/api/v1/runs", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
     listing = b.c.get("/tokens").text
-    assert "laptop" in listing and secret not in listing and "(this session)" in listing
+    assert "laptop" in listing and secret not in listing and "(this browser)" in listing
     assert b.post("/tokens", {"name": ""}, csrf_from="/tokens").status_code == 422
 
 

@@ -5,6 +5,7 @@ round, while API tokens (revoked or not) stay. Real app and database, both backe
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
@@ -98,3 +99,37 @@ def test_the_janitor_prunes_expired_sessions(world: World, settings: Settings, b
     janitor_pass(session, launcher=LocalLauncher(settings), settings=settings, enqueue=lambda _: None)
     assert _sessions(session, world.user_ids["bob"]) == []
     assert b.c.get("/runs", follow_redirects=False).status_code == 303
+
+
+def test_web_sign_ins_are_listed_apart_from_the_api_tokens_the_user_made(world: World, browser_for) -> None:
+    """A sign-in's session token is no API token the user made: /tokens (API and page) lists only
+    those; /tokens/sessions and the page's signed-in browsers list the live sign-ins, and ending
+    one there signs that browser out as sign-out does."""
+    first, second = browser_for(world.tokens["alice"]), browser_for(world.tokens["alice"])
+    made = first.c.post("/api/v1/tokens", json={"name": "laptop"}, headers=world.h("alice")).json()
+    listed = first.c.get("/api/v1/tokens", headers=world.h("alice")).json()
+    assert [t["name"] for t in listed] == ["test", "laptop"] and made["id"] == listed[-1]["id"]
+    sessions = first.c.get("/api/v1/tokens/sessions", headers=world.h("alice")).json()
+    assert len(sessions) == 2 and {s["name"] for s in sessions} == {f"web session of #{listed[0]['id']}"}
+    assert all(s["expires_at"] for s in sessions) and not set(s["id"] for s in sessions) & set(t["id"] for t in listed)
+    page = first.c.get("/tokens").text
+    api_part, browsers = page.split('id="web-sessions"')
+    assert "laptop" in api_part and "web session of" not in api_part
+    assert browsers.count("web session of #") == 2 and browsers.count("(this browser)") == 1
+    # The other browser's session, ended from this one's page: that browser is signed out, this one is not.
+    this = _this_browser(browsers)
+    [other] = [s["id"] for s in sessions if s["id"] != this]
+    assert first.post(f"/tokens/{other}/revoke", csrf_from="/tokens").status_code == 303
+    assert second.c.get("/runs", follow_redirects=False).status_code == 303
+    assert first.c.get("/runs", follow_redirects=False).status_code == 200
+    assert [s["id"] for s in first.c.get("/api/v1/tokens/sessions", headers=world.h("alice")).json()] == [this]
+    # Sign-out still ends its own session; the API tokens stay as they were.
+    assert first.post("/signout").status_code == 303
+    assert first.c.get("/api/v1/tokens/sessions", headers=world.h("alice")).json() == []
+    assert [t["name"] for t in first.c.get("/api/v1/tokens", headers=world.h("alice")).json()] == ["test", "laptop"]
+
+
+def _this_browser(page: str) -> int:
+    """The id of the session row the page marks as this browser."""
+    row = next(r for r in page.split("<tr>") if "(this browser)" in r)
+    return int(re.search(r'action="/tokens/(\d+)/revoke"', row)[1])

@@ -1,4 +1,4 @@
-"""/tokens: make (shown once), list and revoke API tokens."""
+"""/tokens: make (shown once), list and revoke API tokens; list and end web sessions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from service.api.deps import CurrentUser, Id, SessionDep
 from service.core.errors import Forbidden
 from service.teams import accounts, tokens as security
-from service.teams.schemas import TokenCreate, TokenCreated, TokenOut
+from service.teams.schemas import TokenCreate, TokenCreated, TokenOut, WebSessionOut
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
@@ -25,12 +25,20 @@ def create_token(body: TokenCreate, user: CurrentUser, session: SessionDep) -> T
 
 @router.get("", response_model=list[TokenOut])
 def list_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
-    """Your tokens, revoked ones included (never the secrets)."""
+    """The API tokens you made, revoked ones included (never the secrets); web sign-ins are
+    listed apart, at /tokens/sessions."""
     return [TokenOut.of(t) for t in accounts.list_tokens(session, user.user_id)]
+
+
+@router.get("/sessions", response_model=list[WebSessionOut])
+def list_web_sessions(user: CurrentUser, session: SessionDep) -> list[WebSessionOut]:
+    """Your signed-in browsers (web sign-ins that have not ended); DELETE /tokens/{id} ends one."""
+    return [WebSessionOut.of(t) for t in accounts.list_web_sessions(session, user.user_id)]
 
 
 @router.delete("/{token_id}", response_model=TokenOut)
 def revoke_token(token_id: Id, user: CurrentUser, session: SessionDep) -> TokenOut:
+    """Revoke a token (and the web sessions signed in with it), or end a web session."""
     row = security.revoke_token(session, user, token_id)
     session.commit()
     return TokenOut.of(row)
