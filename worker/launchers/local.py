@@ -295,13 +295,10 @@ class LocalLauncher:
             except FileExistsError:
                 n += 1
 
-    def _child_env(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None) -> dict[str, str]:
+    def _child_env(self, job: JobSpec, workdir: Path) -> dict[str, str]:
         """The allow-listed environment (worker.launchers.trainer_env); paths relative to the work dir, the trainer's cwd."""
         recipe = self._recipe(job)
         env = inherited_env(os.environ)
-        if built is not None:  # `python` and the environment's commands first, as in an activated venv
-            env["PATH"] = f"{built.folder / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
-            env["VIRTUAL_ENV"] = str(built.folder)
         run_env = script_env(job.env, recipe) if job.is_script else knob_env(job.env)
         env.update(run_env)
         env.update(data_env(recipe, run_env))
@@ -337,7 +334,10 @@ class LocalLauncher:
         # which (uv's own lines), not after its training. A first build holds this submit as long as it takes.
         built = self._environment(job)
         workdir = self._new_workdir(job.run_id)
-        env = self._child_env(job, workdir, built)
+        env = self._child_env(job, workdir)
+        if built is not None:  # `python` and the environment's commands first, as in an activated venv
+            env["PATH"] = f"{built.folder / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+            env["VIRTUAL_ENV"] = str(built.folder)
         if job.is_script:
             place_files(workdir, job.script_files)
             if recipe.built:
