@@ -17,17 +17,17 @@ CADDIE_SANDBOX=none (unsafe: the job runs as the worker's user, unsealed).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shutil
 import site
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from worker.launchers.base import LaunchFailed
 
 SANDBOX_UID = 65534  # nobody: the job's identity inside its user namespace
+DEV = Path("/dev")
 # System folders a Python process needs, bound read-only where they exist.
 SYSTEM_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf",
              "/etc/ld.so.conf.d", "/etc/ssl", "/etc/ca-certificates", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/host.conf")  # fmt: skip
@@ -46,10 +46,19 @@ def python_roots() -> list[Path]:
     return sorted(roots)
 
 
-def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwrap: str | None = None, die_with_parent: bool = False) -> list[str]:
-    """argv wrapped in bwrap: sees only `workdir` (writable) and `ro_paths` + the system + Python (read-only).
+def gpu_devices(dev: Path = DEV) -> list[Path]:
+    """The NVIDIA device nodes under ``dev`` (nvidia0.., nvidiactl, nvidia-uvm, nvidia-caps, ...):
+    the only host devices a job gets; none on a machine without NVIDIA GPUs."""
+    return sorted(dev.glob("nvidia*"))
+
+
+def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwrap: str | None = None, die_with_parent: bool = False,
+                gpus: Sequence[Path] | None = None) -> list[str]:  # fmt: skip
+    """argv wrapped in bwrap: sees only `workdir` (writable) and `ro_paths` + the system + Python (read-only),
+    and of the host's /dev only `gpus` (default: ``gpu_devices()``), each at /dev/<its name>.
 
     LaunchFailed when bwrap is missing (the caller's unsafe opt-out decides before calling)."""
+    gpus = gpu_devices() if gpus is None else gpus
     bwrap = bwrap or bwrap_path()
     if not bwrap:
         raise LaunchFailed("no sandbox: bubblewrap (bwrap) is not installed on this worker; install it "
@@ -69,9 +78,8 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
             out += ["--ro-bind", p, p]
     for ro in [*python_roots(), *ro_paths]:
         out += ["--ro-bind-try", str(ro), str(ro)]  # a missing data root stays missing inside
-    gpus = sorted(glob.glob("/dev/nvidia*"))
-    for dev in gpus:  # GPUs, when there are any
-        out += ["--dev-bind", dev, dev]
+    for dev in gpus:  # GPUs, when there are any; the rest of /dev is bwrap's own (null, zero, random, tty, ...)
+        out += ["--dev-bind", str(dev), str(DEV / dev.name)]
     if gpus:
         out += ["--ro-bind-try", "/sys", "/sys"]  # CUDA and NCCL read the PCI topology there
     if die_with_parent:
