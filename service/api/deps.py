@@ -8,7 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from service.api.limits import PRINCIPAL
 from service.core.bodies import ID_MAX
 from service.core.errors import Forbidden, InvalidInput, Issue
 from service.core.settings import Settings
@@ -46,12 +48,21 @@ SessionDep = Annotated[Session, Depends(get_session)]
 ArtifactStoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]
 
 
-def get_current_user(
+async def get_current_user(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
+    # A request with a body was signed in by RequestLimits before the body was read: the same
+    # token, not looked up twice (a query and a thread-pool hop on every submit).
+    known = request.scope.get("state", {}).get(PRINCIPAL)
+    if known is not None:
+        return known
+    return await run_in_threadpool(_authenticate, request, session, settings, credentials)
+
+
+def _authenticate(request: Request, session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     token = credentials.credentials if credentials is not None else None
     if token is None and request.method in ("GET", "HEAD") and web_session.COOKIE_NAME in request.cookies:
         # The web pages poll the API with their session cookie. Reads only: a

@@ -32,6 +32,8 @@ from service.web import session as web_session
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Where a caller signs in: no session or token exists yet.
 SIGN_IN_PATHS = frozenset({"/signin"})
+# The scope["state"] key under which the API caller found here waits for the route (service.api.deps.get_current_user).
+PRINCIPAL = "caddie_principal"
 
 
 class BodyTooLarge(Exception):
@@ -46,13 +48,15 @@ def body_limit(settings: Settings, method: str, path: str) -> int:
 
 
 def _authenticated(app: Any, scope: Scope, path: str, headers: dict[bytes, bytes]) -> bool:
-    """Whether the request carries a live credential (runs in a thread: one indexed query)."""
+    """Whether the request carries a live credential (runs in a thread: one indexed query). An API
+    caller is kept in the request's state: the route takes it from there instead of asking again."""
     settings: Settings = app.state.settings
     with app.state.sessionmaker() as session:
         try:
             if path.startswith(settings.api_prefix + "/"):
                 scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-                authenticate(session, token.strip() if scheme.lower() == "bearer" else None, touch_interval_s=settings.token_touch_interval_s)
+                principal = authenticate(session, token.strip() if scheme.lower() == "bearer" else None, touch_interval_s=settings.token_touch_interval_s)
+                scope.setdefault("state", {})[PRINCIPAL] = principal
             else:
                 cookie = _cookie(headers.get(b"cookie", b"").decode("latin-1"), web_session.COOKIE_NAME)
                 key = getattr(app.state, "web_secret", None) or web_session.secret_key(settings)

@@ -60,7 +60,11 @@ def check_storage_quota(session: Session, team_id: int, team_name: str, incoming
     """Forbidden when the team's storage plus ``incoming`` bytes passes ``quota`` (0: no quota)."""
     if quota <= 0:
         return
-    storage.lock_team(session, team_id)  # held to the submission's commit: a concurrent one reads its bytes
+    if incoming > 0:
+        # Held to the submission's commit: a concurrent one reads its bytes. A submission that adds
+        # none (a trainer run) takes no room, so it takes no lock either: a team's submits would
+        # otherwise queue behind each other (issue 23: submit throughput).
+        storage.lock_team(session, team_id)
     if _fits(storage.stored_bytes(session, team_id), incoming, quota):  # the running total: one row and an index range
         return
     # Refused on the running total: recount (repairing any drift) so a refusal is exact and names each kind.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -131,9 +131,12 @@ def ensure_group(session: Session, key: str, team_id: int, name: str, normal: No
     session.execute(insert(RunGroup).values(**values).on_conflict_do_nothing(index_elements=["key"]))
 
 
+# Built once with bound values: SQLAlchemy reuses its cache key and compiled form (every keyed submit asks).
+_BY_IDEMPOTENCY_KEY = run_query().where(Run.user_id == bindparam("user_id"), Run.idempotency_key == bindparam("key")).order_by(Run.id)
+
+
 def _by_idempotency_key(session: Session, user_id: int, key: str) -> list[Run]:
-    query = run_query().where(Run.user_id == user_id, Run.idempotency_key == key).order_by(Run.id)
-    return list(session.scalars(query))
+    return list(session.scalars(_BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key}))
 
 
 def _replay(earlier: list[Run], group_key: str, seeds: list[int]) -> list[Run]:

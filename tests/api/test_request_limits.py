@@ -128,3 +128,27 @@ def test_signin_is_read_without_a_session(server: int, world: World) -> None:
     status, raw = _request(server, "/signin", {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(body))}, body)
     assert status == 303
     assert b"set-cookie: caddie_session=" in raw.lower()  # the form was read and the token accepted
+
+
+def test_a_submission_looks_its_token_up_once(settings: Settings, world: World, spec) -> None:  # noqa: ANN001
+    """The limits sign a request with a body in before reading it; the route takes that caller
+    instead of asking the database again (issue 23: a query and a thread hop per submit)."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import event
+
+    with TestClient(create_app(settings)) as client:
+        client.get("/api/v1/runs", headers=world.h("alice"))  # the token's last_used_at is written once, not counted
+        engine = client.app.state.sessionmaker.kw["bind"]  # type: ignore[attr-defined]
+        lookups: list[str] = []
+
+        def count(conn, cursor, statement: str, *rest) -> None:  # noqa: ANN001, ANN002
+            if "FROM api_tokens" in statement:
+                lookups.append(statement)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            r = client.post("/api/v1/runs", json=spec(), headers=world.h("alice"))
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert r.status_code == 201, r.text
+    assert r.json()["runs"][0]["user"] == "alice" and len(lookups) == 1

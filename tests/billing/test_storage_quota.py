@@ -7,6 +7,7 @@ import base64
 import threading
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -84,3 +85,35 @@ def test_two_submissions_at_once_cannot_both_take_the_last_room(db_url: str, tmp
         event.remove(session, "before_commit", hold)
     assert answers == [403]
     assert team_storage(session, team_id).total == 9_000 <= settings.team_storage_quota_bytes
+
+
+def test_a_submission_that_adds_no_bytes_does_not_wait_for_one_that_does(db_url: str, tmp_path: Path, world: World, session: Session, spec) -> None:  # noqa: ANN001
+    """Only a submission that brings bytes (a script) holds the team's quota to its commit: a
+    trainer run takes no room, so a team's trainer submits do not queue behind each other."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer: every submission waits for the one before it")
+    settings = Settings(home=tmp_path / "home", database_url=db_url, team_storage_quota_bytes=15_000)
+    checked, release = threading.Event(), threading.Event()
+
+    def hold(_session: Session) -> None:  # a script submission, checked and written, waits to commit
+        checked.set()
+        assert release.wait(timeout=60)
+
+    event.listen(session, "before_commit", hold)
+    team_id = world.team_ids["team-a"]
+    principal = Principal(world.user_ids["alice"], "alice", False, roles={team_id: "member"}, team_names={team_id: "team-a"})
+    script = {"name": "held", "track": "unlimited", "hardware": "cpu", "seeds": [1], "script": base64.b64encode(b"x" * 9_000).decode(), "data": "sp1024"}
+    first = threading.Thread(target=submit_runs, args=(session, principal, RunCreate.model_validate(script), settings))
+    first.start()
+    answers: list[int] = []
+    try:
+        assert checked.wait(timeout=60)
+        with TestClient(create_app(settings)) as client:
+            second = threading.Thread(target=lambda: answers.append(client.post(RUNS, json=spec(name="trainer"), headers=world.h("alice")).status_code))
+            second.start()
+            second.join(timeout=30)
+            assert answers == [201]  # answered while the script submission still holds the team
+    finally:
+        release.set()
+        first.join(timeout=60)
+        event.remove(session, "before_commit", hold)
