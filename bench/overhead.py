@@ -11,7 +11,8 @@ numbers are caddie's alone:
 * trainer exit -> SUCCEEDED: from the stand-in's last moment to the run's finished_at.
 
 Modes: `redis` = PostgreSQL + Redis (production shape; a fresh database on
-CADDIE_BENCH_PG, dropped afterwards); `embedded` = SQLite + the SQL broker (`caddie up`).
+CADDIE_BENCH_PG, dropped afterwards; a redis-server of its own unless CADDIE_BENCH_REDIS
+names one, which is never flushed); `embedded` = SQLite + the SQL broker (`caddie up`).
 Writes bench/results/overhead.md (or --out).
 """
 
@@ -36,8 +37,13 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from tests.redis_server import PrivateRedis  # noqa: E402
+
 PG_ADMIN = os.environ.get("CADDIE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("CADDIE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
+# Empty: a redis-server of the bench's own on a free port. A Redis named here is used as it is,
+# never flushed (it may be shared): give it a database nothing else uses.
+REDIS = os.environ.get("CADDIE_BENCH_REDIS", "")
 
 STAND_IN = r'''
 import json, os, sys, time
@@ -84,6 +90,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="caddie-bench-"))
     (home / "stand_in.py").write_text(STAND_IN)
     pg_db = None
+    own_redis = None
     if args.mode == "redis":
         from sqlalchemy import create_engine, text
 
@@ -92,9 +99,10 @@ def main() -> int:
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{pg_db}"'))
         db_url, broker = PG_ADMIN.rsplit("/", 1)[0] + f"/{pg_db}", REDIS
-        import redis
-
-        redis.Redis.from_url(REDIS).flushdb()
+        if not REDIS:
+            own_redis = PrivateRedis()
+            own_redis.start()
+            broker = f"{own_redis.url}/0"
     else:
         db_url, broker = f"sqlite:///{home / 'caddie.db'}", f"sqla+sqlite:///{home / 'broker.sqlite'}"
 
@@ -162,6 +170,8 @@ def main() -> int:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if own_redis is not None:
+            own_redis.stop()
         if pg_db:
             from sqlalchemy import create_engine, text
 
