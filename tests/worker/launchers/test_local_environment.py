@@ -116,3 +116,15 @@ def test_a_missing_system_package_fails_at_once_naming_it(launcher: LocalLaunche
 def test_a_python_this_machine_lacks_fails_offline_with_uvs_message(launcher: LocalLauncher) -> None:
     with pytest.raises(LaunchFailed, match=r"uv venv --python 3\.99 failed: .*No interpreter found for Python 3\.99"):
         launcher.submit(launcher.acquire(5, "cpu"), job(b"tinypkg\n", python="3.99"))
+
+
+def test_the_report_reads_torchs_cuda_and_flashattention_as_their_wheels_ship_them(tmp_path: Path) -> None:
+    """Stand-in wheels laid out as the real ones are: torch's CUDA version is read from its torch/version.py, not by importing it."""
+    version_py = "from typing import Optional\n__version__ = '2.9.1+cu128'\ndebug = False\ncuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n"
+    make_wheel(tmp_path / "wheels", "torch", "2.9.1+cu128", {"torch/__init__.py": "raise ImportError('not imported by the probe')\n",
+                                                             "torch/version.py": version_py})
+    make_wheel(tmp_path / "wheels", "flash_attn_3", "3.0.0", {"flash_attn_interface.py": ""})
+    description = describe({"requirements": "r.txt", "packages": ["flash_attn_3"]}, {"r.txt": b"torch==2.9.1+cu128\n"})
+    assert description is not None
+    report = ensure_env(tmp_path / "envs", description, wheels=tmp_path / "wheels", offline=True).report
+    assert (report["torch"], report["cuda"], report["flash_attn"]) == ("2.9.1+cu128", "12.8", "flash_attn_3 3.0.0")
