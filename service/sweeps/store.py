@@ -569,7 +569,10 @@ def _run_round(session: Session, sweep: Sweep, owner: Principal, trial: SweepTri
                      team=sweep.team.name, track=sweep.track, hardware=sweep.hardware, priority=sweep.spec.get("priority"),
                      config={**sweep.spec["base"], **trial.params}, seeds=pending["seeds"])  # fmt: skip
     try:
-        _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=f"sweep:{sweep.id}:promote:{trial.number}:{pending['round']}")
+        # Keyed by the round's first seed, which no earlier round of the group ran: a round decided twice (two ticks at
+        # once) picks the same seeds and gets the first one's runs back; a round decided again later picks new ones.
+        key = f"sweep:{sweep.id}:promote:{trial.number}:seed:{pending['seeds'][0]}"
+        _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=key)
     except InvalidInput as exc:  # the config passed as a trial; a refusal now (e.g. a rule that changed) will not pass next tick either
         session.rollback()
         _save_promotion(session, sweep, trial.number, {**state, "pending": None, "verdict": NOT_ELIGIBLE, "why": f"more seeds refused: {exc}"}, now)

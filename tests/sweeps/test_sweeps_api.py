@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.core.models import Metric, Run, SweepTrial, utcnow
@@ -247,6 +247,30 @@ def test_a_one_seed_baseline_ends_promotion_at_once_and_a_named_one_is_used(clie
     state = shown["promotion"][0]
     assert state["verdict"] == "testing" and state["baseline"]["key"] == base_key and state["rounds"] == 1, state
     assert state["seeds"] == [1] and len(shown["trials"][1]["run_ids"]) == 3  # two more toward min_seeds
+
+
+def test_a_tick_that_dies_between_a_rounds_runs_and_its_record_is_finished_by_the_next(client: TestClient, world: World, session: Session,
+                                                                                        settings: Settings, spec) -> None:  # noqa: ANN001
+    from service.core.models import Sweep
+
+    _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
+    sid, shown = _search(client, world, session, settings, {"top": 1}, (1.35, 1.100))
+    trial = shown["trials"][1]
+    made = trial["run_ids"][1:]
+    assert len(made) == 2
+    # Roll the rows back to just after submit_runs committed the round's runs, before the trial and the state were written.
+    sweep = session.get_one(Sweep, sid)
+    state = sweep.spec["promotion"]["2"]
+    sweep.spec = {**sweep.spec, "promotion": {"2": {**state, "rounds": 0, "pending": {"round": 1, "seeds": [2, 3]}}}}
+    row = session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sid, SweepTrial.number == 2)).one()
+    row.run_ids, row.status = trial["run_ids"][:1], "complete"
+    session.commit()
+    _tick(session, settings)
+    shown, state = _promoted(client, world, sid)
+    assert shown["trials"][1]["run_ids"] == trial["run_ids"] and state["rounds"] == 1  # the same runs back
+    session.expire_all()
+    assert session.get_one(Sweep, sid).spec["promotion"]["2"]["pending"] is None
+    assert session.scalar(select(func.count()).select_from(Run).where(Run.group_key == trial["group_key"])) == 3
 
 
 def test_the_budget_ends_promotion(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
