@@ -15,7 +15,7 @@ a fresh one, and an API can tell a stale forecast (worker down) from none.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,6 +80,14 @@ def with_stored_estimate(query: Select[Any], run_id: ColumnElement[int] | Instru
         .add_columns(E.position.label("q_position"), E.estimated_start_at.label("q_start"), E.reason.label("q_reason"),
                      M.made_at.label("q_made_at"), M.position.label("q_size"))  # fmt: skip
     )
+
+
+def forecast_in_rows(rows: Sequence[Row[Any]]) -> StoredForecast | None:
+    """What ``read_forecast`` returns for the runs of ``rows`` (of ``with_stored_estimate``, each with its ``id``)."""
+    if not rows or rows[0].q_made_at is None:
+        return None
+    found = {r.id: QueueEstimate(r.id, r.q_position, r.q_start, r.q_reason) for r in rows if r.q_reason is not None}
+    return StoredForecast(rows[0].q_made_at, rows[0].q_size or 0, found)
 
 
 def forecast_in_row(run_id: int, row: Row[Any]) -> StoredForecast | None:

@@ -101,6 +101,9 @@ _LIST_QUERY = (
     .join(User, User.id == Run.user_id)
 )
 
+# A page of runs says where its queued runs stand: their stored estimates come in the same query.
+_LIST_QUERY_WITH_FORECAST = stored.with_stored_estimate(_LIST_QUERY, Run.id)
+
 
 def list_runs(
     session: Session,
@@ -113,15 +116,17 @@ def list_runs(
     q: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    with_forecast: bool = False,
 ) -> tuple[list[Any], str | None]:
     """Newest first (id descending), one page of ``limit``, keyset-paginated:
     the cursor is the last id of the previous page, so pages never repeat or
     skip a run even while new runs arrive.
 
     Returns rows that read like runs (``row.id``, ``row.status``, ...) with
-    ``row.team`` and ``row.user`` holding the names, and the next cursor.
+    ``row.team`` and ``row.user`` holding the names, and the next cursor. ``with_forecast``: each
+    row also carries the stored queue forecast's row for it (``stored.forecast_in_rows``), in the same query.
     """
-    query = _LIST_QUERY
+    query = _LIST_QUERY_WITH_FORECAST if with_forecast else _LIST_QUERY
     if not principal.is_admin:
         if not principal.roles:
             return [], None

@@ -123,7 +123,8 @@ def test_the_stored_forecast_is_replaced_as_a_whole(world, spec, session: Sessio
 
 def test_opening_a_queued_run_costs_the_queries_of_any_other_run(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
     """A live run page polls GET /runs/{id} every 2 s: a queued run's estimate comes in the query
-    that reads the run, so it costs what a finished run costs (the token's query and that one)."""
+    that reads the run, so it costs what a finished run costs (the token's query and that one);
+    a list page's estimates come in the page's query."""
     with api(db_url, tmp_path) as client:
         a = submit(client, world, spec, "alice", [1, 2])
         client.post(f"/api/v1/runs/{a[0]}/cancel", headers=world.h("alice"))
@@ -140,12 +141,16 @@ def test_opening_a_queued_run_costs_the_queries_of_any_other_run(world, spec, db
             queued = position(client, world, a[1])
             on_queued, statements[:] = len(statements), []
             cancelled = position(client, world, a[0])
-            on_cancelled = len(statements)
+            on_cancelled, statements[:] = len(statements), []
+            listed = client.get("/api/v1/runs", headers=world.h("alice")).json()["items"]
+            on_list = len(statements)
         finally:
             event.remove(engine, "before_cursor_execute", count)
     assert queued["queue_position"] == 1 and queued["waiting_reason"] is not None
     assert cancelled == {"queue_position": None, "estimated_start_at": None, "waiting_reason": None}
     assert on_queued == on_cancelled == 2
+    # A page of runs with a queued one: its estimate comes with the page, in the same query.
+    assert {r["id"]: r["queue_position"] for r in listed} == {a[1]: 1, a[0]: None} and on_list == 2
 
 
 def test_beat_sends_the_forecast_tick_on_the_control_queue() -> None:
