@@ -2,7 +2,8 @@
 
 Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR):
 
-    stdout.log        the trainer's stdout and stderr, combined; what read_log streams
+    stdout.log        the trainer's stdout and stderr, combined; what read_log streams (removed
+                      once the run has ended: its log is the one stored, up to the cap)
     data              a link to the worker's data root (CADDIE_DATA_ROOT): DATA_PATH and
                       TOKENIZER_PATH are ./data/... of the run's data variant
     child.json        pid, process group and start time of the trainer process
@@ -511,6 +512,11 @@ class LocalLauncher:
     def collect(self, handle: LaunchHandle, dest: Path) -> Path:
         """The job's own work dir (the files are already on this machine; `dest` is not used)."""
         return Path(handle.data["workdir"])
+
+    def discard_log(self, handle: LaunchHandle) -> None:
+        """Remove stdout.log once the run has ended (the executor calls it): the run's log is stored
+        up to the cap, and this uncapped copy would be a second one (retention takes the rest)."""
+        (Path(handle.data["workdir"]) / STDOUT_LOG).unlink(missing_ok=True)
 
 
 def _cancel_reason(workdir: Path) -> str:

@@ -187,7 +187,21 @@ class RunDriver:
                 moved = self._db(lambda: self._to_running(handle, f"re-attached to job {handle.job_id} on {handle.cluster}"), "mark running")
                 if not moved:
                     return f"run {self.run_id} changed state meanwhile"
-        return self._follow(handle, cluster)
+        outcome = self._follow(handle, cluster)
+        self._discard_job_log(handle)
+        return outcome
+
+    def _discard_job_log(self, handle: LaunchHandle) -> None:
+        """Once the run has ended, the job's own copy of its log goes (a launcher that keeps one:
+        local's stdout.log): the run's log is the one stored, up to CADDIE_LOG_MAX_BYTES, in the
+        database or the artifact store; a second, uncapped copy would outlast the cap."""
+        discard = getattr(self.launcher, "discard_log", None)
+        row = self._db(self._run_state, "read its state")
+        if discard is not None and row is not None and is_terminal(row.status):  # a requeued or handed-over job's log is still read
+            try:
+                discard(handle)
+            except OSError as exc:
+                log.warning("run %s: could not remove the job's log copy: %s", self.run_id, exc)
 
     def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None, node: NodeHardware | None = None) -> bool:
         """PROVISIONING -> RUNNING with the launch handle, in one commit (idempotent: True if it is already so).
