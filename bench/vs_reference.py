@@ -31,8 +31,19 @@ module of the standard library and of the installed packages (deduplicated, shuf
 with a fixed seed) — tokenised by a SentencePiece BPE 1024 trained on its train part,
 train tokens written as several shards, val cut to --val-tokens.
 
+The newest record (issue 22, item 4): ``--profile 2026-04-27`` runs
+``2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611`` from ``--ref`` (the
+challenge's records folder) with the knobs of its README's command, CaseOps off (the bench
+corpus is plain SP8192) and TTT off, beside caddie's ``STACK=2026-04-27``; both warm down
+over the last 85% of the steps to MIN_LR 0.1 and start looping at 35%, as the record does
+without a wallclock cap. Its FlashAttention 3 comes from ``--fa3`` (the stand-in in
+``../shared/reference``: cuDNN SDPA, FlexAttention for the per-document varlen call); its
+per-group compressor needs ``lrzip`` on PATH. Its log prints train_time in tenths of a
+minute, so its ms/step comes from the cumulative tok/s it prints with each step.
+
 Usage:
     python bench/vs_reference.py corpus --out .bench_data              # on any machine
+    python bench/vs_reference.py corpus --out .bench8192 --vocab-size 8192   # for --profile 2026-04-27
     python bench/vs_reference.py run --data .bench_data --ref ../shared/reference \\
         --steps 30,200,600 --seeds 1337,42 --batch 196608 --out /tmp/vsref   # on the GPU
     python bench/vs_reference.py report --results DIR...     # a markdown table of every run found
@@ -61,6 +72,26 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 REFERENCE_RECORD = "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"
+CHALLENGE_RECORDS = REPO.parent / "shared" / "challenge" / "records" / "track_10min_16mb"
+# Each profile: the record's folder, the knobs given to the record only, to caddie only, and the
+# common knobs it drops. "2026-04-27": its README's command less the data, CaseOps and TTT knobs.
+PROFILES: dict[str, dict] = {
+    "2026-03-23": {"record": REFERENCE_RECORD, "ref": {"VE_ENABLED": "0", "SWA_ENABLED": "0"}, "caddie": {}, "drop": ()},
+    "2026-04-27": {
+        "record": "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611",
+        "ref": {
+            "VOCAB_SIZE": "8192", "CASEOPS_ENABLED": "0", "EMBED_BITS": "7", "MATRIX_LR": "0.026", "MIN_LR": "0.1",
+            "MLP_CLIP_SIGMAS": "11.5", "ATTN_CLIP_SIGMAS": "13.0", "EMBED_CLIP_SIGMAS": "14.0", "GRAD_CLIP_NORM": "0.3",
+            "MUON_BACKEND_STEPS": "5", "WARMDOWN_FRAC": "0.85", "BETA2": "0.99", "SPARSE_ATTN_GATE_SCALE": "0.5",
+            "GPTQ_RESERVE_SECONDS": "0.5", "GPTQ_CALIBRATION_BATCHES": "16", "GATED_ATTN_QUANT_GATE": "1",
+            "SPARSE_ATTN_GATE_ENABLED": "1", "GATE_WINDOW": "12", "SMEAR_GATE_ENABLED": "1", "LQER_ENABLED": "1",
+            "LQER_ASYM_ENABLED": "1", "LQER_RANK": "4", "LQER_FACTOR_BITS": "4", "LQER_ASYM_GROUP": "64", "LQER_TOP_K": "3",
+            "FUSED_CE_ENABLED": "1", "COMPRESSOR": "pergroup",
+        },
+        "caddie": {"STACK": "2026-04-27", "MIN_LR": "0.1"},  # WARMDOWN_ITERS: 85% of the steps, set per run
+        "drop": ("WARMDOWN_ITERS", "BIGRAM_VOCAB_SIZE", "LATE_QAT_THRESHOLD"),
+    },
+}
 MIN_DOC_CHARS = 80
 
 
@@ -111,13 +142,13 @@ def build_corpus_cmd(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     docs = gather_documents(args.max_mb * 1_000_000, args.workers)
     random.Random(0).shuffle(docs)  # val (the first docs) and train from one distribution
-    paths = build_corpus(docs, args.out, 1024, val_fraction=args.val_fraction, threads=args.workers, shard_tokens=args.shard_tokens)
+    paths = build_corpus(docs, args.out, args.vocab_size, val_fraction=args.val_fraction, threads=args.workers, shard_tokens=args.shard_tokens)
     val = np.concatenate([read_shard(f) for f in paths.val_files])[:args.val_tokens]
     for f in paths.val_files:
         os.remove(f)
     write_shard(paths.data_path / "fineweb_val_000000.bin", val)
     train_tokens = sum(read_shard(f).size for f in paths.train_files)
-    info = {"documents": len(docs), "text_mb": round(sum(len(d.encode()) for d in docs) / 1e6, 1),
+    info = {"vocab_size": args.vocab_size, "documents": len(docs), "text_mb": round(sum(len(d.encode()) for d in docs) / 1e6, 1),
             "train_shards": len(paths.train_files), "train_tokens": int(train_tokens), "val_tokens": int(val.size),
             "data_path": str(paths.data_path), "tokenizer_path": str(paths.tokenizer_path),
             "build_seconds": round(time.perf_counter() - t0, 1)}
@@ -144,14 +175,22 @@ def run_one(impl: str, steps: int, seed: int, args: argparse.Namespace, data: di
     work = Path(args.out) / f"{impl}_s{steps}_seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.update(common_env(data, steps, seed, args.batch, args.log_every))
+    profile = PROFILES[args.profile]
+    common = common_env(data, steps, seed, args.batch, args.log_every)
+    env.update({k: v for k, v in common.items() if k not in profile["drop"]})
     env.update(kv.split("=", 1) for kv in args.set_both)
+    if args.prequant_only:
+        env.update(PREQUANT_ONLY="1", BENCH_PREQUANT_ONLY="1")
     if impl == "reference":
         ref = Path(args.ref).resolve()
-        env.update(VE_ENABLED="0", SWA_ENABLED="0", PYTHONPATH=os.pathsep.join(filter(None, [str(ref), env.get("PYTHONPATH")])))
-        cmd = [sys.executable, str(ref / REFERENCE_RECORD / "train_gpt.py")]
+        record = ref if (ref / "train_gpt.py").is_file() else ref / profile["record"]
+        fa3 = Path(args.fa3).resolve()
+        env.update(profile["ref"], PYTHONPATH=os.pathsep.join(filter(None, [str(fa3), env.get("PYTHONPATH")])))
+        cmd = [sys.executable, str(record / "train_gpt.py")]
     else:
-        env.update(OUTPUT_DIR=str(work), PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+        env.update(profile["caddie"], OUTPUT_DIR=str(work), PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+        if "WARMDOWN_ITERS" in profile["drop"]:
+            env["WARMDOWN_ITERS"] = str(round(0.85 * steps))
         for kv in args.caddie_set:
             k, v = kv.split("=", 1)
             env[k] = v
@@ -160,7 +199,7 @@ def run_one(impl: str, steps: int, seed: int, args: argparse.Namespace, data: di
     with open(work / "stdout.log", "w") as fh:
         rc = subprocess.run(cmd, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     text = (work / "stdout.log").read_text(errors="replace")
-    res = parse_log(text)
+    res = parse_log(text, args.batch)
     res.update(impl=impl, steps=steps, seed=seed, batch=args.batch, rc=rc, wall_s=round(time.perf_counter() - t0, 1))
     if rc != 0:
         res["error_tail"] = text[-3000:]
@@ -171,21 +210,25 @@ def run_one(impl: str, steps: int, seed: int, args: argparse.Namespace, data: di
 
 
 TRAIN_RE = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.naninf]+) train_time:([\d.]+)ms", re.M)
+# the 2026-04-27 record: "N/ITER train_loss: X train_time: 0.3m tok/s: T", T = N x batch / elapsed
+TRAIN_TOKS_RE = re.compile(r"^(\d+)/\d+ train_loss: ([\d.naninf]+) train_time: [\d.]+m tok/s: (\d+)", re.M)
 
 
-def parse_log(text: str) -> dict:
+def parse_log(text: str, batch: int = 0) -> dict:
     """Train losses, timings, artifact size and final val figures from either trainer's log."""
     train = [(int(s), float(l), float(t)) for s, l, t in TRAIN_RE.findall(text)]
+    if not train and batch:
+        train = [(int(s), float(l), int(s) * batch / float(tps) * 1000) for s, l, tps in TRAIN_TOKS_RE.findall(text) if float(tps) > 0]
     out: dict = {"train_loss": {str(s): l for s, l, _ in train}}
     if train:
         first = next((x for x in train if x[0] >= 10), train[0])
         last = train[-1]
         if last[0] > first[0]:
             out["ms_per_step"] = round((last[2] - first[2]) / (last[0] - first[0]), 2)
-    m = re.search(r"Total submission size int6\+\w+: (\d+) bytes", text)
+    m = re.search(r"Total submission size (?:int6|quantized)\+\w+: (\d+) bytes", text)
     if m:
         out["total_bytes"] = int(m.group(1))
-    m = re.search(r"Serialized model int6\+\w+: (\d+) bytes", text)
+    m = re.search(r"Serialized model (?:int6|quantized)\+\w+: (\d+) bytes", text)
     if m:
         out["model_bytes"] = int(m.group(1))
     m = re.search(r"Code size: (\d+) bytes", text)
@@ -196,11 +239,13 @@ def parse_log(text: str) -> dict:
     if not m:  # EVAL_STRIDE=0: both print the non-overlapping roundtrip score instead
         m = re.search(r"final_int6_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)", text)
         out["val_metric"] = "roundtrip"
+    if not m:  # the 2026-04-27 record without TTT: its non-overlapping score of the deserialised artifact
+        m = re.search(r"^diagnostic quantized val_loss:([\d.]+) val_bpb:([\d.]+)", text, re.M)
     if m:
         out["val_loss"], out["val_bpb"] = float(m.group(1)), float(m.group(2))
     # pre-quantisation val_bpb of the EMA weights: the reference's "DIAGNOSTIC post_ema" line
     # (its step:N val line is of the raw weights); caddie's step:N val line (EMA applied)
-    m = re.search(r"DIAGNOSTIC post_ema val_loss:([\d.]+) val_bpb:([\d.]+)", text) or re.search(r"^step:\d+/\d+ val_loss:([\d.]+) val_bpb:([\d.]+)", text, re.M)
+    m = re.search(r"(?:DIAGNOSTIC post_ema|diagnostic pre-quantization post-ema) val_loss:([\d.]+) val_bpb:([\d.]+)", text) or re.search(r"^step:\d+/\d+ val_loss:([\d.]+) val_bpb:([\d.]+)", text, re.M)
     if m:
         out["pre_quant_val_bpb"] = float(m.group(2))
     m = re.search(r"peak memory allocated: (\d+) MiB", text)
@@ -213,8 +258,9 @@ def run_cmd(args: argparse.Namespace) -> None:
     import torch
 
     data = json.loads((Path(args.data) / "corpus.json").read_text())
-    data["data_path"] = str((Path(args.data) / "datasets" / "fineweb10B_sp1024").resolve())
-    data["tokenizer_path"] = str((Path(args.data) / "tokenizers" / "fineweb_1024_bpe.model").resolve())
+    vocab = data.get("vocab_size", 1024)
+    data["data_path"] = str((Path(args.data) / "datasets" / f"fineweb10B_sp{vocab}").resolve())
+    data["tokenizer_path"] = str((Path(args.data) / "tokenizers" / f"fineweb_{vocab}_bpe.model").resolve())
     steps = [int(s) for s in args.steps.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     impls = args.impls.split(",")
@@ -279,9 +325,13 @@ def main() -> None:
     c.add_argument("--val-fraction", type=float, default=0.05)
     c.add_argument("--val-tokens", type=int, default=1_048_577)
     c.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    c.add_argument("--vocab-size", type=int, default=1024, help="the SentencePiece BPE's vocabulary (8192 for --profile 2026-04-27)")
     r = sub.add_parser("run")
     r.add_argument("--data", default=".bench_data")
-    r.add_argument("--ref", default=str(REPO.parent / "shared" / "reference"), help="the folder holding the reference record")
+    r.add_argument("--ref", default=str(REPO.parent / "shared" / "reference"),
+                   help="the record's folder (holding train_gpt.py), or a folder holding the profile's record")
+    r.add_argument("--fa3", default=str(REPO.parent / "shared" / "reference"), help="the folder of the FlashAttention 3 stand-in (flash_attn_interface.py)")
+    r.add_argument("--profile", default="2026-03-23", choices=sorted(PROFILES), help="which record, with its knobs, runs as the reference")
     r.add_argument("--steps", default="30,200,600")
     r.add_argument("--seeds", default="1337")
     r.add_argument("--impls", default="reference,caddie")
@@ -290,6 +340,8 @@ def main() -> None:
     r.add_argument("--parallel", type=int, default=2)
     r.add_argument("--no-timed", dest="timed", action="store_false",
                    help="run every job --parallel at a time (no timings reported from this call)")
+    r.add_argument("--prequant-only", action="store_true",
+                   help="stop both after training and the pre-quantisation eval (timing runs; the 2026-04-27 record's PREQUANT_ONLY)")
     r.add_argument("--caddie-set", nargs="*", default=[], help="extra caddie knobs, KEY=VALUE")
     r.add_argument("--set-both", nargs="*", default=[], help="knobs both trainers read under one name, KEY=VALUE (e.g. EVAL_STRIDE=0)")
     r.add_argument("--out", default="/tmp/vsref")
