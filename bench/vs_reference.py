@@ -76,7 +76,7 @@ CHALLENGE_RECORDS = REPO.parent / "shared" / "challenge" / "records" / "track_10
 # Each profile: the record's folder, the knobs given to the record only, to caddie only, and the
 # common knobs it drops. "2026-04-27": its README's command less the data, CaseOps and TTT knobs.
 PROFILES: dict[str, dict] = {
-    "2026-03-23": {"record": REFERENCE_RECORD, "ref": {"VE_ENABLED": "0", "SWA_ENABLED": "0"}, "caddie": {}, "drop": ()},
+    "2026-03-23": {"record": REFERENCE_RECORD, "ref": {"VE_ENABLED": "0", "SWA_ENABLED": "0"}, "caddie": {"STACK": "2026-03-23"}, "drop": ()},
     "2026-04-27": {
         "record": "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611",
         "ref": {
