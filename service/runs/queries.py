@@ -28,8 +28,12 @@ def run_query() -> Select[Run]:
     return select(Run).options(joinedload(Run.team, innerjoin=True), joinedload(Run.user, innerjoin=True))
 
 
+# Built once (the ids bound at execution): a submit reads its new runs back through it.
+_WITH_NAMES = run_query().where(Run.id.in_(bindparam("ids", expanding=True))).order_by(Run.id)
+
+
 def with_names(session: Session, ids: list[int]) -> list[Run]:
-    return list(session.scalars(run_query().where(Run.id.in_(ids)).order_by(Run.id)))
+    return list(session.scalars(_WITH_NAMES, {"ids": ids}))
 
 
 def get_run(session: Session, principal: Principal, run_id: int) -> Run:

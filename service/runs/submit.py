@@ -122,13 +122,15 @@ def _refuse_oversized(session: Session, team_id: int, cfg: TrainerConfig) -> Non
                                                "(its results will not count for the track)", estimate.total_bytes)])  # fmt: skip
 
 
+# Built once per dialect, the values bound at execution: every submit runs it.
+_GROUP_INSERT = {name: insert(RunGroup).on_conflict_do_nothing(index_elements=["key"]) for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
+
+
 def ensure_group(session: Session, key: str, team_id: int, name: str, normal: NormalisedSpec, now: datetime) -> None:
     """Insert the group row unless it exists; concurrent first submissions both succeed."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     values = dict(key=key, team_id=team_id, name=name, track=normal.track, hardware=normal.hardware, kind=normal.kind,
                   config=normal.config, allow_noncompliant=normal.allow_noncompliant, created_at=now)
-    session.execute(insert(RunGroup).values(**values).on_conflict_do_nothing(index_elements=["key"]))
+    session.execute(_GROUP_INSERT[session.get_bind().dialect.name], values)
 
 
 # Built once with bound values: SQLAlchemy reuses its cache key and compiled form (every keyed submit asks).
