@@ -60,6 +60,7 @@ from service.sweeps.space import SearchSpace, parse_space
 from service.sweeps.strategies import Observed, knob_importance, propose
 from service.teams.tokens import Principal, load_principal
 from service.webhooks.outbox import notify_sweep_ended
+from trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 ACTOR = "sweeps"
@@ -433,7 +434,13 @@ def mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, fl
 
 
 def _vocab(sweep: Sweep, trial: SweepTrial) -> Any:
-    return {**sweep.spec["base"], **trial.params}.get("VOCAB_SIZE", 1024)
+    """The trial's vocabulary, its STACK preset's when the knobs leave it out (curves of different
+    tokenizers are not compared)."""
+    config = {**sweep.spec["base"], **trial.params}
+    try:
+        return TrainerConfig.from_dict(config).vocab_size
+    except ValueError:  # ConfigError: a config the submission refused has no curve to compare either
+        return config.get("VOCAB_SIZE")
 
 
 def _bpb_per_nat(session: Session, trial: SweepTrial) -> float | None:

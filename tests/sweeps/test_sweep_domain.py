@@ -164,3 +164,15 @@ def test_tpe_is_told_a_median_pruned_trial_as_pruned_and_avoids_its_region() -> 
     as_failed = [Observed(o.params, "failed") for o in median_pruned]
     blind = [propose("tpe", s, [*good, *as_failed], seed=k)["MLP_ACTIVATION"] for k in range(40)]
     assert picks.count("leaky_relu2") <= 4 < 12 <= blind.count("leaky_relu2"), (picks.count("leaky_relu2"), blind.count("leaky_relu2"))
+
+
+def test_a_trials_vocabulary_is_its_stacks_when_its_knobs_leave_it_out() -> None:
+    # curves of different tokenizers are never compared: STACK=2026-04-27 trains on SP8192 without naming VOCAB_SIZE
+    from service.core.models import Sweep, SweepTrial
+    from service.sweeps.store import _vocab
+
+    def vocab(base: dict, params: dict) -> object:
+        return _vocab(Sweep(spec={"base": base}), SweepTrial(params=params))
+
+    assert vocab({"STACK": "2026-04-27"}, {}) == 8192 and vocab({"STACK": "2026-03-23"}, {}) == 1024
+    assert vocab({"STACK": "2026-04-27"}, {"VOCAB_SIZE": 4096}) == 4096 and vocab({"STACK": "2026-03-23"}, {"NUM_HEADS": 7}) is None
