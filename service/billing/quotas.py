@@ -56,8 +56,10 @@ def team_storage(session: Session, team_id: int) -> StorageUse:
     return StorageUse(artifacts, logs, int(scripts or 0))
 
 
-def check_storage_quota(session: Session, team_id: int, team_name: str, incoming: int, quota: int) -> None:
-    """Forbidden when the team's storage plus ``incoming`` bytes passes ``quota`` (0: no quota)."""
+def check_storage_quota(session: Session, team_id: int, team_name: str, incoming: int, quota: int, used: int | None = None) -> None:
+    """Forbidden when the team's storage plus ``incoming`` bytes passes ``quota`` (0: no quota).
+    ``used``: ``storage.stored_bytes`` as the caller read it with the team (one query less), trusted
+    only when nothing is added; else it is read again under the lock."""
     if quota <= 0:
         return
     if incoming > 0:
@@ -65,7 +67,8 @@ def check_storage_quota(session: Session, team_id: int, team_name: str, incoming
         # none (a trainer run) takes no room, so it takes no lock either: a team's submits would
         # otherwise queue behind each other (issue 23: submit throughput).
         storage.lock_team(session, team_id)
-    if _fits(storage.stored_bytes(session, team_id), incoming, quota):  # the running total: one row and an index range
+        used = None  # read under the lock: a concurrent submission's bytes are in
+    if _fits(storage.stored_bytes(session, team_id) if used is None else used, incoming, quota):  # the running total: one row and an index range
         return
     # Refused on the running total: recount (repairing any drift) so a refusal is exact and names each kind.
     storage.recount_team(session, team_id)

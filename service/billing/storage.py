@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.models import Artifact, Run, ScriptFile, Team, TeamScriptFile, TeamStorage, utcnow
 from service.core.storage import artifact_key
@@ -109,7 +109,7 @@ def name_script_files(session: Session, team_id: int, config: Mapping[str, Any])
     session.execute(_insert(session)(TeamScriptFile).values(rows).on_conflict_do_nothing(index_elements=["team_id", "sha256"]))
 
 
-def _script_bytes_query(team_id: int) -> Select[int]:
+def _script_bytes_query(team_id: int | ColumnElement[int] | InstrumentedAttribute[int]) -> Select[int]:
     query = select(func.coalesce(func.sum(ScriptFile.bytes), 0)).join(TeamScriptFile, TeamScriptFile.sha256 == ScriptFile.sha256)
     return query.where(TeamScriptFile.team_id == team_id)
 
@@ -117,9 +117,14 @@ def _script_bytes_query(team_id: int) -> Select[int]:
 def stored_bytes(session: Session, team_id: int) -> int:
     """The team's storage as the quota counts it (artifacts + logs + script files), from the
     running total: equal to ``quotas.team_storage(...).total`` at every commit."""
-    # One round trip: the kept row and the script files' index range, as two scalar subqueries.
+    return int(session.scalar(select(stored_bytes_of(team_id))) or 0)
+
+
+def stored_bytes_of(team_id: int | ColumnElement[int] | InstrumentedAttribute[int]) -> ColumnElement[int]:
+    """``stored_bytes`` as a column: the kept row and the script files' index range, as two scalar
+    subqueries; ``team_id`` may be ``Team.id``, so a query that reads the team reads it too (a submit)."""
     kept = select(TeamStorage.bytes).where(TeamStorage.team_id == team_id).scalar_subquery()
-    return int(session.scalar(select(func.coalesce(kept, 0) + _script_bytes_query(team_id).scalar_subquery())) or 0)
+    return func.coalesce(kept, 0) + _script_bytes_query(team_id).scalar_subquery()
 
 
 def recount_artifacts_and_logs(session: Session, team_id: int) -> tuple[int, int]:

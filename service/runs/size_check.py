@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, bindparam, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.models import Run
 from service.runs.status import RunStatus
@@ -201,9 +201,21 @@ def measured(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     that id, not the team's history (the sample's query scanned a 40,000-run team's
     history when few of its runs qualify: 40 ms, 45% of a submit).
     """
-    # Its id and times: a database emptied and refilled (tests) can reuse ids.
     latest_row = session.execute(_LATEST_SUCCESS, {"team_id": team_id}).first()
-    latest = tuple(latest_row) if latest_row is not None else None
+    return measured_as_of(session, team_id, tuple(latest_row) if latest_row is not None else None)
+
+
+def latest_success_of(team_id: ColumnElement[int] | InstrumentedAttribute[int]) -> list[ColumnElement[Any]]:
+    """The team's latest SUCCEEDED run (id, submitted_at, finished_at) as three columns (scalar subqueries,
+    each one index lookup) of a query that reads the team: ``measured_as_of``'s ``latest`` comes with the team."""
+    latest = select(Run).where(Run.team_id == team_id, Run.status == RunStatus.SUCCEEDED.value).order_by(Run.id.desc()).limit(1)
+    return [latest.with_only_columns(c).scalar_subquery().label(f"latest_success_{c.key}") for c in (Run.id, Run.submitted_at, Run.finished_at)]
+
+
+def measured_as_of(session: Session, team_id: int, latest: tuple[Any, ...] | None) -> tuple[list[float], list[int]]:
+    """``measured``, the team's latest SUCCEEDED run (id, submitted_at, finished_at; None: none) read by the caller."""
+    # Its id and times: a database emptied and refilled (tests) can reuse ids.
+    latest = latest if latest is not None and latest[0] is not None else None
     key = (session.get_bind().engine.url.render_as_string(hide_password=True), team_id)
     known = _team_figures.get(key)
     if known is not None and known[0] == latest:
