@@ -22,6 +22,8 @@ What it does, in order:
      * submit: ``POST /api/v1/runs`` (one seed, a small config, a fresh
        Idempotency-Key each) as team members.
      * list-member-paced: list-member at a fixed rate per client.
+     * queue-member, queue-admin (and their -paced forms): ``GET /api/v1/queue?limit=50``,
+       the first page of the caller's queued runs (an admin's: every team's), soonest first.
    Latency is measured per request, from writing it to reading the last body
    byte; every non-2xx answer counts as an error.
 4. Writes p50/p90/p99/max latency and requests/s per scenario to
@@ -78,6 +80,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = os.environ.get("CADDIE_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 TEAMS = [("atlas", 0.40), ("birdie", 0.30), ("condor", 0.20), ("divot", 0.10)]  # name, share of runs
+
+
+def team_spread(teams: int) -> list[tuple[str, float]]:
+    """The 4 named teams, or ``teams`` teams whose shares fall off as 1/rank (a few big teams, many small)."""
+    if teams == len(TEAMS):
+        return TEAMS
+    return [(f"team-{i:03d}", 1 / i) for i in range(1, teams + 1)]
+
+
 USERS_PER_TEAM = 3
 STATUS_SPREAD = [("SUCCEEDED", 0.70), ("FAILED", 0.12), ("CANCELLED", 0.08), ("QUEUED", 0.06), ("RUNNING", 0.02), ("PROVISIONING", 0.02)]
 SEEDS = [1337, 42, 2025]
@@ -111,6 +122,7 @@ class Seeded:
     member_teams: list[int]  # the team id of each member token
     admin_token: str
     runs: int
+    teams: int
     seconds: float
 
 
@@ -118,9 +130,13 @@ def _pick(rng: random.Random, spread: list[tuple[str, float]]) -> str:
     return rng.choices([k for k, _ in spread], weights=[w for _, w in spread])[0]
 
 
-def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], rng: random.Random):
-    """Yield COPY rows for ``n`` runs in groups of 1-3 seeds, oldest first."""
+def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, list[int]], rng: random.Random, queued: int | None = None, sizes: bool = False):
+    """Yield COPY rows for ``n`` runs in groups of 1-3 seeds, oldest first. ``queued``: exactly
+    that many are QUEUED (the newest ones, as a real backlog), else 6 % of them spread over the history."""
     from service.runs.spec import NormalisedSpec
+
+    team_ids, weights = [t for t, _ in teams], [w for _, w in teams]
+    spread = STATUS_SPREAD if queued is None else [(k, w) for k, w in STATUS_SPREAD if k != "QUEUED"]
 
     start = datetime.now(UTC) - timedelta(days=120)
     step = timedelta(days=120) / max(n, 1)
@@ -128,7 +144,7 @@ def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], 
     group_no = 0
     while made < n:
         group_no += 1
-        team = rng.choices(team_ids, weights=[w for _, w in TEAMS])[0]
+        team = rng.choices(team_ids, weights=weights)[0]
         user = rng.choice(users_by_team[team])
         config = {"NUM_LAYERS": rng.choice([9, 10, 11, 12]), "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)}
         track = "10min_16mb" if rng.random() < 0.85 else "unlimited"
@@ -140,7 +156,7 @@ def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], 
                 break
             made += 1
             submitted = start + step * made
-            status = _pick(rng, STATUS_SPREAD)
+            status = "QUEUED" if queued is not None and made > n - queued else _pick(rng, spread)
             finished = status in ("SUCCEEDED", "FAILED", "CANCELLED")
             started = submitted + timedelta(minutes=rng.uniform(0.1, 30)) if status != "QUEUED" and not (status == "CANCELLED" and rng.random() < 0.5) else None
             done_at = (started or submitted) + timedelta(minutes=rng.uniform(1, 22)) if finished else None
@@ -152,16 +168,18 @@ def _run_rows(n: int, team_ids: list[int], users_by_team: dict[int, list[int]], 
                 0 if rng.random() < 0.95 else 1, submitted, started, done_at,
                 bpb, round(bpb * 1.69, 5) if ok else None, round(bpb + 0.02, 5) if ok else None,
                 rng.randint(15_500_000, 15_999_000) if ok else None, 0 if not ok else rng.randint(20_000, 90_000) * 10,
+                # --sizes: what a finished run records of its artifact, the size check's figures (ratios and code sizes)
+                rng.randint(15_400_000, 15_900_000) if ok and sizes else None, rng.randint(50_000, 120_000) if ok and sizes else None,
             )
 
 
 RUN_COLUMNS = (
     "team_id, user_id, name, notes, spec, seed, group_key, track, hardware, priority, status, status_reason, attempts,"
-    " submitted_at, started_at, finished_at, val_bpb, val_loss, pre_ttt_bpb, artifact_bytes, log_bytes"
+    " submitted_at, started_at, finished_at, val_bpb, val_loss, pre_ttt_bpb, artifact_bytes, log_bytes, model_bytes, code_bytes"
 )
 
 
-def seed_database(url: str, runs: int) -> Seeded:
+def seed_database(url: str, runs: int, teams: int = len(TEAMS), queued: int | None = None, sizes: bool = False) -> Seeded:
     """Teams, users, tokens through the service's own functions; runs by COPY (fast)."""
     from sqlalchemy import text
 
@@ -174,8 +192,10 @@ def seed_database(url: str, runs: int) -> Seeded:
     member_teams: list[int] = []
     users_by_team: dict[int, list[int]] = {}
     with get_sessionmaker(url)() as s:
-        for team_name, _ in TEAMS:
+        team_weights: list[tuple[int, float]] = []
+        for team_name, weight in team_spread(teams):
             team = accounts.create_team(s, team_name)
+            team_weights.append((team.id, weight))
             users_by_team[team.id] = []
             for i in range(USERS_PER_TEAM):
                 user = accounts.create_user(s, f"{team_name}-{i}")
@@ -191,13 +211,15 @@ def seed_database(url: str, runs: int) -> Seeded:
     try:
         cur = raw.cursor()
         with cur.copy(f"COPY runs ({RUN_COLUMNS}) FROM STDIN") as copy:
-            for row in _run_rows(runs, team_ids, users_by_team, rng):
+            for row in _run_rows(runs, team_weights, users_by_team, rng, queued, sizes):
                 copy.write_row(row)
         raw.commit()
     finally:
         raw.close()
-    with get_engine(url).begin() as conn:
-        conn.execute(text("ANALYZE"))
+    # VACUUM as well: a table just filled by COPY has no hint bits or visibility map yet, and the
+    # first turn's reads would set them (writes) while the later turns' do not.
+    with get_engine(url).execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text("VACUUM (ANALYZE)"))
     # Runs came by COPY, past the writers that keep the storage quota's running totals: recount them
     # as the janitor would, so the submit scenario reads real figures (an older API ignores the table).
     from service.billing.storage import recount_team
@@ -205,7 +227,7 @@ def seed_database(url: str, runs: int) -> Seeded:
     with get_sessionmaker(url)() as s:
         for team_id in team_ids:
             recount_team(s, team_id)
-    return Seeded(member_tokens=member_tokens, member_teams=member_teams, admin_token=admin_token, runs=runs, seconds=time.perf_counter() - t0)
+    return Seeded(member_tokens=member_tokens, member_teams=member_teams, admin_token=admin_token, runs=runs, teams=teams, seconds=time.perf_counter() - t0)
 
 
 def queued_ids_by_team(url: str) -> dict[int, list[int]]:
@@ -416,11 +438,15 @@ async def _scenario(
     counter = iter(range(10**9))
 
     def factory(token: str, queued: list[int] | None = None):
-        if name == "get-queued":
+        base = name.removesuffix("-paced")
+        if base == "get-queued":
             ids = queued or [1]
             return lambda: _request_bytes("GET", hostport, f"/api/v1/runs/{rng.choice(ids)}", token)
-        if name.startswith("list"):
+        if base.startswith("list"):
             fixed = _request_bytes("GET", hostport, "/api/v1/runs?limit=50", token)
+            return lambda: fixed
+        if base.startswith("queue"):
+            fixed = _request_bytes("GET", hostport, "/api/v1/queue?limit=50", token)
             return lambda: fixed
         return lambda: _request_bytes(
             "POST", hostport, "/api/v1/runs", token, _submit_body(next(counter), rng), extra=f"Idempotency-Key: {uuid.uuid4().hex}\r\n"
@@ -472,9 +498,10 @@ def drive(args: argparse.Namespace) -> None:
     plan = json.load(sys.stdin)
     results = []
     for scenario in plan["scenarios"]:
-        tokens = plan["admin_tokens"] if scenario == "list-admin" else plan["member_tokens"]
+        admin = scenario.removesuffix("-paced").endswith("-admin")
+        tokens = plan["admin_tokens"] if admin else plan["member_tokens"]
         interval_s = plan["pace_ms"] / 1000 if scenario.endswith("-paced") else 0.0
-        queued = None if scenario == "list-admin" else plan.get("member_queued")
+        queued = None if admin else plan.get("member_queued")
         result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s, queued))
         print(f"  {scenario}: {result.requests} requests, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.rps} req/s", file=sys.stderr)
         results.append(asdict(result))
@@ -514,14 +541,16 @@ def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: 
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine(args.load_at_start)}; PostgreSQL {pg} on the same machine (127.0.0.1).",
-        f"- Database: {seeded.runs:,} runs ({extra['queued']:,} QUEUED) over {len(TEAMS)} teams / {len(TEAMS) * USERS_PER_TEAM} users, loaded in {seeded.seconds:.1f} s (COPY).",
+        f"- Database: {seeded.runs:,} runs ({extra['queued']:,} QUEUED) over {seeded.teams} teams / {seeded.teams * USERS_PER_TEAM} users, loaded in {seeded.seconds:.1f} s (COPY)"
+        + ("; SUCCEEDED runs record model and code bytes (the size check's ratios)." if args.sizes else "."),
         f"- API: uvicorn, {args.workers} worker process(es), uvloop + httptools, no access log; the load from a second process on loopback.",
         f"- Load: {args.concurrency} concurrent clients, each a keep-alive connection sending its next request as soon as the last "
         f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up.",
         "- list-member: `GET /api/v1/runs?limit=50` as team members; list-admin: the same as a global admin (all teams);"
         " get-queued: `GET /api/v1/runs/{id}` of random QUEUED runs of the caller's team;"
         " submit: `POST /api/v1/runs` with one seed and a fresh Idempotency-Key;"
-        f" list-member-paced: the member list again, but each client sends one request every {args.pace_ms:g} ms"
+        " queue-member / queue-admin: `GET /api/v1/queue?limit=50` (the first page of the caller's queued runs);"
+        f" *-paced: the same, but each client sends one request every {args.pace_ms:g} ms"
         f" ({args.concurrency * 1000 / args.pace_ms:g} req/s offered in all; latency counted from the planned send time).",
         "- Queue forecast: a thread of the benchmark stored it every 10 s as the control worker's beat does "
         f"({len(extra['forecast_s'])} times, {statistics.median(extra['forecast_s']):.3f} s each (median), computed and stored).",
@@ -568,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL, help="PostgreSQL URL allowed to CREATE DATABASE")
     parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--teams", type=int, default=len(TEAMS), help="teams (4: the named ones; more: shares falling off as 1/rank)")
+    parser.add_argument("--sizes", action="store_true", help="SUCCEEDED runs record model and code bytes (the size check measures the team's ratios from them)")
+    parser.add_argument("--queued", type=int, help="exactly this many QUEUED runs, the newest (default: 6 %% of --runs, spread)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
@@ -600,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
         from service.core.migrate import upgrade
 
         upgrade(url)
-        seeded = seed_database(url, args.runs)
+        seeded = seed_database(url, args.runs, args.teams, args.queued, args.sizes)
         queued = queued_ids_by_team(url)
         print(f"loaded {seeded.runs:,} runs ({sum(map(len, queued.values())):,} queued) in {seeded.seconds:.1f} s", file=sys.stderr)
         sides = [(f"{head} (this checkout)", REPO)]
