@@ -108,6 +108,21 @@ _LIST_QUERY = (
 # A page of runs says where its queued runs stand: their stored estimates come in the same query.
 _LIST_QUERY_WITH_FORECAST = stored.with_stored_estimate(_LIST_QUERY, Run.id)
 
+# The unfiltered pages (what dashboards and `caddie list` poll), built whole once with bound values:
+# (with_forecast, member, after a cursor) -> statement. A page built per request spent ~0.4 ms of CPU on its cache key.
+_PAGES = {
+    (with_forecast, member, paged): (
+        (_LIST_QUERY_WITH_FORECAST if with_forecast else _LIST_QUERY)
+        .where(*([Run.team_id.in_(bindparam("teams", expanding=True))] if member else []),
+               *([Run.id < bindparam("before")] if paged else []))  # fmt: skip
+        .order_by(Run.id.desc())
+        .limit(bindparam("limit"))
+    )
+    for with_forecast in (False, True)
+    for member in (False, True)
+    for paged in (False, True)
+}
+
 
 def list_runs(
     session: Session,
@@ -130,10 +145,15 @@ def list_runs(
     ``row.team`` and ``row.user`` holding the names, and the next cursor. ``with_forecast``: each
     row also carries the stored queue forecast's row for it (``stored.forecast_in_rows``), in the same query.
     """
+    if not principal.is_admin and not principal.roles:
+        return [], None
+    if not (status or team or user or group or q):
+        member = not principal.is_admin
+        params = {"limit": limit + 1, **({"teams": sorted(principal.roles)} if member else {}), **({"before": decode_cursor(cursor)} if cursor else {})}
+        rows = list(session.execute(_PAGES[with_forecast, member, bool(cursor)], params).all())
+        return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     query = _LIST_QUERY_WITH_FORECAST if with_forecast else _LIST_QUERY
     if not principal.is_admin:
-        if not principal.roles:
-            return [], None
         query = query.where(Run.team_id.in_(sorted(principal.roles)))
     statuses = parse_statuses(status)
     if len(statuses) == 1:
