@@ -545,7 +545,8 @@ def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: 
         + ("; SUCCEEDED runs record model and code bytes (the size check's ratios)." if args.sizes else "."),
         f"- API: uvicorn, {args.workers} worker process(es), uvloop + httptools, no access log; the load from a second process on loopback.",
         f"- Load: {args.concurrency} concurrent clients, each a keep-alive connection sending its next request as soon as the last "
-        f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up.",
+        f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up"
+        + (f"; before the rounds, a warm-up round of {args.warmup:g} s a scenario per side, not reported." if args.warmup else "."),
         "- list-member: `GET /api/v1/runs?limit=50` as team members; list-admin: the same as a global admin (all teams);"
         " get-queued: `GET /api/v1/runs/{id}` of random QUEUED runs of the caller's team;"
         " submit: `POST /api/v1/runs` with one seed and a fresh Idempotency-Key;"
@@ -608,6 +609,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pace-ms", type=float, default=200.0, help="in *-paced scenarios each client sends one request per this many ms")
     parser.add_argument("--against", help="a commit whose API runs the same scenarios in turn on the same database (ratios in the report)")
     parser.add_argument("--rounds", type=int, default=0, help="turns per side (default: 2 with --against, else 1)")
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds a scenario each side runs first, not reported (0: none)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.md")
     parser.add_argument("--notes", help="a markdown file appended to the report (analysis)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database behind (its URL is printed)")
@@ -645,8 +647,10 @@ def main(argv: list[str] | None = None) -> None:
             while not beat.seconds:
                 time.sleep(0.2)
             labels = [label for label, _ in sides]
-            for round_no in range(args.rounds):
-                for label in labels if round_no % 2 == 0 else labels[::-1]:  # ABBA: drift in the machine's load falls on both sides
+            # Round 0 (--warmup seconds a scenario, not reported): the first turn on a fresh database also
+            # creates the submitted runs' first groups and fills PostgreSQL's caches, which later turns do not.
+            for round_no in range(0 if args.warmup else 1, args.rounds + 1):
+                for label in labels if round_no % 2 == 1 else labels[::-1]:  # ABBA: drift in the machine's load falls on both sides
                     # One API at a time (each holds its own database connections), started for its turn.
                     port = free_port()
                     apis[label] = (start_api(url, port, args.workers, dict(sides)[label]), port)
@@ -659,15 +663,16 @@ def main(argv: list[str] | None = None) -> None:
                         "admin_tokens": [seeded.admin_token],
                         "scenarios": [s.strip() for s in args.scenarios.split(",") if s.strip()],
                         "concurrency": args.concurrency,
-                        "duration": args.duration,
+                        "duration": args.duration if round_no else args.warmup,
                         "max_requests": args.max_requests,
                         "pace_ms": args.pace_ms,
                     }
                     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-                    print(f"round {round_no + 1}, {label} (load {load})", file=sys.stderr)
+                    print(f"round {round_no}{' (warm-up)' if not round_no else ''}, {label} (load {load})", file=sys.stderr)
                     try:
                         for r in _drive_once(plan):
-                            results.append({**r, "side": label, "round": round_no + 1, "load": load})
+                            if round_no:
+                                results.append({**r, "side": label, "round": round_no, "load": load})
                     finally:
                         stop_api(apis.pop(label)[0])
             forecast_s = list(beat.seconds)
