@@ -124,8 +124,12 @@ def world(session: Session) -> World:
 
 
 def _spec(**over: object) -> dict:
+    """The tests' configs are written against the 2026-03-23 stack (9 layers of it, and so on): its STACK
+    goes into a trainer config that names none. A script spec (``script`` set) has no config."""
     body: dict = {"name": "baseline", "track": "10min_16mb", "hardware": "H100:8", "config": {"NUM_LAYERS": 9}, "seeds": [1337]}
     body.update(over)
+    if isinstance(body.get("config"), dict) and "STACK" not in body["config"] and not body.get("script"):
+        body["config"] = {"STACK": "2026-03-23", **body["config"]}
     return body
 
 

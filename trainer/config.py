@@ -31,10 +31,13 @@ CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "sk
 
 # --- stack presets (issue 22 item 1) ---------------------------------------------------------------
 # A preset is a dict of knob defaults: from_dict/from_env apply the chosen STACK's dict first, then the
-# spec's own knobs (explicit knobs win), then validate the result. "2026-03-23" is the dataclass's own
-# defaults (the stack the trainer started from); "2026-04-27" is every technique of that record that is
-# a knob here, with the values of its README's run command and its logs.
-DEFAULT_STACK = "2026-03-23"
+# spec's own knobs (explicit knobs win), then validate the result. The dataclass's field defaults are
+# the base every preset is written against: the 2026-03-23 stack, the one the trainer started from, so
+# TrainerConfig() is that stack and a preset lists only what it changes. "2026-04-27" is every technique
+# of the challenge's final record that is a knob here, with the values of its README's run command and
+# its logs. DEFAULT_STACK is the stack of a spec, an env or a --config file that names none.
+BASE_STACK = "2026-03-23"
+DEFAULT_STACK = "2026-04-27"
 STACKS: dict[str, dict[str, Any]] = {
     "2026-03-23": {},
     "2026-04-27": {
@@ -101,8 +104,9 @@ class ConfigError(ValueError):
 @dataclass
 class TrainerConfig:
     # --- stack preset ----------------------------------------------------
-    stack: str = knob(DEFAULT_STACK, "Stack preset: the defaults of every other knob. 2026-03-23: the seed stack (val_bpb 1.1194 in "
-                      "the challenge; the defaults shown here). 2026-04-27: the final record's (1.0611): SP8192 (VOCAB_SIZE "
+    stack: str = knob(BASE_STACK, "Stack preset: the defaults of every other knob; a spec without STACK gets 2026-04-27. "
+                      "2026-03-23: the seed stack (val_bpb 1.1194 in the challenge). 2026-04-27 (the default; the "
+                      "defaults shown here): the final record's (1.0611): SP8192 (VOCAB_SIZE "
                       "8192, the sp8192 data), MLP 4x, XSA on all 11 layers, QK gain 5, layers 3-5 looped 3x from 35% of "
                       "training, parallel residuals from layer 8, skip gates, sparse attention gate, window SmearGate, "
                       "per-document attention, fused soft-capped CE, Polar-Express Muon with MuonEq-R, MIN_LR 0.1, no "
@@ -360,7 +364,8 @@ class TrainerConfig:
                 issues.append(ConfigIssue(cls.env_name(f), raw, str(exc)))
         if issues:
             raise ConfigError(issues)
-        cfg = cls(**{**cls.preset(kwargs.get("stack", DEFAULT_STACK)), **kwargs})
+        stack = kwargs.get("stack", DEFAULT_STACK)
+        cfg = cls(**{**cls.preset(stack), "stack": stack, **kwargs})
         cfg.validate()
         return cfg
 
@@ -481,11 +486,12 @@ class TrainerConfig:
     def json_schema(cls) -> dict[str, Any]:
         """JSON Schema of the overrides a run spec may carry (keyed by env-var name)."""
         props: dict[str, Any] = {}
+        stacks = {stack: cls.for_stack(stack) for stack in STACKS}
         for f in cls.knobs():
             t = _field_type(f)
             prop: dict[str, Any] = {
                 "type": {bool: "boolean", int: "integer", float: "number", str: "string"}[t],
-                "default": f.default,
+                "default": getattr(stacks[DEFAULT_STACK], f.name),  # what a spec without this knob (or STACK) gets
                 "description": f.metadata["help"],
                 "x-field": f.name,
                 "x-group": f.metadata["group"],
@@ -496,9 +502,9 @@ class TrainerConfig:
                 prop["maximum"] = f.metadata["max"]
             if f.metadata["choices"]:
                 prop["enum"] = list(f.metadata["choices"])
-            stacks = {stack: preset[cls.env_name(f)] for stack, preset in STACKS.items() if cls.env_name(f) in preset}
-            if stacks:  # the default under each STACK preset that changes it
-                prop["x-stack-defaults"] = stacks
+            differ = {stack: getattr(c, f.name) for stack, c in stacks.items() if getattr(c, f.name) != prop["default"]}
+            if differ and f.name != "stack":  # the default under each STACK preset that changes it
+                prop["x-stack-defaults"] = {stack: getattr(c, f.name) for stack, c in stacks.items()}
             props[cls.env_name(f)] = prop
         return {"type": "object", "additionalProperties": False, "properties": props}
 

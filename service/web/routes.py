@@ -417,9 +417,20 @@ def compare_page(
                   diff=config_differences(columns), columns=[c for c, _ in columns], reports=reports, base=base)
 
 
+def _every_knob(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A trainer config with its stack's defaults filled in (a knob a column leaves out means its own
+    stack's default, not the default stack's); a script's spec as it is."""
+    try:
+        full = TrainerConfig.from_dict(cfg)
+    except (ValueError, TypeError):  # ConfigError included: a script spec is no trainer config
+        return cfg
+    return {TrainerConfig.env_name(f): getattr(full, f.name) for f in TrainerConfig.knobs()}
+
+
 def config_differences(columns: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, Any, list[Any]]]:
     """Knobs whose value differs between the columns: (knob, default, value per column)."""
     defaults = {name: prop["default"] for name, prop in TrainerConfig.json_schema()["properties"].items()}
+    columns = [(label, _every_knob(cfg)) for label, cfg in columns]
     knobs = sorted({k for _, cfg in columns for k in cfg})
     out = []
     for knob in knobs:

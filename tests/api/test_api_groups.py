@@ -42,7 +42,9 @@ COLUMNS = {"val_bpb": "val_bpb", "val_loss": "val_loss", "pre_ttt_bpb": "pre_ttt
 
 def submit(client: TestClient, world, who: str, *, name: str = "baseline", config: dict | None = None, seeds: list[int],
            track: str = "10min_16mb", hardware: str = "H100:8", **more: Any) -> dict:
-    body = {"name": name, "track": track, "hardware": hardware, "config": config or {}, "seeds": seeds, **more}
+    """The configs here are written against the 2026-03-23 stack: its STACK goes into a config that names none."""
+    config = {"STACK": "2026-03-23", **(config or {})}
+    body = {"name": name, "track": track, "hardware": hardware, "config": config, "seeds": seeds, **more}
     r = client.post(RUNS, json=body, headers=world.h(who))
     assert r.status_code == 201, r.text
     return r.json()
@@ -102,7 +104,8 @@ def test_group_figures_count_only_succeeded_runs_and_say_why_the_others_do_not(c
 
     [g] = get(client, world, "alice", GROUPS)
     assert g["key"] == body["group_key"] and g["name"] == "xsa" and g["team"] == "team-a"
-    assert g["diff"] == "BIGRAM_VOCAB_SIZE=3072 XSA_LAST_N=9" and g["config"] == {"BIGRAM_VOCAB_SIZE": 3072, "XSA_LAST_N": 9}
+    assert g["diff"] == "BIGRAM_VOCAB_SIZE=3072 STACK=2026-03-23 XSA_LAST_N=9"
+    assert g["config"] == {"BIGRAM_VOCAB_SIZE": 3072, "STACK": "2026-03-23", "XSA_LAST_N": 9}
     assert (g["n"], g["runs_total"], g["not_counted"]) == (3, 6, 3)
     # by hand: bpb 1.10, 1.12, 1.14 -> mean 1.12, s = sqrt((0.02² + 0 + 0.02²) / 2) = 0.02; loss likewise 1.89 and 0.03
     assert g["val_bpb"]["n"] == 3 and g["val_bpb"]["mean"] == pytest.approx(1.12) and g["val_bpb"]["std"] == pytest.approx(0.02)

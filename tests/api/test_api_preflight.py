@@ -12,6 +12,7 @@ from tests.factories import make_run
 from trainer.config import TrainerConfig
 
 RUNS = "/api/v1/runs"
+SEED_STACK = {"STACK": "2026-03-23"}  # a stored seed-stack spec: TrainerConfig() (a stored {} is the 2026-04-27 stack)
 BIG = {"NUM_LAYERS": 13}  # 24,015,058 packed bytes: 16,890,541 with the default ratio 0.70 and 80,000 bytes of code
 
 
@@ -37,10 +38,10 @@ def test_the_2026_04_27_stack_fits_and_a_wider_one_is_refused(client: TestClient
 
 
 def test_the_ratio_is_measured_on_the_teams_finished_runs(client: TestClient, world, spec, session: Session) -> None:
-    # A finished run of team-a whose artifact compressed to half its packed size: 13 layers fit at that ratio.
+    # A finished seed-stack run of team-a whose artifact compressed to half its packed size: 13 layers fit at that ratio.
     packed = size_check.packed_bytes(TrainerConfig())
     session.add(make_run(world.team_ids["team-a"], world.user_ids["alice"], name="done", group_key="d" * 64, track="10min_16mb", hardware="H100:8",
-                         status="SUCCEEDED", model_bytes=packed // 2, code_bytes=60_000))  # fmt: skip
+                         spec=SEED_STACK, status="SUCCEEDED", model_bytes=packed // 2, code_bytes=60_000))  # fmt: skip
     session.commit()
     assert client.post(RUNS, json=spec(config=BIG), headers=world.h("alice")).status_code == 201
     r = client.post(RUNS, json=spec(config=BIG), headers=world.h("bob"))  # team-b has no such run: the default ratio
@@ -68,7 +69,7 @@ def test_abort_if_behind_is_checked_and_stored(client: TestClient, world, spec) 
 def test_a_finished_runs_config_is_parsed_once_not_per_submit(world, session: Session, monkeypatch) -> None:  # noqa: ANN001
     packed = size_check.packed_bytes(TrainerConfig())
     session.add(make_run(world.team_ids["team-a"], world.user_ids["alice"], name="done", group_key="e" * 64, track="10min_16mb", hardware="H100:8",
-                         status="SUCCEEDED", model_bytes=packed // 2, code_bytes=60_000))  # fmt: skip
+                         spec=SEED_STACK, status="SUCCEEDED", model_bytes=packed // 2, code_bytes=60_000))  # fmt: skip
     session.commit()
     monkeypatch.setattr(size_check, "_packed_by_run", {})
     parsed: list[object] = []

@@ -35,7 +35,7 @@ def test_submit_makes_one_queued_run_per_seed_in_one_group(client: TestClient, w
     assert {run["group_key"] for run in body["runs"]} == {body["group_key"]}
     first = body["runs"][0]
     assert first["status"] == "QUEUED" and first["team"] == "team-a" and first["user"] == "alice"
-    assert first["spec"] == {"NUM_LAYERS": 9} and first["attempts"] == 0 and first["notes"] == "try 9 layers"
+    assert first["spec"] == {"NUM_LAYERS": 9, "STACK": "2026-03-23"} and first["attempts"] == 0 and first["notes"] == "try 9 layers"
     assert first["submitted_at"].endswith("Z") or "+00:00" in first["submitted_at"]
     assert _count(session) == 3
     events = list(session.scalars(select(RunEvent)))
@@ -46,9 +46,10 @@ def test_spec_is_normalised_and_group_key_ignores_name_notes_seed(client: TestCl
     h = world.h("alice")
     a = client.post(RUNS, json=spec(config={"NUM_LAYERS": 9, "MLP_MULT": 3, "num_heads": 8, "MATRIX_LR": "0.02"}, seeds=[1]), headers=h).json()
     b = client.post(RUNS, json=spec(name="other", notes="x", config={"matrix_lr": 0.02, "NUM_LAYERS": "9"}, seeds=[7]), headers=h).json()
-    # Defaults (MLP_MULT=3, NUM_HEADS=8) drop out; spellings and types become canonical; keys sorted.
-    assert a["runs"][0]["spec"] == {"MATRIX_LR": 0.02, "NUM_LAYERS": 9}
-    assert list(a["runs"][0]["spec"]) == ["MATRIX_LR", "NUM_LAYERS"]
+    # The seed stack's defaults (MLP_MULT=3, NUM_HEADS=8) drop out; spellings and types become canonical; keys
+    # sorted; STACK stays (the spec fixture's 2026-03-23 is not the default stack).
+    assert a["runs"][0]["spec"] == {"MATRIX_LR": 0.02, "NUM_LAYERS": 9, "STACK": "2026-03-23"}
+    assert list(a["runs"][0]["spec"]) == ["MATRIX_LR", "NUM_LAYERS", "STACK"]
     assert a["group_key"] == b["group_key"] and len(a["group_key"]) == 64
     other_track = client.post(RUNS, json=spec(config={"NUM_LAYERS": 9, "MATRIX_LR": 0.02}, track="unlimited"), headers=h).json()
     other_hw = client.post(RUNS, json=spec(config={"NUM_LAYERS": 9, "MATRIX_LR": 0.02}, hardware="H100:1"), headers=h).json()

@@ -144,7 +144,7 @@ def spec_file(tmp_path: Path) -> Path:
         "notes: 'seed stack; $(touch /tmp/pwned) stays text'\n"
         "track: 10min_16mb\n"
         "hardware: H100:8\n"
-        "config:\n  NUM_LAYERS: 10\n  XSA_LAST_N: 4\n"
+        "config:\n  STACK: '2026-03-23'\n  NUM_LAYERS: 10\n  XSA_LAST_N: 4\n"
         "seeds: [7]\n"
     )
     return path

@@ -40,7 +40,7 @@ def test_spec_file_problems(caddie: Caddie, tmp_path: Path) -> None:
     bad.write_text("name: smoke\nconfig: {NUM_LAYERS: [1\n")
     assert caddie.fails("submit", str(bad)).startswith(f"spec file {bad}: invalid YAML at line 3, column 1")
     bad.write_text("- just\n- a list\n")
-    assert caddie.fails("submit", str(bad)) == f"spec file {bad}: expected a mapping of name, notes, team, track, hardware, priority, config, seeds, seed, allow_noncompliant, script, files, env, data, got list"
+    assert caddie.fails("submit", str(bad)) == f"spec file {bad}: expected a mapping of name, notes, team, track, hardware, priority, config, seeds, seed, allow_noncompliant, script, files, env, data, environment, got list"
     bad.write_text("name: x\ntrack: unlimited\nhardware: cpu\nconfgi: {}\n")
     assert "unknown key(s) confgi" in caddie.fails("submit", str(bad))
     bad.write_text("name: x\ntrack: unlimited\nhardware: cpu\n")
@@ -76,7 +76,7 @@ def test_connection_refused_is_retried_and_submit_stays_single(caddie: Caddie, s
 
 
 def test_idempotency_key_returns_the_same_runs(caddie: Caddie) -> None:
-    body = {"name": "idem", "track": "unlimited", "hardware": "cpu", "config": {"NUM_LAYERS": 4}, "seeds": [1, 2]}
+    body = {"name": "idem", "track": "unlimited", "hardware": "cpu", "config": {"STACK": "2026-03-23", "NUM_LAYERS": 4}, "seeds": [1, 2]}
     key = uuid.uuid4().hex
     with CaddieClient(caddie.url, caddie.token) as client:
         first = client.submit(body, key)

@@ -95,7 +95,7 @@ def play_run(db_url: str, run_id: int, *, succeed: bool, pause_s: float = 0.15) 
 
 def tiny_spec(tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"name: {name}\ntrack: unlimited\nhardware: cpu\nconfig: {{ITERATIONS: 20, NUM_LAYERS: 4}}\n")
+    path.write_text(f"name: {name}\ntrack: unlimited\nhardware: cpu\nconfig: {{STACK: '2026-03-23', ITERATIONS: 20, NUM_LAYERS: 4}}\n")
     return path
 
 

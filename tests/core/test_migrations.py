@@ -93,7 +93,7 @@ def test_0002_recomputes_group_keys_per_team_and_0001_restores_them(empty_url: s
         old = _keys(engine)
         assert old[1] == old[2] == old[3]  # before: the two teams shared one group
 
-        upgrade(empty_url, "head")
+        upgrade(empty_url, "0002")
         new = _keys(engine)
         for i, (team, _, config, track, hardware, _) in enumerate(runs, start=1):
             assert new[i] == group_key_of(team, config, track, hardware, False)
@@ -114,8 +114,56 @@ def test_0002_recomputes_group_keys_per_team_and_0001_restores_them(empty_url: s
         downgrade(empty_url, "0001")
         assert _keys(engine) == old
         assert "run_groups" not in _tables(empty_url)
-        upgrade(empty_url, "head")  # and up again: the same keys as the first time
+        upgrade(empty_url, "0002")  # and up again: the same keys as the first time
         assert _keys(engine) == new
+    finally:
+        engine.dispose()
+
+
+# --- 0019: the default stack becomes 2026-04-27 --------------------------------------------------------
+def test_0019_keeps_stored_configs_on_the_2026_03_23_stack_under_new_keys(empty_url: str) -> None:
+    upgrade(empty_url, "0018")
+    engine = create_engine(empty_url)
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    # (config as stored before: knobs off the 2026-03-23 defaults, STACK only when not that stack; kind)
+    runs = [({"NUM_LAYERS": 9}, "trainer"), ({"NUM_LAYERS": 9}, "trainer"), ({"STACK": "2026-04-27"}, "trainer"),
+            ({"script": "abc", "data": "sp1024"}, "script")]
+    old_keys = [group_key_of(1, config, "10min_16mb", "H100:8", False) for config, _ in runs]
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO teams (id, name, weight, created_at) VALUES (1, 'team-a', 1, :t)"), {"t": now})
+            conn.execute(text("INSERT INTO users (id, name, is_admin, created_at) VALUES (1, 'alice', false, :t)"), {"t": now})
+            for key, (config, kind) in dict(zip(old_keys, runs)).items():
+                conn.execute(text("INSERT INTO run_groups (key, team_id, name, track, hardware, kind, config, allow_noncompliant, created_at)"
+                                  " VALUES (:key, 1, 'g', '10min_16mb', 'H100:8', :kind, :config, false, :t)"),
+                             {"key": key, "kind": kind, "config": json.dumps(config), "t": now})
+            for i, ((config, kind), key) in enumerate(zip(runs, old_keys), start=1):
+                conn.execute(text(
+                    "INSERT INTO runs (id, team_id, user_id, name, notes, spec, seed, group_key, track, hardware, priority, status,"
+                    " status_reason, attempts, submitted_at, log_bytes, kind)"
+                    " VALUES (:id, 1, 1, 'r', '', :spec, :seed, :key, '10min_16mb', 'H100:8', 0, 'SUCCEEDED', '', 1, :t, 0, :kind)"
+                ), {"id": i, "spec": json.dumps(config), "seed": i, "key": key, "t": now, "kind": kind})
+            conn.execute(text("INSERT INTO sweeps (id, team_id, user_id, name, notes, track, hardware, strategy, spec, status, status_reason,"
+                              " created_at, updated_at) VALUES (1, 1, 1, 's', '', '10min_16mb', 'H100:8', 'grid', :spec, 'running', '', :t, :t)"),
+                         {"spec": json.dumps({"base": {"NUM_LAYERS": 9}, "promote": {"baseline": old_keys[0]}}), "t": now})
+            conn.execute(text("INSERT INTO sweep_trials (id, sweep_id, number, params, group_key, run_ids, status, reason, created_at)"
+                              " VALUES (1, 1, 1, '{}', :key, '[1, 2]', 'complete', '', :t)"), {"key": old_keys[0], "t": now})
+
+        upgrade(empty_url, "head")
+        on_0323 = {"NUM_LAYERS": 9, "STACK": "2026-03-23"}
+        new_key = group_key_of(1, on_0323, "10min_16mb", "H100:8", False)
+        with engine.connect() as conn:
+            specs = {r.id: (_json(r.spec), r.group_key) for r in conn.execute(text("SELECT id, spec, group_key FROM runs"))}
+            groups = {g.key: _json(g.config) for g in conn.execute(text("SELECT key, config FROM run_groups"))}
+            sweep = _json(conn.execute(text("SELECT spec FROM sweeps")).scalar_one())
+            trial_key = conn.execute(text("SELECT group_key FROM sweep_trials")).scalar_one()
+        assert specs[1] == specs[2] == (on_0323, new_key)  # the same knobs, now said to be the 2026-03-23 stack
+        assert specs[3] == ({"STACK": "2026-04-27"}, old_keys[2]) and specs[4] == (runs[3][0], old_keys[3])  # unchanged
+        assert groups == {new_key: on_0323, old_keys[2]: {"STACK": "2026-04-27"}, old_keys[3]: runs[3][0]}
+        assert sweep == {"base": on_0323, "promote": {"baseline": new_key}} and trial_key == new_key
+
+        downgrade(empty_url, "0018")
+        assert _keys(engine) == dict(enumerate(old_keys, start=1))
     finally:
         engine.dispose()
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # A few seconds of the real trainer on 2 CPU cores (TTT on, small chunks).
 TINY: dict[str, Any] = {
-    "NUM_LAYERS": 2, "MODEL_DIM": 64, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "TRAIN_SEQ_LEN": 64, "EVAL_SEQ_LEN": 64,
+    "STACK": "2026-03-23", "NUM_LAYERS": 2, "MODEL_DIM": 64, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "TRAIN_SEQ_LEN": 64, "EVAL_SEQ_LEN": 64,
     "TRAIN_BATCH_TOKENS": 512, "GRAD_ACCUM_STEPS": 1, "ITERATIONS": 6, "WARMUP_STEPS": 0, "WARMDOWN_ITERS": 2,
     "MAX_WALLCLOCK_SECONDS": 0, "XSA_LAST_N": 1, "BIGRAM_VOCAB_SIZE": 128, "BIGRAM_DIM": 16, "ROPE_DIMS": 8,
     "VE_DIM": 16, "VE_LAYERS": "1", "VAL_TOKENS_LIMIT": 1024, "EVAL_STRIDE": 32, "EVAL_BATCH_SEQS": 8,

@@ -10,13 +10,16 @@ from trainer.config import TrainerConfig
 
 torch = pytest.importorskip("torch")
 
+SEED = {"STACK": "2026-03-23"}  # the shapes below are written against the seed stack (TrainerConfig())
+
 CONFIGS = [
-    {},
-    {"NUM_LAYERS": 3, "XSA_LAST_N": 1, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "BIGRAM_VOCAB_SIZE": 0, "SMEAR_GATE": 0, "UNET_SKIPS": 0},
-    {"NUM_LAYERS": 4, "MODEL_DIM": 256, "TIE_EMBEDDINGS": 0, "VE_ENABLED": 1, "VE_LAYERS": "2,3", "CONTROL_DTYPE": "fp32", "MLP_MULT": 2.5},
-    {"NUM_LAYERS": 1, "XSA_LAST_N": 0, "MODEL_DIM": 64, "NUM_HEADS": 2, "NUM_KV_HEADS": 1, "VOCAB_SIZE": 4096},
+    {},  # the default stack: 2026-04-27's
+    SEED,
+    {**SEED, "NUM_LAYERS": 3, "XSA_LAST_N": 1, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "BIGRAM_VOCAB_SIZE": 0, "SMEAR_GATE": 0, "UNET_SKIPS": 0},
+    {**SEED, "NUM_LAYERS": 4, "MODEL_DIM": 256, "TIE_EMBEDDINGS": 0, "VE_ENABLED": 1, "VE_LAYERS": "2,3", "CONTROL_DTYPE": "fp32", "MLP_MULT": 2.5},
+    {**SEED, "NUM_LAYERS": 1, "XSA_LAST_N": 0, "MODEL_DIM": 64, "NUM_HEADS": 2, "NUM_KV_HEADS": 1, "VOCAB_SIZE": 4096},
     # the 2026-04-27 record's bit widths: int7 embedding, int5 matrices (QAT rounds to int6, so off)
-    {"NUM_LAYERS": 2, "XSA_LAST_N": 2, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "EMBED_BITS": 7, "MATRIX_BITS": 5, "QAT_ENABLED": 0},
+    {**SEED, "NUM_LAYERS": 2, "XSA_LAST_N": 2, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "EMBED_BITS": 7, "MATRIX_BITS": 5, "QAT_ENABLED": 0},
     # the 2026-04-27 stack's tensors (loops, parallel lanes, gates), shrunk
     {"STACK": "2026-04-27", "NUM_LAYERS": 6, "XSA_LAST_N": 6, "MODEL_DIM": 128, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "VOCAB_SIZE": 1024,
      "LOOP_START": 2, "LOOP_END": 3, "PARALLEL_START_LAYER": 4, "LQER_ENABLED": 0},
@@ -38,11 +41,11 @@ def test_the_estimate_lists_the_models_tensors_and_their_storage(overrides: dict
 def test_the_seed_stack_fits_and_two_more_layers_do_not() -> None:
     seed_stack = estimate(TrainerConfig(), [], [])
     assert seed_stack.ratio == DEFAULT_RATIO and seed_stack.problem() is None and seed_stack.total_bytes < ARTIFACT_LIMIT_BYTES
-    bigger = estimate(TrainerConfig.from_dict({"NUM_LAYERS": 13}), [], [])
+    bigger = estimate(TrainerConfig.from_dict({**SEED, "NUM_LAYERS": 13}), [], [])
     assert bigger.over_by > 0 and f"{bigger.over_by:,} over" in (bigger.problem() or "")
     # A team whose runs compress to 60% of the packed size fits 13 layers.
-    assert estimate(TrainerConfig.from_dict({"NUM_LAYERS": 13}), [0.6, 0.55, 0.65], [60_000]).problem() is None
-    assert packed_bytes(TrainerConfig.from_dict({"NUM_LAYERS": 13})) > packed_bytes(TrainerConfig())
+    assert estimate(TrainerConfig.from_dict({**SEED, "NUM_LAYERS": 13}), [0.6, 0.55, 0.65], [60_000]).problem() is None
+    assert packed_bytes(TrainerConfig.from_dict({**SEED, "NUM_LAYERS": 13})) > packed_bytes(TrainerConfig())
 
 
 def test_the_2026_04_27_stack_is_estimated_within_3_percent_of_the_records_artifact() -> None:
@@ -51,5 +54,6 @@ def test_the_2026_04_27_stack_is_estimated_within_3_percent_of_the_records_artif
     record = estimate(TrainerConfig.from_dict({"STACK": "2026-04-27"}), [], [])
     assert abs(record.total_bytes / 15_897_259 - 1) < 0.03 and record.problem() is None
     assert round(record.ratio, 3) == 0.575  # pergroup/lrzip: int6 0.570, int7 0.600
+    assert estimate(TrainerConfig.from_dict({}), [], []) == record  # the default stack: a spec without STACK fits
     wider = estimate(TrainerConfig.from_dict({"STACK": "2026-04-27", "MODEL_DIM": 576}), [], [])
     assert wider.over_by > 0 and "16,000,000-byte limit" in (wider.problem() or "")

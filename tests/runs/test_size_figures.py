@@ -14,8 +14,9 @@ from trainer.config import TrainerConfig
 
 
 def _run(world, status: str, model_bytes: int | None, track: str = "10min_16mb") -> Run:  # noqa: ANN001
+    """A run of the seed stack (its stored spec names STACK 2026-03-23: a stored {} is the 2026-04-27 stack)."""
     return make_run(world.team_ids["team-a"], world.user_ids["alice"], group_key="e" * 64, track=track, hardware="H100:8", status=status,
-                    model_bytes=model_bytes, code_bytes=60_000)  # fmt: skip
+                    spec={"STACK": "2026-03-23"}, model_bytes=model_bytes, code_bytes=60_000)  # fmt: skip
 
 
 def test_a_submit_reads_the_teams_figure_not_its_history(world, session: Session) -> None:  # noqa: ANN001

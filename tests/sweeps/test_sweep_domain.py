@@ -15,8 +15,11 @@ from service.sweeps.strategies import Observed, knob_importance, propose
 SPACE = {"MATRIX_LR": {"low": 0.005, "high": 0.2, "log": True, "steps": 8}, "NUM_LAYERS": {"values": [6, 7, 8, 9, 10, 11, 12, 13]}}
 
 
+SEED_STACK = {"STACK": "2026-03-23"}  # the stack these spaces are written for (XSA on the last 4 layers, no loops): not the default
+
+
 def space(raw=SPACE, base=None):  # noqa: ANN001, ANN201
-    return parse_space(raw, base or {})
+    return parse_space(raw, {**SEED_STACK, **(base or {})})
 
 
 def test_grid_enumerates_every_point_once_then_stops() -> None:
@@ -93,6 +96,11 @@ def test_space_is_checked_against_the_trainers_bounds() -> None:
     with pytest.raises(InvalidInput) as exc:
         space({"NUM_LAYERS": {"values": [9, 10]}}, base={"NUM_LAYERS": 11})
     assert "also set in base" in str(exc.value)
+    # A base without STACK is the default stack (2026-04-27: XSA on the last 11 layers): fewer layers break its cross-knob rule.
+    with pytest.raises(InvalidInput) as exc:
+        parse_space({"NUM_LAYERS": {"values": [11, 9]}}, {})
+    issues = {".".join(map(str, i.loc)): i.msg for i in exc.value.issues}
+    assert list(issues) == ["space.NUM_LAYERS.values.1"] and "XSA_LAST_N must be <= NUM_LAYERS=9" in issues["space.NUM_LAYERS.values.1"]
 
 
 def test_trial_end_waits_for_every_run_and_means_the_successes() -> None:
@@ -167,12 +175,14 @@ def test_tpe_is_told_a_median_pruned_trial_as_pruned_and_avoids_its_region() -> 
 
 
 def test_a_trials_vocabulary_is_its_stacks_when_its_knobs_leave_it_out() -> None:
-    # curves of different tokenizers are never compared: STACK=2026-04-27 trains on SP8192 without naming VOCAB_SIZE
+    # The pruners compare a trial only with trials of the same VOCAB_SIZE; a stored base is canonical and
+    # leaves out its stack's default: 8192 under the default stack (2026-04-27), 1024 under 2026-03-23.
     from service.core.models import Sweep, SweepTrial
     from service.sweeps.store import _vocab
 
     def vocab(base: dict, params: dict) -> object:
         return _vocab(Sweep(spec={"base": base}), SweepTrial(params=params))
 
-    assert vocab({"STACK": "2026-04-27"}, {}) == 8192 and vocab({"STACK": "2026-03-23"}, {}) == 1024
+    assert vocab({}, {"MATRIX_LR": 0.03}) == 8192 and vocab({"STACK": "2026-03-23"}, {"NUM_LAYERS": 10}) == 1024
+    assert vocab({}, {"STACK": "2026-03-23"}) == 1024  # a searched STACK
     assert vocab({"STACK": "2026-04-27"}, {"VOCAB_SIZE": 4096}) == 4096 and vocab({"STACK": "2026-03-23"}, {"NUM_HEADS": 7}) is None

@@ -24,10 +24,10 @@ def test_imports_without_torch():
 
 
 def test_env_and_dict_spellings_agree():
-    a = TrainerConfig.from_env({"NUM_LAYERS": "4", "XSA_LAST_N": "2", "TTT_ENABLED": "0", "PATH": "/bin"})
-    b = TrainerConfig.from_dict({"num_layers": 4, "xsa_last_n": 2, "ttt_enabled": False})
+    a = TrainerConfig.from_env({"STACK": "2026-03-23", "NUM_LAYERS": "4", "XSA_LAST_N": "2", "TTT_ENABLED": "0", "PATH": "/bin"})
+    b = TrainerConfig.from_dict({"stack": "2026-03-23", "num_layers": 4, "xsa_last_n": 2, "ttt_enabled": False})
     assert a == b
-    assert a.overrides() == {"NUM_LAYERS": 4, "XSA_LAST_N": 2, "TTT_ENABLED": False}
+    assert a.overrides() == {"STACK": "2026-03-23", "NUM_LAYERS": 4, "XSA_LAST_N": 2, "TTT_ENABLED": False}
     assert TrainerConfig.from_env(a.to_env()) == a
 
 

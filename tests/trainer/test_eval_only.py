@@ -21,7 +21,7 @@ FRONTIER = {**TINY, "MODEL_DIM": 128, "MLP_MULT": 5, "ARTIFACT_SETTINGS": 1, "GP
 
 
 def test_settings_of_an_artifact_decide_the_eval_config_and_a_mismatch_is_refused():
-    run = TrainerConfig.from_dict({"NUM_LAYERS": 5, "EMBED_BITS": 7, "EVAL_STRIDE": 32, "OUTPUT_DIR": "/tmp/run"})
+    run = TrainerConfig.from_dict({"STACK": "2026-03-23", "NUM_LAYERS": 5, "EMBED_BITS": 7, "EVAL_STRIDE": 32, "OUTPUT_DIR": "/tmp/run"})
     settings = json.loads(json.dumps(artifact_settings(run)))  # as the artifact's JSON header stores them
     assert "NUM_LAYERS" in settings["model"] and "EMBED_BITS" in settings["model"] and "EVAL_STRIDE" in settings["eval"]
     assert "OUTPUT_DIR" not in settings["model"] and "ATTENTION_BACKEND" not in settings["model"]

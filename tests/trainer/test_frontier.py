@@ -60,9 +60,9 @@ def test_min_lr_floor_equals_the_records_lr_mul():
 
 def test_min_lr_that_would_keep_late_qat_off_is_refused():
     with pytest.raises(ConfigError) as exc:
-        TrainerConfig.from_dict({"MIN_LR": 0.2, "LATE_QAT_THRESHOLD": 0.15})
+        TrainerConfig.from_dict({"STACK": "2026-03-23", "MIN_LR": 0.2, "LATE_QAT_THRESHOLD": 0.15})  # its late QAT is on
     assert "MIN_LR" in str(exc.value) and "LATE_QAT_THRESHOLD" in str(exc.value)
-    TrainerConfig.from_dict({"MIN_LR": 0.2, "LATE_QAT_THRESHOLD": 0.15, "QAT_ENABLED": 0})  # no QAT: fine
+    TrainerConfig.from_dict({"STACK": "2026-03-23", "MIN_LR": 0.2, "LATE_QAT_THRESHOLD": 0.15, "QAT_ENABLED": 0})  # no QAT: fine
     with pytest.raises(ConfigError, match="MIN_LR"):
         TrainerConfig.from_dict({"MIN_LR": 1.5})
 

@@ -136,7 +136,7 @@ def copy_record_weights(theirs: nn.Module, ours: GPT, cfg: TrainerConfig) -> Non
 
 def model_pair(seed: int = 0, **knobs) -> tuple[nn.Module, GPT, TrainerConfig]:
     """The record's GPT and caddie's, same shape and weights; caddie's extras (BigramHash, SmearGate) off."""
-    base = dict(num_layers=7, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64, bigram_vocab_size=0,
+    base = dict(stack="2026-03-23", num_layers=7, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64, bigram_vocab_size=0,
                 smear_gate=False, xsa_last_n=7, qk_gain_init=5.0, mlp_mult=2.0, train_seq_len=32, eval_seq_len=32,
                 eval_stride=16, train_batch_tokens=64)
     base.update(knobs)
@@ -199,13 +199,13 @@ def test_looping_starts_at_the_records_training_fraction():
 
 def test_depth_recurrence_knobs_are_validated():
     with pytest.raises(ConfigError, match="LOOP_END"):
-        TrainerConfig.from_dict({"NUM_LOOPS": 2, "LOOP_START": 5, "LOOP_END": 3})
+        TrainerConfig.from_dict({"STACK": "2026-03-23", "NUM_LOOPS": 2, "LOOP_START": 5, "LOOP_END": 3})
     with pytest.raises(ConfigError, match="LOOP_END"):
-        TrainerConfig.from_dict({"NUM_LOOPS": 2, "LOOP_END": 11})
+        TrainerConfig.from_dict({"STACK": "2026-03-23", "NUM_LOOPS": 2, "LOOP_END": 11})
     with pytest.raises(ConfigError, match="NUM_LOOPS"):
-        TrainerConfig.from_dict({"NUM_LOOPS": 9})
-    TrainerConfig.from_dict({"LOOP_START": 5, "LOOP_END": 3})  # ignored while NUM_LOOPS=0
-    cfg = TrainerConfig.from_dict({"NUM_LOOPS": 2})
+        TrainerConfig.from_dict({"STACK": "2026-03-23", "NUM_LOOPS": 9})
+    TrainerConfig.from_dict({"STACK": "2026-03-23", "LOOP_START": 5, "LOOP_END": 3})  # ignored while NUM_LOOPS=0
+    cfg = TrainerConfig.from_dict({"STACK": "2026-03-23", "NUM_LOOPS": 2})
     assert block_order(cfg, True) == ([0, 1, 2, 3, 4, 5, 3, 4], [5, 3, 4, 5, 6, 7, 8, 9, 10])  # the record's 11-layer stack
 
 
@@ -358,8 +358,8 @@ def test_fused_softcapped_ce_equals_the_records_kernels(dtype):
 
 
 def test_fused_ce_model_loss_and_gradients_equal_the_unfused_ones():
-    cfg = dict(num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64, bigram_vocab_size=16,
-               bigram_dim=8, xsa_last_n=1, train_seq_len=16, eval_seq_len=16, eval_stride=8, train_batch_tokens=32)
+    cfg = dict(stack="2026-03-23", num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=8, vocab_size=64,
+               bigram_vocab_size=16, bigram_dim=8, xsa_last_n=1, train_seq_len=16, eval_seq_len=16, eval_stride=8, train_batch_tokens=32)
     torch.manual_seed(0)
     plain = GPT(TrainerConfig.from_dict(cfg))
     randomise(plain, 8)

@@ -253,13 +253,13 @@ def test_defaults_leave_the_quantiser_and_the_artifact_as_they_were(frontier_mod
 
 
 def test_frontier_quant_knobs_are_validated():
-    cfg = TrainerConfig.from_dict({"GPTQ": 1, "EMBED_BITS": 7, "LQER_ENABLED": 1, "ARTIFACT_CODEC": "pergroup", "QAT_ENABLED": 0,
-                                   "MATRIX_BITS": 5, "ATTN_GATE_INT8": 1})
+    cfg = TrainerConfig.from_dict({"STACK": "2026-03-23", "GPTQ": 1, "EMBED_BITS": 7, "LQER_ENABLED": 1, "ARTIFACT_CODEC": "pergroup",
+                                   "QAT_ENABLED": 0, "MATRIX_BITS": 5, "ATTN_GATE_INT8": 1})
     fq = FrontierQuant.from_config(cfg, {"x": torch.eye(2)})
     assert fq.hessians is not None and fq.embed_bits == 7 and fq.matrix_bits == 5 and fq.lqer_top_k == 3 and fq.gate_int8
     for bad in ({"EMBED_BITS": 9}, {"MATRIX_BITS": 1}, {"LQER_RANK": 0}, {"ARTIFACT_CODEC": "lrzip"}, {"MATRIX_BITS": 5}):
         with pytest.raises(ConfigError):
-            TrainerConfig.from_dict(bad)  # MATRIX_BITS=5 with late QAT (int6) on is refused too
+            TrainerConfig.from_dict({"STACK": "2026-03-23", **bad})  # MATRIX_BITS=5 with its late QAT (int6) on is refused too
 
 
 @pytest.mark.skipif(__import__("shutil").which("lrzip") is None, reason="lrzip binary not installed (apt-get install lrzip)")

@@ -27,6 +27,13 @@ def test_default_config_has_the_seed_stack_parameter_count():
     assert count_parameters(GPT(TrainerConfig())) == 26_829_913
 
 
+def test_default_stack_has_the_2026_04_27_records_parameter_count():
+    # A spec without STACK gets the 2026-04-27 stack. Its record's model_params is 35,945,671: that counts the
+    # parallel-lane weights of all 11 layers (parallel_resid_lambdas (11, 2), parallel_post_lambdas (11, 2, 2)),
+    # of which only layers 8-10 use theirs; caddie makes them only for those: 8 layers x 6 = 48 fewer.
+    assert count_parameters(GPT(TrainerConfig.from_dict({}))) == 35_945_671 - 8 * (2 + 2 * 2)
+
+
 def test_xsa_output_is_orthogonal_to_own_value_per_head_with_gqa():
     cfg = TrainerConfig(**TINY)
     torch.manual_seed(1)

@@ -9,7 +9,7 @@ import re
 import pytest
 from test_frontier import RECORD
 
-from trainer.config import DEFAULT_STACK, STACKS, ConfigError, TrainerConfig, artifact_settings
+from trainer.config import BASE_STACK, DEFAULT_STACK, STACKS, ConfigError, TrainerConfig, artifact_settings
 
 # the record's Hyperparameters (as its log prints them) -> caddie's knob
 RECORD_NAMES = {
@@ -85,10 +85,14 @@ def test_the_2026_04_27_preset_has_the_records_values():
     assert source.count("eval_stride") == 1 and cfg.eval_stride == 0  # defined, never used: its pre-TTT eval is the full split
 
 
-def test_2026_03_23_is_the_dataclass_defaults_and_the_default_stack():
-    assert DEFAULT_STACK == "2026-03-23" and STACKS["2026-03-23"] == {}
-    assert TrainerConfig.from_dict({}) == TrainerConfig() == TrainerConfig.for_stack("2026-03-23")
-    assert TrainerConfig().overrides() == {}
+def test_2026_04_27_is_the_default_stack_and_2026_03_23_the_dataclass_base():
+    # a spec, an env or a config file that names no STACK gets the final record's stack
+    assert DEFAULT_STACK == "2026-04-27" and BASE_STACK == "2026-03-23" and STACKS["2026-03-23"] == {}
+    assert TrainerConfig.from_dict({}) == TrainerConfig.from_env({}) == TrainerConfig.for_stack("2026-04-27")
+    assert TrainerConfig.from_dict({}).overrides() == {}
+    # the dataclass's own defaults are the 2026-03-23 stack, one knob away
+    assert TrainerConfig() == TrainerConfig.for_stack("2026-03-23") == TrainerConfig.from_dict({"STACK": "2026-03-23"})
+    assert TrainerConfig().overrides() == {"STACK": "2026-03-23"}
 
 
 def test_explicit_knobs_win_and_validation_sees_the_merged_config():
@@ -110,14 +114,18 @@ def test_every_preset_validates_and_round_trips_through_overrides_and_env():
         assert TrainerConfig.from_dict(cfg.overrides()) == cfg
         assert TrainerConfig.from_env(cfg.to_env()) == cfg
     cfg = TrainerConfig.from_dict({"STACK": "2026-04-27", "SEED": 7, "TTT_LORA_RANK": 96})
-    assert cfg.overrides() == {"STACK": "2026-04-27", "SEED": 7, "TTT_LORA_RANK": 96}  # only what differs from the preset
+    assert cfg.overrides() == {"SEED": 7, "TTT_LORA_RANK": 96}  # only what differs from the preset, the default
+    old = TrainerConfig.from_dict({"STACK": "2026-03-23", "SEED": 7, "VOCAB_SIZE": 4096})
+    assert old.overrides() == {"STACK": "2026-03-23", "SEED": 7, "VOCAB_SIZE": 4096}  # STACK unless the default
     assert TrainerConfig.from_dict(cfg.overrides()) == cfg
 
 
 def test_schema_offers_the_stacks_and_the_artifact_carries_the_preset_s_values():
     prop = TrainerConfig.json_schema()["properties"]["STACK"]
     assert prop["enum"] == list(STACKS) and prop["default"] == DEFAULT_STACK
-    assert TrainerConfig.json_schema()["properties"]["VOCAB_SIZE"]["x-stack-defaults"] == {"2026-04-27": 8192}
+    vocab = TrainerConfig.json_schema()["properties"]["VOCAB_SIZE"]
+    assert vocab["default"] == 8192 and vocab["x-stack-defaults"] == {"2026-03-23": 1024, "2026-04-27": 8192}
+    assert "x-stack-defaults" not in TrainerConfig.json_schema()["properties"]["NUM_LAYERS"]  # 11 in both
     # an artifact stores the resolved knobs, not the preset's name, so a later preset change cannot reinterpret it
     settings = artifact_settings(TrainerConfig.from_dict({"STACK": "2026-04-27"}))
     assert "STACK" not in settings["model"] and settings["model"]["NUM_LOOPS"] == 2 and settings["eval"]["TTT_MODE"] == "lora_phased"

@@ -19,7 +19,7 @@ from trainer.train import RESULT_KEYS, StepClock, artifact_accounting, content_f
 REPO = Path(__file__).resolve().parents[2]
 
 # 2 layers, dim 64, seq 64, batch 8 x 64 tokens: every feature of the stack on, a few steps.
-TINY = {"NUM_LAYERS": 2, "MODEL_DIM": 64, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "TRAIN_SEQ_LEN": 64, "EVAL_SEQ_LEN": 64,
+TINY = {"STACK": "2026-03-23", "NUM_LAYERS": 2, "MODEL_DIM": 64, "NUM_HEADS": 4, "NUM_KV_HEADS": 2, "TRAIN_SEQ_LEN": 64, "EVAL_SEQ_LEN": 64,
         "TRAIN_BATCH_TOKENS": 512, "GRAD_ACCUM_STEPS": 2, "ITERATIONS": 8, "WARMUP_STEPS": 1, "WARMDOWN_ITERS": 4,
         "MAX_WALLCLOCK_SECONDS": 0, "XSA_LAST_N": 1, "BIGRAM_VOCAB_SIZE": 128, "BIGRAM_DIM": 16, "ROPE_DIMS": 8,
         "VE_ENABLED": 1, "VE_DIM": 16, "VE_LAYERS": "1", "VAL_TOKENS_LIMIT": 2048, "EVAL_STRIDE": 32,

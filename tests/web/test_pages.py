@@ -22,6 +22,7 @@ PAGES = ["/runs", "/runs/new", "/compare", "/groups", "/leaderboard", "/usage", 
 
 def submit(b: Browser, world: World, who: str, **spec: object) -> list[int]:
     body = {"name": "baseline", "track": "10min_16mb", "hardware": "H100:8", "config": {}, "seeds": [1], **spec}
+    body["config"] = {"STACK": "2026-03-23", **body["config"]}  # the stack these tests' configs are written for (9 layers, ...)
     r = b.c.post("/api/v1/runs", json=body, headers=world.h(who))
     assert r.status_code == 201, r.text
     return [run["id"] for run in r.json()["runs"]]
@@ -209,10 +210,13 @@ def test_new_run_form_shows_the_servers_messages_next_to_their_fields(world: Wor
     r = b.post("/runs/new", {"name": "", "track": "nope", "hardware": "cpu"}, csrf_from="/runs/new")
     errors = dict(re.findall(r'<span class="field-error" data-field="([^"]+)">([^<]+)</span>', r.text))
     assert set(errors) == {"name"}  # pydantic first; the domain's checks run once the body is well-formed
-    r = b.post("/runs/new", {"name": "ok", "track": "unlimited", "hardware": "cpu", "seeds": "5", "config.NUM_LAYERS": "4", "config.MODEL_DIM": "512"}, csrf_from="/runs/new")
+    # The STACK select starts at the default stack; 4 layers need the seed stack (2026-04-27's XSA_LAST_N is 11).
+    assert re.search(r'<select id="k-STACK" name="config.STACK">[^/]*>2026-03-23</option><option selected>2026-04-27</option></select>', form)
+    r = b.post("/runs/new", {"name": "ok", "track": "unlimited", "hardware": "cpu", "seeds": "5", "config.STACK": "2026-03-23",
+                             "config.NUM_LAYERS": "4", "config.MODEL_DIM": "512"}, csrf_from="/runs/new")  # fmt: skip
     assert r.status_code == 303
     run = b.c.get("/api/v1" + r.headers["location"]).json()
-    assert run["spec"] == {"NUM_LAYERS": 4} and run["seed"] == 5 and run["status"] == "QUEUED"
+    assert run["spec"] == {"NUM_LAYERS": 4, "STACK": "2026-03-23"} and run["seed"] == 5 and run["status"] == "QUEUED"
 
 
 def test_leaderboard_publish_and_unpublish(world: World, browser_for, session: Session) -> None:

@@ -370,7 +370,7 @@ def test_wrapper_enforces_the_hard_timeout_without_a_worker(settings: Settings) 
 
 # A few steps of a 2-layer model with every feature of the stack on (CPU, seconds).
 TINY_TRAINER = {
-    "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64",
+    "STACK": "2026-03-23", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64",
     "TRAIN_BATCH_TOKENS": "512", "GRAD_ACCUM_STEPS": "2", "ITERATIONS": "6", "WARMUP_STEPS": "1", "WARMDOWN_ITERS": "3",
     "MAX_WALLCLOCK_SECONDS": "0", "XSA_LAST_N": "1", "BIGRAM_VOCAB_SIZE": "128", "BIGRAM_DIM": "16", "ROPE_DIMS": "8",
     "VAL_TOKENS_LIMIT": "2048", "EVAL_STRIDE": "32", "EVAL_BATCH_SEQS": "8", "TTT_CHUNK_TOKENS": "512", "TTT_EPOCHS": "1",

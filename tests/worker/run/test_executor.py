@@ -98,7 +98,7 @@ def events(maker, run_id: int) -> list[tuple[str | None, str]]:
 
 
 def test_a_run_succeeds_with_log_metrics_result_and_artifacts(maker, settings) -> None:
-    run_id = new_run(maker)
+    run_id = new_run(maker, {"STACK": "2026-03-23"})  # the sp1024 data
     assert go(maker, settings, run_id) == f"run {run_id} SUCCEEDED"
     with maker() as s:
         run = s.get(Run, run_id)

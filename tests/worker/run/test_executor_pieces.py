@@ -32,9 +32,12 @@ def test_decoding_keeps_the_byte_length() -> None:
 
 
 def test_job_env_is_the_runs_knobs_and_seed_and_the_data_variant_follows_the_vocabulary() -> None:
-    run = SimpleNamespace(spec={"NUM_LAYERS": 5, "TTT_ENABLED": False}, seed=42)
-    assert job_env(run) == {"NUM_LAYERS": "5", "TTT_ENABLED": "0", "SEED": "42"}
+    run = SimpleNamespace(spec={"STACK": "2026-03-23", "NUM_LAYERS": 5, "TTT_ENABLED": False}, seed=42)
+    assert job_env(run) == {"STACK": "2026-03-23", "NUM_LAYERS": "5", "TTT_ENABLED": "0", "SEED": "42"}
     assert data_variant(run) == "sp1024"
     assert data_variant(SimpleNamespace(spec={"VOCAB_SIZE": 4096}, seed=1)) == "sp4096"
+    # a spec that names no STACK is the default stack's (2026-04-27, SP8192): its env names none either
+    assert data_variant(SimpleNamespace(spec={}, seed=1)) == "sp8192"
+    assert job_env(SimpleNamespace(spec={"NUM_LAYERS": 11}, seed=1)) == {"SEED": "1"}
     with pytest.raises(ConfigError):
         job_env(SimpleNamespace(spec={"NUM_LAYERS": -1}, seed=1))
