@@ -133,7 +133,9 @@ def _pick(rng: random.Random, spread: list[tuple[str, float]]) -> str:
 def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, list[int]], rng: random.Random, queued: int | None = None, sizes: bool = False):
     """Yield COPY rows for ``n`` runs in groups of 1-3 seeds, oldest first. ``queued``: exactly
     that many are QUEUED (the newest ones, as a real backlog), else 6 % of them spread over the history."""
+    from service.runs.size_check import packed_bytes
     from service.runs.spec import NormalisedSpec
+    from trainer.config import TrainerConfig
 
     team_ids, weights = [t for t, _ in teams], [w for _, w in teams]
     spread = STATUS_SPREAD if queued is None else [(k, w) for k, w in STATUS_SPREAD if k != "QUEUED"]
@@ -149,6 +151,7 @@ def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, l
         config = {"NUM_LAYERS": rng.choice([9, 10, 11, 12]), "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)}
         track = "10min_16mb" if rng.random() < 0.85 else "unlimited"
         group_key = NormalisedSpec(config=dict(sorted(config.items())), track=track, hardware="H100:8").group_key(team)
+        packed = packed_bytes(TrainerConfig.from_dict(dict(config))) if sizes else 0
         name = f"{rng.choice(['baseline', 'xsa', 'bigram', 'ttt', 'muon-lr', 'smear'])}-{group_no}"
         notes = rng.choice(["", "", "sweep of the learning rate", "seed stack with a wider MLP", "retry after preemption"])
         for seed in SEEDS[: rng.choice([1, 1, 3, 3, 3, 2])]:
@@ -168,8 +171,9 @@ def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, l
                 0 if rng.random() < 0.95 else 1, submitted, started, done_at,
                 bpb, round(bpb * 1.69, 5) if ok else None, round(bpb + 0.02, 5) if ok else None,
                 rng.randint(15_500_000, 15_999_000) if ok else None, 0 if not ok else rng.randint(20_000, 90_000) * 10,
-                # --sizes: what a finished run records of its artifact, the size check's figures (ratios and code sizes)
-                rng.randint(15_400_000, 15_900_000) if ok and sizes else None, rng.randint(50_000, 120_000) if ok and sizes else None,
+                # --sizes: what a finished run records of its artifact (compressed 0.55-0.60 of its packed weights, as the
+                # records' codecs do), the size check's figures (ratios and code sizes)
+                round(packed * rng.uniform(0.55, 0.60)) if ok and sizes else None, rng.randint(50_000, 120_000) if ok and sizes else None,
             )
 
 
