@@ -56,6 +56,8 @@ STACKS: dict[str, dict[str, Any]] = {
         "MLP_CLIP_SIGMAS": 11.5, "EMBED_CLIP_SIGMAS": 14.0, "EMBED_BITS": 7, "ATTN_GATE_INT8": True, "LQER_ENABLED": True,
         "LQER_RANK": 4, "LQER_TOP_K": 3, "LQER_ASYM": True, "LQER_ASYM_GROUP": 64, "ARTIFACT_CODEC": "pergroup",
         "PERGROUP_BACKEND": "lrzip",
+        # caddie's own: the artifact carries the knobs that shape it (~0.6 kB), so it evaluates alone (item 7)
+        "ARTIFACT_SETTINGS": True,
         # evaluation: non-overlapping windows before TTT (it never runs its EVAL_STRIDE), then phased LoRA TTT,
         # whose phases' whole-model SGD is its GLOBAL_TTT_* (LR 0.001, 1 epoch)
         "EVAL_STRIDE": 0, "TTT_MODE": "lora_phased", "TTT_LORA_RANK": 80, "TTT_LORA_LR": 1e-4, "TTT_LORA_BETA2": 0.99,

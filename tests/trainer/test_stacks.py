@@ -90,6 +90,8 @@ def test_2026_04_27_is_the_default_stack_and_2026_03_23_the_dataclass_base():
     assert DEFAULT_STACK == "2026-04-27" and BASE_STACK == "2026-03-23" and STACKS["2026-03-23"] == {}
     assert TrainerConfig.from_dict({}) == TrainerConfig.from_env({}) == TrainerConfig.for_stack("2026-04-27")
     assert TrainerConfig.from_dict({}).overrides() == {}
+    # its artifact carries the knobs that shape it, so EVAL_ARTIFACT evaluates it alone (item 7)
+    assert TrainerConfig.from_dict({}).artifact_settings and not TrainerConfig().artifact_settings
     # the dataclass's own defaults are the 2026-03-23 stack, one knob away
     assert TrainerConfig() == TrainerConfig.for_stack("2026-03-23") == TrainerConfig.from_dict({"STACK": "2026-03-23"})
     assert TrainerConfig().overrides() == {"STACK": "2026-03-23"}
