@@ -43,7 +43,7 @@ minute, so its ms/step comes from the cumulative tok/s it prints with each step.
 
 Usage:
     python bench/vs_reference.py corpus --out .bench_data              # on any machine
-    python bench/vs_reference.py corpus --out .bench8192 --vocab-size 8192   # for --profile 2026-04-27
+    python bench/vs_reference.py corpus --out .bench8192 --vocab-size 8192 --join-chars 4000   # for --profile 2026-04-27
     python bench/vs_reference.py run --data .bench_data --ref ../shared/reference \\
         --steps 30,200,600 --seeds 1337,42 --batch 196608 --out /tmp/vsref   # on the GPU
     python bench/vs_reference.py report --results DIR...     # a markdown table of every run found
@@ -134,6 +134,22 @@ def gather_documents(max_bytes: int, workers: int) -> list[str]:
     return unique
 
 
+def join_documents(docs: list[str], min_chars: int) -> list[str]:
+    """Consecutive documents joined until each holds at least ``min_chars``: docstrings are far shorter
+    than FineWeb's documents, and the 2026-04-27 record's per-document attention compiles for at most
+    256 documents a micro-batch (98,304 tokens of docstrings hold ~500; it fails a device assert)."""
+    out: list[str] = []
+    cur: list[str] = []
+    for d in docs:
+        cur.append(d)
+        if sum(len(c) for c in cur) >= min_chars:
+            out.append("\n\n".join(cur))
+            cur = []
+    if cur:
+        out.append("\n\n".join(cur))
+    return out
+
+
 def build_corpus_cmd(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -142,6 +158,8 @@ def build_corpus_cmd(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     docs = gather_documents(args.max_mb * 1_000_000, args.workers)
     random.Random(0).shuffle(docs)  # val (the first docs) and train from one distribution
+    if args.join_chars:
+        docs = join_documents(docs, args.join_chars)
     paths = build_corpus(docs, args.out, args.vocab_size, val_fraction=args.val_fraction, threads=args.workers, shard_tokens=args.shard_tokens)
     val = np.concatenate([read_shard(f) for f in paths.val_files])[:args.val_tokens]
     for f in paths.val_files:
@@ -325,6 +343,8 @@ def main() -> None:
     c.add_argument("--val-fraction", type=float, default=0.05)
     c.add_argument("--val-tokens", type=int, default=1_048_577)
     c.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    c.add_argument("--join-chars", type=int, default=0, help="join consecutive documents into ones of at least this many characters "
+                   "(4000 for --profile 2026-04-27: FineWeb-like document lengths)")
     c.add_argument("--vocab-size", type=int, default=1024, help="the SentencePiece BPE's vocabulary (8192 for --profile 2026-04-27)")
     r = sub.add_parser("run")
     r.add_argument("--data", default=".bench_data")
