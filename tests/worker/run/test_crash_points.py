@@ -35,7 +35,7 @@ from worker.launchers.local import LocalLauncher
 from worker.run.executor import execute_run
 
 REPO = Path(__file__).resolve().parents[3]
-STAND_IN_LOG = ("seed:5 data:./data/datasets/fineweb10B_sp1024\n"
+STAND_IN_LOG = ("seed:5 data:./data/datasets/fineweb10B_sp8192\n"
                 "step:1/2 train_loss:5.5000 train_time:10ms step_avg:10.00ms\n"
                 "step:2/2 val_loss:4.2000 val_bpb:2.5000 train_time:20ms step_avg:10.00ms\n")  # fmt: skip
 

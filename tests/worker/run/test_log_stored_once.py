@@ -22,6 +22,6 @@ def test_an_ended_runs_log_is_stored_once_up_to_the_cap_and_its_folder_copy_is_g
     with maker() as s:
         run = s.get_one(Run, run_id)
         stored = whole_log(s, run_id, LocalArtifactStore(settings.home / "artifacts"))
-        assert stored == b"seed:5 data:./data/datasets/fineweb10B_sp1024\n" and run.log_truncated_at == len(stored)
+        assert stored == b"seed:5 data:./data/datasets/fineweb10B_sp8192\n" and run.log_truncated_at == len(stored)
         assert run.log_bytes > len(stored) and run.val_bpb == 2.5  # the rest was read for its figures, not kept
         assert archive_row(s, run_id) is not None and s.scalar(select(func.count()).select_from(LogChunk).where(LogChunk.run_id == run_id)) == 0
