@@ -153,7 +153,9 @@ def ensure_group(session: Session, key: str, team_id: int, name: str, normal: No
     """Insert the group row unless it exists; concurrent first submissions both succeed."""
     values = dict(key=key, team_id=team_id, name=name, track=normal.track, hardware=normal.hardware, kind=normal.kind,
                   config=normal.config, allow_noncompliant=normal.allow_noncompliant, created_at=now)
-    session.execute(_GROUP_INSERT[session.get_bind().dialect.name], values)
+    # On the session's connection, not session.execute: the ORM would wrap the dialect's insert in a class
+    # SQLAlchemy does not cache (SAWarning "AnnotatedInsert ... compilation caching"), compiling it on every submit.
+    session.connection().execute(_GROUP_INSERT[session.get_bind().dialect.name], values)
 
 
 # Built once with bound values: SQLAlchemy reuses its cache key and compiled form (every keyed submit asks).
