@@ -36,9 +36,9 @@ The newest record (issue 22, item 4): ``--profile 2026-04-27`` runs
 challenge's records folder) with the knobs of its README's command, CaseOps off (the bench
 corpus is plain SP8192) and TTT off, beside caddie's ``STACK=2026-04-27``; both warm down
 over the last 85% of the steps to MIN_LR 0.1 and start looping at 35%, as the record does
-without a wallclock cap. Its FlashAttention 3 comes from ``--fa3`` (the stand-in in
-``../shared/reference``: cuDNN SDPA, FlexAttention for the per-document varlen call); its
-per-group compressor needs ``lrzip`` on PATH. Its log prints train_time in tenths of a
+without a wallclock cap. Its FlashAttention 3 comes from ``--fa3 bench/fa3_standin`` (cuDNN SDPA,
+FlexAttention for the per-document varlen call, with the record's padded cu_seqlens; the stand-in in
+``../shared/reference`` fails on those pads); its per-group compressor needs ``lrzip`` on PATH. Its log prints train_time in tenths of a
 minute, so its ms/step comes from the cumulative tok/s it prints with each step.
 
 Usage:
@@ -135,9 +135,8 @@ def gather_documents(max_bytes: int, workers: int) -> list[str]:
 
 
 def join_documents(docs: list[str], min_chars: int) -> list[str]:
-    """Consecutive documents joined until each holds at least ``min_chars``: docstrings are far shorter
-    than FineWeb's documents, and the 2026-04-27 record's per-document attention compiles for at most
-    256 documents a micro-batch (98,304 tokens of docstrings hold ~500; it fails a device assert)."""
+    """Consecutive documents joined until each holds at least ``min_chars``: docstrings (~200 tokens) are
+    far shorter than FineWeb's documents, and per-document attention's cost depends on their lengths."""
     out: list[str] = []
     cur: list[str] = []
     for d in docs:
@@ -350,7 +349,8 @@ def main() -> None:
     r.add_argument("--data", default=".bench_data")
     r.add_argument("--ref", default=str(REPO.parent / "shared" / "reference"),
                    help="the record's folder (holding train_gpt.py), or a folder holding the profile's record")
-    r.add_argument("--fa3", default=str(REPO.parent / "shared" / "reference"), help="the folder of the FlashAttention 3 stand-in (flash_attn_interface.py)")
+    r.add_argument("--fa3", default=str(REPO / "bench" / "fa3_standin"),
+                   help="the folder of the FlashAttention 3 stand-in (flash_attn_interface.py); the 2026-03-23 record runs on ../shared/reference's too")
     r.add_argument("--profile", default="2026-03-23", choices=sorted(PROFILES), help="which record, with its knobs, runs as the reference")
     r.add_argument("--steps", default="30,200,600")
     r.add_argument("--seeds", default="1337")
