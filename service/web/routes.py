@@ -62,7 +62,7 @@ from service.teams.tokens import Principal
 from service.web import charts, session as web_session
 from service.webhooks import history as webhook_history
 from service.webhooks.address import masked as masked_webhook
-from trainer.config import TrainerConfig
+from trainer.config import DEFAULT_STACK, STACKS, TrainerConfig
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -264,26 +264,43 @@ def _shown(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _new_run_page(request: Request, user: Principal, values: dict[str, str], errors: dict[str, list[str]], status_code: int = 200) -> HTMLResponse:
+def stack_defaults(stack: str) -> dict[str, str]:
+    """Every knob's default under a STACK preset, as the form shows it (env names)."""
+    cfg = TrainerConfig.for_stack(stack if stack in STACKS else DEFAULT_STACK)
+    return {TrainerConfig.env_name(f): _shown(getattr(cfg, f.name)) for f in TrainerConfig.knobs()}
+
+
+def _new_run_page(request: Request, user: Principal, values: dict[str, str], errors: dict[str, list[str]], status_code: int = 200,
+                  stack: str = DEFAULT_STACK) -> HTMLResponse:
     settings = request.app.state.settings
+    # The knobs show the chosen stack's defaults; caddie.js re-shows the untouched ones when STACK changes and
+    # moves shown_stack with them, so the submit can tell a knob left alone from one set.
+    stack = values.get("shown_stack", stack) if values.get("shown_stack") in STACKS else stack
+    every = {s: stack_defaults(s) for s in STACKS}
+    differ = {name: {s: every[s][name] for s in STACKS} for name in every[stack] if name != "STACK" and len({every[s][name] for s in STACKS}) > 1}
     return render(request, "new_run.html", user, status_code=status_code, groups=knob_fields(), values=values, errors=errors,
-                  shown=_shown, tracks=settings.track_choices, hardware=settings.hardware_choices,
-                  teams=sorted(user.team_names.values()), settings=settings)
+                  shown=_shown, tracks=settings.track_choices, hardware=settings.hardware_choices, stack=stack,
+                  defaults=every[stack], help_defaults={**every[stack], "STACK": DEFAULT_STACK}, stack_defaults=differ, teams=sorted(user.team_names.values()), settings=settings)
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_form(request: Request, user: User) -> HTMLResponse:
-    return _new_run_page(request, user, {}, {})
+def new_run_form(request: Request, user: User, stack: str = DEFAULT_STACK) -> HTMLResponse:
+    return _new_run_page(request, user, {}, {}, stack=stack if stack in STACKS else DEFAULT_STACK)
 
 
 def _spec_from_form(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The run spec a form describes; knobs left at their default are left out (the API drops them too)."""
+    """The run spec a form describes. A knob equal to the default the form showed it at (the ``shown_stack``
+    preset's) is left out, as the API drops defaults, so the chosen STACK's preset fills it; STACK itself
+    is sent whenever it is not the default stack."""
     errors: dict[str, list[str]] = {}
     config: dict[str, Any] = {}
+    shown = stack_defaults(form.get("shown_stack", DEFAULT_STACK))
     for _, knobs in knob_fields():
-        for name, prop in knobs:
+        for name, _prop in knobs:
             raw = form.get(f"config.{name}")
-            if raw is None or raw.strip() == "" or raw.strip() == _shown(prop["default"]):
+            if raw is None or raw.strip() == "":
+                continue
+            if name == "STACK" and raw.strip() == DEFAULT_STACK or name != "STACK" and raw.strip() == shown.get(name):
                 continue
             config[name] = raw.strip()  # the trainer coerces and checks strings itself (as for env vars)
     body: dict[str, Any] = {"name": form.get("name", "").strip(), "notes": form.get("notes", ""), "track": form.get("track", ""),

@@ -185,6 +185,19 @@ def test_a_form_error_is_shown_next_to_its_field(page: Any) -> None:
     page.screenshot(path=str(SHOTS / "05-form-error.png"))  # the viewport around the field
 
 
+def test_choosing_a_stack_shows_its_defaults_and_keeps_what_was_typed(page: Any) -> None:
+    page.goto("/runs/new")
+    assert page.input_value("#k-VOCAB_SIZE") == "8192" and page.input_value("#k-XSA_LAST_N") == "11"  # the default stack
+    page.fill("#k-XSA_LAST_N", "6")
+    page.select_option("#k-STACK", "2026-03-23")
+    # untouched knobs now show the 2026-03-23 stack's defaults; the one typed stays
+    assert page.input_value("#k-VOCAB_SIZE") == "1024" and page.input_value("#k-TTT_EPOCHS") == "3"
+    assert page.input_value("#k-XSA_LAST_N") == "6" and page.input_value("#shown-stack") == "2026-03-23"
+    assert page.inner_text("#k-VOCAB_SIZE ~ .help .knob-default") == "1024"
+    page.select_option("#k-STACK", "2026-04-27")
+    assert page.input_value("#k-VOCAB_SIZE") == "8192" and page.input_value("#k-XSA_LAST_N") == "6"
+
+
 def test_cancel_a_running_run(page: Any, web_stack: Stack) -> None:
     [run_id] = web_stack.submit({**TINY, "ITERATIONS": 5000}, seed=8, name="to-cancel")
     page.goto(f"/runs/{run_id}")

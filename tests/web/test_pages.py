@@ -217,6 +217,15 @@ def test_new_run_form_shows_the_servers_messages_next_to_their_fields(world: Wor
     assert r.status_code == 303
     run = b.c.get("/api/v1" + r.headers["location"]).json()
     assert run["spec"] == {"NUM_LAYERS": 4, "STACK": "2026-03-23"} and run["seed"] == 5 and run["status"] == "QUEUED"
+    # A form showing the 2026-03-23 stack's defaults (?stack=, or caddie.js after the STACK select moved):
+    # a knob at what it showed is left to the preset, a knob typed at the other stack's default is kept.
+    seed_form = b.c.get("/runs/new?stack=2026-03-23").text
+    assert 'name="shown_stack" id="shown-stack" value="2026-03-23"' in seed_form and "<option selected>2026-03-23</option>" in seed_form
+    assert re.search(r'name="config.VOCAB_SIZE" data-stack-defaults="[^"]*" type="number" step="1"\s+min="16" max="65536" value="1024"', seed_form)
+    r = b.post("/runs/new", {"name": "seed", "track": "unlimited", "hardware": "cpu", "seeds": "6", "shown_stack": "2026-03-23",
+                             "config.STACK": "2026-03-23", "config.VOCAB_SIZE": "1024", "config.TTT_EPOCHS": "1"}, csrf_from="/runs/new")  # fmt: skip
+    assert r.status_code == 303, r.text
+    assert b.c.get("/api/v1" + r.headers["location"]).json()["spec"] == {"STACK": "2026-03-23", "TTT_EPOCHS": 1}
 
 
 def test_leaderboard_publish_and_unpublish(world: World, browser_for, session: Session) -> None:

@@ -142,7 +142,27 @@
     });
   }
 
+  // --- new run: STACK re-shows the knobs' defaults ------------------------------------------------
+  // Each knob whose default differs between stacks carries them (data-stack-defaults); a knob still at
+  // the shown stack's default moves to the new one's, a knob the user changed stays. shown-stack tells
+  // the server which defaults the form now shows (service/web/routes.py's _spec_from_form).
+  function followStack(select, shownStack) {
+    select.addEventListener("change", function () {
+      const from = shownStack.value, to = select.value;
+      document.querySelectorAll("[data-stack-defaults]").forEach(function (el) {
+        const defaults = JSON.parse(el.dataset.stackDefaults);
+        const atDefault = el.value === defaults[from];
+        if (atDefault && el !== select) el.value = defaults[to];
+        const shown = el.closest(".field") && el.closest(".field").querySelector(".knob-default");
+        if (shown) shown.textContent = defaults[to];
+      });
+      shownStack.value = to;
+    });
+  }
+
   drawCharts();
+  const stackSelect = document.getElementById("k-STACK"), shownStack = document.getElementById("shown-stack");
+  if (stackSelect && shownStack) followStack(stackSelect, shownStack);
   const run = document.getElementById("run");
   if (run) followRun(run);
   const runs = document.getElementById("runs-table");
