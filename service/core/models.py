@@ -394,14 +394,17 @@ class StoredQueueEstimate(Base):
     replaces every row at once, and a run deleted meanwhile must not fail the write."""
 
     __tablename__ = "queue_estimates"
-    # GET /queue pages through the forecast in start order (start, position, id).
-    __table_args__ = (Index("ix_queue_estimates_start", "estimated_start_at", "position", "run_id"),)
+    # GET /queue reads a page as ``limit`` index rows after a cursor (rank; a member's: its team's).
+    __table_args__ = (Index("ix_queue_estimates_rank", "rank"), Index("ix_queue_estimates_team_id_rank", "team_id", "rank"))
 
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     position: Mapped[int | None] = mapped_column(Integer)
     estimated_start_at: Mapped[datetime | None]
     reason: Mapped[str] = mapped_column(Text)
     made_at: Mapped[datetime]
+    # The run's place in GET /queue's order over every team (start, position, id), 1 first; NULL on the marker.
+    rank: Mapped[int | None] = mapped_column(Integer)
+    team_id: Mapped[int | None] = mapped_column(Integer)  # the run's team, so a member's page reads only its rows
 
 
 class Sweep(Base):

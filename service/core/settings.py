@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     queue_forecast_max_starts: int = Field(200, ge=1, description="Queue forecasts (service/queue/positions.py): each simulated start re-runs the policy over the whole queue, so the forecast stops after this many starts ('beyond the horizon') ...")
     queue_forecast_interval_s: float = Field(10.0, gt=0, description="The control worker computes the forecast every this many seconds and stores it (queue_estimates) for every API replica to read (worker/control/forecast.py, service/queue/stored.py) ...")
     queue_forecast_stale_s: float = Field(60.0, gt=0, description="... an API trusts a stored forecast younger than this; older (worker down) or none, it computes one itself, as below, and logs that it does ...")
-    queue_forecast_inline_max: int = Field(1000, ge=0, description="... and a run the stored forecast lacks (submitted or requeued since) is forecast in the API only while the queue is this small (cheap); past it, it waits for the next stored one.")
+    queue_forecast_inline_max: int = Field(1000, ge=0, description="... and a run the stored forecast lacks (submitted or requeued since) is forecast in the API only while the queue is this small (cheap); past it, it waits for the next stored one, and GET /queue answers from the stored forecast however old (its age in X-Queue-Forecast-Age-S): no request forecasts a long queue.")
     queue_forecast_ttl_s: float = Field(10.0, ge=0, description="An API computing the forecast itself reuses it for this many seconds (0: every request computes it).")
 
     # --- worker: broker and the executor's loop --------------------------------------

@@ -19,8 +19,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, TypeVar, Unpack
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from service.core.models import Run, StoredQueueEstimate, Team, User, utcnow
@@ -34,6 +35,11 @@ from service.teams.tokens import Principal
 
 def queue_estimates(session: Session, settings: Settings, now: datetime | None = None) -> dict[int, QueueEstimate]:
     """An estimate for every queued run, keyed by run id."""
+    return queue_forecast(session, settings, now)[0]
+
+
+def queue_forecast(session: Session, settings: Settings, now: datetime | None = None) -> tuple[dict[int, QueueEstimate], dict[int, int]]:
+    """An estimate for every queued run, keyed by run id, and each queued run's team id."""
     now = now or utcnow()
     state = load_queue_state(
         session,
@@ -42,9 +48,10 @@ def queue_estimates(session: Session, settings: Settings, now: datetime | None =
         retry_backoff_s=settings.retry_backoff_s,
         run_overhead_s=settings.run_overhead_s,
     )
-    return forecast_queue(state.queued, state.running, state.usage, settings.capacity_table, now=now,
-                          not_before=state.not_before, expected_run_hours=settings.expected_run_hours,
-                          max_starts=settings.queue_forecast_max_starts)  # fmt: skip
+    estimates = forecast_queue(state.queued, state.running, state.usage, settings.capacity_table, now=now,
+                               not_before=state.not_before, expected_run_hours=settings.expected_run_hours,
+                               max_starts=settings.queue_forecast_max_starts)  # fmt: skip
+    return estimates, {q.id: q.team_id for q in state.queued}
 
 
 # Run lists (GET /runs) share one forecast per database and settings for queue_forecast_ttl_s:
@@ -124,9 +131,21 @@ def _fresh(forecast: stored.StoredForecast | None, settings: Settings) -> stored
     return None
 
 
-def _not_yet_forecast(run_id: int, made_at: datetime, settings: Settings) -> QueueEstimate:
+def _say_stale(forecast: stored.StoredForecast | None, settings: Settings) -> None:
+    """Log, at most once a minute, that GET /queue answers from a stale forecast (or none) of a long queue."""
+    if _clock() - _last_said[0] >= 60:
+        _last_said[0] = _clock()
+        age = "none is stored" if forecast is None else f"the stored one is from {forecast.made_at:%Y-%m-%d %H:%M:%S} UTC"
+        log.warning("no queue forecast newer than %.0f s in the database (%s; is the control worker's beat running?): "
+                    "GET /queue answers from it, a queue this long is not forecast on a request", settings.queue_forecast_stale_s, age)  # fmt: skip
+
+
+def _not_yet_forecast(run_id: int, made_at: datetime | None, settings: Settings) -> QueueEstimate:
     """A run the stored forecast lacks (submitted or requeued after it was made), in a queue too long to forecast here."""
-    return QueueEstimate(run_id, None, None, f"queued after the latest queue forecast ({made_at:%H:%M:%S} UTC); "
+    if made_at is None:
+        return QueueEstimate(run_id, None, None, "no queue forecast is stored yet (is the control worker's beat running?); "
+                             f"its place comes with the first one, every {settings.queue_forecast_interval_s:g} s")  # fmt: skip
+    return QueueEstimate(run_id, None, None, f"{NOT_YET} ({made_at:%H:%M:%S} UTC); "
                          f"its place comes with the next one, within {settings.queue_forecast_interval_s:g} s")  # fmt: skip
 
 
@@ -176,43 +195,112 @@ class QueueItem:
     estimate: QueueEstimate
 
 
-def list_queue(session: Session, principal: Principal, settings: Settings, team: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[QueueItem]:
-    """The caller's teams' queued runs (a global admin: every team's), soonest expected start first;
-    runs not expected to start last. One page: ``limit`` items after the first ``offset``.
+@dataclass(frozen=True)
+class QueuePage:
+    items: list[QueueItem]
+    next_cursor: str | None  # pass as ``after`` for the next page; None: this is the last one
+    forecast_made_at: datetime | None  # the stored forecast the page is read from; None: computed here (a short queue)
 
-    Filters on status, not on a list of ids (one bind parameter per queued run failed past
-    PostgreSQL's 65,535). With a fresh stored forecast the page is sorted and cut in SQL.
+
+Q = TypeVar("Q", bound=Select[Unpack[tuple[Any, ...]]])  # any select, whatever its columns
+
+# A cursor is the last item's place: "r<rank>" in the forecast's order, or "n<run id>" among
+# the runs queued since the forecast was made (listed after every forecast run, by id).
+CURSOR_PATTERN = r"^(r|n)[0-9]{1,12}$"
+
+
+def list_queue(session: Session, principal: Principal, settings: Settings, team: str | None = None, *,
+               limit: int = 1000, after: str | None = None, offset: int = 0) -> QueuePage:  # fmt: skip
+    """The caller's teams' queued runs (a global admin: every team's), soonest expected start first;
+    runs not expected to start last, then runs the stored forecast does not have yet (queued since).
+    One page: ``limit`` items after the cursor ``after`` (and the first ``offset`` of those).
+
+    A page is ``limit`` rows of the stored forecast's rank index (a member's: of its teams'), joined
+    to their runs by primary key, whatever the queue's length. The stored forecast answers even when
+    older than queue_forecast_stale_s (the page says how old); only a short queue (at most
+    queue_forecast_inline_max runs) is forecast here instead, when the stored one is stale or lacks a run.
     """
-    query = (
+    forecast = stored.read_forecast(session)  # the marker only: one primary-key read
+    short = forecast.size < settings.queue_forecast_inline_max if forecast is not None else _queued_at_most(session, settings.queue_forecast_inline_max)
+    if short and _fresh(forecast, settings) is None:
+        return _computed_page(session, principal, settings, team, limit, after, offset)
+    if forecast is None or (utcnow() - forecast.made_at).total_seconds() > settings.queue_forecast_stale_s:
+        _say_stale(forecast, settings)
+    page = _stored_page(session, principal, settings, team, limit, after, offset, forecast)
+    if short and any(item.estimate.position is None and item.estimate.reason.startswith(NOT_YET) for item in page.items):
+        return _computed_page(session, principal, settings, team, limit, after, offset)  # cheap enough to forecast the new runs here
+    return page
+
+
+NOT_YET = "queued after the latest queue forecast"
+
+
+def _queued_at_most(session: Session, n: int) -> bool:
+    """Whether at most ``n`` runs are queued (reads at most n + 1 index entries)."""
+    return len(session.scalars(select(Run.id).where(Run.status == RunStatus.QUEUED.value).limit(n + 1)).all()) <= n
+
+
+def _visible(query: Q, team_id: Any, principal: Principal, team: str | None) -> Q:
+    """``query`` kept to the caller's teams (a global admin: every team), and to ``team`` if named."""
+    if not principal.is_admin:
+        query = query.where(team_id.in_(sorted(principal.roles)))
+    if team:
+        query = query.where(team_id == select(Team.id).where(Team.name == team).scalar_subquery())
+    return query
+
+
+def _stored_page(session: Session, principal: Principal, settings: Settings, team: str | None, limit: int,
+                 after: str | None, offset: int, forecast: stored.StoredForecast | None) -> QueuePage:  # fmt: skip
+    E = StoredQueueEstimate
+    items: list[QueueItem] = []
+    after = after or "r0"
+    if after.startswith("r") and forecast is not None:
+        keys = _visible(select(E.run_id, E.rank, E.position, E.estimated_start_at, E.reason).where(E.rank > int(after[1:])), E.team_id, principal, team)
+        keys_q = keys.order_by(E.rank).offset(offset).limit(limit).subquery()
+        rows = sorted(session.execute(
+            select(keys_q, Run.name, Run.status, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
+            .outerjoin(Run, Run.id == keys_q.c.run_id)
+            .outerjoin(Team, Team.id == Run.team_id)
+            .outerjoin(User, User.id == Run.user_id)
+        ).all(), key=lambda r: r.rank)  # sorted here, not in SQL: a page's rows, not the queue
+        # A run started or cancelled since the forecast keeps its row until the next one: skipped,
+        # but the cursor moves past it (a page may hold fewer items than rows read).
+        items = [QueueItem(r.run_id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at,
+                           QueueEstimate(r.run_id, r.position, r.estimated_start_at, r.reason))
+                 for r in rows if r.status == RunStatus.QUEUED.value]  # fmt: skip
+        if len(rows) == limit:
+            return QueuePage(items, f"r{rows[-1].rank}", forecast.made_at)
+        if offset and not rows:  # the offset went past the forecast's runs: the rest of it skips new ones
+            offset -= session.scalar(_visible(select(func.count()).where(E.rank > int(after[1:])), E.team_id, principal, team)) or 0
+        after, offset, limit = "n0", 0 if rows else offset, limit - len(rows)
+    # The runs the forecast does not have (queued since it was made; every queued run if none is stored), by id.
+    new_after = int(after[1:]) if after.startswith("n") else 0
+    query = _visible(
         select(Run.id, Run.name, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
         .join(Team, Team.id == Run.team_id)
         .join(User, User.id == Run.user_id)
-        .where(Run.status == RunStatus.QUEUED.value)
-    )
-    if not principal.is_admin:
-        query = query.where(Run.team_id.in_(sorted(principal.roles)))
-    if team:
-        query = query.where(Team.name == team)
-    forecast = _fresh_stored(session, settings)
-    if forecast is not None:
-        # The stored forecast pages in SQL: one page read, whatever the queue's length.
-        E = StoredQueueEstimate
-        page = session.execute(
-            query.add_columns(E.position, E.estimated_start_at, E.reason.label("estimated_reason"))
-            .outerjoin(E, E.run_id == Run.id)
-            .order_by(E.estimated_start_at.is_(None), E.estimated_start_at, func.coalesce(E.position, 0), Run.id)
-            .offset(offset)
-            .limit(limit)
-        ).all()
-        lacking = any(r.estimated_reason is None for r in page)
-        if not (lacking and forecast.size < settings.queue_forecast_inline_max):  # else: a small queue, forecast here
-            return [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at,
-                              QueueEstimate(r.id, r.position, r.estimated_start_at, r.estimated_reason)
-                              if r.estimated_reason is not None else _not_yet_forecast(r.id, forecast.made_at, settings))
-                    for r in page]  # fmt: skip
+        .where(Run.status == RunStatus.QUEUED.value, Run.id > new_after, ~exists().where(E.run_id == Run.id)),
+        Run.team_id, principal, team,
+    )  # fmt: skip
+    new = session.execute(query.order_by(Run.id).offset(offset).limit(limit)).all()
+    made_at = forecast.made_at if forecast is not None else None
+    items += [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at, _not_yet_forecast(r.id, made_at, settings)) for r in new]
+    return QueuePage(items, f"n{new[-1].id}" if len(new) == limit else None, made_at)
+
+
+def _computed_page(session: Session, principal: Principal, settings: Settings, team: str | None, limit: int, after: str | None, offset: int) -> QueuePage:
+    """A short queue's page, forecast in this process (reused for queue_forecast_ttl_s); the cursor is the caller's own rank."""
+    query = _visible(
+        select(Run.id, Run.name, Team.name.label("team"), User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at)
+        .join(Team, Team.id == Run.team_id)
+        .join(User, User.id == Run.user_id)
+        .where(Run.status == RunStatus.QUEUED.value),
+        Run.team_id, principal, team,
+    )  # fmt: skip
     rows = session.execute(query).all()
     estimates = _recent_estimates(session, settings, {r.id for r in rows}) if rows else {}
     items = [QueueItem(r.id, r.name, r.team, r.user, r.hardware, r.priority, r.submitted_at, estimates[r.id]) for r in rows if r.id in estimates]
-    far = datetime.max.replace(tzinfo=utcnow().tzinfo)
-    items.sort(key=lambda i: (i.estimate.estimated_start_at or far, i.estimate.position or 0, i.id))
-    return items[offset : offset + limit]
+    items.sort(key=lambda i: stored.queue_order(i.estimate))
+    start = (int(after[1:]) if after and after.startswith("r") else len(items) if after else 0) + offset
+    page = items[start : start + limit]
+    return QueuePage(page, f"r{start + limit}" if start + limit < len(items) else None, None)

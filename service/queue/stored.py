@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Row, Select, delete, insert, select, text
@@ -37,18 +37,28 @@ class StoredForecast:
     estimates: dict[int, QueueEstimate]  # those asked for that it has
 
 
-def store_forecast(session: Session, estimates: Mapping[int, QueueEstimate], made_at: datetime) -> None:
-    """Replace the stored forecast by ``estimates`` (made at ``made_at``), committed."""
+def store_forecast(session: Session, estimates: Mapping[int, QueueEstimate], made_at: datetime, teams: Mapping[int, int]) -> None:
+    """Replace the stored forecast by ``estimates`` (made at ``made_at``; ``teams``: each run's team id), committed.
+    Each run gets its rank in GET /queue's order, so a page is a keyset read of an index."""
     if session.get_bind().dialect.name == "postgresql":
         # Two control workers at once would each delete and insert the same run ids;
         # a transaction-scoped advisory lock makes the second wait for the first.
         session.execute(text("SELECT pg_advisory_xact_lock(7282)"))
     session.execute(delete(StoredQueueEstimate))
-    rows = [{"run_id": MARKER_ID, "position": len(estimates), "estimated_start_at": None, "reason": "", "made_at": made_at}]
-    rows += [{"run_id": e.run_id, "position": e.position, "estimated_start_at": e.estimated_start_at, "reason": e.reason, "made_at": made_at}
-             for e in estimates.values()]  # fmt: skip
+    rows = [{"run_id": MARKER_ID, "position": len(estimates), "estimated_start_at": None, "reason": "", "made_at": made_at, "rank": None, "team_id": None}]
+    rows += [{"run_id": e.run_id, "position": e.position, "estimated_start_at": e.estimated_start_at, "reason": e.reason, "made_at": made_at,
+              "rank": rank, "team_id": teams.get(e.run_id)}
+             for rank, e in enumerate(sorted(estimates.values(), key=queue_order), start=1)]  # fmt: skip
     session.execute(insert(StoredQueueEstimate), rows)
     session.commit()
+
+
+def queue_order(e: QueueEstimate) -> tuple[bool, datetime, int, int]:
+    """GET /queue's order: soonest expected start first, runs not expected to start last; then position, id."""
+    return (e.estimated_start_at is None, e.estimated_start_at or _EARLIEST, e.position or 0, e.run_id)
+
+
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)  # stands in for the start of runs sorted last anyway
 
 
 def read_forecast(session: Session, run_ids: Iterable[int] = (), *, every: bool = False) -> StoredForecast | None:

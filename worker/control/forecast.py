@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.core.models import utcnow
 from service.core.settings import Settings
 from service.queue import stored
-from service.queue.positions import queue_estimates
+from service.queue.positions import queue_forecast
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def refresh_forecast(session: Session, settings: Settings, now: datetime | None 
     """Compute the forecast as of ``now`` and store it; returns the queued runs it covers."""
     now = now or utcnow()
     started = time.perf_counter()
-    estimates = queue_estimates(session, settings, now)
+    estimates, teams = queue_forecast(session, settings, now)
     computed = time.perf_counter()
-    stored.store_forecast(session, estimates, made_at=now)
+    stored.store_forecast(session, estimates, made_at=now, teams=teams)
     log.info("queue forecast of %d queued runs: computed in %.3f s, stored in %.3f s", len(estimates), computed - started, time.perf_counter() - computed)
     return len(estimates)
