@@ -164,8 +164,22 @@ class CaddieClient:
         idempotent: bool | None = None,
         not_found: str | None = None,
     ) -> Any:
-        """One API call. Connection failures are retried for every request (the
-        request never reached caddie); timeouts and dropped connections only for
+        """One API call, its JSON answer (None for none)."""
+        return self._decode(self._send(method, path, params=params, json_body=json_body, headers=headers, idempotent=idempotent, not_found=not_found))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool | None = None,
+        not_found: str | None = None,
+    ) -> httpx.Response:
+        """One API call's response, CaddieError for an error answer. Connection failures are retried for every
+        request (the request never reached caddie); timeouts and dropped connections only for
         idempotent ones (GET, or a POST that carries an Idempotency-Key)."""
         if idempotent is None:
             idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
@@ -193,6 +207,9 @@ class CaddieClient:
             attempt += 1
         if response.status_code >= 400:
             raise CaddieError(error_message(response, self.url, not_found))
+        return response
+
+    def _decode(self, response: httpx.Response) -> Any:
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -281,8 +298,16 @@ class CaddieClient:
         except httpx.HTTPError as exc:  # timeouts, a connection dropped mid-file, a short body
             raise CaddieError(f"download of {name} from caddie at {self.url} was cut off ({type(exc).__name__})") from None
 
-    def queue(self, team: str | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", f"{API_PREFIX}/queue", params={"team": team})
+    def queue(self, team: str | None = None, *, limit: int | None = None, all_pages: bool = False) -> tuple[list[dict[str, Any]], bool]:
+        """The queue's first page (or every page), and whether more pages follow (its X-Next-Cursor header)."""
+        items: list[dict[str, Any]] = []
+        after = None
+        while True:
+            response = self._send("GET", f"{API_PREFIX}/queue", params={"team": team, "limit": limit, "after": after})
+            items += self._decode(response) or []
+            after = response.headers.get("X-Next-Cursor")
+            if not after or not all_pages:
+                return items, after is not None
 
     # --- the caller ------------------------------------------------------------------
     def me(self) -> dict[str, Any]:

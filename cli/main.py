@@ -208,14 +208,20 @@ def show(run_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
 
 @app.command("queue")
 @friendly
-def queue(team: Annotated[str | None, typer.Option(help="only this team's runs")] = None) -> None:
+def queue(
+    team: Annotated[str | None, typer.Option(help="only this team's runs")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, max=1000, help="runs a page (the server's default: 1,000)")] = None,
+    all_pages: Annotated[bool, typer.Option("--all", help="every page, not only the first")] = False,
+) -> None:
     """Your teams' queued runs, soonest expected start first: position, estimated start, why each waits."""
     with api() as client:
-        items = client.queue(team)
+        items, more = client.queue(team, limit=limit, all_pages=all_pages)
     if not items:
         out.print("nothing queued", markup=False)
         return
     out.print(queue_table(items))
+    if more:
+        out.print(f"{len(items)} shown; more with --all", markup=False)
     out.print("position: place on its hardware counting every team's runs; start: the scheduler's policy played forward, "
               "each run taking its time cap", markup=False, style="dim")  # fmt: skip
 

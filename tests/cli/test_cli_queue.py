@@ -16,6 +16,11 @@ def test_queue_show_and_runs_say_where_queued_runs_stand(caddie: Caddie, spec_fi
     assert len(rows) == 2 and rows[0].split()[0] == "1" and "(now)" in rows[0] and "starting now" in rows[0]
     assert rows[1].split()[0] == "2" and "(in 30 min)" in rows[1] and "waiting for a H100:8 slot" in rows[1]
     run_ids = [int(r.split()[1]) for r in rows]
+    # paged as the API pages it (X-Next-Cursor): the first page, then every page with --all
+    first = caddie.ok("queue", "--limit", "1").stdout
+    assert len([line for line in first.splitlines() if "baseline-10L" in line]) == 1 and "1 shown; more with --all" in first
+    every = caddie.ok("queue", "--limit", "1", "--all").stdout
+    assert [line for line in every.splitlines() if "baseline-10L" in line] == rows and "more with --all" not in every
     shown = caddie.ok("show", str(run_ids[1])).stdout
     assert "position 2 on H100:8; expected start" in shown and "in 30 min" in shown
     listed = caddie.ok("runs").stdout
