@@ -265,9 +265,10 @@ def _shown(value: Any) -> str:
 
 
 def stack_defaults(stack: str) -> dict[str, str]:
-    """Every knob's default under a STACK preset, as the form shows it (env names)."""
-    cfg = TrainerConfig.for_stack(stack if stack in STACKS else DEFAULT_STACK)
-    return {TrainerConfig.env_name(f): _shown(getattr(cfg, f.name)) for f in TrainerConfig.knobs()}
+    """Every knob's default under a STACK preset, as the form shows it: the schema's default, or its
+    x-stack-defaults entry for a knob the presets set apart (STACK itself: the default stack)."""
+    props = TrainerConfig.json_schema()["properties"]
+    return {name: _shown(p.get("x-stack-defaults", {}).get(stack, p["default"])) for name, p in props.items()}
 
 
 def _new_run_page(request: Request, user: Principal, values: dict[str, str], errors: dict[str, list[str]], status_code: int = 200,
@@ -276,11 +277,13 @@ def _new_run_page(request: Request, user: Principal, values: dict[str, str], err
     # The knobs show the chosen stack's defaults; caddie.js re-shows the untouched ones when STACK changes and
     # moves shown_stack with them, so the submit can tell a knob left alone from one set.
     stack = values.get("shown_stack", stack) if values.get("shown_stack") in STACKS else stack
-    every = {s: stack_defaults(s) for s in STACKS}
-    differ = {name: {s: every[s][name] for s in STACKS} for name in every[stack] if name != "STACK" and len({every[s][name] for s in STACKS}) > 1}
+    shown_defaults = stack_defaults(stack)
+    per_stack = {name: {s: _shown(v) for s, v in p["x-stack-defaults"].items()}
+                 for name, p in TrainerConfig.json_schema()["properties"].items() if "x-stack-defaults" in p}
     return render(request, "new_run.html", user, status_code=status_code, groups=knob_fields(), values=values, errors=errors,
                   shown=_shown, tracks=settings.track_choices, hardware=settings.hardware_choices, stack=stack,
-                  defaults=every[stack], help_defaults={**every[stack], "STACK": DEFAULT_STACK}, stack_defaults=differ, teams=sorted(user.team_names.values()), settings=settings)
+                  defaults={**shown_defaults, "STACK": stack}, help_defaults=shown_defaults, stack_defaults=per_stack,
+                  teams=sorted(user.team_names.values()), settings=settings)
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
