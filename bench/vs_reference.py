@@ -88,7 +88,7 @@ PROFILES: dict[str, dict] = {
             "LQER_ASYM_ENABLED": "1", "LQER_RANK": "4", "LQER_FACTOR_BITS": "4", "LQER_ASYM_GROUP": "64", "LQER_TOP_K": "3",
             "FUSED_CE_ENABLED": "1", "COMPRESSOR": "pergroup",
         },
-        "caddie": {"STACK": "2026-04-27", "MIN_LR": "0.1"},  # WARMDOWN_ITERS: 85% of the steps, set per run
+        "caddie": {"STACK": "2026-04-27", "MIN_LR": "0.1"},  # WARMDOWN_ITERS: the record's WARMDOWN_FRAC of the steps, per run
         "drop": ("WARMDOWN_ITERS", "BIGRAM_VOCAB_SIZE", "LATE_QAT_THRESHOLD"),
     },
 }
@@ -206,8 +206,8 @@ def run_one(impl: str, steps: int, seed: int, args: argparse.Namespace, data: di
         cmd = [sys.executable, str(record / "train_gpt.py")]
     else:
         env.update(profile["caddie"], OUTPUT_DIR=str(work), PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-        if "WARMDOWN_ITERS" in profile["drop"]:
-            env["WARMDOWN_ITERS"] = str(round(0.85 * steps))
+        if "WARMDOWN_FRAC" in profile["ref"]:  # the record warms down over a fraction of the steps, caddie over a count
+            env["WARMDOWN_ITERS"] = str(round(float(profile["ref"]["WARMDOWN_FRAC"]) * steps))
         for kv in args.caddie_set:
             k, v = kv.split("=", 1)
             env[k] = v
