@@ -11,13 +11,16 @@ A spec file looks like::
     priority: 0
     config: {NUM_LAYERS: 11, XSA_LAST_N: 4}
     seeds: [1337, 42, 2025]
+    abort_if_behind: {step: 1000, margin: 0.02}   # optional: stop it early when clearly behind
 
 or, for a team's own challenge-format script instead of ``config``::
 
     script: records/my_run/train_gpt.py      # relative to this file
     files: [records/my_run/helper.py]        # beside the script; named relative to its folder
     env: {NUM_LAYERS: 11, TTT_ENABLED: 1}
+    public_env: [NUM_LAYERS]                 # values other teams may see once published
     data: sp1024
+    score_label: my_eval_exact               # optional: the score line of a log format caddie does not read yet
     environment: {requirements: requirements.txt, python: "3.12", system_packages: [lrzip]}   # optional
 
 The server validates the contents (knobs, bounds, seeds, script limits); this
@@ -36,8 +39,9 @@ import yaml
 
 from cli.client import CaddieError
 
+# The body's fields (service/runs/schemas.py RunCreate); tests/cli/test_cli_spec_keys.py checks they match.
 SPEC_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "config", "seeds", "seed", "allow_noncompliant",
-             "script", "files", "env", "data", "environment")
+             "abort_if_behind", "script", "files", "env", "public_env", "data", "score_label", "environment")
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
