@@ -376,8 +376,9 @@ class LocalLauncher:
                   **({"env": launch["env"]} if "env" in launch else {})},
         )
 
-    def find(self, run_id: int, launch_key: str) -> LaunchHandle | None:
-        """The job submitted with `launch_key` for run `run_id` (running or ended), or None if none was started."""
+    def find(self, run_id: int, launch_key: str, cluster: ClusterHandle | None = None) -> LaunchHandle | None:
+        """The job submitted with `launch_key` for run `run_id` (running or ended), or None if none was started
+        (`cluster` unused: this machine is the only one)."""
         if not launch_key:
             return None
         for workdir in sorted((self.runs_dir / str(int(run_id))).glob("attempt-*")):

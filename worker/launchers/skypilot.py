@@ -14,6 +14,9 @@ the SkyPilot API server; `sky.get` waits for its result or raises its error):
                    id, then sky.job_status
     read_log       sky.tail_logs(follow=False) into a buffer; bytes after `offset`
     cancel         sky.api_cancel of a pending launch, sky.cancel of the job
+    find           sky.api_status (an unfinished launch/exec request of the run's
+                   cluster) then sky.queue (a job named by the attempt's launch key):
+                   what a restarted executor adopts instead of launching again
     collect        sky.download_logs: the run script copies OUTPUT_DIR into the
                    job's log folder, so the outputs come back with the logs
     release        keep warm: sky.autostop(down=True) after the keep-warm window;
@@ -259,7 +262,7 @@ class SkyPilotLauncher:
         if s.sky_use_spot:
             resources["use_spot"] = True
         config["resources"] = resources
-        config["name"] = f"{self.prefix}-run-{int(job.run_id)}"
+        config["name"] = self.job_name(run_key)  # what sky.queue lists as the job's name: find() looks for it
 
         envs = {str(k): str(v) for k, v in (config.get("envs") or {}).items()}
         # The run's knobs only (worker.launchers.trainer_env), or a script run's env; the run
@@ -398,8 +401,14 @@ class SkyPilotLauncher:
             raise
 
     # --- jobs ----------------------------------------------------------------------------
+    def job_name(self, run_key: str) -> str:
+        """'caddie-run-12-attempt-1': the task's name, so the job's, in the cluster's queue."""
+        return f"{self.prefix}-{run_key}"
+
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
-        run_key = f"run-{int(job.run_id)}-{uuid.uuid4().hex[:8]}"
+        # The attempt's launch key, fixed in the database before this call, names the job, its
+        # folders and its launch request, so that find() can tell it apart after a worker restart.
+        run_key = job.launch_key or f"run-{int(job.run_id)}-{uuid.uuid4().hex[:8]}"
         task = self.build_task(job, run_key)
         s = self.settings
         try:
@@ -423,6 +432,39 @@ class SkyPilotLauncher:
             job_id="",  # known once the request finishes provisioning; status() resolves it
             data={"request_id": str(request_id), "request": kind, "run_key": run_key, "output_dir": f"~/caddie-runs/{run_key}"},
         )
+
+    def find(self, run_id: int, launch_key: str, cluster: ClusterHandle | None = None) -> LaunchHandle | None:
+        """The job that a submit with `launch_key` started on `cluster` (the run's recorded one), or None.
+
+        Looked for where it can be while its executor is gone: a `sky.launch`/`sky.exec` request of
+        that cluster still running (the node is being provisioned: no job yet; its request id is
+        adopted, and status() resolves the job as for a fresh submit), then the cluster's job queue,
+        finished jobs included (`sky.queue`, by the task's name). In that order, a request that
+        finishes between the two looks has already put its job in the queue.
+        LauncherUnreachable: the API server cannot say; the caller must not launch meanwhile.
+        """
+        if not launch_key or cluster is None:
+            return None
+        name = self.job_name(launch_key)
+        whole = re.compile(rf"(?<![A-Za-z0-9-]){re.escape(name)}(?![A-Za-z0-9])")  # not caddie-run-15-... for run 5
+        try:
+            pending = self.sky.api_status(None, False)  # the unfinished requests
+        except Exception as exc:
+            raise map_sky_error(exc, "sky.api_status") from exc
+        data = {"run_key": launch_key, "output_dir": f"~/caddie-runs/{launch_key}"}
+        for req in pending or []:
+            kind = str(getattr(req, "name", "")).rsplit(".", 1)[-1]
+            body = str(getattr(req, "request_body", "") or "")
+            if kind in ("launch", "exec") and getattr(req, "cluster_name", None) == cluster.name and (not body or whole.search(body)):
+                return LaunchHandle(NAME, cluster.name, "", {"request_id": str(req.request_id), "request": kind, **data})
+        try:
+            jobs = self._call("sky.queue", self.sky.queue, cluster.name, skip_finished=False)
+        except RetryLater:
+            return None  # the cluster is not up or does not exist: no job of it runs
+        for rec in jobs or []:
+            if rec.get("job_name") == name:
+                return LaunchHandle(NAME, cluster.name, str(rec["job_id"]), {"request_id": "", "request": "adopted", **data})
+        return None
 
     def _job_id(self, handle: LaunchHandle) -> int | None:
         """The SkyPilot job id of this handle, or None while its launch request is still running.
@@ -460,7 +502,7 @@ class SkyPilotLauncher:
 
     @staticmethod
     def _key(handle: LaunchHandle) -> str:
-        return f"{handle.cluster}/{handle.data.get('request_id')}"
+        return f"{handle.cluster}/{handle.data.get('request_id') or handle.job_id}"
 
     def _fresh(self, cache: dict[str, tuple[float, Any]], key: str) -> Any:
         hit = cache.get(key)

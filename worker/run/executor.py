@@ -14,7 +14,8 @@ change is a compare-and-set on (status, lease token) written together with
 what implied it. Where a crash can leave a run, and what the next executor
 (dispatched again by the janitor once the heartbeat is stale) does with it:
 
-    PROVISIONING, no handle      launches (nothing was submitted, or it was stopped)
+    PROVISIONING, no handle      adopts the job the launcher finds by the attempt's launch key on
+                                 the run's recorded node (submitted, never recorded), else launches
     RUNNING with its handle      re-attaches; a job that ended meanwhile is concluded
     PROVISIONING with a handle   (left by versions that wrote them apart) moves it to RUNNING, re-attaches
     terminal                     nothing
@@ -173,9 +174,9 @@ class RunDriver:
             # A cancel with no job recorded ends the run at once, unless an executor that died
             # between submit and record left a job: that one is adopted below, then stopped by
             # _follow like any cancelled job (never left training for nobody).
-            if cancel_requested and self._orphan_job() is None:
-                return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
-            launched = self._launch()
+            if cancel_requested and self._orphan_job(cluster) is None:
+                return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster, never_up=True)
+            launched = self._launch(cluster)
             if isinstance(launched, str):
                 return launched
             handle, cluster = launched
@@ -227,7 +228,11 @@ class RunDriver:
             session.commit()
             return True
 
-    def _launch(self) -> tuple[LaunchHandle, ClusterHandle] | str:
+    def _launch(self, recorded: ClusterHandle | None) -> tuple[LaunchHandle, ClusterHandle] | str:
+        """Start this attempt's job, or adopt the one a dead executor started for it.
+
+        ``recorded``: the cluster the run holds in the database (claimed before any submit), where
+        an executor that died between submit and record left its job."""
         # The job's own timeout (the wrapper's, the node's) is a backstop a minute past the
         # deadline the executor enforces, so the executor's clearer reason normally wins.
         timeout_s = self.deadline.seconds + 60.0
@@ -246,24 +251,27 @@ class RunDriver:
 
         hardware, job, bad_spec = self._db(load, "load the spec")
         if job is None:
-            return self._finish(RunStatus.FAILED, bad_spec)
+            return self._finish(RunStatus.FAILED, bad_spec, cluster=recorded, never_up=True)
+        # The launch key is fixed by what the database already holds (the run and its attempt),
+        # so it exists before the launcher is asked. An executor that died between submit and
+        # the commit below left a job tagged with it, on the cluster it had claimed: this one
+        # adopts that job instead of starting a second trainer for the same attempt, cancelled
+        # or not (a cancel is then _follow's to carry out: the job is stopped, its result kept
+        # if it had written one).
+        job.launch_key = self._launch_key()
+        found = self._orphan_job(recorded)
+        if found is None and self._cancel_requested():
+            return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=recorded, never_up=True)
         try:
-            cluster = self.clusters.acquire(hardware)
+            # An adopted job stays on its own node; a new one gets a node from the launcher.
+            cluster = recorded if found is not None and recorded is not None and recorded.name == found.cluster else self.clusters.acquire(hardware)
         except (RetryLater, LauncherUnreachable) as exc:
             return self._requeue(f"no node: {exc}")
         except LaunchFailed as exc:
             return self._finish(RunStatus.FAILED, f"cannot get a node: {exc}")
-        # The launch key is fixed by what the database already holds (the run and its attempt),
-        # so it exists before the launcher is asked. An executor that died between submit and
-        # the commit below left a job tagged with it: this one adopts that job instead of
-        # starting a second trainer for the same attempt, cancelled or not (a cancel is then
-        # _follow's to carry out: the job is stopped, its result kept if it had written one).
-        job.launch_key = self._launch_key()
-        found = self._orphan_job()
-        if found is None and self._cancel_requested():
-            return self._finish(RunStatus.CANCELLED, "cancelled by user before launch", cluster=cluster)
         if found is not None:
-            reason = f"adopted job {found.job_id} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
+            what = f"job {found.job_id}" if found.job_id else f"its {found.data.get('request', 'launch')} request {found.data.get('request_id')}"
+            reason = f"adopted {what} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
             node = self._node(cluster)
             reason += self._node_note(node, hardware)
             moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster), node=node), "record the adopted job")
@@ -297,10 +305,23 @@ class RunDriver:
     def _launch_key(self) -> str:
         return f"run-{self.run_id}-attempt-{self.run_log.attempt}"
 
-    def _orphan_job(self) -> LaunchHandle | None:
-        """The job of this attempt started by an executor that died before recording it, if the launcher can find one."""
+    def _orphan_job(self, cluster: ClusterHandle | None) -> LaunchHandle | None:
+        """The job of this attempt started by an executor that died before recording it, if the launcher
+        can find one (on ``cluster``, the run's recorded one). While the launcher cannot be asked, nothing
+        is launched: it is asked again for CADDIE_DB_RETRY_S, then the driver error hands the run back."""
         find = getattr(self.launcher, "find", None)
-        return find(self.run_id, self._launch_key()) if find is not None else None
+        if find is None:
+            return None
+        give_up = time.monotonic() + self.retry_s
+        while True:
+            try:
+                found = find(self.run_id, self._launch_key(), cluster)
+                return found if isinstance(found, LaunchHandle) else None
+            except LauncherUnreachable as exc:
+                if time.monotonic() >= give_up or self.lease.lost.is_set():
+                    raise
+                log.warning("run %s: cannot look for a job of this attempt now (%s); asking again", self.run_id, exc)
+                time.sleep(max(float(self.settings.poll_interval_s), 1.0))
 
     def _node(self, cluster: ClusterHandle) -> NodeHardware | None:
         """What the launcher says the job's node has (None: a launcher that cannot say, or an error saying it)."""

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 sky = pytest.importorskip("sky")
 from sky import exceptions as sky_exc  # noqa: E402
@@ -68,7 +69,7 @@ def test_a_script_run_uploads_its_files_and_runs_train_gpt_under_torchrun(tmp_pa
 def test_task_from_the_template_defaults_to_8xH100_and_carries_the_knobs(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch /tmp/pwned) ; rm -rf ~"), "run-5-abcd")
     assert isinstance(task, sky.Task)
-    assert task.name == "caddie-run-5"
+    assert task.name == "caddie-run-5-abcd"  # the run key names the job in the cluster's queue
     (res,) = task.resources
     assert res.accelerators == {"H100": 8} and res.cloud is None and res.disk_size == 256
     assert task.envs["NUM_LAYERS"] == "11"
@@ -197,24 +198,49 @@ class SkyApiStandIn:
         self.queues: dict[str, list] = {}
         self.job_statuses: dict[int, Any] = {}
         self.job_status_error: Exception | None = None
+        self.queue_error: Exception | None = None
+        self.api_error: Exception | None = None
         self.log = ""
         self.logs_dir: Path | None = None
 
-    def _request(self, name: str, result: Any = None, status: str = "SUCCEEDED", error: Exception | None = None) -> str:
+    def _request(self, name: str, result: Any = None, status: str = "SUCCEEDED", error: Exception | None = None, cluster: str | None = None,
+                 body: str = "") -> str:  # fmt: skip
         rid = f"req-{len(self.requests) + 1}-{name}"
-        self.requests[rid] = {"status": status, "result": result, "error": error}
+        self.requests[rid] = {"status": status, "result": result, "error": error, "name": name, "cluster": cluster, "body": body}
         return rid
+
+    def _job_request(self, name: str, task: Any, cluster: str, job_id: int, status: str) -> str:
+        # The request's body as the API server lists it: its payload as JSON, the task a YAML string within.
+        body = json.dumps({"task": yaml.safe_dump(task.to_yaml_config()), "cluster_name": cluster})
+        rid = self._request(name, (job_id, None), status=status, cluster=cluster, body=body)
+        self.requests[rid]["job"] = {"job_id": job_id, "job_name": task.name, "status": sky.JobStatus.PENDING}
+        if status == "SUCCEEDED":
+            self.finish(rid)
+        return rid
+
+    def finish(self, rid: str, job_status: Any = None) -> None:
+        """The launch/exec request is done: its job is in the cluster's queue (as SkyPilot adds it)."""
+        req = self.requests[rid]
+        req["status"] = "SUCCEEDED"
+        job = dict(req["job"], status=job_status or sky.JobStatus.RUNNING)
+        self.queues.setdefault(req["cluster"], []).append(job)
+        self.job_statuses[job["job_id"]] = job["status"]
 
     def launch(self, task: Any, **kw: Any) -> str:
         self.calls.append(("launch", (task,), kw))
-        return self._request("launch", (3, None), status="RUNNING")
+        return self._job_request("launch", task, kw["cluster_name"], 3, status="RUNNING")
 
     def exec(self, task: Any, **kw: Any) -> str:
         self.calls.append(("exec", (task,), kw))
-        return self._request("exec", (4, None))
+        return self._job_request("exec", task, kw["cluster_name"], 4, status="SUCCEEDED")
 
-    def api_status(self, ids: list[str]) -> list[Any]:
-        return [SimpleNamespace(request_id=i, status=self.requests[i]["status"]) for i in ids]
+    def api_status(self, ids: list[str] | None = None, all_status: bool = False) -> list[Any]:
+        if self.api_error:
+            raise self.api_error
+        if ids is None:  # every unfinished request (all_status=False)
+            ids = [i for i, r in self.requests.items() if all_status or r["status"] in ("PENDING", "RUNNING")]
+        return [SimpleNamespace(request_id=i, name=self.requests[i]["name"], status=self.requests[i]["status"],
+                                cluster_name=self.requests[i]["cluster"], request_body=self.requests[i]["body"]) for i in ids]  # fmt: skip
 
     def get(self, rid: str) -> Any:
         req = self.requests[rid]
@@ -229,7 +255,12 @@ class SkyApiStandIn:
         return self._request("status", self.clusters)
 
     def queue(self, name: str, skip_finished: bool = False) -> str:
-        return self._request("queue", self.queues.get(name, []))
+        if self.queue_error:
+            return self._request("queue", error=self.queue_error)
+        jobs = [dict(j, status=self.job_statuses.get(j["job_id"], j["status"])) for j in self.queues.get(name, [])]
+        if skip_finished:
+            jobs = [j for j in jobs if not j["status"].is_terminal()]
+        return self._request("queue", jobs)
 
     def job_status(self, cluster: str, job_ids: list[int]) -> str:
         if self.job_status_error:
@@ -291,6 +322,45 @@ def test_launch_returns_a_handle_before_provisioning_and_status_resolves_it(tmp_
     assert fresh.status(restored).state == JobState.SUCCEEDED
     fresh.cancel(restored)
     assert api.calls[-1] == ("cancel", ("caddie-h100x8-5",), {"job_ids": [3]})
+
+
+def test_a_restarted_worker_finds_the_job_its_launch_key_named_and_nothing_else(tmp_path: Path) -> None:
+    """Issue 21 item 2: the attempt's launch key names the SkyPilot job; a worker that died before
+    recording the handle is followed by one that finds the launch request, then the job."""
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api)
+    cluster = sp.acquire(5, "H100:8", team_id=1)
+    job = spec(run_id=5)
+    job.launch_key = "run-5-attempt-1"
+    handle = sp.submit(cluster, job)
+    (_, (task,), _) = api.calls[-1]
+    assert task.name == "caddie-run-5-attempt-1" and task.envs["CADDIE_RUN_KEY"] == "run-5-attempt-1"
+    assert handle.data["output_dir"] == "~/caddie-runs/run-5-attempt-1"
+    # another run's launch on another cluster, and run 15 (whose name contains run 5's) on this one: not ours
+    other = spec(run_id=15)
+    other.launch_key = "run-15-attempt-1"
+    sp.submit(ClusterHandle("skypilot", "caddie-h100x8-t1-9", "H100:8", {"reused": True}), other)
+
+    fresh = launcher(tmp_path, api)  # the restarted worker: nothing in memory
+    found = fresh.find(5, "run-5-attempt-1", cluster)
+    assert found is not None and found.job_id == "" and found.data["request_id"] == handle.data["request_id"]  # still provisioning
+    assert fresh.status(found).state == JobState.PENDING
+    assert fresh.find(5, "run-5-attempt-2", cluster) is None  # the next attempt's key: nothing started for it
+    assert fresh.find(5, "run-5-attempt-1", None) is None  # no cluster recorded: nothing was submitted
+
+    api.finish(handle.data["request_id"])  # provisioned: the job is in the cluster's queue
+    found = launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster)
+    assert found is not None and found.job_id == "3" and found.data["run_key"] == "run-5-attempt-1"
+    api.job_statuses[3] = sky.JobStatus.SUCCEEDED  # a finished job is found too, to be collected
+    adopted = launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster)
+    assert adopted is not None and launcher(tmp_path, api).status(adopted).state == JobState.SUCCEEDED
+    assert [c[0] for c in api.calls].count("launch") == 1  # finding launches nothing
+
+    api.queue_error = sky_exc.ClusterDoesNotExist(f"{cluster.name} does not exist")
+    assert launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster) is None  # its node is gone, and its job with it
+    api.api_error = sky_exc.ApiServerConnectionError("http://127.0.0.1:46580")
+    with pytest.raises(LauncherUnreachable):  # cannot tell: the caller must not launch a second one meanwhile
+        launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster)
 
 
 def test_a_failed_launch_request_becomes_retry_later_or_launch_failed(tmp_path: Path) -> None:
