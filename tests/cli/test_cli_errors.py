@@ -40,7 +40,7 @@ def test_spec_file_problems(caddie: Caddie, tmp_path: Path) -> None:
     bad.write_text("name: smoke\nconfig: {NUM_LAYERS: [1\n")
     assert caddie.fails("submit", str(bad)).startswith(f"spec file {bad}: invalid YAML at line 3, column 1")
     bad.write_text("- just\n- a list\n")
-    assert caddie.fails("submit", str(bad)) == f"spec file {bad}: expected a mapping of name, notes, team, track, hardware, priority, config, seeds, seed, allow_noncompliant, script, files, env, data, environment, got list"
+    assert caddie.fails("submit", str(bad)) == f"spec file {bad}: expected a mapping of name, notes, team, track, hardware, priority, config, seeds, seed, allow_noncompliant, abort_if_behind, script, files, env, public_env, data, score_label, environment, got list"
     bad.write_text("name: x\ntrack: unlimited\nhardware: cpu\nconfgi: {}\n")
     assert "unknown key(s) confgi" in caddie.fails("submit", str(bad))
     bad.write_text("name: x\ntrack: unlimited\nhardware: cpu\n")

@@ -52,6 +52,7 @@ from worker.launchers.base import (
     LaunchHandle,
 )
 from worker.launchers.envs import BuiltEnv, ensure_env, probe, read_report
+from worker.launchers.limits import DISK_SETTING, gib, memory_limit
 from worker.launchers.local_wrapper import (
     CHILD_FILE,
     EXIT_FILE,
@@ -59,7 +60,7 @@ from worker.launchers.local_wrapper import (
     write_json_atomic,
 )
 from worker.launchers.run_folder import place_files
-from worker.launchers.sandbox import python_roots, sealed_argv
+from worker.launchers.sandbox import TMPFS, python_roots, sealed_argv
 from worker.launchers.trainer_env import (
     data_env,
     inherited_env,
@@ -115,7 +116,7 @@ def signal_of_exit(rc: int) -> str:
         return f"signal {n}"
     hint = ": out of memory, or killed from outside" if n == signal.SIGKILL else ""
     if n == signal.SIGXFSZ:
-        hint = ": a file it wrote grew past the file-size limit (RLIMIT_FSIZE)"
+        hint = f": a file it wrote grew past the file-size limit (RLIMIT_FSIZE, {DISK_SETTING})"
     return f"signal {n} ({name}){hint}"
 
 
@@ -139,13 +140,15 @@ def _disk_full(workdir: Path) -> str:
 _WRITE_REFUSED = re.compile(r"\[Errno (?:28|122|27)\]|No space left on device|Disk quota exceeded|File too large")
 
 
-def write_refused(log_tail: str, workdir: Path, mount: Path) -> str:
-    """Why the job failed if its log says a write was refused, naming the run folder and its disk; else "" (pure)."""
+def write_refused(log_tail: str, workdir: Path, mount: Path, file_limit: int = 0) -> str:
+    """Why the job failed if its log says a write was refused, naming the run folder and its disk, and the
+    setting behind a file-size limit (``file_limit``: the job's RLIMIT_FSIZE, CADDIE_JOB_DISK_BYTES); else "" (pure)."""
     line = next((ln.strip() for ln in reversed(log_tail.splitlines()) if _WRITE_REFUSED.search(ln)), "")
     if not line:
         return ""
     if "File too large" in line or "[Errno 27]" in line:
-        return f"file-size limit: a write in the run folder {workdir} (disk {mount}) was refused: {line[:300]}"
+        limit = f"; no file of the job may grow past {DISK_SETTING}={file_limit} ({gib(file_limit)})" if file_limit > 0 else ""
+        return f"file-size limit: a write in the run folder {workdir} (disk {mount}) was refused: {line[:300]}{limit}"
     return f"disk full: a write in the run folder {workdir} (disk {mount}) was refused: {line[:300]}; not retried on this disk"
 
 
@@ -273,7 +276,7 @@ class LocalLauncher:
             return
         argv = [sys.executable, "-m", "trainer.data", "download", "--variant", recipe.variant, "--out", str(self.data_root),
                 "--files", str(workdir), "--sources", getattr(self.settings, "data_sources", "")]
-        if getattr(self.settings, "sandbox", "bwrap") != "none":
+        if self.sealed:
             argv += ["--sandbox", f"{sys.executable} -m worker.launchers.sandbox --die-with-parent"]
         env = {**inherited_env(os.environ), "PYTHONPATH": str(REPO_ROOT)}
         try:
@@ -312,10 +315,18 @@ class LocalLauncher:
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach stdout.log as they are printed
         return env
 
+    @property
+    def sealed(self) -> bool:
+        return getattr(self.settings, "sandbox", "bwrap") != "none"
+
+    def limits(self) -> tuple[int, int]:
+        """A running job's memory and disk limits in bytes (CADDIE_JOB_MEMORY_BYTES, CADDIE_JOB_DISK_BYTES; 0 disk: none)."""
+        return memory_limit(int(getattr(self.settings, "job_memory_bytes", 0))), int(getattr(self.settings, "job_disk_bytes", 0))
+
     def _job_argv(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None) -> list[str]:
         """The job's command, sealed (worker.launchers.sandbox) unless the operator opted out."""
         argv = (self.script_argv(str(built.python)) if built is not None else self.script_argv()) if job.is_script else self.trainer_argv()
-        if getattr(self.settings, "sandbox", "bwrap") == "none":
+        if not self.sealed:
             return argv
         ro = [self.data_root, REPO_ROOT / "worker" / "audit"]  # the audit hook a script run's Python loads (missing: not bound)
         if built is not None:
@@ -325,7 +336,7 @@ class LocalLauncher:
             # an operator's stand-in trainer command names its files by absolute path
             ro += [Path(a) for a in self.settings.trainer_command or []
                    if Path(a).is_absolute() and Path(a).is_file() and not any(Path(a).is_relative_to(r) for r in python_roots())]
-        return sealed_argv(argv, workdir=workdir, ro_paths=ro)
+        return sealed_argv(argv, workdir=workdir, ro_paths=ro, tmpfs_bytes=self.limits()[0])
 
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
         recipe = self._recipe(job)
@@ -343,15 +354,18 @@ class LocalLauncher:
             place_files(workdir, job.script_files)
             if recipe.built:
                 self._build_data(job, recipe, workdir)
+        memory, disk = self.limits()
         argv = [
             sys.executable, "-m", "worker.launchers.local_wrapper",
             "--workdir", str(workdir),
             "--timeout", str(float(job.timeout_s or 0)),
             "--grace", str(self.grace_s),
+            "--memory-bytes", str(memory), "--disk-bytes", str(disk),
+            *(a for m in (TMPFS if self.sealed else ()) for a in ("--tmpfs", m)),  # the sandbox's own RAM folders count as its memory
             "--", *self._job_argv(job, workdir, built),
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
-        launch = {"key": job.launch_key, "cluster": cluster.name, "timeout_s": float(job.timeout_s or 0)}
+        launch = {"key": job.launch_key, "cluster": cluster.name, "timeout_s": float(job.timeout_s or 0), "memory_bytes": memory, "disk_bytes": disk}
         if built is not None:
             launch["env"] = built.folder.name
         write_json_atomic(workdir / LAUNCH_FILE, launch)  # before the job exists: a job is never without its key
@@ -424,6 +438,8 @@ class LocalLauncher:
         rc = int(ended["exit_code"])
         if cancelled:
             return JobStatus(JobState.CANCELLED, rc, cancelled)
+        if ended.get("limit_exceeded"):  # the wrapper stopped it at its memory or disk limit: FAILED, not retried
+            return JobStatus(JobState.FAILED, rc, str(ended["limit_exceeded"]))
         if rc == 0:
             return JobStatus(JobState.SUCCEEDED, 0, "")
         if ended.get("timed_out"):
@@ -433,7 +449,8 @@ class LocalLauncher:
         killed_by = signal_of_exit(rc)
         if killed_by:
             return JobStatus(JobState.FAILED, rc, f"trainer killed by {killed_by}")
-        if refused := write_refused(_log_tail(workdir / STDOUT_LOG), workdir, mount_of(workdir)):
+        file_limit = int((_read_json(workdir / LAUNCH_FILE) or {}).get("disk_bytes") or 0)
+        if refused := write_refused(_log_tail(workdir / STDOUT_LOG), workdir, mount_of(workdir), file_limit):
             return JobStatus(JobState.FAILED, rc, refused)  # space may be back by now: the log says what the disk did
         result = _read_json(workdir / "result.json") or {}
         detail = result.get("error") or _last_error_line(workdir / STDOUT_LOG) or "no output"

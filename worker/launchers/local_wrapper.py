@@ -1,6 +1,7 @@
 """Tiny supervisor between the worker and the trainer process (one per job).
 
-    python -m worker.launchers.local_wrapper --workdir DIR [--timeout S] [--grace S] -- ARGV...
+    python -m worker.launchers.local_wrapper --workdir DIR [--timeout S] [--grace S]
+        [--memory-bytes N] [--disk-bytes N] [--tmpfs PATH]... -- ARGV...
 
 It starts ARGV in its own process group with stdout and stderr appended to
 DIR/stdout.log, records the child in DIR/child.json, waits, and writes
@@ -9,6 +10,11 @@ the exit code stays recoverable from the file. SIGTERM/SIGINT/SIGHUP to the
 wrapper are forwarded to the child's process group, and the group is killed
 if it is still there `grace` seconds later. `timeout` (0 = none) is a backstop
 for when no worker is left to enforce the run's hard timeout.
+
+`memory-bytes` and `disk-bytes` (0 = none) bound the running job (worker.launchers.limits):
+past either, the job's group is killed at once and exit_code.json says which limit
+(`limit_exceeded`); the job's files may not grow past `disk-bytes` (RLIMIT_FSIZE).
+`tmpfs` names the job's own RAM-backed mounts (its sandbox's /tmp, /dev/shm), counted as memory.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from worker.launchers.limits import descendants, folder_bytes, limit_reason, open_tmpfs, processes_memory, tmpfs_usage
 
 STDOUT_LOG = "stdout.log"
 CHILD_FILE = "child.json"
@@ -54,7 +63,55 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float) -> dict[str, Any]:
+MEMORY_EVERY_S = 0.25  # how often the job's memory is measured (RSS from statm: cheap)
+DISK_EVERY_S = 1.0  # how often the run folder is summed, at least; a slow walk waits longer (DISK_WALK_SHARE)
+DISK_WALK_SHARE = 0.05  # the folder walk may take at most this share of the wrapper's time
+
+
+class Limits:
+    """The job's memory and disk, measured now and then; ``over()`` says which limit it passed, if any."""
+
+    def __init__(self, workdir: Path, memory_bytes: int, disk_bytes: int, tmpfs: list[str]) -> None:
+        self.workdir, self.memory, self.disk, self.tmpfs = workdir, memory_bytes, disk_bytes, tmpfs
+        self.next_memory = self.next_disk = 0.0
+        self.fds: list[int] = []  # the job's tmpfs mounts, once its sandbox is up
+
+    def over(self, pid: int, now: float) -> str:
+        if self.memory > 0 and now >= self.next_memory:
+            self.next_memory = now + MEMORY_EVERY_S
+            pids = descendants(pid)
+            if not self.fds:
+                self.fds = open_tmpfs(pids, self.tmpfs)
+            shm, _ = tmpfs_usage(self.fds)
+            procs = processes_memory(pids, self.memory - shm)
+            if procs + shm > self.memory:
+                return limit_reason("memory", procs + shm, self.memory, f"its processes {procs:,} bytes, its /tmp and /dev/shm {shm:,} bytes")
+        if self.disk > 0 and now >= self.next_disk:
+            t0 = time.monotonic()
+            used = folder_bytes(self.workdir)
+            self.next_disk = now + max(DISK_EVERY_S, (time.monotonic() - t0) / DISK_WALK_SHARE)
+            if used > self.disk:
+                return limit_reason("disk", used, self.disk)
+        return ""
+
+    def at_end(self) -> str:
+        """Which limit the ended job had met, if any, though no look caught it running: a file at RLIMIT_FSIZE,
+        a tmpfs filled to its size (the job then ended on ENOSPC). Closes the tmpfs descriptors (their memory goes)."""
+        try:
+            shm, full = tmpfs_usage(self.fds)
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
+        if self.memory > 0 and (full or shm > self.memory):
+            return limit_reason("memory", shm, self.memory, f"its /tmp and /dev/shm held {shm:,} bytes{', one of them full' if full else ''}")
+        if self.disk > 0 and (used := folder_bytes(self.workdir)) > self.disk:
+            return limit_reason("disk", used, self.disk)
+        return ""
+
+
+def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, memory_bytes: int = 0, disk_bytes: int = 0,
+              tmpfs: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run argv to completion under the rules above; return what was written to exit_code.json."""
     log = open(workdir / STDOUT_LOG, "ab", buffering=0)
     stop: dict[str, float] = {}  # "at": when a stop was first asked for
@@ -66,12 +123,17 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float) 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
 
+    def bound_files() -> None:  # in the child, before exec: no file of the job grows past the disk limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
+
+    limits = Limits(workdir, memory_bytes, disk_bytes, tmpfs or [])
     started = time.monotonic()
     try:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=bound_files if disk_bytes > 0 else None)  # fmt: skip
     except OSError as exc:  # not found, not executable: a failed run, not a crashed wrapper
         log.write(f"caddie: cannot start trainer {argv[0]!r}: {exc}\n".encode())
-        result = {"exit_code": 127, "timed_out": False, "stopped_by_signal": None, "finished_at": time.time()}
+        result: dict[str, Any] = {"exit_code": 127, "timed_out": False, "stopped_by_signal": None, "finished_at": time.time()}
         write_json_atomic(workdir / EXIT_FILE, result)
         return result
 
@@ -79,6 +141,7 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float) 
 
     timed_out = False
     forwarded = killed = False
+    exceeded = ""
     while True:
         try:
             rc = child.wait(timeout=0.1)
@@ -90,6 +153,10 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float) 
             timed_out = True
             stop.setdefault("at", now)
             log.write(f"\ncaddie: hard timeout after {timeout_s:.0f} s, stopping the trainer\n".encode())
+        if not exceeded and (exceeded := limits.over(child.pid, now)):
+            # Over a limit: no grace, the machine is what the limit protects.
+            _signal_group(child.pid, signal.SIGKILL)
+            log.write(f"\ncaddie: {exceeded}\n".encode())
         if "at" in stop and not forwarded:
             forwarded = True
             _signal_group(child.pid, signal.SIGTERM)
@@ -99,12 +166,17 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float) 
 
     # Stragglers (dataloader workers, torchrun ranks) must not hold GPUs after the job.
     _signal_group(child.pid, signal.SIGKILL)
+    late = limits.at_end()  # always: it lets the job's tmpfs go
+    if late and not exceeded:  # met, then the job ended before a look caught it (EFBIG, ENOSPC in its /tmp)
+        exceeded = late
+        log.write(f"\ncaddie: {exceeded}\n".encode())
     sig = stop.get("signal")
     result = {
         "exit_code": rc,
         "timed_out": timed_out,
         "stopped_by_signal": int(sig) if sig is not None else None,
         "finished_at": time.time(),
+        **({"limit_exceeded": exceeded} if exceeded else {}),
     }
     write_json_atomic(workdir / EXIT_FILE, result)
     log.close()
@@ -116,12 +188,15 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--timeout", type=float, default=0.0)
     parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument("--memory-bytes", type=int, default=0)
+    parser.add_argument("--disk-bytes", type=int, default=0)
+    parser.add_argument("--tmpfs", action="append", default=[])
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     ns = parser.parse_args(args)
     argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
     if not argv:
         parser.error("no trainer command after --")
-    supervise(ns.workdir, argv, ns.timeout, ns.grace)
+    supervise(ns.workdir, argv, ns.timeout, ns.grace, ns.memory_bytes, ns.disk_bytes, ns.tmpfs)
     return 0
 
 

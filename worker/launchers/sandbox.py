@@ -20,8 +20,10 @@ import argparse
 import os
 import shutil
 import site
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 
 from worker.launchers.base import LaunchFailed
@@ -35,6 +37,20 @@ SYSTEM_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/alternat
 
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
+
+
+TMPFS = ("/dev/shm", "/tmp")  # the job's own RAM-backed folders: sized, and counted as its memory (worker.launchers.limits)
+
+
+@cache
+def sizes_tmpfs(bwrap: str) -> bool:
+    """Does this bwrap size a tmpfs (``--size``; Debian 12's 0.8.0 does)? An older one leaves it unsized;
+    the wrapper's watcher still counts what it holds."""
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in out.stdout + out.stderr
 
 
 def python_roots() -> list[Path]:
@@ -53,9 +69,10 @@ def gpu_devices(dev: Path = DEV) -> list[Path]:
 
 
 def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwrap: str | None = None, die_with_parent: bool = False,
-                gpus: Sequence[Path] | None = None) -> list[str]:  # fmt: skip
+                gpus: Sequence[Path] | None = None, tmpfs_bytes: int = 0) -> list[str]:  # fmt: skip
     """argv wrapped in bwrap: sees only `workdir` (writable) and `ro_paths` + the system + Python (read-only),
-    and of the host's /dev only `gpus` (default: ``gpu_devices()``), each at /dev/<its name>.
+    and of the host's /dev only `gpus` (default: ``gpu_devices()``), each at /dev/<its name>;
+    its /tmp and /dev/shm each hold at most `tmpfs_bytes` (0: unsized) where bwrap can size them.
 
     LaunchFailed when bwrap is missing (the caller's unsafe opt-out decides before calling)."""
     gpus = gpu_devices() if gpus is None else gpus
@@ -69,8 +86,10 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
     # the job when its command ends; no terminal is ever given to it (stdin /dev/null, output a file).
     out = [bwrap, "--unshare-all", "--cap-drop", "ALL",
            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "localhost",  # torchrun resolves its own hostname: loopback
-           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp",
-           "--setenv", "HOME", str(workdir), "--setenv", "TMPDIR", "/tmp"]  # fmt: skip
+           "--proc", "/proc", "--dev", "/dev"]  # fmt: skip
+    for mount in TMPFS:
+        out += ["--size", str(tmpfs_bytes), "--tmpfs", mount] if tmpfs_bytes > 0 and sizes_tmpfs(bwrap) else ["--tmpfs", mount]
+    out += ["--setenv", "HOME", str(workdir), "--setenv", "TMPDIR", "/tmp"]
     for p in SYSTEM_RO:
         if Path(p).is_symlink():
             out += ["--symlink", str(Path(p).readlink()), p]

@@ -1,0 +1,158 @@
+"""A running local job's memory and disk, measured and bounded (read by its wrapper, worker.launchers.local_wrapper).
+
+Mechanisms, each chosen because it needs no root, no systemd and no cgroup delegation (so it
+holds on Debian, in CI and in a container), and none of them breaks CUDA:
+
+* disk: RLIMIT_FSIZE at the disk limit on the job (the kernel refuses any one file past it at
+  once: EFBIG, or SIGXFSZ for a program that does not ignore it), and the wrapper's watcher sums
+  the run folder's allocated bytes every few seconds and stops the job past the limit;
+* memory: the watcher sums its processes' memory (RSS, cheap; PSS from smaps_rollup only when
+  RSS says it may be over, so shared pages count once) plus what its /tmp and /dev/shm hold
+  (RAM-backed tmpfs, each also capped at the memory limit by bwrap's ``--size``), and stops the
+  job past the limit. Not RLIMIT_AS: CUDA maps far more address space than it uses, and a GPU
+  job under it fails to start. Not a cgroup's memory.max: it needs a delegated cgroup v2
+  subtree, which neither ``caddie up`` nor CI has.
+
+The watcher polls, so a job can overshoot by what it allocates between two looks (a fraction of
+a second); the kernel's OOM killer stays the last line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+MEMORY_SETTING = "CADDIE_JOB_MEMORY_BYTES"
+DISK_SETTING = "CADDIE_JOB_DISK_BYTES"
+DEFAULT_MEMORY_FRACTION = 0.8  # of the machine's memory, when CADDIE_JOB_MEMORY_BYTES is 0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def machine_memory_bytes() -> int:
+    """This machine's RAM (MemTotal)."""
+    return os.sysconf("SC_PHYS_PAGES") * _PAGE
+
+
+def memory_limit(setting: int) -> int:
+    """The job's memory limit in bytes: the setting, or (0) a fraction of this machine's memory."""
+    return setting if setting > 0 else int(machine_memory_bytes() * DEFAULT_MEMORY_FRACTION)
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def limit_reason(kind: str, used: int, limit: int, detail: str = "") -> str:
+    """What the run says when its job was stopped at a limit (pure)."""
+    where = "over" if used > limit else "at"  # at: a tmpfs filled to its size, which is the limit
+    if kind == "memory":
+        detail = f": {detail}" if detail else ""
+        return f"memory limit: the job used {used:,} bytes ({gib(used)}){detail}, {where} {MEMORY_SETTING}={limit} ({gib(limit)}); stopped"
+    return f"disk limit: the run folder held {used:,} bytes ({gib(used)}), {where} {DISK_SETTING}={limit} ({gib(limit)}); stopped"
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it, from each thread's /proc children list (no scan of /proc)."""
+    out, todo, seen = [], [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        out.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue  # gone
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children", encoding="ascii") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+            except OSError:
+                continue
+    return out
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size (shared pages split among their users); RSS where smaps_rollup cannot be read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return _rss(pid)
+
+
+def processes_memory(pids: Sequence[int], limit: int) -> int:
+    """The processes' memory: their RSS sum, or where that is over ``limit``, their PSS sum (exact for shared pages)."""
+    rss = sum(_rss(p) for p in pids)
+    return rss if rss <= limit else sum(_pss(p) for p in pids)
+
+
+def open_tmpfs(pids: Iterable[int], mounts: Sequence[str]) -> list[int]:
+    """Descriptors of the job's own tmpfs ``mounts`` (its /tmp, /dev/shm), opened through a process of its
+    mount namespace (/proc/<pid>/root); [] while no process of the job is in a namespace of its own.
+    An open descriptor keeps a tmpfs readable after the job's namespace is gone: what it held at the end."""
+    if not mounts:
+        return []
+    try:
+        mine = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return []
+    for pid in pids:
+        fds: list[int] = []
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") == mine:
+                continue  # the wrapper's or bwrap's own view: the host's /tmp is not the job's
+            for m in mounts:
+                fds.append(os.open(f"/proc/{pid}/root{m}", os.O_RDONLY | os.O_DIRECTORY))
+            return fds
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+    return []
+
+
+def tmpfs_usage(fds: Iterable[int]) -> tuple[int, bool]:
+    """Bytes the tmpfs mounts behind ``fds`` hold, and whether any of them is full."""
+    used, full = 0, False
+    for fd in fds:
+        st = os.fstatvfs(fd)
+        used += (st.f_blocks - st.f_bfree) * st.f_frsize
+        full = full or (st.f_blocks > 0 and st.f_bfree == 0)
+    return used, full
+
+
+def folder_bytes(folder: Path) -> int:
+    """Disk a folder's files take (allocated blocks; links not followed, hard links once)."""
+    total, seen = 0, set()
+    stack = [str(folder)]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
