@@ -25,6 +25,7 @@ from rich.markup import escape
 
 from cli.artifacts import artifacts_table, download_run
 from cli.client import CaddieClient, CaddieError, load_config, write_config_file
+from cli.doctor import missing_sqlite_file
 from cli.follow import describe_submission, follow_runs, tail_log
 from cli.render import print_results, run_detail, runs_table, status_text
 from cli.render_queue import queue_table
@@ -296,6 +297,27 @@ def up(
     run_embedded(host=host, port=port)
 
 
+@app.command()
+@friendly
+def doctor(
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object: ok, and each check's name, status, detail and fix")] = False,
+    min_free_gib: Annotated[float, typer.Option(min=0, help="the artifact store fails below this much free space (GiB)")] = 1.0,
+) -> None:
+    """Check what this deployment needs, each with pass/fail and its fix: the API and its version, the database at
+    head, the broker, the workers, the launcher (the local sandbox, or SkyPilot's API server and credentials), the GPUs,
+    each data variant's files, the artifact store. Reads this shell's CADDIE_* settings; exit 1 when a check fails."""
+    from cli.doctor import as_json, as_lines, failed, run_checks
+
+    checks = run_checks(load_config(), min_free_gib=min_free_gib)
+    if json_out:
+        sys.stdout.write(as_json(checks) + "\n")
+    else:
+        for line in as_lines(checks):
+            out.print(printable(line), markup=False, soft_wrap=True)
+    if failed(checks):
+        raise typer.Exit(1)
+
+
 # --- results: groups, significance, leaderboard ----------------------------------------------
 @app.command()
 @friendly
@@ -425,18 +447,6 @@ def database() -> Iterator[Any]:
         raise CaddieError(f"database {shown}: {type(exc).__name__}") from None
     finally:
         session.close()
-
-
-def missing_sqlite_file(url: str) -> Path | None:
-    """The absolute path of a SQLite database file that ``url`` names and that does not exist, else None."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
-        return None
-    path = Path(database).absolute()
-    return None if path.exists() else path
 
 
 @records_app.command("import")

@@ -33,6 +33,7 @@ STOP_TIMEOUT_S = 20.0
 # Checked by tests/cli/test_cli_tokens_teams.py: both commands must exist.
 TOKEN_HINT = "caddie token create NAME --user USER` or, on this machine, `caddie admin create-token USER"
 STOPPED_REASON = "stopped when caddie up was stopped (Ctrl-C)"
+DOCTOR_HINT = "caddie doctor"  # checked by tests/cli/test_cli_doctor.py, as TOKEN_HINT
 
 
 def embedded_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -137,6 +138,8 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
         print(f"  export CADDIE_URL={url} CADDIE_TOKEN={token}", file=out, flush=True)
     else:
         print(f"users exist already: use your token (an admin can make one with `{TOKEN_HINT}`)", file=out, flush=True)
+    # From this folder: CADDIE_HOME defaults to ./.caddie, so the doctor reads the children's settings.
+    print(f"check the setup: `{DOCTOR_HINT}` (in another shell, from this folder)", file=out, flush=True)
     print("Ctrl-C stops everything.", file=out, flush=True)
 
     def stop_jobs() -> None:

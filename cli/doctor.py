@@ -1,0 +1,503 @@
+"""``caddie doctor``: what a deployment needs, checked one piece at a time, each with its fix.
+
+Every check reads the real thing (the API over HTTP, the database and its migrations, the
+broker, the workers through Celery's broadcast ping and the control worker's own heartbeat,
+the launcher: a sandboxed smoke job, or SkyPilot's API server and its credential check; the
+data of each variant, the artifact store, the GPUs) and answers pass, warn, fail or skip
+(not applicable here, saying why). Any fail makes the command exit 1. A check never raises:
+its error is its detail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from cli.client import API_PREFIX, ClientConfig
+
+Status = Literal["pass", "warn", "fail", "skip"]
+MARKS: dict[str, str] = {"pass": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
+HTTP_TIMEOUT_S = 5.0
+BROKER_TIMEOUT_S = 3.0
+PING_TIMEOUT_S = 2.0
+SANDBOX_TIMEOUT_S = 30.0
+SKY_CHECK_TIMEOUT_S = 120.0  # SkyPilot's own credential check asks every cloud it knows
+SANDBOX_UID = 65534
+# The worker commands of the README's production setup (a fix names them).
+WORKER_COMMANDS = ("celery -A worker.celery_app worker -Q runs -P threads -c $CADDIE_MAX_CONCURRENT_RUNS; "
+                   "celery -A worker.celery_app worker -Q control -P solo; celery -A worker.celery_app beat")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite database file that ``url`` names and that does not exist, else None."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database).absolute()
+    return None if path.exists() else path
+
+
+def shown_url(url: str) -> str:
+    """A database or broker URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses (a broker's): drop what follows the user
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def guarded(name: str, fn: Callable[[], list[Check]]) -> list[Check]:
+    """fn's checks; an error it did not expect is a fail of `name` saying what it was."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the doctor reports, it never stops half-way
+        return [Check(name, "fail", f"the check itself failed: {type(exc).__name__}: {first_line(exc)}")]
+
+
+def migration_heads(url: str) -> tuple[str, ...]:
+    """The head revision(s) of this checkout's migrations."""
+    from alembic.script import ScriptDirectory
+
+    from service.core.migrate import alembic_config
+
+    return tuple(sorted(ScriptDirectory.from_config(alembic_config(url)).get_heads()))
+
+
+# --- the API ------------------------------------------------------------------------------
+def check_api(config: ClientConfig, heads: tuple[str, ...]) -> list[Check]:
+    url = config.url
+    try:
+        r = httpx.get(f"{url}/healthz", timeout=HTTP_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return [Check("api", "fail", f"{url} cannot be reached: {first_line(exc)}",
+                      "start the API (`caddie up`, or uvicorn --factory service.api.app:create_app), or point CADDIE_URL / "
+                      "`caddie login --url URL` at it")]  # fmt: skip
+    if r.status_code != 200:
+        return [Check("api", "fail", f"{url}/healthz answered {r.status_code}: {r.text[:200]}",
+                      "read the API's log: its database is likely down or unreachable from it")]
+    try:
+        health = r.json()
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or health.get("status") != "ok":
+        return [Check("api", "fail", f"{url} answered /healthz, but not as caddie does", "CADDIE_URL names another service")]
+    version = health.get("version") or "unknown (an API older than its version field)"
+    revision = health.get("database_revision")
+    detail = f"{url}: caddie {version}, {health.get('database')} database at {revision or 'no migration'}"
+    found: list[Check] = []
+    if not revision:
+        found.append(Check("api", "fail", detail, "migrate the API's database: `caddie db upgrade` with its CADDIE_DATABASE_URL"))
+    elif tuple(sorted(revision.split(","))) != heads:
+        found.append(Check("api", "fail", f"{detail}; this checkout's head is {','.join(heads)}",
+                           "the API's database or its code is not this checkout's: `caddie db upgrade` with the API's "
+                           "CADDIE_DATABASE_URL, then restart the API; or update this checkout"))  # fmt: skip
+    else:
+        found.append(Check("api", "pass", f"{detail} (head)"))
+    found.append(check_token(config))
+    return found
+
+
+def check_token(config: ClientConfig) -> Check:
+    if not config.token:
+        return Check("token", "skip", "no token (CADDIE_TOKEN or the config file): the API's own checks end here")
+    r = httpx.get(f"{config.url}{API_PREFIX}/users/me", headers={"Authorization": f"Bearer {config.token}"}, timeout=HTTP_TIMEOUT_S)
+    if r.status_code == 200:
+        return Check("token", "pass", f"signed in as {r.json().get('name')}")
+    return Check("token", "fail", f"the token is refused ({r.status_code})", "`caddie login --url URL` with a valid token")
+
+
+# --- database, broker, workers ------------------------------------------------------------
+def check_database(settings: Any, heads: tuple[str, ...]) -> list[Check]:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    url = settings.database_url
+    shown = shown_url(url)
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        return [Check("database", "fail", f"no database file at {missing}", "`caddie up` (it creates one), or `caddie db upgrade`, "
+                      "or set CADDIE_DATABASE_URL to the deployment's database")]  # fmt: skip
+    connect_args = {"connect_timeout": int(HTTP_TIMEOUT_S)} if url.startswith("postgresql") else {}
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            current = tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
+    except SQLAlchemyError as exc:
+        return [Check("database", "fail", f"{shown} cannot be reached: {first_line(exc)}",
+                      "start the database, or set CADDIE_DATABASE_URL to one that answers")]
+    finally:
+        engine.dispose()
+    if current == heads:
+        return [Check("database", "pass", f"{shown} at {','.join(current)} (head)")]
+    if not current:
+        return [Check("database", "fail", f"{shown} has no caddie tables (never migrated)", "`caddie db upgrade`")]
+    from alembic.script import ScriptDirectory
+
+    from service.core.migrate import alembic_config
+
+    if not _revisions_known(ScriptDirectory.from_config(alembic_config(url)), current):
+        return [Check("database", "fail", f"{shown} is at {','.join(current)}, a migration this checkout does not have (head {','.join(heads)})",
+                      "this caddie is older than its database: update it (git pull; pip install -e .)")]  # fmt: skip
+    return [Check("database", "fail", f"{shown} is at {','.join(current)}, behind head {','.join(heads)}",
+                  "`caddie db upgrade` (then restart the API and the workers)")]
+
+
+def _revisions_known(script: Any, revisions: tuple[str, ...]) -> bool:
+    from alembic.util import CommandError
+
+    try:
+        return all(script.get_revision(rev) is not None for rev in revisions)
+    except CommandError:
+        return False
+
+
+def check_broker(settings: Any) -> list[Check]:
+    from kombu import Connection
+    from kombu.exceptions import ChannelError
+
+    url = settings.broker_url
+    shown = shown_url(url)
+    waiting: list[str] = []
+    try:
+        with Connection(url, connect_timeout=BROKER_TIMEOUT_S) as conn:
+            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+            for queue in ("runs", "control"):
+                with conn.channel() as channel:  # a refused passive declare closes its channel
+                    try:
+                        declared = channel.queue_declare(queue=queue, passive=True)
+                        waiting.append(f"{queue}: {declared.message_count} waiting")
+                    except ChannelError:
+                        waiting.append(f"{queue}: not declared yet (no worker has started on this broker)")
+    except Exception as exc:  # noqa: BLE001 - kombu raises the transport's own errors (redis, sqlalchemy, socket)
+        return [Check("broker", "fail", f"{shown} cannot be reached: {first_line(exc)}",
+                      "start the broker, or set CADDIE_BROKER_URL to one that answers (redis://HOST:6379/0; "
+                      "unset: a SQLite file under CADDIE_HOME)")]  # fmt: skip
+    return [Check("broker", "pass", f"{shown} ({'; '.join(waiting)})")]
+
+
+def check_workers(settings: Any) -> list[Check]:
+    from kombu import Connection
+
+    with Connection(settings.broker_url) as conn:  # no connection made: the transport class says whether it can fan out
+        broadcasts = bool(getattr(conn.transport.Channel, "supports_fanout", False))
+    if not broadcasts:
+        return [Check("workers", "skip", f"the broker {shown_url(settings.broker_url).split('://')[0]}:// cannot broadcast, so "
+                      "workers cannot be pinged; the scheduler check shows the control worker, runs starting show a runs worker")]  # fmt: skip
+    from worker.celery_app import make_celery
+
+    app = make_celery(settings)
+    try:
+        replies = app.control.inspect(timeout=PING_TIMEOUT_S).active_queues() or {}
+    finally:
+        app.close()
+    by_queue: dict[str, list[str]] = {"runs": [], "control": []}
+    for worker, queues in replies.items():
+        for q in queues or []:
+            by_queue.setdefault(q.get("name", ""), []).append(worker)
+    missing = [q for q in ("runs", "control") if not by_queue.get(q)]
+    seen = "; ".join(f"{q}: {', '.join(sorted(w))}" for q, w in by_queue.items() if w) or "no worker answered"
+    if missing:
+        return [Check("workers", "fail", f"no worker consumes {' and '.join(missing)} ({seen}; pinged for {PING_TIMEOUT_S:g} s)",
+                      f"start them (`caddie up` does), as in the README: {WORKER_COMMANDS}")]
+    return [Check("workers", "pass", seen)]
+
+
+def check_scheduler(settings: Any) -> list[Check]:
+    """The control worker's heartbeat: the queue forecast it stores at every beat tick, queue empty or not."""
+    from service.core.db import get_sessionmaker
+    from service.queue.stored import read_forecast
+
+    with get_sessionmaker(settings.database_url, settings)() as session:
+        forecast = read_forecast(session)
+    limit = settings.queue_forecast_stale_s
+    if forecast is None:
+        return [Check("scheduler", "fail", "no queue forecast was ever stored: beat and the control worker have not run on this database",
+                      f"start beat and a control worker (`caddie up` does): {WORKER_COMMANDS}")]
+    made = forecast.made_at if forecast.made_at.tzinfo else forecast.made_at.replace(tzinfo=timezone.utc)
+    age = (datetime.now(timezone.utc) - made).total_seconds()
+    if age > limit:
+        return [Check("scheduler", "fail", f"the last queue forecast is {age:,.0f} s old (CADDIE_QUEUE_FORECAST_STALE_S {limit:g}): "
+                      "beat or the control worker is down", f"start them (`caddie up` does): {WORKER_COMMANDS}")]  # fmt: skip
+    return [Check("scheduler", "pass", f"beat and the control worker are alive: queue forecast {age:.0f} s old, {forecast.size} queued")]
+
+
+# --- launcher -----------------------------------------------------------------------------
+SANDBOX_PROBE = "import json, os; print(json.dumps({'uid': os.getuid(), 'dev': sorted(os.listdir('/dev')), 'home': os.path.exists(%r)}))"
+
+
+def check_local_launcher(settings: Any) -> list[Check]:
+    from worker.launchers.sandbox import bwrap_path, gpu_devices, sealed_argv
+
+    if settings.sandbox == "none":
+        return [Check("sandbox", "warn", "CADDIE_SANDBOX=none: jobs run unsealed, as the worker's own user (one trusted team only)")]
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return [Check("sandbox", "fail", "bubblewrap (bwrap) is not on PATH: every local job would be refused",
+                      "apt-get install bubblewrap (or, unsafely, CADDIE_SANDBOX=none)")]
+    host_gpus = [d.name for d in gpu_devices()]
+    home = str(Path(settings.home).resolve())
+    with tempfile.TemporaryDirectory(prefix="caddie-doctor-") as tmp:
+        argv = sealed_argv([sys.executable, "-c", SANDBOX_PROBE % home], workdir=Path(tmp), ro_paths=[], bwrap=bwrap)
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=SANDBOX_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            return [Check("sandbox", "fail", f"a sandboxed python did not finish in {SANDBOX_TIMEOUT_S:g} s", "run bwrap by hand to see why")]
+        took = time.monotonic() - started
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return [Check("sandbox", "fail", f"{bwrap} could not run a sealed python: {why}",
+                      "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 "
+                      "bwrap's AppArmor profile), or run the worker where they work")]  # fmt: skip
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    problems = []
+    if seen["uid"] != SANDBOX_UID:
+        problems.append(f"the job ran as uid {seen['uid']}, not {SANDBOX_UID}")
+    if seen["home"]:
+        problems.append(f"CADDIE_HOME ({home}) is visible inside")
+    missing_gpus = sorted(set(host_gpus) - set(seen["dev"]))
+    if missing_gpus:
+        problems.append(f"host GPU devices missing inside: {', '.join(missing_gpus)}")
+    if problems:
+        return [Check("sandbox", "fail", "; ".join(problems), "this worker's bwrap does not seal as caddie expects: see README 'Sealed jobs'")]
+    gpus = f", {len(host_gpus)} GPU device(s) inside" if host_gpus else ""
+    return [Check("sandbox", "pass", f"{bwrap}: a sealed python ran as uid {SANDBOX_UID} in {took:.2f} s{gpus}")]
+
+
+def check_gpus(settings: Any) -> list[Check]:
+    from service.core.hardware import CPU, probe_local_node, split_list
+
+    node = probe_local_node(None)  # what the driver lists, before CADDIE_GPU_COUNT
+    declared = [h for h in split_list(settings.provided_hardware) if h != CPU]
+    needed = max([gpu_count_of(h) for h in declared] + [settings.gpu_count or 0])
+    said = f"CADDIE_PROVIDED_HARDWARE says {', '.join(declared)}" if declared else f"CADDIE_GPU_COUNT={settings.gpu_count}"
+    if needed > node.gpus:
+        return [Check("gpu", "fail", f"{said}, but `nvidia-smi -L` lists {node.gpus} GPU(s)",
+                      "install the NVIDIA driver so that `nvidia-smi -L` lists the GPUs, or set CADDIE_PROVIDED_HARDWARE / "
+                      "CADDIE_GPU_COUNT to what this machine has")]  # fmt: skip
+    if needed == 0:
+        return [Check("gpu", "pass", f"no GPU needed: local jobs run on {node.describe()} (runs asking for GPUs are refused or, with "
+                      "CADDIE_UNAVAILABLE_HARDWARE=accept, run here)")]  # fmt: skip
+    return [Check("gpu", "pass", f"{node.describe()} ({node.source})")]
+
+
+def gpu_count_of(hardware: str) -> int:
+    """``H100:8`` -> 8, ``H100`` -> 1 (a count that is not a number counts as 1)."""
+    count = hardware.partition(":")[2]
+    return int(count) if count.isdigit() else 1
+
+
+def check_skypilot(settings: Any) -> list[Check]:
+    try:
+        import sky
+        from sky.client import sdk
+        from sky.server import common as server_common
+    except Exception as exc:  # noqa: BLE001 - an import that breaks on a dependency raises anything
+        return [Check("skypilot", "fail", f"SkyPilot cannot be imported: {first_line(exc)}", "pip install -e '.[skypilot]' on the worker host")]
+    found = [Check("skypilot", "pass", f"SkyPilot {sky.__version__} imported")]
+    # Read the endpoint now: SkyPilot caches it per process, and SKYPILOT_API_SERVER_ENDPOINT may have changed.
+    server_common.get_server_url.cache_clear()
+    endpoint = server_common.get_server_url()
+    # get_api_server_status only asks; sdk.api_info() would start a local server when none answers.
+    info = server_common.get_api_server_status(endpoint)
+    status = server_common.ApiServerStatus
+    if info.status == status.VERSION_MISMATCH:
+        found.append(Check("skypilot api server", "fail", f"{endpoint}: SkyPilot {info.version} speaks API {info.api_version}, this client "
+                           f"{sky.__version__} another", "install the same SkyPilot release on the worker host and the API server"))  # fmt: skip
+        return found
+    if info.status != status.HEALTHY:
+        local = endpoint in server_common.AVAILABLE_LOCAL_API_SERVER_URLS
+        detail = f"no SkyPilot API server answers at {endpoint}/api/health"
+        fix = "start it: `sky api start` (or set SKYPILOT_API_SERVER_ENDPOINT to your team's server)"
+        if local:
+            broken = server_cannot_start()
+            if broken:
+                detail += f", and this environment cannot run one: {broken}"
+                fix = ("run SkyPilot's API server in an environment of its own (python -m venv sky-env; sky-env/bin/pip install "
+                       "skypilot; sky-env/bin/sky api start) and keep this one as its client")  # fmt: skip
+        found.append(Check("skypilot api server", "fail", detail, fix))
+        return found
+    found.append(Check("skypilot api server", "pass", f"{endpoint}: SkyPilot {info.version} (API {info.api_version}, commit {str(info.commit)[:12]})"))
+    found.append(check_sky_clouds(sdk, settings.sky_infra))
+    return found
+
+
+def server_cannot_start() -> str:
+    """Why SkyPilot's API server cannot be imported in this Python ('' when it can): its process would die at start."""
+    done = subprocess.run([sys.executable, "-c", "import sky.server.server"], capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode == 0:
+        return ""
+    return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+
+
+def check_sky_clouds(sdk: Any, infra: str) -> Check:
+    """SkyPilot's own credential check (`sky check`) through its API server: which clouds are enabled."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: sdk.get(sdk.check(None, False)))
+        try:
+            enabled = future.result(timeout=SKY_CHECK_TIMEOUT_S)
+        except FutureTimeout:
+            return Check("skypilot clouds", "fail", f"SkyPilot's credential check took over {SKY_CHECK_TIMEOUT_S:g} s", "run `sky check` by hand")
+    if isinstance(enabled, dict):  # newer releases answer per workspace
+        enabled = sorted({c for clouds in enabled.values() for c in clouds})
+    names = sorted(str(c) for c in enabled or [])
+    if not names:
+        return Check("skypilot clouds", "fail", "SkyPilot's check enabled no cloud: it has no credentials it can use",
+                     "give the API server's user credentials (README 'Running on a real cloud'), then `sky check`")
+    wanted = infra.strip().split("/")[0] if infra.strip() else ""
+    if wanted and wanted.lower() not in {n.lower() for n in names}:
+        return Check("skypilot clouds", "fail", f"CADDIE_SKY_INFRA names {wanted}, but SkyPilot enabled only {', '.join(names)}",
+                     f"give SkyPilot credentials for {wanted} (`sky check {wanted}` says what is missing)")
+    return Check("skypilot clouds", "pass", f"enabled: {', '.join(names)}")
+
+
+# --- data, artifacts ----------------------------------------------------------------------
+def check_data(settings: Any) -> list[Check]:
+    from trainer.recipes import RecipeError, parse_sources, resolve
+
+    root = Path(settings.data_root).resolve()
+    found = []
+    for variant in settings.data_variant_choices:
+        name = f"data {variant}"
+        try:
+            recipe = resolve(variant, parse_sources(settings.data_sources))
+        except RecipeError as exc:
+            found.append(Check(name, "fail", str(exc), "fix CADDIE_DATA_VARIANTS / CADDIE_DATA_SOURCES"))
+            continue
+        if settings.launcher != "local":
+            found.append(Check(name, "skip", f"SkyPilot nodes download it from {recipe.source.describe()} themselves"))
+            continue
+        if recipe.built:
+            found.append(Check(name, "skip", f"built per run from the run's own files ({recipe.build.script if recipe.build else ''}), once per content hash"))
+            continue
+        folder, tokenizer = root / recipe.data_path, root / recipe.tokenizer_path
+        train, val = sorted(folder.glob("fineweb_train_*.bin")), sorted(folder.glob("fineweb_val_*.bin"))
+        lacking = [what for what, ok in (("train shards", train), ("validation shards", val), ("its tokenizer", tokenizer.is_file())) if not ok]
+        if lacking:
+            found.append(Check(name, "fail", f"{folder} lacks {', '.join(lacking)}: runs on {variant} would be refused",
+                               f"python -m trainer.data download --variant {variant} --out {root} (or drop it from CADDIE_DATA_VARIANTS)"))
+            continue
+        found.append(Check(name, "pass", f"{len(train)} train and {len(val)} validation shards, tokenizer {tokenizer.name} ({folder})"))
+    return found
+
+
+def check_artifacts(settings: Any, min_free_gib: float) -> list[Check]:
+    if settings.s3_bucket:
+        from service.core.storage import S3ArtifactStore
+
+        store = S3ArtifactStore(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)
+        key = f"{store.prefix}/.doctor/{uuid.uuid4().hex}" if store.prefix else f".doctor/{uuid.uuid4().hex}"
+        try:
+            store.client.put_object(Bucket=store.bucket, Key=key, Body=b"caddie doctor\n")
+            store.client.delete_object(Bucket=store.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001 - botocore's errors (credentials, endpoint, permissions)
+            return [Check("artifacts", "fail", f"s3://{store.bucket}/{key}: {first_line(exc)}",
+                          "give the worker and the API credentials that may write the bucket (CADDIE_S3_*, AWS_*)")]
+        return [Check("artifacts", "pass", f"s3://{store.bucket}/{store.prefix}: an object written and deleted")]
+    root = Path(settings.artifact_dir).resolve()
+    probe = root / f".doctor-{uuid.uuid4().hex}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"caddie doctor\n")
+        probe.unlink()
+    except OSError as exc:
+        return [Check("artifacts", "fail", f"{root} is not writable: {exc.strerror or exc}",
+                      "give the worker's user write access to CADDIE_ARTIFACT_DIR, or set it elsewhere")]
+    free = shutil.disk_usage(root).free / 2**30
+    if free < min_free_gib:
+        return [Check("artifacts", "fail", f"{root}: {free:,.1f} GiB free, under {min_free_gib:g} GiB",
+                      "free space there, or set CADDIE_ARTIFACT_DIR / CADDIE_S3_BUCKET elsewhere")]
+    return [Check("artifacts", "pass", f"{root}: writable, {free:,.1f} GiB free")]
+
+
+# --- all of it ----------------------------------------------------------------------------
+def run_checks(config: ClientConfig, *, min_free_gib: float = 1.0) -> list[Check]:
+    """Every check, in the order a deployment is brought up."""
+    from pydantic import ValidationError
+
+    from service.core.settings import Settings
+
+    try:
+        settings = Settings()
+    except (ValidationError, ValueError) as exc:
+        problems = exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
+        text = "; ".join(f"CADDIE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" if e["loc"] else str(e["msg"]) for e in problems)
+        return [Check("settings", "fail", text, "fix those environment variables (README 'Production setup' lists them)")]
+    checks = [Check("settings", "pass", f"launcher {settings.launcher}, home {Path(settings.home).resolve()}")]
+    heads = migration_heads(settings.database_url)
+    checks += guarded("api", lambda: check_api(config, heads))
+    database = guarded("database", lambda: check_database(settings, heads))
+    checks += database
+    broker = guarded("broker", lambda: check_broker(settings))
+    checks += broker
+    if broker[0].status == "pass":
+        checks += guarded("workers", lambda: check_workers(settings))
+    else:
+        checks.append(Check("workers", "skip", "the broker cannot be reached"))
+    if database[0].status == "pass":
+        checks += guarded("scheduler", lambda: check_scheduler(settings))
+    else:
+        checks.append(Check("scheduler", "skip", "the database is not at head"))
+    if settings.launcher == "local":
+        checks += guarded("sandbox", lambda: check_local_launcher(settings))
+        checks += guarded("gpu", lambda: check_gpus(settings))
+    else:
+        checks += guarded("skypilot", lambda: check_skypilot(settings))
+        checks.append(Check("gpu", "skip", "GPUs are on SkyPilot's nodes"))
+    checks += guarded("data", lambda: check_data(settings))
+    checks += guarded("artifacts", lambda: check_artifacts(settings, min_free_gib))
+    return checks
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.status == "fail" for c in checks)
+
+
+def as_json(checks: list[Check]) -> str:
+    return json.dumps({"ok": not failed(checks), "checks": [asdict(c) for c in checks]}, indent=2)
+
+
+def as_lines(checks: list[Check]) -> list[str]:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"{MARKS[c.status]}  {c.name:<{width}}  {c.detail}")
+        if c.fix and c.status in ("fail", "warn"):
+            lines.append(f"      {'':<{width}}  fix: {c.fix}")
+    bad = sum(c.status == "fail" for c in checks)
+    lines.append(f"{len(checks)} checks: {bad} failed" if bad else f"{len(checks)} checks: none failed")
+    return lines
+
