@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 CPU = "cpu"
+ANY_HARDWARE = "*"  # a capacity entry for every hardware without its own
 # "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)" -> "NVIDIA H100 80GB HBM3"
 _SMI_LINE = re.compile(r"^GPU \d+: (?P<name>.+?)(?: \(UUID: [^)]*\))?\s*$")
 # The accelerator name SkyPilot and caddie's hardware strings use: H100, H200, A100, L4, ...
@@ -126,3 +127,21 @@ def where_it_runs(asked: str, node: NodeHardware | None, provided: Sequence[str]
     here = ", ".join(provided) or "nothing"
     return (f"asked for {asked}, which this deployment cannot provide (it provides {here}): it will run on "
             f"{provided[0] if len(provided) == 1 else 'one of those'}, judged and billed on what runs (CADDIE_UNAVAILABLE_HARDWARE=accept)")
+
+
+# --- capacity: how many runs of each hardware may hold a node at once (CADDIE_CAPACITY) ---
+
+def parse_capacity(spec: str, default: int) -> dict[str, int]:
+    """``"H100:8=2,cpu=4"`` -> {"H100:8": 2, "cpu": 4, "*": default}. Raises ValueError naming the bad item."""
+    out = {ANY_HARDWARE: default}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        hardware, sep, number = item.rpartition("=")
+        if not sep or not hardware or not number.strip().isdigit():
+            raise ValueError(f"CADDIE_CAPACITY item {item!r}: expected HARDWARE=N, e.g. H100:8=2")
+        out[hardware.strip()] = int(number)
+    return out
+
+
+def slots_of(hardware: str, capacity: Mapping[str, int]) -> int:
+    """The most concurrent runs of ``hardware``: its own entry, else ``"*"``, else 0."""
+    return capacity.get(hardware, capacity.get(ANY_HARDWARE, 0))

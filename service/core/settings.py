@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.queue.policy import parse_capacity
+from service.core.hardware import parse_capacity
 from trainer.recipes import parse_sources
 
 TRACKS = ("10min_16mb", "unlimited")

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, budget_problem, pick_runs_to_start, slots_of, start_order
+from service.core.hardware import slots_of
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, budget_problem, pick_runs_to_start, start_order
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from service.billing.accounting import gpus_of
+from service.core.hardware import slots_of
 
-ANY_HARDWARE = "*"
 # Budget comparisons allow this much rounding (GPU-hours).
 EPSILON_GPU_HOURS = 1e-9
 
@@ -79,22 +79,6 @@ class TeamUsage:
     @property
     def over_budget(self) -> bool:
         return self.budget_gpu_hours is not None and self.used_gpu_hours >= self.budget_gpu_hours
-
-
-def parse_capacity(spec: str, default: int) -> dict[str, int]:
-    """``"H100:8=2,cpu=4"`` -> {"H100:8": 2, "cpu": 4, "*": default}. Raises ValueError naming the bad item."""
-    out = {ANY_HARDWARE: default}
-    for item in filter(None, (p.strip() for p in spec.split(","))):
-        hardware, sep, number = item.rpartition("=")
-        if not sep or not hardware or not number.strip().isdigit():
-            raise ValueError(f"CADDIE_CAPACITY item {item!r}: expected HARDWARE=N, e.g. H100:8=2")
-        out[hardware.strip()] = int(number)
-    return out
-
-
-def slots_of(hardware: str, capacity: Mapping[str, int]) -> int:
-    """The most concurrent runs of ``hardware``: its own entry, else ``"*"``, else 0."""
-    return capacity.get(hardware, capacity.get(ANY_HARDWARE, 0))
 
 
 def budget_problem(team: TeamUsage, committed_gpu_hours: float, cost_gpu_hours: float) -> str | None:

@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from service.core.hardware import slots_of
 from service.queue.forecast import forecast_queue
-from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start, slots_of
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 HARDWARE = ("H100:8", "H100:1", "cpu")

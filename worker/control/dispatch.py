@@ -22,9 +22,10 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service.billing.accounting import gpus_of  # noqa: F401 (re-exported: one definition, shared with accounting)
+from service.core.hardware import parse_capacity, slots_of  # noqa: F401 (re-exported)
 from service.core.models import Run, utcnow
 from service.core.settings import Settings
-from service.queue.policy import ANY_HARDWARE, ActiveRun, QueuedRun, TeamUsage, parse_capacity, pick_runs_to_start, slots_of  # noqa: F401 (re-exported)
+from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start  # noqa: F401 (re-exported)
 from service.queue.state import load_queue_state, retry_wait  # noqa: F401 (re-exported)
 from service.runs.lifecycle import transition
 from service.runs.status import IllegalTransition, RunStatus
