@@ -18,7 +18,7 @@ from service.core.errors import AlreadyExists, Conflict, InvalidInput, Issue, No
 from service.core.models import ApiToken, Membership, Team, User, utcnow
 from service.core.text import text_problem
 from service.teams.tokens import ACTIVE_ROLES, INVITED, issue_token
-from service.webhooks.address import BadWebhookUrl, check_url, masked
+from service.teams.webhook_url import BadWebhookUrl, check_url, masked
 
 ROLES = ("member", "admin")
 

@@ -14,7 +14,7 @@ from service.core.bodies import (
     Strict,
 )
 from service.core.models import ApiToken, Team, User
-from service.webhooks.address import masked
+from service.teams.webhook_url import masked
 
 
 class TeamCreate(Strict):

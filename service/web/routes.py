@@ -59,9 +59,9 @@ from service.runs.status import (
 from service.runs.submit import submit_runs
 from service.teams import accounts, tokens as security
 from service.teams.tokens import Principal
+from service.teams.webhook_url import masked as masked_webhook
 from service.web import charts, session as web_session
 from service.webhooks import history as webhook_history
-from service.webhooks.address import masked as masked_webhook
 from trainer.config import DEFAULT_STACK, STACKS, TrainerConfig
 
 HERE = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@
                                     ├─ 2xx: sent
                                     └─ else: retried with backoff, given up after N tries (why kept)
 
-address.py: which URLs may be a webhook (pure checks plus a DNS look-up); body.py: the JSON a
-chat tool accepts (pure); outbox.py: the events, queued in the caller's transaction;
-send.py: the tick that delivers them.
+body.py: the JSON a chat tool accepts (pure); outbox.py: the events, queued in the caller's
+transaction; send.py: the tick that delivers them. Which URLs a team may name as its webhook is
+the team's own setting, checked where it is set: service/teams/webhook_url.py.
 """

@@ -5,7 +5,7 @@ compare-and-set on ``attempts``), committed, then sent: two ticks at once never 
 twice, and a worker that dies mid-send leaves the row to be tried again. The URL is read from the
 row's own team at send time and checked again (scheme, and with CADDIE_WEBHOOK_ALLOW_PRIVATE off
 the addresses the host resolves to now); the host is resolved once and the POST connects to the
-checked address (address.pin), so a second resolution cannot swap it. Redirects are not
+checked address (service.teams.webhook_url.pin), so a second resolution cannot swap it. Redirects are not
 followed: one could lead inside.
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from service.core.db import rowcount
 from service.core.models import Team, WebhookDelivery, utcnow
 from service.core.settings import Settings
-from service.webhooks.address import Resolver, pin, resolve
+from service.teams.webhook_url import Resolver, pin, resolve
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from service.core.models import Run, Sweep, SweepTrial, Team, User, WebhookDeliv
 from service.core.settings import Settings
 from service.runs.lifecycle import transition
 from service.runs.status import RunStatus
-from service.webhooks import address, body as bodies
-from service.webhooks.address import BadWebhookUrl, check_url, masked, pin
+from service.teams import webhook_url as address
+from service.teams.webhook_url import BadWebhookUrl, check_url, masked, pin
+from service.webhooks import body as bodies
 from service.webhooks.outbox import notify_sweep_ended
 from service.webhooks.send import deliver_due, retry_delay_s
 from worker.celery_app import WEBHOOK_TICK, celery_config
