@@ -19,6 +19,8 @@ the SkyPilot API server; `sky.get` waits for its result or raises its error):
                    what a restarted executor adopts instead of launching again
     collect        sky.download_logs: the run script copies OUTPUT_DIR into the
                    job's log folder, so the outputs come back with the logs
+    discard_log    sky.exec of a small job that removes the run's folders on the
+                   node once the run has ended (its outputs collected)
     release        keep warm: sky.autostop(down=True) after the keep-warm window;
                    else sky.down
     list_clusters  sky.status, the clusters whose names start with the prefix
@@ -32,6 +34,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import re
 import shutil
 import time
@@ -60,11 +63,24 @@ from worker.launchers.run_folder import place_files
 from worker.launchers.trainer_env import data_env, knob_env, recipe_of, script_env
 
 NAME = "skypilot"
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "skypilot" / "task.yaml"
 # The node's `nvidia-smi -L`, written by the run script beside the job's log (infra/skypilot/task.yaml).
 NODE_REPORT = "caddie-node.txt"
 ENV_REPORT = "caddie-env.json"  # what the job's Python held, written by the run script beside the job's log
+_RUN_KEY = re.compile(r"run-[0-9]+-[A-Za-z0-9-]+")  # run-12-attempt-1: no slash, no dots, never empty (it names folders to remove)
+# A run's folders on the node, removed once its worker has collected its outputs (discard_log): its SkyPilot
+# log folder, found by the run key the run script left there (out of the job's reach), its run folder and
+# its script files. Nothing of another run: the run key is the attempt's own.
+CLEANUP_RUN = """\
+set -u
+[ -n "${CADDIE_RUN_KEY}" ] || exit 0
+for d in "$HOME"/sky_logs/*/; do
+  if [ "$(cat "${d}caddie-run-key" 2>/dev/null)" = "${CADDIE_RUN_KEY}" ]; then rm -rf "$d"; fi
+done
+rm -rf "$HOME/caddie-runs/${CADDIE_RUN_KEY}" "$HOME/caddie-scripts/${CADDIE_RUN_KEY}"
+"""
 _HARDWARE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,39})(?::([1-9][0-9]{0,2}))?$")
 
 
@@ -611,7 +627,24 @@ class SkyPilotLauncher:
             (dest / name).unlink(missing_ok=True)
             if report.is_file():
                 shutil.copyfile(report, dest / name)
+        shutil.rmtree(Path(str(local)).expanduser(), ignore_errors=True)  # the worker's download: its outputs are in dest now
         return dest
+
+    def discard_log(self, handle: LaunchHandle) -> None:
+        """Once the run has ended (its outputs collected), what it left on the node goes: its SkyPilot log folder
+        (the log, the outputs copied there, the node's reports), its run folder and its script files, by a small
+        job on the node (`sky.exec` of CLEANUP_RUN); and the worker's staged copy of its script files.
+        Best effort: a node already down took them with it, and a node's next run removes what is left."""
+        run_key = str(handle.data.get("run_key") or "")
+        if not _RUN_KEY.fullmatch(run_key):
+            log.warning("not cleaning %s: no run key in the handle (%r)", handle.cluster, run_key)
+            return
+        shutil.rmtree(Path(self.settings.runs_dir).resolve() / "sky-scripts" / run_key, ignore_errors=True)
+        try:
+            task = self.sky.Task(name=f"{self.prefix}-clean-{run_key}", run=CLEANUP_RUN, envs={"CADDIE_RUN_KEY": run_key})
+            self._call("sky.exec", self.sky.exec, task, cluster_name=handle.cluster)
+        except (LauncherError, ValueError) as exc:  # ValueError: sky.exec's "cluster is not up"
+            log.info("run key %s: the node %s was not cleaned (%s); its next run removes what is left", run_key, handle.cluster, exc)
 
     def environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
         """What the job's Python held, as the run script read it on the node before the job (None: no report)."""

@@ -5,6 +5,7 @@ cloud and no SkyPilot API server are reachable from here."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -281,8 +282,11 @@ class SkyApiStandIn:
         return self._request("api_cancel")
 
     def download_logs(self, cluster: str, job_ids: list[str]) -> dict[str, str]:
+        # A fresh local copy of the node's log folder each time, as the SDK downloads one.
         assert self.logs_dir is not None
-        return {job_ids[0]: str(self.logs_dir)}
+        local = self.logs_dir.parent / f"{self.logs_dir.name}-download-{len(self.requests)}"
+        shutil.copytree(self.logs_dir, local)
+        return {job_ids[0]: str(local)}
 
     def autostop(self, cluster: str, minutes: int, down: bool = False) -> str:
         self.calls.append(("autostop", (cluster, minutes), {"down": down}))
@@ -481,6 +485,73 @@ def test_collect_copies_the_outputs_that_came_back_with_the_logs(tmp_path: Path)
     (api.logs_dir / "caddie-output").rmdir()
     with pytest.raises(LaunchFailed, match="left no outputs"):
         sp.collect(handle, tmp_path / "again")
+
+
+def test_collect_leaves_no_download_on_the_worker(tmp_path: Path) -> None:
+    api = SkyApiStandIn()
+    api.logs_dir = tmp_path / "sky_logs" / "sky-2026-12-06-22-00-00-000000"
+    (api.logs_dir / "caddie-output").mkdir(parents=True)
+    (api.logs_dir / "caddie-output" / "result.json").write_text('{"status": "succeeded"}')
+    out = launcher(tmp_path, api).collect(LaunchHandle("skypilot", "caddie-h100x8-5", "3", {"request_id": "r"}), tmp_path / "collected")
+    assert (out / "result.json").exists()
+    assert sorted(p.name for p in (tmp_path / "sky_logs").iterdir()) == [api.logs_dir.name]  # the node's (here: the stand-in's) only
+
+
+class GoneNodeStandIn(SkyApiStandIn):
+    def exec(self, task: Any, **kw: Any) -> str:
+        self.calls.append(("exec", (task,), kw))
+        return self._request("exec", error=sky_exc.ClusterDoesNotExist(f"{kw['cluster_name']} does not exist"))
+
+
+def test_once_the_run_has_ended_its_folders_on_the_node_go(tmp_path: Path) -> None:
+    """discard_log's job on the node, run by bash there after the template's run script: this run's log folder
+    (log, outputs, reports), run folder and script files go; another run's stay; so do the worker's staged files."""
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path / "worker", api)
+    files = {"train_gpt.py": b"print('hi')\n"}
+    job = JobSpec(run_id=5, env={"SEED": "1"}, hardware="", timeout_s=60, script_files=files, launch_key="run-5-attempt-1")
+    handle = sp.submit(sp.acquire(5, ""), job)
+    (_, (task,), _) = api.calls[-1]
+    staged = tmp_path / "worker" / "runs" / "sky-scripts" / "run-5-attempt-1"
+    assert staged.is_dir()
+    # The node: this run's script files arrive by file_mounts, then its run script runs the job.
+    trains = 'echo model > model.int6.ptz; echo "{}" > result.json'
+    env = {**_node(tmp_path, {"python3": PYTHON3, "torchrun": trains, "nvidia-smi": 'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"'}), **task.envs}
+    home = Path(env["HOME"])
+    shutil.copytree(staged, home / "caddie-scripts" / "run-5-attempt-1")
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="1", SKYPILOT_TASK_ID="sky-2026-12-06-22-00-00-000001_caddie-x_3")
+    assert _run_script(task.run, env, tmp_path).returncode == 0
+    mine = home / "sky_logs" / "sky-2026-12-06-22-00-00-000001"
+    assert (mine / "caddie-output" / "model.int6.ptz").exists() and (mine / "caddie-run-key").read_text() == "run-5-attempt-1\n"
+    # What another run of the node left (a later one, or one whose clean-up never ran) is not this run's to remove.
+    other = home / "sky_logs" / "sky-2026-12-06-23-00-00-000002"
+    (other / "caddie-output").mkdir(parents=True)
+    (other / "caddie-run-key").write_text("run-6-attempt-1\n")
+    (home / "caddie-runs" / "run-6-attempt-1").mkdir(parents=True)
+    (home / "caddie-runs" / "run-5-attempt-1").mkdir(parents=True)  # as if its run script had died before its own rm
+    (home / "caddie-scripts" / "run-5-attempt-1").mkdir(parents=True)
+
+    sp.discard_log(handle)
+    name, (clean,), kw = api.calls[-1]
+    assert name == "exec" and kw == {"cluster_name": handle.cluster} and clean.envs == {"CADDIE_RUN_KEY": "run-5-attempt-1"}
+    assert not staged.exists()  # the worker's staged copy
+    res = _run_script(clean.run, {**env, **clean.envs}, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert not mine.exists() and not (home / "caddie-runs" / "run-5-attempt-1").exists() and not (home / "caddie-scripts" / "run-5-attempt-1").exists()
+    assert (other / "caddie-output").is_dir() and (home / "caddie-runs" / "run-6-attempt-1").is_dir()
+    # Without a run key the script removes nothing (an empty key would match every folder without one).
+    assert _run_script(clean.run, {**env, "CADDIE_RUN_KEY": ""}, tmp_path).returncode == 0 and other.is_dir()
+
+
+def test_a_node_already_down_or_a_handle_without_a_run_key_is_not_an_error(tmp_path: Path) -> None:
+    api = GoneNodeStandIn()
+    sp = launcher(tmp_path, api)
+    sp.discard_log(LaunchHandle("skypilot", "caddie-h100x8-5", "3", {"request_id": "r", "run_key": "run-5-attempt-1"}))
+    assert api.calls[-1][0] == "exec"  # asked, and the node was gone: fine
+    n = len(api.calls)
+    for key in ("", "..", "run-5/../..", "run-5-a b"):
+        sp.discard_log(LaunchHandle("skypilot", "caddie-h100x8-5", "3", {"request_id": "r", "run_key": key}))
+    assert len(api.calls) == n  # never a clean-up of folders it cannot name exactly
 
 
 def test_release_keeps_warm_with_autodown_or_tears_down(tmp_path: Path) -> None:
