@@ -42,13 +42,13 @@ from service.core.db import get_engine, get_sessionmaker  # noqa: E402
 from service.core.migrate import upgrade  # noqa: E402
 from service.core.models import LogChunk, Metric, Run, utcnow  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
+from service.core.status import RunStatus  # noqa: E402
 from service.core.storage import make_artifact_store  # noqa: E402
 from service.results import queries as results  # noqa: E402
 from service.results.queries import judge_run  # noqa: E402
 from service.runs.lifecycle import transition  # noqa: E402
 from service.runs.logs import append_log, record_archive, write_archive  # noqa: E402
 from service.runs.schemas import RunCreate  # noqa: E402
-from service.runs.status import RunStatus  # noqa: E402
 from service.runs.submit import submit_runs  # noqa: E402
 from service.teams import accounts  # noqa: E402
 from service.teams.tokens import authenticate  # noqa: E402

@@ -17,8 +17,8 @@ from rich.progress import (
 
 from cli.client import CaddieClient
 from cli.render import TERMINAL, fmt_bpb, status_text
+from service.core.status import RunStatus
 from service.core.text import printable
-from service.runs.status import RunStatus
 
 POLL_S = 1.0
 

@@ -37,8 +37,8 @@ from cli.render_results import (
 )
 from cli.spec import build_request, read_spec_file
 from cli.sweeps import sweep_commands
+from service.core.status import RunStatus
 from service.core.text import printable
-from service.runs.status import RunStatus
 
 app = typer.Typer(
     name="caddie",

@@ -15,8 +15,8 @@ from rich.markup import escape as escape_markup
 from rich.panel import Panel
 from rich.table import Table
 
+from service.core.status import TERMINAL_VALUES, RunStatus
 from service.core.text import printable
-from service.runs.status import TERMINAL_VALUES, RunStatus
 
 TERMINAL = TERMINAL_VALUES
 STATUS_STYLE = {

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, Timeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import AlreadyExists, Conflict, DomainError, Forbidden, Gone, InvalidInput, NotFound, Unauthorized, Unavailable
-from service.runs.status import IllegalTransition
+from service.core.status import IllegalTransition
 
 STATUS: list[tuple[type[Exception], int, str]] = [
     (Unauthorized, 401, "unauthorized"),

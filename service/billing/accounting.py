@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 
 from service.core.hardware import NodeHardware
 from service.core.models import Run, RunEvent, User
-from service.runs.status import TERMINAL_VALUES, RunStatus
+from service.core.status import TERMINAL_VALUES, RunStatus
 
 PERIODS = ("day", "week", "month")
 PHASES = ("provisioning", "setup", "training", "evaluation", "requeued")

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from service.billing import accounting
 from service.core.models import Run, Team, User, utcnow
+from service.core.status import ACTIVE_VALUES, RunStatus
 from service.queue.forecast import QueueEstimate
-from service.runs.status import ACTIVE_VALUES, RunStatus
 from service.teams.tokens import Principal
 
 ACTIVE = ACTIVE_VALUES

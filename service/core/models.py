@@ -185,7 +185,7 @@ class Run(Base):
     track: Mapped[str] = mapped_column(String(32))
     hardware: Mapped[str] = mapped_column(String(32))
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="QUEUED")  # a service.runs.status.RunStatus value
+    status: Mapped[str] = mapped_column(String(16), default="QUEUED")  # a service.core.status.RunStatus value
     status_reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))

@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Run, StoredQueueEstimate, Team, User, utcnow
 from service.core.settings import Settings
+from service.core.status import RunStatus
 from service.queue import stored
 from service.queue.forecast import QueueEstimate, forecast_queue
 from service.queue.state import load_queue_state
-from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from service.billing.accounting import billed_gpu_hours
 from service.core.models import Run, RunEvent, Team
+from service.core.status import ACTIVE_VALUES, RunStatus
 from service.queue.estimates import expected_seconds
 from service.queue.policy import ActiveRun, QueuedRun, TeamUsage
-from service.runs.status import ACTIVE_VALUES, RunStatus
 
 QUEUED = RunStatus.QUEUED.value
 ACTIVE = ACTIVE_VALUES

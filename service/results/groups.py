@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from service.core.status import TERMINAL_VALUES, RunStatus
 from service.results.rules import Check, RuleSummary, Verdict, overall, summarise_group
 from service.results.statistics import Comparison, Summary, summarise
-from service.runs.status import TERMINAL_VALUES, RunStatus
 
 SUCCEEDED = RunStatus.SUCCEEDED.value
 FINISHED_BADLY = tuple(s for s in TERMINAL_VALUES if s != SUCCEEDED)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from service.core.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import Run, RunGroup, Team, utcnow
+from service.core.status import RunStatus
 from service.results import records_store
 from service.results.groups import (
     Eligibility,
@@ -30,7 +31,6 @@ from service.results.rules import Check, RunFacts, check_run, declared, overall
 from service.results.statistics import DEFAULT_POLICY, Comparison, compare_policy
 from service.results.views import GroupView
 from service.runs.scripts.spec import SCRIPT_KIND
-from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 MIN_PREFIX = 6

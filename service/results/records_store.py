@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import NotFound
 from service.core.models import PublicRecord, RunGroup, Team
+from service.core.status import RunStatus
 from service.results import public_records as pr
 from service.results.groups import SeedRow, aggregate
 from service.results.rules import RECORD_HARDWARE, Verdict, overall
 from service.results.views import GroupView
-from service.runs.status import RunStatus
 
 RECORD_PREFIX = "record:"
 RECORD_KIND = "record"

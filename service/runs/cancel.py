@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from service.core.db import rowcount
 from service.core.errors import Conflict, Forbidden
 from service.core.models import Run, utcnow
+from service.core.status import IllegalTransition, RunStatus, is_terminal
 from service.runs.lifecycle import transition
 from service.runs.queries import get_run
-from service.runs.status import IllegalTransition, RunStatus, is_terminal
 from service.teams.tokens import Principal
 
 

@@ -31,8 +31,8 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import Issue
 from service.core.models import Metric, Run, RunEvent
+from service.core.status import RunStatus
 from service.queue.estimates import expected_seconds
-from service.runs.status import RunStatus
 from trainer.config import TrainerConfig
 
 

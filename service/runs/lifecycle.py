@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from service.core.db import rowcount
 from service.core.models import Run, RunEvent, utcnow
-from service.runs.status import TERMINAL, IllegalTransition, RunStatus, check_transition, is_retry
+from service.core.status import TERMINAL, IllegalTransition, RunStatus, check_transition, is_retry
 from service.webhooks.outbox import notify_run_ended
 
 

@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 
 from service.billing.storage import LOG_KIND, LOG_SUFFIX, counted
 from service.core.models import Artifact, LogChunk, Run, utcnow
+from service.core.status import TERMINAL, is_terminal
 from service.core.storage import ArtifactMissing, ArtifactStore, ArtifactStoreError, artifact_key, read_chunks
 from service.runs.queries import visible_run
-from service.runs.status import TERMINAL, is_terminal
 from service.teams.tokens import Principal
 
 LOG_PAGE_BYTES = 1 << 20

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, joinedload
 from service.core.bodies import ID_MAX
 from service.core.errors import InvalidInput, Issue, NotFound
 from service.core.models import Metric, Run, RunEvent, Team, User
+from service.core.status import RunStatus
 from service.queue import stored
 from service.runs.schemas import NOT_COLUMNS, RunOut
-from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.models import Run
-from service.runs.status import RunStatus
+from service.core.status import RunStatus
 from trainer.config import ARTIFACT_LIMIT_BYTES, CONTROL_TENSOR_PATTERNS, QUANT_SMALL_NUMEL, ConfigError, TrainerConfig
 
 SIZE_CHECKED_TRACK = "10min_16mb"

@@ -17,6 +17,7 @@ from service.billing import quotas, storage
 from service.core.errors import Conflict, InvalidInput, Issue
 from service.core.models import Run, RunGroup, Team, utcnow
 from service.core.settings import Settings
+from service.core.status import RunStatus
 from service.runs import size_check
 from service.runs.lifecycle import record_created
 from service.runs.queries import run_query, with_names
@@ -24,7 +25,6 @@ from service.runs.schemas import RunCreate
 from service.runs.scripts.files import store_blobs
 from service.runs.scripts.spec import SCRIPT_KIND
 from service.runs.spec import NormalisedSpec, normalise_spec
-from service.runs.status import RunStatus
 from service.teams.tokens import Principal
 from trainer.config import TrainerConfig
 

@@ -32,6 +32,12 @@ from service.billing import usage
 from service.core.bodies import ID_MAX
 from service.core.errors import DomainError, Forbidden, InvalidInput, Issue, NotFound, Unauthorized
 from service.core.hooks import call_on_submit_hook
+from service.core.status import (
+    ALL_VALUES,
+    TERMINAL_VALUES,
+    IllegalTransition,
+    is_terminal,
+)
 from service.queue import positions as queue
 from service.results import queries
 from service.results.groups import config_diff
@@ -50,12 +56,6 @@ from service.runs.queries import (
 from service.runs.schemas import RunCreate, runs_on
 from service.runs.scripts.spec import shared_config
 from service.runs.spec import RESERVED_KNOBS
-from service.runs.status import (
-    ALL_VALUES,
-    TERMINAL_VALUES,
-    IllegalTransition,
-    is_terminal,
-)
 from service.runs.submit import submit_runs
 from service.teams import accounts, tokens as security
 from service.teams.tokens import Principal

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from service.core.models import Run, RunGroup, Sweep, SweepTrial, Team, WebhookDelivery, utcnow
 from service.core.settings import get_settings
-from service.runs.status import TERMINAL_VALUES, RunStatus
+from service.core.status import TERMINAL_VALUES, RunStatus
 from service.webhooks import body as bodies
 from service.webhooks.body import Notice
 

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.core.models import Run
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
-from service.runs.status import RunStatus
 
 RUNS = "/api/v1/runs"
 N = 90

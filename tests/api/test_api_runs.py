@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Metric, Run, RunEvent
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
 from service.runs.logs import append_log, read_log
 from service.runs.schemas import RunCreate
-from service.runs.status import RunStatus
 from service.runs.submit import submit_runs
 from service.teams.tokens import authenticate
 

@@ -22,10 +22,10 @@ from service.core.db import get_sessionmaker
 from service.core.migrate import upgrade
 from service.core.models import Artifact, Run, utcnow
 from service.core.settings import Settings
+from service.core.status import RunStatus
 from service.core.storage import make_artifact_store
 from service.runs.lifecycle import transition
 from service.runs.logs import append_log, archive_ended_logs, record_archive, write_archive
-from service.runs.status import RunStatus
 from tests.fresh_db import empty_database
 from worker.control.retention import retention_pass
 

@@ -10,8 +10,8 @@ import pytest
 from cli import main as cli_main
 from service.core.db import get_sessionmaker
 from service.core.models import Run
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
-from service.runs.status import RunStatus
 from tests.cli.conftest import Caddie
 from tests.cli.test_cli_flow import submitted_ids
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from cli import follow
 from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Metric, Run
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
-from service.runs.status import RunStatus
 from tests.cli.conftest import Caddie
 
 LOG_LINES = [

@@ -12,9 +12,9 @@ from sqlalchemy import update
 from cli.render import attempts_text, escape
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
 from service.runs.logs import append_log
-from service.runs.status import RunStatus
 from tests.cli.conftest import Caddie
 
 ESC = "\x1b"

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from service.api.app import create_app
 from service.core.models import Run, StoredQueueEstimate, utcnow
 from service.core.settings import Settings
+from service.core.status import RunStatus
 from service.queue import stored
 from service.queue.forecast import QueueEstimate
-from service.runs.status import RunStatus
 
 QUEUED = 100_000
 NEW = 5  # queued after the forecast was made: no stored row

@@ -10,9 +10,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service.core.models import Run, RunGroup, utcnow
+from service.core.status import RunStatus
 from service.results import queries
 from service.runs.lifecycle import transition
-from service.runs.status import RunStatus
 from tests.api.test_api_groups import BOARD, GROUPS, finish, submit
 
 

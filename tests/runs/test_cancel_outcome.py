@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from service.core.db import get_sessionmaker
 from service.core.models import Run
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
-from service.runs.status import RunStatus
 
 RUNS = "/api/v1/runs"
 

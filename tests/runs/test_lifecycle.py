@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent, Team, User
+from service.core.status import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition
 from service.runs.lifecycle import record_created, transition
-from service.runs.status import ALLOWED, TERMINAL, IllegalTransition, RunStatus, check_transition
 from tests.factories import make_run
 
 S = RunStatus

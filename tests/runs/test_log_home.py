@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from service.billing.quotas import team_storage
 from service.core.models import Artifact, LogChunk, Run
 from service.core.settings import Settings
+from service.core.status import RunStatus
 from service.core.storage import make_artifact_store
 from service.runs.lifecycle import transition
 from service.runs.logs import append_log, archive_ended_logs, archive_row, read_log, record_archive, whole_log, write_archive
-from service.runs.status import RunStatus
 from service.teams.tokens import authenticate
 from worker.control.retention import retention_pass
 

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from service.api.app import create_app
 from service.core.models import Run, Sweep, SweepTrial, Team, User, WebhookDelivery, utcnow
 from service.core.settings import Settings
+from service.core.status import RunStatus
 from service.runs.lifecycle import transition
-from service.runs.status import RunStatus
 from service.teams import webhook_url as address
 from service.teams.webhook_url import BadWebhookUrl, check_url, masked, pin
 from service.webhooks import body as bodies

@@ -25,10 +25,10 @@ from service.billing.accounting import gpus_of  # noqa: F401 (re-exported: one d
 from service.core.hardware import parse_capacity, slots_of  # noqa: F401 (re-exported)
 from service.core.models import Run, utcnow
 from service.core.settings import Settings
+from service.core.status import IllegalTransition, RunStatus
 from service.queue.policy import ActiveRun, QueuedRun, TeamUsage, pick_runs_to_start  # noqa: F401 (re-exported)
 from service.queue.state import load_queue_state, retry_wait  # noqa: F401 (re-exported)
 from service.runs.lifecycle import transition
-from service.runs.status import IllegalTransition, RunStatus
 from worker.run.lease import dispatch_mark
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session
 from service.billing.storage import recount_stalest
 from service.core.db import rowcount
 from service.core.models import Cluster, Run, RunEvent, utcnow
+from service.core.status import RunStatus
 from service.core.storage import ArtifactStore
-from service.runs.status import RunStatus
 from service.teams.tokens import prune_web_sessions
 from service.webhooks.send import prune_deliveries
 from worker.control.retention import retention_pass

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from service.billing.storage import add_bytes
 from service.core.models import Artifact, Run, RunEvent, ScriptFile
+from service.core.status import TERMINAL
 from service.core.storage import ArtifactStore, ArtifactStoreError
 from service.runs.logs import ARCHIVE_KIND, ARCHIVE_SUFFIX, archive_ended_logs
 from service.runs.scripts.spec import SCRIPT_KIND
-from service.runs.status import TERMINAL
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.models import Cluster, Run, utcnow
-from service.runs.status import ClusterStatus
+from service.core.status import ClusterStatus
 from worker.launchers.base import ClusterHandle, Launcher, RetryLater
 from worker.run.lease import ACTIVE, with_db_retry
 

@@ -47,6 +47,7 @@ from service.billing import quotas
 from service.billing.storage import counted
 from service.core.hardware import NodeHardware
 from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
+from service.core.status import IllegalTransition, RunStatus, is_terminal
 from service.core.storage import ArtifactStoreError, DiskFull
 from service.results.queries import judge_run
 from service.runs.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
@@ -55,7 +56,6 @@ from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
 from service.runs.logs import ARCHIVE_KIND, ARCHIVE_NAME, LogFile, append_log, record_archive, write_archive
 from service.runs.scripts.files import MissingScriptFile
 from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
-from service.runs.status import IllegalTransition, RunStatus, is_terminal
 from trainer.config import ConfigError
 from worker.launchers.base import (
     ClusterHandle,

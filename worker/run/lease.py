@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from service.core.db import rowcount
 from service.core.models import Run, utcnow
-from service.runs.status import RunStatus
+from service.core.status import RunStatus
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const api = document.body.dataset.api || "/api/v1";
-  const TERMINAL = (document.body.dataset.terminal || "").split(" ");  // service/runs/status.py, via the page
+  const TERMINAL = (document.body.dataset.terminal || "").split(" ");  // service/core/status.py, via the page
   const plotConfig = { responsive: true, displaylogo: false };
 
   // A GET answered 503 (the database restarting) is asked again after its Retry-After, a few times.

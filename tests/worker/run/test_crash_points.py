@@ -24,9 +24,9 @@ from sqlalchemy import func, select
 from service.core.db import get_sessionmaker
 from service.core.models import LogChunk, Run, RunEvent
 from service.core.settings import Settings
+from service.core.status import TERMINAL
 from service.core.storage import LocalArtifactStore
 from service.runs.logs import archive_row, whole_log
-from service.runs.status import TERMINAL
 from service.teams.accounts import create_team, create_user
 from tests.fresh_db import fresh_database
 from tests.worker.run.test_executor import STAND_IN, new_run

@@ -1,5 +1,7 @@
 """A run's statuses and the edges between them (pure: no I/O): the one vocabulary the
 service, the worker, the CLI and the web pages use. service/runs/lifecycle.py applies them.
+It sits in core, beside the ``runs.status`` column it names, because billing and the queue
+read it and the runs room reads them (a submit checks the quota, a run's page its forecast).
 
     QUEUED ──▶ PROVISIONING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | CANCELLED | ABORTED_BEHIND
        │            │              │
