@@ -10,7 +10,9 @@ its error is its detail.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,10 @@ PING_TIMEOUT_S = 2.0
 SANDBOX_TIMEOUT_S = 30.0
 SKY_CHECK_TIMEOUT_S = 120.0  # SkyPilot's own credential check asks every cloud it knows
 SANDBOX_UID = 65534
+REASONS_CHARS = 600  # of the clouds' reasons quoted in a failed check
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+DISABLED_LINE = re.compile(r"^\s+([A-Za-z][\w .-]*): disabled\s*$")
+REASON_LINE = re.compile(r"^\s+Reason(?: \[[^]]*\])?: (.+)$")
 # The worker commands of the README's production setup (a fix names them).
 WORKER_COMMANDS = ("celery -A worker.celery_app worker -Q runs -P threads -c $CADDIE_MAX_CONCURRENT_RUNS; "
                    "celery -A worker.celery_app worker -Q control -P solo; celery -A worker.celery_app beat")  # fmt: skip
@@ -81,7 +87,7 @@ def guarded(name: str, fn: Callable[[], list[Check]]) -> list[Check]:
     """fn's checks; an error it did not expect is a fail of `name` saying what it was."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - the doctor reports, it never stops half-way
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the doctor reports, it never stops half-way (SkyPilot exits on errors)
         return [Check(name, "fail", f"the check itself failed: {type(exc).__name__}: {first_line(exc)}")]
 
 
@@ -329,7 +335,7 @@ def check_skypilot(settings: Any) -> list[Check]:
         return [Check("skypilot", "fail", f"SkyPilot cannot be imported: {first_line(exc)}", "pip install -e '.[skypilot]' on the worker host")]
     found = [Check("skypilot", "pass", f"SkyPilot {sky.__version__} imported")]
     # Read the endpoint now: SkyPilot caches it per process, and SKYPILOT_API_SERVER_ENDPOINT may have changed.
-    server_common.get_server_url.cache_clear()
+    getattr(server_common.get_server_url, "cache_clear", lambda: None)()
     endpoint = server_common.get_server_url()
     # get_api_server_status only asks; sdk.api_info() would start a local server when none answers.
     info = server_common.get_api_server_status(endpoint)
@@ -364,24 +370,42 @@ def server_cannot_start() -> str:
 
 
 def check_sky_clouds(sdk: Any, infra: str) -> Check:
-    """SkyPilot's own credential check (`sky check`) through its API server: which clouds are enabled."""
+    """SkyPilot's own credential check (`sky check`), run by its API server: which clouds are enabled, and why not."""
+    said = io.StringIO()  # what `sky check` prints: a line per disabled cloud and its reason
     with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(lambda: sdk.get(sdk.check(None, False)))
+        future = pool.submit(lambda: sdk.stream_and_get(sdk.check(None, False), output_stream=said))
         try:
             enabled = future.result(timeout=SKY_CHECK_TIMEOUT_S)
         except FutureTimeout:
             return Check("skypilot clouds", "fail", f"SkyPilot's credential check took over {SKY_CHECK_TIMEOUT_S:g} s", "run `sky check` by hand")
+        except SystemExit:  # SkyPilot's check exits when it enables no cloud; the SDK raises that here
+            enabled = []
     if isinstance(enabled, dict):  # newer releases answer per workspace
         enabled = sorted({c for clouds in enabled.values() for c in clouds})
     names = sorted(str(c) for c in enabled or [])
-    if not names:
-        return Check("skypilot clouds", "fail", "SkyPilot's check enabled no cloud: it has no credentials it can use",
-                     "give the API server's user credentials (README 'Running on a real cloud'), then `sky check`")
     wanted = infra.strip().split("/")[0] if infra.strip() else ""
-    if wanted and wanted.lower() not in {n.lower() for n in names}:
-        return Check("skypilot clouds", "fail", f"CADDIE_SKY_INFRA names {wanted}, but SkyPilot enabled only {', '.join(names)}",
-                     f"give SkyPilot credentials for {wanted} (`sky check {wanted}` says what is missing)")
+    reasons = disabled_reasons(said.getvalue())
+    if not names or (wanted and wanted.lower() not in {n.lower() for n in names}):
+        why = {k: v for k, v in reasons.items() if k.lower() == wanted.lower()} if wanted else reasons
+        shown = "; ".join(f"{cloud}: {reason}" for cloud, reason in why.items())[:REASONS_CHARS]
+        head = f"CADDIE_SKY_INFRA names {wanted}, but SkyPilot's check enabled {', '.join(names) or 'no cloud'}" if wanted else \
+            "SkyPilot's check enabled no cloud: its API server has no credentials it can use"
+        return Check("skypilot clouds", "fail", f"{head}{' (' + shown + ')' if shown else ''}",
+                     f"give the API server's user credentials (README 'Running on a real cloud'), then `{('sky check ' + wanted).strip()}`")
     return Check("skypilot clouds", "pass", f"enabled: {', '.join(names)}")
+
+
+def disabled_reasons(text: str) -> dict[str, str]:
+    """{cloud: the first sentence of its reason} from what `sky check` prints ('  AWS: disabled' then 'Reason [...]: ...')."""
+    reasons: dict[str, str] = {}
+    cloud = None
+    for line in ANSI.sub("", text).splitlines():
+        if m := DISABLED_LINE.match(line):
+            cloud = m[1]
+        elif cloud and (m := REASON_LINE.match(line)):
+            reasons[cloud] = m[1].split(". ")[0].rstrip(".")
+            cloud = None
+    return reasons
 
 
 # --- data, artifacts ----------------------------------------------------------------------
