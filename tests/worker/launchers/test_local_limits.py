@@ -97,7 +97,7 @@ def test_a_job_past_its_memory_limit_is_stopped_and_says_which_setting(tmp_path:
     assert st.state is JobState.FAILED, st
     assert st.reason.startswith("memory limit: the job used ") and "over CADDIE_JOB_MEMORY_BYTES=134217728 (0.12 GiB); stopped" in st.reason
     used = int(st.reason.split("used ")[1].split(" bytes")[0].replace(",", ""))
-    assert 128 * MiB < used < 192 * MiB  # stopped within a look or two of the limit
+    assert 128 * MiB < used < 320 * MiB  # stopped within a few looks of the limit (a loaded machine delays them), never let reach 384 MiB
     assert "not stopped" not in log and log.rstrip().endswith(st.reason)  # the log says it too, last
     assert no_process_of(handle)
 
