@@ -53,7 +53,10 @@ def limit_reason(kind: str, used: int, limit: int, detail: str = "") -> str:
 
 
 def descendants(pid: int) -> list[int]:
-    """``pid`` and every process under it, from each thread's /proc children list (no scan of /proc)."""
+    """``pid`` and every process under it, from each thread's /proc children list (no scan of /proc), or
+    where the kernel keeps no such list (CONFIG_PROC_CHILDREN off, gVisor) from every process's parent."""
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children") and os.path.exists(f"/proc/{pid}"):
+        return descendants_by_parent(pid)
     out, todo, seen = [], [pid], set()
     while todo:
         p = todo.pop()
@@ -71,6 +74,27 @@ def descendants(pid: int) -> list[int]:
                     todo.extend(int(c) for c in fh.read().split())
             except OSError:
                 continue
+    return out
+
+
+def descendants_by_parent(pid: int) -> list[int]:
+    """``pid`` and every process under it, from the parent each process of /proc names (a scan of /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                stat = fh.read()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "(comm) ": state, then ppid
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
     return out
 
 

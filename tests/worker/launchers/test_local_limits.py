@@ -17,7 +17,7 @@ from service.core.models import Run
 from service.core.settings import Settings
 from tests.worker.run.test_executor import go, maker, new_run  # noqa: F401 (fixtures)
 from worker.launchers.base import JobSpec, JobState, JobStatus, LaunchHandle
-from worker.launchers.limits import folder_bytes, limit_reason, memory_limit
+from worker.launchers.limits import descendants, descendants_by_parent, folder_bytes, limit_reason, memory_limit
 from worker.launchers.local import LocalLauncher
 from worker.launchers.sandbox import sealed_argv
 
@@ -169,6 +169,23 @@ def test_the_limits_default_and_read(tmp_path: Path) -> None:
     os.link(tmp_path / "a", tmp_path / "hard")  # counted once
     (tmp_path / "out").symlink_to("/usr")  # not followed
     assert 100_000 <= folder_bytes(tmp_path) < 200_000
+
+
+def test_a_jobs_processes_are_found_with_or_without_the_kernels_children_lists() -> None:
+    import subprocess
+
+    tree = "import subprocess, sys, time; k = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(5)']) for _ in range(3)]; time.sleep(5)"
+    parent = subprocess.Popen([sys.executable, "-c", tree])
+    try:
+        end = time.monotonic() + 10
+        while len(descendants_by_parent(parent.pid)) < 4:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        assert sorted(descendants(parent.pid)) == sorted(descendants_by_parent(parent.pid))  # the lists (here) and the scan (gVisor) agree
+    finally:
+        for p in descendants(parent.pid):
+            os.kill(p, 9)
+        parent.wait()
 
 
 @needs_bwrap
