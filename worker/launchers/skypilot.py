@@ -347,7 +347,7 @@ class SkyPilotLauncher:
 
     def _cluster_hardware(self, name: str) -> str:
         """Best-effort inverse of cluster_name: 'caddie-h100x8-t3-12' -> 'H100:8'."""
-        m = re.match(rf"^{re.escape(self.prefix)}-([a-z0-9]+)x(\d+)-(?:t\d+-)?\d+$", name)
+        m = re.match(rf"^{re.escape(self.prefix)}-([a-z0-9]+)x(\d+)-(?:t\d+-)?\d+(?:-r\d+)?$", name)
         return f"{m[1].upper()}:{m[2]}" if m else ""
 
     def _records(self, refresh: bool = False) -> list[dict[str, Any]]:
@@ -371,16 +371,28 @@ class SkyPilotLauncher:
         """
         hardware = hardware or self.settings.sky_hardware
         slug = hardware_slug(hardware)
+        records = self._records(refresh=team_id is not None)
         if team_id is not None:
             mine = f"{self.prefix}-{slug}-t{int(team_id)}-"
-            for rec in self._records(refresh=True):
+            for rec in records:
                 status = getattr(rec.get("status"), "value", rec.get("status"))
                 name = rec["name"]
                 if name in exclude:
                     continue
                 if status == "UP" and name.startswith(mine) and self._is_idle(name):
                     return ClusterHandle(NAME, name, hardware, {"reused": True})
-        return ClusterHandle(NAME, self.cluster_name(run_id, hardware, team_id), hardware, {"reused": False})
+        return ClusterHandle(NAME, self.fresh_name(run_id, hardware, team_id, {str(r.get("name")) for r in records}), hardware, {"reused": False})
+
+    def fresh_name(self, run_id: int, hardware: str, team_id: int | None, taken: Collection[str]) -> str:
+        """The run's cluster name, or with -r2, -r3... when SkyPilot still lists one of that name (what is left
+        of a node that died under an earlier attempt): `sky.launch` on an existing name would restart that
+        cluster where it was, with its old resources; a new name is a fresh node, wherever capacity is."""
+        base = self.cluster_name(run_id, hardware, team_id)
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-r{n}"
+        return name
 
     def node_hardware(self, cluster: ClusterHandle) -> NodeHardware:
         """At launch, what SkyPilot provisioned: the cluster's accelerator and count (SkyPilot launches

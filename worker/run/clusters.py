@@ -123,20 +123,24 @@ class RunClusters:
                 return True
         raise RuntimeError(f"could not record cluster {cluster.name!r}")
 
-    def release(self, cluster: ClusterHandle | None, *, never_up: bool = False) -> None:
+    def release(self, cluster: ClusterHandle | None, *, never_up: bool = False, lost: bool = False) -> None:
         """Give the run's cluster back: kept warm (IDLE) or DOWN.
 
         never_up: the launch that was to bring it up failed. A new cluster is then torn
         down and its row deleted (nothing is kept warm that never ran a job); a reused
         warm one is released as usual.
+        lost: the node died under its job (preemption, hardware). What is left of it is torn
+        down at once, never kept warm: the next attempt gets a fresh node, and a stopped spot
+        node's disks are not paid for while nobody can use them.
         """
         if cluster is None:
             return
         if never_up and not is_reused(cluster):
             self._forget(cluster)
             return
+        keep_warm = self.keep_warm and not lost
         try:
-            self.launcher.release(cluster, keep_warm=self.keep_warm)
+            self.launcher.release(cluster, keep_warm=keep_warm)
         except Exception as exc:  # noqa: BLE001 (the janitor tears down what is left)
             log.warning("run %s: releasing %s failed: %s", self.run_id, cluster.name, exc)
 
@@ -153,7 +157,7 @@ class RunClusters:
                 if row.owner_run_id == self.run_id:
                     row.owner_run_id = None
                 if others is None:
-                    row.status = (ClusterStatus.IDLE if self.keep_warm else ClusterStatus.DOWN).value
+                    row.status = (ClusterStatus.IDLE if keep_warm else ClusterStatus.DOWN).value
                     row.idle_since = now
                 session.commit()
 

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from service.billing import quotas
 from service.billing.storage import counted
 from service.core.hardware import NodeHardware
-from service.core.models import Artifact, LogChunk, Run, RunEvent, utcnow
+from service.core.models import SCRIPT_KIND as SCRIPT, Artifact, LogChunk, Run, RunEvent, utcnow
 from service.core.status import IllegalTransition, RunStatus, is_terminal
 from service.core.storage import ArtifactStoreError, DiskFull
 from service.results.queries import judge_run
@@ -55,7 +55,6 @@ from service.runs.lifecycle import transition
 from service.runs.logparse import LogParser, MetricPoint, ScriptLogParser
 from service.runs.logs import ARCHIVE_KIND, ARCHIVE_NAME, LogFile, append_log, record_archive, write_archive
 from service.runs.scripts.files import MissingScriptFile
-from service.runs.scripts.spec import SCRIPT_KIND as SCRIPT
 from trainer.config import ConfigError
 from worker.launchers.base import (
     ClusterHandle,
@@ -368,7 +367,7 @@ class RunDriver:
                 status, unreachable = None, exc
             except RetryLater as exc:
                 self._pull_log(handle, final=True)
-                return self._requeue(f"job lost: {exc}", cluster=cluster, never_up=not handle.job_id)
+                return self._requeue(f"job lost: {exc}", cluster=cluster, never_up=not handle.job_id, lost=bool(handle.job_id))
             except LaunchFailed as exc:
                 self._pull_log(handle, final=True)
                 return self._finish(RunStatus.FAILED, f"the job could not start: {exc}", cluster=cluster, never_up=not handle.job_id)
@@ -409,7 +408,8 @@ class RunDriver:
             # a trainer that finished left its result, and a finished run is not run again.
             if self._store_outputs(handle, only_if_succeeded=True) is not None:
                 return self._finish(RunStatus.SUCCEEDED, "finished; its supervisor vanished, the result was collected", cluster=cluster)
-            return self._requeue(status.reason or "the job vanished", cluster=cluster)
+            # Its node is torn down, not kept warm: the next attempt starts from step 0 on a fresh one.
+            return self._requeue(status.reason or "the job vanished", cluster=cluster, lost=True)
         if status.state is JobState.CANCELLED:
             if self._cancel_requested():
                 return self._cancelled(handle, cluster)
@@ -646,12 +646,14 @@ class RunDriver:
 
         return self._finish(RunStatus.ABORTED_BEHIND, behind.reason, cluster=cluster, also={"saved_seconds": self._db(saved, "measure the time saved")})
 
-    def _requeue(self, reason: str, *, cluster: ClusterHandle | None = None, never_up: bool = False) -> str:
+    def _requeue(self, reason: str, *, cluster: ClusterHandle | None = None, never_up: bool = False, lost: bool = False) -> str:
         """Back to the queue for another attempt (attempts+1), or FAILED once attempts run out.
 
         The attempt's log and metrics stay; a line in the log says where the next attempt begins.
+        lost: the job's node died under it; it is torn down (worker.run.clusters), and the
+        next attempt, a relaunch from step 0 on a fresh node, is billed as an attempt of its own.
         """
-        self.clusters.release(cluster, never_up=never_up)
+        self.clusters.release(cluster, never_up=never_up, lost=lost)
         archived = self._archive_log() if self.run_log.attempt >= self.settings.max_attempts else None  # this requeue fails the run
 
         def move() -> str:
@@ -666,7 +668,8 @@ class RunDriver:
                 else:
                     to, why = RunStatus.QUEUED, reason
                     last = session.scalar(select(LogChunk.data).where(LogChunk.run_id == self.run_id).order_by(LogChunk.offset.desc()).limit(1))
-                    note = ("" if not last or last.endswith("\n") else "\n") + f"caddie: attempt {attempt} ended ({' '.join(reason.split())}); queued for attempt {attempt + 1}\n"
+                    again = " (no checkpoint: it starts again from step 0)" if lost else ""
+                    note = ("" if not last or last.endswith("\n") else "\n") + f"caddie: attempt {attempt} ended ({' '.join(reason.split())}); queued for attempt {attempt + 1}{again}\n"
                     append_log(session, self.run_id, note, attempt=attempt, offset=int(run.log_bytes or 0))
                     also = {"launch_handle": None, "cluster_id": None, "worker_task_id": None}
                 try:

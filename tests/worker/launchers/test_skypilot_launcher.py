@@ -294,6 +294,9 @@ class SkyApiStandIn:
 
     def down(self, cluster: str) -> str:
         self.calls.append(("down", (cluster,), {}))
+        if any(c["name"] == cluster for c in self.clusters):
+            self.clusters = [c for c in self.clusters if c["name"] != cluster]
+            return self._request("down")
         return self._request("down", error=sky_exc.ClusterDoesNotExist(f"{cluster} does not exist"))
 
 
@@ -432,6 +435,21 @@ def test_a_warm_node_serves_only_the_team_that_warmed_it(tmp_path: Path) -> None
     assert (other.name, other.data) == ("caddie-h100x8-t2-10", {"reused": False})  # a node of its own
     assert sp.acquire(11, "H100:8").data == {"reused": False}  # no team known: no warm node
     assert sp.acquire(12, "H100:8", team_id=1).name == "caddie-h100x8-t1-4"
+
+
+def test_a_new_node_never_takes_the_name_of_what_is_left_of_a_dead_one(tmp_path: Path) -> None:
+    """Issue 21 item 7: sky.launch on a name SkyPilot still lists restarts that cluster where it was;
+    a relaunch after a lost node gets a name of its own, so a fresh node wherever capacity is."""
+    api = SkyApiStandIn()
+    api.clusters = [{"name": "caddie-h100x8-t1-5", "status": sky.ClusterStatus.STOPPED},  # a preempted spot node, not yet down
+                    {"name": "caddie-h100x8-t1-5-r2", "status": sky.ClusterStatus.INIT}]  # fmt: skip
+    sp = launcher(tmp_path, api)
+    cluster = sp.acquire(5, "H100:8", team_id=1)
+    assert (cluster.name, cluster.data) == ("caddie-h100x8-t1-5-r3", {"reused": False})
+    assert sp._cluster_hardware(cluster.name) == "H100:8"
+    assert sp.acquire(6, "H100:8", team_id=1).name == "caddie-h100x8-t1-6"
+    api.clusters = []
+    assert sp.acquire(5, "H100:8", team_id=1).name == "caddie-h100x8-t1-5"
 
 
 def test_a_cluster_gone_under_a_running_job_is_lost(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_a_launch_that_never_reached_skypilot_is_made_once(maker, settings, tmp_
     second = threading.Thread(target=lambda: outcome.append(after_the_dead_one(maker, settings, run_id, api)))
     second.start()
     end = time.monotonic() + 20
-    while not [i for i, r in api.requests.items() if r["name"] == "launch"]:
+    while not [i for i, r in list(api.requests.items()) if r["name"] == "launch"]:
         assert time.monotonic() < end and second.is_alive(), outcome
         time.sleep(0.05)
     [rid] = [i for i, r in api.requests.items() if r["name"] == "launch"]
