@@ -25,8 +25,7 @@ from sqlalchemy.orm import Session
 
 from service.billing import storage
 from service.core.errors import Forbidden
-from service.core.models import Artifact, Run, RunGroup, ScriptFile, Team
-from service.runs.scripts.spec import SCRIPT_KIND
+from service.core.models import SCRIPT_KIND, Artifact, Run, RunGroup, ScriptFile, Team
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# What a run runs (runs.kind, run_groups.kind): the shared trainer, or a team's own train_gpt.py
+# (service/runs/scripts). Billing, results and the worker tell them apart by these.
+TRAINER_KIND = "trainer"
+SCRIPT_KIND = "script"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend."""
 
@@ -178,7 +184,7 @@ class Run(Base):
     notes: Mapped[str] = mapped_column(Text, default="")
     # What runs: "trainer" (the shared trainer; spec holds its normalised knob overrides keyed by
     # env name) or "script" (a team's own train_gpt.py; spec holds service.runs.scripts.ScriptSpec's JSON).
-    kind: Mapped[str] = mapped_column(String(16), default="trainer", server_default="trainer")
+    kind: Mapped[str] = mapped_column(String(16), default=TRAINER_KIND, server_default=TRAINER_KIND)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(BigInteger)
     group_key: Mapped[str] = mapped_column(String(64))
@@ -255,7 +261,7 @@ class RunGroup(Base):
     name: Mapped[str] = mapped_column(String(200))  # the name of the first submission
     track: Mapped[str] = mapped_column(String(32))
     hardware: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(16), default="trainer", server_default="trainer")  # as its runs'
+    kind: Mapped[str] = mapped_column(String(16), default=TRAINER_KIND, server_default=TRAINER_KIND)  # as its runs'
     config: Mapped[dict[str, Any]] = mapped_column(JSON)  # its runs' spec: knobs keyed by env name, or a script's
     allow_noncompliant: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.errors import Conflict, Gone, InvalidInput, Issue, Unavailable
-from service.core.models import Artifact, Run
+from service.core.models import SCRIPT_KIND, Artifact, Run
 from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError, read_chunks
 from service.results import queries
 from service.results.export import (
@@ -39,7 +39,7 @@ from service.results.export import (
 from service.runs.artifacts import artifact_name
 from service.runs.logs import whole_log
 from service.runs.scripts.files import MissingScriptFile, run_folder_files
-from service.runs.scripts.spec import SCRIPT_KIND, SCRIPT_NAME, ScriptSpec
+from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec
 from service.teams.tokens import Principal
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from service.core.errors import Conflict, Forbidden, InvalidInput, Issue, NotFound
-from service.core.models import Run, RunGroup, Team, utcnow
+from service.core.models import SCRIPT_KIND, Run, RunGroup, Team, utcnow
 from service.core.status import RunStatus
 from service.results import records_store
 from service.results.groups import (
@@ -30,7 +30,6 @@ from service.results.groups import (
 from service.results.rules import Check, RunFacts, check_run, declared, overall
 from service.results.statistics import DEFAULT_POLICY, Comparison, compare_policy
 from service.results.views import GroupView
-from service.runs.scripts.spec import SCRIPT_KIND
 from service.teams.tokens import Principal
 
 MIN_PREFIX = 6

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.core.models import Run, RunGroup
+from service.core.models import SCRIPT_KIND, Run, RunGroup
 from service.results.groups import GroupStats, config_diff
-from service.runs.scripts.spec import SCRIPT_KIND, ScriptSpec
+from service.runs.scripts.spec import ScriptSpec
 
 
 @dataclass(frozen=True)

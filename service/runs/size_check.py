@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from service.core.models import Run
+from service.core.models import TRAINER_KIND, Run
 from service.core.status import RunStatus
 from trainer.config import ARTIFACT_LIMIT_BYTES, CONTROL_TENSOR_PATTERNS, QUANT_SMALL_NUMEL, ConfigError, TrainerConfig
 
@@ -242,7 +242,7 @@ _team_figures: dict[tuple[str, int], tuple[tuple[Any, ...] | None, tuple[list[fl
 def _measure(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     rows = session.execute(
         select(Run.id, Run.submitted_at, Run.model_bytes, Run.code_bytes)
-        .where(Run.team_id == team_id, Run.track == SIZE_CHECKED_TRACK, Run.status == RunStatus.SUCCEEDED.value, Run.kind == "trainer", Run.model_bytes > 0)
+        .where(Run.team_id == team_id, Run.track == SIZE_CHECKED_TRACK, Run.status == RunStatus.SUCCEEDED.value, Run.kind == TRAINER_KIND, Run.model_bytes > 0)
         .order_by(Run.id.desc())
         .limit(RATIO_SAMPLE)
     ).all()  # fmt: skip

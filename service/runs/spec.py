@@ -10,11 +10,12 @@ from typing import Any
 
 from service.core.errors import InvalidInput, Issue
 from service.core.hardware import deployment_hardware
+from service.core.models import SCRIPT_KIND, TRAINER_KIND
 from service.core.settings import Settings
 from service.results.rules import spec_noncompliance
 from service.runs.early_abort import unlogged_step
 from service.runs.schemas import RunCreate
-from service.runs.scripts.spec import SCRIPT_KIND, ScriptLimits, check_script_spec
+from service.runs.scripts.spec import ScriptLimits, check_script_spec
 from trainer.config import ConfigError, TrainerConfig
 
 # Knobs a spec may not set (declared with ``set_by`` in trainer/config.py), and why:
@@ -36,7 +37,7 @@ class NormalisedSpec:
     track: str
     hardware: str
     allow_noncompliant: bool = False
-    kind: str = "trainer"  # or "script"
+    kind: str = TRAINER_KIND  # or SCRIPT_KIND
     blobs: dict[str, bytes] = field(default_factory=dict)  # a script run's files by sha256, to store
     # The shared trainer's config, parsed once here for every later check of the submission
     # (early abort's step, the size check); None for a script run.

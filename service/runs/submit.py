@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.billing import quotas, storage
 from service.core.errors import Conflict, InvalidInput, Issue
-from service.core.models import Run, RunGroup, Team, utcnow
+from service.core.models import SCRIPT_KIND, TRAINER_KIND, Run, RunGroup, Team, utcnow
 from service.core.settings import Settings
 from service.core.status import RunStatus
 from service.runs import size_check
@@ -23,7 +23,6 @@ from service.runs.lifecycle import record_created
 from service.runs.queries import run_query, with_names
 from service.runs.schemas import RunCreate
 from service.runs.scripts.files import store_blobs
-from service.runs.scripts.spec import SCRIPT_KIND
 from service.runs.spec import NormalisedSpec, normalise_spec
 from service.teams.tokens import Principal
 from trainer.config import TrainerConfig
@@ -87,7 +86,7 @@ def submit_runs(
         earlier = _by_idempotency_key(session, principal.user_id, idempotency_key)
         if earlier:
             return group_key, _replay(earlier, group_key, seeds), True
-    if normal.kind == "trainer" and normal.track == size_check.SIZE_CHECKED_TRACK and not normal.allow_noncompliant:
+    if normal.kind == TRAINER_KIND and normal.track == size_check.SIZE_CHECKED_TRACK and not normal.allow_noncompliant:
         _refuse_oversized(session, team.id, normal.trainer or TrainerConfig(), facts.latest_success)
     incoming = sum(len(b) for b in normal.blobs.values())
     quotas.check_storage_quota(session, team.id, team.name, incoming, settings.team_storage_quota_bytes, used=facts.stored_bytes)

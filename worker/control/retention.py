@@ -23,11 +23,10 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from service.billing.storage import add_bytes
-from service.core.models import Artifact, Run, RunEvent, ScriptFile
+from service.core.models import SCRIPT_KIND, Artifact, Run, RunEvent, ScriptFile
 from service.core.status import TERMINAL
 from service.core.storage import ArtifactStore, ArtifactStoreError
 from service.runs.logs import ARCHIVE_KIND, ARCHIVE_SUFFIX, archive_ended_logs
-from service.runs.scripts.spec import SCRIPT_KIND
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.errors import InvalidInput, Issue
+from service.core.models import SCRIPT_KIND
 from service.runs.scripts.environment import normal_environment
 from trainer.recipes import PATH_VARS, Recipe, RecipeError, data_path_problem, resolve
 
-SCRIPT_KIND = "script"  # runs.kind and run_groups.kind of a script run ("trainer": the shared trainer)
 SCRIPT_NAME = "train_gpt.py"
 DEFAULT_VARIANT = "sp1024"
 
