@@ -333,7 +333,7 @@ def check_skypilot(settings: Any) -> list[Check]:
         from sky.server import common as server_common
     except Exception as exc:  # noqa: BLE001 - an import that breaks on a dependency raises anything
         return [Check("skypilot", "fail", f"SkyPilot cannot be imported: {first_line(exc)}", "pip install -e '.[skypilot]' on the worker host")]
-    found = [Check("skypilot", "pass", f"SkyPilot {sky.__version__} imported")]
+    found = [Check("skypilot", "pass", f"SkyPilot {sky.__version__} imported"), *guarded("skypilot task", lambda: check_sky_task(settings))]
     # Read the endpoint now: SkyPilot caches it per process, and SKYPILOT_API_SERVER_ENDPOINT may have changed.
     getattr(server_common.get_server_url, "cache_clear", lambda: None)()
     endpoint = server_common.get_server_url()
@@ -359,6 +359,22 @@ def check_skypilot(settings: Any) -> list[Check]:
     found.append(Check("skypilot api server", "pass", f"{endpoint}: SkyPilot {info.version} (API {info.api_version}, commit {str(info.commit)[:12]})"))
     found.append(check_sky_clouds(sdk, settings.sky_infra))
     return found
+
+
+def check_sky_task(settings: Any) -> list[Check]:
+    """The task a run would launch (the template, CADDIE_SKY_HARDWARE, CADDIE_SKY_INFRA), checked by SkyPilot's own Task."""
+    from worker.launchers.base import JobSpec, LauncherError
+    from worker.launchers.skypilot import SkyPilotLauncher
+
+    launcher = SkyPilotLauncher(settings)
+    job = JobSpec(run_id=0, env={}, hardware=settings.sky_hardware, timeout_s=600.0)
+    where = f" on {settings.sky_infra}" if settings.sky_infra else ""
+    try:
+        launcher.build_task(job, "doctor")
+    except LauncherError as exc:
+        return [Check("skypilot task", "fail", f"{launcher.template_path} with {settings.sky_hardware}{where}: {exc}",
+                      "fix CADDIE_SKY_TASK_TEMPLATE, CADDIE_SKY_HARDWARE or CADDIE_SKY_INFRA")]
+    return [Check("skypilot task", "pass", f"{launcher.template_path}: a valid SkyPilot task for {settings.sky_hardware}{where}")]
 
 
 def server_cannot_start() -> str:

@@ -223,11 +223,16 @@ def test_skypilot_without_its_api_server_fails_saying_why(caddie: Caddie, data_r
     code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_LAUNCHER="skypilot", SKYPILOT_API_SERVER_ENDPOINT=endpoint)
     assert code == 1
     assert checks["skypilot"]["status"] == "pass" and checks["skypilot"]["detail"].startswith("SkyPilot 0.")
+    assert checks["skypilot task"]["status"] == "pass" and checks["skypilot task"]["detail"].endswith("a valid SkyPilot task for H100:8")
     server = checks["skypilot api server"]
     assert server["status"] == "fail" and f"no SkyPilot API server answers at {endpoint}/api/health" in server["detail"]
     assert "sky api start" in server["fix"]
     assert checks["gpu"]["status"] == "skip" and checks["data sp1024"]["status"] == "skip"  # the nodes download it
     assert "sandbox" not in checks
+    _, checks = doctor(caddie, CADDIE_LAUNCHER="skypilot", SKYPILOT_API_SERVER_ENDPOINT=endpoint, CADDIE_SKY_INFRA="nocloud")
+    assert checks["skypilot task"]["status"] == "fail" and "'nocloud' is not one of" in checks["skypilot task"]["detail"]
+    _, checks = doctor(caddie, CADDIE_LAUNCHER="skypilot", SKYPILOT_API_SERVER_ENDPOINT=endpoint, CADDIE_SKY_TASK_TEMPLATE=str(caddie.home / "no-such-task.yaml"))
+    assert checks["skypilot task"]["status"] == "fail" and "cannot read the SkyPilot task template" in checks["skypilot task"]["detail"]
 
 
 def test_skypilots_local_endpoint_says_when_this_environment_cannot_run_the_server(caddie: Caddie, data_root: Path) -> None:
