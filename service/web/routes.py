@@ -38,7 +38,7 @@ from service.core.status import (
     IllegalTransition,
     is_terminal,
 )
-from service.queue import positions as queue
+from service.queue import positions as queue, team_view
 from service.results import queries
 from service.results.groups import config_diff
 from service.results.schemas import GroupDetail, LeaderboardEntry
@@ -505,8 +505,8 @@ def usage_page(request: Request, user: User, session: SessionDep, settings: Sett
     views = [usage.team_usage(session, t, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s) for t in teams]
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
     estimates = queue.current_estimates(session, settings)  # the stored forecast while fresh
-    queues = {t.id: usage.team_queue(session, t, estimates) for t in teams}
-    return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=usage.queued_by_hardware(session))
+    queues = {t.id: team_view.team_queue(session, t, estimates) for t in teams}
+    return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=team_view.queued_by_hardware(session))
 
 
 # --- tokens --------------------------------------------------------------------------------
