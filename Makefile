@@ -24,7 +24,7 @@ up: install
 # dead code (vulture's high-confidence findings; routes and CLI commands, called by their
 # frameworks, are low-confidence findings and stay out).
 PURE := service/core/status.py service/queue/policy.py service/queue/forecast.py service/queue/estimates.py \
-	service/results/statistics.py service/results/rules.py service/runs/logparse.py worker/run/deadlines.py \
+	service/results/statistics.py service/results/rules.py service/runs/compliance.py service/runs/logparse.py worker/run/deadlines.py \
 	service/runs/scripts/environment.py
 
 check: install

@@ -26,7 +26,6 @@ from typing import Any
 
 from service.results.rules import (
     RECORD_GPUS,
-    RECORD_TRACK,
     Check,
     RunFacts,
     Verdict,
@@ -36,6 +35,7 @@ from service.results.rules import (
     check_train_time,
     declared,
 )
+from service.runs.compliance import RECORD_TRACK
 from service.runs.logparse import parse_script_log
 
 # The challenge's folder of each caddie track, and back.

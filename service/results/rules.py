@@ -32,8 +32,8 @@ models are not the SXM H100 the records ran on), never from the spec: what the w
 recorded of the node at launch (``nvidia-smi -L`` on it, runs.node_hardware) wins over
 what the run's log says.
 
-``spec_noncompliance`` is the same rule book read before a run starts: the
-knobs of a ``10min_16mb`` spec that would make its result incomparable.
+The same limits read before a run starts (the knobs of a ``10min_16mb`` spec that would make
+its result incomparable) are service/runs/compliance.py's: a submit checks them there.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from enum import StrEnum
 from typing import Any
 
 from service.core.hardware import CPU, NodeHardware, accelerator_of
+from service.runs.compliance import RECORD_TRACK
 from trainer.config import ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_SECONDS, TRAIN_LIMIT_SECONDS
 
-RECORD_TRACK = "10min_16mb"
 RECORD_HARDWARE = "H100:8"
 RECORD_GPUS = 8
 # The challenge accepted 44 record logs stopped by their own wallclock cap between
@@ -391,33 +391,6 @@ def summarise_group(per_run: Sequence[Sequence[Check]]) -> list[RuleSummary]:
         reasons = list(dict.fromkeys(c.reason for c in checks if c.verdict is verdict))  # distinct, in run order
         out.append(RuleSummary(name, verdict, counts, reasons))
     return out
-
-
-# --- before a run starts ----------------------------------------------------------------
-@dataclass(frozen=True)
-class SpecProblem:
-    knob: str
-    value: Any
-    reason: str
-
-
-def spec_noncompliance(config: Mapping[str, Any], track: str) -> list[SpecProblem]:
-    """Knobs (normalised overrides keyed by env name) that make a run of ``track``
-    incomparable with the challenge's. Only the record track has rules to break."""
-    if track != RECORD_TRACK:
-        return []
-    problems = []
-    cap = config.get("MAX_WALLCLOCK_SECONDS")
-    if cap is not None and (cap <= 0 or cap > TRAIN_LIMIT_SECONDS):
-        what = "turns the wallclock cap off" if cap <= 0 else f"is above the {TRAIN_LIMIT_SECONDS:.0f} s limit"
-        problems.append(SpecProblem("MAX_WALLCLOCK_SECONDS", cap, f"{what}; the track trains for at most {TRAIN_LIMIT_SECONDS:.0f} s"))
-    limit = config.get("VAL_TOKENS_LIMIT")
-    if limit:
-        problems.append(SpecProblem("VAL_TOKENS_LIMIT", limit, "scores only part of the validation split; the track scores all of it"))
-    stride, seq = config.get("EVAL_STRIDE"), config.get("EVAL_SEQ_LEN", 2048)
-    if stride is not None and stride > seq:
-        problems.append(SpecProblem("EVAL_STRIDE", stride, f"is above EVAL_SEQ_LEN={seq}, so tokens between windows are never scored"))
-    return problems
 
 
 # --- what a script touched (service.runs.touches's summary of worker/audit's events) ----------

@@ -36,9 +36,10 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.models import TRAINER_KIND, Run
 from service.core.status import RunStatus
+from service.runs.compliance import RECORD_TRACK
 from trainer.config import ARTIFACT_LIMIT_BYTES, CONTROL_TENSOR_PATTERNS, QUANT_SMALL_NUMEL, ConfigError, TrainerConfig
 
-SIZE_CHECKED_TRACK = "10min_16mb"
+SIZE_CHECKED_TRACK = RECORD_TRACK
 DEFAULT_RATIO = 0.70
 # compressed / packed bytes by codec ("lzma", "zstd", "brotli", "pergroup/<PERGROUP_BACKEND>") and storage kind;
 # a kind not listed takes DEFAULT_RATIO. Sources:

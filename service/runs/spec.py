@@ -12,7 +12,7 @@ from service.core.errors import InvalidInput, Issue
 from service.core.hardware import deployment_hardware
 from service.core.models import SCRIPT_KIND, TRAINER_KIND
 from service.core.settings import Settings
-from service.results.rules import spec_noncompliance
+from service.runs.compliance import spec_noncompliance
 from service.runs.early_abort import unlogged_step
 from service.runs.schemas import RunCreate
 from service.runs.scripts.spec import ScriptLimits, check_script_spec
