@@ -67,6 +67,15 @@ def is_retry(frm: str, to: str) -> bool:
     return RunStatus(to) is RunStatus.QUEUED and RunStatus(frm) in (RunStatus.PROVISIONING, RunStatus.RUNNING)
 
 
+# The reason of a requeue whose job's node died under it (preemption, hardware) starts with this:
+# such a run is relaunched on a fresh node at once, with no retry wait (service.queue.state).
+NODE_LOST = "node lost"
+
+
+def is_node_lost(reason: str | None) -> bool:
+    return (reason or "").startswith(NODE_LOST)
+
+
 def check_transition(frm: str, to: str) -> None:
     """Raise IllegalTransition unless ``frm -> to`` is an allowed edge."""
     try:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.billing.accounting import billed_gpu_hours
 from service.core.models import Run, RunEvent, Team
-from service.core.status import ACTIVE_VALUES, RunStatus
+from service.core.status import ACTIVE_VALUES, RunStatus, is_node_lost
 from service.queue.estimates import expected_seconds
 from service.queue.policy import ActiveRun, QueuedRun, TeamUsage
 
@@ -67,12 +67,14 @@ def load_queue_state(session: Session, *, now: datetime, budget_period: timedelt
 
 
 def _retry_ends(session: Session, retried: list[tuple[int, int]], backoff_s: float, now: datetime) -> dict[int, datetime]:
-    """End of the retry wait of each requeued run still inside it (measured from its last return to the queue)."""
+    """End of the retry wait of each requeued run still inside it (measured from its last return to the queue).
+
+    A run whose node died under it (its requeue's reason says "node lost") waits nothing: waiting
+    would not bring the node back, and its next launch asks for a fresh one."""
     if not retried or backoff_s <= 0:
         return {}
     attempts = dict(retried)
-    last = session.execute(
-        select(RunEvent.run_id, func.max(RunEvent.at)).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED).group_by(RunEvent.run_id)
-    )
-    ends = {run_id: at + retry_wait(attempts[run_id], backoff_s) for run_id, at in last if at is not None}
+    latest = select(func.max(RunEvent.id)).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED).group_by(RunEvent.run_id)
+    last = session.execute(select(RunEvent.run_id, RunEvent.at, RunEvent.reason).where(RunEvent.id.in_(latest)))
+    ends = {run_id: at + retry_wait(attempts[run_id], backoff_s) for run_id, at, reason in last if at is not None and not is_node_lost(reason)}
     return {run_id: end for run_id, end in ends.items() if end > now}

@@ -47,7 +47,7 @@ from service.billing import quotas
 from service.billing.storage import counted
 from service.core.hardware import NodeHardware
 from service.core.models import SCRIPT_KIND as SCRIPT, Artifact, LogChunk, Run, RunEvent, utcnow
-from service.core.status import IllegalTransition, RunStatus, is_terminal
+from service.core.status import NODE_LOST, IllegalTransition, RunStatus, is_terminal
 from service.core.storage import ArtifactStoreError, DiskFull
 from service.results.queries import judge_run
 from service.runs.early_abort import AbortRule, Behind, best_train_loss, judge, loss_at, saved_seconds
@@ -654,6 +654,8 @@ class RunDriver:
         next attempt, a relaunch from step 0 on a fresh node, is billed as an attempt of its own.
         """
         self.clusters.release(cluster, never_up=never_up, lost=lost)
+        if lost:
+            reason = f"{NODE_LOST}: {reason}"  # relaunched at once, no retry wait (service.queue.state)
         archived = self._archive_log() if self.run_log.attempt >= self.settings.max_attempts else None  # this requeue fails the run
 
         def move() -> str:

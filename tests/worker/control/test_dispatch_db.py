@@ -84,3 +84,31 @@ def test_a_requeued_run_waits_out_its_backoff(maker) -> None:
     with maker() as s:
         later = utcnow() + timedelta(seconds=61)
         assert dispatch_due_runs(s, capacity={"H200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=later) == [run_id]
+
+
+def test_a_run_whose_node_died_is_relaunched_at_once_and_a_later_capacity_requeue_waits(maker) -> None:
+    """Issue 21 item 7: waiting does not bring a dead node back; the next launch asks for a fresh one."""
+    from datetime import timedelta
+
+    from service.runs.lifecycle import transition
+
+    with maker() as s:
+        team = create_team(s, "dispatch-d")
+        user = create_user(s, "dispatch-x")
+        run = make_run(team.id, user.id, hardware="B200:8", status="RUNNING")
+        s.add(run)
+        s.flush()
+        transition(s, run, "QUEUED", actor="worker", reason="node lost: the job's driver died: the node was preempted or failed")
+        s.commit()
+        run_id = run.id
+    sent: list[int] = []
+    with maker() as s:
+        assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60) == [run_id]
+    with maker() as s:
+        run = s.get_one(Run, run_id)
+        transition(s, run, "QUEUED", actor="worker", reason="no node: no capacity")  # attempts 2: this one waits
+        s.commit()
+    with maker() as s:
+        assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60) == []
+        later = utcnow() + timedelta(seconds=121)
+        assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=later) == [run_id]

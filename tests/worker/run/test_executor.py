@@ -332,7 +332,7 @@ def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> No
         chunks = list(s.execute(select(LogChunk.attempt, LogChunk.data).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)))
         log = "".join(d for _, d in chunks)
         assert log.startswith("seed:5") and "step:1/2 train_loss:5.5000" in log
-        assert log.endswith("caddie: attempt 1 ended (trainer process %s is gone and left no exit code); queued for attempt 2 (no checkpoint: it starts again from step 0)\n" % handle["data"]["pid"])
+        assert log.endswith("caddie: attempt 1 ended (node lost: trainer process %s is gone and left no exit code); queued for attempt 2 (no checkpoint: it starts again from step 0)\n" % handle["data"]["pid"])
         assert {a for a, _ in chunks} == {1} and run.log_bytes == len(log.encode())
         assert [(m.attempt, m.step) for m in s.scalars(select(Metric).where(Metric.run_id == run_id))] == [(1, 1)]
 

@@ -80,7 +80,7 @@ def test_a_preempted_node_is_torn_down_and_the_run_relaunched_on_a_fresh_one(mak
     api.logs_dir.mkdir()
     api.job_statuses[3] = sky.JobStatus.FAILED_DRIVER
     t.join(30)
-    assert out and out[0].startswith(f"run {run_id} QUEUED: the job's driver died: the node was preempted or failed"), out
+    assert out and out[0].startswith(f"run {run_id} QUEUED: node lost: the job's driver died: the node was preempted or failed"), out
     assert ("down", (first_cluster,), {}) in api.calls and not [c for c in api.calls if c[0] == "autostop"]  # torn down, not kept warm
     with maker() as s:
         run = s.get_one(Run, run_id)
@@ -103,5 +103,5 @@ def test_a_preempted_node_is_torn_down_and_the_run_relaunched_on_a_fresh_one(mak
         attempts = billed_attempts([Transition(e.at, e.to_status) for e in events])
         assert [a.requeued for a in attempts] == [True, False] and all(a.running_from is not None for a in attempts)  # each attempt billed
         log = whole_log(s, run_id, LocalArtifactStore(settings.home / "artifacts")).decode()
-    assert "caddie: attempt 1 ended (the job's driver died: the node was preempted or failed); queued for attempt 2 (no checkpoint: it starts again from step 0)" in log
+    assert "caddie: attempt 1 ended (node lost: the job's driver died: the node was preempted or failed); queued for attempt 2 (no checkpoint: it starts again from step 0)" in log
     assert [e.to_status for e in events if e.from_status != e.to_status][1:] == ["PROVISIONING", "RUNNING", "QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED"]
