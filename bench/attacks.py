@@ -241,14 +241,14 @@ def in_job(stack: Stack, tokens: dict[str, str], rows: list[Row]) -> None:
     key = re.search(r"key=(\S+)", results.get("secret_key_read", ""))
     token_hash = re.search(r"admin_token_hash=(\w+)", results.get("db_read", ""))
     if key and token_hash:
-        from service.web.session import COOKIE_NAME, make_cookie_value
+        from service.http.session import COOKIE_NAME, make_cookie_value
 
         cookie = make_cookie_value(key[1].encode(), token_hash[1])
         with httpx.Client(base_url=stack.url, cookies={COOKIE_NAME: cookie}, timeout=30) as forged:
             r = forged.get("/api/v1/runs")
             teams = {x["team"] for x in r.json().get("items", [])} if r.status_code == 200 else set()
             # ...and mint a token through the tokens form, its CSRF token computed from the same key
-            from service.web.session import csrf_token
+            from service.http.session import csrf_token
 
             minted = forged.post("/tokens", data={"name": "minted", "csrf_token": csrf_token(key[1].encode(), cookie)}, follow_redirects=False)
         rows.append(Row("Forge the global admin's session cookie from the leaked key and token hash; list runs, mint a token", "impossible (nothing leaked)",

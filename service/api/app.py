@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import sessionmaker
 
-from service.api.deps import refuse_nul
-from service.api.errors import install_error_handlers
 from service.api.headers import SecurityHeaders
-from service.api.limits import RequestLimits
 from service.api.routes import artifacts, export as export_routes, groups, meta, queue, runs, sweeps, teams, tokens, users
 from service.core.db import get_sessionmaker
 from service.core.settings import Settings, get_settings
 from service.core.storage import make_artifact_store
+from service.http.deps import refuse_nul
+from service.http.errors import install_error_handlers
+from service.http.limits import RequestLimits
 from service.web import routes as web_routes, sweeps as web_sweeps
 
 

@@ -1,4 +1,4 @@
-"""Domain errors. The API maps each to one HTTP status in service/api/errors.py;
+"""Domain errors. The API maps each to one HTTP status in service/http/errors.py;
 the CLI prints them as one-line messages."""
 
 from __future__ import annotations

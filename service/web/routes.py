@@ -26,8 +26,6 @@ from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service.api.deps import SessionDep, SettingsDep
-from service.api.errors import STATUS
 from service.billing import usage
 from service.core.bodies import ID_MAX
 from service.core.errors import DomainError, Forbidden, InvalidInput, Issue, NotFound, Unauthorized
@@ -38,6 +36,9 @@ from service.core.status import (
     IllegalTransition,
     is_terminal,
 )
+from service.http import session as web_session
+from service.http.deps import SessionDep, SettingsDep
+from service.http.errors import STATUS
 from service.queue import positions as queue, team_view
 from service.results import queries
 from service.results.groups import config_diff
@@ -60,7 +61,7 @@ from service.runs.submit import submit_runs
 from service.teams import accounts, tokens as security
 from service.teams.tokens import Principal
 from service.teams.webhook_url import masked as masked_webhook
-from service.web import charts, session as web_session
+from service.web import charts
 from service.webhooks import history as webhook_history
 from trainer.config import DEFAULT_STACK, STACKS, TrainerConfig
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from service.api.deps import SessionDep
 from service.core.errors import NotFound
+from service.http import session as web_session
+from service.http.deps import SessionDep
 from service.sweeps import curves as trial_points, store
-from service.web import session as web_session, sweep_charts
+from service.web import sweep_charts
 from service.web.routes import CsrfField, PageRoute, RowId, User, back, render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api.deps import ID_MAX
 from service.core.models import ApiToken, Run, RunEvent, Team, User
+from service.http.deps import ID_MAX
 from service.runs.schemas import QUEUE_FIELDS
 
 RUNS = "/api/v1/runs"

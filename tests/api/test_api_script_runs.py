@@ -146,6 +146,6 @@ def test_size_limits_are_stated_in_the_error(db_url: str, tmp_path, world: World
         many = client.post(RUNS, json=script_spec(files=[{"name": f"f{i}", "content": b64(b"x")} for i in range(3)]), headers=world.h("alice"))
         assert "at most 2 files" in _error(many, ["body", "files"])
         huge = client.post(RUNS, json=script_spec(script=b64(b"#" * 200_000)), headers=world.h("alice"))
-        # Over the whole request's limit: refused before it is read (service/api/limits.py).
+        # Over the whole request's limit: refused before it is read (service/http/limits.py).
         assert huge.status_code == 413 and f"over {settings.max_request_bytes} bytes" in huge.text
     assert stored(session) == (0, 0, 0, 0)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from service.api.app import create_app
 from service.core.models import Metric, Run, RunEvent, utcnow
 from service.core.settings import Settings
-from service.web import session as web_session
+from service.http import session as web_session
 from tests.web.conftest import Browser, finish
 from tests.world import World
 

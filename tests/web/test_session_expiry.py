@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from service.api.app import create_app
 from service.core.models import ApiToken, utcnow
 from service.core.settings import Settings
+from service.http import session as web_session
 from service.teams.tokens import prune_web_sessions
-from service.web import session as web_session
 from tests.web.conftest import Browser
 from tests.world import World
 

@@ -8,8 +8,8 @@ from urllib.parse import quote
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import ArtifactStoreDep, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.storage import read_chunks
+from service.http.deps import ArtifactStoreDep, CurrentUser, Id, SessionDep, SettingsDep
 from service.runs import artifacts as domain
 from service.runs.schemas import ArtifactOut
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import ArtifactStoreDep, CurrentUser, SessionDep
 from service.core.errors import InvalidInput, Issue
+from service.http.deps import ArtifactStoreDep, CurrentUser, SessionDep
 from service.results.export import OVERRIDE_MAX_CHARS, override_problem
 from service.results.export_io import build_export, zip_bytes
 

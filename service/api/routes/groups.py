@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import CurrentUser, SessionDep
 from service.core.errors import InvalidInput, Issue
+from service.http.deps import CurrentUser, SessionDep
 from service.results import queries
 from service.results.schemas import ComparisonOut, GroupDetail, GroupOut, Leaderboard, LeaderboardEntry
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from service.api.deps import SessionDep
+from service.http.deps import SessionDep
 from trainer.config import TrainerConfig
 
 router = APIRouter(tags=["meta"])

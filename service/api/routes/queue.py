@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import CurrentUser, SessionDep, SettingsDep
 from service.core.models import utcnow
+from service.http.deps import CurrentUser, SessionDep, SettingsDep
 from service.queue import positions as domain
 from service.queue.schemas import QueueItemOut
 

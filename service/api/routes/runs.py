@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 
-from service.api.deps import ArtifactStoreDep, ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.core.errors import InvalidInput, Issue
 from service.core.hooks import call_on_submit_hook
+from service.http.deps import ArtifactStoreDep, ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.queue import positions as queue, stored
 from service.queue.schemas import QueueFields
 from service.runs import cancel as cancelling, logs as stored_logs, metrics as metric_pages, queries, submit as submission

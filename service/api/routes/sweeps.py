@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import CurrentUser, Id, SessionDep, SettingsDep
+from service.http.deps import CurrentUser, Id, SessionDep, SettingsDep
 from service.sweeps import store
 from service.sweeps.schemas import SweepCreate, SweepOut, SweepPage
 

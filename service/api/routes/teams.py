@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
-from service.api.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from service.billing import accounting
 from service.billing.schemas import TeamUpdate, TeamUsageOut
 from service.core.errors import Forbidden, InvalidInput, Issue, NotFound
 from service.core.models import utcnow
+from service.http.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from service.teams import accounts
 from service.teams.schemas import MemberAdd, TeamCreate, TeamOut
 from service.webhooks import history as webhook_history

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import CurrentUser, Id, SessionDep
 from service.core.errors import Forbidden
+from service.http.deps import CurrentUser, Id, SessionDep
 from service.teams import accounts, tokens as security
 from service.teams.schemas import TokenCreate, TokenCreated, TokenOut, WebSessionOut
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import AdminUser, CurrentUser, SessionDep
+from service.http.deps import AdminUser, CurrentUser, SessionDep
 from service.teams import accounts
 from service.teams.schemas import UserCreate, UserOut
 

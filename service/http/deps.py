@@ -10,13 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.api.limits import PRINCIPAL
 from service.core.bodies import ID_MAX
 from service.core.errors import Forbidden, InvalidInput, Issue
 from service.core.settings import Settings
 from service.core.storage import ArtifactStore
+from service.http import session as web_session
+from service.http.limits import PRINCIPAL
 from service.teams.tokens import Principal, authenticate
-from service.web import session as web_session
 
 bearer = HTTPBearer(auto_error=False, description="API token (cad_...) from `caddie admin create-token` or POST /api/v1/tokens")
 

@@ -23,16 +23,16 @@ from typing import Any
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import RETRY_AFTER_S, database_unavailable
 from service.core.errors import Unauthorized
 from service.core.settings import Settings
+from service.http import session as web_session
+from service.http.errors import RETRY_AFTER_S, database_unavailable
 from service.teams.tokens import authenticate, authenticate_hash
-from service.web import session as web_session
 
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Where a caller signs in: no session or token exists yet.
 SIGN_IN_PATHS = frozenset({"/signin"})
-# The scope["state"] key under which the API caller found here waits for the route (service.api.deps.get_current_user).
+# The scope["state"] key under which the API caller found here waits for the route (service.http.deps.get_current_user).
 PRINCIPAL = "caddie_principal"
 
 
