@@ -7,7 +7,8 @@ Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR
     data              a link to the worker's data root (CADDIE_DATA_ROOT): DATA_PATH and
                       TOKENIZER_PATH are ./data/... of the run's data variant
     child.json        pid, process group and start time of the trainer process
-    exit_code.json    written atomically by the wrapper when the trainer ends
+    exit_code.json    written atomically by the wrapper when the trainer ends (`limit_exceeded`: the
+                      memory or disk limit it stopped the job at, worker.launchers.limits)
     cancel_requested  written by cancel() before any signal is sent (its text: why, if not the user)
     train.log, metrics.jsonl, result.json, model.int6.ptz   written by the trainer
     train_gpt.py and its files   a script run's own (it runs here instead of the trainer,
