@@ -11,6 +11,7 @@ import time
 from celery import Celery
 
 from service.sweeps.store import advance_sweeps_safely
+from service.webhooks import outbox  # noqa: F401 (a run's end queues the team's webhook: outbox listens on service.runs.lifecycle)
 from service.webhooks.send import deliver_due_safely
 from worker.celery_app import EXECUTE_RUN, FORECAST_TICK, JANITOR_TICK, RUNS_QUEUE, SCHEDULE_TICK, WEBHOOK_TICK, celery_app
 from worker.control import dispatch as scheduler, forecast, janitor

@@ -14,6 +14,7 @@ from service.http.deps import refuse_nul
 from service.http.errors import install_error_handlers
 from service.http.limits import RequestLimits
 from service.web import routes as web_routes, sweeps as web_sweeps
+from service.webhooks import outbox  # noqa: F401 (a run's end queues the team's webhook: outbox listens on service.runs.lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

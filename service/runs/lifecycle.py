@@ -10,11 +10,15 @@ its train loss too far behind the team's best at the rule's step.
 
 ``check_transition`` is pure; ``transition`` applies a checked change to a
 run inside the caller's transaction and writes its ``RunEvent`` there too.
+
+What a run's end sets off elsewhere (the team's webhook: service.webhooks.outbox) listens here
+(``on_run_ended``) and runs in the same transaction: the rooms that react to an end read the
+runs room, so the runs room imports none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -23,7 +27,23 @@ from sqlalchemy.orm.attributes import set_committed_value
 from service.core.db import rowcount
 from service.core.models import Run, RunEvent, utcnow
 from service.core.status import TERMINAL, IllegalTransition, RunStatus, check_transition, is_retry
-from service.webhooks.outbox import notify_run_ended
+
+RunEnded = Callable[[Session, Run], None]
+_on_ended: list[RunEnded] = []
+
+
+def on_run_ended(listener: RunEnded) -> RunEnded:
+    """Call ``listener(session, run)`` in the transaction of every transition to a terminal
+    status, after the run's row and event are written; the caller commits. A listener must not
+    raise (a failure must cost its own work, never the run's final transition). Adding one
+    twice adds it once; usable as a decorator."""
+    if listener not in _on_ended:
+        _on_ended.append(listener)
+    return listener
+
+
+def run_ended_listeners() -> tuple[RunEnded, ...]:
+    return tuple(_on_ended)
 
 
 def transition(
@@ -73,7 +93,8 @@ def transition(
     event = RunEvent(run_id=run.id, at=now, from_status=frm.value, to_status=to.value, actor=actor, reason=reason)
     session.add(event)
     if to in TERMINAL:
-        notify_run_ended(session, run)  # the team's webhook, queued in this transaction; never raises
+        for listener in _on_ended:  # e.g. the team's webhook, queued in this transaction
+            listener(session, run)
     return event
 
 

@@ -1,7 +1,8 @@
 """Queue the notifications of an event in the event's own transaction (``webhook_deliveries``).
 
-Called by ``service.runs.lifecycle.transition`` when a run ends and by the sweep tick when a
-sweep is done. The rows are sent later by the control worker (send.py), so a slow or dead
+Called by ``service.runs.lifecycle.transition`` when a run ends (``notify_run_ended`` listens
+there from this module's import on: the API and the worker import it) and by the sweep tick
+when a sweep is done. The rows are sent later by the control worker (send.py), so a slow or dead
 endpoint never holds a run. Queuing runs in a SAVEPOINT and swallows its own errors: a failure
 here costs a notification, never the run's final transition. A team with no webhook costs one
 SELECT.
@@ -24,6 +25,9 @@ from sqlalchemy.orm import Session
 from service.core.models import Run, RunGroup, Sweep, SweepTrial, Team, WebhookDelivery, utcnow
 from service.core.settings import get_settings
 from service.core.status import TERMINAL_VALUES, RunStatus
+from service.results import queries
+from service.runs.lifecycle import on_run_ended
+from service.teams.tokens import Principal
 from service.webhooks import body as bodies
 from service.webhooks.body import Notice
 
@@ -33,6 +37,7 @@ SWEEP_RUN_KEY_PREFIX = "sweep:"  # the idempotency key of a sweep's runs (servic
 SWEEP_COMPLETE = "complete"  # a trial that measured its value (service.sweeps.plan.COMPLETE)
 
 
+@on_run_ended
 def notify_run_ended(session: Session, run: Run) -> None:
     """Queue what ``run`` reaching its terminal status tells: the run's own end, its group's end,
     its group becoming record-eligible. In the caller's transaction; the caller commits."""
@@ -103,9 +108,6 @@ def _group_of_run(session: Session, team: Team, run: Run) -> None:
 
 
 def _group_ended(session: Session, team: Team, run: Run, total: int, in_sweep: bool) -> None:
-    from service.results import queries  # the results read the runs; only an ended group needs them
-    from service.teams.tokens import Principal
-
     # The group's own team as the reader: its baseline is what that team's group page shows.
     reader = Principal(user_id=0, name="caddie", is_admin=False, roles={team.id: "member"}, team_names={team.id: team.name})
     report = queries.group_report(session, reader, run.group_key)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +31,8 @@ from service.webhooks import body as bodies
 from service.webhooks.outbox import notify_sweep_ended
 from service.webhooks.send import deliver_due, retry_delay_s
 from worker.celery_app import WEBHOOK_TICK, celery_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 RUNS = "/api/v1/runs"
 S = RunStatus
@@ -206,6 +211,17 @@ def test_no_webhook_queues_nothing_and_cancelled_runs_tell_nothing(hook_client: 
     run_id = hook_client.post(RUNS, json=spec(config={"NUM_LAYERS": 10}, seeds=[2]), headers=world.h("alice")).json()["runs"][0]["id"]
     assert hook_client.post(f"{RUNS}/{run_id}/cancel", headers=world.h("alice")).status_code in (200, 202)
     assert [d.event for d in _deliveries(session)] == []
+
+
+@pytest.mark.parametrize("root", ["service.api.app", "worker.tasks"])
+def test_every_process_that_ends_runs_queues_their_webhooks(root: str) -> None:
+    # The outbox hears of a run's end through service.runs.lifecycle.on_run_ended (the runs room
+    # imports no webhooks): the API process (a cancel) and the worker (every other end) must have
+    # it listening from their first import on, in a fresh interpreter.
+    probe = (f"import {root}; from service.runs.lifecycle import run_ended_listeners; "
+             "print(' '.join(f.__module__ + '.' + f.__qualname__ for f in run_ended_listeners()))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    assert out == ["service.webhooks.outbox.notify_run_ended"]
 
 
 def test_a_failure_while_queuing_never_breaks_the_transition(hook_client: TestClient, world, spec, session: Session,  # noqa: ANN001
