@@ -5,6 +5,8 @@
 - no upward import between the top packages: trainer < service < worker < cli, so the
   trainer stays standalone (it is bundled into one file) and the service never needs the
   worker's dependencies;
+- no cycle between the rooms of service/ either, and each room imports only the rooms below it
+  (ROOMS): a room can be read, and tested, with only what is below it;
 - nothing under service/ or worker/ is a flat module that belongs to a domain room.
 """
 
@@ -15,6 +17,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("trainer", "service", "worker", "cli")  # each may import only those before it
+# The rooms of service/, lowest first; each may import only those before it. core: infrastructure
+# and the run vocabulary (models, status); teams: who may do what; billing: what compute cost;
+# queue: who runs next (reads billing's GPU-hours); runs: a run from spec to final state (a
+# submit checks billing's quota, a run's page reads the queue's forecast); results: groups,
+# rules, records, export (read runs); webhooks: what an end tells a team (reads results; hears of
+# a run's end through service.runs.lifecycle.on_run_ended); sweeps: searches that submit runs;
+# http: what the two HTTP adapters share; web: the pages; api: the JSON routes and the app.
+ROOMS = ("core", "teams", "billing", "queue", "runs", "results", "webhooks", "sweeps", "http", "web", "api")
 
 
 def _modules() -> dict[str, Path]:
@@ -99,6 +109,44 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     # The check above can fail: a late import that closes a loop is seen.
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _room(module: str) -> str | None:
+    """``service.runs.scripts.spec`` -> ``service.runs``; a module outside a room of service/ -> None."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "service" and len(parts) >= 2 else None
+
+
+def _room_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph seen from the rooms: room A -> room B when a module of A imports one of B."""
+    rooms: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        if (room := _room(module)) is not None:
+            rooms.setdefault(room, set()).update(r for d in deps if (r := _room(d)) is not None and r != room)
+    for deps in list(rooms.values()):
+        for room in deps:
+            rooms.setdefault(room, set())
+    return rooms
+
+
+def test_no_room_imports_itself_through_others() -> None:
+    assert _cycles(_room_graph(_graph())) == []
+
+
+def test_the_room_cycle_finder_finds_a_cycle() -> None:
+    # Modules that form no cycle among themselves can still tie two rooms together.
+    planted = {"service.api.app": {"service.web.routes"}, "service.web.routes": {"service.api.deps"}, "service.api.deps": set(), "service.core.db": set()}
+    assert _cycles(planted) == []
+    assert _cycles(_room_graph(planted)) == [["service.api", "service.web"]]
+
+
+def test_each_room_imports_only_the_rooms_below_it() -> None:
+    rank = {f"service.{room}": i for i, room in enumerate(ROOMS)}
+    graph = _graph()
+    assert sorted(rank) == sorted({r for m in graph if (r := _room(m)) is not None})  # ROOMS names every room
+    upward = sorted(f"{a} -> {d}" for a, deps in graph.items() for d in deps
+                    if (ra := _room(a)) and (rd := _room(d)) and rank[rd] > rank[ra])  # fmt: skip
+    assert upward == []
 
 
 def test_no_package_imports_a_later_layer() -> None:
