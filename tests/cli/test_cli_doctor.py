@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,7 +18,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import update
@@ -33,6 +30,7 @@ from service.core.models import StoredQueueEstimate, utcnow
 from service.core.settings import Settings
 from tests.cli.conftest import Caddie, closed_port_url, serve
 from tests.redis_server import PrivateRedis
+from tests.sky_server import running_sky_server
 from worker.control.forecast import refresh_forecast
 from worker.embedded import DOCTOR_HINT, TOKEN_HINT
 
@@ -249,62 +247,10 @@ def test_skypilots_local_endpoint_says_when_this_environment_cannot_run_the_serv
         assert "sky api start" in server["fix"]
 
 
-def sky_server_env() -> Path:
-    """A Python environment of its own for SkyPilot's API server (this SkyPilot release, with a fastapi its server
-    still starts on), built once per machine with uv from the package index; the tests skip where it cannot be built."""
-    release = version("skypilot")
-    env = Path(tempfile.gettempdir()) / f"caddie-test-sky-server-{release}"
-    if (env / "ready").exists():
-        return env
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if uv is None:
-        pytest.skip("no uv to build the SkyPilot server's environment")
-    building = Path(tempfile.mkdtemp(prefix=env.name + "-", dir=env.parent))
-    steps = [[uv, "venv", "-q", "--python", sys.executable, str(building)],
-             [uv, "pip", "install", "-q", "--python", str(building / "bin" / "python"), f"skypilot=={release}", "fastapi<0.116"]]  # fmt: skip
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            shutil.rmtree(building, ignore_errors=True)
-            pytest.skip(f"cannot build the SkyPilot server's environment: {done.stderr.strip()[-300:]}")
-    # Renamed whole when built (`python -m` finds its packages from where the environment is now).
-    (building / "ready").write_text(release)
-    try:
-        building.rename(env)
-    except OSError:  # another session built it first
-        shutil.rmtree(building, ignore_errors=True)
-    return env
-
-
 @pytest.fixture
 def sky_server(tmp_path: Path) -> Iterator[str]:
-    """SkyPilot's real API server (python -m sky.server.server, as `sky api start` runs it) on a free port, with a HOME
-    of its own: no credentials of anyone's. Yields its endpoint; the server and its workers are stopped after."""
-    env_dir = sky_server_env()
-    python = env_dir / "bin" / "python"
-    endpoint = closed_port_url()
-    home = tmp_path / "sky-home"
-    home.mkdir()
-    env = {"HOME": str(home), "PATH": os.environ.get("PATH", ""), "SKYPILOT_DISABLE_USAGE_COLLECTION": "1"}
-    proc = spawn([str(python), "-m", "sky.server.server", "--host", "127.0.0.1", "--port", endpoint.rsplit(":", 1)[1]], env, tmp_path / "sky.log")
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{endpoint}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sky.log").read_text()[-2000:]
-            time.sleep(0.5)
+    with running_sky_server(tmp_path) as endpoint:
         yield endpoint
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def test_skypilots_real_api_server_answers_and_its_credential_check_enables_no_cloud(caddie: Caddie, data_root: Path, sky_server: str) -> None:
