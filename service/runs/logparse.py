@@ -77,11 +77,12 @@ SHOWN_CHARS = 300  # of a line kept as the source of its figure
 
 @dataclass(frozen=True)
 class MetricPoint:
-    """One point of a loss curve; matches a row of the `metrics` table."""
+    """One point of a loss curve; matches a row of the `metrics` table (the API's body of a
+    point, service.runs.schemas.MetricOut, is this class)."""
 
     kind: str  # "train" | "val"
     step: int
-    elapsed_ms: int
+    elapsed_ms: float  # the metrics table's type; the parser's are whole milliseconds
     train_loss: float | None = None
     val_loss: float | None = None
     val_bpb: float | None = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.core.bodies import (
     NAME_MAX_CHARS,
@@ -20,6 +22,7 @@ from service.core.hardware import NodeHardware, deployment_hardware, where_it_ru
 from service.core.models import Metric, Run, RunEvent
 from service.core.settings import TRACKS, Settings, get_settings
 from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
+from service.runs.logparse import MetricPoint
 
 
 def spec_config_schema(schema: dict[str, Any]) -> None:
@@ -202,19 +205,15 @@ class RunEventOut(BaseModel):
         return cls.model_validate(event)
 
 
-class MetricOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    kind: str
-    step: int
-    train_loss: float | None
-    val_loss: float | None
-    val_bpb: float | None
-    elapsed_ms: float | None
+# The domain's MetricPoint (service/runs/logparse.py: what the parser reads, what the metrics
+# table stores) declares a point's fields once; the body is that point, read from its row.
+@body_dataclass(frozen=True)
+class MetricOut(MetricPoint):
+    """One point of a run's loss curve: a train point has train_loss, a val point val_loss and val_bpb."""
 
     @classmethod
     def of(cls, metric: Metric) -> "MetricOut":
-        return cls.model_validate(metric)
+        return cls(**{f.name: getattr(metric, f.name) for f in fields(MetricPoint)})
 
 
 class LogSlice(BaseModel):

@@ -72,18 +72,6 @@ class Series:
         return Series(self.name, [self.steps[i] for i in keep], [self.seconds[i] for i in keep], [self.values[i] for i in keep])
 
 
-@dataclass(frozen=True)
-class MetricPoint:
-    """What a chart needs of one stored metric row (``service.core.models.Metric`` reads like this)."""
-
-    kind: str
-    step: int
-    train_loss: float | None
-    val_loss: float | None
-    val_bpb: float | None
-    elapsed_ms: float | None
-
-
 def run_series(metrics: Iterable[Any], label: str = "") -> dict[str, Series]:
     """``train_loss`` (train rows) and ``val_bpb``, ``val_loss`` (val rows) of one run, in step order."""
     prefix = f"{label} " if label else ""

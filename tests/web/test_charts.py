@@ -8,7 +8,8 @@ import random
 import pytest
 
 from service.billing.accounting import gpus_of
-from service.web.charts import MetricPoint, downsample_minmax, figure, run_series
+from service.runs.logparse import MetricPoint
+from service.web.charts import downsample_minmax, figure, run_series
 
 
 def test_small_series_are_left_alone() -> None:
@@ -42,7 +43,7 @@ def test_diverged_values_stay_visible_and_json_safe() -> None:
     ys[4000] = math.inf
     keep = downsample_minmax(list(range(5000)), ys, 100)
     assert 2500 in keep and 4000 in keep
-    metrics = [MetricPoint("train", i, y, None, None, i * 10.0) for i, y in enumerate(ys)]
+    metrics = [MetricPoint("train", i, i * 10.0, train_loss=y) for i, y in enumerate(ys)]
     fig = figure("loss", "loss", [run_series(metrics)["train_loss"]], max_points=100)
     assert None in fig["data"][0]["y"] and all(y is None or math.isfinite(y) for y in fig["data"][0]["y"])
 
@@ -55,8 +56,8 @@ def test_bad_arguments() -> None:
 
 
 def test_figure_carries_both_x_axes_for_its_buttons() -> None:
-    metrics = [MetricPoint("train", s, 5.0 / s, None, None, s * 250.0) for s in range(1, 5001)]
-    metrics += [MetricPoint("val", s, None, 2.0, 1.3, s * 250.0) for s in (2500, 5000)]
+    metrics = [MetricPoint("train", s, s * 250.0, train_loss=5.0 / s) for s in range(1, 5001)]
+    metrics += [MetricPoint("val", s, s * 250.0, val_loss=2.0, val_bpb=1.3) for s in (2500, 5000)]
     series = run_series(metrics)
     fig = figure("train loss", "loss", [series["train_loss"]], max_points=500)
     step_args, time_args = (b["args"][0]["x"] for b in fig["layout"]["updatemenus"][0]["buttons"])
