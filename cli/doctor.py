@@ -303,6 +303,28 @@ def check_local_launcher(settings: Any) -> list[Check]:
     return [Check("sandbox", "pass", f"{bwrap}: a sealed python ran as uid {SANDBOX_UID} in {took:.2f} s{gpus}")]
 
 
+def check_environments(settings: Any) -> list[Check]:
+    """What a script run's declared environment is built with on this machine (worker.launchers.envs): uv, the envs folder, CADDIE_ENV_WHEELS."""
+    from worker.launchers.envs import uv_bin
+
+    try:
+        uv = uv_bin()
+        done = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (ImportError, FileNotFoundError, OSError, subprocess.TimeoutExpired) as exc:
+        return [Check("environments", "fail", f"uv cannot run: {first_line(exc)}: a run that declares an environment would fail",
+                      "pip install uv (part of caddie[worker])")]
+    if done.returncode != 0:
+        return [Check("environments", "fail", f"{uv} --version exited {done.returncode}", "pip install --force-reinstall uv")]
+    wheels = settings.env_wheels
+    if wheels is not None and not Path(wheels).is_dir():
+        return [Check("environments", "fail", f"CADDIE_ENV_WHEELS {wheels} is not a folder: every environment build would fail",
+                      "point CADDIE_ENV_WHEELS at the folder of wheels, or unset it")]
+    where = Path(settings.envs_dir).resolve()
+    offline = ", offline" if settings.env_offline else ""
+    return [Check("environments", "pass", f"{done.stdout.strip()} builds declared environments into {where}{offline}"
+                  f"{f', with the wheels of {wheels}' if wheels else ''}")]
+
+
 def check_gpus(settings: Any) -> list[Check]:
     from service.core.hardware import CPU, probe_local_node, split_list
 
@@ -514,6 +536,7 @@ def run_checks(config: ClientConfig, *, min_free_gib: float = 1.0) -> list[Check
     if settings.launcher == "local":
         checks += guarded("sandbox", lambda: check_local_launcher(settings))
         checks += guarded("gpu", lambda: check_gpus(settings))
+        checks += guarded("environments", lambda: check_environments(settings))
     else:
         checks += guarded("skypilot", lambda: check_skypilot(settings))
         checks.append(Check("gpu", "skip", "GPUs are on SkyPilot's nodes"))

@@ -201,6 +201,13 @@ def test_a_worker_without_bubblewrap_fails_the_sandbox_check(caddie: Caddie, dat
     assert checks["sandbox"]["status"] == "warn"
 
 
+def test_environment_builds_need_uv_and_the_wheels_folder_named(caddie: Caddie, data_root: Path, tmp_path: Path) -> None:
+    _, checks = doctor(caddie, **healthy(caddie, data_root))
+    assert checks["environments"]["status"] == "pass" and checks["environments"]["detail"].startswith("uv ")
+    code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_ENV_WHEELS=str(tmp_path / "no-wheels"))
+    assert code == 1 and checks["environments"]["status"] == "fail" and "is not a folder" in checks["environments"]["detail"]
+
+
 def test_gpus_the_deployment_declares_must_be_visible(caddie: Caddie, data_root: Path) -> None:
     code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_PROVIDED_HARDWARE="H100:8")
     assert code == 1 and checks["gpu"]["status"] == "fail"
