@@ -9,6 +9,11 @@ with the tables read from the SentencePiece model:
     (U+2581), which sets has_leading_space (the space is text only when something
     other than a boundary precedes it: SentencePiece drops the space at a document start).
 val_bpb = (val_loss / ln 2) · (scored tokens / scored bytes).
+
+CaseOps data (CASEOPS_ENABLED, trainer/caseops.py) is tokenized from transformed text, so a piece's
+own bytes are not the original text's: the val split then carries a byte sidecar
+(``fineweb_val_bytes_*.bin``, one count per val token) and a target's bytes are the sidecar's count
+at its position in the val stream, whatever its previous token (the tables are not used).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ SPACE_MARK = "\u2581"  # SentencePiece's visible space
 
 @dataclass
 class ByteLUTs:
-    """Per-token-id tables, each of length vocab_size."""
+    """Per-token-id tables, each of length vocab_size; or, for CaseOps data, the val stream's byte sidecar."""
 
     base_bytes: torch.Tensor  # int32
     has_leading_space: torch.Tensor  # bool
     is_boundary: torch.Tensor  # bool
+    sidecar: torch.Tensor | None = None  # int32, one count per val token: replaces the tables when set
 
     @classmethod
     def from_sentencepiece(cls, model_path: str, vocab_size: int) -> "ByteLUTs":
@@ -54,10 +60,22 @@ class ByteLUTs:
             base[i] = len(piece.encode("utf-8"))
         return cls(base, space, boundary)
 
+    @classmethod
+    def from_sidecar(cls, sidecar: torch.Tensor) -> "ByteLUTs":
+        """CaseOps: the original bytes of each val token as a target (as long as the val stream)."""
+        empty = torch.zeros(0, dtype=torch.int32)
+        return cls(empty, empty.bool(), empty.bool(), sidecar.to(torch.int32))
+
     def to(self, device: torch.device | str) -> "ByteLUTs":
-        return ByteLUTs(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
+        sidecar = None if self.sidecar is None else self.sidecar.to(device)
+        return ByteLUTs(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device), sidecar)
 
 
-def token_bytes(prev: torch.Tensor, tgt: torch.Tensor, luts: ByteLUTs) -> torch.Tensor:
-    """Bytes of each target token given its previous token (same shapes), as int32."""
+def token_bytes(prev: torch.Tensor, tgt: torch.Tensor, luts: ByteLUTs, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Bytes of each target token given its previous token (same shapes), as int32. With a sidecar
+    (CaseOps), ``pos`` (same shape) is each target's position in the val stream and its count is read there."""
+    if luts.sidecar is not None:
+        if pos is None:
+            raise ValueError("CaseOps byte counts need each target's position in the val stream")
+        return luts.sidecar[pos]
     return luts.base_bytes[tgt] + (luts.has_leading_space[tgt] & ~luts.is_boundary[prev]).to(torch.int32)

@@ -29,6 +29,11 @@ QUANT_SMALL_NUMEL = 65_536
 CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "smear", "bigram.scale", "ve_scale", "attn_gate")
 
 
+# CaseOps data (CASEOPS_ENABLED): one tokenizer, one data variant (trainer/recipes.py builds it).
+CASEOPS_VOCAB_SIZE = 8192
+CASEOPS_VARIANT = "sp8192_caseops"
+
+
 # --- stack presets (issue 22 item 1) ---------------------------------------------------------------
 # A preset is a dict of knob defaults: from_dict/from_env apply the chosen STACK's dict first, then the
 # spec's own knobs (explicit knobs win), then validate the result. The dataclass's field defaults are
@@ -125,6 +130,9 @@ class TrainerConfig:
 
     # --- model shape -----------------------------------------------------
     vocab_size: int = knob(1024, "Tokenizer vocabulary size.", min=16, max=65536)
+    caseops_enabled: bool = knob(False, "CaseOps data (the 2026-04-27 record's): text lowercased with case markers, tokenized by "
+                                 "its SP8192 CaseOps tokenizer (the sp8192_caseops data variant; needs VOCAB_SIZE 8192); val_bpb "
+                                 "counts the original text's bytes, from the val byte sidecar.")
     bos_token_id: int = knob(1, "Token that starts every document; SmearGate never blends across it.", min=0, max=65535)
     num_layers: int = knob(11, "Transformer blocks.", min=1, max=64)
     model_dim: int = knob(512, "Residual width.", min=16, max=8192)
@@ -320,6 +328,12 @@ class TrainerConfig:
     def ve_layer_list(self) -> list[int]:
         return [int(s) for s in self.ve_layers.split(",") if s.strip()]
 
+    @property
+    def data_variant(self) -> str:
+        """The data a run trains and is scored on (a recipe of trainer/recipes.py): sp<VOCAB_SIZE>, or
+        sp8192_caseops under CASEOPS_ENABLED."""
+        return CASEOPS_VARIANT if self.caseops_enabled else f"sp{self.vocab_size}"
+
     # ------------------------------------------------------------------
     @classmethod
     def knobs(cls) -> list[dataclasses.Field]:
@@ -440,6 +454,8 @@ class TrainerConfig:
             bad("TRAIN_BATCH_TOKENS", f"must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}")
         if self.eval_stride > self.eval_seq_len:
             bad("EVAL_STRIDE", f"must be <= EVAL_SEQ_LEN={self.eval_seq_len}")
+        if self.caseops_enabled and self.vocab_size != CASEOPS_VOCAB_SIZE:
+            bad("CASEOPS_ENABLED", f"needs VOCAB_SIZE={CASEOPS_VOCAB_SIZE} (the CaseOps tokenizer's), not {self.vocab_size}")
         if self.bos_token_id >= self.vocab_size:
             bad("BOS_TOKEN_ID", f"must be < VOCAB_SIZE={self.vocab_size}")
         if self.mlp_hidden < 1:

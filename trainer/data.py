@@ -13,12 +13,18 @@ Command line (``python -m trainer.data``):
       shards and tokenizer from its source's Hugging Face repository, or built once by the run's own
       script into DIR/built/<content hash>; prints DATA_FOLDER, DATA_PATH, TOKENIZER_PATH
   build --input FILES... --vocab-size V [--out DIR] [--shard-tokens N]   tokenizer + shards from local text
+  caseops --docs FILES... --tokenizer MODEL [--out DIR] [--val-docs N]   CaseOps SP8192 shards + val byte sidecar
+      (the 2026-04-27 record's data, built with trainer/caseops.py) in DIR/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved
   smoke [--out DIR]                                         a small offline corpus from Python's own docs
+
+CaseOps data (CASEOPS_ENABLED) adds ``fineweb_val_bytes_NNNNNN.bin`` beside the val shards: the shard
+format again, one uint16 per val token, its original UTF-8 bytes (bpb.py counts bpb from them).
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import ast
 import glob
 import json
@@ -33,13 +39,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
 import torch
 
-from trainer.recipes import BUILTIN, DOCS_FILE, Recipe, Source, build_argv, built_folder, content_hash, parse_sources, resolve
+from trainer.recipes import (
+    BUILTIN,
+    CASEOPS_NAME,
+    CASEOPS_TOKENIZER,
+    DOCS_FILE,
+    Recipe,
+    Source,
+    build_argv,
+    built_folder,
+    content_hash,
+    parse_sources,
+    resolve,
+)
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -48,6 +66,9 @@ SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 SHARD_MAX_TOKENS = 100_000_000  # tokens per shard written by `build`, as in the challenge
 HF_DATA_REPO = "willdepueoai/parameter-golf"  # the challenge's own (trainer.recipes.CHALLENGE_REPO)
 HF_DATA_PREFIX = "datasets"  # everything in the repo lives under this folder
+VAL_BYTES_PREFIX = "fineweb_val_bytes_"  # CaseOps: the val split's per-token original byte counts, in the shard format
+CASEOPS_VAL_DOCS = 10_000  # the CaseOps records' val split: the first 10,000 documents
+CASEOPS_SHARD_TOKENS = 10_000_000  # tokens per shard in the CaseOps records' layout
 
 
 class ShardError(ValueError):
@@ -116,8 +137,9 @@ def write_shard(path: str | os.PathLike, tokens: Sequence[int] | np.ndarray | to
 
 
 def shard_files(pattern: str) -> list[str]:
-    """Shard paths matching a glob, sorted (shard order is stream order)."""
-    files = sorted(glob.glob(pattern))
+    """Token shard paths matching a glob, sorted (shard order is stream order). CaseOps byte sidecars
+    (fineweb_val_bytes_*.bin) match the val glob too; they are counts, not tokens, and are left out."""
+    files = sorted(f for f in glob.glob(pattern) if not os.path.basename(f).startswith(VAL_BYTES_PREFIX))
     if not files:
         raise ShardError(f"{pattern}: no shard files match")
     return files
@@ -197,6 +219,23 @@ def load_val_tokens(pattern: str, limit: int = 0) -> torch.Tensor:
     return torch.from_numpy(tokens.astype(np.int64))
 
 
+def load_val_bytes(data_path: str | os.PathLike, val_tokens: int, limit: int = 0) -> torch.Tensor:
+    """CaseOps: the val byte sidecar (fineweb_val_bytes_*.bin beside the val shards, one count per val
+    token) as int32, its first ``limit`` counts if > 0. ``val_tokens`` is the whole val split's token
+    count; a sidecar of another length belongs to another build and is refused."""
+    pattern = os.path.join(str(data_path), f"{VAL_BYTES_PREFIX}*.bin")
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ShardError(f"{pattern}: no byte sidecar (CASEOPS_ENABLED scores bpb on the original bytes it counts; "
+                         f"build the data with `python -m trainer.data caseops`)")
+    counts = np.concatenate([read_shard(f) for f in files])
+    if counts.size != val_tokens:
+        raise ShardError(f"{pattern}: {counts.size} byte counts for {val_tokens} val tokens: the sidecar is not this val split's")
+    if limit:
+        counts = counts[:limit]
+    return torch.from_numpy(counts.astype(np.int32))
+
+
 # --- folder layout -----------------------------------------------------------------------
 
 
@@ -226,6 +265,31 @@ def corpus_paths(out_dir: str | os.PathLike, vocab_size: int) -> CorpusPaths:
 
 
 # --- build: tokenizer and shards from local text ---------------------------------------------
+
+
+def iter_documents(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+    """Documents streamed from files as the CaseOps records read them: in a ``.jsonl`` file each
+    non-blank line is one (its "text" field, or the line's JSON string), empty texts included, so the
+    first N documents are the records' val split; other files are split at blank lines."""
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"--docs {p}: no such file")
+        if p.suffix != ".jsonl":
+            yield from split_paragraphs(p.read_text(encoding="utf-8", errors="replace"))
+            continue
+        with open(p, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    text = obj["text"] if isinstance(obj, dict) else obj
+                except (ValueError, KeyError):
+                    raise ValueError(f"--docs {p}: line {n} is not a JSON object with a \"text\" field") from None
+                if not isinstance(text, str):
+                    raise ValueError(f"--docs {p}: line {n}: its text is not a string")
+                yield text
 
 
 def read_documents(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -378,6 +442,100 @@ def _parse_python(source: str, attempts: int = 3) -> ast.Module:
 def build_smoke_corpus(out_dir: str | os.PathLike, vocab_size: int = 1024) -> CorpusPaths:
     """A small real-text corpus built offline from Python's own documentation (a few seconds)."""
     return build_corpus(smoke_documents(), out_dir, vocab_size, val_fraction=0.1)
+
+
+# --- caseops: the CaseOps records' data, built with caddie's own transform ---------------------------
+
+
+class _ShardWriter:
+    """Values appended in order, written as fineweb_{stem}_NNNNNN.bin shards of ``shard_tokens`` each
+    (the last one shorter)."""
+
+    def __init__(self, folder: Path, stem: str, shard_tokens: int):
+        self.folder, self.stem, self.shard_tokens = folder, stem, shard_tokens
+        self.buf = array.array("H")
+        self.paths: list[Path] = []
+
+    def add(self, values: Sequence[int]) -> None:
+        self.buf.extend(values)
+        while len(self.buf) >= self.shard_tokens:
+            self._write(self.buf[:self.shard_tokens])
+            del self.buf[:self.shard_tokens]
+
+    def _write(self, values: array.array) -> None:
+        path = self.folder / f"fineweb_{self.stem}_{len(self.paths):06d}.bin"
+        write_shard(path, np.frombuffer(values, dtype=np.uint16))
+        self.paths.append(path)
+
+    def close(self) -> list[Path]:
+        if self.buf:
+            self._write(self.buf)
+            self.buf = array.array("H")
+        return self.paths
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_caseops(docs: Iterable[str], tokenizer: str | os.PathLike, out_dir: str | os.PathLike, val_docs: int = CASEOPS_VAL_DOCS,
+                  shard_tokens: int = CASEOPS_SHARD_TOKENS, threads: int = 2, log: Callable[[str], None] = print) -> CorpusPaths:
+    """CaseOps SP8192 data in the records' layout, from documents and the CaseOps tokenizer:
+    ``out_dir/datasets/<CASEOPS_NAME>/fineweb_{train,val,val_bytes}_NNNNNN.bin`` and the tokenizer
+    copied to ``out_dir/<CASEOPS_TOKENIZER>``. Each document is transformed (trainer/caseops.py),
+    tokenized and written after a BOS; the first ``val_docs`` documents are the val split, and for
+    each val token the sidecar holds its original UTF-8 bytes (0 for a BOS and a marker)."""
+    if val_docs < 1:
+        raise ValueError(f"--val-docs {val_docs}: must be at least 1")
+    if shard_tokens < 1:
+        raise ValueError(f"--shard-tokens {shard_tokens}: must be at least 1")
+    # imported here: the bundled train_gpt.py (trainer/bundle.py) drops this tool, and with it the import
+    from trainer import caseops
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    unknown = [f"U+{ord(m):04X}" for m in caseops.MARKERS if sp.piece_to_id(m) == sp.unk_id()]
+    if unknown:
+        raise ValueError(f"--tokenizer {tokenizer}: no piece for the CaseOps marker(s) {', '.join(unknown)}: not a CaseOps tokenizer")
+    bos = sp.bos_id()
+    root = Path(out_dir)
+    data, tok = root / "datasets" / CASEOPS_NAME, root / CASEOPS_TOKENIZER
+    data.mkdir(parents=True, exist_ok=True)
+    for stale in data.glob("fineweb_*.bin"):
+        stale.unlink()  # a rebuild must not leave shards of an older build behind
+    tok.parent.mkdir(parents=True, exist_ok=True)
+    if not (tok.exists() and tok.samefile(tokenizer)):
+        shutil.copyfile(tokenizer, tok)
+    train, val, val_bytes = (_ShardWriter(data, stem, shard_tokens) for stem in ("train", "val", "val_bytes"))
+    n = 0
+    for batch in _batches(docs, 256):
+        texts = [caseops.encode(t) for t in batch]
+        n_val = max(0, min(len(texts), val_docs - n))
+        if n_val:
+            for text, enc in zip(texts[:n_val], sp.encode(texts[:n_val], out_type="offset_mapping", num_threads=threads)):
+                counts = caseops.original_byte_counts(caseops.surfaces(text, enc["offsets"]))
+                if counts and max(counts) > 0xFFFF:
+                    raise ValueError(f"document {n}: a token stands for {max(counts)} bytes, more than a uint16 sidecar holds")
+                val.add([bos, *enc["ids"]])
+                val_bytes.add([0, *counts])
+                n += 1
+        for ids in sp.encode(texts[n_val:], out_type=int, num_threads=threads) if n_val < len(texts) else []:
+            train.add([bos, *ids])
+            n += 1
+        if n % 100_000 < len(batch):
+            log(f"caseops: {n} documents")
+    val_files, train_files = val.close(), train.close()
+    val_bytes.close()
+    if not val_files or not train_files:
+        raise ValueError(f"--val-docs {val_docs}: {n} document(s) give {'no train' if val_files else 'no val'} split")
+    log(f"caseops: {n} documents: {len(val_files)} val shard(s) with their byte sidecar, {len(train_files)} train shard(s) in {data}")
+    return CorpusPaths(root, data, tok, sp.vocab_size(), tuple(train_files), tuple(val_files))
 
 
 # --- download: the challenge's shards from Hugging Face -------------------------------------
@@ -702,6 +860,13 @@ def data_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="./data")
     b.add_argument("--val-fraction", type=float, default=0.1, help="share of documents in the val split (the first ones)")
     b.add_argument("--shard-tokens", type=int, default=SHARD_MAX_TOKENS, help="tokens per train shard (default 100,000,000)")
+    c = sub.add_parser("caseops", help="CaseOps SP8192 data (the 2026-04-27 record's) from documents and the CaseOps tokenizer, "
+                       "with caddie's own transform: shards and the val byte sidecar in the record's layout")
+    c.add_argument("--docs", nargs="+", required=True, help="docs_selected.jsonl (one {\"text\": ...} a line) or text files")
+    c.add_argument("--tokenizer", "--sp", required=True, help="fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model")
+    c.add_argument("--out", default="./data", help="data folder: DATA_PATH is OUT/datasets/" + CASEOPS_NAME)
+    c.add_argument("--val-docs", type=int, default=CASEOPS_VAL_DOCS, help="the first N documents are the val split (default 10,000)")
+    c.add_argument("--shard-tokens", type=int, default=CASEOPS_SHARD_TOKENS, help="tokens per shard (default 10,000,000)")
     s = sub.add_parser("smoke", help="a small offline corpus from Python's own documentation")
     s.add_argument("--out", default="./data")
     s.add_argument("--vocab-size", type=int, default=1024)
@@ -729,6 +894,8 @@ def data_main(argv: list[str] | None = None) -> int:
             print(f"DATA_FOLDER={Path(folder).resolve()}")
             paths = CorpusPaths(Path(folder), Path(folder) / recipe.data_path, Path(folder) / recipe.tokenizer_path,
                                 int(vocab[1]) if vocab else 0)
+        elif args.command == "caseops":
+            paths = build_caseops(iter_documents(args.docs), args.tokenizer, args.out, args.val_docs, args.shard_tokens)
         elif args.command == "build":
             paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction,
                                  shard_tokens=args.shard_tokens)

@@ -5,7 +5,8 @@ from tokens 0..j. A window of length W starting at s feeds tokens s..s+W-1 and p
 targets s..s+W-1. Every evaluation scores each target exactly once and reports
     val_loss = Σ CE / scored tokens              (nats, sums in float64)
     val_bpb  = (val_loss / ln 2) · scored tokens / scored bytes
-with bytes per bpb.py (token_bytes); sums are all-reduced when torch.distributed is initialised.
+with bytes per bpb.py (token_bytes: the tokenizer's tables, or for CaseOps data the val byte sidecar
+at each target's stream position); sums are all-reduced when torch.distributed is initialised.
 
 Sliding windows (stride S): the first window starts at 0 and scores all its W targets;
 each later window ends S targets further on and scores only its last S targets (the last
@@ -139,14 +140,15 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, luts: ByteLUTs, 
     for i in range(0, len(starts), batch_seqs):
         j = min(i + batch_seqs, len(starts))
         k = int(lo_rel[i:j].min())  # positions before k are scored by no window of this batch
-        win = tokens[starts_t[i:j, None] + offsets].long()
+        at = starts_t[i:j, None] + offsets  # stream positions of the window's tokens; targets are at[:, 1:]
+        win = tokens[at].long()
         x, y = win[:, :-1], win[:, 1:]
         logits = model.forward_logits(x)[:, k:]
         ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y[:, k:].reshape(-1), reduction="none")
         pos = positions[k:]
         mask = (pos >= lo_t[i:j, None]) & (pos < hi_t[i:j, None])
         loss_sum += (ce.view(j - i, w - k).double() * mask).sum()
-        byte_sum += (token_bytes(x[:, k:], y[:, k:], luts).long() * mask).sum()
+        byte_sum += (token_bytes(x[:, k:], y[:, k:], luts, at[:, k + 1:]).long() * mask).sum()
     return ScoreTotals(float(loss_sum.item()), int((plan.hi - plan.lo).sum()), int(byte_sum.item()))
 
 
@@ -486,7 +488,8 @@ def evaluate_ttt_lora_phased(model: torch.nn.Module, val_tokens: torch.Tensor, l
                 starts = torch.tensor([a for a, _ in batch]) + windows[:, 0]
                 _, width, offset, _ = lora_chunk_window(c, (c + 1) * C, C, L)
                 cols = torch.arange(width + 1)
-                got = tokens[(starts[:, None] + cols).clamp_(max=tokens.numel() - 1).to(device)]
+                at = (starts[:, None] + cols).clamp_(max=tokens.numel() - 1).to(device)  # stream positions; targets at[:, 1:]
+                got = tokens[at]
                 valid = (cols[:width][None] < windows[:, 1:2]).to(device)
                 x = torch.where(valid, got[:, :-1], 0)
                 y = torch.where(valid, got[:, 1:], 0)
@@ -497,7 +500,7 @@ def evaluate_ttt_lora_phased(model: torch.nn.Module, val_tokens: torch.Tensor, l
                 pos = positions[:width][None]
                 mask = (pos >= off) & (pos < off + length)
                 loss_sum += (losses.double() * mask).sum()
-                byte_sum += (token_bytes(x, y, luts).long() * mask).sum()
+                byte_sum += (token_bytes(x, y, luts, at[:, 1:]).long() * mask).sum()
                 scored_tokens += int(windows[:, 3].sum())
                 if trace is not None:
                     trace.append(ScoredChunk(step, (starts.to(device)[:, None] + pos)[mask].cpu(), losses[mask].float().cpu()))

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.bpb import ByteLUTs
 from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig, artifact_settings, config_for_artifact
-from trainer.data import TokenStream, load_val_tokens, read_shard_header, shard_files
+from trainer.data import ShardError, TokenStream, load_val_bytes, load_val_tokens, read_shard_header, shard_files
 from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt, evaluate_ttt_lora_phased
 from trainer.gptq import collect_hessians
 from trainer.model import GPT, BlockLinear, block_order, count_parameters
@@ -298,6 +298,21 @@ def gptq_hessians(model: GPT, cfg: TrainerConfig, train_pattern: str, micro_toke
     return {k: v.cpu() for k, v in hessians.items()}
 
 
+def val_byte_counts(cfg: TrainerConfig, val_tokens_available: int, device: torch.device) -> ByteLUTs:
+    """What val_bpb divides by: the tokenizer's byte tables, or under CASEOPS_ENABLED the val byte sidecar
+    beside the val shards (the tokenizer is still read, to check its vocabulary)."""
+    try:
+        luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size)
+    except (OSError, RuntimeError, ValueError) as exc:  # unreadable model, or a vocab mismatch
+        raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: {exc}") from None
+    if cfg.caseops_enabled:
+        try:
+            luts = ByteLUTs.from_sidecar(load_val_bytes(cfg.data_path, val_tokens_available, cfg.val_tokens_limit))
+        except ShardError as exc:
+            raise RunError(f"DATA_PATH={cfg.data_path}: {exc}") from None
+    return luts.to(device)
+
+
 def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, luts: ByteLUTs, device: torch.device,
                    rank: int, world: int, log: RunLog):
     """Load the artifact into a fresh model and score it as the run does (sliding or full, then
@@ -363,12 +378,9 @@ def train(cfg: TrainerConfig) -> dict:
             raise RunError(f"DATA_PATH={cfg.data_path}: no {os.path.basename(pattern)} shards there")
     if not os.path.isfile(cfg.tokenizer_path):
         raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: no such file")
-    try:
-        luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
-    except (OSError, RuntimeError, ValueError) as exc:  # unreadable model, or a vocab mismatch
-        raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: {exc}") from None
     val_tokens = load_val_tokens(val_pattern, cfg.val_tokens_limit)
     val_tokens_available = sum(read_shard_header(f) for f in shard_files(val_pattern))  # the whole split, even under VAL_TOKENS_LIMIT
+    luts = val_byte_counts(cfg, val_tokens_available, device)
     stream = TokenStream(train_pattern, rank, world)
 
     torch.manual_seed(cfg.seed)
@@ -541,13 +553,13 @@ def train(cfg: TrainerConfig) -> dict:
         "val_tokens_scored": r.tokens, "val_tokens_total": val_tokens_available - 1,
         "ttt_protocol": "score_first" if cfg.ttt_enabled else "none",
         "train_shards": sorted(os.path.basename(f) for f in glob.glob(train_pattern)),
-        "val_shards": sorted(os.path.basename(f) for f in glob.glob(val_pattern)),
+        "val_shards": sorted(os.path.basename(f) for f in shard_files(val_pattern)),
         "gpu_name": torch.cuda.get_device_name(device) if cuda else "cpu",
         "code_sha256": hashlib.sha256(code.encode()).hexdigest(), "code_dirty": code_dirty(),
     }
     if master:  # after the clocks stop: fingerprints are facts for the rules, not part of the run
         result["train_fingerprints"] = sorted({content_fingerprint(f) for f in glob.glob(train_pattern)})
-        result["val_fingerprints"] = sorted({content_fingerprint(f) for f in glob.glob(val_pattern)})
+        result["val_fingerprints"] = sorted({content_fingerprint(f) for f in shard_files(val_pattern)})
         write_result(out_dir, result)
     log.close()
     if world > 1:
@@ -584,18 +596,15 @@ def evaluate_only(values: dict) -> dict:
     val_pattern = os.path.join(cfg.data_path, "fineweb_val_*.bin")
     if not glob.glob(val_pattern):
         raise RunError(f"DATA_PATH={cfg.data_path}: no fineweb_val_*.bin shards there")
-    try:
-        luts = ByteLUTs.from_sentencepiece(cfg.tokenizer_path, cfg.vocab_size).to(device)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise RunError(f"TOKENIZER_PATH={cfg.tokenizer_path}: {exc}") from None
     val_tokens = load_val_tokens(val_pattern, cfg.val_tokens_limit)
     val_tokens_available = sum(read_shard_header(f) for f in shard_files(val_pattern))
+    luts = val_byte_counts(cfg, val_tokens_available, device)
     r, pre_ttt_bpb, eval_seconds = score_artifact(blob, cfg, val_tokens, luts, device, rank, world, log)
     result = {"status": "succeeded", "error": None, "val_loss": r.val_loss, "val_bpb": r.val_bpb, "pre_ttt_bpb": pre_ttt_bpb,
               "model_bytes": len(blob), "eval_seconds": round(eval_seconds, 3), "world_size": world, "seed": cfg.seed,
               "config": cfg.to_dict(), "val_tokens_scored": r.tokens, "val_tokens_total": val_tokens_available - 1,
               "ttt_protocol": "score_first" if cfg.ttt_enabled else "none",
-              "val_shards": sorted(os.path.basename(f) for f in glob.glob(val_pattern)),
+              "val_shards": sorted(os.path.basename(f) for f in shard_files(val_pattern)),
               "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if rank == 0:
         write_result(out_dir, result, EVAL_RESULT_NAME)

@@ -64,6 +64,7 @@ def varlen_standin(fa3):
 
 
 def record_ttt(theirs, cfg: TrainerConfig, val: torch.Tensor, luts: ByteLUTs) -> tuple[float, float]:
+    """The record's eval_val_ttt_phased; a ByteLUTs with a sidecar runs it with CASEOPS_ENABLED (its val_bytes)."""
     fa3 = fa3_standin()
     ns = record_namespace(
         "RMSNorm", "CastedLinear", "Rotary", "apply_rotary_emb", "CausalSelfAttention", "MLP", "Block", "GPT",
@@ -90,8 +91,11 @@ def record_ttt(theirs, cfg: TrainerConfig, val: torch.Tensor, luts: ByteLUTs) ->
         global_ttt_chunk_tokens=cfg.ttt_chunk_tokens, global_ttt_batch_seqs=cfg.ttt_batch_seqs, global_ttt_lr=cfg.ttt_lr,
         global_ttt_momentum=cfg.ttt_momentum, global_ttt_epochs=cfg.ttt_epochs, global_ttt_warmup_chunks=0,
         global_ttt_warmup_start_lr=0.0, global_ttt_grad_clip=cfg.ttt_grad_clip, global_ttt_respect_doc_boundaries=True)
-    val_data = types.SimpleNamespace(val_tokens=val, caseops_enabled=False, val_bytes=None, base_bytes_lut=luts.base_bytes,
-                                     has_leading_space_lut=luts.has_leading_space, is_boundary_token_lut=luts.is_boundary)
+    caseops = luts.sidecar is not None
+    val_data = types.SimpleNamespace(val_tokens=val, caseops_enabled=caseops, val_bytes=luts.sidecar,
+                                     base_bytes_lut=None if caseops else luts.base_bytes,
+                                     has_leading_space_lut=None if caseops else luts.has_leading_space,
+                                     is_boundary_token_lut=None if caseops else luts.is_boundary)
     try:
         return ns["eval_val_ttt_phased"](h, theirs, torch.device("cpu"), val_data, theirs.forward_ttt)
     finally:
@@ -105,18 +109,25 @@ LENGTHS = [70, 9, 33, 5, 17, 41, 12, 26, 8, 50, 14, 3, 21, 64]  # 14 documents: 
 
 @pytest.mark.parametrize("knobs, lengths", [
     ({}, LENGTHS),
+    ({"caseops_enabled": True}, LENGTHS),  # bytes from a (drawn) CaseOps val sidecar at each target's position
     (RECORD_STACK, LENGTHS),
     # the window SmearGate too; documents within EVAL_SEQ_LEN (see adapt_on_documents: a piece cut from a longer
     # document starts without its previous token here, the record's smears it in)
     ({**RECORD_STACK, "smear_gate": True, "smear_gate_kind": "window"}, [c % 31 + 2 for c in LENGTHS]),
-], ids=["plain", "record_stack", "record_stack_smear"])
+], ids=["plain", "caseops", "record_stack", "record_stack_smear"])
 def test_phased_lora_ttt_equals_the_records(knobs, lengths):
+    knobs = dict(knobs)
+    caseops = knobs.pop("caseops_enabled", False)
     theirs, ours, cfg = model_pair(seed=3, **knobs)
     cfg = TrainerConfig.from_dict({**cfg.overrides(), **{k.upper(): v for k, v in TTT.items()}})
     ours.cfg = cfg
     theirs.looping_active = ours.looping = cfg.num_loops > 0
     val = stream(lengths, cfg.vocab_size, seed=4)
     luts = byte_luts(cfg.vocab_size)
+    if caseops:
+        sidecar = torch.randint(0, 7, (val.numel(),), generator=torch.Generator().manual_seed(6))
+        sidecar[0] = 100  # the stream's first token is no target: a sum off by one position would count it
+        luts = ByteLUTs.from_sidecar(sidecar)
     torch.manual_seed(7)  # both draw their LoRAs' A from the global generator, in the same order
     a = evaluate_ttt_lora_phased(ours, val, luts, cfg)
     torch.manual_seed(7)
