@@ -16,8 +16,10 @@ queued and running; a PostgreSQL restart (immediate stop) mid-run; 2 teams x
 100 runs on 2 slots; cancels racing a run's end (sent 0 to 0.2 s after its trainer
 wrote its result); issue 21's launch gap (the runs worker SIGKILLed between the
 launcher's submit and the commit recording it: bench/_fault_hooks.py), a hung trainer
-(silent, never ending) and a run folder that refuses writes (RLIMIT_FSIZE on the
-stand-in: no loop device or tmpfs is mounted, so a full disk is simulated by EFBIG).
+(silent, never ending), a run folder that refuses writes (RLIMIT_FSIZE on the
+stand-in: no loop device or tmpfs is mounted, so a full disk is simulated by EFBIG),
+and a node dying under its job (its wrapper and trainer killed at once: relaunched at
+once, from step 0, each attempt billed).
 
 Per scenario it writes, in bench/results/faults.md:
 
@@ -66,8 +68,10 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
+from service.billing.accounting import Transition, billed_attempts  # noqa: E402
 from service.core.models import Run, RunEvent  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
+from service.core.status import is_node_lost  # noqa: E402
 from worker.run.lease import holder_gone, is_dispatch_mark  # noqa: E402
 
 DEFAULTS = Settings(_env_file=None)  # caddie's defaults: the numbers the scenarios run under
@@ -325,8 +329,11 @@ class Watch:
         with self.engine.connect() as c:
             rows = c.execute(select(Run.id, Run.status, Run.heartbeat_at, Run.attempts, Run.worker_task_id).where(Run.id.in_(ids))).all()
             active = c.execute(select(func.count()).select_from(Run).where(Run.status.in_(ACTIVE))).scalar()
-            requeued = dict(c.execute(select(RunEvent.run_id, func.max(RunEvent.at)).where(RunEvent.run_id.in_(ids), RunEvent.to_status == "QUEUED",
-                                                                                        RunEvent.from_status.in_(ACTIVE)).group_by(RunEvent.run_id)).all())  # fmt: skip
+            latest = select(func.max(RunEvent.id)).where(RunEvent.run_id.in_(ids), RunEvent.to_status == "QUEUED",
+                                                          RunEvent.from_status.in_(ACTIVE)).group_by(RunEvent.run_id)  # fmt: skip
+            # A run requeued after its node died ("node lost") has no retry wait: queued, it is waiting for nothing.
+            requeued = {run_id: at for run_id, at, reason in c.execute(select(RunEvent.run_id, RunEvent.at, RunEvent.reason).where(RunEvent.id.in_(latest)))
+                        if not is_node_lost(reason)}  # fmt: skip
         stranded = [r.id for r in rows if r.status in ACTIVE and (r.heartbeat_at is None or now - r.heartbeat_at > stale)]
         waiting = [
             r.id for r in rows
@@ -368,6 +375,7 @@ class Suite:
         self.clients = {team: httpx.Client(base_url=f"{stack.url}/api/v1", headers={"Authorization": f"Bearer {tok}"}, timeout=10) for team, tok in tokens.items()}
         self.ids: list[int] = []  # the current scenario's runs
         self.server_errors: list[str] = []  # 5xx answers to submits in the current scenario
+        self.killed_at: dict[tuple[int, str], float] = {}  # (run, attempt folder) -> when the suite killed its trainer with its wrapper
 
     # --- helpers ----------------------------------------------------------------------
     def submit(self, steps: int, *, team: str = "a", key: str | None = None, seed: int = 1) -> int:
@@ -450,7 +458,7 @@ class Suite:
         for (run, attempt), (start, end) in spans.items():
             if end != end:  # no end mark: killed
                 exit_file = self.home / "runs" / str(run) / attempt / "exit_code.json"
-                end = exit_file.stat().st_mtime if exit_file.exists() else time.time()
+                end = exit_file.stat().st_mtime if exit_file.exists() else self.killed_at.get((run, attempt), time.time())
             points += [(start, 1), (end, -1)]
         most = now = 0
         for _, d in sorted(points, key=lambda p: (p[0], p[1])):
@@ -571,6 +579,35 @@ class Suite:
             note += f"; launched again {starts[-1] - t:.1f} s after the kill (requeued, then its retry backoff of {DEFAULTS.retry_backoff_s:.0f} s)"
         out.notes.append(note)
         return out
+
+    def node_lost(self) -> Outcome:
+        """A node dying under its job (preemption, hardware): the job's wrapper and its trainer killed at once,
+        so nothing records an exit. Expected: the run requeued as 'node lost', relaunched at once (no retry
+        wait) from step 0 and SUCCEEDED on its second attempt, both attempts billed."""
+        run = self.submit(60)
+        self.wait(lambda: bool(self.trainer_started(run)) and self.rows([run])[0].launch_handle, 60, "the trainer to start")
+        handle = self.rows([run])[0].launch_handle
+        child = json.loads(next((self.home / "runs" / str(run)).glob("attempt-*/child.json")).read_text())
+        t = self.watch.fault()
+        os.kill(handle["data"]["pid"], signal.SIGKILL)  # the wrapper first: it must not record the trainer's death
+        os.killpg(child["pgid"], signal.SIGKILL)
+        self.killed_at[(run, Path(handle["data"]["workdir"]).name)] = time.time()  # no exit file will say when it died
+        self.all_done()
+        out = self.outcome("node lost", "kill -9 of a job's wrapper and trainer at once (its node dying: preemption, hardware)", self.watch.recovery_after(t))
+        row = self.rows([run])[0]
+        with self.engine.connect() as c:
+            events = c.execute(select(RunEvent.at, RunEvent.to_status, RunEvent.reason).where(RunEvent.run_id == run).order_by(RunEvent.id)).all()
+        requeue = next((e for e in events if e.to_status == "QUEUED" and e.at.timestamp() >= t - 1), None)
+        attempts = billed_attempts([Transition(e.at, e.to_status) for e in events])
+        starts = sorted(e["t"] for e in self.events() if e["run"] == run and e["kind"] == "start")
+        wrong = []
+        if requeue is None or not is_node_lost(requeue.reason):
+            wrong.append(f"run {run}: not requeued as a lost node ({requeue.reason if requeue else 'no requeue'})")
+        if row.status == "SUCCEEDED" and (row.attempts != 1 or len(attempts) != 2):
+            wrong.append(f"run {run}: {row.attempts + 1} attempt(s) recorded, {len(attempts)} billed (expected 2 and 2)")
+        out.notes.append(f"run {run} {row.status} after {row.attempts + 1} attempt(s), {len(attempts)} billed; "
+                         f"relaunched (trainer started again) {starts[-1] - t:.1f} s after the kill; requeue reason: {requeue.reason if requeue else '-'}")  # fmt: skip
+        return self.finish(out, wrong)
 
     def restart_broker(self, redis: Redis, down_s: float) -> Outcome:
         ids = [self.submit(80, seed=s) for s in (1, 2, 3, 4)]
@@ -886,7 +923,7 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
 
 
 SCENARIOS = ("runs-worker", "control-worker", "beat", "api", "wrapper", "trainer", "broker", "broker-60s", "postgres", "postgres-60s", "many",
-             "cancel-race", "launch-gap", "launch-gap-cancel", "hang", "disk-full")
+             "cancel-race", "launch-gap", "launch-gap-cancel", "hang", "disk-full", "node-lost")
 
 
 def main() -> int:
@@ -925,7 +962,7 @@ def main() -> int:
             "runs-worker": suite.kill_runs_worker, "control-worker": suite.kill_control_worker, "beat": suite.kill_beat,
             "api": suite.kill_api, "wrapper": suite.kill_wrapper, "trainer": suite.kill_trainer,
             "broker": lambda: suite.restart_broker(redis, 3.0), "broker-60s": lambda: suite.restart_broker(redis, 60.0), "postgres": lambda: suite.restart_postgres(pg), "postgres-60s": lambda: suite.postgres_down_60s(pg), "many": suite.many_runs,
-            "cancel-race": suite.cancel_race, "launch-gap": suite.launch_gap, "launch-gap-cancel": suite.launch_gap_cancel, "hang": suite.hang, "disk-full": suite.disk_full,
+            "cancel-race": suite.cancel_race, "launch-gap": suite.launch_gap, "launch-gap-cancel": suite.launch_gap_cancel, "hang": suite.hang, "disk-full": suite.disk_full, "node-lost": suite.node_lost,
         }  # fmt: skip
         for name in args.only:
             print(f"--- {name}", flush=True)
