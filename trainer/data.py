@@ -47,6 +47,7 @@ import torch
 
 from trainer.recipes import (
     BUILTIN,
+    CASEOPS_BUILD_VERSION,
     CASEOPS_NAME,
     CASEOPS_TOKENIZER,
     DOCS_FILE,
@@ -745,20 +746,36 @@ def fetch_docs(source: Source, out_dir: Path, fetch: Fetch, retries: int = 3, lo
     return local
 
 
-def build_recipe(recipe: Recipe, files_dir: str | os.PathLike, out_dir: str | os.PathLike, fetch: Fetch | None = None,
+def fetch_tokenizer(recipe: Recipe, out_dir: Path, fetch: Fetch, retries: int = 3, log: Callable[[str], None] = print,
+                    backoff_s: float = 2.0) -> Path:
+    """A recipe's tokenizer from its tokenizer source, fetched once into ``docs/<source>/`` (a file an
+    operator puts there is used as it is)."""
+    assert recipe.tokenizer_source is not None
+    local = out_dir / "docs" / recipe.tokenizer_source.key() / recipe.tokenizer_path
+    if local.is_file() and local.stat().st_size > 0:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    download_with_retries(fetch, recipe.tokenizer_source.remote(recipe.tokenizer_path), local, retries, log, backoff_s)
+    return local
+
+
+def build_recipe(recipe: Recipe, files_dir: str | os.PathLike | None, out_dir: str | os.PathLike, fetch: Fetch | None = None,
                  log: Callable[[str], None] = print, python: str = sys.executable, wrap: Wrap | None = None,
                  fetcher: Callable[[Source], Fetch] = hf_fetcher) -> Path:
     """The data folder of a built recipe: ``out_dir/built/<content hash>``, made by the recipe's
-    script (a file of the run, in ``files_dir``) over the source's documents. Built once:
-    a folder of the same hash is used as it is; concurrent builds on one node wait for each
-    other (a lock file); a build that fails leaves nothing behind but its log."""
+    script (a file of the run, in ``files_dir``), or caddie's own builder module, over the source's
+    documents. Built once: a folder of the same hash is used as it is; concurrent builds on one node
+    wait for each other (a lock file); a build that fails leaves nothing behind but its log. ``wrap``
+    seals a run's script; caddie's own builder runs as caddie does."""
     if recipe.build is None:
         raise ValueError(f"data {recipe.variant}: its recipe has no build step")
-    files_dir, out_dir = Path(files_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     files: dict[str, bytes] = {}
     for name in recipe.run_files():
+        if files_dir is None:
+            raise ValueError(f"--variant {recipe.variant}: its recipe builds from the run's files; give --files DIR")
         try:
-            files[name] = (files_dir / name).read_bytes()
+            files[name] = (Path(files_dir) / name).read_bytes()
         except FileNotFoundError:
             raise BuildFailed(f"data {recipe.variant}: the run has no {name} (its recipe builds with it)") from None
     digest = content_hash(recipe, files)
@@ -778,22 +795,33 @@ def build_recipe(recipe: Recipe, files_dir: str | os.PathLike, out_dir: str | os
         work = final.with_name(final.name + ".tmp")
         shutil.rmtree(work, ignore_errors=True)  # an earlier build that died
         src = work / "recipe-src"
+        src.mkdir(parents=True)
         for name, data in files.items():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             (src / name).write_bytes(data)
-        tokenizer = src / recipe.tokenizer_file if recipe.tokenizer_file else work / recipe.tokenizer_path
-        argv = [python, str(src / recipe.build.script), *build_argv(recipe.build, str(docs), str(work), str(tokenizer))]
-        if wrap is not None:
-            argv = [*wrap(work, [docs.parent]), *argv]
-        log(f"data {recipe.variant}: building with {recipe.build.script} (hash {digest[:12]})")
+        if recipe.tokenizer_source is not None:
+            tokenizer = fetch_tokenizer(recipe, out_dir, fetch or fetcher(recipe.tokenizer_source), log=log)
+        else:
+            tokenizer = src / recipe.tokenizer_file if recipe.tokenizer_file else work / recipe.tokenizer_path
+        args = build_argv(recipe.build, str(docs), str(work), str(tokenizer))
+        env = None
+        if recipe.build.module:  # caddie's own code: run from caddie's folder, as caddie runs
+            argv, cwd = [python, "-m", recipe.build.module, *args], Path(__file__).resolve().parents[1]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(cwd), os.environ.get("PYTHONPATH", "")) if p)}
+        else:
+            argv, cwd = [python, str(src / recipe.build.script), *args], src
+            if wrap is not None:
+                argv = [*wrap(work, [docs.parent]), *argv]
+        what = recipe.build.describe()
+        log(f"data {recipe.variant}: building with {what} (hash {digest[:12]})")
         started = time.monotonic()
         build_log = final.with_name(final.name + ".log")
         with open(build_log, "wb") as out:
-            rc = subprocess.run(argv, cwd=src, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+            rc = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
         if rc != 0:
             tail = build_log.read_bytes()[-2000:].decode("utf-8", errors="replace").strip().splitlines()
             shutil.rmtree(work, ignore_errors=True)
-            raise BuildFailed(f"data {recipe.variant}: {recipe.build.script} exited with code {rc}"
+            raise BuildFailed(f"data {recipe.variant}: {what} exited with code {rc}"
                               + (f": {tail[-1]}" if tail else "") + f" (its output: {build_log})")
         if recipe.tokenizer_file:
             (work / recipe.tokenizer_path).parent.mkdir(parents=True, exist_ok=True)
@@ -801,10 +829,11 @@ def build_recipe(recipe: Recipe, files_dir: str | os.PathLike, out_dir: str | os
         problem = _built_problem(work, recipe)
         if problem:
             shutil.rmtree(work, ignore_errors=True)
-            raise BuildFailed(f"data {recipe.variant}: {recipe.build.script} finished but {problem} (its output: {build_log})")
+            raise BuildFailed(f"data {recipe.variant}: {what} finished but {problem} (its output: {build_log})")
         (work / "recipe.json").write_text(json.dumps({
             "variant": recipe.variant, "hash": digest, "source": recipe.source.describe(),
-            "build": [recipe.build.script, *recipe.build.args], "seconds": round(time.monotonic() - started, 1),
+            "build": [recipe.build.script or f"-m {recipe.build.module}", *recipe.build.args],
+            "seconds": round(time.monotonic() - started, 1),
         }, indent=1) + "\n", encoding="utf-8")
         os.replace(work, final)  # the folder appears whole or not at all
     log(f"data {recipe.variant}: built in {time.monotonic() - started:.0f} s ({final})")
@@ -835,8 +864,6 @@ def prepare_data(recipe: Recipe, train_shards: int, out_dir: str | os.PathLike, 
     if recipe.build is None:
         download(recipe.variant, train_shards, out_dir, fetch=fetch, log=log, recipe=recipe, fetcher=fetcher)
         return Path(out_dir)
-    if files_dir is None:
-        raise ValueError(f"--variant {recipe.variant}: its recipe builds from the run's files; give --files DIR")
     return build_recipe(recipe, files_dir, out_dir, fetch=fetch, log=log, wrap=wrap, fetcher=fetcher)
 
 
@@ -854,6 +881,8 @@ def data_parser() -> argparse.ArgumentParser:
     d.add_argument("--sources", default=os.environ.get("CADDIE_DATA_SOURCES", ""),
                    help="source overrides, variant=owner/name[/prefix],... or JSON (default: $CADDIE_DATA_SOURCES)")
     d.add_argument("--sandbox", default="", help="command prefix a build step runs under; given --workdir DIR, --ro PATH..., --")
+    d.add_argument("--trainer", action="store_true",
+                   help="the shared trainer's recipe of the variant (sp8192_caseops: built by caddie's own transform, no run files)")
     b = sub.add_parser("build", help="train a tokenizer on local text and write train/val shards")
     b.add_argument("--input", nargs="+", required=True, help="text files (blank-line separated documents) or .jsonl with a text field")
     b.add_argument("--vocab-size", type=int, default=1024)
@@ -867,6 +896,8 @@ def data_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="./data", help="data folder: DATA_PATH is OUT/datasets/" + CASEOPS_NAME)
     c.add_argument("--val-docs", type=int, default=CASEOPS_VAL_DOCS, help="the first N documents are the val split (default 10,000)")
     c.add_argument("--shard-tokens", type=int, default=CASEOPS_SHARD_TOKENS, help="tokens per shard (default 10,000,000)")
+    c.add_argument("--build-version", default=CASEOPS_BUILD_VERSION,
+                   help="the builder version a recipe was hashed with; another than this code's is refused")
     s = sub.add_parser("smoke", help="a small offline corpus from Python's own documentation")
     s.add_argument("--out", default="./data")
     s.add_argument("--vocab-size", type=int, default=1024)
@@ -888,13 +919,15 @@ def data_main(argv: list[str] | None = None) -> int:
     args = data_parser().parse_args(argv)
     try:
         if args.command == "download":
-            recipe = resolve(args.variant, parse_sources(args.sources))
+            recipe = resolve(args.variant, parse_sources(args.sources), trainer=args.trainer)
             folder = prepare_data(recipe, args.train_shards, args.out, args.files, wrap=sandbox_wrap(args.sandbox))
             vocab = re.match(r"^sp(\d+)", recipe.variant)
             print(f"DATA_FOLDER={Path(folder).resolve()}")
             paths = CorpusPaths(Path(folder), Path(folder) / recipe.data_path, Path(folder) / recipe.tokenizer_path,
                                 int(vocab[1]) if vocab else 0)
         elif args.command == "caseops":
+            if args.build_version != CASEOPS_BUILD_VERSION:
+                raise ValueError(f"--build-version {args.build_version}: this caddie builds CaseOps data version {CASEOPS_BUILD_VERSION}")
             paths = build_caseops(iter_documents(args.docs), args.tokenizer, args.out, args.val_docs, args.shard_tokens)
         elif args.command == "build":
             paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction,

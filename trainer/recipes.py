@@ -9,12 +9,20 @@ A recipe names
   CADDIE_DATA_SOURCES (``parse_sources``);
 * what it **fetches** there: a dataset's shards and tokenizer (by the manifest), or the raw
   documents (``docs_selected.jsonl``) that a build step reads;
-* its **tokenizer**: the source's, or a file of the run's own (CaseOps ships its model);
+* its **tokenizer**: the source's, a file of the run's own (CaseOps ships its model), or a file
+  fetched from a tokenizer source of its own;
 * an optional **build step**: a script of the run's own files, the helper files it imports,
-  and its arguments (``{docs}``, ``{out}`` and ``{tokenizer}`` are filled in on the node);
+  and its arguments (``{docs}``, ``{out}`` and ``{tokenizer}`` are filled in on the node); or
+  caddie's own builder, a module run as ``python -m`` (the shared trainer's CaseOps data:
+  ``trainer.data caseops``, with caddie's own transform);
 * where the data lands in the recipe's data folder (what a run sees as ``./data``):
   ``data_path`` and ``tokenizer_path``, and whether a spec may set DATA_PATH/TOKENIZER_PATH
   itself (a record's own command does, for CaseOps).
+
+A variant may have a recipe of its own for the shared trainer (``resolve(..., trainer=True)``):
+sp8192_caseops is built by the run's prepare_caseops_data.py for a script run, and by caddie's own
+builder over the same documents, with the CaseOps tokenizer fetched from the records' public
+repository, for the shared trainer, which has no files of its own.
 
 A downloaded recipe lands in the node's data root in the challenge's layout; a built one in
 ``built/<content hash>/`` under it, the hash taken over everything that decides its bytes
@@ -71,11 +79,15 @@ class Source:
 
 @dataclass(frozen=True)
 class BuildStep:
-    """A script of the run's own files, run once per node over the fetched documents."""
+    """A script of the run's own files, or a module of caddie's own, run once per node over the fetched documents."""
 
-    script: str  # a file of the run, e.g. prepare_caseops_data.py
+    script: str  # a file of the run, e.g. prepare_caseops_data.py; "" with module
     args: tuple[str, ...]  # {docs}, {out} and {tokenizer} are filled in on the node
     helpers: tuple[str, ...] = ()  # files of the run the script imports (they count in the hash)
+    module: str = ""  # caddie's own builder, run as `python -m module args` from caddie's code (no run files)
+
+    def describe(self) -> str:
+        return f"caddie's {self.module}" if self.module else self.script
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,7 @@ class Recipe:
     dataset: str = ""  # the manifest's dataset name (fetch == "dataset")
     tokenizer_file: str = ""  # a file of the run's own, copied to tokenizer_path ("" = the source's)
     build: BuildStep | None = None
+    tokenizer_source: Source | None = None  # where tokenizer_path is fetched from (that path under its prefix)
     paths_settable: bool = False  # a spec may set DATA_PATH / TOKENIZER_PATH (inside the data folder)
     description: str = field(default="", compare=False)
 
@@ -120,6 +133,9 @@ def plain_recipe(variant: str, source: Source | None = None) -> Recipe:
 
 CASEOPS_NAME = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
 CASEOPS_TOKENIZER = "tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+# The CaseOps records' public tokenizer and data (the 2026-04-18 CaseOps record's README): datasets/<CASEOPS_TOKENIZER> there.
+CASEOPS_TOKENIZER_SOURCE = Source("romeerp/parameter-golf-caseops-v1")
+CASEOPS_BUILD_VERSION = "1"  # of trainer/caseops.py and trainer.data's build_caseops: bump when the bytes they write change
 
 # What caddie serves out of the box, each from where the records got it.
 BUILTIN: dict[str, Recipe] = {
@@ -135,6 +151,17 @@ BUILTIN: dict[str, Recipe] = {
                         helpers=("lossless_caps.py",)),
         paths_settable=True,
         description="CaseOps SP8192: the challenge's documents built by the run's prepare_caseops_data.py"),
+}  # fmt: skip
+
+# The shared trainer's own recipes, where a variant's is a script run's (resolve(..., trainer=True)).
+TRAINER_BUILTIN: dict[str, Recipe] = {
+    # CASEOPS_ENABLED: the same documents, built by caddie's own transform (trainer/caseops.py) into the same layout.
+    "sp8192_caseops": Recipe(
+        variant="sp8192_caseops", source=Source(CHALLENGE_REPO), fetch="docs",
+        data_path=f"datasets/{CASEOPS_NAME}", tokenizer_path=CASEOPS_TOKENIZER, tokenizer_source=CASEOPS_TOKENIZER_SOURCE,
+        build=BuildStep("", ("caseops", "--docs", "{docs}", "--out", "{out}", "--tokenizer", "{tokenizer}",
+                             "--build-version", CASEOPS_BUILD_VERSION), module="trainer.data"),
+        description="CaseOps SP8192 for the shared trainer: the challenge's documents built by caddie's own transform"),
 }  # fmt: skip
 
 
@@ -198,10 +225,11 @@ def parse_sources(text: str, setting: str = "CADDIE_DATA_SOURCES") -> dict[str, 
     return out
 
 
-def resolve(variant: str, sources: Mapping[str, Source] | None = None) -> Recipe:
-    """The recipe of a variant: built in, or sp<V>, with the deployment's source when it names one."""
+def resolve(variant: str, sources: Mapping[str, Source] | None = None, trainer: bool = False) -> Recipe:
+    """The recipe of a variant: built in (the shared trainer's own where it has one, with ``trainer``), or
+    sp<V>, with the deployment's source when it names one."""
     source = (sources or {}).get(variant)
-    recipe = BUILTIN.get(variant)
+    recipe = (TRAINER_BUILTIN.get(variant) if trainer else None) or BUILTIN.get(variant)
     if recipe is None:
         if not _PLAIN_VARIANT.match(variant or ""):
             raise RecipeError(f"data variant {variant!r}: no such recipe (known: {', '.join(BUILTIN)}, or sp<VOCAB_SIZE>)")
@@ -216,7 +244,7 @@ def content_hash(recipe: Recipe, files: Mapping[str, bytes] | None = None) -> st
     missing = [n for n in recipe.run_files() if n not in files]
     if missing:
         raise RecipeError(f"data {recipe.variant}: the run's files lack {', '.join(missing)} (the recipe reads them)")
-    form = {
+    form: dict[str, Any] = {
         "v": HASH_VERSION, "source": [recipe.source.repo, recipe.source.prefix], "fetch": recipe.fetch,
         "dataset": recipe.dataset, "data_path": recipe.data_path, "tokenizer_path": recipe.tokenizer_path,
         "files": {n: hashlib.sha256(files[n]).hexdigest() for n in recipe.run_files()},
@@ -224,6 +252,11 @@ def content_hash(recipe: Recipe, files: Mapping[str, bytes] | None = None) -> st
         "build": None if recipe.build is None else {"script": recipe.build.script, "args": list(recipe.build.args),
                                                     "helpers": list(recipe.build.helpers)},
     }  # fmt: skip
+    # only when set, so the hashes of the recipes that have neither (folders built already) stay as they were
+    if recipe.build is not None and recipe.build.module:
+        form["build"]["module"] = recipe.build.module
+    if recipe.tokenizer_source is not None:
+        form["tokenizer_source"] = [recipe.tokenizer_source.repo, recipe.tokenizer_source.prefix]
     return hashlib.sha256(json.dumps(form, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

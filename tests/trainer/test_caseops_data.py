@@ -188,3 +188,39 @@ def test_a_run_without_the_sidecar_fails_naming_the_data_path(caseops_corpus, tm
                                    "TOKENIZER_PATH": str(caseops_corpus / CASEOPS_TOKENIZER), "OUTPUT_DIR": str(tmp_path / "out")})
     with pytest.raises(RunError, match=r"DATA_PATH=.*no byte sidecar"):
         train(cfg)
+
+
+# --- the shared trainer's recipe: caddie's own builder, the tokenizer from the records' repository ------------
+
+
+def test_the_trainers_recipe_builds_with_caddies_transform_once(tmp_path):
+    from test_recipes import Repos
+
+    from trainer.data import build_recipe
+    from trainer.recipes import CASEOPS_TOKENIZER_SOURCE, CHALLENGE_REPO, resolve
+
+    if not TOKENIZER.is_file():
+        pytest.skip(f"record tokenizer not found at {TOKENIZER}")
+    script_recipe, recipe = resolve("sp8192_caseops"), resolve("sp8192_caseops", trainer=True)
+    assert script_recipe.run_files() and not recipe.run_files() and recipe.build.module == "trainer.data"
+    repos = Repos(tmp_path / "repos")
+    docs = tmp_path / "repos" / CHALLENGE_REPO / "datasets" / "docs_selected.jsonl"
+    docs.parent.mkdir(parents=True)
+    texts = [f"Document {n}: the NASA McDonald iPhone \ue001 case." for n in range(10_030)]  # the records' 10,000 val documents + 30
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    tok = tmp_path / "repos" / CASEOPS_TOKENIZER_SOURCE.repo / "datasets" / CASEOPS_TOKENIZER
+    tok.parent.mkdir(parents=True)
+    tok.write_bytes(TOKENIZER.read_bytes())
+    logs: list[str] = []
+    folder = build_recipe(recipe, None, tmp_path / "root", fetcher=repos, log=logs.append)
+    assert set(repos.asked) == {(CHALLENGE_REPO, "datasets/docs_selected.jsonl"),
+                                (CASEOPS_TOKENIZER_SOURCE.repo, f"datasets/{CASEOPS_TOKENIZER}")}
+    data = folder / recipe.data_path
+    val = load_val_tokens(str(data / "fineweb_val_*.bin"))
+    counts = load_val_bytes(data, val.numel())
+    assert int(counts.sum()) == sum(len(t.encode("utf-8")) for t in texts[:10_000])
+    train_tokens = np.concatenate([read_shard(p) for p in shard_files(str(data / "fineweb_train_*.bin"))])
+    assert (train_tokens == 1).sum() == 30 and (folder / CASEOPS_TOKENIZER).is_file()
+    assert json.loads((folder / "recipe.json").read_text())["build"][0] == "-m trainer.data"
+    assert build_recipe(recipe, None, tmp_path / "root", fetcher=repos, log=logs.append) == folder and "built already" in logs[-1]
+    assert len(repos.asked) == 2
