@@ -25,7 +25,7 @@ through it. Reads (read_log) give the same byte offsets, pages and ``done`` from
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,12 +46,15 @@ ARCHIVE_SUFFIX = "/" + artifact_key(0, ARCHIVE_KIND, ARCHIVE_NAME).split("/", 2)
 assert ARCHIVE_SUFFIX == LOG_SUFFIX  # the quota's running total knows an archive the same way
 
 
+# GET /runs/{id}/logs answers this class: a field's description (metadata) is what the API's schema says of it.
 @dataclass
 class LogSlice:
-    offset: int
-    next_offset: int
+    """A piece of a run's log."""
+
+    offset: int = field(metadata={"description": "byte offset of data[0] in the run's log"})
+    next_offset: int = field(metadata={"description": "ask for this offset next"})
     data: str
-    done: bool
+    done: bool = field(metadata={"description": "the run is finished and no more log will come"})
 
 
 def archive_row(session: Session, run_id: int) -> Artifact | None:

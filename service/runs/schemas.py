@@ -216,13 +216,6 @@ class MetricOut(MetricPoint):
         return cls(**{f.name: getattr(metric, f.name) for f in fields(MetricPoint)})
 
 
-class LogSlice(BaseModel):
-    offset: int = Field(description="byte offset of data[0] in the run's log")
-    next_offset: int = Field(description="ask for this offset next")
-    data: str
-    done: bool = Field(description="the run is finished and no more log will come")
-
-
 
 # --- artifacts ------------------------------------------------------------------
 class ArtifactOut(BaseModel):

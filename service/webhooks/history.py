@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -18,19 +18,23 @@ from service.core.models import WebhookDelivery
 PAGE_ROWS = 100  # the web page's
 
 
+# The deliveries page and GET /teams/{name}/deliveries show this class: a field's description
+# (metadata) is what the API's schema says of it.
 @dataclass(frozen=True)
 class DeliveryView:
+    """One notification to the team's webhook: what it told of, and how sending it went."""
+
     id: int
-    event: str
-    what: str  # "run 12", "group ab12cd34", "sweep 3": what the notification told of
-    host: str | None  # the host of the last try (never the URL's path)
-    status: str  # pending | sent | failed
-    status_code: int | None  # the last answer's HTTP status; None: no answer (yet)
+    event: str = field(metadata={"description": "run.finished, group.record_eligible, sweep.finished, ..."})
+    what: str = field(metadata={"description": "what it told of: 'run 12', 'group ab12cd34ef56', 'sweep 3'"})
+    host: str | None = field(metadata={"description": "the host of the last try (never the URL's path, a chat webhook's secret)"})
+    status: str = field(metadata={"description": "pending, sent or failed"})
+    status_code: int | None = field(metadata={"description": "the last answer's HTTP status; null: no answer (yet)"})
     attempts: int
-    error: str
+    error: str = field(metadata={"description": "the last try's error"})
     created_at: datetime
     sent_at: datetime | None
-    next_attempt_at: datetime | None  # pending only
+    next_attempt_at: datetime | None = field(metadata={"description": "pending only: when it is tried again"})
 
 
 def encode_cursor(delivery_id: int) -> str:

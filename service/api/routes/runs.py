@@ -12,7 +12,8 @@ from service.http.deps import ArtifactStoreDep, ByteOffset, CurrentUser, Id, Ses
 from service.queue import positions as queue, stored
 from service.queue.schemas import QueueFields
 from service.runs import cancel as cancelling, logs as stored_logs, metrics as metric_pages, queries, submit as submission
-from service.runs.schemas import LogSlice, MetricOut, RunCancelled, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
+from service.runs.logs import LogSlice
+from service.runs.schemas import MetricOut, RunCancelled, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -116,5 +117,4 @@ def run_metrics(
 
 @router.get("/{run_id}/logs", response_model=LogSlice)
 def run_logs(run_id: Id, user: CurrentUser, session: SessionDep, store: ArtifactStoreDep, offset: ByteOffset = 0) -> LogSlice:
-    piece = stored_logs.read_log(session, user, run_id, offset, store=store)  # an ended run's log is in the store
-    return LogSlice(offset=piece.offset, next_offset=piece.next_offset, data=piece.data, done=piece.done)
+    return stored_logs.read_log(session, user, run_id, offset, store=store)  # an ended run's log is in the store

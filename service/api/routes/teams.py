@@ -16,7 +16,7 @@ from service.http.deps import AdminUser, CurrentUser, SessionDep, SettingsDep
 from service.teams import accounts
 from service.teams.schemas import MemberAdd, TeamCreate, TeamOut
 from service.webhooks import history as webhook_history
-from service.webhooks.schemas import DeliveryOut, DeliveryPage
+from service.webhooks.schemas import DeliveryPage
 
 # The longest window a usage report covers (one row per day of it).
 MAX_USAGE_DAYS = 400
@@ -147,4 +147,4 @@ def team_deliveries(
     if not user.can_see_team(team.id):
         raise NotFound("team", name)
     rows, next_cursor = webhook_history.deliveries(session, team.id, limit=limit, cursor=cursor)
-    return DeliveryPage(items=[DeliveryOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return DeliveryPage(items=rows, next_cursor=next_cursor)
