@@ -132,3 +132,23 @@ def test_a_launch_that_never_reached_skypilot_is_made_once(maker, settings, tmp_
     assert outcome == [f"run {run_id} SUCCEEDED"]
     assert [c[0] for c in api.calls].count("launch") == 1
     assert not any(r.startswith("adopted") for r in reasons(maker, run_id))
+
+
+def test_a_cancel_in_the_launch_gap_stops_the_launch_the_dead_executor_made(maker, settings, tmp_path: Path) -> None:  # noqa: F811
+    """Adopt, then stop: the team cancels while nobody drives the run; the next executor finds the launch
+    (still provisioning), cancels its request and tears its node down, instead of ending the run 'before
+    launch' with a node coming up for nobody."""
+    from service.core.models import utcnow
+
+    api = SkyApiStandIn()
+    run_id = new_run(maker)
+    with pytest.raises(Died):
+        go(maker, settings, run_id, launcher=DiesAfterLaunch(settings, sdk=api, min_poll_s=0))
+    [(rid, req)] = [(i, r) for i, r in api.requests.items() if r["name"] == "launch"]
+    with maker() as s:
+        s.get_one(Run, run_id).cancel_requested_at = utcnow()  # what POST /runs/{id}/cancel records for an active run
+        s.commit()
+    assert after_the_dead_one(maker, settings, run_id, api) == f"run {run_id} CANCELLED: cancelled by user"
+    assert ("api_cancel", (rid,), {}) in api.calls and ("down", (req["cluster"],), {}) in api.calls
+    assert [c[0] for c in api.calls].count("launch") == 1
+    assert any(r.startswith(f"adopted its launch request {rid} on {req['cluster']}") for r in reasons(maker, run_id))
