@@ -134,8 +134,11 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
         config = {}
     else:
         config = canonical(cfg)
-        variant = f"sp{cfg.vocab_size}"  # the stack's VOCAB_SIZE too, which canonical() leaves out
-        if variant not in settings.data_variant_choices:
+        variant = cfg.data_variant  # the stack's VOCAB_SIZE too, which canonical() leaves out
+        if cfg.caseops_enabled and variant not in settings.data_variant_choices:
+            issues.append(Issue(("config", "CASEOPS_ENABLED"), f"no data variant {variant} here (data variants "
+                                f"{', '.join(settings.data_variant_choices)}): CaseOps data is not served by this deployment", True))
+        elif variant not in settings.data_variant_choices:
             sizes = ", ".join(v.removeprefix("sp") for v in settings.data_variant_choices)
             issues.append(Issue(("config", "VOCAB_SIZE"), f"no data variant {variant} here: VOCAB_SIZE must be one of {sizes} "
                                 f"(data variants {', '.join(settings.data_variant_choices)})", cfg.vocab_size))  # fmt: skip

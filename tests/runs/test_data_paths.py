@@ -38,6 +38,19 @@ def test_the_data_variant_follows_vocab_size_and_must_be_one_caddie_has(client: 
     assert "no data variant sp2048" in issue["msg"] and "1024, 4096, 8192" in issue["msg"]
 
 
+def test_caseops_picks_its_variant_and_needs_a_deployment_that_serves_it(settings, world, spec) -> None:
+    with TestClient(create_app(settings.model_copy(update={"data_variants": "sp1024,sp8192"}))) as c:
+        r = c.post(RUNS, json=spec(config={"STACK": "2026-04-27", "CASEOPS_ENABLED": True}), headers=world.h("alice"))
+        assert r.status_code == 422, r.text
+        [issue] = [d for d in r.json()["detail"] if d["loc"] == ["body", "config", "CASEOPS_ENABLED"]]
+        assert "no data variant sp8192_caseops" in issue["msg"]
+        r = c.post(RUNS, json=spec(config={"CASEOPS_ENABLED": True, "VOCAB_SIZE": 1024}), headers=world.h("alice"))
+        assert r.status_code == 422 and "needs VOCAB_SIZE=8192" in r.text
+    with TestClient(create_app(settings.model_copy(update={"data_variants": "sp8192_caseops"}))) as c:
+        r = c.post(RUNS, json=spec(config={"STACK": "2026-04-27", "CASEOPS_ENABLED": True}), headers=world.h("alice"))
+        assert r.status_code == 201, r.text
+
+
 def test_a_stack_preset_s_vocabulary_picks_the_variant(settings, world, spec) -> None:
     # STACK=2026-04-27 sets VOCAB_SIZE 8192 without the spec naming it: a deployment serving only sp1024 refuses it
     with TestClient(create_app(settings.model_copy(update={"data_variants": "sp1024"}))) as c:

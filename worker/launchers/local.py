@@ -249,7 +249,7 @@ class LocalLauncher:
         return probe(sys.executable)
 
     def _recipe(self, job: JobSpec) -> Recipe:
-        return recipe_of(job.data_variant, getattr(self.settings, "data_sources", ""))
+        return recipe_of(job.data_variant, getattr(self.settings, "data_sources", ""), trainer=not job.is_script)
 
     def _data_folder(self, job: JobSpec, recipe: Recipe) -> Path:
         """What the run sees as ./data: the data root, or a built recipe's folder under it (by content hash)."""
@@ -277,6 +277,8 @@ class LocalLauncher:
             return
         argv = [sys.executable, "-m", "trainer.data", "download", "--variant", recipe.variant, "--out", str(self.data_root),
                 "--files", str(workdir), "--sources", getattr(self.settings, "data_sources", "")]
+        if not job.is_script:
+            argv.append("--trainer")  # the shared trainer's recipe: caddie's own builder, no run files
         if self.sealed:
             argv += ["--sandbox", f"{sys.executable} -m worker.launchers.sandbox --die-with-parent"]
         env = {**inherited_env(os.environ), "PYTHONPATH": str(REPO_ROOT)}

@@ -283,15 +283,16 @@ class SkyPilotLauncher:
         envs = {str(k): str(v) for k, v in (config.get("envs") or {}).items()}
         # The run's knobs only (worker.launchers.trainer_env), or a script run's env; the run
         # script sets DATA_PATH, TOKENIZER_PATH and OUTPUT_DIR on the node from CADDIE_DATA_*.
-        recipe = recipe_of(job.data_variant, s.data_sources)
+        recipe = recipe_of(job.data_variant, s.data_sources, trainer=not job.is_script)
         run_env = script_env(job.env, recipe) if job.is_script else knob_env(job.env)
         envs.update({k: v for k, v in run_env.items() if k not in ("DATA_PATH", "TOKENIZER_PATH")})
         paths = data_env(recipe, run_env)
         envs["CADDIE_DATA_PATH"], envs["CADDIE_TOKENIZER_PATH"] = paths["DATA_PATH"], paths["TOKENIZER_PATH"]
         envs["CADDIE_DATA_SOURCES"] = s.data_sources
         # A built recipe's folder under the node's data root (built/<content hash>), '' for a downloaded one.
-        if recipe.built and not job.is_script:
+        if recipe.run_files() and not job.is_script:
             raise LaunchFailed(f"data {recipe.variant} is built by a run's own files; the shared trainer cannot use it")
+        envs["CADDIE_DATA_TRAINER"] = "" if job.is_script else "1"  # the shared trainer's own recipe of the variant
         try:
             digest = content_hash(recipe, job.script_files)
         except RecipeError as exc:

@@ -83,10 +83,11 @@ def script_env(job_env: Mapping[str, object], recipe: Recipe | None = None) -> d
     return out
 
 
-def recipe_of(variant: str, sources_setting: str = "") -> Recipe:
-    """The data recipe of a run's variant with the deployment's CADDIE_DATA_SOURCES; LaunchFailed otherwise."""
+def recipe_of(variant: str, sources_setting: str = "", trainer: bool = False) -> Recipe:
+    """The data recipe of a run's variant with the deployment's CADDIE_DATA_SOURCES (the shared trainer's own
+    where the variant has one, with ``trainer``); LaunchFailed otherwise."""
     try:
-        return resolve(variant or "", parse_sources(sources_setting))
+        return resolve(variant or "", parse_sources(sources_setting), trainer=trainer)
     except RecipeError as exc:
         raise LaunchFailed(str(exc)) from None
 

@@ -51,8 +51,9 @@ def job_env(run: Run) -> dict[str, str]:
 
 
 def data_variant(run: Run) -> str:
-    """The data variant a run trains and is scored on: ``sp<VOCAB_SIZE>`` (the tokenizer must match the model's vocabulary)."""
-    return f"sp{TrainerConfig.from_dict(dict(run.spec or {})).vocab_size}"
+    """The data variant a run trains and is scored on: ``sp<VOCAB_SIZE>`` (the tokenizer must match the model's vocabulary),
+    sp8192_caseops under CASEOPS_ENABLED."""
+    return TrainerConfig.from_dict(dict(run.spec or {})).data_variant
 
 
 def trainer_job(run: Run, timeout_s: float) -> JobSpec:

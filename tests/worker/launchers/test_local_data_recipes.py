@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.core.settings import Settings
-from trainer.recipes import BUILTIN, built_folder, content_hash
+from trainer.recipes import BUILTIN, built_folder, content_hash, resolve
 from worker.launchers.base import JobSpec, LaunchFailed
 from worker.launchers.local import LocalLauncher
 
@@ -30,6 +30,18 @@ def test_a_built_recipe_is_linked_as_the_runs_data_and_not_built_twice(tmp_path:
     assert (work / "data").resolve() == folder
     assert {k: env[k] for k in PATHS} == PATHS and env["CASEOPS_ENABLED"] == "1"
     launcher._build_data(job, BUILTIN["sp8192_caseops"], work)  # there already: returns without running anything
+
+
+def test_the_shared_trainer_on_caseops_data_sees_caddies_own_build(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, sandbox="none")
+    recipe = resolve("sp8192_caseops", trainer=True)  # no run files: caddie's own builder
+    folder = Path(settings.data_root).resolve() / built_folder(content_hash(recipe))
+    folder.mkdir(parents=True)
+    job = JobSpec(8, {"CASEOPS_ENABLED": "1"}, "local", 60, "sp8192_caseops")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = LocalLauncher(settings)._child_env(job, work)
+    assert (work / "data").resolve() == folder and {k: env[k] for k in PATHS} == PATHS
 
 
 def test_a_built_recipe_without_its_files_or_with_a_path_outside_data_fails_at_launch(tmp_path: Path) -> None:

@@ -101,6 +101,17 @@ def test_paths_are_decided_on_the_node_from_the_data_variant(tmp_path: Path) -> 
     assert envs["CADDIE_DATA_VARIANT"] == "sp4096"
 
 
+def test_the_shared_trainer_on_caseops_data_builds_caddies_own_recipe_on_the_node(tmp_path: Path) -> None:
+    from trainer.recipes import built_folder, content_hash, resolve
+
+    job = spec(CASEOPS_ENABLED="1")
+    job.data_variant = "sp8192_caseops"
+    envs = launcher(tmp_path).build_task(job, "k").envs
+    assert envs["CADDIE_DATA_TRAINER"] == "1"
+    assert envs["CADDIE_DATA_FOLDER"] == built_folder(content_hash(resolve("sp8192_caseops", trainer=True)))
+    assert envs["CADDIE_DATA_PATH"] == "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+
+
 def test_an_install_spec_replaces_the_workdir(tmp_path: Path) -> None:
     task = launcher(tmp_path, sky_install_spec="caddie[gpu] @ git+https://example.org/caddie@v1").build_task(spec(), "k")
     assert task.workdir is None

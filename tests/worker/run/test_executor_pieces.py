@@ -38,6 +38,7 @@ def test_job_env_is_the_runs_knobs_and_seed_and_the_data_variant_follows_the_voc
     assert data_variant(SimpleNamespace(spec={"VOCAB_SIZE": 4096}, seed=1)) == "sp4096"
     # a spec that names no STACK is the default stack's (2026-04-27, SP8192): its env names none either
     assert data_variant(SimpleNamespace(spec={}, seed=1)) == "sp8192"
+    assert data_variant(SimpleNamespace(spec={"CASEOPS_ENABLED": True}, seed=1)) == "sp8192_caseops"
     assert job_env(SimpleNamespace(spec={"NUM_LAYERS": 11}, seed=1)) == {"SEED": "1"}
     with pytest.raises(ConfigError):
         job_env(SimpleNamespace(spec={"NUM_LAYERS": -1}, seed=1))
