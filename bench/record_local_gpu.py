@@ -1,0 +1,130 @@
+"""A record's own train_gpt.py, unchanged, through caddie's local launcher on a GPU (issue 20 item 7).
+Run by hand on a GPU machine; not a test.
+
+    python bench/record_local_gpu.py --record RECORD_FOLDER --data-root DATA_ROOT --data sp8192 \\
+        [--file extra/flash_attn_interface.py ...] [--env NAME=VALUE ...] [--hardware H100:1] --out DIR
+
+What runs is what a team gets from `caddie up`: the embedded deployment (SQLite, the SQLAlchemy
+broker, the API, a runs worker, the control worker and beat as child processes, the local launcher,
+every job sealed), with CADDIE_DATA_ROOT pointing at DATA_ROOT. The record goes up through the real
+CLI (`caddie submit --script ... --file ... --env ... --data ...`), the run is followed through the
+API until it ends, and DIR gets what caddie made of it: the run (status, reason, figures, checks),
+its stored log and `caddie up`'s own log. Files the script needs beside it (a FlashAttention 3
+stand-in on a machine without FA3) are copied next to a copy of the record's script: the script's
+bytes are the record's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND"}
+
+
+def start_caddie(home: Path, data_root: Path, log: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`caddie up` in the background; returns the process, its URL and the admin token it printed."""
+    env = dict(os.environ, CADDIE_HOME=str(home), CADDIE_DATA_ROOT=str(data_root))
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], cwd=REPO, env=env,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        text = log.read_text(errors="replace")
+        url, token = re.search(r"caddie is up at (\S+)", text), re.search(r"admin token \(shown once\): (\S+)", text)
+        if url and token:
+            try:
+                if httpx.get(f"{url.group(1)}/healthz", timeout=2).status_code == 200:
+                    return proc, url.group(1), token.group(1)
+            except httpx.HTTPError:
+                pass  # printed before uvicorn listens
+        if proc.poll() is not None:
+            raise SystemExit(f"caddie up exited with {proc.returncode}:\n{text[-3000:]}")
+        time.sleep(0.5)
+    raise SystemExit("caddie up did not print its URL and token in 180 s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--record", type=Path, required=True, help="a record's folder (its train_gpt.py is submitted)")
+    ap.add_argument("--data-root", type=Path, required=True)
+    ap.add_argument("--data", default="sp8192")
+    ap.add_argument("--file", type=Path, action="append", default=[], help="a file copied beside the script and uploaded with it")
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the script")
+    ap.add_argument("--hardware", default="H100:1")
+    ap.add_argument("--seed", default="42")
+    ap.add_argument("--timeout", type=float, default=540)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="record-local-"))
+    folder = work / args.record.name
+    folder.mkdir()
+    shutil.copy2(args.record / "train_gpt.py", folder / "train_gpt.py")
+    for f in args.file:
+        shutil.copy2(f, folder / f.name)
+    proc, url, token = start_caddie(work / "home", args.data_root.resolve(), args.out / "caddie_up.log")
+    cli_env = dict(os.environ, CADDIE_URL=url, CADDIE_TOKEN=token)
+    try:
+        argv = [sys.executable, "-m", "cli.main", "submit", "--script", str(folder / "train_gpt.py"), "--data", args.data,
+                "--hardware", args.hardware, "--seeds", args.seed, "--name", args.record.name[:60]]
+        for f in args.file:
+            argv += ["--file", str(folder / f.name)]
+        for kv in args.env:
+            argv += ["--env", kv]
+        t0 = time.monotonic()
+        sub = subprocess.run(argv, cwd=REPO, env=cli_env, capture_output=True, text=True, check=False)
+        (args.out / "submit.txt").write_text(" ".join(argv) + "\n\n" + sub.stdout + sub.stderr)
+        if sub.returncode != 0:
+            print(sub.stdout, sub.stderr)
+            return 1
+        client = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        ids = re.search(r"ids (\d+)", sub.stdout)
+        assert ids, sub.stdout
+        run_id = int(ids.group(1))
+        run: dict = {}
+        last = ""
+        while time.monotonic() - t0 < args.timeout:
+            run = client.get(f"/runs/{run_id}").json()
+            if run["status"] != last:
+                last = run["status"]
+                print(f"{time.monotonic() - t0:7.1f}s run {run_id}: {last}", flush=True)
+            if last in DONE:
+                break
+            time.sleep(2)
+        parts, offset = [], 0
+        while True:  # the stored log, a slice at a time
+            piece = client.get(f"/runs/{run_id}/logs", params={"offset": offset}).json()
+            parts.append(piece["data"])
+            if piece["done"] or piece["next_offset"] == offset:
+                break
+            offset = piece["next_offset"]
+        (args.out / "run_log.txt").write_text("".join(parts))
+        run["wall_s_from_submit"] = round(time.monotonic() - t0, 1)
+        (args.out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+        keep = ("status", "status_reason", "val_bpb", "val_loss", "artifact_bytes", "train_seconds", "eval_seconds", "steps",
+                "runs_on", "checks_verdict", "wall_s_from_submit")
+        print(json.dumps({k: run.get(k) for k in keep}, indent=2, default=str))
+        for c in run.get("checks") or []:
+            print(f"  {c['rule']}: {c['verdict']} - {c['reason'][:200]}")
+    finally:
+        os.killpg(proc.pid, 2)  # Ctrl-C: caddie up stops its children and the running job
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
