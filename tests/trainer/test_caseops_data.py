@@ -36,7 +36,7 @@ from trainer.data import (
 )
 from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt
 from trainer.recipes import CASEOPS_NAME, CASEOPS_TOKENIZER
-from trainer.train import RunError, train
+from trainer.train import ARTIFACT_NAME, RunError, evaluate_only, train
 
 VAL_DOCS = 24
 
@@ -161,7 +161,8 @@ def test_a_tiny_run_on_caseops_data_reports_the_bpb_of_the_original_bytes(caseop
     out = tmp_path / "out"
     cfg = TrainerConfig.from_dict({**TINY, "VOCAB_SIZE": 8192, "CASEOPS_ENABLED": 1, "DATA_PATH": str(data),
                                    "TOKENIZER_PATH": str(caseops_corpus / CASEOPS_TOKENIZER), "OUTPUT_DIR": str(out),
-                                   "VAL_TOKENS_LIMIT": 0, "ITERATIONS": 3, "BIGRAM_VOCAB_SIZE": 0, "TTT_CHUNK_TOKENS": 2048})
+                                   "VAL_TOKENS_LIMIT": 0, "ITERATIONS": 3, "BIGRAM_VOCAB_SIZE": 0, "TTT_CHUNK_TOKENS": 2048,
+                                   "ARTIFACT_SETTINGS": 1})
     result = train(cfg)
     val = load_val_tokens(str(data / "fineweb_val_*.bin"))
     original = sum(len(d.encode("utf-8")) for d in documents[:VAL_DOCS])  # by hand: the val documents' own bytes
@@ -175,6 +176,12 @@ def test_a_tiny_run_on_caseops_data_reports_the_bpb_of_the_original_bytes(caseop
     luts = ByteLUTs.from_sentencepiece(str(caseops_corpus / CASEOPS_TOKENIZER), 8192)
     assert int(token_bytes(val[:-1], val[1:], luts).sum()) != original
     assert result["val_shards"] == sorted(p.name for p in data.glob("fineweb_val_0*.bin"))
+    # the artifact carries CASEOPS_ENABLED: evaluated alone it scores the same bytes; told otherwise, it refuses
+    alone = {"EVAL_ARTIFACT": str(out / ARTIFACT_NAME), "DATA_PATH": str(data), "OUTPUT_DIR": str(out),
+             "TOKENIZER_PATH": str(caseops_corpus / CASEOPS_TOKENIZER)}
+    assert evaluate_only({**alone, "TTT_ENABLED": 0})["val_bpb"] == result["pre_ttt_bpb"]
+    with pytest.raises(ConfigError, match="CASEOPS_ENABLED"):
+        evaluate_only({**alone, "CASEOPS_ENABLED": 0})
 
 
 def test_a_run_without_the_sidecar_fails_naming_the_data_path(caseops_corpus, tmp_path):
