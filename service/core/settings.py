@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     trainer_command: list[str] | None = Field(None, description="argv that replaces `python -m trainer` (tests use a tiny stand-in script); JSON list in the environment, e.g. CADDIE_TRAINER_COMMAND='['python','fake.py']'")
     cancel_grace_s: float = Field(5.0, ge=0, le=7.0, description="SIGTERM, then SIGKILL after this")
     sandbox: str = Field("bwrap", pattern=r"^(bwrap|none)$", description="every local job runs sealed in bubblewrap (see 'Sealed jobs'); `none` runs jobs unsealed as the worker's own user: unsafe, only for a single trusted team")
-    job_memory_bytes: int = Field(0, ge=0, description="A running local job's memory: its processes (PSS) plus what its /tmp and /dev/shm hold (RAM; each sized at this). Past it the job is killed and its run FAILS, the reason naming this setting (see 'Sealed jobs'). 0: 80% of the machine's memory.")
+    job_memory_bytes: int = Field(0, ge=0, description="A running local job's memory: its processes (PSS) plus what its /tmp and /dev/shm hold (RAM; each sized at this). Past it the job is killed and its run FAILS, the reason naming this setting (see 'Sealed jobs'). 0: 80% of the machine's memory, or of the worker's cgroup limit where less (a container's).")
     job_disk_bytes: int = Field(20 * 1024**3, ge=0, description="A running local job's run folder (its outputs, caches, stdout.log): no file may grow past it (RLIMIT_FSIZE) and past it in all the job is killed and its run FAILS, the reason naming this setting. 0: no limit.")
 
     # --- SkyPilot launcher --------------------------------------------------------

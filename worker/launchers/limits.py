@@ -25,17 +25,40 @@ from pathlib import Path
 
 MEMORY_SETTING = "CADDIE_JOB_MEMORY_BYTES"
 DISK_SETTING = "CADDIE_JOB_DISK_BYTES"
-DEFAULT_MEMORY_FRACTION = 0.8  # of the machine's memory, when CADDIE_JOB_MEMORY_BYTES is 0
+DEFAULT_MEMORY_FRACTION = 0.8  # of the machine's memory (or its cgroup's limit), when CADDIE_JOB_MEMORY_BYTES is 0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def cgroup_memory_file(proc_cgroup: str, root: str = "/sys/fs/cgroup") -> str:
+    """The file holding the memory limit of the cgroup that /proc/self/cgroup's text names (v2 first, else v1's
+    memory controller), '' where it names none (pure)."""
+    v1 = ""
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "" and os.path.exists(f"{root}/cgroup.controllers"):
+            return f"{root}{path.rstrip('/')}/memory.max"
+        if "memory" in controllers.split(","):
+            v1 = f"{root}/memory{path.rstrip('/')}/memory.limit_in_bytes"
+    return v1
+
+
 def machine_memory_bytes() -> int:
-    """This machine's RAM (MemTotal)."""
-    return os.sysconf("SC_PHYS_PAGES") * _PAGE
+    """The memory this worker may use: this machine's RAM (MemTotal), or its cgroup's limit where that is less
+    (a container's, a systemd unit's MemoryMax)."""
+    total = os.sysconf("SC_PHYS_PAGES") * _PAGE
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            path = cgroup_memory_file(fh.read())
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
+    except OSError:
+        return total
+    return min(total, int(text)) if text.isdigit() else total  # "max": no limit
 
 
 def memory_limit(setting: int) -> int:
-    """The job's memory limit in bytes: the setting, or (0) a fraction of this machine's memory."""
+    """The job's memory limit in bytes: the setting, or (0) a fraction of the memory this worker may use."""
     return setting if setting > 0 else int(machine_memory_bytes() * DEFAULT_MEMORY_FRACTION)
 
 

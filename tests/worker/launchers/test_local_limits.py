@@ -17,7 +17,7 @@ from service.core.models import Run
 from service.core.settings import Settings
 from tests.worker.run.test_executor import go, maker, new_run  # noqa: F401 (fixtures)
 from worker.launchers.base import JobSpec, JobState, JobStatus, LaunchHandle
-from worker.launchers.limits import descendants, descendants_by_parent, folder_bytes, limit_reason, memory_limit
+from worker.launchers.limits import cgroup_memory_file, descendants, descendants_by_parent, folder_bytes, limit_reason, machine_memory_bytes, memory_limit
 from worker.launchers.local import LocalLauncher
 from worker.launchers.sandbox import sealed_argv
 
@@ -161,7 +161,13 @@ def test_the_run_ends_failed_with_the_limit_named_and_is_not_retried(maker, tmp_
 
 def test_the_limits_default_and_read(tmp_path: Path) -> None:
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert memory_limit(0) == int(total * 0.8) and memory_limit(5) == 5
+    assert 0 < machine_memory_bytes() <= total
+    assert memory_limit(0) == int(machine_memory_bytes() * 0.8) and memory_limit(5) == 5
+    v1 = "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n"
+    assert cgroup_memory_file(v1, str(tmp_path)) == f"{tmp_path}/memory/process_api/abc/memory.limit_in_bytes"
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")  # a v2 hierarchy
+    assert cgroup_memory_file("0::/system.slice/caddie-worker.service\n", str(tmp_path)) == f"{tmp_path}/system.slice/caddie-worker.service/memory.max"
+    assert cgroup_memory_file("", str(tmp_path)) == ""
     assert Settings(_env_file=None).job_disk_bytes == 20 << 30
     assert limit_reason("disk", 3 << 30, 2 << 30) == (
         "disk limit: the run folder held 3,221,225,472 bytes (3.00 GiB), over CADDIE_JOB_DISK_BYTES=2147483648 (2.00 GiB); stopped")
