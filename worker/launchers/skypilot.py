@@ -582,7 +582,10 @@ class SkyPilotLauncher:
         return data[max(0, int(offset)) :]
 
     def _whole_log(self, handle: LaunchHandle) -> bytes:
-        job_id = self._job_id(handle)
+        try:
+            job_id = self._job_id(handle)
+        except (RetryLater, LaunchFailed):
+            return b""  # the launch failed: no job, no log; status() says why, once
         if job_id is None:
             return b""
         buf = io.StringIO()

@@ -367,7 +367,8 @@ class RunDriver:
                 status, unreachable = None, exc
             except RetryLater as exc:
                 self._pull_log(handle, final=True)
-                return self._requeue(f"job lost: {exc}", cluster=cluster, never_up=not handle.job_id, lost=bool(handle.job_id))
+                what = "job lost" if handle.job_id else "launch failed, will retry"  # no job id: its node never came up
+                return self._requeue(f"{what}: {exc}", cluster=cluster, never_up=not handle.job_id, lost=bool(handle.job_id))
             except LaunchFailed as exc:
                 self._pull_log(handle, final=True)
                 return self._finish(RunStatus.FAILED, f"the job could not start: {exc}", cluster=cluster, never_up=not handle.job_id)

@@ -105,3 +105,31 @@ def test_a_preempted_node_is_torn_down_and_the_run_relaunched_on_a_fresh_one(mak
         log = whole_log(s, run_id, LocalArtifactStore(settings.home / "artifacts")).decode()
     assert "caddie: attempt 1 ended (node lost: the job's driver died: the node was preempted or failed); queued for attempt 2 (no checkpoint: it starts again from step 0)" in log
     assert [e.to_status for e in events if e.from_status != e.to_status][1:] == ["PROVISIONING", "RUNNING", "QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED"]
+
+
+@pytest.mark.parametrize(("error", "ends"), [
+    ("no_cloud", "FAILED"),  # permanent: a missing cloud fails the run at once
+    ("no_capacity", "QUEUED"),  # transient: back to the queue for a later try
+])
+def test_a_failed_launch_leaves_no_cluster_row_and_one_clear_reason(maker, settings, error: str, ends: str) -> None:  # noqa: F811
+    from sky import exceptions as sky_exc
+
+    exc = {"no_cloud": sky_exc.NoCloudAccessError("\x1b[31mNo cloud access.\x1b[0m Run `sky check`"),
+           "no_capacity": sky_exc.ResourcesUnavailableError("\x1b[1mFailed to provision\x1b[0m all possible resources", failover_history=[RuntimeError("x")])}[error]  # fmt: skip
+    api = SkyApiStandIn()
+    run_id = new_run(maker)
+    t, out = in_thread(lambda: go(maker, settings, run_id, launcher=SkyPilotLauncher(settings, sdk=api, min_poll_s=0)))
+    wait_for("the launch", lambda: launch_requests(api), t)
+    [rid] = launch_requests(api)
+    api.requests[rid].update(status="FAILED", error=exc)
+    t.join(30)
+    expected = {"FAILED": "the job could not start: sky.launch: NoCloudAccessError: No cloud access. Run `sky check`",
+                "QUEUED": "launch failed, will retry: sky.launch: ResourcesUnavailableError: Failed to provision all possible resources"}[ends]  # fmt: skip
+    assert out == [f"run {run_id} {ends}: {expected}"], out
+    with maker() as s:
+        run = s.get_one(Run, run_id)
+        reasons = list(s.scalars(select(RunEvent.reason).where(RunEvent.run_id == run_id)))
+        assert run.status == ends and s.scalar(select(Cluster).where(Cluster.name.like(f"%-{run_id}"))) is None  # no row left IDLE
+    assert not [r for r in reasons if r and r.startswith("driver error")]
+    assert "\x1b" not in run.status_reason and type(exc).__name__ in run.status_reason
+    assert [c[0] for c in api.calls].count("down") == 1  # whatever the failed launch left up is torn down
