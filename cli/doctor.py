@@ -463,7 +463,10 @@ def check_data(settings: Any) -> list[Check]:
             found.append(Check(name, "skip", f"SkyPilot nodes download it from {recipe.source.describe()} themselves"))
             continue
         if recipe.built:
-            found.append(Check(name, "skip", f"built per run from the run's own files ({recipe.build.script if recipe.build else ''}), once per content hash"))
+            own = resolve(variant, parse_sources(settings.data_sources), trainer=True)
+            by_trainer = f"; the shared trainer's by {own.build.describe()}" if own.build and own.build.module else ""
+            found.append(Check(name, "skip", f"built per run from the run's own files ({recipe.build.script if recipe.build else ''}){by_trainer}, "
+                                             "once per content hash"))
             continue
         folder, tokenizer = root / recipe.data_path, root / recipe.tokenizer_path
         train, val = sorted(folder.glob("fineweb_train_*.bin")), sorted(folder.glob("fineweb_val_*.bin"))
