@@ -122,7 +122,10 @@ def check_api(config: ClientConfig, heads: tuple[str, ...]) -> list[Check]:
     revision = health.get("database_revision")
     detail = f"{url}: caddie {version}, {health.get('database')} database at {revision or 'no migration'}"
     found: list[Check] = []
-    if not revision:
+    if "database_revision" not in health:
+        found.append(Check("api", "warn", f"{url}: an older caddie, whose /healthz does not say its version and migration",
+                           "update the API to this checkout's caddie"))
+    elif not revision:
         found.append(Check("api", "fail", detail, "migrate the API's database: `caddie db upgrade` with its CADDIE_DATABASE_URL"))
     elif tuple(sorted(revision.split(","))) != heads:
         found.append(Check("api", "fail", f"{detail}; this checkout's head is {','.join(heads)}",
@@ -136,7 +139,7 @@ def check_api(config: ClientConfig, heads: tuple[str, ...]) -> list[Check]:
 
 def check_token(config: ClientConfig) -> Check:
     if not config.token:
-        return Check("token", "skip", "no token (CADDIE_TOKEN or the config file): the API's own checks end here")
+        return Check("token", "skip", "no token (CADDIE_TOKEN, or `caddie login`): not checked")
     r = httpx.get(f"{config.url}{API_PREFIX}/users/me", headers={"Authorization": f"Bearer {config.token}"}, timeout=HTTP_TIMEOUT_S)
     if r.status_code == 200:
         return Check("token", "pass", f"signed in as {r.json().get('name')}")
