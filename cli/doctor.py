@@ -217,14 +217,16 @@ def check_broker(settings: Any) -> list[Check]:
     return [Check("broker", "pass", f"{shown} ({'; '.join(waiting)})")]
 
 
-def check_workers(settings: Any) -> list[Check]:
+def check_workers(settings: Any, database_ok: bool) -> list[Check]:
     from kombu import Connection
 
     with Connection(settings.broker_url) as conn:  # no connection made: the transport class says whether it can fan out
         broadcasts = bool(getattr(conn.transport.Channel, "supports_fanout", False))
     if not broadcasts:
-        return [Check("workers", "skip", f"the broker {shown_url(settings.broker_url).split('://')[0]}:// cannot broadcast, so "
-                      "workers cannot be pinged; the scheduler check shows the control worker, runs starting show a runs worker")]  # fmt: skip
+        cannot = f"the broker {shown_url(settings.broker_url).split('://')[0]}:// cannot broadcast, so workers cannot be pinged"
+        if not database_ok:
+            return [Check("workers", "skip", f"{cannot}, and the database cannot show their runs' heartbeats")]
+        return [check_run_heartbeats(settings, cannot)]
     from worker.celery_app import make_celery
 
     app = make_celery(settings)
@@ -242,6 +244,32 @@ def check_workers(settings: Any) -> list[Check]:
         return [Check("workers", "fail", f"no worker consumes {' and '.join(missing)} ({seen}; pinged for {PING_TIMEOUT_S:g} s)",
                       f"start them (`caddie up` does), as in the README: {WORKER_COMMANDS}")]
     return [Check("workers", "pass", seen)]
+
+
+def check_run_heartbeats(settings: Any, cannot: str) -> Check:
+    """The runs worker's own heartbeat: each active run's lease, renewed every CADDIE_HEARTBEAT_S by the worker driving it."""
+    from sqlalchemy import select
+
+    from service.core.db import get_sessionmaker
+    from service.core.models import Run
+    from service.core.status import ACTIVE_VALUES
+
+    with get_sessionmaker(settings.database_url, settings)() as session:
+        rows = session.execute(select(Run.id, Run.heartbeat_at).where(Run.status.in_(ACTIVE_VALUES)).order_by(Run.id)).all()
+    if not rows:
+        return Check("workers", "skip", f"{cannot}; no run is active, so none shows a runs worker's heartbeat (the scheduler check "
+                     "shows the control worker)")  # fmt: skip
+    now = datetime.now(timezone.utc)
+    limit = settings.heartbeat_s * settings.stale_heartbeats
+    ages = {r.id: (now - (r.heartbeat_at if r.heartbeat_at.tzinfo else r.heartbeat_at.replace(tzinfo=timezone.utc))).total_seconds()
+            if r.heartbeat_at else None for r in rows}  # fmt: skip
+    stale = {i: a for i, a in ages.items() if a is None or a > limit}
+    if stale:
+        shown = ", ".join(f"#{i} ({'never' if a is None else f'{a:,.0f} s ago'})" for i, a in list(stale.items())[:10])
+        return Check("workers", "fail", f"active runs whose heartbeat stopped (older than {limit:g} s): {shown}: no runs worker drives "
+                     "them", f"start a runs worker (`caddie up` does): {WORKER_COMMANDS}")  # fmt: skip
+    return Check("workers", "pass", f"a runs worker drives {len(rows)} active run(s), latest heartbeat {min(a for a in ages.values() if a is not None):.0f} s ago "
+                 "(the broker cannot broadcast: read from the runs' leases)")  # fmt: skip
 
 
 def check_scheduler(settings: Any) -> list[Check]:
@@ -532,7 +560,7 @@ def run_checks(config: ClientConfig, *, min_free_gib: float = 1.0) -> list[Check
     broker = guarded("broker", lambda: check_broker(settings))
     checks += broker
     if broker[0].status == "pass":
-        checks += guarded("workers", lambda: check_workers(settings))
+        checks += guarded("workers", lambda: check_workers(settings, database[0].status == "pass"))
     else:
         checks.append(Check("workers", "skip", "the broker cannot be reached"))
     if database[0].status == "pass":

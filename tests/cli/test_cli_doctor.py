@@ -26,13 +26,15 @@ from cli.doctor import server_cannot_start
 from cli.main import app as cli_app
 from service.core.db import get_sessionmaker
 from service.core.migrate import alembic_config, upgrade
-from service.core.models import StoredQueueEstimate, utcnow
+from service.core.models import Run, StoredQueueEstimate, utcnow
 from service.core.settings import Settings
 from tests.cli.conftest import Caddie, closed_port_url, serve
+from tests.cli.test_cli_scripts import ids_of
 from tests.redis_server import PrivateRedis
 from tests.sky_server import running_sky_server
 from worker.control.forecast import refresh_forecast
 from worker.embedded import DOCTOR_HINT, TOKEN_HINT
+from worker.run.lease import Lease
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,6 +149,27 @@ def test_the_scheduler_check_reads_the_control_workers_heartbeat(caddie: Caddie,
     assert "celery -A worker.celery_app beat" in checks["scheduler"]["fix"]
     beat_now(caddie.db_url, caddie.home)
     assert doctor(caddie, **healthy(caddie, data_root))[1]["scheduler"]["status"] == "pass"
+
+
+def test_on_the_sql_broker_a_runs_worker_shows_by_the_leases_it_renews(caddie: Caddie, data_root: Path, spec_file: Path) -> None:
+    [run_id] = ids_of(caddie.ok("submit", str(spec_file)).stdout)
+    sessions = get_sessionmaker(caddie.db_url)
+    try:
+        with sessions() as session:  # as the scheduler's dispatch leaves it for the executor
+            session.execute(update(Run).where(Run.id == run_id).values(status="RUNNING"))
+            session.commit()
+        assert Lease(sessions, run_id, heartbeat_s=5.0, stale_s=15.0).claim()  # the executor's lease: its heartbeat now
+        _, checks = doctor(caddie, **healthy(caddie, data_root))
+        assert checks["workers"]["status"] == "pass" and "a runs worker drives 1 active run(s)" in checks["workers"]["detail"]
+        with sessions() as session:  # its worker died 10 minutes ago
+            session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+            session.commit()
+        code, checks = doctor(caddie, **healthy(caddie, data_root))
+        assert code == 1 and checks["workers"]["status"] == "fail" and f"#{run_id} (600 s ago)" in checks["workers"]["detail"]
+    finally:
+        with sessions() as session:
+            session.execute(update(Run).where(Run.id == run_id).values(status="CANCELLED", worker_task_id=None, heartbeat_at=None))
+            session.commit()
 
 
 @pytest.fixture
