@@ -30,6 +30,7 @@ from service.core.models import Run, StoredQueueEstimate, utcnow
 from service.core.settings import Settings
 from tests.cli.conftest import Caddie, closed_port_url, serve
 from tests.cli.test_cli_scripts import ids_of
+from tests.fresh_db import empty_database
 from tests.redis_server import PrivateRedis
 from tests.sky_server import running_sky_server
 from worker.control.forecast import refresh_forecast
@@ -100,11 +101,21 @@ def test_a_wrong_broker_url_fails_naming_it(caddie: Caddie, data_root: Path) -> 
     assert [n for n, c in checks.items() if c["status"] == "fail"] == ["broker"]
 
 
-def test_a_database_behind_head_fails_until_caddie_db_upgrade(caddie: Caddie, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of this test's own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'own.db'}"
+        return
+    with empty_database() as url:
+        yield url
+
+
+def test_a_database_behind_head_fails_until_caddie_db_upgrade(caddie: Caddie, tmp_path: Path, own_database: str) -> None:
     script = ScriptDirectory.from_config(alembic_config(caddie.db_url))
     [head] = script.get_heads()
     previous = script.get_revision(head).down_revision
-    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    url = own_database
     upgrade(url, previous)
     with serve(Settings(home=tmp_path, database_url=url)) as api_url:  # an API on that database too
         code, checks = doctor(caddie, CADDIE_DATABASE_URL=url, CADDIE_URL=api_url, CADDIE_TOKEN=None)
