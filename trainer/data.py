@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import sentencepiece as spm
@@ -448,6 +448,9 @@ def build_smoke_corpus(out_dir: str | os.PathLike, vocab_size: int = 1024) -> Co
 # --- caseops: the CaseOps records' data, built with caddie's own transform ---------------------------
 
 
+T = TypeVar("T")
+
+
 class _ShardWriter:
     """Values appended in order, written as fineweb_{stem}_NNNNNN.bin shards of ``shard_tokens`` each
     (the last one shorter)."""
@@ -457,8 +460,8 @@ class _ShardWriter:
         self.buf = array.array("H")
         self.paths: list[Path] = []
 
-    def add(self, values: Sequence[int]) -> None:
-        self.buf.extend(values)
+    def add(self, values: np.ndarray) -> None:
+        self.buf.frombytes(values.astype("<u2").tobytes())
         while len(self.buf) >= self.shard_tokens:
             self._write(self.buf[:self.shard_tokens])
             del self.buf[:self.shard_tokens]
@@ -475,8 +478,8 @@ class _ShardWriter:
         return self.paths
 
 
-def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -486,17 +489,47 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+_SP_CACHE: dict[str, spm.SentencePieceProcessor] = {}  # one tokenizer per process (a build's workers load theirs once)
+
+
+def _caseops_batch(job: tuple[str, int, list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(val tokens, their original byte counts, train tokens) of a batch of documents whose first ``n_val``
+    are val: each document is BOS + the tokens of its CaseOps form; a BOS counts 0 bytes."""
+    from trainer import caseops  # see build_caseops
+
+    tokenizer, n_val, texts = job
+    sp = _SP_CACHE.get(tokenizer) or _SP_CACHE.setdefault(tokenizer, spm.SentencePieceProcessor(model_file=tokenizer))
+    bos = sp.bos_id()
+    encoded = [caseops.encode(t) for t in texts]
+    val_ids: list[int] = []
+    val_counts: list[int] = []
+    for text, enc in zip(encoded[:n_val], sp.encode(encoded[:n_val], out_type="offset_mapping", num_threads=1) if n_val else []):
+        counts = caseops.original_byte_counts(caseops.surfaces(text, enc["offsets"]))
+        if counts and max(counts) > 0xFFFF:
+            raise ValueError(f"a token stands for {max(counts)} bytes, more than a uint16 sidecar holds")
+        val_ids += [bos, *enc["ids"]]
+        val_counts += [0, *counts]
+    train_ids: list[int] = []
+    for ids in sp.encode(encoded[n_val:], out_type=int, num_threads=1) if n_val < len(encoded) else []:
+        train_ids += [bos, *ids]
+    return np.asarray(val_ids, dtype=np.uint16), np.asarray(val_counts, dtype=np.uint16), np.asarray(train_ids, dtype=np.uint16)
+
+
 def build_caseops(docs: Iterable[str], tokenizer: str | os.PathLike, out_dir: str | os.PathLike, val_docs: int = CASEOPS_VAL_DOCS,
-                  shard_tokens: int = CASEOPS_SHARD_TOKENS, threads: int = 2, log: Callable[[str], None] = print) -> CorpusPaths:
+                  shard_tokens: int = CASEOPS_SHARD_TOKENS, workers: int = 1, log: Callable[[str], None] = print) -> CorpusPaths:
     """CaseOps SP8192 data in the records' layout, from documents and the CaseOps tokenizer:
     ``out_dir/datasets/<CASEOPS_NAME>/fineweb_{train,val,val_bytes}_NNNNNN.bin`` and the tokenizer
     copied to ``out_dir/<CASEOPS_TOKENIZER>``. Each document is transformed (trainer/caseops.py),
     tokenized and written after a BOS; the first ``val_docs`` documents are the val split, and for
-    each val token the sidecar holds its original UTF-8 bytes (0 for a BOS and a marker)."""
+    each val token the sidecar holds its original UTF-8 bytes (0 for a BOS and a marker).
+    ``workers`` > 1 processes batches of documents in that many processes, a bounded window at a
+    time (the documents are streamed, never all in memory), written in document order."""
     if val_docs < 1:
         raise ValueError(f"--val-docs {val_docs}: must be at least 1")
     if shard_tokens < 1:
         raise ValueError(f"--shard-tokens {shard_tokens}: must be at least 1")
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: must be at least 1")
     # imported here: the bundled train_gpt.py (trainer/bundle.py) drops this tool, and with it the import
     from trainer import caseops
 
@@ -504,7 +537,6 @@ def build_caseops(docs: Iterable[str], tokenizer: str | os.PathLike, out_dir: st
     unknown = [f"U+{ord(m):04X}" for m in caseops.MARKERS if sp.piece_to_id(m) == sp.unk_id()]
     if unknown:
         raise ValueError(f"--tokenizer {tokenizer}: no piece for the CaseOps marker(s) {', '.join(unknown)}: not a CaseOps tokenizer")
-    bos = sp.bos_id()
     root = Path(out_dir)
     data, tok = root / "datasets" / CASEOPS_NAME, root / CASEOPS_TOKENIZER
     data.mkdir(parents=True, exist_ok=True)
@@ -515,22 +547,29 @@ def build_caseops(docs: Iterable[str], tokenizer: str | os.PathLike, out_dir: st
         shutil.copyfile(tokenizer, tok)
     train, val, val_bytes = (_ShardWriter(data, stem, shard_tokens) for stem in ("train", "val", "val_bytes"))
     n = 0
-    for batch in _batches(docs, 256):
-        texts = [caseops.encode(t) for t in batch]
-        n_val = max(0, min(len(texts), val_docs - n))
-        if n_val:
-            for text, enc in zip(texts[:n_val], sp.encode(texts[:n_val], out_type="offset_mapping", num_threads=threads)):
-                counts = caseops.original_byte_counts(caseops.surfaces(text, enc["offsets"]))
-                if counts and max(counts) > 0xFFFF:
-                    raise ValueError(f"document {n}: a token stands for {max(counts)} bytes, more than a uint16 sidecar holds")
-                val.add([bos, *enc["ids"]])
-                val_bytes.add([0, *counts])
-                n += 1
-        for ids in sp.encode(texts[n_val:], out_type=int, num_threads=threads) if n_val < len(texts) else []:
-            train.add([bos, *ids])
-            n += 1
-        if n % 100_000 < len(batch):
-            log(f"caseops: {n} documents")
+
+    def jobs() -> Iterator[tuple[str, int, list[str]]]:
+        seen = 0
+        for batch in _batches(docs, 256):
+            yield str(tokenizer), max(0, min(len(batch), val_docs - seen)), batch
+            seen += len(batch)
+
+    import multiprocessing
+
+    # fork: the workers need nothing but this module's functions, and start at once
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for window in _batches(jobs(), 4 * workers):
+            for job, (val_ids, val_counts, train_ids) in zip(window, pool.map(_caseops_batch, window) if pool else map(_caseops_batch, window)):
+                val.add(val_ids)
+                val_bytes.add(val_counts)
+                train.add(train_ids)
+                n += len(job[2])
+            if n // 100_000 != (n - sum(len(j[2]) for j in window)) // 100_000:
+                log(f"caseops: {n} documents")
+    finally:
+        if pool is not None:
+            pool.terminate()
     val_files, train_files = val.close(), train.close()
     val_bytes.close()
     if not val_files or not train_files:
@@ -896,6 +935,7 @@ def data_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="./data", help="data folder: DATA_PATH is OUT/datasets/" + CASEOPS_NAME)
     c.add_argument("--val-docs", type=int, default=CASEOPS_VAL_DOCS, help="the first N documents are the val split (default 10,000)")
     c.add_argument("--shard-tokens", type=int, default=CASEOPS_SHARD_TOKENS, help="tokens per shard (default 10,000,000)")
+    c.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 32), help="processes (default: one per CPU, at most 32)")
     c.add_argument("--build-version", default=CASEOPS_BUILD_VERSION,
                    help="the builder version a recipe was hashed with; another than this code's is refused")
     s = sub.add_parser("smoke", help="a small offline corpus from Python's own documentation")
@@ -928,7 +968,7 @@ def data_main(argv: list[str] | None = None) -> int:
         elif args.command == "caseops":
             if args.build_version != CASEOPS_BUILD_VERSION:
                 raise ValueError(f"--build-version {args.build_version}: this caddie builds CaseOps data version {CASEOPS_BUILD_VERSION}")
-            paths = build_caseops(iter_documents(args.docs), args.tokenizer, args.out, args.val_docs, args.shard_tokens)
+            paths = build_caseops(iter_documents(args.docs), args.tokenizer, args.out, args.val_docs, args.shard_tokens, args.workers)
         elif args.command == "build":
             paths = build_corpus(read_documents(args.input), args.out, args.vocab_size, args.val_fraction,
                                  shard_tokens=args.shard_tokens)

@@ -53,12 +53,12 @@ def documents() -> list[str]:
 
 @pytest.fixture(scope="module")
 def caseops_corpus(documents, tmp_path_factory):
-    """Built through the command line, from a .jsonl of the documents, in shards of 2,000 tokens."""
+    """Built through the command line, from a .jsonl of the documents, in shards of 2,000 tokens, by 2 processes."""
     folder = tmp_path_factory.mktemp("caseops")
     docs_file = folder / "docs_selected.jsonl"
     docs_file.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), encoding="utf-8")
     assert data_main(["caseops", "--docs", str(docs_file), "--tokenizer", str(TOKENIZER), "--out", str(folder / "data"),
-                      "--val-docs", str(VAL_DOCS), "--shard-tokens", "2000"]) == 0
+                      "--val-docs", str(VAL_DOCS), "--shard-tokens", "2000", "--workers", "2"]) == 0
     return folder / "data"
 
 
@@ -93,6 +93,14 @@ def test_tokens_and_byte_counts_are_the_records_pipeline(caseops_corpus, documen
     assert i == tokens.size
     train = np.concatenate([read_shard(p) for p in shard_files(str(data / "fineweb_train_*.bin"))])
     assert (train == sp.bos_id()).sum() == len(documents) - VAL_DOCS
+
+
+def test_one_process_writes_the_same_bytes_as_two(caseops_corpus, documents, tmp_path):
+    build_caseops(documents, TOKENIZER, tmp_path, val_docs=VAL_DOCS, shard_tokens=2000, workers=1, log=lambda m: None)
+    ours, theirs = tmp_path / "datasets" / CASEOPS_NAME, caseops_corpus / "datasets" / CASEOPS_NAME
+    names = sorted(p.name for p in theirs.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == names
+    assert all((ours / n).read_bytes() == (theirs / n).read_bytes() for n in names)
 
 
 def test_a_sidecar_of_another_length_is_refused(caseops_corpus, tmp_path):
