@@ -108,7 +108,7 @@ _LIST_QUERY = (
 # A page of runs says where its queued runs stand: their stored estimates come in the same query.
 _LIST_QUERY_WITH_FORECAST = stored.with_stored_estimate(_LIST_QUERY, Run.id)
 
-# The unfiltered pages (what dashboards and `caddie list` poll), built whole once with bound values:
+# The unfiltered pages (what dashboards and `caddie runs` poll), built whole once with bound values:
 # (with_forecast, member, after a cursor) -> statement. A page built per request spent ~0.4 ms of CPU on its cache key.
 _PAGES = {
     (with_forecast, member, paged): (

@@ -321,16 +321,17 @@ def test_the_api_check_fails_where_nothing_answers(caddie: Caddie, data_root: Pa
     assert checks["token"]["status"] == "fail" and "caddie login" in checks["token"]["fix"]
 
 
-def test_every_caddie_command_the_doctor_and_caddie_up_name_exists(caddie: Caddie) -> None:
-    commands = set()
-    for text in ((REPO / "cli" / "doctor.py").read_text(), (REPO / "worker" / "embedded.py").read_text(), f"`{TOKEN_HINT}` `{DOCTOR_HINT}`"):
-        commands |= set(re.findall(r"`caddie ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", text))
+def test_every_caddie_command_named_in_a_hint_or_the_readme_exists(caddie: Caddie) -> None:
+    """The doctor's fixes, `caddie up`'s hints, every message and the README name `caddie ...` commands that exist."""
+    texts = [f"`{TOKEN_HINT}` `{DOCTOR_HINT}`", (REPO / "README.md").read_text()]
+    texts += [f.read_text() for room in ("cli", "worker", "service", "trainer") for f in (REPO / room).rglob("*.py")]
+    commands = {c for text in texts for c in re.findall(r"`caddie ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", text)}
     assert {"db upgrade", "login", "doctor", "up", "token create", "admin create-token"} <= commands, commands
     for command in sorted(commands):
-        words = [w for w in command.split() if not w.isupper()]
-        while words:  # `caddie up (it ...`: the longest prefix that is a command
+        words = command.split()
+        while words:  # `caddie up (it ...`, `caddie team` followed by prose: the longest prefix that is a command
             result = caddie.runner.invoke(cli_app, [*words, "--help"])
             if result.exit_code == 0 and "Usage" in result.output:
                 break
             words = words[:-1]
-        assert words, command
+        assert words, f"`caddie {command}` is named but is no command"
