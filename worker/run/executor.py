@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "worker"
 DRIVER_ERROR = "driver error"  # reason prefix of the events that count unexpected errors
+JOB_STARTED = "job running"  # reason prefix of the event saying when a job that waited on its node began to run
 SessionFactory = Callable[[], Session]
 T = TypeVar("T")
 
@@ -350,6 +351,10 @@ class RunDriver:
         poll = float(self.settings.poll_interval_s)
         silence_limit = float(getattr(self.settings, "silence_timeout_s", 0.0))
         heard_at, heard_bytes = time.monotonic(), -1  # silence counts from when this executor began to follow
+        # A job its launcher reports PENDING (a SkyPilot node being provisioned, set up, its data downloaded) is
+        # not training yet: neither its deadline nor the silence watchdog runs until it does. The wait is recorded
+        # once the job runs (an event), so an executor that re-attaches later counts from the same moment.
+        waited_s, saw_waiting = self._db(self._waited_s, "read when its job started"), False
         while True:
             if self.lease.lost.is_set():
                 return f"run {self.run_id}: lease lost, another worker drives it now"
@@ -377,6 +382,13 @@ class RunDriver:
             if status is not None and status.terminal:
                 self._pull_log(handle, final=True)
                 return self._conclude(handle, cluster, status)
+            waiting = status is not None and status.state is JobState.PENDING
+            since_launch = (utcnow() - row.started_at).total_seconds() if row.started_at is not None else 0.0
+            if waiting:
+                saw_waiting, heard_at, silent_s = True, time.monotonic(), 0.0
+            elif saw_waiting and waited_s is None and status is not None and status.state is JobState.RUNNING:
+                waited_s = self._db(lambda: self._record_start(since_launch), "record its job's start")
+            ran_s = since_launch - (waited_s or 0.0)
             if self.behind is not None:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
@@ -385,7 +397,12 @@ class RunDriver:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
                     return self._cancelled(handle, cluster)
-            elif row.started_at is not None and (utcnow() - row.started_at).total_seconds() > self.deadline.seconds:
+            elif waiting and since_launch > self.deadline.ceiling_s:
+                if self._cancel_job(handle):
+                    self._pull_log(handle, final=True)
+                    why = f"never started: its node was still being provisioned or set up {since_launch:.0f} s after the launch (CADDIE_HARD_TIMEOUT_S)"
+                    return self._finish(RunStatus.FAILED, why, cluster=cluster, never_up=not handle.job_id)
+            elif not waiting and row.started_at is not None and ran_s > self.deadline.seconds:
                 if self._cancel_job(handle):
                     self._pull_log(handle, final=True)
                     self._store_outputs(handle)
@@ -727,6 +744,29 @@ class RunDriver:
         except Exception:  # noqa: BLE001 (e.g. the database is still down: the janitor acts once the heartbeat is stale)
             log.exception("run %s: could not record the driver error", self.run_id)
             return f"run {self.run_id}: driver error ({what})"
+
+    # --- when the job started ------------------------------------------------------------------
+    def _waited_s(self) -> float | None:
+        """Seconds this attempt's job waited on its node before it ran (provisioning, setup), as recorded by
+        ``_record_start``; None: not recorded (a launcher that starts jobs at once, or not started yet)."""
+        with self.session_factory() as session:
+            started_at = session.scalar(select(Run.started_at).where(Run.id == self.run_id))
+            if started_at is None:
+                return None
+            at = session.scalar(select(func.max(RunEvent.at)).where(RunEvent.run_id == self.run_id, RunEvent.at >= started_at,
+                                                                     RunEvent.reason.startswith(JOB_STARTED)))  # fmt: skip
+            return (at - started_at).total_seconds() if at is not None else None
+
+    def _record_start(self, waited_s: float) -> float:
+        """An event of the run: its job runs now, after waiting ``waited_s`` on its node; returns that wait."""
+        with self.session_factory() as session:
+            status = session.scalar(select(Run.status).where(Run.id == self.run_id)) or RunStatus.RUNNING.value
+            reason = (f"{JOB_STARTED} on its node {waited_s:.0f} s after its launch (provisioning and setup); "
+                      "its deadline and the silence watchdog count from now")  # fmt: skip
+            session.add(RunEvent(run_id=self.run_id, at=utcnow(), from_status=status, to_status=status, actor=ACTOR, reason=reason))
+            session.commit()
+        log.info("run %s: job running after %.0f s of provisioning and setup", self.run_id, waited_s)
+        return waited_s
 
     # --- small reads -------------------------------------------------------------------------------
     def _run_state(self) -> Any:
