@@ -1,0 +1,55 @@
+"""A real sweep end to end (issue 24 item 6, small): submitted over REST, its trials run by a real
+`celery worker` and beat through the local launcher with the real trainer on the smoke corpus,
+PostgreSQL and Redis; Optuna's median pruner stops the trial whose loss runs away, its run is
+cancelled, and the sweep ends with the good trial as its best. bench/sweeps_real.py is the full one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import TINY, Stack, _stack
+from tests.fresh_db import fresh_database
+
+pytestmark = pytest.mark.e2e
+
+# 30 steps, a train loss every 2: long enough for a tick (1 s) to judge the second trial while it runs.
+BASE = {**TINY, "ITERATIONS": 30, "WARMDOWN_ITERS": 10, "TRAIN_LOG_EVERY": 2, "TTT_ENABLED": 0}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
+    with fresh_database() as pg_url:  # its own database: the stack's scheduler acts on every run it sees
+        yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
+
+
+def test_a_real_sweep_prunes_the_runaway_trial_and_keeps_the_good_one(stack: Stack) -> None:
+    body: dict[str, Any] = {
+        "name": "e2e-sweep", "track": "unlimited", "hardware": "cpu", "base": BASE, "strategy": "grid", "seeds": [1],
+        "space": {"TIED_EMBED_LR": {"values": [0.01, 5.0]}},  # the grid runs the good one first, then one whose loss runs away
+        "max_trials": 2, "max_parallel": 1, "pruner": "median", "prune": {"min_step": 6, "startup_trials": 1},
+    }  # fmt: skip
+    with stack.client() as c:
+        r = c.post("/sweeps", json=body)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        end = time.monotonic() + 240
+        while (sweep := c.get(f"/sweeps/{sid}").json())["status"] != "done":
+            assert time.monotonic() < end, f"sweep not done: {sweep['status_reason']} {sweep['trials']}; see {stack.home}"
+            time.sleep(0.5)
+        while (runs := {t["number"]: c.get(f"/runs/{t['run_ids'][0]}").json() for t in sweep["trials"]})[2]["status"] == "RUNNING":
+            assert time.monotonic() < end, f"the pruned trial's run was not stopped; see {stack.home}"
+            time.sleep(0.5)  # pruning asks for the cancel; the run's worker stops the job
+        steps = [m["step"] for m in c.get(f"/runs/{runs[2]['id']}/metrics").json() if m["kind"] == "train"]
+
+    good, bad = sweep["trials"]
+    assert (good["status"], bad["status"]) == ("complete", "pruned"), sweep["trials"]
+    assert sweep["best"]["number"] == 1 and good["value"] == pytest.approx(runs[1]["val_bpb"])
+    assert runs[1]["status"] == "SUCCEEDED" and runs[1]["steps"] == 30
+    assert bad["reason"].startswith("pruned by Optuna's MedianPruner at step ") and bad["prune"]["trial_loss"] > bad["prune"]["median_loss"]
+    assert runs[2]["status"] == "CANCELLED" and bad["prune"]["step"] <= max(steps) < 30  # stopped mid-run, through the ordinary cancel path
+    assert sweep["counts"] == {"complete": 1, "pruned": 1} and "max_trials (2) reached" in sweep["status_reason"]
