@@ -5,7 +5,7 @@ holds on Debian, in CI and in a container), and none of them breaks CUDA:
 
 * disk: RLIMIT_FSIZE at the disk limit on the job (the kernel refuses any one file past it at
   once: EFBIG, or SIGXFSZ for a program that does not ignore it), and the wrapper's watcher sums
-  the run folder's allocated bytes every few seconds and stops the job past the limit;
+  the run folder's allocated bytes every second or so and stops the job past the limit;
 * memory: the watcher sums its processes' memory (RSS, cheap; PSS from smaps_rollup only when
   RSS says it may be over, so shared pages count once) plus what its /tmp and /dev/shm hold
   (RAM-backed tmpfs, each also capped at the memory limit by bwrap's ``--size``), and stops the
@@ -31,7 +31,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def cgroup_memory_file(proc_cgroup: str, root: str = "/sys/fs/cgroup") -> str:
     """The file holding the memory limit of the cgroup that /proc/self/cgroup's text names (v2 first, else v1's
-    memory controller), '' where it names none (pure)."""
+    memory controller), '' where it names none."""
     v1 = ""
     for line in proc_cgroup.splitlines():
         hierarchy, _, rest = line.partition(":")
