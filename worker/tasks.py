@@ -41,12 +41,18 @@ def runs_queue_length(app: Celery = celery_app, queue: str = RUNS_QUEUE) -> int 
 # Ticks asked for within this window of each other share one tick (sent this much later).
 TICK_DEBOUNCE_S = 1.0
 _tick_debounce = scheduler.TickDebounce(TICK_DEBOUNCE_S, time.monotonic)
+_tick_gate = scheduler.TickGate()  # in the control worker: skips a requested tick that a later-started one covered
 
 
 def request_schedule_tick() -> None:
     """Ask for a scheduler tick soon (after a submit, or when a run frees its slot); requests
-    in one window coalesce into one tick, which expires if a backlog holds it past beat's next."""
-    _tick_debounce.request(lambda countdown: celery_app.send_task(SCHEDULE_TICK, retry=False, countdown=countdown, expires=countdown + 10.0))
+    in one window coalesce into one tick, which expires if a backlog holds it past beat's next. The tick
+    carries when it was asked for, so the control worker skips it if another tick started since."""
+    _tick_debounce.request(
+        lambda countdown: celery_app.send_task(
+            SCHEDULE_TICK, kwargs={"requested_at": time.time()}, retry=False, countdown=countdown, expires=countdown + 10.0
+        )
+    )
 
 
 @celery_app.task(name=EXECUTE_RUN)
@@ -66,19 +72,25 @@ def execute_run(run_id: int) -> str:
 # trips Kombu when the broker connection drops (the worker exits and its
 # supervisor restarts it).
 @celery_app.task(name=SCHEDULE_TICK, acks_late=False)
-def schedule_tick() -> list[int]:
-    rt = get_runtime()
-    advance_sweeps_safely(rt.session_factory)  # sweeps: end, prune and start trials before this tick dispatches their runs
-    with rt.session_factory() as session:
-        return scheduler.dispatch_due_runs(
-            session,
-            capacity=rt.capacity,
-            enqueue=enqueue_run,
-            budget_period=rt.budget_period,
-            expected_run_hours=rt.settings.expected_run_hours,
-            retry_backoff_s=rt.settings.retry_backoff_s,
-            run_overhead_s=rt.settings.run_overhead_s,
-        )
+def schedule_tick(requested_at: float | None = None) -> list[int]:
+    if not _tick_gate.admit(requested_at, time.time()):
+        return []  # a tick that started after this one was asked for has seen what it was asked for
+    try:
+        rt = get_runtime()
+        advance_sweeps_safely(rt.session_factory)  # sweeps: end, prune and start trials before this tick dispatches their runs
+        with rt.session_factory() as session:
+            return scheduler.dispatch_due_runs(
+                session,
+                capacity=rt.capacity,
+                enqueue=enqueue_run,
+                budget_period=rt.budget_period,
+                expected_run_hours=rt.settings.expected_run_hours,
+                retry_backoff_s=rt.settings.retry_backoff_s,
+                run_overhead_s=rt.settings.run_overhead_s,
+            )
+    except Exception:
+        _tick_gate.forget()
+        raise
 
 
 @celery_app.task(name=JANITOR_TICK, acks_late=False)

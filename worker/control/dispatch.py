@@ -112,6 +112,36 @@ def dispatch_due_runs(
     return dispatched
 
 
+class TickGate:
+    """Coalesces ticks across processes, where they run. Each requested tick carries the wall-clock
+    time it was asked for; a tick that started after that time has already seen whatever the request
+    was about (a run submitted, a slot freed), so the request's own tick is skipped for the cost of a
+    comparison. TickDebounce keeps each API process to one tick per window; this keeps N processes'
+    windows from costing N full ticks. One control worker runs the ticks, one at a time (``-P solo``,
+    "exactly one of these" in docker-compose.yml), so this process's memory is the only state needed.
+    Clocks are assumed in step (NTP): a request from a host whose clock is behind may be skipped, and
+    then waits for beat's next tick (``CADDIE_SCHEDULE_TICK_S``), as it would without the hook.
+    Beat's own ticks carry no time and always run.
+    """
+
+    def __init__(self) -> None:
+        self.last_started = float("-inf")
+        self._lock = threading.Lock()
+
+    def admit(self, requested_at: float | None, now: float) -> bool:
+        """Whether a tick asked for at ``requested_at`` must run now; if so, it counts as started at ``now``."""
+        with self._lock:
+            if requested_at is not None and requested_at < self.last_started:
+                return False
+            self.last_started = max(self.last_started, now)
+            return True
+
+    def forget(self) -> None:
+        """A tick failed: it covered nothing, so every request runs until one succeeds."""
+        with self._lock:
+            self.last_started = float("-inf")
+
+
 class TickDebounce:
     """Coalesces tick requests: the first request in a window sends one tick delayed by
     ``window_s``; later requests in that window send nothing, since that tick runs after
