@@ -93,6 +93,7 @@ def test_a_healthy_local_deployment_passes(caddie: Caddie, data_root: Path) -> N
 
 
 def test_a_wrong_broker_url_fails_naming_it(caddie: Caddie, data_root: Path) -> None:
+    beat_now(caddie.db_url, caddie.home)
     port = closed_port_url().rsplit(":", 1)[1]
     code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_BROKER_URL=f"redis://127.0.0.1:{port}/0")
     assert code == 1
@@ -176,7 +177,7 @@ def test_on_the_sql_broker_a_runs_worker_shows_by_the_leases_it_renews(caddie: C
             session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
             session.commit()
         code, checks = doctor(caddie, **healthy(caddie, data_root))
-        assert code == 1 and checks["workers"]["status"] == "fail" and f"#{run_id} (600 s ago)" in checks["workers"]["detail"]
+        assert code == 1 and checks["workers"]["status"] == "fail" and re.search(rf"#{run_id} \(6\d\d s ago\)", checks["workers"]["detail"])
     finally:
         with sessions() as session:
             session.execute(update(Run).where(Run.id == run_id).values(status="CANCELLED", worker_task_id=None, heartbeat_at=None))
@@ -255,6 +256,22 @@ def test_an_artifact_store_that_cannot_be_written_or_is_full_fails(caddie: Caddi
     assert code == 1 and checks["artifacts"]["status"] == "fail" and "is not writable" in checks["artifacts"]["detail"]
     code, checks = doctor(caddie, "--min-free-gib", "1000000000", **healthy(caddie, data_root))
     assert code == 1 and checks["artifacts"]["status"] == "fail" and "under 1e+09 GiB" in checks["artifacts"]["detail"]
+
+
+def test_an_s3_artifact_store_is_written_and_a_missing_bucket_fails(caddie: Caddie, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with moto.mock_aws():
+        code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_S3_BUCKET="caddie-doctor")
+        assert code == 1 and checks["artifacts"]["status"] == "fail" and "NoSuchBucket" in checks["artifacts"]["detail"]
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="caddie-doctor")
+        _, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_S3_BUCKET="caddie-doctor")
+        assert checks["artifacts"] == {"name": "artifacts", "status": "pass", "detail": "s3://caddie-doctor/caddie: an object written and deleted", "fix": ""}
+        assert s3.list_objects_v2(Bucket="caddie-doctor").get("KeyCount") == 0  # the probe is gone
 
 
 def test_skypilot_without_its_api_server_fails_saying_why(caddie: Caddie, data_root: Path) -> None:
