@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from service.core.bodies import ID_MAX
 from service.core.errors import Conflict, DomainError, Forbidden, InvalidInput, Issue, NotFound
-from service.core.models import Run, Sweep, SweepTrial, Team, User, utcnow
+from service.core.models import Metric, Run, Sweep, SweepTrial, Team, User, utcnow
 from service.core.settings import Settings
 from service.queue.estimates import expected_seconds, gpu_hours
 from service.results import queries as results
@@ -413,8 +413,11 @@ def _stop_pruned(session: Session, sweep: Sweep, owner: Principal, trial: SweepT
                  value: float | None, reason: str, figures: dict[str, Any]) -> None:  # fmt: skip
     """Cancel the trial's runs still going, record why with the figures, and count the GPU-hours its runs would still have used."""
     mine = [runs[i] for i in trial.run_ids if i in runs]
-    per_run = expected_seconds({**sweep.spec["base"], **trial.params}, settings.run_overhead_s)
-    saved = sum(gpu_hours(r.hardware, per_run) - _used_gpu_hours(r, now) for r in mine if r.status not in RUN_TERMINAL)
+    config = {**sweep.spec["base"], **trial.params}
+    per_run = expected_seconds(config, settings.run_overhead_s)
+    clock, iterations = _train_clock(session, [r.id for r in mine]), _iterations(config)
+    saved = sum(gpu_hours(r.hardware, _whole_run_s(r, per_run, clock.get(r.id), iterations, now)) - _used_gpu_hours(r, now)
+                for r in mine if r.status not in RUN_TERMINAL)  # fmt: skip
     for run in mine:
         if run.status not in RUN_TERMINAL:
             _cancel_quietly(session, owner, run.id)
@@ -422,6 +425,32 @@ def _stop_pruned(session: Session, sweep: Sweep, owner: Principal, trial: SweepT
     trial.gpu_hours = sum(_used_gpu_hours(r, now) for r in mine)
     trial.saved_gpu_hours = max(0.0, saved)
     session.commit()
+
+
+def _whole_run_s(run: Run, expected_s: float, clock: tuple[int, float] | None, iterations: int | None, now: datetime) -> float:
+    """Node seconds a pruned run would have held in all: its expected time (training cap + overhead), or, when less, its
+    time so far plus the steps left to ITERATIONS at its own pace (``clock``: its last step and training ms). A run that
+    ends on its step count long before its cap (bench/sweeps_real.py) was counted 7x the time its pruning saved."""
+    if run.started_at is None or clock is None or not iterations or clock[0] <= 0:
+        return expected_s
+    step, ms = clock
+    used = ((run.finished_at or now) - run.started_at).total_seconds()
+    return min(expected_s, used + ms / 1000 * max(0, iterations - step) / step)
+
+
+def _train_clock(session: Session, run_ids: list[int]) -> dict[int, tuple[int, float]]:
+    """Each run's last train point with its training clock: (step, elapsed ms)."""
+    rows = session.execute(select(Metric.run_id, Metric.step, Metric.elapsed_ms)
+                           .where(Metric.run_id.in_(run_ids), Metric.kind == "train", Metric.elapsed_ms.is_not(None))
+                           .order_by(Metric.attempt, Metric.step)).all()  # fmt: skip
+    return {run_id: (step, float(ms)) for run_id, step, ms in rows if ms is not None}  # the latest attempt's last step wins
+
+
+def _iterations(config: dict[str, Any]) -> int | None:
+    try:
+        return TrainerConfig.from_dict(config).iterations
+    except ValueError:  # ConfigError: no step count to scale by
+        return None
 
 
 def mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:

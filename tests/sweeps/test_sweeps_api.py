@@ -369,3 +369,23 @@ def test_median_reads_curves_at_the_live_step() -> None:
     assert judge_median(behind, [falling], min_step=500, startup_trials=2) is None  # one complete trial, two needed
     assert judge_median([(s, 2.5 - s / 1000) for s in range(100, 801, 100)], [falling, falling], min_step=500, startup_trials=2) is None  # ahead
     assert judge_median(behind, [falling[:3], falling[:3]], min_step=500, startup_trials=2) is None  # no complete curve spans step 800
+
+
+def test_a_pruned_run_that_ends_on_its_step_count_saves_its_steps_left_not_its_cap(client: TestClient, world: World, session: Session,
+                                                                                     settings: Settings) -> None:  # fmt: skip
+    # 1,000 steps at 200 ms each under a 600 s cap: pruned at step 700, it had 60 s of training left, not the cap's rest.
+    body = sweep_body(base={"STACK": "2026-03-23", "MODEL_DIM": 512, "ITERATIONS": 1000, "MAX_WALLCLOCK_SECONDS": 600},
+                      space={"NUM_LAYERS": {"values": [9, 10]}}, seeds=[1], pruner="median", prune={"min_step": 500, "startup_trials": 1})  # fmt: skip
+    sid = client.post("/api/v1/sweeps", json=body, headers=world.h("alice")).json()["id"]
+    assert _tick(session, settings) == 2
+    first, second = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
+    session.add_all([Metric(run_id=first["run_ids"][0], kind="train", step=s, train_loss=3.0 - s / 2000, attempt=1) for s in range(100, 1001, 100)])
+    _end(session, first["run_ids"], 1.20)
+    running = second["run_ids"][0]
+    session.execute(update(Run).where(Run.id == running).values(status="RUNNING", started_at=utcnow() - timedelta(minutes=3)))
+    session.add_all([Metric(run_id=running, kind="train", step=s, train_loss=2.9, elapsed_ms=200.0 * s, attempt=1) for s in range(100, 701, 100)])
+    session.commit()
+    _tick(session, settings)
+    pruned = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"][1]
+    assert pruned["status"] == "pruned", pruned
+    assert abs(pruned["saved_gpu_hours"] - 8 * 60 / 3600) < 1e-6  # 8 GPUs x 300 steps x 0.2 s (the cap counted the rest of 600 s + the overhead)
