@@ -117,17 +117,18 @@ def run_sweep(c: httpx.Client, body: dict[str, Any], limit_s: float) -> tuple[di
     return sweep, runs, time.monotonic() - t0
 
 
-def last_steps(home: Path) -> dict[str, int]:
-    """Each run's last logged training step, from caddie's database (a cancelled run's `steps` is not filled in)."""
-    from sqlalchemy import create_engine, func, select
+def train_clock(home: Path) -> dict[str, list[float]]:
+    """Each run's last logged training step and its training clock (ms), from caddie's database (a cancelled run's
+    `steps` is not filled in)."""
+    from sqlalchemy import create_engine, select
 
     from service.core.models import Metric
 
     engine = create_engine(f"sqlite:///{home / 'home' / 'caddie.db'}")
     with engine.connect() as conn:
-        rows = conn.execute(select(Metric.run_id, func.max(Metric.step)).where(Metric.kind == "train").group_by(Metric.run_id)).all()
+        rows = conn.execute(select(Metric.run_id, Metric.step, Metric.elapsed_ms).where(Metric.kind == "train").order_by(Metric.step)).all()
     engine.dispose()
-    return {str(run_id): int(step) for run_id, step in rows}
+    return {str(run_id): [step, ms or 0.0] for run_id, step, ms in rows}  # the last step wins
 
 
 def node_s(run: dict[str, Any]) -> float:
@@ -143,7 +144,7 @@ def key(params: dict[str, Any]) -> tuple[float, float]:
 
 def report(res: dict[str, Any]) -> str:
     """The markdown section from what main() gathered (also saved as sweeps.json in caddie's home)."""
-    g_sweep, g_runs, p_sweep, p_runs, steps = res["grid"], res["grid_runs"], res["pruned"], res["pruned_runs"], res["steps"]
+    g_sweep, g_runs, p_sweep, p_runs, steps = res["grid"], res["grid_runs"], res["pruned"], res["pruned_runs"], res["clock"]
     ranked = sorted((t for t in g_sweep["trials"] if t["status"] == "complete"), key=lambda t: t["value"])
     rank = {key(t["params"]): i + 1 for i, t in enumerate(ranked)}
     best_key = key(ranked[0]["params"])
@@ -153,7 +154,7 @@ def report(res: dict[str, Any]) -> str:
         return sum(node_s(runs[str(i)]) for i in t["run_ids"][:first])
 
     def trial_steps(t: dict[str, Any], first: int | None = None) -> int:
-        return sum(steps.get(str(i), 0) for i in t["run_ids"][:first])
+        return sum(int(steps.get(str(i), [0])[0]) for i in t["run_ids"][:first])
 
     search, p_best = p_sweep["trials"], p_sweep["best"]
     g_node, g_steps = sum(trial_s(t, g_runs) for t in g_sweep["trials"]), sum(trial_steps(t) for t in g_sweep["trials"])
@@ -162,8 +163,11 @@ def report(res: dict[str, Any]) -> str:
     promo_runs = sum(len(t["run_ids"]) - own for t in search)
     pruned_keys = [key(t["params"]) for t in search if t["status"] == "pruned"]
     worst = sorted(rank, key=lambda k: -rank[k])[: len(pruned_keys)]
-    judged = [rank[key(t["params"])] for t in search if t["number"] > 3 and key(t["params"]) in rank]
     iterations = BASE["ITERATIONS"]
+    cut = [str(t["run_ids"][0]) for t in search if t["status"] == "pruned"]
+    cut_node, whole = sum(node_s(p_runs[i]) for i in cut), g_node / len(g_sweep["trials"])
+    pace = sum(steps[i][1] / 1000 * (iterations - steps[i][0]) / steps[i][0] for i in cut if i in steps and steps[i][0] > 0)
+    judged = [rank[key(t["params"])] for t in search if t["number"] > 3 and key(t["params"]) in rank]
     load, wall = res["load"], res["wall"]
     out = [
         "## A real sweep of the tiny trainer on the CPU (item 6)",
@@ -230,9 +234,12 @@ def report(res: dict[str, Any]) -> str:
         "load more than its steps). In caddie's own "
         f"figures (GET /sweeps/ID): the full grid used {g_sweep['gpu_hours_used']:.4f} GPU-h, the pruned sweep {p_sweep['gpu_hours_used']:.4f} "
         f"GPU-h{f' in all, its {promo_runs} promotion runs ({promo_node:.0f} s) included' if promo_runs else ''}, and counts "
-        f"{p_sweep['gpu_hours_saved']:.4f} GPU-h "
-        f"saved by pruning: what the pruned runs would still have used up to their expected time ({BASE['MAX_WALLCLOCK_SECONDS']} s cap + "
-        f"{ENV['CADDIE_RUN_OVERHEAD_S']} s overhead), an upper bound next to a whole run's ~{g_node / len(g_sweep['trials']):.0f} s here.",
+        f"{p_sweep['gpu_hours_saved']:.4f} GPU-h ({3600 * p_sweep['gpu_hours_saved']:.0f} s) saved by pruning. Measured: the pruned runs "
+        f"held {cut_node:.0f} s where a whole run of the full grid took {whole:.0f} s on average, so pruning saved ~{len(cut) * whole - cut_node:.0f} s; "
+        f"their steps left at their own training pace come to {pace:.0f} s"
+        + (f" (how caddie counts since 421bc62; this run predates it: caddie counted the rest of each run's expected time, the "
+           f"{BASE['MAX_WALLCLOCK_SECONDS']} s cap + {ENV['CADDIE_RUN_OVERHEAD_S']} s overhead)" if 3600 * p_sweep["gpu_hours_saved"] > 2 * pace else "")
+        + ".",
         f"- **Promotion**: trial #{promo.get('trial', '-')} ended {str(promo.get('verdict', 'not promoted')).replace('_', ' ')} after "
         f"{promo.get('rounds', 0)} round(s) of more seeds: {promo.get('why', '')}. Off 8x H100 the time rules cannot be judged, so no "
         "group here can be a record, and promotion spends no seeds on one.",
@@ -298,7 +305,7 @@ def gather(home: Path) -> dict[str, Any]:
         proc.send_signal(signal.SIGTERM)  # caddie up stops its children and any job still running
         proc.wait(60)
     return {"grid": grid[0], "grid_runs": grid[1], "baseline": baseline, "pruned": pruned[0], "pruned_runs": pruned[1], "wall": wall,
-            "comparison": comparison, "when": f"{began}-{time.strftime('%H:%M', time.gmtime())} UTC", "load": [load0, " ".join(f"{x:.1f}" for x in os.getloadavg())], "steps": last_steps(home)}  # fmt: skip
+            "comparison": comparison, "when": f"{began}-{time.strftime('%H:%M', time.gmtime())} UTC", "load": [load0, " ".join(f"{x:.1f}" for x in os.getloadavg())], "clock": train_clock(home)}  # fmt: skip
 
 
 def main() -> None:
@@ -309,6 +316,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.report_from:
         res = json.loads((args.report_from / "sweeps.json").read_text()) | {"rendered_from": True}
+        res.setdefault("clock", train_clock(args.report_from))  # saved before the clock was
     else:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # gather's finally stops caddie and its jobs
         with tempfile.TemporaryDirectory(prefix="sweeps_real_") as tmp:
