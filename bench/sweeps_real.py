@@ -203,7 +203,7 @@ def report(res: dict[str, Any]) -> str:
         f"### 2. The same grid with Optuna's MedianPruner and promotion (team `pruned`, sweep {p_sweep['id']})",
         "",
         f"`pruner: median`, `prune: {{min_step: {MIN_STEP}, startup_trials: 3}}`; `promote: {{top: 1, min_seeds: 3, max_seeds: 5, "
-        "baseline: <the stack-LR group on seeds 1-3>}}`. Steps and node s: the trial's own seed (promotion's runs apart).",
+        "baseline: <the stack-LR group on seeds 1-3>}`. Steps and node s: the trial's own seed (promotion's runs apart).",
         "",
         "| # | MATRIX_LR | TIED_EMBED_LR | status | val_bpb | rank in the full grid | steps | node s | why |",
         "|---|---|---|---|---|---|---|---|---|",
