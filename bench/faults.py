@@ -596,8 +596,8 @@ class Suite:
         out = self.outcome("node lost", "kill -9 of a job's wrapper and trainer at once (its node dying: preemption, hardware)", self.watch.recovery_after(t))
         row = self.rows([run])[0]
         with self.engine.connect() as c:
-            events = c.execute(select(RunEvent.at, RunEvent.to_status, RunEvent.reason).where(RunEvent.run_id == run).order_by(RunEvent.id)).all()
-        requeue = next((e for e in events if e.to_status == "QUEUED" and e.at.timestamp() >= t - 1), None)
+            events = c.execute(select(RunEvent.at, RunEvent.from_status, RunEvent.to_status, RunEvent.reason).where(RunEvent.run_id == run).order_by(RunEvent.id)).all()
+        requeue = next((e for e in events if e.to_status == "QUEUED" and e.from_status in ACTIVE), None)  # not its submission
         attempts = billed_attempts([Transition(e.at, e.to_status) for e in events])
         starts = sorted(e["t"] for e in self.events() if e["run"] == run and e["kind"] == "start")
         wrong = []
