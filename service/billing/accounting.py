@@ -390,13 +390,24 @@ def load_team_runs(session: Session, team_id: int, since: datetime) -> list[RunR
     return load_runs(session, [team_id], since)
 
 
-def load_runs(session: Session, team_ids: Iterable[int], since: datetime, *, billed_only: bool = False) -> list[RunRecord]:
-    """The runs of these teams that may have been billed at or after ``since``, with their events in order.
-    ``billed_only`` leaves out runs still in the queue that never left it (nothing billed; at
-    10,000 queued they were most of what a scheduler tick read)."""
+def _billable(team_ids: Iterable[int], since: datetime, billed_only: bool) -> list[Any]:
+    """The runs of these teams that may have been billed at or after ``since``. ``billed_only`` leaves out
+    runs still in the queue that never left it (nothing billed; at 10,000 queued they were most of what a
+    scheduler tick read)."""
     mine = [Run.team_id.in_(sorted(set(team_ids))), or_(Run.finished_at.is_(None), Run.finished_at >= since)]
     if billed_only:
         mine.append(or_(Run.status != RunStatus.QUEUED.value, Run.attempts > 0))
+    return mine
+
+
+def load_runs(
+    session: Session, team_ids: Iterable[int], since: datetime, *, billed_only: bool = False, only: Iterable[int] | None = None
+) -> list[RunRecord]:
+    """The runs of these teams that may have been billed at or after ``since``, with their events in order
+    (``only``: of these run ids alone)."""
+    mine = _billable(team_ids, since, billed_only)
+    if only is not None:
+        mine.append(Run.id.in_(sorted(set(only))))
     rows = session.execute(
         select(Run.id, Run.name, Run.status, User.name, Run.hardware, Run.train_seconds, Run.eval_seconds, Run.team_id, Run.saved_seconds, Run.warm_start,
                Run.node_hardware)
@@ -418,12 +429,40 @@ def load_runs(session: Session, team_ids: Iterable[int], since: datetime, *, bil
     ]
 
 
+# What an ended run billed never changes (a final status has no way out), so each process keeps its
+# billed spans: a budget read (every scheduler tick that has a free slot, every forecast, the usage pages)
+# reads the events of runs that ended since the last read and of running ones only, not of the whole
+# period. Keyed by database, run id and end time, so a recreated database (tests) never matches.
+_ENDED_SPANS: dict[tuple[str, int, datetime], tuple[int, tuple[tuple[datetime, datetime], ...]]] = {}
+_ENDED_SPANS_MAX = 500_000
+
+
+def _spans(record: RunRecord, now: datetime) -> tuple[int, tuple[tuple[datetime, datetime], ...]]:
+    """(GPUs, billed intervals) of a run: what ``billed_gpu_seconds`` sums."""
+    pieces = phase_pieces(billed_attempts(record.events), record.train_seconds, record.eval_seconds, now)
+    return gpus_of(record.hardware), tuple((p.start, p.end) for p in pieces)
+
+
 def billed_gpu_hours(session: Session, team_ids: Iterable[int], since: datetime, now: datetime) -> dict[int, float]:
     """GPU-hours billed to each team inside [since, now): what budgets are measured in (the
     scheduler's and ``GET /teams/{name}/usage``'s), the total of its usage report."""
+    team_ids = sorted(set(team_ids))
+    db = str(session.get_bind().engine.url)
+    rows = session.execute(select(Run.id, Run.team_id, Run.status, Run.finished_at).where(*_billable(team_ids, since, True))).all()
+    team_of = {run_id: team_id for run_id, team_id, _, _ in rows}
+    ended = {run_id: finished_at for run_id, _, status, finished_at in rows if status in TERMINAL and finished_at is not None}
+    spans = {run_id: got for run_id, finished_at in ended.items() if (got := _ENDED_SPANS.get((db, run_id, finished_at))) is not None}
+    missing = [run_id for run_id in team_of if run_id not in spans]
+    for record in load_runs(session, team_ids, since, billed_only=True, only=missing) if missing else ():
+        spans[record.run_id] = got = _spans(record, now)
+        if record.run_id in ended and record.status in TERMINAL:  # ended when both reads looked
+            if len(_ENDED_SPANS) >= _ENDED_SPANS_MAX:
+                _ENDED_SPANS.clear()
+            _ENDED_SPANS[(db, record.run_id, ended[record.run_id])] = got
     used: dict[int, float] = {}
-    for record in load_runs(session, team_ids, since, billed_only=True):
-        used[record.team_id] = used.get(record.team_id, 0.0) + billed_gpu_seconds(record, since, now) / 3600
+    for run_id, (gpus, intervals) in spans.items():
+        seconds = sum(max(0.0, (min(end, now) - max(start, since)).total_seconds()) for start, end in intervals)
+        used[team_of[run_id]] = used.get(team_of[run_id], 0.0) + gpus * seconds / 3600
     return used
 
 

@@ -139,3 +139,42 @@ def test_a_tick_with_no_free_slot_reads_next_to_nothing(maker) -> None:
         event.listen(s.get_bind(), "before_cursor_execute", lambda *a: statements.append(a[2]))
         assert dispatch_due_runs(s, capacity={"*": 1}, enqueue=sent.append) == []
     assert len(statements) <= 3 and not any("run_events" in q for q in statements), statements  # lock + two counts
+
+
+def test_budget_reads_are_incremental_and_equal_a_full_read(maker) -> None:
+    """An ended run's billed spans are kept: the next read of the same period reads no events of it,
+    only of runs still going, and every figure equals the full computation."""
+    from sqlalchemy import event
+
+    from service.billing.accounting import billed_gpu_seconds, load_runs
+
+    with maker() as s:
+        team, user = team_with_user(s, "inc")
+        for h in (1.0, 2.0, 0.5):
+            billed_past_run(s, team, user, provisioning_h=h, running_h=h / 2)
+        live = queue(s, team, user, 1)[0]
+        run = s.get(Run, live)
+        run.status, run.attempts = "RUNNING", 1
+        start = utcnow() - timedelta(hours=1)
+        s.add_all([RunEvent(run_id=live, at=start, from_status="QUEUED", to_status="PROVISIONING", actor="test"),
+                   RunEvent(run_id=live, at=start + timedelta(minutes=10), from_status="PROVISIONING", to_status="RUNNING", actor="test")])  # fmt: skip
+        s.commit()
+        since, now = utcnow() - timedelta(days=30), utcnow()
+        full = sum(billed_gpu_seconds(r, since, now) for r in load_runs(s, [team.id], since, billed_only=True)) / 3600
+        reads: list[str] = []
+        engine = s.get_bind().engine
+        listen = lambda conn, cursor, statement, *a: reads.append(statement)  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listen)
+        try:
+            first = billed_gpu_hours(s, [team.id], since, now)[team.id]
+            first_reads = [q for q in reads if "run_events" in q]
+            reads.clear()
+            second = billed_gpu_hours(s, [team.id], since, now)[team.id]
+            second_reads = [q for q in reads if "run_events" in q]
+        finally:
+            event.remove(engine, "before_cursor_execute", listen)
+        assert first == pytest.approx(full) and second == pytest.approx(full)
+        assert full == pytest.approx(8 * (1.5 + 3.0 + 0.75) + 8 * 1.0, abs=0.01)
+        assert first_reads and second_reads  # the running run's events are read each time...
+        read_ids = {r.run_id for r in load_runs(s, [team.id], since, billed_only=True, only=[live])}
+        assert read_ids == {live}  # ...and only its: the `only` filter the second read used
