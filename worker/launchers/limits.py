@@ -9,8 +9,8 @@ holds on Debian, in CI and in a container), and none of them breaks CUDA:
 * memory: the watcher sums its processes' memory (RSS, cheap; PSS from smaps_rollup only when
   RSS says it may be over, so shared pages count once) plus what its /tmp and /dev/shm hold
   (RAM-backed tmpfs, each also capped at the memory limit by bwrap's ``--size``), and stops the
-  job past the limit. Not RLIMIT_AS: CUDA maps far more address space than it uses, and a GPU
-  job under it fails to start. Not a cgroup's memory.max: it needs a delegated cgroup v2
+  job past the limit. Not RLIMIT_AS: CUDA reserves far more address space than it uses, so such
+  a limit near the job's real memory keeps a GPU job from starting (bench/job_limits_gpu.py). Not a cgroup's memory.max: it needs a delegated cgroup v2
   subtree, which neither ``caddie up`` nor CI has.
 
 The watcher polls, so a job can overshoot by what it allocates between two looks (a fraction of
