@@ -34,9 +34,8 @@ ALLCAPS = "\ue002"
 CAPNEXT = "\ue003"
 ESC = "\ue004"
 MARKERS = (TITLE, ALLCAPS, CAPNEXT, ESC)
-NAME = "lossless_caps_caseops_v1"  # what the records call this transform
 
-# a word with a capital (a lowercase one stays as it is, so it is never matched: 2x faster on English) | a marker
+# a word with a capital (a lowercase one stays as it is, so it is never matched: about 2x faster on English) | a marker
 _CASED_WORD_OR_MARKER = re.compile("(?<![A-Za-z])[A-Za-z]*[A-Z][A-Za-z]*|[\ue001-\ue004]")
 _MARKER = re.compile("[\ue001-\ue004]")
 # one item of transformed text: an escaped character | an optionally marked word | a stray marker | other text
