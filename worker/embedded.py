@@ -48,20 +48,31 @@ def embedded_environment(environ: dict[str, str] | None = None) -> dict[str, str
     env.setdefault("CADDIE_LAUNCHER", "local")
     env.setdefault("CADDIE_ON_SUBMIT_HOOK", "worker.notify:runs_submitted")
     env.setdefault("CADDIE_DATA_ROOT", str(data))
+    # What run_embedded builds (a smoke corpus per stack's vocabulary), so a spec for another variant is
+    # refused at submit, naming the variants, instead of failing at its launch.
+    env.setdefault("CADDIE_DATA_VARIANTS", ",".join(f"sp{v}" for v in smoke_vocabs()))
     env.setdefault("CADDIE_SCHEDULER_TICK_S", "2")
     env.setdefault("CADDIE_JANITOR_TICK_S", "10")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
-def ensure_smoke_corpus(data_path: Path, tokenizer_path: Path, out_dir: Path) -> bool:
+def ensure_smoke_corpus(data_path: Path, tokenizer_path: Path, out_dir: Path, vocab_size: int = SMOKE_VOCAB) -> bool:
     """Build the offline smoke corpus into out_dir unless its tokenizer and a val shard exist. True if built."""
     if tokenizer_path.is_file() and any(data_path.glob("fineweb_val_*.bin")):
         return False
     from trainer.data import build_smoke_corpus  # torch and sentencepiece: only when needed
 
-    build_smoke_corpus(out_dir, vocab_size=SMOKE_VOCAB)
+    build_smoke_corpus(out_dir, vocab_size=vocab_size)
     return True
+
+
+def smoke_vocabs() -> list[int]:
+    """The vocabularies of the stack presets (sp1024 for 2026-03-23, sp8192 for the default 2026-04-27):
+    a smoke corpus of each, so a spec of either stack finds its data variant."""
+    from trainer.config import STACKS, TrainerConfig
+
+    return sorted({TrainerConfig.for_stack(stack).vocab_size for stack in STACKS})
 
 
 def ensure_admin(database_url: str) -> str | None:
@@ -106,9 +117,10 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, out=sys.stdout) -
 
     print(f"caddie home: {home}", file=out, flush=True)
     upgrade(settings.database_url)
-    smoke = (data_root / "datasets" / f"fineweb10B_sp{SMOKE_VOCAB}", data_root / "tokenizers" / f"fineweb_{SMOKE_VOCAB}_bpe.model")
-    if ensure_smoke_corpus(*smoke, data_root):
-        print(f"built the smoke corpus in {data_root}", file=out, flush=True)
+    for vocab in smoke_vocabs():
+        smoke = (data_root / "datasets" / f"fineweb10B_sp{vocab}", data_root / "tokenizers" / f"fineweb_{vocab}_bpe.model")
+        if ensure_smoke_corpus(*smoke, data_root, vocab):
+            print(f"built the smoke corpus (sp{vocab}) in {data_root}", file=out, flush=True)
     token = ensure_admin(settings.database_url)
 
     logs = home / "logs"

@@ -69,6 +69,20 @@ def test_caddie_up_runs_a_smoke_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) 
             time.sleep(0.2)
         assert run["status"] == "SUCCEEDED", run["status_reason"]
         assert run["val_bpb"] > 0 and run["artifact_bytes"] > 0
+        # The default stack (2026-04-27) trains on sp8192: its smoke corpus is there too, so a spec
+        # naming no stack gets past its launch; a variant caddie up has no data for is refused at submit.
+        assert (tmp_path / "home" / "data" / "tokenizers" / "fineweb_8192_bpe.model").is_file()
+        r = client.post("/runs", json={"name": "default-stack", "track": "unlimited", "hardware": "cpu", "config": {"ITERATIONS": 1}})
+        assert r.status_code == 201, r.text
+        run_id = r.json()["runs"][0]["id"]
+        end = time.monotonic() + 120
+        while (run := client.get(f"/runs/{run_id}").json())["status"] in ("QUEUED", "PROVISIONING"):
+            assert time.monotonic() < end, run
+            time.sleep(0.2)
+        assert run["status"] in ("RUNNING", "SUCCEEDED"), run["status_reason"]
+        client.post(f"/runs/{run_id}/cancel")
+        refused = client.post("/runs", json={"name": "sp4096", "track": "unlimited", "hardware": "cpu", "config": {**TINY, "VOCAB_SIZE": 4096}})
+        assert refused.status_code == 422 and "sp4096" in refused.text, refused.text
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(40)
