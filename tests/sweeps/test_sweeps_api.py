@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -134,11 +133,45 @@ def test_a_pruned_trial_has_its_runs_cancelled_and_says_why(client: TestClient, 
     assert session.get_one(Run, running).cancel_requested_at is not None  # the worker stops the job
 
 
-def test_the_example_sweep_is_accepted(client: TestClient, world: World) -> None:
-    body = yaml.safe_load(Path("examples/sweep.yaml").read_text(encoding="utf-8"))
+def test_the_example_sweep_is_accepted_and_its_pruner_acts_at_its_own_steps(client: TestClient, world: World, session: Session,
+                                                                             settings: Settings) -> None:  # fmt: skip
+    """examples/sweep.yaml as `caddie sweep submit` sends it: accepted, scored on the whole validation split, and its pruner
+    judges a trial at the steps its runs log, before they end (bench/sweeps_real.py runs the same sweep for real)."""
+    from bench.sweeps_real import BASE
+    from cli.sweeps import read_sweep_file
+
+    body = read_sweep_file(Path("examples/sweep.yaml"))
+    assert body["base"] == BASE  # the example is the measured sweep (bench/results/sweeps.md)
     r = client.post("/api/v1/sweeps", json=body, headers=world.h("alice"))
     assert r.status_code == 201, r.text
-    assert r.json()["spec"]["space"]["MATRIX_LR"] == {"low": 0.005, "high": 0.1, "log": True}
+    sid, spec = r.json()["id"], r.json()["spec"]
+    assert not spec["base"].get("VAL_TOKENS_LIMIT")  # the full split: the full_val rule can pass, and every trial scores the same set
+    prune, iterations, every = spec["prune"], spec["base"]["ITERATIONS"], spec["base"]["TRAIN_LOG_EVERY"]
+    assert prune["pruner"] == "median" and every <= prune["min_step"] < iterations, prune
+    logged = range(every, iterations + 1, every)
+
+    def trials() -> list[dict]:
+        return client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
+
+    # The median pruner's startup trials run whole: a loss falling from 6 at the example's own logged steps.
+    for _ in range(prune["startup_trials"]):
+        _tick(session, settings)
+        live = [t for t in trials() if t["status"] == "running"]
+        assert len(live) == 1, live  # max_parallel 1
+        session.add_all([Metric(run_id=live[0]["run_ids"][0], kind="train", step=s, train_loss=6.0 - s / 100, attempt=1) for s in logged])
+        _end(session, live[0]["run_ids"], 2.5)
+    _tick(session, settings)
+    [live] = [t for t in trials() if t["status"] == "running"]
+    run_id = live["run_ids"][0]
+    session.execute(update(Run).where(Run.id == run_id).values(status="RUNNING", started_at=utcnow() - timedelta(seconds=20)))
+    session.add_all([Metric(run_id=run_id, kind="train", step=s, train_loss=6.0, attempt=1) for s in logged if s <= prune["min_step"]])
+    session.commit()
+    _tick(session, settings)
+    pruned = next(t for t in trials() if t["number"] == live["number"])
+    assert pruned["status"] == "pruned" and pruned["prune"]["step"] == prune["min_step"] < iterations, pruned
+    assert f"MedianPruner at step {prune['min_step']}" in pruned["reason"]
+    session.expire_all()
+    assert session.get_one(Run, run_id).cancel_requested_at is not None  # its run is stopped, 90 of its 120 steps unrun
 
 
 # --- promotion: more seeds until the leaderboard's test decides ------------------------------------
