@@ -15,7 +15,8 @@ the SkyPilot API server; `sky.get` waits for its result or raises its error):
     read_log       sky.tail_logs(follow=False) into a buffer; bytes after `offset`
     cancel         sky.api_cancel of a pending launch, sky.cancel of the job
     find           sky.api_status (an unfinished launch/exec request of the run's
-                   cluster) then sky.queue (a job named by the attempt's launch key):
+                   cluster whose task is named by the attempt's launch key) then
+                   sky.queue (a job of that name; a clean-up job has its own):
                    what a restarted executor adopts instead of launching again
     collect        sky.download_logs: the run script copies OUTPUT_DIR into the
                    job's log folder, so the outputs come back with the logs
@@ -184,6 +185,19 @@ def map_sky_error(exc: BaseException, what: str = "SkyPilot") -> LauncherError:
     if "ConnectionError" in names or "Timeout" in names or "TimeoutError" in names:
         return LauncherUnreachable(msg)  # requests' errors talking to the API server
     return RetryLater(msg)
+
+
+def names_task(body: str, name: str) -> bool:
+    """Whether a launch/exec request's body (as sky.api_status lists it: its payload as JSON, the task a
+    YAML string in it) is the task named `name`. Exactly that name: run 5's clean-up job
+    (caddie-clean-run-5-attempt-1) or run 15's (caddie-run-15-...) is not run 5's job. A body of another
+    shape is searched for the name as a whole word."""
+    try:
+        # The SDK sends its task as a chain DAG's YAML: one document naming the DAG, then the task's own.
+        docs = list(yaml.safe_load_all(json.loads(body)["task"]))
+        return any(isinstance(doc, dict) and doc.get("name") == name for doc in docs)
+    except (ValueError, KeyError, TypeError, yaml.YAMLError):
+        return re.search(rf"(?<![A-Za-z0-9-]){re.escape(name)}(?![A-Za-z0-9-])", body) is not None
 
 
 # SkyPilot job states (sky.JobStatus values) -> ours
@@ -475,7 +489,6 @@ class SkyPilotLauncher:
         if not launch_key or cluster is None:
             return None
         name = self.job_name(launch_key)
-        whole = re.compile(rf"(?<![A-Za-z0-9-]){re.escape(name)}(?![A-Za-z0-9])")  # not caddie-run-15-... for run 5
         try:
             pending = self.sky.api_status(None, False)  # the unfinished requests
         except Exception as exc:
@@ -483,8 +496,15 @@ class SkyPilotLauncher:
         data = {"run_key": launch_key, "output_dir": f"~/caddie-runs/{launch_key}"}
         for req in pending or []:
             kind = str(getattr(req, "name", "")).rsplit(".", 1)[-1]
+            if kind not in ("launch", "exec") or getattr(req, "cluster_name", None) != cluster.name:
+                continue
             body = str(getattr(req, "request_body", "") or "")
-            if kind in ("launch", "exec") and getattr(req, "cluster_name", None) == cluster.name and (not body or whole.search(body)):
+            if not body:
+                # Any request of the node could be it (an earlier run's clean-up job, sky.exec'd there too):
+                # never adopted unnamed, and nothing launched while it is there; it ends within moments.
+                raise LauncherUnreachable(f"SkyPilot lists {kind} request {req.request_id} on {cluster.name} without its body: "
+                                          f"cannot tell whether it is {name}")  # fmt: skip
+            if names_task(body, name):
                 return LaunchHandle(NAME, cluster.name, "", {"request_id": str(req.request_id), "request": kind, **data})
         try:
             jobs = self._call("sky.queue", self.sky.queue, cluster.name, skip_finished=False)

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 
 sky = pytest.importorskip("sky")
 from sky import exceptions as sky_exc  # noqa: E402
@@ -222,8 +221,11 @@ class SkyApiStandIn:
         return rid
 
     def _job_request(self, name: str, task: Any, cluster: str, job_id: int, status: str) -> str:
-        # The request's body as the API server lists it: its payload as JSON, the task a YAML string within.
-        body = json.dumps({"task": yaml.safe_dump(task.to_yaml_config()), "cluster_name": cluster})
+        # The request's body as the API server lists it: its payload as JSON, the task within as the SDK sends it
+        # (a chain DAG's YAML, made by SkyPilot's own function).
+        from sky.utils import dag_utils
+
+        body = json.dumps({"task": dag_utils.dump_chain_dag_to_yaml_str(dag_utils.convert_entrypoint_to_dag(task)), "cluster_name": cluster})
         rid = self._request(name, (job_id, None), status=status, cluster=cluster, body=body)
         self.requests[rid]["job"] = {"job_id": job_id, "job_name": task.name, "status": sky.JobStatus.PENDING}
         if status == "SUCCEEDED":
@@ -379,6 +381,40 @@ def test_a_restarted_worker_finds_the_job_its_launch_key_named_and_nothing_else(
     api.api_error = sky_exc.ApiServerConnectionError("http://127.0.0.1:46580")
     with pytest.raises(LauncherUnreachable):  # cannot tell: the caller must not launch a second one meanwhile
         launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster)
+
+
+def test_find_never_takes_a_clean_up_job_or_a_request_it_cannot_read_for_the_attempt(tmp_path: Path) -> None:
+    """A warm node's earlier run ended and its clean-up job (discard_log: sky.exec on the node) is still being
+    submitted when the next run's executor, restarted, looks for that run's job there: the clean-up is not it,
+    whether listed with its body (another task's name) or without one (then find cannot tell: it says so, and
+    nothing is launched meanwhile, rather than adopting whatever runs on the node)."""
+    api = SkyApiStandIn()
+    sp = launcher(tmp_path, api)
+    cluster = ClusterHandle("skypilot", "caddie-h100x8-t1-5", "H100:8", {"reused": True})
+    done = LaunchHandle("skypilot", cluster.name, "4", {"request_id": "r", "run_key": "run-5-attempt-1"})
+    sp.discard_log(done)  # run 5 ended: its clean-up is sky.exec'd on the node
+    [(rid, clean)] = [(i, r) for i, r in api.requests.items() if r["name"] == "exec"]
+    assert "caddie-clean-run-5-attempt-1" in clean["body"]
+    clean["status"] = "RUNNING"  # still being submitted
+    assert launcher(tmp_path, api).find(6, "run-6-attempt-1", cluster) is None  # run 6 (warm node, same cluster) started nothing
+    assert launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster) is None  # nor is the clean-up run 5's job, though it carries its key
+    clean["body"] = ""  # a server that lists requests without their bodies
+    with pytest.raises(LauncherUnreachable, match="without its body"):
+        launcher(tmp_path, api).find(6, "run-6-attempt-1", cluster)
+    clean["status"] = "SUCCEEDED"  # submitted: the clean-up job is in the queue, under its own name
+    assert [j["job_name"] for j in api.queues[cluster.name]] == ["caddie-clean-run-5-attempt-1"]
+    assert launcher(tmp_path, api).find(5, "run-5-attempt-1", cluster) is None
+    # run 6's own exec on the node is found, while its request runs and once its job is queued
+    job = spec(run_id=6)
+    job.launch_key = "run-6-attempt-1"
+    mine = sp.submit(cluster, job)
+    api.requests[mine.data["request_id"]]["status"] = "RUNNING"
+    found = launcher(tmp_path, api).find(6, "run-6-attempt-1", cluster)
+    assert found is not None and found.data["request_id"] == mine.data["request_id"]
+    api.requests[mine.data["request_id"]]["status"] = "SUCCEEDED"
+    found = launcher(tmp_path, api).find(6, "run-6-attempt-1", cluster)
+    assert found is not None and found.job_id == "4" and found.data["request"] == "adopted"
+    assert rid != mine.data["request_id"]
 
 
 def test_a_failed_launch_request_becomes_retry_later_or_launch_failed(tmp_path: Path) -> None:
