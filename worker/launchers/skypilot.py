@@ -160,6 +160,21 @@ def _class_names(exc: BaseException) -> list[str]:
     return [c.__name__ for c in type(exc).__mro__]
 
 
+# What an SDK call may raise: its errors, and SystemExit, which SkyPilot's own checks end with (`sky check`
+# enabling no cloud raises SystemExit() after printing why; the API server hands it back to the client's
+# sky.get). Caught so that a worker thread is never ended by it: the run gets a reason instead.
+SDK_ERRORS = (Exception, SystemExit)
+
+
+def _exit_error(exc: SystemExit, what: str) -> LaunchFailed:
+    """A SystemExit out of the SDK, as the permanent error it stands for (a check that failed), with
+    SkyPilot's message where it gave one (its argument), else where to read it."""
+    said = plain(str(exc.code)) if isinstance(exc.code, str) else ""
+    code = "" if exc.code is None or said else f" (exit code {exc.code})"
+    why = said or "SkyPilot ended the call with no message (it prints why on the API server's console; `sky check` there says whether any cloud is enabled)"
+    return LaunchFailed(f"{what}: SystemExit{code}: {why[:1000]}")
+
+
 def map_sky_error(exc: BaseException, what: str = "SkyPilot") -> LauncherError:
     """The RetryLater / LaunchFailed / LauncherUnreachable that stands for a SkyPilot exception.
 
@@ -168,6 +183,8 @@ def map_sky_error(exc: BaseException, what: str = "SkyPilot") -> LauncherError:
     """
     if isinstance(exc, LauncherError):
         return exc
+    if isinstance(exc, SystemExit):
+        return _exit_error(exc, what)
     names = _class_names(exc)
     msg = f"{what}: {type(exc).__name__}: {plain(str(exc))[:1000]}"
     if "ResourcesUnavailableError" in names and "KubeAPIUnreachableError" not in names and not getattr(exc, "failover_history", None):
@@ -264,14 +281,14 @@ class SkyPilotLauncher:
     def _get(self, request_id: str, what: str) -> Any:
         try:
             return self.sky.get(request_id)
-        except Exception as exc:  # every SDK error becomes one of ours
+        except SDK_ERRORS as exc:  # every SDK error becomes one of ours
             raise map_sky_error(exc, what) from exc
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Send one SDK request and wait for its result, mapping errors."""
         try:
             request_id = fn(*args, **kwargs)
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             raise map_sky_error(exc, what) from exc
         return self._get(request_id, what)
 
@@ -350,7 +367,7 @@ class SkyPilotLauncher:
             task.expand_and_validate_file_mounts()
         except LauncherError:
             raise
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             raise map_sky_error(exc, "invalid SkyPilot task") from exc
         return task
 
@@ -467,7 +484,7 @@ class SkyPilotLauncher:
                     retry_until_up=False,
                 )
                 kind = "launch"
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             raise map_sky_error(exc, "submitting to SkyPilot") from exc
         return LaunchHandle(
             launcher=NAME,
@@ -491,7 +508,7 @@ class SkyPilotLauncher:
         name = self.job_name(launch_key)
         try:
             pending = self.sky.api_status(None, False)  # the unfinished requests
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             raise map_sky_error(exc, "sky.api_status") from exc
         data = {"run_key": launch_key, "output_dir": f"~/caddie-runs/{launch_key}"}
         for req in pending or []:
@@ -527,7 +544,7 @@ class SkyPilotLauncher:
             return self._job_ids[request_id]
         try:
             payloads = self.sky.api_status([request_id])
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             raise map_sky_error(exc, "sky.api_status") from exc
         state = str(payloads[0].status) if payloads else "SUCCEEDED"  # unknown: let get() tell
         state = state.rsplit(".", 1)[-1]
@@ -538,7 +555,7 @@ class SkyPilotLauncher:
         what = f"sky.{handle.data.get('request', 'launch')}"
         try:
             job_id, _ = self.sky.get(request_id)
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             if what == "sky.exec" and type(exc) is ValueError:
                 # sky.exec's ValueError means the warm cluster is no longer UP: try again elsewhere
                 raise RetryLater(f"{what}: cluster {handle.cluster} is no longer UP: {exc}") from exc
@@ -589,7 +606,7 @@ class SkyPilotLauncher:
         buf = io.StringIO()
         try:
             self.sky.tail_logs(cluster, job_id, follow=False, tail=200, output_stream=buf)
-        except Exception:  # the reason is a nicety; the state is what matters
+        except SDK_ERRORS:  # the reason is a nicety; the state is what matters
             return ""
         return failure_reason(buf.getvalue())
 
@@ -611,7 +628,7 @@ class SkyPilotLauncher:
         buf = io.StringIO()
         try:
             self.sky.tail_logs(handle.cluster, job_id, follow=False, output_stream=buf)
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             err = map_sky_error(exc, "sky.tail_logs")
             if isinstance(err, RetryLater):
                 return b""  # cluster gone: status() reports it; nothing more to read
@@ -629,7 +646,7 @@ class SkyPilotLauncher:
         if job_id is None:
             try:
                 self.sky.api_cancel(request_id, silent=True)
-            except Exception as exc:
+            except SDK_ERRORS as exc:
                 raise map_sky_error(exc, "sky.api_cancel") from exc
             return
         try:
@@ -644,7 +661,7 @@ class SkyPilotLauncher:
             raise RetryLater("collect before the job exists")
         try:
             paths = self.sky.download_logs(handle.cluster, [str(job_id)])
-        except Exception as exc:
+        except SDK_ERRORS as exc:
             raise map_sky_error(exc, "sky.download_logs") from exc
         local = paths.get(str(job_id)) or paths.get(job_id)  # type: ignore[call-overload]
         src = Path(str(local)).expanduser() / "caddie-output" if local else None

@@ -417,6 +417,39 @@ def test_find_never_takes_a_clean_up_job_or_a_request_it_cannot_read_for_the_att
     assert rid != mine.data["request_id"]
 
 
+class ExitingStandIn(SkyApiStandIn):
+    """SkyPilot's checks end with SystemExit (`sky check` enabling no cloud): here every call of the SDK does."""
+
+    def __init__(self, exit_with: SystemExit) -> None:
+        super().__init__()
+        self.exit_with = exit_with
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("launch", "exec", "api_status", "queue", "job_status", "tail_logs", "cancel", "api_cancel", "download_logs", "autostop", "down", "status", "get"):
+            def exits(*args: Any, **kw: Any) -> Any:
+                raise object.__getattribute__(self, "exit_with")
+
+            return exits
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize("exit_with", [SystemExit(), SystemExit("\x1b[31mNo cloud is enabled.\x1b[0m Run `sky check`"), SystemExit(2)])
+def test_a_system_exit_out_of_the_sdk_is_a_launch_error_with_its_message_never_the_end_of_the_worker(tmp_path: Path, exit_with: SystemExit) -> None:
+    sp = launcher(tmp_path, ExitingStandIn(exit_with))
+    cluster = ClusterHandle("skypilot", "caddie-h100x8-5", "H100:8", {"reused": False})
+    handle = LaunchHandle("skypilot", cluster.name, "3", {"request_id": "r", "run_key": "run-5-attempt-1"})
+    said = {None: "SkyPilot ended the call with no message", 2: "(exit code 2)"}.get(exit_with.code, "No cloud is enabled. Run `sky check`")  # type: ignore[call-overload]
+    calls = [("submitting to SkyPilot", lambda: sp.submit(cluster, spec())), ("sky.status", lambda: sp.acquire(5, "H100:8", team_id=1)),
+             ("sky.api_status", lambda: sp.find(5, "run-5-attempt-1", cluster)), ("sky.job_status", lambda: sp.status(handle)),
+             ("sky.tail_logs", lambda: sp.read_log(handle, 0)), ("sky.cancel", lambda: sp.cancel(handle)),
+             ("sky.download_logs", lambda: sp.collect(handle, tmp_path / "out")), ("sky.down", lambda: sp.release(cluster, keep_warm=False))]  # fmt: skip
+    for what, call in calls:
+        with pytest.raises(LaunchFailed) as raised:
+            call()
+        assert str(raised.value).startswith(f"{what}: SystemExit") and said in str(raised.value) and "\x1b" not in str(raised.value), (what, raised.value)
+    sp.discard_log(handle)  # best effort: no error at all
+
+
 def test_a_failed_launch_request_becomes_retry_later_or_launch_failed(tmp_path: Path) -> None:
     api = SkyApiStandIn()
     sp = launcher(tmp_path, api)

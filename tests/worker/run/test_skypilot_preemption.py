@@ -110,12 +110,14 @@ def test_a_preempted_node_is_torn_down_and_the_run_relaunched_on_a_fresh_one(mak
 @pytest.mark.parametrize(("error", "ends"), [
     ("no_cloud", "FAILED"),  # permanent: a missing cloud fails the run at once
     ("no_capacity", "QUEUED"),  # transient: back to the queue for a later try
+    ("exits", "FAILED"),  # SkyPilot's check ended with SystemExit (no cloud enabled): a reason, not a dead worker thread
 ])
 def test_a_failed_launch_leaves_no_cluster_row_and_one_clear_reason(maker, settings, error: str, ends: str) -> None:  # noqa: F811
     from sky import exceptions as sky_exc
 
     exc = {"no_cloud": sky_exc.NoCloudAccessError("\x1b[31mNo cloud access.\x1b[0m Run `sky check`"),
-           "no_capacity": sky_exc.ResourcesUnavailableError("\x1b[1mFailed to provision\x1b[0m all possible resources", failover_history=[RuntimeError("x")])}[error]  # fmt: skip
+           "no_capacity": sky_exc.ResourcesUnavailableError("\x1b[1mFailed to provision\x1b[0m all possible resources", failover_history=[RuntimeError("x")]),
+           "exits": SystemExit()}[error]  # fmt: skip
     api = SkyApiStandIn()
     run_id = new_run(maker)
     t, out = in_thread(lambda: go(maker, settings, run_id, launcher=SkyPilotLauncher(settings, sdk=api, min_poll_s=0)))
@@ -123,8 +125,10 @@ def test_a_failed_launch_leaves_no_cluster_row_and_one_clear_reason(maker, setti
     [rid] = launch_requests(api)
     api.requests[rid].update(status="FAILED", error=exc)
     t.join(30)
-    expected = {"FAILED": "the job could not start: sky.launch: NoCloudAccessError: No cloud access. Run `sky check`",
-                "QUEUED": "launch failed, will retry: sky.launch: ResourcesUnavailableError: Failed to provision all possible resources"}[ends]  # fmt: skip
+    expected = {"no_cloud": "the job could not start: sky.launch: NoCloudAccessError: No cloud access. Run `sky check`",
+                "no_capacity": "launch failed, will retry: sky.launch: ResourcesUnavailableError: Failed to provision all possible resources",
+                "exits": "the job could not start: sky.launch: SystemExit: SkyPilot ended the call with no message (it prints why on the API "
+                         "server's console; `sky check` there says whether any cloud is enabled)"}[error]  # fmt: skip
     assert out == [f"run {run_id} {ends}: {expected}"], out
     with maker() as s:
         run = s.get_one(Run, run_id)
