@@ -674,7 +674,8 @@ class RunDriver:
         self.clusters.release(cluster, never_up=never_up, lost=lost)
         if lost:
             reason = f"{NODE_LOST}: {reason}"  # relaunched at once, no retry wait (service.queue.state)
-        archived = self._archive_log() if self.run_log.attempt >= self.settings.max_attempts else None  # this requeue fails the run
+        give_up = self._db(lambda: self._gives_up(lost), "count its attempts")
+        archived = self._archive_log() if give_up else None  # this requeue fails the run
 
         def move() -> str:
             with self.session_factory() as session:
@@ -682,8 +683,8 @@ class RunDriver:
                 if is_terminal(run.status) or run.status == RunStatus.QUEUED.value:
                     return f"run {self.run_id} was already {run.status}"
                 attempt = (run.attempts or 0) + 1
-                if attempt >= self.settings.max_attempts:
-                    to, why = RunStatus.FAILED, f"gave up after {attempt} attempts: {reason}"
+                if give_up:
+                    to, why = RunStatus.FAILED, f"{give_up}: {reason}"
                     also: dict[str, Any] = {}
                 else:
                     to, why = RunStatus.QUEUED, reason
@@ -703,6 +704,26 @@ class RunDriver:
             return f"run {self.run_id} {to.value}: {why}"
 
         return self._db(move, "requeue")
+
+    def _gives_up(self, lost: bool) -> str:
+        """Why the attempt that just ended is the run's last ('' : it goes back to the queue).
+
+        A lost node (not the run's doing) counts against CADDIE_MAX_NODE_LOST, every other
+        requeue against CADDIE_MAX_ATTEMPTS: a preempted spot node does not use up a run's
+        retries, and a run whose node dies every time still ends."""
+        with self.session_factory() as session:
+            attempt = (session.scalar(select(Run.attempts).where(Run.id == self.run_id)) or 0) + 1
+            lost_before = session.scalar(select(func.count(RunEvent.id)).where(RunEvent.run_id == self.run_id, RunEvent.to_status == RunStatus.QUEUED.value,
+                                                                              RunEvent.reason.startswith(NODE_LOST))) or 0  # fmt: skip
+        s = self.settings
+        if lost:
+            times = lost_before + 1
+            return f"gave up after its node was lost {times} times (CADDIE_MAX_NODE_LOST={s.max_node_lost})" if times >= s.max_node_lost else ""
+        others = attempt - lost_before
+        if others < s.max_attempts:
+            return ""
+        counted = f" ({lost_before} of them ended by a lost node, counted apart)" if lost_before else ""
+        return f"gave up after {attempt} attempts{counted}"
 
     def after_error(self, exc: BaseException) -> str:
         """An error the driver did not expect (a launcher bug, a DB down for longer than the retries).
