@@ -346,7 +346,7 @@ def report_tpe(res: dict[str, Any], grid_best: float, grid_trials: int, grid_ste
     trials = sweep["trials"]
     running, reach = math.inf, None
     out = [
-        "## TPE against the grid on the real path (item 1)",
+        "## TPE against the grid on the real path (item 1's strategies)",
         "",
         f"`{command}` ({res['when']}; load average before/after {res['load'][0]} / {res['load'][1]})",
         "",
@@ -376,6 +376,10 @@ def report_tpe(res: dict[str, Any], grid_best: float, grid_trials: int, grid_ste
         + f", against the full grid's {grid_best:.4f} in {grid_trials} trials ({grid_steps} steps); TPE trained {total} steps.",
         f"- **Trials to reach the grid's best** ({grid_best:.4f} or lower): "
         + (f"trial #{reach}." if reach else f"not reached in {len(trials)} trials."),
+        f"- **TPE's own proposals** (trials after its {TPE_STARTUP} random ones): "
+        + ", ".join(f"#{t['number']} {t['status']}" + (f" {t['value']:.4f}" if t["value"] is not None else "") for t in trials if t["number"] > TPE_STARTUP)
+        + (f". The grid's best was first reached by trial #{reach}, " + ("one of the random start's: luck of the draw, not the model." if reach <= TPE_STARTUP
+           else "a proposal of the model.") if reach else "."),
         f"- Pruned: {sum(t['status'] == 'pruned' for t in trials)} of {len(trials)}. Wall time {res['wall']:.0f} s. One sampler seed, one "
         "training seed: TPE's luck with its random start is not averaged out here; a point's val_bpb also moves ~0.004 between training "
         "seeds (the stack-LR group above), so a difference below that is not a finding.",
@@ -394,11 +398,14 @@ def main() -> None:
     if args.tpe:
         assert args.out, "--tpe compares against the grid's section of --out"
         figures = grid_figures(args.out)
-        with tempfile.TemporaryDirectory(prefix="sweeps_tpe_") as tmp:
-            home = args.keep or Path(tmp)
-            home.mkdir(parents=True, exist_ok=True)
-            res = gather_tpe(home, args.tpe)
-            (home / "sweeps_tpe.json").write_text(json.dumps(res, default=str))
+        if args.report_from:
+            res = json.loads((args.report_from / "sweeps_tpe.json").read_text())
+        else:
+            with tempfile.TemporaryDirectory(prefix="sweeps_tpe_") as tmp:
+                home = args.keep or Path(tmp)
+                home.mkdir(parents=True, exist_ok=True)
+                res = gather_tpe(home, args.tpe)
+                (home / "sweeps_tpe.json").write_text(json.dumps(res, default=str))
         text = report_tpe(res, *figures, command=f".venv/bin/python bench/sweeps_real.py --tpe {args.tpe} --out {args.out}")
         print(text)
         write_section(args.out, "sweeps_tpe", text)
