@@ -69,8 +69,10 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Check:
+    """One rule checked on one run; a field's ``description`` (metadata) is what the API says of it."""
+
     rule: str
-    verdict: Verdict
+    verdict: Verdict = field(metadata={"description": "pass, fail, not_comparable, or declared (by the team or the record, not verified)"})
     reason: str
     figure: float | int | str | None = None
     limit: float | int | str | None = None
@@ -370,7 +372,7 @@ class RuleSummary:
 
     rule: str
     verdict: Verdict
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict, metadata={"description": "runs per verdict"})
     reasons: list[str] = field(default_factory=list)  # the distinct reasons behind the worst verdict
 
     def to_dict(self) -> dict[str, Any]:

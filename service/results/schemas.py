@@ -11,7 +11,7 @@ from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.results.groups import Eligibility, SeedRow
 from service.results.queries import GroupReport, LeaderboardRow, seed_row
-from service.results.rules import RuleSummary
+from service.results.rules import Check, RuleSummary
 from service.results.statistics import Comparison, Summary, finite_or_none as _finite
 from service.results.views import GroupView
 from service.runs.scripts.spec import shared_config
@@ -22,35 +22,27 @@ def _figures(dc: Any) -> dict[str, Any]:
     return {k: _finite(v) if isinstance(v, float) else v for k, v in asdict(dc).items()}
 
 
-class SummaryOut(BaseModel):
-    n: int
-    mean: float | None
-    std: float | None = Field(description="sample standard deviation (n-1); null below 2 seeds")
-    min: float | None
-    max: float | None
-
+# The domain's Summary, Check and RuleSummary declare their fields once (their API descriptions
+# too, as field metadata); each body is its class, its floats made JSON-safe where figures are.
+@body_dataclass(frozen=True)
+class SummaryOut(Summary):
     @classmethod
     def of(cls, s: Summary) -> "SummaryOut":
         return cls(**_figures(s))
 
 
-class CheckOut(BaseModel):
-    rule: str
-    verdict: str = Field(description="pass, fail or not_comparable")
-    reason: str
-    figure: float | int | str | None = None
-    limit: float | int | str | None = None
+@body_dataclass(frozen=True)
+class CheckOut(Check):
+    @classmethod
+    def of(cls, c: Check) -> "CheckOut":
+        return cls(**asdict(c))
 
 
-class RuleSummaryOut(BaseModel):
-    rule: str
-    verdict: str
-    counts: dict[str, int] = Field(description="runs per verdict")
-    reasons: list[str]
-
+@body_dataclass(frozen=True)
+class RuleSummaryOut(RuleSummary):
     @classmethod
     def of(cls, r: RuleSummary) -> "RuleSummaryOut":
-        return cls(**r.to_dict())
+        return cls(**asdict(r))
 
 
 class SeedOut(BaseModel):
@@ -74,7 +66,7 @@ class SeedOut(BaseModel):
         return cls(run_id=row.run_id, seed=row.seed, status=row.status, counted=row.counts,
                    val_bpb=_finite(row.val_bpb), val_loss=_finite(row.val_loss), pre_ttt_bpb=_finite(row.pre_ttt_bpb),
                    artifact_bytes=row.artifact_bytes, train_seconds=_finite(row.train_seconds), eval_seconds=_finite(row.eval_seconds),
-                   steps=row.steps, checks_verdict=row.verdict.value, checks=[CheckOut(**c.to_dict()) for c in row.checks], note=note)
+                   steps=row.steps, checks_verdict=row.verdict.value, checks=[CheckOut.of(c) for c in row.checks], note=note)
 
 
 # The domain's Comparison declares its figures once (their API descriptions too, as field

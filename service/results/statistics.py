@@ -48,7 +48,7 @@ class Summary:
 
     n: int
     mean: float | None  # None when n == 0
-    std: float | None  # sample standard deviation (ddof=1); None when n < 2
+    std: float | None = field(metadata={"description": "sample standard deviation (n-1); null below 2 seeds"})  # ddof=1
     min: float | None
     max: float | None
 
