@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.core.settings import get_settings  # noqa: E402
 from service.results.public_records import read_record, record_folders  # noqa: E402
 from service.results.statistics import compare_policy  # noqa: E402
-from service.sweeps.promotion import ELIGIBLE, TESTING, PromotionFacts, PromotionPolicy, decide  # noqa: E402
+from service.sweeps.promotion import BETTER, TESTING, PromotionFacts, PromotionPolicy, decide  # noqa: E402
 
 
 def record_spread(root: Path) -> tuple[float, float, int]:
@@ -85,7 +85,7 @@ def main() -> None:
     for label, delta, picked_of in rows:
         rng = random.Random(f"{args.seed}:{delta}:{picked_of}")
         results = [simulate(delta, sd, ratio, policy, rng, picked_of) for _ in range(args.sims)]
-        eligible = sum(v == ELIGIBLE for v, _, _ in results) / args.sims
+        eligible = sum(v == BETTER for v, _, _ in results) / args.sims  # no rule check blocks here: better is record-eligible
         ran = [n for _, n, _ in results]
         fixed = sum(f for _, _, f in results) / args.sims
         bands = (sum(n <= 3 for n in ran), sum(4 <= n <= 5 for n in ran), sum(n >= 6 for n in ran))

@@ -242,9 +242,10 @@ def report(res: dict[str, Any]) -> str:
         + (f" (how caddie counts since 421bc62; this run predates it: caddie counted the rest of each run's expected time, the "
            f"{BASE['MAX_WALLCLOCK_SECONDS']} s cap + {ENV['CADDIE_RUN_OVERHEAD_S']} s overhead)" if 3600 * p_sweep["gpu_hours_saved"] > 2 * pace else "")
         + ".",
-        f"- **Promotion**: trial #{promo.get('trial', '-')} ended {str(promo.get('verdict', 'not promoted')).replace('_', ' ')} after "
-        f"{promo.get('rounds', 0)} round(s) of more seeds: {promo.get('why', '')}. Off 8x H100 the time rules cannot be judged, so no "
-        "group here can be a record, and promotion spends no seeds on one.",
+        f"- **Promotion**: trial #{promo.get('trial', '-')} ended {promo.get('headline') or str(promo.get('verdict', 'not promoted')).replace('_', ' ')} "
+        f"after {promo.get('rounds', 0)} round(s) of more seeds: {promo.get('why', '')}. "
+        + (f"{promo['record_why']}." if promo.get("record_why") else  # a run from before the test and record eligibility were told apart
+           "Off 8x H100 the time rules cannot be judged, so no group here can be a record, and promotion then spent no seeds on one."),
         *_comparison_lines(res.get("comparison"), res["baseline"]),
         f"- The sweep ended: {p_sweep['status_reason']}.",
         f"- Wall time: full grid {wall['grid']:.0f} s, baseline group {wall['baseline']:.0f} s, pruned sweep with promotion {wall['pruned']:.0f} s.",

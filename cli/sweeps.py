@@ -78,12 +78,15 @@ def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
     promote = spec.get("promote")
     if promote:
         yield printable(f"promotion: the best {promote['top']} trial(s) run more seeds, {promote.get('step', 2)} a round, until the test "
-                        f"({promote.get('policy', 'readme')} policy, against {promote.get('baseline') or 'the default baseline'}) decides, "
+                        f"({promote.get('policy', 'readme')} policy, against {promote.get('baseline') or 'the default baseline'}) says better or not, "
                         f"from {promote.get('min_seeds', 3)} to at most {promote.get('max_seeds', 8)} seeds")  # fmt: skip
     for p in s.get("promotion") or []:
         yield printable(promotion_line(p))
-    if s.get("result") and s["result"]["verdict"] == "eligible":
-        yield printable(f"result: group {s['result']['group_key']} is record-eligible; export it with: caddie export {s['result']['group_key'][:12]}")
+    result = s.get("result")
+    if result and result.get("record_eligible"):
+        yield printable(f"result: group {result['group_key']} is record-eligible; export it with: caddie export {result['group_key'][:12]}")
+    elif result and result["verdict"] == "better":
+        yield printable(f"result: group {result['group_key']} is {result.get('headline') or 'better'}; {result.get('record_why', '')}")
     yield f"GPU-hours used {s['gpu_hours_used']:.2f}, saved by pruning {s['gpu_hours_saved']:.2f}"
     if s.get("importance"):
         yield "knob importance (PED-ANOVA): " + ", ".join(f"{k} {v:.0%}" for k, v in s["importance"].items())
@@ -101,14 +104,17 @@ def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
 
 
 def promotion_line(p: dict[str, Any]) -> str:
-    """'#2 eligible: seeds 1, 2, 7 (3 succeeded), val_bpb 1.1003, p = 0.0004 < 0.01, improvement 0.13 > margin 0.00144 nats per byte ...'."""
-    line = f"promoted #{p['trial']} {p['verdict'].replace('_', ' ')}: seeds {', '.join(map(str, p.get('seeds') or [])) or '-'}"
+    """'promoted #2 better at p = 0.0004 < 0.01 over 3 seeds (baseline 3): seeds 1, 2, 7 (3 succeeded, 1 round(s)), val_bpb 1.1003, ...
+    improvement 0.13 against margin 0.00144 nats per byte, against base; record-eligible: ...; group KEY; why'."""
+    line = f"promoted #{p['trial']} {p.get('headline') or p['verdict'].replace('_', ' ')}: seeds {', '.join(map(str, p.get('seeds') or [])) or '-'}"
     if p.get("succeeded") is not None:
         line += f" ({p['succeeded']} succeeded, {p['rounds']} round(s)), val_bpb {_figure(p.get('val_bpb'))}"
     if p.get("p_value") is not None:
         line += f", p = {p['p_value']:.3g} (alpha {p['alpha']:g}), improvement {p['improvement']:.5f} against margin {p['margin']:.5f} {p['unit']}"
     if p.get("baseline"):
         line += f", against {p['baseline']['name']}"
+    if p.get("record_why"):
+        line += f"; {p['record_why']}"
     return f"{line}; group {p.get('group_key') or '-'}; {p['why']}"
 
 

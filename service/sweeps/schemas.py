@@ -28,7 +28,8 @@ class PruneSpec(Strict):
 
 class PromoteSpec(Strict):
     """Once the search is over, the best trials run more seeds, into their own run groups, round by round, until the
-    significance test the leaderboard uses says eligible or not, or max_seeds or the budget ends it (service.sweeps.promotion)."""
+    significance test the leaderboard uses says better or not, or max_seeds or the budget ends it; record eligibility
+    (the test and every rule check) is said beside it (service.sweeps.promotion)."""
 
     top: int = Field(1, ge=1, le=10, description="how many of the best complete trials")
     seeds: list[Seed] = Field(default_factory=list, max_length=64, description="the more seeds, in the order they are used (unique, none of "
@@ -43,11 +44,17 @@ class PromoteSpec(Strict):
 
 
 class PromotionOut(BaseModel):
-    """Where a promoted trial's group stands: seeds run, the test against its baseline, the verdict."""
+    """Where a promoted trial's group stands: seeds run, the test against its baseline, its verdict, and apart from it
+    whether the group is record-eligible."""
 
     trial: int
-    verdict: str = Field(description="testing, eligible, not_eligible or budget")
+    verdict: str = Field(description="the test's: testing, better, not_better, no_verdict (no valid comparison) or budget; "
+                                     "not_eligible in sweeps promoted before the test and record eligibility were told apart")
+    headline: str = Field("", description="the verdict in one phrase: 'better at p = 0.0034 < 0.01 over 3 seeds (baseline 3)'")
     why: str
+    record_eligible: bool | None = Field(None, description="better and every rule check passing (the time rules: the 10min_16mb "
+                                                           "track on 8x H100); null while the test runs and no check stands in the way")
+    record_why: str = ""
     rounds: int = Field(description="rounds of more seeds submitted")
     group_key: str | None
     seeds: list[int] = Field(default_factory=list, description="the group's seeds, as last judged")
@@ -121,8 +128,8 @@ class SweepOut(BaseModel):
     finished_at: datetime | None
     trials: list[TrialOut] | None = Field(None, description="GET /sweeps/{id} only")
     promotion: list[PromotionOut] = Field(default_factory=list, description="each promoted trial's group, best first")
-    result: PromotionOut | None = Field(None, description="the sweep's result: the best promoted group that became eligible, "
-                                                          "else the best promoted one")
+    result: PromotionOut | None = Field(None, description="the sweep's result: the best promoted group that is record-eligible, "
+                                                          "else the best found better, else the best promoted one")
     importance: dict[str, float] | None = Field(None, description="GET /sweeps/{id} only: each knob's share of "
                                                                   "how the best trials differ from the rest (Optuna's PED-ANOVA), from 3 valued trials on")
 

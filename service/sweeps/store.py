@@ -53,7 +53,7 @@ from service.sweeps.plan import (
     trial_end,
 )  # fmt: skip
 from service.sweeps.predictor import Predictor
-from service.sweeps.promotion import ELIGIBLE, NOT_ELIGIBLE, TESTING, PromotionFacts, PromotionPolicy, decide
+from service.sweeps.promotion import BETTER, NO_VERDICT, TESTING, PromotionFacts, PromotionPolicy, decide, headline, record_status
 from service.sweeps.pruners import judge_median
 from service.sweeps.schemas import PromoteSpec, PromotionOut, SweepCreate, SweepOut, TrialOut
 from service.sweeps.space import SearchSpace, parse_space
@@ -223,17 +223,33 @@ def sweep_out(session: Session, sweep: Sweep, *, with_trials: bool) -> SweepOut:
         gpu_hours_used=sum(o.gpu_hours or 0.0 for o in outs), gpu_hours_saved=sum(o.saved_gpu_hours or 0.0 for o in outs),
         created_at=sweep.created_at, updated_at=sweep.updated_at, finished_at=sweep.finished_at, trials=outs if with_trials else None,
         importance=knob_importance(parse_space(sweep.spec["space"], sweep.spec["base"]), _history(trials)) if with_trials else None,
-        promotion=(promoted := promotion_out(sweep)), result=next((p for p in promoted if p.verdict == ELIGIBLE), promoted[0] if promoted else None),
+        promotion=(promoted := promotion_out(sweep)), result=_result(promoted),
     )  # fmt: skip
 
 
 def promotion_out(sweep: Sweep) -> list[PromotionOut]:
     """Each promoted trial's group as last judged, best trial first."""
     states = sweep.spec.get("promotion") or {}
-    keep = set(PromotionOut.model_fields) - {"trial"}
-    return [PromotionOut(trial=n, **{"verdict": TESTING, "why": "", "rounds": 0, "group_key": None,
-                                     **{k: v for k, v in (states.get(str(n)) or {}).items() if k in keep}})  # fmt: skip
-            for n in sweep.spec.get("promoted") or []]
+    keep = set(PromotionOut.model_fields) - {"trial", "headline"}
+    out = []
+    for n in sweep.spec.get("promoted") or []:
+        state = _current(states.get(str(n)) or {})
+        out.append(PromotionOut(trial=n, headline=headline(state), **{"verdict": TESTING, "why": "", "rounds": 0, "group_key": None,
+                                                                      **{k: v for k, v in state.items() if k in keep}}))  # fmt: skip
+    return out
+
+
+def _current(state: dict[str, Any]) -> dict[str, Any]:
+    """A state stored before the test and record eligibility were told apart: "eligible" was both; "not_eligible" stays
+    as it was (it may have been either)."""
+    if state.get("verdict") == "eligible":
+        return {**state, "verdict": BETTER, "record_eligible": True, "record_why": record_status(BETTER, ())[1]}
+    return state
+
+
+def _result(promoted: list[PromotionOut]) -> PromotionOut | None:
+    """The sweep's result: the best record-eligible promoted group, else the best one found better, else the best promoted."""
+    return next((p for p in promoted if p.record_eligible), next((p for p in promoted if p.verdict == BETTER), promoted[0] if promoted else None))
 
 
 def _trial_out(t: SweepTrial) -> TrialOut:
@@ -544,7 +560,8 @@ def _promote(session: Session, sweep: Sweep, owner: Principal, trials: list[Swee
             try:
                 facts, figures = _promotion_facts(session, sweep, owner, trial, trials, promote, settings, now)
             except (NotFound, InvalidInput) as exc:  # the named baseline is gone (or no longer visible): no test to run
-                _save_promotion(session, sweep, number, {**state, "verdict": NOT_ELIGIBLE, "why": f"baseline {promote.baseline}: {exc}"}, now)
+                _save_promotion(session, sweep, number, {**state, "verdict": NO_VERDICT, "why": f"baseline {promote.baseline}: {exc}",
+                                                         "record_eligible": False, "record_why": "not record-eligible: no test"}, now)  # fmt: skip
                 continue
             step = decide(facts, policy)
             state = {**state, **step.to_json(), **figures}
@@ -611,7 +628,8 @@ def _run_round(session: Session, sweep: Sweep, owner: Principal, trial: SweepTri
         _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=key)
     except InvalidInput as exc:  # the config passed as a trial; a refusal now (e.g. a rule that changed) will not pass next tick either
         session.rollback()
-        _save_promotion(session, sweep, trial.number, {**state, "pending": None, "verdict": NOT_ELIGIBLE, "why": f"more seeds refused: {exc}"}, now)
+        _save_promotion(session, sweep, trial.number, {**state, "pending": None, "verdict": NO_VERDICT, "why": f"more seeds refused: {exc}",
+                                                       "record_eligible": False, "record_why": "not record-eligible: the test did not end"}, now)  # fmt: skip
         return
     except DomainError as exc:  # e.g. a quota: the round waits for the next tick
         session.rollback()
@@ -634,12 +652,17 @@ def _promotion_summary(sweep: Sweep) -> str:
     states = sweep.spec.get("promotion") or {}
     if not states:
         return "promotion: no trial completed"
-    parts = [f"#{n} {s['verdict'].replace('_', ' ')} ({s.get('succeeded', 0)} seeds{_p_text(s)})" for n, s in states.items()]
+    parts = [f"#{n} {s['verdict'].replace('_', ' ')} ({s.get('succeeded', 0)} seeds{_p_text(s)}{_record_text(s)})" for n, s in ((n, _current(s)) for n, s in states.items())]
     return "promotion: " + "; ".join(parts)
 
 
 def _p_text(state: dict[str, Any]) -> str:
     return "" if state.get("p_value") is None else f", p = {state['p_value']:.3g}"
+
+
+def _record_text(state: dict[str, Any]) -> str:
+    eligible = state.get("record_eligible")
+    return "" if eligible is None else "; record-eligible" if eligible else "; not record-eligible"
 
 
 def _owner(session: Session, sweep: Sweep) -> Principal:

@@ -226,7 +226,7 @@ def _search(client: TestClient, world: World, session: Session, settings: Settin
     return sid, client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
 
 
-def test_a_clearly_better_trial_is_promoted_until_eligible(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
+def test_a_clearly_better_trial_is_promoted_until_better_and_record_eligible(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
     base_key = _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
     sid, shown = _search(client, world, session, settings, {"top": 1, "seeds": [7]}, (1.35, 1.100))
     [state] = shown["promotion"]
@@ -241,21 +241,23 @@ def test_a_clearly_better_trial_is_promoted_until_eligible(client: TestClient, w
     _succeed(session, [r.id for r in runs if r.seed != 1], [1.102, 1.099])
     _tick(session, settings)
     shown, state = _promoted(client, world, sid)
-    assert state["verdict"] == "eligible" and state["succeeded"] == 3 and state["seeds"] == [1, 2, 7], state
+    assert state["verdict"] == "better" and state["succeeded"] == 3 and state["seeds"] == [1, 2, 7], state
     assert state["p_value"] < 0.01 and state["improvement"] > state["margin"] > 0 and state["unit"] == "nats per byte"
-    assert shown["status"] == "done" and "#2 eligible (3 seeds, p = " in shown["status_reason"], shown["status_reason"]
-    assert shown["result"]["group_key"] == trial["group_key"] and shown["result"]["verdict"] == "eligible"
+    assert state["record_eligible"] is True and state["headline"] == f"better at p = {state['p_value']:.3g} < 0.01 over 3 seeds (baseline 3)"
+    assert shown["status"] == "done" and "#2 better (3 seeds, p = " in shown["status_reason"], shown["status_reason"]
+    assert "; record-eligible)" in shown["status_reason"]
+    assert shown["result"]["group_key"] == trial["group_key"] and shown["result"]["verdict"] == "better" and shown["result"]["record_eligible"]
     group = client.get(f"/api/v1/groups/{trial['group_key']}", headers=world.h("alice")).json()
     assert group["eligibility"]["eligible"] is True, group["eligibility"]  # the group page agrees: ready to export
     # `caddie sweep show` prints what the API says: where promotion stands and the group to export.
     from cli.sweeps import sweep_detail
 
     said = "\n".join(part for part in sweep_detail(shown) if isinstance(part, str))
-    assert "promoted #2 eligible: seeds 1, 2, 7 (3 succeeded, 1 round(s)), val_bpb 1.1003, p = " in said, said
+    assert f"promoted #2 {state['headline']}: seeds 1, 2, 7 (3 succeeded, 1 round(s)), val_bpb 1.1003, p = " in said, said
     assert "against margin 0.00144 nats per byte, against base" in said and f"caddie export {trial['group_key'][:12]}" in said
 
 
-def test_a_trial_that_is_not_better_stops_not_eligible(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
+def test_a_trial_that_is_not_better_stops_not_better(client: TestClient, world: World, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
     _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
     sid, shown = _search(client, world, session, settings, {"top": 1}, (1.35, 1.2995))
     trial = shown["trials"][1]
@@ -263,9 +265,9 @@ def test_a_trial_that_is_not_better_stops_not_eligible(client: TestClient, world
     _succeed(session, trial["run_ids"][1:], [1.3005, 1.2990])
     _tick(session, settings)
     shown, state = _promoted(client, world, sid)
-    assert state["verdict"] == "not_eligible" and "no number of seeds makes this significant" in state["why"], state
-    assert state["succeeded"] == 3 and state["rounds"] == 1 and shown["status"] == "done" and "#2 not eligible" in shown["status_reason"]
-    assert shown["result"]["verdict"] == "not_eligible"
+    assert state["verdict"] == "not_better" and "no number of seeds makes this significant" in state["why"], state
+    assert state["succeeded"] == 3 and state["rounds"] == 1 and shown["status"] == "done" and "#2 not better" in shown["status_reason"]
+    assert shown["result"]["verdict"] == "not_better" and shown["result"]["record_eligible"] is False
 
 
 def test_a_one_seed_baseline_ends_promotion_at_once_and_a_named_one_is_used(client: TestClient, world: World, session: Session,
@@ -273,7 +275,7 @@ def test_a_one_seed_baseline_ends_promotion_at_once_and_a_named_one_is_used(clie
     # No public record imported, no other group: the team's leader besides trial 2 is trial 1, one seed.
     sid, shown = _search(client, world, session, settings, {"top": 1}, (1.35, 1.100))
     state = shown["promotion"][0]
-    assert state["verdict"] == "not_eligible" and "the baseline has 1 succeeded seed(s)" in state["why"] and state["rounds"] == 0, state
+    assert state["verdict"] == "no_verdict" and "the baseline has 1 succeeded seed(s)" in state["why"] and state["rounds"] == 0, state
     assert len(shown["trials"][1]["run_ids"]) == 1 and shown["status"] == "done"  # no seed spent
     base_key = _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])
     _, shown = _search(client, world, session, settings, {"top": 1, "baseline": base_key[:10]}, (1.36, 1.101),
@@ -281,6 +283,32 @@ def test_a_one_seed_baseline_ends_promotion_at_once_and_a_named_one_is_used(clie
     state = shown["promotion"][0]
     assert state["verdict"] == "testing" and state["baseline"]["key"] == base_key and state["rounds"] == 1, state
     assert state["seeds"] == [1] and len(shown["trials"][1]["run_ids"]) == 3  # two more toward min_seeds
+
+
+def test_off_8x_h100_promotion_runs_to_the_tests_verdict_and_says_it_is_no_record(client: TestClient, world: World, session: Session,
+                                                                                    settings: Settings, spec) -> None:  # noqa: ANN001
+    """The unlimited track on 1x H100: the time rules are not comparable there, so no group is a record, but the best trial
+    against a baseline of the same track and hardware is a valid test: promotion spends its seeds and says better or not."""
+    where = {"track": "unlimited", "hardware": "H100:1"}
+    made = client.post("/api/v1/runs", json=spec(name="base", config={"MODEL_DIM": 512, "NUM_LAYERS": 12}, seeds=[1, 2, 3], **where),
+                       headers=world.h("alice")).json()  # fmt: skip
+    _succeed(session, [r["id"] for r in made["runs"]], [1.300, 1.301, 1.299])
+    sid, shown = _search(client, world, session, settings, {"top": 1, "baseline": made["group_key"]}, (1.35, 1.100), **where)
+    state = shown["promotion"][0]
+    assert state["verdict"] == "testing" and state["rounds"] == 1 and state["record_eligible"] is False, state
+    assert "checks not comparable: train_time, eval_time (records are judged on the 10min_16mb track's rules on 8x H100)" in state["record_why"]
+    trial = shown["trials"][1]
+    _succeed(session, trial["run_ids"][1:], [1.102, 1.099])
+    _tick(session, settings)
+    shown, state = _promoted(client, world, sid)
+    assert state["verdict"] == "better" and state["p_value"] < 0.01 and state["succeeded"] == 3 and state["record_eligible"] is False, state
+    assert shown["status"] == "done" and "#2 better (3 seeds, p = " in shown["status_reason"] and "not record-eligible" in shown["status_reason"]
+    assert shown["result"]["verdict"] == "better"
+    from cli.sweeps import sweep_detail
+
+    said = "\n".join(part for part in sweep_detail(shown) if isinstance(part, str))
+    assert f"result: group {trial['group_key']} is {state['headline']}; not record-eligible: checks not comparable" in said, said
+    assert "caddie export" not in said
 
 
 def test_a_tick_that_dies_between_a_rounds_runs_and_its_record_is_finished_by_the_next(client: TestClient, world: World, session: Session,

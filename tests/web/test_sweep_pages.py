@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -59,7 +60,7 @@ def test_a_sweep_with_the_median_pruner_shows_it_and_its_pruned_trial(world: Wor
 
 
 def test_the_sweep_page_says_where_promotion_stands(world: World, browser_for, session: Session, settings: Settings, spec) -> None:  # noqa: ANN001
-    from tests.sweeps.test_sweeps_api import test_a_clearly_better_trial_is_promoted_until_eligible as eligible_scenario
+    from tests.sweeps.test_sweeps_api import test_a_clearly_better_trial_is_promoted_until_better_and_record_eligible as eligible_scenario
 
     b = browser_for(world.tokens["alice"])
     eligible_scenario(b.c, world, session, settings, spec)
@@ -67,7 +68,22 @@ def test_the_sweep_page_says_where_promotion_stands(world: World, browser_for, s
     page = b.c.get(f"/sweeps/{shown['id']}").text
     table = page[page.index('id="promotion-table"') :]
     key = shown["result"]["group_key"]
-    assert f'<a href="/groups/{key}">#2</a>' in table and "<strong>eligible</strong>" in table and ">1, 2, 7<" in table
+    assert f'<a href="/groups/{key}">#2</a>' in table and "<strong>better at p = " in table and "<strong>eligible</strong>" in table and ">1, 2, 7<" in table
     p = shown["promotion"][0]
     assert f"{p['p_value']:.3g}" in table and "nats per byte" in table and ">base<" in table
     assert f"caddie export {key[:12]}" in page and "until the test" in page and "from 3 to at most 8 seeds" in page
+
+
+def test_the_sweep_page_says_a_better_group_off_8x_h100_is_no_record(world: World, browser_for, session: Session, settings: Settings,
+                                                                     spec) -> None:  # noqa: ANN001
+    from tests.sweeps.test_sweeps_api import test_off_8x_h100_promotion_runs_to_the_tests_verdict_and_says_it_is_no_record as off_scenario
+
+    b = browser_for(world.tokens["alice"])
+    off_scenario(b.c, world, session, settings, spec)
+    shown = b.c.get("/api/v1/sweeps", headers=world.h("alice")).json()["items"][0]
+    page = b.c.get(f"/sweeps/{shown['id']}").text
+    result = page[page.index('id="promotion-result"') : page.index('id="promotion-table"')]
+    assert f"<strong>{html.escape(shown['result']['headline'])}</strong>" in result and "checks not comparable: train_time, eval_time" in result
+    assert "caddie export" not in page
+    table = page[page.index('id="promotion-table"') :]
+    assert "<td class=\"small\">no <span class=\"muted\">checks not comparable: train_time, eval_time" in table
