@@ -52,7 +52,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from service.core.hardware import NodeHardware
+from service.core.hardware import NodeHardware, gpus_of
 from service.core.models import Run, RunEvent, User
 from service.core.status import TERMINAL_VALUES, RunStatus
 
@@ -63,17 +63,6 @@ TERMINAL = frozenset(TERMINAL_VALUES)
 DEFAULT_SPAN = {"day": 14, "week": 4, "month": 3}
 # A cold start's provisioning seconds when the window has none to measure (Settings.cold_provision_s).
 COLD_PROVISION_S = 360.0
-
-
-def gpus_of(hardware: str) -> int:
-    """GPUs a hardware string asks for: ``H100:8`` -> 8, ``H100`` -> 1, ``cpu`` -> 0."""
-    name, _, count = hardware.partition(":")
-    if name.strip().lower() in ("", "cpu", "local"):
-        return 0
-    try:
-        return max(0, int(count)) if count else 1
-    except ValueError:
-        return 1
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,17 @@ class NodeHardware:
         return cls(gpu_name=str(d.get("gpu_name") or CPU), gpus=int(d["gpus"]), source=str(d.get("source") or ""))
 
 
+def gpus_of(hardware: str) -> int:
+    """GPUs a hardware string asks for: ``H100:8`` -> 8, ``H100`` -> 1, ``cpu`` -> 0."""
+    name, _, count = hardware.partition(":")
+    if name.strip().lower() in ("", "cpu", "local"):
+        return 0
+    try:
+        return max(0, int(count)) if count else 1
+    except ValueError:
+        return 1
+
+
 def accelerator_of(gpu_name: str) -> str:
     """``NVIDIA H100 80GB HBM3`` -> ``H100``; a name with no such token is kept whole, spaces dashed."""
     m = _ACCELERATOR.search(gpu_name.upper())

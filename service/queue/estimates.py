@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from service.billing.accounting import gpus_of
+from service.core.hardware import gpus_of
 
 # The challenge's training limit, used when a spec sets no cap of its own (MAX_WALLCLOCK_SECONDS=0 or absent).
 TRACK_TRAIN_CAP_S = 600.0

@@ -36,8 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from service.billing.accounting import gpus_of
-from service.core.hardware import slots_of
+from service.core.hardware import gpus_of, slots_of
 
 # Budget comparisons allow this much rounding (GPU-hours).
 EPSILON_GPU_HOURS = 1e-9

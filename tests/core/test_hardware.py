@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.billing.accounting import billed_hardware, gpus_of
-from service.core.hardware import NodeHardware, derive_provided, parse_gpu_list, where_it_runs
+from service.billing.accounting import billed_hardware
+from service.core.hardware import NodeHardware, derive_provided, gpus_of, parse_gpu_list, where_it_runs
 from service.core.models import Run
 from service.core.settings import Settings
 from service.results.rules import RunFacts, Verdict, check_train_time

@@ -7,12 +7,15 @@
   worker's dependencies;
 - no cycle between the rooms of service/ either, and each room imports only the rooms below it
   (ROOMS): a room can be read, and tested, with only what is below it;
+- the pure domain modules (the Makefile's PURE, type-checked strictly) reach no database,
+  network or web framework through anything they import;
 - nothing under service/ or worker/ is a flat module that belongs to a domain room.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +27,8 @@ LAYERS = ("trainer", "service", "worker", "cli")  # each may import only those b
 # rules, records, export (read runs); webhooks: what an end tells a team (reads results; hears of
 # a run's end through service.runs.lifecycle.on_run_ended); sweeps: searches that submit runs;
 # http: what the two HTTP adapters share; web: the pages; api: the JSON routes and the app.
+# What a pure module must not reach: a database, the network, a web or task framework.
+IO_PACKAGES = frozenset({"sqlalchemy", "alembic", "fastapi", "starlette", "httpx", "celery", "kombu", "redis", "boto3", "sky"})
 ROOMS = ("core", "teams", "billing", "queue", "runs", "results", "webhooks", "sweeps", "http", "web", "api")
 
 
@@ -147,6 +152,39 @@ def test_each_room_imports_only_the_rooms_below_it() -> None:
     upward = sorted(f"{a} -> {d}" for a, deps in graph.items() for d in deps
                     if (ra := _room(a)) and (rd := _room(d)) and rank[rd] > rank[ra])  # fmt: skip
     assert upward == []
+
+
+def _third_party(path: Path) -> set[str]:
+    """The top-level packages outside the repo's layers that ``path`` imports (inside functions too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.partition(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.partition(".")[0])
+    return names - set(LAYERS)
+
+
+def _pure_modules() -> list[str]:
+    """The Makefile's PURE list, as module names."""
+    found = re.search(r"^PURE :=((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(encoding="utf-8"), re.M)
+    assert found is not None, "the Makefile names no PURE modules"
+    return [".".join(Path(p).with_suffix("").parts) for p in found.group(1).replace("\\", " ").split()]
+
+
+def test_pure_modules_reach_no_io() -> None:
+    graph, modules = _graph(), _modules()
+    pure = _pure_modules()
+    assert len(pure) >= 10 and all(m in modules for m in pure)
+    reached_io = []
+    for start in pure:
+        seen, todo = set(), [start]
+        while todo:
+            if (module := todo.pop()) not in seen:
+                seen.add(module)
+                todo += graph[module]
+        reached_io += sorted(f"{start}: {m} imports {pkg}" for m in seen for pkg in _third_party(modules[m]) & IO_PACKAGES)
+    assert reached_io == []
 
 
 def test_no_package_imports_a_later_layer() -> None:

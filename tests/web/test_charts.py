@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from service.billing.accounting import gpus_of
+from service.core.hardware import gpus_of
 from service.runs.logparse import MetricPoint
 from service.web.charts import downsample_minmax, figure, run_series
 

@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from service.billing.accounting import gpus_of  # noqa: F401 (re-exported: one definition, shared with accounting)
-from service.core.hardware import parse_capacity, slots_of  # noqa: F401 (re-exported)
+from service.core.hardware import gpus_of, parse_capacity, slots_of  # noqa: F401 (re-exported)
 from service.core.models import Run, utcnow
 from service.core.settings import Settings
 from service.core.status import IllegalTransition, RunStatus
