@@ -22,6 +22,7 @@ from service.core.hardware import NodeHardware, deployment_hardware, where_it_ru
 from service.core.models import Metric, Run, RunEvent
 from service.core.settings import TRACKS, Settings, get_settings
 from service.queue.schemas import POSITION_HELP, REASON_HELP, START_HELP
+from service.runs.attempts import RunAttempt
 from service.runs.logparse import MetricPoint
 
 
@@ -149,6 +150,10 @@ class RunOut(BaseModel):
                                                  "and billing bills it, not the spec's hardware; null: not launched yet")
     runs_on: str | None = Field(None, description="where the run ran (its node's report) or will run, in a sentence: says plainly when that "
                                                  "is not the hardware it asked for (CADDIE_UNAVAILABLE_HARDWARE=accept); single-run bodies only")
+    attempt_history: list[RunAttempt] | None = Field(None, description="each attempt of the run (one launch each, relaunches after a lost node "
+                                                     "or no capacity included): its number, launch key, node, times, how it ended and the "
+                                                     "GPU-seconds billed for it, from its events (service.runs.attempts); GET /runs/{id} only, "
+                                                     "null in lists and other bodies")  # fmt: skip
     # Not columns: the scheduler's forecast, filled in for QUEUED runs when read (service.queue.positions).
     queue_position: int | None = Field(None, description=POSITION_HELP)
     estimated_start_at: datetime | None = Field(None, description=START_HELP)
@@ -169,7 +174,7 @@ class RunCancelled(RunOut):
 
 
 QUEUE_FIELDS = ("queue_position", "estimated_start_at", "waiting_reason")
-NOT_COLUMNS = (*QUEUE_FIELDS, "touches", "runs_on")  # read from elsewhere (the forecast, runs.result, the deployment), not a column each
+NOT_COLUMNS = (*QUEUE_FIELDS, "touches", "runs_on", "attempt_history")  # read from elsewhere (the forecast, runs.result, the deployment), not a column each
 
 
 def runs_on(run: Run, settings: Settings | None = None) -> str:

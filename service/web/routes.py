@@ -30,6 +30,7 @@ from service.billing import usage
 from service.core.bodies import ID_MAX
 from service.core.errors import DomainError, Forbidden, InvalidInput, Issue, NotFound, Unauthorized
 from service.core.hooks import call_on_submit_hook
+from service.core.models import utcnow
 from service.core.status import (
     ALL_VALUES,
     TERMINAL_VALUES,
@@ -44,6 +45,7 @@ from service.results import queries
 from service.results.groups import config_diff
 from service.results.schemas import GroupDetail, LeaderboardEntry
 from service.runs import artifacts as run_artifacts
+from service.runs.attempts import run_attempts
 from service.runs.cancel import cancel_run
 from service.runs.logs import read_log
 from service.runs.queries import (
@@ -371,12 +373,13 @@ def run_page(request: Request, run_id: RowId, user: User, session: SessionDep, s
     run, forecast = get_run_and_forecast(session, user, run_id)  # the run and its stored estimate in one query
     estimate = queue.estimates_from(session, settings, [(run.id, run.status)], forecast).get(run.id)
     events = list_events(session, user, run_id)
+    attempts = run_attempts(run.id, run.hardware, run.node_hardware, events, utcnow())  # from the events just read
     figures = charts.run_figures(metric_points(session, user, run_id))
     stored_end = run.log_truncated_at if run.log_truncated_at is not None else run.log_bytes or 0  # a capped log ends where storing stopped
     log_text, log_offset, log_done = _log_tail(request, session, user, run_id, stored_end)
     checks = queries.seed_row(run).checks
     artifacts = [(run_artifacts.artifact_name(a), a) for a in run_artifacts.list_artifacts(session, user, run_id)]
-    return render(request, "run.html", user, run=run, events=events, figures=figures, log_text=log_text,
+    return render(request, "run.html", user, run=run, events=events, attempts=attempts, figures=figures, log_text=log_text,
                   log_offset=log_offset, log_done=log_done, checks=checks, artifacts=artifacts,
                   terminal=is_terminal(run.status), quote=quote, estimate=estimate, runs_on=runs_on(run, settings))
 

@@ -8,10 +8,11 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request,
 
 from service.core.errors import InvalidInput, Issue
 from service.core.hooks import call_on_submit_hook
+from service.core.models import utcnow
 from service.http.deps import ArtifactStoreDep, ByteOffset, CurrentUser, Id, SessionDep, SettingsDep
 from service.queue import positions as queue, stored
 from service.queue.schemas import QueueFields
-from service.runs import cancel as cancelling, logs as stored_logs, metrics as metric_pages, queries, submit as submission
+from service.runs import attempts, cancel as cancelling, logs as stored_logs, metrics as metric_pages, queries, submit as submission
 from service.runs.logs import LogSlice
 from service.runs.schemas import MetricOut, RunCancelled, RunCreate, RunEventOut, RunOut, RunPage, RunsCreated
 
@@ -72,10 +73,12 @@ def list_runs(
 
 @router.get("/{run_id}", response_model=RunOut)
 def get_run(run_id: Id, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> RunOut:
-    """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason."""
+    """A QUEUED run also says where it stands: queue_position, estimated_start_at, waiting_reason;
+    every run lists its attempts (attempt_history)."""
     run, forecast = queries.get_run_and_forecast(session, user, run_id)  # one query: a live page polls every 2 s
     estimate = queue.estimates_from(session, settings, [(run.id, run.status)], forecast).get(run.id)
-    return RunOut.from_run(run, settings=settings, **QueueFields.of(estimate))
+    history = attempts.load_attempts(session, run, utcnow())  # its events, one indexed read (none for a run never launched)
+    return RunOut.from_run(run, settings=settings, **QueueFields.of(estimate), attempt_history=history)
 
 
 @router.post("/{run_id}/cancel", response_model=RunCancelled)

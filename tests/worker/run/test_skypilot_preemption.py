@@ -17,9 +17,10 @@ pytest.importorskip("sky")
 import sky  # noqa: E402
 
 from service.billing.accounting import Transition, billed_attempts  # noqa: E402
-from service.core.models import Cluster, Run, RunEvent  # noqa: E402
+from service.core.models import Cluster, Run, RunEvent, utcnow  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
 from service.core.storage import LocalArtifactStore  # noqa: E402
+from service.runs.attempts import run_attempts  # noqa: E402
 from service.runs.logs import whole_log  # noqa: E402
 from tests.worker.launchers.test_skypilot_launcher import SkyApiStandIn  # noqa: E402
 from tests.worker.run.test_executor import go, maker, new_run  # noqa: E402, F401 (maker: the fixture)
@@ -102,6 +103,9 @@ def test_a_preempted_node_is_torn_down_and_the_run_relaunched_on_a_fresh_one(mak
         events = list(s.scalars(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
         attempts = billed_attempts([Transition(e.at, e.to_status) for e in events])
         assert [a.requeued for a in attempts] == [True, False] and all(a.running_from is not None for a in attempts)  # each attempt billed
+        shown = run_attempts(run_id, "H100:8", None, events, utcnow())  # what GET /runs/{id} and the run page list
+        assert [(a.launch_key, a.cluster, a.ended) for a in shown] == [(f"run-{run_id}-attempt-1", first_cluster, "node_lost"),
+                                                                      (f"run-{run_id}-attempt-2", launches(api)[1][0], "succeeded")]  # fmt: skip
         log = whole_log(s, run_id, LocalArtifactStore(settings.home / "artifacts")).decode()
     assert "caddie: attempt 1 ended (node lost: the job's driver died: the node was preempted or failed); queued for attempt 2 (no checkpoint: it starts again from step 0)" in log
     assert [e.to_status for e in events if e.from_status != e.to_status][1:] == ["PROVISIONING", "RUNNING", "QUEUED", "PROVISIONING", "RUNNING", "SUCCEEDED"]
