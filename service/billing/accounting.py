@@ -455,8 +455,10 @@ def billed_gpu_hours(session: Session, team_ids: Iterable[int], since: datetime,
     return used
 
 
-@dataclass
+@dataclass(frozen=True)
 class BudgetStanding:
+    """Where a team stands against its budget (the API's body of it, service.billing.schemas.BudgetOut, is this class)."""
+
     budget_gpu_hours: float | None  # None: no budget
     period_days: float
     used_gpu_hours: float  # billed over the last period_days

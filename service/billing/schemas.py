@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.billing.accounting import BudgetStanding, Figures, UsageReport
 
@@ -57,11 +58,14 @@ class RunUsageOut(FiguresOut):
     attempts: int = Field(description="billed attempts (a requeued run has more than one)")
 
 
-class BudgetOut(BaseModel):
-    budget_gpu_hours: float | None
-    period_days: float
-    used_gpu_hours: float
-    remaining_gpu_hours: float | None
+# The domain's BudgetStanding declares the figures once, the remaining GPU-hours included (shown as computed).
+@body_dataclass(frozen=True)
+class BudgetOut(BudgetStanding):
+    remaining_gpu_hours = computed_field(BudgetStanding.remaining_gpu_hours)  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, b: BudgetStanding) -> "BudgetOut":
+        return cls(b.budget_gpu_hours, b.period_days, b.used_gpu_hours)
 
 
 class TeamUsageOut(BaseModel):
@@ -103,12 +107,7 @@ class TeamUsageOut(BaseModel):
                 RunUsageOut(id=r.run_id, name=r.name, user=r.user, hardware=r.hardware, status=r.status, attempts=r.attempts, **FiguresOut.figures(r.figures))
                 for r in report.runs
             ],
-            budget=BudgetOut(
-                budget_gpu_hours=budget.budget_gpu_hours,
-                period_days=budget.period_days,
-                used_gpu_hours=budget.used_gpu_hours,
-                remaining_gpu_hours=budget.remaining_gpu_hours,
-            ),
+            budget=BudgetOut.of(budget),
             unpriced_hardware=report.unpriced,
             saved_gpu_hours=report.saved_gpu_hours,
             warm_starts=report.warm.count,
