@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "worker"
 DRIVER_ERROR = "driver error"  # reason prefix of the events that count unexpected errors
+RETRY_SAYS = ", will retry"  # in a requeue's reason; dropped from the reason of the attempt that ends the run
 JOB_STARTED = "job running"  # reason prefix of the event saying when a job that waited on its node began to run
 SessionFactory = Callable[[], Session]
 T = TypeVar("T")
@@ -282,7 +283,7 @@ class RunDriver:
         try:
             handle = self.launcher.submit(cluster, job)
         except (RetryLater, LauncherUnreachable) as exc:
-            return self._requeue(f"launch failed, will retry: {exc}", cluster=cluster, never_up=True)
+            return self._requeue(f"launch failed{RETRY_SAYS}: {exc}", cluster=cluster, never_up=True)
         except LaunchFailed as exc:
             return self._finish(RunStatus.FAILED, f"launch failed: {exc}", cluster=cluster, never_up=True)
         # The handle and PROVISIONING -> RUNNING are one commit: a worker that dies
@@ -372,7 +373,7 @@ class RunDriver:
                 status, unreachable = None, exc
             except RetryLater as exc:
                 self._pull_log(handle, final=True)
-                what = "job lost" if handle.job_id else "launch failed, will retry"  # no job id: its node never came up
+                what = "job lost" if handle.job_id else f"launch failed{RETRY_SAYS}"  # no job id: its node never came up
                 return self._requeue(f"{what}: {exc}", cluster=cluster, never_up=not handle.job_id, lost=bool(handle.job_id))
             except LaunchFailed as exc:
                 self._pull_log(handle, final=True)
@@ -683,8 +684,8 @@ class RunDriver:
                 if is_terminal(run.status) or run.status == RunStatus.QUEUED.value:
                     return f"run {self.run_id} was already {run.status}"
                 attempt = (run.attempts or 0) + 1
-                if give_up:
-                    to, why = RunStatus.FAILED, f"{give_up}: {reason}"
+                if give_up:  # the last attempt's reason without its promise of another
+                    to, why = RunStatus.FAILED, f"{give_up}: {reason.replace(RETRY_SAYS, '', 1)}"
                     also: dict[str, Any] = {}
                 else:
                     to, why = RunStatus.QUEUED, reason

@@ -72,4 +72,4 @@ def test_failed_launches_count_against_max_attempts_whatever_nodes_were_lost_bef
     run_id = new_run(maker)
     outs = attempts(maker, s, run_id, api)  # (the retry wait is dispatch's: each pass here is driven at once)
     assert len(outs) == 4, outs  # lost, no capacity (1 of 2), lost, no capacity (2 of 2)
-    assert outs[-1].startswith(f"run {run_id} FAILED: gave up after 4 attempts (2 of them ended by a lost node, counted apart): launch failed, will retry: "), outs
+    assert outs[-1].startswith(f"run {run_id} FAILED: gave up after 4 attempts (2 of them ended by a lost node, counted apart): launch failed: "), outs
