@@ -7,11 +7,13 @@ is what the server says about it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("sky")
 import sky  # noqa: E402
@@ -19,7 +21,7 @@ import sky  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
 from tests.sky_server import running_sky_server  # noqa: E402
 from worker.launchers.base import ClusterHandle, JobSpec  # noqa: E402
-from worker.launchers.skypilot import SkyPilotLauncher  # noqa: E402
+from worker.launchers.skypilot import SkyPilotLauncher, names_task  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the server's start and a launch's upload: ~17 s here
 
@@ -65,6 +67,10 @@ def test_the_real_server_lists_a_launch_the_way_find_reads_it(tmp_path: Path, en
     [req] = sky.api_status([rid])
     assert str(req.name).rsplit(".", 1)[-1] == "launch" and req.cluster_name == cluster.name
     assert "caddie-run-5-attempt-1" in str(req.request_body)  # the task's name, so the job's, in the request's body
+    # read the way find() reads it: the body's JSON, its task the SDK's YAML (not the text search kept for other shapes)
+    docs = list(yaml.safe_load_all(json.loads(str(req.request_body))["task"]))
+    assert "caddie-run-5-attempt-1" in [d.get("name") for d in docs if isinstance(d, dict)]
+    assert names_task(str(req.request_body), "caddie-run-5-attempt-1") and not names_task(str(req.request_body), "caddie-clean-run-5-attempt-1")
     found = sp.find(5, "run-5-attempt-1", cluster)
     # Adopted while the server still works on it; once it failed (no cloud here), nothing is left to adopt.
     status = str(sky.api_status([rid])[0].status).rsplit(".", 1)[-1]
