@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.billing.accounting import Transition, billed_attempts, billed_hardware, gpus_of, phase_pieces
+from service.billing.accounting import Transition, billed_attempts, billed_hardware, phase_pieces
+from service.core.hardware import gpus_of
 from service.core.models import Run, RunEvent
 from service.core.status import TERMINAL_VALUES, RunStatus, is_node_lost
 
