@@ -15,6 +15,9 @@ sweep figures (GPU-hours used, GPU-hours saved by pruning) count one GPU for eac
 on the CPU they would be 0. Node time is also measured directly, from each run's started/finished times.
 
     .venv/bin/python bench/sweeps_real.py --out bench/results/sweeps.md   # 10-20 min on one core
+
+Two shorter parts, each its own section of the file: `--tpe 9` (TPE over the grid's ranges, ~6 min) and `--promotion`
+(on `hardware: cpu`, the grid's best point promoted against the stack's LRs on 3 seeds, to the test's verdict, ~5 min).
 """
 
 from __future__ import annotations
@@ -388,6 +391,52 @@ def report_tpe(res: dict[str, Any], grid_best: float, grid_trials: int, grid_ste
     return "\n".join(out)
 
 
+def gather_promotion(home: Path) -> dict[str, Any]:
+    """On the CPU (hardware cpu, track unlimited: no group can be a record): the stack's own LRs on seeds 1-3 as the baseline,
+    then a one-trial sweep at the grid's best point promoted against it, run to the test's verdict."""
+    port = free_port()
+    began = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    proc, token = start_caddie(home, port)
+    t0 = time.monotonic()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            call(c, "POST", "/teams", {"name": "promo"})
+            call(c, "POST", "/teams/promo/members", {"user": "admin", "role": "admin"})
+            where = {"team": "promo", "track": "unlimited", "hardware": "cpu"}
+            base = call(c, "POST", "/runs", {"name": "stack LRs", **where, "config": BASE, "seeds": [1, 2, 3]})
+            baseline = wait_runs(c, [r["id"] for r in base["runs"]], 900)
+            body = {**COMMON, **where, "name": "best point, promoted", "space": {"MATRIX_LR": {"values": [0.02]}, "TIED_EMBED_LR": {"values": [0.01]}},
+                    "max_trials": 1, "prune": None, "promote": {"top": 1, "min_seeds": 3, "max_seeds": 5, "baseline": base["group_key"]}}  # fmt: skip
+            sweep, runs, _ = run_sweep(c, body, 1200)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return {"sweep": sweep, "runs": runs, "baseline": baseline, "wall": time.monotonic() - t0,
+            "when": f"{began}-{time.strftime('%H:%M', time.gmtime())} UTC", "load": [load0, " ".join(f"{x:.1f}" for x in os.getloadavg())]}  # fmt: skip
+
+
+def report_promotion(res: dict[str, Any], command: str) -> str:
+    sweep = res["sweep"]
+    p = sweep["result"] or {}
+    seeds = ", ".join(f"seed {r['seed']}: {r['val_bpb']:.4f}" for r in sorted(res["runs"].values(), key=lambda r: r["seed"]) if r["val_bpb"] is not None)
+    base = ", ".join(f"{r['val_bpb']:.4f}" for r in res["baseline"] if r["val_bpb"] is not None)
+    return "\n".join([
+        "## Promotion on the CPU, run to its verdict (item 3)",
+        "",
+        f"`{command}` ({res['when']}; load average before/after {res['load'][0]} / {res['load'][1]}; {res['wall']:.0f} s)",
+        "",
+        "`caddie up` as above, specs on `hardware: cpu`, `track: unlimited` (so no group can be a record: the time rules are the "
+        "10min_16mb track's on 8x H100). The stack's own LRs on seeds 1-3 (the baseline group), then a one-trial sweep at the grid's "
+        "best point (MATRIX_LR 0.02, TIED_EMBED_LR 0.01) with `promote: {top: 1, min_seeds: 3, max_seeds: 5, baseline: <that group>}`.",
+        "",
+        f"- **Verdict**: {p.get('headline') or p.get('verdict')} after {p.get('rounds', 0)} round(s) of more seeds ({seeds}; baseline {base}); "
+        f"improvement {p.get('improvement') or 0:.4f} {p.get('unit') or ''} against margin {p.get('margin') or 0:.4f}.",
+        f"- **Record**: {p.get('record_why', '-')}.",
+        f"- The sweep ended: {sweep['status_reason']}.",
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="write its section of this file (bench/sweeps_results.py)")
@@ -395,7 +444,19 @@ def main() -> None:
     ap.add_argument("--report-from", type=Path, default=None, help="run nothing: the report from a kept home's sweeps.json")
     ap.add_argument("--tpe", type=int, default=None, metavar="K",
                     help="run only a TPE sweep of K trials over the grid's ranges; its section beside the grid's (read from --out)")
+    ap.add_argument("--promotion", action="store_true", help="run only promotion on the CPU against a 3-seed baseline (~6 runs)")
     args = ap.parse_args()
+    if args.promotion:
+        with tempfile.TemporaryDirectory(prefix="sweeps_promo_") as tmp:
+            home = args.report_from or args.keep or Path(tmp)
+            home.mkdir(parents=True, exist_ok=True)
+            res = json.loads((home / "sweeps_promotion.json").read_text()) if args.report_from else gather_promotion(home)
+            (home / "sweeps_promotion.json").write_text(json.dumps(res, default=str))
+        text = report_promotion(res, ".venv/bin/python bench/sweeps_real.py --promotion" + (f" --out {args.out}" if args.out else ""))
+        print(text)
+        if args.out:
+            write_section(args.out, "sweeps_promotion_cpu", text)
+        return
     if args.tpe:
         assert args.out, "--tpe compares against the grid's section of --out"
         figures = grid_figures(args.out)
