@@ -218,12 +218,15 @@ def test_config_file_then_env_overrides(tmp_path, smoke_corpus):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_ranks_follows_the_single_process_curve(smoke_corpus, tmp_path):
-    """torchrun with 2 ranks (gloo) and half the accumulation gives the same global batch, so the same losses."""
+    """torchrun with 2 ranks (gloo) and half the accumulation gives the same global batch, so the same losses.
+    Late QAT is off here: its int6 rounding turns the two reduction orders' last-bit differences into a
+    whole quantisation step where a weight sits on a boundary (3e-3 at the last step, seen with one
+    release of the smoke corpus's tokenizer), which says nothing about DDP."""
     curves = {}
     for nproc in (1, 2):
         out = tmp_path / f"ddp{nproc}"
         knobs = {**TINY, **corpus_knobs(smoke_corpus), "OUTPUT_DIR": str(out), "GRAD_ACCUM_STEPS": 4 // nproc,
-                 "TRAIN_LOG_EVERY": 1, "TTT_ENABLED": 0, "EVAL_STRIDE": 0}
+                 "TRAIN_LOG_EVERY": 1, "TTT_ENABLED": 0, "EVAL_STRIDE": 0, "QAT_ENABLED": 0}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "trainer"]
         proc = run_trainer(cmd, knobs)
         assert proc.returncode == 0, proc.stderr[-3000:]
