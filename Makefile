@@ -25,7 +25,7 @@ up: install
 # frameworks, are low-confidence findings and stay out).
 PURE := service/core/status.py service/queue/policy.py service/queue/forecast.py service/queue/estimates.py \
 	service/results/statistics.py service/results/rules.py service/runs/compliance.py service/runs/logparse.py worker/run/deadlines.py \
-	service/runs/scripts/environment.py trainer/caseops.py
+	service/runs/scripts/environment.py trainer/caseops.py service/sweeps/promotion.py
 
 check: install
 	$(BIN)/ruff check .
