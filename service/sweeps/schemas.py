@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from service.core.bodies import NAME_MAX_CHARS, NOTES_MAX_CHARS, Handle, NoteText, PlainText, Seed, Strict
+from service.runs.schemas import ScriptEnvironment, ScriptFileUpload
 
 MAX_TRIALS = 1000
 MAX_PARALLEL = 64
@@ -69,7 +70,8 @@ class PromotionOut(BaseModel):
 
 
 class SweepCreate(Strict):
-    """A sweep: a base config of the shared trainer, a search space, a strategy and limits."""
+    """A sweep: a base (the shared trainer's knobs, or a team's own train_gpt.py with its files, env and data), a search
+    space, a strategy and limits. With a script the space names env variables of the script."""
 
     name: PlainText = Field(min_length=1, max_length=NAME_MAX_CHARS)
     notes: NoteText = Field("", max_length=NOTES_MAX_CHARS)
@@ -78,7 +80,14 @@ class SweepCreate(Strict):
     hardware: str = Field(description="e.g. H100:8 (one of CADDIE_ALLOWED_HARDWARE)")
     priority: int | None = Field(None, description="of every trial's runs; higher runs first within a team")
     base: dict[str, Any] = Field(default_factory=dict, description="shared-trainer knobs every trial shares, keyed by env name")
-    space: dict[str, dict[str, Any]] = Field(description="knob: {values: [...]} or {low: L, high: H, log: bool, steps: N (grid)}")
+    script: str | None = Field(None, description="a script sweep: the team's own challenge-format train_gpt.py, base64, as a script run's "
+                                                 "(instead of base); every trial runs it with env = {**env, **the trial's values}")
+    files: list[ScriptFileUpload] = Field(default_factory=list, description="script sweeps: extra files beside train_gpt.py")
+    env: dict[str, str | int | float | bool] = Field(default_factory=dict, description="script sweeps: env every trial shares (NAME: value)")
+    data: str | None = Field(None, description="script sweeps: the data variant, e.g. sp1024 (default sp1024)")
+    environment: ScriptEnvironment | None = Field(None, description="script sweeps: the Python environment train_gpt.py runs in")
+    space: dict[str, dict[str, Any]] = Field(description="knob (a script sweep: env variable): {values: [...]} or "
+                                                         "{low: L, high: H, log: bool, steps: N (grid)}")
     strategy: Literal["grid", "random", "tpe"] = "tpe"
     seeds: list[Seed] = Field(default_factory=lambda: [1337], description="seeds of every trial (one run each)")
     max_trials: int = Field(20, ge=1, le=MAX_TRIALS)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.errors import InvalidInput, Issue
+from service.runs.scripts.spec import env_name_problem, env_value
 from service.runs.spec import normalise_config
 from trainer.config import TrainerConfig
 
@@ -216,3 +217,98 @@ def _parse_knob(name: str, kind: str, f: dataclasses.Field, spec: Mapping[str, A
         return None
     cast = int if kind == "int" else float
     return Knob(name, kind, low=cast(low), high=cast(high), log=log, steps=steps)
+
+
+def parse_env_space(raw: Mapping[str, Any], base_env: Mapping[str, Any]) -> SearchSpace:
+    """A script sweep's space: each key an env variable of the team's train_gpt.py, named as a script run's env
+    names are (service.runs.scripts.spec.env_name_problem). Nothing is known of the script's bounds, so any
+    ``values`` list of scalars, or a numeric range (an int range when both ends are ints), is taken; a trial's
+    values reach the script as text (env_value). A trainer knob's name (MATRIX_LR) is simply an env variable
+    here: the challenge's scripts read the same names, and caddie does not check the trainer's bounds for them.
+
+    Raises InvalidInput with one issue per bad key or value at ``("space", NAME, ...)``.
+    """
+    issues: list[Issue] = []
+    if not raw:
+        raise InvalidInput([Issue(("space",), "must name at least 1 env variable", raw)])
+    if len(raw) > MAX_KNOBS:
+        issues.append(Issue(("space",), f"at most {MAX_KNOBS} env variables, got {len(raw)}", len(raw)))
+    knobs: list[Knob] = []
+    for key, spec in raw.items():
+        loc: tuple[str | int, ...] = ("space", key)
+        problem = env_name_problem(key)
+        if problem is not None:
+            issues.append(Issue(loc, f"not an env name a script run may set: {problem}", key))
+            continue
+        if key in base_env:
+            issues.append(Issue(loc, f"{key} is also set in env; a searched variable is set by the sweep only", base_env[key]))
+            continue
+        if not isinstance(spec, Mapping):
+            issues.append(Issue(loc, "must be {values: [...]} or {low: L, high: H, log: bool}", spec))
+            continue
+        knob = _parse_env_knob(key, spec, loc, issues)
+        if knob is not None:
+            knobs.append(knob)
+    if issues:
+        raise InvalidInput(issues)
+    space = SearchSpace(tuple(knobs))
+    size = space.grid_size()
+    if size is not None and size > MAX_GRID:
+        raise InvalidInput([Issue(("space",), f"the grid has {size} points; at most {MAX_GRID}", size)])
+    return space
+
+
+def _parse_env_knob(name: str, spec: Mapping[str, Any], loc: tuple[str | int, ...], issues: list[Issue]) -> Knob | None:
+    extra = set(spec) - {"values", "low", "high", "log", "steps"}
+    if extra:
+        issues.append(Issue(loc, f"unknown field(s) {', '.join(sorted(extra))}; use values, or low/high/log/steps", sorted(extra)))
+        return None
+    if "values" in spec:
+        values = spec["values"]
+        if set(spec) - {"values"}:
+            issues.append(Issue(loc, "give values, or a range (low/high), not both", dict(spec)))
+        elif not isinstance(values, Sequence) or isinstance(values, str) or not values:
+            issues.append(Issue((*loc, "values"), "must be a non-empty list", values))
+        elif len(values) > MAX_VALUES:
+            issues.append(Issue((*loc, "values"), f"at most {MAX_VALUES} values, got {len(values)}", len(values)))
+        elif bad := [i for i, v in enumerate(values) if not isinstance(v, (str, int, float, bool)) or _not_finite(v)]:
+            issues.append(Issue((*loc, "values", bad[0]), "must be a string, a number or true/false", values[bad[0]]))
+        elif len({env_value(v) for v in values}) != len(values):
+            issues.append(Issue((*loc, "values"), "values must be unique (as the text the script reads)", values))
+        else:
+            return Knob(name, "str", values=tuple(values))
+        return None
+    if "low" not in spec or "high" not in spec:
+        issues.append(Issue(loc, "a range needs low and high", dict(spec)))
+        return None
+    low, high, log, steps = spec["low"], spec["high"], spec.get("log", False), spec.get("steps")
+    for end, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or _not_finite(value):
+            issues.append(Issue((*loc, end), "must be a finite number", value))
+            return None
+    if not low < high:
+        issues.append(Issue((*loc, "high"), f"must be > low ({low})", high))
+        return None
+    if not isinstance(log, bool):
+        issues.append(Issue((*loc, "log"), "must be true or false", log))
+        return None
+    if log and low <= 0:
+        issues.append(Issue((*loc, "low"), "a log range must have low > 0", low))
+        return None
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_VALUES):
+        issues.append(Issue((*loc, "steps"), f"must be an integer >= 1 and <= {MAX_VALUES}", steps))
+        return None
+    if isinstance(low, int) and isinstance(high, int):  # ints stay ints (a step count, a layer count)
+        return Knob(name, "int", low=low, high=high, log=log, steps=steps)
+    return Knob(name, "float", low=float(low), high=float(high), log=log, steps=steps)
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (abs(value) > 1e300 or not math.isfinite(value))
+
+
+def space_of(spec: Mapping[str, Any]) -> SearchSpace:
+    """A stored sweep's space: env variables for a script sweep (``kind: script``), trainer knobs otherwise."""
+    if spec.get("kind") == "script":
+        return parse_env_space(spec["space"], spec["base"].get("env") or {})
+    return parse_space(spec["space"], spec["base"])

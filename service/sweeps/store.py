@@ -25,13 +25,15 @@ from sqlalchemy.orm import Session
 
 from service.core.bodies import ID_MAX
 from service.core.errors import Conflict, DomainError, Forbidden, InvalidInput, Issue, NotFound
-from service.core.models import Metric, Run, Sweep, SweepTrial, Team, User, utcnow
+from service.core.models import SCRIPT_KIND, Metric, Run, Sweep, SweepTrial, Team, User, utcnow
 from service.core.settings import Settings
 from service.queue.estimates import expected_seconds, gpu_hours
 from service.results import queries as results
 from service.results.groups import rule_blockers
 from service.runs import cancel as cancelling, submit as submission
-from service.runs.schemas import RunCreate
+from service.runs.schemas import RunCreate, ScriptEnvironment, ScriptFileUpload
+from service.runs.scripts.files import MissingScriptFile, run_folder_files, store_blobs
+from service.runs.scripts.spec import SCRIPT_NAME, ScriptSpec, env_value
 from service.runs.spec import normalise_spec
 from service.sweeps import curves as finished_curves
 from service.sweeps.plan import (
@@ -56,7 +58,7 @@ from service.sweeps.predictor import Predictor
 from service.sweeps.promotion import BETTER, NO_VERDICT, TESTING, PromotionFacts, PromotionPolicy, decide, headline, record_status
 from service.sweeps.pruners import judge_median
 from service.sweeps.schemas import PromoteSpec, PromotionOut, SweepCreate, SweepOut, TrialOut
-from service.sweeps.space import SearchSpace, parse_space
+from service.sweeps.space import SearchSpace, parse_env_space, parse_space, space_of
 from service.sweeps.strategies import Observed, knob_importance, propose
 from service.teams.tokens import Principal, load_principal
 from service.webhooks.outbox import notify_sweep_ended
@@ -69,20 +71,26 @@ ACTOR = "sweeps"
 # --- submit, read, stop, resume ----------------------------------------------------------
 def create_sweep(session: Session, principal: Principal, body: SweepCreate, settings: Settings) -> Sweep:
     """Check the sweep as its trials' runs will be checked, store it (running) and commit; the next tick starts its trials."""
+    script = _is_script(body)
     probe = RunCreate(name=body.name, team=body.team, track=body.track, hardware=body.hardware, priority=body.priority,
-                      config=body.base, seeds=body.seeds)  # fmt: skip
+                      config=body.base, seeds=body.seeds, script=body.script, files=body.files, env=body.env, data=body.data,
+                      environment=body.environment)  # fmt: skip
     issues: list[Issue] = []
     base: dict[str, Any] = {}
+    blobs: dict[str, bytes] = {}
     try:
         normal, _ = normalise_spec(probe, settings)
-        base = normal.config
+        base, blobs = normal.config, normal.blobs
     except InvalidInput as exc:  # the run spec's fields, named as the sweep names them
         issues += [Issue(("base", *i.loc[1:]) if i.loc[:1] == ("config",) else i.loc, i.msg, i.input) for i in exc.issues]
     space: SearchSpace | None = None
     try:
-        space = parse_space(body.space, base)
+        space = parse_env_space(body.space, body.env) if script else parse_space(body.space, base)
     except InvalidInput as exc:
         issues += exc.issues
+    if script and space is not None and len(body.env) + len(space.knobs) > settings.max_script_env_vars:
+        issues.append(Issue(("space",), f"env and space set {len(body.env) + len(space.knobs)} variables; a script run takes at most "
+                            f"{settings.max_script_env_vars} (CADDIE_MAX_SCRIPT_ENV_VARS)", len(space.knobs)))  # fmt: skip
     if space is not None and body.strategy == "grid" and space.grid_size() is None:
         ranged = [k.name for k in space.knobs if k.values is None and not k.steps]
         issues += [Issue(("space", name, "steps"), "a grid needs steps: N for a range (or list values)", None) for name in ranged]
@@ -104,11 +112,19 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
         "budget_gpu_hours": body.budget_gpu_hours, "prune": {**body.prune.model_dump(), "pruner": body.pruner} if pruning and body.prune else None,
         "sampler_seed": body.sampler_seed, "priority": body.priority, "promote": body.promote.model_dump() if body.promote else None,
     }  # fmt: skip
+    if script:  # base: the script run's normal form (train_gpt.py and its files by sha256, env, data); the bytes stored once, here
+        spec["kind"] = SCRIPT_KIND
+        store_blobs(session, blobs)
     sweep = Sweep(team_id=team.id, user_id=principal.user_id, name=body.name, notes=body.notes, track=body.track, hardware=body.hardware,
                   strategy=body.strategy, spec=spec, status=SWEEP_RUNNING, status_reason="submitted", created_at=now, updated_at=now)  # fmt: skip
     session.add(sweep)
     session.commit()
     return sweep
+
+
+def _is_script(body: SweepCreate) -> bool:
+    """A sweep whose base is a script: it names one, or any of a script's fields (which then must name one)."""
+    return body.script is not None or bool(body.files) or bool(body.env) or body.data is not None or body.environment is not None
 
 
 def _promote_issues(session: Session, principal: Principal, body: SweepCreate, settings: Settings) -> list[Issue]:
@@ -222,7 +238,7 @@ def sweep_out(session: Session, sweep: Sweep, *, with_trials: bool) -> SweepOut:
         counts=counts, best=min(complete, key=lambda o: (o.value, o.number)) if complete else None,
         gpu_hours_used=sum(o.gpu_hours or 0.0 for o in outs), gpu_hours_saved=sum(o.saved_gpu_hours or 0.0 for o in outs),
         created_at=sweep.created_at, updated_at=sweep.updated_at, finished_at=sweep.finished_at, trials=outs if with_trials else None,
-        importance=knob_importance(parse_space(sweep.spec["space"], sweep.spec["base"]), _history(trials)) if with_trials else None,
+        importance=knob_importance(space_of(sweep.spec), _history(trials)) if with_trials else None,
         promotion=(promoted := promotion_out(sweep)), result=_result(promoted),
     )  # fmt: skip
 
@@ -312,7 +328,7 @@ def _advance(session: Session, sweep: Sweep, settings: Settings, now: datetime, 
 def _start_trials(session: Session, sweep: Sweep, owner: Principal, trials: list[SweepTrial], runs: dict[int, Run],
                   settings: Settings, now: datetime) -> int:  # fmt: skip
     spec = sweep.spec
-    per_run = gpu_hours(sweep.hardware, expected_seconds(spec["base"], settings.run_overhead_s))
+    per_run = gpu_hours(sweep.hardware, expected_seconds(spec["base"], settings.run_overhead_s))  # a script's: its env's MAX_WALLCLOCK_SECONDS
     committed = sum(t.gpu_hours or 0.0 for t in trials if t.status not in OPEN_TRIALS)
     committed += sum(max(_used_gpu_hours(runs[i], now), per_run) for t in trials if t.status in OPEN_TRIALS for i in t.run_ids if i in runs)
     committed += sum(per_run * len(spec["seeds"]) for t in trials if t.status == PENDING)
@@ -322,7 +338,7 @@ def _start_trials(session: Session, sweep: Sweep, owner: Principal, trials: list
     n, why = slots(SlotFacts(trials=len(trials), open_trials=sum(t.status in OPEN_TRIALS for t in trials), max_trials=spec["max_trials"],
                              max_parallel=spec["max_parallel"], budget_gpu_hours=budget,
                              committed_gpu_hours=committed, trial_gpu_hours=per_run * len(spec["seeds"])))  # fmt: skip
-    space = parse_space(spec["space"], spec["base"])
+    space = space_of(spec)
     started = 0
     for _ in range(n):
         params = propose(sweep.strategy, space, _history(trials), seed=spec.get("sampler_seed", 0) * 1000 + sweep.id)
@@ -347,14 +363,12 @@ def _start_trials(session: Session, sweep: Sweep, owner: Principal, trials: list
 
 
 def _submit_trial(session: Session, sweep: Sweep, owner: Principal, trial: SweepTrial, settings: Settings) -> None:
-    spec = sweep.spec
     knobs = ", ".join(f"{k}={v}" for k, v in trial.params.items())
-    body = RunCreate(name=f"{sweep.name} #{trial.number}"[:200], notes=f"sweep {sweep.id} trial {trial.number}: {knobs}", team=sweep.team.name,
-                     track=sweep.track, hardware=sweep.hardware, priority=spec.get("priority"), config={**spec["base"], **trial.params},
-                     seeds=spec["seeds"])  # fmt: skip
     try:
+        body = _run_body(session, sweep, trial.params, notes=f"sweep {sweep.id} trial {trial.number}: {knobs}", name=f"{sweep.name} #{trial.number}",
+                         seeds=sweep.spec["seeds"])  # fmt: skip
         group_key, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=f"sweep:{sweep.id}:{trial.number}")
-    except InvalidInput as exc:  # a combination the space allowed but a cross-knob rule refuses (e.g. NUM_HEADS must divide MODEL_DIM)
+    except (InvalidInput, MissingScriptFile) as exc:  # a combination the space allowed but a cross-knob rule refuses (e.g. NUM_HEADS must divide MODEL_DIM)
         session.rollback()
         trial.status, trial.reason, trial.finished_at, trial.gpu_hours = FAILED, f"refused at submission: {exc}", utcnow(), 0.0
         session.commit()
@@ -429,7 +443,7 @@ def _stop_pruned(session: Session, sweep: Sweep, owner: Principal, trial: SweepT
                  value: float | None, reason: str, figures: dict[str, Any]) -> None:  # fmt: skip
     """Cancel the trial's runs still going, record why with the figures, and count the GPU-hours its runs would still have used."""
     mine = [runs[i] for i in trial.run_ids if i in runs]
-    config = {**sweep.spec["base"], **trial.params}
+    config = _config(sweep, trial.params)
     per_run = expected_seconds(config, settings.run_overhead_s)
     clock, iterations = _train_clock(session, [r.id for r in mine]), _iterations(config)
     saved = sum(gpu_hours(r.hardware, _whole_run_s(r, per_run, clock.get(r.id), iterations, now)) - _used_gpu_hours(r, now)
@@ -463,6 +477,11 @@ def _train_clock(session: Session, run_ids: list[int]) -> dict[int, tuple[int, f
 
 
 def _iterations(config: dict[str, Any]) -> int | None:
+    if isinstance(config.get("env"), dict):  # a script's: its ITERATIONS variable, if it sets one (the challenge's scripts read it)
+        try:
+            return int(config["env"]["ITERATIONS"])
+        except (KeyError, ValueError):
+            return None
     try:
         return TrainerConfig.from_dict(config).iterations
     except ValueError:  # ConfigError: no step count to scale by
@@ -480,7 +499,9 @@ def mean_curve(by_run: dict[int, list[tuple[int, float]]]) -> list[tuple[int, fl
 
 def _vocab(sweep: Sweep, trial: SweepTrial) -> Any:
     """The trial's vocabulary, its STACK preset's when the knobs leave it out (curves of different
-    tokenizers are not compared)."""
+    tokenizers are not compared); a script's, its data variant."""
+    if sweep.spec.get("kind") == SCRIPT_KIND:
+        return sweep.spec["base"].get("data")
     config = {**sweep.spec["base"], **trial.params}
     try:
         return TrainerConfig.from_dict(config).vocab_size
@@ -495,6 +516,30 @@ def _bpb_per_nat(session: Session, trial: SweepTrial) -> float | None:
 
 
 # --- helpers ------------------------------------------------------------------------------
+def _config(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's runs are submitted with, in their stored form: the trainer's knobs, or a script run's spec
+    (train_gpt.py by sha256, files, data) with env = {**the base's env, **params} as text."""
+    if sweep.spec.get("kind") == SCRIPT_KIND:
+        base = sweep.spec["base"]
+        return {**base, "env": {**base.get("env", {}), **{k: env_value(v) for k, v in params.items()}}}
+    return {**sweep.spec["base"], **params}
+
+
+def _run_body(session: Session, sweep: Sweep, params: dict[str, Any], *, name: str, notes: str, seeds: list[int]) -> RunCreate:
+    """The run spec of a trial (or a promotion round): a script sweep's train_gpt.py and files come back from the stored
+    bytes (MissingScriptFile if one is gone), so the trial's runs are checked and grouped as any script run's."""
+    fields: dict[str, Any] = dict(name=name[:200], notes=notes, team=sweep.team.name, track=sweep.track, hardware=sweep.hardware,
+                                  priority=sweep.spec.get("priority"), seeds=seeds)  # fmt: skip
+    if sweep.spec.get("kind") != SCRIPT_KIND:
+        return RunCreate(**fields, config={**sweep.spec["base"], **params})
+    script = ScriptSpec.from_json(_config(sweep, params))
+    named = run_folder_files(session, script)
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return RunCreate(**fields, script=b64(named.pop(SCRIPT_NAME)), files=[ScriptFileUpload(name=n, content=b64(c)) for n, c in named.items()],
+                     env=dict(script.env), data=script.data, score_label=script.score_label, public_env=list(script.public_env),
+                     environment=ScriptEnvironment.model_validate(dict(script.environment)) if script.environment else None)  # fmt: skip
+
+
 def _history(trials: Sequence[SweepTrial]) -> list[Observed]:
     state = {COMPLETE: "complete", PRUNED: "pruned", PENDING: "running", RUNNING: "running"}
     return [Observed(dict(t.params), state.get(t.status, "failed"), t.value, _last_loss(t)) for t in sorted(trials, key=lambda t: t.number)]
@@ -582,7 +627,7 @@ def _promotion_facts(session: Session, sweep: Sweep, owner: Principal, trial: Sw
     report = results.report_for(session, owner, view, promote.baseline, promote.policy)
     base = report.baseline
     pairs = lambda v: [(r.val_bpb, r.val_loss) for r in v.stats.counted if r.val_bpb is not None and r.val_loss is not None]  # noqa: E731
-    per_seed = gpu_hours(sweep.hardware, expected_seconds({**sweep.spec["base"], **trial.params}, settings.run_overhead_s))
+    per_seed = gpu_hours(sweep.hardware, expected_seconds(_config(sweep, trial.params), settings.run_overhead_s))
     budget = sweep.spec.get("budget_gpu_hours")
     left = None if budget is None else budget - _committed_gpu_hours(session, trials, now, per_seed)
     facts = PromotionFacts(candidate=pairs(view), baseline=None if base is None else pairs(base), seeds_run=len({r.seed for r in view.runs}),
@@ -618,15 +663,14 @@ def _run_round(session: Session, sweep: Sweep, owner: Principal, trial: SweepTri
     """Submit the planned round's seeds into the trial's group. The round is stored before its runs are submitted
     and its idempotency key names it, so a tick that dies in between is finished by the next, with the same runs."""
     pending = state["pending"]
-    body = RunCreate(name=f"{sweep.name} #{trial.number}"[:200], notes=f"sweep {sweep.id} trial {trial.number}, promotion round {pending['round']}",
-                     team=sweep.team.name, track=sweep.track, hardware=sweep.hardware, priority=sweep.spec.get("priority"),
-                     config={**sweep.spec["base"], **trial.params}, seeds=pending["seeds"])  # fmt: skip
     try:
+        body = _run_body(session, sweep, trial.params, name=f"{sweep.name} #{trial.number}", seeds=pending["seeds"],
+                         notes=f"sweep {sweep.id} trial {trial.number}, promotion round {pending['round']}")  # fmt: skip
         # Keyed by the round's first seed, which no earlier round of the group ran: a round decided twice (two ticks at
         # once) picks the same seeds and gets the first one's runs back; a round decided again later picks new ones.
         key = f"sweep:{sweep.id}:promote:{trial.number}:seed:{pending['seeds'][0]}"
         _, runs, _ = submission.submit_runs(session, owner, body, settings, idempotency_key=key)
-    except InvalidInput as exc:  # the config passed as a trial; a refusal now (e.g. a rule that changed) will not pass next tick either
+    except (InvalidInput, MissingScriptFile) as exc:  # the config passed as a trial; a refusal now (e.g. a rule that changed) will not pass next tick either
         session.rollback()
         _save_promotion(session, sweep, trial.number, {**state, "pending": None, "verdict": NO_VERDICT, "why": f"more seeds refused: {exc}",
                                                        "record_eligible": False, "record_why": "not record-eligible: the test did not end"}, now)  # fmt: skip
