@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.client import CaddieClient, CaddieError
+from cli.spec import script_upload
 from service.core.text import printable
 
 SWEEP_KEYS = ("name", "notes", "team", "track", "hardware", "priority", "base", "space", "strategy", "seeds", "max_trials",
-              "max_parallel", "budget_gpu_hours", "prune", "pruner", "sampler_seed", "promote")  # fmt: skip
+              "max_parallel", "budget_gpu_hours", "prune", "pruner", "sampler_seed", "promote",
+              "script", "files", "env", "data", "environment")  # fmt: skip
 PREFIX = "/api/v1/sweeps"
 
 
@@ -42,7 +44,27 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
     unknown = sorted(str(k) for k in data if k not in SWEEP_KEYS)
     if unknown:
         raise CaddieError(f"sweep file {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
-    return data
+    return _with_script(data, path)
+
+
+def _with_script(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A script sweep's ``script:`` and ``files:`` (paths relative to the sweep file, as ``caddie submit``'s spec file
+    names them) read and sent in base64; the environment's requirements file travels with them."""
+    script, files = data.get("script"), data.get("files") or []
+    if script is None:
+        if files:
+            raise CaddieError(f"sweep file {path}: files belong to a script sweep: name the script (script: train_gpt.py)")
+        return data
+    if not isinstance(script, str) or not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise CaddieError(f"sweep file {path}: script must be a path and files a list of paths")
+    if data.get("env") is not None and not isinstance(data["env"], dict):
+        raise CaddieError(f"sweep file {path}: env must be a mapping of NAME: value")
+    script_path, paths = path.parent / script, [path.parent / f for f in files]
+    environment = data.get("environment")
+    req = environment.get("requirements") if isinstance(environment, dict) else None
+    if isinstance(req, str) and (script_path.parent / req).resolve() not in {f.resolve() for f in paths}:
+        paths.append(script_path.parent / req)
+    return {**data, **script_upload(script_path, paths)}
 
 
 def _figure(value: float | None, digits: int = 4) -> str:
@@ -61,11 +83,21 @@ def sweeps_table(items: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _base_text(spec: dict[str, Any]) -> str:
+    """A script sweep's base as its script (sha256, data, env, files); a trainer sweep's as its knobs."""
+    base = spec["base"]
+    if spec.get("kind") != "script":
+        return str(base or "{}")
+    env = " ".join(f"{k}={v}" for k, v in (base.get("env") or {}).items())
+    files = len(base.get("files") or {})
+    return f"script train_gpt.py {base['script'][:12]}, data {base.get('data')}" + (f", env {env}" if env else "") + (f", +{files} file(s)" if files else "")
+
+
 def sweep_detail(s: dict[str, Any]) -> Iterator[Any]:
     spec = s["spec"]
     budget = spec.get("budget_gpu_hours")
     yield printable(f"sweep {s['id']} {s['name']} ({s['team']}, {s['user']}): {s['status']}, {s['status_reason']}")
-    yield printable(f"{s['strategy']} over {', '.join(spec['space'])}; base {spec['base'] or '{}'}; seeds {spec['seeds']}; "
+    yield printable(f"{s['strategy']} over {', '.join(spec['space'])}; base {_base_text(spec)}; seeds {spec['seeds']}; "
                     f"{spec['max_trials']} trials at most, {spec['max_parallel']} at once; budget "
                     f"{'none' if budget is None else f'{budget:g} GPU-hours'}; {s['track']} on {s['hardware']}")  # fmt: skip
     prune = spec.get("prune")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from service.core.db import get_sessionmaker
@@ -61,3 +62,42 @@ def test_sweep_list_follows_the_cursor(caddie: Caddie, tmp_path: Path) -> None:
     assert "third-sweep" in one and "second-sweep" not in one and "more with --all" in one
     every = caddie.ok("sweep", "list", "--limit", "1", "--all").stdout
     assert all(n in every for n in ("first-sweep", "second-sweep", "third-sweep")) and "more with --all" not in every
+
+
+SCRIPT_SWEEP = """\
+name: lr-script
+track: 10min_16mb
+hardware: H100:8
+script: mine/train_gpt.py          # relative to this file, as caddie submit's spec file
+files: [mine/helper.py]
+env: {MAX_WALLCLOCK_SECONDS: 300}
+data: sp1024
+space:
+  LR: {low: 0.01, high: 0.1, log: true, steps: 2}
+strategy: grid
+seeds: [1]
+max_trials: 2
+max_parallel: 2
+"""
+
+
+def test_a_script_sweep_file_sends_its_script_and_shows_it(caddie: Caddie, tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train_gpt.py").write_bytes(b"print('hi')\n")
+    (tmp_path / "mine" / "helper.py").write_bytes(b"X = 1\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SCRIPT_SWEEP)
+    said = caddie.ok("sweep", "submit", str(path)).stdout
+    assert "submitted: grid over LR" in said
+    sweep_id = int(said.split()[1])
+    with get_sessionmaker(caddie.db_url)() as session:
+        advance_sweeps(session, Settings(home=caddie.home, database_url=caddie.db_url), records=[])  # (other tests' sweeps share the API)
+    shown = caddie.ok("sweep", "show", str(sweep_id)).stdout
+
+    sha = hashlib.sha256(b"print('hi')\n").hexdigest()
+    assert f"script train_gpt.py {sha[:12]}, data sp1024, env MAX_WALLCLOCK_SECONDS=300, +1 file(s)" in shown
+    assert "LR=0.01" in shown and "LR=0.1" in shown
+
+    (tmp_path / "bad.yaml").write_text(SCRIPT_SWEEP.replace("mine/train_gpt.py", "absent.py"))
+    error = caddie.fails("sweep", "submit", str(tmp_path / "bad.yaml"))
+    assert "script" in error and "absent.py" in error
