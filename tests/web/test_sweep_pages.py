@@ -87,3 +87,19 @@ def test_the_sweep_page_says_a_better_group_off_8x_h100_is_no_record(world: Worl
     assert "caddie export" not in page
     table = page[page.index('id="promotion-table"') :]
     assert "<td class=\"small\">no <span class=\"muted\">checks not comparable: train_time, eval_time" in table
+
+
+def test_a_script_sweeps_page_shows_its_script_not_knobs(world: World, browser_for, session: Session, settings: Settings) -> None:
+    from service.runs.scripts.spec import sha256_hex
+    from tests.sweeps.test_script_sweeps_api import SCRIPT, script_body
+
+    b = browser_for(world.tokens["alice"])
+    sid = b.c.post("/api/v1/sweeps", json=script_body(), headers=world.h("alice")).json()["id"]
+    _tick(session, settings)
+    page = b.c.get(f"/sweeps/{sid}").text
+    base = html.unescape(re.search(r'<p id="sweep-base">(.*?)</p>', page, re.S).group(1))  # type: ignore[union-attr]
+    assert f"script <code>train_gpt.py</code> <code title=\"sha256 {sha256_hex(SCRIPT)}\">{sha256_hex(SCRIPT)[:12]}</code>, data sp1024" in base
+    assert "with helper.py" in base and "<code>MAX_WALLCLOCK_SECONDS=300</code>" in base and "sets the env variables LR, LAYERS" in base
+    assert "shared trainer" not in base
+    trainer = b.c.post("/api/v1/sweeps", json=sweep_body(), headers=world.h("alice")).json()["id"]
+    assert "the shared trainer with <code>STACK=2026-03-23</code>" in re.search(r'<p id="sweep-base">(.*?)</p>', b.c.get(f"/sweeps/{trainer}").text, re.S).group(1)  # type: ignore[union-attr]
