@@ -100,3 +100,27 @@ def test_script_sweep_space_names_are_env_names(client: TestClient, world: World
     assert r.status_code == 201, r.text
     r = client.post("/api/v1/sweeps", json=script_body(script=None, files=[], env={}, space={"MATRIX_LR": {"values": [-5.0]}}), headers=world.h("alice"))
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-4:-2] == ["space", "MATRIX_LR"]  # a trainer sweep checks its bounds
+
+
+def test_a_script_sweeps_best_trial_is_promoted_with_more_seeds_of_its_script_group(client: TestClient, world: World, session: Session,
+                                                                                     settings: Settings, spec) -> None:  # noqa: ANN001
+    from tests.sweeps.test_sweeps_api import _baseline_group, _succeed
+
+    _baseline_group(client, world, session, spec, [1.300, 1.301, 1.299])  # the team's leader, three seeds: a test to run
+    body = script_body(space={"LR": {"values": [0.01, 0.03]}}, seeds=[1], prune=None, promote={"top": 1, "seeds": [7], "max_seeds": 4})
+    r = client.post("/api/v1/sweeps", json=body, headers=world.h("alice"))
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    assert _tick(session, settings) == 2
+    first, second = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()["trials"]
+    _succeed(session, first["run_ids"], [1.35])
+    _succeed(session, second["run_ids"], [1.10])
+    _tick(session, settings)
+    shown = client.get(f"/api/v1/sweeps/{sid}", headers=world.h("alice")).json()
+    [state] = shown["promotion"]
+    trial = shown["trials"][1]
+    assert state["trial"] == 2 and state["verdict"] == "testing" and state["rounds"] == 1, state
+    runs = session.scalars(select(Run).where(Run.id.in_(trial["run_ids"]))).all()
+    assert sorted(r.seed for r in runs) == [1, 2, 7] and {r.group_key for r in runs} == {trial["group_key"]}  # the same script group
+    assert {r.kind for r in runs} == {"script"} and {r.spec["env"]["LR"] for r in runs} == {"0.03"}
+    assert {r.spec["script"] for r in runs} == {sha256_hex(SCRIPT)}
