@@ -21,24 +21,28 @@ SUCCEEDED = RunStatus.SUCCEEDED.value
 FINISHED_BADLY = tuple(s for s in TERMINAL_VALUES if s != SUCCEEDED)
 
 
+# What the results need of a run but a seed's API body (service.results.schemas.SeedOut, this class) leaves out.
+_NOT_SHOWN = {"exclude": True}
+
+
 @dataclass(frozen=True)
 class SeedRow:
-    """One run of a group, as the results need it."""
+    """One run of a group, as the results need it (the API's body of it, service.results.schemas.SeedOut, is this class)."""
 
     run_id: int
     seed: int
     status: str
-    status_reason: str = ""
+    status_reason: str = field(default="", metadata=_NOT_SHOWN)
     val_bpb: float | None = None
     val_loss: float | None = None
     pre_ttt_bpb: float | None = None
     artifact_bytes: int | None = None
-    code_bytes: int | None = None
-    model_bytes: int | None = None
+    code_bytes: int | None = field(default=None, metadata=_NOT_SHOWN)
+    model_bytes: int | None = field(default=None, metadata=_NOT_SHOWN)
     train_seconds: float | None = None
     eval_seconds: float | None = None
     steps: int | None = None
-    finished_at: datetime | None = None
+    finished_at: datetime | None = field(default=None, metadata=_NOT_SHOWN)
     checks: tuple[Check, ...] = ()
 
     @property

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, computed_field, model_serializer
 from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.results.groups import Eligibility, SeedRow
@@ -45,28 +45,34 @@ class RuleSummaryOut(RuleSummary):
         return cls(**asdict(r))
 
 
-class SeedOut(BaseModel):
-    run_id: int
-    seed: int
-    status: str
-    counted: bool
-    val_bpb: float | None
-    val_loss: float | None
-    pre_ttt_bpb: float | None
-    artifact_bytes: int | None
-    train_seconds: float | None
-    eval_seconds: float | None
-    steps: int | None
-    checks_verdict: str
-    checks: list[CheckOut]
-    note: str = Field("", description="why the run does not count toward n, when it does not")
+# The domain's SeedRow declares a seed's fields once (what the API leaves out marked in its
+# metadata); the body adds why a run does not count, and shows two of the row's properties
+# under the names the API has always used.
+@body_dataclass(frozen=True)
+class SeedOut(SeedRow):
+    note: str = field(default="", metadata={"description": "why the run does not count toward n, when it does not"})
+    counted = computed_field(SeedRow.counts)
+    checks_verdict = computed_field(SeedRow.verdict)
 
     @classmethod
     def of(cls, row: SeedRow, note: str = "") -> "SeedOut":
-        return cls(run_id=row.run_id, seed=row.seed, status=row.status, counted=row.counts,
-                   val_bpb=_finite(row.val_bpb), val_loss=_finite(row.val_loss), pre_ttt_bpb=_finite(row.pre_ttt_bpb),
-                   artifact_bytes=row.artifact_bytes, train_seconds=_finite(row.train_seconds), eval_seconds=_finite(row.eval_seconds),
-                   steps=row.steps, checks_verdict=row.verdict.value, checks=[CheckOut.of(c) for c in row.checks], note=note)
+        # floats made JSON-safe; counted then reads the same (a counted NaN score never gets here: summarise refuses it)
+        return cls(**_figures(row), note=note)
+
+    @model_serializer(mode="wrap")
+    def _in_api_order(self, handler: SerializerFunctionWrapHandler):  # no return type: the schema stays the fields'
+        """The keys in the order the API has always given them: each property beside the fields it reads."""
+        d = handler(self)
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if k not in _BESIDE.values():
+                out[k] = v
+                if k in _BESIDE and _BESIDE[k] in d:
+                    out[_BESIDE[k]] = d[_BESIDE[k]]
+        return out
+
+
+_BESIDE = {"status": "counted", "steps": "checks_verdict"}  # a computed key, after this field
 
 
 # The domain's Comparison declares its figures once (their API descriptions too, as field
