@@ -91,6 +91,11 @@ def create_sweep(session: Session, principal: Principal, body: SweepCreate, sett
     if script and space is not None and len(body.env) + len(space.knobs) > settings.max_script_env_vars:
         issues.append(Issue(("space",), f"env and space set {len(body.env) + len(space.knobs)} variables; a script run takes at most "
                             f"{settings.max_script_env_vars} (CADDIE_MAX_SCRIPT_ENV_VARS)", len(space.knobs)))  # fmt: skip
+    for knob in space.knobs if script and space is not None else ():
+        for i, value in enumerate(knob.values or ()):
+            if len(env_value(value)) > settings.max_script_env_value_chars:  # else every trial with it would be refused at submission
+                issues.append(Issue(("space", knob.name, "values", i), f"at most {settings.max_script_env_value_chars} characters "
+                                    "(CADDIE_MAX_SCRIPT_ENV_VALUE_CHARS)", len(env_value(value))))  # fmt: skip
     if space is not None and body.strategy == "grid" and space.grid_size() is None:
         ranged = [k.name for k in space.knobs if k.values is None and not k.steps]
         issues += [Issue(("space", name, "steps"), "a grid needs steps: N for a range (or list values)", None) for name in ranged]

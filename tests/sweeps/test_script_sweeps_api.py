@@ -87,6 +87,8 @@ def test_script_sweep_space_names_are_env_names(client: TestClient, world: World
     assert bad[0]["loc"][-2:] == ["space", "WARMDOWN"] and "also set in env" in bad[0]["msg"]
     bad = refused(space={"LR": {"values": [1, "1"]}})  # the same text to the script
     assert bad[0]["loc"][-3:] == ["space", "LR", "values"]
+    bad = refused(space={"LR": {"values": ["x" * (settings.max_script_env_value_chars + 1)]}})  # a value no run takes
+    assert bad[0]["loc"][-4:] == ["space", "LR", "values", 0] and "CADDIE_MAX_SCRIPT_ENV_VALUE_CHARS" in bad[0]["msg"]
     bad = refused(space={"LR": {"low": 0, "high": 1, "log": True}})
     assert bad[0]["loc"][-3:] == ["space", "LR", "low"]
     bad = refused(base={"NUM_LAYERS": 9})  # a script's base is its env, not the trainer's knobs
@@ -124,3 +126,14 @@ def test_a_script_sweeps_best_trial_is_promoted_with_more_seeds_of_its_script_gr
     assert sorted(r.seed for r in runs) == [1, 2, 7] and {r.group_key for r in runs} == {trial["group_key"]}  # the same script group
     assert {r.kind for r in runs} == {"script"} and {r.spec["env"]["LR"] for r in runs} == {"0.03"}
     assert {r.spec["script"] for r in runs} == {sha256_hex(SCRIPT)}
+
+
+def test_env_ranges_keep_ints_and_proposals_stay_inside() -> None:
+    from service.sweeps.space import parse_env_space
+    from service.sweeps.strategies import propose
+
+    space = parse_env_space({"N": {"low": 2, "high": 8}, "LR": {"low": 1e-3, "high": 1e-1, "log": True}, "OPT": {"values": ["adam", "muon"]}}, {})
+    assert [(k.name, k.kind) for k in space.knobs] == [("N", "int"), ("LR", "float"), ("OPT", "str")]
+    for strategy in ("random", "tpe"):
+        params = propose(strategy, space, [], seed=1)
+        assert params is not None and isinstance(params["N"], int) and 2 <= params["N"] <= 8 and space.contains(params)
