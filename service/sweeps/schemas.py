@@ -96,7 +96,9 @@ class SweepCreate(Strict):
     prune: PruneSpec | None = Field(default_factory=PruneSpec, description="null: never prune")
     pruner: Literal["curve", "median", "none"] = Field("curve", description="curve: caddie's predicted final val_bpb against the best trial's "
                                                      "(prune's margin and confidence); median: Optuna's MedianPruner on the train loss "
-                                                     "(prune's min_step and startup_trials); none: never prune")
+                                                     "(prune's min_step and startup_trials); none: never prune. A script sweep's "
+                                                     "trials are judged on the script's own log: median on its train_loss lines (any "
+                                                     "script), curve also on its final val_loss/val_bpb, fitted at the records' steps")
     sampler_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the random and TPE proposals")
     promote: PromoteSpec | None = Field(None, description="null: no promotion; else the best trials' groups get these seeds too")
 
