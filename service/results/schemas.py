@@ -6,7 +6,7 @@ from dataclasses import asdict, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, computed_field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, computed_field, model_serializer
 from pydantic.dataclasses import dataclass as body_dataclass
 
 from service.results.groups import Eligibility, SeedRow
@@ -48,8 +48,9 @@ class RuleSummaryOut(RuleSummary):
 # The domain's SeedRow declares a seed's fields once (what the API leaves out marked in its
 # metadata); the body adds why a run does not count, and shows two of the row's properties
 # under the names the API has always used.
-@body_dataclass(frozen=True)
+@body_dataclass(frozen=True, config=ConfigDict(json_schema_serialization_defaults_required=True))  # every key is always there
 class SeedOut(SeedRow):
+    checks: tuple[CheckOut, ...] = ()  # each the API's CheckOut (the schema's name for a check)
     note: str = field(default="", metadata={"description": "why the run does not count toward n, when it does not"})
     counted = computed_field(SeedRow.counts)
     checks_verdict = computed_field(SeedRow.verdict)
