@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.billing.accounting import billed_gpu_hours
 from service.core.models import Run, RunEvent, Team
-from service.core.status import ACTIVE_VALUES, RunStatus, is_node_lost
+from service.core.status import ACTIVE_VALUES, NODE_LOST, RunStatus, is_node_lost
 from service.queue.estimates import expected_seconds
 from service.queue.policy import ActiveRun, QueuedRun, TeamUsage
 
@@ -70,11 +70,18 @@ def _retry_ends(session: Session, retried: list[tuple[int, int]], backoff_s: flo
     """End of the retry wait of each requeued run still inside it (measured from its last return to the queue).
 
     A run whose node died under it (its requeue's reason says "node lost") waits nothing: waiting
-    would not bring the node back, and its next launch asks for a fresh one."""
+    would not bring the node back, and its next launch asks for a fresh one. Nor do its lost nodes
+    lengthen a later wait: the backoff doubles with the attempts that ended otherwise (no capacity,
+    a failed launch), as CADDIE_MAX_ATTEMPTS counts them."""
     if not retried or backoff_s <= 0:
         return {}
     attempts = dict(retried)
     latest = select(func.max(RunEvent.id)).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED).group_by(RunEvent.run_id)
     last = session.execute(select(RunEvent.run_id, RunEvent.at, RunEvent.reason).where(RunEvent.id.in_(latest)))
-    ends = {run_id: at + retry_wait(attempts[run_id], backoff_s) for run_id, at, reason in last if at is not None and not is_node_lost(reason)}
+    lost = dict(session.execute(
+        select(RunEvent.run_id, func.count()).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED, RunEvent.reason.startswith(NODE_LOST))
+        .group_by(RunEvent.run_id)
+    ).tuples().all())  # fmt: skip
+    ends = {run_id: at + retry_wait(attempts[run_id] - lost.get(run_id, 0), backoff_s)
+            for run_id, at, reason in last if at is not None and not is_node_lost(reason)}  # fmt: skip
     return {run_id: end for run_id, end in ends.items() if end > now}

@@ -110,5 +110,7 @@ def test_a_run_whose_node_died_is_relaunched_at_once_and_a_later_capacity_requeu
         s.commit()
     with maker() as s:
         assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60) == []
-        later = utcnow() + timedelta(seconds=121)
+        # the first wait, 60 s: the lost node before it does not double it (was 120 s)
+        assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=utcnow() + timedelta(seconds=50)) == []
+        later = utcnow() + timedelta(seconds=61)
         assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=later) == [run_id]
