@@ -165,7 +165,22 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         event_table.add_column(column)
     for event in events[-10:]:
         event_table.add_row(fmt_time(event["at"]), escape(event.get("from_status") or "-"), status_text(event["to_status"]), escape(event["actor"]), escape(event.get("reason") or ""))
-    return Group(_pairs("run", about), _pairs("results", results), event_table)
+    parts = [_pairs("run", about), _pairs("results", results)]
+    history = run.get("attempt_history") or []
+    if len(history) > 1:  # one attempt says nothing the lines above do not
+        parts.append(attempts_table(history))
+    return Group(*parts, event_table)
+
+
+def attempts_table(history: list[dict[str, Any]]) -> Table:
+    """Each launch of the run (GET /runs/{id}'s attempt_history): where it ran, how it ended, what it billed."""
+    table = Table(title="attempts", title_justify="left", header_style="bold")
+    for column in ("#", "cluster", "started", "ended", "how", "GPU-hours"):
+        table.add_column(column, justify="right" if column in ("#", "GPU-hours") else "left")
+    for a in history:
+        table.add_row(str(a["attempt"]), escape(a.get("cluster") or "-"), fmt_time(a.get("started_at")), fmt_time(a.get("ended_at")),
+                      escape(a.get("ended") or "running"), f"{(a.get('billed_gpu_seconds') or 0) / 3600:.2f}")  # fmt: skip
+    return table
 
 
 def spec_line(run: dict[str, Any]) -> tuple[str, str]:

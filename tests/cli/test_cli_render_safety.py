@@ -92,3 +92,14 @@ def test_show_says_attempt_1_for_a_run_that_ran_once(caddie: Caddie) -> None:
     assert re.search(r"attempts\s+2 \(requeued 1 time\)", caddie.ok("show", str(twice)).stdout)
     never = _submit(caddie, "never")
     assert re.search(r"attempts\s+0\s", caddie.ok("show", str(never)).stdout)
+
+
+def test_show_lists_each_attempt_of_a_relaunched_run(caddie: Caddie) -> None:
+    twice = _submit(caddie, "relaunched")
+    _move(caddie, twice, RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.PROVISIONING, RunStatus.RUNNING)
+    out = caddie.ok("show", str(twice)).stdout
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in out.splitlines() if re.match(r"│ [12] │", line)]
+    assert [(r[0], r[4]) for r in rows] == [("1", "requeued"), ("2", "running")], out  # how each ended (the second still going)
+    once = _submit(caddie, "ran-once")
+    _move(caddie, once, RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.SUCCEEDED)
+    assert "GPU-hours" not in caddie.ok("show", str(once)).stdout  # one attempt: no table
