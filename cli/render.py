@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape as escape_markup
 from rich.panel import Panel
 from rich.table import Table
@@ -165,7 +165,7 @@ def run_detail(run: dict[str, Any], events: list[dict[str, Any]], metrics: list[
         event_table.add_column(column)
     for event in events[-10:]:
         event_table.add_row(fmt_time(event["at"]), escape(event.get("from_status") or "-"), status_text(event["to_status"]), escape(event["actor"]), escape(event.get("reason") or ""))
-    parts = [_pairs("run", about), _pairs("results", results)]
+    parts: list[RenderableType] = [_pairs("run", about), _pairs("results", results)]
     history = run.get("attempt_history") or []
     if len(history) > 1:  # one attempt says nothing the lines above do not
         parts.append(attempts_table(history))
