@@ -4,6 +4,7 @@ the offline smoke corpus. Short heartbeats and ticks keep the suite quick."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -161,6 +162,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus
         yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
 
 
+_REDIS_DBS = itertools.cycle(range(1, 16))  # db 0 stays the tests' own (redis_url)
+
+
 def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("e2e_home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
@@ -185,7 +189,10 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
         OMP_NUM_THREADS="1",
     )
     if redis_url:  # else the SQLite broker under CADDIE_HOME, as `caddie up` uses: a queue no other stack shares
-        env["CADDIE_BROKER_URL"] = redis_url
+        # A Redis database of its own: stacks alive at once (the session's e2e stack and a module's) would
+        # otherwise share the `runs` queue, and one's worker would take the other's runs (seen: a sweep's
+        # trials run against the e2e stack's database, "already SUCCEEDED", and the sweep never ending).
+        env["CADDIE_BROKER_URL"] = f"{redis_url.rsplit('/', 1)[0]}/{next(_REDIS_DBS)}"
     s = Stack(home, env, pg_url)
     s.token = _bootstrap_admin(pg_url)
     s.start_api()

@@ -54,7 +54,9 @@ def test_a_job_silent_once_it_runs_is_stopped_by_the_watchdog_counted_from_its_s
     t.join(30)
     stopped_after = time.monotonic() - ran_from
     assert out and out[0].startswith(f"run {run_id} FAILED: silent: no output for "), out
-    assert 2.0 <= stopped_after < 2.0 + 5.0, stopped_after  # the 2 s limit, from the job's start (not at once)
+    # The 2 s limit, from the job's start, not at once. ran_from is read just after the stand-in marks the job
+    # running, so the executor's clock may start a poll earlier (1.98 s seen on a loaded machine).
+    assert 2.0 - 0.25 <= stopped_after < 2.0 + 5.0, stopped_after
     reason = started_event(maker, run_id)
     waited = float(reason.split(" s after its launch")[0].rsplit(" ", 1)[-1])
     assert PROVISIONING_S - 0.5 <= waited < PROVISIONING_S + 5, reason
