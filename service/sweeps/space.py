@@ -184,29 +184,10 @@ def _parse_knob(name: str, kind: str, f: dataclasses.Field, spec: Mapping[str, A
     if kind not in ("int", "float"):
         issues.append(Issue(loc, f"{name} is a {kind} knob: list its values ({{values: [...]}}), a range needs a number", dict(spec)))
         return None
-    if "low" not in spec or "high" not in spec:
-        issues.append(Issue(loc, "a range needs low and high", dict(spec)))
+    checked = _range(spec, loc, issues, int_knob=name if kind == "int" else None)
+    if checked is None:
         return None
-    low, high, log, steps = spec["low"], spec["high"], spec.get("log", False), spec.get("steps")
-    for end, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e300 or not math.isfinite(value):
-            issues.append(Issue((*loc, end), "must be a finite number", value))  # (abs first: an int past float's range)
-            return None
-        if kind == "int" and not float(value).is_integer():
-            issues.append(Issue((*loc, end), f"{name} is an int knob: must be an integer", value))
-            return None
-    if not low < high:
-        issues.append(Issue((*loc, "high"), f"must be > low ({low})", high))
-        return None
-    if not isinstance(log, bool):
-        issues.append(Issue((*loc, "log"), "must be true or false", log))
-        return None
-    if log and low <= 0:
-        issues.append(Issue((*loc, "low"), "a log range must have low > 0", low))
-        return None
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_VALUES):
-        issues.append(Issue((*loc, "steps"), f"must be an integer >= 1 and <= {MAX_VALUES}", steps))
-        return None
+    low, high, log, steps = checked
     found = False
     for end, value in (("low", low), ("high", high)):
         bad = _knob_issue(base, name, int(value) if kind == "int" else float(value), (*loc, end))
@@ -278,6 +259,19 @@ def _parse_env_knob(name: str, spec: Mapping[str, Any], loc: tuple[str | int, ..
         else:
             return Knob(name, "str", values=tuple(values))
         return None
+    checked = _range(spec, loc, issues)
+    if checked is None:
+        return None
+    low, high, log, steps = checked
+    if isinstance(low, int) and isinstance(high, int):  # ints stay ints (a step count, a layer count)
+        return Knob(name, "int", low=low, high=high, log=log, steps=steps)
+    return Knob(name, "float", low=float(low), high=float(high), log=log, steps=steps)
+
+
+def _range(spec: Mapping[str, Any], loc: tuple[str | int, ...], issues: list[Issue], *, int_knob: str | None = None) -> tuple[Any, Any, bool, Any] | None:
+    """(low, high, log, steps) of a range, each checked (ends finite numbers, integers for an int knob, low < high, log a
+    boolean and low > 0 for it, steps a count), or None with the first problem added to ``issues``: a trainer knob's
+    range and a script's env range are the same shape."""
     if "low" not in spec or "high" not in spec:
         issues.append(Issue(loc, "a range needs low and high", dict(spec)))
         return None
@@ -285,6 +279,9 @@ def _parse_env_knob(name: str, spec: Mapping[str, Any], loc: tuple[str | int, ..
     for end, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or _not_finite(value):
             issues.append(Issue((*loc, end), "must be a finite number", value))
+            return None
+        if int_knob is not None and not float(value).is_integer():
+            issues.append(Issue((*loc, end), f"{int_knob} is an int knob: must be an integer", value))
             return None
     if not low < high:
         issues.append(Issue((*loc, "high"), f"must be > low ({low})", high))
@@ -298,9 +295,7 @@ def _parse_env_knob(name: str, spec: Mapping[str, Any], loc: tuple[str | int, ..
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_VALUES):
         issues.append(Issue((*loc, "steps"), f"must be an integer >= 1 and <= {MAX_VALUES}", steps))
         return None
-    if isinstance(low, int) and isinstance(high, int):  # ints stay ints (a step count, a layer count)
-        return Knob(name, "int", low=low, high=high, log=log, steps=steps)
-    return Knob(name, "float", low=float(low), high=float(high), log=log, steps=steps)
+    return low, high, log, steps
 
 
 def _not_finite(value: Any) -> bool:
