@@ -8,14 +8,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Stack, _stack
-from tests.fresh_db import fresh_database
+from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -43,11 +40,6 @@ print(f"final_int8_zlib_roundtrip val_loss:{2 * bpb:.4f} val_bpb:{bpb:.4f} eval_
 print(f"final_int8_zlib_roundtrip_exact val_loss:{2 * bpb:.8f} val_bpb:{bpb:.8f}", flush=True)
 '''
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
-    with fresh_database() as pg_url:  # its own database: the stack's scheduler acts on every run it sees
-        yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
 
 
 def test_a_real_script_sweep_finds_the_best_env_value_and_prunes_the_runaway(stack: Stack) -> None:

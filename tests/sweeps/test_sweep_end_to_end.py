@@ -6,25 +6,17 @@ cancelled, and the sweep ends with the good trial as its best. bench/sweeps_real
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import TINY, Stack, _stack
-from tests.fresh_db import fresh_database
+from tests.e2e.conftest import TINY, Stack
 
 pytestmark = pytest.mark.e2e
 
 # 30 steps, a train loss every 2: long enough for a tick (1 s) to judge the second trial while it runs.
 BASE = {**TINY, "ITERATIONS": 30, "WARMDOWN_ITERS": 10, "TRAIN_LOG_EVERY": 2, "TTT_ENABLED": 0}
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
-    with fresh_database() as pg_url:  # its own database: the stack's scheduler acts on every run it sees
-        yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
 
 
 def test_a_real_sweep_prunes_the_runaway_trial_and_keeps_the_good_one(stack: Stack) -> None:
