@@ -31,7 +31,7 @@ from service.core.settings import Settings
 from tests.cli.conftest import Caddie, closed_port_url, serve
 from tests.cli.test_cli_scripts import ids_of
 from tests.fresh_db import empty_database
-from tests.redis_server import PrivateRedis
+from tests.redis_server import PrivateRedis, private_redis
 from tests.sky_server import running_sky_server
 from worker.control.forecast import refresh_forecast
 from worker.embedded import DOCTOR_HINT, TOKEN_HINT
@@ -186,12 +186,8 @@ def test_on_the_sql_broker_a_runs_worker_shows_by_the_leases_it_renews(caddie: C
 
 @pytest.fixture
 def own_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
+    with private_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
