@@ -364,8 +364,18 @@ def billed_gpu_seconds(record: RunRecord, since: datetime, now: datetime) -> flo
     gpus = gpus_of(record.hardware)
     if not gpus:
         return 0.0
+    return _gpu_seconds_inside(billed_spans(record, now), since, now)
+
+
+def billed_spans(record: RunRecord, now: datetime) -> tuple[int, tuple[tuple[datetime, datetime], ...]]:
+    """(GPUs, billed intervals) of a run: what ``billed_gpu_seconds`` sums."""
     pieces = phase_pieces(billed_attempts(record.events), record.train_seconds, record.eval_seconds, now)
-    return sum(gpus * max(0.0, (min(p.end, now) - max(p.start, since)).total_seconds()) for p in pieces)
+    return gpus_of(record.hardware), tuple((p.start, p.end) for p in pieces)
+
+
+def _gpu_seconds_inside(spans: tuple[int, tuple[tuple[datetime, datetime], ...]], since: datetime, now: datetime) -> float:
+    gpus, intervals = spans
+    return gpus * sum(max(0.0, (min(end, now) - max(start, since)).total_seconds()) for start, end in intervals)
 
 
 def split_days(since: datetime, now: datetime) -> list[date]:
@@ -426,12 +436,6 @@ _ENDED_SPANS: dict[tuple[str, int, datetime], tuple[int, tuple[tuple[datetime, d
 _ENDED_SPANS_MAX = 500_000
 
 
-def _spans(record: RunRecord, now: datetime) -> tuple[int, tuple[tuple[datetime, datetime], ...]]:
-    """(GPUs, billed intervals) of a run: what ``billed_gpu_seconds`` sums."""
-    pieces = phase_pieces(billed_attempts(record.events), record.train_seconds, record.eval_seconds, now)
-    return gpus_of(record.hardware), tuple((p.start, p.end) for p in pieces)
-
-
 def billed_gpu_hours(session: Session, team_ids: Iterable[int], since: datetime, now: datetime) -> dict[int, float]:
     """GPU-hours billed to each team inside [since, now): what budgets are measured in (the
     scheduler's and ``GET /teams/{name}/usage``'s), the total of its usage report."""
@@ -443,15 +447,14 @@ def billed_gpu_hours(session: Session, team_ids: Iterable[int], since: datetime,
     spans = {run_id: got for run_id, finished_at in ended.items() if (got := _ENDED_SPANS.get((db, run_id, finished_at))) is not None}
     missing = [run_id for run_id in team_of if run_id not in spans]
     for record in load_runs(session, team_ids, since, billed_only=True, only=missing) if missing else ():
-        spans[record.run_id] = got = _spans(record, now)
+        spans[record.run_id] = got = billed_spans(record, now)
         if record.run_id in ended and record.status in TERMINAL:  # ended when both reads looked
             if len(_ENDED_SPANS) >= _ENDED_SPANS_MAX:
                 _ENDED_SPANS.clear()
             _ENDED_SPANS[(db, record.run_id, ended[record.run_id])] = got
     used: dict[int, float] = {}
-    for run_id, (gpus, intervals) in spans.items():
-        seconds = sum(max(0.0, (min(end, now) - max(start, since)).total_seconds()) for start, end in intervals)
-        used[team_of[run_id]] = used.get(team_of[run_id], 0.0) + gpus * seconds / 3600
+    for run_id, run_spans in spans.items():
+        used[team_of[run_id]] = used.get(team_of[run_id], 0.0) + _gpu_seconds_inside(run_spans, since, now) / 3600
     return used
 
 
