@@ -115,6 +115,17 @@ class Stack:
             except (ProcessLookupError, PermissionError, ValueError, KeyError):
                 pass
 
+    def explain(self, lines: int = 15) -> str:
+        """For a failure message: which of the stack's processes have exited, and the last lines of each log
+        (a CI run leaves nothing else behind to read)."""
+        out = [f"home {self.home}"]
+        for name, proc in (("api", self.api), ("worker", self.worker), ("beat", self.beat)):
+            out.append(f"{name}: {'running' if proc is not None and proc.poll() is None else f'exited {proc.returncode if proc else None}'}")
+        for log_file in sorted(self.home.glob("worker-*.log")):
+            tail = [line for line in log_file.read_text(errors="replace").splitlines() if "_tick[" not in line][-lines:]
+            out += [f"--- {log_file.name}", *tail]
+        return "\n".join(out)
+
     # --- REST ------------------------------------------------------------------------------
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
