@@ -6,6 +6,7 @@ and dies with the session."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The Redis databases the real stacks' brokers take in turn (db 0 stays the tests' own, redis_url). Kept here,
+# not in tests/e2e/conftest.py: pytest imports that conftest as `e2e.conftest` while the sweeps' and web tests
+# import it as `tests.e2e.conftest`, two modules with a counter each, so two live stacks once shared db 1 and
+# one's worker ran the other's ticks (a sweep "done" with a trial that never got its run).
+STACK_REDIS_DBS = itertools.cycle(range(1, 16))
 
 
 class PrivateRedis:

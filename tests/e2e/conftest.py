@@ -4,7 +4,6 @@ the offline smoke corpus. Short heartbeats and ticks keep the suite quick."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests.fresh_db import fresh_database
+from tests.redis_server import STACK_REDIS_DBS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,7 +173,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, smoke_corpus
         yield from _stack(tmp_path_factory, pg_url, redis_url, smoke_corpus_dir)
 
 
-_REDIS_DBS = itertools.cycle(range(1, 16))  # db 0 stays the tests' own (redis_url)
 
 
 def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str, smoke_corpus_dir: Path) -> Iterator[Stack]:
@@ -203,7 +202,7 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
         # A Redis database of its own: stacks alive at once (the session's e2e stack and a module's) would
         # otherwise share the `runs` queue, and one's worker would take the other's runs (seen: a sweep's
         # trials run against the e2e stack's database, "already SUCCEEDED", and the sweep never ending).
-        env["CADDIE_BROKER_URL"] = f"{redis_url.rsplit('/', 1)[0]}/{next(_REDIS_DBS)}"
+        env["CADDIE_BROKER_URL"] = f"{redis_url.rsplit('/', 1)[0]}/{next(STACK_REDIS_DBS)}"
     s = Stack(home, env, pg_url)
     s.token = _bootstrap_admin(pg_url)
     s.start_api()
