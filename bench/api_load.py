@@ -346,6 +346,26 @@ class ForecastBeat:
         self._thread.join(60)
 
 
+def cpu_seconds(api: subprocess.Popen) -> tuple[float, float]:
+    """CPU time (user + system, s) so far of the API's processes and of every PostgreSQL process on the machine:
+    a turn's difference over its requests is where a request's CPU went, the database's share included (one
+    client in one process shows only the API's; two cores shared by both make the sum the throughput's limit)."""
+    import psutil
+
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            return 0.0
+
+    root = psutil.Process(api.pid)
+    api_s = used(root) + sum(used(c) for c in root.children(recursive=True))
+    # The postmaster's children times hold its backends that ended (a connection closed mid-turn).
+    pg_s = sum(used(p) for p in psutil.process_iter(["name"]) if p.info.get("name") == "postgres")
+    return api_s, pg_s
+
+
 def stop_api(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -564,23 +584,27 @@ def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: 
         f"({len(extra['forecast_s'])} times, {statistics.median(extra['forecast_s']):.3f} s each (median), computed and stored).",
         "- API worker processes' RSS at rest (MiB): " + "; ".join(f"{label}: {', '.join(f'{x:.0f}' for x in mib)}" for label, mib in extra["rss"].items()) + ".",
         "",
-        "| side | round | load (1, 5, 15 min) | scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "- CPU ms/req: the API's processes and all of PostgreSQL's (user + system) over the turn, per request served in it;"
+        " a turn of several scenarios gives each the turn's figure. PostgreSQL's includes the forecast thread's queries.",
+        "",
+        "| side | round | load (1, 5, 15 min) | scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms | API CPU ms/req | PG CPU ms/req |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['side']} | {r['round']} | {r['load']} | {r['scenario']} | {r['concurrency']} | {r['requests']:,} | {r['errors']} | {r['rps']:,.0f} "
-            f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
+            f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['api_cpu_ms']:.2f} | {r['pg_cpu_ms']:.2f} |"
         )
     if len(sides) == 2:
         lines += ["", f"Ratios, {sides[0]} / {sides[1]} (medians over the rounds; req/s above 1 and p99 below 1 favour {sides[0]}):", "",
-                  "| scenario | req/s | ratio | p99 ms | ratio |", "|---|---|---:|---|---:|"]  # fmt: skip
+                  "| scenario | req/s | ratio | p99 ms | ratio | API CPU ms/req | PG CPU ms/req |", "|---|---|---:|---|---:|---|---|"]  # fmt: skip
         for scenario in dict.fromkeys(r["scenario"] for r in results):
-            med = {side: {k: statistics.median(r[k] for r in results if r["side"] == side and r["scenario"] == scenario) for k in ("rps", "p99_ms")}
-                   for side in sides}  # fmt: skip
+            med = {side: {k: statistics.median(r[k] for r in results if r["side"] == side and r["scenario"] == scenario)
+                          for k in ("rps", "p99_ms", "api_cpu_ms", "pg_cpu_ms")} for side in sides}  # fmt: skip
             a, b = med[sides[0]], med[sides[1]]
             lines.append(f"| {scenario} | {a['rps']:,.0f} vs {b['rps']:,.0f} | {a['rps'] / max(b['rps'], 1e-9):.2f}x "
-                         f"| {a['p99_ms']:.1f} vs {b['p99_ms']:.1f} | {a['p99_ms'] / max(b['p99_ms'], 1e-9):.2f}x |")  # fmt: skip
+                         f"| {a['p99_ms']:.1f} vs {b['p99_ms']:.1f} | {a['p99_ms'] / max(b['p99_ms'], 1e-9):.2f}x "
+                         f"| {a['api_cpu_ms']:.2f} vs {b['api_cpu_ms']:.2f} | {a['pg_cpu_ms']:.2f} vs {b['pg_cpu_ms']:.2f} |")  # fmt: skip
     errors = [f"- {r['side']}, round {r['round']}, {r['scenario']}: {r['first_error']}" for r in results if r["first_error"]]
     if errors:
         lines += ["", "First error per scenario:", *errors]
@@ -677,9 +701,14 @@ def main(argv: list[str] | None = None) -> None:
                     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
                     print(f"round {round_no}{' (warm-up)' if not round_no else ''}, {label} (load {load})", file=sys.stderr)
                     try:
-                        for r in _drive_once(plan):
+                        cpu_before = cpu_seconds(apis[label][0])
+                        turn = _drive_once(plan)
+                        cpu_after = cpu_seconds(apis[label][0])
+                        served = max(1, sum(r["requests"] for r in turn))  # the turn's CPU per request of all its scenarios
+                        api_ms, pg_ms = (1000 * (b - a) / served for a, b in zip(cpu_before, cpu_after, strict=True))
+                        for r in turn:
                             if round_no:
-                                results.append({**r, "side": label, "round": round_no, "load": load})
+                                results.append({**r, "side": label, "round": round_no, "load": load, "api_cpu_ms": api_ms, "pg_cpu_ms": pg_ms})
                     finally:
                         stop_api(apis.pop(label)[0])
             forecast_s = list(beat.seconds)

@@ -131,20 +131,24 @@ def pick_runs_to_start(
             free[hardware] = slots_of(hardware, capacity) - sum(1 for r in running if r.hardware == hardware)
         return free[hardware]
 
-    per_team: dict[int, list[QueuedRun]] = {}
+    # Each team's runs in start order, one line per hardware: a line whose hardware has no free slot is
+    # passed over at once (one scan of a team's whole queue per pick cost the forecast ~1 s at 50,000 queued).
+    per_team: dict[int, dict[str, list[QueuedRun]]] = {}
     for q in sorted(queued, key=start_order):
-        per_team.setdefault(q.team_id, []).append(q)
+        per_team.setdefault(q.team_id, {}).setdefault(q.hardware, []).append(q)
 
     picked: list[int] = []
     while True:
         best: tuple[float, datetime, int] | None = None
         best_run: QueuedRun | None = None
-        for team_id, runs in per_team.items():
+        for team_id, lines in per_team.items():
             team = usage.get(team_id, TeamUsage(team_id))
             if team.over_budget:
                 continue
             spent = committed.get(team_id, 0.0)
-            head = next((q for q in runs if free_slots(q.hardware) > 0 and budget_problem(team, spent, q.expected_gpu_hours) is None), None)
+            fits = (next((q for q in line if budget_problem(team, spent, q.expected_gpu_hours) is None), None)
+                    for hardware, line in lines.items() if free_slots(hardware) > 0)  # fmt: skip
+            head = min((q for q in fits if q is not None), key=start_order, default=None)
             if head is None:
                 continue
             score = (team.used_gpu_hours + charge_by_team.get(team_id, 0.0)) / max(team.weight, 1e-9)
@@ -155,7 +159,7 @@ def pick_runs_to_start(
             return picked
         picked.append(best_run.id)
         team_id = best_run.team_id
-        per_team[team_id].remove(best_run)
+        per_team[team_id][best_run.hardware].remove(best_run)
         free[best_run.hardware] -= 1
         charge_by_team[team_id] = charge_by_team.get(team_id, 0.0) + max(1, gpus_of(best_run.hardware)) * expected_run_hours
         committed[team_id] = committed.get(team_id, 0.0) + best_run.expected_gpu_hours
