@@ -34,5 +34,6 @@ check: install
 	$(BIN)/deptry .
 	$(BIN)/vulture service worker cli trainer --min-confidence 80
 
+# --durations: every run (CI's included) lists its 25 slowest tests, so a test that grows the suite shows.
 test: check
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)

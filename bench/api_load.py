@@ -346,7 +346,7 @@ class ForecastBeat:
         self._thread.join(60)
 
 
-def cpu_seconds(api: subprocess.Popen) -> tuple[float, float]:
+def cpu_seconds(apis: list[subprocess.Popen]) -> tuple[float, float]:
     """CPU time (user + system, s) so far of the API's processes and of every PostgreSQL process on the machine:
     a turn's difference over its requests is where a request's CPU went, the database's share included (one
     client in one process shows only the API's; two cores shared by both make the sum the throughput's limit)."""
@@ -359,8 +359,10 @@ def cpu_seconds(api: subprocess.Popen) -> tuple[float, float]:
         except psutil.Error:
             return 0.0
 
-    root = psutil.Process(api.pid)
-    api_s = used(root) + sum(used(c) for c in root.children(recursive=True))
+    api_s = 0.0
+    for api in apis:
+        root = psutil.Process(api.pid)
+        api_s += used(root) + sum(used(c) for c in root.children(recursive=True))
     # The postmaster's children times hold its backends that ended (a connection closed mid-turn).
     pg_s = sum(used(p) for p in psutil.process_iter(["name"]) if p.info.get("name") == "postgres")
     return api_s, pg_s
@@ -455,16 +457,17 @@ async def _client(
 
 
 async def _scenario(
-    name: str, base_url: str, tokens: list[str], concurrency: int, duration: float, max_requests: int, interval_s: float = 0.0,
+    name: str, base_urls: list[str], tokens: list[str], concurrency: int, duration: float, max_requests: int, interval_s: float = 0.0,
     queued: list[list[int]] | None = None,
 ) -> ScenarioResult:
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    hostport = f"{host}:{port}"
+    # Client i talks to replica i mod n, as a load balancer spreading connections would.
+    targets = [(parts.hostname or "127.0.0.1", parts.port or 80) for parts in map(urlsplit, base_urls)]
     rng = random.Random(7)
     counter = iter(range(10**9))
 
-    def factory(token: str, queued: list[int] | None = None):
+    def factory(i: int, token: str, queued: list[int] | None = None):
+        host, port = targets[i % len(targets)]
+        hostport = f"{host}:{port}"
         base = name.removesuffix("-paced")
         if base == "get-queued":
             ids = queued or [1]
@@ -483,15 +486,15 @@ async def _scenario(
     warm: list[float] = []
     werr: list[str] = []
     queued = queued or [[] for _ in tokens]
-    await asyncio.gather(*[_client(host, port, factory(tokens[i % len(tokens)], queued[i % len(tokens)]), time.perf_counter() + 2, [5], warm, werr)
-                           for i in range(concurrency)])  # fmt: skip
+    await asyncio.gather(*[_client(*targets[i % len(targets)], factory(i, tokens[i % len(tokens)], queued[i % len(tokens)]), time.perf_counter() + 2,
+                                   [5], warm, werr) for i in range(concurrency)])  # fmt: skip
     latencies: list[float] = []
     errors: list[str] = []
     budget = [max_requests]
     t0 = time.perf_counter()
     stop_at = t0 + duration
     await asyncio.gather(
-        *[_client(host, port, factory(tokens[i % len(tokens)], queued[i % len(tokens)]), stop_at, budget, latencies, errors, interval_s)
+        *[_client(*targets[i % len(targets)], factory(i, tokens[i % len(tokens)], queued[i % len(tokens)]), stop_at, budget, latencies, errors, interval_s)
           for i in range(concurrency)]
     )
     seconds = time.perf_counter() - t0
@@ -529,7 +532,7 @@ def drive(args: argparse.Namespace) -> None:
         tokens = plan["admin_tokens"] if admin else plan["member_tokens"]
         interval_s = plan["pace_ms"] / 1000 if scenario.endswith("-paced") else 0.0
         queued = None if admin else plan.get("member_queued")
-        result = asyncio.run(_scenario(scenario, plan["url"], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s, queued))
+        result = asyncio.run(_scenario(scenario, plan.get("urls") or [plan["url"]], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s, queued))
         print(f"  {scenario}: {result.requests} requests, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.rps} req/s", file=sys.stderr)
         results.append(asdict(result))
     json.dump(results, sys.stdout)
@@ -570,7 +573,8 @@ def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: 
         f"- Machine: {machine(args.load_at_start)}; PostgreSQL {pg} on the same machine (127.0.0.1).",
         f"- Database: {seeded.runs:,} runs ({extra['queued']:,} QUEUED) over {seeded.teams} teams / {seeded.teams * USERS_PER_TEAM} users, loaded in {seeded.seconds:.1f} s (COPY)"
         + ("; SUCCEEDED runs record model and code bytes (the size check's ratios)." if args.sizes else "."),
-        f"- API: uvicorn, {args.workers} worker process(es), uvloop + httptools, no access log; the load from a second process on loopback.",
+        f"- API: {args.replicas} replica(s), each uvicorn with {args.workers} worker process(es), uvloop + httptools, no access log; client i talks to"
+        " replica i mod n; the load from a second process on loopback; one stored forecast (the thread below) read by all.",
         f"- Load: {args.concurrency} concurrent clients, each a keep-alive connection sending its next request as soon as the last "
         f"answer arrived (closed loop, no think time), {args.duration:g} s per scenario (at most {args.max_requests:,} requests), after a short warm-up"
         + (f"; before the rounds, a warm-up round of {args.warmup:g} s a scenario per side, not reported." if args.warmup else "."),
@@ -632,7 +636,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teams", type=int, default=len(TEAMS), help="teams (4: the named ones; more: shares falling off as 1/rank)")
     parser.add_argument("--sizes", action="store_true", help="SUCCEEDED runs record model and code bytes (the size check measures the team's ratios from them)")
     parser.add_argument("--queued", type=int, help="exactly this many QUEUED runs, the newest (default: 6 %% of --runs, spread)")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes per API replica")
+    parser.add_argument("--replicas", type=int, default=1, help="API replicas (each its own uvicorn with --workers processes) the clients are spread over")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
     parser.add_argument("--max-requests", type=int, default=50_000, help="request cap per scenario")
@@ -659,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip() or "HEAD"
     url = create_database(args.admin_url)
     print(f"database {url}", file=sys.stderr)
-    apis: dict[str, tuple[subprocess.Popen, int]] = {}
+    apis: dict[str, list[subprocess.Popen]] = {}
     exported = None
     try:
         from service.core.migrate import upgrade
@@ -682,13 +687,14 @@ def main(argv: list[str] | None = None) -> None:
             # creates the submitted runs' first groups and fills PostgreSQL's caches, which later turns do not.
             for round_no in range(0 if args.warmup else 1, args.rounds + 1):
                 for label in labels if round_no % 2 == 1 else labels[::-1]:  # ABBA: drift in the machine's load falls on both sides
-                    # One API at a time (each holds its own database connections), started for its turn.
-                    port = free_port()
-                    apis[label] = (start_api(url, port, args.workers, dict(sides)[label]), port)
+                    # One side at a time (each holds its own database connections), started for its turn:
+                    # --replicas API processes of --workers each, as replicas behind a load balancer.
+                    ports = [free_port() for _ in range(args.replicas)]
+                    apis[label] = [start_api(url, port, args.workers, dict(sides)[label]) for port in ports]
                     time.sleep(3)  # at rest: imports done, no request served yet
-                    rss.setdefault(label, api_rss_mib(apis[label][0]))
+                    rss.setdefault(label, [mib for api in apis[label] for mib in api_rss_mib(api)])
                     plan = {
-                        "url": f"http://127.0.0.1:{port}",
+                        "urls": [f"http://127.0.0.1:{port}" for port in ports],
                         "member_tokens": seeded.member_tokens,
                         "member_queued": [queued.get(team, []) for team in seeded.member_teams],
                         "admin_tokens": [seeded.admin_token],
@@ -701,23 +707,25 @@ def main(argv: list[str] | None = None) -> None:
                     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
                     print(f"round {round_no}{' (warm-up)' if not round_no else ''}, {label} (load {load})", file=sys.stderr)
                     try:
-                        cpu_before = cpu_seconds(apis[label][0])
+                        cpu_before = cpu_seconds(apis[label])
                         turn = _drive_once(plan)
-                        cpu_after = cpu_seconds(apis[label][0])
+                        cpu_after = cpu_seconds(apis[label])
                         served = max(1, sum(r["requests"] for r in turn))  # the turn's CPU per request of all its scenarios
                         api_ms, pg_ms = (1000 * (b - a) / served for a, b in zip(cpu_before, cpu_after, strict=True))
                         for r in turn:
                             if round_no:
                                 results.append({**r, "side": label, "round": round_no, "load": load, "api_cpu_ms": api_ms, "pg_cpu_ms": pg_ms})
                     finally:
-                        stop_api(apis.pop(label)[0])
+                        for api in apis.pop(label):
+                            stop_api(api)
             forecast_s = list(beat.seconds)
         extra = {"rss": rss, "forecast_s": forecast_s, "queued": sum(map(len, queued.values())), "sides": labels}
         write_report(args.out, args, seeded, results, pg_version(url), command, extra)
         print(f"wrote {args.out}", file=sys.stderr)
     finally:
-        for proc, _ in apis.values():
-            stop_api(proc)
+        for replicas in apis.values():
+            for proc in replicas:
+                stop_api(proc)
         from service.core.db import dispose_engines
 
         dispose_engines()

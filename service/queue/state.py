@@ -96,7 +96,7 @@ def _retry_ends(session: Session, retried: list[tuple[int, int]], backoff_s: flo
     lost = dict(session.execute(
         select(RunEvent.run_id, func.count()).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED, RunEvent.reason.startswith(NODE_LOST))
         .group_by(RunEvent.run_id)
-    ).tuples().all())  # fmt: skip
+    ).all())  # fmt: skip
     ends = {run_id: at + retry_wait(attempts[run_id] - lost.get(run_id, 0), backoff_s)
             for run_id, at, reason in last if at is not None and not is_node_lost(reason)}  # fmt: skip
     return {run_id: end for run_id, end in ends.items() if end > now}

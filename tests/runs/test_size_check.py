@@ -3,10 +3,14 @@ the same tensors, stored the same way, for several shapes of the config."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 import pytest
 
+from service.runs import size_check
 from service.runs.size_check import ARTIFACT_LIMIT_BYTES, DEFAULT_RATIO, estimate, model_tensors, packed_bytes, storage_kind
-from trainer.config import TrainerConfig
+from trainer.config import STACKS, TrainerConfig
 
 torch = pytest.importorskip("torch")
 
@@ -57,3 +61,32 @@ def test_the_2026_04_27_stack_is_estimated_within_3_percent_of_the_records_artif
     assert estimate(TrainerConfig.from_dict({}), [], []) == record  # the default stack: a spec without STACK fits
     wider = estimate(TrainerConfig.from_dict({"STACK": "2026-04-27", "MODEL_DIM": 576}), [], [])
     assert wider.over_by > 0 and "16,000,000-byte limit" in (wider.problem() or "")
+
+
+@pytest.mark.parametrize("overrides", CONFIGS + [{"STACK": stack} for stack in STACKS])
+def test_the_packed_size_reads_only_the_size_knobs_it_is_kept_by(overrides: dict) -> None:
+    """packed_by_kind is kept per process by SIZE_KNOBS (the model and artifact groups): a knob of another group
+    that changed the size would get a stale figure, so the walk of the model must read none."""
+    read: set[str] = set()
+
+    class Recording(TrainerConfig):
+        def __getattribute__(self, name: str) -> Any:
+            read.add(name)
+            return super().__getattribute__(name)
+
+    cfg = TrainerConfig.from_dict(overrides)
+    recording = Recording(**{f.name: getattr(cfg, f.name) for f in fields(TrainerConfig)})
+    read.clear()  # what building it read
+    assert size_check._packed_by_kind(recording) == size_check.packed_by_kind(cfg)
+    knobs = {f.name for f in fields(TrainerConfig)}
+    assert read & knobs and (read & knobs) <= set(size_check.SIZE_KNOBS), sorted((read & knobs) - set(size_check.SIZE_KNOBS))
+
+
+def test_a_learning_rate_sweep_shares_one_packed_size_and_a_shape_change_does_not() -> None:
+    base = TrainerConfig.from_dict({"NUM_LAYERS": 11})
+    lr = TrainerConfig.from_dict({"NUM_LAYERS": 11, "MATRIX_LR": 0.04, "WARMDOWN_ITERS": 100, "TTT_LR": 0.01})
+    assert repr(tuple(getattr(lr, k) for k in size_check.SIZE_KNOBS)) == repr(tuple(getattr(base, k) for k in size_check.SIZE_KNOBS))
+    assert size_check.packed_by_kind(lr) == size_check._packed_by_kind(lr)
+    for change in ({"NUM_LAYERS": 12, "XSA_LAST_N": 12}, {"MATRIX_BITS": 5}, {"VOCAB_SIZE": 4096}):
+        other = TrainerConfig.from_dict({"NUM_LAYERS": 11, **change})
+        assert size_check.packed_by_kind(other) == size_check._packed_by_kind(other) != size_check.packed_by_kind(base)

@@ -50,7 +50,7 @@ def _any_free_slot(session: Session, capacity: Mapping[str, int]) -> bool:
     wanted = session.scalars(select(Run.hardware).where(Run.status == RunStatus.QUEUED.value).distinct()).all()
     if not wanted:
         return False
-    busy = dict(session.execute(select(Run.hardware, func.count()).where(Run.status.in_(ACTIVE)).group_by(Run.hardware)).tuples().all())
+    busy = dict(session.execute(select(Run.hardware, func.count()).where(Run.status.in_(ACTIVE)).group_by(Run.hardware)).all())
     return any(slots_of(hardware, capacity) - busy.get(hardware, 0) > 0 for hardware in wanted)
 
 
