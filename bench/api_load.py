@@ -346,10 +346,13 @@ class ForecastBeat:
         self._thread.join(60)
 
 
-def cpu_seconds(apis: list[subprocess.Popen]) -> tuple[float, float]:
-    """CPU time (user + system, s) so far of the API's processes and of every PostgreSQL process on the machine:
-    a turn's difference over its requests is where a request's CPU went, the database's share included (one
-    client in one process shows only the API's; two cores shared by both make the sum the throughput's limit)."""
+def cpu_seconds(apis: list[subprocess.Popen], url: str) -> tuple[float, float, float]:
+    """CPU time (user + system, s) so far of the API's processes and of the PostgreSQL backends serving their
+    connections: a turn's difference over its requests is what a request cost, the database's share included
+    (one client in one process shows only the API's). Only the API's own backends count (matched by the client
+    port of each connection), not the forecast thread's, autovacuum's or the WAL writer's, which swing with the
+    turn's length and load; but a backend whose connection the pool closed mid-turn (overflow) is missed. So the
+    third figure is every PostgreSQL process's, ended backends included (the postmaster's children times)."""
     import psutil
 
     def used(p: psutil.Process) -> float:
@@ -359,13 +362,28 @@ def cpu_seconds(apis: list[subprocess.Popen]) -> tuple[float, float]:
         except psutil.Error:
             return 0.0
 
-    api_s = 0.0
+    api_s, ports = 0.0, set()
     for api in apis:
         root = psutil.Process(api.pid)
-        api_s += used(root) + sum(used(c) for c in root.children(recursive=True))
-    # The postmaster's children times hold its backends that ended (a connection closed mid-turn).
-    pg_s = sum(used(p) for p in psutil.process_iter(["name"]) if p.info.get("name") == "postgres")
-    return api_s, pg_s
+        for proc in [root, *root.children(recursive=True)]:
+            api_s += used(proc)
+            try:
+                ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.laddr}
+            except psutil.Error:
+                pass
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        rows = conn.execute("SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    pg_s = 0.0
+    for pid, port in rows:
+        if port in ports:
+            try:
+                pg_s += used(psutil.Process(pid))
+            except psutil.Error:
+                pass
+    pg_all_s = sum(used(p) for p in psutil.process_iter(["name"]) if p.info.get("name") == "postgres")
+    return api_s, pg_s, pg_all_s
 
 
 def stop_api(proc: subprocess.Popen) -> None:
@@ -392,6 +410,7 @@ class ScenarioResult:
     max_ms: float
     mean_ms: float
     first_error: str
+    warmup_requests: int = 0  # sent before the measured window (counted in the turn's CPU per request)
 
 
 def _request_bytes(method: str, host: str, path: str, token: str, body: bytes = b"", extra: str = "") -> bytes:
@@ -516,6 +535,7 @@ async def _scenario(
         max_ms=round(ms[-1], 2) if ms else float("nan"),
         mean_ms=round(statistics.fmean(ms), 2) if ms else float("nan"),
         first_error=errors[0] if errors else "",
+        warmup_requests=len(warm),
     )
 
 
@@ -588,27 +608,29 @@ def write_report(path: Path, args: argparse.Namespace, seeded: Seeded, results: 
         f"({len(extra['forecast_s'])} times, {statistics.median(extra['forecast_s']):.3f} s each (median), computed and stored).",
         "- API worker processes' RSS at rest (MiB): " + "; ".join(f"{label}: {', '.join(f'{x:.0f}' for x in mib)}" for label, mib in extra["rss"].items()) + ".",
         "",
-        "- CPU ms/req: the API's processes and all of PostgreSQL's (user + system) over the turn, per request served in it;"
-        " a turn of several scenarios gives each the turn's figure. PostgreSQL's includes the forecast thread's queries.",
+        "- CPU ms/req: over the turn, per request served in it (warm-up included), user + system: the API's processes; PG: the"
+        " PostgreSQL backends of the API's open connections (one the pool closed mid-turn is missed); PG all: every PostgreSQL"
+        " process (autovacuum, WAL, the forecast thread's backend and ended backends included). A turn of several scenarios gives"
+        " each the turn's figure. CPU is less swayed than req/s by the machine's other load: read both.",
         "",
-        "| side | round | load (1, 5, 15 min) | scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms | API CPU ms/req | PG CPU ms/req |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| side | round | load (1, 5, 15 min) | scenario | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms | API CPU ms/req | PG CPU ms/req | PG all CPU ms/req |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['side']} | {r['round']} | {r['load']} | {r['scenario']} | {r['concurrency']} | {r['requests']:,} | {r['errors']} | {r['rps']:,.0f} "
-            f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['api_cpu_ms']:.2f} | {r['pg_cpu_ms']:.2f} |"
+            f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['api_cpu_ms']:.2f} | {r['pg_cpu_ms']:.2f} | {r['pg_all_cpu_ms']:.2f} |"
         )
     if len(sides) == 2:
         lines += ["", f"Ratios, {sides[0]} / {sides[1]} (medians over the rounds; req/s above 1 and p99 below 1 favour {sides[0]}):", "",
-                  "| scenario | req/s | ratio | p99 ms | ratio | API CPU ms/req | PG CPU ms/req |", "|---|---|---:|---|---:|---|---|"]  # fmt: skip
+                  "| scenario | req/s | ratio | p99 ms | ratio | API CPU ms/req | PG CPU ms/req | PG all CPU ms/req |", "|---|---|---:|---|---:|---|---|---|"]  # fmt: skip
         for scenario in dict.fromkeys(r["scenario"] for r in results):
             med = {side: {k: statistics.median(r[k] for r in results if r["side"] == side and r["scenario"] == scenario)
-                          for k in ("rps", "p99_ms", "api_cpu_ms", "pg_cpu_ms")} for side in sides}  # fmt: skip
+                          for k in ("rps", "p99_ms", "api_cpu_ms", "pg_cpu_ms", "pg_all_cpu_ms")} for side in sides}  # fmt: skip
             a, b = med[sides[0]], med[sides[1]]
             lines.append(f"| {scenario} | {a['rps']:,.0f} vs {b['rps']:,.0f} | {a['rps'] / max(b['rps'], 1e-9):.2f}x "
                          f"| {a['p99_ms']:.1f} vs {b['p99_ms']:.1f} | {a['p99_ms'] / max(b['p99_ms'], 1e-9):.2f}x "
-                         f"| {a['api_cpu_ms']:.2f} vs {b['api_cpu_ms']:.2f} | {a['pg_cpu_ms']:.2f} vs {b['pg_cpu_ms']:.2f} |")  # fmt: skip
+                         f"| {a['api_cpu_ms']:.2f} vs {b['api_cpu_ms']:.2f} | {a['pg_cpu_ms']:.2f} vs {b['pg_cpu_ms']:.2f} | {a['pg_all_cpu_ms']:.2f} vs {b['pg_all_cpu_ms']:.2f} |")  # fmt: skip
     errors = [f"- {r['side']}, round {r['round']}, {r['scenario']}: {r['first_error']}" for r in results if r["first_error"]]
     if errors:
         lines += ["", "First error per scenario:", *errors]
@@ -707,14 +729,14 @@ def main(argv: list[str] | None = None) -> None:
                     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
                     print(f"round {round_no}{' (warm-up)' if not round_no else ''}, {label} (load {load})", file=sys.stderr)
                     try:
-                        cpu_before = cpu_seconds(apis[label])
+                        cpu_before = cpu_seconds(apis[label], url)
                         turn = _drive_once(plan)
-                        cpu_after = cpu_seconds(apis[label])
-                        served = max(1, sum(r["requests"] for r in turn))  # the turn's CPU per request of all its scenarios
-                        api_ms, pg_ms = (1000 * (b - a) / served for a, b in zip(cpu_before, cpu_after, strict=True))
+                        cpu_after = cpu_seconds(apis[label], url)
+                        served = max(1, sum(r["requests"] + r.get("warmup_requests", 0) for r in turn))  # the turn's CPU per request of all its scenarios
+                        api_ms, pg_ms, pg_all_ms = (1000 * (b - a) / served for a, b in zip(cpu_before, cpu_after, strict=True))
                         for r in turn:
                             if round_no:
-                                results.append({**r, "side": label, "round": round_no, "load": load, "api_cpu_ms": api_ms, "pg_cpu_ms": pg_ms})
+                                results.append({**r, "side": label, "round": round_no, "load": load, "api_cpu_ms": api_ms, "pg_cpu_ms": pg_ms, "pg_all_cpu_ms": pg_all_ms})
                     finally:
                         for api in apis.pop(label):
                             stop_api(api)
