@@ -150,7 +150,7 @@ class Stack:
             run = self.run(run_id)
             if run["status"] in statuses and run.get("log_bytes", 0) >= log_bytes:
                 return run
-            assert time.monotonic() < end, f"run {run_id} is {run['status']} after {timeout} s, wanted {statuses}; see {self.home}"
+            assert time.monotonic() < end, f"run {run_id} is {run['status']} ({run.get('status_reason', '')}) after {timeout} s, wanted {statuses}\n{self.explain()}"
             time.sleep(0.1)
 
 
