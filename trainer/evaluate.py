@@ -46,6 +46,10 @@ from trainer.bpb import ByteLUTs, token_bytes
 from trainer.config import TrainerConfig
 from trainer.model import TTTLoRA
 
+# Progress of a long evaluation: called with (units done, units in all) as it goes (trainer.train's RunLog.ticker
+# prints a line at most every so often). Counters and the wall clock only: it never waits for the GPU.
+Tick = Callable[[int, int], None]
+
 
 @dataclass
 class EvalResult:
@@ -116,7 +120,8 @@ def plan_windows(first: int, last: int, total: int, seq_len: int, stride: int) -
     return WindowPlan(w, cat(starts), cat(lo), cat(hi))
 
 
-def score_windows(model: torch.nn.Module, tokens: torch.Tensor, luts: ByteLUTs, plan: WindowPlan, batch_seqs: int) -> ScoreTotals:
+def score_windows(model: torch.nn.Module, tokens: torch.Tensor, luts: ByteLUTs, plan: WindowPlan, batch_seqs: int,
+                  tick: Tick | None = None) -> ScoreTotals:
     """Σ CE and bytes of the targets the plan's windows score (this process only, no all-reduce).
 
     ``tokens`` is the whole val stream on the model's device. The last batch is padded with
@@ -149,6 +154,8 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, luts: ByteLUTs, 
         mask = (pos >= lo_t[i:j, None]) & (pos < hi_t[i:j, None])
         loss_sum += (ce.view(j - i, w - k).double() * mask).sum()
         byte_sum += (token_bytes(x[:, k:], y[:, k:], luts, at[:, k + 1:]).long() * mask).sum()
+        if tick is not None:
+            tick(min(j, n), n)
     return ScoreTotals(float(loss_sum.item()), int((plan.hi - plan.lo).sum()), int(byte_sum.item()))
 
 
@@ -174,27 +181,27 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def evaluate_windows(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, seq_len: int, stride: int,
-                     batch_seqs: int, rank: int, world_size: int) -> EvalResult:
+                     batch_seqs: int, rank: int, world_size: int, tick: Tick | None = None) -> EvalResult:
     t0 = time.perf_counter()
     device = model_device(model)
     tokens = val_tokens.to(device=device, dtype=torch.int32)
     total = tokens.numel() - 1
     plan = plan_windows(0, total, total, seq_len, stride).share(rank, world_size)
     with torch.inference_mode():
-        totals = score_windows(model, tokens, luts.to(device), plan, batch_seqs)
+        totals = score_windows(model, tokens, luts.to(device), plan, batch_seqs, tick)
     return result_from(all_reduce_totals(totals, device), time.perf_counter() - t0)
 
 
 def evaluate_full(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, seq_len: int, batch_seqs: int,
-                  rank: int = 0, world_size: int = 1) -> EvalResult:
+                  rank: int = 0, world_size: int = 1, tick: Tick | None = None) -> EvalResult:
     """Every target scored once by non-overlapping windows of seq_len (the tail by one last window)."""
-    return evaluate_windows(model, val_tokens, luts, seq_len, seq_len, batch_seqs, rank, world_size)
+    return evaluate_windows(model, val_tokens, luts, seq_len, seq_len, batch_seqs, rank, world_size, tick)
 
 
 def evaluate_sliding(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, seq_len: int, stride: int,
-                     batch_seqs: int, rank: int = 0, world_size: int = 1) -> EvalResult:
+                     batch_seqs: int, rank: int = 0, world_size: int = 1, tick: Tick | None = None) -> EvalResult:
     """Every target scored once by sliding windows of seq_len that advance by ``stride``."""
-    return evaluate_windows(model, val_tokens, luts, seq_len, stride, batch_seqs, rank, world_size)
+    return evaluate_windows(model, val_tokens, luts, seq_len, stride, batch_seqs, rank, world_size, tick)
 
 
 # --- legal score-first TTT -------------------------------------------------------------------
@@ -265,7 +272,7 @@ def adapt_on_chunk(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tok
 
 
 def evaluate_ttt(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: TrainerConfig,
-                 rank: int = 0, world_size: int = 1, *, chunk_scores: list[ScoreTotals] | None = None) -> EvalResult:
+                 rank: int = 0, world_size: int = 1, *, chunk_scores: list[ScoreTotals] | None = None, tick: Tick | None = None) -> EvalResult:
     """Legal score-first TTT over the whole val stream; the model's weights are changed.
 
     For each chunk in order: score it (``score_chunk``, inference mode), add to the totals,
@@ -287,6 +294,8 @@ def evaluate_ttt(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUT
             chunk_scores.append(scored)
         if c < len(chunks) - 1:
             adapt_on_chunk(model, optimizer, tokens, bounds, ttt_lr_at(c, len(chunks), cfg), cfg, rank, world_size)
+        if tick is not None:
+            tick(c + 1, len(chunks))
     return result_from(all_reduce_totals(totals, device), time.perf_counter() - t0)
 
 
@@ -448,7 +457,7 @@ class ScoredChunk:
 
 def evaluate_ttt_lora_phased(model: torch.nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: TrainerConfig,
                              rank: int = 0, world_size: int = 1, *, chunk_step: ChunkStep = score_then_adapt,
-                             trace: list[ScoredChunk] | None = None) -> EvalResult:
+                             trace: list[ScoredChunk] | None = None, tick: Tick | None = None) -> EvalResult:
     """Phased LoRA TTT (module docstring) over the documents of the val stream; the model's weights
     change in the phases. Ranks take the queue's batches round-robin and reach each phase boundary
     after the same round, so the phases are the same on every rank (one rank: the record's order).
@@ -505,6 +514,8 @@ def evaluate_ttt_lora_phased(model: torch.nn.Module, val_tokens: torch.Tensor, l
                 if trace is not None:
                     trace.append(ScoredChunk(step, (starts.to(device)[:, None] + pos)[mask].cpu(), losses[mask].float().cpu()))
                 step += 1
+        if tick is not None:
+            tick(min(first + world_size, len(queue)), len(queue))
         if phases_done:
             continue
         for index, entries in round_:  # every rank counts the whole round, so all pause together

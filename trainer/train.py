@@ -33,7 +33,7 @@ from trainer.bpb import ByteLUTs
 from trainer.bundle import bundled_source
 from trainer.config import ARTIFACT_LIMIT_BYTES, ConfigError, ConfigIssue, TrainerConfig, artifact_settings, config_for_artifact
 from trainer.data import ShardError, TokenStream, load_val_bytes, load_val_tokens, read_shard_header, shard_files
-from trainer.evaluate import evaluate_full, evaluate_sliding, evaluate_ttt, evaluate_ttt_lora_phased
+from trainer.evaluate import Tick, evaluate_full, evaluate_sliding, evaluate_ttt, evaluate_ttt_lora_phased
 from trainer.gptq import collect_hessians
 from trainer.model import GPT, BlockLinear, block_order, count_parameters
 from trainer.optim import build_optimizers, set_schedule
@@ -51,6 +51,10 @@ class RunError(ValueError):
     """A problem with the run's inputs (missing files, impossible batch split): one clear line."""
 
 
+# The longest a phase of the final evaluation goes without a line (a TTT evaluation takes minutes).
+PROGRESS_EVERY_S = 30.0
+
+
 class RunLog:
     """train.log + stdout for people, metrics.jsonl for machines; only rank 0 writes."""
 
@@ -66,6 +70,23 @@ class RunLog:
             print(msg, flush=True)
             self.text.write(msg + "\n")
             self.text.flush()
+
+    def ticker(self, phase: str, every_s: float = PROGRESS_EVERY_S) -> Tick | None:
+        """A Tick for an evaluation phase that prints ``<phase>_progress:done/total elapsed:Ns`` at most
+        every ``every_s`` (rank 0 only): a person watching the log sees the phase move, as the records'
+        own logs show their TTT batches, and caddie's silence watchdog hears the trainer is alive."""
+        if not self.enabled:
+            return None
+        t0 = last = time.perf_counter()
+
+        def tick(done: int, total: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if done < total and now - last >= every_s:
+                last = now
+                self.line(f"{phase}_progress:{done}/{total} elapsed:{now - t0:.0f}s")
+
+        return tick
 
     def point(self, **values) -> None:
         if self.enabled:
@@ -329,10 +350,11 @@ def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, lu
     e0 = time.perf_counter()
     with torch.no_grad(), autocast_for(device):
         if cfg.eval_stride > 0:
-            r = evaluate_sliding(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, rank, world)
+            r = evaluate_sliding(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, rank, world,
+                                 log.ticker("sliding_eval"))
             log.line(f"final_int6_sliding_window_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
         else:
-            r = evaluate_full(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world)
+            r = evaluate_full(roundtrip, val_tokens, luts, cfg.eval_seq_len, cfg.eval_batch_seqs, rank, world, log.ticker("roundtrip_eval"))
             log.line(f"final_int6_roundtrip_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
     pre_ttt_bpb = r.val_bpb
     sync()
@@ -341,7 +363,7 @@ def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, lu
         ttt0 = time.perf_counter()
         with autocast_for(device):
             ttt = evaluate_ttt_lora_phased if cfg.ttt_mode == "lora_phased" else evaluate_ttt
-            r = ttt(roundtrip, val_tokens, luts, cfg, rank, world)
+            r = ttt(roundtrip, val_tokens, luts, cfg, rank, world, tick=log.ticker("ttt"))
         log.line(f"ttt_scored_tokens:{r.tokens}")
         log.line(f"final_ttt val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")
         sync()
@@ -418,6 +440,7 @@ def train(cfg: TrainerConfig) -> dict:
     if cfg.warmup_steps:
         initial_weights = copy.deepcopy(model.state_dict())
         initial_opt = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+        warmup_tick = log.ticker("warmup")  # the compiles happen here: minutes without a step line
         for i in range(cfg.warmup_steps):
             # The last warm-up step runs with late QAT on, so its graph is compiled
             # here rather than inside the timed loop when QAT switches on.
@@ -426,6 +449,8 @@ def train(cfg: TrainerConfig) -> dict:
             # while looping), so both graphs the timed loop uses are compiled here.
             model.looping = cfg.num_loops > 0 and (i >= cfg.warmup_steps // 2 or cfg.enable_looping_at == 0)
             train_step(0, 1.0)
+            if warmup_tick is not None:
+                warmup_tick(i + 1, cfg.warmup_steps)
         model.set_qat(False)
         model.load_state_dict(initial_weights)
         for opt, state in zip(optimizers, initial_opt):
