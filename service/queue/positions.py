@@ -103,12 +103,6 @@ def _estimates(session: Session, settings: Settings, wanted: set[int], forecast:
     return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
 
 
-def current_estimates(session: Session, settings: Settings) -> dict[int, QueueEstimate]:
-    """Every queued run's estimate: the stored forecast if fresh, else one computed here."""
-    forecast = _fresh_stored(session, settings, every=True)
-    return forecast.estimates if forecast is not None else queue_estimates(session, settings)
-
-
 log = logging.getLogger(__name__)
 _last_said = [-math.inf]  # when this process last logged that it computes the forecast itself
 

@@ -8,16 +8,16 @@ its time cap. A position is the run's place among all runs of its hardware.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.core.models import Run, Team, User
 from service.core.status import ACTIVE_VALUES, RunStatus
-from service.queue.forecast import QueueEstimate
+from service.queue.positions import QueueItem
 
 ACTIVE = ACTIVE_VALUES
 QUEUED = RunStatus.QUEUED.value
@@ -38,23 +38,27 @@ class QueueEntry:
     waiting_reason: str = ""
 
 
-def team_queue(session: Session, team: Team, estimates: Mapping[int, QueueEstimate]) -> list[QueueEntry]:
-    """The team's active runs, then its queued runs in the order the forecast starts them
-    (``estimates``: service.queue.positions.queue_estimates); runs not expected to start last."""
+def team_queue(session: Session, team: Team, queued: Sequence[QueueItem]) -> list[QueueEntry]:
+    """The team's active runs, then ``queued``: a page of its queued runs in the order the forecast starts
+    them (service.queue.positions.list_queue, which reads the stored forecast's rank index, so a team
+    with thousands queued costs one page, not its whole queue)."""
     rows = session.execute(
         select(Run.id, Run.name, User.name.label("user"), Run.hardware, Run.priority, Run.submitted_at, Run.status)
         .join(User, User.id == Run.user_id)
-        .where(Run.team_id == team.id, Run.status.in_((QUEUED, *ACTIVE)))
+        .where(Run.team_id == team.id, Run.status.in_(ACTIVE))
+        .order_by(Run.id)
     ).all()
-    active = sorted((r for r in rows if r.status != QUEUED), key=lambda r: r.id)
-    out = [QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status, None) for r in active]
-    far = datetime.max.replace(tzinfo=timezone.utc)
-    queued = []
-    for r in (r for r in rows if r.status == QUEUED):
-        e = estimates.get(r.id)
-        queued.append(QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status,
-                                 e.position if e else None, e.estimated_start_at if e else None, e.reason if e else ""))  # fmt: skip
-    return out + sorted(queued, key=lambda q: (q.estimated_start_at or far, -q.priority, q.submitted_at, q.run_id))
+    out = [QueueEntry(r.id, r.name, r.user, team.name, r.hardware, r.priority, r.submitted_at, r.status, None) for r in rows]
+    return out + [QueueEntry(q.id, q.name, q.user, team.name, q.hardware, q.priority, q.submitted_at, QUEUED, q.estimate.position,
+                             q.estimate.estimated_start_at, q.estimate.reason) for q in queued]  # fmt: skip
+
+
+def queued_by_team(session: Session, team_ids: Sequence[int]) -> dict[int, int]:
+    """How many runs each of these teams has queued (one grouped count over the status index)."""
+    if not team_ids:
+        return {}
+    rows = session.execute(select(Run.team_id, func.count()).where(Run.status == QUEUED, Run.team_id.in_(team_ids)).group_by(Run.team_id))
+    return {team_id: count for team_id, count in rows}
 
 
 def queued_by_hardware(session: Session) -> dict[str, int]:

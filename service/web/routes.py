@@ -503,14 +503,18 @@ def leaderboard_page(request: Request, user: User, session: SessionDep,
 
 
 # --- team usage ----------------------------------------------------------------------------
+USAGE_QUEUE_SHOWN = 50
 @router.get("/usage", response_class=HTMLResponse)
 def usage_page(request: Request, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     teams = usage.visible_teams(session, user)
     views = [usage.team_usage(session, t, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s) for t in teams]
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
-    estimates = queue.current_estimates(session, settings)  # the stored forecast while fresh
-    queues = {t.id: team_view.team_queue(session, t, estimates) for t in teams}
-    return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued_all=team_view.queued_by_hardware(session))
+    # Each team's first page of its queue, as GET /queue reads it (the stored forecast's rank index): a team
+    # with thousands queued shows its next USAGE_QUEUE_SHOWN and how many more, not every row.
+    queues = {t.id: team_view.team_queue(session, t, queue.list_queue(session, user, settings, t.name, limit=USAGE_QUEUE_SHOWN).items) for t in teams}
+    queued = team_view.queued_by_team(session, [t.id for t in teams])
+    return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued=queued, shown=USAGE_QUEUE_SHOWN,
+                  queued_all=team_view.queued_by_hardware(session))
 
 
 # --- tokens --------------------------------------------------------------------------------

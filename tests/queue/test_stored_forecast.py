@@ -115,10 +115,6 @@ def test_the_stored_forecast_is_replaced_as_a_whole(world, spec, session: Sessio
     forecast = stored.read_forecast(session, every=True)
     assert forecast is not None and forecast.size == 1 and set(forecast.estimates) == {a[1]}
     assert forecast.estimates[a[1]].position == 1
-    # The usage page's figures are the stored ones while fresh.
-    from service.queue.positions import current_estimates
-
-    assert current_estimates(session, Settings(home=tmp_path / "home", database_url=db_url)) == forecast.estimates
 
 
 def test_opening_a_queued_run_costs_the_queries_of_any_other_run(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001

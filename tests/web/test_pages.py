@@ -284,6 +284,21 @@ def test_usage_page_counts_gpu_hours_and_shows_the_queue_in_order(world: World, 
     assert "starting now" in page and "waiting for a H100:8 slot" in page  # the forecast's reasons
 
 
+def test_usage_page_shows_a_long_queues_next_runs_and_how_many_wait(world: World, browser_for) -> None:
+    """A team with more queued than the page shows: its next USAGE_QUEUE_SHOWN in the forecast's order (GET /queue's
+    first page, read from the stored forecast's index) and the count, not every row."""
+    from service.web.routes import USAGE_QUEUE_SHOWN
+
+    b = browser_for(world.tokens["alice"])
+    ids = [i for n in range(4) for i in submit(b, world, "alice", name=f"many{n}", config={"NUM_LAYERS": 5 + n}, seeds=list(range(1, 16)))]
+    assert len(ids) > USAGE_QUEUE_SHOWN
+    page = b.c.get("/usage").text
+    api = [r["id"] for r in b.c.get("/api/v1/queue", params={"team": "team-a", "limit": USAGE_QUEUE_SHOWN}, headers=world.h("alice")).json()]
+    shown = [int(i) for i in re.findall(r"<tr><td>(?:\d+|—)</td><td><a href=\"/runs/(\d+)\"", page)]
+    assert shown == api and len(shown) == USAGE_QUEUE_SHOWN and set(shown) <= set(ids)
+    assert f"The next {USAGE_QUEUE_SHOWN} of {len(ids)} queued runs" in page
+
+
 def test_runs_page_filters_and_pages_like_the_api(world: World, browser_for) -> None:
     b = browser_for(world.tokens["alice"])
     for i in range(4):
