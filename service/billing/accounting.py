@@ -232,7 +232,7 @@ class Figures:
 
 @dataclass
 class RunUsage:
-    run_id: int
+    id: int
     name: str
     user: str
     hardware: str

@@ -3,12 +3,14 @@ GET /teams/{name}/usage (service/billing/accounting.py computes the figures)."""
 
 from __future__ import annotations
 
+from dataclasses import fields as dataclass_fields
 from datetime import date, datetime
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 from pydantic.dataclasses import dataclass as body_dataclass
 
-from service.billing.accounting import BudgetStanding, Figures, UsageReport
+from service.billing.accounting import BudgetStanding, Figures, RunUsage, UsageReport
 
 
 class TeamUpdate(BaseModel):
@@ -33,12 +35,10 @@ class FiguresOut(BaseModel):
     phases: dict[str, PhaseOut]
 
     @classmethod
-    def figures(cls, f: Figures) -> dict:
-        return {
-            "gpu_hours": f.gpu_hours,
-            "cost": f.cost,
-            "phases": {p: PhaseOut(gpu_hours=s / 3600, cost=f.phase_cost[p]) for p, s in f.phases.items()},
-        }
+    def of(cls, f: Figures, **fields: Any) -> Self:
+        """The body of ``f`` (GPU-seconds and dollars, per phase) with the subclass's own ``fields``."""
+        phases = {p: PhaseOut(gpu_hours=s / 3600, cost=f.phase_cost[p]) for p, s in f.phases.items()}
+        return cls(gpu_hours=f.gpu_hours, cost=f.cost, phases=phases, **fields)
 
 
 class PeriodOut(FiguresOut):
@@ -56,6 +56,11 @@ class RunUsageOut(FiguresOut):
     hardware: str
     status: str
     attempts: int = Field(description="billed attempts (a requeued run has more than one)")
+
+    @classmethod
+    def of_run(cls, r: RunUsage) -> "RunUsageOut":
+        """The domain's RunUsage, its fields by name, its figures flattened beside them."""
+        return cls.of(r.figures, **{f.name: getattr(r, f.name) for f in dataclass_fields(r) if f.name != "figures"})
 
 
 # The domain's BudgetStanding declares the figures once, the remaining GPU-hours included (shown as computed).
@@ -99,14 +104,11 @@ class TeamUsageOut(BaseModel):
             period=report.period,
             since=report.since,
             until=report.until,
-            total=FiguresOut(**FiguresOut.figures(report.total)),
-            periods=[PeriodOut(start=d, **FiguresOut.figures(f)) for d, f in sorted(report.periods.items())],
-            days=[PeriodOut(start=d, **FiguresOut.figures(f)) for d, f in sorted(report.days.items())],
-            users=[UserUsageOut(user=u, **FiguresOut.figures(f)) for u, f in report.users.items()],
-            runs=[
-                RunUsageOut(id=r.run_id, name=r.name, user=r.user, hardware=r.hardware, status=r.status, attempts=r.attempts, **FiguresOut.figures(r.figures))
-                for r in report.runs
-            ],
+            total=FiguresOut.of(report.total),
+            periods=[PeriodOut.of(f, start=d) for d, f in sorted(report.periods.items())],
+            days=[PeriodOut.of(f, start=d) for d, f in sorted(report.days.items())],
+            users=[UserUsageOut.of(f, user=u) for u, f in report.users.items()],
+            runs=[RunUsageOut.of_run(r) for r in report.runs],
             budget=BudgetOut.of(budget),
             unpriced_hardware=report.unpriced,
             saved_gpu_hours=report.saved_gpu_hours,

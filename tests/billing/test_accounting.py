@@ -75,7 +75,7 @@ def test_attempts_of_a_requeued_run():
 
 def test_report_figures_by_hand():
     report = usage_report(records(), PRICES, period="week", since=m(-60), now=m(120))
-    by_id = {r.run_id: r.figures for r in report.runs}
+    by_id = {r.id: r.figures for r in report.runs}
     assert sorted(by_id) == [1, 2]  # the queued run, the one cancelled in the queue and the cpu run cost nothing
     a = by_id[1]
     assert a.gpu_seconds == pytest.approx(18720)
