@@ -70,36 +70,40 @@ _clock = time.monotonic  # a name tests can move forward instead of sleeping pas
 _recent_lock = threading.Lock()
 
 
-def estimates_for(session: Session, settings: Settings, runs: Iterable[tuple[int, str]]) -> dict[int, QueueEstimate]:
-    """Estimates for those of ``(run id, status)`` that are QUEUED; no forecast when none is.
-
-    A forecast younger than the TTL is reused, by lists and by one run's page alike (pages
-    and lists may lag a change by that long; rebuilding it per page cost 0.5 s at 10,000
-    queued runs), unless it lacks one of the runs asked for (submitted since), so a new run
-    never shows without its estimate.
-    """
-    wanted = {run_id for run_id, status in runs if status == RunStatus.QUEUED}
-    if not wanted:
-        return {}
-    return _estimates(session, settings, wanted, _fresh(stored.read_forecast(session, wanted), settings))
-
-
 def estimates_from(session: Session, settings: Settings, runs: Iterable[tuple[int, str]], read: stored.StoredForecast | None) -> dict[int, QueueEstimate]:
-    """As ``estimates_for``, with the stored forecast already ``read`` for those runs (in the query that read them)."""
+    """Estimates for those of ``(run id, status)`` that are QUEUED, from the stored forecast ``read`` for
+    those runs (in the query that read them; None: none is stored); no forecast when none is queued.
+
+    A fresh stored forecast answers (a run it lacks, submitted since, is forecast here while the queue
+    is short, else says when its place comes). Without a fresh one (the control worker is down) a short
+    queue is forecast here (reused for queue_forecast_ttl_s, as GET /queue does); a long one answers from
+    the stale one, however old, as GET /queue does: no request forecasts a long queue (at 50,000 queued
+    that is ~1.5 s, and every run submitted since would ask again)."""
     wanted = {run_id for run_id, status in runs if status == RunStatus.QUEUED}
-    return _estimates(session, settings, wanted, _fresh(read, settings)) if wanted else {}
+    return _estimates(session, settings, wanted, read) if wanted else {}
 
 
-def _estimates(session: Session, settings: Settings, wanted: set[int], forecast: stored.StoredForecast | None) -> dict[int, QueueEstimate]:
+def _estimates(session: Session, settings: Settings, wanted: set[int], read: stored.StoredForecast | None) -> dict[int, QueueEstimate]:
+    short = settings.queue_forecast_inline_max
+    forecast = _fresh(read, settings)
     if forecast is None:
-        estimates = _recent_estimates(session, settings, wanted)
-    else:
-        estimates = forecast.estimates
-        missing = wanted - estimates.keys()
-        if missing and forecast.size + len(missing) <= settings.queue_forecast_inline_max:
-            estimates = _recent_estimates(session, settings, wanted)  # a small queue: cheap enough to forecast here
-        elif missing:
-            estimates = {**estimates, **{run_id: _not_yet_forecast(run_id, forecast.made_at, settings) for run_id in missing}}
+        if (read.size + len(wanted) <= short) if read is not None else _queued_at_most(session, short):
+            _say_computed(read, settings)
+            return _pick(_recent_estimates(session, settings, wanted), wanted)
+        _say_stale(read, settings)
+        if read is None:
+            return {run_id: _not_yet_forecast(run_id, None, settings) for run_id in wanted}
+        forecast = read
+    estimates = forecast.estimates
+    missing = wanted - estimates.keys()
+    if missing and forecast.size + len(missing) <= short:
+        estimates = _recent_estimates(session, settings, wanted)  # a small queue: cheap enough to forecast here
+    elif missing:
+        estimates = {**estimates, **{run_id: _not_yet_forecast(run_id, forecast.made_at, settings) for run_id in missing}}
+    return _pick(estimates, wanted)
+
+
+def _pick(estimates: dict[int, QueueEstimate], wanted: set[int]) -> dict[int, QueueEstimate]:
     return {run_id: estimates[run_id] for run_id in wanted if run_id in estimates}
 
 
@@ -107,31 +111,29 @@ log = logging.getLogger(__name__)
 _last_said = [-math.inf]  # when this process last logged that it computes the forecast itself
 
 
-def _fresh_stored(session: Session, settings: Settings, *, every: bool = False) -> stored.StoredForecast | None:
-    """The stored forecast (the marker, or ``every`` row) if fresh, as ``_fresh``."""
-    return _fresh(stored.read_forecast(session, every=every), settings)
-
-
 def _fresh(forecast: stored.StoredForecast | None, settings: Settings) -> stored.StoredForecast | None:
-    """``forecast`` if younger than queue_forecast_stale_s; None (and a log line at most once a
-    minute) if it is missing or older: the caller computes one itself."""
+    """``forecast`` if younger than queue_forecast_stale_s, else None (missing, or the worker stopped storing it)."""
     if forecast is not None and (utcnow() - forecast.made_at).total_seconds() <= settings.queue_forecast_stale_s:
         return forecast
-    if _clock() - _last_said[0] >= 60:
-        _last_said[0] = _clock()
-        age = "none is stored" if forecast is None else f"the stored one is from {forecast.made_at:%Y-%m-%d %H:%M:%S} UTC"
-        log.warning("no queue forecast newer than %.0f s in the database (%s; is the control worker's beat running?): "
-                    "this API process computes it itself", settings.queue_forecast_stale_s, age)  # fmt: skip
     return None
 
 
+def _say_computed(forecast: stored.StoredForecast | None, settings: Settings) -> None:
+    """Log, at most once a minute, that this process forecasts a short queue itself for want of a fresh stored one."""
+    _say(forecast, settings, "this API process computes it itself")
+
+
 def _say_stale(forecast: stored.StoredForecast | None, settings: Settings) -> None:
-    """Log, at most once a minute, that GET /queue answers from a stale forecast (or none) of a long queue."""
+    """Log, at most once a minute, that a long queue is answered from a stale stored forecast (or none)."""
+    _say(forecast, settings, "the API answers from it: a queue this long is not forecast on a request")
+
+
+def _say(forecast: stored.StoredForecast | None, settings: Settings, what: str) -> None:
     if _clock() - _last_said[0] >= 60:
         _last_said[0] = _clock()
         age = "none is stored" if forecast is None else f"the stored one is from {forecast.made_at:%Y-%m-%d %H:%M:%S} UTC"
-        log.warning("no queue forecast newer than %.0f s in the database (%s; is the control worker's beat running?): "
-                    "GET /queue answers from it, a queue this long is not forecast on a request", settings.queue_forecast_stale_s, age)  # fmt: skip
+        log.warning("no queue forecast newer than %.0f s in the database (%s; is the control worker's beat running?): %s",
+                    settings.queue_forecast_stale_s, age, what)  # fmt: skip
 
 
 def _not_yet_forecast(run_id: int, made_at: datetime | None, settings: Settings) -> QueueEstimate:
@@ -217,6 +219,7 @@ def list_queue(session: Session, principal: Principal, settings: Settings, team:
     forecast = stored.read_forecast(session)  # the marker only: one primary-key read
     short = forecast.size < settings.queue_forecast_inline_max if forecast is not None else _queued_at_most(session, settings.queue_forecast_inline_max)
     if short and _fresh(forecast, settings) is None:
+        _say_computed(forecast, settings)
         return _computed_page(session, principal, settings, team, limit, after, offset)
     if forecast is None or (utcnow() - forecast.made_at).total_seconds() > settings.queue_forecast_stale_s:
         _say_stale(forecast, settings)

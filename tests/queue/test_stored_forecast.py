@@ -156,3 +156,24 @@ def test_beat_sends_the_forecast_tick_on_the_control_queue() -> None:
     tick = config["beat_schedule"]["forecast-tick"]
     assert tick["task"] == FORECAST_TICK and tick["schedule"] == 7 and tick["options"]["expires"] == 7
     assert config["task_routes"][FORECAST_TICK] == {"queue": "control"}
+
+
+def test_a_long_queue_with_a_stale_forecast_is_answered_from_it_not_forecast_on_a_request(world, spec, db_url, tmp_path, caplog) -> None:  # noqa: ANN001
+    """The control worker stopped: a queue longer than CADDIE_QUEUE_FORECAST_INLINE_MAX is answered from the stale
+    stored forecast, however old, by a run's page and a run list as by GET /queue; a run it lacks says when its
+    place comes. Nothing is computed on the request (a budget change since is not seen, as with the stale one)."""
+    from service.queue import positions
+
+    with api(db_url, tmp_path, queue_forecast_inline_max=1) as client:
+        a = submit(client, world, spec, "alice", [1, 2])
+        refresh(db_url, now=utcnow() - timedelta(minutes=5))  # the worker stopped 5 minutes ago
+        late = submit(client, world, spec, "alice", [3])[0]  # queued since
+        client.patch("/api/v1/teams/team-a", json={"budget_gpu_hours": 0}, headers=world.h("root"))
+        positions._last_said[0] = float("-inf")
+        with caplog.at_level(logging.WARNING, logger="service.queue.positions"):
+            assert position(client, world, a[1])["queue_position"] == 2  # the stale figure, not "over its budget"
+        assert "a queue this long is not forecast on a request" in caplog.text
+        new = position(client, world, late)
+        assert new["queue_position"] is None and "queued after the latest queue forecast" in new["waiting_reason"]
+        listed = {r["id"]: r["queue_position"] for r in client.get("/api/v1/runs", headers=world.h("alice")).json()["items"]}
+        assert listed == {a[0]: 1, a[1]: 2, late: None}
