@@ -122,12 +122,8 @@ def parse_space(raw: Mapping[str, Any], base: Mapping[str, Any]) -> SearchSpace:
 
     Raises InvalidInput with one issue per bad knob or value at ``("space", KNOB, ...)``.
     """
-    issues: list[Issue] = []
+    issues = _count_issues(raw, "knob")
     kinds = _kinds()
-    if not raw:
-        raise InvalidInput([Issue(("space",), "must name at least 1 knob", raw)])
-    if len(raw) > MAX_KNOBS:
-        issues.append(Issue(("space",), f"at most {MAX_KNOBS} knobs, got {len(raw)}", len(raw)))
     knobs: list[Knob] = []
     for key, spec in raw.items():
         loc: tuple[str | int, ...] = ("space", key)
@@ -139,38 +135,19 @@ def parse_space(raw: Mapping[str, Any], base: Mapping[str, Any]) -> SearchSpace:
         if name in base:
             issues.append(Issue(loc, f"{name} is also set in base; a searched knob is set by the sweep only", base[name]))
             continue
-        if not isinstance(spec, Mapping):
-            issues.append(Issue(loc, "must be {values: [...]} or {low: L, high: H, log: bool}", spec))
-            continue
         knob = _parse_knob(name, kind, f, spec, base, loc, issues)
         if knob is not None:
             knobs.append(knob)
-    if issues:
-        raise InvalidInput(issues)
-    space = SearchSpace(tuple(knobs))
-    size = space.grid_size()
-    if size is not None and size > MAX_GRID:
-        raise InvalidInput([Issue(("space",), f"the grid has {size} points; at most {MAX_GRID}", size)])
-    return space
+    return _space(knobs, issues)
 
 
-def _parse_knob(name: str, kind: str, f: dataclasses.Field, spec: Mapping[str, Any], base: Mapping[str, Any],
+def _parse_knob(name: str, kind: str, f: dataclasses.Field, spec: Any, base: Mapping[str, Any],
                 loc: tuple[str | int, ...], issues: list[Issue]) -> Knob | None:  # fmt: skip
-    extra = set(spec) - {"values", "low", "high", "log", "steps"}
-    if extra:
-        issues.append(Issue(loc, f"unknown field(s) {', '.join(sorted(extra))}; use values, or low/high/log/steps", sorted(extra)))
+    if bad := _shape_issue(spec, loc):
+        issues.append(bad)
         return None
     if "values" in spec:
-        if set(spec) - {"values"}:
-            issues.append(Issue(loc, "give values, or a range (low/high), not both", dict(spec)))
-            return None
         values = spec["values"]
-        if not isinstance(values, Sequence) or isinstance(values, str) or not values:
-            issues.append(Issue((*loc, "values"), "must be a non-empty list", values))
-            return None
-        if len(values) > MAX_VALUES:
-            issues.append(Issue((*loc, "values"), f"at most {MAX_VALUES} values, got {len(values)}", len(values)))
-            return None
         coerced = []
         for i, v in enumerate(values):
             bad = _knob_issue(base, name, v, (*loc, "values", i))
@@ -209,11 +186,7 @@ def parse_env_space(raw: Mapping[str, Any], base_env: Mapping[str, Any]) -> Sear
 
     Raises InvalidInput with one issue per bad key or value at ``("space", NAME, ...)``.
     """
-    issues: list[Issue] = []
-    if not raw:
-        raise InvalidInput([Issue(("space",), "must name at least 1 env variable", raw)])
-    if len(raw) > MAX_KNOBS:
-        issues.append(Issue(("space",), f"at most {MAX_KNOBS} env variables, got {len(raw)}", len(raw)))
+    issues = _count_issues(raw, "env variable")
     knobs: list[Knob] = []
     for key, spec in raw.items():
         loc: tuple[str | int, ...] = ("space", key)
@@ -224,35 +197,19 @@ def parse_env_space(raw: Mapping[str, Any], base_env: Mapping[str, Any]) -> Sear
         if key in base_env:
             issues.append(Issue(loc, f"{key} is also set in env; a searched variable is set by the sweep only", base_env[key]))
             continue
-        if not isinstance(spec, Mapping):
-            issues.append(Issue(loc, "must be {values: [...]} or {low: L, high: H, log: bool}", spec))
-            continue
         knob = _parse_env_knob(key, spec, loc, issues)
         if knob is not None:
             knobs.append(knob)
-    if issues:
-        raise InvalidInput(issues)
-    space = SearchSpace(tuple(knobs))
-    size = space.grid_size()
-    if size is not None and size > MAX_GRID:
-        raise InvalidInput([Issue(("space",), f"the grid has {size} points; at most {MAX_GRID}", size)])
-    return space
+    return _space(knobs, issues)
 
 
-def _parse_env_knob(name: str, spec: Mapping[str, Any], loc: tuple[str | int, ...], issues: list[Issue]) -> Knob | None:
-    extra = set(spec) - {"values", "low", "high", "log", "steps"}
-    if extra:
-        issues.append(Issue(loc, f"unknown field(s) {', '.join(sorted(extra))}; use values, or low/high/log/steps", sorted(extra)))
+def _parse_env_knob(name: str, spec: Any, loc: tuple[str | int, ...], issues: list[Issue]) -> Knob | None:
+    if shape := _shape_issue(spec, loc):
+        issues.append(shape)
         return None
     if "values" in spec:
         values = spec["values"]
-        if set(spec) - {"values"}:
-            issues.append(Issue(loc, "give values, or a range (low/high), not both", dict(spec)))
-        elif not isinstance(values, Sequence) or isinstance(values, str) or not values:
-            issues.append(Issue((*loc, "values"), "must be a non-empty list", values))
-        elif len(values) > MAX_VALUES:
-            issues.append(Issue((*loc, "values"), f"at most {MAX_VALUES} values, got {len(values)}", len(values)))
-        elif bad := [i for i, v in enumerate(values) if not isinstance(v, (str, int, float, bool)) or _not_finite(v)]:
+        if bad := [i for i, v in enumerate(values) if not isinstance(v, (str, int, float, bool)) or _not_finite(v)]:
             issues.append(Issue((*loc, "values", bad[0]), "must be a string, a number or true/false", values[bad[0]]))
         elif len({env_value(v) for v in values}) != len(values):
             issues.append(Issue((*loc, "values"), "values must be unique (as the text the script reads)", values))
@@ -266,6 +223,44 @@ def _parse_env_knob(name: str, spec: Mapping[str, Any], loc: tuple[str | int, ..
     if isinstance(low, int) and isinstance(high, int):  # ints stay ints (a step count, a layer count)
         return Knob(name, "int", low=low, high=high, log=log, steps=steps)
     return Knob(name, "float", low=float(low), high=float(high), log=log, steps=steps)
+
+
+def _count_issues(raw: Mapping[str, Any], noun: str) -> list[Issue]:
+    """A space names at least one and at most MAX_KNOBS of ``noun``s (a trainer knob, an env variable)."""
+    if not raw:
+        raise InvalidInput([Issue(("space",), f"must name at least 1 {noun}", raw)])
+    return [Issue(("space",), f"at most {MAX_KNOBS} {noun}s, got {len(raw)}", len(raw))] if len(raw) > MAX_KNOBS else []
+
+
+def _space(knobs: list[Knob], issues: list[Issue]) -> SearchSpace:
+    """The space of the parsed ``knobs``, unless a knob had an issue or the grid is too large."""
+    if issues:
+        raise InvalidInput(issues)
+    space = SearchSpace(tuple(knobs))
+    size = space.grid_size()
+    if size is not None and size > MAX_GRID:
+        raise InvalidInput([Issue(("space",), f"the grid has {size} points; at most {MAX_GRID}", size)])
+    return space
+
+
+def _shape_issue(spec: Any, loc: tuple[str | int, ...]) -> Issue | None:
+    """What is wrong with one knob's spec before its values are read (the same for a trainer knob and an env
+    variable): not a mapping, unknown fields, values beside a range, values not a list of 1 to MAX_VALUES."""
+    if not isinstance(spec, Mapping):
+        return Issue(loc, "must be {values: [...]} or {low: L, high: H, log: bool}", spec)
+    extra = set(spec) - {"values", "low", "high", "log", "steps"}
+    if extra:
+        return Issue(loc, f"unknown field(s) {', '.join(sorted(extra))}; use values, or low/high/log/steps", sorted(extra))
+    if "values" not in spec:
+        return None
+    values = spec["values"]
+    if set(spec) - {"values"}:
+        return Issue(loc, "give values, or a range (low/high), not both", dict(spec))
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        return Issue((*loc, "values"), "must be a non-empty list", values)
+    if len(values) > MAX_VALUES:
+        return Issue((*loc, "values"), f"at most {MAX_VALUES} values, got {len(values)}", len(values))
+    return None
 
 
 def _range(spec: Mapping[str, Any], loc: tuple[str | int, ...], issues: list[Issue], *, int_knob: str | None = None) -> tuple[Any, Any, bool, Any] | None:
