@@ -10,10 +10,10 @@ import hashlib
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import Stack
+from tests.sweeps.conftest import run_sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -43,10 +43,6 @@ print(f"final_int8_zlib_roundtrip_exact val_loss:{2 * bpb:.8f} val_bpb:{bpb:.8f}
 
 
 
-def _runs(c: httpx.Client, sweep: dict[str, Any]) -> list[tuple[int, str, str]]:
-    return [(r["id"], r["status"], r["status_reason"]) for t in sweep["trials"] for r in (c.get(f"/runs/{i}").json() for i in t["run_ids"])]
-
-
 def test_a_real_script_sweep_finds_the_best_env_value_and_prunes_the_runaway(stack: Stack) -> None:
     body: dict[str, Any] = {
         "name": "e2e-script-sweep", "track": "unlimited", "hardware": "cpu", "script": base64.b64encode(SCRIPT).decode(),
@@ -56,18 +52,7 @@ def test_a_real_script_sweep_finds_the_best_env_value_and_prunes_the_runaway(sta
     }  # fmt: skip
     started = time.monotonic()
     with stack.client() as c:
-        r = c.post("/sweeps", json=body)
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
-        end = time.monotonic() + 120
-        while (sweep := c.get(f"/sweeps/{sid}").json())["status"] != "done":
-            assert time.monotonic() < end, f"sweep not done: {sweep['status_reason']} {sweep['trials']} runs {_runs(c, sweep)}\n{stack.explain()}"
-            time.sleep(0.5)
-        runs = {t["number"]: c.get(f"/runs/{t['run_ids'][0]}").json() for t in sweep["trials"]}
-        while runs[2]["status"] == "RUNNING":
-            assert time.monotonic() < end, f"the pruned trial's run was not stopped\n{stack.explain()}"
-            time.sleep(0.5)
-            runs[2] = c.get(f"/runs/{runs[2]['id']}").json()
+        sweep, runs = run_sweep(stack, c, body, 120)
     took = time.monotonic() - started
 
     first, runaway, best = sweep["trials"]

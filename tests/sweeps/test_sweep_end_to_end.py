@@ -5,12 +5,12 @@ cancelled, and the sweep ends with the good trial as its best. bench/sweeps_real
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import TINY, Stack
+from tests.sweeps.conftest import run_sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +29,7 @@ def test_a_real_sweep_prunes_the_runaway_trial_and_keeps_the_good_one(stack: Sta
         "max_trials": 2, "max_parallel": 1, "pruner": "median", "prune": {"min_step": 6, "startup_trials": 1},
     }  # fmt: skip
     with stack.client() as c:
-        r = c.post("/sweeps", json=body)
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
-        end = time.monotonic() + 240
-        while (sweep := c.get(f"/sweeps/{sid}").json())["status"] != "done":
-            assert time.monotonic() < end, f"sweep not done: {sweep['status_reason']} {sweep['trials']}\n{stack.explain()}"
-            time.sleep(0.5)
-        while (runs := {t["number"]: c.get(f"/runs/{t['run_ids'][0]}").json() for t in sweep["trials"]})[2]["status"] == "RUNNING":
-            assert time.monotonic() < end, f"the pruned trial's run was not stopped\n{stack.explain()}"
-            time.sleep(0.5)  # pruning asks for the cancel; the run's worker stops the job
+        sweep, runs = run_sweep(stack, c, body, 240)
         steps = [m["step"] for m in c.get(f"/runs/{runs[2]['id']}/metrics").json() if m["kind"] == "train"]
 
     good, bad = sweep["trials"]
