@@ -108,7 +108,7 @@ def _pick(estimates: dict[int, QueueEstimate], wanted: set[int]) -> dict[int, Qu
 
 
 log = logging.getLogger(__name__)
-_last_said = [-math.inf]  # when this process last logged that it computes the forecast itself
+_last_said = [-math.inf]  # when this process last logged that it has no fresh stored forecast (_say)
 
 
 def _fresh(forecast: stored.StoredForecast | None, settings: Settings) -> stored.StoredForecast | None:

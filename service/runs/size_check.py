@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, fields as dataclass_fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -40,6 +40,8 @@ from service.runs.compliance import RECORD_TRACK
 from trainer.config import ARTIFACT_LIMIT_BYTES, CONTROL_TENSOR_PATTERNS, QUANT_SMALL_NUMEL, ConfigError, TrainerConfig
 
 SIZE_CHECKED_TRACK = RECORD_TRACK
+K = TypeVar("K")
+V = TypeVar("V")
 DEFAULT_RATIO = 0.70
 # compressed / packed bytes by codec ("lzma", "zstd", "brotli", "pergroup/<PERGROUP_BACKEND>") and storage kind;
 # a kind not listed takes DEFAULT_RATIO. Sources:
@@ -153,11 +155,16 @@ def packed_by_kind(cfg: TrainerConfig) -> dict[str, int]:
     key = repr(tuple(getattr(cfg, name) for name in SIZE_KNOBS))
     known = _packed_by_shape.get(key)
     if known is None:
-        known = _packed_by_kind(cfg)
-        _packed_by_shape[key] = known
-        while len(_packed_by_shape) > _PACKED_BY_SHAPE_MAX:
-            _packed_by_shape.pop(next(iter(_packed_by_shape)), None)  # oldest first
+        known = _keep(_packed_by_shape, key, _packed_by_kind(cfg), _PACKED_BY_SHAPE_MAX)
     return dict(known)
+
+
+def _keep(cache: dict[K, V], key: K, value: V, most: int) -> V:
+    """Store ``value`` under ``key`` in a per-process cache of at most ``most`` entries (the oldest go first); ``value``."""
+    cache[key] = value
+    while len(cache) > most:
+        cache.pop(next(iter(cache)), None)
+    return value
 
 
 def _packed_by_kind(cfg: TrainerConfig) -> dict[str, int]:
@@ -243,11 +250,7 @@ def measured_as_of(session: Session, team_id: int, latest: tuple[Any, ...] | Non
     known = _team_figures.get(key)
     if known is not None and known[0] == latest:
         return known[1]
-    figures = _measure(session, team_id)
-    _team_figures[key] = (latest, figures)
-    while len(_team_figures) > _PACKED_CACHE_MAX:
-        _team_figures.pop(next(iter(_team_figures)), None)
-    return figures
+    return _keep(_team_figures, key, (latest, _measure(session, team_id)), _PACKED_CACHE_MAX)[1]
 
 
 # Built once with a bound team id (SQLAlchemy reuses its compiled form): every submit asks.
@@ -276,9 +279,7 @@ def _measure(session: Session, team_id: int) -> tuple[list[float], list[int]]:
     if unknown:
         for run_id, spec in session.execute(select(Run.id, Run.spec).where(Run.id.in_(unknown))):
             cfg = _config_or_none(spec)
-            _packed_by_run[(db, run_id, unknown[run_id])] = packed_bytes(cfg) if cfg is not None else None
-        while len(_packed_by_run) > _PACKED_CACHE_MAX:
-            _packed_by_run.pop(next(iter(_packed_by_run)), None)  # oldest first
+            _keep(_packed_by_run, (db, run_id, unknown[run_id]), packed_bytes(cfg) if cfg is not None else None, _PACKED_CACHE_MAX)
     ratios, codes = [], []
     for run_id, at, model_bytes, code_bytes in rows:
         packed = _packed_by_run.get((db, run_id, at))
