@@ -252,8 +252,10 @@ class TrainerConfig:
     gptq_calibration_batches: int = knob(16, "Training batches (of TRAIN_BATCH_TOKENS / grad-accum steps per rank) whose layer inputs "
                                          "give the GPTQ Hessians.", min=1, max=4096, group="artifact")
     gptq_block_size: int = knob(128, "Columns per GPTQ lazy-update block.", min=1, max=65536, group="artifact")
-    gptq_reserve_seconds: float = knob(4.0, "Seconds of MAX_WALLCLOCK_SECONDS kept for the GPTQ calibration, which reads training "
-                                       "data and so counts as training: the loop (and its warm-down) stops this much earlier.",
+    gptq_reserve_seconds: float = knob(4.0, "At least this many seconds of MAX_WALLCLOCK_SECONDS kept for the GPTQ calibration, which "
+                                       "reads training data and so counts as training: the loop (and its warm-down) stops this much "
+                                       "earlier. A capped run times 2 calibration batches in its warm-up and keeps more where the "
+                                       "calibration needs more, so loop plus calibration stays within the cap.",
                                        min=0.0, max=3600.0, group="schedule")
     matrix_clip_sigmas: float = knob(12.85, "SDClip k for matrices outside attention and MLP (scale = k·std(row)/qmax; GPTQ only).",
                                      min=0.01, max=1000.0, group="artifact")

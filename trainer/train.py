@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -138,6 +139,20 @@ def loop_seconds(cfg: TrainerConfig) -> float:
     """The training loop's wallclock cap: MAX_WALLCLOCK_SECONDS, less GPTQ_RESERVE_SECONDS under GPTQ
     (its calibration reads training data, so it is training time; the record reserves it the same way)."""
     return cfg.max_wallclock_seconds - (cfg.gptq_reserve_seconds if cfg.gptq and cfg.max_wallclock_seconds > 0 else 0.0)
+
+
+GPTQ_PROBE_BATCHES = 2  # calibration batches timed in the warm-up; the mean per batch includes first-call costs
+# How much the measured calibration may grow between the warm-up's probe and the real one.
+CALIBRATION_MARGIN = 1.25
+
+
+def calibration_reserve(cfg: TrainerConfig, probe_seconds: float, probe_batches: int) -> float:
+    """The seconds a capped GPTQ run keeps for its calibration: GPTQ_RESERVE_SECONDS, or more where the
+    warm-up's probe says GPTQ_CALIBRATION_BATCHES batches take longer. A fixed reserve cannot be right on
+    every machine: the 2026-04-27 record kept 0.5 s and calibrated for 4.7 s on 8x H100; on one H100 the
+    same calibration took 6.7 s, so its train_time ended 5.9 s over a 120 s cap."""
+    needed = CALIBRATION_MARGIN * probe_seconds / max(probe_batches, 1) * cfg.gptq_calibration_batches
+    return max(cfg.gptq_reserve_seconds, needed)
 
 
 def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
@@ -373,6 +388,33 @@ def score_artifact(blob: bytes, cfg: TrainerConfig, val_tokens: torch.Tensor, lu
     return r, pre_ttt_bpb, eval_seconds
 
 
+def probe_gptq_reserve(model: GPT, cfg: TrainerConfig, train_pattern: str, micro_tokens: int, rank: int, world: int,
+                       device: torch.device, autocast, sync, log: RunLog) -> float:
+    """Time GPTQ_PROBE_BATCHES calibration batches before the clock starts (the calibration itself runs
+    after the loop and counts as training: it reads training data) and return the reserve that keeps
+    loop + calibration within MAX_WALLCLOCK_SECONDS; every rank gets the slowest rank's figure."""
+    looping = model.looping
+    model.looping = cfg.num_loops > 0  # the calibration runs the looped model
+    probe = replace(cfg, gptq_calibration_batches=min(GPTQ_PROBE_BATCHES, cfg.gptq_calibration_batches))
+    sync()
+    p0 = time.perf_counter()
+    gptq_hessians(model, probe, train_pattern, micro_tokens, rank, world, device, autocast)
+    sync()
+    seconds = time.perf_counter() - p0
+    model.looping = looping
+    if world > 1:
+        slowest = torch.tensor(seconds, device=device, dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        seconds = slowest.item()
+    reserve = calibration_reserve(cfg, seconds, probe.gptq_calibration_batches)
+    log.line(f"gptq_reserve:{reserve:.2f}s probe:{probe.gptq_calibration_batches} batches in {1000 * seconds:.0f}ms "
+             f"for {cfg.gptq_calibration_batches} (GPTQ_RESERVE_SECONDS={cfg.gptq_reserve_seconds:g})")
+    if reserve >= cfg.max_wallclock_seconds:
+        raise RunError(f"GPTQ calibration needs about {reserve:.1f} s of MAX_WALLCLOCK_SECONDS={cfg.max_wallclock_seconds:g}, "
+                       "leaving no time to train: raise the cap or lower GPTQ_CALIBRATION_BATCHES")
+    return reserve
+
+
 def train(cfg: TrainerConfig) -> dict:
     """Run the whole thing; return the result dict (also written to result.json)."""
     cfg.validate()
@@ -457,6 +499,9 @@ def train(cfg: TrainerConfig) -> dict:
             opt.load_state_dict(state)
         stream = TokenStream(train_pattern, rank, world)
         log.line(f"warmup_steps:{cfg.warmup_steps} done (weights, optimiser state and data reset)")
+    if cfg.gptq and cfg.max_wallclock_seconds > 0:
+        cfg = replace(cfg, gptq_reserve_seconds=probe_gptq_reserve(model, cfg, train_pattern, micro_tokens, rank, world,
+                                                                   device, autocast, sync, log))
 
     ema = [p.detach().float().clone() for p in params] if cfg.ema_enabled else None
     swa: list[torch.Tensor] | None = None

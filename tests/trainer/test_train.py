@@ -140,6 +140,28 @@ def test_compile_warmup_steps_are_undone(smoke_corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_capped_gptq_run_keeps_its_calibration_inside_the_cap(smoke_corpus, tmp_path):
+    """Found on one H100 (bench/results/wallclock_cap.md): with the record's fixed 0.5 s reserve the
+    loop stopped under a 120 s cap, then 6.7 s of calibration made train_time 125.9 s. The warm-up now
+    times two calibration batches and reserves what GPTQ_CALIBRATION_BATCHES of them need."""
+    out = tmp_path / "out"
+    # 400 calibration batches cost about a second here: far more than the 0.05 s the knob keeps.
+    knobs = {**TINY, **corpus_knobs(smoke_corpus), "OUTPUT_DIR": str(out), "ITERATIONS": 100000, "MAX_WALLCLOCK_SECONDS": 4,
+             "WARMDOWN_ITERS": 5, "GPTQ": 1, "GPTQ_RESERVE_SECONDS": 0.05, "GPTQ_CALIBRATION_BATCHES": 400, "TTT_ENABLED": 0}
+    proc = run_trainer([sys.executable, "-m", "trainer"], knobs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    reserve = float(re.search(r"gptq_reserve:([0-9.]+)s probe:2 batches", log).group(1))
+    calibration = re.search(r"gptq_calibration_time:(\d+)ms reserve:(\d+)ms train_time:(\d+)ms", log)
+    assert calibration, log[-2000:]
+    calib_ms, reserved_ms, train_ms = map(int, calibration.groups())
+    assert reserve > 0.05 and abs(reserved_ms - 1000 * reserve) <= 10
+    assert calib_ms <= reserved_ms, "the probe under-estimated the calibration"
+    result = json.loads((out / "result.json").read_text())
+    assert result["train_seconds"] == pytest.approx(train_ms / 1000, abs=0.002)
+    assert 0 < result["train_seconds"] <= 4.15  # loop + calibration: within the cap (one slow CI step aside)
+
+
 def test_end_to_end_run_writes_a_valid_result(smoke_corpus, tmp_path):
     out = tmp_path / "out"
     knobs = {**TINY, **corpus_knobs(smoke_corpus), "OUTPUT_DIR": str(out), "ITERATIONS": 100000, "MAX_WALLCLOCK_SECONDS": 3,
