@@ -112,7 +112,6 @@ mark("end")
 '''
 HANG_SEED, FSIZE_SEED, FSIZE_LIMIT = 9001, 9002, 64 * 1024
 STAND_IN = STAND_IN.replace("MARKS", MARKS).replace("HANG_SEED", str(HANG_SEED)).replace("FSIZE_SEED", str(FSIZE_SEED)).replace("FSIZE_LIMIT", str(FSIZE_LIMIT))
-SILENCE_S = 10.0  # CADDIE_SILENCE_TIMEOUT_S for the suite (caddie's default, 600 s, would make "hang" a 10-minute scenario)
 
 
 def free_port() -> int:
@@ -801,24 +800,26 @@ class Suite:
         return self.finish(out, [] if not still else [f"run {run} CANCELLED while its trainer ran on"])
 
     def hang(self) -> Outcome:
-        """A trainer that prints 3 steps, then nothing, and never ends, beside a healthy run: the silence
-        watchdog (CADDIE_SILENCE_TIMEOUT_S) should stop it, end it FAILED saying so, and free its slot."""
+        """A trainer that prints 3 steps, then sleeps for ever, beside a healthy run, at caddie's defaults: the
+        local launcher's hang watch (CADDIE_IDLE_TIMEOUT_S) should stop it, end it FAILED saying so, and free its slot."""
         hung = self.submit(10, seed=HANG_SEED)
         healthy = self.submit(250, seed=1)
         self.wait(lambda: any(e["run"] == hung and e["kind"] == "hang" for e in self.events()), 60, "the trainer to hang")
         t = self.watch.fault()
         while_hung = self.processes_in([hung])  # what the leak count must see gone afterwards
         silent_from = next(e["t"] for e in self.events() if e["run"] == hung and e["kind"] == "hang")
-        self.wait(lambda: self.status(hung) in TERMINAL, SILENCE_S + 120, "the hung run to end")
+        self.wait(lambda: self.status(hung) in TERMINAL, DEFAULTS.idle_timeout_s + 120, "the hung run to end")
         after = self.submit(10, seed=2)  # the freed slot takes a new run
         self.all_done()
-        out = self.outcome("hang", f"a trainer goes silent and never ends (CADDIE_SILENCE_TIMEOUT_S={SILENCE_S:.0f}), beside a healthy run, then a new run",
+        out = self.outcome("hang", f"a trainer goes silent and idle and never ends (defaults: CADDIE_IDLE_TIMEOUT_S={DEFAULTS.idle_timeout_s:g}), "
+                           "beside a healthy run, then a new run",
                            None, expect={hung: "FAILED"})  # fmt: skip
         row = self.rows([hung])[0]
         ended = row.finished_at.timestamp() if row.finished_at else float("nan")
-        wrong = [] if row.status_reason and "silent" in row.status_reason and "SILENCE" in row.status_reason else [f"run {hung}: reason does not say it was silent"]
+        said = row.status_reason or ""
+        wrong = [] if said.startswith("hung: no output") and "CADDIE_IDLE_TIMEOUT_S" in said else [f"run {hung}: reason does not say it hung"]
         out.notes.append(f"hung run {hung} {row.status} after {row.attempts + 1} attempt(s), {ended - silent_from:.1f} s after its last output "
-                         f"(limit {SILENCE_S:.0f} s + poll): {row.status_reason}")  # fmt: skip
+                         f"(limit {DEFAULTS.idle_timeout_s:g} s + the wrapper's 1 s sampling + the executor's poll): {row.status_reason}")  # fmt: skip
         out.notes.append(f"processes in the hung run's folder while it hung: {len(while_hung)} ({', '.join(sorted({n for _, n, _ in while_hung}))}); after: "
                          f"{len(self.processes_in([hung]))}")  # fmt: skip
         started_after = self.event_at(after, "PROVISIONING")
@@ -897,8 +898,8 @@ def write_report(path: Path, outcomes: list[Outcome], started: datetime, elapsed
         f"a `runs` worker, a `control` worker and beat, the local launcher and a stand-in trainer (0.1 s a step); caddie's default "
         f"settings (heartbeat {DEFAULTS.heartbeat_s:.0f} s, stale after {DEFAULTS.stale_heartbeats:.0f} heartbeats, janitor tick "
         f"{DEFAULTS.janitor_tick_s:.0f} s, scheduler tick {DEFAULTS.scheduler_tick_s:.0f} s, retry backoff {DEFAULTS.retry_backoff_s:.0f} s) "
-        f"but {CAPACITY} runs at once and a silence watchdog of {SILENCE_S:.0f} s (CADDIE_SILENCE_TIMEOUT_S; default "
-        f"{DEFAULTS.silence_timeout_s:.0f} s); a killed process is restarted {RESTART_DELAY_S:.0f} s after it died"
+        f"but {CAPACITY} runs at once (silence watchdog {DEFAULTS.silence_timeout_s:.0f} s, hang watch {DEFAULTS.idle_timeout_s:g} s: "
+        f"the defaults); a killed process is restarted {RESTART_DELAY_S:.0f} s after it died"
         + ("; no bubblewrap on this machine, so jobs ran unsealed (CADDIE_SANDBOX=none)." if shutil.which("bwrap") is None else "; jobs sealed in bubblewrap."),
         "",
         "Recovery: from the fault until no run of the scenario is stranded (active with no live heartbeat, or queued outside "
@@ -951,7 +952,6 @@ def main() -> int:
             PYTHONPATH=str(REPO), CADDIE_HOME=str(home), CADDIE_DATABASE_URL=pg.url(), CADDIE_BROKER_URL=redis.url,
             CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted", CADDIE_LAUNCHER="local", CADDIE_GPU_COUNT="0",
             CADDIE_MAX_CONCURRENT_RUNS=str(CAPACITY), CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(home / "stand_in.py")]),
-            CADDIE_SILENCE_TIMEOUT_S=str(SILENCE_S),
         )  # fmt: skip
         if shutil.which("bwrap") is None:
             env["CADDIE_SANDBOX"] = "none"  # no bubblewrap on this machine: jobs unsealed (the report says so)

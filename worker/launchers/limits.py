@@ -13,6 +13,12 @@ holds on Debian, in CI and in a container), and none of them breaks CUDA:
   a limit near the job's real memory keeps a GPU job from starting (bench/job_limits_gpu.py). Not a cgroup's memory.max: it needs a delegated cgroup v2
   subtree, which neither ``caddie up`` nor CI has.
 
+* a hang: no new output and (almost) no CPU time over CADDIE_IDLE_TIMEOUT_S, and no GPU of the machine
+  busy. A trainer that works prints, or computes on the CPU (compiles, loads, launches kernels, spins
+  while it waits on the GPU), or keeps a GPU busy; a deadlocked or sleeping one does none of these and
+  is stopped within seconds, not at the silence watchdog (CADDIE_SILENCE_TIMEOUT_S), which stays for
+  hangs that spin (a collective waiting for a dead rank).
+
 The watcher polls, so a job can overshoot by what it allocates between two looks (a fraction of
 a second); the kernel's OOM killer stays the last line.
 """
@@ -20,11 +26,15 @@ a second); the kernel's OOM killer stays the last line.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 MEMORY_SETTING = "CADDIE_JOB_MEMORY_BYTES"
 DISK_SETTING = "CADDIE_JOB_DISK_BYTES"
+IDLE_SETTING = "CADDIE_IDLE_TIMEOUT_S"
+IDLE_CPU_SHARE = 0.01  # of one core over the idle window: less than this is no work (a sleeping process uses ~0)
 DEFAULT_MEMORY_FRACTION = 0.8  # of the machine's memory (or its cgroup's limit), when CADDIE_JOB_MEMORY_BYTES is 0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -73,6 +83,43 @@ def limit_reason(kind: str, used: int, limit: int, detail: str = "") -> str:
         detail = f": {detail}" if detail else ""
         return f"memory limit: the job used {used:,} bytes ({gib(used)}){detail}, {where} {MEMORY_SETTING}={limit} ({gib(limit)}); stopped"
     return f"disk limit: the run folder held {used:,} bytes ({gib(used)}), {where} {DISK_SETTING}={limit} ({gib(limit)}); stopped"
+
+
+def idle_reason(silent_s: float, cpu_s: float, window_s: float, limit_s: float) -> str:
+    """Why a job is presumed hung ('' if it is not): no output for more than ``limit_s`` and less than
+    IDLE_CPU_SHARE of a core used over the last ``window_s`` (at least ``limit_s``) seconds (pure)."""
+    if limit_s <= 0 or silent_s <= limit_s or window_s < limit_s or cpu_s >= IDLE_CPU_SHARE * window_s:
+        return ""
+    return (f"hung: no output for {silent_s:.0f} s and {cpu_s:.2f} s of CPU time in the last {window_s:.0f} s, no GPU busy "
+            f"({IDLE_SETTING}={limit_s:g}); stopped")
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def processes_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time of the processes and of their children they have reaped (utime, stime, cutime, cstime)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # after "(comm)": state is fields[0], utime is the 14th field
+        except (OSError, IndexError, ValueError):
+            continue  # gone
+    return total / _TICKS
+
+
+def gpus_busy() -> bool:
+    """Whether any GPU of the machine reports work (nvidia-smi's utilisation); False where there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell: do not call it idle
+    return any(v.strip().isdigit() and int(v) > 0 for v in out.splitlines())
 
 
 def descendants(pid: int) -> list[int]:

@@ -8,7 +8,7 @@ Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR
                       TOKENIZER_PATH are ./data/... of the run's data variant
     child.json        pid, process group and start time of the trainer process
     exit_code.json    written atomically by the wrapper when the trainer ends (`limit_exceeded`: the
-                      memory or disk limit it stopped the job at, worker.launchers.limits)
+                      memory or disk limit it stopped the job at, or the hang it saw, worker.launchers.limits)
     cancel_requested  written by cancel() before any signal is sent (its text: why, if not the user)
     train.log, metrics.jsonl, result.json, model.int6.ptz   written by the trainer
     train_gpt.py and its files   a script run's own (it runs here instead of the trainer,
@@ -322,6 +322,11 @@ class LocalLauncher:
     def sealed(self) -> bool:
         return getattr(self.settings, "sandbox", "bwrap") != "none"
 
+    @property
+    def idle_s(self) -> float:
+        """CADDIE_IDLE_TIMEOUT_S: the wrapper stops a job silent and idle this long as hung (0: off)."""
+        return float(getattr(self.settings, "idle_timeout_s", 0.0))
+
     def limits(self) -> tuple[int, int]:
         """A running job's memory and disk limits in bytes (CADDIE_JOB_MEMORY_BYTES, CADDIE_JOB_DISK_BYTES; 0 disk: none)."""
         return memory_limit(int(getattr(self.settings, "job_memory_bytes", 0))), int(getattr(self.settings, "job_disk_bytes", 0))
@@ -364,6 +369,7 @@ class LocalLauncher:
             "--timeout", str(float(job.timeout_s or 0)),
             "--grace", str(self.grace_s),
             "--memory-bytes", str(memory), "--disk-bytes", str(disk),
+            "--idle-s", str(self.idle_s),
             *(a for m in (TMPFS if self.sealed else ()) for a in ("--tmpfs", m)),  # the sandbox's own RAM folders count as its memory
             "--", *self._job_argv(job, workdir, built),
         ]  # fmt: skip
@@ -441,7 +447,7 @@ class LocalLauncher:
         rc = int(ended["exit_code"])
         if cancelled:
             return JobStatus(JobState.CANCELLED, rc, cancelled)
-        if ended.get("limit_exceeded"):  # the wrapper stopped it at its memory or disk limit: FAILED, not retried
+        if ended.get("limit_exceeded"):  # the wrapper stopped it at its memory or disk limit, or as hung: FAILED, not retried
             return JobStatus(JobState.FAILED, rc, str(ended["limit_exceeded"]))
         if rc == 0:
             return JobStatus(JobState.SUCCEEDED, 0, "")

@@ -15,11 +15,14 @@ for when no worker is left to enforce the run's hard timeout.
 past either, the job's group is killed at once and exit_code.json says which limit
 (`limit_exceeded`); the job's files may not grow past `disk-bytes` (RLIMIT_FSIZE).
 `tmpfs` names the job's own RAM-backed mounts (its sandbox's /tmp, /dev/shm), counted as memory.
+`idle-s` (0 = off) stops a job that printed nothing and used no CPU (and left every GPU idle) for that
+long, as hung (worker.launchers.limits.idle_reason), with the same `limit_exceeded` record.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import resource
@@ -30,7 +33,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.launchers.limits import descendants, folder_bytes, limit_reason, open_tmpfs, processes_memory, tmpfs_usage
+from worker.launchers.limits import (
+    descendants,
+    folder_bytes,
+    gpus_busy,
+    idle_reason,
+    limit_reason,
+    open_tmpfs,
+    processes_cpu_seconds,
+    processes_memory,
+    tmpfs_usage,
+)
 
 STDOUT_LOG = "stdout.log"
 CHILD_FILE = "child.json"
@@ -110,8 +123,41 @@ class Limits:
         return ""
 
 
+IDLE_EVERY_S = 1.0  # how often the job's CPU time and output are sampled for the hang watch
+
+
+class Idle:
+    """The hang watch: when the job's log last grew, and its CPU time over the last ``limit_s`` seconds."""
+
+    def __init__(self, log_fd: int, limit_s: float) -> None:
+        self.log_fd, self.limit_s = log_fd, limit_s
+        self.size, self.heard = -1, time.monotonic()
+        self.samples: collections.deque[tuple[float, float]] = collections.deque()  # (when, CPU seconds so far)
+        self.next = 0.0
+
+    def hung(self, pid: int, now: float) -> str:
+        if self.limit_s <= 0 or now < self.next:
+            return ""
+        self.next = now + IDLE_EVERY_S
+        size = os.fstat(self.log_fd).st_size
+        if size != self.size:
+            self.size, self.heard = size, now
+        cpu = processes_cpu_seconds(descendants(pid))
+        if self.samples and cpu < self.samples[-1][1]:
+            self.samples.clear()  # a child reaped outside the job took its CPU time along: start the window again
+        self.samples.append((now, cpu))
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.limit_s:
+            self.samples.popleft()  # keep one sample at least limit_s old: the window's start
+        start, start_cpu = self.samples[0]
+        why = idle_reason(now - self.heard, cpu - start_cpu, now - start, self.limit_s)
+        if why and gpus_busy():
+            self.next = now + self.limit_s  # a GPU works (this job's or another's): look again later
+            return ""
+        return why
+
+
 def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, memory_bytes: int = 0, disk_bytes: int = 0,
-              tmpfs: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+              tmpfs: list[str] | None = None, idle_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Run argv to completion under the rules above; return what was written to exit_code.json."""
     log = open(workdir / STDOUT_LOG, "ab", buffering=0)
     stop: dict[str, float] = {}  # "at": when a stop was first asked for
@@ -127,6 +173,7 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, 
         resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
 
     limits = Limits(workdir, memory_bytes, disk_bytes, tmpfs or [])
+    idle = Idle(log.fileno(), idle_s)
     started = time.monotonic()
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -153,7 +200,7 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, 
             timed_out = True
             stop.setdefault("at", now)
             log.write(f"\ncaddie: hard timeout after {timeout_s:.0f} s, stopping the trainer\n".encode())
-        if not exceeded and (exceeded := limits.over(child.pid, now)):
+        if not exceeded and (exceeded := limits.over(child.pid, now) or idle.hung(child.pid, now)):
             # Over a limit: no grace, the machine is what the limit protects.
             _signal_group(child.pid, signal.SIGKILL)
             log.write(f"\ncaddie: {exceeded}\n".encode())
@@ -191,12 +238,13 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--memory-bytes", type=int, default=0)
     parser.add_argument("--disk-bytes", type=int, default=0)
     parser.add_argument("--tmpfs", action="append", default=[])
+    parser.add_argument("--idle-s", type=float, default=0.0)
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     ns = parser.parse_args(args)
     argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
     if not argv:
         parser.error("no trainer command after --")
-    supervise(ns.workdir, argv, ns.timeout, ns.grace, ns.memory_bytes, ns.disk_bytes, ns.tmpfs)
+    supervise(ns.workdir, argv, ns.timeout, ns.grace, ns.memory_bytes, ns.disk_bytes, ns.tmpfs, ns.idle_s)
     return 0
 
 
