@@ -141,7 +141,7 @@ def loop_seconds(cfg: TrainerConfig) -> float:
     return cfg.max_wallclock_seconds - (cfg.gptq_reserve_seconds if cfg.gptq and cfg.max_wallclock_seconds > 0 else 0.0)
 
 
-GPTQ_PROBE_BATCHES = 2  # calibration batches timed in the warm-up; the mean per batch includes first-call costs
+GPTQ_PROBE_BATCHES = 2  # calibration batches timed in the warm-up, after one untimed
 # How much the measured calibration may grow between the warm-up's probe and the real one.
 CALIBRATION_MARGIN = 1.25
 
@@ -396,6 +396,9 @@ def probe_gptq_reserve(model: GPT, cfg: TrainerConfig, train_pattern: str, micro
     looping = model.looping
     model.looping = cfg.num_loops > 0  # the calibration runs the looped model
     probe = replace(cfg, gptq_calibration_batches=min(GPTQ_PROBE_BATCHES, cfg.gptq_calibration_batches))
+    # One batch untimed first: on an H100 the first one took ~3 s of one-time set-up (the real calibration
+    # runs after it, warm), and a probe that timed it reserved 33 s for a 3.7 s calibration.
+    gptq_hessians(model, replace(cfg, gptq_calibration_batches=1), train_pattern, micro_tokens, rank, world, device, autocast)
     sync()
     p0 = time.perf_counter()
     gptq_hessians(model, probe, train_pattern, micro_tokens, rank, world, device, autocast)
