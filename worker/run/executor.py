@@ -346,7 +346,7 @@ class RunDriver:
     def _limits(self) -> str:
         silence = float(getattr(self.settings, "silence_timeout_s", 0.0))
         watchdog = f"stopped after {silence:.0f} s without output" if silence > 0 else "no silence watchdog"
-        idle = float(getattr(self.launcher, "idle_s", 0.0))  # the local launcher's hang watch (its wrapper)
+        idle = float(getattr(self.settings, "idle_timeout_s", 0.0))  # the hang watch of the job's wrapper (local, SkyPilot node)
         hang = f"; stopped after {idle:g} s without output or CPU time" if idle > 0 else ""
         return f"deadline {self.deadline.describe()}; {watchdog}{hang}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +18,7 @@ from sky import exceptions as sky_exc  # noqa: E402
 
 from service.core.hardware import NodeHardware  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
+from service.runs.logparse import failure_reason  # noqa: E402
 from worker.launchers import get_launcher
 from worker.launchers.base import (  # noqa: E402
     ClusterHandle,
@@ -60,7 +62,7 @@ def test_a_script_run_uploads_its_files_and_runs_train_gpt_under_torchrun(tmp_pa
     assert (staging / "train_gpt.py").read_bytes() == files["train_gpt.py"] and (staging / "tokenizers/own.model").read_bytes() == b"\x00\x01"
     assert task.envs["CADDIE_SCRIPT"] == "1" and task.envs["CADDIE_DATA_VARIANT"] == "sp8192"
     assert task.envs["SEED"] == "42" and task.envs["NUM_LAYERS"] == "$(rm -rf ~)"  # a value: SkyPilot quotes it on export
-    assert "train_gpt.py 2>&1" in task.run and 'cp -a "$HOME/caddie-scripts/${CADDIE_RUN_KEY}"/. "$out/"' in task.run
+    assert "train_gpt.py\n" in task.run and 'cp -a "$HOME/caddie-scripts/${CADDIE_RUN_KEY}"/. "$out/"' in task.run
     with pytest.raises(LaunchFailed, match="LD_PRELOAD"):
         launcher(tmp_path).build_task(JobSpec(run_id=5, env={"LD_PRELOAD": "x"}, hardware="", timeout_s=1, script_files=files), "k")
 
@@ -684,8 +686,10 @@ def _node(tmp_path: Path, programs: dict[str, str]) -> dict[str, str]:
 
 
 # The node's python3: `-m worker.launchers.sandbox ... -- ARGV` runs ARGV (unsealed; the real
-# sandbox runs in test_a_job_on_a_node_is_sealed_and_leaves_nothing_behind), else does nothing.
-PYTHON3 = 'if [ "$1 $2" = "-m worker.launchers.sandbox" ]; then while [ "$1" != "--" ]; do shift; done; shift; exec "$@"; fi; exit 0'
+# sandbox runs in test_a_job_on_a_node_is_sealed_and_leaves_nothing_behind); the job's wrapper (the hang
+# watch) and `-c` are the real Python's; anything else does nothing.
+PYTHON3 = ('if [ "$1 $2" = "-m worker.launchers.sandbox" ]; then while [ "$1" != "--" ]; do shift; done; shift; exec "$@"; fi; '
+           f'if [ "$1 $2" = "-m worker.launchers.local_wrapper" ] || [ "$1" = "-c" ]; then PYTHONPATH={REPO} exec {sys.executable} "$@"; fi; exit 0')
 
 
 def _run_script(script: str, env: dict[str, str], cwd: Path) -> Any:
@@ -736,6 +740,23 @@ def test_run_script_enforces_the_hard_timeout_on_the_node(tmp_path: Path) -> Non
     env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-000001_c_1")
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 124 and "caddie: hard timeout after 1 s" in res.stdout
+
+
+def test_run_script_stops_a_hung_job_on_the_node_and_says_so(tmp_path: Path) -> None:
+    import time
+
+    task = launcher(tmp_path, idle_timeout_s=2).build_task(JobSpec(run_id=5, env={}, hardware="", timeout_s=300), "run-5-h")
+    assert task.envs["CADDIE_IDLE_TIMEOUT_S"] == "2"
+    hung = 'echo "step:1/9 train_loss:6.5 train_time:10ms step_avg:10.00ms"; sleep 60; echo "not stopped"'
+    env = {**_node(tmp_path, {"torchrun": hung, "python3": PYTHON3}), **task.envs}
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-12-07-03-00-00-000001_c_1")
+    t0 = time.monotonic()
+    res = _run_script(task.run, env, tmp_path)
+    assert time.monotonic() - t0 < 15  # not the 300 s hard timeout, nor the 600 s silence watchdog
+    assert res.returncode == 137  # SIGKILL: SkyPilot marks the job FAILED
+    assert "step:1/9" in res.stdout and "not stopped" not in res.stdout  # the job's output reached SkyPilot's log
+    reason = failure_reason(res.stdout)  # what the launcher makes the run's reason
+    assert reason.startswith("caddie: hung: no output for ") and "(CADDIE_IDLE_TIMEOUT_S=2); stopped" in reason, res.stdout
 
 
 def test_a_sky_error_reason_carries_no_terminal_escapes() -> None:
