@@ -1,7 +1,8 @@
-"""Tiny supervisor between the worker and the trainer process (one per job).
+"""Tiny supervisor between the worker and the trainer process (one per job; on a SkyPilot node too,
+where infra/skypilot/task.yaml runs the job under it for its hang watch).
 
     python -m worker.launchers.local_wrapper --workdir DIR [--timeout S] [--grace S]
-        [--memory-bytes N] [--disk-bytes N] [--tmpfs PATH]... -- ARGV...
+        [--memory-bytes N] [--disk-bytes N] [--tmpfs PATH]... [--idle-s S] -- ARGV...
 
 It starts ARGV in its own process group with stdout and stderr appended to
 DIR/stdout.log, records the child in DIR/child.json, waits, and writes
