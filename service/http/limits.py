@@ -51,7 +51,9 @@ def _authenticated(app: Any, scope: Scope, path: str, headers: dict[bytes, bytes
     """Whether the request carries a live credential (runs in a thread: one indexed query). An API
     caller is kept in the request's state: the route takes it from there instead of asking again."""
     settings: Settings = app.state.settings
-    with app.state.sessionmaker() as session:
+    # The autocommit maker: one lookup needs no BEGIN and ROLLBACK around it (two round trips on every
+    # POST), and the guarded last_used_at UPDATE commits by itself.
+    with app.state.read_sessionmaker() as session:
         try:
             if path.startswith(settings.api_prefix + "/"):
                 scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
