@@ -142,29 +142,31 @@ class TickGate:
 
 
 class TickDebounce:
-    """Coalesces tick requests: the first request in a window sends one tick delayed by
-    ``window_s``; later requests in that window send nothing, since that tick runs after
-    them and sees their runs. A burst of 1,000 submits costs one tick per window per
+    """Coalesces tick requests: at most one tick per ``window_s``, each as soon as it may run. A request
+    with no tick pending sends one now (a freed slot is filled at once) or, within ``window_s`` of the
+    last one, at the end of that window; a request while a tick is pending sends nothing, since that
+    tick runs after it and sees its runs. A burst of 1,000 submits costs one tick per window per
     process instead of 1,000 (which queued for minutes and made the janitor's ticks expire).
     """
 
     def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self.window_s = window_s
         self._clock = clock
-        self._pending_until = float("-inf")
+        self._due = float("-inf")  # when the last tick sent runs
         self._lock = threading.Lock()
 
     def request(self, send: Callable[[float], None]) -> bool:
         """Call ``send(countdown_s)`` unless a tick is already pending; True if one was sent."""
         with self._lock:
             now = self._clock()
-            if now < self._pending_until:
+            if now <= self._due:
                 return False
-            self._pending_until = now + self.window_s
+            before, self._due = self._due, max(now, self._due + self.window_s)
+            countdown = self._due - now
         try:
-            send(self.window_s)
+            send(countdown)
         except Exception:
             with self._lock:
-                self._pending_until = float("-inf")  # not sent: the next request tries again
+                self._due = before  # not sent: the next request tries again
             raise
         return True

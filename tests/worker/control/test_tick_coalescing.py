@@ -24,8 +24,21 @@ def test_requests_within_a_window_share_one_delayed_tick() -> None:
     for i in range(1000):
         clock.t = 100.0 + i * 0.015  # 1,000 submits over 15 s
         debounce.request(sent.append)
-    assert 14 <= len(sent) <= 16  # one per 1 s window
-    assert all(countdown == 1.0 for countdown in sent)  # each runs after the submits it stands for
+    assert 15 <= len(sent) <= 17  # one per 1 s window
+    assert sent[0] == 0.0  # the first at once: nothing ran in the window before it
+    assert all(0 < countdown <= 1.0 for countdown in sent[1:])  # the rest at their window's end, after the submits they stand for
+
+
+def test_a_lone_request_is_sent_at_once_and_a_second_waits_for_the_window() -> None:
+    clock, sent = FakeClock(), []
+    debounce = TickDebounce(1.0, clock)
+    assert debounce.request(sent.append) and sent == [0.0]  # a slot freed: filled now, not a window later
+    clock.t += 0.3
+    assert debounce.request(sent.append) and sent[-1] == pytest.approx(0.7)  # 1 s after the first
+    clock.t += 0.5
+    assert not debounce.request(sent.append)  # that tick is still pending: it covers this request
+    clock.t += 5.0
+    assert debounce.request(sent.append) and sent[-1] == 0.0  # quiet since: at once again
 
 
 def test_a_failed_send_is_retried_by_the_next_request() -> None:
@@ -38,7 +51,7 @@ def test_a_failed_send_is_retried_by_the_next_request() -> None:
     with pytest.raises(ConnectionError):
         debounce.request(broken)
     assert debounce.request(sent.append)
-    assert sent == [1.0]
+    assert sent == [0.0]
 
 
 def test_a_burst_puts_one_tick_on_the_real_broker(redis_url: str, tmp_path: Path) -> None:
@@ -53,7 +66,7 @@ def test_a_burst_puts_one_tick_on_the_real_broker(redis_url: str, tmp_path: Path
     debounce = TickDebounce(5.0, time.monotonic)
     for _ in range(1000):
         debounce.request(lambda countdown: app.send_task("caddie.nothing", queue=queue, countdown=countdown, expires=countdown + 10))
-    assert runs_queue_length(app, queue) == 1
+    assert runs_queue_length(app, queue) == 2  # the first at once, one at the window's end for the other 999
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(queue)
 
@@ -77,15 +90,15 @@ def test_a_burst_from_four_api_processes_costs_a_handful_of_full_ticks() -> None
     nothing when skipped."""
     clocks = [FakeClock() for _ in range(4)]
     debounces = [TickDebounce(1.0, c) for c in clocks]
-    sent: list[float] = []  # the time each tick is due on the worker
+    sent: list[tuple[float, float]] = []  # (when each tick is due on the worker, when it was asked for)
     for i in range(1000):
         p = i % 4
         clocks[p].t = 100.0 + i * 0.015
-        debounces[p].request(lambda countdown, t=clocks[p].t: sent.append(t + countdown))
+        debounces[p].request(lambda countdown, t=clocks[p].t: sent.append((t + countdown, t)))
     gate, worker_free_at, full = TickGate(), 0.0, 0
-    for due in sorted(sent):
+    for due, asked in sorted(sent):
         start = max(due, worker_free_at)
-        if gate.admit(due - 1.0, start):  # requested_at: when the debounce sent it
+        if gate.admit(asked, start):  # requested_at: when the debounce sent it
             full += 1
             worker_free_at = start + 0.43
     assert len(sent) >= 56  # 4 processes x ~15 windows reach the broker...
