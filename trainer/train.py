@@ -502,9 +502,12 @@ def train(cfg: TrainerConfig) -> dict:
             opt.load_state_dict(state)
         stream = TokenStream(train_pattern, rank, world)
         log.line(f"warmup_steps:{cfg.warmup_steps} done (weights, optimiser state and data reset)")
+    # What the loop's clock reads: the run's config with the reserve its calibration needs. The run's own config (its
+    # result.json, its bundle) stays what was asked for; the measured reserve is this machine's, not a knob.
+    timed = cfg
     if cfg.gptq and cfg.max_wallclock_seconds > 0:
-        cfg = replace(cfg, gptq_reserve_seconds=probe_gptq_reserve(model, cfg, train_pattern, micro_tokens, rank, world,
-                                                                   device, autocast, sync, log))
+        timed = replace(cfg, gptq_reserve_seconds=probe_gptq_reserve(model, cfg, train_pattern, micro_tokens, rank, world,
+                                                                     device, autocast, sync, log))
 
     ema = [p.detach().float().clone() for p in params] if cfg.ema_enabled else None
     swa: list[torch.Tensor] | None = None
@@ -521,7 +524,7 @@ def train(cfg: TrainerConfig) -> dict:
         log.point(kind="val", step=step, val_loss=r.val_loss, val_bpb=r.val_bpb, elapsed_ms=round(train_ms, 1))
 
     # --- training loop ---------------------------------------------------------
-    cap_ms = loop_seconds(cfg) * 1000.0
+    cap_ms = loop_seconds(timed) * 1000.0
     train_ms = 0.0
     step = 0
     sync()
@@ -540,8 +543,8 @@ def train(cfg: TrainerConfig) -> dict:
         if clock_cap.would_cross(elapsed_ms, synced):
             log.line(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{cfg.iterations}")
             break
-        scale = lr_scale_at(step, elapsed_ms, cfg)
-        if cfg.num_loops and not model.looping and training_progress(step, elapsed_ms, cfg) >= cfg.enable_looping_at:
+        scale = lr_scale_at(step, elapsed_ms, timed)
+        if cfg.num_loops and not model.looping and training_progress(step, elapsed_ms, timed) >= cfg.enable_looping_at:
             model.looping = True
             log.line(f"layer_loop:on step:{step} order:{block_order(cfg, True)}")
         if cfg.qat_enabled and not qat_on and scale < cfg.late_qat_threshold:
@@ -601,7 +604,7 @@ def train(cfg: TrainerConfig) -> dict:
         sync()
         calib_ms = 1000.0 * (time.perf_counter() - c0)
         train_ms += calib_ms
-        log.line(f"gptq_calibration_time:{calib_ms:.0f}ms reserve:{1000 * cfg.gptq_reserve_seconds:.0f}ms train_time:{train_ms:.0f}ms")
+        log.line(f"gptq_calibration_time:{calib_ms:.0f}ms reserve:{1000 * timed.gptq_reserve_seconds:.0f}ms train_time:{train_ms:.0f}ms")
     quantised = quantize_state_dict(model.state_dict(), cfg.quant_clip_floor, cfg.control_dtype, FrontierQuant.from_config(cfg, hessians))
     blob = pack_artifact(quantised, cfg.zstd_level, cfg.artifact_codec, artifact_settings(cfg) if cfg.artifact_settings else None,
                          cfg.pergroup_backend)

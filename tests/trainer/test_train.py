@@ -159,6 +159,7 @@ def test_a_capped_gptq_run_keeps_its_calibration_inside_the_cap(smoke_corpus, tm
     assert calib_ms <= reserved_ms, "the probe under-estimated the calibration"
     result = json.loads((out / "result.json").read_text())
     assert result["train_seconds"] == pytest.approx(train_ms / 1000, abs=0.002)
+    assert result["config"]["gptq_reserve_seconds"] == 0.05  # the run's config is what was asked; the reserve is the clock's
     assert 0 < result["train_seconds"] <= 6.15  # loop + calibration: within the cap (one slow CI step aside)
 
 
