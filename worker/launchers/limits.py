@@ -97,14 +97,18 @@ def idle_reason(silent_s: float, cpu_s: float, window_s: float, limit_s: float) 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after "(comm)" (a name may hold spaces and parentheses): field 3 (state) first."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
 def processes_cpu_seconds(pids: Sequence[int]) -> float:
     """CPU time of the processes and of their children they have reaped (utime, stime, cutime, cstime)."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # after "(comm)": state is fields[0], utime is the 14th field
+            total += sum(int(f) for f in _stat_fields(pid)[11:15])  # fields 14-17
         except (OSError, IndexError, ValueError):
             continue  # gone
     return total / _TICKS
@@ -154,9 +158,7 @@ def descendants_by_parent(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "(comm) ": state, then ppid
+            ppid = int(_stat_fields(entry)[1])  # field 4
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
