@@ -468,5 +468,15 @@ def failure_reason(log_tail: str) -> str:
     for pattern in _REASON_PATTERNS:
         for line in reversed(lines):
             if pattern.search(line) and "torch.distributed.elastic" not in line:
-                return line[:500]
+                return _with_hint(line[:500])
     return lines[-1][:500] if lines else ""
+
+
+# A record's script that ran on the challenge's image fails to parse on an older Python (the 2026-04
+# records nest quotes in f-strings, Python 3.12's syntax): the reason says what to change.
+_SYNTAX_HINT = (" (code that parses on the challenge's image fails like this on an older Python: "
+                "declare the run's environment.python, e.g. \"3.12\")")
+
+
+def _with_hint(line: str) -> str:
+    return line + _SYNTAX_HINT if line.startswith("SyntaxError") else line

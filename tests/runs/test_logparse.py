@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from service.runs.logparse import LogParser, MetricPoint, failure_reason, parse_text
@@ -112,3 +116,17 @@ def test_trainer_lines_behind_a_launcher_prefix_read_like_script_lines() -> None
     points, s = parse_text("[rank0]: step:3/9 train_loss:2.5 train_time:30ms\n  final_ttt val_loss:1.5 val_bpb:0.9\n")
     assert points == [MetricPoint("train", 3, 30, train_loss=2.5)]
     assert s.final == {"val_loss": 1.5, "val_bpb": 0.9} and s.last_step == 3
+
+
+RECORD_0409 = Path(__file__).resolve().parents[3] / "shared/challenge/records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="the record parses on Python 3.12")
+@pytest.mark.skipif(not RECORD_0409.is_dir(), reason="the challenge's records are not at ../shared/challenge")
+def test_a_2026_04_record_on_an_older_python_fails_saying_which_python_to_declare() -> None:
+    # The record's own script, unchanged: its compressed code nests quotes in an f-string (Python 3.12).
+    ran = subprocess.run([sys.executable, str(RECORD_0409 / "train_gpt.py")], capture_output=True, text=True, timeout=120, check=False)
+    assert ran.returncode == 1
+    reason = failure_reason(ran.stderr)
+    assert reason.startswith("SyntaxError: f-string") and 'declare the run\'s environment.python, e.g. "3.12"' in reason
+    assert failure_reason("ValueError: bad\n") == "ValueError: bad"  # other errors carry no hint
