@@ -126,6 +126,17 @@ def deployment_hardware(settings: Any) -> list[str]:
     return derive_provided(settings.launcher, settings.provided_hardware, settings.hardware_choices, local)
 
 
+def hardware_options(settings: Any) -> list[str]:
+    """What a spec may name: CADDIE_ALLOWED_HARDWARE, plus, on the local launcher, this machine as it is.
+    A team's own box is rarely one of the allowed defaults (1x H200, 2x H100, 4x A100 ...): without its own
+    hardware in the list, `caddie up` there would refuse every spec (allowed names are not provided, and
+    what is provided is not allowed)."""
+    allowed = list(settings.hardware_choices)
+    if settings.launcher != "local":
+        return allowed
+    return allowed + [h for h in deployment_hardware(settings) if h not in allowed]
+
+
 def where_it_runs(asked: str, node: NodeHardware | None, provided: Sequence[str]) -> str:
     """The sentence a run's body and page show: where it ran (its node's report wins), or where it will."""
     if node is not None:

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite only: how long a write waits for another process's lock.")
 
     # --- run specs -------------------------------------------------------------
-    allowed_hardware: str = Field("H100:8,H100:1,H200:8,cpu", description="Comma-separated hardware strings a run may ask for.")
+    allowed_hardware: str = Field("H100:8,H100:1,H200:8,cpu", description="Comma-separated hardware strings a run may ask for. On the local launcher this machine as it is (e.g. `H100:2`, `H200:1`) is accepted too, listed or not.")
     provided_hardware: str = Field("", description="Comma-separated hardware strings this deployment can really provide. Empty: derived from the launcher: local, this machine as `nvidia-smi -L` (or CADDIE_GPU_COUNT) lists it (every local job runs on all its GPUs, e.g. `H100:8`, or `cpu`); skypilot, every NAME:COUNT of CADDIE_ALLOWED_HARDWARE (set it to what your infra offers).")
     unavailable_hardware: str = Field("refuse", pattern=r"^(refuse|accept)$", description="A spec for allowed hardware the deployment cannot provide: `refuse` (422 naming the field and what is provided) or `accept` (queued; its body and page say plainly where it will run, and it is judged and billed on what ran).")
     allowed_tracks: str = Field(",".join(TRACKS), description="Comma-separated tracks a run may name; 10min_16mb is the record track, judged by the challenge's rules.")

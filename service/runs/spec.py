@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.errors import InvalidInput, Issue
-from service.core.hardware import deployment_hardware
+from service.core.hardware import deployment_hardware, hardware_options
 from service.core.models import SCRIPT_KIND, TRAINER_KIND
 from service.core.settings import Settings
 from service.runs.compliance import spec_noncompliance
@@ -115,8 +115,9 @@ def normalise_spec(spec: RunCreate, settings: Settings) -> tuple[NormalisedSpec,
     issues: list[Issue] = []
     if spec.track not in settings.track_choices:
         issues.append(Issue(("track",), f"must be one of {', '.join(settings.track_choices)}", spec.track))
-    if spec.hardware not in settings.hardware_choices:
-        issues.append(Issue(("hardware",), f"must be one of {', '.join(settings.hardware_choices)}", spec.hardware))
+    if spec.hardware not in (options := hardware_options(settings)):
+        issues.append(Issue(("hardware",), f"must be one of {', '.join(options)} (CADDIE_ALLOWED_HARDWARE, and this machine on the local launcher)",
+                            spec.hardware))
     elif settings.unavailable_hardware == "refuse" and spec.hardware not in (provided := deployment_hardware(settings)):
         issues.append(Issue(("hardware",), f"this deployment cannot provide {spec.hardware}: it provides {', '.join(provided) or 'nothing'} "
                             f"(launcher {settings.launcher}; CADDIE_PROVIDED_HARDWARE declares it, "

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from service.billing import usage
 from service.core.bodies import ID_MAX
 from service.core.errors import DomainError, Forbidden, InvalidInput, Issue, NotFound, Unauthorized
+from service.core.hardware import hardware_options
 from service.core.hooks import call_on_submit_hook
 from service.core.models import utcnow
 from service.core.status import (
@@ -284,7 +285,7 @@ def _new_run_page(request: Request, user: Principal, values: dict[str, str], err
     per_stack = {name: {s: _shown(v) for s, v in p["x-stack-defaults"].items()}
                  for name, p in TrainerConfig.json_schema()["properties"].items() if "x-stack-defaults" in p}
     return render(request, "new_run.html", user, status_code=status_code, groups=knob_fields(), values=values, errors=errors,
-                  shown=_shown, tracks=settings.track_choices, hardware=settings.hardware_choices, stack=stack,
+                  shown=_shown, tracks=settings.track_choices, hardware=hardware_options(settings), stack=stack,
                   defaults={**shown_defaults, "STACK": stack}, help_defaults=shown_defaults, stack_defaults=per_stack,
                   teams=sorted(user.team_names.values()), settings=settings)
 
@@ -499,7 +500,7 @@ def leaderboard_page(request: Request, user: User, session: SessionDep,
     rows = queries.leaderboard(session, user, track=track, hardware=hardware or None, limit=200)
     entries = [(LeaderboardEntry.of(r), user.can_see_team(r.report.view.group.team_id)) for r in rows]
     return render(request, "leaderboard.html", user, entries=entries, track=track, hardware_filter=hardware or "",
-                  tracks=settings.track_choices, hardware=settings.hardware_choices)
+                  tracks=settings.track_choices, hardware=hardware_options(settings))
 
 
 # --- team usage ----------------------------------------------------------------------------

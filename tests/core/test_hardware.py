@@ -52,6 +52,21 @@ def test_with_accept_it_is_queued_and_says_where_it_runs(db_url, tmp_path, world
         assert '<p id="runs-on">Hardware: asked for H100:8, which this deployment cannot provide (it provides cpu)' in html
 
 
+def test_a_local_box_outside_the_allowed_list_takes_specs_for_itself(db_url, tmp_path, world, spec) -> None:
+    # A team's own 2x H100 box (as nvidia-smi would list it; declared here, this host has no GPU): H100:2
+    # is none of the allowed defaults, yet it is the one thing `caddie up` there can run.
+    settings = Settings(home=tmp_path / "home", database_url=db_url, provided_hardware="H100:2", unavailable_hardware="refuse")
+    assert "H100:2" not in settings.hardware_choices
+    with TestClient(create_app(settings)) as client:
+        assert client.post(RUNS, json=spec(hardware="H100:2"), headers=world.h("alice")).status_code == 201
+        r = client.post(RUNS, json=spec(hardware="H100:3"), headers=world.h("alice"))
+        [issue] = [d for d in r.json()["detail"] if d["loc"] == ["body", "hardware"]]
+        assert r.status_code == 422 and "must be one of H100:8, H100:1, H200:8, cpu, H100:2" in issue["msg"]
+        assert "cannot provide H100:1: it provides H100:2" in client.post(RUNS, json=spec(hardware="H100:1"), headers=world.h("alice")).text
+        assert client.post("/signin", data={"token": world.tokens["alice"], "next": "/runs/new"}, follow_redirects=False).status_code == 303
+        assert '>H100:2</option>' in client.get("/runs/new").text  # the web form offers it
+
+
 def test_the_local_launcher_provides_its_gpus_skypilot_its_allowed_or_declared_hardware() -> None:
     node = parse_gpu_list(SMI)
     assert (node.gpu_name, node.gpus, node.hardware) == ("NVIDIA H100 80GB HBM3", 2, "H100:2")
