@@ -21,6 +21,7 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
@@ -141,18 +142,26 @@ def loop_seconds(cfg: TrainerConfig) -> float:
     return cfg.max_wallclock_seconds - (cfg.gptq_reserve_seconds if cfg.gptq and cfg.max_wallclock_seconds > 0 else 0.0)
 
 
-GPTQ_PROBE_BATCHES = 2  # calibration batches timed in the warm-up, after one untimed
-# How much the measured calibration may grow between the warm-up's probe and the real one.
-CALIBRATION_MARGIN = 1.25
+GPTQ_PROBE_BATCHES = (1, 4)  # two timed calibrations in the warm-up (after one untimed): a fixed part and a per-batch part
+# How much the real calibration may exceed the probe's estimate. On one H100 two runs calibrated in 3,668
+# and 3,692 ms; every 0.1 of margin is a tenth of the calibration taken from training.
+CALIBRATION_MARGIN = 1.1
 
 
-def calibration_reserve(cfg: TrainerConfig, probe_seconds: float, probe_batches: int) -> float:
+def calibration_reserve(cfg: TrainerConfig, probes: Sequence[tuple[int, float]]) -> float:
     """The seconds a capped GPTQ run keeps for its calibration: GPTQ_RESERVE_SECONDS, or more where the
-    warm-up's probe says GPTQ_CALIBRATION_BATCHES batches take longer. A fixed reserve cannot be right on
-    every machine: the 2026-04-27 record kept 0.5 s and calibrated for 4.7 s on 8x H100; on one H100 the
-    same calibration took 6.7 s, so its train_time ended 5.9 s over a 120 s cap."""
-    needed = CALIBRATION_MARGIN * probe_seconds / max(probe_batches, 1) * cfg.gptq_calibration_batches
-    return max(cfg.gptq_reserve_seconds, needed)
+    warm-up's probes, (batches, seconds) of two sizes, say GPTQ_CALIBRATION_BATCHES batches take longer.
+
+    A fixed reserve cannot be right on every machine: the 2026-04-27 record kept 0.5 s and calibrated for
+    4.7 s on 8x H100; on one H100 the same calibration took 6.7 s, so its train_time ended 5.9 s over a
+    120 s cap. Scaling one probe by its batch count was too much: a calibration has a fixed part (hooks,
+    the loader, the Hessians' allocation and reduction, ~0.23 s on an H100) that a 2-batch probe counted
+    8 times (reserve 6.6 s for 3.7 s). Two sizes separate the parts; the per-batch part never falls below
+    0.75x the larger probe's mean, so a noisy pair cannot estimate a free batch."""
+    (n_small, t_small), (n_large, t_large) = sorted(probes)
+    per_batch = max((t_large - t_small) / max(n_large - n_small, 1), 0.75 * t_large / max(n_large, 1))
+    fixed = max(t_small - n_small * per_batch, 0.0)
+    return max(cfg.gptq_reserve_seconds, CALIBRATION_MARGIN * (fixed + per_batch * cfg.gptq_calibration_batches))
 
 
 def lr_scale_at(step: int, elapsed_ms: float, cfg: TrainerConfig) -> float:
@@ -395,23 +404,25 @@ def probe_gptq_reserve(model: GPT, cfg: TrainerConfig, train_pattern: str, micro
     loop + calibration within MAX_WALLCLOCK_SECONDS; every rank gets the slowest rank's figure."""
     looping = model.looping
     model.looping = cfg.num_loops > 0  # the calibration runs the looped model
-    probe = replace(cfg, gptq_calibration_batches=min(GPTQ_PROBE_BATCHES, cfg.gptq_calibration_batches))
     # One batch untimed first: on an H100 the first one took ~3 s of one-time set-up (the real calibration
     # runs after it, warm), and a probe that timed it reserved 33 s for a 3.7 s calibration.
     gptq_hessians(model, replace(cfg, gptq_calibration_batches=1), train_pattern, micro_tokens, rank, world, device, autocast)
     sync()
-    p0 = time.perf_counter()
-    gptq_hessians(model, probe, train_pattern, micro_tokens, rank, world, device, autocast)
-    sync()
-    seconds = time.perf_counter() - p0
+    seconds = []
+    for batches in GPTQ_PROBE_BATCHES:
+        p0 = time.perf_counter()
+        gptq_hessians(model, replace(cfg, gptq_calibration_batches=batches), train_pattern, micro_tokens, rank, world, device, autocast)
+        sync()
+        seconds.append(time.perf_counter() - p0)
     model.looping = looping
-    if world > 1:
+    if world > 1:  # every rank keeps the slowest rank's figures
         slowest = torch.tensor(seconds, device=device, dtype=torch.float64)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        seconds = slowest.item()
-    reserve = calibration_reserve(cfg, seconds, probe.gptq_calibration_batches)
-    log.line(f"gptq_reserve:{reserve:.2f}s probe:{probe.gptq_calibration_batches} batches in {1000 * seconds:.0f}ms "
-             f"for {cfg.gptq_calibration_batches} (GPTQ_RESERVE_SECONDS={cfg.gptq_reserve_seconds:g})")
+        seconds = slowest.tolist()
+    probes = list(zip(GPTQ_PROBE_BATCHES, seconds, strict=True))
+    reserve = calibration_reserve(cfg, probes)
+    timed = ", ".join(f"{n} in {1000 * t:.0f}ms" for n, t in probes)
+    log.line(f"gptq_reserve:{reserve:.2f}s probe:{timed} for {cfg.gptq_calibration_batches} (GPTQ_RESERVE_SECONDS={cfg.gptq_reserve_seconds:g})")
     if reserve >= cfg.max_wallclock_seconds:
         raise RunError(f"GPTQ calibration needs about {reserve:.1f} s of MAX_WALLCLOCK_SECONDS={cfg.max_wallclock_seconds:g}, "
                        "leaving no time to train: raise the cap or lower GPTQ_CALIBRATION_BATCHES")
