@@ -8,9 +8,15 @@
 #   .gl/smoke          the offline smoke corpus, 8192 vocabulary (timing runs of the default stack)
 #   .gl/bench8192      the 8192-vocabulary bench corpus of bench/vs_reference.py (FineWeb-length documents)
 #   .gl/ref/rec0427    the 2026-04-27 record's folder, read from ../shared/challenge
+#   .gl/ref/rec0409    the 2026-04-09 record's folder (no varlen attention: the one run through `caddie up` on an H100)
 # On the GPU machine, begin each command with:
 #   export PATH=$PWD/.gl/bin:$PATH LD_LIBRARY_PATH=$PWD/.gl/lib PYTHONUNBUFFERED=1
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gl/whl/*.whl [.gl/svcwhl/*.whl] && export PYTHONPATH=/tmp/site
+# and for `caddie up` there (bench/record_local_gpu.py), also: the codecs into the image's own Python (a sealed
+# script job sees only it), and a .pth naming the checkout and /tmp/site (the job wrapper runs with the job's
+# env, whose PYTHONPATH is the audit hook's folder: without it, "caddie's job wrapper failed: No module named 'worker'"):
+#   python3 -m pip install -q --no-index --no-deps .gl/whl/*.whl
+#   printf "$PWD\n/tmp/site\n" > "$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/caddie_dev.pth"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -29,9 +35,10 @@ for b in bwrap lrzip; do ldd "$(command -v $b)"; done | awk '/=>/{print $3}' | s
 wheels .gl/whl --no-deps brotli zstandard
 # the service's packages with their needs; numpy is the image's, boto3 is imported only for an S3 store
 wheels .gl/svcwhl fastapi uvicorn sqlalchemy alembic pydantic pydantic-settings typer httpx rich pyyaml jinja2 \
-  python-multipart starlette anyio markupsafe plotly optuna "celery[redis]" kombu redis psutil
+  python-multipart starlette anyio markupsafe plotly optuna "celery[redis]" kombu redis psutil "psycopg[binary]"
 rm -f .gl/svcwhl/numpy-*.whl
 [ -d .gl/smoke ] || $py -m trainer.data smoke --out .gl/smoke --vocab-size 8192
 [ -d .gl/bench8192 ] || $py bench/vs_reference.py corpus --out .gl/bench8192 --vocab-size 8192 --max-mb 30 --workers 2 --join-chars 4000
 rm -rf .gl/ref/rec0427 && cp -r ../shared/challenge/records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611 .gl/ref/rec0427
+rm -rf .gl/ref/rec0409 && cp -r ../shared/challenge/records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT .gl/ref/rec0409
 du -sh .gl .gl/*

@@ -76,6 +76,9 @@ LAUNCH_FILE = "launch.json"  # the job's launch key, then its wrapper's pid: wor
 READ_LOG_MAX_BYTES = 1 << 20  # read_log returns at most this much per call; callers loop
 REPO_ROOT = Path(__file__).resolve().parents[2]  # holds the worker and trainer packages
 DATA_LINK = "data"  # in each work dir: a link to the worker's data root, so the trainer's paths are relative
+# The wrapper's own stderr. It writes none while it works (the job's output goes to STDOUT_LOG), so
+# anything here is the wrapper failing before or around the job (a Python it cannot start on, an import).
+WRAPPER_ERR = "wrapper.err"
 
 
 def count_local_gpus() -> int:
@@ -380,9 +383,8 @@ class LocalLauncher:
         write_json_atomic(workdir / LAUNCH_FILE, launch)  # before the job exists: a job is never without its key
         try:
             # a new session: the worker's own signals and death never reach the job
-            proc = subprocess.Popen(
-                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-            )
+            with open(workdir / WRAPPER_ERR, "wb") as err:
+                proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         except OSError as exc:
             raise LaunchFailed(f"cannot start the local trainer: {exc}") from exc
         self._children[proc.pid] = proc
@@ -443,6 +445,8 @@ class LocalLauncher:
                 return JobStatus(JobState.CANCELLED, reason=cancelled)
             if full := _disk_full(workdir):  # the wrapper could not even record the exit: FAILED, not retried here
                 return JobStatus(JobState.FAILED, reason=full)
+            if said := _last_error_line(workdir / WRAPPER_ERR):  # it failed the same way on any node: FAILED, not retried as lost
+                return JobStatus(JobState.FAILED, reason=f"caddie's job wrapper failed: {said}")
             return JobStatus(JobState.LOST, reason=f"trainer process {pid} is gone and left no exit code")
         rc = int(ended["exit_code"])
         if cancelled:

@@ -337,6 +337,23 @@ def test_a_job_killed_behind_the_workers_back_is_requeued(maker, settings) -> No
         assert [(m.attempt, m.step) for m in s.scalars(select(Metric).where(Metric.run_id == run_id))] == [(1, 1)]
 
 
+class BrokenWrapperLauncher(LocalLauncher):
+    @property
+    def idle_s(self):  # noqa: ANN201
+        return "lots"  # the job wrapper refuses its own argument: it dies before any job, as a wrapper that cannot import does
+
+
+def test_a_job_wrapper_that_dies_saying_why_fails_the_run_once_not_as_a_lost_node(maker, settings) -> None:
+    # Found on a GPU machine where caddie's packages were on PYTHONPATH only: the wrapper could not import
+    # `worker` in the job's env, and the run was retried 4 times as "trainer process gone and left no exit code".
+    run_id = new_run(maker, {"ITERATIONS": 2})
+    assert "FAILED" in go(maker, settings, run_id, BrokenWrapperLauncher(settings))
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "FAILED" and "queued for attempt" not in "".join(s.scalars(select(LogChunk.data).where(LogChunk.run_id == run_id)))
+        assert run.status_reason.startswith("caddie's job wrapper failed: ") and "--idle-s: invalid float value: 'lots'" in run.status_reason
+
+
 class WarmClusterLauncher(LocalLauncher):
     """The local launcher offering a cluster that it says an earlier run kept warm (as SkyPilot's idle check does)."""
 
