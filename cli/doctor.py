@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -334,6 +335,23 @@ def check_local_launcher(settings: Any) -> list[Check]:
     return [Check("sandbox", "pass", f"{bwrap}: a sealed python ran as uid {SANDBOX_UID} in {took:.2f} s{gpus}")]
 
 
+def check_job_wrapper(python: str = sys.executable) -> list[Check]:
+    """The local launcher starts each job under ``python -m worker.launchers.local_wrapper`` with the job's
+    own environment, whose PYTHONPATH is the audit hook's folder alone: caddie must be installed into the
+    worker's Python, not only on the worker's PYTHONPATH, or every run fails before its job starts."""
+    from worker.launchers.trainer_env import AUDIT_ENV, inherited_env
+
+    env = {**inherited_env(os.environ), **AUDIT_ENV}
+    with tempfile.TemporaryDirectory(prefix="caddie-doctor-") as tmp:
+        done = subprocess.run([python, "-m", "worker.launchers.local_wrapper", "--help"], cwd=tmp, env=env, capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return [Check("job wrapper", "fail", f"{python} cannot start caddie's job wrapper in a job's environment: {why}: every local run would fail",
+                      "install caddie into the worker's Python (`make install`, or pip install -e '.[worker]'), not only on PYTHONPATH")]
+    return [Check("job wrapper", "pass", f"{python} starts caddie's job wrapper in a job's environment")]
+
+
 def check_environments(settings: Any) -> list[Check]:
     """What a script run's declared environment is built with on this machine (worker.launchers.envs): uv, the envs folder, CADDIE_ENV_WHEELS."""
     from worker.launchers.envs import uv_bin
@@ -569,6 +587,7 @@ def run_checks(config: ClientConfig, *, min_free_gib: float = 1.0) -> list[Check
         checks.append(Check("scheduler", "skip", "the database is not at head"))
     if settings.launcher == "local":
         checks += guarded("sandbox", lambda: check_local_launcher(settings))
+        checks += guarded("job wrapper", check_job_wrapper)
         checks += guarded("gpu", lambda: check_gpus(settings))
         checks += guarded("environments", lambda: check_environments(settings))
     else:

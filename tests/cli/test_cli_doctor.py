@@ -22,7 +22,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import update
 
-from cli.doctor import server_cannot_start
+from cli.doctor import check_job_wrapper, server_cannot_start
 from cli.main import app as cli_app
 from service.core.db import get_sessionmaker
 from service.core.migrate import alembic_config, upgrade
@@ -84,6 +84,7 @@ def test_a_healthy_local_deployment_passes(caddie: Caddie, data_root: Path) -> N
     assert checks["workers"]["status"] == "skip" and "cannot broadcast" in checks["workers"]["detail"]  # caddie up's SQL broker
     assert checks["scheduler"]["status"] == "pass"
     assert checks["sandbox"]["status"] == "pass" and "uid 65534" in checks["sandbox"]["detail"]
+    assert checks["job wrapper"]["status"] == "pass"
     assert checks["gpu"]["status"] == "pass"  # nothing declared: the CPU is what this machine provides
     assert checks["data sp1024"]["status"] == "pass" and "1 train and 1 validation shards" in checks["data sp1024"]["detail"]
     assert checks["data sp8192_caseops"]["status"] == "skip"
@@ -230,6 +231,15 @@ def test_a_worker_without_bubblewrap_fails_the_sandbox_check(caddie: Caddie, dat
     assert "apt-get install bubblewrap" in checks["sandbox"]["fix"]
     _, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_SANDBOX="none")
     assert checks["sandbox"]["status"] == "warn"
+
+
+def test_a_python_without_caddie_installed_fails_the_job_wrapper_check() -> None:
+    # Found on a GPU machine: caddie's packages on the worker's PYTHONPATH only. The wrapper runs with the
+    # job's env (PYTHONPATH: the audit hook), so every run failed before its job. The base interpreter of
+    # this virtualenv has no caddie installed: the same situation.
+    [check] = check_job_wrapper(sys._base_executable)
+    assert check.status == "fail" and "No module named 'worker'" in check.detail and "every local run would fail" in check.detail
+    assert "not only on PYTHONPATH" in check.fix
 
 
 def test_environment_builds_need_uv_and_the_wheels_folder_named(caddie: Caddie, data_root: Path, tmp_path: Path) -> None:
