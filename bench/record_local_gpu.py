@@ -9,7 +9,7 @@ broker, the API, a runs worker, the control worker and beat as child processes, 
 every job sealed), with CADDIE_DATA_ROOT pointing at DATA_ROOT. The record goes up through the real
 CLI (`caddie submit --script ... --file ... --env ... --data ...`), the run is followed through the
 API until it ends, and DIR gets what caddie made of it: the run (status, reason, figures, checks),
-its stored log and `caddie up`'s own log. Files the script needs beside it (a FlashAttention 3
+its stored log, `caddie up`'s own log and a copy of caddie's database (caddie.db: the run page, later). Files the script needs beside it (a FlashAttention 3
 stand-in on a machine without FA3) are copied next to a copy of the record's script: the script's
 bytes are the record's.
 """
@@ -123,7 +123,19 @@ def main() -> int:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+        keep_database(work / "home" / "caddie.db", args.out / "caddie.db")
     return 0
+
+
+def keep_database(db: Path, out: Path) -> None:
+    """A consistent copy of caddie's SQLite database (sqlite3's online backup), so the run's page can be
+    opened after the GPU machine is gone: `CADDIE_HOME=DIR caddie up` with the copy as DIR/caddie.db."""
+    import sqlite3
+
+    if not db.exists():
+        return
+    with sqlite3.connect(db) as src, sqlite3.connect(out) as dst:
+        src.backup(dst)
 
 
 if __name__ == "__main__":

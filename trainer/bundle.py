@@ -8,13 +8,23 @@ lines and (except for __main__) their `if __name__ == "__main__":` blocks remove
 top-level functions, classes and constants that nothing reachable from the entry
 point uses are dropped (command-line tools such as the data downloader), since
 every byte of code counts towards the 16,000,000-byte artifact. For the same reason
-docstrings are dropped (12 kB of the bundle); comments, which say why, stay.
+docstrings are dropped (12 kB of the bundle).
+
+What a run counts and ships as its code is that bundle packed (``pack``): re-printed from
+its syntax tree (comments and layout gone), lzma-compressed and base85-encoded inside a
+two-line script that unpacks and runs it, about 43 kB for 157 kB. The records count
+their code this way (the 2026-04-27 record: a brotli wrapper of its minified script,
+31,999 bytes for 157,868); at the frontier the model alone is 15.87 MB, and the
+readable bundle would take the artifact past 16,000,000 bytes. ``--readable`` writes
+the bundle unpacked, for reading; it runs the same and counts its own bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import base64
+import lzma
 import os
 import re
 from pathlib import Path
@@ -145,16 +155,36 @@ def build_bundle(package_dir: Path | None = None) -> str:
     return prune_unused("".join(parts))
 
 
+PACKED_PRELUDE = "import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("
+
+
+def pack(text: str) -> str:
+    """``text`` (a script) as a self-unpacking script: re-printed from its syntax tree, so comments and
+    layout go (the tree, and so what runs, is the same), then lzma (xz, preset 9e) and base85."""
+    tree = ast.parse(text)
+    packed = lzma.compress(ast.unparse(tree).encode("utf-8"), preset=9 | lzma.PRESET_EXTREME)
+    return PACKED_PRELUDE + '"' + base64.b85encode(packed).decode("ascii") + '")))\n'
+
+
+def unpack(packed: str) -> str:
+    """The script a ``pack``-ed one runs (for reading it, and for tests)."""
+    if not packed.startswith(PACKED_PRELUDE):
+        raise ValueError("not a packed bundle")
+    payload = packed[len(PACKED_PRELUDE):].strip().removeprefix('"').removesuffix('")))')
+    return lzma.decompress(base64.b85decode(payload)).decode("utf-8")
+
+
 def bundled_source() -> str:
-    """The text of the single-file trainer that this package bundles into."""
-    return build_bundle()
+    """The single-file trainer this package bundles into, packed: the bytes a run counts as its code."""
+    return pack(build_bundle())
 
 
 def bundle_main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m trainer.bundle", description="Write the trainer as one self-contained script.")
     ap.add_argument("--out", default="train_gpt.py", help="output path (default train_gpt.py)")
+    ap.add_argument("--readable", action="store_true", help="the bundle unpacked, comments kept (larger: it counts its own bytes)")
     args = ap.parse_args(argv)
-    text = build_bundle()
+    text = build_bundle() if args.readable else bundled_source()
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}: {len(text.encode('utf-8'))} bytes")
 
