@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--file", type=Path, action="append", default=[], help="a file copied beside the script and uploaded with it")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the script")
     ap.add_argument("--hardware", default="H100:1")
+    ap.add_argument("--environment", default="", help='the run\'s declared environment as JSON, e.g. \'{"python": "3.12", "packages": ["brotli"], "node_packages": true}\'')
     ap.add_argument("--seed", default="42")
     ap.add_argument("--timeout", type=float, default=540)
     ap.add_argument("--out", type=Path, required=True)
@@ -82,6 +83,10 @@ def main() -> int:
             argv += ["--file", str(folder / f.name)]
         for kv in args.env:
             argv += ["--env", kv]
+        if args.environment:  # through a spec file, the one way the CLI takes an environment
+            spec = work / "spec.json"
+            spec.write_text(json.dumps({"track": "10min_16mb", "environment": json.loads(args.environment)}))
+            argv.insert(argv.index("submit") + 1, str(spec))
         t0 = time.monotonic()
         sub = subprocess.run(argv, cwd=REPO, env=cli_env, capture_output=True, text=True, check=False)
         (args.out / "submit.txt").write_text(" ".join(argv) + "\n\n" + sub.stdout + sub.stderr)

@@ -21,7 +21,7 @@ or, for a team's own challenge-format script instead of ``config``::
     public_env: [NUM_LAYERS]                 # values other teams may see once published
     data: sp1024
     score_label: my_eval_exact               # optional: the score line of a log format caddie does not read yet
-    environment: {requirements: requirements.txt, python: "3.12", system_packages: [lrzip]}   # optional
+    environment: {requirements: requirements.txt, python: "3.12", system_packages: [lrzip], node_packages: true}   # optional
 
 The server validates the contents (knobs, bounds, seeds, script limits); this
 module only makes sure the file is readable YAML of the right shape, and reads

@@ -55,6 +55,9 @@ class ScriptEnvironment(Strict):
     find_links: list[str] = Field(default_factory=list, description="pages of wheel links (http(s) URLs), e.g. FlashAttention 3's wheels")
     system_packages: list[str] = Field(default_factory=list, description="Debian packages the script needs on the node, e.g. lrzip "
                                        "(a SkyPilot node installs them; a local worker must have them, or the run fails at once naming them)")
+    node_packages: bool = Field(False, description="also see the node's own Python packages (its torch and CUDA libraries), beneath "
+                                "the environment's own: for a GPU image whose torch is not on any index the node can reach. The "
+                                "environment's Python must then be the node's version")
 
 
 class AbortIfBehind(Strict):

@@ -63,6 +63,7 @@ def test_a_spec_without_an_environment_keeps_its_json_and_so_its_group() -> None
     ({"packages": ["--index-url=https://evil"]}, ("environment", "packages", 0), "a package, not an option"),
     ({"packages": ["./local_pkg"]}, ("environment", "packages", 0), "must start with a distribution name"),
     ({"pip": ["x"]}, ("environment",), "unknown field(s) pip"),
+    ({"node_packages": "yes"}, ("environment", "node_packages"), "must be true or false"),
 ])  # fmt: skip
 def test_each_bad_field_is_named(environment: object, loc: tuple, words: str) -> None:
     assert words in issues(environment)[loc]
@@ -92,6 +93,11 @@ def test_the_hash_moves_with_what_is_installed_and_nothing_else() -> None:
     other = describe({"requirements": "r.txt", "python": "3.12"}, {"r.txt": b"numpy==2.0\n"})
     assert other is not None and env_hash(other) != env_hash(base)
     assert folder_name(base) == env_hash(base)[:20]
+    # Seeing the node's packages is another environment; not asking for them leaves every earlier hash as it was.
+    node = describe({"requirements": "r.txt", "python": "3.12", "node_packages": True}, {"r.txt": b"numpy\n"})
+    assert node is not None and env_hash(node) != env_hash(base)
+    off = describe({"requirements": "r.txt", "python": "3.12", "node_packages": False}, {"r.txt": b"numpy\n"})
+    assert off is not None and env_hash(off) == env_hash(base) and "node_packages" not in base
 
 
 def test_requirements_txt_from_the_runs_reports_pins_what_ran_the_records_way() -> None:

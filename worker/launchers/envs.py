@@ -7,6 +7,7 @@
         ▼
     envs/<folder_name>/            under envs/<folder_name>.lock (fcntl): two runs never build one twice
         uv venv --python P         P: the declared version (a uv-managed one where the machine has none), else this Python
+        node_packages: a .pth      this (the worker's) Python's site folders after the environment's own: the node's torch
         uv pip install --no-build  -r the requirements, the packages, its index/find-links URLs, the operator's wheels
         caddie-env.json            what is inside (worker/launchers/env_probe.py run by its Python), written last:
                                    its presence is what "built" means; a half-built folder is removed and built again
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -189,7 +191,7 @@ def ensure_env(envs_dir: Path, description: Mapping[str, Any], *, wheels: Path |
     folder = envs_dir / name
     report = read_report(folder)
     if report is not None:
-        return BuiltEnv(folder, report)
+        return _current(folder, description, report)
     with _locked(envs_dir / f"{name}.lock"):
         report = read_report(folder)  # built by another run while this one waited
         if report is not None:
@@ -200,6 +202,17 @@ def ensure_env(envs_dir: Path, description: Mapping[str, Any], *, wheels: Path |
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+    return BuiltEnv(folder, report)
+
+
+def _current(folder: Path, description: Mapping[str, Any], report: dict[str, Any]) -> BuiltEnv:
+    """A built environment as it is now: one that sees the node's packages is read again (the node's torch may
+    have changed since the build, and a run records what it ran on)."""
+    if description.get("node_packages"):
+        now = {**report, **probe(folder / "bin" / "python")}
+        if now != report:  # kept on disk too: the launcher reads a finished run's report from there
+            _write_report(folder, now)
+        report = now
     return BuiltEnv(folder, report)
 
 
@@ -214,20 +227,55 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float, what
         raise LaunchFailed(f"the run's environment could not be built: {what} failed: {_tail(done.stderr + done.stdout)}")
 
 
+NODE_PTH = "_caddie_node_packages.pth"
+
+
+def node_site_problem(declared_python: str) -> str | None:
+    """Why an environment asking for the node's packages cannot have them (its Python is another version), or None."""
+    node = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if declared_python and not (declared_python == node or declared_python.startswith(node + ".")):
+        return (f"node_packages: the node's packages are built for its Python {node}; this environment asks for Python "
+                f"{declared_python} (declare python \"{node}\", or leave it out)")
+    return None
+
+
+def add_node_packages(folder: Path) -> None:
+    """Make the node's own site folders (this Python's: what a run with no environment sees) visible beneath the
+    environment's, as venv's --system-site-packages would for a base Python. Done with site.addsitedir in a .pth,
+    because the node's Python is often a venv itself (a GPU image's /opt/.../.venv holding torch), and
+    --system-site-packages would reach only that venv's base."""
+    dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
+    lib = folder / "lib"
+    targets = sorted(lib.glob("python3*/site-packages"))
+    if not targets:
+        raise LaunchFailed(f"the run's environment could not be built: no site-packages under {lib}")
+    line = "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs) + "\n"
+    for t in targets:
+        (t / NODE_PTH).write_text(line, encoding="utf-8")
+
+
 def _build(envs_dir: Path, folder: Path, description: Mapping[str, Any], wheels: Path | None, offline: bool, timeout_s: float) -> dict[str, Any]:
     env = uv_env(envs_dir, offline)
+    if description.get("node_packages") and (problem := node_site_problem(str(description.get("python") or ""))):
+        raise LaunchFailed(f"the run's environment could not be built: {problem}")
     python = str(description.get("python") or sys.executable)  # undeclared: the worker's own Python version
     _run([uv_bin(), "venv", "--python", python, str(folder)], env, envs_dir, timeout_s, f"uv venv --python {python}")
+    if description.get("node_packages"):
+        add_node_packages(folder)
     if requirement_lines(description):
         with tempfile.TemporaryDirectory(dir=envs_dir, prefix=".req-") as tmp:
             req = Path(tmp) / "requirements.txt"
             req.write_text(str(description.get("requirements") or ""), encoding="utf-8")
             _run(install_argv(description, folder / "bin" / "python", req, wheels, offline), env, envs_dir, timeout_s, "uv pip install")
     report = {**probe(folder / "bin" / "python"), "env_hash": env_hash(description), "declared": dict(description), "built_at": time.time()}
-    tmp_report = folder / f".{REPORT}.tmp"
+    _write_report(folder, report)
+    return report
+
+
+def _write_report(folder: Path, report: Mapping[str, Any]) -> None:
+    tmp_report = folder / f".{REPORT}.{os.getpid()}.tmp"
     tmp_report.write_text(json.dumps(report, indent=1), encoding="utf-8")
     os.replace(tmp_report, folder / REPORT)  # whole or absent: its presence means built
-    return report
 
 
 def main(args: list[str] | None = None) -> int:

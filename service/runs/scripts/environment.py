@@ -3,7 +3,8 @@
 ::
 
     spec: environment: {requirements: requirements.txt, python: "3.12", packages: [flash_attn_3],
-                        find_links: [https://...], index_urls: [https://...], system_packages: [lrzip]}
+                        find_links: [https://...], index_urls: [https://...], system_packages: [lrzip],
+                        node_packages: true}
         │  normal_environment: each field checked, the requirements file one of the run's files
         ▼
     runs.spec["environment"] (the declaration, by file name)
@@ -45,7 +46,7 @@ REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 REQUIREMENT_MAX_CHARS = 300
 # Options a requirements file may hold: where wheels come from (an http(s) URL), and nothing else.
 URL_OPTIONS = {"--index-url": "index_urls", "-i": "index_urls", "--extra-index-url": "index_urls", "--find-links": "find_links", "-f": "find_links"}
-FIELDS = ("requirements", "python", "packages", "index_urls", "find_links", "system_packages")
+FIELDS = ("requirements", "python", "packages", "index_urls", "find_links", "system_packages", "node_packages")
 
 
 def _url_problem(url: str) -> str | None:
@@ -156,6 +157,11 @@ def normal_environment(decl: Any, files: Mapping[str, bytes], issues: list[Issue
             issues.append(Issue((*loc, "system_packages", i), "must be a Debian package name (lower-case letters, digits, + - .), e.g. lrzip", s))
     if system:
         out["system_packages"] = sorted(set(system))
+    node = decl.get("node_packages")
+    if node is not None and not isinstance(node, bool):
+        issues.append(Issue((*loc, "node_packages"), "must be true or false", node if isinstance(node, int | str) else None))
+    elif node:
+        out["node_packages"] = True
     return out
 
 
@@ -167,7 +173,9 @@ def describe(decl: Mapping[str, Any] | None, files: Mapping[str, bytes]) -> dict
         return None
     req = decl.get("requirements")
     text = files[req].decode("utf-8").replace("\r\n", "\n") if req else ""
-    return {
+    # Present only when asked for: every environment declared before it keeps its hash (and its build).
+    node = {"node_packages": True} if decl.get("node_packages") else {}
+    return {**node,
         "format": FORMAT,
         "python": decl.get("python") or "",  # "": the node's own Python version
         "requirements": text,

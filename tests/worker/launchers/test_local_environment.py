@@ -5,6 +5,8 @@ fails the submit before any run folder or training, with uv's own words or the p
 
 from __future__ import annotations
 
+import site
+import sys
 import threading
 import time
 from pathlib import Path
@@ -111,6 +113,41 @@ def test_a_missing_system_package_fails_at_once_naming_it(launcher: LocalLaunche
     with pytest.raises(LaunchFailed, match=r"system package\(s\) not on this machine: caddie-no-such-pkg; the local launcher installs none"):
         launcher.submit(launcher.acquire(5, "cpu"), job(b"tinypkg\n", system_packages=["caddie-no-such-pkg", "coreutils"]))
     assert time.monotonic() - start < 5 and not launcher.envs_dir.exists()  # nothing built, nothing tried
+
+
+NODE_SCRIPT = rb'''
+import sys, tinypkg, psutil
+print("tinypkg:" + tinypkg.__file__, flush=True)
+print("psutil:" + psutil.__file__, flush=True)
+'''
+
+
+def test_node_packages_shows_the_nodes_own_beneath_the_environments(launcher: LocalLauncher) -> None:
+    """A GPU image's torch is on no index the node reaches: node_packages lets the environment see this Python's
+    packages (psutil here, torch there) after its own, sealed as before, and the report lists both."""
+    files = {"train_gpt.py": NODE_SCRIPT}
+    j = JobSpec(run_id=8, env={"SEED": "1", **AUDIT_ENV}, hardware="cpu", timeout_s=60, script_files=files,
+                environment=describe({"packages": ["tinypkg"], "node_packages": True}, files))
+    handle = launcher.submit(launcher.acquire(8, "cpu"), j)
+    assert wait(launcher, handle) is JobState.SUCCEEDED, launcher.read_log(handle, 0)
+    log = launcher.read_log(handle, 0).decode()
+    folder = launcher.envs_dir / folder_name(j.environment or {})
+    assert f"tinypkg:{folder}/lib/" in log  # the environment's own package
+    node_site = next(d for d in site.getsitepackages() if (Path(d) / "psutil").is_dir())
+    assert f"psutil:{node_site}/psutil/" in log  # the node's, from where the node has it
+    report = launcher.environment(handle, Path(handle.data["workdir"]))
+    assert report is not None and report["packages"]["tinypkg"] == "1.2.3" and "psutil" in report["packages"]
+    assert report["declared"]["node_packages"] is True
+
+
+def test_node_packages_with_another_python_fails_before_any_build(launcher: LocalLauncher) -> None:
+    other = "3.10" if sys.version_info[:2] != (3, 10) else "3.12"
+    files = {"train_gpt.py": b"print(1)\n"}
+    j = JobSpec(run_id=9, env={}, hardware="cpu", timeout_s=60, script_files=files,
+                environment=describe({"python": other, "node_packages": True}, files))
+    with pytest.raises(LaunchFailed, match=rf"node_packages: the node's packages are built for its Python 3\.\d+; this environment asks for Python {other}"):
+        launcher.submit(launcher.acquire(9, "cpu"), j)
+    assert not launcher.envs_dir.exists() or not any(p.is_dir() and not p.name.startswith(".") for p in launcher.envs_dir.iterdir())
 
 
 def test_a_python_this_machine_lacks_fails_offline_with_uvs_message(launcher: LocalLauncher) -> None:
