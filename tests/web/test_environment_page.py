@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import torch
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -48,6 +49,19 @@ def test_the_declared_environment_and_what_it_held_are_shown(world: World, brows
     assert f"<th>python</th><td>{built.report['python']}</td>" in section and "<th>torch</th><td>not installed</td>" in section
     assert f"its own, <code>{built.report['env_hash'][:20]}</code>" in section and "System packages: coreutils" in section
     assert "<tr><td>tinypkg</td><td><code>1.2.3</code></td></tr>" in section
+
+    # node_packages: the environment over the node's own packages (this Python's torch), said so on the page
+    r = client.post("/api/v1/runs", json=body(requirements="requirements.txt", node_packages=True), headers=world.h("alice"))
+    assert r.status_code == 201, r.text
+    node_run = r.json()["runs"][0]
+    over = describe(node_run["spec"]["environment"], {"requirements.txt": REQ})
+    assert over is not None and over["node_packages"] is True
+    run = session.get(Run, node_run["id"])
+    run.environment = ensure_env(tmp_path / "envs", over, wheels=tmp_path / "wheels", offline=True).report
+    session.commit()
+    section = browser_for(world.tokens["alice"]).c.get(f"/runs/{node_run['id']}").text
+    section = section[section.index('id="environment"'):]
+    assert ", over the node's own packages" in section and f"<th>torch</th><td>{torch.__version__}</td>" in section
 
 
 def test_a_bad_environment_is_a_422_naming_its_field(world: World, client: TestClient) -> None:
