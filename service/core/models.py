@@ -175,6 +175,8 @@ class Run(Base):
         Index("ix_runs_status_id", "status", "id"),
         Index("ix_runs_group_key_id", "group_key", "id"),
         Index("ix_runs_team_id_status_id", "team_id", "status", "id"),
+        # Which hardware the queue asks for, in one index probe per kind (worker.control.dispatch).
+        Index("ix_runs_status_hardware", "status", "hardware"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text as sa_text
 
 from service.core.db import get_sessionmaker
 from service.core.models import Run, RunEvent, utcnow
@@ -114,3 +114,33 @@ def test_a_run_whose_node_died_is_relaunched_at_once_and_a_later_capacity_requeu
         assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=utcnow() + timedelta(seconds=50)) == []
         later = utcnow() + timedelta(seconds=61)
         assert dispatch_due_runs(s, capacity={"B200:8": 1}, enqueue=sent.append, retry_backoff_s=60, now=later) == [run_id]
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "sqlite"])
+def test_the_queued_hardware_is_read_by_index_probes_on_both_databases(engine: str, tmp_path) -> None:
+    """What the free-slot check reads before a tick does anything: each hardware some queued run asks for, once
+    (a skip scan of ix_runs_status_hardware, which PostgreSQL answers without reading the queue row by row)."""
+    from service.core.migrate import upgrade
+    from worker.control.dispatch import queued_hardware
+
+    with fresh_database() if engine == "postgresql" else _sqlite(tmp_path) as url:
+        upgrade(url)
+        make = get_sessionmaker(url)
+        with make() as s:
+            team = create_team(s, f"hw-{engine}")
+            user = create_user(s, f"hw-{engine}-u")
+            add_member(s, team, user)
+            assert queued_hardware(s) == []
+            for i, hw in enumerate(["H100:8", "cpu", "H100:8", "A100:4", "cpu", "H200:1"]):
+                add_queued_run(s, team.id, user.id, name=f"q{i}", seed=i, hardware=hw)
+            s.add(make_run(team.id, user.id, name="done", seed=99, hardware="L4:1", status="SUCCEEDED"))
+            s.commit()
+            assert queued_hardware(s) == ["A100:4", "H100:8", "H200:1", "cpu"]  # not L4:1: nothing queued asks for it
+            if engine == "postgresql":
+                assert s.scalar(sa_text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_runs_status_hardware'")) == 1
+
+
+def _sqlite(tmp_path):
+    from contextlib import nullcontext
+
+    return nullcontext(f"sqlite:///{tmp_path / 'hw.db'}")
