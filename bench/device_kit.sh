@@ -9,6 +9,9 @@
 #   .gl/bench8192      the 8192-vocabulary bench corpus of bench/vs_reference.py (FineWeb-length documents)
 #   .gl/ref/rec0427    the 2026-04-27 record's folder, read from ../shared/challenge
 #   .gl/ref/rec0409    the 2026-04-09 record's folder (no varlen attention: the one run through `caddie up` on an H100)
+#   .gl/b              what the record's run in an environment of its own carries (bench/results/record_local_gpu.md, 52 MiB):
+#                      svcwhl (the service's wheels less psycopg, plus uv), whl (brotli), data (2 train shards of
+#                      .gl/bench8192 and its val shard), rec0409
 # On the GPU machine, begin each command with:
 #   export PATH=$PWD/.gl/bin:$PATH LD_LIBRARY_PATH=$PWD/.gl/lib PYTHONUNBUFFERED=1
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gl/whl/*.whl [.gl/svcwhl/*.whl] && export PYTHONPATH=/tmp/site
@@ -41,4 +44,11 @@ rm -f .gl/svcwhl/numpy-*.whl
 [ -d .gl/bench8192 ] || $py bench/vs_reference.py corpus --out .gl/bench8192 --vocab-size 8192 --max-mb 30 --workers 2 --join-chars 4000
 rm -rf .gl/ref/rec0427 && cp -r ../shared/challenge/records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611 .gl/ref/rec0427
 rm -rf .gl/ref/rec0409 && cp -r ../shared/challenge/records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT .gl/ref/rec0409
+rm -rf .gl/b && mkdir -p .gl/b/svcwhl .gl/b/whl .gl/b/data/datasets/fineweb10B_sp8192
+cp .gl/svcwhl/*.whl .gl/b/svcwhl/ && rm -f .gl/b/svcwhl/psycopg*
+wheels .gl/b/svcwhl --no-deps uv
+cp .gl/whl/brotli-*.whl .gl/b/whl/
+cp .gl/bench8192/datasets/fineweb10B_sp8192/fineweb_train_00000[01].bin .gl/bench8192/datasets/fineweb10B_sp8192/fineweb_val_000000.bin \
+  .gl/b/data/datasets/fineweb10B_sp8192/
+cp -r .gl/bench8192/tokenizers .gl/b/data/ && cp -r .gl/ref/rec0409 .gl/b/rec0409
 du -sh .gl .gl/*
