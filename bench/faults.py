@@ -870,6 +870,20 @@ class Suite:
         return out
 
 
+def stack_env(home: Path, db_url: str, broker_url: str) -> dict[str, str]:
+    """The stack's environment: this one less any CADDIE_ setting, then the deployment under test (the README's
+    submit hook, the local launcher with CAPACITY slots, the stand-in trainer in ``home``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
+    env.update(
+        PYTHONPATH=str(REPO), CADDIE_HOME=str(home), CADDIE_DATABASE_URL=db_url, CADDIE_BROKER_URL=broker_url,
+        CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted", CADDIE_LAUNCHER="local", CADDIE_GPU_COUNT="0",
+        CADDIE_MAX_CONCURRENT_RUNS=str(CAPACITY), CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(home / "stand_in.py")]),
+    )  # fmt: skip
+    if shutil.which("bwrap") is None:
+        env["CADDIE_SANDBOX"] = "none"  # no bubblewrap on this machine: jobs unsealed (the report says so)
+    return env
+
+
 def bootstrap(db_url: str) -> dict[str, str]:
     from service.core.db import get_sessionmaker
     from service.core.migrate import upgrade
@@ -947,15 +961,7 @@ def main() -> int:
         pg.init()
         redis.start()
         tokens = bootstrap(pg.url())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
-        env.update(
-            PYTHONPATH=str(REPO), CADDIE_HOME=str(home), CADDIE_DATABASE_URL=pg.url(), CADDIE_BROKER_URL=redis.url,
-            CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted", CADDIE_LAUNCHER="local", CADDIE_GPU_COUNT="0",
-            CADDIE_MAX_CONCURRENT_RUNS=str(CAPACITY), CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(home / "stand_in.py")]),
-        )  # fmt: skip
-        if shutil.which("bwrap") is None:
-            env["CADDIE_SANDBOX"] = "none"  # no bubblewrap on this machine: jobs unsealed (the report says so)
-        stack = Stack(home, env)
+        stack = Stack(home, stack_env(home, pg.url(), redis.url))
         stack.start()
         suite = Suite(home, stack, pg.url(), tokens)
         plan: dict[str, Callable[[], Outcome]] = {

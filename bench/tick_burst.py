@@ -18,7 +18,6 @@ marked FAILED, so the janitor has no node to look for).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -31,11 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.faults import CAPACITY, STAND_IN, Postgres, Redis, Stack, bootstrap  # noqa: E402
+from bench.api_load import seed_database  # noqa: E402
+from bench.faults import CAPACITY, STAND_IN, Postgres, Redis, Stack, bootstrap, stack_env  # noqa: E402
 
 TASK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/[^\]]*\] Task (caddie\.\w+)\[[^\]]*\] succeeded in ([0-9.e-]+)s")
 AFTER_S = 30.0  # the window watched after the last submit
@@ -97,15 +98,7 @@ def main() -> int:
         pg.init()
         redis.start()
         tokens = bootstrap(pg.url())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CADDIE_")}
-        env.update(
-            PYTHONPATH=str(REPO), CADDIE_HOME=str(home), CADDIE_DATABASE_URL=pg.url(), CADDIE_BROKER_URL=redis.url,
-            CADDIE_ON_SUBMIT_HOOK="worker.notify:runs_submitted", CADDIE_LAUNCHER="local", CADDIE_GPU_COUNT="0",
-            CADDIE_MAX_CONCURRENT_RUNS=str(CAPACITY), CADDIE_TRAINER_COMMAND=json.dumps([sys.executable, str(home / "stand_in.py")]),
-        )  # fmt: skip
-        if shutil.which("bwrap") is None:
-            env["CADDIE_SANDBOX"] = "none"
-        stack = Stack(home, env)
+        stack = Stack(home, stack_env(home, pg.url(), redis.url))
         stack.argv["control worker"] = [a if a != "WARNING" else "INFO" for a in stack.argv["control worker"]]
         stack.start()
         with httpx.Client(base_url=f"{stack.url}/api/v1", headers={"Authorization": f"Bearer {tokens['a']}"}, timeout=60) as c:
@@ -118,9 +111,6 @@ def main() -> int:
                 time.sleep(0.5)
             # the backlog comes once the slots are held, so that the fair share cannot start it ahead of them
             if args.seed_runs:
-                from sqlalchemy import create_engine, text
-
-                from bench.api_load import seed_database
 
                 seed_database(pg.url(), args.seed_runs, teams=args.teams, queued=args.seed_queued or None)
                 with create_engine(pg.url()).begin() as conn:  # no node behind them: nothing for the janitor to recover
@@ -132,8 +122,6 @@ def main() -> int:
         start, stop, errors = submit_burst(stack.url, tokens["a"], args.submits, args.seconds)
         time.sleep(AFTER_S)
         runs = task_runs(home / "control-worker.log")
-        from sqlalchemy import create_engine, text
-
         with create_engine(pg.url()).connect() as conn:
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM runs GROUP BY status")).all())
             holders = conn.execute(text("SELECT id, status, left(status_reason, 100), started_at, finished_at FROM runs WHERE name = 'hold'")).all()

@@ -195,7 +195,7 @@ def ensure_env(envs_dir: Path, description: Mapping[str, Any], *, wheels: Path |
     with _locked(envs_dir / f"{name}.lock"):
         report = read_report(folder)  # built by another run while this one waited
         if report is not None:
-            return BuiltEnv(folder, report)
+            return _current(folder, description, report)
         shutil.rmtree(folder, ignore_errors=True)  # a build that died half-way
         try:
             report = _build(envs_dir, folder, description, wheels, offline, timeout_s)
@@ -208,12 +208,13 @@ def ensure_env(envs_dir: Path, description: Mapping[str, Any], *, wheels: Path |
 def _current(folder: Path, description: Mapping[str, Any], report: dict[str, Any]) -> BuiltEnv:
     """A built environment as it is now: one that sees the node's packages is read again (the node's torch may
     have changed since the build, and a run records what it ran on)."""
+    built = BuiltEnv(folder, report)
     if description.get("node_packages"):
-        now = {**report, **probe(folder / "bin" / "python")}
+        now = {**report, **probe(built.python)}
         if now != report:  # kept on disk too: the launcher reads a finished run's report from there
             _write_report(folder, now)
-        report = now
-    return BuiltEnv(folder, report)
+            built = BuiltEnv(folder, now)
+    return built
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float, what: str) -> None:
