@@ -397,9 +397,9 @@ class PublicRecord(Base):
 class StoredQueueEstimate(Base):
     """One queued run's place in the latest queue forecast, written by the control worker
     (worker/control/forecast.py) for every API replica to read (service/queue/stored.py).
-    All rows of one forecast are written in one transaction and share ``made_at``; a run
-    submitted or requeued since has no row until the next one. No foreign key: a forecast
-    replaces every row at once, and a run deleted meanwhile must not fail the write."""
+    A forecast is written in one transaction (only the rows that changed); its time is the
+    marker row's ``made_at``. A run submitted or requeued since has no row until the next one.
+    No foreign key: a run deleted between two forecasts must not fail the write."""
 
     __tablename__ = "queue_estimates"
     # GET /queue reads a page as ``limit`` index rows after a cursor (rank; a member's: its team's).

@@ -1,7 +1,7 @@
 """The stored queue forecast (I/O): written by the control worker, read by every API replica.
 
     control worker, every queue_forecast_interval_s (worker/control/forecast.py)
-        positions.queue_estimates(...) ──▶ store_forecast()   one transaction: every row replaced
+        positions.queue_estimates(...) ──▶ store_forecast()   one transaction: the rows that changed rewritten
     API, any replica (service/queue/positions.py)
         read_forecast(ids)    the marker and the asked-for rows: one primary-key lookup
         with_stored_estimate(query)   or both beside one run, in the query that reads the run
@@ -38,24 +38,45 @@ class StoredForecast:
     estimates: dict[int, QueueEstimate]  # those asked for that it has
 
 
-def store_forecast(session: Session, estimates: Mapping[int, QueueEstimate], made_at: datetime, teams: Mapping[int, int]) -> None:
-    """Replace the stored forecast by ``estimates`` (made at ``made_at``; ``teams``: each run's team id), committed.
-    Each run gets its rank in GET /queue's order, so a page is a keyset read of an index."""
+def store_forecast(session: Session, estimates: Mapping[int, QueueEstimate], made_at: datetime, teams: Mapping[int, int]) -> int:
+    """Make ``estimates`` (made at ``made_at``; ``teams``: each run's team id) the stored forecast, committed;
+    returns the run rows written. Each run gets its rank in GET /queue's order, so a page is a keyset read of an index.
+
+    Only the rows that changed are rewritten: between two forecasts of a quiet queue most estimates are the
+    same (200 of 10,000 changed in 5 s on the benchmark's queue), and rewriting all of them every 10 s left
+    PostgreSQL 1,000 dead rows a second to vacuum and as much WAL. Readers take the forecast's time from
+    the marker row, so a row keeps the ``made_at`` of the forecast that last changed it."""
     if session.get_bind().dialect.name == "postgresql":
-        # Two control workers at once would each delete and insert the same run ids;
+        # Two control workers at once would each write the same run ids;
         # a transaction-scoped advisory lock makes the second wait for the first.
         session.execute(text("SELECT pg_advisory_xact_lock(7282)"))
-    session.execute(delete(StoredQueueEstimate))
+    E = StoredQueueEstimate
+    wanted = {e.run_id: (e.position, e.estimated_start_at, e.reason, rank, teams.get(e.run_id))
+              for rank, e in enumerate(sorted(estimates.values(), key=queue_order), start=1)}  # fmt: skip
+    held = {r[0]: tuple(r[1:]) for r in session.execute(select(E.run_id, E.position, E.estimated_start_at, E.reason, E.rank, E.team_id))}
+    marker = held.pop(MARKER_ID, None)
+    stale = [run_id for run_id, row in held.items() if wanted.get(run_id) != row]
+    fresh = [run_id for run_id, row in wanted.items() if held.get(run_id) != row]
+    if marker is None or len(stale) + len(fresh) > len(wanted):  # most rows moved (a busy queue): one delete and one bulk write
+        session.execute(delete(E))
+        stale, fresh = [], list(wanted)
+    else:
+        session.execute(delete(E).where(E.run_id == MARKER_ID))
+    for i in range(0, len(stale), _IDS_PER_STATEMENT):  # bounded: PostgreSQL takes at most 65,535 parameters a statement
+        session.execute(delete(E).where(E.run_id.in_(stale[i : i + _IDS_PER_STATEMENT])))
     rows = [{"run_id": MARKER_ID, "position": len(estimates), "estimated_start_at": None, "reason": "", "made_at": made_at, "rank": None, "team_id": None}]
-    rows += [{"run_id": e.run_id, "position": e.position, "estimated_start_at": e.estimated_start_at, "reason": e.reason, "made_at": made_at,
-              "rank": rank, "team_id": teams.get(e.run_id)}
-             for rank, e in enumerate(sorted(estimates.values(), key=queue_order), start=1)]  # fmt: skip
+    rows += [dict(zip(_ROW_COLUMNS, (run_id, *wanted[run_id], made_at), strict=True)) for run_id in fresh]
     dbapi = session.connection().connection.dbapi_connection
     if isinstance(dbapi, psycopg.Connection):  # PostgreSQL through psycopg 3, the driver caddie's URLs name
         _copy_rows(dbapi, rows)
     else:
-        session.execute(insert(StoredQueueEstimate), rows)
+        session.execute(insert(E), rows)
     session.commit()
+    return len(fresh)
+
+
+_IDS_PER_STATEMENT = 10_000
+_ROW_COLUMNS = ("run_id", "position", "estimated_start_at", "reason", "rank", "team_id", "made_at")
 
 
 def _copy_rows(dbapi: psycopg.Connection[Any], rows: Sequence[Mapping[str, Any]]) -> None:

@@ -177,3 +177,39 @@ def test_a_long_queue_with_a_stale_forecast_is_answered_from_it_not_forecast_on_
         assert new["queue_position"] is None and "queued after the latest queue forecast" in new["waiting_reason"]
         listed = {r["id"]: r["queue_position"] for r in client.get("/api/v1/runs", headers=world.h("alice")).json()["items"]}
         assert listed == {a[0]: 1, a[1]: 2, late: None}
+
+
+def _table(session: Session) -> dict[int, tuple]:
+    from sqlalchemy import select
+
+    from service.core.models import StoredQueueEstimate as E
+
+    return {r[0]: tuple(r[1:]) for r in session.execute(select(E.run_id, E.position, E.estimated_start_at, E.reason, E.rank, E.team_id))}
+
+
+def test_a_forecast_rewrites_only_the_rows_that_changed_and_reads_as_if_all_were_rewritten(session: Session, db_url) -> None:  # noqa: ANN001
+    from service.queue.forecast import QueueEstimate
+
+    t0 = utcnow().replace(microsecond=0)
+    at = lambda minutes: t0 + timedelta(minutes=minutes)  # noqa: E731
+    first = {i: QueueEstimate(i, i, at(30 * i), f"waiting {i}") for i in range(1, 7)}
+    teams = {i: 1 + i % 2 for i in range(1, 7)}
+    assert stored.store_forecast(session, first, made_at=t0, teams=teams) == 6
+    assert stored.store_forecast(session, first, made_at=at(1), teams=teams) == 0  # nothing moved: only the marker
+    assert stored.read_forecast(session, [3]).made_at == at(1)  # the forecast's time is the new one's
+    # run 6 was cancelled (gone), run 4's reason changed, run 9 is new (last): only 4 and 9 are written, 6 is removed.
+    second = {i: e for i, e in first.items() if i != 6} | {4: QueueEstimate(4, 4, at(120), "over its budget"), 9: QueueEstimate(9, None, None, "no slot")}
+    teams2 = {**teams, 9: 2}
+    assert stored.store_forecast(session, second, made_at=at(2), teams=teams2) == 2
+    kept = _table(session)
+    # The same forecast written from an empty table: the same rows.
+    session.execute(stored.delete(stored.StoredQueueEstimate))
+    session.commit()
+    assert stored.store_forecast(session, second, made_at=at(2), teams=teams2) == 6
+    assert _table(session) == kept
+    got = stored.read_forecast(session, every=True)
+    assert got is not None and got.size == 6 and set(got.estimates) == {1, 2, 3, 4, 5, 9} and got.estimates[4].reason == "over its budget"
+    # The head started: every later run moves up a rank and a place, so all are written (one delete, one bulk write).
+    third = {i: QueueEstimate(i, i + 1, at(30 * i + 7), "shifted") for i in range(2, 40)}
+    assert stored.store_forecast(session, third, made_at=at(3), teams={}) == 38
+    assert set(_table(session)) == {0, *range(2, 40)}

@@ -28,6 +28,7 @@ def refresh_forecast(session: Session, settings: Settings, now: datetime | None 
     started = time.perf_counter()
     estimates, teams = queue_forecast(session, settings, now)
     computed = time.perf_counter()
-    stored.store_forecast(session, estimates, made_at=now, teams=teams)
-    log.info("queue forecast of %d queued runs: computed in %.3f s, stored in %.3f s", len(estimates), computed - started, time.perf_counter() - computed)
+    written = stored.store_forecast(session, estimates, made_at=now, teams=teams)
+    log.info("queue forecast of %d queued runs: computed in %.3f s, stored in %.3f s (%d rows changed)",
+             len(estimates), computed - started, time.perf_counter() - computed, written)
     return len(estimates)
