@@ -24,6 +24,7 @@ through it. Reads (read_log) give the same byte offsets, pages and ``done`` from
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.billing.storage import LOG_KIND, LOG_SUFFIX, counted
+from service.core.errors import Gone, Unavailable
 from service.core.models import Artifact, LogChunk, Run, utcnow
 from service.core.status import TERMINAL, is_terminal
-from service.core.storage import ArtifactMissing, ArtifactStore, ArtifactStoreError, artifact_key, read_chunks
+from service.core.storage import ArtifactMissing, ArtifactOutsideStore, ArtifactStore, ArtifactStoreError, artifact_key, read_chunks
 from service.runs.queries import visible_run
 from service.teams.tokens import Principal
+
+log = logging.getLogger(__name__)
 
 LOG_PAGE_BYTES = 1 << 20
 ARCHIVE_KIND = LOG_KIND
@@ -127,6 +131,9 @@ def whole_log(session: Session, run_id: int, store: ArtifactStore) -> bytes:
         return b"".join(read_chunks(store.open(row.uri)))
     except ArtifactMissing:
         return b""
+    except ArtifactOutsideStore:  # never read (see _read_archive): as if gone
+        log.warning("run %s: its archived log %s is outside the artifact store; not read", run_id, row.uri)
+        return b""
 
 
 def _read_archive(store: ArtifactStore, row: Artifact, offset: int, max_bytes: int) -> LogSlice:
@@ -139,6 +146,14 @@ def _read_archive(store: ArtifactStore, row: Artifact, offset: int, max_bytes: i
         stream = store.open(row.uri)
     except ArtifactMissing:  # removed under it (a store emptied by hand): the log is gone, not pending
         return LogSlice(offset=offset, next_offset=offset, data="", done=True)
+    except ArtifactOutsideStore:
+        # A database restored or moved beside another store (its rows name the old one): never read, and the
+        # uri is not echoed to the caller (it would tell server paths or bucket names).
+        log.warning("run %s: its archived log %s is outside the artifact store; not read", row.run_id, row.uri)
+        raise Gone(f"run {row.run_id}'s log is not in this caddie's artifact store (the database names another store); not read") from None
+    except ArtifactStoreError as exc:
+        log.warning("run %s: its archived log cannot be read: %s", row.run_id, exc)
+        raise Unavailable(f"the artifact store cannot be read now; try again later (run {row.run_id}'s log)") from None
     with stream:
         _skip(stream, offset)
         data = stream.read(max_bytes)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from service.billing import usage
 from service.core.bodies import ID_MAX
-from service.core.errors import DomainError, Forbidden, InvalidInput, Issue, NotFound, Unauthorized
+from service.core.errors import DomainError, Forbidden, Gone, InvalidInput, Issue, NotFound, Unauthorized, Unavailable
 from service.core.hardware import hardware_options
 from service.core.hooks import call_on_submit_hook
 from service.core.models import utcnow
@@ -362,7 +362,10 @@ async def submit_run(request: Request, user: User, session: SessionDep, settings
 def _log_tail(request: Request, session: SessionDep, user: Principal, run_id: int, log_bytes: int) -> tuple[str, int, bool]:
     start = max(0, log_bytes - LOG_TAIL_BYTES)
     # An ended run's log is in the artifact store (service.runs.logs), the one the app serves files from.
-    piece = read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2, store=request.app.state.artifact_store)
+    try:
+        piece = read_log(session, user, run_id, start, max_bytes=LOG_TAIL_BYTES * 2, store=request.app.state.artifact_store)
+    except (Gone, Unavailable) as exc:  # the page still shows the run, its figures and curves; the log's place says why
+        return f"({exc})", start, True
     text = piece.data
     if start > 0 and "\n" in text:  # begin at a whole line
         text = "…\n" + text.split("\n", 1)[1]

@@ -128,3 +128,19 @@ def test_retention_keeps_the_stored_log(client: TestClient, world, spec, session
     assert session.scalar(select(func.count()).select_from(LogChunk).where(LogChunk.run_id == run_id)) == 0
     assert archive_row(session, run_id) is not None
     assert client.get(f"{RUNS}/{run_id}/logs", headers=world.h("alice")).json()["data"] == "".join(LINES)
+
+
+def test_a_log_archived_in_another_store_is_refused_by_the_api_and_the_run_page_still_opens(client: TestClient, world, spec, session: Session,  # noqa: ANN001
+                                                                                              settings: Settings) -> None:  # fmt: skip
+    # A database restored beside another store (found opening a GPU node's caddie.db here): its rows name the old one.
+    run_id = _ended_run_with_log(client, world, spec, session, RunStatus.CANCELLED)
+    _archive(session, settings, run_id)
+    row = archive_row(session, run_id)
+    assert row is not None
+    row.uri = "file:///tmp/record-local-elsewhere/home/artifacts/runs/1/log/stdout.log"
+    session.commit()
+    r = client.get(f"{RUNS}/{run_id}/logs", headers=world.h("alice"))
+    assert r.status_code == 410 and "not in this caddie's artifact store" in r.text and "record-local-elsewhere" not in r.text
+    client.post("/signin", data={"token": world.tokens["alice"], "next": "/runs"}, follow_redirects=False)
+    page = client.get(f"/runs/{run_id}")
+    assert page.status_code == 200 and "not in this caddie&#39;s artifact store" in page.text and "record-local-elsewhere" not in page.text
