@@ -22,8 +22,8 @@ print("final_int8_zlib_roundtrip_exact val_loss:2.00000000 val_bpb:1.20000000", 
 '''
 
 
-def submit(stack: Stack, requirements: bytes) -> int:
-    spec = {"name": "own env", "track": "unlimited", "hardware": "cpu", "script": base64.b64encode(SCRIPT).decode(),
+def submit(stack: Stack, requirements: bytes, script: bytes = SCRIPT) -> int:
+    spec = {"name": "own env", "track": "unlimited", "hardware": "cpu", "script": base64.b64encode(script).decode(),
             "files": [{"name": "requirements.txt", "content": base64.b64encode(requirements).decode()}], "data": "sp1024",
             "environment": {"requirements": "requirements.txt", "python": "3.11"}}
     with stack.client() as c:
@@ -53,3 +53,12 @@ def test_a_run_builds_its_environment_then_runs_in_it_and_records_it(stack: Stac
     assert "nosuchpkg" in reason and "No solution found when resolving dependencies" in reason
     with stack.client() as c:
         assert c.get(f"/runs/{bad}/logs", params={"offset": 0}).json()["data"] == ""
+
+    # A run shows its environment while it runs, and keeps it when it is cancelled before any output is collected.
+    slow = submit(stack, b"tinypkg==1.2.3\n", b"import time, tinypkg\nprint('started', flush=True)\ntime.sleep(120)\n" + SCRIPT)
+    running = stack.wait_for(slow, {"RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"}, 120)
+    assert running["status"] == "RUNNING" and running["environment"] == env
+    with stack.client() as c:
+        assert c.post(f"/runs/{slow}/cancel").status_code == 200
+    cancelled = stack.wait_for(slow, {"SUCCEEDED", "FAILED", "CANCELLED"}, 60)
+    assert cancelled["status"] == "CANCELLED" and cancelled["environment"] == env

@@ -147,4 +147,5 @@ class Launcher(Protocol):
     def list_clusters(self) -> list[ClusterHandle]: ...
 
     # Optional (the executor asks where a launcher has it): environment(handle, outdir) -> dict | None,
-    # what the job's Python held (service.runs.scripts.environment's report), read after collect.
+    # what the job's Python held (service.runs.scripts.environment's report), read after collect;
+    # environment_at_launch(handle) -> dict | None, the same where it is known once the job is submitted.

@@ -244,6 +244,13 @@ class LocalLauncher:
         return ensure_env(self.envs_dir, job.environment, wheels=getattr(s, "env_wheels", None), offline=bool(getattr(s, "env_offline", False)),
                           timeout_s=float(getattr(s, "env_build_timeout_s", 1800.0)))
 
+    def environment_at_launch(self, handle: LaunchHandle) -> dict[str, Any] | None:
+        """A built environment's report, known before the job runs, so a run shows what it runs on while it
+        runs, and keeps it if it is cancelled or stopped before its outputs are collected (None: a job on the
+        worker's own Python, probed after collect)."""
+        name = handle.data.get("env")
+        return read_report(self.envs_dir / str(name)) if name else None
+
     def environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
         """What the job's Python held: its built environment's report, else the worker's own Python's (probed now)."""
         name = handle.data.get("env")

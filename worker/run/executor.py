@@ -205,18 +205,22 @@ class RunDriver:
             except OSError as exc:
                 log.warning("run %s: could not remove the job's log copy: %s", self.run_id, exc)
 
-    def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None, node: NodeHardware | None = None) -> bool:
+    def _to_running(self, handle: LaunchHandle, reason: str, *, warm: bool | None = None, node: NodeHardware | None = None,
+                    environment: dict[str, Any] | None = None) -> bool:
         """PROVISIONING -> RUNNING with the launch handle, in one commit (idempotent: True if it is already so).
 
         ``warm``: the job's cluster was a reused, kept-warm one (True) or freshly provisioned
         (False), recorded as ``runs.warm_start`` by the same UPDATE (what the accounting
         counts as saved provisioning); None (a re-attach) leaves it as it is. ``node``: what
-        the node reported (``runs.node_hardware``: the rules judge it, billing bills it).
+        the node reported (``runs.node_hardware``: the rules judge it, billing bills it). ``environment``: what
+        the job's Python holds where the launcher knows it at launch (``runs.environment``; collect reads it again).
         """
         stored = handle.to_json()
         also: dict[str, Any] = {"launch_handle": stored} if warm is None else {"launch_handle": stored, "warm_start": warm}
         if node is not None:
             also["node_hardware"] = node.to_json()
+        if environment:
+            also["environment"] = environment
         with self.session_factory() as session:
             run = session.get_one(Run, self.run_id)
             if run.status == RunStatus.RUNNING.value and run.launch_handle == stored and run.worker_task_id == self.token:
@@ -275,7 +279,8 @@ class RunDriver:
             reason = f"adopted {what} on {found.cluster}, started by an executor that died before recording it; {self._limits()}"
             node = self._node(cluster)
             reason += self._node_note(node, hardware)
-            moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster), node=node), "record the adopted job")
+            environment = self._launch_environment(found)
+            moved = self._db(lambda: self._to_running(found, reason, warm=is_reused(cluster), node=node, environment=environment), "record the adopted job")
             if not moved:
                 self._cancel_quietly(found)
                 return f"run {self.run_id} changed state during launch; job stopped"
@@ -293,8 +298,9 @@ class RunDriver:
         node = self._node(cluster)
         reason = (f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "")
                   + f"; {self._limits()}" + self._node_note(node, hardware))
+        environment = self._launch_environment(handle)
         try:
-            moved = self._db(lambda: self._to_running(handle, reason, warm=warm, node=node), "record the launch")
+            moved = self._db(lambda: self._to_running(handle, reason, warm=warm, node=node, environment=environment), "record the launch")
         except Exception:
             self._cancel_quietly(handle)  # it cannot be recorded: it must not run unseen
             raise
@@ -559,6 +565,18 @@ class RunDriver:
             except ArtifactStoreError as exc:
                 log.warning("run %s: could not remove %s, left out by the storage quota: %s", self.run_id, uri, exc)
         return result
+
+    def _launch_environment(self, handle: LaunchHandle) -> dict[str, Any] | None:
+        """What the job's Python holds, where its launcher knows it once the job is submitted (None otherwise)."""
+        read = getattr(self.launcher, "environment_at_launch", None)
+        if read is None:
+            return None
+        try:
+            found = read(handle)
+        except Exception as exc:  # the launch stands; collect reads the environment again
+            log.warning("run %s: could not read its environment at launch: %s", self.run_id, exc)
+            return None
+        return found if isinstance(found, dict) else None
 
     def _environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
         """What the job's Python held, as its launcher read it (None: a launcher that cannot say, or an error saying it)."""
