@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -115,3 +116,24 @@ def test_a_script_that_crashes_fails_with_its_error_line(stack: Stack) -> None:
     [run] = submit_script(stack, script=broken, files=[], env={}, seed=4)["runs"]
     done = stack.wait_for(run["id"], DONE, 120)
     assert done["status"] == "FAILED" and "RuntimeError: the team broke it" in done["status_reason"]
+
+
+def test_a_script_cancelled_after_a_score_line_ends_cancelled_with_what_it_printed(stack: Stack) -> None:
+    """A record prints scores before its last one (04-09: the sliding window, then minutes of TTT): a cancel
+    in between must not pass the earlier line off as the run's result."""
+    script = (b'import time\nprint("step:10/20 train_loss:3.0000 train_time:100ms step_avg:10.00ms", flush=True)\n'
+              b'print("quantized_sliding_window val_loss:2.50000000 val_bpb:1.40000000 eval_time:1000ms", flush=True)\n'
+              b'print("ttt:start chunks=15", flush=True)\ntime.sleep(120)\n'
+              b'print("legal_ttt_exact val_loss:2.40000000 val_bpb:1.30000000 eval_time:1000ms", flush=True)\n')
+    spec = {"name": "cut", "track": "unlimited", "hardware": "cpu", "script": base64.b64encode(script).decode(), "data": "sp1024"}
+    with stack.client() as c:
+        run_id = c.post("/runs", json=spec).json()["runs"][0]["id"]
+        stack.wait_for(run_id, {"RUNNING", *DONE}, 120)
+        for _ in range(200):  # until the worker has stored the score line
+            if "ttt:start" in c.get(f"/runs/{run_id}/logs", params={"offset": 0}).json()["data"]:
+                break
+            time.sleep(0.1)
+        assert c.post(f"/runs/{run_id}/cancel").status_code == 200
+    run = stack.wait_for(run_id, DONE, 60)
+    assert run["status"] == "CANCELLED" and "figures its log had printed are kept" in run["status_reason"], run["status_reason"]
+    assert run["val_bpb"] == 1.4 and run["steps"] == 10  # shown, on a run that counts nowhere

@@ -656,7 +656,15 @@ class RunDriver:
 
     def _cancelled(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
         """End a run whose cancel stopped its job: SUCCEEDED with its result if the trainer had
-        already written one (a cancel racing the end must not throw a paid result away), else CANCELLED."""
+        already written one (a cancel racing the end must not throw a paid result away), else CANCELLED.
+
+        A script run has no such mark: its "result" is read from its log, which prints scores before its
+        last one (the 2026-04-09 record prints its sliding-window score, then runs TTT for minutes), so a
+        stopped script's log would pass for a finished one. It ends CANCELLED, keeping what its log printed
+        (figures, curves, its files), which counts nowhere but shows how far it got."""
+        if self.script:
+            self._store_outputs(handle)
+            return self._finish(RunStatus.CANCELLED, "cancelled by user; the figures its log had printed are kept", cluster=cluster)
         if self._store_outputs(handle, only_if_succeeded=True) is not None:
             return self._finish(RunStatus.SUCCEEDED, "the cancel came after the run had written its result: the result is kept", cluster=cluster)
         return self._finish(RunStatus.CANCELLED, "cancelled by user", cluster=cluster)
