@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
+import os
 import re
+import signal
 import time
 import zipfile
 from pathlib import Path
@@ -137,3 +140,40 @@ def test_a_script_cancelled_after_a_score_line_ends_cancelled_with_what_it_print
     run = stack.wait_for(run_id, DONE, 60)
     assert run["status"] == "CANCELLED" and "figures its log had printed are kept" in run["status_reason"], run["status_reason"]
     assert run["val_bpb"] == 1.4 and run["steps"] == 10  # shown, on a run that counts nowhere
+
+
+def test_a_script_whose_supervisor_vanished_runs_again_its_last_score_line_is_no_result(stack: Stack) -> None:
+    """The shared trainer's result.json marks a finished run; a script's log cannot: a job whose wrapper died
+    (no exit code) after a score line is run again, not ended SUCCEEDED with that line."""
+    from sqlalchemy import create_engine, text
+
+    script = (b'import os, time\nprint("quantized_sliding_window val_loss:2.50000000 val_bpb:1.40000000 eval_time:1000ms", flush=True)\n'
+              b'while not os.path.exists("go"):\n    time.sleep(0.05)\n')
+    spec = {"name": "lost", "track": "unlimited", "hardware": "cpu", "script": base64.b64encode(script).decode(), "data": "sp1024"}
+    with stack.client() as c:
+        run_id = c.post("/runs", json=spec).json()["runs"][0]["id"]
+    stack.wait_for(run_id, {"RUNNING", *DONE}, 120)
+    with stack.client() as c:
+        for _ in range(200):  # until the worker has stored the score line
+            if "val_bpb:1.4" in c.get(f"/runs/{run_id}/logs", params={"offset": 0}).json()["data"]:
+                break
+            time.sleep(0.1)
+    engine = create_engine(stack.db_url)
+    with engine.connect() as conn:
+        handle = conn.execute(text("SELECT launch_handle FROM runs WHERE id = :id"), {"id": run_id}).scalar_one()
+    handle = handle if isinstance(handle, dict) else json.loads(handle)
+    [workdir] = (stack.home / "runs" / str(run_id)).glob("attempt-*")
+    os.kill(handle["data"]["pid"], signal.SIGKILL)  # only the wrapper: no exit code will be written
+    (workdir / "go").touch()  # the script ends; how, nobody recorded
+    end = time.monotonic() + 60
+    while True:
+        with stack.client() as c:
+            run = c.get(f"/runs/{run_id}").json()
+        if run["attempts"] >= 1 or run["status"] in DONE:
+            break
+        assert time.monotonic() < end, run
+        time.sleep(0.2)
+    assert run["status"] != "SUCCEEDED" and run["attempts"] == 1, run
+    with stack.client() as c:
+        c.post(f"/runs/{run_id}/cancel")
+    engine.dispose()

@@ -433,7 +433,9 @@ class RunDriver:
         if status.state is JobState.LOST:
             # Only the job's supervisor may be gone (the local wrapper, a node agent):
             # a trainer that finished left its result, and a finished run is not run again.
-            if self._store_outputs(handle, only_if_succeeded=True) is not None:
+            # A script's log is no such mark (a score line may precede its last one; _cancelled):
+            # with no exit code, it runs again.
+            if not self.script and self._store_outputs(handle, only_if_succeeded=True) is not None:
                 return self._finish(RunStatus.SUCCEEDED, "finished; its supervisor vanished, the result was collected", cluster=cluster)
             # Its node is torn down, not kept warm: the next attempt starts from step 0 on a fresh one.
             return self._requeue(status.reason or "the job vanished", cluster=cluster, lost=True)
