@@ -570,25 +570,22 @@ class RunDriver:
 
     def _launch_environment(self, handle: LaunchHandle) -> dict[str, Any] | None:
         """What the job's Python holds, where its launcher knows it once the job is submitted (None otherwise)."""
-        read = getattr(self.launcher, "environment_at_launch", None)
-        if read is None:
-            return None
-        try:
-            found = read(handle)
-        except Exception as exc:  # the launch stands; collect reads the environment again
-            log.warning("run %s: could not read its environment at launch: %s", self.run_id, exc)
-            return None
-        return found if isinstance(found, dict) else None
+        return self._environment_from("environment_at_launch", handle)
 
     def _environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
-        """What the job's Python held, as its launcher read it (None: a launcher that cannot say, or an error saying it)."""
-        read = getattr(self.launcher, "environment", None)
+        """What the job's Python held, as its launcher read it after collect."""
+        return self._environment_from("environment", handle, outdir)
+
+    def _environment_from(self, method: str, *args: Any) -> dict[str, Any] | None:
+        """The launcher's optional ``method``'s report (None: a launcher without it, or an error saying it:
+        the launch stands and the run's figures still land; only its environment goes unrecorded)."""
+        read = getattr(self.launcher, method, None)
         if read is None:
             return None
         try:
-            found = read(handle, outdir)
-        except Exception as exc:  # the run's figures still land; only its environment goes unrecorded
-            log.warning("run %s: could not read its environment: %s", self.run_id, exc)
+            found = read(*args)
+        except Exception as exc:
+            log.warning("run %s: could not read its environment (%s): %s", self.run_id, method, exc)
             return None
         return found if isinstance(found, dict) else None
 
