@@ -111,7 +111,6 @@ def main() -> int:
                 time.sleep(0.5)
             # the backlog comes once the slots are held, so that the fair share cannot start it ahead of them
             if args.seed_runs:
-
                 seed_database(pg.url(), args.seed_runs, teams=args.teams, queued=args.seed_queued or None)
                 with create_engine(pg.url()).begin() as conn:  # no node behind them: nothing for the janitor to recover
                     conn.execute(text("UPDATE runs SET status = 'FAILED', finished_at = now() WHERE status IN ('RUNNING', 'PROVISIONING') AND name <> 'hold'"))

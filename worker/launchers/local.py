@@ -253,9 +253,8 @@ class LocalLauncher:
 
     def environment(self, handle: LaunchHandle, outdir: Path) -> dict[str, Any] | None:
         """What the job's Python held: its built environment's report, else the worker's own Python's (probed now)."""
-        name = handle.data.get("env")
-        if name:
-            return read_report(self.envs_dir / str(name))
+        if handle.data.get("env"):
+            return self.environment_at_launch(handle)
         return probe(sys.executable)
 
     def _recipe(self, job: JobSpec) -> Recipe:

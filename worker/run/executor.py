@@ -433,9 +433,8 @@ class RunDriver:
         if status.state is JobState.LOST:
             # Only the job's supervisor may be gone (the local wrapper, a node agent):
             # a trainer that finished left its result, and a finished run is not run again.
-            # A script's log is no such mark (a score line may precede its last one; _cancelled):
-            # with no exit code, it runs again.
-            if not self.script and self._store_outputs(handle, only_if_succeeded=True) is not None:
+            # A script's log is no such mark (_store_outputs): with no exit code, it runs again.
+            if self._store_outputs(handle, only_if_succeeded=True) is not None:
                 return self._finish(RunStatus.SUCCEEDED, "finished; its supervisor vanished, the result was collected", cluster=cluster)
             # Its node is torn down, not kept warm: the next attempt starts from step 0 on a fresh one.
             return self._requeue(status.reason or "the job vanished", cluster=cluster, lost=True)
@@ -482,8 +481,13 @@ class RunDriver:
     def _store_outputs(self, handle: LaunchHandle, *, only_if_succeeded: bool = False) -> dict[str, Any] | None:
         """Collect the job's files: result.json into the run's columns, every output file into the store.
 
-        only_if_succeeded: store nothing (and return None) unless result.json says the run succeeded.
+        only_if_succeeded: store nothing (and return None) unless result.json says the run succeeded. A script
+        run has no result.json: its "result" is read from its log, which prints scores before its last one (the
+        2026-04-09 record prints its sliding-window score, then runs TTT for minutes), so a stopped script's log
+        would pass for a finished one; for a script this stores nothing.
         """
+        if only_if_succeeded and self.script:
+            return None
         with tempfile.TemporaryDirectory(prefix=f"caddie-run-{self.run_id}-") as tmp:
             try:
                 outdir = self.launcher.collect(handle, Path(tmp))
@@ -656,16 +660,13 @@ class RunDriver:
     def _cancelled(self, handle: LaunchHandle, cluster: ClusterHandle | None) -> str:
         """End a run whose cancel stopped its job: SUCCEEDED with its result if the trainer had
         already written one (a cancel racing the end must not throw a paid result away), else CANCELLED.
-
-        A script run has no such mark: its "result" is read from its log, which prints scores before its
-        last one (the 2026-04-09 record prints its sliding-window score, then runs TTT for minutes), so a
-        stopped script's log would pass for a finished one. It ends CANCELLED, keeping what its log printed
-        (figures, curves, its files), which counts nowhere but shows how far it got."""
+        A script run never has one (_store_outputs): it ends CANCELLED keeping what its log printed (figures,
+        curves, its files), which counts nowhere but shows how far it got."""
+        if self._store_outputs(handle, only_if_succeeded=True) is not None:
+            return self._finish(RunStatus.SUCCEEDED, "the cancel came after the run had written its result: the result is kept", cluster=cluster)
         if self.script:
             self._store_outputs(handle)
             return self._finish(RunStatus.CANCELLED, "cancelled by user; the figures its log had printed are kept", cluster=cluster)
-        if self._store_outputs(handle, only_if_succeeded=True) is not None:
-            return self._finish(RunStatus.SUCCEEDED, "the cancel came after the run had written its result: the result is kept", cluster=cluster)
         return self._finish(RunStatus.CANCELLED, "cancelled by user", cluster=cluster)
 
     def _judge_progress(self, rule: AbortRule, points: list[Any]) -> None:
