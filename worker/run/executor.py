@@ -441,6 +441,7 @@ class RunDriver:
         if status.state is JobState.CANCELLED:
             if self._cancel_requested():
                 return self._cancelled(handle, cluster)
+            self._store_outputs(handle)  # stopped by its machine (caddie up's Ctrl-C): what it had printed and written stays shown
             return self._finish(RunStatus.CANCELLED, status.reason or "job cancelled outside caddie", cluster=cluster)
         result = self._store_outputs(handle)
         if status.state is JobState.SUCCEEDED:

@@ -371,3 +371,26 @@ def test_a_run_on_a_reused_warm_cluster_is_marked_warm_and_a_provisioned_one_is_
         # Written by the RUNNING transition itself: its event says so.
         running = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == warm, RunEvent.to_status == "RUNNING"))
         assert "(a warm cluster, reused); deadline " in running
+
+
+def test_a_job_stopped_by_its_machine_ends_cancelled_with_what_it_had_logged(maker, settings) -> None:
+    """caddie up's Ctrl-C stops every job of the machine (LocalLauncher.stop_all): the run says why, and keeps
+    the figures its log had (the 04-09 record's GPU run showed none after 150 steps)."""
+    run_id = new_run(maker, {"ITERATIONS": 99})
+    worker = threading.Thread(target=go, args=(maker, settings, run_id))
+    worker.start()
+    end = time.monotonic() + 20
+    while not (metrics := _metric_count(maker, run_id)):
+        assert time.monotonic() < end, "the stand-in logged no step"
+        time.sleep(0.05)
+    assert LocalLauncher(settings).stop_all("stopped when caddie up was stopped (Ctrl-C)") == 1
+    worker.join(30)
+    with maker() as s:
+        run = s.get(Run, run_id)
+        assert (run.status, run.status_reason) == ("CANCELLED", "stopped when caddie up was stopped (Ctrl-C)")
+        assert run.steps == 1 and metrics >= 1
+
+
+def _metric_count(maker, run_id: int) -> int:
+    with maker() as s:
+        return s.scalar(select(func.count()).select_from(Metric).where(Metric.run_id == run_id)) or 0
