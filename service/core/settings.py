@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(5.0, ge=0, le=7.0, description="SIGTERM, then SIGKILL after this")
     sandbox: str = Field("bwrap", pattern=r"^(bwrap|none)$", description="every local job runs sealed in bubblewrap (see 'Sealed jobs'); `none` runs jobs unsealed as the worker's own user: unsafe, only for a single trusted team")
     job_memory_bytes: int = Field(0, ge=0, description="A running local job's memory: its processes (PSS) plus what its /tmp and /dev/shm hold (RAM; each sized at this). Past it the job is killed and its run FAILS, the reason naming this setting (see 'Sealed jobs'). 0: 80% of the machine's memory, or of the worker's cgroup limit where less (a container's).")
+    compile_cache_dir: Path | None = Field(None, description="Each team's torch.compile and Triton caches, kept between the team's local jobs (team-<id>/, bound writable into that team's sealed jobs only), so a run of code compiled before starts in seconds, not minutes. Default: home/compile-cache.")
+    compile_cache_bytes: int = Field(20 * 1024**3, ge=0, description="A team's compile cache is trimmed to this (least recently written first) before each of its jobs; what a job adds counts toward its CADDIE_JOB_DISK_BYTES. 0: no cache (every job compiles in its own /tmp).")
     job_disk_bytes: int = Field(20 * 1024**3, ge=0, description="A running local job's run folder (its outputs, caches, stdout.log): no file may grow past it (RLIMIT_FSIZE) and past it in all the job is killed and its run FAILS, the reason naming this setting. 0: no limit.")
 
     # --- SkyPilot launcher --------------------------------------------------------
@@ -177,6 +179,8 @@ class Settings(BaseSettings):
             self.data_root = self.home / "data"
         if self.envs_dir is None:
             self.envs_dir = self.home / "envs"
+        if self.compile_cache_dir is None:
+            self.compile_cache_dir = self.home / "compile-cache"
         if self.records_dir is None:
             self.records_dir = DEFAULT_RECORDS_DIR
         if not self.broker_url:

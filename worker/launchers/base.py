@@ -83,6 +83,8 @@ class JobSpec:
     # A script run's declared environment, canonical (service.runs.scripts.environment.describe):
     # built on the node before the job starts, the job's Python taken from it. None: the node's own.
     environment: dict[str, Any] | None = None
+    # The run's team: its compile cache (worker.launchers.compile_cache). None: the job compiles in its own /tmp.
+    team_id: int | None = None
 
     @property
     def is_script(self) -> bool:

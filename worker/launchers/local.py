@@ -15,7 +15,8 @@ Layout of one job (runs_dir/<run_id>/attempt-<n>/, also the trainer's OUTPUT_DIR
                       under torchrun over this machine's GPUs, or python without one)
 
 A script run that declares its environment runs the Python of CADDIE_ENVS_DIR/<hash>/, built
-with uv before its job starts (worker.launchers.envs), read-only inside its sandbox.
+with uv before its job starts (worker.launchers.envs), read-only inside its sandbox. Every job of a
+team compiles into CADDIE_COMPILE_CACHE_DIR/team-<id>/ (worker.launchers.compile_cache), writable inside.
 
 The worker starts `python -m worker.launchers.local_wrapper`, never a shell, in
 a new session; the wrapper starts the trainer and records how it ended. The
@@ -44,6 +45,7 @@ from service.core.storage import mount_of
 from service.runs.logparse import failure_reason
 from service.runs.scripts.spec import SCRIPT_NAME
 from trainer.recipes import Recipe, RecipeError, built_folder, content_hash
+from worker.launchers import compile_cache
 from worker.launchers.base import (
     ClusterHandle,
     JobSpec,
@@ -340,7 +342,18 @@ class LocalLauncher:
         """A running job's memory and disk limits in bytes (CADDIE_JOB_MEMORY_BYTES, CADDIE_JOB_DISK_BYTES; 0 disk: none)."""
         return memory_limit(int(getattr(self.settings, "job_memory_bytes", 0))), int(getattr(self.settings, "job_disk_bytes", 0))
 
-    def _job_argv(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None) -> list[str]:
+    def _compile_cache(self, job: JobSpec) -> Path | None:
+        """The team's compile cache folder, trimmed to CADDIE_COMPILE_CACHE_BYTES (worker.launchers.compile_cache);
+        None with the cache off or a job of no team."""
+        limit = int(getattr(self.settings, "compile_cache_bytes", 0))
+        if job.team_id is None or limit <= 0:
+            return None
+        root = Path(getattr(self.settings, "compile_cache_dir", None) or Path(self.settings.home) / "compile-cache").resolve()
+        folder = compile_cache.team_folder(root, job.team_id)
+        compile_cache.trim(folder, limit)
+        return folder
+
+    def _job_argv(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None, cache: Path | None = None) -> list[str]:
         """The job's command, sealed (worker.launchers.sandbox) unless the operator opted out."""
         argv = (self.script_argv(str(built.python)) if built is not None else self.script_argv()) if job.is_script else self.trainer_argv()
         if not self.sealed:
@@ -353,7 +366,7 @@ class LocalLauncher:
             # an operator's stand-in trainer command names its files by absolute path
             ro += [Path(a) for a in self.settings.trainer_command or []
                    if Path(a).is_absolute() and Path(a).is_file() and not any(Path(a).is_relative_to(r) for r in python_roots())]
-        return sealed_argv(argv, workdir=workdir, ro_paths=ro, tmpfs_bytes=self.limits()[0])
+        return sealed_argv(argv, workdir=workdir, ro_paths=ro, tmpfs_bytes=self.limits()[0], rw_paths=[cache] if cache else [])
 
     def submit(self, cluster: ClusterHandle, job: JobSpec) -> LaunchHandle:
         recipe = self._recipe(job)
@@ -367,6 +380,9 @@ class LocalLauncher:
         if built is not None:  # `python` and the environment's commands first, as in an activated venv
             env["PATH"] = f"{built.folder / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
             env["VIRTUAL_ENV"] = str(built.folder)
+        cache = self._compile_cache(job)
+        if cache is not None:
+            env.update(compile_cache.cache_env(cache))  # last: a script's own TORCHINDUCTOR_CACHE_DIR would point outside its sandbox
         if job.is_script:
             place_files(workdir, job.script_files)
             if recipe.built:
@@ -380,7 +396,8 @@ class LocalLauncher:
             "--memory-bytes", str(memory), "--disk-bytes", str(disk),
             "--idle-s", str(self.idle_s),
             *(a for m in (TMPFS if self.sealed else ()) for a in ("--tmpfs", m)),  # the sandbox's own RAM folders count as its memory
-            "--", *self._job_argv(job, workdir, built),
+            *(("--shared", str(cache)) if cache is not None else ()),  # what the job adds to its team's cache is its disk too
+            "--", *self._job_argv(job, workdir, built, cache),
         ]  # fmt: skip
         (workdir / STDOUT_LOG).touch()
         launch = {"key": job.launch_key, "cluster": cluster.name, "timeout_s": float(job.timeout_s or 0), "memory_bytes": memory, "disk_bytes": disk}

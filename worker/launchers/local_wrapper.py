@@ -2,7 +2,7 @@
 where infra/skypilot/task.yaml runs the job under it for its hang watch).
 
     python -m worker.launchers.local_wrapper --workdir DIR [--timeout S] [--grace S]
-        [--memory-bytes N] [--disk-bytes N] [--tmpfs PATH]... [--idle-s S] -- ARGV...
+        [--memory-bytes N] [--disk-bytes N] [--tmpfs PATH]... [--idle-s S] [--shared DIR]... -- ARGV...
 
 It starts ARGV in its own process group with stdout and stderr appended to
 DIR/stdout.log, records the child in DIR/child.json, waits, and writes
@@ -15,7 +15,8 @@ for when no worker is left to enforce the run's hard timeout.
 `memory-bytes` and `disk-bytes` (0 = none) bound the running job (worker.launchers.limits):
 past either, the job's group is killed at once and exit_code.json says which limit
 (`limit_exceeded`); the job's files may not grow past `disk-bytes` (RLIMIT_FSIZE).
-`tmpfs` names the job's own RAM-backed mounts (its sandbox's /tmp, /dev/shm), counted as memory.
+`tmpfs` names the job's own RAM-backed mounts (its sandbox's /tmp, /dev/shm), counted as memory;
+`shared` a folder outside the run folder the job writes to (its team's compile cache): its growth counts as disk.
 `idle-s` (0 = off) stops a job that printed nothing and used no CPU (and left every GPU idle) for that
 long, as hung (worker.launchers.limits.idle_reason), with the same `limit_exceeded` record.
 """
@@ -85,10 +86,15 @@ DISK_WALK_SHARE = 0.05  # the folder walk may take at most this share of the wra
 class Limits:
     """The job's memory and disk, measured now and then; ``over()`` says which limit it passed, if any."""
 
-    def __init__(self, workdir: Path, memory_bytes: int, disk_bytes: int, tmpfs: list[str]) -> None:
+    def __init__(self, workdir: Path, memory_bytes: int, disk_bytes: int, tmpfs: list[str], shared: list[Path] | None = None) -> None:
         self.workdir, self.memory, self.disk, self.tmpfs = workdir, memory_bytes, disk_bytes, tmpfs
         self.next_memory = self.next_disk = 0.0
         self.fds: list[int] = []  # the job's tmpfs mounts, once its sandbox is up
+        # Folders the job shares (its team's compile cache): what they grow by while it runs is its disk too.
+        self.shared = {p: folder_bytes(p) for p in (shared or []) if disk_bytes > 0}
+
+    def disk_used(self) -> int:
+        return folder_bytes(self.workdir) + sum(max(0, folder_bytes(p) - before) for p, before in self.shared.items())
 
     def over(self, pid: int, now: float) -> str:
         if self.memory > 0 and now >= self.next_memory:
@@ -102,7 +108,7 @@ class Limits:
                 return limit_reason("memory", procs + shm, self.memory, f"its processes {procs:,} bytes, its /tmp and /dev/shm {shm:,} bytes")
         if self.disk > 0 and now >= self.next_disk:
             t0 = time.monotonic()
-            used = folder_bytes(self.workdir)
+            used = self.disk_used()
             self.next_disk = now + max(DISK_EVERY_S, (time.monotonic() - t0) / DISK_WALK_SHARE)
             if used > self.disk:
                 return limit_reason("disk", used, self.disk)
@@ -119,7 +125,7 @@ class Limits:
             self.fds = []
         if self.memory > 0 and (full or shm > self.memory):
             return limit_reason("memory", shm, self.memory, f"its /tmp and /dev/shm held {shm:,} bytes{', one of them full' if full else ''}")
-        if self.disk > 0 and (used := folder_bytes(self.workdir)) > self.disk:
+        if self.disk > 0 and (used := self.disk_used()) > self.disk:
             return limit_reason("disk", used, self.disk)
         return ""
 
@@ -158,7 +164,7 @@ class Idle:
 
 
 def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, memory_bytes: int = 0, disk_bytes: int = 0,
-              tmpfs: list[str] | None = None, idle_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
+              tmpfs: list[str] | None = None, idle_s: float = 0.0, shared: list[Path] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run argv to completion under the rules above; return what was written to exit_code.json."""
     log = open(workdir / STDOUT_LOG, "ab", buffering=0)
     stop: dict[str, float] = {}  # "at": when a stop was first asked for
@@ -173,7 +179,7 @@ def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, 
     def bound_files() -> None:  # in the child, before exec: no file of the job grows past the disk limit
         resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
 
-    limits = Limits(workdir, memory_bytes, disk_bytes, tmpfs or [])
+    limits = Limits(workdir, memory_bytes, disk_bytes, tmpfs or [], shared)
     idle = Idle(log.fileno(), idle_s)
     started = time.monotonic()
     try:
@@ -240,12 +246,13 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--disk-bytes", type=int, default=0)
     parser.add_argument("--tmpfs", action="append", default=[])
     parser.add_argument("--idle-s", type=float, default=0.0)
+    parser.add_argument("--shared", action="append", default=[], type=Path, help="a folder the job shares (its team's compile cache): its growth counts as the job's disk")
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     ns = parser.parse_args(args)
     argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
     if not argv:
         parser.error("no trainer command after --")
-    supervise(ns.workdir, argv, ns.timeout, ns.grace, ns.memory_bytes, ns.disk_bytes, ns.tmpfs, ns.idle_s)
+    supervise(ns.workdir, argv, ns.timeout, ns.grace, ns.memory_bytes, ns.disk_bytes, ns.tmpfs, ns.idle_s, ns.shared)
     return 0
 
 

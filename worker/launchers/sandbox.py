@@ -69,8 +69,9 @@ def gpu_devices(dev: Path = DEV) -> list[Path]:
 
 
 def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwrap: str | None = None, die_with_parent: bool = False,
-                gpus: Sequence[Path] | None = None, tmpfs_bytes: int = 0) -> list[str]:  # fmt: skip
-    """argv wrapped in bwrap: sees only `workdir` (writable) and `ro_paths` + the system + Python (read-only),
+                gpus: Sequence[Path] | None = None, tmpfs_bytes: int = 0, rw_paths: Iterable[Path] = ()) -> list[str]:  # fmt: skip
+    """argv wrapped in bwrap: sees only `workdir` and `rw_paths` (writable: the team's compile cache) and
+    `ro_paths` + the system + Python (read-only),
     and of the host's /dev only `gpus` (default: ``gpu_devices()``), each at /dev/<its name>;
     its /tmp and /dev/shm each hold at most `tmpfs_bytes` (0: unsized) where bwrap can size them.
 
@@ -103,6 +104,8 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
         out += ["--ro-bind-try", "/sys", "/sys"]  # CUDA and NCCL read the PCI topology there
     if die_with_parent:
         out.insert(1, "--die-with-parent")
+    for rw in rw_paths:
+        out += ["--bind", str(rw), str(rw)]
     out += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--"]
     return out + argv
 

@@ -26,6 +26,7 @@ from service.runs.scripts.spec import env_name_problem, path_env_problem
 from trainer.config import TrainerConfig
 from trainer.recipes import PATH_VARS, Recipe, RecipeError, parse_sources, resolve
 from worker.launchers.base import LaunchFailed
+from worker.launchers.compile_cache import CACHE_VARS
 
 # Exact names taken from the worker's environment.
 INHERITED_NAMES = frozenset({
@@ -42,8 +43,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The part of the worker's environment a trainer may see (the allow-list above)."""
-    return {k: v for k, v in environ.items() if k in INHERITED_NAMES or k.startswith(INHERITED_PREFIXES)}
+    """The part of the worker's environment a trainer may see (the allow-list above), less the compile
+    caches' folders: a folder shared by every job would run one team's compiled code in another's
+    (the launcher points them at the team's own, worker.launchers.compile_cache)."""
+    return {k: v for k, v in environ.items() if (k in INHERITED_NAMES or k.startswith(INHERITED_PREFIXES)) and k not in CACHE_VARS}
 
 
 def knob_env(job_env: Mapping[str, object]) -> dict[str, str]:

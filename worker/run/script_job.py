@@ -79,7 +79,7 @@ def script_job(session: Session, run: Run, timeout_s: float) -> JobSpec:
     env = {**spec.env, "SEED": str(int(run.seed)), "RUN_ID": f"caddie-run-{run.id}", **AUDIT_ENV}  # the watch: worker/audit
     files = run_folder_files(session, spec)
     return JobSpec(run_id=run.id, env=env, hardware=run.hardware, timeout_s=timeout_s, data_variant=spec.data,
-                   script_files=files, environment=describe(spec.environment, files))
+                   script_files=files, environment=describe(spec.environment, files), team_id=run.team_id)
 
 
 def model_files(outdir: Path) -> dict[str, tuple[int, float]]:

@@ -58,7 +58,7 @@ def data_variant(run: Run) -> str:
 
 def trainer_job(run: Run, timeout_s: float) -> JobSpec:
     """The job of a trainer run. Raises ConfigError if its spec no longer validates."""
-    return JobSpec(run_id=run.id, env=job_env(run), hardware=run.hardware, timeout_s=timeout_s, data_variant=data_variant(run))
+    return JobSpec(run_id=run.id, env=job_env(run), hardware=run.hardware, timeout_s=timeout_s, data_variant=data_variant(run), team_id=run.team_id)
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

@@ -1,0 +1,73 @@
+"""A team's compile cache: torch.compile's and Triton's caches kept between the team's runs on a node.
+
+A run of the record stack spends minutes compiling before its first timed step (about 250 s for the
+2026-04-09 record on one H100, bench/results/record_local_gpu.md), and in a sealed job that work lands
+in the job's own /tmp and is thrown away with it. The next run of the same code compiles the same
+graphs again. Inductor and Triton key every entry by the source, the torch and Triton versions and the
+device, so a folder kept between runs turns most of that work into a file read, and a changed model or
+a different torch simply misses.
+
+One folder per team (CADDIE_COMPILE_CACHE_DIR/team-<id>/), bound writable into that team's sealed jobs
+and into no other team's: compiled code is code, so one team's entries never run in another team's
+job. The worker's own TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR never pass to a job
+(worker.launchers.trainer_env), for the same reason. What a job adds to the folder counts toward its
+disk limit (the wrapper measures the folder's growth), and the folder is trimmed to
+CADDIE_COMPILE_CACHE_BYTES, least recently written first, before each of the team's jobs starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The variables that point the compilers at the folder (set by the launcher, last, over anything else).
+INDUCTOR_VAR, TRITON_VAR = "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"
+CACHE_VARS = frozenset({INDUCTOR_VAR, TRITON_VAR, "TRITON_HOME"})  # never taken from the worker's environment
+TRIM_TO = 0.8  # a trim leaves the folder at this share of its limit, so the next few jobs need none
+
+
+def team_folder(root: Path, team_id: int) -> Path:
+    """The team's cache folder (made if missing), with inductor/ and triton/ inside."""
+    folder = root / f"team-{int(team_id)}"
+    for sub in ("inductor", "triton"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def cache_env(folder: Path) -> dict[str, str]:
+    """The job's variables: inductor's and Triton's caches in the team's folder."""
+    return {INDUCTOR_VAR: str(folder / "inductor"), TRITON_VAR: str(folder / "triton")}
+
+
+def trim(folder: Path, max_bytes: int) -> int:
+    """Delete the least recently written files until the folder holds at most TRIM_TO of ``max_bytes``,
+    if it holds more than ``max_bytes``; returns the bytes freed. Empty folders left behind are removed."""
+    files: list[tuple[float, int, str]] = []
+    total = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # a concurrent job's rename or delete
+            files.append((st.st_mtime, st.st_blocks * 512, path))
+            total += st.st_blocks * 512
+    if total <= max_bytes:
+        return 0
+    freed, goal = 0, total - int(max_bytes * TRIM_TO)
+    for _mtime, size, path in sorted(files):
+        if freed >= goal:
+            break
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        freed += size
+    for dirpath, dirs, names in os.walk(folder, topdown=False):
+        if not dirs and not names and Path(dirpath) not in (folder, folder / "inductor", folder / "triton"):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass  # a job wrote into it meanwhile
+    return freed
