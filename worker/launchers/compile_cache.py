@@ -13,11 +13,17 @@ job. The worker's own TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR never pass to
 (worker.launchers.trainer_env), for the same reason. What a job adds to the folder counts toward its
 disk limit (the wrapper measures the folder's growth), and the folder is trimmed to
 CADDIE_COMPILE_CACHE_BYTES, least recently written first, before each of the team's jobs starts.
+
+On a SkyPilot node (which serves one team: the team is in the cluster's name) the folder is
+~/caddie-compile-cache, trimmed by ``python -m worker.launchers.compile_cache DIR MAX_BYTES`` before each job
+(infra/skypilot/task.yaml).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
 
 # The variables that point the compilers at the folder (set by the launcher, last, over anything else).
@@ -71,3 +77,20 @@ def trim(folder: Path, max_bytes: int) -> int:
             except OSError:
                 pass  # a job wrote into it meanwhile
     return freed
+
+
+def main(args: list[str] | None = None) -> int:
+    """``python -m worker.launchers.compile_cache DIR MAX_BYTES``: make DIR a cache folder (inductor/, triton/) and
+    trim it to MAX_BYTES; prints nothing (a SkyPilot node's run script, before its job)."""
+    parser = argparse.ArgumentParser(prog="python -m worker.launchers.compile_cache")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("max_bytes", type=int)
+    ns = parser.parse_args(args)
+    for sub in ("inductor", "triton"):
+        (ns.folder / sub).mkdir(parents=True, exist_ok=True)
+    trim(ns.folder, ns.max_bytes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -111,10 +111,11 @@ def sealed_argv(argv: list[str], *, workdir: Path, ro_paths: Iterable[Path], bwr
 
 
 def main(args: list[str] | None = None) -> int:
-    """``python -m worker.launchers.sandbox --workdir DIR [--ro PATH]... -- ARGV``: ARGV sealed (a SkyPilot node's run script)."""
+    """``python -m worker.launchers.sandbox --workdir DIR [--ro PATH]... [--rw PATH]... -- ARGV``: ARGV sealed (a SkyPilot node's run script)."""
     parser = argparse.ArgumentParser(prog="python -m worker.launchers.sandbox")
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--ro", action="append", default=[], type=Path, help="also visible, read-only")
+    parser.add_argument("--rw", action="append", default=[], type=Path, help="also visible, writable (the team's compile cache)")
     parser.add_argument("--die-with-parent", action="store_true")
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     ns = parser.parse_args(args)
@@ -122,7 +123,8 @@ def main(args: list[str] | None = None) -> int:
     if not argv:
         parser.error("no command after --")
     try:
-        sealed = sealed_argv(argv, workdir=ns.workdir.resolve(), ro_paths=[p.resolve() for p in ns.ro], die_with_parent=ns.die_with_parent)
+        sealed = sealed_argv(argv, workdir=ns.workdir.resolve(), ro_paths=[p.resolve() for p in ns.ro], die_with_parent=ns.die_with_parent,
+                             rw_paths=[p.resolve() for p in ns.rw])
     except LaunchFailed as exc:
         print(f"caddie: {exc}", file=sys.stderr, flush=True)
         return 126

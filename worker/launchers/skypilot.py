@@ -345,6 +345,7 @@ class SkyPilotLauncher:
         envs["CADDIE_INSTALL_SPEC"] = s.sky_install_spec
         envs["CADDIE_TIMEOUT_S"] = str(max(0, int(job.timeout_s or 0)))  # GNU timeout: 0 = no limit
         envs["CADDIE_IDLE_TIMEOUT_S"] = f"{float(getattr(s, 'idle_timeout_s', 0.0)):g}"  # the node's hang watch, as on the local launcher
+        envs["CADDIE_COMPILE_CACHE_BYTES"] = str(int(getattr(s, "compile_cache_bytes", 0)))  # the team's compile cache on its node
         config["envs"] = envs
         if s.sky_install_spec:
             config.pop("workdir", None)

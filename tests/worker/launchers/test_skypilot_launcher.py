@@ -712,21 +712,26 @@ def test_setup_installs_and_downloads_the_data_once_per_cluster(tmp_path: Path) 
 
 def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(tmp_path: Path) -> None:
     task = launcher(tmp_path).build_task(spec(VE_LAYERS="$(touch pwned)"), "run-5-abcd")
-    fake_torchrun = 'echo "name=$VE_LAYERS out=$OUTPUT_DIR data=$DATA_PATH tok=$TOKENIZER_PATH cwd=$PWD"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3'
+    fake_torchrun = ('echo "name=$VE_LAYERS out=$OUTPUT_DIR data=$DATA_PATH tok=$TOKENIZER_PATH cwd=$PWD"; '
+                     'echo "cache=$TORCHINDUCTOR_CACHE_DIR triton=$TRITON_CACHE_DIR"; echo "{}" > "$OUTPUT_DIR/result.json"; exit 3')
     smi = 'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"'
     env = {**_node(tmp_path, {"torchrun": fake_torchrun, "python3": PYTHON3, "nvidia-smi": smi}), **task.envs}
-    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-123456_caddie-h100x8-5_3")
+    env.update(SKYPILOT_NUM_GPUS_PER_NODE="8", SKYPILOT_TASK_ID="sky-2026-11-24-03-00-00-123456_caddie-h100x8-5_3",
+               TORCHINDUCTOR_CACHE_DIR="/shared/by/all")  # the node image's own: replaced by the team's
     res = _run_script(task.run, env, tmp_path)
     assert res.returncode == 3  # SkyPilot marks the job FAILED
     home = Path(env["HOME"])
     # the trainer runs in its output folder; its paths are relative (no node path in its log)
     assert (f"name=$(touch pwned) out=. data=./data/datasets/fineweb10B_sp1024 tok=./data/tokenizers/fineweb_1024_bpe.model "
             f"cwd={home}/caddie-runs/run-5-abcd") in res.stdout
+    cache = home / "caddie-compile-cache"  # this node serves one team: its compile cache, kept between its runs
+    assert f"cache={cache}/inductor triton={cache}/triton" in res.stdout and task.envs["CADDIE_COMPILE_CACHE_BYTES"] == str(20 * 1024**3)
     assert not (home / "caddie-runs" / "run-5-abcd").exists()  # the run folder goes once its outputs are copied
     assert not (tmp_path / "pwned").exists()
     calls = (tmp_path / "calls.log").read_text()
     assert (f"python3 -m worker.launchers.sandbox --die-with-parent --workdir {home}/caddie-runs/run-5-abcd --ro {home}/caddie-data "
-            f"--ro {tmp_path} -- torchrun --standalone --nproc_per_node=8 -m trainer") in calls  # sealed
+            f"--ro {tmp_path} --rw {cache} -- torchrun --standalone --nproc_per_node=8 -m trainer") in calls  # sealed, the cache writable
+    assert f"python3 -m worker.launchers.compile_cache {cache} {20 * 1024**3}" in calls  # trimmed before the job
     out = home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output"
     assert (out / "result.json").exists() and not (out / "data").exists()  # the data link does not travel back
     # the node's GPUs, listed before the job started, beside (not inside) what the job hands back
@@ -860,7 +865,7 @@ def test_a_declared_environment_is_built_on_the_node_before_the_job_and_runs_it(
     assert f"python3 -m worker.launchers.envs --envs-dir {home}/caddie-envs --apt" in calls
     # sealed, its environment and that environment's Python read-only, the job's Python the environment's
     assert (f"python3 -m worker.launchers.sandbox --die-with-parent --workdir {home}/caddie-runs/run-5-env --ro {home}/caddie-data "
-            f"--ro {tmp_path} --ro {envdir} --ro /opt/python-3.12 -- {envdir}/bin/python -m torch.distributed.run --standalone "
+            f"--ro {tmp_path} --ro {envdir} --ro /opt/python-3.12 --rw {home}/caddie-compile-cache -- {envdir}/bin/python -m torch.distributed.run --standalone "
             f"--nproc_per_node=8 train_gpt.py") in calls
     assert f"ran {envdir}/bin/python -m torch.distributed.run --standalone --nproc_per_node=8 train_gpt.py" in res.stdout
     assert calls.index("worker.launchers.envs") < calls.index("worker.launchers.sandbox")
