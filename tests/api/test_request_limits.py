@@ -149,12 +149,30 @@ def test_a_submission_looks_its_token_up_once(settings: Settings, world: World, 
             if statement.lstrip().upper().startswith("SELECT"):
                 reads.append(statement)
 
-        event.listen(engine, "before_cursor_execute", count)
+        transactions: list[str] = []  # of the write sessions (the sign-in reads on an autocommit connection: no transaction)
+
+        def transaction(name: str):  # noqa: ANN202
+            return lambda conn, *a: transactions.append(name) if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT" else None
+
+        hooks = {"before_cursor_execute": count, **{name: transaction(name) for name in ("begin", "commit", "rollback")}}
+        for name, hook in hooks.items():
+            event.listen(engine, name, hook)
         try:
             r = client.post("/api/v1/runs", json=spec(), headers=world.h("alice"))
+            keyed = client.post("/api/v1/runs", json=spec(name="keyed"), headers={**world.h("alice"), "Idempotency-Key": "k-1"})
+            replay = client.post("/api/v1/runs", json=spec(name="keyed"), headers={**world.h("alice"), "Idempotency-Key": "k-1"})
         finally:
-            event.remove(engine, "before_cursor_execute", count)
-    assert r.status_code == 201, r.text
-    assert r.json()["runs"][0]["user"] == "alice"
-    assert len([q for q in reads if "FROM api_tokens" in q]) == 1 and len(reads) == 3, reads
-    assert "team_storage" in reads[1] and "FROM teams" in reads[1]
+            for name, hook in hooks.items():
+                event.remove(engine, name, hook)
+    assert r.status_code == 201 and keyed.status_code == 201 and replay.status_code == 201, (r.text, keyed.text, replay.text)
+    assert r.json()["runs"][0]["user"] == "alice" and replay.json()["runs"] == keyed.json()["runs"]
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    first, second, third = reads[:3], reads[3:6], reads[6:]
+    assert len([q for q in first if "FROM api_tokens" in q]) == 1 and len(first) == 3, reads
+    assert "team_storage" in first[1] and "FROM teams" in first[1]
+    # An Idempotency-Key costs no read of its own: whether it was used comes with the team (EXISTS) ...
+    assert len(second) == 3 and "idempotency_key" in second[1], second
+    # ... and only a retry reads the key's runs.
+    assert "idempotency_key" in third[-1] and len(third) == 3, third
+    # One transaction per submit: the new runs are read back inside it, not in a second one closed by a rollback.
+    assert transactions == ["begin", "commit"] * 2 + ["begin", "rollback"], transactions  # the replay writes nothing
