@@ -33,9 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "ABORTED_BEHIND"}
 
 
-def start_caddie(home: Path, data_root: Path, log: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_caddie(home: Path, data_root: Path, log: Path, compile_cache: Path | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
     """`caddie up` in the background; returns the process, its URL and the admin token it printed."""
     env = dict(os.environ, CADDIE_HOME=str(home), CADDIE_DATA_ROOT=str(data_root))
+    if compile_cache is not None:  # kept outside the throwaway home: a later call on the same machine compiles from it
+        env["CADDIE_COMPILE_CACHE_DIR"] = str(compile_cache.resolve())
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], cwd=REPO, env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     end = time.monotonic() + 180
@@ -66,6 +68,8 @@ def main() -> int:
     ap.add_argument("--seed", default="42")
     ap.add_argument("--timeout", type=float, default=540)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--compile-cache", type=Path, help="the teams' compile caches (CADDIE_COMPILE_CACHE_DIR), e.g. an ignored folder of the "
+                                                      "checkout that a second call on the same warm machine finds (default: inside the throwaway home)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="record-local-"))
@@ -74,7 +78,7 @@ def main() -> int:
     shutil.copy2(args.record / "train_gpt.py", folder / "train_gpt.py")
     for f in args.file:
         shutil.copy2(f, folder / f.name)
-    proc, url, token = start_caddie(work / "home", args.data_root.resolve(), args.out / "caddie_up.log")
+    proc, url, token = start_caddie(work / "home", args.data_root.resolve(), args.out / "caddie_up.log", args.compile_cache)
     cli_env = dict(os.environ, CADDIE_URL=url, CADDIE_TOKEN=token)
     try:
         argv = [sys.executable, "-m", "cli.main", "submit", "--script", str(folder / "train_gpt.py"), "--data", args.data,
