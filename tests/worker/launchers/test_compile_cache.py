@@ -125,6 +125,8 @@ fn = torch.compile(model)
 t0 = time.perf_counter()
 out = fn(torch.randn(4, 64))
 print(f"compiled_in:{time.perf_counter() - t0:.3f}", flush=True)
+from torch._dynamo.utils import counters
+print("hits:" + str(counters["inductor"]["fxgraph_cache_hit"]) + " misses:" + str(counters["inductor"]["fxgraph_cache_miss"]), flush=True)
 print("entries:" + str(sum(len(f) for _, _, f in os.walk(os.environ["TORCHINDUCTOR_CACHE_DIR"]))), flush=True)
 """
 
@@ -132,10 +134,10 @@ print("entries:" + str(sum(len(f) for _, _, f in os.walk(os.environ["TORCHINDUCT
 @needs_bwrap
 def test_a_teams_second_compile_reads_the_first_ones_graph(tmp_path: Path) -> None:
     """The real thing, on the CPU: torch.compile in two sealed jobs of one team; the first fills the
-    team's cache, the second hits it (inductor's FX graph cache) and compiles faster."""
+    team's cache, the second hits it (inductor's FX graph cache: 13.9 s, then 7.1 s here)."""
     pytest.importorskip("torch")
     launcher = launcher_at(tmp_path)
-    times, entries = [], []
+    times, entries, hits = [], [], []
     for run_id in (41, 42):
         job = JobSpec(run_id=run_id, env={"SEED": "1", "RUN_ID": f"caddie-run-{run_id}"}, hardware="cpu", timeout_s=300,
                       script_files={"train_gpt.py": COMPILED}, team_id=5)
@@ -148,6 +150,6 @@ def test_a_teams_second_compile_reads_the_first_ones_graph(tmp_path: Path) -> No
         assert status.state is JobState.SUCCEEDED, log[-3000:]
         times.append(float(log.split("compiled_in:")[1].split()[0]))
         entries.append(int(log.split("entries:")[1].split()[0]))
-    print("compile times", times, "cache entries", entries)
-    assert entries[0] > 0 and entries[1] >= entries[0]  # the first job wrote the team's cache
-    assert times[1] < times[0], times  # and the second compiled from it
+        hits.append(log.split("hits:")[1].split()[0] + "/" + log.split("misses:")[1].split()[0])
+    assert entries[0] > 0 and entries[1] >= entries[0], entries  # the first job wrote the team's cache
+    assert hits == ["0/1", "1/0"], (hits, times)  # the second found its graph there: inductor's own count, not a timing
