@@ -25,6 +25,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 # The variables that point the compilers at the folder (set by the launcher, last, over anything else).
 INDUCTOR_VAR, TRITON_VAR = "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"
@@ -45,9 +46,23 @@ def cache_env(folder: Path) -> dict[str, str]:
     return {INDUCTOR_VAR: str(folder / "inductor"), TRITON_VAR: str(folder / "triton")}
 
 
-def trim(folder: Path, max_bytes: int) -> int:
+class Held(NamedTuple):
+    """What a cache folder holds after a trim, and what the trim freed."""
+
+    files: int
+    bytes: int
+    freed: int
+
+    def describe(self) -> str:
+        if not self.files:
+            return "the team's, empty (its first job on this machine, or everything changed)"
+        return f"the team's, {self.files:,} file{'s' if self.files != 1 else ''} ({self.bytes / 1e9:.2f} GB) from its earlier jobs" + (
+            f", {self.freed / 1e9:.2f} GB of the oldest trimmed" if self.freed else "")
+
+
+def trim(folder: Path, max_bytes: int) -> Held:
     """Delete the least recently written files until the folder holds at most TRIM_TO of ``max_bytes``,
-    if it holds more than ``max_bytes``; returns the bytes freed. Empty folders left behind are removed."""
+    if it holds more than ``max_bytes``; returns what is left and the bytes freed. Empty folders left behind are removed."""
     files: list[tuple[float, int, str]] = []
     total = 0
     for dirpath, _dirs, names in os.walk(folder):
@@ -60,8 +75,8 @@ def trim(folder: Path, max_bytes: int) -> int:
             files.append((st.st_mtime, st.st_blocks * 512, path))
             total += st.st_blocks * 512
     if total <= max_bytes:
-        return 0
-    freed, goal = 0, total - int(max_bytes * TRIM_TO)
+        return Held(len(files), total, 0)
+    freed, gone, goal = 0, 0, total - int(max_bytes * TRIM_TO)
     for _mtime, size, path in sorted(files):
         if freed >= goal:
             break
@@ -69,14 +84,14 @@ def trim(folder: Path, max_bytes: int) -> int:
             os.unlink(path)
         except OSError:
             continue
-        freed += size
+        freed, gone = freed + size, gone + 1
     for dirpath, dirs, names in os.walk(folder, topdown=False):
         if not dirs and not names and Path(dirpath) not in (folder, folder / "inductor", folder / "triton"):
             try:
                 os.rmdir(dirpath)
             except OSError:
                 pass  # a job wrote into it meanwhile
-    return freed
+    return Held(len(files) - gone, total - freed, freed)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -342,16 +342,15 @@ class LocalLauncher:
         """A running job's memory and disk limits in bytes (CADDIE_JOB_MEMORY_BYTES, CADDIE_JOB_DISK_BYTES; 0 disk: none)."""
         return memory_limit(int(getattr(self.settings, "job_memory_bytes", 0))), int(getattr(self.settings, "job_disk_bytes", 0))
 
-    def _compile_cache(self, job: JobSpec) -> Path | None:
-        """The team's compile cache folder, trimmed to CADDIE_COMPILE_CACHE_BYTES (worker.launchers.compile_cache);
-        None with the cache off or a job of no team."""
+    def _compile_cache(self, job: JobSpec) -> tuple[Path, compile_cache.Held] | None:
+        """The team's compile cache folder, trimmed to CADDIE_COMPILE_CACHE_BYTES (worker.launchers.compile_cache),
+        and what it holds; None with the cache off or a job of no team."""
         limit = int(getattr(self.settings, "compile_cache_bytes", 0))
         if job.team_id is None or limit <= 0:
             return None
         root = Path(getattr(self.settings, "compile_cache_dir", None) or Path(self.settings.home) / "compile-cache").resolve()
         folder = compile_cache.team_folder(root, job.team_id)
-        compile_cache.trim(folder, limit)
-        return folder
+        return folder, compile_cache.trim(folder, limit)
 
     def _job_argv(self, job: JobSpec, workdir: Path, built: BuiltEnv | None = None, cache: Path | None = None) -> list[str]:
         """The job's command, sealed (worker.launchers.sandbox) unless the operator opted out."""
@@ -380,7 +379,8 @@ class LocalLauncher:
         if built is not None:  # `python` and the environment's commands first, as in an activated venv
             env["PATH"] = f"{built.folder / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
             env["VIRTUAL_ENV"] = str(built.folder)
-        cache = self._compile_cache(job)
+        cached = self._compile_cache(job)
+        cache = cached[0] if cached is not None else None
         if cache is not None:
             env.update(compile_cache.cache_env(cache))  # last: a script's own TORCHINDUCTOR_CACHE_DIR would point outside its sandbox
         if job.is_script:
@@ -421,7 +421,8 @@ class LocalLauncher:
             cluster=cluster.name,
             job_id=f"{job.run_id}/{workdir.name}",
             data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0),
-                  **({"env": launch["env"]} if "env" in launch else {})},
+                  **({"env": launch["env"]} if "env" in launch else {}),
+                  **({"compile_cache": cached[1].describe()} if cached is not None else {})},
         )
 
     def find(self, run_id: int, launch_key: str, cluster: ClusterHandle | None = None) -> LaunchHandle | None:

@@ -296,8 +296,9 @@ class RunDriver:
         # a RUNNING run with its handle (re-attached), never a job without its state.
         warm = is_reused(cluster)
         node = self._node(cluster)
+        cache = handle.data.get("compile_cache")  # the local launcher's word on the team's compile cache
         reason = (f"job {handle.job_id or 'submitted'} on {handle.cluster}" + (" (a warm cluster, reused)" if warm else "")
-                  + f"; {self._limits()}" + self._node_note(node, hardware))
+                  + f"; {self._limits()}" + self._node_note(node, hardware) + (f"; compile cache: {cache}" if cache else ""))
         environment = self._launch_environment(handle)
         try:
             moved = self._db(lambda: self._to_running(handle, reason, warm=warm, node=node, environment=environment), "record the launch")

@@ -70,13 +70,15 @@ def test_a_teams_later_job_finds_its_cache_and_no_other_team_sees_it(tmp_path: P
     launcher = launcher_at(tmp_path)
     root = launcher.settings.compile_cache_dir.resolve()  # type: ignore[union-attr]
 
-    state, first, _ = run_probe(launcher, 1, 11, WRITE="graph-a")
+    state, first, handle = run_probe(launcher, 1, 11, WRITE="graph-a")
     assert state is JobState.SUCCEEDED, first
+    assert handle.data["compile_cache"].startswith("the team's, empty")  # what the run's RUNNING event says
     assert first["cache"] == str(root / "team-1" / "inductor") and first["triton"] == str(root / "team-1" / "triton")
     assert first["seen"] == [] and (root / "team-1" / "inductor" / "graph-a").read_text() == "compiled"
 
-    state, second, _ = run_probe(launcher, 1, 12)
+    state, second, handle = run_probe(launcher, 1, 12)
     assert state is JobState.SUCCEEDED and second["seen"] == ["graph-a"]  # the team's next job finds it
+    assert handle.data["compile_cache"].startswith("the team's, 1 file (")
 
     state, other, _ = run_probe(launcher, 2, 13, WRITE="graph-b")
     assert state is JobState.SUCCEEDED, other
@@ -110,10 +112,11 @@ def test_a_cache_over_its_limit_is_trimmed_oldest_first(tmp_path: Path) -> None:
         f.parent.mkdir(parents=True)
         f.write_bytes(os.urandom(100 << 10))
         os.utime(f, (1_000_000 + 60 * n, 1_000_000 + 60 * n))
-    assert compile_cache.trim(folder, 2 << 20) == 0  # under the limit: nothing goes
-    freed = compile_cache.trim(folder, 500 << 10)  # 1,000 KiB held, 500 KiB allowed: down to 400 KiB
+    assert compile_cache.trim(folder, 2 << 20).freed == 0  # under the limit: nothing goes
+    held = compile_cache.trim(folder, 500 << 10)  # 1,000 KiB held, 500 KiB allowed: down to 400 KiB
     left = sorted(p.parent.name for p in folder.rglob("entry.bin"))
-    assert left == ["k6", "k7", "k8", "k9"] and freed >= 600 << 10
+    assert left == ["k6", "k7", "k8", "k9"] and held.freed >= 600 << 10 and held.files == 4 and held.bytes <= 400 << 10
+    assert "of the oldest trimmed" in held.describe()
     assert not (folder / "triton" / "k0").exists() and (folder / "inductor").is_dir() and (folder / "triton").is_dir()
 
 

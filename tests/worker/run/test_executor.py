@@ -111,6 +111,9 @@ def test_a_run_succeeds_with_log_metrics_result_and_artifacts(maker, settings) -
         assert kinds == ["log", "model", "result"]
     assert events(maker, run_id)[1:] == [("QUEUED", "PROVISIONING"), ("PROVISIONING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
     assert go(maker, settings, run_id) == f"run {run_id} is already SUCCEEDED"  # a redelivered task does nothing
+    with maker() as s:  # the run says what its team's compile cache held when its job started
+        running = s.scalar(select(RunEvent.reason).where(RunEvent.run_id == run_id, RunEvent.to_status == "RUNNING"))
+        assert "; compile cache: the team's, empty (its first job on this machine" in running, running
 
 
 def test_rule_checks_land_with_the_figures_they_judge_in_one_commit(maker, settings) -> None:
