@@ -374,6 +374,28 @@ def check_environments(settings: Any) -> list[Check]:
                   f"{f', with the wheels of {wheels}' if wheels else ''}")]
 
 
+def check_compile_cache(settings: Any) -> list[Check]:
+    """The teams' compile caches (worker.launchers.compile_cache): where, how much each holds, and that the worker can write there."""
+    from worker.launchers.limits import folder_bytes
+
+    limit = int(settings.compile_cache_bytes)
+    if limit <= 0:
+        return [Check("compile cache", "warn", "off (CADDIE_COMPILE_CACHE_BYTES=0): every job compiles from scratch, minutes of each GPU run",
+                      "set CADDIE_COMPILE_CACHE_BYTES (default 20 GiB per team)")]
+    root = Path(settings.compile_cache_dir).resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        return [Check("compile cache", "fail", f"{root} cannot be written: {first_line(exc)}: every local job would fail to start",
+                      "make CADDIE_COMPILE_CACHE_DIR a folder the worker's user can write, or set CADDIE_COMPILE_CACHE_BYTES=0")]
+    teams = sorted(root.glob("team-*"))
+    held = sum(folder_bytes(t) for t in teams)
+    return [Check("compile cache", "pass", f"{root}: {len(teams)} team(s), {held / 1e9:.2f} GB in all; each trimmed to "
+                  f"{limit / 2**30:.1f} GiB before its team's jobs")]
+
+
 def check_gpus(settings: Any) -> list[Check]:
     from service.core.hardware import CPU, probe_local_node, split_list
 
@@ -590,6 +612,7 @@ def run_checks(config: ClientConfig, *, min_free_gib: float = 1.0) -> list[Check
         checks += guarded("job wrapper", check_job_wrapper)
         checks += guarded("gpu", lambda: check_gpus(settings))
         checks += guarded("environments", lambda: check_environments(settings))
+        checks += guarded("compile cache", lambda: check_compile_cache(settings))
     else:
         checks += guarded("skypilot", lambda: check_skypilot(settings))
         checks.append(Check("gpu", "skip", "GPUs are on SkyPilot's nodes"))

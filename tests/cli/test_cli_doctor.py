@@ -249,6 +249,20 @@ def test_environment_builds_need_uv_and_the_wheels_folder_named(caddie: Caddie, 
     assert code == 1 and checks["environments"]["status"] == "fail" and "is not a folder" in checks["environments"]["detail"]
 
 
+def test_the_compile_cache_must_be_writable_and_says_what_it_holds(caddie: Caddie, data_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cc"
+    (cache / "team-3" / "inductor").mkdir(parents=True)
+    (cache / "team-3" / "inductor" / "graph").write_bytes(b"x" * 8192)
+    _, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_COMPILE_CACHE_DIR=str(cache))
+    assert checks["compile cache"]["status"] == "pass" and f"{cache}: 1 team(s), 0.00 GB in all" in checks["compile cache"]["detail"]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_COMPILE_CACHE_DIR=str(blocked / "cc"))
+    assert code == 1 and checks["compile cache"]["status"] == "fail" and "cannot be written" in checks["compile cache"]["detail"]
+    _, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_COMPILE_CACHE_BYTES="0")
+    assert checks["compile cache"]["status"] == "warn"
+
+
 def test_gpus_the_deployment_declares_must_be_visible(caddie: Caddie, data_root: Path) -> None:
     code, checks = doctor(caddie, **healthy(caddie, data_root), CADDIE_PROVIDED_HARDWARE="H100:8")
     assert code == 1 and checks["gpu"]["status"] == "fail"
