@@ -30,20 +30,25 @@ from typing import NamedTuple
 # The variables that point the compilers at the folder (set by the launcher, last, over anything else).
 INDUCTOR_VAR, TRITON_VAR = "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"
 CACHE_VARS = frozenset({INDUCTOR_VAR, TRITON_VAR, "TRITON_HOME"})  # never taken from the worker's environment
+SUBFOLDERS = {INDUCTOR_VAR: "inductor", TRITON_VAR: "triton"}  # each compiler's part of a cache folder
 TRIM_TO = 0.8  # a trim leaves the folder at this share of its limit, so the next few jobs need none
 
 
-def team_folder(root: Path, team_id: int) -> Path:
-    """The team's cache folder (made if missing), with inductor/ and triton/ inside."""
-    folder = root / f"team-{int(team_id)}"
-    for sub in ("inductor", "triton"):
+def prepare(folder: Path) -> Path:
+    """``folder`` made a cache folder (if it is not one): its compilers' parts inside."""
+    for sub in SUBFOLDERS.values():
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return folder
 
 
+def team_folder(root: Path, team_id: int) -> Path:
+    """The team's cache folder (made if missing)."""
+    return prepare(root / f"team-{int(team_id)}")
+
+
 def cache_env(folder: Path) -> dict[str, str]:
     """The job's variables: inductor's and Triton's caches in the team's folder."""
-    return {INDUCTOR_VAR: str(folder / "inductor"), TRITON_VAR: str(folder / "triton")}
+    return {var: str(folder / sub) for var, sub in SUBFOLDERS.items()}
 
 
 class Held(NamedTuple):
@@ -86,7 +91,7 @@ def trim(folder: Path, max_bytes: int) -> Held:
             continue
         freed, gone = freed + size, gone + 1
     for dirpath, dirs, names in os.walk(folder, topdown=False):
-        if not dirs and not names and Path(dirpath) not in (folder, folder / "inductor", folder / "triton"):
+        if not dirs and not names and Path(dirpath) not in (folder, *(folder / sub for sub in SUBFOLDERS.values())):
             try:
                 os.rmdir(dirpath)
             except OSError:
@@ -101,9 +106,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("max_bytes", type=int)
     ns = parser.parse_args(args)
-    for sub in ("inductor", "triton"):
-        (ns.folder / sub).mkdir(parents=True, exist_ok=True)
-    trim(ns.folder, ns.max_bytes)
+    trim(prepare(ns.folder), ns.max_bytes)
     return 0
 
 

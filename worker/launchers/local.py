@@ -379,8 +379,7 @@ class LocalLauncher:
         if built is not None:  # `python` and the environment's commands first, as in an activated venv
             env["PATH"] = f"{built.folder / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
             env["VIRTUAL_ENV"] = str(built.folder)
-        cached = self._compile_cache(job)
-        cache = cached[0] if cached is not None else None
+        cache, held = self._compile_cache(job) or (None, None)
         if cache is not None:
             env.update(compile_cache.cache_env(cache))  # last: a script's own TORCHINDUCTOR_CACHE_DIR would point outside its sandbox
         if job.is_script:
@@ -422,7 +421,7 @@ class LocalLauncher:
             job_id=f"{job.run_id}/{workdir.name}",
             data={"pid": proc.pid, "pgid": proc.pid, "create_time": create_time, "workdir": str(workdir), "timeout_s": float(job.timeout_s or 0),
                   **({"env": launch["env"]} if "env" in launch else {}),
-                  **({"compile_cache": cached[1].describe()} if cached is not None else {})},
+                  **({"compile_cache": held.describe()} if held is not None else {})},
         )
 
     def find(self, run_id: int, launch_key: str, cluster: ClusterHandle | None = None) -> LaunchHandle | None:

@@ -53,14 +53,19 @@ def run_probe(launcher: LocalLauncher, team_id: int | None, run_id: int, **env: 
     other = launcher.settings.compile_cache_dir / "team-1"  # type: ignore[operator]
     job = JobSpec(run_id=run_id, env={"SEED": "1", "RUN_ID": f"caddie-run-{run_id}", "OTHER_TEAM_CACHE": str(other), **env},
                   hardware="cpu", timeout_s=60, script_files={"train_gpt.py": PROBE}, team_id=team_id)
-    handle = launcher.submit(launcher.acquire(run_id, "cpu"), job)
-    end = time.monotonic() + 60
-    while (status := launcher.status(handle)).state in (JobState.PENDING, JobState.RUNNING):
-        assert time.monotonic() < end, "the probe did not finish"
-        time.sleep(0.05)
-    log = launcher.read_log(handle, 0).decode()
+    state, log, handle = finish(launcher, job, 60)
     line = next((x for x in log.splitlines() if x.startswith("probe:")), None)
-    return status.state, json.loads(line.removeprefix("probe:")) if line else {"log": log}, handle
+    return state, json.loads(line.removeprefix("probe:")) if line else {"log": log}, handle
+
+
+def finish(launcher: LocalLauncher, job: JobSpec, limit_s: float) -> tuple[JobState, str, LaunchHandle]:
+    """Submit ``job`` and wait for it to end; its state, its log and its handle."""
+    handle = launcher.submit(launcher.acquire(job.run_id, "cpu"), job)
+    end = time.monotonic() + limit_s
+    while (status := launcher.status(handle)).state in (JobState.PENDING, JobState.RUNNING):
+        assert time.monotonic() < end, f"job {job.run_id} did not finish in {limit_s:.0f} s"
+        time.sleep(0.05)
+    return status.state, launcher.read_log(handle, 0).decode(), handle
 
 
 @needs_bwrap
@@ -144,13 +149,8 @@ def test_a_teams_second_compile_reads_the_first_ones_graph(tmp_path: Path) -> No
     for run_id in (41, 42):
         job = JobSpec(run_id=run_id, env={"SEED": "1", "RUN_ID": f"caddie-run-{run_id}"}, hardware="cpu", timeout_s=300,
                       script_files={"train_gpt.py": COMPILED}, team_id=5)
-        handle = launcher.submit(launcher.acquire(run_id, "cpu"), job)
-        end = time.monotonic() + 300
-        while (status := launcher.status(handle)).state in (JobState.PENDING, JobState.RUNNING):
-            assert time.monotonic() < end, "the compile did not finish"
-            time.sleep(0.1)
-        log = launcher.read_log(handle, 0).decode()
-        assert status.state is JobState.SUCCEEDED, log[-3000:]
+        state, log, _ = finish(launcher, job, 300)
+        assert state is JobState.SUCCEEDED, log[-3000:]
         times.append(float(log.split("compiled_in:")[1].split()[0]))
         entries.append(int(log.split("entries:")[1].split()[0]))
         hits.append(log.split("hits:")[1].split()[0] + "/" + log.split("misses:")[1].split()[0])
