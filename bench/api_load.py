@@ -328,12 +328,11 @@ class ForecastBeat:
 
     def _loop(self) -> None:
         from service.core.db import get_sessionmaker
-        from worker.control.forecast import refresh_forecast
+        from worker.control.forecast import refresh_forecast_niced
 
         while not self._stop.is_set():
             t0 = time.perf_counter()
-            with get_sessionmaker(self.url)() as session:
-                refresh_forecast(session, self.settings)
+            refresh_forecast_niced(get_sessionmaker(self.url), self.settings)
             self.seconds.append(time.perf_counter() - t0)
             self._stop.wait(self.settings.queue_forecast_interval_s)
 

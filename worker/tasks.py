@@ -104,8 +104,7 @@ def janitor_tick() -> int:
 @celery_app.task(name=FORECAST_TICK, acks_late=False)
 def forecast_tick() -> int:
     rt = get_runtime()
-    with rt.session_factory() as session:
-        return forecast.refresh_forecast(session, rt.settings)
+    return forecast.refresh_forecast_niced(rt.session_factory, rt.settings)
 
 
 @celery_app.task(name=WEBHOOK_TICK, acks_late=False)

@@ -57,6 +57,7 @@ class NodeHardware:
         return cls(gpu_name=str(d.get("gpu_name") or CPU), gpus=int(d["gpus"]), source=str(d.get("source") or ""))
 
 
+@lru_cache(maxsize=1024)  # a forecast asks this of every queued run, of a handful of distinct strings
 def gpus_of(hardware: str) -> int:
     """GPUs a hardware string asks for: ``H100:8`` -> 8, ``H100`` -> 1, ``cpu`` -> 0."""
     name, _, count = hardware.partition(":")

@@ -5,10 +5,14 @@ it itself, saying so. On PostgreSQL and SQLite."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -19,7 +23,7 @@ from service.core.models import utcnow
 from service.core.settings import Settings
 from service.queue import stored
 from worker.celery_app import FORECAST_TICK, celery_config
-from worker.control.forecast import refresh_forecast
+from worker.control.forecast import refresh_forecast, refresh_forecast_niced
 
 
 def submit(client: TestClient, world, spec, who: str, seeds: list[int]) -> list[int]:  # noqa: ANN001
@@ -213,3 +217,32 @@ def test_a_forecast_rewrites_only_the_rows_that_changed_and_reads_as_if_all_were
     third = {i: QueueEstimate(i, i + 1, at(30 * i + 7), "shifted") for i in range(2, 40)}
     assert stored.store_forecast(session, third, made_at=at(3), teams={}) == 38
     assert set(_table(session)) == {0, *range(2, 40)}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+def test_the_worker_forecasts_in_a_nicer_thread_and_keeps_its_own_priority(world, spec, db_url, tmp_path) -> None:  # noqa: ANN001
+    with api(db_url, tmp_path) as client:
+        submit(client, world, spec, "alice", [1, 2])
+    me = threading.get_native_id()
+    mine = os.getpriority(os.PRIO_PROCESS, me)
+    seen: list[tuple[int, int]] = []
+    maker = get_sessionmaker(db_url)
+
+    def make_session() -> Session:  # called where the forecast runs: its thread and niceness, observed
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return maker()
+
+    assert refresh_forecast_niced(make_session, Settings(database_url=db_url, queue_forecast_nice=5)) == 2
+    [(tid, nice)] = seen
+    assert tid != me and nice == min(19, mine + 5)
+    assert os.getpriority(os.PRIO_PROCESS, me) == mine  # the worker's other ticks keep their priority
+    with get_sessionmaker(db_url)() as session:
+        forecast = stored.read_forecast(session, every=True)
+        assert forecast is not None and len(forecast.estimates) == 2
+
+    def broken() -> Session:
+        raise RuntimeError("database gone")
+
+    with pytest.raises(RuntimeError, match="database gone"):  # a failed forecast fails the tick, as before
+        refresh_forecast_niced(broken, Settings(database_url=db_url))
