@@ -12,6 +12,6 @@ echo "$gpu -> $hw; compile cache before: $(du -sh .gl/cc 2>/dev/null || echo non
 python3 bench/record_local_gpu.py --record .gl/b/rec0409 --data-root .gl/b/data --data sp8192 \
   --file bench/fa3_standin/flash_attn_interface.py --hardware "$hw" \
   --environment '{"packages": ["brotli"], "node_packages": true}' --env ITERATIONS=150 --env TRAIN_LOG_EVERY=10 \
-  --env QK_GAIN_INIT=5.25 --env TTT_ENABLED=0 --env GPTQ_CALIBRATION_BATCHES=16 --timeout "${TIMEOUT:-560}" \
+  --env QK_GAIN_INIT=5.25 --env TTT_ENABLED=0 --env GPTQ_CALIBRATION_BATCHES=16 --timeout "${TIMEOUT:-565}" \
   --compile-cache .gl/cc --out "$OUT/${1:-rec0409}"
 echo "compile cache after: $(du -sh .gl/cc; find .gl/cc -type f | wc -l) files"

@@ -12,7 +12,10 @@ and into no other team's: compiled code is code, so one team's entries never run
 job. The worker's own TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR never pass to a job
 (worker.launchers.trainer_env), for the same reason. What a job adds to the folder counts toward its
 disk limit (the wrapper measures the folder's growth), and the folder is trimmed to
-CADDIE_COMPILE_CACHE_BYTES, least recently written first, before each of the team's jobs starts.
+CADDIE_COMPILE_CACHE_BYTES, least recently written first, before each of the team's jobs starts, unless
+another of the team's jobs is running from it: each job's wrapper holds a shared lock on the folder for
+the job's life (``in_use``), and a trim that cannot take it exclusively deletes nothing, since the running
+job may be about to read any entry.
 
 On a SkyPilot node (which serves one team: the team is in the cluster's name) the folder is
 ~/caddie-compile-cache, trimmed by ``python -m worker.launchers.compile_cache DIR MAX_BYTES`` before each job
@@ -22,8 +25,11 @@ On a SkyPilot node (which serves one team: the team is in the cluster's name) th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,12 +63,26 @@ class Held(NamedTuple):
     files: int
     bytes: int
     freed: int
+    busy: bool = False  # over its limit but not trimmed: another job of the team was running from it
 
     def describe(self) -> str:
         if not self.files:
             return "the team's, empty (its first job on this machine, or everything changed)"
         return f"the team's, {self.files:,} file{'s' if self.files != 1 else ''} ({self.bytes / 1e9:.2f} GB) from its earlier jobs" + (
-            f", {self.freed / 1e9:.2f} GB of the oldest trimmed" if self.freed else "")
+            f", {self.freed / 1e9:.2f} GB of the oldest trimmed" if self.freed else "") + (
+            ", over its limit but not trimmed while another of the team's jobs runs from it" if self.busy else "")
+
+
+@contextlib.contextmanager
+def in_use(folder: Path) -> Iterator[None]:
+    """Held by a job's wrapper while the job runs: a shared lock on the folder (flock on its directory), so no
+    trim deletes an entry the job may be reading. Waits while a trim holds the folder (a trim is short)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def trim(folder: Path, max_bytes: int) -> Held:
@@ -81,6 +101,18 @@ def trim(folder: Path, max_bytes: int) -> Held:
             total += st.st_blocks * 512
     if total <= max_bytes:
         return Held(len(files), total, 0)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a running job holds it (in_use): the next job of the team trims it
+            return Held(len(files), total, 0, busy=True)
+        return _delete_oldest(folder, files, total, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _delete_oldest(folder: Path, files: list[tuple[float, int, str]], total: int, max_bytes: int) -> Held:
     freed, gone, goal = 0, 0, total - int(max_bytes * TRIM_TO)
     for _mtime, size, path in sorted(files):
         if freed >= goal:

@@ -16,7 +16,8 @@ for when no worker is left to enforce the run's hard timeout.
 past either, the job's group is killed at once and exit_code.json says which limit
 (`limit_exceeded`); the job's files may not grow past `disk-bytes` (RLIMIT_FSIZE).
 `tmpfs` names the job's own RAM-backed mounts (its sandbox's /tmp, /dev/shm), counted as memory;
-`shared` a folder outside the run folder the job writes to (its team's compile cache): its growth counts as disk.
+`shared` a folder outside the run folder the job writes to (its team's compile cache): its growth counts as disk,
+and the wrapper holds it in use for the job's life (worker.launchers.compile_cache.in_use: no trim deletes from it meanwhile).
 `idle-s` (0 = off) stops a job that printed nothing and used no CPU (and left every GPU idle) for that
 long, as hung (worker.launchers.limits.idle_reason), with the same `limit_exceeded` record.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import resource
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker.launchers import compile_cache
 from worker.launchers.limits import (
     descendants,
     folder_bytes,
@@ -166,6 +169,14 @@ class Idle:
 def supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, memory_bytes: int = 0, disk_bytes: int = 0,
               tmpfs: list[str] | None = None, idle_s: float = 0.0, shared: list[Path] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run argv to completion under the rules above; return what was written to exit_code.json."""
+    with contextlib.ExitStack() as held:
+        for folder in shared or []:
+            held.enter_context(compile_cache.in_use(folder))
+        return _supervise(workdir, argv, timeout_s, grace_s, memory_bytes, disk_bytes, tmpfs, idle_s, shared)
+
+
+def _supervise(workdir: Path, argv: list[str], timeout_s: float, grace_s: float, memory_bytes: int, disk_bytes: int,
+               tmpfs: list[str] | None, idle_s: float, shared: list[Path] | None) -> dict[str, Any]:  # fmt: skip
     log = open(workdir / STDOUT_LOG, "ab", buffering=0)
     stop: dict[str, float] = {}  # "at": when a stop was first asked for
 
