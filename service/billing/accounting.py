@@ -385,8 +385,9 @@ def split_days(since: datetime, now: datetime) -> list[date]:
 
 # --- I/O ---------------------------------------------------------------------------------
 def load_team_runs(session: Session, team_id: int, since: datetime) -> list[RunRecord]:
-    """The team's runs that may have been billed at or after ``since``, with their events in order."""
-    return load_runs(session, [team_id], since)
+    """The team's runs that may have been billed at or after ``since``, with their events in order. A queued run
+    never attempted has billed nothing and is left out: a team with 10,000 queued read them all on every usage read."""
+    return load_runs(session, [team_id], since, billed_only=True)
 
 
 def _billable(team_ids: Iterable[int], since: datetime, billed_only: bool) -> list[Any]:

@@ -8,7 +8,7 @@ PROVISIONING to its release, GPUs of its hardware string: ``H100:8`` -> 8,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -58,11 +58,30 @@ def team_usage(
 ) -> TeamUsageView:
     """Billed GPU-hours and cost per day over the last ``days`` days (today included), as
     ``GET /teams/{name}/usage`` counts them: from a run's PROVISIONING to its release; and its warm starts."""
+    [view] = teams_usage(session, [team], prices, days=days, now=now, cold_provision_s=cold_provision_s)
+    return view
+
+
+def teams_usage(
+    session: Session,
+    teams: Sequence[Team],
+    prices: Mapping[str, float],
+    *,
+    days: int = 30,
+    now: datetime | None = None,
+    cold_provision_s: float = accounting.COLD_PROVISION_S,
+) -> list[TeamUsageView]:
+    """``team_usage`` of each of ``teams``, in their order, from one read of all their billed runs (a global
+    admin's page of 50 teams made 100 queries of it)."""
     now = now or utcnow()
     since = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), timezone.utc)
-    report = accounting.usage_report(
-        accounting.load_team_runs(session, team.id, since), prices, period="day", since=since, now=now, cold_provision_s=cold_provision_s
-    )
-    day_list = sorted(report.days)
-    return TeamUsageView(team.id, team.name, team.budget_gpu_hours, day_list,
-                         [report.days[d].gpu_hours for d in day_list], [report.days[d].cost for d in day_list], report.unpriced, report.warm)
+    by_team: dict[int, list[accounting.RunRecord]] = {team.id: [] for team in teams}
+    for record in accounting.load_runs(session, list(by_team), since, billed_only=True) if teams else ():
+        by_team[record.team_id].append(record)
+    views = []
+    for team in teams:
+        report = accounting.usage_report(by_team[team.id], prices, period="day", since=since, now=now, cold_provision_s=cold_provision_s)
+        day_list = sorted(report.days)
+        views.append(TeamUsageView(team.id, team.name, team.budget_gpu_hours, day_list, [report.days[d].gpu_hours for d in day_list],
+                                   [report.days[d].cost for d in day_list], report.unpriced, report.warm))  # fmt: skip
+    return views

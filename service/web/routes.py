@@ -511,7 +511,7 @@ USAGE_QUEUE_SHOWN = 50
 @router.get("/usage", response_class=HTMLResponse)
 def usage_page(request: Request, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     teams = usage.visible_teams(session, user)
-    views = [usage.team_usage(session, t, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s) for t in teams]
+    views = usage.teams_usage(session, teams, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s)
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
     # Each team's first page of its queue, as GET /queue reads it (the stored forecast's rank index): a team
     # with thousands queued shows its next USAGE_QUEUE_SHOWN and how many more, not every row.

@@ -323,3 +323,19 @@ def test_update_team_domain_checks(session, world):  # noqa: ANN001
             accounts.update_team(session, team, **changes)
         assert info.value.issues[0].loc == (next(iter(changes)),)
     assert accounts.update_team(session, team, budget_gpu_hours=0.0).budget_gpu_hours == 0.0
+
+
+def test_every_teams_usage_read_at_once_equals_each_teams_alone_and_skips_runs_never_started(session: Session, world, billed) -> None:  # noqa: ANN001
+    """The usage page reads all its teams' billed runs in one go (a global admin sees every team): the figures are
+    each team's own; a queued run never attempted has billed nothing and is not read at all (a requeued one is)."""
+    from service.billing import usage
+    from service.billing.accounting import load_team_runs
+
+    teams = [accounts.get_team(session, "team-a"), accounts.get_team(session, "team-b")]
+    together = usage.teams_usage(session, teams, PRICES)
+    assert together == [usage.team_usage(session, team, PRICES) for team in teams]
+    assert together[0].total == pytest.approx((18720 + 6240) / 3600) and together[1].total > 0
+    assert together[0].team == "team-a" and together[0].budget_gpu_hours == 10.0
+    read = {r.name for r in load_team_runs(session, world.team_ids["team-a"], billed - timedelta(days=1))}
+    assert "queued" not in read and {"requeued", "cancelled"} <= read
+    assert usage.teams_usage(session, [], PRICES) == []
