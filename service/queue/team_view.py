@@ -61,6 +61,14 @@ def queued_by_team(session: Session, team_ids: Sequence[int]) -> dict[int, int]:
     return {team_id: count for team_id, count in rows}
 
 
+def active_by_team(session: Session, team_ids: Sequence[int]) -> dict[int, int]:
+    """How many runs each of these teams has provisioning or running."""
+    if not team_ids:
+        return {}
+    rows = session.execute(select(Run.team_id, func.count()).where(Run.status.in_(ACTIVE), Run.team_id.in_(team_ids)).group_by(Run.team_id))
+    return {team_id: count for team_id, count in rows}
+
+
 def queued_by_hardware(session: Session) -> dict[str, int]:
     """Queued runs per hardware over all teams (counts only: other teams' runs stay private)."""
     rows = session.execute(select(Run.hardware, func.count()).where(Run.status == QUEUED).group_by(Run.hardware))

@@ -187,3 +187,15 @@ def usage_figure(days: Sequence[str], used: Sequence[float], budget: float | Non
         "layout": {"height": 300, "margin": {"l": 60, "r": 20, "t": 20, "b": 70},
                    "yaxis": {"title": {"text": "GPU-hours"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2, "yanchor": "top"}},
     }
+
+
+def usage_overview_figure(views: Sequence[Any]) -> dict[str, Any]:
+    """GPU-hours per day of every team, stacked (a global admin's usage page): one bar trace a team that used any."""
+    traces = [{"type": "bar", "name": v.team, "x": [d.isoformat() for d in v.days], "y": [round(u, 4) for u in v.gpu_hours]}
+              for v in views if v.total > 0]  # fmt: skip
+    return {
+        "title": "GPU-hours per day, every team",
+        "data": traces,
+        "layout": {"barmode": "stack", "height": 360, "margin": {"l": 60, "r": 20, "t": 20, "b": 70},
+                   "yaxis": {"title": {"text": "GPU-hours"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2, "yanchor": "top"}},
+    }

@@ -508,17 +508,28 @@ def leaderboard_page(request: Request, user: User, session: SessionDep,
 
 # --- team usage ----------------------------------------------------------------------------
 USAGE_QUEUE_SHOWN = 50
+USAGE_DETAIL_MAX = 5  # past this many teams (a global admin's page), one line a team, each a link to its own page
+
+
 @router.get("/usage", response_class=HTMLResponse)
-def usage_page(request: Request, user: User, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+def usage_page(request: Request, user: User, session: SessionDep, settings: SettingsDep,
+               team: Annotated[str | None, Query(max_length=100, description="only this team")] = None) -> HTMLResponse:  # fmt: skip
     teams = usage.visible_teams(session, user)
+    if team is not None:
+        teams = [t for t in teams if t.name == team]
+        if not teams:
+            raise NotFound("team", team)
     views = usage.teams_usage(session, teams, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s)
+    queued = team_view.queued_by_team(session, [t.id for t in teams])
+    if len(teams) > USAGE_DETAIL_MAX:  # fifty teams' queues and charts on one page was 1.2 MB; the overview links to each
+        return render(request, "usage.html", user, views=views, overview=charts.usage_overview_figure(views), queued=queued,
+                      active=team_view.active_by_team(session, [t.id for t in teams]), queued_all=team_view.queued_by_hardware(session))  # fmt: skip
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
     # Each team's first page of its queue, as GET /queue reads it (the stored forecast's rank index): a team
     # with thousands queued shows its next USAGE_QUEUE_SHOWN and how many more, not every row.
     queues = {t.id: team_view.team_queue(session, t, queue.list_queue(session, user, settings, t.name, limit=USAGE_QUEUE_SHOWN).items) for t in teams}
-    queued = team_view.queued_by_team(session, [t.id for t in teams])
     return render(request, "usage.html", user, views=views, figures=figures, queues=queues, queued=queued, shown=USAGE_QUEUE_SHOWN,
-                  queued_all=team_view.queued_by_hardware(session))
+                  queued_all=team_view.queued_by_hardware(session), overview=None, chosen=team)  # fmt: skip
 
 
 # --- tokens --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from service.api.app import create_app
 from service.core.models import Metric, Run, RunEvent, utcnow
 from service.core.settings import Settings
 from service.http import session as web_session
+from service.teams import accounts
 from tests.web.conftest import Browser, finish
 from tests.world import World
 
@@ -423,3 +424,29 @@ def test_the_cancel_button_shows_only_to_who_may_cancel(world: World, browser_fo
     alice = browser_for(world.tokens["alice"])
     assert 'id="cancel-button"' not in alice.c.get(f"/runs/{run_id}").text
     assert alice.post(f"/runs/{run_id}/cancel").status_code == 403
+
+
+def test_a_global_admins_usage_page_of_many_teams_is_one_line_a_team_each_a_link_to_its_own(world: World, browser_for, session: Session) -> None:
+    """Past USAGE_DETAIL_MAX teams the page is an overview (a stacked chart and one row a team: GPU-hours, budget,
+    cost, running, queued); ?team= opens one team's chart and queue; a team the caller cannot see is a 404."""
+    from service.web.routes import USAGE_DETAIL_MAX
+
+    for i in range(USAGE_DETAIL_MAX):
+        accounts.create_team(session, f"crowd-{i}")
+    session.commit()
+    alice = browser_for(world.tokens["alice"])
+    submit(alice, world, "alice", name="waits", seeds=[1, 2])
+    root = browser_for(world.tokens["root"])
+    page = root.c.get("/usage").text
+    rows = re.findall(r'<tr data-team="([^"]+)"><td><a href="/usage\?team=([^"]+)">', page)
+    assert [r[0] for r in rows] == sorted(["team-a", "team-b", *(f"crowd-{i}" for i in range(USAGE_DETAIL_MAX))])
+    assert all(team == link for team, link in rows)
+    assert re.search(r'<tr data-team="team-a">.*?<td>0</td><td>2</td></tr>', page, re.S)  # nothing running, two queued
+    assert 'id="figure-usage-overview"' in page and 'class="grid queue"' not in page  # no team's queue table here
+    one = root.c.get("/usage", params={"team": "team-a"}).text
+    assert 'data-team="team-a"' in one and 'data-team="team-b"' not in one and 'class="grid queue"' in one
+    assert len(re.findall(r"<tr><td>(?:\d+|—)</td><td><a href=\"/runs/", one)) == 2
+    assert root.c.get("/usage", params={"team": "nope"}).status_code == 404
+    assert alice.c.get("/usage", params={"team": "team-b"}).status_code == 404  # not hers: as if it did not exist
+    mine = alice.c.get("/usage").text  # a member's page stays the detailed one
+    assert 'class="team-usage" data-team="team-a"' in mine and "usage-overview" not in mine
