@@ -25,6 +25,8 @@ SPECS: list[dict[str, Any]] = [
     {"script": "f" * 64, "env": {"LR": "0.1"}},
     {"env": "not a mapping"},
     {"MAX_WALLCLOCK_SECONDS": 45.5, "env": {"MAX_WALLCLOCK_SECONDS": "300"}},  # the knob wins, as train_cap_s reads it
+    {"MAX_WALLCLOCK_SECONDS": [90]},  # a JSON list or object (an old row): the track's
+    {"MAX_WALLCLOCK_SECONDS": {"s": 90}, "env": {"MAX_WALLCLOCK_SECONDS": ["1"]}},
 ]
 
 
