@@ -442,7 +442,17 @@ def test_a_global_admins_usage_page_of_many_teams_is_one_line_a_team_each_a_link
     assert [r[0] for r in rows] == sorted(["team-a", "team-b", *(f"crowd-{i}" for i in range(USAGE_DETAIL_MAX))])
     assert all(team == link for team, link in rows)
     assert re.search(r'<tr data-team="team-a">.*?<td>0</td><td>2</td></tr>', page, re.S)  # nothing running, two queued
-    assert 'id="figure-usage-overview"' in page and 'class="grid queue"' not in page  # no team's queue table here
+    assert 'class="grid queue"' not in page  # no team's queue table here
+    assert 'id="usage-overview-empty"' in page and 'id="figure-usage-overview"' not in page  # nothing billed yet: no empty chart
+    [done] = submit(alice, world, "alice", name="done")
+    now = utcnow()  # 30 minutes on H100:8: the stacked chart has team-a's bar
+    session.add_all([RunEvent(run_id=done, at=now - timedelta(minutes=30), from_status="QUEUED", to_status="PROVISIONING", actor="scheduler"),
+                     RunEvent(run_id=done, at=now, from_status="PROVISIONING", to_status="CANCELLED", actor="worker")])
+    session.get(Run, done).status = "CANCELLED"
+    session.commit()
+    page = root.c.get("/usage").text
+    assert 'id="figure-usage-overview"' in page and '"name":"team-a"' in page and '"name":"team-b"' not in page
+    assert re.search(r'<tr data-team="team-a">.*?<td>4.00</td>', page, re.S)
     one = root.c.get("/usage", params={"team": "team-a"}).text
     assert 'data-team="team-a"' in one and 'data-team="team-b"' not in one and 'class="grid queue"' in one
     assert len(re.findall(r"<tr><td>(?:\d+|—)</td><td><a href=\"/runs/", one)) == 2
