@@ -77,7 +77,11 @@ class Held(NamedTuple):
 def in_use(folder: Path) -> Iterator[None]:
     """Held by a job's wrapper while the job runs: a shared lock on the folder (flock on its directory), so no
     trim deletes an entry the job may be reading. Waits while a trim holds the folder (a trim is short)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:  # no folder, no entries a trim could take away
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield

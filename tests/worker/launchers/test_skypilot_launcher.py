@@ -732,6 +732,7 @@ def test_run_script_starts_torchrun_hands_back_outputs_and_keeps_the_exit_code(t
     assert (f"python3 -m worker.launchers.sandbox --die-with-parent --workdir {home}/caddie-runs/run-5-abcd --ro {home}/caddie-data "
             f"--ro {tmp_path} --rw {cache} -- torchrun --standalone --nproc_per_node=8 -m trainer") in calls  # sealed, the cache writable
     assert f"python3 -m worker.launchers.compile_cache {cache} {20 * 1024**3}" in calls  # trimmed before the job
+    assert f"--grace 30 --shared {cache} -- timeout" in calls  # and held by the job's wrapper while it runs (no trim under it)
     out = home / "sky_logs" / "sky-2026-11-24-03-00-00-123456" / "caddie-output"
     assert (out / "result.json").exists() and not (out / "data").exists()  # the data link does not travel back
     # the node's GPUs, listed before the job started, beside (not inside) what the job hands back
