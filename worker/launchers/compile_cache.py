@@ -38,6 +38,7 @@ INDUCTOR_VAR, TRITON_VAR = "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"
 CACHE_VARS = frozenset({INDUCTOR_VAR, TRITON_VAR, "TRITON_HOME"})  # never taken from the worker's environment
 SUBFOLDERS = {INDUCTOR_VAR: "inductor", TRITON_VAR: "triton"}  # each compiler's part of a cache folder
 TRIM_TO = 0.8  # a trim leaves the folder at this share of its limit, so the next few jobs need none
+BUSY_MAX = 2  # a folder held by a running job is left alone up to this many times its limit
 
 
 def prepare(folder: Path) -> Path:
@@ -110,7 +111,10 @@ def trim(folder: Path, max_bytes: int) -> Held:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a running job holds it (in_use): the next job of the team trims it
-            return Held(len(files), total, 0, busy=True)
+            if total <= BUSY_MAX * max_bytes:
+                return Held(len(files), total, 0, busy=True)
+            # A team whose jobs always overlap would never be trimmed: past BUSY_MAX times its limit the disk
+            # matters more, and a running job that loses an entry compiles it again (a miss, as inductor reads it).
         return _delete_oldest(folder, files, total, max_bytes)
     finally:
         os.close(fd)

@@ -129,7 +129,7 @@ def test_a_cache_over_its_limit_is_trimmed_oldest_first(tmp_path: Path) -> None:
 def test_no_trim_deletes_from_a_cache_while_one_of_the_teams_jobs_runs_from_it(tmp_path: Path) -> None:
     launcher = launcher_at(tmp_path, compile_cache_bytes=500 << 10)
     job = JobSpec(run_id=41, env={"SEED": "1", "RUN_ID": "caddie-run-41"}, hardware="cpu", timeout_s=60,
-                  script_files={"train_gpt.py": b"import time; time.sleep(3)"}, team_id=1)  # fmt: skip
+                  script_files={"train_gpt.py": b"import time; time.sleep(4)"}, team_id=1)  # fmt: skip
     handle = launcher.submit(launcher.acquire(job.run_id, "cpu"), job)
     folder = compile_cache.team_folder(launcher.settings.compile_cache_dir, 1)  # type: ignore[arg-type]
     for n in range(10):  # 1,000 KiB of old entries, meanwhile: twice the limit
@@ -141,6 +141,9 @@ def test_no_trim_deletes_from_a_cache_while_one_of_the_teams_jobs_runs_from_it(t
     held = compile_cache.trim(folder, 500 << 10)  # what the team's next job's launch does
     assert held.busy and held.freed == 0 and len(list((folder / "triton").iterdir())) == 10
     assert "not trimmed while another of the team's jobs runs from it" in held.describe()
+    assert compile_cache.trim(folder, 400 << 10).freed >= 680 << 10  # past twice its limit, the disk comes first
+    for n in range(7):  # and the job fills it again: 1,000 KiB
+        (folder / "triton" / f"k{n}").write_bytes(os.urandom(100 << 10))
     other = compile_cache.team_folder(launcher.settings.compile_cache_dir, 2)  # type: ignore[arg-type]
     (other / "triton" / "k").write_bytes(b"x" * 4096)
     assert compile_cache.trim(other, 0) == (0, 0, 4096, False)  # another team's folder is not held: trimmed
