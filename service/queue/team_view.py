@@ -53,19 +53,11 @@ def team_queue(session: Session, team: Team, queued: Sequence[QueueItem]) -> lis
                              q.estimate.estimated_start_at, q.estimate.reason) for q in queued]  # fmt: skip
 
 
-def queued_by_team(session: Session, team_ids: Sequence[int]) -> dict[int, int]:
-    """How many runs each of these teams has queued (one grouped count over the status index)."""
+def runs_by_team(session: Session, team_ids: Sequence[int], statuses: Sequence[str]) -> dict[int, int]:
+    """How many runs in ``statuses`` each of these teams has (one grouped count over the status index)."""
     if not team_ids:
         return {}
-    rows = session.execute(select(Run.team_id, func.count()).where(Run.status == QUEUED, Run.team_id.in_(team_ids)).group_by(Run.team_id))
-    return {team_id: count for team_id, count in rows}
-
-
-def active_by_team(session: Session, team_ids: Sequence[int]) -> dict[int, int]:
-    """How many runs each of these teams has provisioning or running."""
-    if not team_ids:
-        return {}
-    rows = session.execute(select(Run.team_id, func.count()).where(Run.status.in_(ACTIVE), Run.team_id.in_(team_ids)).group_by(Run.team_id))
+    rows = session.execute(select(Run.team_id, func.count()).where(Run.status.in_(statuses), Run.team_id.in_(team_ids)).group_by(Run.team_id))
     return {team_id: count for team_id, count in rows}
 
 

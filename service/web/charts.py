@@ -184,8 +184,7 @@ def usage_figure(days: Sequence[str], used: Sequence[float], budget: float | Non
     return {
         "title": "GPU-hours per day and so far",
         "data": traces,
-        "layout": {"height": 300, "margin": {"l": 60, "r": 20, "t": 20, "b": 70},
-                   "yaxis": {"title": {"text": "GPU-hours"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2, "yanchor": "top"}},
+        "layout": _usage_layout(height=300),
     }
 
 
@@ -196,6 +195,11 @@ def usage_overview_figure(views: Sequence[Any]) -> dict[str, Any]:
     return {
         "title": "GPU-hours per day, every team",
         "data": traces,
-        "layout": {"barmode": "stack", "height": 360, "margin": {"l": 60, "r": 20, "t": 20, "b": 70},
-                   "yaxis": {"title": {"text": "GPU-hours"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2, "yanchor": "top"}},
+        "layout": _usage_layout(height=360, barmode="stack"),
     }
+
+
+def _usage_layout(**extra: Any) -> dict[str, Any]:
+    """The usage charts' layout: GPU-hours from zero, the legend under the plot."""
+    return {**extra, "margin": {"l": 60, "r": 20, "t": 20, "b": 70},
+            "yaxis": {"title": {"text": "GPU-hours"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2, "yanchor": "top"}}  # fmt: skip

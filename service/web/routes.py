@@ -520,10 +520,11 @@ def usage_page(request: Request, user: User, session: SessionDep, settings: Sett
         if not teams:
             raise NotFound("team", team)
     views = usage.teams_usage(session, teams, settings.gpu_price_table, cold_provision_s=settings.cold_provision_s)
-    queued = team_view.queued_by_team(session, [t.id for t in teams])
+    team_ids = [t.id for t in teams]
+    queued = team_view.runs_by_team(session, team_ids, [team_view.QUEUED])
     if len(teams) > USAGE_DETAIL_MAX:  # fifty teams' queues and charts on one page was 1.2 MB; the overview links to each
         return render(request, "usage.html", user, views=views, overview=charts.usage_overview_figure(views), queued=queued,
-                      active=team_view.active_by_team(session, [t.id for t in teams]), queued_all=team_view.queued_by_hardware(session))  # fmt: skip
+                      active=team_view.runs_by_team(session, team_ids, team_view.ACTIVE), queued_all=team_view.queued_by_hardware(session))  # fmt: skip
     figures = {v.team_id: charts.usage_figure([d.isoformat() for d in v.days], v.gpu_hours, v.budget_gpu_hours) for v in views}
     # Each team's first page of its queue, as GET /queue reads it (the stored forecast's rank index): a team
     # with thousands queued shows its next USAGE_QUEUE_SHOWN and how many more, not every row.
