@@ -46,6 +46,8 @@ Issue 23 additions:
        stores the queue forecast every CADDIE_QUEUE_FORECAST_INTERVAL_S (10 s), as
        worker/control/forecast.py does (a REF without it ignores the table).
      * the API's worker processes' RSS at rest (after start, before any load).
+     * bench/scale_out.py (item 8) runs these scenarios against the real stack instead: API replicas,
+       several control workers and one beat on a shared Redis and PostgreSQL (no thread stands in).
 
 Usage (from the repository root; PostgreSQL on 127.0.0.1:5432):
     python -m bench.api_load                       # full run, writes the results file
@@ -68,7 +70,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -127,21 +129,25 @@ class Seeded:
     runs: int
     teams: int
     seconds: float
+    team_weights: list[tuple[int, float]] = field(default_factory=list)  # (team id, share of runs): what add_queued draws from
+    users_by_team: dict[int, list[int]] = field(default_factory=dict)
 
 
 def _pick(rng: random.Random, spread: list[tuple[str, float]]) -> str:
     return rng.choices([k for k, _ in spread], weights=[w for _, w in spread])[0]
 
 
-def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, list[int]], rng: random.Random, queued: int | None = None, sizes: bool = False):
+def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, list[int]], rng: random.Random, queued: int | None = None, sizes: bool = False,
+              hardware: str = "H100:8", active: bool = True):
     """Yield COPY rows for ``n`` runs in groups of 1-3 seeds, oldest first. ``queued``: exactly
-    that many are QUEUED (the newest ones, as a real backlog), else 6 % of them spread over the history."""
+    that many are QUEUED (the newest ones, as a real backlog), else 6 % of them spread over the history.
+    ``active=False``: no RUNNING or PROVISIONING run (a real stack would look for their nodes)."""
     from service.runs.size_check import packed_bytes
     from service.runs.spec import NormalisedSpec
     from trainer.config import TrainerConfig
 
     team_ids, weights = [t for t, _ in teams], [w for _, w in teams]
-    spread = STATUS_SPREAD if queued is None else [(k, w) for k, w in STATUS_SPREAD if k != "QUEUED"]
+    spread = [(k, w) for k, w in STATUS_SPREAD if not (queued is not None and k == "QUEUED") and (active or k not in ("RUNNING", "PROVISIONING"))]
 
     start = datetime.now(UTC) - timedelta(days=120)
     step = timedelta(days=120) / max(n, 1)
@@ -153,7 +159,7 @@ def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, l
         user = rng.choice(users_by_team[team])
         config = {"NUM_LAYERS": NUM_LAYERS, "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)}
         track = "10min_16mb" if rng.random() < 0.85 else "unlimited"
-        group_key = NormalisedSpec(config=dict(sorted(config.items())), track=track, hardware="H100:8").group_key(team)
+        group_key = NormalisedSpec(config=dict(sorted(config.items())), track=track, hardware=hardware).group_key(team)
         packed = packed_bytes(TrainerConfig.from_dict(dict(config))) if sizes else 0
         name = f"{rng.choice(['baseline', 'xsa', 'bigram', 'ttt', 'muon-lr', 'smear'])}-{group_no}"
         notes = rng.choice(["", "", "sweep of the learning rate", "seed stack with a wider MLP", "retry after preemption"])
@@ -169,7 +175,7 @@ def _run_rows(n: int, teams: list[tuple[int, float]], users_by_team: dict[int, l
             ok = status == "SUCCEEDED"
             bpb = round(rng.gauss(1.16, 0.03), 5) if ok else None
             yield (
-                team, user, name, notes, json.dumps(config), seed, group_key, track, "H100:8", rng.choice([0, 0, 0, 10]),
+                team, user, name, notes, json.dumps(config), seed, group_key, track, hardware, rng.choice([0, 0, 0, 10]),
                 status, "" if status != "FAILED" else rng.choice(["trainer exited with code 1", "heartbeat lost", "hard timeout"]),
                 0 if rng.random() < 0.95 else 1, submitted, started, done_at,
                 bpb, round(bpb * 1.69, 5) if ok else None, round(bpb + 0.02, 5) if ok else None,
@@ -186,11 +192,11 @@ RUN_COLUMNS = (
 )
 
 
-def seed_database(url: str, runs: int, teams: int = len(TEAMS), queued: int | None = None, sizes: bool = False) -> Seeded:
+def seed_database(
+    url: str, runs: int, teams: int = len(TEAMS), queued: int | None = None, sizes: bool = False, hardware: str = "H100:8", active: bool = True
+) -> Seeded:
     """Teams, users, tokens through the service's own functions; runs by COPY (fast)."""
-    from sqlalchemy import text
-
-    from service.core.db import get_engine, get_sessionmaker
+    from service.core.db import get_sessionmaker
     from service.teams import accounts
 
     t0 = time.perf_counter()
@@ -214,11 +220,36 @@ def seed_database(url: str, runs: int, teams: int = len(TEAMS), queued: int | No
         admin_token = accounts.create_token(s, root, "bench")[1]
         s.commit()
     team_ids = list(users_by_team)
+    _copy_runs(url, _run_rows(runs, team_weights, users_by_team, rng, queued, sizes, hardware, active))
+    # Runs came by COPY, past the writers that keep the storage quota's running totals: recount them
+    # as the janitor would, so the submit scenario reads real figures (an older API ignores the table).
+    from service.billing.storage import recount_team
+
+    with get_sessionmaker(url)() as s:
+        for team_id in team_ids:
+            recount_team(s, team_id)
+    return Seeded(member_tokens=member_tokens, member_teams=member_teams, admin_token=admin_token, runs=runs, teams=teams, seconds=time.perf_counter() - t0,
+                  team_weights=team_weights, users_by_team=users_by_team)
+
+
+def add_queued(url: str, seeded: Seeded, n: int, hardware: str = "H100:8") -> float:
+    """``n`` more QUEUED runs over ``seeded``'s teams and users (a bigger backlog on the same database); seconds taken."""
+    t0 = time.perf_counter()
+    _copy_runs(url, _run_rows(n, seeded.team_weights, seeded.users_by_team, random.Random(n), queued=n, hardware=hardware))
+    seeded.runs += n
+    return time.perf_counter() - t0
+
+
+def _copy_runs(url: str, rows) -> None:  # noqa: ANN001 (an iterable of COPY rows)
+    from sqlalchemy import text
+
+    from service.core.db import get_engine
+
     raw = get_engine(url).raw_connection()
     try:
         cur = raw.cursor()
         with cur.copy(f"COPY runs ({RUN_COLUMNS}) FROM STDIN") as copy:
-            for row in _run_rows(runs, team_weights, users_by_team, rng, queued, sizes):
+            for row in rows:
                 copy.write_row(row)
         raw.commit()
     finally:
@@ -227,14 +258,6 @@ def seed_database(url: str, runs: int, teams: int = len(TEAMS), queued: int | No
     # first turn's reads would set them (writes) while the later turns' do not.
     with get_engine(url).execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
         conn.execute(text("VACUUM (ANALYZE)"))
-    # Runs came by COPY, past the writers that keep the storage quota's running totals: recount them
-    # as the janitor would, so the submit scenario reads real figures (an older API ignores the table).
-    from service.billing.storage import recount_team
-
-    with get_sessionmaker(url)() as s:
-        for team_id in team_ids:
-            recount_team(s, team_id)
-    return Seeded(member_tokens=member_tokens, member_teams=member_teams, admin_token=admin_token, runs=runs, teams=teams, seconds=time.perf_counter() - t0)
 
 
 def queued_ids_by_team(url: str) -> dict[int, list[int]]:
@@ -256,11 +279,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(url: str, port: int, workers: int, source: Path = REPO) -> subprocess.Popen:
-    cmd = [
+def api_argv(port: int, workers: int) -> list[str]:
+    """One API replica: uvicorn with ``workers`` processes on ``port``, uvloop + httptools, no access log."""
+    return [
         sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
+
+
+def start_api(url: str, port: int, workers: int, source: Path = REPO) -> subprocess.Popen:
+    cmd = api_argv(port, workers)
     # The seeded runs and the submit scenario ask for H100:8: the API stands for a deployment that provides it
     # (since issue 19 a local launcher on a machine without GPUs refuses it; older commits ignore the variable).
     env = {"CADDIE_PROVIDED_HARDWARE": "H100:8", **os.environ, "CADDIE_DATABASE_URL": url, "PYTHONPATH": str(source)}
@@ -434,12 +462,12 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, body
 
 
-def _submit_body(i: int, rng: random.Random) -> bytes:
+def _submit_body(i: int, rng: random.Random, hardware: str = "H100:8") -> bytes:
     spec = {
         "name": f"load-{i}",
         "notes": "api_load benchmark",
         "track": "10min_16mb",
-        "hardware": "H100:8",
+        "hardware": hardware,
         "config": {"NUM_LAYERS": NUM_LAYERS, "MATRIX_LR": round(rng.uniform(0.01, 0.05), 3)},
         "seeds": [rng.randint(0, 10_000)],
     }
@@ -476,7 +504,7 @@ async def _client(
 
 async def _scenario(
     name: str, base_urls: list[str], tokens: list[str], concurrency: int, duration: float, max_requests: int, interval_s: float = 0.0,
-    queued: list[list[int]] | None = None,
+    queued: list[list[int]] | None = None, hardware: str = "H100:8",
 ) -> ScenarioResult:
     # Client i talks to replica i mod n, as a load balancer spreading connections would.
     targets = [(parts.hostname or "127.0.0.1", parts.port or 80) for parts in map(urlsplit, base_urls)]
@@ -497,7 +525,7 @@ async def _scenario(
             fixed = _request_bytes("GET", hostport, "/api/v1/queue?limit=50", token)
             return lambda: fixed
         return lambda: _request_bytes(
-            "POST", hostport, "/api/v1/runs", token, _submit_body(next(counter), rng), extra=f"Idempotency-Key: {uuid.uuid4().hex}\r\n"
+            "POST", hostport, "/api/v1/runs", token, _submit_body(next(counter), rng, hardware), extra=f"Idempotency-Key: {uuid.uuid4().hex}\r\n"
         )
 
     # Warm-up: a few requests per connection slot, not counted.
@@ -551,7 +579,8 @@ def drive(args: argparse.Namespace) -> None:
         tokens = plan["admin_tokens"] if admin else plan["member_tokens"]
         interval_s = plan["pace_ms"] / 1000 if scenario.endswith("-paced") else 0.0
         queued = None if admin else plan.get("member_queued")
-        result = asyncio.run(_scenario(scenario, plan.get("urls") or [plan["url"]], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s, queued))
+        result = asyncio.run(_scenario(scenario, plan.get("urls") or [plan["url"]], tokens, plan["concurrency"], plan["duration"], plan["max_requests"], interval_s, queued,
+                                         plan.get("hardware", "H100:8")))
         print(f"  {scenario}: {result.requests} requests, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.rps} req/s", file=sys.stderr)
         results.append(asdict(result))
     json.dump(results, sys.stdout)

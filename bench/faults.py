@@ -48,6 +48,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -273,6 +274,21 @@ class Stack:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+# Celery's line for each task a worker ran (its log at INFO): when it ended, the task, how long it took.
+TASK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/[^\]]*\] Task (caddie\.\w+)\[[^\]]*\] succeeded in ([0-9.e-]+)s")
+
+
+def task_runs(log: Path) -> list[tuple[float, str, float]]:
+    """(when it ended, task name, seconds) for each task a worker ran, from its log (times in this machine's zone)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = TASK_LINE.match(line)
+        if m:
+            when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
+            out.append((when, m.group(2), float(m.group(3))))
+    return out
 
 
 # --- what the scenarios measure ---------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -36,9 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.api_load import seed_database  # noqa: E402
-from bench.faults import CAPACITY, STAND_IN, Postgres, Redis, Stack, bootstrap, stack_env  # noqa: E402
+from bench.faults import CAPACITY, STAND_IN, Postgres, Redis, Stack, bootstrap, stack_env, task_runs  # noqa: E402
 
-TASK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/[^\]]*\] Task (caddie\.\w+)\[[^\]]*\] succeeded in ([0-9.e-]+)s")
 AFTER_S = 30.0  # the window watched after the last submit
 
 
@@ -65,17 +63,6 @@ def submit_burst(url: str, token: str, n: int, seconds: float, clients: int = 8)
     for t in threads:
         t.join()
     return t0, time.time(), errors
-
-
-def task_runs(log: Path) -> list[tuple[float, str, float]]:
-    """(when it ended, task name, seconds) for each task the control worker ran."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        m = TASK_LINE.match(line)
-        if m:
-            when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
-            out.append((when, m.group(2), float(m.group(3))))
-    return out
 
 
 def main() -> int:
