@@ -26,15 +26,16 @@ def arm(home: Path) -> None:
     original = executor.RunDriver._to_running
     marker = home / "kill-before-record"
 
-    def to_running(self: Any, handle: Any, reason: str, *, warm: bool | None = None, node: Any = None) -> bool:
-        if warm is not None:  # a launch (or an adoption) being recorded, not a re-attach
+    # Keyword arguments pass through as they are: the executor's own signature may grow (it did: environment=).
+    def to_running(self: Any, handle: Any, reason: str, **kw: Any) -> bool:
+        if kw.get("warm") is not None:  # a launch (or an adoption) being recorded, not a re-attach
             try:
                 marker.unlink()
             except FileNotFoundError:
                 pass
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, handle, reason, warm=warm, node=node)
+        return original(self, handle, reason, **kw)
 
     executor.RunDriver._to_running = to_running  # type: ignore[method-assign]
 
