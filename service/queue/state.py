@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from service.billing.accounting import billed_gpu_hours
@@ -65,7 +65,7 @@ def load_queue_state(session: Session, *, now: datetime, budget_period: timedelt
         )
     )
     queued = [QueuedRun(r.id, r.team_id, r.hardware, r.priority, r.submitted_at, expected_seconds(_caps(r.cap, r.env_cap), run_overhead_s)) for r in rows]
-    not_before = _retry_ends(session, [(r.id, r.attempts) for r in rows if r.attempts], retry_backoff_s, now)
+    not_before = _retry_ends(session, {r.id: r.attempts for r in rows if r.attempts}, retry_backoff_s, now)
     running = []
     for r in session.execute(select(Run.id, Run.team_id, Run.hardware, _CAP, _ENV_CAP, Run.started_at).where(Run.status.in_(ACTIVE))):
         # A RUNNING run holds its node until its start plus its expected time; one still
@@ -81,22 +81,25 @@ def load_queue_state(session: Session, *, now: datetime, budget_period: timedelt
     return QueueState(queued, running, usage, not_before)
 
 
-def _retry_ends(session: Session, retried: list[tuple[int, int]], backoff_s: float, now: datetime) -> dict[int, datetime]:
-    """End of the retry wait of each requeued run still inside it (measured from its last return to the queue).
+def _retry_ends(session: Session, attempts: dict[int, int], backoff_s: float, now: datetime) -> dict[int, datetime]:
+    """End of the retry wait of each requeued run still inside it (measured from its last return to the queue);
+    ``attempts``: the queued runs that were attempted, with their attempts.
 
     A run whose node died under it (its requeue's reason says "node lost") waits nothing: waiting
     would not bring the node back, and its next launch asks for a fresh one. Nor do its lost nodes
     lengthen a later wait: the backoff doubles with the attempts that ended otherwise (no capacity,
     a failed launch), as CADDIE_MAX_ATTEMPTS counts them."""
-    if not retried or backoff_s <= 0:
+    if not attempts or backoff_s <= 0:
         return {}
-    attempts = dict(retried)
-    latest = select(func.max(RunEvent.id)).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED).group_by(RunEvent.run_id)
+    # The runs named by a sub-select, not by their ids: thousands of ids made each statement thousands of
+    # parameters for the driver to parse. A run requeued since the first read may come back: it is skipped.
+    retried = select(Run.id).where(Run.status == QUEUED, Run.attempts > 0).scalar_subquery()
+    requeued = and_(RunEvent.run_id.in_(retried), RunEvent.to_status == QUEUED)
+    latest = select(func.max(RunEvent.id)).where(requeued).group_by(RunEvent.run_id)
     last = session.execute(select(RunEvent.run_id, RunEvent.at, RunEvent.reason).where(RunEvent.id.in_(latest)))
     lost = dict(session.execute(
-        select(RunEvent.run_id, func.count()).where(RunEvent.run_id.in_(attempts), RunEvent.to_status == QUEUED, RunEvent.reason.startswith(NODE_LOST))
-        .group_by(RunEvent.run_id)
+        select(RunEvent.run_id, func.count()).where(requeued, RunEvent.reason.startswith(NODE_LOST)).group_by(RunEvent.run_id)
     ).all())  # fmt: skip
     ends = {run_id: at + retry_wait(attempts[run_id] - lost.get(run_id, 0), backoff_s)
-            for run_id, at, reason in last if at is not None and not is_node_lost(reason)}  # fmt: skip
+            for run_id, at, reason in last if run_id in attempts and at is not None and not is_node_lost(reason)}  # fmt: skip
     return {run_id: end for run_id, end in ends.items() if end > now}
