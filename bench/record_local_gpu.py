@@ -102,7 +102,7 @@ def main() -> int:
         assert ids, sub.stdout
         run_id = int(ids.group(1))
         run: dict = {}
-        last = ""
+        last, saved = "", time.monotonic()
         while time.monotonic() - t0 < args.timeout:
             run = client.get(f"/runs/{run_id}").json()
             if run["status"] != last:
@@ -110,17 +110,12 @@ def main() -> int:
                 print(f"{time.monotonic() - t0:7.1f}s run {run_id}: {last}", flush=True)
             if last in DONE:
                 break
+            if time.monotonic() - saved > SNAPSHOT_EVERY_S:  # a call cut from outside still returns how far it got
+                save_snapshot(client, run_id, run, args.out, time.monotonic() - t0)
+                keep_database(work / "home" / "caddie.db", args.out / "caddie.db")
+                saved = time.monotonic()
             time.sleep(2)
-        parts, offset = [], 0
-        while True:  # the stored log, a slice at a time
-            piece = client.get(f"/runs/{run_id}/logs", params={"offset": offset}).json()
-            parts.append(piece["data"])
-            if piece["done"] or piece["next_offset"] == offset:
-                break
-            offset = piece["next_offset"]
-        (args.out / "run_log.txt").write_text("".join(parts))
-        run["wall_s_from_submit"] = round(time.monotonic() - t0, 1)
-        (args.out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+        run = save_snapshot(client, run_id, run, args.out, time.monotonic() - t0)
         keep = ("status", "status_reason", "val_bpb", "val_loss", "artifact_bytes", "train_seconds", "eval_seconds", "steps",
                 "runs_on", "checks_verdict", "wall_s_from_submit")
         print(json.dumps({k: run.get(k) for k in keep}, indent=2, default=str))
@@ -134,6 +129,31 @@ def main() -> int:
             os.killpg(proc.pid, 9)
         keep_database(work / "home" / "caddie.db", args.out / "caddie.db")
     return 0
+
+
+SNAPSHOT_EVERY_S = 15.0
+
+
+def save_snapshot(client: httpx.Client, run_id: int, run: dict, out: Path, wall_s: float) -> dict:
+    """The run as the API shows it and its stored log so far, written to ``out`` (run.json, run_log.txt); a line
+    of progress.txt (and stdout) with the time and the log's last line: the record's log has no clock of its own."""
+    parts, offset = [], 0
+    while True:  # the stored log, a slice at a time
+        piece = client.get(f"/runs/{run_id}/logs", params={"offset": offset}).json()
+        parts.append(piece["data"])
+        if piece["done"] or piece["next_offset"] == offset:
+            break
+        offset = piece["next_offset"]
+    log = "".join(parts)
+    (out / "run_log.txt").write_text(log)
+    lines = log.rstrip("\n").rsplit("\n", 1)
+    line = f"{wall_s:7.1f}s {run.get('status', '?')}: {lines[-1][:160] if log else '(no log yet)'}"
+    with open(out / "progress.txt", "a") as fh:
+        fh.write(line + "\n")
+    print(line, flush=True)
+    run = {**run, "wall_s_from_submit": round(wall_s, 1)}
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    return run
 
 
 def keep_database(db: Path, out: Path) -> None:
