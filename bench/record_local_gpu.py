@@ -9,8 +9,8 @@ broker, the API, a runs worker, the control worker and beat as child processes, 
 every job sealed), with CADDIE_DATA_ROOT pointing at DATA_ROOT. The record goes up through the real
 CLI (`caddie submit --script ... --file ... --env ... --data ...`), the run is followed through the
 API until it ends, and DIR gets what caddie made of it: the run (status, reason, figures, checks),
-its stored log, `caddie up`'s own log and a copy of caddie's database (caddie.db: the run page, later), the first
-three every 15 s while it runs, with a timed line of progress each (progress.txt). Files the script needs beside it (a FlashAttention 3
+its stored log, `caddie up`'s own log and a copy of caddie's database (caddie.db: the run page, later); the
+run, its log and the database also every 15 s while it runs, with a timed line of progress each (progress.txt). Files the script needs beside it (a FlashAttention 3
 stand-in on a machine without FA3) are copied next to a copy of the record's script: the script's
 bytes are the record's.
 """
