@@ -10,7 +10,7 @@
 #   .gl/ref/rec0427    the 2026-04-27 record's folder, read from ../shared/challenge
 #   .gl/ref/rec0409    the 2026-04-09 record's folder (no varlen attention: the one run through `caddie up` on an H100)
 #   .gl/b              what the record's run in an environment of its own carries (bench/results/record_local_gpu.md, 52 MiB):
-#                      svcwhl (the service's wheels less psycopg, plus uv), whl (brotli), data (2 train shards of
+#                      svcwhl (the service's wheels less psycopg, plus uv), whl (brotli, the FA3 stand-in), data (2 train shards of
 #                      .gl/bench8192 and its val shard), rec0409
 # On the GPU machine, begin each command with:
 #   export PATH=$PWD/.gl/bin:$PATH LD_LIBRARY_PATH=$PWD/.gl/lib PYTHONUNBUFFERED=1
@@ -48,6 +48,9 @@ rm -rf .gl/b && mkdir -p .gl/b/svcwhl .gl/b/whl .gl/b/data/datasets/fineweb10B_s
 cp .gl/svcwhl/*.whl .gl/b/svcwhl/ && rm -f .gl/b/svcwhl/psycopg*
 wheels .gl/b/svcwhl --no-deps uv
 cp .gl/whl/brotli-*.whl .gl/b/whl/
+# the FlashAttention 3 stand-in as a wheel, a package of the run's environment (bench/fa3_standin/pyproject.toml);
+# built from a copy: setuptools leaves build/ and *.egg-info beside its sources
+fa3=$(mktemp -d) && cp bench/fa3_standin/pyproject.toml bench/fa3_standin/flash_attn_interface.py "$fa3"/ && python3 -m pip wheel -q --no-deps "$fa3" -w .gl/b/whl && rm -rf "$fa3"
 cp .gl/bench8192/datasets/fineweb10B_sp8192/fineweb_train_00000[01].bin .gl/bench8192/datasets/fineweb10B_sp8192/fineweb_val_000000.bin \
   .gl/b/data/datasets/fineweb10B_sp8192/
 cp -r .gl/bench8192/tokenizers .gl/b/data/ && cp -r .gl/ref/rec0409 .gl/b/rec0409
