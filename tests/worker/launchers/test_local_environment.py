@@ -5,10 +5,13 @@ fails the submit before any run folder or training, with uv's own words or the p
 
 from __future__ import annotations
 
+import functools
+import http.server
 import site
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,67 @@ def test_the_report_reads_torchs_cuda_and_flashattention_as_their_wheels_ship_th
     assert description is not None
     report = ensure_env(tmp_path / "envs", description, wheels=tmp_path / "wheels", offline=True).report
     assert (report["torch"], report["cuda"], report["flash_attn"]) == ("2.9.1+cu128", "12.8", "flash_attn_3 3.0.0")
+
+
+FA3_SCRIPT = rb'''
+import flash_attn_interface, tinypkg
+print("fa3:" + flash_attn_interface.__file__ + " " + flash_attn_interface.WHERE, flush=True)
+print("tinypkg:" + tinypkg.__file__, flush=True)
+'''
+
+
+class _Index(http.server.SimpleHTTPRequestHandler):
+    """Serves the test's folder and remembers every path asked for (the index's own log)."""
+
+    asked: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        type(self).asked.append(self.path)
+
+
+@pytest.fixture()
+def wheel_server(tmp_path: Path) -> Iterator[str]:
+    """A wheel index over HTTP, as the records' READMEs name theirs: a PEP 503 index (download.pytorch.org's
+    kind) holding tinypkg, and a flat page of links (the FlashAttention 3 wheel page's kind) holding
+    flash_attn_3. Its own wheels, nothing from the network."""
+    root = tmp_path / "site"
+    make_wheel(root / "files", "tinypkg", "1.2.3", {"tinypkg/__init__.py": "VALUE = 42\n"})
+    make_wheel(root / "fa3", "flash_attn_3", "3.0.0", {"flash_attn_interface.py": "WHERE = 'the wheel page'\n"})
+    (root / "simple" / "tinypkg").mkdir(parents=True)
+    (root / "simple" / "index.html").write_text('<a href="tinypkg/">tinypkg</a>\n')
+    (root / "simple" / "tinypkg" / "index.html").write_text(
+        '<a href="../../files/tinypkg-1.2.3-py3-none-any.whl">tinypkg-1.2.3-py3-none-any.whl</a>\n')
+    (root / "fa3" / "index.html").write_text('<a href="flash_attn_3-3.0.0-py3-none-any.whl">flash_attn_3-3.0.0-py3-none-any.whl</a>\n')
+    _Index.asked = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Index, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_wheels_come_from_the_index_and_the_wheel_page_the_run_declares(tmp_path: Path, wheel_server: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 3's extra indexes, over real HTTP: the run names an index and a page of links (FlashAttention 3's
+    way), the node's uv fetches from them, and the job imports what came from there. The default index is
+    an empty one on the same server (every package 404), so uv never leaves it (no network in CI) and finds
+    nothing but through what the run declared."""
+    monkeypatch.setenv("UV_DEFAULT_INDEX", f"{wheel_server}/empty/")
+    data = tmp_path / "data" / "datasets" / "fineweb10B_sp1024"
+    data.mkdir(parents=True)
+    launcher = LocalLauncher(Settings(home=tmp_path / "home", data_root=tmp_path / "data", gpu_count=0))  # no operator wheels, online
+    files = {"train_gpt.py": FA3_SCRIPT}
+    decl = {"packages": ["flash_attn_3", "tinypkg==1.2.3"], "index_urls": [f"{wheel_server}/simple/"], "find_links": [f"{wheel_server}/fa3/"]}
+    j = JobSpec(run_id=9, env={"SEED": "1", **AUDIT_ENV}, hardware="cpu", timeout_s=60, script_files=files, environment=describe(decl, files))
+    handle = launcher.submit(launcher.acquire(9, "cpu"), j)
+    assert wait(launcher, handle) is JobState.SUCCEEDED, launcher.read_log(handle, 0)
+    log = launcher.read_log(handle, 0).decode()
+    folder = launcher.envs_dir / folder_name(j.environment or {})
+    assert f"fa3:{folder}/lib/" in log and "flash_attn_interface.py the wheel page" in log
+    assert f"tinypkg:{folder}/lib/" in log
+    assert "/fa3/flash_attn_3-3.0.0-py3-none-any.whl" in _Index.asked  # fetched from the page the run named
+    assert "/files/tinypkg-1.2.3-py3-none-any.whl" in _Index.asked  # and from its index
+    report = launcher.environment(handle, Path(handle.data["workdir"]))
+    assert report is not None and report["flash_attn"] == "flash_attn_3 3.0.0" and report["packages"]["tinypkg"] == "1.2.3"
