@@ -9,7 +9,7 @@ its first one, a line with ``eval_time`` after that much (scaled) evaluation tim
 Like a record it reads its data at setup (a validation shard, when the variant has one, as
 every record loads its validation tokens before training) and writes its compressed model:
 ``final_model.int6.ptz`` of the size that makes caddie's count of this file plus the model
-equal the log's ``Total submission size`` (caddie counts code compressed where the log says
+equal the log's ``Total submission size`` (or ``budget:N/...``) (caddie counts code compressed where the log says
 so, as service/runs/bytes_check.py does), so the artifact caddie counts from the files is the
 record's own.
 """
@@ -25,7 +25,7 @@ SCALE = float(os.environ.get("REPLAY_SCALE", "0.002"))
 LOG = os.environ.get("REPLAY_LOG", "replay.log")
 TRAIN_MS = re.compile(r"\btrain_time:\s*(\d+(?:\.\d+)?)(ms|s|m)\b")
 EVAL_MS = re.compile(r"\beval_time:\s*(\d+(?:\.\d+)?)(ms|s)\b")
-TOTAL = re.compile(r"^Total submission size(?: [^:]+)?: (\d+) bytes\s*$")
+TOTAL = re.compile(r"^Total submission size(?: [^:]+)?: (\d+) bytes\s*$|^budget:(\d+)/\d+\b")  # the latter: 2026-03-24's ternary
 PER = {"ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -51,7 +51,7 @@ def main() -> None:
             time.sleep(float(m[1]) * PER[m[2]] / 1000.0 * SCALE)
             start = time.monotonic()  # a later training-time line (rare) counts from here
         if m := TOTAL.match(line.strip()):
-            size = int(m[1]) - own_code_bytes(compressed)
+            size = int(m[1] or m[2]) - own_code_bytes(compressed)
             with open("final_model.int6.ptz", "wb") as f:
                 f.truncate(max(0, size))
         print(line, flush=True)

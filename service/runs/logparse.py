@@ -34,11 +34,14 @@ How it reads:
 |                 | labels); a TTT line worse than the score before it is a failed attempt      |
 | pre_ttt_bpb     | when the final's label names TTT: the last other ``*_exact`` line before it, |
 |                 | else the last score or ``diagnostic quantized`` line before it               |
-| artifact bytes  | the last ``Total submission size ...: N bytes``                              |
-| code, model     | the last ``Code size[ (compressed)]: N bytes``, ``Serialized model ...: N``  |
-| train seconds   | the largest ``train_time:Nms`` (or ``: N.Nm``) of the step/stopping lines    |
+| artifact bytes  | the last ``Total submission size ...: N bytes`` (or ``budget:N/LIMIT``)      |
+| code, model     | the last ``Code size[ (compressed)]: N bytes`` (or ``artifact:... code:N``), |
+|                 | ``Serialized model ...: N``                                                  |
+| train seconds   | the largest ``train_time:Nms`` (or ``: N.Nm``, or a step line's ``t:Nms``)   |
+|                 | of the step/stopping lines                                                   |
 | eval seconds    | the sum of ``eval_time:Nms`` over the other lines (every evaluation)         |
 | steps           | the largest N of ``step:N/M`` (or a line starting ``N/M key:``)              |
+| curve           | every step line with ``train_loss`` (or ``loss``), or val_loss and val_bpb   |
 
 Lines may start with a unix timestamp; pairs may be ``key: value``.
 
@@ -70,6 +73,10 @@ _STOP = re.compile(r"^stopping_early:\s*(\S*)")
 _TOTAL = re.compile(r"^Total submission size(?: ([^:]+))?: (\d+) bytes\s*$")
 _CODE = re.compile(r"^Code size(?: \([^)]*\))?: (\d+) bytes\s*$")  # also ``Code size (compressed): N bytes``
 _MODEL = re.compile(r"^Serialized model(?: [^:]+)?: (\d+) bytes\s*$")
+# 2026-03-24's ternary record: ``budget:15993853/16000000 (15.99/16.00MB) FITS`` (the total against the limit)
+# and ``artifact:15.92MB ternary:... code:70853`` (the model only rounded, the code exact)
+_BUDGET = re.compile(r"^budget:(\d+)/\d+\b")
+_ARTIFACT_CODE = re.compile(r"^artifact:\S+\s.*\bcode:(\d+)\s*$")
 _PEAK = re.compile(r"^peak memory allocated: (\d+) MiB(?: reserved: (\d+) MiB)?")
 _SCORE_LABEL = re.compile(r"_exact$|^final|^quantized|ttt", re.IGNORECASE)
 SHOWN_CHARS = 300  # of a line kept as the source of its figure
@@ -123,6 +130,10 @@ def read_line(raw: str) -> LogLine | None:
         return LogLine(shown, code_bytes=int(m[1]))
     if m := _MODEL.match(line):
         return LogLine(shown, model_bytes=int(m[1]))
+    if m := _BUDGET.match(line):
+        return LogLine(shown, total_bytes=int(m[1]))
+    if m := _ARTIFACT_CODE.match(line):
+        return LogLine(shown, code_bytes=int(m[1]))
     if m := _PEAK.match(line):
         return LogLine(shown, peak_allocated_mib=int(m[1]), peak_reserved_mib=int(m[2]) if m[2] else None)
     pairs = dict(_PAIR.findall(line))
@@ -133,8 +144,10 @@ def read_line(raw: str) -> LogLine | None:
     if bare and step is None:
         step = bare
     if step and (line.startswith("step:") or bare):
-        return LogLine(shown, is_step=True, step=int(step[1]), total_steps=int(step[2]), train_ms=_ms(pairs.get("train_time", "")),
-                       train_loss=_number(pairs.get("train_loss", "")), val_loss=_number(pairs.get("val_loss", "")),
+        # ``loss:`` and ``t:`` are the short names the ternary record's step lines use for train_loss and train_time
+        return LogLine(shown, is_step=True, step=int(step[1]), total_steps=int(step[2]),
+                       train_ms=_ms(pairs.get("train_time") or pairs.get("t", "")),
+                       train_loss=_number(pairs.get("train_loss") or pairs.get("loss", "")), val_loss=_number(pairs.get("val_loss", "")),
                        val_bpb=_number(pairs.get("val_bpb", "")))  # fmt: skip
     if step and (stop := _STOP.match(line)):
         return LogLine(shown, step=int(step[1]), total_steps=int(step[2]), train_ms=_ms(pairs.get("train_time", "")), stopping_early=stop[1])
