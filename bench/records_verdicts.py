@@ -18,6 +18,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.results.public_records import check_record_log, is_record_log, log_run_facts, read_record, record_folders  # noqa: E402
 from service.results.rules import Verdict, overall  # noqa: E402
 
+# Where caddie's verdict is not the challenge's acceptance, and why (facts from the folders).
+WHY = """
+## Where caddie does not pass what the challenge accepted, and why
+
+- **2026-04-06_SP8192_HessianSDClip_ProgressiveRecurrence (fail, 4 logs).** Every log prints `Total submission size
+  quantized+brotli` of 16,054,963-16,059,704 bytes: the compressed model (15,976,275-15,979,649) plus `Code size` of
+  78,688-80,055 bytes. The README's and submission.json's "artifact" figures are the model alone, so the total was never
+  stated and the record went in over the limit; the folder's `train_gpt.py` is a 74-byte loader of `train_gpt_decode.py`
+  (80,055 bytes), which counts as code too. caddie applies the rule as written: code plus compressed model.
+- **2026-03-19_int6_STE QAT_ MLP_bigram _U_Net (fail).** The folder holds one `train.log` and nothing else (no README,
+  submission.json or script). That log's `Total submission size int6+zstd-22` is 16,186,500 bytes, and with no script
+  there is no code whose hash could be recorded.
+- **2026-03-18_LowerLR, 2026-03-19_10L_MixedPrecision (not_comparable).** Their logs' nvidia-smi tables show 8x NVIDIA
+  H200; the 600 s limits are judged on 8x H100 SXM, so caddie does not call them a pass or a fail.
+- **Not judged (4 logs).** Logs a folder keeps beside the record's runs: an exploratory 2x H100 run (03-17 LoRA_TTT
+  `train_v1.txt`) and 2026-04-23's TTT-only re-evaluations and their summary, which have no training to judge.
+"""
+
 
 def _f(x: object, fmt: str = "{}") -> str:
     return "" if x is None else fmt.format(x)
@@ -56,6 +74,7 @@ def main(root: Path) -> None:
     print("| record | log | val_bpb | artifact bytes | train s | scored eval s | GPUs | caddie | challenge |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print(WHY)
 
 
 if __name__ == "__main__":
