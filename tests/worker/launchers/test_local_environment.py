@@ -216,6 +216,7 @@ def test_wheels_come_from_the_index_and_the_wheel_page_the_run_declares(tmp_path
     an empty one on the same server (every package 404), so uv never leaves it (no network in CI) and finds
     nothing but through what the run declared."""
     monkeypatch.setenv("UV_DEFAULT_INDEX", f"{wheel_server}/empty/")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a machine with a proxy set still reaches the local server directly
     data = tmp_path / "data" / "datasets" / "fineweb10B_sp1024"
     data.mkdir(parents=True)
     launcher = LocalLauncher(Settings(home=tmp_path / "home", data_root=tmp_path / "data", gpu_count=0))  # no operator wheels, online
