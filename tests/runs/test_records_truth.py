@@ -34,8 +34,10 @@ def test_record_logs_give_the_stated_figures(record: dict) -> None:
             scores.append(bpb)  # the logs whose figures the record states (all, where it states none per log)
         if log["val_bpb"] is not None:
             assert bpb == pytest.approx(log["val_bpb"], abs=6e-5), f"{log['log']}: read {bpb} from line {line['line_no']}: {line['line']}"
-        if log["steps"] is not None and "steps" in result.values:
-            assert abs(result.values["steps"] - log["steps"]) <= 1, f"{log['log']}: steps {result.sources['steps']}"
+        if log["val_loss"] is not None:
+            assert result.values["val_loss"] == pytest.approx(log["val_loss"], abs=6e-5), f"{log['log']}: val_loss from line {line['line_no']}"
+        if log["steps"] is not None and not log["eval_only"]:  # an evaluation-only log has no training steps
+            assert abs(result.values.get("steps", -9) - log["steps"]) <= 1, f"{log['log']}: steps {result.sources.get('steps')}"
         if log["pre_ttt_bpb"] is not None:
             assert result.values.get("pre_ttt_bpb") == pytest.approx(log["pre_ttt_bpb"], abs=6e-5), f"{log['log']}: pre-TTT {result.sources.get('pre_ttt_bpb')}"
         if log["artifact_bytes"] is not None:
