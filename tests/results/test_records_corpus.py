@@ -92,3 +92,34 @@ def test_eval_time_counts_the_scored_evaluation_not_the_diagnostics(records) -> 
     log = next(log for log in r.logs if log.name == "train_seed314_original.log")
     c = next(c for c in check_record_log(r, log) if c.rule == "eval_time")
     assert c.verdict is Verdict.PASS and c.figure == 525.6 and "not counted" in c.reason
+
+
+# Logs whose seed's stated times are another log's: 2026-04-23 states each seed's training time from
+# train_seedN.log and its evaluation time from the TTT-only re-evaluation ttt_pr1767/seed_N.log (the score
+# that counts); 2026-04-29 states the original runs', not the GPTQ_RESERVE_SECONDS=8 compliance re-runs'.
+OTHER_LOGS_TIMES = {
+    **{("2026-04-23_SP8192_CaseOps_SparseGate_QuantGate_Loop45_PhasedTTT_PolarNS_MinLR_FusedCE", f"train_seed{s}.log"): "eval"
+       for s in (0, 42, 1234)},
+    **{("2026-04-23_SP8192_CaseOps_SparseGate_QuantGate_Loop45_PhasedTTT_PolarNS_MinLR_FusedCE", f"ttt_pr1767/seed_{s}.log"): "train"
+       for s in (0, 42, 1234)},
+    **{("2026-04-29_SmearGateBOSFix_3Seed_1.06141", f"train_seed{s}_rerun_gptq8s.log"): "eval" for s in (42, 314, 1234)},
+}  # fmt: skip
+
+
+def test_the_stated_training_and_scored_evaluation_times_are_read_from_the_logs(records) -> None:
+    """Where a record states a seed's training or evaluation seconds, its log reads the same (to 0.15 s: the
+    records round to 0.1 s): the training time of its step/stop lines, the scored evaluation's time."""
+    checked = 0
+    for r in records:
+        by_seed = {s.seed: s for s in r.seeds}
+        for log in r.logs:
+            stated = by_seed.get(log.seed) if log.seed is not None else None
+            if stated is None:
+                continue
+            other = OTHER_LOGS_TIMES.get((r.folder, log.name))
+            for what, want, got in (("train", stated.train_seconds, log.train_seconds), ("eval", stated.eval_seconds, log.eval_seconds)):
+                if want is None or what == other:
+                    continue
+                assert got is not None and abs(got - want) <= 0.15, (r.folder, log.name, what, want, got)
+                checked += 1
+    assert checked == 37
