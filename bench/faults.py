@@ -291,6 +291,23 @@ def task_runs(log: Path) -> list[tuple[float, str, float]]:
     return out
 
 
+def hold_slots(api_url: str, token: str, iterations: int, limit_s: float) -> list[int]:
+    """Both of the launcher's slots taken by stand-in runs of ``iterations`` 0.1 s steps (on `cpu`), once both
+    are RUNNING; their ids. RuntimeError when they are not RUNNING within ``limit_s``."""
+    held = []
+    with httpx.Client(base_url=f"{api_url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+        for seed in range(1, CAPACITY + 1):
+            r = c.post("/runs", json={"name": "hold", "track": "unlimited", "hardware": "cpu", "config": {"ITERATIONS": iterations}, "seed": seed})
+            r.raise_for_status()
+            held.append(int(r.json()["runs"][0]["id"]))
+        end = time.monotonic() + limit_s
+        while sum(c.get(f"/runs/{run}").json()["status"] == "RUNNING" for run in held) < CAPACITY:
+            if time.monotonic() > end:
+                raise RuntimeError("the two holding runs did not start")
+            time.sleep(0.5)
+    return held
+
+
 # --- what the scenarios measure ---------------------------------------------------------------
 @dataclass
 class Outcome:

@@ -71,7 +71,7 @@ from bench.api_load import (
     seed_database,
     wait_until_healthy,
 )
-from bench.faults import CAPACITY, MARKS, STAND_IN, Redis, Stack, bootstrap, stack_env, task_runs
+from bench.faults import CAPACITY, MARKS, STAND_IN, Redis, Stack, bootstrap, hold_slots, stack_env, task_runs
 from service.core.settings import Settings
 
 HARDWARE = "cpu"  # the local launcher's slots on this machine: the backlog, the holders and the submits wait for them
@@ -125,22 +125,6 @@ def make_stack(home: Path, db_url: str, broker_url: str, args: argparse.Namespac
     stack.argv["beat"] = beat
     stack.restarts = dict.fromkeys(stack.argv, 0)
     return stack, apis
-
-
-def hold_slots(api_url: str, token: str) -> list[int]:
-    """Both of the launcher's slots taken by stand-in runs that outlast the benchmark (cancelled at the end)."""
-    held = []
-    with httpx.Client(base_url=f"{api_url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
-        for seed in range(1, CAPACITY + 1):
-            r = c.post("/runs", json={"name": "hold", "track": "unlimited", "hardware": HARDWARE, "config": {"ITERATIONS": 100_000}, "seed": seed})
-            r.raise_for_status()
-            held.append(int(r.json()["runs"][0]["id"]))
-        end = time.monotonic() + 90
-        while sum(c.get(f"/runs/{run}").json()["status"] == "RUNNING" for run in held) < CAPACITY:
-            if time.monotonic() > end:
-                raise RuntimeError("the two holding runs did not start")
-            time.sleep(0.5)
-    return held
 
 
 def release_slots(api_url: str, token: str, held: list[int], home: Path) -> None:
@@ -310,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         for name, port in apis:
             wait_until_healthy(stack.procs[name], port)
-        held = hold_slots(stack.url, tokens["a"])
+        held = hold_slots(stack.url, tokens["a"], iterations=100_000, limit_s=90)  # they outlast the benchmark (cancelled at the end)
         seeded = None
         for queued in args.scales:
             since = datetime.now(UTC)

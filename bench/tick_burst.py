@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.api_load import seed_database  # noqa: E402
-from bench.faults import CAPACITY, STAND_IN, Postgres, Redis, Stack, bootstrap, stack_env, task_runs  # noqa: E402
+from bench.faults import STAND_IN, Postgres, Redis, Stack, bootstrap, hold_slots, stack_env, task_runs  # noqa: E402
 
 AFTER_S = 30.0  # the window watched after the last submit
 
@@ -88,21 +88,14 @@ def main() -> int:
         stack = Stack(home, stack_env(home, pg.url(), redis.url))
         stack.argv["control worker"] = [a if a != "WARNING" else "INFO" for a in stack.argv["control worker"]]
         stack.start()
-        with httpx.Client(base_url=f"{stack.url}/api/v1", headers={"Authorization": f"Bearer {tokens['a']}"}, timeout=60) as c:
-            for seed in (1, 2):  # both slots busy for the whole window: 6,000 steps of 0.1 s
-                c.post("/runs", json={"name": "hold", "track": "unlimited", "hardware": "cpu", "config": {"ITERATIONS": 6000}, "seed": seed}).raise_for_status()
-            end = time.monotonic() + 60
-            while len([r for r in c.get("/runs", params={"status": "RUNNING", "q": "hold"}).json()["items"]]) < CAPACITY:
-                if time.monotonic() > end:
-                    raise SystemExit("the two holding runs did not start")
-                time.sleep(0.5)
-            # the backlog comes once the slots are held, so that the fair share cannot start it ahead of them
-            if args.seed_runs:
-                seed_database(pg.url(), args.seed_runs, teams=args.teams, queued=args.seed_queued or None)
-                with create_engine(pg.url()).begin() as conn:  # no node behind them: nothing for the janitor to recover
-                    conn.execute(text("UPDATE runs SET status = 'FAILED', finished_at = now() WHERE status IN ('RUNNING', 'PROVISIONING') AND name <> 'hold'"))
-                    # the backlog waits for the same slots as the burst (this machine's), both held: no tick may start one
-                    conn.execute(text("UPDATE runs SET hardware = 'cpu' WHERE status = 'QUEUED' AND name <> 'hold'"))
+        hold_slots(stack.url, tokens["a"], iterations=6000, limit_s=60)  # both slots busy for the whole window: 6,000 steps of 0.1 s
+        # the backlog comes once the slots are held, so that the fair share cannot start it ahead of them
+        if args.seed_runs:
+            seed_database(pg.url(), args.seed_runs, teams=args.teams, queued=args.seed_queued or None)
+            with create_engine(pg.url()).begin() as conn:  # no node behind them: nothing for the janitor to recover
+                conn.execute(text("UPDATE runs SET status = 'FAILED', finished_at = now() WHERE status IN ('RUNNING', 'PROVISIONING') AND name <> 'hold'"))
+                # the backlog waits for the same slots as the burst (this machine's), both held: no tick may start one
+                conn.execute(text("UPDATE runs SET hardware = 'cpu' WHERE status = 'QUEUED' AND name <> 'hold'"))
         time.sleep(20)  # a quiet stretch: the ticks of beat alone
         quiet_from = time.time() - 20
         start, stop, errors = submit_burst(stack.url, tokens["a"], args.submits, args.seconds)
