@@ -2,7 +2,7 @@
 Run by hand on a GPU machine; not a test.
 
     python bench/record_local_gpu.py --record RECORD_FOLDER --data-root DATA_ROOT --data sp8192 \\
-        [--file extra/flash_attn_interface.py ...] [--env NAME=VALUE ...] [--hardware H100:1] --out DIR
+        [--file HELPER.py ...] [--environment JSON] [--env NAME=VALUE ...] [--hardware H100:1] --out DIR
 
 What runs is what a team gets from `caddie up`: the embedded deployment (SQLite, the SQLAlchemy
 broker, the API, a runs worker, the control worker and beat as child processes, the local launcher,
@@ -10,9 +10,10 @@ every job sealed), with CADDIE_DATA_ROOT pointing at DATA_ROOT. The record goes 
 CLI (`caddie submit --script ... --file ... --env ... --data ...`), the run is followed through the
 API until it ends, and DIR gets what caddie made of it: the run (status, reason, figures, checks),
 its stored log, `caddie up`'s own log and a copy of caddie's database (caddie.db: the run page, later); the
-run, its log and the database also every 15 s while it runs, with a timed line of progress each (progress.txt). Files the script needs beside it (a FlashAttention 3
-stand-in on a machine without FA3) are copied next to a copy of the record's script: the script's
-bytes are the record's.
+run, its log and the database also every 15 s while it runs, with a timed line of progress each (progress.txt). Files the script needs beside it (--file: a
+team's helper module, counted as its code) are copied next to a copy of the record's script: the script's
+bytes are the record's. A library it imports (FlashAttention 3, or bench/fa3_standin's wheel on a machine
+without it) belongs in --environment's packages instead, which the challenge does not count as code.
 """
 
 from __future__ import annotations
